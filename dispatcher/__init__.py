@@ -1,0 +1,32 @@
+"""dispatcher: reliable webhook delivery from Redis.
+
+The public Python API is ``Client`` (see ``dispatcher.client``) and the error tree rooted at
+``DispatcherError``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from dispatcher.client import Client  # noqa: E402
+from dispatcher.errors import (  # noqa: E402
+    Conflict,
+    DispatcherError,
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+    RedisOutOfMemory,
+    RedisUnavailable,
+)
+
+__all__ = [
+    "Client",
+    "Conflict",
+    "DispatcherError",
+    "InvalidField",
+    "NotFound",
+    "PayloadTooLarge",
+    "RedisOutOfMemory",
+    "RedisUnavailable",
+    "__version__",
+]

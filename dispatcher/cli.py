@@ -1,0 +1,50 @@
+"""``dispatcher run`` and ``dispatcher check-config``; exit 0, or 2 for a bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import orjson
+import uvloop
+
+from dispatcher import __version__, daemon
+from dispatcher.config import CONFIG_ENV, Config, load, redacted
+from dispatcher.errors import ConfigError
+from dispatcher.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatcher", description="Reliable webhook delivery from Redis.")
+    parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the daemon: senders, promoter, reclaimer and admin API"),
+        ("check-config", "validate the configuration and print it as JSON, secrets redacted"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", metavar="PATH", default=os.environ.get(CONFIG_ENV) or None,
+                         help=f"TOML file (default: ${CONFIG_ENV}, else defaults and environment)")
+    return parser
+
+
+def _load(path: str | None) -> Config | None:
+    try:
+        return load(path, os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    if args.command == "check-config":
+        sys.stdout.buffer.write(orjson.dumps(redacted(cfg), option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    configure_logging(cfg.log.level, cfg.log.format)
+    return uvloop.run(daemon.run(cfg))

@@ -1,0 +1,174 @@
+"""The producer API: register webhooks and publish events straight into Redis.
+
+``Client`` and the admin API share the queue layer, so both give the same answers and the
+same errors (``DispatcherError`` subclasses whose ``code`` matches the API's).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+
+from dispatcher.errors import InvalidField, PayloadTooLarge
+from dispatcher.model import (
+    MAX_ID_TEXT,
+    Priority,
+    check_event_type,
+    check_tenant_id,
+    new_event_ids,
+)
+from dispatcher.queue import dlq, records
+from dispatcher.queue.store import Store
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+DEFAULT_MAX_PAYLOAD_BYTES = 262_144
+
+
+class Client:
+    """``async with Client.from_url(url) as client:`` -- closes its connections on exit."""
+
+    def __init__(self, store: Store, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.store = store
+        self.max_payload_bytes = max_payload_bytes
+        self._queues: set[str] = {records.DEFAULT_QUEUE}
+
+    @classmethod
+    def from_url(
+        cls,
+        redis_url: str,
+        prefix: str = "dispatcher",
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> Client:
+        return cls(Store.open(redis_url, prefix=prefix), max_payload_bytes=max_payload_bytes)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # --- webhooks -------------------------------------------------------------------------
+
+    async def create_webhook(
+        self, tenant_id: str, url: str, event_types: tuple[str, ...] | list[str] = ("*",),
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
+        hook = await records.create_webhook(
+            self.store, {"tenant_id": tenant_id, "url": url, "event_types": list(event_types),
+                         **fields},
+        )
+        return hook.to_wire(with_secret=True)
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return (await records.get_webhook(self.store, webhook_id)).to_wire()
+
+    async def list_webhooks(self, tenant_id: str) -> list[dict[str, Any]]:
+        return [h.to_wire() for h in await records.list_webhooks(self.store, tenant_id)]
+
+    async def update_webhook(self, webhook_id: str, **changes: Any) -> dict[str, Any]:
+        return (await records.update_webhook(self.store, webhook_id, changes)).to_wire()
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await records.delete_webhook(self.store, webhook_id)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        tenant_id: str,
+        event_type: str,
+        payload: Any,
+        idempotency_key: str | None = None,
+        deliver_at: datetime | str | None = None,
+        priority: str = "normal",
+    ) -> dict[str, Any]:
+        """Fan the event out to every enabled, subscribed webhook of the tenant.
+
+        Returns ``{"event_id", "jobs": [{"id", "webhook_id"}]}`` once every job is in Redis.
+        """
+        _new, answer = await self._publish(
+            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, None
+        )
+        return answer
+
+    async def publish_checked(
+        self, tenant_id: str, event_type: str, payload: Any, *,
+        idempotency_key: str | None = None, deliver_at: datetime | str | None = None,
+        priority: str = "normal", webhook_id: str | None = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
+        return await self._publish(
+            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
+        )
+
+    async def _publish(
+        self, tenant_id: str, event_type: str, payload: Any, idempotency_key: str | None,
+        deliver_at: datetime | str | None, priority: str, webhook_id: str | None,
+    ) -> tuple[bool, dict[str, Any]]:
+        tenant_id = check_tenant_id(tenant_id)
+        event_type = check_event_type(event_type)
+        body = self._encode_payload(payload)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_ID_TEXT
+        ):
+            raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
+        if priority not in Priority.__members__.values():
+            raise InvalidField("priority", "must be one of high, normal, low")
+        event_id, job_prefix = new_event_ids()
+        return await records.publish(
+            self.store, tenant_id=tenant_id, event_type=event_type, payload=body,
+            event_id=event_id, job_prefix=job_prefix, idempotency_key=idempotency_key,
+            deliver_at_ms=_deliver_at_ms(deliver_at), priority=priority,
+            only_webhook=webhook_id, queues=self._queues,
+        )
+
+    def _encode_payload(self, payload: Any) -> bytes:
+        try:
+            body = orjson.dumps(payload)
+        except TypeError as exc:
+            raise InvalidField("payload", f"must be JSON-serialisable ({exc})") from exc
+        if len(body) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {len(body)} bytes, over the limit of {self.max_payload_bytes}"
+            )
+        return body
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job as ``GET /v1/jobs/{id}`` shows it, or None for an unknown or malformed id."""
+        job = await records.get_job(self.store, job_id)
+        if job is None:
+            return None
+        return await records.job_view(self.store, job)
+
+    async def replay(self, job_ids: list[str]) -> int:
+        """Put dead jobs back in their ready queue (attempts reset, history kept)."""
+        return len(await dlq.replay(self.store, job_ids))
+
+
+def _deliver_at_ms(deliver_at: datetime | str | None) -> int | None:
+    if deliver_at is None:
+        return None
+    if isinstance(deliver_at, str):
+        try:
+            deliver_at = datetime.fromisoformat(deliver_at)
+        except ValueError as exc:
+            raise InvalidField("deliver_at", "must be an RFC 3339 time") from exc
+    if not isinstance(deliver_at, datetime) or deliver_at.tzinfo is None:
+        raise InvalidField("deliver_at", "must be an RFC 3339 time with a time zone")
+    return int(deliver_at.timestamp() * 1000)

@@ -1,0 +1,126 @@
+"""The daemon's lifecycle: open everything, run the worker, drain on SIGTERM, close.
+
+Signals only set the ``stop`` event. Resources are opened in an ``AsyncExitStack`` and closed
+in reverse order after the worker has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import structlog
+
+from dispatcher.delivery import Outage, USER_AGENT, Worker
+from dispatcher.embedded import EmbeddedRedis
+from dispatcher.errors import ConfigError
+from dispatcher.metrics import Metrics
+from dispatcher.queue.server import ServerFacts, server_facts
+from dispatcher.queue.store import Store
+from dispatcher.sender import Sender
+from dispatcher.ssrf import AddressPolicy
+
+if TYPE_CHECKING:
+    from dispatcher.config import Config
+
+log = structlog.get_logger()
+
+MIN_REDIS = (7, 0)  # XAUTOCLAIM that reports deleted entries; scripts with shebang flags
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+async def run(cfg: Config) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _serve(cfg, stop)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("daemon.start_failed", problem=problem)
+        return EXIT_CONFIG
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(cfg: Config, stop: asyncio.Event) -> int:
+    async with AsyncExitStack() as stack:
+        embedded: EmbeddedRedis | None = None
+        url = cfg.redis.url
+        if url is None:
+            embedded = EmbeddedRedis(cfg.state_dir)
+            stack.push_async_callback(embedded.stop)
+            url = await embedded.start()
+        store = Store.open(url, prefix=cfg.redis.prefix,
+                           max_connections=max(16, cfg.delivery.concurrency // 4))
+        stack.push_async_callback(store.close)
+        if not await _check_server(store, stop):
+            return EXIT_OK if stop.is_set() else EXIT_CONFIG
+        metrics = Metrics()
+        policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
+        sender = Sender(timeout_s=cfg.delivery.timeout_s, concurrency=cfg.delivery.concurrency,
+                        policy=policy, user_agent=USER_AGENT)
+        await sender.start()
+        stack.push_async_callback(sender.close)
+        worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics)
+        log.info("daemon.started", consumer=worker.consumer, queues=list(worker.queues),
+                 concurrency=cfg.delivery.concurrency, embedded_redis=embedded is not None)
+        return await _run_worker(worker, stop, embedded)
+    return EXIT_OK  # pragma: no cover - the stack always returns above
+
+
+async def _run_worker(worker: Worker, stop: asyncio.Event, embedded: EmbeddedRedis | None) -> int:
+    async def relay_stop() -> None:
+        await stop.wait()
+        worker.stop.set()
+
+    code = EXIT_OK
+    async with asyncio.TaskGroup() as group:
+        group.create_task(relay_stop())
+        run = group.create_task(worker.run())
+        if embedded is not None:
+            child = group.create_task(embedded.wait())
+            await asyncio.wait({run, child}, return_when=asyncio.FIRST_COMPLETED)
+            if child.done():
+                log.error("redis.embedded_exited", code=child.result())
+                code = EXIT_FAILED
+                stop.set()
+            else:
+                child.cancel()
+        await run
+        stop.set()
+    return code
+
+
+async def _check_server(store: Store, stop: asyncio.Event) -> bool:
+    """Wait for Redis, then refuse servers that could lose or evict accepted work."""
+    outage = Outage("startup", Metrics())
+    while not stop.is_set():
+        try:
+            facts = await server_facts(store)
+        except Exception as exc:
+            await outage.failed(exc, stop)
+            continue
+        outage.ok()
+        return _judge(facts)
+    return False
+
+
+def _judge(facts: ServerFacts) -> bool:
+    if facts.version < MIN_REDIS:
+        raise ConfigError([f"redis.url: Redis {facts.version_text} is too old; dispatcher needs 7.0 or newer"])
+    if facts.maxmemory_policy != "noeviction":
+        raise ConfigError([
+            f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
+            "noeviction, since any other policy may evict queued jobs"
+        ])
+    if not facts.appendonly:
+        log.warning("redis.persistence_off", hint="appendonly no: a Redis restart loses every queued job")
+    if facts.maxmemory == 0:
+        log.warning("redis.maxmemory_unset", hint="maxmemory 0: Redis may grow until the host runs out of memory")
+    log.info("redis.connected", version=facts.version_text, role=facts.role)
+    return True

@@ -1,0 +1,517 @@
+"""The delivery loop: claim -> send -> settle (delivered | retry later | dead letter).
+
+One ``Worker`` per process serves its queues with a bounded number of HTTP requests in
+flight. Claims are read in batches sized to the free slots; outcomes are written back by one
+settler task in batches (one ``settle.lua`` call per batch and queue), so the hot path costs a
+few Redis commands per delivery. Policy lives in ``retry.py``; every Redis call goes through
+``dispatcher.queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+
+from dispatcher import __version__, retry
+from dispatcher.model import Job, JobState, Webhook
+from dispatcher.queue import delays, streams
+from dispatcher.queue.records import disable_webhook
+from dispatcher.queue.streams import Claim, Malformed, Settlement
+from dispatcher.signing import sign
+
+if TYPE_CHECKING:
+    from dispatcher.config import DeliveryConfig, JobsConfig
+    from dispatcher.metrics import Metrics
+    from dispatcher.queue.store import Store
+    from dispatcher.sender import Outcome, Sender
+
+log = structlog.get_logger()
+
+USER_AGENT = f"dispatcher/{__version__}"
+READ_BLOCK_MS = 1000
+READ_BATCH = 256
+SETTLE_BATCH = 512
+PROMOTE_INTERVAL_S = 0.1
+CLOCK_SYNC_INTERVAL_S = 10.0
+CLOCK_JUMP_WARN_S = 5.0
+SWEEP_INTERVAL_S = 60.0
+RECLAIM_PAGE = 100
+
+
+def consumer_name() -> str:
+    """``host:pid:start``, unique per process start, as RELIABILITY R6 asks."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000)}"
+
+
+class Outage:
+    """Capped, jittered backoff for one loop, with one log line when Redis goes and returns."""
+
+    def __init__(self, loop: str, metrics: Metrics, *, cap_s: float = 5.0) -> None:
+        self.loop = loop
+        self.metrics = metrics
+        self.cap_s = cap_s
+        self.failures = 0
+
+    async def failed(self, exc: BaseException, stop: asyncio.Event) -> None:
+        self.metrics.inc("dispatcher_redis_errors_total", loop=self.loop)
+        if self.failures == 0:
+            log.warning("redis.unavailable", loop=self.loop, error=str(exc) or type(exc).__name__)
+        self.failures += 1
+        delay = min(self.cap_s, 0.05 * 2 ** min(self.failures, 10))
+        await _sleep_until_stop(stop, delay * random.uniform(0.5, 1.0))
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("redis.recovered", loop=self.loop, failures=self.failures)
+            self.failures = 0
+
+
+async def _sleep_until_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    claim: Claim
+    job: Job
+    webhook: Webhook
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        delivery: DeliveryConfig,
+        jobs: JobsConfig,
+        metrics: Metrics,
+        *,
+        queues: tuple[str, ...] = ("default",),
+        consumer: str | None = None,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.cfg = delivery
+        self.jobs_cfg = jobs
+        self.metrics = metrics
+        self.queues = queues
+        self.consumer = consumer or consumer_name()
+        self.stop = asyncio.Event()
+        self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._unsettled = 0
+        self._http_done = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, *, drain_grace_s: float | None = None) -> None:
+        """Serve until ``stop`` is set, then drain: in-flight attempts get ``drain_grace_s``."""
+        grace_s = self.cfg.timeout_s + 1 if drain_grace_s is None else drain_grace_s
+        for queue in self.queues:
+            await self._ensure_group(queue)
+        async with asyncio.TaskGroup() as group:
+            settler = group.create_task(self._settle_loop())
+            background = [
+                group.create_task(self._promote_loop()),
+                group.create_task(self._reclaim_loop()),
+                group.create_task(self._sweep_loop()),
+            ]
+            readers = [group.create_task(self._read_loop(q)) for q in self.queues]
+            await self.stop.wait()
+            log.info("worker.draining", in_flight=self.in_flight, grace_s=grace_s)
+            await asyncio.gather(*readers)
+            await self._drain(grace_s)
+            await self._settle_queue.join()
+            settler.cancel()
+            for task in background:
+                task.cancel()
+        log.info("worker.stopped", consumer=self.consumer)
+
+    async def _drain(self, grace_s: float) -> None:
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Their jobs stay pending in Redis and are reclaimed after the stall timeout.
+            log.warning("worker.drain_timed_out", abandoned=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _ensure_group(self, queue: str) -> None:
+        outage = Outage("setup", self.metrics)
+        while not self.stop.is_set():
+            try:
+                await streams.ensure_group(self.store, queue)
+                await self.store.clock.sync(self.store.redis)
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+            else:
+                outage.ok()
+                return
+
+    async def _recover_nogroup(self, queue: str) -> None:
+        self.metrics.inc("dispatcher_nogroup_recoveries_total")
+        log.warning("queue.group_recreated", queue=queue)
+        await streams.ensure_group(self.store, queue)
+
+    # --- claiming ----------------------------------------------------------------------------
+
+    async def _read_loop(self, queue: str) -> None:
+        outage = Outage(f"read:{queue}", self.metrics)
+        while not self.stop.is_set():
+            free = self.cfg.concurrency - len(self._tasks)
+            if free <= 0 or self._unsettled > self.cfg.concurrency:
+                self._room.clear()
+                await self._wait_room()
+                continue
+            try:
+                async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
+                    claims, malformed = await streams.read_new(
+                        self.store, queue, self.consumer,
+                        count=min(free, READ_BATCH), block_ms=READ_BLOCK_MS,
+                    )
+                if malformed:
+                    await self._quarantine(queue, malformed)
+                if claims:
+                    await self._start(claims)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if streams.is_nogroup(exc):
+                    await self._recover_nogroup(queue)
+                    continue
+                await outage.failed(exc, self.stop)
+            else:
+                outage.ok()
+
+    async def _wait_room(self) -> None:
+        stop = asyncio.ensure_future(self.stop.wait())
+        room = asyncio.ensure_future(self._room.wait())
+        try:
+            await asyncio.wait({stop, room}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            room.cancel()
+
+    async def _quarantine(self, queue: str, malformed: list[Malformed]) -> None:
+        moved = await streams.quarantine(self.store, queue, "malformed", malformed)
+        self.metrics.inc("dispatcher_malformed_total", moved)
+        self.metrics.inc("dispatcher_dead_lettered_total", moved, reason="malformed")
+        log.error("job.quarantined", queue=queue, reason="malformed", sids=[m.sid for m in malformed])
+
+    async def _start(self, claims: list[Claim]) -> None:
+        """Load the claimed jobs and their webhooks, then start one delivery task each."""
+        records, hooks = await streams.load(self.store, claims)
+        broken: list[Malformed] = []
+        webhooks: dict[str, Webhook | None] = {}
+        for wid, raw in hooks.items():
+            webhooks[wid] = _decode_webhook(raw)
+        for claim, record in zip(claims, records, strict=True):
+            job = _decode_job(claim, record)
+            if job is None:
+                raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id, "record": _text(record)})
+                broken.append(Malformed(claim.sid, raw))
+                continue
+            hook = webhooks.get(claim.webhook_id)
+            if hook is None or not hook.enabled:
+                self._dead_without_attempt(claim, job, hook)
+                continue
+            task = asyncio.create_task(self._deliver(_Work(claim, job, hook)))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+        if broken:
+            await self._quarantine(claims[0].queue, broken)
+        self.metrics.set("dispatcher_in_flight", len(self._tasks))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery.crashed", exc_info=task.exception())
+
+    # --- one delivery ----------------------------------------------------------------------
+
+    async def _deliver(self, work: _Work) -> None:
+        job, hook = work.job, work.webhook
+        started_ms = self.store.clock.now_ms()
+        timestamp_s = started_ms // 1000
+        headers = {
+            **hook.headers,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": job.id,
+            "webhook-timestamp": str(timestamp_s),
+            "webhook-signature": sign(job.id, timestamp_s, job.payload, hook.secrets(started_ms)),
+        }
+        outcome = await self.sender.attempt(hook.url, job.payload, headers)
+        self._record(work, outcome, started_ms)
+
+    def _record(self, work: _Work, outcome: Outcome, started_ms: int) -> None:
+        """Decide what the attempt means (retry.py) and queue the outcome for the settler."""
+        job = work.job
+        attempt = job.attempt + 1
+        status = outcome.status
+        verdict = retry.verdict(status, attempt, self.cfg.max_attempts)
+        now_ms = self.store.clock.now_ms()
+        job.attempt = attempt
+        job.processed_at_ms = started_ms
+        job.last_status = status
+        job.last_error = outcome.error
+        entry = [started_ms, status, round(outcome.duration_ms, 1), outcome.error, 0]
+        job.history.append(entry)
+        self.metrics.durations.observe(outcome.duration_ms / 1000)
+        status_class = f"{status // 100}xx" if status else "none"
+        fields = {"job_id": job.id, "webhook_id": job.webhook_id, "attempt": attempt,
+                  "status": status, "duration_ms": round(outcome.duration_ms, 1)}
+        if verdict is retry.Verdict.DELIVERED:
+            self.metrics.inc("dispatcher_deliveries_total", outcome="delivered", status=status_class)
+            log.debug("delivery.succeeded", **fields)
+            self._settle(work, "D", JobState.DELIVERED, now_ms, "")
+            return
+        self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
+        if verdict is retry.Verdict.RETRY:
+            delay_s = retry.next_delay_s(
+                attempt, base_s=self.cfg.backoff_base_s, cap_s=self.cfg.backoff_cap_s,
+                retry_after_s=outcome.retry_after_s, status=status, timed_out=outcome.timed_out,
+            )
+            due_ms = now_ms + int(delay_s * 1000)
+            job.next_attempt_at_ms = due_ms
+            self.metrics.inc("dispatcher_retries_scheduled_total")
+            log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
+            self._settle(work, "R", JobState.SCHEDULED, due_ms, "")
+            return
+        reason = "gone" if verdict is retry.Verdict.DISABLE else "max_attempts"
+        log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
+        if verdict is retry.Verdict.DISABLE:
+            self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
+        self._settle(work, "X", JobState.DEAD, now_ms, reason)
+
+    def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
+        reason = "webhook_deleted" if hook is None else "webhook_disabled"
+        job.last_error = (
+            f"webhook {job.webhook_id} was deleted" if hook is None
+            else f"webhook {job.webhook_id} is disabled: {hook.disabled_reason or 'by an operator'}"
+        )
+        log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
+        self._settle(_Work(claim, job, hook or _GONE), "X", JobState.DEAD,
+                     self.store.clock.now_ms(), reason)
+
+    def _disable(self, webhook_id: str, reason: str) -> None:
+        log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
+        task = asyncio.create_task(disable_webhook(self.store, webhook_id, reason))
+        task.add_done_callback(_log_failure("webhook.disable_failed"))
+
+    def _settle(self, work: _Work, kind: str, state: JobState, score_ms: int, reason: str) -> None:
+        job = work.job
+        job.state = state
+        if kind != "R":
+            job.finished_at_ms = score_ms
+            job.next_attempt_at_ms = None
+        if kind == "X":
+            job.reason = reason
+            self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
+        late = job.history[-1] if job.history else [score_ms, None, 0, "no attempt", 0]
+        settlement = Settlement(
+            work.claim, kind, job.encode(keep_payload=kind != "D"), score_ms, reason,
+            orjson.dumps([*late[:4], 1]),
+        )
+        self._unsettled += 1
+        self._settle_queue.put_nowait(settlement)
+
+    # --- settling ------------------------------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        outage = Outage("settle", self.metrics)
+        while True:
+            batch = [await self._settle_queue.get()]
+            while len(batch) < SETTLE_BATCH and not self._settle_queue.empty():
+                batch.append(self._settle_queue.get_nowait())
+            by_queue: defaultdict[str, list[Settlement]] = defaultdict(list)
+            for item in batch:
+                by_queue[item.claim.queue].append(item)
+            for queue, items in by_queue.items():
+                await self._settle_until_written(queue, items, outage)
+            for _ in batch:
+                self._settle_queue.task_done()
+            self._unsettled -= len(batch)
+            self._room.set()
+
+    async def _settle_until_written(
+        self, queue: str, items: list[Settlement], outage: Outage
+    ) -> None:
+        """Outcomes are kept in memory and retried until Redis takes them (R9, R10)."""
+        while True:
+            try:
+                stale = await streams.settle(
+                    self.store, self.consumer, items, held=len(self._tasks) + self._unsettled
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if streams.is_nogroup(exc):
+                    # The group is gone (Redis lost its data): no claim of ours is current.
+                    await self._recover_nogroup(queue)
+                    stale = [item.claim.job_id for item in items]
+                else:
+                    await outage.failed(exc, asyncio.Event())
+                    continue
+            outage.ok()
+            if stale:
+                self.metrics.inc("dispatcher_stale_owner_rejected_total", len(stale))
+                log.warning("job.stale_result_rejected", queue=queue, job_ids=stale)
+            return
+
+    # --- background loops ----------------------------------------------------------------------
+
+    async def _promote_loop(self) -> None:
+        outage = Outage("promote", self.metrics)
+        next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
+        while not self.stop.is_set():
+            try:
+                for queue in self.queues:
+                    while True:
+                        promoted = await delays.promote_due(self.store, queue)
+                        self.metrics.inc("dispatcher_promoted_total", promoted.moved)
+                        if promoted.orphans:
+                            log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
+                        if promoted.moved + len(promoted.orphans) < 500:
+                            break
+                if time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
+                    await self._check_clock()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+                continue
+            outage.ok()
+            await _sleep_until_stop(self.stop, PROMOTE_INTERVAL_S)
+
+    async def _check_clock(self) -> None:
+        moved_s = await self.store.clock.sync(self.store.redis)
+        self.metrics.set("dispatcher_redis_clock_jump_seconds", moved_s)
+        if abs(moved_s) > CLOCK_JUMP_WARN_S:
+            log.warning("redis.clock_jumped", seconds=round(moved_s, 3))
+
+    async def _reclaim_loop(self) -> None:
+        outage = Outage("reclaim", self.metrics)
+        interval_s = max(0.25, min(self.cfg.stall_timeout_s / 4, 30.0))
+        while not self.stop.is_set():
+            await _sleep_until_stop(self.stop, interval_s)
+            if self.stop.is_set():
+                return
+            for queue in self.queues:
+                try:
+                    await self.reclaim(queue)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if streams.is_nogroup(exc):
+                        await self._recover_nogroup(queue)
+                        continue
+                    await outage.failed(exc, self.stop)
+                else:
+                    outage.ok()
+
+    async def reclaim(self, queue: str) -> int:
+        """Take over every delivery idle past the stall timeout, looping on the cursor."""
+        cursor, taken = "0-0", 0
+        min_idle_ms = int(self.cfg.stall_timeout_s * 1000)
+        while True:
+            page = await streams.reclaim_page(
+                self.store, queue, self.consumer, min_idle_ms=min_idle_ms, cursor=cursor,
+                count=RECLAIM_PAGE,
+            )
+            self._report_reclaim(queue, page)
+            if page.claims:
+                taken += len(page.claims)
+                await self._start(page.claims)
+            cursor = page.cursor
+            if cursor == "0-0":
+                return taken
+
+    def _report_reclaim(self, queue: str, page: streams.ReclaimPage) -> None:
+        if page.claims:
+            self.metrics.inc("dispatcher_reclaimed_total", len(page.claims))
+            log.warning("job.reclaimed", queue=queue, job_ids=[c.job_id for c in page.claims])
+        if page.poisoned:
+            self.metrics.inc("dispatcher_dead_lettered_total", len(page.poisoned), reason="poison")
+            log.error("job.dead_lettered", queue=queue, reason="poison", job_ids=page.poisoned)
+        if page.malformed:
+            self.metrics.inc("dispatcher_malformed_total", len(page.malformed))
+            self.metrics.inc("dispatcher_dead_lettered_total", len(page.malformed), reason="malformed")
+            log.error("job.quarantined", queue=queue, reason="malformed", sids=page.malformed)
+        if page.missing:
+            self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
+            self.metrics.inc("dispatcher_dead_lettered_total", len(page.missing), reason="entry_missing")
+            log.error("job.entry_missing", queue=queue, sids=page.missing)
+
+    async def _sweep_loop(self) -> None:
+        outage = Outage("sweep", self.metrics)
+        retention_ms = int(self.jobs_cfg.retention_s * 1000)
+        while not self.stop.is_set():
+            try:
+                cutoff_ms = self.store.clock.now_ms() - retention_ms
+                while await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms) >= 500:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+                continue
+            outage.ok()
+            await _sleep_until_stop(self.stop, SWEEP_INTERVAL_S)
+
+
+_GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
+
+
+def _decode_job(claim: Claim, record: bytes | None) -> Job | None:
+    if record is None:
+        return None
+    try:
+        return Job.decode(claim.job_id, record)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _decode_webhook(raw: bytes | None) -> Webhook | None:
+    if raw is None:
+        return None
+    try:
+        return Webhook.decode(raw)
+    except (ValueError, TypeError):
+        log.exception("webhook.malformed")
+        return None
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw[:512].decode(errors="replace")
+
+
+def _log_failure(event: str) -> object:
+    def report(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(event, error=str(task.exception()))
+
+    return report

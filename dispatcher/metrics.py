@@ -1,0 +1,89 @@
+"""Process-local counters, rendered in the Prometheus text format.
+
+Small on purpose: counters with a fixed label set, set-on-read gauges and one histogram.
+Every invariant of RELIABILITY.md has a counter here (R18).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_HELP = {
+    "dispatcher_deliveries_total": "Delivery attempts by outcome and HTTP status class.",
+    "dispatcher_dead_lettered_total": "Jobs moved to the DLQ, by reason.",
+    "dispatcher_retries_scheduled_total": "Failed attempts scheduled for a retry.",
+    "dispatcher_reclaimed_total": "Deliveries taken over from a dead or stalled worker.",
+    "dispatcher_stale_owner_rejected_total": "Outcomes refused because the claim was stale.",
+    "dispatcher_entry_missing_total": "Pending entries found deleted under the daemon.",
+    "dispatcher_malformed_total": "Stream entries or records that could not be parsed.",
+    "dispatcher_nogroup_recoveries_total": "Consumer groups recreated after NOGROUP.",
+    "dispatcher_redis_errors_total": "Redis commands that failed, by loop.",
+    "dispatcher_promoted_total": "Delayed jobs moved to the ready stream.",
+    "dispatcher_redis_clock_jump_seconds": "Last change of the Redis clock against local time.",
+    "dispatcher_attempt_duration_seconds": "Duration of delivery attempts.",
+    "dispatcher_in_flight": "HTTP requests in flight in this process.",
+}
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS_S, value)] += 1
+        self.total += value
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = (
+            defaultdict(float)
+        )
+        self.gauges: dict[str, float] = {}
+        self.durations = Histogram()
+
+    def inc(self, name: str, value: float = 1, **labels: str) -> None:
+        self.counters[name, tuple(sorted(labels.items()))] += value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def set(self, name: str, value: float) -> None:
+        self.gauges[name] = value
+
+    def render(self) -> str:
+        lines: list[str] = []
+        seen: set[str] = set()
+        for (name, labels), value in sorted(self.counters.items()):
+            if name not in seen:
+                seen.add(name)
+                lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} counter"]
+            lines.append(f"{name}{_labels(labels)} {value:g}")
+        for name, value in sorted(self.gauges.items()):
+            lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} gauge"]
+            lines.append(f"{name} {value:g}")
+        lines += self._histogram("dispatcher_attempt_duration_seconds", self.durations)
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _histogram(name: str, hist: Histogram) -> list[str]:
+        lines = [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} histogram"]
+        running = 0
+        for bound, count in zip((*DURATION_BUCKETS_S, float("inf")), hist.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{name}_bucket{{le="{le}"}} {running}')
+        lines += [f"{name}_sum {hist.total:g}", f"{name}_count {running}"]
+        return lines
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    return "{" + inner + "}"

@@ -1,0 +1,413 @@
+"""Webhooks and jobs: their stored form, their wire form, and the checks on their fields.
+
+A job record is stored in the ``jobs`` hash as a compact meta JSON object, a newline, then
+the payload bytes exactly as published. Lua scripts decode only the meta part, so a
+payload's numbers and empty objects are never re-encoded by cjson. Meta keys are short
+because every queued job carries one:
+
+``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` queue, ``ev`` event id,
+``s`` stored state, ``a`` attempts made, ``k`` stalls (workers that died on it),
+``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
+``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
+``r`` dead reason, ``pr`` priority, ``h`` attempts ``[at_ms, status, duration_ms, error, late]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from dispatcher.errors import InvalidField
+from dispatcher.signing import generate_secret, valid_secret
+
+HISTORY_LIMIT = 50
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_JOB_ID = re.compile(r"job_[0-9a-z]{20}\.\d{1,6}")
+_WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}")
+_QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "user-agent", "host", "webhook-id",
+     "webhook-timestamp", "webhook-signature", "accept-encoding", "transfer-encoding"}
+)
+MAX_ID_TEXT = 256
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    SCHEDULED = "scheduled"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+TERMINAL_STATES = frozenset({JobState.DELIVERED, JobState.DEAD})
+
+
+def _base32(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def _sortable_id() -> str:
+    """20 characters: 10 of millisecond time, 10 of randomness (like a ULID)."""
+    return _base32(time.time_ns() // 1_000_000, 10) + _base32(
+        int.from_bytes(os.urandom(7), "big"), 10
+    )
+
+
+def new_event_ids() -> tuple[str, str]:
+    """An event id and the prefix of its jobs' ids (``job_<core>.`` + n)."""
+    core = _sortable_id()
+    return f"evt_{core}", f"job_{core}."
+
+
+def new_webhook_id() -> str:
+    return f"wh_{_sortable_id()}"
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
+
+
+def is_webhook_id(value: object) -> bool:
+    return isinstance(value, str) and _WEBHOOK_ID.fullmatch(value) is not None
+
+
+def rfc3339(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    webhook_id: str
+    tenant_id: str
+    event_type: str
+    queue: str
+    event_id: str
+    state: JobState
+    attempt: int
+    stalls: int
+    created_at_ms: int
+    payload: bytes
+    priority: str = Priority.NORMAL
+    processed_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    next_attempt_at_ms: int | None = None
+    last_error: str | None = None
+    last_status: int | None = None
+    sid: str | None = None
+    dlq_id: str | None = None
+    reason: str | None = None
+    history: list[list[Any]] = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, job_id: str, record: bytes) -> Job:
+        """Parse a stored record; raises ValueError (or KeyError) when it is not one."""
+        meta_bytes, sep, payload = record.partition(b"\n")
+        if not sep:
+            raise ValueError("job record has no payload separator")
+        m = orjson.loads(meta_bytes)
+        history = m.get("h")
+        return cls(
+            id=job_id,
+            webhook_id=m["w"],
+            tenant_id=m["t"],
+            event_type=m["e"],
+            queue=m["q"],
+            event_id=m.get("ev", ""),
+            state=JobState(m["s"]),
+            attempt=int(m.get("a", 0)),
+            stalls=int(m.get("k", 0)),
+            created_at_ms=int(m["c"]),
+            payload=payload,
+            priority=m.get("pr", Priority.NORMAL),
+            processed_at_ms=m.get("p"),
+            finished_at_ms=m.get("f"),
+            next_attempt_at_ms=m.get("n"),
+            last_error=m.get("le"),
+            last_status=m.get("ls"),
+            sid=m.get("sid"),
+            dlq_id=m.get("d"),
+            reason=m.get("r"),
+            history=history if isinstance(history, list) else [],  # cjson writes [] as {}
+        )
+
+    def encode(self, *, keep_payload: bool = True) -> bytes:
+        meta: dict[str, Any] = {
+            "w": self.webhook_id, "t": self.tenant_id, "e": self.event_type, "q": self.queue,
+            "ev": self.event_id, "s": self.state.value, "a": self.attempt, "k": self.stalls,
+            "c": self.created_at_ms, "pr": self.priority,
+        }
+        optional = (
+            ("p", self.processed_at_ms), ("f", self.finished_at_ms),
+            ("n", self.next_attempt_at_ms), ("le", self.last_error), ("ls", self.last_status),
+            ("sid", self.sid), ("d", self.dlq_id), ("r", self.reason),
+        )
+        meta.update((key, value) for key, value in optional if value is not None)
+        if self.history:
+            meta["h"] = self.history[-HISTORY_LIMIT:]
+        return orjson.dumps(meta) + b"\n" + (self.payload if keep_payload else b"")
+
+    def to_wire(self, *, state: JobState | None = None, with_payload: bool = False) -> dict[str, Any]:
+        """The job as the admin API and ``Client.get_job`` show it."""
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "event_id": self.event_id,
+            "webhook_id": self.webhook_id,
+            "tenant_id": self.tenant_id,
+            "event_type": self.event_type,
+            "queue": self.queue,
+            "priority": self.priority,
+            "state": (state or self.state).value,
+            "attempt": self.attempt,
+            "stalls": self.stalls,
+            "created_at": rfc3339(self.created_at_ms),
+            "processed_at": rfc3339(self.processed_at_ms),
+            "finished_at": rfc3339(self.finished_at_ms),
+            "next_attempt_at": rfc3339(self.next_attempt_at_ms),
+            "last_error": self.last_error,
+            "last_status": self.last_status,
+            "dead_reason": self.reason,
+            "attempts": [_attempt_wire(a) for a in self.history],
+        }
+        if with_payload:
+            wire["payload"] = orjson.Fragment(self.payload) if self.payload else None
+        return wire
+
+
+def _attempt_wire(entry: list[Any]) -> dict[str, Any]:
+    at_ms, status, duration_ms, error, *rest = entry
+    wire = {"at": rfc3339(at_ms), "status": status, "duration_ms": duration_ms, "error": error}
+    if rest and rest[0]:
+        wire["late"] = True
+    return wire
+
+
+# --- webhooks --------------------------------------------------------------------------
+
+CREATABLE = frozenset(
+    {"tenant_id", "url", "event_types", "secret", "rate_limit", "max_in_flight", "queue",
+     "headers", "description"}
+)
+PATCHABLE = CREATABLE | {"enabled"}
+
+
+@dataclass(slots=True)
+class Webhook:
+    id: str
+    tenant_id: str
+    url: str
+    event_types: list[str]
+    secret: str
+    enabled: bool = True
+    disabled_reason: str | None = None
+    old_secrets: list[list[Any]] = field(default_factory=list)  # [[secret, expires_at_ms]]
+    rate_limit: dict[str, float] | None = None
+    max_in_flight: int | None = None
+    queue: str = "default"
+    headers: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+
+    @classmethod
+    def create(cls, fields: dict[str, Any], *, now_ms: int) -> Webhook:
+        unknown = set(fields) - CREATABLE
+        if unknown:
+            raise InvalidField(sorted(unknown)[0], "is not a webhook field")
+        for required in ("tenant_id", "url"):
+            if required not in fields:
+                raise InvalidField(required, "is required")
+        hook = cls(
+            id=new_webhook_id(), tenant_id="", url="", event_types=["*"],
+            secret=fields.get("secret") or generate_secret(),
+            created_at_ms=now_ms, updated_at_ms=now_ms,
+        )
+        hook.apply({k: v for k, v in fields.items() if k != "secret"})
+        if "secret" in fields and fields["secret"] is not None:
+            hook.apply({"secret": fields["secret"]})
+        return hook
+
+    def apply(self, changes: dict[str, Any]) -> None:
+        """Validate and set fields (create or PATCH); raises InvalidField, changing nothing."""
+        unknown = set(changes) - PATCHABLE
+        if unknown:
+            raise InvalidField(sorted(unknown)[0], "is not a webhook field")
+        checked = {name: _CHECKS[name](value) for name, value in changes.items()}
+        for name, value in checked.items():
+            setattr(self, name, value)
+        if checked.get("enabled") is True:
+            self.disabled_reason = None
+
+    def secrets(self, now_ms: int) -> list[str]:
+        """The secrets that sign a delivery now: the current one and those in their grace."""
+        return [self.secret] + [s for s, until in self.old_secrets if until > now_ms]
+
+    def routing(self) -> bytes:
+        return orjson.dumps({"e": self.event_types, "on": self.enabled, "q": self.queue})
+
+    def encode(self) -> bytes:
+        return orjson.dumps(_slots(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Webhook:
+        return cls(**orjson.loads(raw))
+
+    def to_wire(self, *, with_secret: bool = False) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "id": self.id, "tenant_id": self.tenant_id, "url": self.url,
+            "event_types": self.event_types, "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason, "rate_limit": self.rate_limit,
+            "max_in_flight": self.max_in_flight, "queue": self.queue, "headers": self.headers,
+            "description": self.description, "created_at": rfc3339(self.created_at_ms),
+            "updated_at": rfc3339(self.updated_at_ms),
+        }
+        if with_secret:
+            wire["secret"] = self.secret
+        return wire
+
+
+def _slots(obj: Webhook) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _text(name: str, value: Any, *, limit: int = MAX_ID_TEXT, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidField(name, "must be a string")
+    if not value and not empty:
+        raise InvalidField(name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidField(name, f"must be at most {limit} characters")
+    return value
+
+
+def check_tenant_id(value: Any) -> str:
+    value = _text("tenant_id", value)
+    if any(c.isspace() for c in value):
+        raise InvalidField("tenant_id", "must not contain white space")
+    return value
+
+
+def check_event_type(value: Any, name: str = "event_type") -> str:
+    value = _text(name, value)
+    if any(c.isspace() for c in value):
+        raise InvalidField(name, "must not contain white space")
+    return value
+
+
+def check_url(value: Any) -> str:
+    value = _text("url", value, limit=2048)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidField("url", f"is not a valid URL ({exc})") from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidField("url", "must be an http or https URL")
+    if not parts.hostname:
+        raise InvalidField("url", "must name a host")
+    if port == 0:
+        raise InvalidField("url", "must not use port 0")
+    return value
+
+
+def _check_event_types(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
+    if len(value) > 256:
+        raise InvalidField("event_types", "must list at most 256 event types")
+    return sorted({check_event_type(v, "event_types") for v in value})
+
+
+def _check_secret(value: Any) -> str:
+    if not isinstance(value, str) or not valid_secret(value):
+        raise InvalidField("secret", "must be 'whsec_' followed by base64 of 24 to 64 bytes")
+    return value
+
+
+def _check_rate_limit(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"per_second", "burst"}:
+        raise InvalidField("rate_limit", "must be an object {per_second, burst?}")
+    per_second = value.get("per_second")
+    if isinstance(per_second, bool) or not isinstance(per_second, int | float) or per_second <= 0:
+        raise InvalidField("rate_limit.per_second", "must be a number above 0")
+    burst = value.get("burst", per_second)
+    if isinstance(burst, bool) or not isinstance(burst, int | float) or burst < 1:
+        raise InvalidField("rate_limit.burst", "must be a number of at least 1")
+    return {"per_second": float(per_second), "burst": float(burst)}
+
+
+def _check_max_in_flight(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise InvalidField("max_in_flight", "must be a whole number from 1 to 100000")
+    return value
+
+
+def _check_queue(value: Any) -> str:
+    if not isinstance(value, str) or not _QUEUE.fullmatch(value):
+        raise InvalidField("queue", "must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+    return value
+
+
+def _check_headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 32:
+        raise InvalidField("headers", "must be an object of at most 32 string headers")
+    for name, header in value.items():
+        if not isinstance(header, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name):
+            raise InvalidField("headers", f"{name!r} must be a header name with a string value")
+        if name.lower() in _RESERVED_HEADERS:
+            raise InvalidField("headers", f"{name!r} is set by dispatcher and cannot be overridden")
+        if len(header) > 4096 or "\n" in header or "\r" in header:
+            raise InvalidField("headers", f"{name!r} must be one line of at most 4096 characters")
+    return dict(value)
+
+
+def _check_enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidField("enabled", "must be true or false")
+    return value
+
+
+_CHECKS: dict[str, Any] = {
+    "tenant_id": check_tenant_id,
+    "url": check_url,
+    "event_types": _check_event_types,
+    "secret": _check_secret,
+    "rate_limit": _check_rate_limit,
+    "max_in_flight": _check_max_in_flight,
+    "queue": _check_queue,
+    "headers": _check_headers,
+    "description": lambda v: _text("description", v, limit=1024, empty=True),
+    "enabled": _check_enabled,
+}

@@ -1,0 +1,85 @@
+"""Every Redis key dispatcher uses, and the layout behind them.
+
+All keys of one deployment start with ``redis.prefix`` and share one hash tag, ``{0}``
+(shard 0), so every script may touch any of them and the same code runs on Redis
+Cluster. A later sharding step gives each shard its own tag; nothing outside this
+module formats a key.
+
+Layout (``P`` is the prefix, ``Q`` a queue name, ``T`` a tenant id):
+
+``P:{0}:webhooks``        hash  webhook id -> webhook JSON (secrets included)
+``P:{0}:tenant:T``        hash  webhook id -> routing JSON ``{"e": [types], "on": 1, "q": Q}``
+``P:{0}:jobs``            hash  job id -> record: meta JSON, a newline, then the payload bytes
+``P:{0}:q:Q:ready``       stream of jobs ready to send, entries ``{j: job id, w: webhook id}``,
+                          read by the consumer group ``dispatch``; an entry is XDELed when its
+                          job leaves the queue, so the stream holds only unfinished work
+``P:{0}:q:Q:delayed``     zset  job id -> due time (ms, Redis clock): retries and scheduled jobs
+``P:{0}:done``            zset  job id -> finished time (ms): finished records, swept after
+                          ``jobs.retention_s``
+``P:{0}:dlq``             stream of dead jobs ``{j: job id, r: reason}`` (or ``{raw, r}`` for an
+                          entry that could not be parsed); entry ids give a stable cursor
+``P:{0}:idem:T:K``        string, the first answer to a publish with idempotency key K (24 h)
+``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
+``P:{0}:paused``          set   paused queue names
+``P:{0}:workers``         hash  consumer name -> heartbeat JSON
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "dispatcher"
+    shard: int = 0
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:{{{self.shard}}}"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self._base}:webhooks"
+
+    def tenant(self, tenant_id: str) -> str:
+        return f"{self._base}:tenant:{tenant_id}"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self._base}:jobs"
+
+    def ready(self, queue: str) -> str:
+        return f"{self._base}:q:{queue}:ready"
+
+    def delayed(self, queue: str) -> str:
+        return f"{self._base}:q:{queue}:delayed"
+
+    @property
+    def done(self) -> str:
+        return f"{self._base}:done"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self._base}:dlq"
+
+    def idempotency(self, tenant_id: str, key: str) -> str:
+        return f"{self._base}:idem:{tenant_id}:{key}"
+
+    def stats(self, minute: int) -> str:
+        return f"{self._base}:stats:{minute}"
+
+    @property
+    def paused(self) -> str:
+        return f"{self._base}:paused"
+
+    @property
+    def workers(self) -> str:
+        return f"{self._base}:workers"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern that matches every key of this deployment."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,108 @@
+#!lua
+-- publish.lua: fan an event out to the tenant's matching webhooks, one job each, atomically.
+-- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
+-- KEYS[4], KEYS[5] ready stream and delayed zset of the first queue in ARGV[11], then the same
+-- pair for each further queue
+-- ARGV[1] job id prefix (ids are prefix .. n)   ARGV[2] event id   ARGV[3] tenant id
+-- ARGV[4] event type   ARGV[5] payload (JSON bytes, stored as they are)   ARGV[6] now_ms
+-- ARGV[7] due_ms (0: deliver now)   ARGV[8] idempotency TTL in seconds (0: none)
+-- ARGV[9] only this webhook id ('' fans out by subscription)   ARGV[10] priority
+-- ARGV[11] the queue names whose keys follow KEYS[3], space-separated
+-- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key, or
+--          {-1, queue} when a matching webhook names a queue whose keys were not passed (the
+--          caller retries with them). answer = "event_id job_id webhook_id job_id webhook_id ..."
+-- Reads come first, so a key of the wrong type fails before anything is written; a failed
+-- write after the first is undone before the error is returned (all jobs or none).
+local use_idem = tonumber(ARGV[8]) > 0
+if use_idem then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {0, first} end
+end
+
+local event_type, only = ARGV[4], ARGV[9]
+local queues, nq = {}, 0
+for name in string.gmatch(ARGV[11], '%S+') do
+  queues[name] = {ready = KEYS[4 + 2 * nq], delayed = KEYS[5 + 2 * nq], added = {}, due = {}}
+  nq = nq + 1
+end
+local routes = redis.call('HGETALL', KEYS[1])
+local matched = {}
+for i = 1, #routes, 2 do
+  local webhook_id = routes[i]
+  local route = cjson.decode(routes[i + 1])
+  local wanted
+  if only ~= '' then
+    wanted = webhook_id == only
+  else
+    wanted = false
+    if route.on then
+      for _, t in ipairs(route.e) do
+        if t == '*' or t == event_type then wanted = true; break end
+      end
+    end
+  end
+  if wanted then
+    if not queues[route.q] then return {-1, route.q} end
+    matched[#matched + 1] = {webhook_id, route.q}
+  end
+end
+table.sort(matched, function(x, y) return x[1] < y[1] end)
+
+local now_ms, due_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
+local scheduled = due_ms > now_ms
+local answer = {ARGV[2]}
+local records = {}
+
+-- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
+local function undo(reply, hashed, zsets)
+  for _, q in pairs(queues) do
+    if #q.added > 0 then redis.call('XDEL', q.ready, unpack(q.added)) end
+  end
+  if hashed then
+    local ids = {}
+    for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
+    redis.call('HDEL', KEYS[2], unpack(ids))
+  end
+  for _, key in ipairs(zsets) do
+    local ids = {}
+    for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
+    redis.call('ZREM', key, unpack(ids))
+  end
+  return redis.error_reply(reply.err)
+end
+
+for n, match in ipairs(matched) do
+  local webhook_id, q = match[1], queues[match[2]]
+  local job_id = ARGV[1] .. n
+  local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = match[2], ev = ARGV[2],
+                a = 0, k = 0, c = now_ms, pr = ARGV[10]}
+  if scheduled then
+    meta.s = 'scheduled'; meta.n = due_ms
+    q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
+  else
+    local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id)
+    if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
+    q.added[#q.added + 1] = sid
+    meta.s = 'queued'; meta.sid = sid
+  end
+  records[#records + 1] = job_id
+  records[#records + 1] = cjson.encode(meta) .. '\n' .. ARGV[5]
+  answer[#answer + 1] = job_id
+  answer[#answer + 1] = webhook_id
+end
+
+if #records > 0 then
+  local reply = redis.pcall('HSET', KEYS[2], unpack(records))
+  if type(reply) == 'table' and reply.err then return undo(reply, false, {}) end
+  local zsets = {}
+  for _, q in pairs(queues) do
+    if #q.due > 0 then
+      reply = redis.pcall('ZADD', q.delayed, unpack(q.due))
+      if type(reply) == 'table' and reply.err then return undo(reply, true, zsets) end
+      zsets[#zsets + 1] = q.delayed
+    end
+  end
+end
+local joined = table.concat(answer, ' ')
+if use_idem then redis.call('SET', KEYS[3], joined, 'EX', ARGV[8]) end
+return {1, joined}

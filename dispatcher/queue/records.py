@@ -1,0 +1,208 @@
+"""Webhook records, the publish fan-out and job look-ups: the producer's side of the queue."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions as rex
+
+from dispatcher.errors import Conflict, NotFound, RedisOutOfMemory, RedisUnavailable
+from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
+from dispatcher.queue.keys import GROUP
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from dispatcher.queue.store import Store
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+DEFAULT_QUEUE = "default"
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn Redis failures into the errors the API and the Python client promise."""
+    try:
+        yield
+    except (rex.ConnectionError, rex.TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
+    except rex.ResponseError as exc:
+        if str(exc).startswith("OOM"):
+            raise RedisOutOfMemory("Redis is out of memory (maxmemory reached)") from exc
+        raise
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+async def save_webhook(store: Store, hook: Webhook, *, old_tenant: str | None = None) -> None:
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.hset(store.keys.webhooks, hook.id, hook.encode())
+    if old_tenant is not None and old_tenant != hook.tenant_id:
+        pipe.hdel(store.keys.tenant(old_tenant), hook.id)
+    pipe.hset(store.keys.tenant(hook.tenant_id), hook.id, hook.routing())
+    with redis_errors():
+        await pipe.execute()
+
+
+async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
+    hook = Webhook.create(fields, now_ms=store.clock.now_ms())
+    await save_webhook(store, hook)
+    return hook
+
+
+async def get_webhook(store: Store, webhook_id: str) -> Webhook:
+    if not is_webhook_id(webhook_id):
+        raise NotFound(f"no webhook {webhook_id!r}")
+    with redis_errors():
+        raw = await store.redis.hget(store.keys.webhooks, webhook_id)
+    if raw is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return Webhook.decode(raw)
+
+
+async def get_webhooks(store: Store, webhook_ids: list[str]) -> dict[str, Webhook | None]:
+    """The webhooks by id, None for those that are gone (deleted since their job was made)."""
+    unique = list(dict.fromkeys(webhook_ids))
+    raws = await store.redis.hmget(store.keys.webhooks, unique)
+    return {wid: Webhook.decode(raw) if raw else None for wid, raw in zip(unique, raws, strict=True)}
+
+
+async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
+    with redis_errors():
+        ids = sorted(await store.redis.hkeys(store.keys.tenant(tenant_id)))
+        if not ids:
+            return []
+        raws = await store.redis.hmget(store.keys.webhooks, ids)
+    return [Webhook.decode(raw) for raw in raws if raw]
+
+
+async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
+    hook = await get_webhook(store, webhook_id)
+    old_tenant = hook.tenant_id
+    hook.apply(changes)
+    hook.updated_at_ms = store.clock.now_ms()
+    await save_webhook(store, hook, old_tenant=old_tenant)
+    return hook
+
+
+async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
+    try:
+        hook = await get_webhook(store, webhook_id)
+    except NotFound:
+        return
+    hook.enabled = False
+    hook.disabled_reason = reason
+    hook.updated_at_ms = store.clock.now_ms()
+    await save_webhook(store, hook)
+
+
+async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s: float) -> Webhook:
+    hook = await get_webhook(store, webhook_id)
+    now_ms = store.clock.now_ms()
+    until_ms = now_ms + int(grace_s * 1000)
+    live = [[s, until] for s, until in hook.old_secrets if until > now_ms]
+    hook.old_secrets = [*live, [hook.secret, until_ms]] if grace_s > 0 else live
+    hook.apply({"secret": new_secret})
+    hook.updated_at_ms = now_ms
+    await save_webhook(store, hook)
+    return hook
+
+
+async def delete_webhook(store: Store, webhook_id: str) -> None:
+    hook = await get_webhook(store, webhook_id)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.hdel(store.keys.webhooks, webhook_id)
+    pipe.hdel(store.keys.tenant(hook.tenant_id), webhook_id)
+    with redis_errors():
+        await pipe.execute()
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+async def publish(
+    store: Store,
+    *,
+    tenant_id: str,
+    event_type: str,
+    payload: bytes,
+    event_id: str,
+    job_prefix: str,
+    idempotency_key: str | None = None,
+    deliver_at_ms: int | None = None,
+    priority: str = "normal",
+    only_webhook: str | None = None,
+    queues: set[str] | None = None,
+) -> tuple[bool, dict[str, Any]]:
+    """Enqueue one job per matching webhook in one script; returns (new, answer).
+
+    ``queues`` is the caller's cache of known queue names; the script names any other queue
+    a matching webhook uses, and the call is repeated with that queue's keys too.
+    """
+    known = queues if queues is not None else {DEFAULT_QUEUE}
+    keys = store.keys
+    idem_key = keys.idempotency(tenant_id, idempotency_key or "")
+    while True:
+        names = sorted(known)
+        queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
+        args = [
+            job_prefix, event_id, tenant_id, event_type, payload, store.clock.now_ms(),
+            deliver_at_ms or 0, IDEMPOTENCY_TTL_S if idempotency_key else 0,
+            only_webhook or "", priority, " ".join(names),
+        ]
+        with redis_errors():
+            status, answer = await store.scripts.publish(
+                keys=[keys.tenant(tenant_id), keys.jobs, idem_key, *queue_keys], args=args
+            )
+        if status == -1:
+            known.add(answer.decode())
+            continue
+        return status == 1, _answer(answer.decode())
+
+
+def _answer(joined: str) -> dict[str, Any]:
+    event_id, *pairs = joined.split(" ")
+    jobs = [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
+    return {"event_id": event_id, "jobs": jobs}
+
+
+async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:
+    hook = await get_webhook(store, webhook_id)
+    if not hook.enabled:
+        raise Conflict(f"webhook {webhook_id} is disabled")
+    return hook
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+async def get_job(store: Store, job_id: str) -> Job | None:
+    if not is_job_id(job_id):
+        return None
+    with redis_errors():
+        raw = await store.redis.hget(store.keys.jobs, job_id)
+    if raw is None:
+        return None
+    try:
+        return Job.decode(job_id, raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def job_view(store: Store, job: Job) -> dict[str, Any]:
+    """The job as users see it: a queued job whose entry is claimed right now is active."""
+    state = job.state
+    if state is JobState.QUEUED and job.sid:
+        with redis_errors():
+            try:
+                pending = await store.redis.xpending_range(
+                    store.keys.ready(job.queue), GROUP, min=job.sid, max=job.sid, count=1
+                )
+            except rex.ResponseError:  # NOGROUP: no worker has started on this queue yet
+                pending = []
+        if pending:
+            state = JobState.ACTIVE
+            job.processed_at_ms = store.clock.now_ms() - int(pending[0]["time_since_delivered"])
+    return job.to_wire(state=state)

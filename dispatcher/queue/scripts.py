@@ -1,0 +1,36 @@
+"""The Lua scripts of ``queue/lua``, loaded as package data and registered once per client.
+
+redis-py's ``Script`` runs EVALSHA and reloads the script on NOSCRIPT (a Redis restart or
+``SCRIPT FLUSH``), so callers never see that error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+_NAMES = ("publish", "settle", "reclaim", "promote", "sweep", "quarantine", "replay")
+
+
+def _source(name: str) -> str:
+    return resources.files("dispatcher.queue").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    publish: AsyncScript
+    settle: AsyncScript
+    reclaim: AsyncScript
+    promote: AsyncScript
+    sweep: AsyncScript
+    quarantine: AsyncScript
+    replay: AsyncScript
+
+    @classmethod
+    def register(cls, redis: Redis) -> Scripts:
+        return cls(**{name: redis.register_script(_source(name)) for name in _NAMES})

@@ -1,0 +1,162 @@
+"""The worker's side of the ready stream: claim, load, settle, reclaim, quarantine.
+
+A claim is an entry read through the consumer group (it sits in the PEL, so nothing leaves
+Redis before its outcome is written) plus a fencing token: the entry's delivery count when
+this consumer got it. ``settle.lua`` writes an outcome only while the entry is still pending
+for this consumer with that count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis.exceptions as rex
+
+from dispatcher.queue.keys import GROUP
+
+if TYPE_CHECKING:
+    from dispatcher.queue.store import Store
+
+POISON_STALLS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    queue: str
+    sid: str
+    job_id: str
+    webhook_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    sid: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One outcome to write. ``kind``: D delivered, R retry, X dead."""
+
+    claim: Claim
+    kind: str
+    record: bytes
+    score_ms: int
+    reason: str
+    late_attempt: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimPage:
+    cursor: str
+    claims: list[Claim]
+    poisoned: list[str]
+    malformed: list[str]
+    missing: list[str]
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, rex.ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def _sid_key(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def ensure_group(store: Store, queue: str) -> bool:
+    """Create the queue's stream and consumer group if missing; True when created."""
+    try:
+        await store.redis.xgroup_create(store.keys.ready(queue), GROUP, id="0", mkstream=True)
+    except rex.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    return True
+
+
+async def read_new(
+    store: Store, queue: str, consumer: str, *, count: int, block_ms: int
+) -> tuple[list[Claim], list[Malformed]]:
+    reply = await store.redis.xreadgroup(
+        GROUP, consumer, {store.keys.ready(queue): ">"}, count=count, block=block_ms
+    )
+    claims: list[Claim] = []
+    malformed: list[Malformed] = []
+    for _stream, entries in reply or ():
+        for sid_b, fields in entries:
+            sid = sid_b.decode()
+            job_id, webhook_id = (fields or {}).get(b"j"), (fields or {}).get(b"w")
+            if job_id and webhook_id:
+                claims.append(Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1"))
+            else:
+                malformed.append(Malformed(sid, _raw(fields)))
+    return claims, malformed
+
+
+def _raw(fields: dict[bytes, bytes] | None) -> bytes:
+    return orjson.dumps(
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (fields or {}).items()}
+    )
+
+
+async def load(
+    store: Store, claims: list[Claim]
+) -> tuple[list[bytes | None], dict[str, bytes | None]]:
+    """The claimed jobs' records (in claim order) and their webhooks, in one round trip."""
+    webhook_ids = list(dict.fromkeys(c.webhook_id for c in claims))
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hmget(store.keys.jobs, [c.job_id for c in claims])
+    pipe.hmget(store.keys.webhooks, webhook_ids)
+    records, hooks = await pipe.execute()
+    return records, dict(zip(webhook_ids, hooks, strict=True))
+
+
+async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: int) -> list[str]:
+    """Write a batch of outcomes of one queue; returns the ids whose claim was stale.
+
+    ``held`` bounds how many entries this consumer has pending, so the fence reads them all.
+    """
+    keys = store.keys
+    queue = batch[0].claim.queue
+    sids = sorted((s.claim.sid for s in batch), key=_sid_key)
+    args: list[Any] = [GROUP, consumer, sids[0], sids[-1], max(held, len(batch)) + 64]
+    for s in batch:
+        c = s.claim
+        args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, s.reason, s.late_attempt]
+    stale = await store.scripts.settle(
+        keys=[keys.ready(queue), keys.jobs, keys.delayed(queue), keys.done, keys.dlq], args=args
+    )
+    return [job_id.decode() for job_id in stale]
+
+
+async def reclaim_page(
+    store: Store, queue: str, consumer: str, *, min_idle_ms: int, cursor: str, count: int
+) -> ReclaimPage:
+    keys = store.keys
+    next_cursor, taken, poisoned, malformed, missing = await store.scripts.reclaim(
+        keys=[keys.ready(queue), keys.jobs, keys.dlq],
+        args=[GROUP, consumer, min_idle_ms, cursor, count, POISON_STALLS, store.clock.now_ms()],
+    )
+    claims = [
+        Claim(queue, taken[i].decode(), taken[i + 1].decode(), taken[i + 2].decode(),
+              taken[i + 3].decode())
+        for i in range(0, len(taken), 4)
+    ]
+    return ReclaimPage(
+        next_cursor.decode(), claims, [p.decode() for p in poisoned],
+        [m.decode() for m in malformed], [m.decode() for m in missing],
+    )
+
+
+async def quarantine(store: Store, queue: str, reason: str, entries: list[Malformed]) -> int:
+    args: list[Any] = [GROUP, reason]
+    for entry in entries:
+        args += [entry.sid, entry.raw]
+    moved: int = await store.scripts.quarantine(
+        keys=[store.keys.ready(queue), store.keys.dlq], args=args
+    )
+    return moved

@@ -1,0 +1,109 @@
+"""Fixtures: a real redis-server per session, a prefix per test, a real HTTP target."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher import Client
+from dispatcher.config import DeliveryConfig, JobsConfig
+from dispatcher.delivery import Worker
+from dispatcher.metrics import Metrics
+from dispatcher.queue.store import Store
+from dispatcher.sender import Sender
+from dispatcher.ssrf import AddressPolicy
+from tests.helpers import RedisServer
+from tests.target import Target
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REDIS_URL when set, else a redis-server started for this session on a free port."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
+    conn = aioredis.Redis.from_url(redis_url)
+    yield conn
+    keys = [k async for k in conn.scan_iter(f"{prefix}:*", count=1000)]
+    if keys:
+        await conn.delete(*keys)
+    await conn.aclose()
+
+
+@pytest.fixture
+async def client(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Client]:
+    async with Client.from_url(redis_url, prefix=prefix) as c:
+        yield c
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    async with Target() as t:
+        yield t
+
+
+class WorkerHarness:
+    """An in-process worker with small timeouts, started and stopped by the test."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.metrics = Metrics()
+        self.workers: list[tuple[Worker, object, Store, Sender]] = []
+
+    async def start(self, *, allow_private: bool = True, **delivery: float) -> Worker:
+        import asyncio
+
+        settings = {"timeout_s": 2.0, "stall_timeout_s": 3.0, "backoff_base_s": 0.05,
+                    "backoff_cap_s": 1.0, "max_attempts": 3, "concurrency": 32, **delivery}
+        cfg = DeliveryConfig(**settings)  # type: ignore[arg-type]
+        store = Store.open(self.redis_url, prefix=self.prefix)
+        sender = Sender(timeout_s=cfg.timeout_s, concurrency=cfg.concurrency,
+                        policy=AddressPolicy(allow_private=allow_private, allowed_cidrs=()),
+                        user_agent="dispatcher/test")
+        await sender.start()
+        worker = Worker(store, sender, cfg, JobsConfig(), self.metrics)
+        task = asyncio.create_task(worker.run(drain_grace_s=cfg.timeout_s + 1))
+        self.workers.append((worker, task, store, sender))
+        return worker
+
+    async def stop(self) -> None:
+        import asyncio
+
+        for worker, task, store, sender in self.workers:
+            worker.stop.set()
+            await asyncio.wait_for(task, timeout=30)  # type: ignore[arg-type]
+            await sender.close()
+            await store.close()
+        self.workers.clear()
+
+
+@pytest.fixture
+async def workers(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[WorkerHarness]:
+    harness = WorkerHarness(redis_url, prefix)
+    yield harness
+    await harness.stop()
+
+
+@pytest.fixture
+def logs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"

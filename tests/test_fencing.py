@@ -1,0 +1,144 @@
+"""The queue's claim rules, driven through the queue verbs against a real Redis.
+
+Workers here are plain consumer names that read or reclaim and then settle (or never do),
+standing in for processes that die or freeze at exactly the wrong moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher import Client
+from dispatcher.model import Job, JobState
+from dispatcher.queue import streams
+from dispatcher.queue.keys import Keys
+from dispatcher.queue.store import Store
+from dispatcher.queue.streams import Claim, Settlement
+
+
+@pytest.fixture
+async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    s = Store.open(redis_url, prefix=prefix)
+    await streams.ensure_group(s, "default")
+    yield s
+    await s.close()
+
+
+async def _one_job(client: Client) -> str:
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    return str((await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"])
+
+
+async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
+    raw = await store.redis.hget(store.keys.jobs, claim.job_id)
+    assert raw is not None
+    job = Job.decode(claim.job_id, raw)
+    now = store.clock.now_ms()
+    job.attempt += 1
+    job.state = state
+    job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
+    return Settlement(claim, kind, job.encode(), now + (1000 if kind == "R" else 0), "",
+                      orjson.dumps([now, 500, 1.0, "late", 1]))
+
+
+async def _reclaim(store: Store, consumer: str) -> streams.ReclaimPage:
+    return await streams.reclaim_page(
+        store, "default", consumer, min_idle_ms=0, cursor="0-0", count=10
+    )
+
+
+async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, store: Store) -> None:
+    """A worker whose claim was taken over has its late result refused; the state never goes back."""
+    job_id = await _one_job(client)
+    [claim_a], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    page = await _reclaim(store, "b")  # a froze past the stall timeout; b takes over
+    [claim_b] = page.claims
+    assert claim_b.job_id == job_id
+    assert claim_b.token != claim_a.token
+    delivered = await _settlement(store, claim_b, "D", JobState.DELIVERED)
+    assert await streams.settle(store, "b", [delivered], held=1) == []
+    late_retry = await _settlement(store, claim_a, "R", JobState.SCHEDULED)
+    assert await streams.settle(store, "a", [late_retry], held=1) == [job_id]
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert job["state"] == "delivered"
+    assert job["attempts"][-1]["late"] is True
+    assert await store.redis.zcard(store.keys.delayed("default")) == 0
+
+
+async def test_same_consumer_reclaim_changes_the_token(client: Client, store: Store) -> None:
+    """Even a reclaim by the same consumer name fences off the earlier claim of that entry."""
+    job_id = await _one_job(client)
+    [first], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    [again] = (await _reclaim(store, "a")).claims
+    stale = await _settlement(store, first, "D", JobState.DELIVERED)
+    assert await streams.settle(store, "a", [stale], held=2) == [job_id]
+    current = await _settlement(store, again, "D", JobState.DELIVERED)
+    assert await streams.settle(store, "a", [current], held=1) == []
+
+
+async def test_stall_count_lives_in_the_record_and_poisons_at_three(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A job whose worker died on it three times goes to the DLQ as poison, even across retries."""
+    job_id = await _one_job(client)
+    [claim], _ = await streams.read_new(store, "default", "w1", count=10, block_ms=10)
+    # A retry re-adds the job as a new entry: Redis's delivery counter starts again from 1.
+    retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
+    assert await streams.settle(store, "w1", [retry], held=1) == []
+    await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
+    from dispatcher.queue import delays
+
+    assert (await delays.promote_due(store, "default")).moved == 1
+    await streams.read_new(store, "default", "w2", count=10, block_ms=10)  # w2 dies
+    assert [c.job_id for c in (await _reclaim(store, "w3")).claims] == [job_id]  # w3 dies
+    assert [c.job_id for c in (await _reclaim(store, "w4")).claims] == [job_id]  # w4 dies
+    page = await _reclaim(store, "w5")
+    assert page.claims == []
+    assert page.poisoned == [job_id]
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert job["state"] == "dead"
+    assert job["dead_reason"] == "poison"
+    assert job["stalls"] == 3
+    assert "3 times" in job["last_error"]
+    dlq = await redis.xrange(Keys(prefix).dlq)
+    assert [(e[1][b"j"].decode(), e[1][b"r"]) for e in dlq] == [(job_id, b"poison")]
+    assert (await redis.xpending(Keys(prefix).ready("default"), "dispatch"))["pending"] == 0
+
+
+async def test_reclaim_loops_over_every_page(client: Client, store: Store) -> None:
+    """The reclaimer follows the XAUTOCLAIM cursor, so it reaches every stalled entry."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    for i in range(25):
+        await client.publish("acme", "a.b", {"i": i})
+    claims, _ = await streams.read_new(store, "default", "dead", count=100, block_ms=10)
+    assert len(claims) == 25
+    cursor, taken = "0-0", []
+    while True:
+        page = await streams.reclaim_page(
+            store, "default", "alive", min_idle_ms=0, cursor=cursor, count=10
+        )
+        taken += page.claims
+        cursor = page.cursor
+        if cursor == "0-0":
+            break
+    assert sorted(c.job_id for c in taken) == sorted(c.job_id for c in claims)
+
+
+async def test_pending_entry_deleted_under_us_is_reported(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An entry deleted while pending is dead-lettered as entry_missing, not silently dropped."""
+    await _one_job(client)
+    [claim], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    await redis.xdel(Keys(prefix).ready("default"), claim.sid)
+    page = await _reclaim(store, "b")
+    assert page.missing == [claim.sid]
+    dlq = await redis.xrange(Keys(prefix).dlq)
+    assert dlq[0][1][b"r"] == b"entry_missing"
+    assert dlq[0][1][b"sid"].decode() == claim.sid
