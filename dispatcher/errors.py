@@ -1,0 +1,114 @@
+# ruff: noqa: N818 - the class names are the contract's words (InvalidField, NotFound, ...)
+"""The DispatcherError tree: one root, one snake_case `code` per leaf.
+
+The admin API renders any of these as ``{"error": {"code": ..., "message": ...}}`` with
+``http_status``; the Python API raises the same classes, so both answer with the same code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DispatcherError(Exception):
+    """Root of every error dispatcher raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(self.default_message if message is None else message)
+
+    @property
+    def message(self) -> str:
+        """A human sentence, safe to show to the caller (never a secret or a traceback)."""
+        return str(self.args[0])
+
+
+class InvalidField(DispatcherError):
+    """A request field is present but its value is unacceptable."""
+
+    code = "invalid_field"
+    http_status = 422
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidField], tuple[str, str]]:
+        return (type(self), (self.field, self.reason))
+
+
+class Malformed(DispatcherError):
+    """The request is not what the endpoint reads (bad JSON, wrong shape)."""
+
+    code = "malformed_request"
+    http_status = 400
+    default_message = "malformed request"
+
+
+class Unauthorized(DispatcherError):
+    """The bearer token is missing or wrong, or no token is configured."""
+
+    code = "unauthorized"
+    http_status = 401
+    default_message = "a valid bearer token is required"
+
+
+class NotFound(DispatcherError):
+    """The named resource does not exist."""
+
+    code = "not_found"
+    http_status = 404
+    default_message = "not found"
+
+
+class Conflict(DispatcherError):
+    """The request conflicts with the resource's current state."""
+
+    code = "conflict"
+    http_status = 409
+    default_message = "conflict"
+
+
+class PayloadTooLarge(DispatcherError):
+    """The body or event payload exceeds its configured limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+    default_message = "payload too large"
+
+
+class RedisUnavailable(DispatcherError):
+    """Redis did not answer in time; nothing was accepted."""
+
+    code = "redis_unavailable"
+    http_status = 503
+    default_message = "Redis is unavailable; nothing was accepted, try again later"
+
+
+class RedisOutOfMemory(DispatcherError):
+    """Redis refused the write for lack of memory (OOM); nothing was accepted."""
+
+    code = "redis_oom"
+    http_status = 503
+    default_message = "Redis is out of memory; nothing was accepted, try again later"
+
+
+class ConfigError(DispatcherError):
+    """The configuration is invalid: one line per problem, each naming its key.
+
+    Not an HTTP error: the command line prints it and exits with ``exit_code``.
+    """
+
+    code = "invalid_config"
+    exit_code: ClassVar[int] = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str]]]:
+        return (type(self), (self.problems,))

@@ -1,0 +1,74 @@
+"""Logging: structlog's fast path, one line per event, on stderr.
+
+Logs go to **stderr** (journald reads it like stdout), so stdout stays free for command output
+such as ``dispatcher check-config``'s JSON. Off a terminal each line is one JSON object written
+as bytes (orjson, `BytesLoggerFactory`); on a terminal it is structlog's console format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+import structlog
+
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+FORMATS: Final = ("auto", "json", "console")
+# Non-string dict keys (e.g. {200: 3}) would make orjson raise inside a log call.
+_ORJSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
+
+_Output = tuple[list[structlog.typing.Processor], Callable[..., Any]]
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog for the process; calling it again replaces the configuration.
+
+    ``fmt`` is ``json``, ``console``, or ``auto`` (console when stderr is a TTY, else JSON).
+    Loggers are cached on first use, so a logger already used keeps the configuration it was
+    first used with: call this once, early.
+    """
+    level, fmt = level.lower(), fmt.lower()
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    processors, factory = _console_output() if console else _json_output()
+    structlog.configure(
+        processors=[*shared, *processors],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+def _console_output() -> _Output:
+    return [structlog.dev.ConsoleRenderer()], structlog.PrintLoggerFactory(file=sys.stderr)
+
+
+def _json_output() -> _Output:
+    processors: list[structlog.typing.Processor] = [structlog.processors.format_exc_info]
+    render = structlog.processors.JSONRenderer
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is None:  # a text-only stderr (some test captures): same JSON, as str
+        processors.append(render(serializer=_dumps_str, option=_ORJSON_OPTIONS))
+        return processors, structlog.PrintLoggerFactory(file=sys.stderr)
+    processors.append(render(serializer=orjson.dumps, option=_ORJSON_OPTIONS))
+    return processors, structlog.BytesLoggerFactory(file=buffer)
+
+
+def _dumps_str(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, **kwargs).decode()
