@@ -1,0 +1,174 @@
+"""The address policy for webhook targets (RELIABILITY R15).
+
+The decision is made on the address actually dialled, at every attempt:
+
+- host names go through :class:`GuardedResolver`, which the connector itself uses, so only
+  addresses the policy allows are ever connected to (a DNS answer that changes between
+  attempts is checked again whenever it is resolved again);
+- IP literals never reach a resolver in aiohttp, so the sender checks them with
+  :meth:`AddressPolicy.literal_refusal` before the request.
+
+Python 3.11's ``ipaddress`` misjudges wrapped forms (``::127.0.0.1`` and ``192.0.0.8`` count as
+global), so IPv4-mapped and IPv4-compatible IPv6 addresses are unwrapped here and the
+translation prefixes are denied by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["AddressPolicy", "GuardedResolver", "IPAddress", "IPNetwork", "TargetRefused"]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Checked in order after unwrapping; the first match names the refusal.
+_DENIED: Final[tuple[tuple[IPNetwork, str], ...]] = tuple(
+    (ipaddress.ip_network(cidr), reason)
+    for cidr, reason in (
+        ("169.254.169.254/32", "metadata"),  # AWS, GCP, Azure, OpenStack
+        ("100.100.100.200/32", "metadata"),  # Alibaba Cloud
+        ("fd00:ec2::254/128", "metadata"),  # AWS over IPv6
+        ("0.0.0.0/8", "unspecified"),  # "this network": 0.0.0.0 reaches localhost on Linux
+        ("100.64.0.0/10", "cgnat"),
+        ("192.0.0.0/24", "reserved"),  # IETF protocol assignments
+        ("64:ff9b::/96", "nat64"),
+        ("64:ff9b:1::/48", "nat64"),
+        ("::ffff:0:0:0/96", "nat64"),  # SIIT IPv4-translated
+        ("2002::/16", "6to4"),
+        ("2001::/32", "teredo"),
+    )
+)
+_V4_COMPATIBLE_MAX: Final = 2**32
+_NOT_AN_ADDRESS: Final = "not a canonical IP address"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPolicy:
+    """Which target addresses a delivery may connect to.
+
+    ``allowed_cidrs`` are allowed whatever they contain; ``allow_private`` allows everything.
+    Otherwise an address is allowed only when it is global, not multicast, and not a
+    translation or wrapping of another address.
+    """
+
+    allow_private: bool = False
+    allowed_cidrs: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_config(cls, *, allow_private: bool, allowed_cidrs: Iterable[str]) -> AddressPolicy:
+        """A policy from the ``security.*`` settings (CIDR strings, ValueError when malformed)."""
+        cidrs = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allowed_cidrs)
+        return cls(allow_private=allow_private, allowed_cidrs=cidrs)
+
+    def refusal(self, ip: str | IPAddress) -> str | None:
+        """None when ``ip`` may be connected to, else a short reason such as ``"loopback"``."""
+        if isinstance(ip, str):
+            try:
+                ip = ipaddress.ip_address(ip)
+            except ValueError:
+                return None if self.allow_private else _NOT_AN_ADDRESS
+        if self.allow_private:
+            return None
+        inner = _unwrap(ip)
+        if self._escaped(ip) or self._escaped(inner):
+            return None
+        return _reason(inner)
+
+    def literal_refusal(self, host: str) -> str | None:
+        """For a URL host that aiohttp treats as an IP literal (and so never resolves): None
+        when allowed or when ``host`` is a name, else the reason it is refused."""
+        if ":" not in host and not host.replace(".", "").isdigit():
+            return None  # a name: the GuardedResolver decides
+        return _cached_refusal(self, host)
+
+    def _escaped(self, ip: IPAddress) -> bool:
+        return any(ip in network for network in self.allowed_cidrs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_refusal(policy: AddressPolicy, host: str) -> str | None:
+    # Literal hosts repeat on every attempt to the same webhook; the answer never changes.
+    return policy.refusal(host)
+
+
+def _unwrap(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    as_int = int(ip)
+    if 1 < as_int < _V4_COMPATIBLE_MAX:  # ::a.b.c.d, but not :: or ::1
+        return ipaddress.IPv4Address(as_int)
+    return ip
+
+
+def _reason(ip: IPAddress) -> str | None:
+    for network, reason in _DENIED:
+        if ip in network:
+            return reason
+    verdicts = (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_private, "private"),
+        (not ip.is_global, "reserved"),
+    )
+    return next((reason for hit, reason in verdicts if hit), None)
+
+
+class TargetRefused(OSError):  # noqa: N818  # an OSError so aiohttp wraps it as a connect error
+    """Every address of a target is refused by the policy; names the host, an address and why."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        self.host = host
+        self.address = address
+        self.reason = reason
+        if host == address:
+            message = f"target address {address} refused: {reason}"
+        else:
+            message = f"target {host} at address {address} refused: {reason}"
+        super().__init__(message)
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with aiohttp's default resolver and drops every address the policy refuses.
+
+    Build it inside a running event loop (the default resolver binds to it).
+    """
+
+    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner: AbstractResolver = inner if inner is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """The allowed answers for ``host``; TargetRefused when there were answers but none is."""
+        answers = await self._inner.resolve(host, port, family)
+        allowed: list[ResolveResult] = []
+        refused: TargetRefused | None = None
+        for answer in answers:
+            reason = self._policy.refusal(answer["host"])
+            if reason is None:
+                allowed.append(answer)
+            elif refused is None:
+                refused = TargetRefused(host, answer["host"], reason)
+        if refused is not None and not allowed:
+            raise refused
+        return allowed
+
+    async def close(self) -> None:
+        """Close the wrapped resolver."""
+        await self._inner.close()

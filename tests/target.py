@@ -1,0 +1,322 @@
+"""A real HTTP target for tests: records what it receives and plays a script per path.
+
+It is a raw ``asyncio`` server speaking just enough HTTP/1.1 (keep-alive, Content-Length or
+chunked request bodies), so it can also misbehave below HTTP: reset the connection, answer
+garbage, hang, drip or stream an endless body.
+
+    async with Target() as target:
+        target.script("/hook", Reply(500), Reply(429, headers={"Retry-After": "3"}), Reply(200))
+        ...
+        [request] = await target.wait_for(1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self, TypeAlias
+
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Mapping
+    from types import TracebackType
+
+__all__ = [
+    "Behaviour",
+    "Drip",
+    "Garbage",
+    "Hang",
+    "Huge",
+    "Received",
+    "Redirect",
+    "Reply",
+    "Reset",
+    "Target",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer ``status`` with ``body`` and ``headers`` after ``delay_s``."""
+
+    status: int = 200
+    body: bytes = b"ok"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hang:
+    """Never answer; hold the connection until the client goes away."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drip:
+    """Send 200 headers, then one body byte every ``interval_s``, forever."""
+
+    interval_s: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Huge:
+    """Answer 200 with a ``size``-byte body, streamed as fast as the client reads it."""
+
+    size: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Answer a redirect to ``location``."""
+
+    location: str
+    status: int = 302
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Drop the connection without answering (an RST when ``rst``, else a plain close)."""
+
+    rst: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """Write bytes that are not HTTP, then close."""
+
+    data: bytes = b"\x00\xffthis is not HTTP at all\r\n\r\n"
+
+
+Behaviour: TypeAlias = Reply | Hang | Drip | Huge | Redirect | Reset | Garbage
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One request whose body was read in full."""
+
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+    at: float  # time.monotonic()
+
+
+_CHUNK = 64 * 1024
+
+
+class Target:
+    """An HTTP server on 127.0.0.1 at an ephemeral port; use as an async context manager."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.connections = 0  # TCP connections accepted, whether or not a request followed
+        self.base_url = ""
+        self._scripts: dict[str, deque[Behaviour]] = {}
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[object]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        # Closing the transports ends every handler on its own (their reads see EOF);
+        # cancelling them instead trips a bug in Python 3.11's start_server callback.
+        for writer in self._writers:
+            writer.close()
+        if self._handlers:
+            _, stuck = await asyncio.wait(self._handlers, timeout=5)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        await self._server.wait_closed()
+        await asyncio.sleep(0)  # let the closed transports finish
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        """The port the target listens on."""
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def url(self, path: str = "/hook") -> str:
+        """The absolute URL of ``path`` on this target."""
+        return self.base_url + path
+
+    def script(self, path: str, *behaviours: Behaviour) -> None:
+        """Play ``behaviours`` in order for requests to ``path``, the last one repeating."""
+        self._scripts[path] = deque(behaviours)
+
+    def count(self, path: str | None = None) -> int:
+        """How many requests (to ``path``, or to any path) were received."""
+        return len(self._matching(path))
+
+    async def wait_for(
+        self, n: int, path: str | None = None, timeout_s: float = 10
+    ) -> list[Received]:
+        """The requests (to ``path``) once at least ``n`` arrived; AssertionError after
+        ``timeout_s`` naming what did arrive."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(got := self._matching(path)) < n:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            arrived = [(r.method, r.path, r.headers.get("webhook-id")) for r in self.received]
+            where = f" to {path}" if path is not None else ""
+            raise AssertionError(
+                f"expected {n} requests{where} within {timeout_s} s; arrived: {arrived}"
+            ) from None
+        return got
+
+    def _matching(self, path: str | None) -> list[Received]:
+        return [r for r in self.received if path is None or r.path == path]
+
+    def _next(self, path: str) -> Behaviour:
+        queue = self._scripts.get(path)
+        if not queue:
+            return Reply()
+        return queue.popleft() if len(queue) > 1 else queue[0]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            while (request := await _read_request(reader)) is not None:
+                self.received.append(request)
+                self._arrived.set()
+                if not await self._act(self._next(request.path), reader, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+            self._writers.discard(writer)
+            writer.close()  # connection_lost runs on the next loop pass
+
+    async def _act(
+        self, behaviour: Behaviour, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Play ``behaviour``; True when the connection may serve another request."""
+        match behaviour:
+            case Reply(status, body, headers, delay_s):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                await _respond(writer, status, body, headers)
+                return True
+            case Redirect(location, status):
+                await _respond(writer, status, b"", {"Location": location})
+                return True
+            case Hang():
+                await _until_gone(reader)
+            case Drip(interval_s):
+                await _while_present(reader, _drip(writer, interval_s))
+            case Huge(size):
+                await _while_present(reader, _stream(writer, size))
+            case Reset(rst):
+                if rst:
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            case Garbage(data):
+                writer.write(data)
+                await writer.drain()
+        return False
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Received | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None  # the client closed between requests
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = request_line.split(" ", 2)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers.add(name.strip().lower(), value.strip())
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(reader)
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    path = target.split("?", 1)[0]
+    return Received(method, path, headers, body, time.monotonic())
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while size := int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16):
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+        pass
+    return b"".join(parts)
+
+
+async def _respond(
+    writer: asyncio.StreamWriter, status: int, body: bytes, headers: Mapping[str, str]
+) -> None:
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    await writer.drain()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+async def _until_gone(reader: asyncio.StreamReader) -> None:
+    while await reader.read(_CHUNK):
+        pass
+
+
+async def _while_present(reader: asyncio.StreamReader, work: Coroutine[None, None, None]) -> None:
+    """Run ``work`` until it ends or the client goes away, whichever comes first."""
+    tasks = {asyncio.ensure_future(work), asyncio.ensure_future(_until_gone(reader))}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _drip(writer: asyncio.StreamWriter, interval_s: float) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+    while True:
+        await writer.drain()
+        await asyncio.sleep(interval_s)
+        writer.write(b".")
+
+
+async def _stream(writer: asyncio.StreamWriter, size: int) -> None:
+    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+    chunk = b"x" * _CHUNK
+    for start in range(0, size, _CHUNK):
+        writer.write(chunk[: size - start])
+        await writer.drain()
