@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from dispatcher.client import Client  # noqa: E402
-from dispatcher.errors import (  # noqa: E402
+from dispatcher.client import Client
+from dispatcher.errors import (
     Conflict,
     DispatcherError,
     InvalidField,

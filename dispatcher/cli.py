@@ -16,7 +16,9 @@ from dispatcher.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatcher", description="Reliable webhook delivery from Redis.")
+    parser = argparse.ArgumentParser(
+        prog="dispatcher", description="Reliable webhook delivery from Redis."
+    )
     parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -24,8 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "validate the configuration and print it as JSON, secrets redacted"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", metavar="PATH", default=os.environ.get(CONFIG_ENV) or None,
-                         help=f"TOML file (default: ${CONFIG_ENV}, else defaults and environment)")
+        sub.add_argument(
+            "--config",
+            metavar="PATH",
+            default=os.environ.get(CONFIG_ENV) or None,
+            help=f"TOML file (default: ${CONFIG_ENV}, else defaults and environment)",
+        )
     return parser
 
 

@@ -63,13 +63,16 @@ class Client:
     # --- webhooks -------------------------------------------------------------------------
 
     async def create_webhook(
-        self, tenant_id: str, url: str, event_types: tuple[str, ...] | list[str] = ("*",),
+        self,
+        tenant_id: str,
+        url: str,
+        event_types: tuple[str, ...] | list[str] = ("*",),
         **fields: Any,
     ) -> dict[str, Any]:
         """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
         hook = await records.create_webhook(
-            self.store, {"tenant_id": tenant_id, "url": url, "event_types": list(event_types),
-                         **fields},
+            self.store,
+            {"tenant_id": tenant_id, "url": url, "event_types": list(event_types), **fields},
         )
         return hook.to_wire(with_secret=True)
 
@@ -106,9 +109,15 @@ class Client:
         return answer
 
     async def publish_checked(
-        self, tenant_id: str, event_type: str, payload: Any, *,
-        idempotency_key: str | None = None, deliver_at: datetime | str | None = None,
-        priority: str = "normal", webhook_id: str | None = None,
+        self,
+        tenant_id: str,
+        event_type: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        deliver_at: datetime | str | None = None,
+        priority: str = "normal",
+        webhook_id: str | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
         return await self._publish(
@@ -116,8 +125,14 @@ class Client:
         )
 
     async def _publish(
-        self, tenant_id: str, event_type: str, payload: Any, idempotency_key: str | None,
-        deliver_at: datetime | str | None, priority: str, webhook_id: str | None,
+        self,
+        tenant_id: str,
+        event_type: str,
+        payload: Any,
+        idempotency_key: str | None,
+        deliver_at: datetime | str | None,
+        priority: str,
+        webhook_id: str | None,
     ) -> tuple[bool, dict[str, Any]]:
         tenant_id = check_tenant_id(tenant_id)
         event_type = check_event_type(event_type)
@@ -125,15 +140,24 @@ class Client:
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_ID_TEXT
         ):
-            raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
+            raise InvalidField(
+                "idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters"
+            )
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
         event_id, job_prefix = new_event_ids()
         return await records.publish(
-            self.store, tenant_id=tenant_id, event_type=event_type, payload=body,
-            event_id=event_id, job_prefix=job_prefix, idempotency_key=idempotency_key,
-            deliver_at_ms=_deliver_at_ms(deliver_at), priority=priority,
-            only_webhook=webhook_id, queues=self._queues,
+            self.store,
+            tenant_id=tenant_id,
+            event_type=event_type,
+            payload=body,
+            event_id=event_id,
+            job_prefix=job_prefix,
+            idempotency_key=idempotency_key,
+            deliver_at_ms=_deliver_at_ms(deliver_at),
+            priority=priority,
+            only_webhook=webhook_id,
+            queues=self._queues,
         )
 
     def _encode_payload(self, payload: Any) -> bytes:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from dispatcher.delivery import Outage, USER_AGENT, Worker
+from dispatcher.delivery import USER_AGENT, Outage, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.metrics import Metrics
@@ -55,20 +55,30 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
             embedded = EmbeddedRedis(cfg.state_dir)
             stack.push_async_callback(embedded.stop)
             url = await embedded.start()
-        store = Store.open(url, prefix=cfg.redis.prefix,
-                           max_connections=max(16, cfg.delivery.concurrency // 4))
+        store = Store.open(
+            url, prefix=cfg.redis.prefix, max_connections=max(16, cfg.delivery.concurrency // 4)
+        )
         stack.push_async_callback(store.close)
         if not await _check_server(store, stop):
             return EXIT_OK if stop.is_set() else EXIT_CONFIG
         metrics = Metrics()
         policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
-        sender = Sender(timeout_s=cfg.delivery.timeout_s, concurrency=cfg.delivery.concurrency,
-                        policy=policy, user_agent=USER_AGENT)
+        sender = Sender(
+            timeout_s=cfg.delivery.timeout_s,
+            concurrency=cfg.delivery.concurrency,
+            policy=policy,
+            user_agent=USER_AGENT,
+        )
         await sender.start()
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics)
-        log.info("daemon.started", consumer=worker.consumer, queues=list(worker.queues),
-                 concurrency=cfg.delivery.concurrency, embedded_redis=embedded is not None)
+        log.info(
+            "daemon.started",
+            consumer=worker.consumer,
+            queues=list(worker.queues),
+            concurrency=cfg.delivery.concurrency,
+            embedded_redis=embedded is not None,
+        )
         return await _run_worker(worker, stop, embedded)
     return EXIT_OK  # pragma: no cover - the stack always returns above
 
@@ -112,15 +122,24 @@ async def _check_server(store: Store, stop: asyncio.Event) -> bool:
 
 def _judge(facts: ServerFacts) -> bool:
     if facts.version < MIN_REDIS:
-        raise ConfigError([f"redis.url: Redis {facts.version_text} is too old; dispatcher needs 7.0 or newer"])
+        raise ConfigError(
+            [f"redis.url: Redis {facts.version_text} is too old; dispatcher needs 7.0 or newer"]
+        )
     if facts.maxmemory_policy != "noeviction":
-        raise ConfigError([
-            f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
-            "noeviction, since any other policy may evict queued jobs"
-        ])
+        raise ConfigError(
+            [
+                f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
+                "noeviction, since any other policy may evict queued jobs"
+            ]
+        )
     if not facts.appendonly:
-        log.warning("redis.persistence_off", hint="appendonly no: a Redis restart loses every queued job")
+        log.warning(
+            "redis.persistence_off", hint="appendonly no: a Redis restart loses every queued job"
+        )
     if facts.maxmemory == 0:
-        log.warning("redis.maxmemory_unset", hint="maxmemory 0: Redis may grow until the host runs out of memory")
+        log.warning(
+            "redis.maxmemory_unset",
+            hint="maxmemory 0: Redis may grow until the host runs out of memory",
+        )
     log.info("redis.connected", version=facts.version_text, role=facts.role)
     return True

@@ -187,8 +187,11 @@ class Worker:
             try:
                 async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
                     claims, malformed = await streams.read_new(
-                        self.store, queue, self.consumer,
-                        count=min(free, READ_BATCH), block_ms=READ_BLOCK_MS,
+                        self.store,
+                        queue,
+                        self.consumer,
+                        count=min(free, READ_BATCH),
+                        block_ms=READ_BLOCK_MS,
                     )
                 if malformed:
                     await self._quarantine(queue, malformed)
@@ -217,7 +220,9 @@ class Worker:
         moved = await streams.quarantine(self.store, queue, "malformed", malformed)
         self.metrics.inc("dispatcher_malformed_total", moved)
         self.metrics.inc("dispatcher_dead_lettered_total", moved, reason="malformed")
-        log.error("job.quarantined", queue=queue, reason="malformed", sids=[m.sid for m in malformed])
+        log.error(
+            "job.quarantined", queue=queue, reason="malformed", sids=[m.sid for m in malformed]
+        )
 
     async def _start(self, claims: list[Claim]) -> None:
         """Load the claimed jobs and their webhooks, then start one delivery task each."""
@@ -229,7 +234,9 @@ class Worker:
         for claim, record in zip(claims, records, strict=True):
             job = _decode_job(claim, record)
             if job is None:
-                raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id, "record": _text(record)})
+                raw = orjson.dumps(
+                    {"j": claim.job_id, "w": claim.webhook_id, "record": _text(record)}
+                )
                 broken.append(Malformed(claim.sid, raw))
                 continue
             hook = webhooks.get(claim.webhook_id)
@@ -281,18 +288,29 @@ class Worker:
         job.history.append(entry)
         self.metrics.durations.observe(outcome.duration_ms / 1000)
         status_class = f"{status // 100}xx" if status else "none"
-        fields = {"job_id": job.id, "webhook_id": job.webhook_id, "attempt": attempt,
-                  "status": status, "duration_ms": round(outcome.duration_ms, 1)}
+        fields = {
+            "job_id": job.id,
+            "webhook_id": job.webhook_id,
+            "attempt": attempt,
+            "status": status,
+            "duration_ms": round(outcome.duration_ms, 1),
+        }
         if verdict is retry.Verdict.DELIVERED:
-            self.metrics.inc("dispatcher_deliveries_total", outcome="delivered", status=status_class)
+            self.metrics.inc(
+                "dispatcher_deliveries_total", outcome="delivered", status=status_class
+            )
             log.debug("delivery.succeeded", **fields)
             self._settle(work, "D", JobState.DELIVERED, now_ms, "")
             return
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
         if verdict is retry.Verdict.RETRY:
             delay_s = retry.next_delay_s(
-                attempt, base_s=self.cfg.backoff_base_s, cap_s=self.cfg.backoff_cap_s,
-                retry_after_s=outcome.retry_after_s, status=status, timed_out=outcome.timed_out,
+                attempt,
+                base_s=self.cfg.backoff_base_s,
+                cap_s=self.cfg.backoff_cap_s,
+                retry_after_s=outcome.retry_after_s,
+                status=status,
+                timed_out=outcome.timed_out,
             )
             due_ms = now_ms + int(delay_s * 1000)
             job.next_attempt_at_ms = due_ms
@@ -309,12 +327,14 @@ class Worker:
     def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
         reason = "webhook_deleted" if hook is None else "webhook_disabled"
         job.last_error = (
-            f"webhook {job.webhook_id} was deleted" if hook is None
+            f"webhook {job.webhook_id} was deleted"
+            if hook is None
             else f"webhook {job.webhook_id} is disabled: {hook.disabled_reason or 'by an operator'}"
         )
         log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
-        self._settle(_Work(claim, job, hook or _GONE), "X", JobState.DEAD,
-                     self.store.clock.now_ms(), reason)
+        self._settle(
+            _Work(claim, job, hook or _GONE), "X", JobState.DEAD, self.store.clock.now_ms(), reason
+        )
 
     def _disable(self, webhook_id: str, reason: str) -> None:
         log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
@@ -332,7 +352,11 @@ class Worker:
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
         late = job.history[-1] if job.history else [score_ms, None, 0, "no attempt", 0]
         settlement = Settlement(
-            work.claim, kind, job.encode(keep_payload=kind != "D"), score_ms, reason,
+            work.claim,
+            kind,
+            job.encode(keep_payload=kind != "D"),
+            score_ms,
+            reason,
             orjson.dumps([*late[:4], 1]),
         )
         self._unsettled += 1
@@ -439,7 +463,11 @@ class Worker:
         min_idle_ms = int(self.cfg.stall_timeout_s * 1000)
         while True:
             page = await streams.reclaim_page(
-                self.store, queue, self.consumer, min_idle_ms=min_idle_ms, cursor=cursor,
+                self.store,
+                queue,
+                self.consumer,
+                min_idle_ms=min_idle_ms,
+                cursor=cursor,
                 count=RECLAIM_PAGE,
             )
             self._report_reclaim(queue, page)
@@ -459,11 +487,15 @@ class Worker:
             log.error("job.dead_lettered", queue=queue, reason="poison", job_ids=page.poisoned)
         if page.malformed:
             self.metrics.inc("dispatcher_malformed_total", len(page.malformed))
-            self.metrics.inc("dispatcher_dead_lettered_total", len(page.malformed), reason="malformed")
+            self.metrics.inc(
+                "dispatcher_dead_lettered_total", len(page.malformed), reason="malformed"
+            )
             log.error("job.quarantined", queue=queue, reason="malformed", sids=page.malformed)
         if page.missing:
             self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
-            self.metrics.inc("dispatcher_dead_lettered_total", len(page.missing), reason="entry_missing")
+            self.metrics.inc(
+                "dispatcher_dead_lettered_total", len(page.missing), reason="entry_missing"
+            )
             log.error("job.entry_missing", queue=queue, sids=page.missing)
 
     async def _sweep_loop(self) -> None:

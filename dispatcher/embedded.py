@@ -8,7 +8,10 @@ systemd restarts both.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -26,9 +29,20 @@ INSTALL_HINT = (
 )
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the daemon dies, even by SIGKILL (Linux only)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def find_redis_server() -> str | None:
-    for candidate in ("redis-server", "/usr/bin/redis-server", "/usr/sbin/redis-server",
-                      "/usr/local/bin/redis-server"):
+    for candidate in (
+        "redis-server",
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+        "/usr/local/bin/redis-server",
+    ):
         found = shutil.which(candidate)
         if found:
             return found
@@ -48,16 +62,26 @@ class EmbeddedRedis:
     def _command(self, binary: str) -> list[str]:
         return [
             binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(self.state_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--maxmemory-policy", "noeviction",
-            "--daemonize", "no",
-            "--logfile", str(self.state_dir / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.state_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.state_dir / "redis.log"),
         ]
 
     async def start(self, *, timeout_s: float = 15.0) -> str:
@@ -67,19 +91,29 @@ class EmbeddedRedis:
         if len(str(self.socket)) > _MAX_SOCKET_PATH:
             raise ConfigError([f"state_dir: {self.state_dir} is too long for a unix socket path"])
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if await self._ping():
+            raise ConfigError([
+                f"state_dir: {self.state_dir} is in use by another running embedded Redis "
+                "(is another dispatcher running with the same state_dir?)"
+            ])
         self.socket.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
             *self._command(binary),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            # Its own session: a Ctrl-C or a signal to the daemon's process group must not
+            # stop Redis before the daemon has drained and written its last outcomes.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         await self._wait_ready(timeout_s)
         log.info("redis.embedded_started", pid=self.process.pid, socket=str(self.socket))
         return self.url
 
     async def _wait_ready(self, timeout_s: float) -> None:
-        assert self.process is not None
+        if self.process is None:
+            raise RuntimeError("redis-server was not started")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
@@ -87,23 +121,30 @@ class EmbeddedRedis:
                     f"embedded redis-server exited with {self.process.returncode}; "
                     f"see {self.state_dir / 'redis.log'}"
                 ])
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(self.socket))
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
+            if await self._ping():
+                return
+            await asyncio.sleep(0.05)  # not listening yet, or -LOADING the append-only file
+        raise ConfigError([f"embedded redis-server did not answer within {timeout_s:g} s"])
+
+    async def _ping(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket))
+        except OSError:
+            return False
+        try:
             writer.write(b"PING\r\n")
             await writer.drain()
-            reply = await reader.readline()
+            async with asyncio.timeout(2):
+                return (await reader.readline()).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
             writer.close()
-            if reply.startswith(b"+PONG"):
-                return
-            await asyncio.sleep(0.05)  # loading the AOF answers -LOADING
-        raise ConfigError([f"embedded redis-server did not answer within {timeout_s:g} s"])
 
     async def wait(self) -> int:
         """Return when the child exits, with its exit code."""
-        assert self.process is not None
+        if self.process is None:
+            raise RuntimeError("redis-server was not started")
         return await self.process.wait()
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:

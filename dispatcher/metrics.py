@@ -41,8 +41,8 @@ class Histogram:
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = (
-            defaultdict(float)
+        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(
+            float
         )
         self.gauges: dict[str, float] = {}
         self.durations = Histogram()

@@ -34,8 +34,17 @@ _JOB_ID = re.compile(r"job_[0-9a-z]{20}\.\d{1,6}")
 _WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}")
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "user-agent", "host", "webhook-id",
-     "webhook-timestamp", "webhook-signature", "accept-encoding", "transfer-encoding"}
+    {
+        "content-type",
+        "content-length",
+        "user-agent",
+        "host",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "accept-encoding",
+        "transfer-encoding",
+    }
 )
 MAX_ID_TEXT = 256
 
@@ -93,8 +102,10 @@ def is_webhook_id(value: object) -> bool:
 def rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -159,21 +170,35 @@ class Job:
 
     def encode(self, *, keep_payload: bool = True) -> bytes:
         meta: dict[str, Any] = {
-            "w": self.webhook_id, "t": self.tenant_id, "e": self.event_type, "q": self.queue,
-            "ev": self.event_id, "s": self.state.value, "a": self.attempt, "k": self.stalls,
-            "c": self.created_at_ms, "pr": self.priority,
+            "w": self.webhook_id,
+            "t": self.tenant_id,
+            "e": self.event_type,
+            "q": self.queue,
+            "ev": self.event_id,
+            "s": self.state.value,
+            "a": self.attempt,
+            "k": self.stalls,
+            "c": self.created_at_ms,
+            "pr": self.priority,
         }
         optional = (
-            ("p", self.processed_at_ms), ("f", self.finished_at_ms),
-            ("n", self.next_attempt_at_ms), ("le", self.last_error), ("ls", self.last_status),
-            ("sid", self.sid), ("d", self.dlq_id), ("r", self.reason),
+            ("p", self.processed_at_ms),
+            ("f", self.finished_at_ms),
+            ("n", self.next_attempt_at_ms),
+            ("le", self.last_error),
+            ("ls", self.last_status),
+            ("sid", self.sid),
+            ("d", self.dlq_id),
+            ("r", self.reason),
         )
         meta.update((key, value) for key, value in optional if value is not None)
         if self.history:
             meta["h"] = self.history[-HISTORY_LIMIT:]
         return orjson.dumps(meta) + b"\n" + (self.payload if keep_payload else b"")
 
-    def to_wire(self, *, state: JobState | None = None, with_payload: bool = False) -> dict[str, Any]:
+    def to_wire(
+        self, *, state: JobState | None = None, with_payload: bool = False
+    ) -> dict[str, Any]:
         """The job as the admin API and ``Client.get_job`` show it."""
         wire: dict[str, Any] = {
             "id": self.id,
@@ -211,8 +236,17 @@ def _attempt_wire(entry: list[Any]) -> dict[str, Any]:
 # --- webhooks --------------------------------------------------------------------------
 
 CREATABLE = frozenset(
-    {"tenant_id", "url", "event_types", "secret", "rate_limit", "max_in_flight", "queue",
-     "headers", "description"}
+    {
+        "tenant_id",
+        "url",
+        "event_types",
+        "secret",
+        "rate_limit",
+        "max_in_flight",
+        "queue",
+        "headers",
+        "description",
+    }
 )
 PATCHABLE = CREATABLE | {"enabled"}
 
@@ -244,9 +278,13 @@ class Webhook:
             if required not in fields:
                 raise InvalidField(required, "is required")
         hook = cls(
-            id=new_webhook_id(), tenant_id="", url="", event_types=["*"],
+            id=new_webhook_id(),
+            tenant_id="",
+            url="",
+            event_types=["*"],
             secret=fields.get("secret") or generate_secret(),
-            created_at_ms=now_ms, updated_at_ms=now_ms,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
         )
         hook.apply({k: v for k, v in fields.items() if k != "secret"})
         if "secret" in fields and fields["secret"] is not None:
@@ -280,11 +318,18 @@ class Webhook:
 
     def to_wire(self, *, with_secret: bool = False) -> dict[str, Any]:
         wire: dict[str, Any] = {
-            "id": self.id, "tenant_id": self.tenant_id, "url": self.url,
-            "event_types": self.event_types, "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason, "rate_limit": self.rate_limit,
-            "max_in_flight": self.max_in_flight, "queue": self.queue, "headers": self.headers,
-            "description": self.description, "created_at": rfc3339(self.created_at_ms),
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "url": self.url,
+            "event_types": self.event_types,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "rate_limit": self.rate_limit,
+            "max_in_flight": self.max_in_flight,
+            "queue": self.queue,
+            "headers": self.headers,
+            "description": self.description,
+            "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
         if with_secret:
@@ -374,7 +419,9 @@ def _check_max_in_flight(value: Any) -> int | None:
 
 def _check_queue(value: Any) -> str:
     if not isinstance(value, str) or not _QUEUE.fullmatch(value):
-        raise InvalidField("queue", "must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+        raise InvalidField(
+            "queue", "must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -384,7 +431,9 @@ def _check_headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) > 32:
         raise InvalidField("headers", "must be an object of at most 32 string headers")
     for name, header in value.items():
-        if not isinstance(header, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name):
+        if not isinstance(header, str) or not re.fullmatch(
+            r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name
+        ):
             raise InvalidField("headers", f"{name!r} must be a header name with a string value")
         if name.lower() in _RESERVED_HEADERS:
             raise InvalidField("headers", f"{name!r} is set by dispatcher and cannot be overridden")

@@ -73,13 +73,23 @@ class WorkerHarness:
     async def start(self, *, allow_private: bool = True, **delivery: float) -> Worker:
         import asyncio
 
-        settings = {"timeout_s": 2.0, "stall_timeout_s": 3.0, "backoff_base_s": 0.05,
-                    "backoff_cap_s": 1.0, "max_attempts": 3, "concurrency": 32, **delivery}
+        settings = {
+            "timeout_s": 2.0,
+            "stall_timeout_s": 3.0,
+            "backoff_base_s": 0.05,
+            "backoff_cap_s": 1.0,
+            "max_attempts": 3,
+            "concurrency": 32,
+            **delivery,
+        }
         cfg = DeliveryConfig(**settings)  # type: ignore[arg-type]
         store = Store.open(self.redis_url, prefix=self.prefix)
-        sender = Sender(timeout_s=cfg.timeout_s, concurrency=cfg.concurrency,
-                        policy=AddressPolicy(allow_private=allow_private, allowed_cidrs=()),
-                        user_agent="dispatcher/test")
+        sender = Sender(
+            timeout_s=cfg.timeout_s,
+            concurrency=cfg.concurrency,
+            policy=AddressPolicy(allow_private=allow_private, allowed_cidrs=()),
+            user_agent="dispatcher/test",
+        )
         await sender.start()
         worker = Worker(store, sender, cfg, JobsConfig(), self.metrics)
         task = asyncio.create_task(worker.run(drain_grace_s=cfg.timeout_s + 1))
@@ -98,7 +108,9 @@ class WorkerHarness:
 
 
 @pytest.fixture
-async def workers(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[WorkerHarness]:
+async def workers(
+    redis_url: str, prefix: str, redis: aioredis.Redis
+) -> AsyncIterator[WorkerHarness]:
     harness = WorkerHarness(redis_url, prefix)
     yield harness
     await harness.stop()

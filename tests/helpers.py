@@ -62,11 +62,27 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -78,7 +94,9 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start; see {self.directory}/redis.log")
+        raise RuntimeError(
+            f"redis-server on {self.port} did not start; see {self.directory}/redis.log"
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
@@ -99,7 +117,10 @@ class Daemon:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "run"],
-            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         return self
@@ -135,13 +156,15 @@ class Daemon:
 def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     """Environment for a ``dispatcher run`` child: no inherited DISPATCHER_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-    env.update({
-        "DISPATCHER_REDIS_URL": redis_url,
-        "DISPATCHER_REDIS_PREFIX": prefix,
-        "DISPATCHER_ADMIN_LISTEN": "",
-        "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
-        "DISPATCHER_LOG_FORMAT": "json",
-        "DISPATCHER_LOG_LEVEL": "info",
-    })
+    env.update(
+        {
+            "DISPATCHER_REDIS_URL": redis_url,
+            "DISPATCHER_REDIS_PREFIX": prefix,
+            "DISPATCHER_ADMIN_LISTEN": "",
+            "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
+            "DISPATCHER_LOG_FORMAT": "json",
+            "DISPATCHER_LOG_LEVEL": "info",
+        }
+    )
     env.update({f"DISPATCHER_{k.upper()}": v for k, v in settings.items()})
     return env

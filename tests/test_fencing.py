@@ -41,8 +41,14 @@ async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) ->
     job.attempt += 1
     job.state = state
     job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
-    return Settlement(claim, kind, job.encode(), now + (1000 if kind == "R" else 0), "",
-                      orjson.dumps([now, 500, 1.0, "late", 1]))
+    return Settlement(
+        claim,
+        kind,
+        job.encode(),
+        now + (1000 if kind == "R" else 0),
+        "",
+        orjson.dumps([now, 500, 1.0, "late", 1]),
+    )
 
 
 async def _reclaim(store: Store, consumer: str) -> streams.ReclaimPage:

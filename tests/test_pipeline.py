@@ -57,7 +57,9 @@ async def test_fan_out_follows_subscriptions(client: Client, target: Target) -> 
     await client.update_webhook(off["id"], enabled=False)
     await client.create_webhook("globex", target.url("/other"), ["*"])
     answer = await client.publish("acme", "order.created", {"n": 1})
-    assert sorted(j["webhook_id"] for j in answer["jobs"]) == sorted([orders["id"], everything["id"]])
+    assert sorted(j["webhook_id"] for j in answer["jobs"]) == sorted(
+        [orders["id"], everything["id"]]
+    )
     assert len({j["id"] for j in answer["jobs"]}) == 2
     for job in answer["jobs"]:
         stored = await client.get_job(job["id"])
@@ -134,9 +136,7 @@ async def test_gone_disables_webhook_and_dead_letters(
     job = await eventually(lambda: _job_in(client, job_id, "dead"))
     assert job["dead_reason"] == "gone"
     assert job["last_status"] == 410
-    updated = await eventually(
-        lambda: _disabled(client, hook["id"]), what="webhook disabled"
-    )
+    updated = await eventually(lambda: _disabled(client, hook["id"]), what="webhook disabled")
     assert "410" in updated["disabled_reason"]
     assert (await client.publish("acme", "a.b", {}))["jobs"] == []
     assert target.count() == 1

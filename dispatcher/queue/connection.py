@@ -7,7 +7,7 @@ with capped, jittered backoff of its own (RELIABILITY R9).
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -18,12 +18,15 @@ CONNECT_TIMEOUT_S = 2.0
 
 
 def open_redis(url: str, *, max_connections: int = 64) -> Redis:
-    return Redis.from_url(
+    """A client whose pool waits for a free connection rather than failing when busy."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=SOCKET_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
         decode_responses=False,
         health_check_interval=0,
     )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it with aclose()

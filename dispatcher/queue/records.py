@@ -66,7 +66,9 @@ async def get_webhooks(store: Store, webhook_ids: list[str]) -> dict[str, Webhoo
     """The webhooks by id, None for those that are gone (deleted since their job was made)."""
     unique = list(dict.fromkeys(webhook_ids))
     raws = await store.redis.hmget(store.keys.webhooks, unique)
-    return {wid: Webhook.decode(raw) if raw else None for wid, raw in zip(unique, raws, strict=True)}
+    return {
+        wid: Webhook.decode(raw) if raw else None for wid, raw in zip(unique, raws, strict=True)
+    }
 
 
 async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
@@ -148,9 +150,17 @@ async def publish(
         names = sorted(known)
         queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
         args = [
-            job_prefix, event_id, tenant_id, event_type, payload, store.clock.now_ms(),
-            deliver_at_ms or 0, IDEMPOTENCY_TTL_S if idempotency_key else 0,
-            only_webhook or "", priority, " ".join(names),
+            job_prefix,
+            event_id,
+            tenant_id,
+            event_type,
+            payload,
+            store.clock.now_ms(),
+            deliver_at_ms or 0,
+            IDEMPOTENCY_TTL_S if idempotency_key else 0,
+            only_webhook or "",
+            priority,
+            " ".join(names),
         ]
         with redis_errors():
             status, answer = await store.scripts.publish(

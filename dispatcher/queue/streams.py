@@ -142,13 +142,21 @@ async def reclaim_page(
         args=[GROUP, consumer, min_idle_ms, cursor, count, POISON_STALLS, store.clock.now_ms()],
     )
     claims = [
-        Claim(queue, taken[i].decode(), taken[i + 1].decode(), taken[i + 2].decode(),
-              taken[i + 3].decode())
+        Claim(
+            queue,
+            taken[i].decode(),
+            taken[i + 1].decode(),
+            taken[i + 2].decode(),
+            taken[i + 3].decode(),
+        )
         for i in range(0, len(taken), 4)
     ]
     return ReclaimPage(
-        next_cursor.decode(), claims, [p.decode() for p in poisoned],
-        [m.decode() for m in malformed], [m.decode() for m in missing],
+        next_cursor.decode(),
+        claims,
+        [p.decode() for p in poisoned],
+        [m.decode() for m in malformed],
+        [m.decode() for m in missing],
     )
 
 

@@ -1,0 +1,47 @@
+# dispatcher: `make run` starts the daemon on its embedded Redis, `make test` runs the tests.
+# Both set everything up on a fresh Debian machine with Python 3.11: a .venv with the package
+# in editable mode, and redis-server from the system packages when it is missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= etc/dispatcher.toml
+
+.PHONY: run test test-fast lint typecheck redis-server clean
+
+run: $(STAMP) redis-server
+	$(BIN)/dispatcher run --config $(CONFIG)
+
+test: $(STAMP) redis-server
+	$(BIN)/pytest
+
+test-fast: $(STAMP) redis-server
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check dispatcher tests
+	$(BIN)/mypy dispatcher
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 (Debian: apt-get install python3.11 python3.11-venv) or run make PYTHON=python3"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install the venv module (Debian: apt-get install python3.11-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# redis-server comes from the system packages; we install it only when we may (root).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server from the Debian packages"; \
+	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) \
+	      || { echo "apt-get could not install redis-server"; exit 1; }; \
+	  else \
+	    echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server)"; \
+	    echo "or point the tests at a running Redis with REDIS_URL=redis://host:6379/0"; \
+	    exit 1; \
+	  fi; }
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
