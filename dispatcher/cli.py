@@ -40,7 +40,7 @@ def _load(path: str | None) -> Config | None:
         return load(path, os.environ)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+            sys.stderr.write(f"config error: {problem}\n")
         return None
 
 

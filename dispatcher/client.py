@@ -90,7 +90,7 @@ class Client:
 
     # --- events ---------------------------------------------------------------------------
 
-    async def publish(
+    async def publish(  # noqa: PLR0917 - the positional signature is fixed by the contract
         self,
         tenant_id: str,
         event_type: str,
@@ -104,7 +104,13 @@ class Client:
         Returns ``{"event_id", "jobs": [{"id", "webhook_id"}]}`` once every job is in Redis.
         """
         _new, answer = await self._publish(
-            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, None
+            tenant_id,
+            event_type,
+            payload,
+            idempotency_key=idempotency_key,
+            deliver_at=deliver_at,
+            priority=priority,
+            webhook_id=None,
         )
         return answer
 
@@ -121,7 +127,13 @@ class Client:
     ) -> tuple[bool, dict[str, Any]]:
         """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
         return await self._publish(
-            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
+            tenant_id,
+            event_type,
+            payload,
+            idempotency_key=idempotency_key,
+            deliver_at=deliver_at,
+            priority=priority,
+            webhook_id=webhook_id,
         )
 
     async def _publish(
@@ -129,6 +141,7 @@ class Client:
         tenant_id: str,
         event_type: str,
         payload: Any,
+        *,
         idempotency_key: str | None,
         deliver_at: datetime | str | None,
         priority: str,
@@ -137,12 +150,7 @@ class Client:
         tenant_id = check_tenant_id(tenant_id)
         event_type = check_event_type(event_type)
         body = self._encode_payload(payload)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_ID_TEXT
-        ):
-            raise InvalidField(
-                "idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters"
-            )
+        idempotency_key = _check_idempotency_key(idempotency_key)
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
         event_id, job_prefix = new_event_ids()
@@ -185,7 +193,17 @@ class Client:
         return len(await dlq.replay(self.store, job_ids))
 
 
-def _deliver_at_ms(deliver_at: datetime | str | None) -> int | None:
+def _check_idempotency_key(value: object) -> str | None:
+    """``value`` is an ``object``: callers of the public API are not always type-checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_TEXT:
+        raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
+    return value
+
+
+def _deliver_at_ms(deliver_at: object) -> int | None:
+    """``deliver_at`` is an ``object``: callers of the public API are not always type-checked."""
     if deliver_at is None:
         return None
     if isinstance(deliver_at, str):

@@ -40,7 +40,8 @@ async def run(cfg: Config) -> int:
         return await _serve(cfg, stop)
     except ConfigError as exc:
         for problem in exc.problems:
-            log.error("daemon.start_failed", problem=problem)
+            # Each problem is the operator's to fix, and a traceback would only bury it.
+            log.error("daemon.start_failed", problem=problem)  # noqa: TRY400
         return EXIT_CONFIG
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,8 +129,10 @@ def _judge(facts: ServerFacts) -> bool:
     if facts.maxmemory_policy != "noeviction":
         raise ConfigError(
             [
-                f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
-                "noeviction, since any other policy may evict queued jobs"
+                (
+                    f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
+                    "noeviction, since any other policy may evict queued jobs"
+                )
             ]
         )
     if not facts.appendonly:

@@ -29,6 +29,8 @@ from dispatcher.queue.streams import Claim, Malformed, Settlement
 from dispatcher.signing import sign
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dispatcher.config import DeliveryConfig, JobsConfig
     from dispatcher.metrics import Metrics
     from dispatcher.queue.store import Store
@@ -418,7 +420,7 @@ class Worker:
                         self.metrics.inc("dispatcher_promoted_total", promoted.moved)
                         if promoted.orphans:
                             log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
-                        if promoted.moved + len(promoted.orphans) < 500:
+                        if promoted.moved + len(promoted.orphans) < delays.BATCH_LIMIT:
                             break
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
@@ -504,7 +506,10 @@ class Worker:
         while not self.stop.is_set():
             try:
                 cutoff_ms = self.store.clock.now_ms() - retention_ms
-                while await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms) >= 500:
+                while (
+                    await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms)
+                    >= delays.BATCH_LIMIT
+                ):
                     pass
             except asyncio.CancelledError:
                 raise
@@ -541,7 +546,7 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw[:512].decode(errors="replace")
 
 
-def _log_failure(event: str) -> object:
+def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:
     def report(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error(event, error=str(task.exception()))

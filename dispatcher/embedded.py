@@ -13,11 +13,14 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dispatcher.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = structlog.get_logger()
 
@@ -93,8 +96,10 @@ class EmbeddedRedis:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if await self._ping():
             raise ConfigError([
-                f"state_dir: {self.state_dir} is in use by another running embedded Redis "
-                "(is another dispatcher running with the same state_dir?)"
+                (
+                    f"state_dir: {self.state_dir} is in use by another running embedded Redis "
+                    "(is another dispatcher running with the same state_dir?)"
+                )
             ])
         self.socket.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
@@ -118,8 +123,10 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
                 raise ConfigError([
-                    f"embedded redis-server exited with {self.process.returncode}; "
-                    f"see {self.state_dir / 'redis.log'}"
+                    (
+                        f"embedded redis-server exited with {self.process.returncode}; "
+                        f"see {self.state_dir / 'redis.log'}"
+                    )
                 ])
             if await self._ping():
                 return

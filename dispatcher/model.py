@@ -47,6 +47,10 @@ _RESERVED_HEADERS = frozenset(
     }
 )
 MAX_ID_TEXT = 256
+MAX_EVENT_TYPES = 256  # per webhook
+MAX_IN_FLIGHT_CAP = 100_000  # the largest max_in_flight a webhook may ask for
+MAX_HEADERS = 32  # custom headers per webhook
+MAX_HEADER_VALUE = 4096  # characters in one custom header value
 
 
 class JobState(StrEnum):
@@ -273,7 +277,7 @@ class Webhook:
     def create(cls, fields: dict[str, Any], *, now_ms: int) -> Webhook:
         unknown = set(fields) - CREATABLE
         if unknown:
-            raise InvalidField(sorted(unknown)[0], "is not a webhook field")
+            raise InvalidField(min(unknown), "is not a webhook field")
         for required in ("tenant_id", "url"):
             if required not in fields:
                 raise InvalidField(required, "is required")
@@ -295,7 +299,7 @@ class Webhook:
         """Validate and set fields (create or PATCH); raises InvalidField, changing nothing."""
         unknown = set(changes) - PATCHABLE
         if unknown:
-            raise InvalidField(sorted(unknown)[0], "is not a webhook field")
+            raise InvalidField(min(unknown), "is not a webhook field")
         checked = {name: _CHECKS[name](value) for name, value in changes.items()}
         for name, value in checked.items():
             setattr(self, name, value)
@@ -352,23 +356,23 @@ def _text(name: str, value: Any, *, limit: int = MAX_ID_TEXT, empty: bool = Fals
 
 
 def check_tenant_id(value: Any) -> str:
-    value = _text("tenant_id", value)
-    if any(c.isspace() for c in value):
+    text = _text("tenant_id", value)
+    if any(c.isspace() for c in text):
         raise InvalidField("tenant_id", "must not contain white space")
-    return value
+    return text
 
 
 def check_event_type(value: Any, name: str = "event_type") -> str:
-    value = _text(name, value)
-    if any(c.isspace() for c in value):
+    text = _text(name, value)
+    if any(c.isspace() for c in text):
         raise InvalidField(name, "must not contain white space")
-    return value
+    return text
 
 
 def check_url(value: Any) -> str:
-    value = _text("url", value, limit=2048)
+    url = _text("url", value, limit=2048)
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise InvalidField("url", f"is not a valid URL ({exc})") from exc
@@ -378,14 +382,14 @@ def check_url(value: Any) -> str:
         raise InvalidField("url", "must name a host")
     if port == 0:
         raise InvalidField("url", "must not use port 0")
-    return value
+    return url
 
 
 def _check_event_types(value: Any) -> list[str]:
     if not isinstance(value, list) or not value:
         raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
-    if len(value) > 256:
-        raise InvalidField("event_types", "must list at most 256 event types")
+    if len(value) > MAX_EVENT_TYPES:
+        raise InvalidField("event_types", f"must list at most {MAX_EVENT_TYPES} event types")
     return sorted({check_event_type(v, "event_types") for v in value})
 
 
@@ -412,8 +416,8 @@ def _check_rate_limit(value: Any) -> dict[str, float] | None:
 def _check_max_in_flight(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-        raise InvalidField("max_in_flight", "must be a whole number from 1 to 100000")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IN_FLIGHT_CAP:
+        raise InvalidField("max_in_flight", f"must be a whole number from 1 to {MAX_IN_FLIGHT_CAP}")
     return value
 
 
@@ -428,8 +432,8 @@ def _check_queue(value: Any) -> str:
 def _check_headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or len(value) > 32:
-        raise InvalidField("headers", "must be an object of at most 32 string headers")
+    if not isinstance(value, dict) or len(value) > MAX_HEADERS:
+        raise InvalidField("headers", f"must be an object of at most {MAX_HEADERS} string headers")
     for name, header in value.items():
         if not isinstance(header, str) or not re.fullmatch(
             r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", name
@@ -437,8 +441,10 @@ def _check_headers(value: Any) -> dict[str, str]:
             raise InvalidField("headers", f"{name!r} must be a header name with a string value")
         if name.lower() in _RESERVED_HEADERS:
             raise InvalidField("headers", f"{name!r} is set by dispatcher and cannot be overridden")
-        if len(header) > 4096 or "\n" in header or "\r" in header:
-            raise InvalidField("headers", f"{name!r} must be one line of at most 4096 characters")
+        if len(header) > MAX_HEADER_VALUE or "\n" in header or "\r" in header:
+            raise InvalidField(
+                "headers", f"{name!r} must be one line of at most {MAX_HEADER_VALUE} characters"
+            )
     return dict(value)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +19,10 @@ from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import RedisServer
 from tests.target import Target
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(scope="session")
@@ -68,21 +72,28 @@ class WorkerHarness:
         self.redis_url = redis_url
         self.prefix = prefix
         self.metrics = Metrics()
-        self.workers: list[tuple[Worker, object, Store, Sender]] = []
+        self.workers: list[tuple[Worker, asyncio.Task[None], Store, Sender]] = []
 
-    async def start(self, *, allow_private: bool = True, **delivery: float) -> Worker:
-        import asyncio
-
-        settings = {
-            "timeout_s": 2.0,
-            "stall_timeout_s": 3.0,
-            "backoff_base_s": 0.05,
-            "backoff_cap_s": 1.0,
-            "max_attempts": 3,
-            "concurrency": 32,
-            **delivery,
-        }
-        cfg = DeliveryConfig(**settings)  # type: ignore[arg-type]
+    async def start(
+        self,
+        *,
+        allow_private: bool = True,
+        timeout_s: float = 2.0,
+        stall_timeout_s: float = 3.0,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 1.0,
+        max_attempts: int = 3,
+        concurrency: int = 32,
+    ) -> Worker:
+        """Start a worker with small timeouts, so failures and retries fit in a test's deadline."""
+        cfg = DeliveryConfig(
+            timeout_s=timeout_s,
+            stall_timeout_s=stall_timeout_s,
+            backoff_base_s=backoff_base_s,
+            backoff_cap_s=backoff_cap_s,
+            max_attempts=max_attempts,
+            concurrency=concurrency,
+        )
         store = Store.open(self.redis_url, prefix=self.prefix)
         sender = Sender(
             timeout_s=cfg.timeout_s,
@@ -97,11 +108,9 @@ class WorkerHarness:
         return worker
 
     async def stop(self) -> None:
-        import asyncio
-
         for worker, task, store, sender in self.workers:
             worker.stop.set()
-            await asyncio.wait_for(task, timeout=30)  # type: ignore[arg-type]
+            await asyncio.wait_for(task, timeout=30)
             await sender.close()
             await store.close()
         self.workers.clear()

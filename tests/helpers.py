@@ -10,10 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    import redis.asyncio as aioredis
+
+#: XRANGE entries as the tests' clients return them (decode_responses is off).
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 async def eventually(
@@ -35,6 +42,17 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s (last: {last!r})")
         await asyncio.sleep(interval_s)
+
+
+async def stream_entries(conn: aioredis.Redis, key: str) -> StreamEntries:
+    """The whole stream; redis-py types its entries as bytes or str, and here they are bytes."""
+    return await cast("Awaitable[StreamEntries]", conn.xrange(key))
+
+
+async def hash_len(conn: aioredis.Redis, key: str) -> int:
+    """HLEN; redis-py 5.x types its reply as "an int or an awaitable", 8.x as an awaitable."""
+    reply: Awaitable[int] | int = conn.hlen(key)
+    return reply if isinstance(reply, int) else await reply
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client
+from dispatcher import Client, embedded
+from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import Keys
 from tests.helpers import Daemon, daemon_env, eventually
 from tests.target import Reply, Target
@@ -48,7 +50,7 @@ async def _all_delivered(client: Client, ids: list[str]) -> dict[str, int] | Non
 async def test_sigkill_mid_delivery_loses_nothing(
     client: Client, redis_url: str, prefix: str, target: Target, logs_dir: Path
 ) -> None:
-    """2,000 events over 20 webhooks, one of two workers SIGKILLed 5 times: every job is delivered."""
+    """2,000 events to 20 webhooks, one of two workers SIGKILLed 5 times: every job is delivered."""
     hooks = [await client.create_webhook(f"t{i}", target.url(f"/h{i}")) for i in range(20)]
     for i in range(20):
         target.script(f"/h{i}", Reply(200, delay_s=0.01))
@@ -90,7 +92,7 @@ async def test_sigstopped_worker_is_taken_over_and_its_late_result_refused(
     target: Target,
     logs_dir: Path,
 ) -> None:
-    """A worker frozen past the stall timeout loses its job to another; its result on waking is refused."""
+    """Past the stall timeout a frozen worker's job goes to another; its late result is refused."""
     env = daemon_env(
         redis_url,
         prefix,
@@ -120,7 +122,7 @@ async def test_sigstopped_worker_is_taken_over_and_its_late_result_refused(
         assert "job.reclaimed" in rescuer.log
     finally:
         frozen.stop()
-        if rescuer:
+        if rescuer is not None:
             rescuer.stop()
 
 
@@ -161,7 +163,7 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(
 async def test_sigterm_leaves_unfinished_work_for_another_worker(
     client: Client, redis_url: str, prefix: str, target: Target, logs_dir: Path
 ) -> None:
-    """A request that outlives the drain grace is left pending, and another worker delivers the job."""
+    """A request outliving the drain grace is left pending, and another worker delivers the job."""
     env = daemon_env(redis_url, prefix, delivery_timeout_s="4", delivery_stall_timeout_s="5")
     target.script("/hook", Reply(200, delay_s=30), Reply(200))
     await client.create_webhook("acme", target.url())
@@ -186,15 +188,16 @@ async def test_sigterm_leaves_unfinished_work_for_another_worker(
         await eventually(lambda: _delivered_by_second(client, job_id), timeout_s=40)
     finally:
         first.stop()
-        if second:
+        if second is not None:
             second.stop()
 
 
 async def test_embedded_redis_serves_and_stops_with_the_daemon(
     tmp_path: Path, target: Target, logs_dir: Path
 ) -> None:
-    """With no redis.url the daemon runs its own redis-server on a unix socket, with AOF, and stops it."""
-    state_dir = Path("/tmp") / f"dsp-{os.getpid()}-{tmp_path.name[-8:]}"
+    """With no redis.url the daemon runs its own redis-server (unix socket, AOF), and stops it."""
+    # Not tmp_path: a unix socket path must stay under ~104 bytes, and tmp_path can be longer.
+    state_dir = Path("/tmp") / f"dsp-{os.getpid()}-{tmp_path.name[-8:]}"  # noqa: S108
     env = daemon_env("", "emb", state_dir=str(state_dir))
     env.pop("DISPATCHER_REDIS_URL")
     daemon = Daemon(env, logs_dir / "embedded.log").start()
@@ -216,7 +219,7 @@ async def test_embedded_redis_serves_and_stops_with_the_daemon(
         assert list(state_dir.glob("appendonly*"))
     finally:
         daemon.stop()
-        subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 async def _answers(socket_path: Path) -> bool:
@@ -264,13 +267,13 @@ def test_check_config_reports_every_problem(tmp_path: Path) -> None:
     )
     assert good.returncode == 0, good.stderr
     shown = orjson.loads(good.stdout)
-    assert shown["admin"]["token"] == "***"
+    assert shown["admin"]["token"] == "***"  # noqa: S105 - the redaction mark, not a secret
     assert "pw" not in good.stdout
     assert "s3cret" not in good.stdout
 
 
 def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
-    """dispatcher run refuses a stall timeout not above the attempt timeout, exit 2, naming both keys."""
+    """dispatcher run exits 2 on a stall timeout not above the attempt timeout, naming both keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher", "run"],
@@ -291,10 +294,7 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
 async def test_missing_redis_server_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without a redis-server binary the embedded start fails with install advice (exit 2 in the CLI)."""
-    from dispatcher import embedded
-    from dispatcher.errors import ConfigError
-
+    """Without a redis-server binary the embedded start fails with install advice (CLI: exit 2)."""
     monkeypatch.setattr(embedded, "find_redis_server", lambda: None)
     with pytest.raises(ConfigError) as caught:
         await embedded.EmbeddedRedis(tmp_path).start()

@@ -6,18 +6,24 @@ standing in for processes that die or freeze at exactly the wrong moment.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
-from dispatcher import Client
 from dispatcher.model import Job, JobState
-from dispatcher.queue import streams
+from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
 from dispatcher.queue.streams import Claim, Settlement
+from tests.helpers import stream_entries
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable
+
+    import redis.asyncio as aioredis
+
+    from dispatcher import Client
 
 
 @pytest.fixture
@@ -34,7 +40,7 @@ async def _one_job(client: Client) -> str:
 
 
 async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
-    raw = await store.redis.hget(store.keys.jobs, claim.job_id)
+    raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, claim.job_id))
     assert raw is not None
     job = Job.decode(claim.job_id, raw)
     now = store.clock.now_ms()
@@ -58,7 +64,7 @@ async def _reclaim(store: Store, consumer: str) -> streams.ReclaimPage:
 
 
 async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, store: Store) -> None:
-    """A worker whose claim was taken over has its late result refused; the state never goes back."""
+    """A worker whose claim was taken over has its late result refused; the state stays put."""
     job_id = await _one_job(client)
     [claim_a], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
     page = await _reclaim(store, "b")  # a froze past the stall timeout; b takes over
@@ -97,8 +103,6 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
     retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
     assert await streams.settle(store, "w1", [retry], held=1) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
-    from dispatcher.queue import delays
-
     assert (await delays.promote_due(store, "default")).moved == 1
     await streams.read_new(store, "default", "w2", count=10, block_ms=10)  # w2 dies
     assert [c.job_id for c in (await _reclaim(store, "w3")).claims] == [job_id]  # w3 dies
@@ -112,7 +116,7 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
     assert job["dead_reason"] == "poison"
     assert job["stalls"] == 3
     assert "3 times" in job["last_error"]
-    dlq = await redis.xrange(Keys(prefix).dlq)
+    dlq = await stream_entries(redis, Keys(prefix).dlq)
     assert [(e[1][b"j"].decode(), e[1][b"r"]) for e in dlq] == [(job_id, b"poison")]
     assert (await redis.xpending(Keys(prefix).ready("default"), "dispatch"))["pending"] == 0
 
@@ -145,6 +149,6 @@ async def test_pending_entry_deleted_under_us_is_reported(
     await redis.xdel(Keys(prefix).ready("default"), claim.sid)
     page = await _reclaim(store, "b")
     assert page.missing == [claim.sid]
-    dlq = await redis.xrange(Keys(prefix).dlq)
+    dlq = await stream_entries(redis, Keys(prefix).dlq)
     assert dlq[0][1][b"r"] == b"entry_missing"
     assert dlq[0][1][b"sid"].decode() == claim.sid

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Client, InvalidField, PayloadTooLarge
+from dispatcher.queue import delays
 from dispatcher.queue.keys import Keys
-from tests.conftest import WorkerHarness
-from tests.helpers import eventually
+from dispatcher.queue.store import Store
+from tests.helpers import StreamEntries, eventually, hash_len, stream_entries
 from tests.target import Drip, Garbage, Hang, Huge, Redirect, Reply, Reset, Target
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from tests.conftest import WorkerHarness
+    from tests.target import Behaviour
 
 
 async def _job_in(client: Client, job_id: str, *states: str) -> dict[str, Any] | None:
@@ -30,7 +36,7 @@ def _ms(rfc3339: str) -> float:
 async def test_published_event_arrives_signed(
     client: Client, target: Target, workers: WorkerHarness
 ) -> None:
-    """A published event reaches the endpoint once, signed so a Standard Webhooks verifier accepts it."""
+    """A published event arrives once, signed so that a Standard Webhooks verifier accepts it."""
     hook = await client.create_webhook("acme", target.url(), ["order.created"])
     answer = await client.publish("acme", "order.created", {"order": 42, "total": 9.99})
     assert [j["webhook_id"] for j in answer["jobs"]] == [hook["id"]]
@@ -49,7 +55,7 @@ async def test_published_event_arrives_signed(
 
 
 async def test_fan_out_follows_subscriptions(client: Client, target: Target) -> None:
-    """Publishing makes one job per enabled webhook of the tenant subscribed to the type, '*' included."""
+    """Publishing makes one job per enabled tenant webhook subscribed to the type, '*' included."""
     orders = await client.create_webhook("acme", target.url("/orders"), ["order.created"])
     everything = await client.create_webhook("acme", target.url("/all"), ["*"])
     await client.create_webhook("acme", target.url("/users"), ["user.created"])
@@ -102,7 +108,7 @@ async def test_exhausted_job_is_dead_lettered_with_last_error(
     assert "database on fire" in job["last_error"]
     assert job["dead_reason"] == "max_attempts"
     assert job["next_attempt_at"] is None
-    entries = await redis.xrange(Keys(prefix).dlq)
+    entries = await stream_entries(redis, Keys(prefix).dlq)
     assert [e[1][b"j"].decode() for e in entries] == [job_id]
     assert entries[0][1][b"r"] == b"max_attempts"
     assert target.count() == 3
@@ -175,10 +181,10 @@ async def test_retry_after_is_honoured(
     ids=["hang", "drip", "reset", "garbage", "redirect", "huge-error-body"],
 )
 async def test_bad_targets_fail_cleanly(
-    client: Client, target: Target, workers: WorkerHarness, behaviour: object, expected: str
+    client: Client, target: Target, workers: WorkerHarness, behaviour: Behaviour, expected: str
 ) -> None:
-    """A target that hangs, drips, resets, answers garbage or redirects fails the attempt with a clear error."""
-    target.script("/hook", behaviour, Reply(200))  # type: ignore[arg-type]
+    """A target that hangs, drips, resets, sends garbage or redirects fails with a clear error."""
+    target.script("/hook", behaviour, Reply(200))
     await client.create_webhook("acme", target.url())
     job_id = (await client.publish("acme", "a.b", {}))["jobs"][0]["id"]
     await workers.start(timeout_s=0.5, stall_timeout_s=2, backoff_base_s=0.05)
@@ -206,7 +212,7 @@ async def test_huge_success_body_is_read_bounded(
 async def test_private_target_refused_by_default(
     client: Client, target: Target, workers: WorkerHarness
 ) -> None:
-    """A webhook on a loopback address is refused at delivery time unless private targets are allowed."""
+    """A loopback webhook is refused at delivery time unless private targets are allowed."""
     await client.create_webhook("acme", target.url())
     job_id = (await client.publish("acme", "a.b", {}))["jobs"][0]["id"]
     await workers.start(allow_private=False, max_attempts=1)
@@ -219,7 +225,7 @@ async def test_private_target_refused_by_default(
 async def test_malformed_entry_is_quarantined_and_work_goes_on(
     client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
 ) -> None:
-    """An entry written straight into the stream goes to the DLQ as malformed; good jobs still flow."""
+    """An entry put straight into the stream goes to the DLQ as malformed; good jobs still flow."""
     keys = Keys(prefix)
     await client.create_webhook("acme", target.url())
     await workers.start()
@@ -234,8 +240,8 @@ async def test_malformed_entry_is_quarantined_and_work_goes_on(
     assert (await redis.xpending(keys.ready("default"), "dispatch"))["pending"] == 0
 
 
-async def _dlq_with(redis: aioredis.Redis, keys: Keys, n: int) -> list[Any] | None:
-    entries = await redis.xrange(keys.dlq)
+async def _dlq_with(redis: aioredis.Redis, keys: Keys, n: int) -> StreamEntries | None:
+    entries = await stream_entries(redis, keys.dlq)
     return entries if len(entries) >= n else None
 
 
@@ -291,7 +297,7 @@ async def test_bad_input_is_refused_and_changes_nothing(
     client: Client, redis: aioredis.Redis, prefix: str, target: Target
 ) -> None:
     """Bad webhook fields and oversized payloads raise errors naming the field, writing nothing."""
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"url": "ftp://example.com/x"}, "url"),
         ({"url": "not a url"}, "url"),
         ({"event_types": []}, "event_types"),
@@ -340,9 +346,6 @@ async def test_delivered_stream_is_emptied_and_records_expire(
     client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
 ) -> None:
     """Finished entries leave the stream at once, and finished records go after their retention."""
-    from dispatcher.queue import delays
-    from dispatcher.queue.store import Store
-
     keys = Keys(prefix)
     await client.create_webhook("acme", target.url())
     ids = [(await client.publish("acme", "a.b", {"i": i}))["jobs"][0]["id"] for i in range(20)]
@@ -356,7 +359,7 @@ async def test_delivered_stream_is_emptied_and_records_expire(
     removed = await delays.sweep_finished(store, cutoff_ms=store.clock.now_ms() + 1000)
     assert removed == 20
     assert await client.get_job(ids[0]) is None
-    assert await redis.hlen(keys.jobs) == 0
+    assert await hash_len(redis, keys.jobs) == 0
     assert await redis.zcard(keys.done) == 0
 
 
@@ -392,7 +395,7 @@ async def _stream_len(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
 async def test_group_is_recreated_after_redis_loses_it(
     client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
 ) -> None:
-    """When the stream and group vanish (Redis restarted empty) the worker recreates them and goes on."""
+    """If stream and group vanish (Redis restarted empty), the worker recreates them and goes on."""
     keys = Keys(prefix)
     await client.create_webhook("acme", target.url())
     await workers.start()

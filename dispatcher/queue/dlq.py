@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dispatcher.model import Job, is_job_id
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from dispatcher.queue.store import Store
 
 
@@ -28,7 +30,8 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
     if not ids:
         return []
     with redis_errors():
-        raws = await store.redis.hmget(keys.jobs, ids)
+        # decode_responses is off: the records are bytes, whatever redis-py's types say
+        raws = await cast("Awaitable[list[bytes | None]]", store.redis.hmget(keys.jobs, ids))
     by_queue: defaultdict[str, list[str]] = defaultdict(list)
     for job_id, raw in zip(ids, raws, strict=True):
         if raw is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 
@@ -12,12 +12,15 @@ from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Iterator
 
     from dispatcher.queue.store import Store
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 DEFAULT_QUEUE = "default"
+
+# redis-py types its replies loosely (bytes or str, and in 5.x "awaitable or not"). Our
+# connections have decode_responses off, so each read below casts to the bytes it gets.
 
 
 @contextmanager
@@ -38,10 +41,11 @@ def redis_errors() -> Iterator[None]:
 
 async def save_webhook(store: Store, hook: Webhook, *, old_tenant: str | None = None) -> None:
     pipe = store.redis.pipeline(transaction=True)
-    pipe.hset(store.keys.webhooks, hook.id, hook.encode())
+    # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
+    pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
     if old_tenant is not None and old_tenant != hook.tenant_id:
         pipe.hdel(store.keys.tenant(old_tenant), hook.id)
-    pipe.hset(store.keys.tenant(hook.tenant_id), hook.id, hook.routing())
+    pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
     with redis_errors():
         await pipe.execute()
 
@@ -56,7 +60,9 @@ async def get_webhook(store: Store, webhook_id: str) -> Webhook:
     if not is_webhook_id(webhook_id):
         raise NotFound(f"no webhook {webhook_id!r}")
     with redis_errors():
-        raw = await store.redis.hget(store.keys.webhooks, webhook_id)
+        raw = await cast(
+            "Awaitable[bytes | None]", store.redis.hget(store.keys.webhooks, webhook_id)
+        )
     if raw is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     return Webhook.decode(raw)
@@ -65,7 +71,9 @@ async def get_webhook(store: Store, webhook_id: str) -> Webhook:
 async def get_webhooks(store: Store, webhook_ids: list[str]) -> dict[str, Webhook | None]:
     """The webhooks by id, None for those that are gone (deleted since their job was made)."""
     unique = list(dict.fromkeys(webhook_ids))
-    raws = await store.redis.hmget(store.keys.webhooks, unique)
+    raws = await cast(
+        "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.webhooks, unique)
+    )
     return {
         wid: Webhook.decode(raw) if raw else None for wid, raw in zip(unique, raws, strict=True)
     }
@@ -73,10 +81,14 @@ async def get_webhooks(store: Store, webhook_ids: list[str]) -> dict[str, Webhoo
 
 async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
     with redis_errors():
-        ids = sorted(await store.redis.hkeys(store.keys.tenant(tenant_id)))
+        ids = sorted(
+            await cast("Awaitable[list[bytes]]", store.redis.hkeys(store.keys.tenant(tenant_id)))
+        )
         if not ids:
             return []
-        raws = await store.redis.hmget(store.keys.webhooks, ids)
+        raws = await cast(
+            "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.webhooks, ids)
+        )
     return [Webhook.decode(raw) for raw in raws if raw]
 
 
@@ -149,7 +161,7 @@ async def publish(
     while True:
         names = sorted(known)
         queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
-        args = [
+        args: list[bytes | str | int] = [
             job_prefix,
             event_id,
             tenant_id,
@@ -192,7 +204,7 @@ async def get_job(store: Store, job_id: str) -> Job | None:
     if not is_job_id(job_id):
         return None
     with redis_errors():
-        raw = await store.redis.hget(store.keys.jobs, job_id)
+        raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
     if raw is None:
         return None
     try:

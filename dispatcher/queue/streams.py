@@ -9,7 +9,7 @@ for this consumer with that count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.exceptions as rex
@@ -17,9 +17,15 @@ import redis.exceptions as rex
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from dispatcher.queue.store import Store
 
 POISON_STALLS = 3
+
+#: An XREADGROUP reply as redis-py gives it with decode_responses off:
+#: [(stream, [(sid, fields or None for an entry deleted while pending)])], or None.
+_ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +87,11 @@ async def ensure_group(store: Store, queue: str) -> bool:
 async def read_new(
     store: Store, queue: str, consumer: str, *, count: int, block_ms: int
 ) -> tuple[list[Claim], list[Malformed]]:
-    reply = await store.redis.xreadgroup(
-        GROUP, consumer, {store.keys.ready(queue): ">"}, count=count, block=block_ms
+    reply = await cast(
+        "Awaitable[_ReadReply]",
+        store.redis.xreadgroup(
+            GROUP, consumer, {store.keys.ready(queue): ">"}, count=count, block=block_ms
+        ),
     )
     claims: list[Claim] = []
     malformed: list[Malformed] = []
