@@ -30,8 +30,10 @@ def redis_errors() -> Iterator[None]:
         yield
     except (rex.ConnectionError, rex.TimeoutError) as exc:
         raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
+    except rex.OutOfMemoryError as exc:
+        raise RedisOutOfMemory("Redis is out of memory (maxmemory reached)") from exc
     except rex.ResponseError as exc:
-        if str(exc).startswith("OOM"):
+        if str(exc).startswith("OOM"):  # some servers' script errors keep the prefix
             raise RedisOutOfMemory("Redis is out of memory (maxmemory reached)") from exc
         raise
 

@@ -1,0 +1,103 @@
+"""Redis going away under a running daemon, Redis out of memory, and the Redis clock."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dispatcher import Client, RedisOutOfMemory, RedisUnavailable
+from dispatcher.queue.clock import RedisClock
+from dispatcher.queue.keys import Keys
+from dispatcher.queue.store import Store
+from tests.helpers import Daemon, RedisServer, daemon_env, eventually, hash_len
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.target import Target
+
+
+async def _delivered(client: Client, ids: list[str]) -> bool:
+    jobs = await asyncio.gather(*(client.get_job(i) for i in ids))
+    return all(j is not None and j["state"] == "delivered" for j in jobs)
+
+
+@pytest.mark.slow
+async def test_redis_restart_with_aof_loses_nothing(
+    tmp_path: Path, target: Target, logs_dir: Path
+) -> None:
+    """Redis stopped and restarted on its append-only file while events flow: all are delivered."""
+    server = RedisServer(tmp_path / "aof", appendonly=True)
+    server.start()
+    env = daemon_env(
+        server.url,
+        "outage",
+        delivery_timeout_s="2",
+        delivery_stall_timeout_s="3",
+        delivery_backoff_base_s="0.05",
+    )
+    daemon = Daemon(env, logs_dir / "outage.log").start()
+    ids: list[str] = []
+    try:
+        async with Client.from_url(server.url, prefix="outage") as client:
+            await client.create_webhook("acme", target.url())
+            for n in range(200):
+                ids += [j["id"] for j in (await client.publish("acme", "a.b", {"n": n}))["jobs"]]
+            await target.wait_for(50)
+            server.stop(signal.SIGTERM)  # a clean shutdown writes the AOF
+            with pytest.raises(RedisUnavailable):
+                await client.publish("acme", "a.b", {"n": -1})
+            await asyncio.sleep(1.0)
+            server.start()
+            for n in range(200, 300):
+                ids += [j["id"] for j in (await client.publish("acme", "a.b", {"n": n}))["jobs"]]
+            await eventually(lambda: _delivered(client, ids), timeout_s=30, interval_s=0.3)
+        arrived = {r.headers["webhook-id"] for r in target.received}
+        assert set(ids) <= arrived
+        assert daemon.process is not None
+        assert daemon.process.poll() is None, "the daemon rode out the outage"
+        assert "redis.unavailable" in daemon.log
+        assert "redis.recovered" in daemon.log
+    finally:
+        daemon.stop()
+        server.stop()
+
+
+async def test_out_of_memory_publish_is_refused_whole(tmp_path: Path) -> None:
+    """At maxmemory, publish raises RedisOutOfMemory and leaves no part of the fan-out behind."""
+    server = RedisServer(tmp_path / "oom")
+    server.start()
+    try:
+        async with Client.from_url(server.url, prefix="oom") as client:
+            for i in range(5):
+                await client.create_webhook("acme", f"https://hooks.example.com/{i}")
+            store = client.store
+            used = int((await store.redis.info("memory"))["used_memory"])
+            await store.redis.config_set("maxmemory", used - 1024)  # already over the limit
+            ready_before = await store.redis.xlen(Keys("oom").ready("default"))
+            with pytest.raises(RedisOutOfMemory) as caught:
+                await client.publish("acme", "a.b", {"n": 1})
+            assert caught.value.code == "redis_oom"
+            assert await store.redis.xlen(Keys("oom").ready("default")) == ready_before
+            assert await hash_len(store.redis, Keys("oom").jobs) == 0
+    finally:
+        server.stop()
+
+
+async def test_clock_follows_the_redis_server(redis_url: str, prefix: str) -> None:
+    """The shared clock reads the Redis server's time, not the host's, within a few milliseconds."""
+    store = Store.open(redis_url, prefix=prefix)
+    try:
+        clock = RedisClock()
+        await clock.sync(store.redis)
+        seconds, micros = await store.redis.time()
+        server_ms = seconds * 1000 + micros // 1000
+        assert abs(clock.now_ms() - server_ms) < 50
+        clock._offset_ms -= 60_000  # as if the host clock had been a minute behind
+        moved = await clock.sync(store.redis)
+        assert 59 < moved < 61
+    finally:
+        await store.close()
