@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast lint typecheck redis-server clean
+.PHONY: run test test-fast lint bench bench-quick bench-deps redis-server clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
@@ -22,6 +22,20 @@ test-fast: $(STAMP) redis-server
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests
 	$(BIN)/mypy dispatcher
+
+# The benchmark compares dispatcher with BullMQ (npm), arq and saq (PyPI) in one run.
+bench: bench-deps
+	$(BIN)/python -m bench.run
+
+bench-quick: bench-deps
+	$(BIN)/python -m bench.run --quick
+
+bench-deps: $(STAMP) redis-server
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@test -x bench/.venv-peers/bin/python || $(PYTHON) -m venv bench/.venv-peers
+	bench/.venv-peers/bin/python -m pip install --quiet -r bench/requirements-peers.txt
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install Node.js 20 (Debian: apt-get install nodejs npm) to benchmark BullMQ"; exit 1; }
+	cd bench/node && npm ci --silent --no-audit --no-fund
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 (Debian: apt-get install python3.11 python3.11-venv) or run make PYTHON=python3"; exit 1; }

@@ -113,17 +113,19 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.stop = asyncio.Event()
         self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Claimed work waits here for one of `concurrency` lanes: long-lived tasks, so the hot
+        # path creates no task per delivery.
+        self._inbox: asyncio.Queue[_Work] = asyncio.Queue()
+        self._busy = 0  # claimed and not yet attempted to the end: in the inbox or in a lane
         self._room = asyncio.Event()
         self._room.set()
         self._unsettled = 0
-        self._http_done = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._busy
 
     async def run(self, *, drain_grace_s: float | None = None) -> None:
         """Serve until ``stop`` is set, then drain: in-flight attempts get ``drain_grace_s``."""
@@ -137,27 +139,29 @@ class Worker:
                 group.create_task(self._reclaim_loop()),
                 group.create_task(self._sweep_loop()),
             ]
+            lanes = [group.create_task(self._lane()) for _ in range(self.cfg.concurrency)]
             readers = [group.create_task(self._read_loop(q)) for q in self.queues]
             await self.stop.wait()
             log.info("worker.draining", in_flight=self.in_flight, grace_s=grace_s)
             await asyncio.gather(*readers)
-            await self._drain(grace_s)
+            await self._drain(lanes, grace_s)
             await self._settle_queue.join()
             settler.cancel()
             for task in background:
                 task.cancel()
         log.info("worker.stopped", consumer=self.consumer)
 
-    async def _drain(self, grace_s: float) -> None:
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
+    async def _drain(self, lanes: list[asyncio.Task[None]], grace_s: float) -> None:
+        """Let claimed work finish within the grace, then stop the lanes."""
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._inbox.join()
+        except TimeoutError:
             # Their jobs stay pending in Redis and are reclaimed after the stall timeout.
-            log.warning("worker.drain_timed_out", abandoned=len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("worker.drain_timed_out", abandoned=self._busy)
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
 
     async def _ensure_group(self, queue: str) -> None:
         outage = Outage("setup", self.metrics)
@@ -181,7 +185,7 @@ class Worker:
     async def _read_loop(self, queue: str) -> None:
         outage = Outage(f"read:{queue}", self.metrics)
         while not self.stop.is_set():
-            free = self.cfg.concurrency - len(self._tasks)
+            free = self.cfg.concurrency - self._busy
             if free <= 0 or self._unsettled > self.cfg.concurrency:
                 self._room.clear()
                 await self._wait_room()
@@ -227,7 +231,7 @@ class Worker:
         )
 
     async def _start(self, claims: list[Claim]) -> None:
-        """Load the claimed jobs and their webhooks, then start one delivery task each."""
+        """Load the claimed jobs and their webhooks, then hand each to the lanes."""
         records, hooks = await streams.load(self.store, claims)
         broken: list[Malformed] = []
         webhooks: dict[str, Webhook | None] = {}
@@ -245,18 +249,25 @@ class Worker:
             if hook is None or not hook.enabled:
                 self._dead_without_attempt(claim, job, hook)
                 continue
-            task = asyncio.create_task(self._deliver(_Work(claim, job, hook)))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            self._busy += 1
+            self._inbox.put_nowait(_Work(claim, job, hook))
         if broken:
             await self._quarantine(claims[0].queue, broken)
-        self.metrics.set("dispatcher_in_flight", len(self._tasks))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._room.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery.crashed", exc_info=task.exception())
+    async def _lane(self) -> None:
+        while True:
+            work = await self._inbox.get()
+            try:
+                await self._deliver(work)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The job stays pending and is reclaimed after the stall timeout.
+                log.exception("delivery.crashed", job_id=work.job.id)
+            finally:
+                self._busy -= 1
+                self._room.set()
+                self._inbox.task_done()
 
     # --- one delivery ----------------------------------------------------------------------
 
@@ -389,7 +400,7 @@ class Worker:
         while True:
             try:
                 stale = await streams.settle(
-                    self.store, self.consumer, items, held=len(self._tasks) + self._unsettled
+                    self.store, self.consumer, items, held=self._busy + self._unsettled
                 )
             except asyncio.CancelledError:
                 raise

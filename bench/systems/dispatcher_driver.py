@@ -1,0 +1,76 @@
+"""Benchmark driver for dispatcher: the Python Client enqueues, ``dispatcher run`` works."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from bench.systems.common import paced, parse, payload, report, targets
+from dispatcher import Client
+
+PREFIX = "bench"
+BATCH = 256
+
+
+async def _hooks(client: Client, urls: list[str]) -> list[str]:
+    tenants = []
+    for i, url in enumerate(urls):
+        tenant = f"t{i}"
+        await client.create_webhook(tenant, url)
+        tenants.append(tenant)
+    return tenants
+
+
+async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
+    async with Client.from_url(redis, prefix=PREFIX) as client:
+        tenants = await _hooks(client, urls)
+        started = time.perf_counter()
+        for start in range(0, n, BATCH):
+            await asyncio.gather(*(
+                client.publish(tenants[i % len(tenants)], "bench.event", payload(i, size))
+                for i in range(start, min(n, start + BATCH))
+            ))
+        report(n, started)
+
+
+async def produce(redis: str, urls: list[str], rate: float, seconds: float, size: int) -> None:
+    async with Client.from_url(redis, prefix=PREFIX) as client:
+        tenants = await _hooks(client, urls)
+        started = time.perf_counter()
+
+        async def send(i: int) -> None:
+            await client.publish(tenants[i % len(tenants)], "bench.event", payload(i, size))
+
+        report(await paced(rate, seconds, send), started)
+
+
+def work(redis: str, concurrency: int) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update({
+        "DISPATCHER_REDIS_URL": redis,
+        "DISPATCHER_REDIS_PREFIX": PREFIX,
+        "DISPATCHER_ADMIN_LISTEN": "",
+        "DISPATCHER_DELIVERY_CONCURRENCY": str(concurrency),
+        "DISPATCHER_DELIVERY_BACKOFF_BASE_S": "0.1",
+        "DISPATCHER_DELIVERY_BACKOFF_CAP_S": "1",
+        "DISPATCHER_DELIVERY_MAX_ATTEMPTS": "10",
+        "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
+        "DISPATCHER_LOG_LEVEL": "warning",
+    })
+    os.execve(sys.executable, [sys.executable, "-m", "dispatcher", "run"], env)
+
+
+def main() -> None:
+    args = parse()
+    if args.command == "work":
+        work(args.redis, args.concurrency)
+    elif args.command == "enqueue":
+        asyncio.run(enqueue(args.redis, targets(args), args.n, args.payload_bytes))
+    else:
+        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, args.payload_bytes))
+
+
+if __name__ == "__main__":
+    main()
