@@ -472,29 +472,29 @@ def parse_retry_after(value: str, now_s: float | None = None) -> float | None:
     return max(when.timestamp() - now_s, 0.0)
 
 
-def _describe(exc: BaseException, target: _Target) -> str:
+_FIXED_TEXT: Final = (
+    (_Closed, "the target closed the connection without a complete response"),
+    (_CutShort, "the response body was cut short or malformed"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset by the target"),
+)
+
+
+def _describe(exc: BaseException, target: _Target) -> str:  # noqa: PLR0911 - one per kind
     """A short sentence for a failed exchange, chosen by the exception's type."""
-    match exc:
-        case TargetRefused():
-            text = str(exc)
-        case _Closed():
-            text = "the target closed the connection without a complete response"
-        case _CutShort():
-            text = "the response body was cut short or malformed"
-        case _Malformed():
-            text = f"malformed response: {exc}"
-        case ssl.SSLError() | ssl.CertificateError():
-            text = f"TLS with {target.host} failed: {exc}"
-        case socket.gaierror():
-            text = f"DNS lookup of {target.host} failed"
-        case ConnectionRefusedError():
-            text = "connection refused"
-        case ConnectionResetError():
-            text = "connection reset by the target"
-        case OSError() if exc.errno == errno.ECONNRESET:
-            text = "connection reset by the target"
-        case OSError():
-            text = f"cannot reach {target.host}:{target.port}: {exc.strerror or exc}"
-        case _:
-            text = f"request failed ({type(exc).__name__}): {exc}"
-    return text
+    if isinstance(exc, TargetRefused):
+        return str(exc)
+    if isinstance(exc, _Malformed):
+        return f"malformed response: {exc}"
+    for kind, text in _FIXED_TEXT:
+        if isinstance(exc, kind):
+            return text
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return f"TLS with {target.host} failed: {exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"DNS lookup of {target.host} failed"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ECONNRESET:
+            return "connection reset by the target"
+        return f"cannot reach {target.host}:{target.port}: {exc.strerror or exc}"
+    return f"request failed ({type(exc).__name__}): {exc}"
