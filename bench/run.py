@@ -383,7 +383,7 @@ async def run_bare(
 def scenarios(quick: bool, systems: tuple[str, ...]) -> list[Scenario]:
     if quick:
         return [
-            Scenario("backlog", n=4000, systems=systems),
+            Scenario("backlog", n=5000, systems=systems),
             Scenario("steady", kind="steady", steady_s=3.0, systems=systems),
         ]
     ours = tuple(s for s in systems if s == "dispatcher")
@@ -423,11 +423,14 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     try:
         async with aiohttp.ClientSession() as session:
-            n_bare = 4000 if args.quick else 20_000
-            for client in ("aiohttp", "sender"):
+            n_bare = 5000 if args.quick else 20_000
+            for client in ("aiohttp", "sender") if not args.scenarios else ():
                 results.append(await run_bare(client, target, session, n_bare, args.concurrency))
             best: dict[str, float] = {}
+            wanted = {w.strip() for w in args.scenarios.split(",") if w.strip()}
             for scenario in scenarios(args.quick, systems):
+                if wanted and scenario.name not in wanted:
+                    continue
                 for system in scenario.systems:
                     for _ in range(1 if args.quick or scenario.kind == "steady" else args.repeat):
                         rate = best.get(system, 0) / 2 if scenario.kind == "steady" else None
@@ -535,6 +538,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="under a minute")
     parser.add_argument("--systems", default="dispatcher,bullmq,arq,saq")
+    parser.add_argument("--scenarios", default="", help="comma-separated names (default all)")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput cell (median)")
     args = parser.parse_args()

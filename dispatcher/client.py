@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
-from dispatcher.errors import InvalidField, PayloadTooLarge
+from dispatcher.errors import DispatcherError, InvalidField, PayloadTooLarge
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -23,9 +23,13 @@ from dispatcher.queue import dlq, records
 from dispatcher.queue.store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
     from types import TracebackType
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
+_EVENT_FIELDS = frozenset(
+    {"tenant_id", "event_type", "payload", "idempotency_key", "deliver_at", "priority"}
+)
 
 
 class Client:
@@ -147,25 +151,63 @@ class Client:
         priority: str,
         webhook_id: str | None,
     ) -> tuple[bool, dict[str, Any]]:
-        tenant_id = check_tenant_id(tenant_id)
-        event_type = check_event_type(event_type)
-        body = self._encode_payload(payload)
-        idempotency_key = _check_idempotency_key(idempotency_key)
+        pub = self._publication(
+            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
+        )
+        return await records.publish(self.store, pub, self._queues)
+
+    async def publish_many(
+        self, events: Iterable[Mapping[str, Any]]
+    ) -> list[dict[str, Any] | DispatcherError]:
+        """Publish several events in one round trip to Redis.
+
+        Each event is a mapping with ``publish``'s arguments (``tenant_id``, ``event_type``,
+        ``payload`` and the optional ones). Every event is checked before anything is sent, so
+        bad input raises and enqueues nothing. Each event is then all-or-nothing on its own:
+        the answer list holds, in order, the answer of each event or the ``DispatcherError`` it
+        met (Redis unavailable, out of memory) while others may have been accepted.
+        """
+        pubs = []
+        for event in events:
+            unknown = set(event) - _EVENT_FIELDS
+            if unknown:
+                raise InvalidField(min(unknown), "is not an event field")
+            pubs.append(
+                self._publication(
+                    event.get("tenant_id"),
+                    event.get("event_type"),
+                    event.get("payload"),
+                    event.get("idempotency_key"),
+                    event.get("deliver_at"),
+                    event.get("priority", "normal"),
+                    None,
+                )
+            )
+        return await records.publish_many(self.store, pubs, self._queues)
+
+    def _publication(  # noqa: PLR0917 - the fields of one event
+        self,
+        tenant_id: Any,
+        event_type: Any,
+        payload: Any,
+        idempotency_key: Any,
+        deliver_at: Any,
+        priority: Any,
+        webhook_id: str | None,
+    ) -> records.Publication:
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
         event_id, job_prefix = new_event_ids()
-        return await records.publish(
-            self.store,
-            tenant_id=tenant_id,
-            event_type=event_type,
-            payload=body,
+        return records.Publication(
+            tenant_id=check_tenant_id(tenant_id),
+            event_type=check_event_type(event_type),
+            payload=self._encode_payload(payload),
             event_id=event_id,
             job_prefix=job_prefix,
-            idempotency_key=idempotency_key,
+            idempotency_key=_check_idempotency_key(idempotency_key),
             deliver_at_ms=_deliver_at_ms(deliver_at),
             priority=priority,
             only_webhook=webhook_id,
-            queues=self._queues,
         )
 
     def _encode_payload(self, payload: Any) -> bytes:

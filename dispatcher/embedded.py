@@ -95,12 +95,14 @@ class EmbeddedRedis:
             raise ConfigError([f"state_dir: {self.state_dir} is too long for a unix socket path"])
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if await self._ping():
-            raise ConfigError([
-                (
-                    f"state_dir: {self.state_dir} is in use by another running embedded Redis "
-                    "(is another dispatcher running with the same state_dir?)"
-                )
-            ])
+            raise ConfigError(
+                [
+                    (
+                        f"state_dir: {self.state_dir} is in use by another running embedded Redis "
+                        "(is another dispatcher running with the same state_dir?)"
+                    )
+                ]
+            )
         self.socket.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
             *self._command(binary),
@@ -122,12 +124,14 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
-                raise ConfigError([
-                    (
-                        f"embedded redis-server exited with {self.process.returncode}; "
-                        f"see {self.state_dir / 'redis.log'}"
-                    )
-                ])
+                raise ConfigError(
+                    [
+                        (
+                            f"embedded redis-server exited with {self.process.returncode}; "
+                            f"see {self.state_dir / 'redis.log'}"
+                        )
+                    ]
+                )
             if await self._ping():
                 return
             await asyncio.sleep(0.05)  # not listening yet, or -LOADING the append-only file

@@ -406,3 +406,36 @@ async def test_group_is_recreated_after_redis_loses_it(
     job_id = (await client.publish("acme", "a.b", {"n": 2}))["jobs"][0]["id"]
     await eventually(lambda: _job_in(client, job_id, "delivered"), timeout_s=15)
     assert workers.metrics.get("dispatcher_nogroup_recoveries_total") >= 1
+
+
+async def test_publish_many_in_one_round_trip(
+    client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
+) -> None:
+    """publish_many answers each event in order, and bad input anywhere enqueues nothing."""
+    keys = Keys(prefix)
+    await client.create_webhook("acme", target.url(), ["a.b"])
+    await client.create_webhook("globex", target.url("/g"), ["*"])
+    with pytest.raises(InvalidField):
+        await client.publish_many(
+            [
+                {"tenant_id": "acme", "event_type": "a.b", "payload": {}},
+                {"tenant_id": "acme", "event_type": "", "payload": {}},
+            ]
+        )
+    with pytest.raises(InvalidField):
+        await client.publish_many([{"tenant_id": "acme", "event_type": "a.b", "colour": 1}])
+    assert await redis.exists(keys.ready("default")) == 0
+    answers = await client.publish_many(
+        [
+            {"tenant_id": "acme", "event_type": "a.b", "payload": {"n": 1}},
+            {"tenant_id": "acme", "event_type": "other", "payload": {"n": 2}},
+            {"tenant_id": "globex", "event_type": "x", "payload": {"n": 3}, "idempotency_key": "k"},
+        ]
+    )
+    assert [len(a["jobs"]) for a in answers if isinstance(a, dict)] == [1, 0, 1]
+    again = await client.publish("globex", "x", {"n": 3}, idempotency_key="k")
+    assert isinstance(answers[2], dict)
+    assert again == answers[2]
+    await workers.start()
+    received = await target.wait_for(2)
+    assert sorted(orjson.loads(r.body)["n"] for r in received) == [1, 3]

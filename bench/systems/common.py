@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -61,6 +61,29 @@ def targets(args: argparse.Namespace) -> list[str]:
 def report(enqueued: int, started: float) -> None:
     print(orjson.dumps({"enqueued": enqueued, "seconds": time.perf_counter() - started}).decode(),
           flush=True)
+
+
+async def paced_batches(
+    rate: float, seconds: float, send: Callable[[list[int]], Awaitable[object]], tick_s: float = 0.002
+) -> int:
+    """Every ``tick_s``, hand ``send`` the indices that fell due (for batch producer APIs)."""
+    import asyncio
+
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    pending: set[asyncio.Task[object]] = set()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        if due > sent:
+            task = asyncio.ensure_future(send(list(range(sent, due))))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent = due
+        await asyncio.sleep(tick_s)
+    if pending:
+        await asyncio.gather(*pending)
+    return total
 
 
 async def paced(rate: float, seconds: float, send: Callable[[int], object]) -> int:

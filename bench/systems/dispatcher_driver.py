@@ -6,8 +6,9 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Iterable
 
-from bench.systems.common import paced, parse, payload, report, targets
+from bench.systems.common import paced_batches, parse, payload, report, targets
 from dispatcher import Client
 
 PREFIX = "bench"
@@ -28,10 +29,7 @@ async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
         for start in range(0, n, BATCH):
-            await asyncio.gather(*(
-                client.publish(tenants[i % len(tenants)], "bench.event", payload(i, size))
-                for i in range(start, min(n, start + BATCH))
-            ))
+            await _publish(client, tenants, range(start, min(n, start + BATCH)), size)
         report(n, started)
 
 
@@ -40,10 +38,22 @@ async def produce(redis: str, urls: list[str], rate: float, seconds: float, size
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
 
-        async def send(i: int) -> None:
-            await client.publish(tenants[i % len(tenants)], "bench.event", payload(i, size))
+        async def send(batch: list[int]) -> None:
+            await _publish(client, tenants, batch, size)
 
-        report(await paced(rate, seconds, send), started)
+        report(await paced_batches(rate, seconds, send), started)
+
+
+async def _publish(client: Client, tenants: list[str], indices: Iterable[int], size: int) -> None:
+    """One round trip for the batch (Client.publish_many), as a busy producer would."""
+    answers = await client.publish_many(
+        {"tenant_id": tenants[i % len(tenants)], "event_type": "bench.event",
+         "payload": payload(i, size)}
+        for i in indices
+    )
+    errors = [a for a in answers if not isinstance(a, dict)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} events not accepted: {errors[0]}")
 
 
 def work(redis: str, concurrency: int) -> None:

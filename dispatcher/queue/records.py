@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 
-from dispatcher.errors import Conflict, NotFound, RedisOutOfMemory, RedisUnavailable
+from dispatcher.errors import (
+    Conflict,
+    DispatcherError,
+    NotFound,
+    RedisOutOfMemory,
+    RedisUnavailable,
+)
 from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
 from dispatcher.queue.keys import GROUP
 
@@ -23,19 +30,27 @@ DEFAULT_QUEUE = "default"
 # connections have decode_responses off, so each read below casts to the bytes it gets.
 
 
+def translate(exc: Exception) -> DispatcherError | None:
+    """The error the API and the Python client promise for a Redis failure, if it is one."""
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
+        return RedisUnavailable(f"Redis is unavailable: {exc}")
+    if isinstance(exc, rex.OutOfMemoryError) or (
+        isinstance(exc, rex.ResponseError) and str(exc).startswith("OOM")  # some servers keep it
+    ):
+        return RedisOutOfMemory("Redis is out of memory (maxmemory reached)")
+    return None
+
+
 @contextmanager
 def redis_errors() -> Iterator[None]:
     """Turn Redis failures into the errors the API and the Python client promise."""
     try:
         yield
-    except (rex.ConnectionError, rex.TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
-    except rex.OutOfMemoryError as exc:
-        raise RedisOutOfMemory("Redis is out of memory (maxmemory reached)") from exc
-    except rex.ResponseError as exc:
-        if str(exc).startswith("OOM"):  # some servers' script errors keep the prefix
-            raise RedisOutOfMemory("Redis is out of memory (maxmemory reached)") from exc
-        raise
+    except rex.RedisError as exc:
+        translated = translate(exc)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 # --- webhooks ----------------------------------------------------------------------------
@@ -138,19 +153,45 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
 # --- publishing ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One event to enqueue, already validated, with its ids chosen."""
+
+    tenant_id: str
+    event_type: str
+    payload: bytes
+    event_id: str
+    job_prefix: str
+    idempotency_key: str | None = None
+    deliver_at_ms: int | None = None
+    priority: str = "normal"
+    only_webhook: str | None = None
+
+
+def _publish_call(
+    store: Store, pub: Publication, names: list[str]
+) -> tuple[list[str], list[bytes | str | int]]:
+    keys = store.keys
+    queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
+    idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "")
+    args: list[bytes | str | int] = [
+        pub.job_prefix,
+        pub.event_id,
+        pub.tenant_id,
+        pub.event_type,
+        pub.payload,
+        store.clock.now_ms(),
+        pub.deliver_at_ms or 0,
+        IDEMPOTENCY_TTL_S if pub.idempotency_key else 0,
+        pub.only_webhook or "",
+        pub.priority,
+        " ".join(names),
+    ]
+    return [keys.tenant(pub.tenant_id), keys.jobs, idem_key, *queue_keys], args
+
+
 async def publish(
-    store: Store,
-    *,
-    tenant_id: str,
-    event_type: str,
-    payload: bytes,
-    event_id: str,
-    job_prefix: str,
-    idempotency_key: str | None = None,
-    deliver_at_ms: int | None = None,
-    priority: str = "normal",
-    only_webhook: str | None = None,
-    queues: set[str] | None = None,
+    store: Store, pub: Publication, queues: set[str] | None = None
 ) -> tuple[bool, dict[str, Any]]:
     """Enqueue one job per matching webhook in one script; returns (new, answer).
 
@@ -158,32 +199,50 @@ async def publish(
     a matching webhook uses, and the call is repeated with that queue's keys too.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    keys = store.keys
-    idem_key = keys.idempotency(tenant_id, idempotency_key or "")
     while True:
-        names = sorted(known)
-        queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
-        args: list[bytes | str | int] = [
-            job_prefix,
-            event_id,
-            tenant_id,
-            event_type,
-            payload,
-            store.clock.now_ms(),
-            deliver_at_ms or 0,
-            IDEMPOTENCY_TTL_S if idempotency_key else 0,
-            only_webhook or "",
-            priority,
-            " ".join(names),
-        ]
+        keys, args = _publish_call(store, pub, sorted(known))
         with redis_errors():
-            status, answer = await store.scripts.publish(
-                keys=[keys.tenant(tenant_id), keys.jobs, idem_key, *queue_keys], args=args
-            )
+            status, answer = await store.scripts.publish(keys=keys, args=args)
         if status == -1:
             known.add(answer.decode())
             continue
         return status == 1, _answer(answer.decode())
+
+
+async def publish_many(
+    store: Store, pubs: list[Publication], queues: set[str] | None = None
+) -> list[dict[str, Any] | DispatcherError]:
+    """Enqueue several events in one round trip; each stays all-or-nothing on its own.
+
+    The answer list matches ``pubs``: an answer dict, or the error that event met (Redis
+    unavailable or out of memory, say) while the others may have been accepted.
+    """
+    known = queues if queues is not None else {DEFAULT_QUEUE}
+    script = store.scripts.publish
+    pipe = store.redis.pipeline(transaction=False)
+    for pub in pubs:
+        keys, args = _publish_call(store, pub, sorted(known))
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    with redis_errors():
+        replies = await pipe.execute(raise_on_error=False)
+    results: list[dict[str, Any] | DispatcherError] = []
+    for pub, reply in zip(pubs, replies, strict=True):
+        if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
+            # The script is not loaded yet (or a queue is new to us): the one-by-one path
+            # loads it and learns the queue.
+            try:
+                results.append((await publish(store, pub, known))[1])
+            except DispatcherError as exc:
+                results.append(exc)
+        elif isinstance(reply, Exception):
+            results.append(_as_dispatcher_error(reply))
+        else:
+            results.append(_answer(reply[1].decode()))
+    return results
+
+
+def _as_dispatcher_error(exc: Exception) -> DispatcherError:
+    return translate(exc) or DispatcherError(f"publish failed: {exc}")
 
 
 def _answer(joined: str) -> dict[str, Any]:
