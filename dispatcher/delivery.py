@@ -232,17 +232,12 @@ class Worker:
 
     async def _start(self, claims: list[Claim]) -> None:
         """Load the claimed jobs and their webhooks, then hand each to the lanes."""
-        records, hooks = await streams.load(self.store, claims)
+        jobs, hooks = await streams.load(self.store, claims)
         broken: list[Malformed] = []
-        webhooks: dict[str, Webhook | None] = {}
-        for wid, raw in hooks.items():
-            webhooks[wid] = _decode_webhook(raw)
-        for claim, record in zip(claims, records, strict=True):
-            job = _decode_job(claim, record)
-            if job is None:
-                raw = orjson.dumps(
-                    {"j": claim.job_id, "w": claim.webhook_id, "record": _text(record)}
-                )
+        webhooks = {wid: _decode_webhook(raw) for wid, raw in hooks.items()}
+        for claim, job in zip(claims, jobs, strict=True):
+            if job is None:  # its record is gone or unreadable
+                raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id})
                 broken.append(Malformed(claim.sid, raw))
                 continue
             hook = webhooks.get(claim.webhook_id)
@@ -534,15 +529,6 @@ class Worker:
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
 
 
-def _decode_job(claim: Claim, record: bytes | None) -> Job | None:
-    if record is None:
-        return None
-    try:
-        return Job.decode(claim.job_id, record)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def _decode_webhook(raw: bytes | None) -> Webhook | None:
     if raw is None:
         return None
@@ -551,10 +537,6 @@ def _decode_webhook(raw: bytes | None) -> Webhook | None:
     except (ValueError, TypeError):
         log.exception("webhook.malformed")
         return None
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw[:512].decode(errors="replace")
 
 
 def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:

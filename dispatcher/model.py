@@ -1,12 +1,17 @@
 """Webhooks and jobs: their stored form, their wire form, and the checks on their fields.
 
-A job record is stored in the ``jobs`` hash as a compact meta JSON object, a newline, then
-the payload bytes exactly as published. Lua scripts decode only the meta part, so a
-payload's numbers and empty objects are never re-encoded by cjson. Meta keys are short
-because every queued job carries one:
+A job that was never attempted travels inline in its ready-stream entry (``j`` id, ``w``
+webhook, ``t`` tenant, ``e`` event type, ``p`` payload, ``r`` priority when not normal), and
+the ``jobs`` hash holds only a locator for it, ``@<queue> <entry id>``: stream entries pack
+tightly, so a queued job costs little more than its payload (see bench/).
 
-``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` queue, ``ev`` event id,
-``s`` stored state, ``a`` attempts made, ``k`` stalls (workers that died on it),
+Once a job has an outcome, is scheduled, or is taken over from a dead worker, the ``jobs``
+hash holds its full record: a compact meta JSON object, a newline, then the payload bytes
+exactly as published. Lua scripts decode only the meta part, so a payload's numbers and
+empty objects are never re-encoded by cjson. Meta keys are short:
+
+``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` queue, ``s`` stored state,
+``a`` attempts made, ``k`` stalls (workers that died on it),
 ``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
 ``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
 ``r`` dead reason, ``pr`` priority, ``h`` attempts ``[at_ms, status, duration_ms, error, late]``.
@@ -91,6 +96,16 @@ def new_event_ids() -> tuple[str, str]:
     return f"evt_{core}", f"job_{core}."
 
 
+def event_id_of(job_id: str) -> str:
+    """The id of the event a job delivers: jobs are ``job_<core>.n`` of ``evt_<core>``."""
+    return "evt_" + job_id[4:].partition(".")[0]
+
+
+def sid_ms(sid: str) -> int:
+    """The Redis server time (ms) at which a stream entry was added."""
+    return int(sid.partition("-")[0])
+
+
 def new_webhook_id() -> str:
     return f"wh_{_sortable_id()}"
 
@@ -154,7 +169,7 @@ class Job:
             tenant_id=m["t"],
             event_type=m["e"],
             queue=m["q"],
-            event_id=m.get("ev", ""),
+            event_id=event_id_of(job_id),
             state=JobState(m["s"]),
             attempt=int(m.get("a", 0)),
             stalls=int(m.get("k", 0)),
@@ -172,13 +187,35 @@ class Job:
             history=history if isinstance(history, list) else [],  # cjson writes [] as {}
         )
 
+    @classmethod
+    def from_entry(cls, job_id: str, queue: str, sid: str, fields: dict[bytes, bytes]) -> Job:
+        """A job never attempted yet, whose data travels inline in its ready-stream entry.
+
+        Raises KeyError (or ValueError) when a field is missing or garbled.
+        """
+        priority = fields.get(b"r")
+        return cls(
+            id=job_id,
+            webhook_id=fields[b"w"].decode(),
+            tenant_id=fields[b"t"].decode(),
+            event_type=fields[b"e"].decode(),
+            queue=queue,
+            event_id=event_id_of(job_id),
+            state=JobState.QUEUED,
+            attempt=0,
+            stalls=0,
+            created_at_ms=sid_ms(sid),
+            payload=fields[b"p"],
+            priority=priority.decode() if priority else Priority.NORMAL,
+            sid=sid,
+        )
+
     def encode(self, *, keep_payload: bool = True) -> bytes:
         meta: dict[str, Any] = {
             "w": self.webhook_id,
             "t": self.tenant_id,
             "e": self.event_type,
             "q": self.queue,
-            "ev": self.event_id,
             "s": self.state.value,
             "a": self.attempt,
             "k": self.stalls,

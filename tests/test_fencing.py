@@ -6,12 +6,12 @@ standing in for processes that die or freeze at exactly the wrong moment.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
 
-from dispatcher.model import Job, JobState
+from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
@@ -19,7 +19,7 @@ from dispatcher.queue.streams import Claim, Settlement
 from tests.helpers import stream_entries
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
@@ -40,9 +40,8 @@ async def _one_job(client: Client) -> str:
 
 
 async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
-    raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, claim.job_id))
-    assert raw is not None
-    job = Job.decode(claim.job_id, raw)
+    [job], _hooks = await streams.load(store, [claim])  # as a worker loads what it claimed
+    assert job is not None
     now = store.clock.now_ms()
     job.attempt += 1
     job.state = state

@@ -34,7 +34,7 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
         raws = await cast("Awaitable[list[bytes | None]]", store.redis.hmget(keys.jobs, ids))
     by_queue: defaultdict[str, list[str]] = defaultdict(list)
     for job_id, raw in zip(ids, raws, strict=True):
-        if raw is not None:
+        if raw is not None and not raw.startswith(b"@"):  # a locator: queued, not dead
             by_queue[Job.decode(job_id, raw).queue].append(job_id)
     replayed: list[str] = []
     for queue, queue_ids in by_queue.items():

@@ -262,10 +262,29 @@ async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:
 
 
 async def get_job(store: Store, job_id: str) -> Job | None:
+    """The job, from its record or, while it was never attempted, from its stream entry."""
     if not is_job_id(job_id):
         return None
-    with redis_errors():
-        raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
+    for _ in range(2):  # a job may leave its entry between the two reads: look once more
+        with redis_errors():
+            raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
+        if raw is None or not raw.startswith(b"@"):
+            return _decode_record(job_id, raw)
+        queue, _, sid = raw[1:].decode().partition(" ")
+        with redis_errors():
+            entries = await cast(
+                "Awaitable[list[tuple[bytes, dict[bytes, bytes]]]]",
+                store.redis.xrange(store.keys.ready(queue), sid, sid),
+            )
+        if entries:
+            try:
+                return Job.from_entry(job_id, queue, sid, entries[0][1])
+            except (KeyError, ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def _decode_record(job_id: str, raw: bytes | None) -> Job | None:
     if raw is None:
         return None
     try:

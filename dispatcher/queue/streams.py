@@ -8,12 +8,13 @@ for this consumer with that count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.exceptions as rex
 
+from dispatcher.model import Job
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Claim:
     job_id: str
     webhook_id: str
     token: str
+    inline: Job | None = field(default=None, compare=False)  # a fresh job read with its entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +99,26 @@ async def read_new(
     malformed: list[Malformed] = []
     for _stream, entries in reply or ():
         for sid_b, fields in entries:
-            sid = sid_b.decode()
-            job_id, webhook_id = (fields or {}).get(b"j"), (fields or {}).get(b"w")
-            if job_id and webhook_id:
-                claims.append(Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1"))
+            claim = _claim(queue, sid_b.decode(), fields or {})
+            if claim is None:
+                malformed.append(Malformed(sid_b.decode(), _raw(fields)))
             else:
-                malformed.append(Malformed(sid, _raw(fields)))
+                claims.append(claim)
     return claims, malformed
+
+
+def _claim(queue: str, sid: str, fields: dict[bytes, bytes]) -> Claim | None:
+    """A claim from a new entry: inline (the job's data is in it) or a reference to a record."""
+    job_id, webhook_id = fields.get(b"j"), fields.get(b"w")
+    if not job_id or not webhook_id:
+        return None
+    inline = None
+    if b"p" in fields:
+        try:
+            inline = Job.from_entry(job_id.decode(), queue, sid, fields)
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return None
+    return Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1", inline)
 
 
 def _raw(fields: dict[bytes, bytes] | None) -> bytes:
@@ -114,14 +129,31 @@ def _raw(fields: dict[bytes, bytes] | None) -> bytes:
 
 async def load(
     store: Store, claims: list[Claim]
-) -> tuple[list[bytes | None], dict[str, bytes | None]]:
-    """The claimed jobs' records (in claim order) and their webhooks, in one round trip."""
+) -> tuple[list[Job | None], dict[str, bytes | None]]:
+    """The claimed jobs (in claim order; None when unreadable) and their webhooks.
+
+    Fresh jobs came inline with their entries; the records of the others are read in the
+    same round trip as the webhooks.
+    """
     webhook_ids = list(dict.fromkeys(c.webhook_id for c in claims))
+    refs = [c for c in claims if c.inline is None]
     pipe = store.redis.pipeline(transaction=False)
-    pipe.hmget(store.keys.jobs, [c.job_id for c in claims])
     pipe.hmget(store.keys.webhooks, webhook_ids)
-    records, hooks = await pipe.execute()
-    return records, dict(zip(webhook_ids, hooks, strict=True))
+    if refs:
+        pipe.hmget(store.keys.jobs, [c.job_id for c in refs])
+    replies = await pipe.execute()
+    records = dict(zip((c.job_id for c in refs), replies[1] if refs else (), strict=True))
+    jobs = [c.inline or _decode(c.job_id, records.get(c.job_id)) for c in claims]
+    return jobs, dict(zip(webhook_ids, replies[0], strict=True))
+
+
+def _decode(job_id: str, record: bytes | None) -> Job | None:
+    if record is None or record.startswith(b"@"):  # gone, or a locator with no entry data
+        return None
+    try:
+        return Job.decode(job_id, record)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: int) -> list[str]:
@@ -148,7 +180,10 @@ async def reclaim_page(
     keys = store.keys
     next_cursor, taken, poisoned, malformed, missing = await store.scripts.reclaim(
         keys=[keys.ready(queue), keys.jobs, keys.dlq],
-        args=[GROUP, consumer, min_idle_ms, cursor, count, POISON_STALLS, store.clock.now_ms()],
+        args=[
+            GROUP, consumer, min_idle_ms, cursor, count, POISON_STALLS, store.clock.now_ms(),
+            queue,
+        ],
     )
     claims = [
         Claim(

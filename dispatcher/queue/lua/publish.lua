@@ -1,5 +1,7 @@
 #!lua
 -- publish.lua: fan an event out to the tenant's matching webhooks, one job each, atomically.
+-- A job to deliver now is one stream entry carrying its data, plus a locator in the jobs hash
+-- ("@<queue> <entry id>"); a scheduled job is a full record plus its due time in the zset.
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
 -- KEYS[4], KEYS[5] ready stream and delayed zset of the first queue in ARGV[11], then the same
 -- pair for each further queue
@@ -74,19 +76,26 @@ end
 for n, match in ipairs(matched) do
   local webhook_id, q = match[1], queues[match[2]]
   local job_id = ARGV[1] .. n
-  local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = match[2], ev = ARGV[2],
-                a = 0, k = 0, c = now_ms, pr = ARGV[10]}
+  records[#records + 1] = job_id
   if scheduled then
-    meta.s = 'scheduled'; meta.n = due_ms
+    local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = match[2], s = 'scheduled',
+                  a = 0, k = 0, c = now_ms, n = due_ms, pr = ARGV[10]}
+    records[#records + 1] = cjson.encode(meta) .. '\n' .. ARGV[5]
     q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
   else
-    local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id)
+    -- The job travels inline in its entry; the record is only a locator until an outcome.
+    local sid
+    if ARGV[10] == 'normal' then
+      sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
+                        'e', event_type, 'p', ARGV[5])
+    else
+      sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
+                        'e', event_type, 'p', ARGV[5], 'r', ARGV[10])
+    end
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     q.added[#q.added + 1] = sid
-    meta.s = 'queued'; meta.sid = sid
+    records[#records + 1] = '@' .. match[2] .. ' ' .. sid
   end
-  records[#records + 1] = job_id
-  records[#records + 1] = cjson.encode(meta) .. '\n' .. ARGV[5]
   answer[#answer + 1] = job_id
   answer[#answer + 1] = webhook_id
 end

@@ -2,7 +2,7 @@
 -- reclaim.lua: take over deliveries whose worker died or froze (one XAUTOCLAIM page).
 -- KEYS[1] ready stream   KEYS[2] jobs hash   KEYS[3] dlq stream
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] min idle ms (the stall timeout)   ARGV[4] cursor
--- ARGV[5] page size   ARGV[6] stalls that make a job poison   ARGV[7] now_ms
+-- ARGV[5] page size   ARGV[6] stalls that make a job poison   ARGV[7] now_ms   ARGV[8] queue
 -- returns: {next cursor, {sid, job id, webhook id, claim token, ...} taken over,
 --           {job id, ...} dead as poison, {sid, ...} malformed, {sid, ...} deleted under us}
 -- The stall count lives in the job record: Redis's delivery counter restarts when a retry
@@ -17,6 +17,13 @@ for _, entry in ipairs(page[2]) do
   local f = {}
   for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
   local record = f.j and redis.call('HGET', KEYS[2], f.j)
+  if record and string.sub(record, 1, 1) == '@' and f.w and f.t and f.e and f.p then
+    -- Never attempted: its data is inline in the entry. Write the full record now, since
+    -- the stall count (and the attempts to come) must outlive this entry.
+    local inline = {w = f.w, t = f.t, e = f.e, q = ARGV[8], s = 'queued', a = 0, k = 0,
+                    c = tonumber(string.match(sid, '^(%d+)')), sid = sid, pr = f.r or 'normal'}
+    record = cjson.encode(inline) .. '\n' .. f.p
+  end
   local cut = record and string.find(record, '\n', 1, true)
   local ok, meta = false, nil
   if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
