@@ -16,17 +16,23 @@ from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
     check_event_type,
+    check_queue,
     check_tenant_id,
     new_event_ids,
 )
-from dispatcher.queue import dlq, records
+from dispatcher.queue import control, dlq, records
+from dispatcher.queue import status as queue_status
 from dispatcher.queue.store import Store
+from dispatcher.signing import generate_secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from types import TracebackType
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
+DEFAULT_DLQ_RETENTION_S = 604_800.0
+MAX_GRACE_S = 30 * 86_400
+MAX_AGE_S = 100 * 365 * 86_400
 _EVENT_FIELDS = frozenset(
     {"tenant_id", "event_type", "payload", "idempotency_key", "deliver_at", "priority"}
 )
@@ -35,9 +41,16 @@ _EVENT_FIELDS = frozenset(
 class Client:
     """``async with Client.from_url(url) as client:`` -- closes its connections on exit."""
 
-    def __init__(self, store: Store, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
+    ) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
+        self.dlq_retention_s = dlq_retention_s
         self._queues: set[str] = {records.DEFAULT_QUEUE}
 
     @classmethod
@@ -47,8 +60,13 @@ class Client:
         prefix: str = "dispatcher",
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
     ) -> Client:
-        return cls(Store.open(redis_url, prefix=prefix), max_payload_bytes=max_payload_bytes)
+        return cls(
+            Store.open(redis_url, prefix=prefix),
+            max_payload_bytes=max_payload_bytes,
+            dlq_retention_s=dlq_retention_s,
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -63,6 +81,10 @@ class Client:
 
     async def close(self) -> None:
         await self.store.close()
+
+    async def ping(self) -> None:
+        """Raise ``RedisUnavailable`` unless Redis answers PING."""
+        await control.ping(self.store)
 
     # --- webhooks -------------------------------------------------------------------------
 
@@ -91,6 +113,15 @@ class Client:
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await records.delete_webhook(self.store, webhook_id)
+
+    async def rotate_secret(self, webhook_id: str, grace_s: float = 86_400) -> dict[str, Any]:
+        """A new ``whsec_`` secret; the old one keeps signing for ``grace_s`` seconds.
+
+        The answer is the webhook with its new ``secret``.
+        """
+        grace_s = _seconds("grace_s", grace_s, MAX_GRACE_S)
+        hook = await records.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
+        return hook.to_wire(with_secret=True)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -138,6 +169,31 @@ class Client:
             deliver_at=deliver_at,
             priority=priority,
             webhook_id=webhook_id,
+        )
+
+    async def deliver(
+        self,
+        webhook_id: str,
+        event_type: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        deliver_at: datetime | str | None = None,
+        priority: str = "normal",
+    ) -> tuple[bool, dict[str, Any]]:
+        """One job for exactly this webhook (enabled, whatever it subscribes to).
+
+        Returns (new, answer) like ``publish_checked``; ``NotFound`` or ``Conflict`` (disabled).
+        """
+        hook = await records.ensure_deliverable(self.store, webhook_id)
+        return await self._publish(
+            hook.tenant_id,
+            event_type,
+            payload,
+            idempotency_key=idempotency_key,
+            deliver_at=deliver_at,
+            priority=priority,
+            webhook_id=hook.id,
         )
 
     async def _publish(
@@ -230,9 +286,70 @@ class Client:
             return None
         return await records.job_view(self.store, job)
 
+    # --- dead-letter queue -----------------------------------------------------------------
+
     async def replay(self, job_ids: list[str]) -> int:
         """Put dead jobs back in their ready queue (attempts reset, history kept)."""
         return len(await dlq.replay(self.store, job_ids))
+
+    async def replay_matching(
+        self,
+        *,
+        webhook_id: str | None = None,
+        tenant_id: str | None = None,
+        since: datetime | str | None = None,
+    ) -> int:
+        """Replay every dead job of the filters, dead-lettered at or after ``since``."""
+        return await dlq.replay_matching(
+            self.store,
+            webhook_id=webhook_id,
+            tenant_id=tenant_id,
+            since_ms=_time_ms("since", since),
+        )
+
+    async def list_dlq(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        webhook_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end)."""
+        if not _is_whole(limit) or limit < 1:
+            raise InvalidField("limit", "must be a whole number of at least 1")
+        if cursor is not None and not dlq.is_entry_id(cursor):
+            raise InvalidField("cursor", "must be a next_cursor of an earlier page")
+        return await dlq.list_dead(
+            self.store, limit=limit, cursor=cursor, webhook_id=webhook_id, tenant_id=tenant_id
+        )
+
+    async def inspect_dlq(self, job_id: str) -> dict[str, Any]:
+        """The dead job with its payload; ``NotFound`` unless it is in the DLQ."""
+        return await dlq.inspect(self.store, job_id)
+
+    async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> int:
+        """Entries older than both ``older_than_s`` and the retention: counted, or deleted."""
+        older_than_s = _seconds("older_than_s", older_than_s, MAX_AGE_S)
+        return await dlq.purge(
+            self.store,
+            older_than_s=older_than_s,
+            retention_s=self.dlq_retention_s,
+            confirm=confirm,
+        )
+
+    # --- queues and status ----------------------------------------------------------------
+
+    async def pause(self, queue: str) -> None:
+        """Stop sending from ``queue`` on every worker within a second; it keeps accepting."""
+        await control.pause(self.store, check_queue(queue))
+
+    async def resume(self, queue: str) -> None:
+        await control.resume(self.store, check_queue(queue))
+
+    async def status(self) -> dict[str, Any]:
+        """The dashboard of ``GET /v1/status``."""
+        return await queue_status.status(self.store)
 
 
 def _check_idempotency_key(value: object) -> str | None:
@@ -244,15 +361,33 @@ def _check_idempotency_key(value: object) -> str | None:
     return value
 
 
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(name: str, value: object, most: float) -> float:
+    """``value`` is an ``object``: callers of the public API are not always type-checked."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+        raise InvalidField(name, f"must be a number of seconds from 0 to {most:g}")
+    return float(value)
+
+
 def _deliver_at_ms(deliver_at: object) -> int | None:
-    """``deliver_at`` is an ``object``: callers of the public API are not always type-checked."""
-    if deliver_at is None:
+    return _time_ms("deliver_at", deliver_at)
+
+
+def _time_ms(name: str, value: object) -> int | None:
+    """``value`` is an ``object``: callers of the public API are not always type-checked."""
+    if value is None:
         return None
-    if isinstance(deliver_at, str):
+    if isinstance(value, str):
         try:
-            deliver_at = datetime.fromisoformat(deliver_at)
+            value = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise InvalidField("deliver_at", "must be an RFC 3339 time") from exc
-    if not isinstance(deliver_at, datetime) or deliver_at.tzinfo is None:
-        raise InvalidField("deliver_at", "must be an RFC 3339 time with a time zone")
-    return int(deliver_at.timestamp() * 1000)
+            raise InvalidField(name, "must be an RFC 3339 time") from exc
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidField(name, "must be an RFC 3339 time with a time zone")
+    try:
+        return int(value.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise InvalidField(name, "is out of range") from exc

@@ -10,10 +10,11 @@ import asyncio
 import gc
 import signal
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from dispatcher.client import Client
 from dispatcher.delivery import USER_AGENT, Outage, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
@@ -24,6 +25,8 @@ from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from dispatcher.config import Config
 
 log = structlog.get_logger()
@@ -78,6 +81,7 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
         await sender.start()
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics)
+        stop_admin = await _start_admin(cfg, url, metrics, stack)
         log.info(
             "daemon.started",
             consumer=worker.consumer,
@@ -85,13 +89,65 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
             concurrency=cfg.delivery.concurrency,
             embedded_redis=embedded is not None,
         )
-        return await _run_worker(worker, stop, embedded)
+        return await _run_worker(worker, stop, embedded, stop_admin)
     return EXIT_OK  # pragma: no cover - the stack always returns above
 
 
-async def _run_worker(worker: Worker, stop: asyncio.Event, embedded: EmbeddedRedis | None) -> int:
+async def _start_admin(
+    cfg: Config, url: str, metrics: Metrics, stack: AsyncExitStack
+) -> Callable[[], Awaitable[None]]:
+    """Serve the admin API when ``admin.listen`` is set; returns its (idempotent) stop."""
+    if cfg.admin.listen is None:
+        return _nothing
+    from dispatcher.admin.app import Deps, create_app, serve  # noqa: PLC0415 - aiohttp.web
+
+    # Its own small pool, so admin calls never wait behind the worker's blocking reads.
+    admin_store = Store.open(url, prefix=cfg.redis.prefix, max_connections=16)
+    stack.push_async_callback(admin_store.close)
+    client = Client(
+        admin_store,
+        max_payload_bytes=cfg.delivery.max_payload_bytes,
+        dlq_retention_s=cfg.dlq.retention_s,
+    )
+    if cfg.admin.token is None:
+        log.warning(
+            "admin.no_token",
+            hint="set admin.token or admin.token_file; until then every /v1 call answers 401",
+        )
+    runner = await serve(create_app(Deps(client, metrics, cfg.admin.token)), cfg.admin.listen)
+    addresses: list[Any] = list(runner.addresses)
+    log.info("admin.listening", address=_address(addresses[0]) if addresses else cfg.admin.listen)
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            await runner.cleanup()
+            log.info("admin.stopped")
+
+    stack.push_async_callback(stop)
+    return stop
+
+
+def _address(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _run_worker(
+    worker: Worker,
+    stop: asyncio.Event,
+    embedded: EmbeddedRedis | None,
+    stop_admin: Callable[[], Awaitable[None]] = _nothing,
+) -> int:
     async def relay_stop() -> None:
         await stop.wait()
+        await stop_admin()  # first: no admin call runs while the worker drains
         worker.stop.set()
 
     code = EXIT_OK

@@ -10,6 +10,7 @@ few Redis commands per delivery. Policy lives in ``retry.py``; every Redis call 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -23,7 +24,7 @@ import structlog
 
 from dispatcher import __version__, retry
 from dispatcher.model import Job, JobState, Webhook
-from dispatcher.queue import delays, streams
+from dispatcher.queue import control, delays, streams
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, Malformed, Settlement
 from dispatcher.signing import sign
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 USER_AGENT = f"dispatcher/{__version__}"
-READ_BLOCK_MS = 1000
+READ_BLOCK_MS = 500  # also bounds how long a read begun before a pause can still claim
 READ_BATCH = 256
 SETTLE_BATCH = 512
 PROMOTE_INTERVAL_S = 0.1
@@ -47,6 +48,9 @@ CLOCK_SYNC_INTERVAL_S = 10.0
 CLOCK_JUMP_WARN_S = 5.0
 SWEEP_INTERVAL_S = 60.0
 RECLAIM_PAGE = 100
+CONTROL_TICK_S = 0.25  # the paused set is re-read every tick
+STATS_FLUSH_TICKS = 4  # per-minute counters are flushed every second
+HEARTBEAT_TICKS = int(control.HEARTBEAT_INTERVAL_S / CONTROL_TICK_S)
 
 
 def consumer_name() -> str:
@@ -120,6 +124,11 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._unsettled = 0
+        self._paused: frozenset[str] = frozenset()
+        # minute -> counter -> value; flushed to stats:<minute> by the control loop, never
+        # written to Redis from the delivery path
+        self._stats: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._started_at_ms = int(time.time() * 1000)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -138,6 +147,7 @@ class Worker:
                 group.create_task(self._promote_loop()),
                 group.create_task(self._reclaim_loop()),
                 group.create_task(self._sweep_loop()),
+                group.create_task(self._control_loop()),
             ]
             lanes = [group.create_task(self._lane()) for _ in range(self.cfg.concurrency)]
             readers = [group.create_task(self._read_loop(q)) for q in self.queues]
@@ -149,6 +159,7 @@ class Worker:
             settler.cancel()
             for task in background:
                 task.cancel()
+        await self._sign_off()
         log.info("worker.stopped", consumer=self.consumer)
 
     async def _drain(self, lanes: list[asyncio.Task[None]], grace_s: float) -> None:
@@ -185,6 +196,9 @@ class Worker:
     async def _read_loop(self, queue: str) -> None:
         outage = Outage(f"read:{queue}", self.metrics)
         while not self.stop.is_set():
+            if queue in self._paused:
+                await _sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
+                continue
             free = self.cfg.concurrency - self._busy
             if free <= 0 or self._unsettled > self.cfg.concurrency:
                 self._room.clear()
@@ -295,6 +309,9 @@ class Worker:
         entry = [started_ms, status, round(outcome.duration_ms, 1), outcome.error, 0]
         job.history.append(entry)
         self.metrics.durations.observe(outcome.duration_ms / 1000)
+        counts = self._stats[control.minute_of(now_ms)]
+        counts["ms_sum"] += round(outcome.duration_ms)
+        counts["delivered" if verdict is retry.Verdict.DELIVERED else "failed"] += 1
         status_class = f"{status // 100}xx" if status else "none"
         fields = {
             "job_id": job.id,
@@ -358,6 +375,7 @@ class Worker:
         if kind == "X":
             job.reason = reason
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
+            self._stats[control.minute_of(score_ms)]["dead"] += 1
         late = job.history[-1] if job.history else [score_ms, None, 0, "no attempt", 0]
         settlement = Settlement(
             work.claim,
@@ -505,6 +523,57 @@ class Worker:
                 "dispatcher_dead_lettered_total", len(page.missing), reason="entry_missing"
             )
             log.error("job.entry_missing", queue=queue, sids=page.missing)
+
+    async def _control_loop(self) -> None:
+        """Re-read the paused queues, flush the per-minute counters, beat the heart."""
+        outage = Outage("control", self.metrics)
+        tick = 0
+        with contextlib.suppress(Exception):
+            await control.forget_silent_workers(self.store)
+        while not self.stop.is_set():
+            try:
+                self._paused = frozenset(await control.paused_queues(self.store))
+                if tick % STATS_FLUSH_TICKS == 0:
+                    await self._flush_stats()
+                if tick % HEARTBEAT_TICKS == 0:
+                    await control.heartbeat(self.store, self.consumer, self._beat())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+            else:
+                outage.ok()
+            tick += 1
+            await _sleep_until_stop(self.stop, CONTROL_TICK_S)
+
+    def _beat(self) -> dict[str, object]:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at_ms": self._started_at_ms,
+            "in_flight": self.in_flight,
+            "queues": list(self.queues),
+        }
+
+    async def _flush_stats(self) -> None:
+        if not self._stats:
+            return
+        counts, self._stats = self._stats, defaultdict(lambda: defaultdict(int))
+        try:
+            await control.flush_stats(self.store, counts)
+        except BaseException:
+            for minute, fields in counts.items():  # keep them for the next flush
+                for name, value in fields.items():
+                    self._stats[minute][name] += value
+            raise
+
+    async def _sign_off(self) -> None:
+        """On a clean stop: write the last counters and remove this worker's heartbeat."""
+        try:
+            await self._flush_stats()
+            await control.forget_worker(self.store, self.consumer)
+        except Exception as exc:
+            log.warning("worker.sign_off_failed", error=str(exc) or type(exc).__name__)
 
     async def _sweep_loop(self) -> None:
         outage = Outage("sweep", self.metrics)

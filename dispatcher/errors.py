@@ -25,6 +25,10 @@ class DispatcherError(Exception):
         """A human sentence, safe to show to the caller (never a secret or a traceback)."""
         return str(self.args[0])
 
+    def details(self) -> dict[str, object]:
+        """Facts the API answers next to ``error`` (``would_purge``, say); none by default."""
+        return {}
+
 
 class InvalidField(DispatcherError):
     """A request field is present but its value is unacceptable."""
@@ -71,6 +75,22 @@ class Conflict(DispatcherError):
     code = "conflict"
     http_status = 409
     default_message = "conflict"
+
+
+class ConfirmationRequired(Conflict):
+    """A destructive request needs ``confirm=true``; ``would_purge`` says what it would do."""
+
+    code = "confirmation_required"
+
+    def __init__(self, message: str, *, would_purge: int) -> None:
+        super().__init__(message)
+        self.would_purge = would_purge
+
+    def __reduce__(self) -> tuple[type[DispatcherError], tuple[str]]:
+        return (Conflict, (self.message,))
+
+    def details(self) -> dict[str, object]:
+        return {"would_purge": self.would_purge}
 
 
 class PayloadTooLarge(DispatcherError):

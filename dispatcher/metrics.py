@@ -87,3 +87,12 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
         return ""
     inner = ",".join(f'{k}="{v}"' for k, v in labels)
     return "{" + inner + "}"
+
+
+def render_gauges(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> str:
+    """One gauge family computed at scrape time (queue depths, DLQ size), in the text format."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    lines += [
+        f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples
+    ]
+    return "\n".join(lines) + "\n"

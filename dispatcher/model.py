@@ -458,7 +458,7 @@ def _check_max_in_flight(value: Any) -> int | None:
     return value
 
 
-def _check_queue(value: Any) -> str:
+def check_queue(value: Any) -> str:
     if not isinstance(value, str) or not _QUEUE.fullmatch(value):
         raise InvalidField(
             "queue", "must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit"
@@ -498,7 +498,7 @@ _CHECKS: dict[str, Any] = {
     "secret": _check_secret,
     "rate_limit": _check_rate_limit,
     "max_in_flight": _check_max_in_flight,
-    "queue": _check_queue,
+    "queue": check_queue,
     "headers": _check_headers,
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-_NAMES = ("publish", "settle", "reclaim", "promote", "sweep", "quarantine", "replay")
+_NAMES = ("publish", "settle", "reclaim", "promote", "sweep", "quarantine", "replay", "purge")
 
 
 def _source(name: str) -> str:
@@ -30,6 +30,7 @@ class Scripts:
     sweep: AsyncScript
     quarantine: AsyncScript
     replay: AsyncScript
+    purge: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -1,0 +1,190 @@
+"""The admin application: app keys, the auth and error middlewares, one route table, serve().
+
+Handlers are thin: they read a request through ``bodies``, call the ``Client`` (which shares
+the queue layer with the Python API, so both answer alike) and return JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import structlog
+from aiohttp import web
+
+from dispatcher.client import Client
+from dispatcher.errors import DispatcherError, PayloadTooLarge, Unauthorized
+from dispatcher.metrics import Metrics
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from aiohttp.typedefs import Middleware
+
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.get_logger()
+
+CLIENT: Final = web.AppKey("client", Client)
+METRICS: Final = web.AppKey("metrics", Metrics)
+OPENAPI: Final = web.AppKey("openapi", bytes)
+
+#: Room around the largest payload for the rest of an event body and JSON white space.
+BODY_OVERHEAD_BYTES = 64 * 1024
+#: How long a stopping server lets running admin calls finish.
+SHUTDOWN_TIMEOUT_S = 5.0
+
+_HTTP_CODES = {
+    400: "malformed_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What the admin API needs from the daemon (or a test)."""
+
+    client: Client
+    metrics: Metrics
+    token: str | None
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """JSON with orjson, which also writes a job's stored payload bytes as they are."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(
+    status: int, code: str, message: str, extra: dict[str, object] | None = None
+) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}, **(extra or {})}, status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as ``{"error": {code, message}}`` with an honest status."""
+    try:
+        return await handler(request)
+    except DispatcherError as exc:
+        response = error_response(exc.http_status, exc.code, exc.message, exc.details())
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:  # noqa: PLR2004 - redirects and successes pass through
+            raise
+        response = error_response(
+            exc.status, _HTTP_CODES.get(exc.status, "http_error"), _sentence(exc)
+        )
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("admin.internal_error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "internal error; the daemon's log has it")
+
+
+def _sentence(exc: web.HTTPException) -> str:
+    if exc.status == 404:  # noqa: PLR2004
+        return "no such route; GET /openapi.json lists them"
+    if exc.status == 405:  # noqa: PLR2004
+        return f"method not allowed; allowed: {exc.headers.get('Allow', 'none')}"
+    return exc.text or exc.reason
+
+
+def _auth(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/v1" or request.path.startswith("/v1/"):
+            if expected is None:
+                raise Unauthorized(
+                    "no admin token is configured (admin.token or admin.token_file), "
+                    "so every /v1 call is refused"
+                )
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        return await handler(request)
+
+    return auth
+
+
+def _body_limit(limit: int) -> Middleware:
+    @web.middleware
+    async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A declared length over the limit is refused before a byte of the body is read;
+        # a chunked body is cut off by client_max_size while it is read.
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the body is {request.content_length} bytes, over {limit}")
+        return await handler(request)
+
+    return body_limit
+
+
+def create_app(deps: Deps) -> web.Application:
+    from dispatcher.admin import dlq, events, jobs, probes, queues, status, webhooks  # noqa: PLC0415
+
+    limit = deps.client.max_payload_bytes * 2 + BODY_OVERHEAD_BYTES
+    app = web.Application(
+        middlewares=[_errors, _body_limit(limit), _auth(deps.token)], client_max_size=limit
+    )
+    app[CLIENT] = deps.client
+    app[METRICS] = deps.metrics
+    app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
+    app.add_routes(
+        [
+            web.get("/healthz", probes.healthz, allow_head=False),
+            web.get("/readyz", probes.readyz, allow_head=False),
+            web.get("/metrics", probes.metrics, allow_head=False),
+            web.get("/openapi.json", probes.openapi, allow_head=False),
+            web.post("/v1/webhooks", webhooks.create),
+            web.get("/v1/webhooks", webhooks.list_, allow_head=False),
+            web.get("/v1/webhooks/{id}", webhooks.get, allow_head=False),
+            web.patch("/v1/webhooks/{id}", webhooks.patch),
+            web.delete("/v1/webhooks/{id}", webhooks.delete),
+            web.post("/v1/webhooks/{id}/rotate-secret", webhooks.rotate_secret),
+            web.post("/v1/webhooks/{id}/deliveries", events.deliver),
+            web.post("/v1/events", events.publish),
+            web.get("/v1/jobs/{id}", jobs.get, allow_head=False),
+            web.get("/v1/status", status.get, allow_head=False),
+            web.get("/v1/dlq", dlq.list_, allow_head=False),
+            web.delete("/v1/dlq", dlq.purge),
+            web.post("/v1/dlq/replay", dlq.replay),
+            web.get("/v1/dlq/{id}", dlq.inspect, allow_head=False),
+            web.post("/v1/queues/{name}/pause", queues.pause),
+            web.post("/v1/queues/{name}/resume", queues.resume),
+        ]
+    )
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:8080``) as config.py has checked it."""
+    host, _, port = listen.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+async def serve(app: web.Application, listen: str) -> web.AppRunner:
+    """Serve ``app`` on ``listen`` inside the running loop; ``runner.cleanup()`` stops it."""
+    host, port = parse_listen(listen)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -1,0 +1,141 @@
+"""Request bodies and query strings -> checked values, or the error the contract names.
+
+Malformed JSON (or not an object) is 400 ``malformed_request``; an unknown, missing or
+ill-typed field is 422 ``invalid_field`` naming it. The finer checks of each value (URLs,
+event types, payload size) live in ``model`` and ``Client``, shared with the Python API.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dispatcher.errors import InvalidField, Malformed
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from aiohttp import web
+
+MAX_REPLAY_IDS = 1000
+_EVENT = frozenset({"event_type", "payload", "idempotency_key", "deliver_at", "priority"})
+
+
+async def json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; with ``optional``, an empty body reads as ``{}``."""
+    raw = await request.read()
+    if not raw.strip() and optional:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"the body is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise Malformed("the body must be a JSON object")
+    return value
+
+
+def fields(
+    body: Mapping[str, Any], allowed: Iterable[str], required: Iterable[str] = ()
+) -> dict[str, Any]:
+    """``body`` with only ``allowed`` keys and every ``required`` one, else InvalidField."""
+    unknown = set(body) - set(allowed)
+    if unknown:
+        raise InvalidField(min(unknown), "is not a field of this request")
+    for name in required:
+        if name not in body:
+            raise InvalidField(name, "is required")
+    return dict(body)
+
+
+def event(body: Mapping[str, Any], *, with_tenant: bool) -> dict[str, Any]:
+    """The keyword arguments of ``Client.publish_checked`` / ``Client.deliver``."""
+    allowed = _EVENT | {"tenant_id"} if with_tenant else _EVENT
+    required = ("tenant_id", "event_type", "payload") if with_tenant else ("event_type", "payload")
+    checked = fields(body, allowed, required)
+    checked.setdefault("priority", "normal")
+    return checked
+
+
+def grace_s(body: Mapping[str, Any]) -> float:
+    value = fields(body, {"grace_s"}).get("grace_s", 86_400)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidField("grace_s", "must be a number of seconds")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    ids: list[str] | None
+    webhook_id: str | None = None
+    tenant_id: str | None = None
+    since: str | None = None
+
+
+def replay(body: Mapping[str, Any]) -> Replay:
+    checked = fields(body, {"ids", "all", "webhook_id", "tenant_id", "since"})
+    if "ids" in checked:
+        extra = set(checked) - {"ids"}
+        if extra:
+            raise InvalidField(min(extra), "cannot be combined with ids")
+        ids = checked["ids"]
+        if (
+            not isinstance(ids, list)
+            or not 0 < len(ids) <= MAX_REPLAY_IDS
+            or not all(isinstance(i, str) for i in ids)
+        ):
+            raise InvalidField("ids", f"must be a list of 1 to {MAX_REPLAY_IDS} job ids")
+        return Replay(ids=ids)
+    if checked.get("all") is not True:
+        raise InvalidField("all", 'is required: {"ids": [...]} or {"all": true, ...}')
+    for name in ("webhook_id", "tenant_id", "since"):
+        if checked.get(name) is not None and not isinstance(checked[name], str):
+            raise InvalidField(name, "must be a string")
+    return Replay(None, checked.get("webhook_id"), checked.get("tenant_id"), checked.get("since"))
+
+
+# --- query strings ------------------------------------------------------------------------------
+
+
+def query(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters, each given at most once and all of them known."""
+    params = request.rel_url.query
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise InvalidField(min(unknown), "is not a parameter of this request")
+    for name in params:
+        if len(params.getall(name)) > 1:
+            raise InvalidField(name, "must be given once")
+    return dict(params)
+
+
+def whole(params: Mapping[str, str], name: str, default: int) -> int:
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or len(text) > 9:  # noqa: PLR2004 - far above any page size
+        raise InvalidField(name, "must be a whole number")
+    return int(text)
+
+
+def seconds(params: Mapping[str, str], name: str, default: float) -> float:
+    text = params.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise InvalidField(name, "must be a number of seconds") from exc
+    if not math.isfinite(value):
+        raise InvalidField(name, "must be a finite number of seconds")
+    return value
+
+
+def flag(params: Mapping[str, str], name: str) -> bool:
+    text = params.get(name, "false")
+    if text not in ("true", "false"):
+        raise InvalidField(name, "must be true or false")
+    return text == "true"

@@ -1,0 +1,30 @@
+"""``POST /v1/events`` (fan-out) and ``POST /v1/webhooks/{id}/deliveries`` (one webhook).
+
+A new event answers 202; a repeated idempotency key answers 200 with the first answer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dispatcher.admin import bodies
+from dispatcher.admin.app import CLIENT, json_response
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+
+async def publish(request: web.Request) -> web.Response:
+    event = bodies.event(await bodies.json_object(request), with_tenant=True)
+    new, answer = await request.app[CLIENT].publish_checked(
+        event.pop("tenant_id"), event.pop("event_type"), event.pop("payload"), **event
+    )
+    return json_response(answer, 202 if new else 200)
+
+
+async def deliver(request: web.Request) -> web.Response:
+    event = bodies.event(await bodies.json_object(request), with_tenant=False)
+    new, answer = await request.app[CLIENT].deliver(
+        request.match_info["id"], event.pop("event_type"), event.pop("payload"), **event
+    )
+    return json_response(answer, 202 if new else 200)

@@ -1,0 +1,19 @@
+"""``GET /v1/jobs/{id}``: the job's state, timestamps, last error and attempt history."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dispatcher.admin.app import CLIENT, json_response
+from dispatcher.errors import NotFound
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+
+async def get(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    job = await request.app[CLIENT].get_job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return json_response(job)

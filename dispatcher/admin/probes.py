@@ -1,0 +1,64 @@
+"""Unauthenticated routes: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from dispatcher.admin.app import CLIENT, METRICS, OPENAPI, error_response, json_response
+from dispatcher.errors import DispatcherError
+from dispatcher.metrics import render_gauges
+from dispatcher.queue import status
+
+READY_TIMEOUT_S = 2.0
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await request.app[CLIENT].ping()
+    except (DispatcherError, TimeoutError):
+        return error_response(503, "redis_unavailable", "Redis does not answer PING")
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The process counters, plus queue gauges read from Redis at scrape time."""
+    text = request.app[METRICS].render() + await _queue_gauges(request)
+    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TYPE})
+
+
+async def _queue_gauges(request: web.Request) -> str:
+    store = request.app[CLIENT].store
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            counts = await status.queue_counts(store, await status.known_queues(store))
+            dlq_size = await status.dlq_size(store)
+    except (DispatcherError, TimeoutError, OSError):
+        return render_gauges(
+            "dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 0)]
+        )
+    families = [
+        ("dispatcher_queue_depth", "Jobs waiting in the ready stream.", "queued"),
+        ("dispatcher_queue_active", "Jobs claimed by a worker and not settled.", "active"),
+        ("dispatcher_queue_scheduled", "Jobs waiting for a retry or their time.", "scheduled"),
+    ]
+    parts = [
+        render_gauges(name, text, [({"queue": c.queue}, getattr(c, attr)) for c in counts])
+        for name, text, attr in families
+    ]
+    parts.append(render_gauges("dispatcher_dlq_size", "Entries in the DLQ.", [({}, dlq_size)]))
+    parts.append(
+        render_gauges("dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 1)])
+    )
+    return "".join(parts)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")

@@ -1,0 +1,48 @@
+"""``/v1/webhooks``: create, list, get, patch, delete, rotate the secret."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dispatcher.admin import bodies
+from dispatcher.admin.app import CLIENT, json_response
+from dispatcher.errors import InvalidField
+from dispatcher.model import CREATABLE, PATCHABLE
+
+
+async def create(request: web.Request) -> web.Response:
+    body = bodies.fields(await bodies.json_object(request), CREATABLE, ("tenant_id", "url"))
+    tenant_id, url = body.pop("tenant_id"), body.pop("url")
+    event_types = body.pop("event_types", ["*"])
+    if not isinstance(event_types, list):
+        raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
+    hook = await request.app[CLIENT].create_webhook(tenant_id, url, event_types, **body)
+    return json_response(hook, 201)
+
+
+async def list_(request: web.Request) -> web.Response:
+    params = bodies.query(request, {"tenant_id"})
+    if "tenant_id" not in params:
+        raise InvalidField("tenant_id", "is required")
+    return json_response({"items": await request.app[CLIENT].list_webhooks(params["tenant_id"])})
+
+
+async def get(request: web.Request) -> web.Response:
+    return json_response(await request.app[CLIENT].get_webhook(request.match_info["id"]))
+
+
+async def patch(request: web.Request) -> web.Response:
+    changes = bodies.fields(await bodies.json_object(request), PATCHABLE)
+    hook = await request.app[CLIENT].update_webhook(request.match_info["id"], **changes)
+    return json_response(hook)
+
+
+async def delete(request: web.Request) -> web.Response:
+    await request.app[CLIENT].delete_webhook(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    grace_s = bodies.grace_s(await bodies.json_object(request, optional=True))
+    hook = await request.app[CLIENT].rotate_secret(request.match_info["id"], grace_s)
+    return json_response(hook)

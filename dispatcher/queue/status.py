@@ -1,0 +1,157 @@
+"""The dashboard: queue counts, recent outcomes, paused queues, Redis facts, live workers.
+
+Every number comes from a counter Redis keeps anyway, so a status costs a handful of
+commands whatever the number of jobs: the ready stream holds only unfinished entries (queued
+plus claimed), the consumer group's PEL counts the claimed ones, the delayed zset the
+scheduled ones, and workers add their outcomes to per-minute ``stats:<minute>`` hashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import redis.exceptions as rex
+
+from dispatcher.model import rfc3339
+from dispatcher.queue import control
+from dispatcher.queue.keys import GROUP
+from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
+
+if TYPE_CHECKING:
+    from dispatcher.queue.store import Store
+
+RECENT_WINDOW_S = 300
+_REDIS_FACTS = (
+    "redis_version",
+    "role",
+    "used_memory",
+    "used_memory_human",
+    "maxmemory",
+    "maxmemory_policy",
+    "connected_clients",
+    "uptime_in_seconds",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    queue: str
+    queued: int
+    active: int
+    scheduled: int
+
+
+async def known_queues(store: Store) -> list[str]:
+    """``default``, the queues live workers serve, and the paused ones."""
+    with redis_errors():
+        beats = await control.live_beats(store, max_age_ms=None)
+    names = {DEFAULT_QUEUE} | await control.paused_queues(store)
+    for beat in beats.values():
+        queues = beat.get("queues")
+        if isinstance(queues, list):
+            names.update(q for q in queues if isinstance(q, str))
+    return sorted(names)
+
+
+async def queue_counts(store: Store, queues: list[str]) -> list[QueueCounts]:
+    """Queued, active and scheduled per queue, in one round trip."""
+    pipe = store.redis.pipeline(transaction=False)
+    for queue in queues:
+        pipe.xlen(store.keys.ready(queue))
+        pipe.xpending(store.keys.ready(queue), GROUP)
+        pipe.zcard(store.keys.delayed(queue))
+    with redis_errors():
+        replies = await pipe.execute(raise_on_error=False)
+    counts = []
+    for i, queue in enumerate(queues):
+        length, pending, scheduled = replies[3 * i : 3 * i + 3]
+        for reply in (length, scheduled):
+            if isinstance(reply, Exception):
+                raise reply
+        # NOGROUP: no worker has read this queue yet, so nothing of it is claimed.
+        active = 0 if isinstance(pending, rex.ResponseError) else int(pending["pending"])
+        counts.append(QueueCounts(queue, max(int(length) - active, 0), active, int(scheduled)))
+    return counts
+
+
+async def recent_stats(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, int]:
+    """The workers' counters summed over the minutes of the window (this one included)."""
+    now_minute = control.minute_of(store.clock.now_ms())
+    pipe = store.redis.pipeline(transaction=False)
+    for minute in range(now_minute - window_s // 60 + 1, now_minute + 1):
+        pipe.hgetall(store.keys.stats(minute))
+    with redis_errors():
+        replies = await pipe.execute()
+    totals = {"delivered": 0, "failed": 0, "dead": 0, "ms_sum": 0}
+    for reply in cast("list[dict[bytes, bytes]]", replies):
+        for name, value in reply.items():
+            key = name.decode()
+            if key in totals:
+                totals[key] += int(value)
+    return totals
+
+
+async def redis_facts(store: Store) -> dict[str, Any]:
+    with redis_errors():
+        info = await store.redis.info()
+    return {name: info.get(name) for name in _REDIS_FACTS}
+
+
+async def live_workers(store: Store) -> list[dict[str, Any]]:
+    max_age_ms = int(control.HEARTBEAT_INTERVAL_S * control.HEARTBEAT_MISSES * 1000)
+    with redis_errors():
+        beats = await control.live_beats(store, max_age_ms=max_age_ms)
+    return [
+        {
+            "id": consumer,
+            "host": beat.get("host"),
+            "pid": beat.get("pid"),
+            "started_at": _time(beat.get("started_at_ms")),
+            "in_flight": beat.get("in_flight"),
+            "queues": beat.get("queues"),
+            "last_seen_at": _time(beat.get("seen_ms")),
+        }
+        for consumer, beat in sorted(beats.items())
+    ]
+
+
+def _time(value: object) -> str | None:
+    return rfc3339(value) if isinstance(value, int) else None
+
+
+async def dlq_size(store: Store) -> int:
+    with redis_errors():
+        return int(await store.redis.xlen(store.keys.dlq))
+
+
+async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, Any]:
+    """The answer of ``GET /v1/status`` and ``Client.status()``."""
+    queues = await known_queues(store)
+    paused = sorted(await control.paused_queues(store))
+    counts = await queue_counts(store, queues)
+    stats = await recent_stats(store, window_s=window_s)
+    attempts = stats["delivered"] + stats["failed"]
+    return {
+        "queued": sum(c.queued for c in counts),
+        "active": sum(c.active for c in counts),
+        "scheduled": sum(c.scheduled for c in counts),
+        "dlq_size": await dlq_size(store),
+        "failed_recent": {"window_s": window_s, "count": stats["failed"]},
+        "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
+        "dead_recent": {"window_s": window_s, "count": stats["dead"]},
+        "avg_processing_ms": round(stats["ms_sum"] / attempts, 1) if attempts else None,
+        "paused": paused,
+        "queues": [
+            {
+                "name": c.queue,
+                "queued": c.queued,
+                "active": c.active,
+                "scheduled": c.scheduled,
+                "paused": c.queue in paused,
+            }
+            for c in counts
+        ],
+        "redis": await redis_facts(store),
+        "workers": await live_workers(store),
+    }
