@@ -138,14 +138,13 @@ class Client:
 
         Returns ``{"event_id", "jobs": [{"id", "webhook_id"}]}`` once every job is in Redis.
         """
-        _new, answer = await self._publish(
+        _new, answer = await self.publish_checked(
             tenant_id,
             event_type,
             payload,
             idempotency_key=idempotency_key,
             deliver_at=deliver_at,
             priority=priority,
-            webhook_id=None,
         )
         return answer
 
@@ -161,15 +160,10 @@ class Client:
         webhook_id: str | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
-        return await self._publish(
-            tenant_id,
-            event_type,
-            payload,
-            idempotency_key=idempotency_key,
-            deliver_at=deliver_at,
-            priority=priority,
-            webhook_id=webhook_id,
+        pub = self._publication(
+            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
         )
+        return await records.publish(self.store, pub, self._queues)
 
     async def deliver(
         self,
@@ -186,7 +180,7 @@ class Client:
         Returns (new, answer) like ``publish_checked``; ``NotFound`` or ``Conflict`` (disabled).
         """
         hook = await records.ensure_deliverable(self.store, webhook_id)
-        return await self._publish(
+        return await self.publish_checked(
             hook.tenant_id,
             event_type,
             payload,
@@ -195,22 +189,6 @@ class Client:
             priority=priority,
             webhook_id=hook.id,
         )
-
-    async def _publish(
-        self,
-        tenant_id: str,
-        event_type: str,
-        payload: Any,
-        *,
-        idempotency_key: str | None,
-        deliver_at: datetime | str | None,
-        priority: str,
-        webhook_id: str | None,
-    ) -> tuple[bool, dict[str, Any]]:
-        pub = self._publication(
-            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
-        )
-        return await records.publish(self.store, pub, self._queues)
 
     async def publish_many(
         self, events: Iterable[Mapping[str, Any]]
