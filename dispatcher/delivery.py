@@ -43,6 +43,7 @@ USER_AGENT = f"dispatcher/{__version__}"
 READ_BLOCK_MS = 500  # also bounds how long a read begun before a pause can still claim
 READ_BATCH = 256
 SETTLE_BATCH = 512
+SETTLE_DRAIN_S = 10.0  # at shutdown, how long outcomes may wait for Redis before we give up
 PROMOTE_INTERVAL_S = 0.1
 CLOCK_SYNC_INTERVAL_S = 10.0
 CLOCK_JUMP_WARN_S = 5.0
@@ -155,12 +156,24 @@ class Worker:
             log.info("worker.draining", in_flight=self.in_flight, grace_s=grace_s)
             await asyncio.gather(*readers)
             await self._drain(lanes, grace_s)
-            await self._settle_queue.join()
+            await self._write_last_outcomes()
             settler.cancel()
             for task in background:
                 task.cancel()
         await self._sign_off()
         log.info("worker.stopped", consumer=self.consumer)
+
+    async def _write_last_outcomes(self) -> None:
+        """Wait for the settler to write what is left, but not forever (Redis may be down):
+        unwritten outcomes leave their jobs pending, to be delivered again after a reclaim."""
+        try:
+            async with asyncio.timeout(SETTLE_DRAIN_S):
+                await self._settle_queue.join()
+        except TimeoutError:
+            pass
+        else:
+            return
+        log.error("worker.outcomes_unwritten", jobs=self._unsettled)
 
     async def _drain(self, lanes: list[asyncio.Task[None]], grace_s: float) -> None:
         """Let claimed work finish within the grace, then stop the lanes."""

@@ -13,6 +13,7 @@ from dispatcher.queue.clock import RedisClock
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
 from tests.helpers import Daemon, RedisServer, daemon_env, eventually, hash_len
+from tests.target import Reply
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -101,3 +102,34 @@ async def test_clock_follows_the_redis_server(redis_url: str, prefix: str) -> No
         assert 59 < moved < 61
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_sigterm_while_redis_is_down_exits_and_loses_nothing(
+    tmp_path: Path, target: Target, logs_dir: Path
+) -> None:
+    """SIGTERM during an outage exits 0 in bounded time; the unrecorded job is delivered again."""
+    server = RedisServer(tmp_path / "down", appendonly=True)
+    server.start()
+    env = daemon_env(server.url, "down", delivery_timeout_s="3", delivery_stall_timeout_s="4")
+    target.script("/hook", Reply(200, delay_s=1.0), Reply(200))
+    first = Daemon(env, logs_dir / "first.log").start()
+    second: Daemon | None = None
+    try:
+        async with Client.from_url(server.url, prefix="down") as client:
+            await client.create_webhook("acme", target.url())
+            job_id = (await client.publish("acme", "a.b", {}))["jobs"][0]["id"]
+            await target.wait_for(1)
+            server.stop(signal.SIGTERM)  # the answer arrives while Redis is gone
+            first.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(first.wait, 40) == 0
+            assert "worker.outcomes_unwritten" in first.log
+            server.start()
+            second = Daemon(env, logs_dir / "second.log").start()
+            await eventually(lambda: _delivered(client, [job_id]), timeout_s=30, interval_s=0.3)
+        assert target.count() >= 2  # delivered again: at least once, never lost
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        server.stop()
