@@ -30,7 +30,7 @@ from dispatcher.queue.streams import Claim, Malformed, Settlement
 from dispatcher.signing import sign
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from dispatcher.config import DeliveryConfig, JobsConfig
     from dispatcher.metrics import Metrics
@@ -217,28 +217,37 @@ class Worker:
                 self._room.clear()
                 await self._wait_room()
                 continue
+            await self._queue_step(queue, outage, self._read_once(queue, free))
+
+    async def _read_once(self, queue: str, free: int) -> None:
+        async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
+            claims, malformed = await streams.read_new(
+                self.store,
+                queue,
+                self.consumer,
+                count=min(free, READ_BATCH),
+                block_ms=READ_BLOCK_MS,
+            )
+        if malformed:
+            await self._quarantine(queue, malformed)
+        if claims:
+            await self._start(claims)
+
+    async def _queue_step(self, queue: str, outage: Outage, step: Awaitable[object]) -> None:
+        """One step of a queue's loop: NOGROUP recreates the group, other errors back off."""
+        try:
             try:
-                async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
-                    claims, malformed = await streams.read_new(
-                        self.store,
-                        queue,
-                        self.consumer,
-                        count=min(free, READ_BATCH),
-                        block_ms=READ_BLOCK_MS,
-                    )
-                if malformed:
-                    await self._quarantine(queue, malformed)
-                if claims:
-                    await self._start(claims)
-            except asyncio.CancelledError:
-                raise
+                await step
             except Exception as exc:
-                if streams.is_nogroup(exc):
-                    await self._recover_nogroup(queue)
-                    continue
-                await outage.failed(exc, self.stop)
-            else:
-                outage.ok()
+                if not streams.is_nogroup(exc):
+                    raise
+                await self._recover_nogroup(queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await outage.failed(exc, self.stop)
+        else:
+            outage.ok()
 
     async def _wait_room(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())
@@ -484,17 +493,7 @@ class Worker:
             if self.stop.is_set():
                 return
             for queue in self.queues:
-                try:
-                    await self.reclaim(queue)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if streams.is_nogroup(exc):
-                        await self._recover_nogroup(queue)
-                        continue
-                    await outage.failed(exc, self.stop)
-                else:
-                    outage.ok()
+                await self._queue_step(queue, outage, self.reclaim(queue))
 
     async def reclaim(self, queue: str) -> int:
         """Take over every delivery idle past the stall timeout, looping on the cursor."""
