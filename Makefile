@@ -8,15 +8,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast lint bench bench-quick bench-deps redis-server clean
+.PHONY: run test test-fast lint bench bench-quick bench-deps redis-server systemd-analyze clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server systemd-analyze
 	$(BIN)/pytest
 
-test-fast: $(STAMP) redis-server
+test-fast: $(STAMP) redis-server systemd-analyze
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
@@ -54,6 +54,18 @@ redis-server:
 	  else \
 	    echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server)"; \
 	    echo "or point the tests at a running Redis with REDIS_URL=redis://host:6379/0"; \
+	    exit 1; \
+	  fi; }
+
+# The unit files are checked with systemd-analyze verify (Debian package systemd).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing systemd (for systemd-analyze) from the Debian packages"; \
+	    (apt-get install -y -qq systemd >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq systemd; }) \
+	      || { echo "apt-get could not install systemd"; exit 1; }; \
+	  else \
+	    echo "systemd-analyze is missing: install it (Debian/Ubuntu: sudo apt-get install systemd)"; \
 	    exit 1; \
 	  fi; }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from dispatcher.delivery import USER_AGENT, Outage, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.metrics import Metrics
+from dispatcher.notify import Notifier
 from dispatcher.queue.server import ServerFacts, server_facts
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
@@ -145,8 +147,11 @@ async def _run_worker(
     embedded: EmbeddedRedis | None,
     stop_admin: Callable[[], Awaitable[None]] = _nothing,
 ) -> int:
+    notifier = Notifier()
+
     async def relay_stop() -> None:
         await stop.wait()
+        notifier.stopping()
         await stop_admin()  # first: no admin call runs while the worker drains
         worker.stop.set()
 
@@ -154,6 +159,8 @@ async def _run_worker(
     async with asyncio.TaskGroup() as group:
         group.create_task(relay_stop())
         run = group.create_task(worker.run())
+        notifier.ready(_status(worker))
+        watchdog = group.create_task(_watchdog(notifier, worker, stop))
         if embedded is not None:
             child = group.create_task(embedded.wait())
             await asyncio.wait({run, child}, return_when=asyncio.FIRST_COMPLETED)
@@ -165,7 +172,26 @@ async def _run_worker(
                 child.cancel()
         await run
         stop.set()
+        watchdog.cancel()
     return code
+
+
+def _status(worker: Worker) -> str:
+    return f"delivering from {', '.join(worker.queues)}; {worker.in_flight} in flight"
+
+
+async def _watchdog(notifier: Notifier, worker: Worker, stop: asyncio.Event) -> None:
+    """Pet systemd's watchdog while the event loop runs and the worker's control loop, which
+    talks to Redis and backs off when it is down, keeps turning: a wedged daemon gets restarted,
+    one riding out a Redis outage does not."""
+    interval_s = notifier.watchdog_interval_s
+    if interval_s is None:
+        return
+    while not stop.is_set():
+        if time.monotonic() - worker.alive_at < max(2 * interval_s, 10.0):
+            notifier.watchdog()
+            notifier.status(_status(worker))
+        await asyncio.sleep(interval_s)
 
 
 async def _check_server(store: Store, stop: asyncio.Event) -> bool:

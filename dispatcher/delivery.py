@@ -130,6 +130,7 @@ class Worker:
         # written to Redis from the delivery path
         self._stats: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._started_at_ms = int(time.time() * 1000)
+        self.alive_at = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -543,6 +544,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await control.forget_silent_workers(self.store)
         while not self.stop.is_set():
+            self.alive_at = time.monotonic()  # the systemd watchdog checks that this advances
             try:
                 self._paused = frozenset(await control.paused_queues(self.store))
                 if tick % STATS_FLUSH_TICKS == 0:
