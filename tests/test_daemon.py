@@ -314,3 +314,24 @@ async def test_refuses_redis_that_may_evict(
         await redis.config_set("maxmemory-policy", "noeviction")
     assert code == 2
     assert "noeviction" in daemon.log
+
+
+async def test_embedded_redis_crash_stops_the_daemon_with_an_error(
+    tmp_path: Path, logs_dir: Path
+) -> None:
+    """If the embedded redis-server dies the daemon logs it and exits 1, for systemd to restart."""
+    state_dir = Path("/tmp") / f"dspc-{os.getpid()}-{tmp_path.name[-8:]}"  # noqa: S108 - short path
+    env = daemon_env("", "crash", state_dir=str(state_dir))
+    env.pop("DISPATCHER_REDIS_URL")
+    daemon = Daemon(env, logs_dir / "crash.log").start()
+    try:
+        await eventually(lambda: "redis.embedded_started" in daemon.log, timeout_s=20)
+        pid = orjson.loads(
+            next(line for line in daemon.log.splitlines() if "redis.embedded_started" in line)
+        )["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert await asyncio.to_thread(daemon.wait, 30) == 1
+        assert "redis.embedded_exited" in daemon.log
+    finally:
+        daemon.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
