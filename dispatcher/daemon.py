@@ -70,8 +70,9 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
             url, prefix=cfg.redis.prefix, max_connections=max(16, cfg.delivery.concurrency // 4)
         )
         stack.push_async_callback(store.close)
-        if not await _check_server(store, stop):
-            return EXIT_OK if stop.is_set() else EXIT_CONFIG
+        code = await _check_server(store, stop, embedded)
+        if code is not None:
+            return code
         metrics = Metrics()
         policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
         sender = Sender(
@@ -194,21 +195,31 @@ async def _watchdog(notifier: Notifier, worker: Worker, stop: asyncio.Event) -> 
         await asyncio.sleep(interval_s)
 
 
-async def _check_server(store: Store, stop: asyncio.Event) -> bool:
-    """Wait for Redis, then refuse servers that could lose or evict accepted work."""
+async def _check_server(
+    store: Store, stop: asyncio.Event, embedded: EmbeddedRedis | None = None
+) -> int | None:
+    """Wait for Redis, then refuse servers that could lose or evict accepted work.
+
+    Returns None to go on, else the exit code: stopped while waiting, or the embedded Redis
+    died (waiting for it would be forever).
+    """
     outage = Outage("startup", Metrics())
     while not stop.is_set():
+        if embedded is not None and embedded.exited():
+            log.error("redis.embedded_exited", during="startup")
+            return EXIT_FAILED
         try:
             facts = await server_facts(store)
         except Exception as exc:
             await outage.failed(exc, stop)
             continue
         outage.ok()
-        return _judge(facts)
-    return False
+        _judge(facts)
+        return None
+    return EXIT_OK
 
 
-def _judge(facts: ServerFacts) -> bool:
+def _judge(facts: ServerFacts) -> None:
     if facts.version < MIN_REDIS:
         raise ConfigError(
             [f"redis.url: Redis {facts.version_text} is too old; dispatcher needs 7.0 or newer"]
@@ -232,4 +243,3 @@ def _judge(facts: ServerFacts) -> bool:
             hint="maxmemory 0: Redis may grow until the host runs out of memory",
         )
     log.info("redis.connected", version=facts.version_text, role=facts.role)
-    return True

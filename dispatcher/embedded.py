@@ -152,6 +152,9 @@ class EmbeddedRedis:
         finally:
             writer.close()
 
+    def exited(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
     async def wait(self) -> int:
         """Return when the child exits, with its exit code."""
         if self.process is None:
