@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -10,7 +11,7 @@ import orjson
 import uvloop
 
 from dispatcher import __version__, daemon
-from dispatcher.config import CONFIG_ENV, Config, load, redacted
+from dispatcher.config import CONFIG_ENV, Config, load, queue_names, redacted
 from dispatcher.errors import ConfigError
 from dispatcher.logs import configure_logging
 
@@ -32,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get(CONFIG_ENV) or None,
             help=f"TOML file (default: ${CONFIG_ENV}, else defaults and environment)",
         )
+        if name == "run":
+            sub.add_argument(
+                "--queues",
+                metavar="Q1,Q2",
+                help="the queues this process serves (overrides delivery.queues)",
+            )
     return parser
 
 
@@ -49,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    if getattr(args, "queues", None) is not None:
+        try:
+            queues = queue_names(args.queues)
+        except ValueError as exc:
+            sys.stderr.write(f"config error: --queues: {exc.args[0]}\n")
+            return 2
+        cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(cfg.delivery, queues=queues))
     if args.command == "check-config":
         sys.stdout.buffer.write(orjson.dumps(redacted(cfg), option=orjson.OPT_INDENT_2) + b"\n")
         return 0

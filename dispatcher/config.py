@@ -59,6 +59,8 @@ class DeliveryConfig:
     backoff_cap_s: float = 3600.0
     stall_timeout_s: float = 60.0
     max_payload_bytes: int = 262_144
+    queues: tuple[str, ...] = ("default",)  # the queues this process serves
+    disable_after_s: float = 432_000.0  # failing this long without a success disables a webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ def _known_env_names() -> frozenset[str]:
 # --- raw values and their parsers -------------------------------------------------------------
 
 
-class _BadValueError(Exception):
+class _BadValueError(ValueError):
     """A parser's refusal: each reason becomes one problem line."""
 
     def __init__(self, *reasons: str) -> None:
@@ -342,6 +344,32 @@ def _cidrs(raw: _Raw) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def queue_names(value: object, *, from_env: bool = True) -> tuple[str, ...]:
+    """Queue names from a list (TOML) or a comma-separated string (environment, ``--queues``)."""
+    if from_env and isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _BadValueError(f'expected a list of queue names like ["default"], got {_show(value)}')
+    bad = [item for item in items if not isinstance(item, str) or not _QUEUE_NAME.fullmatch(item)]
+    if bad:
+        raise _BadValueError(
+            f"{', '.join(_show(b) for b in bad)}: a queue name is 1-64 of a-z, 0-9, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if not items:
+        raise _BadValueError("expected at least one queue name")
+    return tuple(dict.fromkeys(str(item) for item in items))
+
+
+def _queues(raw: _Raw) -> tuple[str, ...]:
+    return queue_names(raw.value, from_env=raw.from_env)
+
+
 def _token_file(raw: _Raw) -> tuple[Path, str]:
     """The path and its stripped content: the file is read at load."""
     text = _optional_string(raw)
@@ -492,6 +520,8 @@ def _delivery(r: _Reader) -> DeliveryConfig:
         max_payload_bytes=r.value(
             "delivery", "max_payload_bytes", d.max_payload_bytes, _integer(1)
         ),
+        queues=r.value("delivery", "queues", d.queues, _queues),
+        disable_after_s=r.value("delivery", "disable_after_s", d.disable_after_s, _duration),
     )
     _check_delivery(r, cfg)
     return cfg

@@ -5,15 +5,16 @@ All keys of one deployment start with ``redis.prefix`` and share one hash tag, `
 Cluster. A later sharding step gives each shard its own tag; nothing outside this
 module formats a key.
 
-Layout (``P`` is the prefix, ``Q`` a queue name, ``T`` a tenant id):
+Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three priority streams,
+``Q:high``, ``Q`` or ``Q:low``, ``T`` a tenant id):
 
 ``P:{0}:webhooks``        hash  webhook id -> webhook JSON (secrets included)
 ``P:{0}:tenant:T``        hash  webhook id -> routing JSON ``{"e": [types], "on": 1, "q": Q}``
 ``P:{0}:jobs``            hash  job id -> record: meta JSON, a newline, then the payload bytes
-``P:{0}:q:Q:ready``       stream of jobs ready to send, entries ``{j: job id, w: webhook id}``,
+``P:{0}:q:S:ready``       stream of jobs ready to send, entries ``{j: job id, w: webhook id}``,
                           read by the consumer group ``dispatch``; an entry is XDELed when its
                           job leaves the queue, so the stream holds only unfinished work
-``P:{0}:q:Q:delayed``     zset  job id -> due time (ms, Redis clock): retries and scheduled jobs
+``P:{0}:q:S:delayed``     zset  job id -> due time (ms, Redis clock): retries and scheduled jobs
 ``P:{0}:done``            zset  job id -> finished time (ms): finished records, swept after
                           ``jobs.retention_s``
 ``P:{0}:dlq``             stream of dead jobs ``{j: job id, r: reason}`` (or ``{raw, r}`` for an
@@ -29,6 +30,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "dispatch"
+PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
+
+
+def stream_of(queue: str, priority: str) -> str:
+    """The stream (``Q``, ``Q:high`` or ``Q:low``) that carries a queue's jobs of one priority.
+
+    A queue is three streams, each with its own ready stream, delayed zset and consumer group;
+    every function below that takes a ``queue`` takes one of these stream names.
+    """
+    return queue if priority == "normal" else f"{queue}:{priority}"
+
+
+def streams_of(queue: str) -> tuple[str, ...]:
+    """A queue's streams, highest priority first."""
+    return tuple(stream_of(queue, p) for p in PRIORITIES)
+
+
+def queue_of(stream: str) -> str:
+    return stream.partition(":")[0]
+
+
+def priority_of(stream: str) -> str:
+    return stream.partition(":")[2] or "normal"
 
 
 @dataclass(frozen=True, slots=True)

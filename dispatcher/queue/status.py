@@ -15,7 +15,7 @@ import redis.exceptions as rex
 
 from dispatcher.model import rfc3339
 from dispatcher.queue import control
-from dispatcher.queue.keys import GROUP
+from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
 if TYPE_CHECKING:
@@ -55,23 +55,30 @@ async def known_queues(store: Store) -> list[str]:
 
 
 async def queue_counts(store: Store, queues: list[str]) -> list[QueueCounts]:
-    """Queued, active and scheduled per queue, in one round trip."""
+    """Queued, active and scheduled per queue (its priority streams summed), in one round trip."""
     pipe = store.redis.pipeline(transaction=False)
     for queue in queues:
-        pipe.xlen(store.keys.ready(queue))
-        pipe.xpending(store.keys.ready(queue), GROUP)
-        pipe.zcard(store.keys.delayed(queue))
+        for stream in streams_of(queue):
+            pipe.xlen(store.keys.ready(stream))
+            pipe.xpending(store.keys.ready(stream), GROUP)
+            pipe.zcard(store.keys.delayed(stream))
     with redis_errors():
         replies = await pipe.execute(raise_on_error=False)
     counts = []
+    per_queue = 3 * len(PRIORITIES)
     for i, queue in enumerate(queues):
-        length, pending, scheduled = replies[3 * i : 3 * i + 3]
-        for reply in (length, scheduled):
-            if isinstance(reply, Exception):
-                raise reply
-        # NOGROUP: no worker has read this queue yet, so nothing of it is claimed.
-        active = 0 if isinstance(pending, rex.ResponseError) else int(pending["pending"])
-        counts.append(QueueCounts(queue, max(int(length) - active, 0), active, int(scheduled)))
+        queued = active = scheduled = 0
+        mine = replies[per_queue * i : per_queue * (i + 1)]
+        for length, pending, delayed in zip(mine[::3], mine[1::3], mine[2::3], strict=True):
+            for reply in (length, delayed):
+                if isinstance(reply, Exception):
+                    raise reply
+            # NOGROUP: no worker has read this stream yet, so nothing of it is claimed.
+            claimed = 0 if isinstance(pending, rex.ResponseError) else int(pending["pending"])
+            queued += max(int(length) - claimed, 0)
+            active += claimed
+            scheduled += int(delayed)
+        counts.append(QueueCounts(queue, queued, active, scheduled))
     return counts
 
 
