@@ -23,11 +23,15 @@ import orjson
 import structlog
 
 from dispatcher import __version__, retry
-from dispatcher.model import Job, JobState, Webhook
-from dispatcher.queue import control, delays, streams
+from dispatcher.model import Job, JobState, Webhook, rfc3339
+from dispatcher.queue import admission, breakers, control, delays, streams
+from dispatcher.queue.admission import Verdict
+from dispatcher.queue.breakers import Breaker, Health
+from dispatcher.queue.keys import PRIORITIES, streams_of
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, Malformed, Settlement
 from dispatcher.signing import sign
+from dispatcher.traffic import Pool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -52,6 +56,9 @@ RECLAIM_PAGE = 100
 CONTROL_TICK_S = 0.25  # the paused set is re-read every tick
 STATS_FLUSH_TICKS = 4  # per-minute counters are flushed every second
 HEARTBEAT_TICKS = int(control.HEARTBEAT_INTERVAL_S / CONTROL_TICK_S)
+#: How often each priority comes first when a queue's streams are read: high is served first
+#: most of the time, and low still leads one read in sixteen, so it never starves.
+PRIORITY_WEIGHTS = (12, 3, 1)
 
 
 def consumer_name() -> str:
@@ -95,6 +102,24 @@ class _Work:
     claim: Claim
     job: Job
     webhook: Webhook
+    leased: bool = False  # holds an in-flight lease of the webhook's max_in_flight
+
+
+class _Rotation:
+    """Smooth weighted round robin over a queue's streams: which one a read serves first."""
+
+    def __init__(self, queue: str) -> None:
+        self.streams = streams_of(queue)
+        self.current = [0] * len(PRIORITIES)
+
+    def order(self) -> tuple[str, ...]:
+        total = sum(PRIORITY_WEIGHTS)
+        for i, weight in enumerate(PRIORITY_WEIGHTS):
+            self.current[i] += weight
+        first = max(range(len(self.current)), key=self.current.__getitem__)
+        self.current[first] -= total
+        lead = self.streams[first]
+        return (lead, *(s for s in self.streams if s != lead))
 
 
 class Worker:
@@ -115,7 +140,14 @@ class Worker:
         self.jobs_cfg = jobs
         self.metrics = metrics
         self.queues = queues
+        self.streams = tuple(s for q in queues for s in streams_of(q))
         self.consumer = consumer or consumer_name()
+        self.pool = Pool(delivery.concurrency, delivery.timeout_s)
+        self._rotations = {q: _Rotation(q) for q in queues}
+        # outcomes per webhook since the last breaker report; only webhooks that failed or
+        # whose breaker exists (`_watched`) are reported
+        self._health: dict[str, Health] = {}
+        self._watched: set[str] = set()
         self.stop = asyncio.Event()
         self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
         # Claimed work waits here for one of `concurrency` lanes: long-lived tasks, so the hot
@@ -141,8 +173,8 @@ class Worker:
     async def run(self, *, drain_grace_s: float | None = None) -> None:
         """Serve until ``stop`` is set, then drain: in-flight attempts get ``drain_grace_s``."""
         grace_s = self.cfg.timeout_s + 1 if drain_grace_s is None else drain_grace_s
-        for queue in self.queues:
-            await self._ensure_group(queue)
+        for stream in self.streams:
+            await self._ensure_group(stream)
         async with asyncio.TaskGroup() as group:
             settler = group.create_task(self._settle_loop())
             background = [
@@ -201,9 +233,11 @@ class Worker:
                 return
 
     async def _recover_nogroup(self, queue: str) -> None:
+        """Recreate the consumer groups of a queue (or one stream) that lost them."""
         self.metrics.inc("dispatcher_nogroup_recoveries_total")
         log.warning("queue.group_recreated", queue=queue)
-        await streams.ensure_group(self.store, queue)
+        for stream in streams_of(queue) if queue in self._rotations else (queue,):
+            await streams.ensure_group(self.store, stream)
 
     # --- claiming ----------------------------------------------------------------------------
 
@@ -221,16 +255,26 @@ class Worker:
             await self._queue_step(queue, outage, self._read_once(queue, free))
 
     async def _read_once(self, queue: str, free: int) -> None:
-        async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
-            claims, malformed = await streams.read_new(
-                self.store,
-                queue,
-                self.consumer,
-                count=min(free, READ_BATCH),
-                block_ms=READ_BLOCK_MS,
-            )
-        if malformed:
-            await self._quarantine(queue, malformed)
+        """Claim new jobs: without waiting, highest priority first (rotated so none starves);
+        when all the queue's streams are empty, block until one has an entry."""
+        budget = min(free, READ_BATCH)
+        claims, malformed = await streams.claim_new(
+            self.store, self._rotations[queue].order(), self.consumer, budget=budget
+        )
+        if not claims and not malformed:
+            async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
+                claims, malformed = await streams.wait_new(
+                    self.store,
+                    streams_of(queue),
+                    self.consumer,
+                    count=max(1, budget // len(PRIORITIES)),
+                    block_ms=READ_BLOCK_MS,
+                )
+        by_stream: defaultdict[str, list[Malformed]] = defaultdict(list)
+        for stream, bad in malformed:
+            by_stream[stream].append(bad)
+        for stream, bad_entries in by_stream.items():
+            await self._quarantine(stream, bad_entries)
         if claims:
             await self._start(claims)
 
@@ -268,11 +312,18 @@ class Worker:
         )
 
     async def _start(self, claims: list[Claim]) -> None:
-        """Load the claimed jobs and their webhooks, then hand each to the lanes."""
-        jobs, hooks = await streams.load(self.store, claims)
+        """Load the claimed jobs, their webhooks and breakers; then each job is sent (handed
+        to the lanes), waits in Redis without spending an attempt (its webhook's breaker is
+        open, or it is over one of its webhook's limits), or is dead-lettered (its webhook
+        is gone or disabled)."""
+        loaded = await streams.load(self.store, claims)
         broken: list[Malformed] = []
-        webhooks = {wid: _decode_webhook(raw) for wid, raw in hooks.items()}
-        for claim, job in zip(claims, jobs, strict=True):
+        webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
+        states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
+        self._watched.difference_update(loaded.webhooks)
+        self._watched.update(wid for wid, b in states.items() if b is not None)
+        candidates: list[_Work] = []
+        for claim, job in zip(claims, loaded.jobs, strict=True):
             if job is None:  # its record is gone or unreadable
                 raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id})
                 broken.append(Malformed(claim.sid, raw))
@@ -281,10 +332,75 @@ class Worker:
             if hook is None or not hook.enabled:
                 self._dead_without_attempt(claim, job, hook)
                 continue
-            self._busy += 1
-            self._inbox.put_nowait(_Work(claim, job, hook))
+            breaker = states.get(hook.id)
+            if breaker is not None and not await self._may_pass(breaker, hook.id, job.id):
+                self._park(_Work(claim, job, hook), breaker)
+                continue
+            candidates.append(_Work(claim, job, hook))
         if broken:
             await self._quarantine(claims[0].queue, broken)
+        await self._admit(self._within_endpoint_limits(candidates))
+
+    async def _may_pass(self, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
+        if not breaker.holds(job_id) and breaker.probe == "":
+            # Half-open with no probe chosen yet: the first job to ask becomes it.
+            return await breakers.take_probe(self.store, webhook_id, job_id)
+        return not breaker.holds(job_id)
+
+    def _within_endpoint_limits(self, candidates: list[_Work]) -> list[_Work]:
+        """Apply the adaptive per-endpoint cap of this process (traffic.py), no round trip."""
+        now = time.monotonic()
+        room: dict[str, int] = {}
+        admitted = []
+        for work in candidates:
+            endpoint = self.pool.endpoint(work.webhook.id)
+            left = room.get(work.webhook.id)
+            if left is None:
+                left = endpoint.room(now)
+            if left > 0:
+                endpoint.begin(work.job.id, now)
+                admitted.append(work)
+            else:
+                delay_s = endpoint.defer(now, self.cfg.timeout_s)
+                self._wait(
+                    work, self.store.clock.now_ms() + int(delay_s * 1000), "endpoint_capacity"
+                )
+            room[work.webhook.id] = left - 1
+        return admitted
+
+    async def _admit(self, works: list[_Work]) -> None:
+        """The cluster-wide limits (rate_limit, max_in_flight) for jobs of webhooks that set
+        them, in one round trip; then the admitted jobs go to the lanes."""
+        limited = [w for w in works if admission.limited(w.webhook)]
+        verdicts: dict[str, admission.Decision] = {}
+        if limited:
+            try:
+                _now, decisions = await admission.admit(
+                    self.store,
+                    [(w.job, w.webhook) for w in limited],
+                    attempt_timeout_s=self.cfg.timeout_s,
+                )
+            except BaseException:
+                for work in works:  # not sent: give their endpoint slots back
+                    self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
+                raise
+            verdicts = {w.job.id: d for w, d in zip(limited, decisions, strict=True)}
+        for work in works:
+            decision = verdicts.get(work.job.id)
+            if decision is None or decision.verdict is Verdict.ADMITTED:
+                leased = decision is not None and work.webhook.max_in_flight is not None
+                self._busy += 1
+                self._inbox.put_nowait(_Work(work.claim, work.job, work.webhook, leased))
+                continue
+            self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
+            if decision.verdict is Verdict.IN_FLIGHT_FULL:
+                delay_s = self.pool.endpoint(work.webhook.id).defer(
+                    time.monotonic(), self.cfg.timeout_s
+                )
+                self._wait(work, self.store.clock.now_ms() + int(delay_s * 1000), "max_in_flight")
+            else:
+                reserved = decision.due_ms if decision.verdict is Verdict.RESERVED else None
+                self._wait(work, decision.due_ms, "rate_limit", reserved_ms=reserved)
 
     async def _lane(self) -> None:
         while True:
@@ -297,6 +413,7 @@ class Worker:
                 # The job stays pending and is reclaimed after the stall timeout.
                 log.exception("delivery.crashed", job_id=work.job.id)
             finally:
+                self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
                 self._busy -= 1
                 self._room.set()
                 self._inbox.task_done()
@@ -325,6 +442,12 @@ class Worker:
         status = outcome.status
         verdict = retry.verdict(status, attempt, self.cfg.max_attempts)
         now_ms = self.store.clock.now_ms()
+        self.pool.endpoint(job.webhook_id).end(
+            job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
+        )
+        self._note_health(job.webhook_id, outcome)
+        job.waiting = None
+        job.reserved_ms = None
         job.attempt = attempt
         job.processed_at_ms = started_ms
         job.last_status = status
@@ -372,6 +495,39 @@ class Worker:
             self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
         self._settle(work, "X", JobState.DEAD, now_ms, reason)
 
+    def _note_health(self, webhook_id: str, outcome: Outcome) -> None:
+        """Count the outcome for the breaker report (webhooks that fail or have a breaker)."""
+        health = self._health.get(webhook_id)
+        if health is None:
+            if outcome.delivered and webhook_id not in self._watched:
+                return
+            health = self._health[webhook_id] = Health()
+        if outcome.delivered:
+            health.ok += 1
+        else:
+            health.failed += 1
+            health.last_error = outcome.error or ""
+
+    def _wait(
+        self, work: _Work, due_ms: int, reason: str, *, reserved_ms: int | None = None
+    ) -> None:
+        """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
+        job = work.job
+        job.next_attempt_at_ms = due_ms
+        job.waiting = reason
+        job.reserved_ms = reserved_ms
+        self.metrics.inc("dispatcher_deferred_total", reason=reason)
+        self._settle(work, "R", JobState.SCHEDULED, due_ms, "")
+
+    def _park(self, work: _Work, breaker: Breaker) -> None:
+        """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
+        job = work.job
+        job.next_attempt_at_ms = breaker.retry_at_ms
+        job.waiting = "breaker"
+        job.reserved_ms = None
+        self.metrics.inc("dispatcher_deferred_total", reason="breaker")
+        self._settle(work, "P", JobState.SCHEDULED, self.store.clock.now_ms(), "")
+
     def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
         reason = "webhook_deleted" if hook is None else "webhook_disabled"
         job.last_error = (
@@ -392,7 +548,7 @@ class Worker:
     def _settle(self, work: _Work, kind: str, state: JobState, score_ms: int, reason: str) -> None:
         job = work.job
         job.state = state
-        if kind != "R":
+        if kind in ("D", "X"):
             job.finished_at_ms = score_ms
             job.next_attempt_at_ms = None
         if kind == "X":
@@ -407,6 +563,8 @@ class Worker:
             score_ms,
             reason,
             orjson.dumps([*late[:4], 1]),
+            parked_for=job.webhook_id if kind == "P" else None,
+            lease_of=job.webhook_id if work.leased else None,
         )
         self._unsettled += 1
         self._settle_queue.put_nowait(settlement)
@@ -461,7 +619,7 @@ class Worker:
         next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
         while not self.stop.is_set():
             try:
-                for queue in self.queues:
+                for queue in self.streams:
                     while True:
                         promoted = await delays.promote_due(self.store, queue)
                         self.metrics.inc("dispatcher_promoted_total", promoted.moved)
@@ -493,8 +651,8 @@ class Worker:
             await _sleep_until_stop(self.stop, interval_s)
             if self.stop.is_set():
                 return
-            for queue in self.queues:
-                await self._queue_step(queue, outage, self.reclaim(queue))
+            for stream in self.streams:
+                await self._queue_step(stream, outage, self.reclaim(stream))
 
     async def reclaim(self, queue: str) -> int:
         """Take over every delivery idle past the stall timeout, looping on the cursor."""
@@ -538,7 +696,8 @@ class Worker:
             log.error("job.entry_missing", queue=queue, sids=page.missing)
 
     async def _control_loop(self) -> None:
-        """Re-read the paused queues, flush the per-minute counters, beat the heart."""
+        """Re-read the paused queues; each second flush the per-minute counters, report to the
+        breakers and run their timed side; beat the heart."""
         outage = Outage("control", self.metrics)
         tick = 0
         with contextlib.suppress(Exception):
@@ -549,6 +708,9 @@ class Worker:
                 self._paused = frozenset(await control.paused_queues(self.store))
                 if tick % STATS_FLUSH_TICKS == 0:
                     await self._flush_stats()
+                    await self._report_health()
+                    await self._tend_breakers()
+                    self.pool.forget_idle(time.monotonic())
                 if tick % HEARTBEAT_TICKS == 0:
                     await control.heartbeat(self.store, self.consumer, self._beat())
             except asyncio.CancelledError:
@@ -580,6 +742,53 @@ class Worker:
                 for name, value in fields.items():
                     self._stats[minute][name] += value
             raise
+
+    async def _report_health(self) -> None:
+        if not self._health:
+            return
+        health, self._health = self._health, {}
+        try:
+            changes = await breakers.report(self.store, health)
+        except BaseException:
+            for webhook_id, h in health.items():  # keep them for the next report
+                mine = self._health.setdefault(webhook_id, Health())
+                mine.ok += h.ok
+                mine.failed += h.failed
+                mine.last_error = mine.last_error or h.last_error
+            raise
+        for change in changes:
+            self._watched.add(change.webhook_id)
+            self.metrics.inc("dispatcher_breaker_transitions_total", state=change.state)
+            if change.state == breakers.OPEN:
+                log.warning(
+                    "breaker.opened",
+                    webhook_id=change.webhook_id,
+                    retry_at=rfc3339(change.retry_at_ms),
+                    last_error=health[change.webhook_id].last_error or None,
+                )
+            else:
+                log.info("breaker.closed", webhook_id=change.webhook_id)
+
+    async def _tend_breakers(self) -> None:
+        done = await breakers.tick(
+            self.store,
+            probe_timeout_s=self.cfg.timeout_s + self.cfg.stall_timeout_s,
+            disable_after_s=self.cfg.disable_after_s,
+        )
+        for webhook_id, probe in done.probes:
+            self.metrics.inc("dispatcher_breaker_transitions_total", state=breakers.HALF_OPEN)
+            log.info("breaker.half_open", webhook_id=webhook_id, probe_job_id=probe or None)
+        for webhook_id, count in done.released:
+            log.info("breaker.jobs_released", webhook_id=webhook_id, jobs=count)
+        for webhook_id, since_ms, last_error in done.to_disable:
+            reason = (
+                f"no successful delivery since {rfc3339(since_ms)}"
+                f" (delivery.disable_after_s = {self.cfg.disable_after_s:g})"
+                + (f"; last error: {last_error}" if last_error else "")
+            )
+            log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
+            self.metrics.inc("dispatcher_webhooks_auto_disabled_total")
+            await disable_webhook(self.store, webhook_id, reason)
 
     async def _sign_off(self) -> None:
         """On a clean stop: write the last counters and remove this worker's heartbeat."""

@@ -1,8 +1,8 @@
 """Webhooks and jobs: their stored form, their wire form, and the checks on their fields.
 
 A job that was never attempted travels inline in its ready-stream entry (``j`` id, ``w``
-webhook, ``t`` tenant, ``e`` event type, ``p`` payload, ``r`` priority when not normal), and
-the ``jobs`` hash holds only a locator for it, ``@<queue> <entry id>``: stream entries pack
+webhook, ``t`` tenant, ``e`` event type, ``p`` payload; the stream tells its queue and priority),
+and the ``jobs`` hash holds only a locator for it, ``@<stream> <entry id>``: stream entries pack
 tightly, so a queued job costs little more than its payload (see bench/).
 
 Once a job has an outcome, is scheduled, or is taken over from a dead worker, the ``jobs``
@@ -10,11 +10,13 @@ hash holds its full record: a compact meta JSON object, a newline, then the payl
 exactly as published. Lua scripts decode only the meta part, so a payload's numbers and
 empty objects are never re-encoded by cjson. Meta keys are short:
 
-``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` queue, ``s`` stored state,
+``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` stream, ``s`` stored state,
 ``a`` attempts made, ``k`` stalls (workers that died on it),
 ``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
 ``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
-``r`` dead reason, ``pr`` priority, ``h`` attempts ``[at_ms, status, duration_ms, error, late]``.
+``r`` dead reason, ``wr`` what a waiting job waits for (``rate_limit``, ``max_in_flight``,
+``endpoint_capacity``, ``breaker``), ``rv`` its reserved rate slot (ms),
+``h`` attempts ``[at_ms, status, duration_ms, error, late]``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from dispatcher.errors import InvalidField
+from dispatcher.queue.keys import priority_of, queue_of
 from dispatcher.signing import generate_secret, valid_secret
 
 HISTORY_LIMIT = 50
@@ -137,7 +140,7 @@ class Job:
     webhook_id: str
     tenant_id: str
     event_type: str
-    queue: str
+    stream: str  # the queue's stream for this job's priority: ``Q``, ``Q:high`` or ``Q:low``
     event_id: str
     state: JobState
     attempt: int
@@ -153,6 +156,8 @@ class Job:
     sid: str | None = None
     dlq_id: str | None = None
     reason: str | None = None
+    waiting: str | None = None  # why a scheduled job waits without an attempt (traffic control)
+    reserved_ms: int | None = None  # the rate-limit slot reserved for it
     history: list[list[Any]] = field(default_factory=list)
 
     @classmethod
@@ -168,14 +173,14 @@ class Job:
             webhook_id=m["w"],
             tenant_id=m["t"],
             event_type=m["e"],
-            queue=m["q"],
+            stream=m["q"],
             event_id=event_id_of(job_id),
             state=JobState(m["s"]),
             attempt=int(m.get("a", 0)),
             stalls=int(m.get("k", 0)),
             created_at_ms=int(m["c"]),
             payload=payload,
-            priority=m.get("pr", Priority.NORMAL),
+            priority=priority_of(m["q"]),
             processed_at_ms=m.get("p"),
             finished_at_ms=m.get("f"),
             next_attempt_at_ms=m.get("n"),
@@ -184,29 +189,30 @@ class Job:
             sid=m.get("sid"),
             dlq_id=m.get("d"),
             reason=m.get("r"),
+            waiting=m.get("wr"),
+            reserved_ms=m.get("rv"),
             history=history if isinstance(history, list) else [],  # cjson writes [] as {}
         )
 
     @classmethod
-    def from_entry(cls, job_id: str, queue: str, sid: str, fields: dict[bytes, bytes]) -> Job:
+    def from_entry(cls, job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -> Job:
         """A job never attempted yet, whose data travels inline in its ready-stream entry.
 
         Raises KeyError (or ValueError) when a field is missing or garbled.
         """
-        priority = fields.get(b"r")
         return cls(
             id=job_id,
             webhook_id=fields[b"w"].decode(),
             tenant_id=fields[b"t"].decode(),
             event_type=fields[b"e"].decode(),
-            queue=queue,
+            stream=stream,
             event_id=event_id_of(job_id),
             state=JobState.QUEUED,
             attempt=0,
             stalls=0,
             created_at_ms=sid_ms(sid),
             payload=fields[b"p"],
-            priority=priority.decode() if priority else Priority.NORMAL,
+            priority=priority_of(stream),
             sid=sid,
         )
 
@@ -215,12 +221,11 @@ class Job:
             "w": self.webhook_id,
             "t": self.tenant_id,
             "e": self.event_type,
-            "q": self.queue,
+            "q": self.stream,
             "s": self.state.value,
             "a": self.attempt,
             "k": self.stalls,
             "c": self.created_at_ms,
-            "pr": self.priority,
         }
         optional = (
             ("p", self.processed_at_ms),
@@ -231,6 +236,8 @@ class Job:
             ("sid", self.sid),
             ("d", self.dlq_id),
             ("r", self.reason),
+            ("wr", self.waiting),
+            ("rv", self.reserved_ms),
         )
         meta.update((key, value) for key, value in optional if value is not None)
         if self.history:
@@ -247,7 +254,7 @@ class Job:
             "webhook_id": self.webhook_id,
             "tenant_id": self.tenant_id,
             "event_type": self.event_type,
-            "queue": self.queue,
+            "queue": queue_of(self.stream),
             "priority": self.priority,
             "state": (state or self.state).value,
             "attempt": self.attempt,
@@ -259,6 +266,7 @@ class Job:
             "last_error": self.last_error,
             "last_status": self.last_status,
             "dead_reason": self.reason,
+            "waiting_for": self.waiting if (state or self.state) is JobState.SCHEDULED else None,
             "attempts": [_attempt_wire(a) for a in self.history],
         }
         if with_payload:
@@ -444,7 +452,7 @@ def _check_rate_limit(value: Any) -> dict[str, float] | None:
     per_second = value.get("per_second")
     if isinstance(per_second, bool) or not isinstance(per_second, int | float) or per_second <= 0:
         raise InvalidField("rate_limit.per_second", "must be a number above 0")
-    burst = value.get("burst", per_second)
+    burst = value.get("burst", max(1.0, per_second))  # one second of traffic by default
     if isinstance(burst, bool) or not isinstance(burst, int | float) or burst < 1:
         raise InvalidField("rate_limit.burst", "must be a number of at least 1")
     return {"per_second": float(per_second), "burst": float(burst)}

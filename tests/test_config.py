@@ -151,6 +151,8 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DELIVERY_BACKOFF_CAP_S": "9",
         "DISPATCHER_DELIVERY_STALL_TIMEOUT_S": "3",
         "DISPATCHER_DELIVERY_MAX_PAYLOAD_BYTES": "1024",
+        "DISPATCHER_DELIVERY_QUEUES": "slow, default,",
+        "DISPATCHER_DELIVERY_DISABLE_AFTER_S": "60",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
@@ -174,7 +176,24 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         ipaddress.ip_network("192.168.1.0/24"),
     )
     assert cfg.log == LogConfig(level="warning", format="console")
+    assert cfg.delivery.queues == ("slow", "default")
     assert load(None, {"DISPATCHER_ADMIN_TOKEN": BEARER}).admin.token == BEARER
+
+
+def test_queues_in_file_must_be_queue_names(tmp_path: Path) -> None:
+    """delivery.queues is a list of queue names; a bad name is named in the error."""
+    assert load(write(tmp_path, '[delivery]\nqueues = ["a", "b-2"]\n'), {}).delivery.queues == (
+        "a",
+        "b-2",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, '[delivery]\nqueues = ["ok", "Not OK"]\n'), {})
+    assert caught.value.problems == [
+        f'delivery.queues: "Not OK": a queue name is 1-64 of a-z, 0-9, \'_\' or \'-\', starting '
+        f"with a letter or digit (from {tmp_path / 'dispatcher.toml'})"
+    ]
+    with pytest.raises(ConfigError, match="expected at least one queue name"):
+        load(write(tmp_path, "[delivery]\nqueues = []\n"), {})
 
 
 def test_empty_environment_value_means_unset(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ async def _one_job(client: Client) -> str:
 
 
 async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
-    [job], _hooks = await streams.load(store, [claim])  # as a worker loads what it claimed
+    [job] = (await streams.load(store, [claim])).jobs  # as a worker loads what it claimed
     assert job is not None
     now = store.clock.now_ms()
     job.attempt += 1
@@ -65,7 +65,7 @@ async def _reclaim(store: Store, consumer: str) -> streams.ReclaimPage:
 async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, store: Store) -> None:
     """A worker whose claim was taken over has its late result refused; the state stays put."""
     job_id = await _one_job(client)
-    [claim_a], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    [claim_a], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     page = await _reclaim(store, "b")  # a froze past the stall timeout; b takes over
     [claim_b] = page.claims
     assert claim_b.job_id == job_id
@@ -84,7 +84,7 @@ async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, stor
 async def test_same_consumer_reclaim_changes_the_token(client: Client, store: Store) -> None:
     """Even a reclaim by the same consumer name fences off the earlier claim of that entry."""
     job_id = await _one_job(client)
-    [first], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    [first], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     [again] = (await _reclaim(store, "a")).claims
     stale = await _settlement(store, first, "D", JobState.DELIVERED)
     assert await streams.settle(store, "a", [stale], held=2) == [job_id]
@@ -97,13 +97,13 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
 ) -> None:
     """A job whose worker died on it three times goes to the DLQ as poison, even across retries."""
     job_id = await _one_job(client)
-    [claim], _ = await streams.read_new(store, "default", "w1", count=10, block_ms=10)
+    [claim], _ = await streams.wait_new(store, ("default",), "w1", count=10, block_ms=10)
     # A retry re-adds the job as a new entry: Redis's delivery counter starts again from 1.
     retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
     assert await streams.settle(store, "w1", [retry], held=1) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
     assert (await delays.promote_due(store, "default")).moved == 1
-    await streams.read_new(store, "default", "w2", count=10, block_ms=10)  # w2 dies
+    await streams.wait_new(store, ("default",), "w2", count=10, block_ms=10)  # w2 dies
     assert [c.job_id for c in (await _reclaim(store, "w3")).claims] == [job_id]  # w3 dies
     assert [c.job_id for c in (await _reclaim(store, "w4")).claims] == [job_id]  # w4 dies
     page = await _reclaim(store, "w5")
@@ -125,7 +125,7 @@ async def test_reclaim_loops_over_every_page(client: Client, store: Store) -> No
     await client.create_webhook("acme", "https://hooks.example.com/x")
     for i in range(25):
         await client.publish("acme", "a.b", {"i": i})
-    claims, _ = await streams.read_new(store, "default", "dead", count=100, block_ms=10)
+    claims, _ = await streams.wait_new(store, ("default",), "dead", count=100, block_ms=10)
     assert len(claims) == 25
     cursor, taken = "0-0", []
     while True:
@@ -144,7 +144,7 @@ async def test_pending_entry_deleted_under_us_is_reported(
 ) -> None:
     """An entry deleted while pending is dead-lettered as entry_missing, not silently dropped."""
     await _one_job(client)
-    [claim], _ = await streams.read_new(store, "default", "a", count=10, block_ms=10)
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     await redis.xdel(Keys(prefix).ready("default"), claim.sid)
     page = await _reclaim(store, "b")
     assert page.missing == [claim.sid]

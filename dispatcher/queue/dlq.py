@@ -40,7 +40,7 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
     by_queue: defaultdict[str, list[str]] = defaultdict(list)
     for job_id, raw in zip(ids, raws, strict=True):
         if raw is not None and not raw.startswith(b"@"):  # a locator: queued, not dead
-            by_queue[Job.decode(job_id, raw).queue].append(job_id)
+            by_queue[Job.decode(job_id, raw).stream].append(job_id)
     replayed: list[str] = []
     for queue, queue_ids in by_queue.items():
         with redis_errors():

@@ -23,6 +23,14 @@ Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three pr
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
 ``P:{0}:paused``          set   paused queue names
 ``P:{0}:workers``         hash  consumer name -> heartbeat JSON
+``P:{0}:rates``           hash  webhook id -> GCRA theoretical arrival time (ms) of its rate limit
+``P:{0}:lease:W``         zset  job id -> lease expiry (ms): attempts in flight to webhook W, for
+                          its ``max_in_flight`` across processes; a dead holder's lease expires
+``P:{0}:breakers``        hash  webhook id -> circuit breaker JSON (only webhooks that failed)
+``P:{0}:parked:W``        zset  job id -> parked time (ms): jobs waiting for W's breaker to close
+
+``breaker_tick.lua`` builds the ``parked`` and ``delayed`` names itself from ``Keys.base``, since
+which it needs depends on the data; they share the hash tag, so this stays cluster-safe.
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ class Keys:
         return f"{self.prefix}:{{{self.shard}}}"
 
     @property
+    def base(self) -> str:
+        """The start every key of this shard shares, for scripts that build key names."""
+        return f"{self._base}:"
+
+    @property
     def webhooks(self) -> str:
         return f"{self._base}:webhooks"
 
@@ -102,6 +115,20 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self._base}:workers"
+
+    @property
+    def rates(self) -> str:
+        return f"{self._base}:rates"
+
+    def lease(self, webhook_id: str) -> str:
+        return f"{self._base}:lease:{webhook_id}"
+
+    @property
+    def breakers(self) -> str:
+        return f"{self._base}:breakers"
+
+    def parked(self, webhook_id: str) -> str:
+        return f"{self._base}:parked:{webhook_id}"
 
     @property
     def pattern(self) -> str:

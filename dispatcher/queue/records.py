@@ -16,7 +16,7 @@ from dispatcher.errors import (
     RedisUnavailable,
 )
 from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
-from dispatcher.queue.keys import GROUP
+from dispatcher.queue.keys import GROUP, stream_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterator
@@ -172,7 +172,8 @@ def _publish_call(
     store: Store, pub: Publication, names: list[str]
 ) -> tuple[list[str], list[bytes | str | int]]:
     keys = store.keys
-    queue_keys = [k for name in names for k in (keys.ready(name), keys.delayed(name))]
+    streams = [stream_of(name, pub.priority) for name in names]
+    queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "")
     args: list[bytes | str | int] = [
         pub.job_prefix,
@@ -186,6 +187,7 @@ def _publish_call(
         pub.only_webhook or "",
         pub.priority,
         " ".join(names),
+        " ".join(streams),
     ]
     return [keys.tenant(pub.tenant_id), keys.jobs, idem_key, *queue_keys], args
 
@@ -300,7 +302,7 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
         with redis_errors():
             try:
                 pending = await store.redis.xpending_range(
-                    store.keys.ready(job.queue), GROUP, min=job.sid, max=job.sid, count=1
+                    store.keys.ready(job.stream), GROUP, min=job.sid, max=job.sid, count=1
                 )
             except rex.ResponseError:  # NOGROUP: no worker has started on this queue yet
                 pending = []

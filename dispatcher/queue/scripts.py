@@ -14,7 +14,21 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-_NAMES = ("publish", "settle", "reclaim", "promote", "sweep", "quarantine", "replay", "purge")
+_NAMES = (
+    "publish",
+    "claim",
+    "settle",
+    "reclaim",
+    "promote",
+    "sweep",
+    "quarantine",
+    "replay",
+    "purge",
+    "admit",
+    "breaker_report",
+    "breaker_tick",
+    "breaker_probe",
+)
 
 
 def _source(name: str) -> str:
@@ -24,6 +38,7 @@ def _source(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Scripts:
     publish: AsyncScript
+    claim: AsyncScript
     settle: AsyncScript
     reclaim: AsyncScript
     promote: AsyncScript
@@ -31,6 +46,10 @@ class Scripts:
     quarantine: AsyncScript
     replay: AsyncScript
     purge: AsyncScript
+    admit: AsyncScript
+    breaker_report: AsyncScript
+    breaker_tick: AsyncScript
+    breaker_probe: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

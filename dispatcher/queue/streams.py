@@ -47,7 +47,11 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One outcome to write. ``kind``: D delivered, R retry, X dead."""
+    """One outcome to write. ``kind``: D delivered, R retry or wait, X dead, P parked.
+
+    ``parked_for``: the webhook whose parked zset takes a P job. ``lease_of``: the webhook
+    whose in-flight lease the attempt held, released now.
+    """
 
     claim: Claim
     kind: str
@@ -55,6 +59,8 @@ class Settlement:
     score_ms: int
     reason: str
     late_attempt: bytes
+    parked_for: str | None = None
+    lease_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +92,54 @@ async def ensure_group(store: Store, queue: str) -> bool:
     return True
 
 
-async def read_new(
-    store: Store, queue: str, consumer: str, *, count: int, block_ms: int
-) -> tuple[list[Claim], list[Malformed]]:
+async def claim_new(
+    store: Store, streams: tuple[str, ...], consumer: str, *, budget: int
+) -> tuple[list[Claim], list[tuple[str, Malformed]]]:
+    """Claim up to ``budget`` new entries, serving ``streams`` in order (one round trip)."""
+    reply = await store.scripts.claim(
+        keys=[store.keys.ready(s) for s in streams], args=[GROUP, consumer, budget]
+    )
+    claims: list[Claim] = []
+    malformed: list[tuple[str, Malformed]] = []
+    for i in range(0, len(reply), 2):
+        stream = streams[int(reply[i]) - 1]
+        for sid_b, flat in reply[i + 1]:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            _add(stream, sid_b.decode(), fields, claims, malformed)
+    return claims, malformed
+
+
+async def wait_new(
+    store: Store, streams: tuple[str, ...], consumer: str, *, count: int, block_ms: int
+) -> tuple[list[Claim], list[tuple[str, Malformed]]]:
+    """Block until any of ``streams`` has new entries; claims up to ``count`` from each."""
+    by_key = {store.keys.ready(s): s for s in streams}
     reply = await cast(
         "Awaitable[_ReadReply]",
         store.redis.xreadgroup(
-            GROUP, consumer, {store.keys.ready(queue): ">"}, count=count, block=block_ms
+            GROUP, consumer, dict.fromkeys(by_key, ">"), count=count, block=block_ms
         ),
     )
     claims: list[Claim] = []
-    malformed: list[Malformed] = []
-    for _stream, entries in reply or ():
+    malformed: list[tuple[str, Malformed]] = []
+    for key, entries in reply or ():
         for sid_b, fields in entries:
-            claim = _claim(queue, sid_b.decode(), fields or {})
-            if claim is None:
-                malformed.append(Malformed(sid_b.decode(), _raw(fields)))
-            else:
-                claims.append(claim)
+            _add(by_key[key.decode()], sid_b.decode(), fields or {}, claims, malformed)
     return claims, malformed
+
+
+def _add(
+    stream: str,
+    sid: str,
+    fields: dict[bytes, bytes],
+    claims: list[Claim],
+    malformed: list[tuple[str, Malformed]],
+) -> None:
+    claim = _claim(stream, sid, fields)
+    if claim is None:
+        malformed.append((stream, Malformed(sid, _raw(fields))))
+    else:
+        claims.append(claim)
 
 
 def _claim(queue: str, sid: str, fields: dict[bytes, bytes]) -> Claim | None:
@@ -127,24 +162,33 @@ def _raw(fields: dict[bytes, bytes] | None) -> bytes:
     )
 
 
-async def load(
-    store: Store, claims: list[Claim]
-) -> tuple[list[Job | None], dict[str, bytes | None]]:
-    """The claimed jobs (in claim order; None when unreadable) and their webhooks.
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    jobs: list[Job | None]  # in claim order; None when unreadable
+    webhooks: dict[str, bytes | None]
+    breakers: dict[str, bytes]  # only webhooks that have one
+
+
+async def load(store: Store, claims: list[Claim]) -> Loaded:
+    """The claimed jobs, their webhooks and their webhooks' breakers, in one round trip.
 
     Fresh jobs came inline with their entries; the records of the others are read in the
-    same round trip as the webhooks.
+    same round trip.
     """
     webhook_ids = list(dict.fromkeys(c.webhook_id for c in claims))
     refs = [c for c in claims if c.inline is None]
     pipe = store.redis.pipeline(transaction=False)
     pipe.hmget(store.keys.webhooks, webhook_ids)
+    pipe.hmget(store.keys.breakers, webhook_ids)
     if refs:
         pipe.hmget(store.keys.jobs, [c.job_id for c in refs])
     replies = await pipe.execute()
-    records = dict(zip((c.job_id for c in refs), replies[1] if refs else (), strict=True))
+    records = dict(zip((c.job_id for c in refs), replies[2] if refs else (), strict=True))
     jobs = [c.inline or _decode(c.job_id, records.get(c.job_id)) for c in claims]
-    return jobs, dict(zip(webhook_ids, replies[0], strict=True))
+    breakers = {
+        wid: raw for wid, raw in zip(webhook_ids, replies[1], strict=True) if raw is not None
+    }
+    return Loaded(jobs, dict(zip(webhook_ids, replies[0], strict=True)), breakers)
 
 
 def _decode(job_id: str, record: bytes | None) -> Job | None:
@@ -164,13 +208,24 @@ async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: 
     keys = store.keys
     queue = batch[0].claim.queue
     sids = sorted((s.claim.sid for s in batch), key=_sid_key)
-    args: list[Any] = [GROUP, consumer, sids[0], sids[-1], max(held, len(batch)) + 64]
+    script_keys = [keys.ready(queue), keys.jobs, keys.delayed(queue), keys.done, keys.dlq]
+    extra: dict[str, int] = {}
+
+    def index(key: str) -> int:
+        if key not in extra:
+            script_keys.append(key)
+            extra[key] = len(script_keys)
+        return extra[key]
+
+    args: list[Any] = [GROUP, consumer, sids[0], sids[-1], max(held, len(batch)) + 64, len(batch)]
+    leases: list[Any] = []
     for s in batch:
         c = s.claim
-        args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, s.reason, s.late_attempt]
-    stale = await store.scripts.settle(
-        keys=[keys.ready(queue), keys.jobs, keys.delayed(queue), keys.done, keys.dlq], args=args
-    )
+        third = index(keys.parked(s.parked_for)) if s.parked_for else s.reason
+        args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, third, s.late_attempt]
+        if s.lease_of:
+            leases += [index(keys.lease(s.lease_of)), c.job_id]
+    stale = await store.scripts.settle(keys=script_keys, args=args + leases)
     return [job_id.decode() for job_id in stale]
 
 
@@ -181,7 +236,13 @@ async def reclaim_page(
     next_cursor, taken, poisoned, malformed, missing = await store.scripts.reclaim(
         keys=[keys.ready(queue), keys.jobs, keys.dlq],
         args=[
-            GROUP, consumer, min_idle_ms, cursor, count, POISON_STALLS, store.clock.now_ms(),
+            GROUP,
+            consumer,
+            min_idle_ms,
+            cursor,
+            count,
+            POISON_STALLS,
+            store.clock.now_ms(),
             queue,
         ],
     )

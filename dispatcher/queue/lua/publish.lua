@@ -3,13 +3,14 @@
 -- A job to deliver now is one stream entry carrying its data, plus a locator in the jobs hash
 -- ("@<queue> <entry id>"); a scheduled job is a full record plus its due time in the zset.
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
--- KEYS[4], KEYS[5] ready stream and delayed zset of the first queue in ARGV[11], then the same
--- pair for each further queue
+-- KEYS[4], KEYS[5] ready stream and delayed zset of the first queue in ARGV[11] (of its stream
+-- for this event's priority), then the same pair for each further queue
 -- ARGV[1] job id prefix (ids are prefix .. n)   ARGV[2] event id   ARGV[3] tenant id
 -- ARGV[4] event type   ARGV[5] payload (JSON bytes, stored as they are)   ARGV[6] now_ms
 -- ARGV[7] due_ms (0: deliver now)   ARGV[8] idempotency TTL in seconds (0: none)
 -- ARGV[9] only this webhook id ('' fans out by subscription)   ARGV[10] priority
 -- ARGV[11] the queue names whose keys follow KEYS[3], space-separated
+-- ARGV[12] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key, or
 --          {-1, queue} when a matching webhook names a queue whose keys were not passed (the
 --          caller retries with them). answer = "event_id job_id webhook_id job_id webhook_id ..."
@@ -23,8 +24,11 @@ end
 
 local event_type, only = ARGV[4], ARGV[9]
 local queues, nq = {}, 0
+local streams = {}
+for stream in string.gmatch(ARGV[12], '%S+') do streams[#streams + 1] = stream end
 for name in string.gmatch(ARGV[11], '%S+') do
-  queues[name] = {ready = KEYS[4 + 2 * nq], delayed = KEYS[5 + 2 * nq], added = {}, due = {}}
+  queues[name] = {ready = KEYS[4 + 2 * nq], delayed = KEYS[5 + 2 * nq], added = {}, due = {},
+                  stream = streams[nq + 1]}
   nq = nq + 1
 end
 local routes = redis.call('HGETALL', KEYS[1])
@@ -78,23 +82,17 @@ for n, match in ipairs(matched) do
   local job_id = ARGV[1] .. n
   records[#records + 1] = job_id
   if scheduled then
-    local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = match[2], s = 'scheduled',
-                  a = 0, k = 0, c = now_ms, n = due_ms, pr = ARGV[10]}
+    local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = q.stream, s = 'scheduled',
+                  a = 0, k = 0, c = now_ms, n = due_ms}
     records[#records + 1] = cjson.encode(meta) .. '\n' .. ARGV[5]
     q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
   else
     -- The job travels inline in its entry; the record is only a locator until an outcome.
-    local sid
-    if ARGV[10] == 'normal' then
-      sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
-                        'e', event_type, 'p', ARGV[5])
-    else
-      sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
-                        'e', event_type, 'p', ARGV[5], 'r', ARGV[10])
-    end
+    local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
+                            'e', event_type, 'p', ARGV[5])
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     q.added[#q.added + 1] = sid
-    records[#records + 1] = '@' .. match[2] .. ' ' .. sid
+    records[#records + 1] = '@' .. q.stream .. ' ' .. sid
   end
   answer[#answer + 1] = job_id
   answer[#answer + 1] = webhook_id

@@ -21,7 +21,7 @@ for _, entry in ipairs(page[2]) do
     -- Never attempted: its data is inline in the entry. Write the full record now, since
     -- the stall count (and the attempts to come) must outlive this entry.
     local inline = {w = f.w, t = f.t, e = f.e, q = ARGV[8], s = 'queued', a = 0, k = 0,
-                    c = tonumber(string.match(sid, '^(%d+)')), sid = sid, pr = f.r or 'normal'}
+                    c = tonumber(string.match(sid, '^(%d+)')), sid = sid}
     record = cjson.encode(inline) .. '\n' .. f.p
   end
   local cut = record and string.find(record, '\n', 1, true)

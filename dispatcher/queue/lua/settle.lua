@@ -1,12 +1,15 @@
 #!lua
 -- settle.lua: write the outcomes of a batch of claimed jobs, fenced by their claims.
 -- KEYS[1] ready stream   KEYS[2] jobs hash   KEYS[3] delayed zset   KEYS[4] done zset
--- KEYS[5] dlq stream
+-- KEYS[5] dlq stream   KEYS[6..] parked zsets and lease zsets of the batch's webhooks
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] lowest sid   ARGV[4] highest sid
 -- ARGV[5] most entries this consumer may hold pending (bounds the fence read)
--- then 8 values per job: sid, job id, claim token (the entry's delivery count when claimed),
---   kind ('D' delivered, 'R' retry, 'X' dead), record, score (finished or due ms),
---   dead reason, the attempt as JSON (appended as late when the claim is stale)
+-- ARGV[6] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
+--   delivery count when claimed), kind ('D' delivered, 'R' retry or wait, 'X' dead, 'P' parked
+--   while the webhook's breaker is open), record, score (finished, due or parked ms),
+--   the dead reason (X) or the index in KEYS of the webhook's parked zset (P),
+--   the attempt as JSON (appended as late when the claim is stale)
+-- then pairs: index in KEYS of a lease zset, job id: the in-flight leases to release
 -- returns: the ids of jobs whose claim was stale (their outcome is only logged as late)
 --
 -- The fence: a claim is current while the entry is pending for this consumer with the
@@ -18,7 +21,8 @@ local held = {}
 for _, p in ipairs(pending) do held[p[1]] = tostring(p[4]) end
 
 local records, done, delayed, acked, stale = {}, {}, {}, {}, {}
-for i = 6, #ARGV, 8 do
+local last = 6 + 8 * tonumber(ARGV[6])
+for i = 7, last, 8 do
   local sid, job_id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local record, score = ARGV[i + 4], ARGV[i + 5]
   if held[sid] ~= token then
@@ -42,6 +46,8 @@ for i = 6, #ARGV, 8 do
       record = cjson.encode(meta) .. string.sub(record, cut)
     elseif kind == 'R' then
       delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
+    elseif kind == 'P' then
+      redis.call('ZADD', KEYS[tonumber(ARGV[i + 6])], score, job_id)
     else
       done[#done + 1] = score; done[#done + 1] = job_id
     end
@@ -56,4 +62,5 @@ if #acked > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(acked))
   redis.call('XDEL', KEYS[1], unpack(acked))
 end
+for i = last + 1, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
 return stale

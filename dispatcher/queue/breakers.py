@@ -1,0 +1,164 @@
+"""Circuit breakers per webhook, shared by every worker through Redis.
+
+Thresholds follow Convoy's defaults (its breaker trips at a 70% failure rate over at least 10
+attempts in its observation window): a breaker opens when, over the last minute (two 30 s
+buckets), at least ``FEWEST_ATTEMPTS`` attempts were made and ``FAILURE_RATIO`` of them
+failed. While open, the webhook's jobs are parked in Redis without spending attempts. After
+``FIRST_OPEN_S`` (doubling on each failed probe, up to ``LONGEST_OPEN_S``) one parked job goes
+back as the probe (half-open); its success closes the breaker and the parked jobs return to
+their queues, its failure opens the breaker again. A webhook that has had no success for
+``delivery.disable_after_s`` (5 days by default, as Svix) is disabled with the reason.
+
+Workers report outcomes once a second (``report``) rather than per attempt, and read the
+breakers of a batch's webhooks in the same round trip as the batch's webhooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+
+from dispatcher.model import rfc3339
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from dispatcher.queue.store import Store
+
+BUCKET_MS = 30_000
+FEWEST_ATTEMPTS = 10
+FAILURE_RATIO = 0.7
+FIRST_OPEN_S = 30.0
+LONGEST_OPEN_S = 600.0
+RELEASE_BATCH = 500  # parked jobs one tick puts back per webhook
+FORGET_IDLE_MS = 2 * BUCKET_MS
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    state: str
+    failing_since_ms: int | None
+    last_error: str | None
+    opened_at_ms: int | None
+    retry_at_ms: int | None
+    probe: str | None  # job id of the probe; "" while the next job is to become it
+    opens: int
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Breaker | None:
+        if raw is None:
+            return None
+        try:
+            b = orjson.loads(raw)
+            return cls(
+                state=str(b.get("s", CLOSED)),
+                failing_since_ms=int(b["f"]) if b.get("f") else None,
+                last_error=b.get("e"),
+                opened_at_ms=b.get("o"),
+                retry_at_ms=b.get("u"),
+                probe=b.get("pj"),
+                opens=int(b.get("n") or 0),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def holds(self, job_id: str) -> bool:
+        """Whether a job must wait: the breaker is open, or half-open for another probe."""
+        if self.state == OPEN:
+            return True
+        return self.state == HALF_OPEN and self.probe not in ("", job_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "failing_since": rfc3339(self.failing_since_ms),
+            "opened_at": rfc3339(self.opened_at_ms) if self.state != CLOSED else None,
+            "retry_at": rfc3339(self.retry_at_ms) if self.state == OPEN else None,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(slots=True)
+class Health:
+    """One webhook's outcomes in this process since the last report."""
+
+    ok: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    webhook_id: str
+    state: str
+    retry_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    probes: list[tuple[str, str]]  # (webhook id, probe job id or "" when none was parked)
+    released: list[tuple[str, int]]  # (webhook id, parked jobs put back)
+    to_disable: list[tuple[str, int, str]]  # (webhook id, failing since ms, last error)
+
+
+async def states(store: Store, webhook_ids: list[str]) -> dict[str, Breaker]:
+    if not webhook_ids:
+        return {}
+    raws = await cast(
+        "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.breakers, webhook_ids)
+    )
+    found = {wid: Breaker.decode(raw) for wid, raw in zip(webhook_ids, raws, strict=True)}
+    return {wid: b for wid, b in found.items() if b is not None}
+
+
+async def report(store: Store, health: dict[str, Health]) -> list[Change]:
+    args: list[str | int | float] = [
+        BUCKET_MS,
+        FEWEST_ATTEMPTS,
+        FAILURE_RATIO,
+        int(FIRST_OPEN_S * 1000),
+        int(LONGEST_OPEN_S * 1000),
+    ]
+    for webhook_id, h in health.items():
+        args += [webhook_id, h.ok, h.failed, h.last_error[:_ERROR_CHARS]]
+    _now, changes = await store.scripts.breaker_report(keys=[store.keys.breakers], args=args)
+    return [
+        Change(changes[i].decode(), changes[i + 1].decode(), int(changes[i + 2]))
+        for i in range(0, len(changes), 3)
+    ]
+
+
+async def tick(store: Store, *, probe_timeout_s: float, disable_after_s: float) -> Tick:
+    keys = store.keys
+    _now, probes, released, disable = await store.scripts.breaker_tick(
+        keys=[keys.breakers, keys.jobs, keys.webhooks],
+        args=[
+            keys.base,
+            int(probe_timeout_s * 1000),
+            int(disable_after_s * 1000),
+            RELEASE_BATCH,
+            FORGET_IDLE_MS,
+        ],
+    )
+    return Tick(
+        [(probes[i].decode(), probes[i + 1].decode()) for i in range(0, len(probes), 2)],
+        [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)],
+        [
+            (disable[i].decode(), int(disable[i + 1]), disable[i + 2].decode())
+            for i in range(0, len(disable), 3)
+        ],
+    )
+
+
+async def take_probe(store: Store, webhook_id: str, job_id: str) -> bool:
+    got = await store.scripts.breaker_probe(keys=[store.keys.breakers], args=[webhook_id, job_id])
+    return bool(got)
+
+
+async def reset(store: Store, webhook_id: str) -> None:
+    """Forget a webhook's breaker (re-enabled by an operator): its next job goes straight out."""
+    await store.redis.hdel(store.keys.breakers, webhook_id)

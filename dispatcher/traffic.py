@@ -1,0 +1,118 @@
+"""How many of this process's sender slots each webhook may hold: the adaptive default cap.
+
+Every webhook (endpoint) gets a limit on its attempts in flight in this process. It starts at
+an eighth of the pool and is earned like a TCP congestion window: each fast success while
+the webhook uses at least half its limit adds one slot (so the limit doubles per round trip
+and a lone healthy webhook soon has the whole pool), while a timeout, a refused or broken
+connection or an answer far slower than usual halves it, down to ``MIN_LIMIT``. A webhook
+whose oldest attempt has been out far longer than its usual latency is hanging: it starts
+nothing more until that attempt ends. So an endpoint that hangs, refuses or slows down
+holds few slots, and the others keep theirs.
+
+Jobs beyond a webhook's limit go back to Redis with a due time (``Deferral``), spaced at the
+pace the webhook is being served, so they hold no slot while they wait.
+
+The explicit, cluster-wide limits a user sets on a webhook (``rate_limit``, ``max_in_flight``)
+are kept in Redis by ``queue/admission.py``; this module is local and free of round trips.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+MIN_LIMIT = 2
+START_FRACTION = 8  # a new webhook starts with concurrency // START_FRACTION slots
+STUCK_FLOOR_S = 0.25  # an attempt out this long is hanging, whatever the usual latency
+STUCK_MULTIPLE = 8.0  # ... or this many times the webhook's usual latency
+LATENCY_WEIGHT = 0.1  # of the newest success in the moving average
+MIN_WAIT_S = 0.02
+HORIZON_S = 30.0  # deferrals are spaced no further ahead than this
+IDLE_FORGET_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    delay_s: float
+    reason: str  # "endpoint_capacity"
+
+
+class Endpoint:
+    """One webhook's share of this process's pool."""
+
+    __slots__ = ("ceiling", "horizon", "latency_s", "limit", "seen", "started")
+
+    def __init__(self, start: int, ceiling: int) -> None:
+        self.limit = float(start)
+        self.ceiling = ceiling
+        self.started: dict[str, float] = {}  # job id -> monotonic start, oldest first
+        self.latency_s: float | None = None  # moving average of successful attempts
+        self.horizon = 0.0  # monotonic time up to which deferrals are already spaced
+        self.seen = time.monotonic()
+
+    def stuck_after_s(self) -> float:
+        return max(STUCK_FLOOR_S, STUCK_MULTIPLE * (self.latency_s or 0.0))
+
+    def room(self, now: float) -> int:
+        """Attempts this webhook may start now."""
+        if self.started:
+            oldest = next(iter(self.started.values()))
+            if now - oldest > self.stuck_after_s():
+                return 0  # it hangs: hold what it has, start nothing more
+        return int(self.limit) - len(self.started)
+
+    def defer(self, now: float, timeout_s: float) -> float:
+        """A delay for one job beyond the limit: the next free place in this webhook's pace."""
+        spacing = (self.latency_s or MIN_WAIT_S) / max(self.limit, 1.0)
+        if self.started and now - next(iter(self.started.values())) > self.stuck_after_s():
+            spacing = timeout_s / max(self.limit, 1.0)  # slots free only as attempts time out
+        start = max(self.horizon, now + MIN_WAIT_S)
+        self.horizon = min(start + spacing, now + HORIZON_S)
+        return self.horizon - now
+
+    def begin(self, job_id: str, now: float) -> None:
+        self.started[job_id] = now
+        self.seen = now
+
+    def end(self, job_id: str, duration_s: float, *, answered: bool, ok: bool) -> None:
+        """Adapt the limit to how the attempt went (``answered``: a complete HTTP answer)."""
+        busy = len(self.started)
+        self.started.pop(job_id, None)
+        slow = duration_s > self.stuck_after_s()
+        if not answered or slow:
+            self.limit = max(float(MIN_LIMIT), self.limit / 2)
+            return
+        if ok:
+            avg = self.latency_s
+            self.latency_s = (
+                duration_s if avg is None else avg + LATENCY_WEIGHT * (duration_s - avg)
+            )
+            if busy >= self.limit / 2:
+                self.limit = min(float(self.ceiling), self.limit + 1)
+
+
+class Pool:
+    """The endpoints of one worker process, by webhook id."""
+
+    def __init__(self, concurrency: int, timeout_s: float) -> None:
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.start = max(MIN_LIMIT, concurrency // START_FRACTION)
+        self.endpoints: dict[str, Endpoint] = {}
+
+    def endpoint(self, webhook_id: str) -> Endpoint:
+        found = self.endpoints.get(webhook_id)
+        if found is None:
+            found = self.endpoints[webhook_id] = Endpoint(self.start, self.concurrency)
+        return found
+
+    def forget_idle(self, now: float) -> int:
+        """Drop endpoints with nothing in flight and no attempt for a while; returns how many."""
+        idle = [
+            wid
+            for wid, ep in self.endpoints.items()
+            if not ep.started and now - ep.seen > IDLE_FORGET_S
+        ]
+        for wid in idle:
+            del self.endpoints[wid]
+        return len(idle)
