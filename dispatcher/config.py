@@ -61,6 +61,7 @@ class DeliveryConfig:
     max_payload_bytes: int = 262_144
     queues: tuple[str, ...] = ("default",)  # the queues this process serves
     disable_after_s: float = 432_000.0  # failing this long without a success disables a webhook
+    breaker_open_s: float = 30.0  # a tripped breaker's first open period (doubles, up to 20x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +523,7 @@ def _delivery(r: _Reader) -> DeliveryConfig:
         ),
         queues=r.value("delivery", "queues", d.queues, _queues),
         disable_after_s=r.value("delivery", "disable_after_s", d.disable_after_s, _duration),
+        breaker_open_s=r.value("delivery", "breaker_open_s", d.breaker_open_s, _duration),
     )
     _check_delivery(r, cfg)
     return cfg

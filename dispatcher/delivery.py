@@ -748,7 +748,7 @@ class Worker:
             return
         health, self._health = self._health, {}
         try:
-            changes = await breakers.report(self.store, health)
+            changes = await breakers.report(self.store, health, open_s=self.cfg.breaker_open_s)
         except BaseException:
             for webhook_id, h in health.items():  # keep them for the next report
                 mine = self._health.setdefault(webhook_id, Health())

@@ -84,6 +84,9 @@ class WorkerHarness:
         backoff_cap_s: float = 1.0,
         max_attempts: int = 3,
         concurrency: int = 32,
+        queues: tuple[str, ...] = ("default",),
+        breaker_open_s: float = 30.0,
+        disable_after_s: float = 432_000.0,
     ) -> Worker:
         """Start a worker with small timeouts, so failures and retries fit in a test's deadline."""
         cfg = DeliveryConfig(
@@ -93,6 +96,9 @@ class WorkerHarness:
             backoff_cap_s=backoff_cap_s,
             max_attempts=max_attempts,
             concurrency=concurrency,
+            queues=queues,
+            breaker_open_s=breaker_open_s,
+            disable_after_s=disable_after_s,
         )
         store = Store.open(self.redis_url, prefix=self.prefix)
         sender = Sender(
@@ -102,7 +108,7 @@ class WorkerHarness:
             user_agent="dispatcher/test",
         )
         await sender.start()
-        worker = Worker(store, sender, cfg, JobsConfig(), self.metrics)
+        worker = Worker(store, sender, cfg, JobsConfig(), self.metrics, queues=queues)
         task = asyncio.create_task(worker.run(drain_grace_s=cfg.timeout_s + 1))
         self.workers.append((worker, task, store, sender))
         return worker

@@ -153,6 +153,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DELIVERY_MAX_PAYLOAD_BYTES": "1024",
         "DISPATCHER_DELIVERY_QUEUES": "slow, default,",
         "DISPATCHER_DELIVERY_DISABLE_AFTER_S": "60",
+        "DISPATCHER_DELIVERY_BREAKER_OPEN_S": "2.5",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
@@ -188,10 +189,9 @@ def test_queues_in_file_must_be_queue_names(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as caught:
         load(write(tmp_path, '[delivery]\nqueues = ["ok", "Not OK"]\n'), {})
-    assert caught.value.problems == [
-        f'delivery.queues: "Not OK": a queue name is 1-64 of a-z, 0-9, \'_\' or \'-\', starting '
-        f"with a letter or digit (from {tmp_path / 'dispatcher.toml'})"
-    ]
+    where = tmp_path / "dispatcher.toml"
+    reason = "a queue name is 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit"
+    assert caught.value.problems == [f'delivery.queues: "Not OK": {reason} (from {where})']
     with pytest.raises(ConfigError, match="expected at least one queue name"):
         load(write(tmp_path, "[delivery]\nqueues = []\n"), {})
 

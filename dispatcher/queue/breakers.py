@@ -4,10 +4,11 @@ Thresholds follow Convoy's defaults (its breaker trips at a 70% failure rate ove
 attempts in its observation window): a breaker opens when, over the last minute (two 30 s
 buckets), at least ``FEWEST_ATTEMPTS`` attempts were made and ``FAILURE_RATIO`` of them
 failed. While open, the webhook's jobs are parked in Redis without spending attempts. After
-``FIRST_OPEN_S`` (doubling on each failed probe, up to ``LONGEST_OPEN_S``) one parked job goes
-back as the probe (half-open); its success closes the breaker and the parked jobs return to
-their queues, its failure opens the breaker again. A webhook that has had no success for
-``delivery.disable_after_s`` (5 days by default, as Svix) is disabled with the reason.
+``delivery.breaker_open_s`` (30 s; doubling on each failed probe, up to 20 times that) one
+parked job goes back as the probe (half-open); its success closes the breaker and the parked
+jobs return to their queues, its failure opens the breaker again. A webhook that has had no
+success for ``delivery.disable_after_s`` (5 days by default, as Svix) is disabled, with the
+reason on the webhook.
 
 Workers report outcomes once a second (``report``) rather than per attempt, and read the
 breakers of a batch's webhooks in the same round trip as the batch's webhooks.
@@ -30,8 +31,7 @@ if TYPE_CHECKING:
 BUCKET_MS = 30_000
 FEWEST_ATTEMPTS = 10
 FAILURE_RATIO = 0.7
-FIRST_OPEN_S = 30.0
-LONGEST_OPEN_S = 600.0
+LONGEST_OPEN_FACTOR = 20  # the open period doubles per failed probe, up to this many times
 RELEASE_BATCH = 500  # parked jobs one tick puts back per webhook
 FORGET_IDLE_MS = 2 * BUCKET_MS
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -115,13 +115,13 @@ async def states(store: Store, webhook_ids: list[str]) -> dict[str, Breaker]:
     return {wid: b for wid, b in found.items() if b is not None}
 
 
-async def report(store: Store, health: dict[str, Health]) -> list[Change]:
+async def report(store: Store, health: dict[str, Health], *, open_s: float) -> list[Change]:
     args: list[str | int | float] = [
         BUCKET_MS,
         FEWEST_ATTEMPTS,
         FAILURE_RATIO,
-        int(FIRST_OPEN_S * 1000),
-        int(LONGEST_OPEN_S * 1000),
+        int(open_s * 1000),
+        int(open_s * LONGEST_OPEN_FACTOR * 1000),
     ]
     for webhook_id, h in health.items():
         args += [webhook_id, h.ok, h.failed, h.last_error[:_ERROR_CHARS]]
