@@ -103,13 +103,17 @@ class Client:
         return hook.to_wire(with_secret=True)
 
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
-        return (await records.get_webhook(self.store, webhook_id)).to_wire()
+        hook = await records.get_webhook(self.store, webhook_id)
+        return (await records.webhook_views(self.store, [hook]))[0]
 
     async def list_webhooks(self, tenant_id: str) -> list[dict[str, Any]]:
-        return [h.to_wire() for h in await records.list_webhooks(self.store, tenant_id)]
+        hooks = await records.list_webhooks(self.store, tenant_id)
+        return await records.webhook_views(self.store, hooks)
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> dict[str, Any]:
-        return (await records.update_webhook(self.store, webhook_id, changes)).to_wire()
+        """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start)."""
+        hook = await records.update_webhook(self.store, webhook_id, changes)
+        return (await records.webhook_views(self.store, [hook]))[0]
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await records.delete_webhook(self.store, webhook_id)

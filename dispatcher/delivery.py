@@ -59,6 +59,7 @@ HEARTBEAT_TICKS = int(control.HEARTBEAT_INTERVAL_S / CONTROL_TICK_S)
 #: How often each priority comes first when a queue's streams are read: high is served first
 #: most of the time, and low still leads one read in sixteen, so it never starves.
 PRIORITY_WEIGHTS = (12, 3, 1)
+BREAKER_TICK_S = 1.0
 
 
 def consumer_name() -> str:
@@ -148,6 +149,8 @@ class Worker:
         # whose breaker exists (`_watched`) are reported
         self._health: dict[str, Health] = {}
         self._watched: set[str] = set()
+        self._probes: set[str] = set()  # jobs sent as their breaker's probe
+        self._report_now = asyncio.Event()
         self.stop = asyncio.Event()
         self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
         # Claimed work waits here for one of `concurrency` lanes: long-lived tasks, so the hot
@@ -182,6 +185,7 @@ class Worker:
                 group.create_task(self._reclaim_loop()),
                 group.create_task(self._sweep_loop()),
                 group.create_task(self._control_loop()),
+                group.create_task(self._breaker_loop()),
             ]
             lanes = [group.create_task(self._lane()) for _ in range(self.cfg.concurrency)]
             readers = [group.create_task(self._read_loop(q)) for q in self.queues]
@@ -339,16 +343,26 @@ class Worker:
             candidates.append(_Work(claim, job, hook))
         if broken:
             await self._quarantine(claims[0].queue, broken)
-        await self._admit(self._within_endpoint_limits(candidates))
+        for work in self._within_endpoint_limits(await self._admit(candidates)):
+            self._busy += 1
+            self._inbox.put_nowait(work)
 
     async def _may_pass(self, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
-        if not breaker.holds(job_id) and breaker.probe == "":
-            # Half-open with no probe chosen yet: the first job to ask becomes it.
-            return await breakers.take_probe(self.store, webhook_id, job_id)
-        return not breaker.holds(job_id)
+        if breaker.holds(job_id):
+            return False
+        if breaker.state == breakers.HALF_OPEN:
+            # The probe: its outcome is reported as soon as it is known. With no probe chosen
+            # yet, the first job to ask becomes it.
+            if breaker.probe == "" and not await breakers.take_probe(
+                self.store, webhook_id, job_id
+            ):
+                return False
+            self._probes.add(job_id)
+        return True
 
     def _within_endpoint_limits(self, candidates: list[_Work]) -> list[_Work]:
-        """Apply the adaptive per-endpoint cap of this process (traffic.py), no round trip."""
+        """Apply the adaptive per-endpoint cap of this process (traffic.py), no round trip; a
+        job deferred here gives back the in-flight lease it may hold."""
         now = time.monotonic()
         room: dict[str, int] = {}
         admitted = []
@@ -368,39 +382,32 @@ class Worker:
             room[work.webhook.id] = left - 1
         return admitted
 
-    async def _admit(self, works: list[_Work]) -> None:
+    async def _admit(self, works: list[_Work]) -> list[_Work]:
         """The cluster-wide limits (rate_limit, max_in_flight) for jobs of webhooks that set
-        them, in one round trip; then the admitted jobs go to the lanes."""
+        them, in one round trip; returns the jobs that may go, the others wait in Redis."""
         limited = [w for w in works if admission.limited(w.webhook)]
-        verdicts: dict[str, admission.Decision] = {}
-        if limited:
-            try:
-                _now, decisions = await admission.admit(
-                    self.store,
-                    [(w.job, w.webhook) for w in limited],
-                    attempt_timeout_s=self.cfg.timeout_s,
-                )
-            except BaseException:
-                for work in works:  # not sent: give their endpoint slots back
-                    self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
-                raise
-            verdicts = {w.job.id: d for w, d in zip(limited, decisions, strict=True)}
+        if not limited:
+            return works
+        _now, decisions = await admission.admit(
+            self.store, [(w.job, w.webhook) for w in limited], attempt_timeout_s=self.cfg.timeout_s
+        )
+        verdicts = {w.job.id: d for w, d in zip(limited, decisions, strict=True)}
+        admitted = []
         for work in works:
             decision = verdicts.get(work.job.id)
-            if decision is None or decision.verdict is Verdict.ADMITTED:
-                leased = decision is not None and work.webhook.max_in_flight is not None
-                self._busy += 1
-                self._inbox.put_nowait(_Work(work.claim, work.job, work.webhook, leased))
-                continue
-            self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
-            if decision.verdict is Verdict.IN_FLIGHT_FULL:
-                delay_s = self.pool.endpoint(work.webhook.id).defer(
-                    time.monotonic(), self.cfg.timeout_s
-                )
+            if decision is None:
+                admitted.append(work)
+            elif decision.verdict is Verdict.ADMITTED:
+                leased = work.webhook.max_in_flight is not None
+                admitted.append(_Work(work.claim, work.job, work.webhook, leased))
+            elif decision.verdict is Verdict.IN_FLIGHT_FULL:
+                endpoint = self.pool.endpoint(work.webhook.id)
+                delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
                 self._wait(work, self.store.clock.now_ms() + int(delay_s * 1000), "max_in_flight")
             else:
                 reserved = decision.due_ms if decision.verdict is Verdict.RESERVED else None
                 self._wait(work, decision.due_ms, "rate_limit", reserved_ms=reserved)
+        return admitted
 
     async def _lane(self) -> None:
         while True:
@@ -414,6 +421,7 @@ class Worker:
                 log.exception("delivery.crashed", job_id=work.job.id)
             finally:
                 self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
+                self._probes.discard(work.job.id)
                 self._busy -= 1
                 self._room.set()
                 self._inbox.task_done()
@@ -446,6 +454,9 @@ class Worker:
             job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
         )
         self._note_health(job.webhook_id, outcome)
+        if job.id in self._probes:
+            self._probes.discard(job.id)
+            self._report_now.set()
         job.waiting = None
         job.reserved_ms = None
         job.attempt = attempt
@@ -507,6 +518,8 @@ class Worker:
         else:
             health.failed += 1
             health.last_error = outcome.error or ""
+            if health.failed == breakers.FEWEST_ATTEMPTS:
+                self._report_now.set()
 
     def _wait(
         self, work: _Work, due_ms: int, reason: str, *, reserved_ms: int | None = None
@@ -696,8 +709,7 @@ class Worker:
             log.error("job.entry_missing", queue=queue, sids=page.missing)
 
     async def _control_loop(self) -> None:
-        """Re-read the paused queues; each second flush the per-minute counters, report to the
-        breakers and run their timed side; beat the heart."""
+        """Re-read the paused queues, flush the per-minute counters, beat the heart."""
         outage = Outage("control", self.metrics)
         tick = 0
         with contextlib.suppress(Exception):
@@ -708,8 +720,6 @@ class Worker:
                 self._paused = frozenset(await control.paused_queues(self.store))
                 if tick % STATS_FLUSH_TICKS == 0:
                     await self._flush_stats()
-                    await self._report_health()
-                    await self._tend_breakers()
                     self.pool.forget_idle(time.monotonic())
                 if tick % HEARTBEAT_TICKS == 0:
                     await control.heartbeat(self.store, self.consumer, self._beat())
@@ -742,6 +752,28 @@ class Worker:
                 for name, value in fields.items():
                     self._stats[minute][name] += value
             raise
+
+    async def _breaker_loop(self) -> None:
+        """Report outcomes to the breakers each second, or at once when a probe has answered
+        or a webhook has failed often enough to trip; and run the breakers' timed side."""
+        outage = Outage("breakers", self.metrics)
+        next_tick = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                await self._report_health()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + BREAKER_TICK_S
+                    await self._tend_breakers()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+                continue
+            outage.ok()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BREAKER_TICK_S):
+                    await self._report_now.wait()
+            self._report_now.clear()
 
     async def _report_health(self) -> None:
         if not self._health:

@@ -115,6 +115,8 @@ class Target:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.connections = 0  # TCP connections accepted, whether or not a request followed
+        self.active: dict[str, int] = {}  # path -> requests being answered now
+        self.peak: dict[str, int] = {}  # path -> most requests answered at once
         self.base_url = ""
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._server: asyncio.Server | None = None
@@ -204,8 +206,14 @@ class Target:
             while (request := await _read_request(reader)) is not None:
                 self.received.append(request)
                 self._arrived.set()
-                if not await self._act(self._next(request.path), reader, writer):
-                    break
+                path = request.path
+                self.active[path] = self.active.get(path, 0) + 1
+                self.peak[path] = max(self.peak.get(path, 0), self.active[path])
+                try:
+                    if not await self._act(self._next(path), reader, writer):
+                        break
+                finally:
+                    self.active[path] -= 1
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:

@@ -160,5 +160,24 @@ async def take_probe(store: Store, webhook_id: str, job_id: str) -> bool:
 
 
 async def reset(store: Store, webhook_id: str) -> None:
-    """Forget a webhook's breaker (re-enabled by an operator): its next job goes straight out."""
-    await store.redis.hdel(store.keys.breakers, webhook_id)
+    """Close a webhook's breaker now (an operator enabled it): its next job goes straight out
+    and the next tick puts its parked jobs back in their queues."""
+    now_ms = store.clock.now_ms()
+    closed = {"s": CLOSED, "b": now_ms, "c": [0, 0], "p": [0, 0], "f": 0}
+    await store.redis.hset(store.keys.breakers, webhook_id, orjson.dumps(closed))
+
+
+async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:
+    """For ``GET /v1/status``: how many breakers are open and half-open, and which."""
+    raws = await cast("Awaitable[dict[bytes, bytes]]", store.redis.hgetall(store.keys.breakers))
+    tripped = []
+    for webhook_id, raw in raws.items():
+        breaker = Breaker.decode(raw)
+        if breaker is not None and breaker.state != CLOSED:
+            tripped.append({"webhook_id": webhook_id.decode(), **breaker.to_wire()})
+    tripped.sort(key=lambda b: (b["state"], b["webhook_id"]))
+    return {
+        "open": sum(b["state"] == OPEN for b in tripped),
+        "half_open": sum(b["state"] == HALF_OPEN for b in tripped),
+        "tripped": tripped[:most],
+    }

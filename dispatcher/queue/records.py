@@ -16,6 +16,7 @@ from dispatcher.errors import (
     RedisUnavailable,
 )
 from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
+from dispatcher.queue import breakers
 from dispatcher.queue.keys import GROUP, stream_of
 
 if TYPE_CHECKING:
@@ -115,6 +116,11 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
     hook.apply(changes)
     hook.updated_at_ms = store.clock.now_ms()
     await save_webhook(store, hook, old_tenant=old_tenant)
+    if changes.get("enabled") is True:
+        # An operator (re-)enabling a webhook asks for a fresh start: forget its breaker, so
+        # its parked jobs go back to their queues and the next job goes straight out.
+        with redis_errors():
+            await breakers.reset(store, webhook_id)
     return hook
 
 
@@ -146,6 +152,8 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
     pipe = store.redis.pipeline(transaction=True)
     pipe.hdel(store.keys.webhooks, webhook_id)
     pipe.hdel(store.keys.tenant(hook.tenant_id), webhook_id)
+    pipe.hdel(store.keys.rates, webhook_id)
+    pipe.delete(store.keys.lease(webhook_id))
     with redis_errors():
         await pipe.execute()
 
@@ -296,7 +304,8 @@ def _decode_record(job_id: str, raw: bytes | None) -> Job | None:
 
 
 async def job_view(store: Store, job: Job) -> dict[str, Any]:
-    """The job as users see it: a queued job whose entry is claimed right now is active."""
+    """The job as users see it: a queued job whose entry is claimed right now is active;
+    ``breaker`` is the state of its webhook's breaker."""
     state = job.state
     if state is JobState.QUEUED and job.sid:
         with redis_errors():
@@ -309,4 +318,18 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
         if pending:
             state = JobState.ACTIVE
             job.processed_at_ms = store.clock.now_ms() - int(pending[0]["time_since_delivered"])
-    return job.to_wire(state=state)
+    with redis_errors():
+        found = await breakers.states(store, [job.webhook_id])
+    breaker = found.get(job.webhook_id)
+    return {**job.to_wire(state=state), "breaker": breaker.state if breaker else breakers.CLOSED}
+
+
+async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, Any]]:
+    """Webhooks as users see them, each with its breaker (null while it never tripped)."""
+    with redis_errors():
+        found = await breakers.states(store, [h.id for h in hooks])
+    views = []
+    for hook in hooks:
+        breaker = found.get(hook.id)
+        views.append({**hook.to_wire(), "breaker": breaker.to_wire() if breaker else None})
+    return views

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.exceptions as rex
 
 from dispatcher.model import rfc3339
-from dispatcher.queue import control
+from dispatcher.queue import breakers, control
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
@@ -127,6 +127,11 @@ def _time(value: object) -> str | None:
     return rfc3339(value) if isinstance(value, int) else None
 
 
+async def breaker_summary(store: Store) -> dict[str, Any]:
+    with redis_errors():
+        return await breakers.summary(store)
+
+
 async def dlq_size(store: Store) -> int:
     with redis_errors():
         return int(await store.redis.xlen(store.keys.dlq))
@@ -161,4 +166,5 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         ],
         "redis": await redis_facts(store),
         "workers": await live_workers(store),
+        "breakers": await breaker_summary(store),
     }

@@ -208,7 +208,14 @@ async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: 
     keys = store.keys
     queue = batch[0].claim.queue
     sids = sorted((s.claim.sid for s in batch), key=_sid_key)
-    script_keys = [keys.ready(queue), keys.jobs, keys.delayed(queue), keys.done, keys.dlq]
+    script_keys = [
+        keys.ready(queue),
+        keys.jobs,
+        keys.delayed(queue),
+        keys.done,
+        keys.dlq,
+        keys.breakers,
+    ]
     extra: dict[str, int] = {}
 
     def index(key: str) -> int:

@@ -1,7 +1,8 @@
 #!lua
 -- settle.lua: write the outcomes of a batch of claimed jobs, fenced by their claims.
 -- KEYS[1] ready stream   KEYS[2] jobs hash   KEYS[3] delayed zset   KEYS[4] done zset
--- KEYS[5] dlq stream   KEYS[6..] parked zsets and lease zsets of the batch's webhooks
+-- KEYS[5] dlq stream   KEYS[6] breakers hash
+-- KEYS[7..] parked zsets ('...:parked:<webhook id>') and lease zsets of the batch's webhooks
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] lowest sid   ARGV[4] highest sid
 -- ARGV[5] most entries this consumer may hold pending (bounds the fence read)
 -- ARGV[6] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
@@ -47,7 +48,14 @@ for i = 7, last, 8 do
     elseif kind == 'R' then
       delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
     elseif kind == 'P' then
-      redis.call('ZADD', KEYS[tonumber(ARGV[i + 6])], score, job_id)
+      -- Parked only while the breaker exists: if it closed and was forgotten meanwhile (or
+      -- the webhook went), nothing would release the job, so it goes back to its queue.
+      local parked = KEYS[tonumber(ARGV[i + 6])]
+      if redis.call('HEXISTS', KEYS[6], string.match(parked, 'parked:(.*)$')) == 1 then
+        redis.call('ZADD', parked, score, job_id)
+      else
+        delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
+      end
     else
       done[#done + 1] = score; done[#done + 1] = job_id
     end
