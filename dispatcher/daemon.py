@@ -83,9 +83,7 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
         )
         await sender.start()
         stack.push_async_callback(sender.close)
-        worker = Worker(
-            store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues
-        )
+        worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)
         stop_admin = await _start_admin(cfg, url, metrics, stack)
         log.info(
             "daemon.started",
