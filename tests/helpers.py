@@ -129,12 +129,13 @@ class Daemon:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # after ``dispatcher run``
 
     def start(self) -> Daemon:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "run"],
+            [sys.executable, "-m", "dispatcher", "run", *self.args],
             env=self.env,
             stdout=log,
             stderr=log,

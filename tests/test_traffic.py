@@ -58,6 +58,29 @@ async def test_a_process_serves_only_its_queues(
     await target.wait_for(3, "/fast")
 
 
+@pytest.mark.slow
+async def test_run_queues_flag_chooses_the_queues(
+    redis_url: str, prefix: str, client: Client, target: Target, tmp_path: Path
+) -> None:
+    """``dispatcher run --queues slow`` serves the slow queue only; a bad name exits 2."""
+    await client.create_webhook("fast-co", target.url("/fast"))
+    await client.create_webhook("slow-co", target.url("/slow"), queue="slow")
+    fast_ids = await _publish(client, "fast-co", 2)
+    slow_ids = await _publish(client, "slow-co", 2)
+    env = daemon_env(redis_url, prefix)
+    bad = Daemon(env, tmp_path / "bad.log", args=("--queues", "slow,Fast")).start()
+    assert bad.wait() == 2
+    assert '--queues: "Fast": a queue name is 1-64 of a-z' in bad.log
+    daemon = Daemon(env, tmp_path / "d.log", args=("--queues", "slow")).start()
+    try:
+        await eventually(
+            lambda: _all_in_state(client, slow_ids, "delivered"), timeout_s=15, what="slow done"
+        )
+        assert {j["state"] for j in await _jobs(client, fast_ids)} == {"queued"}
+    finally:
+        daemon.stop()
+
+
 async def test_high_priority_goes_first_and_low_is_not_starved(
     client: Client, workers: WorkerHarness, target: Target
 ) -> None:
