@@ -78,17 +78,19 @@ class Endpoint:
         """Adapt the limit to how the attempt went (``answered``: a complete HTTP answer)."""
         busy = len(self.started)
         self.started.pop(job_id, None)
-        slow = duration_s > self.stuck_after_s()
-        if not answered or slow:
+        if not answered:  # timed out, refused, reset
             self.limit = max(float(MIN_LIMIT), self.limit / 2)
             return
+        slow = self.latency_s is not None and duration_s > self.stuck_after_s()
         if ok:
             avg = self.latency_s
             self.latency_s = (
                 duration_s if avg is None else avg + LATENCY_WEIGHT * (duration_s - avg)
             )
-            if busy >= self.limit / 2:
-                self.limit = min(float(self.ceiling), self.limit + 1)
+        if slow:
+            self.limit = max(float(MIN_LIMIT), self.limit / 2)
+        elif ok and busy >= self.limit / 2:
+            self.limit = min(float(self.ceiling), self.limit + 1)
 
 
 class Pool:

@@ -291,6 +291,8 @@ async def test_breaker_opens_on_sustained_failures_and_parks_jobs(
         assert job["breaker"] == "open"
     status = await client.status()
     assert status["breakers"]["open"] == 1
+    assert status["breakers"]["parked"] >= len(later)
+    assert status["scheduled"] >= status["breakers"]["parked"]
     assert status["breakers"]["tripped"][0]["webhook_id"] == hook["id"]
     assert target.count("/down") == sent
 

@@ -168,8 +168,13 @@ async def reset(store: Store, webhook_id: str) -> None:
 
 
 async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:
-    """For ``GET /v1/status``: how many breakers are open and half-open, and which."""
+    """For ``GET /v1/status``: how many breakers are open and half-open, which, and how many
+    jobs are parked behind them."""
     raws = await cast("Awaitable[dict[bytes, bytes]]", store.redis.hgetall(store.keys.breakers))
+    pipe = store.redis.pipeline(transaction=False)
+    for webhook_id in raws:
+        pipe.zcard(store.keys.parked(webhook_id.decode()))
+    parked = sum(int(n) for n in await pipe.execute()) if raws else 0
     tripped = []
     for webhook_id, raw in raws.items():
         breaker = Breaker.decode(raw)
@@ -179,5 +184,6 @@ async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:
     return {
         "open": sum(b["state"] == OPEN for b in tripped),
         "half_open": sum(b["state"] == HALF_OPEN for b in tripped),
+        "parked": parked,
         "tripped": tripped[:most],
     }

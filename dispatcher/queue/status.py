@@ -144,10 +144,11 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
     counts = await queue_counts(store, queues)
     stats = await recent_stats(store, window_s=window_s)
     attempts = stats["delivered"] + stats["failed"]
+    tripped = await breaker_summary(store)
     return {
         "queued": sum(c.queued for c in counts),
         "active": sum(c.active for c in counts),
-        "scheduled": sum(c.scheduled for c in counts),
+        "scheduled": sum(c.scheduled for c in counts) + tripped["parked"],
         "dlq_size": await dlq_size(store),
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
@@ -166,5 +167,5 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         ],
         "redis": await redis_facts(store),
         "workers": await live_workers(store),
-        "breakers": await breaker_summary(store),
+        "breakers": tripped,
     }
