@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast lint bench bench-quick bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults lint bench bench-quick bench-deps redis-server systemd-analyze clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
@@ -18,6 +18,11 @@ test: $(STAMP) redis-server systemd-analyze
 
 test-fast: $(STAMP) redis-server systemd-analyze
 	$(BIN)/pytest -m "not slow"
+
+# The fault suite at full length (make test runs it short): prints the accounting table and
+# writes tests/faults/results/latest.{md,json}; fails on any lost, unexpected or stuck event.
+test-faults: $(STAMP) redis-server
+	FAULTS_FULL=1 $(BIN)/pytest tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests

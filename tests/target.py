@@ -117,6 +117,7 @@ class Target:
         self.connections = 0  # TCP connections accepted, whether or not a request followed
         self.active: dict[str, int] = {}  # path -> requests being answered now
         self.peak: dict[str, int] = {}  # path -> most requests answered at once
+        self.answers: list[int | None] = []  # the status chosen for received[i], None: no answer
         self.base_url = ""
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._server: asyncio.Server | None = None
@@ -204,13 +205,15 @@ class Target:
         self.connections += 1
         try:
             while (request := await _read_request(reader)) is not None:
-                self.received.append(request)
-                self._arrived.set()
                 path = request.path
+                behaviour = self._next(path)
+                self.received.append(request)
+                self.answers.append(behaviour.status if isinstance(behaviour, Reply) else None)
+                self._arrived.set()
                 self.active[path] = self.active.get(path, 0) + 1
                 self.peak[path] = max(self.peak.get(path, 0), self.active[path])
                 try:
-                    if not await self._act(self._next(path), reader, writer):
+                    if not await self._act(behaviour, reader, writer):
                         break
                 finally:
                     self.active[path] -= 1

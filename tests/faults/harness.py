@@ -1,0 +1,380 @@
+"""One fault scenario: real ``dispatcher run`` processes, a real redis-server, real targets,
+a steady publisher, a fault, and the same accounting at the end of every scenario.
+
+The accounting, per scenario (a ``Row``):
+
+- accepted: publishes that returned job ids; indeterminate: publishes that failed without an
+  answer (the event may or may not have been enqueued); refused: publishes refused with a
+  clear error (nothing may arrive for them).
+- delivered: accepted jobs in state ``delivered`` that arrived at their target and were answered
+  2xx; duplicated: extra 2xx-answered arrivals of the same job (at-least-once allows them).
+- dlq: accepted jobs in the DLQ, by reason (each must have one).
+- lost: accepted jobs that are gone, or say delivered/dead without the arrival/DLQ entry to
+  show for it; unexpected: arrivals of events never accepted (nor indeterminate); stuck:
+  accepted jobs not finished when the scenario's deadline passed. All three must be 0, and
+  every signature must verify with the webhook's secret.
+- healthy-endpoint latency (publish to first arrival) p50/p99 before, during and after the
+  fault, and the time from the end of the fault until every job accepted before that end was
+  finished (recover_s).
+
+Every event carries its publisher sequence number, so an arrival is matched to its publish even
+when the publish call itself failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from dispatcher import Client
+from dispatcher.errors import DispatcherError, RedisUnavailable
+from tests.helpers import Daemon, RedisServer, daemon_env, stream_entries
+from tests.target import Target
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from tests.target import Behaviour
+
+#: make test runs every scenario small; make test-faults (FAULTS_FULL=1) runs them longer.
+FULL = os.environ.get("FAULTS_FULL") == "1"
+SCALE = 3.0 if FULL else 1.0
+FINAL = frozenset({"delivered", "dead"})
+PHASES = ("before", "during", "after")
+
+FAST = {
+    "delivery_timeout_s": "2",
+    "delivery_stall_timeout_s": "3",
+    "delivery_backoff_base_s": "0.05",
+    "delivery_backoff_cap_s": "0.5",
+    "delivery_max_attempts": "25",
+    "delivery_concurrency": "64",
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    accepted: int = 0
+    indeterminate: int = 0
+    refused: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    dlq: dict[str, int] = field(default_factory=dict)
+    lost: int = 0
+    unexpected: int = 0
+    stuck: int = 0
+    bad_signatures: int = 0
+    latency_ms: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    recover_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        found = [
+            f"{name} = {value}"
+            for name, value in (
+                ("lost", self.lost),
+                ("unexpected", self.unexpected),
+                ("stuck", self.stuck),
+                ("bad signatures", self.bad_signatures),
+            )
+            if value
+        ]
+        if "" in self.dlq:
+            found.append(f"{self.dlq['']} DLQ entries without a reason")
+        return found
+
+
+@dataclass
+class _Sent:
+    seq: int
+    tenant: str
+    at: float  # time.monotonic() of the publish
+    job_ids: list[str] = field(default_factory=list)
+
+
+class Scenario:
+    """Set up with ``async with``; publish with `publishing`; mark the fault with `fault`."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        *,
+        daemons: int = 2,
+        healthy: int = 8,
+        appendonly: bool = True,
+        settings: dict[str, str] | None = None,
+        seed: int = 1,
+    ) -> None:
+        self.name = name
+        self.directory = directory
+        self.redis = RedisServer(directory / "redis", appendonly=appendonly)
+        self.daemon_count = daemons
+        self.healthy = [f"/ok{i}" for i in range(healthy)]
+        self.settings = {**FAST, **(settings or {})}
+        self.random = random.Random(seed)
+        self.target = Target()
+        self.daemons: list[Daemon] = []
+        self.client: Client
+        self.secrets: dict[str, str] = {}  # path -> webhook secret
+        self.tenants: dict[str, str] = {}  # tenant -> path
+        self.sent: dict[int, _Sent] = {}
+        self.indeterminate: set[int] = set()
+        self.refused: set[int] = set()
+        self.fault_window: tuple[float, float] | None = None
+        self._seq = 0
+        self._started = 0
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.redis.start()
+        await self.target.__aenter__()
+        self.client = Client.from_url(self.redis.url, prefix="faults")
+        for path in self.healthy:
+            await self.endpoint(path)
+        for _ in range(self.daemon_count):
+            self.start_daemon()
+        await self.ready()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+        await self.client.close()
+        await self.target.__aexit__(None, None, None)
+        self.redis.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return daemon_env(self.redis.url, "faults", **self.settings)
+
+    def start_daemon(self) -> Daemon:
+        self._started += 1
+        daemon = Daemon(self.env, self.directory / f"daemon-{self._started}.log").start()
+        self.daemons.append(daemon)
+        return daemon
+
+    async def ready(self, timeout_s: float = 20.0) -> None:
+        """Wait until every running daemon has signed in (its first heartbeat)."""
+        running = sum(1 for d in self.daemons if d.process and d.process.poll() is None)
+        deadline = time.monotonic() + timeout_s
+        while len((await self.client.status())["workers"]) < running:
+            if time.monotonic() > deadline:
+                msg = f"{running} daemons did not all start; see {self.directory}"
+                raise AssertionError(msg)
+            await asyncio.sleep(0.1)
+
+    async def endpoint(self, path: str, *behaviours: Behaviour, **fields: Any) -> str:
+        """A webhook (its own tenant) whose target at ``path`` plays ``behaviours``."""
+        if behaviours:
+            self.target.script(path, *behaviours)
+        tenant = f"tenant{len(self.tenants)}"
+        hook = await self.client.create_webhook(tenant, self.target.url(path), **fields)
+        self.secrets[path] = hook["secret"]
+        self.tenants[tenant] = path
+        return tenant
+
+    # --- publishing ------------------------------------------------------------------------------
+
+    async def publish(self, tenant: str) -> None:
+        """One event with the next sequence number; its fate goes into the ledger."""
+        self._seq += 1
+        seq = self._seq
+        sent = _Sent(seq, tenant, time.monotonic())
+        try:
+            answer = await self.client.publish(tenant, "fault.test", {"seq": seq})
+        except RedisUnavailable:
+            self.indeterminate.add(seq)  # the call may have reached Redis before it failed
+            return
+        except DispatcherError:
+            self.refused.add(seq)
+            return
+        sent.job_ids = [job["id"] for job in answer["jobs"]]
+        self.sent[seq] = sent
+
+    @contextlib.asynccontextmanager
+    async def publishing(
+        self, per_second: float, tenants: list[str] | None = None
+    ) -> AsyncIterator[None]:
+        """Publish at a steady rate, round-robin over ``tenants`` (the healthy ones by default)."""
+        chosen = tenants or [t for t, p in self.tenants.items() if p in self.healthy]
+        stop = asyncio.Event()
+
+        async def run() -> None:
+            interval = 1 / per_second
+            next_at = time.monotonic()
+            n = 0
+            while not stop.is_set():
+                await self.publish(chosen[n % len(chosen)])
+                n += 1
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        task = asyncio.create_task(run())
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    @contextlib.asynccontextmanager
+    async def fault(self) -> AsyncIterator[None]:
+        """Marks the fault's window, for the latency phases and the time to recover."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.fault_window = (start, time.monotonic())
+
+    async def steady(self, seconds: float) -> None:
+        await asyncio.sleep(seconds * SCALE)
+
+    # --- accounting ------------------------------------------------------------------------------
+
+    async def settle(self, *, timeout_s: float = 60.0) -> Row:
+        """Wait until every accepted job is finished (or the deadline), then account."""
+        deadline = time.monotonic() + timeout_s
+        fault_end = self.fault_window[1] if self.fault_window else time.monotonic()
+        early = [j for s in self.sent.values() if s.at <= fault_end for j in s.job_ids]
+        recovered_at: float | None = None
+        states: dict[str, str] = {}
+        while True:
+            states = await self._states([j for s in self.sent.values() for j in s.job_ids])
+            if recovered_at is None and all(states[j] in FINAL for j in early):
+                recovered_at = time.monotonic()
+            if all(state in FINAL for state in states.values()):
+                break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        row = await self._account(states)
+        if recovered_at is not None and self.fault_window is not None:
+            row.recover_s = round(max(0.0, recovered_at - fault_end), 2)
+        return row
+
+    async def _states(self, job_ids: list[str]) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            jobs = await asyncio.gather(*(self.client.get_job(j) for j in chunk))
+            for job_id, job in zip(chunk, jobs, strict=True):
+                states[job_id] = job["state"] if job else "missing"
+        return states
+
+    async def _account(self, states: dict[str, str]) -> Row:
+        row = Row(self.name, accepted=len(self.sent))
+        row.indeterminate = len(self.indeterminate)
+        row.refused = len(self.refused)
+        arrivals, ok_arrivals = self._arrivals(row)
+        dead = await self._dead_reasons([j for j, s in states.items() if s == "dead"])
+        for sent in self.sent.values():
+            for job_id in sent.job_ids:
+                self._judge(row, job_id, states.get(job_id, "missing"), dead, ok_arrivals)
+        row.latency_ms = self._latency(arrivals)
+        return row
+
+    def _arrivals(self, row: Row) -> tuple[dict[str, list[float]], Counter[str]]:
+        """Arrival times per job, and how many were answered 2xx; counts the unexpected ones
+        and the signatures that do not verify."""
+        arrivals: dict[str, list[float]] = {}
+        ok_arrivals: Counter[str] = Counter()
+        for request, status in zip(self.target.received, self.target.answers, strict=True):
+            job_id = request.headers.get("webhook-id", "")
+            seq = _seq_of(request.body)
+            if seq is None or (seq not in self.sent and seq not in self.indeterminate):
+                row.unexpected += 1
+                continue
+            try:
+                Verifier(self.secrets.get(request.path, "")).verify(
+                    request.body, dict(request.headers)
+                )
+            except Exception:
+                row.bad_signatures += 1
+            arrivals.setdefault(job_id, []).append(request.at)
+            if status is not None and 200 <= status < 300:
+                ok_arrivals[job_id] += 1
+        return arrivals, ok_arrivals
+
+    @staticmethod
+    def _judge(
+        row: Row, job_id: str, state: str, dead: dict[str, str], ok_arrivals: Counter[str]
+    ) -> None:
+        if state == "delivered":
+            if ok_arrivals[job_id]:
+                row.delivered += 1
+                row.duplicated += ok_arrivals[job_id] - 1
+            else:
+                row.lost += 1
+                row.notes.append(f"{job_id} says delivered but no 2xx arrival shows it")
+        elif state == "dead":
+            reason = dead.get(job_id)
+            if reason is None:
+                row.lost += 1
+                row.notes.append(f"{job_id} is dead but not in the DLQ")
+            else:
+                row.dlq[reason] = row.dlq.get(reason, 0) + 1
+        elif state == "missing":
+            row.lost += 1
+            row.notes.append(f"{job_id} is gone")
+        else:
+            row.stuck += 1
+            row.notes.append(f"{job_id} is still {state}")
+
+    async def _dead_reasons(self, job_ids: list[str]) -> dict[str, str]:
+        """Reasons of the DLQ entries of ``job_ids`` (read from the DLQ stream itself)."""
+        wanted = set(job_ids)
+        found: dict[str, str] = {}
+        if not wanted:
+            return found
+        entries = await stream_entries(self.client.store.redis, self.client.store.keys.dlq)
+        for _sid, fields in entries:
+            job_id = fields.get(b"j", b"").decode()
+            if job_id in wanted:
+                found[job_id] = fields.get(b"r", b"").decode()
+        return found
+
+    def _latency(self, arrivals: dict[str, list[float]]) -> dict[str, tuple[float, float] | None]:
+        samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        window = self.fault_window
+        for sent in self.sent.values():
+            if self.tenants.get(sent.tenant) not in self.healthy:
+                continue
+            for job_id in sent.job_ids:
+                if not arrivals.get(job_id):
+                    continue
+                ms = (min(arrivals[job_id]) - sent.at) * 1000
+                if window is None or sent.at < window[0]:
+                    samples["before"].append(ms)
+                elif sent.at <= window[1]:
+                    samples["during"].append(ms)
+                else:
+                    samples["after"].append(ms)
+        return {phase: _p50_p99(values) for phase, values in samples.items()}
+
+
+def _seq_of(body: bytes) -> int | None:
+    try:
+        value = orjson.loads(body).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _p50_p99(values: list[float]) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return round(cuts[49], 1), round(cuts[98], 1)
