@@ -52,6 +52,8 @@ PROMOTE_INTERVAL_S = 0.1
 CLOCK_SYNC_INTERVAL_S = 10.0
 CLOCK_JUMP_WARN_S = 5.0
 SWEEP_INTERVAL_S = 60.0
+ORPHAN_INTERVAL_S = 1.0
+ORPHAN_PAGE = 500  # records of the jobs hash checked per second, per worker
 RECLAIM_PAGE = 100
 CONTROL_TICK_S = 0.25  # the paused set is re-read every tick
 STATS_FLUSH_TICKS = 4  # per-minute counters are flushed every second
@@ -701,12 +703,9 @@ class Worker:
                 "dispatcher_dead_lettered_total", len(page.malformed), reason="malformed"
             )
             log.error("job.quarantined", queue=queue, reason="malformed", sids=page.malformed)
-        if page.missing:
+        if page.missing:  # their jobs are found by id by the orphan sweep
             self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
-            self.metrics.inc(
-                "dispatcher_dead_lettered_total", len(page.missing), reason="entry_missing"
-            )
-            log.error("job.entry_missing", queue=queue, sids=page.missing)
+            log.error("job.entry_deleted_while_pending", queue=queue, sids=page.missing)
 
     async def _control_loop(self) -> None:
         """Re-read the paused queues, flush the per-minute counters, beat the heart."""
@@ -831,23 +830,42 @@ class Worker:
             log.warning("worker.sign_off_failed", error=str(exc) or type(exc).__name__)
 
     async def _sweep_loop(self) -> None:
+        """Forget finished records past their retention (each minute), and check one page of
+        the jobs hash for orphans (each second): jobs whose stream entry was deleted."""
         outage = Outage("sweep", self.metrics)
         retention_ms = int(self.jobs_cfg.retention_s * 1000)
+        next_sweep = time.monotonic()
+        cursor = "0"
         while not self.stop.is_set():
             try:
-                cutoff_ms = self.store.clock.now_ms() - retention_ms
-                while (
-                    await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms)
-                    >= delays.BATCH_LIMIT
-                ):
-                    pass
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                    cutoff_ms = self.store.clock.now_ms() - retention_ms
+                    while (
+                        await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms)
+                        >= delays.BATCH_LIMIT
+                    ):
+                        pass
+                found = await delays.find_orphans(self.store, cursor=cursor, count=ORPHAN_PAGE)
+                cursor = found.cursor
+                self._report_orphans(found)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 await outage.failed(exc, self.stop)
                 continue
             outage.ok()
-            await _sleep_until_stop(self.stop, SWEEP_INTERVAL_S)
+            await _sleep_until_stop(self.stop, ORPHAN_INTERVAL_S)
+
+    def _report_orphans(self, found: delays.Orphans) -> None:
+        if found.requeued:
+            self.metrics.inc("dispatcher_orphans_requeued_total", len(found.requeued))
+            log.error("job.entry_missing", action="requeued", job_ids=found.requeued)
+        if found.dead:
+            self.metrics.inc(
+                "dispatcher_dead_lettered_total", len(found.dead), reason="entry_missing"
+            )
+            log.error("job.entry_missing", action="dead_lettered", job_ids=found.dead)
 
 
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")

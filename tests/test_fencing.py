@@ -142,12 +142,41 @@ async def test_reclaim_loops_over_every_page(client: Client, store: Store) -> No
 async def test_pending_entry_deleted_under_us_is_reported(
     client: Client, store: Store, redis: aioredis.Redis, prefix: str
 ) -> None:
-    """An entry deleted while pending is dead-lettered as entry_missing, not silently dropped."""
-    await _one_job(client)
+    """An entry deleted while pending is reported by reclaim, and its job is then found by the
+    orphan sweep and dead-lettered as entry_missing, by id: never left queued forever."""
+    job_id = await _one_job(client)
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     await redis.xdel(Keys(prefix).ready("default"), claim.sid)
+    pending = await delays.find_orphans(store, cursor="0", count=1000)
+    assert pending.dead == [], "a pending entry's job may still be in a worker's hands"
     page = await _reclaim(store, "b")
     assert page.missing == [claim.sid]
+    found = await delays.find_orphans(store, cursor="0", count=1000)
+    assert (found.cursor, found.dead, found.requeued) == ("0", [job_id], [])
     dlq = await stream_entries(redis, Keys(prefix).dlq)
-    assert dlq[0][1][b"r"] == b"entry_missing"
-    assert dlq[0][1][b"sid"].decode() == claim.sid
+    assert [(f[b"j"].decode(), f[b"r"]) for _, f in dlq] == [(job_id, b"entry_missing")]
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert (job["state"], job["dead_reason"]) == ("dead", "entry_missing")
+
+
+async def test_queued_job_whose_entry_was_deleted_is_put_back(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A retried job (full record) whose entry is deleted before any worker claims it goes
+    back into its stream with its payload."""
+    job_id = await _one_job(client)
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
+    assert await streams.settle(store, "a", [retry], held=1) == []
+    await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
+    await delays.promote_due(store, "default")
+    entries = await stream_entries(redis, Keys(prefix).ready("default"))
+    await redis.xdel(Keys(prefix).ready("default"), entries[0][0])
+    found = await delays.find_orphans(store, cursor="0", count=1000)
+    assert found.requeued == [job_id]
+    [again], _ = await streams.wait_new(store, ("default",), "c", count=10, block_ms=10)
+    assert again.job_id == job_id
+    [job] = (await streams.load(store, [again])).jobs
+    assert job is not None
+    assert job.payload == b'{"n":1}'

@@ -1,9 +1,12 @@
-"""The delayed zset: promote due jobs into the ready stream, and sweep expired records."""
+"""The delayed zset and the jobs hash: promote due jobs into the ready stream, sweep expired
+records, and find jobs whose stream entry was deleted under us."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
     from dispatcher.queue.store import Store
@@ -25,6 +28,22 @@ async def promote_due(store: Store, queue: str, *, limit: int = BATCH_LIMIT) -> 
         keys=[keys.delayed(queue), keys.ready(queue), keys.jobs], args=[limit]
     )
     return Promotion(int(moved), int(server_ms), [o.decode() for o in orphans])
+
+
+@dataclass(frozen=True, slots=True)
+class Orphans:
+    cursor: str
+    requeued: list[str]
+    dead: list[str]
+
+
+async def find_orphans(store: Store, *, cursor: str, count: int) -> Orphans:
+    """One page of the jobs hash checked for jobs whose stream entry is gone (orphans.lua)."""
+    keys = store.keys
+    next_cursor, requeued, dead = await store.scripts.orphans(
+        keys=[keys.jobs, keys.dlq], args=[cursor, count, keys.base, GROUP, store.clock.now_ms()]
+    )
+    return Orphans(next_cursor.decode(), [j.decode() for j in requeued], [j.decode() for j in dead])
 
 
 async def sweep_finished(store: Store, *, cutoff_ms: int, limit: int = BATCH_LIMIT) -> int:

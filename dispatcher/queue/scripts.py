@@ -28,6 +28,7 @@ _NAMES = (
     "breaker_report",
     "breaker_tick",
     "breaker_probe",
+    "orphans",
 )
 
 
@@ -50,6 +51,7 @@ class Scripts:
     breaker_report: AsyncScript
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript
+    orphans: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -48,10 +48,8 @@ for _, entry in ipairs(page[2]) do
   end
 end
 
-for _, sid in ipairs(page[3]) do
-  redis.call('XADD', KEYS[3], '*', 'sid', sid, 'r', 'entry_missing')
-  missing[#missing + 1] = sid
-end
+-- Entries deleted while pending leave the PEL here; orphans.lua then finds their jobs by id.
+for _, sid in ipairs(page[3]) do missing[#missing + 1] = sid end
 if #finished > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(finished))
   redis.call('XDEL', KEYS[1], unpack(finished))
