@@ -8,6 +8,7 @@ dataclass fields below: adding a field adds its TOML key and its environment var
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import ipaddress
@@ -15,7 +16,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -81,6 +82,16 @@ class JobsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """Backlog thresholds; 0 turns one off. Checked every few seconds by each daemon."""
+
+    queued_max: int = 100_000  # jobs queued (ready, unclaimed) across every queue
+    oldest_ready_age_s: float = 300.0  # age of the oldest ready, unclaimed job
+    dlq_growth: int = 100  # jobs dead-lettered within dlq_window_s
+    dlq_window_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # auto: console on a TTY, JSON otherwise
@@ -95,6 +106,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dlq: DlqConfig = field(default_factory=DlqConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -105,6 +117,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "security": SecurityConfig,
     "dlq": DlqConfig,
     "jobs": JobsConfig,
+    "alerts": AlertsConfig,
     "log": LogConfig,
 }
 TOP_LEVEL_KEYS: Final = ("state_dir",)
@@ -170,6 +183,22 @@ def _duration(raw: _Raw) -> float:
             f"must be at most {MAX_DURATION_S:.0f} seconds (ten years), got {_show(raw.value)}"
         )
     return seconds
+
+
+def _threshold_s(raw: _Raw) -> float:
+    """A duration where 0 means "off" (an alert threshold)."""
+    value = raw.value
+    if raw.from_env and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return _duration(raw)
+    except _BadValueError as bad:
+        raise _BadValueError(
+            *(f"{reason} (or 0 to turn it off)" for reason in bad.reasons)
+        ) from None
 
 
 def _integer(lo: int, hi: int | None = None) -> Parser[int]:
@@ -560,6 +589,18 @@ def _security(r: _Reader) -> SecurityConfig:
     )
 
 
+def _alerts(r: _Reader) -> AlertsConfig:
+    d = AlertsConfig()
+    return AlertsConfig(
+        queued_max=r.value("alerts", "queued_max", d.queued_max, _integer(0)),
+        oldest_ready_age_s=r.value(
+            "alerts", "oldest_ready_age_s", d.oldest_ready_age_s, _threshold_s
+        ),
+        dlq_growth=r.value("alerts", "dlq_growth", d.dlq_growth, _integer(0)),
+        dlq_window_s=r.value("alerts", "dlq_window_s", d.dlq_window_s, _duration),
+    )
+
+
 def _log(r: _Reader) -> LogConfig:
     d = LogConfig()
     return LogConfig(
@@ -589,6 +630,7 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
         jobs=JobsConfig(
             retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, _duration)
         ),
+        alerts=_alerts(r),
         log=_log(r),
     )
     problems.extend(r.problems)
@@ -611,6 +653,33 @@ def _plain(value: object) -> object:
 
 def _plain_fields(section: DataclassInstance) -> dict[str, object]:
     return {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted names of the keys whose values differ (``state_dir``, ``log.level``, ...)."""
+    names = [key for key in TOP_LEVEL_KEYS if getattr(old, key) != getattr(new, key)]
+    for section in SECTIONS:
+        before, after = getattr(old, section), getattr(new, section)
+        names.extend(
+            f"{section}.{f.name}"
+            for f in dataclasses.fields(before)
+            if getattr(before, f.name) != getattr(after, f.name)
+        )
+    return names
+
+
+def with_keys(cfg: Config, source: Config, keys: Iterable[str]) -> Config:
+    """``cfg`` with the values of the dotted ``keys`` taken from ``source``."""
+    for key in keys:
+        section, _, name = key.partition(".")
+        if not name:
+            cfg = dataclasses.replace(cfg, **{section: getattr(source, section)})
+            continue
+        part = dataclasses.replace(
+            getattr(cfg, section), **{name: getattr(getattr(source, section), name)}
+        )
+        cfg = dataclasses.replace(cfg, **{section: part})
+    return cfg
 
 
 def redacted(cfg: Config) -> dict[str, object]:

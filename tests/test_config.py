@@ -16,9 +16,11 @@ from dispatcher.config import (
     LogConfig,
     RedisConfig,
     SecurityConfig,
+    changed_keys,
     env_name,
     load,
     redacted,
+    with_keys,
 )
 from dispatcher.errors import ConfigError
 
@@ -158,6 +160,10 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
         "DISPATCHER_JOBS_RETENTION_S": "6",
+        "DISPATCHER_ALERTS_QUEUED_MAX": "0",
+        "DISPATCHER_ALERTS_OLDEST_READY_AGE_S": "0",
+        "DISPATCHER_ALERTS_DLQ_GROWTH": "5",
+        "DISPATCHER_ALERTS_DLQ_WINDOW_S": "60",
         "DISPATCHER_LOG_LEVEL": "WARNING",
         "DISPATCHER_LOG_FORMAT": "console",
     }
@@ -539,3 +545,60 @@ def test_example_config_commented_keys_are_valid(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, text), {})
     assert cfg.redis.url == "redis://127.0.0.1:6379/0"
     assert cfg.admin.token == EXAMPLE_BEARER
+
+
+# --- alerts and reload ------------------------------------------------------------------------
+
+
+def test_alert_thresholds_accept_zero_as_off(tmp_path: Path) -> None:
+    """0 turns an alert off, from the file or the environment; the window must stay > 0."""
+    path = write(tmp_path, "[alerts]\nqueued_max = 0\noldest_ready_age_s = 0\n")
+    cfg = load(path, {"DISPATCHER_ALERTS_DLQ_GROWTH": "0"})
+    assert (cfg.alerts.queued_max, cfg.alerts.oldest_ready_age_s, cfg.alerts.dlq_growth) == (
+        0,
+        0.0,
+        0,
+    )
+    assert (
+        load(None, {"DISPATCHER_ALERTS_OLDEST_READY_AGE_S": "0.0"}).alerts.oldest_ready_age_s == 0
+    )
+    problems = problems_of(
+        None,
+        {
+            "DISPATCHER_ALERTS_OLDEST_READY_AGE_S": "-1",
+            "DISPATCHER_ALERTS_QUEUED_MAX": "many",
+            "DISPATCHER_ALERTS_DLQ_WINDOW_S": "0",
+        },
+    )
+    assert len(problems) == 3
+    assert any(
+        p.startswith("alerts.oldest_ready_age_s:") and "0 to turn it off" in p for p in problems
+    )
+    assert any(p.startswith("alerts.queued_max:") for p in problems)
+    assert any(p.startswith("alerts.dlq_window_s:") for p in problems)
+
+
+def test_changed_keys_names_each_difference_and_with_keys_takes_only_those() -> None:
+    """changed_keys lists dotted names; with_keys copies just the named values across."""
+    old = load(None, {})
+    new = load(
+        None,
+        {
+            "DISPATCHER_LOG_LEVEL": "debug",
+            "DISPATCHER_DELIVERY_MAX_ATTEMPTS": "3",
+            "DISPATCHER_ADMIN_TOKEN": "t",
+            "DISPATCHER_STATE_DIR": "/srv/d",
+        },
+    )
+    assert changed_keys(old, new) == [
+        "state_dir",
+        "admin.token",
+        "delivery.max_attempts",
+        "log.level",
+    ]
+    mixed = with_keys(old, new, ["log.level", "delivery.max_attempts"])
+    assert mixed.log.level == "debug"
+    assert mixed.delivery.max_attempts == 3
+    assert mixed.admin.token is None
+    assert mixed.state_dir == old.state_dir
+    assert changed_keys(mixed, new) == ["state_dir", "admin.token"]
