@@ -5,14 +5,16 @@ The accounting, per scenario (a ``Row``):
 
 - accepted: publishes that returned job ids; indeterminate: publishes that failed without an
   answer (the event may or may not have been enqueued); refused: publishes refused with a
-  clear error (nothing may arrive for them).
+  clear error (nothing may arrive for them; `Scenario.refused` keeps each one's error code).
 - delivered: accepted jobs in state ``delivered`` that arrived at their target and were answered
   2xx; duplicated: extra 2xx-answered arrivals of the same job (at-least-once allows them).
 - dlq: accepted jobs in the DLQ, by reason (each must have one).
 - lost: accepted jobs that are gone, or say delivered/dead without the arrival/DLQ entry to
   show for it; unexpected: arrivals of events never accepted (nor indeterminate); stuck:
   accepted jobs not finished when the scenario's deadline passed. All three must be 0, and
-  every signature must verify with the webhook's secret.
+  every signature must verify with the webhook's secret. When Redis itself lost its data (a
+  restart without persistence, `Scenario.forget_before`), the jobs accepted before that are
+  not judged: the notes count them as lost with Redis's data.
 - healthy-endpoint latency (publish to first arrival) p50/p99 before, during and after the
   fault, and the time from the end of the fault until every job accepted before that end was
   finished (recover_s).
@@ -117,6 +119,7 @@ class Scenario:
         appendonly: bool = True,
         settings: dict[str, str] | None = None,
         seed: int = 1,
+        target_host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.directory = directory
@@ -125,15 +128,16 @@ class Scenario:
         self.healthy = [f"/ok{i}" for i in range(healthy)]
         self.settings = {**FAST, **(settings or {})}
         self.random = random.Random(seed)
-        self.target = Target()
+        self.target = Target(target_host)
         self.daemons: list[Daemon] = []
         self.client: Client
         self.secrets: dict[str, str] = {}  # path -> webhook secret
         self.tenants: dict[str, str] = {}  # tenant -> path
         self.sent: dict[int, _Sent] = {}
         self.indeterminate: set[int] = set()
-        self.refused: set[int] = set()
+        self.refused: dict[int, str] = {}  # seq -> the error's code
         self.fault_window: tuple[float, float] | None = None
+        self._forget_before = float("-inf")
         self._seq = 0
         self._started = 0
 
@@ -177,20 +181,31 @@ class Scenario:
                 raise AssertionError(msg)
             await asyncio.sleep(0.1)
 
-    async def endpoint(self, path: str, *behaviours: Behaviour, **fields: Any) -> str:
-        """A webhook (its own tenant) whose target at ``path`` plays ``behaviours``."""
+    async def endpoint(
+        self,
+        path: str,
+        *behaviours: Behaviour,
+        tenant: str | None = None,
+        url: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """A webhook whose target at ``path`` plays ``behaviours``, in a tenant of its own or
+        added to ``tenant`` (a fan-out: each event of that tenant makes one job per webhook);
+        ``url`` points it elsewhere (a closed port, a canary), ``path`` still naming it."""
         if behaviours:
             self.target.script(path, *behaviours)
-        tenant = f"tenant{len(self.tenants)}"
-        hook = await self.client.create_webhook(tenant, self.target.url(path), **fields)
+        if tenant is None:
+            tenant = f"tenant{len(self.tenants)}"
+            self.tenants[tenant] = path
+        hook = await self.client.create_webhook(tenant, url or self.target.url(path), **fields)
         self.secrets[path] = hook["secret"]
-        self.tenants[tenant] = path
         return tenant
 
     # --- publishing ------------------------------------------------------------------------------
 
-    async def publish(self, tenant: str) -> None:
-        """One event with the next sequence number; its fate goes into the ledger."""
+    async def publish(self, tenant: str) -> list[str]:
+        """One event with the next sequence number; its fate goes into the ledger. Returns
+        its job ids (none when the publish failed)."""
         self._seq += 1
         seq = self._seq
         sent = _Sent(seq, tenant, time.monotonic())
@@ -198,12 +213,13 @@ class Scenario:
             answer = await self.client.publish(tenant, "fault.test", {"seq": seq})
         except RedisUnavailable:
             self.indeterminate.add(seq)  # the call may have reached Redis before it failed
-            return
-        except DispatcherError:
-            self.refused.add(seq)
-            return
+            return []
+        except DispatcherError as exc:
+            self.refused[seq] = exc.code
+            return []
         sent.job_ids = [job["id"] for job in answer["jobs"]]
         self.sent[seq] = sent
+        return sent.job_ids
 
     @contextlib.asynccontextmanager
     async def publishing(
@@ -242,17 +258,24 @@ class Scenario:
     async def steady(self, seconds: float) -> None:
         await asyncio.sleep(seconds * SCALE)
 
+    def forget_before(self, at: float) -> None:
+        """Redis lost its data at ``at`` (``time.monotonic()``), as a restart without
+        persistence does: the jobs accepted before then went with it, a loss that is Redis's
+        and not the daemon's. They are left out of the accounting and counted in the notes."""
+        self._forget_before = at
+
     # --- accounting ------------------------------------------------------------------------------
 
     async def settle(self, *, timeout_s: float = 60.0) -> Row:
         """Wait until every accepted job is finished (or the deadline), then account."""
         deadline = time.monotonic() + timeout_s
         fault_end = self.fault_window[1] if self.fault_window else time.monotonic()
-        early = [j for s in self.sent.values() if s.at <= fault_end for j in s.job_ids]
+        judged = self._judged()
+        early = [j for s in judged if s.at <= fault_end for j in s.job_ids]
         recovered_at: float | None = None
         states: dict[str, str] = {}
         while True:
-            states = await self._states([j for s in self.sent.values() for j in s.job_ids])
+            states = await self._states([j for s in judged for j in s.job_ids])
             if recovered_at is None and all(states[j] in FINAL for j in early):
                 recovered_at = time.monotonic()
             if all(state in FINAL for state in states.values()):
@@ -280,11 +303,24 @@ class Scenario:
         row.refused = len(self.refused)
         arrivals, ok_arrivals = self._arrivals(row)
         dead = await self._dead_reasons([j for j, s in states.items() if s == "dead"])
-        for sent in self.sent.values():
+        for sent in self._judged():
             for job_id in sent.job_ids:
                 self._judge(row, job_id, states.get(job_id, "missing"), dead, ok_arrivals)
+        forgotten = [
+            j for s in self.sent.values() if s.at < self._forget_before for j in s.job_ids
+        ]
+        if forgotten:
+            arrived = sum(1 for j in forgotten if ok_arrivals[j])
+            row.notes.append(
+                f"{len(forgotten)} jobs accepted before Redis lost its data were lost with "
+                f"Redis's data ({arrived} of them had been delivered before)"
+            )
         row.latency_ms = self._latency(arrivals)
         return row
+
+    def _judged(self) -> list[_Sent]:
+        """The accepted publishes to account for: all but those Redis lost with its data."""
+        return [s for s in self.sent.values() if s.at >= self._forget_before]
 
     def _arrivals(self, row: Row) -> tuple[dict[str, list[float]], Counter[str]]:
         """Arrival times per job, and how many were answered 2xx; counts the unexpected ones
