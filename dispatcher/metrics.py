@@ -26,6 +26,12 @@ _HELP = {
     "dispatcher_redis_clock_jump_seconds": "Last change of the Redis clock against local time.",
     "dispatcher_attempt_duration_seconds": "Duration of delivery attempts.",
     "dispatcher_in_flight": "HTTP requests in flight in this process.",
+    "dispatcher_alert_active": "Whether a backlog alert is raised (1) or not (0), by name.",
+    "dispatcher_queued_jobs": "Jobs ready and unclaimed across every queue, at the last check.",
+    "dispatcher_queue_oldest_ready_age_seconds": (
+        "Age of the oldest ready, unclaimed job across every queue, at the last check."
+    ),
+    "dispatcher_dlq_growth": "Jobs dead-lettered within alerts.dlq_window_s, at the last check.",
 }
 
 
@@ -44,7 +50,7 @@ class Metrics:
         self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(
             float
         )
-        self.gauges: dict[str, float] = {}
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.durations = Histogram()
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
@@ -53,8 +59,11 @@ class Metrics:
     def get(self, name: str, **labels: str) -> float:
         return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def set(self, name: str, value: float) -> None:
-        self.gauges[name] = value
+    def set(self, name: str, value: float, /, **labels: str) -> None:
+        self.gauges[name, tuple(sorted(labels.items()))] = value
+
+    def gauge(self, name: str, /, **labels: str) -> float | None:
+        return self.gauges.get((name, tuple(sorted(labels.items()))))
 
     def render(self) -> str:
         lines: list[str] = []
@@ -64,9 +73,11 @@ class Metrics:
                 seen.add(name)
                 lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} counter"]
             lines.append(f"{name}{_labels(labels)} {value:g}")
-        for name, value in sorted(self.gauges.items()):
-            lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} gauge"]
-            lines.append(f"{name} {value:g}")
+        for (name, labels), value in sorted(self.gauges.items()):
+            if name not in seen:
+                seen.add(name)
+                lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} gauge"]
+            lines.append(f"{name}{_labels(labels)} {value:g}")
         lines += self._histogram("dispatcher_attempt_duration_seconds", self.durations)
         return "\n".join(lines) + "\n"
 

@@ -1,0 +1,105 @@
+"""What the backlog alerts measure, read from counters Redis keeps anyway: no scans.
+
+- **queued**: per stream, ``XLEN`` minus the consumer group's pending count (as the status).
+- **oldest ready job**: a stream entry id starts with the Redis time (ms) it was added at, and the
+  group hands entries out in id order, so the first entry after the group's
+  ``last-delivered-id`` is the oldest one nobody has claimed: one ``XRANGE ... COUNT 1``.
+- **DLQ growth**: ``XINFO STREAM``'s ``entries-added`` counts every entry ever added to the
+  DLQ, replayed or purged ones included; the policy (``dispatcher.alerts``) turns samples of it
+  into "added within the window".
+
+Two round trips per check, whatever the number of jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions as rex
+
+from dispatcher.queue.keys import GROUP, streams_of
+from dispatcher.queue.records import redis_errors
+from dispatcher.queue.status import known_queues
+
+if TYPE_CHECKING:
+    from dispatcher.queue.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    now_ms: int  # the Redis server's time when measured
+    queued: int  # ready and unclaimed, every queue and priority
+    oldest_ready_ms: int | None  # when the oldest ready, unclaimed job became ready
+    oldest_queue: str | None  # the stream it waits in (``Q``, ``Q:high`` or ``Q:low``)
+    dlq_added: int  # entries ever added to the DLQ stream (0 while it does not exist)
+
+    @property
+    def oldest_ready_age_s(self) -> float:
+        if self.oldest_ready_ms is None:
+            return 0.0
+        return max(self.now_ms - self.oldest_ready_ms, 0) / 1000
+
+
+async def measure(store: Store) -> Backlog:
+    """The backlog of every known queue (``default``, served, paused) and the DLQ counter."""
+    streams = [s for queue in await known_queues(store) for s in streams_of(queue)]
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.time()
+    pipe.xinfo_stream(store.keys.dlq)
+    for stream in streams:
+        pipe.xlen(store.keys.ready(stream))
+        pipe.xinfo_groups(store.keys.ready(stream))
+    with redis_errors():
+        replies = await pipe.execute(raise_on_error=False)
+    seconds, micros = _ok(replies[0])
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    dlq = replies[1]
+    dlq_added = 0 if _missing(dlq) else int(_ok(dlq)["entries-added"])
+    queued = 0
+    starts: list[tuple[str, bytes]] = []  # per stream, where its unclaimed entries begin
+    for stream, length, groups in zip(streams, replies[2::2], replies[3::2], strict=True):
+        group = None if _missing(groups) else _group(_ok(groups))
+        pending = int(group["pending"]) if group else 0
+        queued += max(int(_ok(length)) - pending, 0)
+        if int(_ok(length)) > pending:
+            starts.append((stream, b"(" + group["last-delivered-id"] if group else b"-"))
+    oldest_ms, oldest_queue = await _oldest(store, starts)
+    return Backlog(now_ms, queued, oldest_ms, oldest_queue, dlq_added)
+
+
+async def _oldest(store: Store, starts: list[tuple[str, bytes]]) -> tuple[int | None, str | None]:
+    if not starts:
+        return None, None
+    pipe = store.redis.pipeline(transaction=False)
+    for stream, start in starts:
+        pipe.xrange(store.keys.ready(stream), min=start, max="+", count=1)
+    with redis_errors():
+        replies = await pipe.execute(raise_on_error=False)
+    oldest: tuple[int | None, str | None] = (None, None)
+    for (stream, _), reply in zip(starts, replies, strict=True):
+        if _missing(reply) or not reply:
+            continue  # deleted between the two round trips
+        entry_ms = int(_ok(reply)[0][0].partition(b"-")[0])
+        if oldest[0] is None or entry_ms < oldest[0]:
+            oldest = (entry_ms, stream)
+    return oldest
+
+
+def _group(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for group in groups:
+        name = group.get("name")
+        if name in (GROUP, GROUP.encode()):
+            return group
+    return None
+
+
+def _missing(reply: object) -> bool:
+    """A reply that says the key is not there (yet): ``ERR no such key``."""
+    return isinstance(reply, rex.ResponseError) and "no such key" in str(reply).lower()
+
+
+def _ok(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
