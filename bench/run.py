@@ -174,10 +174,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Target:
-    def __init__(self, fail: float = 0.2) -> None:
+    def __init__(self, fail: float = 0.2, *options: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [PY, str(ROOT / "bench" / "target.py"), "--port", str(self.port), "--fail", str(fail)],
+            [PY, str(ROOT / "bench" / "target.py"), "--port", str(self.port), "--fail", str(fail),
+             *options],
             stdout=subprocess.DEVNULL,
         )
         self.base = f"http://127.0.0.1:{self.port}"

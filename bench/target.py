@@ -6,7 +6,10 @@ less CPU than any sender it measures. Paths:
 - ``POST /ok/<n>``    answers 200
 - ``POST /flaky/<n>`` answers 500 for a ``--fail`` fraction of requests, else 200
 - ``POST /hang/<n>``  never answers (the connection is held)
+- ``POST /slow/<n>``  answers 500 after ``--slow-s`` seconds
+- ``POST /slowok/<n>`` answers 200 after ``--slow-s`` seconds (not counted in ``/stats``)
 - ``GET /stats``      JSON: arrivals (2xx), failures, latencies in ms (sampled), per-path counts
+- ``GET /arrivals``   with ``--record``: every request as ``[path, seq, t, arrival]``, any path
 - ``POST /reset``     clears the counters
 
 Bodies are JSON with ``t`` (unix seconds at publish) and ``seq``; latency is arrival - ``t``.
@@ -26,6 +29,7 @@ import uvloop
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail"
 MAX_SAMPLES = 200_000
+HELD = {"hang": None, "slow": FAIL, "slowok": OK}  # paths answered late (or never), by kind
 
 
 class Stats:
@@ -41,12 +45,17 @@ class Stats:
         self.paths: Counter[str] = Counter()
         self.first_at = 0.0
         self.last_at = 0.0
+        self.arrivals: list[tuple[str, object, object, float]] = []
 
 
 class Target(asyncio.Protocol):
-    def __init__(self, stats: Stats, fail: float) -> None:
+    def __init__(
+        self, stats: Stats, fail: float, slow_s: float = 1.0, record: bool = False
+    ) -> None:
         self.stats = stats
         self.fail = fail
+        self.slow_s = slow_s
+        self.record = record
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -76,8 +85,9 @@ class Target(asyncio.Protocol):
         assert self.transport is not None
         line = head[: head.find(b"\r\n")]
         path = line.split(b" ")[1].decode()
-        if path == "/stats":
-            payload = orjson.dumps(_stats_json(self.stats))
+        if path in {"/stats", "/arrivals"}:
+            data = _stats_json(self.stats) if path == "/stats" else self.stats.arrivals
+            payload = orjson.dumps(data)
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                 + str(len(payload)).encode() + b"\r\n\r\n" + payload
@@ -88,12 +98,19 @@ class Target(asyncio.Protocol):
             self.transport.write(OK)
             return
         kind = path.split("/")[1]
-        if kind == "hang":
+        if self.record:
+            self.stats.arrivals.append(_arrival(path, body, time.time()))
+        if kind in HELD:
+            self._hold(HELD[kind])
             return
         if kind == "flaky" and random.random() < self.fail:
             self.stats.failed += 1
             self.transport.write(FAIL)
             return
+        self._count_ok(path, body)
+        self.transport.write(OK)
+
+    def _count_ok(self, path: str, body: bytes) -> None:
         now = time.time()
         stats = self.stats
         stats.ok += 1
@@ -112,7 +129,27 @@ class Target(asyncio.Protocol):
                 stats.latencies_ms.append((now - float(data["t"])) * 1000)
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
-        self.transport.write(OK)
+
+    def _hold(self, answer: bytes | None) -> None:
+        """Answer ``slow_s`` from now, or never (``None``); not counted as an arrival."""
+        if answer is None:
+            return
+        if answer is FAIL:
+            self.stats.failed += 1
+        asyncio.get_running_loop().call_later(self.slow_s, self._answer_late, answer)
+
+    def _answer_late(self, answer: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answer)
+
+
+def _arrival(path: str, body: bytes, now: float) -> tuple[str, object, object, float]:
+    """What ``--record`` keeps of a request: its path, ``seq``, ``t`` (publish) and arrival."""
+    try:
+        data = orjson.loads(body)
+        return path, data.get("seq"), data.get("t"), now
+    except (ValueError, AttributeError):
+        return path, None, None, now
 
 
 def _stats_json(stats: Stats) -> dict[str, object]:
@@ -128,10 +165,12 @@ def _stats_json(stats: Stats) -> dict[str, object]:
     }
 
 
-async def serve(port: int, fail: float) -> None:
+async def serve(port: int, fail: float, slow_s: float = 1.0, record: bool = False) -> None:
     stats = Stats()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Target(stats, fail), "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(
+        lambda: Target(stats, fail, slow_s, record), "127.0.0.1", port, backlog=4096
+    )
     print(f"target listening on {port}", flush=True)
     async with server:
         await server.serve_forever()
@@ -141,8 +180,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fail", type=float, default=0.2)
+    parser.add_argument("--slow-s", type=float, default=1.0, help="delay of /slow/ answers")
+    parser.add_argument("--record", action="store_true", help="keep every request for /arrivals")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.fail))
+    uvloop.run(serve(args.port, args.fail, args.slow_s, args.record))
 
 
 if __name__ == "__main__":
