@@ -306,9 +306,7 @@ class Scenario:
         for sent in self._judged():
             for job_id in sent.job_ids:
                 self._judge(row, job_id, states.get(job_id, "missing"), dead, ok_arrivals)
-        forgotten = [
-            j for s in self.sent.values() if s.at < self._forget_before for j in s.job_ids
-        ]
+        forgotten = [j for s in self.sent.values() if s.at < self._forget_before for j in s.job_ids]
         if forgotten:
             arrived = sum(1 for j in forgotten if ok_arrivals[j])
             row.notes.append(

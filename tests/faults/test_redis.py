@@ -1,0 +1,197 @@
+"""Scenarios 3, 4, 5 and 10: Redis itself fails under the daemons while events flow.
+
+Redis is restarted on its append-only file (3), restarted empty (4), frozen (5) and filled up
+to ``maxmemory`` (10). Every scenario ends with the same accounting as the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dispatcher.queue.keys import Keys
+from tests.faults.harness import SCALE, Scenario
+from tests.faults.table import keep
+from tests.helpers import eventually, hash_len
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.faults.harness import Row
+
+pytestmark = pytest.mark.slow
+
+FAN_OUT = 4  # webhooks of the fan-out tenant in scenario 10
+
+
+async def _restart_redis(run: Scenario, sig: signal.Signals) -> float:
+    """Stop redis-server with ``sig``, keep it down for a seeded while (publishes fail
+    meanwhile), then start it again on the same port and directory; returns when it stopped."""
+    await asyncio.to_thread(run.redis.stop, sig)
+    stopped_at = time.monotonic()
+    await asyncio.sleep(run.random.uniform(1.0, 2.0))
+    await asyncio.to_thread(run.redis.start)
+    return stopped_at
+
+
+def _signal_redis(run: Scenario, sig: signal.Signals) -> None:
+    assert run.redis.process is not None
+    run.redis.process.send_signal(sig)
+
+
+def _check_daemons_rode_it_out(run: Scenario, *events: str) -> None:
+    """Every daemon is still running, and their logs show each of ``events``."""
+    for daemon in run.daemons:
+        assert daemon.process is not None
+        assert daemon.process.poll() is None, f"a daemon exited; see {daemon.log_path}"
+    logs = "".join(d.log for d in run.daemons)
+    for event in events:
+        assert f'"{event}"' in logs, f"no {event} in the daemons' logs"
+
+
+def _check_no_confusion(row: Row, run: Scenario | None = None) -> None:
+    """Every target answers 200, so no job may end in the DLQ; and with ``run``, no daemon
+    logs an error. A reply handed to the wrong command would show up as a malformed entry, a
+    missing record or a crashed delivery."""
+    assert not row.dlq, f"jobs dead-lettered: {row.dlq}"
+    for daemon in run.daemons if run else []:
+        errors = [line for line in daemon.log.splitlines() if '"level":"error"' in line]
+        assert not errors, f"{daemon.log_path}: {errors[:3]}"
+
+
+async def test_redis_sigterm_and_restart_on_its_aof(tmp_path: Path) -> None:
+    """Redis shut down (SIGTERM) and restarted on its append-only file while events flow:
+    nothing accepted is lost, and publishes during the outage fail fast."""
+    async with Scenario("3a Redis SIGTERM, AOF", tmp_path, seed=31) as run:
+        async with run.publishing(per_second=150):
+            await run.steady(2)
+            async with run.fault():
+                await _restart_redis(run, signal.SIGTERM)
+            await run.steady(2)
+        row = await run.settle()
+        keep(row)
+        assert row.indeterminate > 0, "publishes during the outage fail"
+        _check_no_confusion(row, run)
+        _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
+
+
+async def test_redis_sigkill_and_restart_on_its_aof(tmp_path: Path) -> None:
+    """Redis killed (SIGKILL) and restarted on its append-only file while events flow: nothing
+    accepted is lost. This Redis runs ``appendfsync always``, so every acknowledged write is on
+    disk; with ``everysec`` a process kill loses nothing either (written data sits in the page
+    cache), except writes Redis postponed behind a slow fsync, which it acknowledges anyway:
+    that, and a machine crash, is the documented window of up to 2 s."""
+    async with Scenario("3b Redis SIGKILL, AOF always", tmp_path, seed=32) as run:
+        await run.client.store.redis.config_set("appendfsync", "always")
+        async with run.publishing(per_second=150):
+            await run.steady(2)
+            async with run.fault():
+                await _restart_redis(run, signal.SIGKILL)
+            await run.steady(2)
+        row = await run.settle()
+        keep(row)
+        assert row.indeterminate > 0, "publishes during the outage fail"
+        _check_no_confusion(row, run)
+        _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
+
+
+async def test_redis_restarted_empty(tmp_path: Path) -> None:
+    """Redis restarted without its data: the daemons recreate their consumer groups by
+    themselves and say so, and every job accepted after the restart is delivered."""
+    async with Scenario("4 Redis restarted empty", tmp_path, appendonly=False, seed=4) as run:
+        keys = Keys("faults")
+        async with run.publishing(per_second=150):
+            await run.steady(2)
+            async with run.fault():
+                wiped_at = await _restart_redis(run, signal.SIGTERM)
+                run.forget_before(wiped_at)
+                assert await hash_len(run.client.store.redis, keys.webhooks) == 0, "not empty"
+                # The operator restores the webhooks (same tenants, URLs and secrets).
+                for tenant, path in run.tenants.items():
+                    url = run.target.url(path)
+                    await run.client.create_webhook(tenant, url, secret=run.secrets[path])
+            await run.steady(3)
+        row = await run.settle()
+        keep(row)
+        assert any("lost with Redis's data" in note for note in row.notes)
+        wiped = [j for s in run.sent.values() if s.at < wiped_at for j in s.job_ids]
+        comeback = [j for j in wiped if await run.client.get_job(j) is not None]
+        assert not comeback, f"jobs of the lost data came back half-made: {comeback[:5]}"
+        assert row.delivered > 0, "jobs accepted after the restart are delivered"
+        _check_no_confusion(row)
+        _check_daemons_rode_it_out(run, "queue.group_recreated")
+
+
+async def test_redis_frozen_by_sigstop(tmp_path: Path) -> None:
+    """redis-server stopped (SIGSTOP) past the socket timeout, then continued: nothing waits
+    forever, every accepted job's fate checks out, and the daemons keep running."""
+    async with Scenario("5a Redis SIGSTOP", tmp_path, seed=51) as run:
+        async with run.publishing(per_second=150):
+            await run.steady(2)
+            async with run.fault():
+                _signal_redis(run, signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(run.random.uniform(5.5, 7.0))  # the fault's length
+                finally:
+                    _signal_redis(run, signal.SIGCONT)
+            await run.steady(2)
+        row = await run.settle()
+        keep(row)
+        assert row.indeterminate > 0, "a publish waiting on the frozen Redis timed out"
+        _check_no_confusion(row, run)
+        _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
+
+
+async def test_redis_paused_by_client_pause(tmp_path: Path) -> None:
+    """``CLIENT PAUSE ... ALL`` past the socket timeout: nothing waits forever, every accepted
+    job's fate checks out, and the daemons keep running."""
+    async with Scenario("5b Redis CLIENT PAUSE ALL", tmp_path, seed=52) as run:
+        async with run.publishing(per_second=150):
+            await run.steady(2)
+            pause_ms = int(run.random.uniform(5.5, 7.0) * 1000)
+            async with run.fault():
+                assert await run.client.store.redis.client_pause(pause_ms, all=True)  # mode ALL
+                await asyncio.sleep(pause_ms / 1000)  # the fault's length
+            await run.steady(2)
+        row = await run.settle()
+        keep(row)
+        assert row.indeterminate > 0, "a publish waiting on the paused Redis timed out"
+        _check_no_confusion(row, run)
+        _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
+
+
+async def test_maxmemory_reached(tmp_path: Path) -> None:
+    """At ``maxmemory`` publishing is refused with ``redis_oom`` and never half-creates a
+    fan-out: every accepted event has all its jobs, nothing arrives for a refused one, and once
+    memory is raised again everything accepted is delivered."""
+    async with Scenario("10 maxmemory reached", tmp_path, healthy=4, seed=10) as run:
+        fan = await run.endpoint("/fan0")
+        for i in range(1, FAN_OUT):
+            await run.endpoint(f"/fan{i}", tenant=fan)
+        redis = run.client.store.redis
+        async with run.publishing(per_second=100, tenants=[fan]), run.publishing(per_second=50):
+            await run.steady(2)
+            async with run.fault():
+                used = int((await redis.info("memory"))["used_memory"])
+                await redis.config_set("maxmemory", used + 256 * 1024)
+                try:
+                    await eventually(
+                        lambda: run.refused, timeout_s=15, interval_s=0.1, what="a refusal"
+                    )
+                    await asyncio.sleep(2 * SCALE)  # refusals go on while memory is full
+                finally:
+                    await redis.config_set("maxmemory", 0)
+            await run.steady(2)
+        row = await run.settle()
+        keep(row)
+        assert set(run.refused.values()) == {"redis_oom"}
+        fan_jobs = [len(s.job_ids) for s in run.sent.values() if s.tenant == fan]
+        assert fan_jobs, "fan-out events were accepted"
+        assert set(fan_jobs) == {FAN_OUT}, "every accepted event has all its jobs"
+        assert row.refused > 0
+        _check_no_confusion(row, run)
+        _check_daemons_rode_it_out(run)
