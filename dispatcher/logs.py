@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 import structlog
@@ -28,16 +28,51 @@ _ORJSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
 _Output = tuple[list[structlog.typing.Processor], Callable[..., Any]]
 
 
+class LevelledLogger(structlog.BoundLoggerBase):
+    """structlog's filtering logger, with a level that `set_level` changes while the process
+    runs: loggers are cached on first use, so the level lives on the class, not in them."""
+
+    min_level: ClassVar[int] = logging.INFO
+
+    def debug(self, event: str, **kw: Any) -> Any:
+        if self.min_level > logging.DEBUG:
+            return None
+        return self._proxy_to_logger("debug", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> Any:
+        if self.min_level > logging.INFO:
+            return None
+        return self._proxy_to_logger("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        if self.min_level > logging.WARNING:
+            return None
+        return self._proxy_to_logger("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("error", event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._proxy_to_logger("error", event, **kw)
+
+
+def set_level(level: str) -> None:
+    """Change the lowest level logged, for every logger, already used or not (a reload)."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    LevelledLogger.min_level = LEVELS[level.lower()]
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for the process; calling it again replaces the configuration.
 
     ``fmt`` is ``json``, ``console``, or ``auto`` (console when stderr is a TTY, else JSON).
-    Loggers are cached on first use, so a logger already used keeps the configuration it was
-    first used with: call this once, early.
+    Loggers are cached on first use, so a logger already used keeps the format it was first
+    used with: call this once, early. Its level follows `set_level`.
     """
     level, fmt = level.lower(), fmt.lower()
-    if level not in LEVELS:
-        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    set_level(level)
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -49,7 +84,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     processors, factory = _console_output() if console else _json_output()
     structlog.configure(
         processors=[*shared, *processors],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        wrapper_class=LevelledLogger,
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
