@@ -42,29 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str | None) -> Config | None:
-    try:
-        return load(path, os.environ)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"config error: {problem}\n")
-        return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cfg = _load(args.config)
-    if cfg is None:
-        return 2
+def _effective(args: argparse.Namespace) -> Config:
+    """The config file and environment, then ``--queues``: at start, and again on SIGHUP."""
+    cfg = load(args.config, os.environ)
     if getattr(args, "queues", None) is not None:
         try:
             queues = queue_names(args.queues)
         except ValueError as exc:
-            sys.stderr.write(f"config error: --queues: {exc.args[0]}\n")
-            return 2
+            raise ConfigError([f"--queues: {exc.args[0]}"]) from None
         cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(cfg.delivery, queues=queues))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _effective(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"config error: {problem}\n")
+        return 2
     if args.command == "check-config":
         sys.stdout.buffer.write(orjson.dumps(redacted(cfg), option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     configure_logging(cfg.log.level, cfg.log.format)
-    return uvloop.run(daemon.run(cfg))
+    return uvloop.run(daemon.run(cfg, reload=lambda: _effective(args)))

@@ -1,7 +1,8 @@
 """The daemon's lifecycle: open everything, run the worker, drain on SIGTERM, close.
 
-Signals only set the ``stop`` event. Resources are opened in an ``AsyncExitStack`` and closed
-in reverse order after the worker has drained.
+Signals only set events: SIGTERM/SIGINT ``stop``, SIGHUP a reload of the configuration.
+Resources are opened in an ``AsyncExitStack`` and closed in reverse order after the worker has
+drained. Beside the worker run the systemd watchdog, the backlog alerts and the reloader.
 """
 
 from __future__ import annotations
@@ -11,23 +12,28 @@ import gc
 import signal
 import time
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from dispatcher.alerts import Alerts
 from dispatcher.client import Client
+from dispatcher.config import changed_keys, with_keys
 from dispatcher.delivery import USER_AGENT, Outage, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
+from dispatcher.logs import set_level
 from dispatcher.metrics import Metrics
 from dispatcher.notify import Notifier
+from dispatcher.queue.alerts import measure
 from dispatcher.queue.server import ServerFacts, server_facts
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
     from dispatcher.config import Config
 
@@ -35,30 +41,58 @@ log = structlog.get_logger()
 
 MIN_REDIS = (7, 0)  # XAUTOCLAIM that reports deleted entries; scripts with shebang flags
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+ALERT_INTERVAL_S = 5.0
+#: What a reload applies to the running daemon: the worker reads ``delivery.*`` from the config
+#: object it is handed at each use, alerts and the log level live outside it. Every other key
+#: (listeners, Redis, pools, queues, retention, ...) is built into something at start.
+LIVE_KEYS: Final = frozenset(
+    {
+        "log.level",
+        "delivery.max_attempts",
+        "delivery.backoff_base_s",
+        "delivery.backoff_cap_s",
+        "delivery.breaker_open_s",
+        "delivery.disable_after_s",
+        "alerts.queued_max",
+        "alerts.oldest_ready_age_s",
+        "alerts.dlq_growth",
+        "alerts.dlq_window_s",
+    }
+)
 
 
-async def run(cfg: Config) -> int:
+async def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; on SIGHUP call ``reload`` for the new config (the CLI reads
+    the same file and environment again) and apply what can change live."""
     # What exists now (modules, config) lives as long as the process: keep it out of every
     # collection, and collect the young generation less often. Deliveries make few cycles.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     stop = asyncio.Event()
+    reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     try:
-        return await _serve(cfg, stop)
+        return await _serve(cfg, stop, _Reload(reload or (lambda: cfg), reload_requested))
     except ConfigError as exc:
         for problem in exc.problems:
             # Each problem is the operator's to fix, and a traceback would only bury it.
             log.error("daemon.start_failed", problem=problem)  # noqa: TRY400
         return EXIT_CONFIG
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
-async def _serve(cfg: Config, stop: asyncio.Event) -> int:
+@dataclass(frozen=True, slots=True)
+class _Reload:
+    load: Callable[[], Config]
+    requested: asyncio.Event
+
+
+async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
     async with AsyncExitStack() as stack:
         embedded: EmbeddedRedis | None = None
         url = cfg.redis.url
@@ -84,7 +118,8 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
         await sender.start()
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)
-        stop_admin = await _start_admin(cfg, url, metrics, stack)
+        alerts = Alerts(cfg.alerts)
+        stop_admin = await _start_admin(cfg, url, metrics, alerts, stack)
         log.info(
             "daemon.started",
             consumer=worker.consumer,
@@ -92,12 +127,17 @@ async def _serve(cfg: Config, stop: asyncio.Event) -> int:
             concurrency=cfg.delivery.concurrency,
             embedded_redis=embedded is not None,
         )
-        return await _run_worker(worker, stop, embedded, stop_admin)
+        reloader = _Reloader(cfg, reload.load, worker, alerts)
+        side_tasks = [
+            lambda _: _alert_loop(alerts, store, metrics, stop),
+            lambda notifier: _reload_loop(reloader, reload.requested, stop, notifier),
+        ]
+        return await _run_worker(worker, stop, embedded, stop_admin, side_tasks)
     return EXIT_OK  # pragma: no cover - the stack always returns above
 
 
 async def _start_admin(
-    cfg: Config, url: str, metrics: Metrics, stack: AsyncExitStack
+    cfg: Config, url: str, metrics: Metrics, alerts: Alerts, stack: AsyncExitStack
 ) -> Callable[[], Awaitable[None]]:
     """Serve the admin API when ``admin.listen`` is set; returns its (idempotent) stop."""
     if cfg.admin.listen is None:
@@ -117,7 +157,9 @@ async def _start_admin(
             "admin.no_token",
             hint="set admin.token or admin.token_file; until then every /v1 call answers 401",
         )
-    runner = await serve(create_app(Deps(client, metrics, cfg.admin.token)), cfg.admin.listen)
+    runner = await serve(
+        create_app(Deps(client, metrics, cfg.admin.token, alerts)), cfg.admin.listen
+    )
     addresses: list[Any] = list(runner.addresses)
     log.info("admin.listening", address=_address(addresses[0]) if addresses else cfg.admin.listen)
     stopped = False
@@ -147,7 +189,9 @@ async def _run_worker(
     stop: asyncio.Event,
     embedded: EmbeddedRedis | None,
     stop_admin: Callable[[], Awaitable[None]] = _nothing,
+    side_tasks: Sequence[Callable[[Notifier], Coroutine[Any, Any, None]]] = (),
 ) -> int:
+    """Run the worker and, beside it, the watchdog and ``side_tasks`` (cancelled at the end)."""
     notifier = Notifier()
 
     async def relay_stop() -> None:
@@ -161,7 +205,8 @@ async def _run_worker(
         group.create_task(relay_stop())
         run = group.create_task(worker.run())
         notifier.ready(_status(worker))
-        watchdog = group.create_task(_watchdog(notifier, worker, stop))
+        helpers = [group.create_task(_watchdog(notifier, worker, stop))]
+        helpers += [group.create_task(task(notifier)) for task in side_tasks]
         if embedded is not None:
             child = group.create_task(embedded.wait())
             await asyncio.wait({run, child}, return_when=asyncio.FIRST_COMPLETED)
@@ -173,7 +218,8 @@ async def _run_worker(
                 child.cancel()
         await run
         stop.set()
-        watchdog.cancel()
+        for helper in helpers:
+            helper.cancel()
     return code
 
 
@@ -193,6 +239,82 @@ async def _watchdog(notifier: Notifier, worker: Worker, stop: asyncio.Event) -> 
             notifier.watchdog()
             notifier.status(_status(worker))
         await asyncio.sleep(interval_s)
+
+
+async def _alert_loop(alerts: Alerts, store: Store, metrics: Metrics, stop: asyncio.Event) -> None:
+    """Measure the backlog every few seconds and judge it; ride out Redis outages like every
+    other loop (the alerts keep their last state meanwhile)."""
+    outage = Outage("alerts", metrics)
+    while not stop.is_set():
+        try:
+            backlog = await measure(store)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await outage.failed(exc, stop)
+            continue
+        outage.ok()
+        alerts.observe(backlog)
+        alerts.export(metrics)
+        await _pause(stop, ALERT_INTERVAL_S)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+class _Reloader:
+    """SIGHUP: load the config again, apply the keys that can change live, name the rest."""
+
+    def __init__(
+        self, running: Config, load: Callable[[], Config], worker: Worker, alerts: Alerts
+    ) -> None:
+        self.running = running  # the config in effect: the start one, plus live changes
+        self.load = load
+        self.worker = worker
+        self.alerts = alerts
+
+    def reload(self, notifier: Notifier) -> None:
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading")
+        try:
+            new = self.load()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config.reload_refused", problem=problem)  # noqa: TRY400 - as at start
+            log.warning("config.unchanged", hint="the daemon goes on with the config it had")
+            notifier.ready(f"{_status(self.worker)}; config reload refused, see the log")
+            return
+        changed = changed_keys(self.running, new)
+        live = [key for key in changed if key in LIVE_KEYS]
+        self.running = with_keys(self.running, new, live)
+        set_level(self.running.log.level)
+        self.worker.cfg = self.running.delivery  # the worker reads it at each use
+        self.alerts.cfg = self.running.alerts
+        log.info("config.reloaded", applied=live)
+        restart = [key for key in changed if key not in LIVE_KEYS]
+        if restart:
+            log.warning(
+                "config.reload_needs_restart",
+                keys=restart,
+                hint="these keys keep their old values until the daemon restarts",
+            )
+        notifier.ready(_status(self.worker))
+
+
+async def _reload_loop(
+    reloader: _Reloader, requested: asyncio.Event, stop: asyncio.Event, notifier: Notifier
+) -> None:
+    while not stop.is_set():
+        await requested.wait()
+        requested.clear()
+        if not stop.is_set():
+            reloader.reload(notifier)
 
 
 async def _check_server(

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
@@ -187,3 +189,14 @@ def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     )
     env.update({f"DISPATCHER_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def log_events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines whose event is ``name``, parsed."""
+    found = []
+    for line in daemon.log.splitlines():
+        if f'"{name}"' in line:
+            entry = orjson.loads(line)
+            if entry.get("event") == name:
+                found.append(entry)
+    return found

@@ -114,3 +114,35 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
     ]
     assert result.returncode == 0, result.stderr
     assert problems == [], problems
+
+
+async def test_daemon_notifies_reloading_then_ready_on_sighup(
+    tmp_path: Path, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """SIGHUP sends RELOADING=1 with MONOTONIC_USEC, then READY=1 once the config is applied."""
+    path = tmp_path / "notify"
+    with _listen(path) as sock:
+        env = {**daemon_env(redis_url, prefix), "NOTIFY_SOCKET": str(path)}
+        daemon = Daemon(env, logs_dir / "reload-notify.log").start()
+        try:
+            await asyncio.to_thread(_messages, sock, until="READY=1")
+            sent_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            daemon.signal(signal.SIGHUP)
+            got = await asyncio.to_thread(_messages, sock, until="READY=1")
+            reloading = next(m.split("\n") for m in got if "RELOADING=1" in m)
+            usec = next(int(f.partition("=")[2]) for f in reloading if f.startswith("MONOTONIC_"))
+            assert usec >= sent_ns // 1000, "MONOTONIC_USEC is this host's CLOCK_MONOTONIC"
+            assert got.index(next(m for m in got if "RELOADING=1" in m)) < len(got) - 1
+            assert "config.reloaded" in daemon.log
+            daemon.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(daemon.wait, 30) == 0
+        finally:
+            daemon.stop()
+
+
+def test_units_reload_with_sighup() -> None:
+    """Both units keep Type=notify and reload with SIGHUP to the main process."""
+    for unit in ("dispatcher.service", "dispatcher@.service"):
+        lines = (UNITS / unit).read_text().splitlines()
+        assert "Type=notify" in lines
+        assert "ExecReload=/bin/kill -HUP $MAINPID" in lines

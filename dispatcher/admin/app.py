@@ -16,7 +16,9 @@ import orjson
 import structlog
 from aiohttp import web
 
+from dispatcher.alerts import Alerts
 from dispatcher.client import Client
+from dispatcher.config import AlertsConfig
 from dispatcher.errors import DispatcherError, PayloadTooLarge, Unauthorized
 from dispatcher.metrics import Metrics
 
@@ -32,6 +34,7 @@ log = structlog.get_logger()
 CLIENT: Final = web.AppKey("client", Client)
 METRICS: Final = web.AppKey("metrics", Metrics)
 OPENAPI: Final = web.AppKey("openapi", bytes)
+ALERTS: Final = web.AppKey("alerts", Alerts)
 
 #: Room around the largest payload for the rest of an event body and JSON white space.
 BODY_OVERHEAD_BYTES = 64 * 1024
@@ -54,6 +57,7 @@ class Deps:
     client: Client
     metrics: Metrics
     token: str | None
+    alerts: Alerts | None = None  # the daemon's backlog alerts; None: none is ever raised
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -141,6 +145,7 @@ def create_app(deps: Deps) -> web.Application:
     )
     app[CLIENT] = deps.client
     app[METRICS] = deps.metrics
+    app[ALERTS] = deps.alerts or Alerts(AlertsConfig())
     app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
     app.add_routes(
         [
