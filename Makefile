@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults lint bench bench-quick bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults soak lint bench bench-quick bench-deps redis-server systemd-analyze clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
@@ -23,6 +23,10 @@ test-fast: $(STAMP) redis-server systemd-analyze
 # writes tests/faults/results/latest.{md,json}; fails on any lost, unexpected or stuck event.
 test-faults: $(STAMP) redis-server
 	FAULTS_FULL=1 $(BIN)/pytest tests/faults
+
+# A seeded random-fault soak (5 minutes; FAULTS_SOAK_S, FAULTS_SOAK_SEED), not part of CI.
+soak: $(STAMP) redis-server
+	FAULTS_SOAK=1 $(BIN)/pytest tests/faults/test_soak.py -s
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests

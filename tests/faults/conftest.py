@@ -7,6 +7,7 @@ the table the README's Reliability section shows.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,22 @@ from tests.faults.harness import FULL
 from tests.faults.table import ROWS, table
 
 if TYPE_CHECKING:
+    import pytest
     from _pytest.terminal import TerminalReporter
 
 RESULTS = Path(__file__).parent / "results"
+SOAK = os.environ.get("FAULTS_SOAK") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The soak runs only under ``make soak``; elsewhere it is deselected (not skipped)."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        (dropped if (item.get_closest_marker("soak") is not None) != SOAK else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
