@@ -720,6 +720,7 @@ class Worker:
                 if tick % STATS_FLUSH_TICKS == 0:
                     await self._flush_stats()
                     self.pool.forget_idle(time.monotonic())
+                    self._export_endpoints()
                 if tick % HEARTBEAT_TICKS == 0:
                     await control.heartbeat(self.store, self.consumer, self._beat())
             except asyncio.CancelledError:
@@ -730,6 +731,15 @@ class Worker:
                 outage.ok()
             tick += 1
             await _sleep_until_stop(self.stop, CONTROL_TICK_S)
+
+    def _export_endpoints(self) -> None:
+        """Per-webhook gauges (R18), for the endpoints this process served lately."""
+        names = ("dispatcher_endpoint_in_flight", "dispatcher_endpoint_limit")
+        for key in [k for k in self.metrics.gauges if k[0] in names]:
+            del self.metrics.gauges[key]
+        for webhook_id, endpoint in self.pool.endpoints.items():
+            self.metrics.set(names[0], len(endpoint.started), webhook_id=webhook_id)
+            self.metrics.set(names[1], int(endpoint.limit), webhook_id=webhook_id)
 
     def _beat(self) -> dict[str, object]:
         return {

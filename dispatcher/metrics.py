@@ -32,6 +32,17 @@ _HELP = {
         "Age of the oldest ready, unclaimed job across every queue, at the last check."
     ),
     "dispatcher_dlq_growth": "Jobs dead-lettered within alerts.dlq_window_s, at the last check.",
+    "dispatcher_deferred_total": (
+        "Jobs put back to wait without an attempt, by reason (rate_limit, max_in_flight, "
+        "endpoint_capacity, breaker)."
+    ),
+    "dispatcher_breaker_transitions_total": "Circuit breaker moves, by the state entered.",
+    "dispatcher_webhooks_auto_disabled_total": (
+        "Webhooks disabled for failing longer than delivery.disable_after_s."
+    ),
+    "dispatcher_orphans_requeued_total": "Queued jobs put back after their entry was deleted.",
+    "dispatcher_endpoint_in_flight": "Attempts in flight per webhook in this process.",
+    "dispatcher_endpoint_limit": "This process's adaptive cap on a webhook's attempts in flight.",
 }
 
 

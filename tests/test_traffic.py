@@ -117,7 +117,7 @@ async def test_a_hanging_endpoint_holds_few_slots_and_the_others_flow(
     attempt even times out."""
     concurrency, timeout_s = 32, 5.0
     target.script("/hang", Hang())
-    await client.create_webhook("bad", target.url("/hang"))
+    bad = await client.create_webhook("bad", target.url("/hang"))
     for i in range(20):
         await client.create_webhook(f"ok{i}", target.url(f"/ok{i}"))
     bad_ids = await _publish(client, "bad", 3 * concurrency)
@@ -138,6 +138,11 @@ async def test_a_hanging_endpoint_holds_few_slots_and_the_others_flow(
     waiting = [j for j in await _jobs(client, bad_ids) if j["state"] == "scheduled"]
     assert waiting, "the hanging webhook's other jobs should wait in Redis"
     assert {(j["waiting_for"], j["attempt"]) for j in waiting} == {("endpoint_capacity", 0)}
+    held = await eventually(
+        lambda: workers.metrics.gauge("dispatcher_endpoint_in_flight", webhook_id=bad["id"]),
+        what="the per-endpoint gauge",
+    )
+    assert 1 <= held <= concurrency // START_FRACTION
 
 
 # --- cluster-wide limits: max_in_flight and rate_limit ---------------------------------------
