@@ -313,8 +313,13 @@ async def _reload_loop(
     while not stop.is_set():
         await requested.wait()
         requested.clear()
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        try:
             reloader.reload(notifier)
+        except Exception:  # a bug here must not take the delivering daemon down with it
+            log.exception("config.reload_failed")
+            notifier.ready(_status(reloader.worker))
 
 
 async def _check_server(
