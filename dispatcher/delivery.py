@@ -180,6 +180,10 @@ class Worker:
         grace_s = self.cfg.timeout_s + 1 if drain_grace_s is None else drain_grace_s
         for stream in self.streams:
             await self._ensure_group(stream)
+        # Learn the paused queues before the first read: a worker that starts while its queue
+        # is paused must not claim from it before the control loop's first tick.
+        with contextlib.suppress(Exception):
+            self._paused = frozenset(await control.paused_queues(self.store))
         async with asyncio.TaskGroup() as group:
             settler = group.create_task(self._settle_loop())
             background = [

@@ -58,6 +58,26 @@ async def test_a_process_serves_only_its_queues(
     await target.wait_for(3, "/fast")
 
 
+async def test_a_worker_started_on_a_paused_queue_sends_nothing(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """A worker that starts while its queue is paused claims nothing from it until resumed."""
+    await client.create_webhook("acme", target.url("/paused"))
+    await client.pause("default")
+    ids = await _publish(client, "acme", 5)
+    await workers.start()
+    await eventually(lambda: _signed_in(client), what="the worker's first heartbeat")
+    await asyncio.sleep(1.0)  # two read blocks: time enough to claim, were it allowed to
+    assert target.count("/paused") == 0
+    assert {j["state"] for j in await _jobs(client, ids)} == {"queued"}
+    await client.resume("default")
+    await eventually(lambda: _all_in_state(client, ids, "delivered"), what="delivered on resume")
+
+
+async def _signed_in(client: Client) -> bool:
+    return bool((await client.status())["workers"])
+
+
 @pytest.mark.slow
 async def test_run_queues_flag_chooses_the_queues(
     redis_url: str, prefix: str, client: Client, target: Target, tmp_path: Path
