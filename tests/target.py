@@ -13,6 +13,7 @@ garbage, hang, drip or stream an endless body.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http
 import socket
 import struct
@@ -38,6 +39,7 @@ __all__ = [
     "Reply",
     "Reset",
     "Target",
+    "gzip_bomb",
 ]
 
 
@@ -110,14 +112,16 @@ _CHUNK = 64 * 1024
 
 
 class Target:
-    """An HTTP server on 127.0.0.1 at an ephemeral port; use as an async context manager."""
+    """An HTTP server on ``host`` (127.0.0.1) at an ephemeral port; an async context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.received: list[Received] = []
         self.connections = 0  # TCP connections accepted, whether or not a request followed
         self.active: dict[str, int] = {}  # path -> requests being answered now
         self.peak: dict[str, int] = {}  # path -> most requests answered at once
         self.answers: list[int | None] = []  # the status chosen for received[i], None: no answer
+        self.body_bytes: dict[str, int] = {}  # path -> body bytes handed to the socket (Huge)
         self.base_url = ""
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._server: asyncio.Server | None = None
@@ -126,9 +130,9 @@ class Target:
         self._arrived = asyncio.Event()
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
         port = self._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"http://{self.host}:{port}"
         return self
 
     async def __aexit__(
@@ -208,12 +212,12 @@ class Target:
                 path = request.path
                 behaviour = self._next(path)
                 self.received.append(request)
-                self.answers.append(behaviour.status if isinstance(behaviour, Reply) else None)
+                self.answers.append(_status_of(behaviour))
                 self._arrived.set()
                 self.active[path] = self.active.get(path, 0) + 1
                 self.peak[path] = max(self.peak.get(path, 0), self.active[path])
                 try:
-                    if not await self._act(behaviour, reader, writer):
+                    if not await self._act(path, behaviour, reader, writer):
                         break
                 finally:
                     self.active[path] -= 1
@@ -225,8 +229,22 @@ class Target:
             self._writers.discard(writer)
             writer.close()  # connection_lost runs on the next loop pass
 
+    async def _stream(self, path: str, writer: asyncio.StreamWriter, size: int) -> None:
+        """A ``size``-byte answer, counting in ``body_bytes`` what the client's reads let out."""
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * _CHUNK
+        for start in range(0, size, _CHUNK):
+            part = chunk[: size - start]
+            writer.write(part)
+            self.body_bytes[path] = self.body_bytes.get(path, 0) + len(part)
+            await writer.drain()
+
     async def _act(
-        self, behaviour: Behaviour, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        path: str,
+        behaviour: Behaviour,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         """Play ``behaviour``; True when the connection may serve another request."""
         match behaviour:
@@ -243,7 +261,7 @@ class Target:
             case Drip(interval_s):
                 await _while_present(reader, _drip(writer, interval_s))
             case Huge(size):
-                await _while_present(reader, _stream(writer, size))
+                await _while_present(reader, self._stream(path, writer, size))
             case Reset(rst):
                 if rst:
                     sock = writer.get_extra_info("socket")
@@ -253,6 +271,23 @@ class Target:
                 writer.write(data)
                 await writer.drain()
         return False
+
+
+def _status_of(behaviour: Behaviour) -> int | None:
+    """The status a behaviour answers with in full (a Huge body is sent whole if read)."""
+    match behaviour:
+        case Reply(status) | Redirect(_, status):
+            return status
+        case Huge():
+            return 200
+    return None
+
+
+def gzip_bomb(status: int = 200, expands_to: int = 10 * 1024 * 1024) -> Reply:
+    """An answer whose body is ``Content-Encoding: gzip``: a few KiB on the wire that inflate
+    to ``expands_to`` bytes of ``BOOM``, for a client that decompresses what it reads."""
+    body = gzip.compress(b"BOOM" * (expands_to // 4), compresslevel=9, mtime=0)
+    return Reply(status, body, {"Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Received | None:
@@ -323,11 +358,3 @@ async def _drip(writer: asyncio.StreamWriter, interval_s: float) -> None:
         await writer.drain()
         await asyncio.sleep(interval_s)
         writer.write(b".")
-
-
-async def _stream(writer: asyncio.StreamWriter, size: int) -> None:
-    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
-    chunk = b"x" * _CHUNK
-    for start in range(0, size, _CHUNK):
-        writer.write(chunk[: size - start])
-        await writer.drain()
