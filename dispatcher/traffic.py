@@ -27,7 +27,8 @@ STUCK_FLOOR_S = 0.25  # an attempt out this long is hanging, whatever the usual 
 STUCK_MULTIPLE = 8.0  # ... or this many times the webhook's usual latency
 LATENCY_WEIGHT = 0.1  # of the newest success in the moving average
 MIN_WAIT_S = 0.02
-HORIZON_S = 30.0  # deferrals are spaced no further ahead than this
+HORIZON_S = 5.0  # deferrals are spaced no further ahead than this: a recovered endpoint
+# gets its backlog back within seconds (a long hang is the breaker's to park, not ours)
 IDLE_FORGET_S = 300.0
 
 
