@@ -372,14 +372,16 @@ class Worker:
         now = time.monotonic()
         room: dict[str, int] = {}
         admitted = []
+        free = self.cfg.concurrency - self._busy
         for work in candidates:
             endpoint = self.pool.endpoint(work.webhook.id)
             left = room.get(work.webhook.id)
             if left is None:
                 left = endpoint.room(now)
-            if left > 0:
+            if left > 0 and (free > self.pool.reserve or not endpoint.slow):
                 endpoint.begin(work.job.id, now)
                 admitted.append(work)
+                free -= 1
             else:
                 delay_s = endpoint.defer(now, self.cfg.timeout_s)
                 self._wait(
@@ -436,6 +438,7 @@ class Worker:
 
     async def _deliver(self, work: _Work) -> None:
         job, hook = work.job, work.webhook
+        self.pool.endpoint(work.webhook.id).sending(work.job.id, time.monotonic())
         started_ms = self.store.clock.now_ms()
         timestamp_s = started_ms // 1000
         headers = {

@@ -6,8 +6,10 @@ the webhook uses at least half its limit adds one slot (so the limit doubles per
 and a lone healthy webhook soon has the whole pool), while a timeout, a refused or broken
 connection or an answer far slower than usual halves it, down to ``MIN_LIMIT``. A webhook
 whose oldest attempt has been out far longer than its usual latency is hanging: it starts
-nothing more until that attempt ends. So an endpoint that hangs, refuses or slows down
-holds few slots, and the others keep theirs.
+nothing more until that attempt ends. And the last eighth of the pool is kept for endpoints
+that answer fast: a slow one (usually over 0.1 s) never takes it. So an endpoint that hangs,
+refuses or slows down holds few slots, or at least never all of them, and the others keep
+theirs.
 
 Jobs beyond a webhook's limit go back to Redis with a due time (``Deferral``), spaced at the
 pace the webhook is being served, so they hold no slot while they wait.
@@ -26,6 +28,8 @@ START_FRACTION = 8  # a new webhook starts with concurrency // START_FRACTION sl
 STUCK_FLOOR_S = 0.25  # an attempt out this long is hanging, whatever the usual latency
 STUCK_MULTIPLE = 8.0  # ... or this many times the webhook's usual latency
 LATENCY_WEIGHT = 0.1  # of the newest success in the moving average
+SLOW_S = 0.1  # an endpoint whose answers usually take longer holds its slots long
+RESERVE_FRACTION = 8  # the last concurrency // 8 free slots are kept for the fast endpoints
 MIN_WAIT_S = 0.02
 HORIZON_S = 5.0  # deferrals are spaced no further ahead than this: a recovered endpoint
 # gets its backlog back within seconds (a long hang is the breaker's to park, not ours)
@@ -46,34 +50,49 @@ class Endpoint:
     def __init__(self, start: int, ceiling: int) -> None:
         self.limit = float(start)
         self.ceiling = ceiling
-        self.started: dict[str, float] = {}  # job id -> monotonic start, oldest first
+        # job id -> monotonic time its attempt started; None while it waits for a free lane
+        self.started: dict[str, float | None] = {}
         self.latency_s: float | None = None  # moving average of successful attempts
         self.horizon = 0.0  # monotonic time up to which deferrals are already spaced
         self.seen = time.monotonic()
 
+    @property
+    def slow(self) -> bool:
+        return self.latency_s is not None and self.latency_s > SLOW_S
+
     def stuck_after_s(self) -> float:
         return max(STUCK_FLOOR_S, STUCK_MULTIPLE * (self.latency_s or 0.0))
 
+    def hanging(self, now: float) -> bool:
+        """Whether an attempt has been out far longer than this webhook's usual latency.
+        Only time on the wire counts: a job waiting for a lane says nothing of the endpoint."""
+        sending = [t for t in self.started.values() if t is not None]
+        return bool(sending) and now - min(sending) > self.stuck_after_s()
+
     def room(self, now: float) -> int:
         """Attempts this webhook may start now."""
-        if self.started:
-            oldest = next(iter(self.started.values()))
-            if now - oldest > self.stuck_after_s():
-                return 0  # it hangs: hold what it has, start nothing more
+        if self.hanging(now):
+            return 0  # hold what it has, start nothing more
         return int(self.limit) - len(self.started)
 
     def defer(self, now: float, timeout_s: float) -> float:
         """A delay for one job beyond the limit: the next free place in this webhook's pace."""
         spacing = (self.latency_s or MIN_WAIT_S) / max(self.limit, 1.0)
-        if self.started and now - next(iter(self.started.values())) > self.stuck_after_s():
+        if self.hanging(now):
             spacing = timeout_s / max(self.limit, 1.0)  # slots free only as attempts time out
         start = max(self.horizon, now + MIN_WAIT_S)
         self.horizon = min(start + spacing, now + HORIZON_S)
         return self.horizon - now
 
     def begin(self, job_id: str, now: float) -> None:
-        self.started[job_id] = now
+        """The job holds one of this webhook's places; its attempt has not started yet."""
+        self.started[job_id] = None
         self.seen = now
+
+    def sending(self, job_id: str, now: float) -> None:
+        """Its attempt starts now (a lane took it)."""
+        if job_id in self.started:
+            self.started[job_id] = now
 
     def end(self, job_id: str, duration_s: float, *, answered: bool, ok: bool) -> None:
         """Adapt the limit to how the attempt went (``answered``: a complete HTTP answer)."""
@@ -101,6 +120,7 @@ class Pool:
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.start = max(MIN_LIMIT, concurrency // START_FRACTION)
+        self.reserve = concurrency // RESERVE_FRACTION
         self.endpoints: dict[str, Endpoint] = {}
 
     def endpoint(self, webhook_id: str) -> Endpoint:
