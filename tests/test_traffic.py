@@ -165,6 +165,30 @@ async def test_a_hanging_endpoint_holds_few_slots_and_the_others_flow(
     assert 1 <= held <= concurrency // START_FRACTION
 
 
+async def test_a_slow_endpoint_never_takes_the_whole_pool(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """An endpoint that answers 200 after 0.3 s, with a backlog far beyond the pool, never
+    holds the last eighth of it, so a fast webhook's jobs go through while the backlog
+    drains."""
+    concurrency = 16
+    target.script("/slow", Reply(delay_s=0.3))
+    await client.create_webhook("slow-co", target.url("/slow"))
+    await client.create_webhook("fast-co", target.url("/fast"))
+    await workers.start(concurrency=concurrency)
+    await _publish(client, "slow-co", 1)  # it learns that the endpoint is slow
+    await target.wait_for(1, "/slow")
+    slow_ids = await _publish(client, "slow-co", 300)
+    await target.wait_for(120, "/slow", timeout_s=20)
+    fast_ids = await _publish(client, "fast-co", 20)
+    await eventually(
+        lambda: _all_in_state(client, fast_ids, "delivered"), timeout_s=5, what="fast delivered"
+    )
+    slow_states = {j["state"] for j in await _jobs(client, slow_ids)}
+    assert slow_states != {"delivered"}, "the fast jobs went while the slow backlog drained"
+    assert target.peak["/slow"] <= concurrency - concurrency // 8
+
+
 # --- cluster-wide limits: max_in_flight and rate_limit ---------------------------------------
 
 
