@@ -137,6 +137,7 @@ class Scenario:
         self.indeterminate: set[int] = set()
         self.refused: dict[int, str] = {}  # seq -> the error's code
         self.fault_window: tuple[float, float] | None = None
+        self._recovery: asyncio.Task[float] | None = None
         self._forget_before = float("-inf")
         self._seq = 0
         self._started = 0
@@ -254,6 +255,21 @@ class Scenario:
             yield
         finally:
             self.fault_window = (start, time.monotonic())
+            self._recovery = asyncio.create_task(self._watch_recovery(self.fault_window[1]))
+
+    async def _watch_recovery(self, fault_end: float) -> float:
+        """When every job accepted before the fault ended was finished (polled while the
+        scenario goes on, re-reading only the jobs not finished yet)."""
+        waiting = [j for s in self._judged() if s.at <= fault_end for j in s.job_ids]
+        while waiting:
+            try:
+                states = await self._states(waiting)
+            except DispatcherError:  # Redis may still be coming back
+                states = {}
+            waiting = [j for j in waiting if states.get(j) not in FINAL]
+            if waiting:
+                await asyncio.sleep(0.25)
+        return time.monotonic()
 
     async def steady(self, seconds: float) -> None:
         await asyncio.sleep(seconds * SCALE)
@@ -269,23 +285,27 @@ class Scenario:
     async def settle(self, *, timeout_s: float = 60.0) -> Row:
         """Wait until every accepted job is finished (or the deadline), then account."""
         deadline = time.monotonic() + timeout_s
-        fault_end = self.fault_window[1] if self.fault_window else time.monotonic()
         judged = self._judged()
-        early = [j for s in judged if s.at <= fault_end for j in s.job_ids]
-        recovered_at: float | None = None
         states: dict[str, str] = {}
         while True:
             states = await self._states([j for s in judged for j in s.job_ids])
-            if recovered_at is None and all(states[j] in FINAL for j in early):
-                recovered_at = time.monotonic()
             if all(state in FINAL for state in states.values()):
                 break
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.25)
         row = await self._account(states)
-        if recovered_at is not None and self.fault_window is not None:
-            row.recover_s = round(max(0.0, recovered_at - fault_end), 2)
+        if self._recovery is not None and self.fault_window is not None:
+            if not self._recovery.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(self._recovery), max(0.0, deadline - time.monotonic())
+                    )
+            if self._recovery.done():
+                recovered_at = self._recovery.result()
+                row.recover_s = round(max(0.0, recovered_at - self.fault_window[1]), 2)
+            else:
+                self._recovery.cancel()
         return row
 
     async def _states(self, job_ids: list[str]) -> dict[str, str]:
