@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dispatcher.errors import ConfigError
+from dispatcher.queue import urls
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -292,10 +293,16 @@ def _redis_url(raw: _Raw) -> str | None:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     shown = _show(redact_url(url))
+    if scheme in urls.CLUSTER_SCHEMES + urls.SENTINEL_SCHEMES:
+        try:
+            urls.parse(url)
+        except urls.UrlError as exc:
+            raise _BadValueError(f"{exc} in {shown}") from None
+        return url
     if scheme not in REDIS_SCHEMES:
         raise _BadValueError(
-            f"unsupported scheme in {shown}: use redis://, rediss:// or unix:// "
-            "(Redis Cluster and Sentinel URLs are not supported yet)"
+            f"unsupported scheme in {shown}: use redis://, rediss://, unix://, "
+            "redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service"
         )
     if scheme == "unix" and not parts.path:
         raise _BadValueError(

@@ -23,6 +23,7 @@ from dispatcher.config import (
     with_keys,
 )
 from dispatcher.errors import ConfigError
+from dispatcher.queue import urls
 
 BEARER = "s3cret"
 FROM_FILE = "from-file"
@@ -247,10 +248,19 @@ def test_token_file_content_becomes_the_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "redis_url",
-    ["redis://localhost", "rediss://u:p@h:6380/2", "unix:///run/redis.sock", "REDIS://h:1"],
+    [
+        "redis://localhost",
+        "rediss://u:p@h:6380/2",
+        "unix:///run/redis.sock",
+        "REDIS://h:1",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7001",
+        "rediss+cluster://u:p@[::1]:7000,h",
+        "redis+sentinel://s1:26379,s2:26380/mymaster",
+        "redis+sentinel://:pw@s1,s2/mymaster/3",
+    ],
 )
 def test_redis_url_schemes(redis_url: str) -> None:
-    """redis.url accepts the redis, rediss and unix schemes."""
+    """redis.url accepts the redis, rediss and unix schemes, and the cluster and sentinel forms."""
     assert load(None, {"DISPATCHER_REDIS_URL": redis_url}).redis.url == redis_url
 
 
@@ -298,7 +308,13 @@ BAD_ENV = [
     ("DISPATCHER_ADMIN_LISTEN", "::1:8080", "admin.listen: an IPv6 host needs brackets"),
     ("DISPATCHER_ADMIN_LISTEN", "[nope]:8080", "admin.listen: [nope] is not an IPv6 address"),
     ("DISPATCHER_ADMIN_LISTEN", ":8080", "admin.listen: expected a host name or IP address"),
-    ("DISPATCHER_REDIS_URL", "redis+sentinel://h:26379", "redis.url: unsupported scheme"),
+    ("DISPATCHER_REDIS_URL", "redis+sentinel://h:26379", "redis.url: name the master's service"),
+    ("DISPATCHER_REDIS_URL", "rediss+sentinel://h/m", "redis.url: unsupported scheme"),
+    ("DISPATCHER_REDIS_URL", "redis+cluster://h:1,h:x", "redis.url: invalid port in 'h:x'"),
+    ("DISPATCHER_REDIS_URL", "redis+cluster://h:1/2", "redis.url: a Redis Cluster has only"),
+    ("DISPATCHER_REDIS_URL", "redis+cluster://h:1,,h:2", "redis.url: a host is missing"),
+    ("DISPATCHER_REDIS_URL", "redis+cluster://h?ssl=1", "redis.url: a redis+cluster:// URL takes"),
+    ("DISPATCHER_REDIS_URL", "redis+sentinel://h/m/x", "redis.url: the database after /m/"),
     ("DISPATCHER_REDIS_URL", "http://h", "redis.url: unsupported scheme"),
     ("DISPATCHER_REDIS_URL", "redis://h:port", "redis.url: invalid port"),
     ("DISPATCHER_REDIS_URL", "unix://", "redis.url: a unix:// URL needs a socket path"),
@@ -477,6 +493,30 @@ def test_redis_password_is_not_shown_in_problems() -> None:
     (problem,) = problems_of(None, {"DISPATCHER_REDIS_URL": "redis+sentinel://u:hunter2@h"})
     assert "hunter2" not in problem
     assert "u:***@h" in problem
+
+
+def test_cluster_and_sentinel_passwords_are_redacted() -> None:
+    """check-config shows cluster and sentinel URLs with their password replaced by ***."""
+    for url, shown in [
+        ("redis+cluster://u:pa55@h1:7000,h2:7001", "redis+cluster://u:***@h1:7000,h2:7001"),
+        (
+            "redis+sentinel://:pa55@s1,s2:26380/mymaster/1",
+            "redis+sentinel://:***@s1,s2:26380/mymaster/1",
+        ),
+    ]:
+        cfg = load(None, {"DISPATCHER_REDIS_URL": url})
+        assert value_at(redacted(cfg), "redis", "url") == shown
+
+
+def test_cluster_and_sentinel_urls_parse_into_their_parts() -> None:
+    """The multi-host forms name every host, default ports, the service, db and credentials."""
+    assert urls.parse("rediss+cluster://u:p%40ss@h1:7000,[::1]") == urls.ClusterUrl(
+        (("h1", 7000), ("::1", 6379)), "u", "p@ss", tls=True
+    )
+    assert urls.parse("redis+sentinel://:pw@s1,s2:26380/my%20master/3") == urls.SentinelUrl(
+        (("s1", 26379), ("s2", 26380)), "my master", 3, None, "pw"
+    )
+    assert urls.parse("redis://h:6379/0") is None
 
 
 # --- redacted ---------------------------------------------------------------------------------
