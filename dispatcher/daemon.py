@@ -341,32 +341,46 @@ async def _check_server(
             await outage.failed(exc, stop)
             continue
         outage.ok()
-        _judge(facts)
+        problems = [problem for server in facts for problem in _judge(server)]
+        if problems:
+            raise ConfigError(problems)
+        log.info(
+            "redis.connected",
+            version=facts[0].version_text,
+            role=facts[0].role,
+            mode=store.mode,
+            **({"nodes": [f.node for f in facts]} if store.cluster is not None else {}),
+        )
         return None
     return EXIT_OK
 
 
-def _judge(facts: ServerFacts) -> None:
+def _judge(facts: ServerFacts) -> list[str]:
+    """The problems that forbid running on this server (a cluster's primaries each in turn);
+    logs the warnings."""
+    node = {"node": facts.node} if facts.node else {}
+    on = f" on {facts.node}" if facts.node else ""
     if facts.version < MIN_REDIS:
-        raise ConfigError(
-            [f"redis.url: Redis {facts.version_text} is too old; dispatcher needs 7.0 or newer"]
-        )
+        return [
+            f"redis.url: Redis {facts.version_text}{on} is too old; dispatcher needs 7.0 or newer"
+        ]
     if facts.maxmemory_policy != "noeviction":
-        raise ConfigError(
-            [
-                (
-                    f"redis.url: maxmemory-policy is {facts.maxmemory_policy}; dispatcher needs "
-                    "noeviction, since any other policy may evict queued jobs"
-                )
-            ]
-        )
+        return [
+            (
+                f"redis.url: maxmemory-policy is {facts.maxmemory_policy}{on}; dispatcher needs "
+                "noeviction, since any other policy may evict queued jobs"
+            )
+        ]
     if not facts.appendonly:
         log.warning(
-            "redis.persistence_off", hint="appendonly no: a Redis restart loses every queued job"
+            "redis.persistence_off",
+            hint="appendonly no: a Redis restart loses every queued job",
+            **node,
         )
     if facts.maxmemory == 0:
         log.warning(
             "redis.maxmemory_unset",
             hint="maxmemory 0: Redis may grow until the host runs out of memory",
+            **node,
         )
-    log.info("redis.connected", version=facts.version_text, role=facts.role)
+    return []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
+from redis.asyncio.cluster import RedisCluster
 
 from dispatcher.model import rfc3339
 from dispatcher.queue import breakers, control
@@ -19,6 +20,7 @@ from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
 if TYPE_CHECKING:
+    from dispatcher.queue.connection import Cluster
     from dispatcher.queue.store import Store
 
 RECENT_WINDOW_S = 300
@@ -100,9 +102,42 @@ async def recent_stats(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict
 
 
 async def redis_facts(store: Store) -> dict[str, Any]:
+    """INFO of the server that holds dispatcher's keys, and how it is reached (``mode``).
+
+    On a Redis Cluster that is the primary owning dispatcher's hash slot (``node``); ``nodes``
+    then lists every node with its role and memory, since INFO is per node.
+    """
+    if store.cluster is not None:
+        return await _cluster_facts(store, store.cluster)
     with redis_errors():
         info = await store.redis.info()
-    return {name: info.get(name) for name in _REDIS_FACTS}
+    return {**{name: info.get(name) for name in _REDIS_FACTS}, "mode": store.mode}
+
+
+async def _cluster_facts(store: Store, cluster: Cluster) -> dict[str, Any]:
+    with redis_errors():
+        home = (await cluster.home_node()).name
+        infos = cast(
+            "dict[str, dict[str, Any]]", await cluster.info(target_nodes=RedisCluster.ALL_NODES)
+        )
+    nodes = [
+        {
+            "node": name,
+            "role": info.get("role"),
+            "used_memory": info.get("used_memory"),
+            "used_memory_human": info.get("used_memory_human"),
+            "maxmemory_policy": info.get("maxmemory_policy"),
+            "holds_keys": name == home,
+        }
+        for name, info in sorted(infos.items())
+    ]
+    mine = infos.get(home, {})
+    return {
+        **{name: mine.get(name) for name in _REDIS_FACTS},
+        "mode": store.mode,
+        "node": home,
+        "nodes": nodes,
+    }
 
 
 async def live_workers(store: Store) -> list[dict[str, Any]]:

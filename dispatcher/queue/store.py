@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dispatcher.queue.clock import RedisClock
-from dispatcher.queue.connection import open_redis
+from dispatcher.queue.connection import STANDALONE, Cluster, mode_of, open_redis
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.scripts import Scripts
 
@@ -20,11 +20,18 @@ class Store:
     keys: Keys
     scripts: Scripts
     clock: RedisClock
+    mode: str = STANDALONE  # standalone, cluster or sentinel (connection.mode_of)
+    cluster: Cluster | None = None  # the same client as ``redis``, when it is a Redis Cluster
 
     @classmethod
     def open(cls, url: str, *, prefix: str = "dispatcher", max_connections: int = 64) -> Store:
-        redis = open_redis(url, max_connections=max_connections)
-        return cls(redis, Keys(prefix), Scripts.register(redis), RedisClock())
+        keys = Keys(prefix)
+        client = open_redis(url, max_connections=max_connections, home_key=keys.jobs)
+        cluster = client if isinstance(client, Cluster) else None
+        # A RedisCluster offers the command methods of Redis that the queue verbs call; what
+        # differs (INFO per node, TIME, CONFIG GET) is asked through ``cluster``.
+        redis = cast("Redis", client)
+        return cls(redis, keys, Scripts.register(redis), RedisClock(), mode_of(client), cluster)
 
     async def close(self) -> None:
         await self.redis.aclose()
