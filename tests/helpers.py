@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -200,3 +201,201 @@ def log_events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
             if entry.get("event") == name:
                 found.append(entry)
     return found
+
+
+# --- Redis Cluster and Sentinel on loopback ----------------------------------------------------
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def redis_cli(port: int, *args: str) -> str:
+    """Run redis-cli against 127.0.0.1:``port``; its output."""
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+    done = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _cluster_ok(port: int) -> bool:
+    return "cluster_state:ok" in redis_cli(port, "cluster", "info")
+
+
+def _spawn(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make test installs it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [binary, *args],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _server_args(port: int, directory: Path, *extra: str) -> list[str]:
+    return [
+        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log"),
+        *extra,
+    ]  # fmt: skip
+
+
+@dataclass
+class Servers:
+    """Redis processes started by a test, stopped together."""
+
+    directory: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def spawn(self, port: int, *args: str) -> None:
+        self.processes[port] = _spawn(self.directory / str(port), *args)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one server: no shutdown, no last AOF write."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class ClusterServers(Servers):
+    """A Redis Cluster of three primaries (no replicas) on free loopback ports."""
+
+    ports: list[int] = field(default_factory=lambda: [free_cluster_port() for _ in range(3)])
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
+
+    def start(self) -> None:
+        for port in self.ports:
+            directory = self.directory / str(port)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.spawn(
+                port,
+                *_server_args(port, directory),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf",
+            )  # fmt: skip
+        for port in self.ports:
+            _wait_until(partial(_answers, port), f"redis-server on {port}")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        redis_cli(self.ports[0], "--cluster", "create", *nodes, "--cluster-replicas", "0",
+                  "--cluster-yes")  # fmt: skip
+        for port in self.ports:
+            _wait_until(partial(_cluster_ok, port), f"cluster_state:ok on {port}")
+
+
+@dataclass
+class SentinelServers(Servers):
+    """A master, one replica and three sentinels watching them as ``mymaster``."""
+
+    service: str = "mymaster"
+    master: int = field(default_factory=free_port)
+    replica: int = field(default_factory=free_port)
+    sentinels: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        self.spawn(self.master, *_server_args(self.master, self.directory / str(self.master)))
+        replica_dir = self.directory / str(self.replica)
+        replica_dir.mkdir(parents=True, exist_ok=True)
+        self.spawn(
+            self.replica,
+            *_server_args(self.replica, replica_dir),
+            "--replicaof", "127.0.0.1", str(self.master),
+        )  # fmt: skip
+        for port in self.sentinels:
+            directory = self.directory / str(port)
+            directory.mkdir(parents=True, exist_ok=True)
+            conf = directory / "sentinel.conf"  # sentinels rewrite their own config
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"logfile {directory / 'sentinel.log'}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            self.spawn(port, str(conf), "--sentinel")
+        for port in [self.master, self.replica, *self.sentinels]:
+            _wait_until(partial(_answers, port), f"redis on {port}")
+        _wait_until(
+            lambda: "master_link_status:up" in redis_cli(self.replica, "info", "replication"),
+            "the replica in sync",
+        )
+        for port in self.sentinels:
+            _wait_until(
+                partial(self._knows_everyone, port),
+                f"sentinel {port} seeing the replica and the other sentinels",
+            )
+
+    def _knows_everyone(self, port: int) -> bool:
+        replicas = redis_cli(port, "sentinel", "replicas", self.service)
+        others = redis_cli(port, "sentinel", "sentinels", self.service)
+        return str(self.replica) in replicas and others.count("127.0.0.1") >= 2
+
+    def master_port(self) -> int | None:
+        """The master's port as the sentinels answer now (the first that answers)."""
+        for port in self.sentinels:
+            try:
+                reply = redis_cli(port, "sentinel", "get-master-addr-by-name", self.service)
+            except subprocess.CalledProcessError:
+                continue
+            lines = reply.split()
+            if len(lines) == 2:
+                return int(lines[1])
+        return None

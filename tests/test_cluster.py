@@ -1,0 +1,232 @@
+"""dispatcher on a real 3-primary Redis Cluster started on loopback ports for this module.
+
+Every key shares one hash tag, so all of them live on the primary owning that slot; these
+tests run the core behaviours through ``redis+cluster://`` URLs (in-process workers and real
+``dispatcher run`` processes) and check that nothing lands anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from dispatcher import Client
+from tests.conftest import WorkerHarness
+from tests.helpers import ClusterServers, Daemon, daemon_env, eventually, log_events, redis_cli
+from tests.target import Reply
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from tests.target import Target
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    servers = ClusterServers(tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+async def raw(cluster: ClusterServers, prefix: str) -> AsyncIterator[RedisCluster]:
+    """A plain redis-py cluster client; removes this test's keys afterwards."""
+    conn = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster.ports[0])])
+    await conn.initialize()
+    yield conn
+    for key in [k async for k in conn.scan_iter(f"{prefix}:*", count=1000)]:
+        await conn.delete(key)
+    await conn.aclose()
+
+
+@pytest.fixture
+async def cclient(cluster: ClusterServers, prefix: str, raw: RedisCluster) -> AsyncIterator[Client]:
+    async with Client.from_url(cluster.url, prefix=prefix) as c:
+        yield c
+
+
+@pytest.fixture
+async def cworkers(
+    cluster: ClusterServers, prefix: str, raw: RedisCluster
+) -> AsyncIterator[WorkerHarness]:
+    harness = WorkerHarness(cluster.url, prefix)
+    yield harness
+    await harness.stop()
+
+
+async def _state(client: Client, job_id: str, state: str) -> dict[str, Any] | None:
+    job = await client.get_job(job_id)
+    return job if job is not None and job["state"] == state else None
+
+
+async def _keys_by_node(conn: RedisCluster, prefix: str) -> dict[str, set[int]]:
+    """Node name -> the slots of this test's keys stored there."""
+    found: dict[str, set[int]] = {}
+    for node in conn.get_primaries():
+        async for key in conn.scan_iter(f"{prefix}:*", count=1000, target_nodes=node):
+            found.setdefault(node.name, set()).add(key_slot(key))
+    return found
+
+
+async def test_publish_is_delivered_and_every_key_sits_in_one_slot(
+    cclient: Client, cworkers: WorkerHarness, target: Target, raw: RedisCluster, prefix: str
+) -> None:
+    """A published event is delivered through the cluster, and every key lands in one slot."""
+    await cclient.create_webhook("acme", target.url())
+    job_id = (await cclient.publish("acme", "order.created", {"n": 1}))["jobs"][0]["id"]
+    await cworkers.start()
+    [request] = await target.wait_for(1)
+    assert orjson.loads(request.body) == {"n": 1}
+    assert request.headers["webhook-id"] == job_id
+    await eventually(lambda: _state(cclient, job_id, "delivered"), what="delivered")
+    by_node = await _keys_by_node(raw, prefix)
+    assert len(by_node) == 1, by_node
+    [(node, slots)] = by_node.items()
+    assert len(slots) == 1
+    home = raw.get_node_from_key(f"{prefix}:{{0}}:jobs")
+    assert home is not None
+    assert node == home.name
+
+
+async def test_a_failed_attempt_is_retried_then_delivered(
+    cclient: Client, cworkers: WorkerHarness, target: Target
+) -> None:
+    """A 500 is retried by the backoff policy and the second attempt delivers the job."""
+    target.script("/hook", Reply(500), Reply(200))
+    await cclient.create_webhook("acme", target.url())
+    job_id = (await cclient.publish("acme", "a.b", {}))["jobs"][0]["id"]
+    await cworkers.start()
+    job = await eventually(lambda: _state(cclient, job_id, "delivered"), what="delivered")
+    assert [a["status"] for a in job["attempts"]] == [500, 200]
+    assert target.count() == 2
+
+
+async def test_dead_letter_then_replay(
+    cclient: Client, cworkers: WorkerHarness, target: Target
+) -> None:
+    """A job failing every attempt goes to the DLQ, and a replay delivers it."""
+    target.script("/hook", Reply(500), Reply(500), Reply(200))
+    await cclient.create_webhook("acme", target.url())
+    job_id = (await cclient.publish("acme", "a.b", {}))["jobs"][0]["id"]
+    await cworkers.start(max_attempts=2)
+    await eventually(lambda: _state(cclient, job_id, "dead"), what="dead")
+    page = await cclient.list_dlq()
+    assert [item["id"] for item in page["items"]] == [job_id]
+    assert await cclient.replay([job_id]) == 1
+    job = await eventually(lambda: _state(cclient, job_id, "delivered"), what="replayed")
+    assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
+    assert (await cclient.list_dlq())["items"] == []
+
+
+async def test_status_shows_the_cluster(cclient: Client, raw: RedisCluster, prefix: str) -> None:
+    """Client.status() counts the queue and describes the cluster: every node, one holding keys."""
+    await cclient.create_webhook("acme", "http://127.0.0.1:9/hook")
+    await cclient.publish("acme", "a.b", {})
+    status = await cclient.status()
+    assert status["queued"] == 1
+    facts = status["redis"]
+    assert facts["mode"] == "cluster"
+    assert facts["maxmemory_policy"] == "noeviction"
+    assert len(facts["nodes"]) == 3
+    home = raw.get_node_from_key(f"{prefix}:{{0}}:jobs")
+    assert home is not None
+    assert [n["node"] for n in facts["nodes"] if n["holds_keys"]] == [home.name] == [facts["node"]]
+    assert {n["role"] for n in facts["nodes"]} == {"master"}
+
+
+async def test_rate_limited_webhook_is_paced(
+    cclient: Client, cworkers: WorkerHarness, target: Target
+) -> None:
+    """A webhook's rate limit paces its deliveries on a cluster as on one server."""
+    await cclient.create_webhook("acme", target.url(), rate_limit={"per_second": 10, "burst": 1})
+    ids = [(await cclient.publish("acme", "a.b", {"i": i}))["jobs"][0]["id"] for i in range(8)]
+    await cworkers.start()
+    got = await target.wait_for(8, timeout_s=15)
+    assert got[-1].at - got[0].at > 7 * 0.1 * 0.9  # 10/s: 7 intervals of 0.1 s
+    for job_id in ids:
+        job = await eventually(lambda job_id=job_id: _state(cclient, job_id, "delivered"))
+        assert len(job["attempts"]) == 1
+
+
+@pytest.mark.slow
+async def test_daemon_delivers_and_a_killed_daemons_job_is_reclaimed(
+    cluster: ClusterServers, cclient: Client, prefix: str, target: Target, logs_dir: Path
+) -> None:
+    """`dispatcher run` on a cluster URL delivers; after one is SIGKILLed mid-delivery, another
+    reclaims its job and delivers it."""
+    env = daemon_env(cluster.url, prefix, delivery_timeout_s="4", delivery_stall_timeout_s="5")
+    await cclient.create_webhook("acme", target.url("/fast"))
+    slow = await cclient.create_webhook("slow", target.url("/slow"))
+    target.script("/slow", Reply(200, delay_s=60), Reply(200))
+    first = Daemon(
+        {**env, "DISPATCHER_DELIVERY_TIMEOUT_S": "60", "DISPATCHER_DELIVERY_STALL_TIMEOUT_S": "61"},
+        logs_dir / "first.log",
+    ).start()
+    second: Daemon | None = None
+    try:
+        ids = [(await cclient.publish("acme", "a.b", {"i": i}))["jobs"][0]["id"] for i in range(20)]
+        await target.wait_for(20, "/fast", timeout_s=30)
+        for job_id in ids:
+            await eventually(lambda job_id=job_id: _state(cclient, job_id, "delivered"))
+        [connected] = log_events(first, "redis.connected")
+        assert connected["mode"] == "cluster"
+        assert len(connected["nodes"]) == 3
+        stuck = (await cclient.publish("slow", "a.b", {}))["jobs"][0]["id"]
+        await target.wait_for(1, "/slow", timeout_s=10)
+        first.kill()  # SIGKILL while the slow request is in flight
+        assert await _state(cclient, stuck, "active")
+        second = Daemon(env, logs_dir / "second.log").start()
+        job = await eventually(
+            lambda: _state(cclient, stuck, "delivered"), timeout_s=40, what="reclaimed"
+        )
+        assert job["webhook_id"] == slow["id"]
+        assert target.count("/slow") == 2
+        workers = (await cclient.status())["workers"]
+        assert any(w["pid"] == second.process.pid for w in workers if second.process)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+@pytest.mark.slow
+async def test_daemon_refuses_a_cluster_with_an_evicting_primary(
+    cluster: ClusterServers, prefix: str, raw: RedisCluster, logs_dir: Path
+) -> None:
+    """maxmemory-policy is checked on every primary, not only the one holding the keys."""
+    home = raw.get_node_from_key(f"{prefix}:{{0}}:jobs")
+    assert home is not None
+    other = next(p for p in cluster.ports if p != home.port)
+    redis_cli(other, "config", "set", "maxmemory-policy", "allkeys-lru")
+    try:
+        daemon = Daemon(daemon_env(cluster.url, prefix), logs_dir / "refused.log").start()
+        assert await asyncio.to_thread(daemon.wait, 30) == 2
+        [problem] = log_events(daemon, "daemon.start_failed")
+        assert f"allkeys-lru on 127.0.0.1:{other}" in problem["problem"]
+    finally:
+        redis_cli(other, "config", "set", "maxmemory-policy", "noeviction")
+
+
+async def test_sigterm_is_clean_on_a_cluster(
+    cluster: ClusterServers, cclient: Client, prefix: str, target: Target, logs_dir: Path
+) -> None:
+    """A daemon on a cluster URL delivers and exits 0 on SIGTERM."""
+    await cclient.create_webhook("acme", target.url())
+    daemon = Daemon(daemon_env(cluster.url, prefix), logs_dir / "term.log").start()
+    try:
+        job_id = (await cclient.publish("acme", "a.b", {}))["jobs"][0]["id"]
+        await eventually(lambda: _state(cclient, job_id, "delivered"), timeout_s=20)
+        daemon.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.wait, 30) == 0
+    finally:
+        daemon.stop()
