@@ -327,7 +327,7 @@ class Worker:
         open, or it is over one of its webhook's limits), or is dead-lettered (its webhook
         is gone or disabled)."""
         loaded = await streams.load(self.store, claims)
-        broken: list[Malformed] = []
+        broken: defaultdict[str, list[Malformed]] = defaultdict(list)  # by stream
         webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
         states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
         self._watched.difference_update(loaded.webhooks)
@@ -336,7 +336,7 @@ class Worker:
         for claim, job in zip(claims, loaded.jobs, strict=True):
             if job is None:  # its record is gone or unreadable
                 raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id})
-                broken.append(Malformed(claim.sid, raw))
+                broken[claim.queue].append(Malformed(claim.sid, raw))
                 continue
             hook = webhooks.get(claim.webhook_id)
             if hook is None or not hook.enabled:
@@ -347,8 +347,8 @@ class Worker:
                 self._park(_Work(claim, job, hook), breaker)
                 continue
             candidates.append(_Work(claim, job, hook))
-        if broken:
-            await self._quarantine(claims[0].queue, broken)
+        for stream, entries in broken.items():
+            await self._quarantine(stream, entries)
         for work in self._within_endpoint_limits(await self._admit(candidates)):
             self._busy += 1
             self._inbox.put_nowait(work)

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
+from dispatcher.queue.keys import Keys
 from dispatcher.traffic import START_FRACTION
-from tests.helpers import Daemon, daemon_env, eventually
+from tests.helpers import Daemon, daemon_env, eventually, stream_entries
 from tests.target import Hang, Reply
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import redis.asyncio as aioredis
 
     from dispatcher import Client
     from tests.conftest import WorkerHarness
@@ -123,6 +126,30 @@ async def test_high_priority_goes_first_and_low_is_not_starved(
     assert rank["high"] < rank["normal"] < rank["low"], rank
     last_high = max(i for i, p in enumerate(order) if p == "high")
     assert "low" in order[:last_high], "low priority starved while high had a backlog"
+
+
+async def test_an_unreadable_job_on_a_priority_stream_is_quarantined_from_that_stream(
+    client: Client, workers: WorkerHarness, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A claimed entry of the high stream whose record is gone goes to the DLQ as malformed
+    and leaves that stream's pending list, while a normal job beside it is delivered."""
+    keys = Keys(prefix)
+    await client.create_webhook("acme", target.url("/p"))
+    await redis.xadd(keys.ready("default:high"), {"j": f"job_{'0' * 20}.1", "w": "wh_gone"})
+    [normal] = await _publish(client, "acme", 1)
+    await workers.start()
+    await eventually(lambda: _all_in_state(client, [normal], "delivered"), what="delivered")
+    await eventually(lambda: _dlq_reasons(redis, keys), what="the quarantined entry")
+    assert await _dlq_reasons(redis, keys) == [b"malformed"]
+    await eventually(lambda: _none_pending(redis, keys.ready("default:high")), what="acked")
+
+
+async def _dlq_reasons(redis: aioredis.Redis, keys: Keys) -> list[bytes]:
+    return [fields[b"r"] for _, fields in await stream_entries(redis, keys.dlq)]
+
+
+async def _none_pending(redis: aioredis.Redis, key: str) -> bool:
+    return int((await redis.xpending(key, "dispatch"))["pending"]) == 0
 
 
 # --- isolation: the adaptive per-endpoint cap ----------------------------------------------------
