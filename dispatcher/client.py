@@ -300,7 +300,7 @@ class Client:
         """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end)."""
         if not _is_whole(limit) or limit < 1:
             raise InvalidField("limit", "must be a whole number of at least 1")
-        if cursor is not None and not dlq.is_entry_id(cursor):
+        if cursor is not None and not dlq.is_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
         return await dlq.list_dead(
             self.store, limit=limit, cursor=cursor, webhook_id=webhook_id, tenant_id=tenant_id

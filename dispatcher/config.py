@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dispatcher.errors import ConfigError
 from dispatcher.queue import urls
+from dispatcher.queue.keys import MAX_SHARDS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -43,6 +44,7 @@ MAX_CONCURRENCY: Final = 100_000
 class RedisConfig:
     url: str | None = None  # None: run an embedded redis-server in state_dir
     prefix: str = "dispatcher"
+    shards: int = 1  # new webhooks are spread over this many shards (keys.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +532,7 @@ def _redis(r: _Reader) -> RedisConfig:
     return RedisConfig(
         url=r.value("redis", "url", d.url, _redis_url),
         prefix=r.value("redis", "prefix", d.prefix, _prefix),
+        shards=r.value("redis", "shards", d.shards, _integer(1, MAX_SHARDS)),
     )
 
 

@@ -104,7 +104,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             url, prefix=cfg.redis.prefix, max_connections=max(16, cfg.delivery.concurrency // 4)
         )
         stack.push_async_callback(store.close)
-        code = await _check_server(store, stop, embedded)
+        code = await _check_server(store, stop, embedded, shards=cfg.redis.shards)
         if code is not None:
             return code
         metrics = Metrics()
@@ -323,9 +323,10 @@ async def _reload_loop(
 
 
 async def _check_server(
-    store: Store, stop: asyncio.Event, embedded: EmbeddedRedis | None = None
+    store: Store, stop: asyncio.Event, embedded: EmbeddedRedis | None = None, *, shards: int = 1
 ) -> int | None:
-    """Wait for Redis, then refuse servers that could lose or evict accepted work.
+    """Wait for Redis, refuse servers that could lose or evict accepted work, then record
+    ``redis.shards`` (the layout every process and client reads).
 
     Returns None to go on, else the exit code: stopped while waiting, or the embedded Redis
     died (waiting for it would be forever).
@@ -337,6 +338,7 @@ async def _check_server(
             return EXIT_FAILED
         try:
             facts = await server_facts(store)
+            layout, previous = await store.adopt_layout(shards)
         except Exception as exc:
             await outage.failed(exc, stop)
             continue
@@ -344,11 +346,15 @@ async def _check_server(
         problems = [problem for server in facts for problem in _judge(server)]
         if problems:
             raise ConfigError(problems)
+        if previous != shards:
+            log.warning("redis.shards_changed", before=previous, now=shards, served=layout.served)
         log.info(
             "redis.connected",
             version=facts[0].version_text,
             role=facts[0].role,
             mode=store.mode,
+            shards=layout.shards,
+            served_shards=layout.served,
             **({"nodes": [f.node for f in facts]} if store.cluster is not None else {}),
         )
         return None

@@ -27,7 +27,7 @@ from dispatcher.model import Job, JobState, Webhook, rfc3339
 from dispatcher.queue import admission, breakers, control, delays, streams
 from dispatcher.queue.admission import Verdict
 from dispatcher.queue.breakers import Breaker, Health
-from dispatcher.queue.keys import PRIORITIES, streams_of
+from dispatcher.queue.keys import PRIORITIES, shard_of, streams_of
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, Malformed, Settlement
 from dispatcher.signing import sign
@@ -146,7 +146,12 @@ class Worker:
         self.streams = tuple(s for q in queues for s in streams_of(q))
         self.consumer = consumer or consumer_name()
         self.pool = Pool(delivery.concurrency, delivery.timeout_s)
-        self._rotations = {q: _Rotation(q) for q in queues}
+        self._rotations: dict[tuple[int, str], _Rotation] = {}
+        # the shards this process serves (every shard that may hold work, keys.py); more are
+        # added when another process raises redis.shards
+        self.shards: list[Store] = [store]
+        self._group: asyncio.TaskGroup | None = None
+        self._readers: list[asyncio.Task[None]] = []
         # outcomes per webhook since the last breaker report; only webhooks that failed or
         # whose breaker exists (`_watched`) are reported
         self._health: dict[str, Health] = {}
@@ -178,13 +183,14 @@ class Worker:
     async def run(self, *, drain_grace_s: float | None = None) -> None:
         """Serve until ``stop`` is set, then drain: in-flight attempts get ``drain_grace_s``."""
         grace_s = self.cfg.timeout_s + 1 if drain_grace_s is None else drain_grace_s
-        for stream in self.streams:
-            await self._ensure_group(stream)
+        await self._ensure_groups(self.store)
+        await self._learn_shards()
         # Learn the paused queues before the first read: a worker that starts while its queue
         # is paused must not claim from it before the control loop's first tick.
         with contextlib.suppress(Exception):
             self._paused = frozenset(await control.paused_queues(self.store))
         async with asyncio.TaskGroup() as group:
+            self._group = group
             settler = group.create_task(self._settle_loop())
             background = [
                 group.create_task(self._promote_loop()),
@@ -194,10 +200,11 @@ class Worker:
                 group.create_task(self._breaker_loop()),
             ]
             lanes = [group.create_task(self._lane()) for _ in range(self.cfg.concurrency)]
-            readers = [group.create_task(self._read_loop(q)) for q in self.queues]
+            for shard in self.shards:
+                self._serve(shard)
             await self.stop.wait()
             log.info("worker.draining", in_flight=self.in_flight, grace_s=grace_s)
-            await asyncio.gather(*readers)
+            await asyncio.gather(*self._readers)
             await self._drain(lanes, grace_s)
             await self._write_last_outcomes()
             settler.cancel()
@@ -230,11 +237,13 @@ class Worker:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _ensure_group(self, queue: str) -> None:
+    async def _ensure_groups(self, shard: Store) -> None:
+        """Create the consumer groups of the served streams in one shard (waits for Redis)."""
         outage = Outage("setup", self.metrics)
         while not self.stop.is_set():
             try:
-                await streams.ensure_group(self.store, queue)
+                for stream in self.streams:
+                    await streams.ensure_group(shard, stream)
                 await self.store.clock.sync(self.store.redis)
             except Exception as exc:
                 await outage.failed(exc, self.stop)
@@ -242,16 +251,43 @@ class Worker:
                 outage.ok()
                 return
 
-    async def _recover_nogroup(self, queue: str) -> None:
+    async def _learn_shards(self) -> None:
+        """Serve every shard that may hold work; new ones get their groups and readers."""
+        outage = Outage("setup", self.metrics)
+        while not self.stop.is_set():
+            try:
+                served = await self.store.all_shards()
+            except Exception as exc:
+                await outage.failed(exc, self.stop)
+            else:
+                outage.ok()
+                break
+        else:
+            return
+        for shard in served[len(self.shards) :]:
+            await self._ensure_groups(shard)
+            self.shards.append(shard)
+            if self._group is not None:
+                self._serve(shard)
+                log.info("worker.shard_added", shard=shard.keys.shard)
+
+    def _serve(self, shard: Store) -> None:
+        """Start the readers of one shard's queues."""
+        assert self._group is not None  # noqa: S101 - only called inside run()
+        for queue in self.queues:
+            self._rotations[shard.keys.shard, queue] = _Rotation(queue)
+            self._readers.append(self._group.create_task(self._read_loop(shard, queue)))
+
+    async def _recover_nogroup(self, shard: Store, queue: str) -> None:
         """Recreate the consumer groups of a queue (or one stream) that lost them."""
         self.metrics.inc("dispatcher_nogroup_recoveries_total")
-        log.warning("queue.group_recreated", queue=queue)
-        for stream in streams_of(queue) if queue in self._rotations else (queue,):
-            await streams.ensure_group(self.store, stream)
+        log.warning("queue.group_recreated", queue=queue, shard=shard.keys.shard)
+        for stream in streams_of(queue) if queue in self.queues else (queue,):
+            await streams.ensure_group(shard, stream)
 
     # --- claiming ----------------------------------------------------------------------------
 
-    async def _read_loop(self, queue: str) -> None:
+    async def _read_loop(self, shard: Store, queue: str) -> None:
         outage = Outage(f"read:{queue}", self.metrics)
         while not self.stop.is_set():
             if queue in self._paused:
@@ -262,19 +298,20 @@ class Worker:
                 self._room.clear()
                 await self._wait_room()
                 continue
-            await self._queue_step(queue, outage, self._read_once(queue, free))
+            await self._queue_step(shard, queue, outage, self._read_once(shard, queue, free))
 
-    async def _read_once(self, queue: str, free: int) -> None:
+    async def _read_once(self, shard: Store, queue: str, free: int) -> None:
         """Claim new jobs: without waiting, highest priority first (rotated so none starves);
         when all the queue's streams are empty, block until one has an entry."""
         budget = min(free, READ_BATCH)
+        rotation = self._rotations[shard.keys.shard, queue]
         claims, malformed = await streams.claim_new(
-            self.store, self._rotations[queue].order(), self.consumer, budget=budget
+            shard, rotation.order(), self.consumer, budget=budget
         )
         if not claims and not malformed:
             async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
                 claims, malformed = await streams.wait_new(
-                    self.store,
+                    shard,
                     streams_of(queue),
                     self.consumer,
                     count=max(1, budget // len(PRIORITIES)),
@@ -284,11 +321,13 @@ class Worker:
         for stream, bad in malformed:
             by_stream[stream].append(bad)
         for stream, bad_entries in by_stream.items():
-            await self._quarantine(stream, bad_entries)
+            await self._quarantine(shard, stream, bad_entries)
         if claims:
-            await self._start(claims)
+            await self._start(shard, claims)
 
-    async def _queue_step(self, queue: str, outage: Outage, step: Awaitable[object]) -> None:
+    async def _queue_step(
+        self, shard: Store, queue: str, outage: Outage, step: Awaitable[object]
+    ) -> None:
         """One step of a queue's loop: NOGROUP recreates the group, other errors back off."""
         try:
             try:
@@ -296,7 +335,7 @@ class Worker:
             except Exception as exc:
                 if not streams.is_nogroup(exc):
                     raise
-                await self._recover_nogroup(queue)
+                await self._recover_nogroup(shard, queue)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -313,20 +352,20 @@ class Worker:
             stop.cancel()
             room.cancel()
 
-    async def _quarantine(self, queue: str, malformed: list[Malformed]) -> None:
-        moved = await streams.quarantine(self.store, queue, "malformed", malformed)
+    async def _quarantine(self, shard: Store, queue: str, malformed: list[Malformed]) -> None:
+        moved = await streams.quarantine(shard, queue, "malformed", malformed)
         self.metrics.inc("dispatcher_malformed_total", moved)
         self.metrics.inc("dispatcher_dead_lettered_total", moved, reason="malformed")
         log.error(
             "job.quarantined", queue=queue, reason="malformed", sids=[m.sid for m in malformed]
         )
 
-    async def _start(self, claims: list[Claim]) -> None:
+    async def _start(self, shard: Store, claims: list[Claim]) -> None:
         """Load the claimed jobs, their webhooks and breakers; then each job is sent (handed
         to the lanes), waits in Redis without spending an attempt (its webhook's breaker is
         open, or it is over one of its webhook's limits), or is dead-lettered (its webhook
         is gone or disabled)."""
-        loaded = await streams.load(self.store, claims)
+        loaded = await streams.load(shard, claims)
         broken: defaultdict[str, list[Malformed]] = defaultdict(list)  # by stream
         webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
         states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
@@ -343,25 +382,23 @@ class Worker:
                 self._dead_without_attempt(claim, job, hook)
                 continue
             breaker = states.get(hook.id)
-            if breaker is not None and not await self._may_pass(breaker, hook.id, job.id):
+            if breaker is not None and not await self._may_pass(shard, breaker, hook.id, job.id):
                 self._park(_Work(claim, job, hook), breaker)
                 continue
             candidates.append(_Work(claim, job, hook))
         for stream, entries in broken.items():
-            await self._quarantine(stream, entries)
-        for work in self._within_endpoint_limits(await self._admit(candidates)):
+            await self._quarantine(shard, stream, entries)
+        for work in self._within_endpoint_limits(await self._admit(shard, candidates)):
             self._busy += 1
             self._inbox.put_nowait(work)
 
-    async def _may_pass(self, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
+    async def _may_pass(self, shard: Store, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
         if breaker.holds(job_id):
             return False
         if breaker.state == breakers.HALF_OPEN:
             # The probe: its outcome is reported as soon as it is known. With no probe chosen
             # yet, the first job to ask becomes it.
-            if breaker.probe == "" and not await breakers.take_probe(
-                self.store, webhook_id, job_id
-            ):
+            if breaker.probe == "" and not await breakers.take_probe(shard, webhook_id, job_id):
                 return False
             self._probes.add(job_id)
         return True
@@ -390,14 +427,14 @@ class Worker:
             room[work.webhook.id] = left - 1
         return admitted
 
-    async def _admit(self, works: list[_Work]) -> list[_Work]:
+    async def _admit(self, shard: Store, works: list[_Work]) -> list[_Work]:
         """The cluster-wide limits (rate_limit, max_in_flight) for jobs of webhooks that set
         them, in one round trip; returns the jobs that may go, the others wait in Redis."""
         limited = [w for w in works if admission.limited(w.webhook)]
         if not limited:
             return works
         _now, decisions = await admission.admit(
-            self.store, [(w.job, w.webhook) for w in limited], attempt_timeout_s=self.cfg.timeout_s
+            shard, [(w.job, w.webhook) for w in limited], attempt_timeout_s=self.cfg.timeout_s
         )
         verdicts = {w.job.id: d for w, d in zip(limited, decisions, strict=True)}
         admitted = []
@@ -599,31 +636,31 @@ class Worker:
             batch = [await self._settle_queue.get()]
             while len(batch) < SETTLE_BATCH and not self._settle_queue.empty():
                 batch.append(self._settle_queue.get_nowait())
-            by_queue: defaultdict[str, list[Settlement]] = defaultdict(list)
+            by_queue: defaultdict[tuple[int, str], list[Settlement]] = defaultdict(list)
             for item in batch:
-                by_queue[item.claim.queue].append(item)
-            for queue, items in by_queue.items():
-                await self._settle_until_written(queue, items, outage)
+                by_queue[item.claim.shard, item.claim.queue].append(item)
+            for (shard, queue), items in by_queue.items():
+                await self._settle_until_written(self.store.shard(shard), queue, items, outage)
             for _ in batch:
                 self._settle_queue.task_done()
             self._unsettled -= len(batch)
             self._room.set()
 
     async def _settle_until_written(
-        self, queue: str, items: list[Settlement], outage: Outage
+        self, shard: Store, queue: str, items: list[Settlement], outage: Outage
     ) -> None:
         """Outcomes are kept in memory and retried until Redis takes them (R9, R10)."""
         while True:
             try:
                 stale = await streams.settle(
-                    self.store, self.consumer, items, held=self._busy + self._unsettled
+                    shard, self.consumer, items, held=self._busy + self._unsettled
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if streams.is_nogroup(exc):
                     # The group is gone (Redis lost its data): no claim of ours is current.
-                    await self._recover_nogroup(queue)
+                    await self._recover_nogroup(shard, queue)
                     stale = [item.claim.job_id for item in items]
                 else:
                     await outage.failed(exc, asyncio.Event())
@@ -641,9 +678,9 @@ class Worker:
         next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
         while not self.stop.is_set():
             try:
-                for queue in self.streams:
+                for shard, queue in self._served_streams():
                     while True:
-                        promoted = await delays.promote_due(self.store, queue)
+                        promoted = await delays.promote_due(shard, queue)
                         self.metrics.inc("dispatcher_promoted_total", promoted.moved)
                         if promoted.orphans:
                             log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
@@ -673,16 +710,19 @@ class Worker:
             await _sleep_until_stop(self.stop, interval_s)
             if self.stop.is_set():
                 return
-            for stream in self.streams:
-                await self._queue_step(stream, outage, self.reclaim(stream))
+            for shard, stream in self._served_streams():
+                await self._queue_step(shard, stream, outage, self.reclaim(stream, shard))
 
-    async def reclaim(self, queue: str) -> int:
+    def _served_streams(self) -> list[tuple[Store, str]]:
+        return [(shard, stream) for shard in self.shards for stream in self.streams]
+
+    async def reclaim(self, queue: str, shard: Store | None = None) -> int:
         """Take over every delivery idle past the stall timeout, looping on the cursor."""
         cursor, taken = "0-0", 0
         min_idle_ms = int(self.cfg.stall_timeout_s * 1000)
         while True:
             page = await streams.reclaim_page(
-                self.store,
+                shard or self.store,
                 queue,
                 self.consumer,
                 min_idle_ms=min_idle_ms,
@@ -692,7 +732,7 @@ class Worker:
             self._report_reclaim(queue, page)
             if page.claims:
                 taken += len(page.claims)
-                await self._start(page.claims)
+                await self._start(shard or self.store, page.claims)
             cursor = page.cursor
             if cursor == "0-0":
                 return taken
@@ -724,6 +764,8 @@ class Worker:
             self.alive_at = time.monotonic()  # the systemd watchdog checks that this advances
             try:
                 self._paused = frozenset(await control.paused_queues(self.store))
+                if (await self.store.read_layout()).served > len(self.shards):
+                    await self._learn_shards()
                 if tick % STATS_FLUSH_TICKS == 0:
                     await self._flush_stats()
                     self.pool.forget_idle(time.monotonic())
@@ -795,8 +837,17 @@ class Worker:
         if not self._health:
             return
         health, self._health = self._health, {}
+        by_shard: defaultdict[int, dict[str, Health]] = defaultdict(dict)
+        for webhook_id, h in health.items():
+            by_shard[shard_of(webhook_id)][webhook_id] = h
         try:
-            changes = await breakers.report(self.store, health, open_s=self.cfg.breaker_open_s)
+            changes = [
+                change
+                for shard, part in by_shard.items()
+                for change in await breakers.report(
+                    self.store.shard(shard), part, open_s=self.cfg.breaker_open_s
+                )
+            ]
         except BaseException:
             for webhook_id, h in health.items():  # keep them for the next report
                 mine = self._health.setdefault(webhook_id, Health())
@@ -818,8 +869,12 @@ class Worker:
                 log.info("breaker.closed", webhook_id=change.webhook_id)
 
     async def _tend_breakers(self) -> None:
+        for shard in self.shards:
+            await self._tend_breakers_of(shard)
+
+    async def _tend_breakers_of(self, shard: Store) -> None:
         done = await breakers.tick(
-            self.store,
+            shard,
             probe_timeout_s=self.cfg.timeout_s + self.cfg.stall_timeout_s,
             disable_after_s=self.cfg.disable_after_s,
         )
@@ -852,20 +907,26 @@ class Worker:
         outage = Outage("sweep", self.metrics)
         retention_ms = int(self.jobs_cfg.retention_s * 1000)
         next_sweep = time.monotonic()
-        cursor = "0"
+        cursors: defaultdict[int, str] = defaultdict(lambda: "0")  # by shard
         while not self.stop.is_set():
             try:
-                if time.monotonic() >= next_sweep:
+                sweep = time.monotonic() >= next_sweep
+                if sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-                    cutoff_ms = self.store.clock.now_ms() - retention_ms
+                cutoff_ms = self.store.clock.now_ms() - retention_ms
+                for shard in self.shards:
                     while (
-                        await delays.sweep_finished(self.store, cutoff_ms=cutoff_ms)
+                        sweep
+                        and await delays.sweep_finished(shard, cutoff_ms=cutoff_ms)
                         >= delays.BATCH_LIMIT
                     ):
                         pass
-                found = await delays.find_orphans(self.store, cursor=cursor, count=ORPHAN_PAGE)
-                cursor = found.cursor
-                self._report_orphans(found)
+                    number = shard.keys.shard
+                    found = await delays.find_orphans(
+                        shard, cursor=cursors[number], count=ORPHAN_PAGE
+                    )
+                    cursors[number] = found.cursor
+                    self._report_orphans(found)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -33,13 +33,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from dispatcher.errors import InvalidField
-from dispatcher.queue.keys import priority_of, queue_of
+from dispatcher.queue.keys import priority_of, queue_of, shard_for
 from dispatcher.signing import generate_secret, valid_secret
 
 HISTORY_LIMIT = 50
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-_JOB_ID = re.compile(r"job_[0-9a-z]{20}\.\d{1,6}")
-_WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}")
+# ``.<k>`` names the shard (keys.py) when it is not 0
+_JOB_ID = re.compile(r"job_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?\.\d{1,6}")
+_WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?")
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _RESERVED_HEADERS = frozenset(
     {
@@ -109,8 +110,16 @@ def sid_ms(sid: str) -> int:
     return int(sid.partition("-")[0])
 
 
-def new_webhook_id() -> str:
-    return f"wh_{_sortable_id()}"
+def new_webhook_id(shards: int = 1) -> str:
+    """A webhook id; with several shards it names the one its core hashes to (keys.py)."""
+    core = _sortable_id()
+    shard = shard_for(core, shards)
+    return f"wh_{core}.{shard}" if shard else f"wh_{core}"
+
+
+def shard_job_prefix(job_prefix: str, shard: int) -> str:
+    """The prefix of an event's job ids in one shard: ``job_<core>.`` or ``job_<core>.<k>.``."""
+    return f"{job_prefix}{shard}." if shard else job_prefix
 
 
 def is_job_id(value: object) -> bool:
@@ -319,7 +328,7 @@ class Webhook:
     updated_at_ms: int = 0
 
     @classmethod
-    def create(cls, fields: dict[str, Any], *, now_ms: int) -> Webhook:
+    def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
         unknown = set(fields) - CREATABLE
         if unknown:
             raise InvalidField(min(unknown), "is not a webhook field")
@@ -327,7 +336,7 @@ class Webhook:
             if required not in fields:
                 raise InvalidField(required, "is required")
         hook = cls(
-            id=new_webhook_id(),
+            id=new_webhook_id(shards),
             tenant_id="",
             url="",
             event_types=["*"],

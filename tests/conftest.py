@@ -87,6 +87,7 @@ class WorkerHarness:
         queues: tuple[str, ...] = ("default",),
         breaker_open_s: float = 30.0,
         disable_after_s: float = 432_000.0,
+        shards: int | None = None,
     ) -> Worker:
         """Start a worker with small timeouts, so failures and retries fit in a test's deadline."""
         cfg = DeliveryConfig(
@@ -101,6 +102,8 @@ class WorkerHarness:
             disable_after_s=disable_after_s,
         )
         store = Store.open(self.redis_url, prefix=self.prefix)
+        if shards is not None:  # as `dispatcher run` records redis.shards
+            await store.adopt_layout(shards)
         sender = Sender(
             timeout_s=cfg.timeout_s,
             concurrency=cfg.concurrency,

@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from dispatcher.queue.keys import shard_of
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     import redis.asyncio as aioredis
+
+    from dispatcher import Client
+    from tests.target import Target
 
 #: XRANGE entries as the tests' clients return them (decode_responses is off).
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -190,6 +195,18 @@ def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     )
     env.update({f"DISPATCHER_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+async def hooks_in_every_shard(
+    client: Client, target: Target, shards: int, *, per_shard: int = 2, path: str = "/hook"
+) -> list[dict[str, Any]]:
+    """Webhooks of tenant ``acme`` until each shard holds ``per_shard`` (placement hashes the
+    new id, so how many that takes varies)."""
+    hooks: list[dict[str, Any]] = []
+    while min(sum(shard_of(h["id"]) == k for h in hooks) for k in range(shards)) < per_shard:
+        hooks.append(await client.create_webhook("acme", target.url(path)))
+        assert len(hooks) < 100 * shards, "placement never reached every shard"
+    return hooks
 
 
 def log_events(daemon: Daemon, name: str) -> list[dict[str, Any]]:

@@ -18,7 +18,15 @@ from redis.crc import key_slot
 
 from dispatcher import Client
 from tests.conftest import WorkerHarness
-from tests.helpers import ClusterServers, Daemon, daemon_env, eventually, log_events, redis_cli
+from tests.helpers import (
+    ClusterServers,
+    Daemon,
+    daemon_env,
+    eventually,
+    hooks_in_every_shard,
+    log_events,
+    redis_cli,
+)
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -126,6 +134,27 @@ async def test_dead_letter_then_replay(
     job = await eventually(lambda: _state(cclient, job_id, "delivered"), what="replayed")
     assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
     assert (await cclient.list_dlq())["items"] == []
+
+
+async def test_shards_spread_over_the_nodes_and_deliver(
+    cclient: Client, cworkers: WorkerHarness, target: Target, raw: RedisCluster, prefix: str
+) -> None:
+    """With redis.shards = 3 each shard's keys sit on a different primary of the evenly split
+    cluster; an event fanned out over all of them is delivered from each, and the status names
+    every node as holding keys."""
+    await cclient.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
+    answer = await cclient.publish("acme", "a.b", {})
+    await cworkers.start()
+    await target.wait_for(len(hooks), timeout_s=15)
+    for job in answer["jobs"]:
+        await eventually(lambda j=job["id"]: _state(cclient, j, "delivered"))
+    by_node = await _keys_by_node(raw, prefix)
+    assert len(by_node) == 3, by_node
+    assert all(len(slots) == 1 for slots in by_node.values())
+    facts = (await cclient.status())["redis"]
+    assert facts["shards"] == 3
+    assert all(node["holds_keys"] for node in facts["nodes"])
 
 
 async def test_status_shows_the_cluster(cclient: Client, raw: RedisCluster, prefix: str) -> None:

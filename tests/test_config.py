@@ -145,6 +145,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_STATE_DIR": "/srv/d",
         "DISPATCHER_REDIS_URL": "unix:///run/redis.sock",
         "DISPATCHER_REDIS_PREFIX": "other",
+        "DISPATCHER_REDIS_SHARDS": "4",
         "DISPATCHER_ADMIN_LISTEN": "0.0.0.0:0",
         "DISPATCHER_ADMIN_TOKEN_FILE": str(token_file),
         "DISPATCHER_DELIVERY_CONCURRENCY": "7",
@@ -537,7 +538,11 @@ def test_redacted_hides_token_and_redis_password(tmp_path: Path) -> None:
     assert "tok-123" not in text
     assert "pa55" not in text
     assert out["admin"] == {"listen": "127.0.0.1:8080", "token": "***", "token_file": None}
-    assert out["redis"] == {"url": "rediss://user:***@redis.example:6380/0", "prefix": "dispatcher"}
+    assert out["redis"] == {
+        "url": "rediss://user:***@redis.example:6380/0",
+        "prefix": "dispatcher",
+        "shards": 1,
+    }
     assert out["security"] == {"allow_private_targets": False, "allowed_cidrs": ["10.20.0.0/16"]}
     assert out["state_dir"] == "var"
     assert set(out) == {"state_dir", *SECTIONS}

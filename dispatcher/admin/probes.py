@@ -9,7 +9,7 @@ from aiohttp import web
 from dispatcher.admin.app import CLIENT, METRICS, OPENAPI, error_response, json_response
 from dispatcher.errors import DispatcherError
 from dispatcher.metrics import render_gauges
-from dispatcher.queue import status
+from dispatcher.queue import dlq, status
 
 READY_TIMEOUT_S = 2.0
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +39,7 @@ async def _queue_gauges(request: web.Request) -> str:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             counts = await status.queue_counts(store, await status.known_queues(store))
-            dlq_size = await status.dlq_size(store)
+            dlq_size = await dlq.dlq_size(store)
     except (DispatcherError, TimeoutError, OSError):
         return render_gauges(
             "dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 0)]

@@ -43,45 +43,53 @@ class Backlog:
 
 
 async def measure(store: Store) -> Backlog:
-    """The backlog of every known queue (``default``, served, paused) and the DLQ counter."""
-    streams = [s for queue in await known_queues(store) for s in streams_of(queue)]
+    """The backlog of every known queue (``default``, served, paused) in every shard, and the
+    DLQs' counter."""
+    queues = await known_queues(store)
+    with redis_errors():
+        shards = await store.all_shards()
+    targets = [(shard, s) for shard in shards for queue in queues for s in streams_of(queue)]
     pipe = store.redis.pipeline(transaction=False)
     if store.cluster is None:
         pipe.time()  # a cluster pipeline refuses keyless commands: asked apart below
-    pipe.xinfo_stream(store.keys.dlq)
-    for stream in streams:
-        pipe.xlen(store.keys.ready(stream))
-        pipe.xinfo_groups(store.keys.ready(stream))
+    for shard in shards:
+        pipe.xinfo_stream(shard.keys.dlq)
+    for shard, stream in targets:
+        pipe.xlen(shard.keys.ready(stream))
+        pipe.xinfo_groups(shard.keys.ready(stream))
     with redis_errors():
         replies = await pipe.execute(raise_on_error=False)
         if store.cluster is not None:
             replies.insert(0, await store.cluster.time())
     seconds, micros = _ok(replies[0])
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    dlq = replies[1]
-    dlq_added = 0 if _missing(dlq) else int(_ok(dlq)["entries-added"])
+    dlqs = replies[1 : 1 + len(shards)]
+    dlq_added = sum(0 if _missing(dlq) else int(_ok(dlq)["entries-added"]) for dlq in dlqs)
+    rest = replies[1 + len(shards) :]
     queued = 0
-    starts: list[tuple[str, bytes]] = []  # per stream, where its unclaimed entries begin
-    for stream, length, groups in zip(streams, replies[2::2], replies[3::2], strict=True):
+    starts: list[tuple[Store, str, bytes]] = []  # per stream, where its unclaimed entries begin
+    for (shard, stream), length, groups in zip(targets, rest[::2], rest[1::2], strict=True):
         group = None if _missing(groups) else _group(_ok(groups))
         pending = int(group["pending"]) if group else 0
         queued += max(int(_ok(length)) - pending, 0)
         if int(_ok(length)) > pending:
-            starts.append((stream, b"(" + group["last-delivered-id"] if group else b"-"))
+            starts.append((shard, stream, b"(" + group["last-delivered-id"] if group else b"-"))
     oldest_ms, oldest_queue = await _oldest(store, starts)
     return Backlog(now_ms, queued, oldest_ms, oldest_queue, dlq_added)
 
 
-async def _oldest(store: Store, starts: list[tuple[str, bytes]]) -> tuple[int | None, str | None]:
+async def _oldest(
+    store: Store, starts: list[tuple[Store, str, bytes]]
+) -> tuple[int | None, str | None]:
     if not starts:
         return None, None
     pipe = store.redis.pipeline(transaction=False)
-    for stream, start in starts:
-        pipe.xrange(store.keys.ready(stream), min=start, max="+", count=1)
+    for shard, stream, start in starts:
+        pipe.xrange(shard.keys.ready(stream), min=start, max="+", count=1)
     with redis_errors():
         replies = await pipe.execute(raise_on_error=False)
     oldest: tuple[int | None, str | None] = (None, None)
-    for (stream, _), reply in zip(starts, replies, strict=True):
+    for (_, stream, _), reply in zip(starts, replies, strict=True):
         if _missing(reply) or not reply:
             continue  # deleted between the two round trips
         entry_ms = int(_ok(reply)[0][0].partition(b"-")[0])

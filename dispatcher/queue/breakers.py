@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from dispatcher.model import rfc3339
+from dispatcher.queue.keys import shard_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -106,13 +107,21 @@ class Tick:
 
 
 async def states(store: Store, webhook_ids: list[str]) -> dict[str, Breaker]:
-    if not webhook_ids:
-        return {}
-    raws = await cast(
-        "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.breakers, webhook_ids)
-    )
-    found = {wid: Breaker.decode(raw) for wid, raw in zip(webhook_ids, raws, strict=True)}
-    return {wid: b for wid, b in found.items() if b is not None}
+    """The breakers of these webhooks that exist, each read from its webhook's shard."""
+    by_shard: dict[int, list[str]] = {}
+    for webhook_id in webhook_ids:
+        by_shard.setdefault(shard_of(webhook_id), []).append(webhook_id)
+    found: dict[str, Breaker] = {}
+    for number, ids in by_shard.items():
+        shard = store.shard(number)
+        raws = await cast(
+            "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.breakers, ids)
+        )
+        for webhook_id, raw in zip(ids, raws, strict=True):
+            breaker = Breaker.decode(raw)
+            if breaker is not None:
+                found[webhook_id] = breaker
+    return found
 
 
 async def report(store: Store, health: dict[str, Health], *, open_s: float) -> list[Change]:
@@ -164,22 +173,26 @@ async def reset(store: Store, webhook_id: str) -> None:
     and the next tick puts its parked jobs back in their queues."""
     now_ms = store.clock.now_ms()
     closed = {"s": CLOSED, "b": now_ms, "c": [0, 0], "p": [0, 0], "f": 0}
-    await store.redis.hset(store.keys.breakers, webhook_id, orjson.dumps(closed))
+    shard = store.of_webhook(webhook_id)
+    await shard.redis.hset(shard.keys.breakers, webhook_id, orjson.dumps(closed))
 
 
 async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:
-    """For ``GET /v1/status``: how many breakers are open and half-open, which, and how many
-    jobs are parked behind them."""
-    raws = await cast("Awaitable[dict[bytes, bytes]]", store.redis.hgetall(store.keys.breakers))
-    pipe = store.redis.pipeline(transaction=False)
-    for webhook_id in raws:
-        pipe.zcard(store.keys.parked(webhook_id.decode()))
-    parked = sum(int(n) for n in await pipe.execute()) if raws else 0
+    """For ``GET /v1/status``: how many breakers are open and half-open (in every shard),
+    which, and how many jobs are parked behind them."""
+    parked = 0
     tripped = []
-    for webhook_id, raw in raws.items():
-        breaker = Breaker.decode(raw)
-        if breaker is not None and breaker.state != CLOSED:
-            tripped.append({"webhook_id": webhook_id.decode(), **breaker.to_wire()})
+    for shard in await store.all_shards():
+        raws = await cast("Awaitable[dict[bytes, bytes]]", shard.redis.hgetall(shard.keys.breakers))
+        if raws:
+            pipe = shard.redis.pipeline(transaction=False)
+            for webhook_id in raws:
+                pipe.zcard(shard.keys.parked(webhook_id.decode()))
+            parked += sum(int(n) for n in await pipe.execute())
+        for webhook_id, raw in raws.items():
+            breaker = Breaker.decode(raw)
+            if breaker is not None and breaker.state != CLOSED:
+                tripped.append({"webhook_id": webhook_id.decode(), **breaker.to_wire()})
     tripped.sort(key=lambda b: (b["state"], b["webhook_id"]))
     return {
         "open": sum(b["state"] == OPEN for b in tripped),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dispatcher.errors import NotFound
 from dispatcher.model import Job, JobState, is_job_id, rfc3339, sid_ms
 from dispatcher.queue import records
+from dispatcher.queue.keys import MAX_SHARDS, shard_of
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
@@ -20,8 +21,11 @@ if TYPE_CHECKING:
 
 
 async def dlq_size(store: Store) -> int:
+    """Entries in the DLQ of every shard."""
+    size = 0
     with redis_errors():
-        size: int = await store.redis.xlen(store.keys.dlq)
+        for shard in await store.all_shards():
+            size += int(await shard.redis.xlen(shard.keys.dlq))
     return size
 
 
@@ -30,10 +34,20 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
 
     Unknown ids and jobs that are not dead are skipped, so a replay can be repeated safely.
     """
-    keys = store.keys
-    ids = [j for j in dict.fromkeys(job_ids) if is_job_id(j)]
+    by_shard: defaultdict[int, list[str]] = defaultdict(list)
+    for job_id in dict.fromkeys(job_ids):
+        if is_job_id(job_id):
+            by_shard[shard_of(job_id)].append(job_id)
+    replayed: list[str] = []
+    for shard, ids in by_shard.items():
+        replayed += await _replay_in(store.shard(shard), ids)
+    return replayed
+
+
+async def _replay_in(store: Store, ids: list[str]) -> list[str]:
     if not ids:
         return []
+    keys = store.keys
     with redis_errors():
         # decode_responses is off: the records are bytes, whatever redis-py's types say
         raws = await cast("Awaitable[list[bytes | None]]", store.redis.hmget(keys.jobs, ids))
@@ -58,6 +72,7 @@ MAX_PAGE = 100
 #: Entries one filtered listing reads at most before it answers with a cursor (bounded work).
 MAX_SCANNED = 1000
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_SHARD_DIGITS = len(str(MAX_SHARDS))
 
 #: XRANGE entries with decode_responses off.
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -143,6 +158,57 @@ async def _read_page(store: Store, start: str, end: str, count: int) -> list[_De
     return page
 
 
+_Position = tuple[tuple[int, int], int]  # (entry id, shard)
+
+
+def is_cursor(value: object) -> bool:
+    """A ``next_cursor``: a DLQ entry id, with ``.<shard>`` when there are several shards."""
+    if not isinstance(value, str):
+        return False
+    entry_id, dot, shard = value.partition(".")
+    return is_entry_id(entry_id) and (not dot or (shard.isdigit() and len(shard) <= _SHARD_DIGITS))
+
+
+def _position(cursor: str | None) -> _Position | None:
+    """Where a listing goes on from: (entry id, shard), exclusive. A cursor without a shard
+    was given with one shard only; it reads as the last shard of that entry id."""
+    if cursor is None:
+        return None
+    entry_id, _, shard = cursor.partition(".")
+    return _sid_key(entry_id), int(shard) if shard else MAX_SHARDS
+
+
+def _sid_key(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _sid(key: tuple[int, int]) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+async def _read_round(
+    shards: list[Store], position: _Position | None, want: int
+) -> tuple[list[tuple[tuple[int, int], int, _Dead]], _Position | None]:
+    """Up to ``want`` entries of every shard after ``position``, merged, and the horizon: the
+    lowest last entry of a full page (None when every shard was read to its end)."""
+    merged: list[tuple[tuple[int, int], int, _Dead]] = []
+    horizon: _Position | None = None
+    for shard in shards:
+        number = shard.keys.shard
+        if position is None:
+            start = "-"
+        else:
+            start = f"({_sid(position[0])}" if number <= position[1] else _sid(position[0])
+        page = await _read_page(shard, start, "+", want)
+        merged += [(_sid_key(dead.entry_id), number, dead) for dead in page]
+        if len(page) == want:
+            last = (_sid_key(page[-1].entry_id), number)
+            horizon = last if horizon is None else min(horizon, last)
+    merged.sort(key=lambda m: (m[0], m[1]))
+    return merged, horizon
+
+
 async def list_dead(
     store: Store,
     *,
@@ -153,29 +219,43 @@ async def list_dead(
 ) -> dict[str, Any]:
     """A page of the DLQ, oldest first: ``{"items", "next_cursor"}``.
 
-    The cursor is the last entry id examined (exclusive), so entries replayed or purged
+    The cursor is the last entry examined (exclusive), so entries replayed or purged
     meanwhile never shift a page. A filtered listing reads at most ``MAX_SCANNED`` entries
     and may answer fewer items with a cursor to go on from; ``next_cursor`` is None at the end.
+    With several shards their DLQs are merged by entry id (then shard): each round reads a
+    page of every shard and takes entries up to the lowest last entry of a full page, beyond
+    which a shard may hold entries not read yet.
     """
     limit = max(1, min(limit, MAX_PAGE))
     filtered = webhook_id is not None or tenant_id is not None
-    start = f"({cursor}" if cursor else "-"
+    with redis_errors():
+        shards = await store.all_shards()
+    position = _position(cursor)
+
+    def next_cursor() -> str | None:
+        if position is None:
+            return None
+        sid = _sid(position[0])
+        return sid if len(shards) == 1 else f"{sid}.{position[1]}"
+
     items: list[dict[str, Any]] = []
     scanned = 0
     while True:
         want = MAX_PAGE if filtered else limit - len(items)
-        page = await _read_page(store, start, "+", want)
-        for dead in page:
+        merged, horizon = await _read_round(shards, position, want)
+        for key, number, dead in merged:
+            if horizon is not None and (key, number) > horizon:
+                break
             scanned += 1
-            start = f"({dead.entry_id}"
+            position = (key, number)
             if dead.matches(webhook_id, tenant_id):
                 items.append(dead.to_wire())
                 if len(items) == limit:
-                    return {"items": items, "next_cursor": dead.entry_id}
-        if len(page) < want:
+                    return {"items": items, "next_cursor": next_cursor()}
+        if horizon is None:
             return {"items": items, "next_cursor": None}
         if scanned >= MAX_SCANNED:
-            return {"items": items, "next_cursor": start[1:]}
+            return {"items": items, "next_cursor": next_cursor()}
 
 
 async def inspect(store: Store, job_id: str) -> dict[str, Any]:
@@ -211,6 +291,19 @@ async def replay_matching(
     Jobs that die again while this runs land after the entry that was last when it started,
     so they are not replayed a second time.
     """
+    with redis_errors():
+        shards = await store.all_shards()
+    if webhook_id is not None:
+        shards = [store.of_webhook(webhook_id)]
+    replayed = 0
+    for shard in shards:
+        replayed += await _replay_matching_in(shard, webhook_id, tenant_id, since_ms)
+    return replayed
+
+
+async def _replay_matching_in(
+    store: Store, webhook_id: str | None, tenant_id: str | None, since_ms: int | None
+) -> int:
     end = await _last_entry(store)
     if end is None:
         return 0
@@ -219,17 +312,29 @@ async def replay_matching(
     while True:
         page = await _read_page(store, start, end, MAX_PAGE)
         ids = [d.job_id for d in page if d.job_id and d.matches(webhook_id, tenant_id)]
-        replayed += len(await replay(store, ids))
+        replayed += len(await _replay_in(store, ids))
         if len(page) < MAX_PAGE:
             return replayed
         start = f"({page[-1].entry_id}"
 
 
 async def purge(store: Store, *, older_than_s: float, retention_s: float, confirm: bool) -> int:
-    """Count (``confirm`` False) or delete the entries older than both ages, with their records.
+    """Count (``confirm`` False) or delete the entries older than both ages, with their records,
+    in every shard.
 
     Deleting removes exactly the entries counted, less any replayed meanwhile.
     """
+    with redis_errors():
+        shards = await store.all_shards()
+    total = 0
+    for shard in shards:
+        total += await _purge_in(
+            shard, older_than_s=older_than_s, retention_s=retention_s, confirm=confirm
+        )
+    return total
+
+
+async def _purge_in(store: Store, *, older_than_s: float, retention_s: float, confirm: bool) -> int:
     cutoff_ms = store.clock.now_ms() - int(max(older_than_s, retention_s) * 1000)
     if cutoff_ms <= 0:
         return 0

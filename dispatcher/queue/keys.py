@@ -1,9 +1,18 @@
 """Every Redis key dispatcher uses, and the layout behind them.
 
-All keys of one deployment start with ``redis.prefix`` and share one hash tag, ``{0}``
-(shard 0), so every script may touch any of them and the same code runs on Redis
-Cluster. A later sharding step gives each shard its own tag; nothing outside this
-module formats a key.
+All keys of one deployment start with ``redis.prefix``. They are split into ``redis.shards``
+shards, each a complete copy of the layout below under its own hash tag (``{0}`` for shard 0),
+so every script touches keys of one shard only and the same code runs on Redis Cluster, where
+the shards spread over the nodes. A webhook lives in one shard, chosen when it is created and
+written into its id (``wh_<core>`` is shard 0, ``wh_<core>.<k>`` shard k); its jobs live in the
+same shard (``job_<core>.<n>`` and ``job_<core>.<k>.<n>``), so the id alone finds any record.
+Shard 0 also holds what belongs to the deployment as a whole: ``layout``, ``paused``,
+``workers`` and ``stats``. Nothing outside this module formats a key.
+
+A shard's hash tag is its number for shard 0 and, for shard k > 0, the string ``k-i`` (the
+smallest ``i`` below 256 whose slot lies closest to shard 0's slot plus k times the golden
+ratio of the 16384 slots): slots spread evenly whatever the number of shards, so an evenly
+split cluster puts consecutive shards on different nodes. Tags never change once chosen.
 
 Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three priority streams,
 ``Q:high``, ``Q`` or ``Q:low``, ``T`` a tenant id):
@@ -21,6 +30,8 @@ Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three pr
                           entry that could not be parsed); entry ids give a stable cursor
 ``P:{0}:idem:T:K``        string, the first answer to a publish with idempotency key K (24 h)
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
+``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
+                          ``served``: how many may hold work (the most there ever were)
 ``P:{0}:paused``          set   paused queue names
 ``P:{0}:workers``         hash  consumer name -> heartbeat JSON
 ``P:{0}:rates``           hash  webhook id -> GCRA theoretical arrival time (ms) of its rate limit
@@ -35,7 +46,12 @@ which it needs depends on the data; they share the hash tag, so this stays clust
 
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import dataclass
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 GROUP = "dispatch"
 PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
@@ -63,6 +79,37 @@ def priority_of(stream: str) -> str:
     return stream.partition(":")[2] or "normal"
 
 
+MAX_SHARDS = 1024
+_GOLDEN = 0.6180339887498949
+_SHARD_IN_ID = re.compile(r"wh_[0-9a-z]{20}\.(\d+)|job_[0-9a-z]{20}\.(\d+)\.\d+")
+
+
+@cache
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's keys (without braces); see the module's docstring."""
+    if shard == 0:
+        return "0"
+    slots = REDIS_CLUSTER_HASH_SLOTS
+    target = (key_slot(b"{0}") + round(shard * _GOLDEN * slots)) % slots
+
+    def distance(tag: str) -> int:
+        gap = abs(key_slot(f"{{{tag}}}".encode()) - target)
+        return min(gap, slots - gap)
+
+    return min((f"{shard}-{i}" for i in range(256)), key=distance)
+
+
+def shard_for(core: str, shards: int) -> int:
+    """The shard a new webhook with this id core is placed in."""
+    return zlib.crc32(core.encode()) % shards
+
+
+def shard_of(entity_id: str) -> int:
+    """The shard of a (valid) webhook or job id: ``wh_<core>.<k>``, ``job_<core>.<k>.<n>``."""
+    found = _SHARD_IN_ID.fullmatch(entity_id)
+    return int(found.group(1) or found.group(2)) if found else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "dispatcher"
@@ -70,7 +117,7 @@ class Keys:
 
     @property
     def _base(self) -> str:
-        return f"{self.prefix}:{{{self.shard}}}"
+        return f"{self.prefix}:{{{shard_tag(self.shard)}}}"
 
     @property
     def base(self) -> str:
@@ -107,6 +154,10 @@ class Keys:
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"
+
+    @property
+    def layout(self) -> str:
+        return f"{self._base}:layout"
 
     @property
     def paused(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +16,7 @@ from dispatcher.errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id
+from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id, shard_job_prefix
 from dispatcher.queue import breakers
 from dispatcher.queue.keys import GROUP, stream_of
 
@@ -58,6 +59,7 @@ def redis_errors() -> Iterator[None]:
 
 
 async def save_webhook(store: Store, hook: Webhook, *, old_tenant: str | None = None) -> None:
+    store = store.of_webhook(hook.id)
     pipe = store.redis.pipeline(transaction=True)
     # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
     pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
@@ -69,7 +71,9 @@ async def save_webhook(store: Store, hook: Webhook, *, old_tenant: str | None = 
 
 
 async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
-    hook = Webhook.create(fields, now_ms=store.clock.now_ms())
+    with redis_errors():
+        layout = await store.read_layout()
+    hook = Webhook.create(fields, now_ms=store.clock.now_ms(), shards=layout.shards)
     await save_webhook(store, hook)
     return hook
 
@@ -77,6 +81,7 @@ async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
 async def get_webhook(store: Store, webhook_id: str) -> Webhook:
     if not is_webhook_id(webhook_id):
         raise NotFound(f"no webhook {webhook_id!r}")
+    store = store.of_webhook(webhook_id)
     with redis_errors():
         raw = await cast(
             "Awaitable[bytes | None]", store.redis.hget(store.keys.webhooks, webhook_id)
@@ -86,28 +91,20 @@ async def get_webhook(store: Store, webhook_id: str) -> Webhook:
     return Webhook.decode(raw)
 
 
-async def get_webhooks(store: Store, webhook_ids: list[str]) -> dict[str, Webhook | None]:
-    """The webhooks by id, None for those that are gone (deleted since their job was made)."""
-    unique = list(dict.fromkeys(webhook_ids))
-    raws = await cast(
-        "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.webhooks, unique)
-    )
-    return {
-        wid: Webhook.decode(raw) if raw else None for wid, raw in zip(unique, raws, strict=True)
-    }
-
-
 async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
+    """The tenant's webhooks from every shard, by id."""
+    hooks: list[Webhook] = []
     with redis_errors():
-        ids = sorted(
-            await cast("Awaitable[list[bytes]]", store.redis.hkeys(store.keys.tenant(tenant_id)))
-        )
-        if not ids:
-            return []
-        raws = await cast(
-            "Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.webhooks, ids)
-        )
-    return [Webhook.decode(raw) for raw in raws if raw]
+        for shard in await store.all_shards():
+            ids = await cast(
+                "Awaitable[list[bytes]]", shard.redis.hkeys(shard.keys.tenant(tenant_id))
+            )
+            if ids:
+                raws = await cast(
+                    "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.webhooks, ids)
+                )
+                hooks += [Webhook.decode(raw) for raw in raws if raw]
+    return sorted(hooks, key=lambda hook: hook.id)
 
 
 async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
@@ -149,6 +146,7 @@ async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s:
 
 async def delete_webhook(store: Store, webhook_id: str) -> None:
     hook = await get_webhook(store, webhook_id)
+    store = store.of_webhook(webhook_id)
     pipe = store.redis.pipeline(transaction=True)
     pipe.hdel(store.keys.webhooks, webhook_id)
     pipe.hdel(store.keys.tenant(hook.tenant_id), webhook_id)
@@ -184,7 +182,7 @@ def _publish_call(
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "")
     args: list[bytes | str | int] = [
-        pub.job_prefix,
+        shard_job_prefix(pub.job_prefix, keys.shard),
         pub.event_id,
         pub.tenant_id,
         pub.event_type,
@@ -200,15 +198,42 @@ def _publish_call(
     return [keys.tenant(pub.tenant_id), keys.jobs, idem_key, *queue_keys], args
 
 
+async def _shards_of(store: Store, pub: Publication) -> list[Store]:
+    """Where an event's jobs may go: its one webhook's shard, or every shard (each holds the
+    routes of its own webhooks)."""
+    if pub.only_webhook is not None:
+        return [store.of_webhook(pub.only_webhook)]
+    with redis_errors():
+        return await store.all_shards()
+
+
 async def publish(
     store: Store, pub: Publication, queues: set[str] | None = None
 ) -> tuple[bool, dict[str, Any]]:
-    """Enqueue one job per matching webhook in one script; returns (new, answer).
+    """Enqueue one job per matching webhook; returns (new, answer).
 
-    ``queues`` is the caller's cache of known queue names; the script names any other queue
-    a matching webhook uses, and the call is repeated with that queue's keys too.
+    Each shard's part is one script, all its jobs or none; with several shards the parts run
+    side by side and an error in one is raised after all have answered (a retry with the same
+    idempotency key completes what is missing). ``queues`` is the caller's cache of known
+    queue names; the script names any other queue a matching webhook uses, and the call is
+    repeated with that queue's keys too.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
+    shards = await _shards_of(store, pub)
+    if len(shards) == 1:
+        new, answer = await _publish_in(shards[0], pub, known)
+        return new, _answer([answer])
+    parts = await asyncio.gather(
+        *(_publish_in(shard, pub, known) for shard in shards), return_exceptions=True
+    )
+    for part in parts:
+        if isinstance(part, BaseException):
+            raise part
+    done = cast("list[tuple[bool, str]]", parts)
+    return any(new for new, _ in done), _answer([answer for _, answer in done])
+
+
+async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[bool, str]:
     while True:
         keys, args = _publish_call(store, pub, sorted(known))
         with redis_errors():
@@ -216,13 +241,14 @@ async def publish(
         if status == -1:
             known.add(answer.decode())
             continue
-        return status == 1, _answer(answer.decode())
+        return status == 1, answer.decode()
 
 
 async def publish_many(
     store: Store, pubs: list[Publication], queues: set[str] | None = None
 ) -> list[dict[str, Any] | DispatcherError]:
-    """Enqueue several events in one round trip; each stays all-or-nothing on its own.
+    """Enqueue several events in one round trip; each stays all-or-nothing on its own (per
+    shard, see ``publish``).
 
     The answer list matches ``pubs``: an answer dict, or the error that event met (Redis
     unavailable or out of memory, say) while the others may have been accepted.
@@ -230,24 +256,32 @@ async def publish_many(
     known = queues if queues is not None else {DEFAULT_QUEUE}
     script = store.scripts.publish
     pipe = store.redis.pipeline(transaction=False)
+    calls: list[list[Store]] = []
     for pub in pubs:
-        keys, args = _publish_call(store, pub, sorted(known))
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        shards = await _shards_of(store, pub)
+        calls.append(shards)
+        for shard in shards:
+            keys, args = _publish_call(shard, pub, sorted(known))
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
     with redis_errors():
-        replies = await pipe.execute(raise_on_error=False)
+        replies = iter(await pipe.execute(raise_on_error=False))
     results: list[dict[str, Any] | DispatcherError] = []
-    for pub, reply in zip(pubs, replies, strict=True):
-        if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
-            # The script is not loaded yet (or a queue is new to us): the one-by-one path
-            # loads it and learns the queue.
-            try:
-                results.append((await publish(store, pub, known))[1])
-            except DispatcherError as exc:
-                results.append(exc)
-        elif isinstance(reply, Exception):
-            results.append(_as_dispatcher_error(reply))
-        else:
-            results.append(_answer(reply[1].decode()))
+    for pub, shards in zip(pubs, calls, strict=True):
+        answers: list[str] = []
+        error: DispatcherError | None = None
+        for shard, reply in zip(shards, replies, strict=False):
+            if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
+                # The script is not loaded yet (or a queue is new to us): the one-by-one path
+                # loads it and learns the queue.
+                try:
+                    answers.append((await _publish_in(shard, pub, known))[1])
+                except DispatcherError as exc:
+                    error = error or exc
+            elif isinstance(reply, Exception):
+                error = error or _as_dispatcher_error(reply)
+            else:
+                answers.append(reply[1].decode())
+        results.append(error if error is not None else _answer(answers))
     return results
 
 
@@ -255,9 +289,16 @@ def _as_dispatcher_error(exc: Exception) -> DispatcherError:
     return translate(exc) or DispatcherError(f"publish failed: {exc}")
 
 
-def _answer(joined: str) -> dict[str, Any]:
-    event_id, *pairs = joined.split(" ")
-    jobs = [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
+def _answer(parts: list[str]) -> dict[str, Any]:
+    """One answer from the shards' ``event_id job_id webhook_id ...``, jobs by webhook id."""
+    event_id = ""
+    jobs = []
+    for joined in parts:
+        first, *pairs = joined.split(" ")
+        event_id = event_id or first
+        jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
+    if len(parts) > 1:
+        jobs.sort(key=lambda job: job["webhook_id"])
     return {"event_id": event_id, "jobs": jobs}
 
 
@@ -275,6 +316,7 @@ async def get_job(store: Store, job_id: str) -> Job | None:
     """The job, from its record or, while it was never attempted, from its stream entry."""
     if not is_job_id(job_id):
         return None
+    store = store.of_job(job_id)
     for _ in range(2):  # a job may leave its entry between the two reads: look once more
         with redis_errors():
             raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
@@ -307,6 +349,7 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
     """The job as users see it: a queued job whose entry is claimed right now is active;
     ``breaker`` is the state of its webhook's breaker."""
     state = job.state
+    store = store.of_job(job.id)
     if state is JobState.QUEUED and job.sid:
         with redis_errors():
             try:

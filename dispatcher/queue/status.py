@@ -15,7 +15,7 @@ import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
 from dispatcher.model import rfc3339
-from dispatcher.queue import breakers, control
+from dispatcher.queue import breakers, control, dlq
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
@@ -57,17 +57,21 @@ async def known_queues(store: Store) -> list[str]:
 
 
 async def queue_counts(store: Store, queues: list[str]) -> list[QueueCounts]:
-    """Queued, active and scheduled per queue (its priority streams summed), in one round trip."""
+    """Queued, active and scheduled per queue (its priority streams and shards summed), in one
+    round trip."""
+    with redis_errors():
+        shards = await store.all_shards()
     pipe = store.redis.pipeline(transaction=False)
     for queue in queues:
-        for stream in streams_of(queue):
-            pipe.xlen(store.keys.ready(stream))
-            pipe.xpending(store.keys.ready(stream), GROUP)
-            pipe.zcard(store.keys.delayed(stream))
+        for shard in shards:
+            for stream in streams_of(queue):
+                pipe.xlen(shard.keys.ready(stream))
+                pipe.xpending(shard.keys.ready(stream), GROUP)
+                pipe.zcard(shard.keys.delayed(stream))
     with redis_errors():
         replies = await pipe.execute(raise_on_error=False)
     counts = []
-    per_queue = 3 * len(PRIORITIES)
+    per_queue = 3 * len(PRIORITIES) * len(shards)
     for i, queue in enumerate(queues):
         queued = active = scheduled = 0
         mine = replies[per_queue * i : per_queue * (i + 1)]
@@ -107,11 +111,14 @@ async def redis_facts(store: Store) -> dict[str, Any]:
     On a Redis Cluster that is the primary owning dispatcher's hash slot (``node``); ``nodes``
     then lists every node with its role and memory, since INFO is per node.
     """
+    with redis_errors():
+        layout = await store.read_layout()
+    shards = {"shards": layout.shards, "served_shards": layout.served}
     if store.cluster is not None:
-        return await _cluster_facts(store, store.cluster)
+        return {**await _cluster_facts(store, store.cluster), **shards}
     with redis_errors():
         info = await store.redis.info()
-    return {**{name: info.get(name) for name in _REDIS_FACTS}, "mode": store.mode}
+    return {**{name: info.get(name) for name in _REDIS_FACTS}, "mode": store.mode, **shards}
 
 
 async def _cluster_facts(store: Store, cluster: Cluster) -> dict[str, Any]:
@@ -120,6 +127,11 @@ async def _cluster_facts(store: Store, cluster: Cluster) -> dict[str, Any]:
         infos = cast(
             "dict[str, dict[str, Any]]", await cluster.info(target_nodes=RedisCluster.ALL_NODES)
         )
+        holders = set()
+        for shard in await store.all_shards():
+            node = cluster.get_node_from_key(shard.keys.jobs)
+            if node is not None:
+                holders.add(node.name)
     nodes = [
         {
             "node": name,
@@ -127,7 +139,7 @@ async def _cluster_facts(store: Store, cluster: Cluster) -> dict[str, Any]:
             "used_memory": info.get("used_memory"),
             "used_memory_human": info.get("used_memory_human"),
             "maxmemory_policy": info.get("maxmemory_policy"),
-            "holds_keys": name == home,
+            "holds_keys": name in holders,
         }
         for name, info in sorted(infos.items())
     ]
@@ -167,11 +179,6 @@ async def breaker_summary(store: Store) -> dict[str, Any]:
         return await breakers.summary(store)
 
 
-async def dlq_size(store: Store) -> int:
-    with redis_errors():
-        return int(await store.redis.xlen(store.keys.dlq))
-
-
 async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, Any]:
     """The answer of ``GET /v1/status`` and ``Client.status()``."""
     queues = await known_queues(store)
@@ -184,7 +191,7 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         "queued": sum(c.queued for c in counts),
         "active": sum(c.active for c in counts),
         "scheduled": sum(c.scheduled for c in counts) + tripped["parked"],
-        "dlq_size": await dlq_size(store),
+        "dlq_size": await dlq.dlq_size(store),
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
         "dead_recent": {"window_s": window_s, "count": stats["dead"]},

@@ -1,17 +1,39 @@
-"""The handle every queue verb takes: one Redis client, its key names and scripts, a clock."""
+"""The handle every queue verb takes: one Redis client, its key names and scripts, a clock.
+
+A ``Store`` addresses one shard (``keys.shard``); ``Store.open`` gives shard 0, which also
+holds the deployment-wide keys. ``shard(k)``, ``of_webhook(id)`` and ``of_job(id)`` give the
+store of another shard: the same client, scripts and clock, that shard's keys. Verbs that
+span every shard (listings, counts) take any store and ask ``all_shards()``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from dispatcher.queue.clock import RedisClock
 from dispatcher.queue.connection import STANDALONE, Cluster, mode_of, open_redis
-from dispatcher.queue.keys import Keys
+from dispatcher.queue.keys import Keys, shard_of
 from dispatcher.queue.scripts import Scripts
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from redis.asyncio import Redis
+
+#: How long a process trusts the shard layout it read before reading it again.
+LAYOUT_MAX_AGE_S = 5.0
+
+
+@dataclass(slots=True)
+class Layout:
+    """``shards``: new webhooks are spread over shards 0..shards-1. ``served``: shards
+    0..served-1 may hold work (lowering ``redis.shards`` leaves the webhooks where they are)."""
+
+    shards: int = 1
+    served: int = 1
+    read_at: float = float("-inf")  # monotonic
 
 
 @dataclass(slots=True)
@@ -22,6 +44,8 @@ class Store:
     clock: RedisClock
     mode: str = STANDALONE  # standalone, cluster or sentinel (connection.mode_of)
     cluster: Cluster | None = None  # the same client as ``redis``, when it is a Redis Cluster
+    layout: Layout = field(default_factory=Layout)  # shared by every shard's store
+    _shards: dict[int, Store] = field(default_factory=dict)  # shared too
 
     @classmethod
     def open(cls, url: str, *, prefix: str = "dispatcher", max_connections: int = 64) -> Store:
@@ -35,3 +59,66 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    # --- shards --------------------------------------------------------------------------------
+
+    def shard(self, shard: int) -> Store:
+        """The store of one shard (this one when it is already that shard)."""
+        if shard == self.keys.shard:
+            return self
+        found = self._shards.get(shard)
+        if found is None:
+            keys = Keys(self.keys.prefix, shard)
+            found = Store(
+                self.redis,
+                keys,
+                self.scripts,
+                self.clock,
+                self.mode,
+                self.cluster,
+                self.layout,
+                self._shards,
+            )
+            self._shards[shard] = found
+        return found
+
+    @property
+    def home(self) -> Store:
+        """Shard 0: the layout, paused queues, workers' heartbeats and per-minute counters."""
+        return self.shard(0)
+
+    def of_webhook(self, webhook_id: str) -> Store:
+        return self.shard(shard_of(webhook_id))
+
+    def of_job(self, job_id: str) -> Store:
+        return self.shard(shard_of(job_id))
+
+    async def read_layout(self, *, max_age_s: float = LAYOUT_MAX_AGE_S) -> Layout:
+        """The shard layout, read again when older than ``max_age_s`` (one HMGET)."""
+        layout = self.layout
+        if time.monotonic() - layout.read_at < max_age_s:
+            return layout
+        raw = await cast(
+            "Awaitable[list[bytes | None]]",
+            self.redis.hmget(self.home.keys.layout, ["shards", "served"]),
+        )
+        layout.shards = max(1, int(raw[0] or 1))
+        layout.served = max(layout.shards, int(raw[1] or 1))
+        layout.read_at = time.monotonic()
+        return layout
+
+    async def all_shards(self) -> list[Store]:
+        """Every shard that may hold work, shard 0 first."""
+        layout = await self.read_layout()
+        return [self.shard(k) for k in range(layout.served)]
+
+    async def adopt_layout(self, shards: int) -> tuple[Layout, int]:
+        """Record ``redis.shards`` (the daemon does at start); returns the layout and the
+        number of shards new webhooks were spread over before (``shards`` on a new Redis)."""
+        known = await self.redis.exists(self.home.keys.layout)
+        before = await self.read_layout(max_age_s=0)
+        previous = before.shards if known else shards
+        served = max(before.served, shards)
+        await self.redis.hset(self.home.keys.layout, mapping={"shards": shards, "served": served})
+        before.shards, before.served = shards, served
+        return before, previous

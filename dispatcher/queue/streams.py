@@ -37,6 +37,7 @@ class Claim:
     webhook_id: str
     token: str
     inline: Job | None = field(default=None, compare=False)  # a fresh job read with its entry
+    shard: int = 0  # the shard whose stream holds the entry (keys.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ async def claim_new(
         stream = streams[int(reply[i]) - 1]
         for sid_b, flat in reply[i + 1]:
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            _add(stream, sid_b.decode(), fields, claims, malformed)
+            _add(stream, sid_b.decode(), fields, (claims, malformed), shard=store.keys.shard)
     return claims, malformed
 
 
@@ -124,7 +125,8 @@ async def wait_new(
     malformed: list[tuple[str, Malformed]] = []
     for key, entries in reply or ():
         for sid_b, fields in entries:
-            _add(by_key[key.decode()], sid_b.decode(), fields or {}, claims, malformed)
+            found = (claims, malformed)
+            _add(by_key[key.decode()], sid_b.decode(), fields or {}, found, shard=store.keys.shard)
     return claims, malformed
 
 
@@ -132,17 +134,18 @@ def _add(
     stream: str,
     sid: str,
     fields: dict[bytes, bytes],
-    claims: list[Claim],
-    malformed: list[tuple[str, Malformed]],
+    found: tuple[list[Claim], list[tuple[str, Malformed]]],
+    *,
+    shard: int,
 ) -> None:
-    claim = _claim(stream, sid, fields)
+    claim = _claim(shard, stream, sid, fields)
     if claim is None:
-        malformed.append((stream, Malformed(sid, _raw(fields))))
+        found[1].append((stream, Malformed(sid, _raw(fields))))
     else:
-        claims.append(claim)
+        found[0].append(claim)
 
 
-def _claim(queue: str, sid: str, fields: dict[bytes, bytes]) -> Claim | None:
+def _claim(shard: int, queue: str, sid: str, fields: dict[bytes, bytes]) -> Claim | None:
     """A claim from a new entry: inline (the job's data is in it) or a reference to a record."""
     job_id, webhook_id = fields.get(b"j"), fields.get(b"w")
     if not job_id or not webhook_id:
@@ -153,7 +156,7 @@ def _claim(queue: str, sid: str, fields: dict[bytes, bytes]) -> Claim | None:
             inline = Job.from_entry(job_id.decode(), queue, sid, fields)
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
-    return Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1", inline)
+    return Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1", inline, shard)
 
 
 def _raw(fields: dict[bytes, bytes] | None) -> bytes:
@@ -260,6 +263,7 @@ async def reclaim_page(
             taken[i + 1].decode(),
             taken[i + 2].decode(),
             taken[i + 3].decode(),
+            shard=store.keys.shard,
         )
         for i in range(0, len(taken), 4)
     ]
