@@ -183,8 +183,7 @@ class Worker:
     async def run(self, *, drain_grace_s: float | None = None) -> None:
         """Serve until ``stop`` is set, then drain: in-flight attempts get ``drain_grace_s``."""
         grace_s = self.cfg.timeout_s + 1 if drain_grace_s is None else drain_grace_s
-        await self._ensure_groups(self.store)
-        await self._learn_shards()
+        await self._set_up()
         # Learn the paused queues before the first read: a worker that starts while its queue
         # is paused must not claim from it before the control loop's first tick.
         with contextlib.suppress(Exception):
@@ -237,13 +236,14 @@ class Worker:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _ensure_groups(self, shard: Store) -> None:
-        """Create the consumer groups of the served streams in one shard (waits for Redis)."""
+    async def _set_up(self) -> None:
+        """Before the first read: the consumer groups of every served shard, the clock."""
         outage = Outage("setup", self.metrics)
         while not self.stop.is_set():
             try:
                 for stream in self.streams:
-                    await streams.ensure_group(shard, stream)
+                    await streams.ensure_group(self.store, stream)
+                await self._add_shards()
                 await self.store.clock.sync(self.store.redis)
             except Exception as exc:
                 await outage.failed(exc, self.stop)
@@ -251,21 +251,13 @@ class Worker:
                 outage.ok()
                 return
 
-    async def _learn_shards(self) -> None:
-        """Serve every shard that may hold work; new ones get their groups and readers."""
-        outage = Outage("setup", self.metrics)
-        while not self.stop.is_set():
-            try:
-                served = await self.store.all_shards()
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-            else:
-                outage.ok()
-                break
-        else:
-            return
+    async def _add_shards(self) -> None:
+        """Serve the shards the layout names that this process does not serve yet (another
+        process raised redis.shards): their groups first, then their readers."""
+        served = await self.store.all_shards()
         for shard in served[len(self.shards) :]:
-            await self._ensure_groups(shard)
+            for stream in self.streams:
+                await streams.ensure_group(shard, stream)
             self.shards.append(shard)
             if self._group is not None:
                 self._serve(shard)
@@ -765,7 +757,7 @@ class Worker:
             try:
                 self._paused = frozenset(await control.paused_queues(self.store))
                 if (await self.store.read_layout()).served > len(self.shards):
-                    await self._learn_shards()
+                    await self._add_shards()
                 if tick % STATS_FLUSH_TICKS == 0:
                     await self._flush_stats()
                     self.pool.forget_idle(time.monotonic())
