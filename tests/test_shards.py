@@ -228,6 +228,39 @@ async def _tripped(client: Client) -> list[dict[str, Any]]:
     return list((await client.status())["breakers"]["tripped"])
 
 
+async def _webhook_in_shard(client: Client, tenant: str, url: str, shard: int) -> dict[str, Any]:
+    """A webhook of ``tenant`` placed in ``shard`` (others made on the way are deleted)."""
+    for _ in range(200):
+        hook = await client.create_webhook(tenant, url)
+        if shard_of(hook["id"]) == shard:
+            return hook
+        await client.delete_webhook(hook["id"])
+    raise AssertionError(f"no webhook landed in shard {shard}")
+
+
+async def test_a_backlog_in_one_shard_does_not_hold_back_another(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Workers serve the shards side by side: events for a webhook in another shard go out
+    while a large backlog in one shard is still draining."""
+    await _sharded(client)
+    await _webhook_in_shard(client, "big", target.url("/big"), 1)
+    await _webhook_in_shard(client, "small", target.url("/small"), 2)
+    backlog = 1500
+    for start in range(0, backlog, 500):
+        answers = await client.publish_many(
+            {"tenant_id": "big", "event_type": "a.b", "payload": {"i": i}}
+            for i in range(start, start + 500)
+        )
+        assert all(isinstance(a, dict) for a in answers)
+    for i in range(10):
+        await client.publish("small", "a.b", {"i": i})
+    await workers.start(concurrency=8)
+    await target.wait_for(10, "/small", timeout_s=30)
+    assert target.count("/big") < backlog / 3, "the small shard waited behind the backlog"
+    await target.wait_for(backlog, "/big", timeout_s=60)
+
+
 async def test_a_running_worker_serves_shards_added_later(
     client: Client, workers: WorkerHarness, target: Target
 ) -> None:
