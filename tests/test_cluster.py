@@ -145,9 +145,12 @@ async def test_shards_spread_over_the_nodes_and_deliver(
     await cclient.store.adopt_layout(3)
     hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
     answer = await cclient.publish("acme", "a.b", {})
+    [batch] = await cclient.publish_many([{"tenant_id": "acme", "event_type": "b", "payload": {}}])
+    assert isinstance(batch, dict)
+    assert len(batch["jobs"]) == len(hooks)
     await cworkers.start()
-    await target.wait_for(len(hooks), timeout_s=15)
-    for job in answer["jobs"]:
+    await target.wait_for(2 * len(hooks), timeout_s=15)
+    for job in answer["jobs"] + batch["jobs"]:
         await eventually(lambda j=job["id"]: _state(cclient, j, "delivered"))
     by_node = await _keys_by_node(raw, prefix)
     assert len(by_node) == 3, by_node

@@ -254,6 +254,9 @@ async def publish_many(
     unavailable or out of memory, say) while the others may have been accepted.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
+    if store.cluster is not None:
+        # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
+        return await _publish_each(store, pubs, known)
     script = store.scripts.publish
     pipe = store.redis.pipeline(transaction=False)
     calls: list[list[Store]] = []
@@ -283,6 +286,20 @@ async def publish_many(
                 answers.append(reply[1].decode())
         results.append(error if error is not None else _answer(answers))
     return results
+
+
+async def _publish_each(
+    store: Store, pubs: list[Publication], known: set[str]
+) -> list[dict[str, Any] | DispatcherError]:
+    async def one(pub: Publication) -> dict[str, Any] | DispatcherError:
+        try:
+            return (await publish(store, pub, known))[1]
+        except DispatcherError as exc:
+            return exc
+        except rex.RedisError as exc:
+            return _as_dispatcher_error(exc)
+
+    return list(await asyncio.gather(*(one(pub) for pub in pubs)))
 
 
 def _as_dispatcher_error(exc: Exception) -> DispatcherError:
