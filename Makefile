@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults soak lint bench bench-quick bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults soak lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
@@ -38,6 +38,10 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(BIN)/python -m bench.run --quick
+
+# Queue sharding: 1 shard on one Redis node against 3 shards on a 3-primary cluster (dispatcher only).
+bench-shards: $(STAMP) redis-server
+	$(BIN)/python -m bench.shards
 
 bench-deps: $(STAMP) redis-server
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
