@@ -338,12 +338,13 @@ async def _check_server(
             return EXIT_FAILED
         try:
             facts = await server_facts(store)
-            layout, previous = await store.adopt_layout(shards)
+            problems = [problem for server in facts for problem in _judge(server)]
+            if not problems:  # record the layout only on a server we will run on
+                layout, previous = await store.adopt_layout(shards)
         except Exception as exc:
             await outage.failed(exc, stop)
             continue
         outage.ok()
-        problems = [problem for server in facts for problem in _judge(server)]
         if problems:
             raise ConfigError(problems)
         if previous != shards:

@@ -291,10 +291,11 @@ async def replay_matching(
     Jobs that die again while this runs land after the entry that was last when it started,
     so they are not replayed a second time.
     """
-    with redis_errors():
-        shards = await store.all_shards()
-    if webhook_id is not None:
+    if webhook_id is not None:  # its dead jobs are all in its shard
         shards = [store.of_webhook(webhook_id)]
+    else:
+        with redis_errors():
+            shards = await store.all_shards()
     replayed = 0
     for shard in shards:
         replayed += await _replay_matching_in(shard, webhook_id, tenant_id, since_ms)
