@@ -4,12 +4,14 @@ Pure functions, no IO: `delivery` asks `verdict()` what to do and `next_delay_s(
 
 - 2xx: delivered. 410 Gone: disable the webhook and dead-letter the job. Anything else (other
   statuses, timeouts, connection errors, ``status=None``): retry until ``max_attempts``.
-- After failed attempt n (1-based) the job waits ``min(cap, base * 2**(n-1))`` times a jitter
-  factor in [0.8, 1.2], so waits still grow while uncapped and retries of jobs that failed
-  together spread out.
+- After failed attempt n (1-based) the job waits ``d = min(cap, base * 2**(n-1))`` spread
+  uniformly over ``[0.8 d, min(cap, 1.2 d)]``: waits still grow while uncapped, and retries of
+  jobs that failed together spread out, at the cap too (there the band is ``[0.8 cap, cap]``;
+  jittering first and capping after would pile half of them on exactly ``cap``).
 - ``Retry-After`` on a 429 or 503 is a floor: the wait is at least that long.
-- After a 429 or a timeout the wait is at least `MIN_PENALTY_S` (1 s), so a target that is
-  overloaded is not hit again at once even with a tiny ``backoff_base_s``.
+- After a 429 or a timeout the wait is at least `MIN_PENALTY_S` (1 s, itself spread over
+  [1 s, 1.2 s]), so a target that is overloaded is not hit again at once even with a tiny
+  ``backoff_base_s``, nor by all of its failed jobs in the same instant.
 - Every wait is capped at ``cap_s``, penalties and Retry-After included, and never negative.
 """
 
@@ -69,10 +71,11 @@ def next_delay_s(
     rng: random.Random | None = None,
 ) -> float:
     """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
-    delay = backoff_s(attempt, base_s=base_s, cap_s=cap_s)
-    delay *= (rng or _RNG).uniform(1 - JITTER, 1 + JITTER)
+    rng = rng or _RNG
+    backoff = backoff_s(attempt, base_s=base_s, cap_s=cap_s)
+    delay = rng.uniform(backoff * (1 - JITTER), min(cap_s, backoff * (1 + JITTER)))
     if timed_out or status == TOO_MANY_REQUESTS:
-        delay = max(delay, MIN_PENALTY_S)
+        delay = max(delay, MIN_PENALTY_S * rng.uniform(1, 1 + JITTER))
     if (
         retry_after_s is not None
         and status in RETRY_AFTER_STATUSES

@@ -113,6 +113,27 @@ def test_delay_never_exceeds_the_cap() -> None:
         assert CAP_S * (1 - JITTER) <= delay <= CAP_S
 
 
+@pytest.mark.parametrize("attempt", [11, 12, 20])
+def test_jitter_spreads_delays_at_the_cap(attempt: int) -> None:
+    """Jobs that failed together at the cap still retry at different times, not all at cap_s."""
+    spread = delays(attempt, n=1000)
+    assert sum(delay == CAP_S for delay in spread) == 0
+    assert len(set(spread)) == 1000
+    # spread over the whole band [0.8 cap, cap]: each fifth of it gets its share
+    fifths = [0] * 5
+    for delay in spread:
+        fifths[min(4, int((delay - CAP_S * (1 - JITTER)) / (CAP_S * JITTER) * 5))] += 1
+    assert min(fifths) > 120
+
+
+def test_penalty_is_spread_too() -> None:
+    """Timed-out attempts with a tiny base wait at least the penalty, but not all the same time."""
+    rng = random.Random(7)
+    waits = [next_delay_s(1, base_s=0.01, cap_s=CAP_S, timed_out=True, rng=rng) for _ in range(200)]
+    assert all(MIN_PENALTY_S <= w <= MIN_PENALTY_S * (1 + JITTER) for w in waits)
+    assert len(set(waits)) == 200
+
+
 @pytest.mark.parametrize("attempt", [10_000, 10**9, 10**30])
 def test_huge_attempt_does_not_overflow(attempt: int) -> None:
     """A huge attempt number gives a capped delay instead of OverflowError."""
@@ -174,7 +195,7 @@ def test_minimum_penalty_after_429_or_timeout(status: int | None, timed_out: boo
     delay = next_delay_s(
         1, base_s=0.01, cap_s=CAP_S, status=status, timed_out=timed_out, rng=random.Random(0)
     )
-    assert delay == MIN_PENALTY_S
+    assert MIN_PENALTY_S <= delay <= MIN_PENALTY_S * (1 + JITTER)
 
 
 def test_no_penalty_for_plain_failures() -> None:
