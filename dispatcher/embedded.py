@@ -3,12 +3,27 @@
 Append-only file on (``appendfsync everysec``), no TCP port, ``noeviction``. Its data lives in
 ``state_dir`` and survives restarts. If the child dies, the daemon exits non-zero so that
 systemd restarts both.
+
+Starting it:
+
+- ``state_dir/dispatcher.lock`` is held with ``flock`` for the daemon's life, so a second daemon
+  on the same ``state_dir`` is refused even while the first one's Redis is still loading its
+  data (the lock goes with the process, kill -9 included). A server already answering on the
+  socket (a leftover child) is refused too.
+- Any answer counts as alive, ``-LOADING`` included: a large append-only file can take minutes
+  to load, and killing the server for it would make ``Restart=on-failure`` repeat the load
+  forever. While it loads, the daemon logs the progress and asks systemd for more start time
+  (``EXTEND_TIMEOUT_USEC``); only a server that gives no answer at all for ``timeout_s`` fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import enum
+import fcntl
+import os
 import shutil
 import signal
 import sys
@@ -18,6 +33,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher.errors import ConfigError
+from dispatcher.notify import Notifier
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,6 +41,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 SOCKET_NAME = "redis.sock"
+LOCK_NAME = "dispatcher.lock"
+LOADING_REPORT_S = 5.0  # how often a long load is logged and systemd's start timeout extended
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, fewer elsewhere
 INSTALL_HINT = (
     "redis-server was not found: install it (Debian/Ubuntu: apt-get install redis-server) "
@@ -52,11 +70,21 @@ def find_redis_server() -> str | None:
     return None
 
 
+class Answer(enum.Enum):
+    NONE = "none"  # nothing listens
+    OTHER = "other"  # something answers, but neither PONG nor LOADING
+    LOADING = "loading"  # alive, still loading its data set
+    READY = "ready"
+
+
 class EmbeddedRedis:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, notifier: Notifier | None = None) -> None:
         self.state_dir = state_dir.resolve()
         self.socket = self.state_dir / SOCKET_NAME
         self.process: asyncio.subprocess.Process | None = None
+        self.notifier = notifier or Notifier()
+        self._lock_fd: int | None = None
+        self.loading_seen = False  # the server answered -LOADING while starting
 
     @property
     def url(self) -> str:
@@ -94,7 +122,9 @@ class EmbeddedRedis:
         if len(str(self.socket)) > _MAX_SOCKET_PATH:
             raise ConfigError([f"state_dir: {self.state_dir} is too long for a unix socket path"])
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if await self._ping():
+        self._lock()
+        if await self._ping() is not Answer.NONE:
+            self._unlock()
             raise ConfigError(
                 [
                     (
@@ -118,11 +148,38 @@ class EmbeddedRedis:
         log.info("redis.embedded_started", pid=self.process.pid, socket=str(self.socket))
         return self.url
 
+    def _lock(self) -> None:
+        """Hold ``state_dir/dispatcher.lock`` for this process's life, or refuse to start."""
+        fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                [
+                    (
+                        f"state_dir: {self.state_dir} is locked by another dispatcher "
+                        f"({self.state_dir / LOCK_NAME}); each daemon with an embedded Redis "
+                        "needs its own state_dir"
+                    )
+                ]
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
     async def _wait_ready(self, timeout_s: float) -> None:
+        """Wait until the server answers PONG. A server that answers ``-LOADING`` is alive and
+        is waited for however long it takes; ``timeout_s`` bounds only the time without any
+        answer."""
         if self.process is None:
             raise RuntimeError("redis-server was not started")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        silent_since = time.monotonic()
+        next_report = silent_since + LOADING_REPORT_S
+        while True:
             if self.process.returncode is not None:
                 raise ConfigError(
                     [
@@ -132,25 +189,70 @@ class EmbeddedRedis:
                         )
                     ]
                 )
-            if await self._ping():
+            answer = await self._ping()
+            now = time.monotonic()
+            if answer is Answer.READY:
                 return
-            await asyncio.sleep(0.05)  # not listening yet, or -LOADING the append-only file
-        raise ConfigError([f"embedded redis-server did not answer within {timeout_s:g} s"])
+            if answer is Answer.LOADING:
+                self.loading_seen = True
+                silent_since = now
+                if now >= next_report:
+                    next_report = now + LOADING_REPORT_S
+                    await self._report_loading()
+            elif now - silent_since > timeout_s:
+                raise ConfigError(
+                    [f"embedded redis-server did not answer within {timeout_s:g} s"]
+                )
+            await asyncio.sleep(0.05)
 
-    async def _ping(self) -> bool:
+    async def _report_loading(self) -> None:
+        """Log how far the load is, and give systemd another interval of start time."""
+        loaded = await self._loaded_percent()
+        log.info("redis.embedded_loading", loaded_percent=loaded)
+        self.notifier.send(
+            f"EXTEND_TIMEOUT_USEC={int(LOADING_REPORT_S * 4 * 1e6)}",
+            "STATUS=loading the embedded Redis data"
+            + (f" ({loaded:.0f}%)" if loaded is not None else ""),
+        )
+
+    async def _ask(self, command: bytes) -> bytes | None:
+        """One inline command on a fresh connection; its reply (first line or bulk), or None."""
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.socket))
         except OSError:
-            return False
+            return None
         try:
-            writer.write(b"PING\r\n")
+            writer.write(command + b"\r\n")
             await writer.drain()
             async with asyncio.timeout(2):
-                return (await reader.readline()).startswith(b"+PONG")
-        except (OSError, TimeoutError):
-            return False
+                line = await reader.readline()
+                if line.startswith(b"$") and line[1:].strip().isdigit():
+                    return await reader.readexactly(int(line[1:]) + 2)
+                return line
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return None
         finally:
             writer.close()
+
+    async def _ping(self) -> Answer:
+        reply = await self._ask(b"PING")
+        if reply is None:
+            return Answer.NONE
+        if reply.startswith(b"+PONG"):
+            return Answer.READY
+        if reply.startswith(b"-LOADING"):
+            return Answer.LOADING
+        # Any other answer (an error such as -NOAUTH, a server of another setup) is a live
+        # server all the same: it must not be started over, nor waited for.
+        return Answer.OTHER if reply else Answer.NONE
+
+    async def _loaded_percent(self) -> float | None:
+        reply = await self._ask(b"INFO persistence")
+        for line in (reply or b"").splitlines():
+            if line.startswith(b"loading_loaded_perc:"):
+                with contextlib.suppress(ValueError):
+                    return float(line.partition(b":")[2])
+        return None
 
     def exited(self) -> bool:
         return self.process is not None and self.process.returncode is not None
@@ -162,6 +264,12 @@ class EmbeddedRedis:
         return await self.process.wait()
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
+        try:
+            await self._stop(timeout_s)
+        finally:
+            self._unlock()
+
+    async def _stop(self, timeout_s: float) -> None:
         if self.process is None or self.process.returncode is not None:
             return
         self.process.terminate()  # redis-server flushes the AOF on SIGTERM
