@@ -4,10 +4,13 @@ Every webhook (endpoint) gets a limit on its attempts in flight in this process.
 an eighth of the pool and is earned like a TCP congestion window: each fast success while
 the webhook uses at least half its limit adds one slot (so the limit doubles per round trip
 and a lone healthy webhook soon has the whole pool), while a timeout, a refused or broken
-connection or an answer far slower than usual halves it, down to ``MIN_LIMIT``. A webhook
-whose oldest attempt has been out far longer than its usual latency is hanging: it starts
-nothing more until that attempt ends. And the last eighth of the pool is kept for endpoints
-that answer fast: a slow one (usually over 0.1 s) never takes it. So an endpoint that hangs,
+connection or an answer far slower than usual halves it, down to ``MIN_LIMIT``. An attempt
+out far longer than the webhook's usual latency (8 times it, and at least 1 s) is stuck: it
+keeps its slot, and it shrinks the room of the others in proportion, so the webhook may fill
+only the share of its limit that is still answering. An endpoint whose attempts all hang
+starts nothing more; one slow answer among many (an ordinary p99 tail) costs about one slot,
+not the endpoint's throughput. And the last eighth of the pool is kept for endpoints that
+answer fast: a slow one (usually over 0.1 s) never takes it. So an endpoint that hangs,
 refuses or slows down holds few slots, or at least never all of them, and the others keep
 theirs.
 
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 
 MIN_LIMIT = 2
 START_FRACTION = 8  # a new webhook starts with concurrency // START_FRACTION slots
-STUCK_FLOOR_S = 0.25  # an attempt out this long is hanging, whatever the usual latency
-STUCK_MULTIPLE = 8.0  # ... or this many times the webhook's usual latency
+STUCK_FLOOR_S = 1.0  # an attempt is stuck once out this long and STUCK_MULTIPLE times the
+STUCK_MULTIPLE = 8.0  # webhook's usual latency: a tail of a few hundred ms is not a hang
+HANGING_SHARE = 0.5  # a webhook with this share of its attempts stuck is hanging
 LATENCY_WEIGHT = 0.1  # of the newest success in the moving average
 SLOW_S = 0.1  # an endpoint whose answers usually take longer holds its slots long
 RESERVE_FRACTION = 8  # the last concurrency // 8 free slots are kept for the fast endpoints
@@ -63,17 +67,28 @@ class Endpoint:
     def stuck_after_s(self) -> float:
         return max(STUCK_FLOOR_S, STUCK_MULTIPLE * (self.latency_s or 0.0))
 
+    def stuck(self, now: float) -> tuple[int, int]:
+        """(stuck, sending): attempts out far longer than this webhook's usual latency, of
+        those on the wire. A job waiting for a lane says nothing of the endpoint."""
+        cutoff = now - self.stuck_after_s()
+        sending = stuck = 0
+        for started in self.started.values():
+            if started is not None:
+                sending += 1
+                stuck += started < cutoff
+        return stuck, sending
+
     def hanging(self, now: float) -> bool:
-        """Whether an attempt has been out far longer than this webhook's usual latency.
-        Only time on the wire counts: a job waiting for a lane says nothing of the endpoint."""
-        sending = [t for t in self.started.values() if t is not None]
-        return bool(sending) and now - min(sending) > self.stuck_after_s()
+        """Whether at least ``HANGING_SHARE`` of the attempts on the wire are stuck."""
+        stuck, sending = self.stuck(now)
+        return stuck > 0 and stuck >= HANGING_SHARE * sending
 
     def room(self, now: float) -> int:
-        """Attempts this webhook may start now."""
-        if self.hanging(now):
-            return 0  # hold what it has, start nothing more
-        return int(self.limit) - len(self.started)
+        """Attempts this webhook may start now: its limit, shrunk by the share of its attempts
+        that are stuck (all stuck: nothing more starts; the stuck ones keep their slots)."""
+        stuck, sending = self.stuck(now)
+        limit = self.limit if not stuck else self.limit * (1 - stuck / sending)
+        return int(limit) - len(self.started)
 
     def defer(self, now: float, timeout_s: float) -> float:
         """A delay for one job beyond the limit: the next free place in this webhook's pace."""
