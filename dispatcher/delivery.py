@@ -665,6 +665,10 @@ class Worker:
 
     # --- background loops ----------------------------------------------------------------------
 
+    def _report_malformed_records(self, queue: str, job_ids: list[str]) -> None:
+        self.metrics.inc("dispatcher_dead_lettered_total", len(job_ids), reason="malformed")
+        log.error("job.dead_lettered", queue=queue, reason="malformed", job_ids=job_ids)
+
     async def _promote_loop(self) -> None:
         outage = Outage("promote", self.metrics)
         next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
@@ -676,7 +680,10 @@ class Worker:
                         self.metrics.inc("dispatcher_promoted_total", promoted.moved)
                         if promoted.orphans:
                             log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
-                        if promoted.moved + len(promoted.orphans) < delays.BATCH_LIMIT:
+                        if promoted.malformed:
+                            self._report_malformed_records(queue, promoted.malformed)
+                        handled = promoted.moved + len(promoted.orphans) + len(promoted.malformed)
+                        if handled < delays.BATCH_LIMIT:
                             break
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S

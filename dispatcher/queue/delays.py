@@ -19,15 +19,21 @@ BATCH_LIMIT = 500
 class Promotion:
     moved: int
     server_ms: int
-    orphans: list[str]
+    orphans: list[str]  # due, but their record was gone (finished and swept, or deleted)
+    malformed: list[str]  # their record could not be read: dead-lettered as malformed
 
 
 async def promote_due(store: Store, queue: str, *, limit: int = BATCH_LIMIT) -> Promotion:
     keys = store.keys
-    moved, server_ms, orphans = await store.scripts.promote(
-        keys=[keys.delayed(queue), keys.ready(queue), keys.jobs], args=[limit]
+    moved, server_ms, orphans, malformed = await store.scripts.promote(
+        keys=[keys.delayed(queue), keys.ready(queue), keys.jobs, keys.dlq], args=[limit]
     )
-    return Promotion(int(moved), int(server_ms), [o.decode() for o in orphans])
+    return Promotion(
+        int(moved),
+        int(server_ms),
+        [o.decode() for o in orphans],
+        [m.decode() for m in malformed],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,24 +1,37 @@
 #!lua
 -- promote.lua: move due jobs from the delayed zset to the ready stream.
--- KEYS[1] delayed zset   KEYS[2] ready stream   KEYS[3] jobs hash
+-- KEYS[1] delayed zset   KEYS[2] ready stream   KEYS[3] jobs hash   KEYS[4] dlq stream
 -- ARGV[1] most jobs to move
--- returns: {jobs moved, Redis TIME in ms, ids dropped because their record was gone}
+-- returns: {jobs moved, Redis TIME in ms, ids dropped because their record was gone,
+--           ids dead-lettered as malformed}
 -- Due is judged by the Redis server's clock, so workers on skewed hosts agree.
+-- Every record is checked before anything is written for it, and nothing below can fail:
+-- a record that cannot be read (no meta line, meta not JSON, no webhook) is dead-lettered
+-- with its raw start and reason 'malformed', so one bad record never stops the promoter nor
+-- makes it promote the jobs ahead of it again on every tick.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGE', KEYS[1], '-inf', now_ms, 'BYSCORE', 'LIMIT', 0, ARGV[1])
-local orphans = {}
+local moved, orphans, malformed = 0, {}, {}
 for _, job_id in ipairs(due) do
   local record = redis.call('HGET', KEYS[3], job_id)
-  local cut = record and string.find(record, '\n', 1, true)
-  if cut then
-    local meta = cjson.decode(string.sub(record, 1, cut - 1))
-    meta.sid = redis.call('XADD', KEYS[2], '*', 'j', job_id, 'w', meta.w)
-    meta.s = 'queued'
-    redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. string.sub(record, cut))
-  else
+  if not record then
     orphans[#orphans + 1] = job_id
+  else
+    local cut = string.find(record, '\n', 1, true)
+    local ok, meta = false, nil
+    if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
+    if ok and type(meta) == 'table' and type(meta.w) == 'string' and meta.w ~= '' then
+      meta.sid = redis.call('XADD', KEYS[2], '*', 'j', job_id, 'w', meta.w)
+      meta.s = 'queued'
+      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. string.sub(record, cut))
+      moved = moved + 1
+    else
+      local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
+      redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
+      malformed[#malformed + 1] = job_id
+    end
   end
 end
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return {#due - #orphans, now_ms, orphans}
+return {moved, now_ms, orphans, malformed}
