@@ -15,7 +15,16 @@ ratio of the 16384 slots): slots spread evenly whatever the number of shards, so
 split cluster puts consecutive shards on different nodes. Tags never change once chosen.
 
 Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three priority streams,
-``Q:high``, ``Q`` or ``Q:low``, ``T`` a tenant id):
+``Q:high``, ``Q`` or ``Q:low``, ``T`` a tenant id, ``W`` a webhook id):
+
+Names are unambiguous: two different inputs never give one key. After the fixed family name
+(``tenant:``, ``q:``, ``lease:``, ...), a part a user chooses freely either comes last
+(``tenant:T``) or is preceded by its length (``idempotency:N:T:K``). Tenant ids are 1 to 256
+characters without white space (``model.check_tenant_id``), so they may hold ``:``, ``{`` and
+``}``; a ``{`` cannot move the hash tag, which is the first ``{...}`` of a name and comes
+before. Queue names are ``[a-z0-9][a-z0-9_-]*`` (``model.check_queue``), so the ``:`` in ``S``
+and before ``ready``/``delayed`` never comes from a queue name. Webhook ids (``W``) are ``wh_``
+ids the server chooses, and come last; ``M`` is a number.
 
 ``P:{0}:webhooks``        hash  webhook id -> webhook JSON (secrets included)
 ``P:{0}:tenant:T``        hash  webhook id -> routing JSON ``{"e": [types], "on": 1, "q": Q}``
@@ -28,7 +37,13 @@ Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three pr
                           ``jobs.retention_s``
 ``P:{0}:dlq``             stream of dead jobs ``{j: job id, r: reason}`` (or ``{raw, r}`` for an
                           entry that could not be parsed); entry ids give a stable cursor
-``P:{0}:idem:T:K``        string, the first answer to a publish with idempotency key K (24 h)
+``P:{0}:idempotency:N:T:K`` string, the first answer to tenant T's publish with idempotency key
+                          K (24 h); N is T's length in characters, so the name is unambiguous
+                          although T and K may both hold ``:`` (``org:1`` with ``k`` is
+                          ``idempotency:5:org:1:k``, ``org`` with ``1:k`` is
+                          ``idempotency:3:org:1:k``). It used to be ``idem:T:K``, where both
+                          were one key; the new family name keeps an old key from ever
+                          being read as a new one (old keys expire unread within 24 h)
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
@@ -39,6 +54,8 @@ Layout (``P`` is the prefix, ``Q`` a queue name, ``S`` one of a queue's three pr
                           its ``max_in_flight`` across processes; a dead holder's lease expires
 ``P:{0}:breakers``        hash  webhook id -> circuit breaker JSON (only webhooks that failed)
 ``P:{0}:parked:W``        zset  job id -> parked time (ms): jobs waiting for W's breaker to close
+``P:{0}:op:O``            hash  a background DLQ operation's state (replay or purge; shard 0)
+``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
 ``breaker_tick.lua`` builds the ``parked`` and ``delayed`` names itself from ``Keys.base``, since
 which it needs depends on the data; they share the hash tag, so this stays cluster-safe.
@@ -150,7 +167,8 @@ class Keys:
         return f"{self._base}:dlq"
 
     def idempotency(self, tenant_id: str, key: str) -> str:
-        return f"{self._base}:idem:{tenant_id}:{key}"
+        """Tenant and key both may hold ``:``: the tenant's length says where it ends."""
+        return f"{self._base}:idempotency:{len(tenant_id)}:{tenant_id}:{key}"
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"
@@ -180,6 +198,13 @@ class Keys:
 
     def parked(self, webhook_id: str) -> str:
         return f"{self._base}:parked:{webhook_id}"
+
+    def operation(self, op_id: str) -> str:
+        return f"{self._base}:op:{op_id}"
+
+    @property
+    def operations(self) -> str:
+        return f"{self._base}:ops"
 
     @property
     def pattern(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,11 +21,13 @@ from dispatcher.queue import breakers
 from dispatcher.queue.keys import GROUP, stream_of
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from dispatcher.queue.store import Store
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+#: How many times a webhook change reads again after another change got in first.
+MAX_CHANGE_ATTEMPTS = 32
 DEFAULT_QUEUE = "default"
 
 # redis-py types its replies loosely (bytes or str, and in 5.x "awaitable or not"). Our
@@ -58,13 +60,13 @@ def redis_errors() -> Iterator[None]:
 # --- webhooks ----------------------------------------------------------------------------
 
 
-async def save_webhook(store: Store, hook: Webhook, *, old_tenant: str | None = None) -> None:
+async def save_webhook(store: Store, hook: Webhook) -> None:
+    """Write a new webhook (its id is new, so nothing can race this); changes of an existing
+    one go through ``_change_webhook``."""
     store = store.of_webhook(hook.id)
     pipe = store.redis.pipeline(transaction=True)
     # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
     pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
-    if old_tenant is not None and old_tenant != hook.tenant_id:
-        pipe.hdel(store.keys.tenant(old_tenant), hook.id)
     pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
     with redis_errors():
         await pipe.execute()
@@ -79,6 +81,11 @@ async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
 
 
 async def get_webhook(store: Store, webhook_id: str) -> Webhook:
+    return Webhook.decode(await _read_webhook(store, webhook_id))
+
+
+async def _read_webhook(store: Store, webhook_id: str) -> bytes:
+    """The webhook's record as stored (``NotFound`` when there is none)."""
     if not is_webhook_id(webhook_id):
         raise NotFound(f"no webhook {webhook_id!r}")
     store = store.of_webhook(webhook_id)
@@ -88,7 +95,7 @@ async def get_webhook(store: Store, webhook_id: str) -> Webhook:
         )
     if raw is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    return Webhook.decode(raw)
+    return raw
 
 
 async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
@@ -107,53 +114,97 @@ async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
     return sorted(hooks, key=lambda hook: hook.id)
 
 
+async def _change_webhook(
+    store: Store, webhook_id: str, change: Callable[[Webhook, int], bool]
+) -> Webhook:
+    """Read the webhook, let ``change(hook, now_ms)`` modify it (False: nothing to write) and
+    write it back with ``change_webhook.lua``, only if nobody changed it since the read.
+
+    Otherwise read and change it again, so concurrent changes (a 410's auto-disable racing a
+    rotation, say) all survive. Each failed try means another change got in, so this ends;
+    ``Conflict`` after ``MAX_CHANGE_ATTEMPTS`` tries. Policy (validation, the rotation's
+    rules) stays in Python, where ``Webhook`` has it; the script only compares and writes.
+    """
+    store = store.of_webhook(webhook_id)
+    with redis_errors():
+        clock = await store.refresh_clock()
+    for _ in range(MAX_CHANGE_ATTEMPTS):
+        raw = await _read_webhook(store, webhook_id)
+        hook = Webhook.decode(raw)
+        old_tenant = hook.tenant_id
+        if not change(hook, clock.now_ms()):
+            return hook
+        keys = store.keys
+        with redis_errors():
+            written = await store.scripts.change_webhook(
+                keys=[keys.webhooks, keys.tenant(old_tenant), keys.tenant(hook.tenant_id)],
+                args=[webhook_id, raw, hook.encode(), hook.routing()],
+            )
+        if written:
+            return hook
+    raise Conflict(f"webhook {webhook_id} kept changing while this change was made; try again")
+
+
 async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
-    hook = await get_webhook(store, webhook_id)
-    old_tenant = hook.tenant_id
-    hook.apply(changes)
-    hook.updated_at_ms = store.clock.now_ms()
-    await save_webhook(store, hook, old_tenant=old_tenant)
+    def update(hook: Webhook, now_ms: int) -> bool:
+        hook.apply(changes)
+        hook.updated_at_ms = now_ms
+        return True
+
+    hook = await _change_webhook(store, webhook_id, update)
     if changes.get("enabled") is True:
         # An operator (re-)enabling a webhook asks for a fresh start: forget its breaker, so
         # its parked jobs go back to their queues and the next job goes straight out.
         with redis_errors():
-            await breakers.reset(store, webhook_id)
+            await breakers.reset(store.of_webhook(webhook_id), webhook_id)
     return hook
 
 
 async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
-    try:
-        hook = await get_webhook(store, webhook_id)
-    except NotFound:
-        return
-    hook.enabled = False
-    hook.disabled_reason = reason
-    hook.updated_at_ms = store.clock.now_ms()
-    await save_webhook(store, hook)
+    """Disable the webhook (a 410, or no success for too long); a disabled one keeps the
+    reason it was disabled for, and a deleted one stays deleted."""
+
+    def disable(hook: Webhook, now_ms: int) -> bool:
+        if not hook.enabled:
+            return False
+        hook.enabled = False
+        hook.disabled_reason = reason
+        hook.updated_at_ms = now_ms
+        return True
+
+    with suppress(NotFound):
+        await _change_webhook(store, webhook_id, disable)
 
 
 async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s: float) -> Webhook:
-    hook = await get_webhook(store, webhook_id)
-    now_ms = store.clock.now_ms()
-    until_ms = now_ms + int(grace_s * 1000)
-    live = [[s, until] for s, until in hook.old_secrets if until > now_ms]
-    hook.old_secrets = [*live, [hook.secret, until_ms]] if grace_s > 0 else live
-    hook.apply({"secret": new_secret})
-    hook.updated_at_ms = now_ms
-    await save_webhook(store, hook)
-    return hook
+    def rotate(hook: Webhook, now_ms: int) -> bool:
+        until_ms = now_ms + int(grace_s * 1000)
+        live = [[s, until] for s, until in hook.old_secrets if until > now_ms]
+        hook.old_secrets = [*live, [hook.secret, until_ms]] if grace_s > 0 else live
+        hook.apply({"secret": new_secret})
+        hook.updated_at_ms = now_ms
+        return True
+
+    return await _change_webhook(store, webhook_id, rotate)
 
 
 async def delete_webhook(store: Store, webhook_id: str) -> None:
-    hook = await get_webhook(store, webhook_id)
+    """Delete the webhook, its routing entry, rate-limit state and leases (``NotFound`` when
+    there is none); compare-and-set like ``_change_webhook``, so a concurrent change of its
+    tenant cannot leave a routing entry behind."""
     store = store.of_webhook(webhook_id)
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.hdel(store.keys.webhooks, webhook_id)
-    pipe.hdel(store.keys.tenant(hook.tenant_id), webhook_id)
-    pipe.hdel(store.keys.rates, webhook_id)
-    pipe.delete(store.keys.lease(webhook_id))
-    with redis_errors():
-        await pipe.execute()
+    keys = store.keys
+    for _ in range(MAX_CHANGE_ATTEMPTS):
+        raw = await _read_webhook(store, webhook_id)
+        tenant = keys.tenant(Webhook.decode(raw).tenant_id)
+        with redis_errors():
+            deleted = await store.scripts.delete_webhook(
+                keys=[keys.webhooks, tenant, keys.rates, keys.lease(webhook_id)],
+                args=[webhook_id, raw],
+            )
+        if deleted:
+            return
+    raise Conflict(f"webhook {webhook_id} kept changing while it was deleted; try again")
 
 
 # --- publishing ----------------------------------------------------------------------------
@@ -219,6 +270,8 @@ async def publish(
     repeated with that queue's keys too.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
+    with redis_errors():
+        await store.refresh_clock()  # now_ms decides whether deliver_at is due: Redis's clock
     shards = await _shards_of(store, pub)
     if len(shards) == 1:
         new, answer = await _publish_in(shards[0], pub, known)
@@ -254,6 +307,8 @@ async def publish_many(
     unavailable or out of memory, say) while the others may have been accepted.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
+    with redis_errors():
+        await store.refresh_clock()
     if store.cluster is not None:
         # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
         return await _publish_each(store, pubs, known)
@@ -377,7 +432,9 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
                 pending = []
         if pending:
             state = JobState.ACTIVE
-            job.processed_at_ms = store.clock.now_ms() - int(pending[0]["time_since_delivered"])
+            with redis_errors():
+                clock = await store.refresh_clock()
+            job.processed_at_ms = clock.now_ms() - int(pending[0]["time_since_delivered"])
     with redis_errors():
         found = await breakers.states(store, [job.webhook_id])
     breaker = found.get(job.webhook_id)

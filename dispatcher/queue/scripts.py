@@ -29,6 +29,8 @@ _NAMES = (
     "breaker_tick",
     "breaker_probe",
     "orphans",
+    "change_webhook",
+    "delete_webhook",
 )
 
 
@@ -52,6 +54,8 @@ class Scripts:
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript
     orphans: AsyncScript
+    change_webhook: AsyncScript
+    delete_webhook: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -4,6 +4,12 @@ A ``Store`` addresses one shard (``keys.shard``); ``Store.open`` gives shard 0, 
 holds the deployment-wide keys. ``shard(k)``, ``of_webhook(id)`` and ``of_job(id)`` give the
 store of another shard: the same client, scripts and clock, that shard's keys. Verbs that
 span every shard (listings, counts) take any store and ask ``all_shards()``.
+
+Every store follows the Redis server's clock, the Client's and the admin's as much as the
+worker's (RELIABILITY R8): ``refresh_clock()`` measures it on first use and again once the last
+measurement is ``clock.MAX_AGE_S`` old, and costs nothing in between. ``read_layout()`` (so
+every verb that asks ``all_shards()``) refreshes it; verbs on one webhook or job that read the
+clock call ``refresh_clock()`` themselves.
 """
 
 from __future__ import annotations
@@ -93,8 +99,15 @@ class Store:
     def of_job(self, job_id: str) -> Store:
         return self.shard(shard_of(job_id))
 
+    async def refresh_clock(self) -> RedisClock:
+        """The clock, measured against Redis ``TIME`` first when stale (see the docstring)."""
+        await self.clock.refresh(self.redis)
+        return self.clock
+
     async def read_layout(self, *, max_age_s: float = LAYOUT_MAX_AGE_S) -> Layout:
-        """The shard layout, read again when older than ``max_age_s`` (one HMGET)."""
+        """The shard layout, read again when older than ``max_age_s`` (one HMGET); the clock
+        is refreshed when stale."""
+        await self.refresh_clock()
         layout = self.layout
         if time.monotonic() - layout.read_at < max_age_s:
             return layout

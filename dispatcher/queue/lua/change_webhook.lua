@@ -1,0 +1,16 @@
+#!lua
+-- change_webhook.lua: replace a webhook's record, and its entry in its tenant's routing hash,
+-- only if the record is still the one the caller read (compare-and-set). The caller computes
+-- the new record (validation, secret rotation) and, on 0, reads again and recomputes: a change
+-- made in between (a 410's auto-disable, a rotation, a PATCH, a delete) is never undone.
+-- KEYS[1] webhooks hash   KEYS[2] routing hash of the tenant in the record as read
+-- KEYS[3] routing hash of the tenant in the new record (KEYS[2] again when it is unchanged)
+-- ARGV[1] webhook id   ARGV[2] the record as read   ARGV[3] the new record
+-- ARGV[4] the new record's routing JSON
+-- returns: 1 when written, 0 when the record differs from ARGV[2] or is gone (nothing written)
+local id = ARGV[1]
+if redis.call('HGET', KEYS[1], id) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], id, ARGV[3])
+if KEYS[2] ~= KEYS[3] then redis.call('HDEL', KEYS[2], id) end
+redis.call('HSET', KEYS[3], id, ARGV[4])
+return 1
