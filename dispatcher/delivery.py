@@ -644,9 +644,7 @@ class Worker:
         """Outcomes are kept in memory and retried until Redis takes them (R9, R10)."""
         while True:
             try:
-                stale = await streams.settle(
-                    shard, self.consumer, items, held=self._busy + self._unsettled
-                )
+                stale = await streams.settle(shard, self.consumer, items)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -71,9 +71,9 @@ async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, stor
     assert claim_b.job_id == job_id
     assert claim_b.token != claim_a.token
     delivered = await _settlement(store, claim_b, "D", JobState.DELIVERED)
-    assert await streams.settle(store, "b", [delivered], held=1) == []
+    assert await streams.settle(store, "b", [delivered]) == []
     late_retry = await _settlement(store, claim_a, "R", JobState.SCHEDULED)
-    assert await streams.settle(store, "a", [late_retry], held=1) == [job_id]
+    assert await streams.settle(store, "a", [late_retry]) == [job_id]
     job = await client.get_job(job_id)
     assert job is not None
     assert job["state"] == "delivered"
@@ -87,9 +87,9 @@ async def test_same_consumer_reclaim_changes_the_token(client: Client, store: St
     [first], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     [again] = (await _reclaim(store, "a")).claims
     stale = await _settlement(store, first, "D", JobState.DELIVERED)
-    assert await streams.settle(store, "a", [stale], held=2) == [job_id]
+    assert await streams.settle(store, "a", [stale]) == [job_id]
     current = await _settlement(store, again, "D", JobState.DELIVERED)
-    assert await streams.settle(store, "a", [current], held=1) == []
+    assert await streams.settle(store, "a", [current]) == []
 
 
 async def test_stall_count_lives_in_the_record_and_poisons_at_three(
@@ -100,7 +100,7 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
     [claim], _ = await streams.wait_new(store, ("default",), "w1", count=10, block_ms=10)
     # A retry re-adds the job as a new entry: Redis's delivery counter starts again from 1.
     retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
-    assert await streams.settle(store, "w1", [retry], held=1) == []
+    assert await streams.settle(store, "w1", [retry]) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
     assert (await delays.promote_due(store, "default")).moved == 1
     await streams.wait_new(store, ("default",), "w2", count=10, block_ms=10)  # w2 dies
@@ -168,7 +168,7 @@ async def test_queued_job_whose_entry_was_deleted_is_put_back(
     job_id = await _one_job(client)
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
-    assert await streams.settle(store, "a", [retry], held=1) == []
+    assert await streams.settle(store, "a", [retry]) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
     await delays.promote_due(store, "default")
     entries = await stream_entries(redis, Keys(prefix).ready("default"))

@@ -3,7 +3,7 @@
 A claim is an entry read through the consumer group (it sits in the PEL, so nothing leaves
 Redis before its outcome is written) plus a fencing token: the entry's delivery count when
 this consumer got it. ``settle.lua`` writes an outcome only while the entry is still pending
-for this consumer with that count.
+for this consumer with that count, checked for each claim on its own.
 """
 
 from __future__ import annotations
@@ -75,11 +75,6 @@ class ReclaimPage:
 
 def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, rex.ResponseError) and str(exc).startswith("NOGROUP")
-
-
-def _sid_key(sid: str) -> tuple[int, int]:
-    ms, _, seq = sid.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def ensure_group(store: Store, queue: str) -> bool:
@@ -203,14 +198,17 @@ def _decode(job_id: str, record: bytes | None) -> Job | None:
         return None
 
 
-async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: int) -> list[str]:
+async def settle(
+    store: Store, consumer: str, batch: list[Settlement], *, held: int | None = None
+) -> list[str]:
     """Write a batch of outcomes of one queue; returns the ids whose claim was stale.
 
-    ``held`` bounds how many entries this consumer has pending, so the fence reads them all.
+    Each claim is fenced on its own, whatever else this consumer has pending. ``held`` is
+    ignored; it once bounded the fence's read and is still accepted from older callers.
     """
+    del held
     keys = store.keys
     queue = batch[0].claim.queue
-    sids = sorted((s.claim.sid for s in batch), key=_sid_key)
     script_keys = [
         keys.ready(queue),
         keys.jobs,
@@ -227,7 +225,7 @@ async def settle(store: Store, consumer: str, batch: list[Settlement], *, held: 
             extra[key] = len(script_keys)
         return extra[key]
 
-    args: list[Any] = [GROUP, consumer, sids[0], sids[-1], max(held, len(batch)) + 64, len(batch)]
+    args: list[Any] = [GROUP, consumer, len(batch)]
     leases: list[Any] = []
     for s in batch:
         c = s.claim

@@ -3,9 +3,8 @@
 -- KEYS[1] ready stream   KEYS[2] jobs hash   KEYS[3] delayed zset   KEYS[4] done zset
 -- KEYS[5] dlq stream   KEYS[6] breakers hash
 -- KEYS[7..] parked zsets ('...:parked:<webhook id>') and lease zsets of the batch's webhooks
--- ARGV[1] group   ARGV[2] consumer   ARGV[3] lowest sid   ARGV[4] highest sid
--- ARGV[5] most entries this consumer may hold pending (bounds the fence read)
--- ARGV[6] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
+-- ARGV[1] group   ARGV[2] consumer
+-- ARGV[3] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
 --   delivery count when claimed), kind ('D' delivered, 'R' retry or wait, 'X' dead, 'P' parked
 --   while the webhook's breaker is open), record, score (finished, due or parked ms),
 --   the dead reason (X) or the index in KEYS of the webhook's parked zset (P),
@@ -13,61 +12,84 @@
 -- then pairs: index in KEYS of a lease zset, job id: the in-flight leases to release
 -- returns: the ids of jobs whose claim was stale (their outcome is only logged as late)
 --
--- The fence: a claim is current while the entry is pending for this consumer with the
--- delivery count it had when claimed. XAUTOCLAIM moves it to another consumer and bumps the
--- count, so a worker that froze past the stall timeout finds its claim gone and writes
--- nothing but a late attempt into the history.
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[2])
-local held = {}
-for _, p in ipairs(pending) do held[p[1]] = tostring(p[4]) end
+-- The fence: a claim is current while its entry is pending for this consumer with the
+-- delivery count it had when claimed, read for each claim on its own (XPENDING of that one
+-- sid), so no other entry pending for this consumer can hide it. XAUTOCLAIM moves it to
+-- another consumer and bumps the count, so a worker that froze past the stall timeout finds
+-- its claim gone and writes nothing but a late attempt into the history.
+--
+-- Nothing here can fail on what Redis holds: every check comes before the first write (a
+-- retried batch never adds a second DLQ entry), and a stale outcome whose job record is not
+-- "meta\npayload" (a job never attempted holds only a locator, '@<stream> <sid>', while its
+-- data travels in its entry) is refused without a late attempt: the locator is what reclaim
+-- and the orphan sweep need to find the job's data, so it is left as it is.
+local group, consumer = ARGV[1], ARGV[2]
 
-local records, done, delayed, acked, stale = {}, {}, {}, {}, {}
-local last = 6 + 8 * tonumber(ARGV[6])
-for i = 7, last, 8 do
-  local sid, job_id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local record, score = ARGV[i + 4], ARGV[i + 5]
-  if held[sid] ~= token then
-    stale[#stale + 1] = job_id
-    local current = redis.call('HGET', KEYS[2], job_id)
-    if current then
-      local cut = string.find(current, '\n', 1, true)
-      local meta = cjson.decode(string.sub(current, 1, cut - 1))
-      if type(meta.h) ~= 'table' then meta.h = {} end
-      meta.h[#meta.h + 1] = cjson.decode(ARGV[i + 7])
-      redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. string.sub(current, cut))
-    end
+-- The meta of a full record and the rest ('\n' .. payload), or nil for anything else.
+local function split(record)
+  if type(record) ~= 'string' or string.sub(record, 1, 1) == '@' then return nil end
+  local cut = string.find(record, '\n', 1, true)
+  if not cut then return nil end
+  local ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1))
+  if not ok or type(meta) ~= 'table' then return nil end
+  return meta, string.sub(record, cut)
+end
+
+local outcomes, late, stale, claimed = {}, {}, {}, {}
+local last = 3 + 8 * tonumber(ARGV[3])
+for i = 4, last, 8 do
+  local sid, job_id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local p = redis.call('XPENDING', KEYS[1], group, sid, sid, 1, consumer)
+  if p[1] and not claimed[sid] and tostring(p[1][4]) == token then
+    claimed[sid] = true  -- one outcome per claim: a second one in the batch is stale
+    outcomes[#outcomes + 1] = i
   else
-    held[sid] = nil
-    acked[#acked + 1] = sid
-    if kind == 'X' then
-      local dlq_id = redis.call('XADD', KEYS[5], '*', 'j', job_id, 'r', ARGV[i + 6])
-      local cut = string.find(record, '\n', 1, true)
-      local meta = cjson.decode(string.sub(record, 1, cut - 1))
-      meta.d = dlq_id
-      record = cjson.encode(meta) .. string.sub(record, cut)
-    elseif kind == 'R' then
-      delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
-    elseif kind == 'P' then
-      -- Parked only while the breaker exists: if it closed and was forgotten meanwhile (or
-      -- the webhook went), nothing would release the job, so it goes back to its queue.
-      local parked = KEYS[tonumber(ARGV[i + 6])]
-      if redis.call('HEXISTS', KEYS[6], string.match(parked, 'parked:(.*)$')) == 1 then
-        redis.call('ZADD', parked, score, job_id)
-      else
-        delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
-      end
-    else
-      done[#done + 1] = score; done[#done + 1] = job_id
+    stale[#stale + 1] = job_id
+    local meta, rest = split(redis.call('HGET', KEYS[2], job_id))
+    if meta then
+      if type(meta.h) ~= 'table' then meta.h = {} end
+      local ok, attempt = pcall(cjson.decode, ARGV[i + 7])
+      if ok then meta.h[#meta.h + 1] = attempt end
+      late[#late + 1] = job_id; late[#late + 1] = cjson.encode(meta) .. rest
     end
-    records[#records + 1] = job_id; records[#records + 1] = record
   end
 end
 
+local records, done, delayed, acked = {}, {}, {}, {}
+for _, i in ipairs(outcomes) do
+  local sid, job_id, kind, record, score = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4],
+                                           ARGV[i + 5]
+  acked[#acked + 1] = sid
+  if kind == 'X' then
+    local dlq_id = redis.call('XADD', KEYS[5], '*', 'j', job_id, 'r', ARGV[i + 6])
+    local meta, rest = split(record)
+    if meta then
+      meta.d = dlq_id
+      record = cjson.encode(meta) .. rest
+    end
+  elseif kind == 'R' then
+    delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
+  elseif kind == 'P' then
+    -- Parked only while the breaker exists: if it closed and was forgotten meanwhile (or
+    -- the webhook went), nothing would release the job, so it goes back to its queue.
+    local parked = KEYS[tonumber(ARGV[i + 6])]
+    if redis.call('HEXISTS', KEYS[6], string.match(parked, 'parked:(.*)$')) == 1 then
+      redis.call('ZADD', parked, score, job_id)
+    else
+      delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
+    end
+  else
+    done[#done + 1] = score; done[#done + 1] = job_id
+  end
+  records[#records + 1] = job_id; records[#records + 1] = record
+end
+
+if #late > 0 then redis.call('HSET', KEYS[2], unpack(late)) end
 if #records > 0 then redis.call('HSET', KEYS[2], unpack(records)) end
 if #done > 0 then redis.call('ZADD', KEYS[4], unpack(done)) end
 if #delayed > 0 then redis.call('ZADD', KEYS[3], unpack(delayed)) end
 if #acked > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(acked))
+  redis.call('XACK', KEYS[1], group, unpack(acked))
   redis.call('XDEL', KEYS[1], unpack(acked))
 end
 for i = last + 1, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
