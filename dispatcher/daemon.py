@@ -114,6 +114,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             concurrency=cfg.delivery.concurrency,
             policy=policy,
             user_agent=USER_AGENT,
+            metrics=metrics,
         )
         await sender.start()
         stack.push_async_callback(sender.close)

@@ -41,6 +41,10 @@ _HELP = {
         "Webhooks disabled for failing longer than delivery.disable_after_s."
     ),
     "dispatcher_orphans_requeued_total": "Queued jobs put back after their entry was deleted.",
+    "dispatcher_http_stale_connection_retries_total": (
+        "POSTs sent again on a new connection after a kept-alive one closed without answering "
+        "(the target may have processed the first: at-least-once)."
+    ),
     "dispatcher_endpoint_in_flight": "Attempts in flight per webhook in this process.",
     "dispatcher_endpoint_limit": "This process's adaptive cap on a webhook's attempts in flight.",
 }

@@ -15,6 +15,14 @@ Guarantees of :meth:`Sender.attempt`:
 - at most ``max_response_bytes`` of the body are kept, never decompressed
   (``Accept-Encoding: identity``); an answer longer than that closes the connection instead of
   being drained;
+- the status line and headers (interim 1xx answers included) may take at most
+  ``HEAD_LIMIT_BYTES``, at most ``INTERIM_LIMIT`` interim answers are skipped, and the body's
+  chunk framing and trailers are bounded too: a larger answer is a failed attempt naming the
+  limit, and its connection is closed. Every byte is read at most once into a bounded buffer,
+  so the work per answer is linear in what is read and what is read is bounded;
+- the first complete answer is the one recorded: bytes that arrive with no request
+  outstanding (an extra pipelined answer, stray bytes on an idle connection) close the
+  connection, which is never used again;
 - redirects are not followed, no proxy or cookie is used, and every address dialled passes the
   :class:`~dispatcher.ssrf.AddressPolicy` (names through the
   :class:`~dispatcher.ssrf.GuardedResolver`, IP literals before anything is sent);
@@ -48,9 +56,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
+    from dispatcher.metrics import Metrics
     from dispatcher.ssrf import AddressPolicy
 
-__all__ = ["Outcome", "Sender"]
+__all__ = ["HEAD_LIMIT_BYTES", "INTERIM_LIMIT", "STALE_RETRIES_METRIC", "Outcome", "Sender"]
+
+HEAD_LIMIT_BYTES: Final = 65536  # status line and headers of an answer, 1xx included (R14)
+INTERIM_LIMIT: Final = 32  # interim answers (100 Continue, 102 Processing, 103) skipped at most
+STALE_RETRIES_METRIC: Final = "dispatcher_http_stale_connection_retries_total"
 
 _SCHEMES: Final = frozenset({"http", "https"})
 _SNIPPET_CHARS: Final = 200
@@ -74,6 +87,14 @@ class _CutShort(Exception):  # noqa: N818
 
 class _Malformed(Exception):  # noqa: N818
     """The bytes that came back are not an HTTP/1.1 answer."""
+
+
+class _Oversized(Exception):  # noqa: N818
+    """The answer passed one of the limits on what is read; the text names it."""
+
+
+class _Unsolicited(Exception):  # noqa: N818
+    """An answer began with no request outstanding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +129,28 @@ class _Answer:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses the answer with llhttp."""
+    """One keep-alive connection: writes a request, parses the answer with llhttp.
+
+    ``read`` counts the bytes of the current answer and ``budget`` bounds it: first
+    ``HEAD_LIMIT_BYTES`` until the final answer's headers are complete, then room for the
+    capped body in small chunks plus a head's worth of trailers (``tail``). Checking it costs
+    one addition and one comparison per read; only a read that crosses it takes a slow path.
+    httptools joins a header that spans reads with ``bytes +=``, which is quadratic in the
+    header's size, so the bound also keeps that work small.
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
+        self.tail = 8 * cap + HEAD_LIMIT_BYTES
+        self.read = 0  # bytes of the current answer so far: 0 until any byte arrived
+        self.budget = HEAD_LIMIT_BYTES
+        self.interims = 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.answer = _Answer()
         self.waiter: asyncio.Future[_Answer] | None = None
         self.headers_done = False
         self.interim = False  # a 1xx answer is being skipped
-        self.received = False  # any byte of the current answer arrived
         self.reusable = False
         self.idle_since = 0.0
 
@@ -127,11 +159,38 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
-        self.received = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.close()  # bytes no request asked for: the connection is out of step for good
+            return
+        self.read += len(data)
+        if self.read > self.budget:
+            self._over_budget(data, waiter)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(_Malformed(" ".join(str(exc).split())[:_SNIPPET_CHARS]))
+
+    def _over_budget(self, data: bytes, waiter: asyncio.Future[_Answer]) -> None:
+        """A read that crosses the budget: the head may still end within it, else fail."""
+        if self.headers_done:
+            text = f"the body's chunk framing and trailers exceed {self.tail} bytes"
+            self._fail(_Oversized(text))
+            return
+        room = len(data) - (self.read - self.budget)
+        self.read -= len(data) - room
+        self._feed(data[:room])
+        # The final headers ended within the limit (they raised the budget), or the answer
+        # failed: the rest of the read is judged afresh.
+        if self.budget > HEAD_LIMIT_BYTES or waiter.done():
+            if room < len(data):
+                self.data_received(data[room:])
+            return
+        self._fail(_Oversized(f"the status line and headers exceed {HEAD_LIMIT_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -150,6 +209,13 @@ class _Connection(asyncio.Protocol):
             self._fail(_Closed())
 
     # -- httptools callbacks --
+    def on_message_begin(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # An answer after the one handed back (pipelined in the same read): stop the parser
+            # before it writes into the recorded answer; the connection is closed.
+            raise _Unsolicited
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _WANTED:
@@ -160,9 +226,13 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # noqa: PLR2004 - interim answers (100, 103) are skipped
             self.interim = True
             self.answer.headers.clear()
+            self.interims += 1
+            if self.interims > INTERIM_LIMIT:
+                self._fail(_Oversized(f"more than {INTERIM_LIMIT} interim (1xx) responses"))
             return
         self.answer.status = status
         self.headers_done = True
+        self.budget = self.read + self.tail
 
     def on_body(self, chunk: bytes) -> None:
         answer = self.answer
@@ -189,7 +259,9 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise _Closed
         self.answer = _Answer()
-        self.headers_done = self.interim = self.received = self.reusable = False
+        self.headers_done = self.interim = self.reusable = False
+        self.read = self.interims = 0
+        self.budget = HEAD_LIMIT_BYTES
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.writelines(data)
         return self.waiter
@@ -251,6 +323,7 @@ class Sender:
         policy: AddressPolicy,
         user_agent: str,
         max_response_bytes: int = 65536,
+        metrics: Metrics | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._concurrency = concurrency
@@ -268,6 +341,10 @@ class Sender:
         self._resolver: GuardedResolver | None = None
         self._tls: ssl.SSLContext | None = None
         self._started = False
+        self._metrics = metrics
+        self.stale_retries = 0  # POSTs sent again after a kept-alive connection closed on them
+        if metrics is not None:
+            metrics.inc(STALE_RETRIES_METRIC, 0)  # shown from the start, at 0
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -325,7 +402,7 @@ class Sender:
                 answer = await self._exchange(target, request)
         except TimeoutError:
             return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
-        except (OSError, _Closed, _CutShort, _Malformed, ssl.CertificateError) as exc:
+        except (OSError, _Closed, _CutShort, _Malformed, _Oversized, ssl.CertificateError) as exc:
             return Outcome(None, _describe(exc, target), _ms_since(started), None)
         return _outcome(answer, started)
 
@@ -347,12 +424,17 @@ class Sender:
             try:
                 answer = await conn.send(request)
             except (_Closed, ConnectionResetError):
-                if not reused or conn.received:
+                if not reused or conn.read:
                     raise
-                # The target closed an idle keep-alive connection before reading this
-                # request: nothing was delivered, so it goes once more on a new connection.
+                # A kept-alive connection closed without a byte of answer. Usually the target
+                # closed it idle before reading this request, but it may also have processed
+                # the POST and closed without answering: sending it once more on a new
+                # connection is at-least-once delivery, so every such retry is counted.
                 conn.close()
                 self._busy.discard(conn)
+                self.stale_retries += 1
+                if self._metrics is not None:
+                    self._metrics.inc(STALE_RETRIES_METRIC)
                 conn, reused = await self._acquire(target, fresh=True)
                 answer = await conn.send(request)
         except BaseException:
@@ -486,6 +568,8 @@ def _describe(exc: BaseException, target: _Target) -> str:  # noqa: PLR0911 - on
         return str(exc)
     if isinstance(exc, _Malformed):
         return f"malformed response: {exc}"
+    if isinstance(exc, _Oversized):
+        return str(exc)
     for kind, text in _FIXED_TEXT:
         if isinstance(exc, kind):
             return text
