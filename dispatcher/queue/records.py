@@ -270,8 +270,9 @@ async def publish(
     repeated with that queue's keys too.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    with redis_errors():
-        await store.refresh_clock()  # now_ms decides whether deliver_at is due: Redis's clock
+    if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
+        with redis_errors():
+            await store.refresh_clock()
     shards = await _shards_of(store, pub)
     if len(shards) == 1:
         new, answer = await _publish_in(shards[0], pub, known)
@@ -307,8 +308,9 @@ async def publish_many(
     unavailable or out of memory, say) while the others may have been accepted.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    with redis_errors():
-        await store.refresh_clock()
+    if store.clock.stale:
+        with redis_errors():
+            await store.refresh_clock()
     if store.cluster is not None:
         # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
         return await _publish_each(store, pubs, known)

@@ -107,7 +107,8 @@ class Store:
     async def read_layout(self, *, max_age_s: float = LAYOUT_MAX_AGE_S) -> Layout:
         """The shard layout, read again when older than ``max_age_s`` (one HMGET); the clock
         is refreshed when stale."""
-        await self.refresh_clock()
+        if self.clock.stale:
+            await self.clock.refresh(self.redis)
         layout = self.layout
         if time.monotonic() - layout.read_at < max_age_s:
             return layout
