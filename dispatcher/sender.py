@@ -174,6 +174,8 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(_Malformed(" ".join(str(exc).split())[:_SNIPPET_CHARS]))
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: it would escape
+            self._fail(_Malformed("the target switched protocols (HTTP 101) unasked"))
 
     def _over_budget(self, data: bytes, waiter: asyncio.Future[_Answer]) -> None:
         """A read that crosses the budget: the head may still end within it, else fail."""

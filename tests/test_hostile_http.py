@@ -258,6 +258,13 @@ CASES: list[tuple[str, Act, int | None, str | None, bool]] = [
         f"more than {INTERIM_LIMIT} interim (1xx) responses",
         False,
     ),
+    (
+        "101 Switching Protocols",
+        Send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n" + OK),
+        None,
+        "malformed response: the target switched protocols",
+        False,
+    ),
     ("flood: status line", Flood(b"HTTP/1.1 200 ", b"x"), None, TOO_LARGE, False),
     ("flood: one header", Flood(b"HTTP/1.1 200 OK\r\nX-Big: ", b"x"), None, TOO_LARGE, False),
     ("flood: many headers", Flood(b"HTTP/1.1 200 OK\r\n", b"X-N: 1\r\n"), None, TOO_LARGE, False),
