@@ -271,7 +271,12 @@ class Client:
     # --- dead-letter queue -----------------------------------------------------------------
 
     async def replay(self, job_ids: list[str]) -> int:
-        """Put dead jobs back in their ready queue (attempts reset, history kept)."""
+        """Put dead jobs back in their ready queue (attempts reset, history kept).
+
+        All or nothing: a dead job that cannot go back (its payload was lost, its webhook was
+        deleted or is disabled) raises ``NotReplayable`` naming each such job and why, and
+        none is replayed. Unknown ids and jobs that are not dead are passed over.
+        """
         return len(await dlq.replay(self.store, job_ids))
 
     async def replay_matching(
@@ -281,13 +286,15 @@ class Client:
         tenant_id: str | None = None,
         since: datetime | str | None = None,
     ) -> int:
-        """Replay every dead job of the filters, dead-lettered at or after ``since``."""
-        return await dlq.replay_matching(
+        """Replay every dead job of the filters, dead-lettered at or after ``since``, page by
+        page; jobs that cannot go back (see ``replay``) stay in the DLQ."""
+        progress = await dlq.replay_matching(
             self.store,
             webhook_id=webhook_id,
             tenant_id=tenant_id,
             since_ms=_time_ms("since", since),
         )
+        return progress.changed
 
     async def list_dlq(
         self,
@@ -311,7 +318,8 @@ class Client:
         return await dlq.inspect(self.store, job_id)
 
     async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> int:
-        """Entries older than both ``older_than_s`` and the retention: counted, or deleted."""
+        """Entries older than both ``older_than_s`` and the retention: counted (by entry id,
+        no record read), or deleted page by page."""
         older_than_s = _seconds("older_than_s", older_than_s, MAX_AGE_S)
         return await dlq.purge(
             self.store,

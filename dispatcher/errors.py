@@ -93,6 +93,22 @@ class ConfirmationRequired(Conflict):
         return {"would_purge": self.would_purge}
 
 
+class NotReplayable(Conflict):
+    """Dead jobs that cannot go back to their queue; ``refused`` says which and why."""
+
+    code = "not_replayable"
+
+    def __init__(self, message: str, *, refused: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+    def __reduce__(self) -> tuple[type[DispatcherError], tuple[str]]:
+        return (Conflict, (self.message,))
+
+    def details(self) -> dict[str, object]:
+        return {"refused": self.refused}
+
+
 class PayloadTooLarge(DispatcherError):
     """The body or event payload exceeds its configured limit."""
 

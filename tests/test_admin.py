@@ -12,8 +12,9 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client
-from dispatcher.queue.keys import Keys
+from dispatcher import Client, NotReplayable
+from dispatcher.queue import delays, streams
+from dispatcher.queue.keys import Keys, streams_of
 from tests.admin_api import TOKEN, Api, start_api
 from tests.helpers import Daemon, daemon_env, eventually, free_port, stream_entries
 from tests.target import Reply, Target
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from aiohttp import web
 
+    from dispatcher.queue.store import Store
     from tests.conftest import WorkerHarness
 
 SMALL_PAYLOAD_LIMIT = 1024
@@ -83,7 +85,7 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_token(
     """Each /v1 route answers 401 without a token or with a wrong one, and changes nothing."""
     app, api = served
     routes = _v1_routes(app)
-    assert len(routes) == 16
+    assert len(routes) == 17
     before = await _snapshot(redis, prefix)
     for method, path in routes:
         for token in (None, "wrong", TOKEN + "x", ""):
@@ -647,7 +649,7 @@ async def test_dlq_replay_all_with_filters_and_since(
     only_a_late = await api.call(
         "POST", "/v1/dlq/replay", json={"all": True, "webhook_id": a["id"], "since": since}
     )
-    assert only_a_late.body == {"replayed": 1}
+    assert only_a_late.body == {"replayed": 1, "skipped": 0, "skipped_reasons": {}}
     states = {j: (await client.get_job(j) or {}).get("state") for j in early + late}
     late_a = [j for j in late if (await client.get_job(j) or {}).get("webhook_id") == a["id"]]
     assert [j for j, state in states.items() if state == "queued"] == late_a
@@ -655,11 +657,11 @@ async def test_dlq_replay_all_with_filters_and_since(
     future = await api.call(
         "POST", "/v1/dlq/replay", json={"all": True, "since": "9999-12-31T23:59:59Z"}
     )
-    assert (future.status, future.body) == (200, {"replayed": 0})
+    assert (future.status, future.body["replayed"]) == (200, 0)
     everything = await api.call(
         "POST", "/v1/dlq/replay", json={"all": True, "since": "1900-01-01T00:00:00Z"}
     )
-    assert everything.body == {"replayed": len(early) + len(late) - 1}
+    assert everything.body["replayed"] == len(early) + len(late) - 1
     assert (await api.call("GET", "/v1/dlq")).body == {"items": [], "next_cursor": None}
 
 
@@ -702,6 +704,112 @@ async def test_dlq_purge_needs_confirmation_and_respects_retention(
     for job_id in old:
         assert await redis.hget(keys.jobs, job_id) is None
     assert await redis.hget(keys.jobs, young[0]) is not None
+
+
+async def _entry_missing(client: Client, redis: aioredis.Redis, prefix: str) -> str:
+    """A never-attempted job whose stream entry was deleted under the daemon, dead-lettered
+    as entry_missing by the orphan sweep (with no webhook and no payload), as in production."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    job_id = str((await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"])
+    ready = Keys(prefix).ready("default")
+    [(sid, _fields)] = await stream_entries(redis, ready)
+    await redis.xdel(ready, sid)
+    assert (await delays.find_orphans(client.store, cursor="0", count=1000)).dead == [job_id]
+    return job_id
+
+
+async def _work_and_sweep(store: Store) -> None:
+    """One turn of what a worker and the orphan sweep do: claim what is ready (quarantining
+    what cannot be sent), then put back or dead-letter jobs whose entry is gone."""
+    for stream in streams_of("default"):
+        await streams.ensure_group(store, stream)
+    _claims, malformed = await streams.claim_new(store, streams_of("default"), "w", budget=100)
+    for stream, bad in malformed:
+        await streams.quarantine(store, stream, "malformed", [bad])
+    await delays.find_orphans(store, cursor="0", count=1000)
+
+
+async def test_replaying_an_entry_missing_job_is_refused_and_changes_nothing(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A dead job whose payload was lost cannot be replayed: by ids the Client and the API
+    refuse it with the reason, replaying none of the ids and changing nothing."""
+    job_id = await _entry_missing(client, redis, prefix)
+    before = await _snapshot(redis, prefix)
+    with pytest.raises(NotReplayable) as refused:
+        await client.replay([job_id])
+    assert refused.value.code == "not_replayable"
+    assert [(r["id"], r["reason"]) for r in refused.value.refused] == [(job_id, "payload_lost")]
+    assert "payload was lost" in refused.value.message
+    answer = await api.call("POST", "/v1/dlq/replay", json={"ids": [job_id, "job_nope"]})
+    assert answer.status == 409
+    assert answer.body["error"]["code"] == "not_replayable"
+    assert job_id in answer.body["error"]["message"]
+    assert [(r["id"], r["reason"]) for r in answer.body["refused"]] == [(job_id, "payload_lost")]
+    assert await _snapshot(redis, prefix) == before
+
+
+async def test_replay_all_skips_an_entry_missing_job_so_the_dlq_never_grows(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Replay all leaves a job whose payload was lost in the DLQ and says so; workers and the
+    orphan sweep then never see it, so it cannot loop back into the DLQ."""
+    job_id = await _entry_missing(client, redis, prefix)
+    dlq_before = await stream_entries(redis, Keys(prefix).dlq)
+    assert await client.replay_matching() == 0
+    answer = await api.call("POST", "/v1/dlq/replay", json={"all": True})
+    assert (answer.status, answer.body) == (
+        200,
+        {"replayed": 0, "skipped": 1, "skipped_reasons": {"payload_lost": 1}},
+    )
+    for _ in range(3):
+        await _work_and_sweep(client.store)
+    assert await stream_entries(redis, Keys(prefix).dlq) == dlq_before
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert (job["state"], job["dead_reason"]) == ("dead", "entry_missing")
+
+
+async def test_replay_refuses_jobs_of_a_deleted_or_disabled_webhook(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str, workers: WorkerHarness
+) -> None:
+    """A dead job whose webhook was deleted, or is disabled, is refused by ids (nothing is
+    replayed, not even the good ids with it) and skipped by all; enabling the webhook lets
+    its job go back."""
+    gone = await client.create_webhook("acme", "https://hooks.example.com/gone")
+    off = await client.create_webhook("acme", "https://hooks.example.com/off")
+    gone_job = (await client.deliver(gone["id"], "e", {"n": 1}))[1]["jobs"][0]["id"]
+    off_job = (await client.deliver(off["id"], "e", {"n": 2}))[1]["jobs"][0]["id"]
+    await client.delete_webhook(gone["id"])
+    await client.update_webhook(off["id"], enabled=False)
+    await workers.start()
+
+    async def both_dead() -> bool:
+        jobs = [await client.get_job(j) for j in (gone_job, off_job)]
+        return all(j is not None and j["state"] == "dead" for j in jobs)
+
+    await eventually(both_dead, what="both jobs dead")
+    await workers.stop()
+    before = await _snapshot(redis, prefix)
+    answer = await api.call("POST", "/v1/dlq/replay", json={"ids": [gone_job, off_job]})
+    assert (answer.status, answer.body["error"]["code"]) == (409, "not_replayable")
+    assert sorted((r["id"], r["reason"]) for r in answer.body["refused"]) == sorted(
+        [(gone_job, "webhook_deleted"), (off_job, "webhook_disabled")]
+    )
+    everything = await api.call("POST", "/v1/dlq/replay", json={"all": True})
+    assert everything.body == {
+        "replayed": 0,
+        "skipped": 2,
+        "skipped_reasons": {"webhook_deleted": 1, "webhook_disabled": 1},
+    }
+    assert await _snapshot(redis, prefix) == before
+    await client.update_webhook(off["id"], enabled=True)
+    with pytest.raises(NotReplayable):
+        await client.replay([off_job, gone_job])
+    assert await client.replay([off_job]) == 1
+    job = await client.get_job(off_job)
+    assert job is not None
+    assert job["state"] == "queued"
 
 
 def _url(client: Client) -> str:

@@ -137,7 +137,16 @@ def _body_limit(limit: int) -> Middleware:
 
 
 def create_app(deps: Deps) -> web.Application:
-    from dispatcher.admin import dlq, events, jobs, probes, queues, status, webhooks  # noqa: PLC0415
+    from dispatcher.admin import (  # noqa: PLC0415
+        dlq,
+        events,
+        jobs,
+        operations,
+        probes,
+        queues,
+        status,
+        webhooks,
+    )
 
     limit = deps.client.max_payload_bytes * 2 + BODY_OVERHEAD_BYTES
     app = web.Application(
@@ -147,6 +156,7 @@ def create_app(deps: Deps) -> web.Application:
     app[METRICS] = deps.metrics
     app[ALERTS] = deps.alerts or Alerts(AlertsConfig())
     app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
+    operations.install(app)  # drives large DLQ replays and purges in the background
     app.add_routes(
         [
             web.get("/healthz", probes.healthz, allow_head=False),
@@ -167,6 +177,7 @@ def create_app(deps: Deps) -> web.Application:
             web.delete("/v1/dlq", dlq.purge),
             web.post("/v1/dlq/replay", dlq.replay),
             web.get("/v1/dlq/{id}", dlq.inspect, allow_head=False),
+            web.get("/v1/operations/{id}", operations.get, allow_head=False),
             web.post("/v1/queues/{name}/pause", queues.pause),
             web.post("/v1/queues/{name}/resume", queues.resume),
         ]

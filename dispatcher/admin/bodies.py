@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -72,7 +73,23 @@ class Replay:
     ids: list[str] | None
     webhook_id: str | None = None
     tenant_id: str | None = None
-    since: str | None = None
+    since_ms: int | None = None  # dead-lettered at or after
+
+
+def _time_ms(name: str, text: str | None) -> int | None:
+    """An RFC 3339 time with a zone (as ``Client`` reads ``since``), in epoch ms."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidField(name, "must be an RFC 3339 time") from exc
+    if value.tzinfo is None:
+        raise InvalidField(name, "must be an RFC 3339 time with a time zone")
+    try:
+        return int(value.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise InvalidField(name, "is out of range") from exc
 
 
 def replay(body: Mapping[str, Any]) -> Replay:
@@ -94,7 +111,12 @@ def replay(body: Mapping[str, Any]) -> Replay:
     for name in ("webhook_id", "tenant_id", "since"):
         if checked.get(name) is not None and not isinstance(checked[name], str):
             raise InvalidField(name, "must be a string")
-    return Replay(None, checked.get("webhook_id"), checked.get("tenant_id"), checked.get("since"))
+    return Replay(
+        None,
+        checked.get("webhook_id"),
+        checked.get("tenant_id"),
+        _time_ms("since", checked.get("since")),
+    )
 
 
 # --- query strings ------------------------------------------------------------------------------

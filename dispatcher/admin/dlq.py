@@ -1,4 +1,10 @@
-"""``/v1/dlq``: list with a cursor, inspect, replay, purge (with confirmation)."""
+"""``/v1/dlq``: list with a cursor, inspect, replay, purge (with confirmation).
+
+Every handler does bounded work: a listing reads at most ``dlq.MAX_SCANNED`` entries and no
+payload; a replay of everything matching, or a confirmed purge, does one page of at most
+``dlq.PAGE`` DLQ entries inline and answers 200 when that was all, else 202 with a background
+operation that does the rest (``GET /v1/operations/{id}``); counting reads entry ids only.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,10 @@ from typing import TYPE_CHECKING
 
 from dispatcher.admin import bodies
 from dispatcher.admin.app import CLIENT, json_response
-from dispatcher.errors import ConfirmationRequired
+from dispatcher.admin.operations import carry_on
+from dispatcher.client import MAX_AGE_S
+from dispatcher.errors import ConfirmationRequired, InvalidField
+from dispatcher.queue import dlq
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -28,15 +37,27 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 async def replay(request: web.Request) -> web.Response:
+    """By ids: all or nothing (409 ``not_replayable`` names the dead jobs that cannot go back).
+    Everything matching: those that cannot go back are skipped and counted by reason."""
     wanted = bodies.replay(await bodies.json_object(request))
     client = request.app[CLIENT]
     if wanted.ids is not None:
-        replayed = await client.replay(wanted.ids)
-    else:
-        replayed = await client.replay_matching(
-            webhook_id=wanted.webhook_id, tenant_id=wanted.tenant_id, since=wanted.since
-        )
-    return json_response({"replayed": replayed})
+        return json_response({"replayed": await client.replay(wanted.ids)})
+    plan = await dlq.plan_replay(
+        client.store,
+        webhook_id=wanted.webhook_id,
+        tenant_id=wanted.tenant_id,
+        since_ms=wanted.since_ms,
+    )
+    first = await dlq.replay_step(client.store, plan, dlq.Position())
+    answer = {
+        "replayed": first.changed,
+        "skipped": sum(first.skipped.values()),
+        "skipped_reasons": dict(sorted(first.skipped.items())),
+    }
+    if first.position is None:
+        return json_response(answer)
+    return await carry_on(request, "replay", plan, first, answer)
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -49,4 +70,12 @@ async def purge(request: web.Request) -> web.Response:
             f"purging deletes {would_purge} dead jobs for good; repeat with confirm=true",
             would_purge=would_purge,
         )
-    return json_response({"purged": await client.purge_dlq(older_than_s, confirm=True)})
+    if not 0 <= older_than_s <= MAX_AGE_S:
+        raise InvalidField("older_than_s", f"must be a number of seconds from 0 to {MAX_AGE_S:g}")
+    plan = await dlq.plan_purge(
+        client.store, older_than_s=older_than_s, retention_s=client.dlq_retention_s
+    )
+    first = await dlq.purge_step(client.store, plan, dlq.Position())
+    if first.position is None:
+        return json_response({"purged": first.changed})
+    return await carry_on(request, "purge", plan, first, {"purged": first.changed})

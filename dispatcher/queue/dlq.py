@@ -1,23 +1,37 @@
-"""The dead-letter queue: a stream of dead jobs, whose entry ids make a stable cursor."""
+"""The dead-letter queue: a stream of dead jobs, whose entry ids make a stable cursor.
+
+Every verb does bounded work per Redis call and reads no payload but ``inspect``'s one job:
+listings read the records' meta only (dlq_page.lua), counts read entry ids only
+(dlq_count.lua), and replay and purge go one page of at most ``PAGE`` entries per script.
+``replay_step`` and ``purge_step`` do one bounded slice of a large replay or purge from a
+``Position`` and say where to go on, so the admin API can do a page inline and leave the rest
+to a background operation (``queue/operations.py``); ``replay_matching`` and ``purge`` go to
+the end (the Python client's calls).
+"""
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import NotFound
+from dispatcher.errors import NotFound, NotReplayable
 from dispatcher.model import Job, JobState, is_job_id, rfc3339, sid_ms
 from dispatcher.queue import records
-from dispatcher.queue.keys import MAX_SHARDS, shard_of
-from dispatcher.queue.records import redis_errors
+from dispatcher.queue.keys import MAX_SHARDS, shard_of, streams_of
+from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from dispatcher.queue.store import Store
+
+#: DLQ entries one replay or purge script call handles at most (and one admin request inline).
+PAGE = 1000
+#: DLQ entries one counting call reads at most (entry ids only, no record).
+COUNT_PAGE = 10_000
 
 
 async def dlq_size(store: Store) -> int:
@@ -29,40 +43,216 @@ async def dlq_size(store: Store) -> int:
     return size
 
 
+# --- replay --------------------------------------------------------------------------------
+
+#: Why a dead job cannot go back to its queue (replay.lua's reasons), as a caller reads it.
+REASONS = {
+    "payload_lost": "its payload was lost with its stream entry (dead as entry_missing), "
+    "so there is nothing to send",
+    "webhook_deleted": "its webhook was deleted",
+    "webhook_disabled": "its webhook is disabled (it would die again unsent); enable it first",
+    "malformed": "its DLQ entry or record cannot be read",
+    "record_missing": "its job record is gone",
+}
+#: The ready streams replay.lua is given; it names any other a dead job needs (then retried).
+_STREAMS: set[str] = set(streams_of(DEFAULT_QUEUE))
+_MOST_NAMED = 5  # refused jobs named in an error's sentence (the details list them all)
+
+
+@dataclass(frozen=True, slots=True)
+class _Replayed:
+    replayed: list[str]
+    refused: list[tuple[str, str]]  # (job id, reason); job id '' for a malformed entry
+    last: str  # the last DLQ entry read ('' none), mode 'range'
+    read: int  # DLQ entries read, mode 'range'
+
+
+async def _run_replay(store: Store, mode: str, args: list[str | int]) -> _Replayed:
+    keys = store.keys
+    while True:
+        names = sorted(_STREAMS)
+        with redis_errors():
+            status, replayed, refused, last, read = await store.scripts.replay(
+                keys=[keys.dlq, keys.jobs, keys.webhooks, *(keys.ready(n) for n in names)],
+                args=[mode, " ".join(names), *args],
+            )
+        if status == -1:
+            _STREAMS.add(refused[0].decode())
+            continue
+        pairs = [(refused[i].decode(), refused[i + 1].decode()) for i in range(0, len(refused), 2)]
+        return _Replayed([r.decode() for r in replayed], pairs, last.decode(), int(read))
+
+
+def _refuse(refused: list[tuple[str, str]]) -> None:
+    if not refused:
+        return
+    named = "; ".join(f"{job_id}: {REASONS[reason]}" for job_id, reason in refused[:_MOST_NAMED])
+    more = f" (and {len(refused) - _MOST_NAMED} more)" if len(refused) > _MOST_NAMED else ""
+    raise NotReplayable(
+        f"{len(refused)} dead job(s) cannot be replayed, so none was: {named}{more}",
+        refused=[{"id": j, "reason": r, "message": REASONS[r]} for j, r in refused],
+    )
+
+
 async def replay(store: Store, job_ids: list[str]) -> list[str]:
     """Put dead jobs back in their ready queues; returns the ids replayed.
 
-    Unknown ids and jobs that are not dead are skipped, so a replay can be repeated safely.
+    All or nothing: when a dead job among them cannot go back (its payload was lost, its
+    webhook was deleted or is disabled), ``NotReplayable`` names each such job and reason and
+    nothing is replayed. Unknown ids and jobs that are not dead are passed over, so a replay
+    can be repeated safely. Each shard's part is one script that checks before it writes;
+    with ids in several shards every part is checked first.
     """
     by_shard: defaultdict[int, list[str]] = defaultdict(list)
     for job_id in dict.fromkeys(job_ids):
         if is_job_id(job_id):
             by_shard[shard_of(job_id)].append(job_id)
+    if len(by_shard) > 1:
+        refused: list[tuple[str, str]] = []
+        for shard, ids in by_shard.items():
+            refused += (await _run_replay(store.shard(shard), "check", [*ids])).refused
+        _refuse(refused)
     replayed: list[str] = []
     for shard, ids in by_shard.items():
-        replayed += await _replay_in(store.shard(shard), ids)
+        answer = await _run_replay(store.shard(shard), "ids", [*ids])
+        _refuse(answer.refused)  # in several shards: only if one changed since the check
+        replayed += answer.replayed
     return replayed
 
 
-async def _replay_in(store: Store, ids: list[str]) -> list[str]:
-    if not ids:
-        return []
-    keys = store.keys
-    with redis_errors():
-        # decode_responses is off: the records are bytes, whatever redis-py's types say
-        raws = await cast("Awaitable[list[bytes | None]]", store.redis.hmget(keys.jobs, ids))
-    by_queue: defaultdict[str, list[str]] = defaultdict(list)
-    for job_id, raw in zip(ids, raws, strict=True):
-        if raw is not None and not raw.startswith(b"@"):  # a locator: queued, not dead
-            by_queue[Job.decode(job_id, raw).stream].append(job_id)
-    replayed: list[str] = []
-    for queue, queue_ids in by_queue.items():
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a replay or purge goes on: the index of a shard in its plan, and the last DLQ
+    entry read there (exclusive; None: from the plan's start)."""
+
+    shard: int = 0
+    after: str | None = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """What one or more steps did: DLQ entries read, jobs replayed or entries purged, jobs
+    skipped by reason, and where to go on (None: done)."""
+
+    read: int = 0
+    changed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    position: Position | None = field(default_factory=Position)
+
+    def add(self, step: Progress) -> None:
+        self.read += step.read
+        self.changed += step.changed
+        self.skipped.update(step.skipped)
+        self.position = step.position
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """A replay of every dead job matching the filters. ``ends``: each shard's last DLQ entry
+    when it began (None: empty), so jobs that die again meanwhile are not replayed twice."""
+
+    shards: list[int]
+    ends: list[str | None]
+    start: str  # XRANGE start: "-" or "<since ms>-0"
+    webhook_id: str | None = None
+    tenant_id: str | None = None
+
+
+async def plan_replay(
+    store: Store,
+    *,
+    webhook_id: str | None = None,
+    tenant_id: str | None = None,
+    since_ms: int | None = None,
+) -> ReplayPlan:
+    if webhook_id is not None:  # its dead jobs are all in its shard
+        shards = [store.of_webhook(webhook_id)]
+    else:
         with redis_errors():
-            done, _skipped = await store.scripts.replay(
-                keys=[keys.dlq, keys.jobs, keys.ready(queue)], args=[queue, *queue_ids]
+            shards = await store.all_shards()
+    ends = [await _last_entry(shard) for shard in shards]
+    start = f"{min(max(since_ms, 0), _MAX_ID_PART)}-0" if since_ms is not None else "-"
+    return ReplayPlan([s.keys.shard for s in shards], ends, start, webhook_id, tenant_id)
+
+
+async def replay_step(
+    store: Store, plan: ReplayPlan, position: Position, budget: int = PAGE
+) -> Progress:
+    """Replay from ``position`` until ``budget`` DLQ entries were read or the plan is done.
+
+    Jobs that cannot go back stay dead, counted in ``skipped`` by reason (``REASONS``).
+    """
+    progress = Progress()
+    shard, after = position.shard, position.after
+    while budget > 0 and shard < len(plan.shards):
+        end = plan.ends[shard]
+        if end is None:
+            shard, after = shard + 1, None
+            continue
+        answer = await _run_replay(
+            store.shard(plan.shards[shard]),
+            "range",
+            [
+                f"({after}" if after else plan.start,
+                end,
+                budget,
+                plan.webhook_id or "",
+                plan.tenant_id or "",
+            ],
+        )
+        progress.read += answer.read
+        progress.changed += len(answer.replayed)
+        progress.skipped.update(reason for _job_id, reason in answer.refused)
+        if answer.read < budget or answer.last == end:
+            shard, after = shard + 1, None
+        else:
+            after = answer.last
+        budget -= answer.read
+    progress.position = Position(shard, after) if shard < len(plan.shards) else None
+    return progress
+
+
+async def replay_matching(
+    store: Store,
+    *,
+    webhook_id: str | None = None,
+    tenant_id: str | None = None,
+    since_ms: int | None = None,
+) -> Progress:
+    """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``,
+    page by page; jobs that cannot go back are skipped and counted by reason."""
+    plan = await plan_replay(store, webhook_id=webhook_id, tenant_id=tenant_id, since_ms=since_ms)
+    total = Progress()
+    while total.position is not None:
+        total.add(await replay_step(store, plan, total.position))
+    return total
+
+
+async def replay_left(store: Store, plan: ReplayPlan, position: Position) -> int:
+    """DLQ entries a replay has still to read from ``position`` (entry ids only)."""
+    left = 0
+    for index in range(position.shard, len(plan.shards)):
+        end = plan.ends[index]
+        if end is None:
+            continue
+        after = position.after if index == position.shard else None
+        start = f"({after}" if after else plan.start
+        left += await _count(store.shard(plan.shards[index]), start, end)
+    return left
+
+
+async def _count(store: Store, start: str, end: str) -> int:
+    """Entries from ``start`` to ``end`` (XRANGE syntax), counted by id in bounded calls."""
+    total = 0
+    while True:
+        with redis_errors():
+            counted, last = await store.scripts.dlq_count(
+                keys=[store.keys.dlq], args=[start, end, COUNT_PAGE]
             )
-        replayed += [r.decode() for r in done]
-    return replayed
+        total += int(counted)
+        if int(counted) < COUNT_PAGE:
+            return total
+        start = f"({last.decode()}"
 
 
 # --- listing and inspecting ------------------------------------------------------------------
@@ -126,33 +316,27 @@ class _Dead:
 
 
 async def _read_page(store: Store, start: str, end: str, count: int) -> list[_Dead]:
-    """DLQ entries from ``start`` to ``end`` (XRANGE syntax) with their job records."""
+    """DLQ entries from ``start`` to ``end`` (XRANGE syntax) with their jobs, payloads left out
+    (dlq_page.lua reads only the records' meta)."""
     with redis_errors():
-        entries = await cast(
-            "Awaitable[_Entries]", store.redis.xrange(store.keys.dlq, start, end, count=count)
+        flat = await store.scripts.dlq_page(
+            keys=[store.keys.dlq, store.keys.jobs], args=[start, end, count]
         )
-        job_ids = [f[b"j"].decode() for _sid, f in entries if b"j" in f]
-        raws = (
-            await cast("Awaitable[list[bytes | None]]", store.redis.hmget(store.keys.jobs, job_ids))
-            if job_ids
-            else []
-        )
-    records = dict(zip(job_ids, raws, strict=True))
     page = []
-    for sid_b, fields in entries:
-        job_id = fields[b"j"].decode() if b"j" in fields else None
-        raw = records.get(job_id) if job_id else None
+    for i in range(0, len(flat), 5):
+        sid, job_id_b, reason, raw, meta = flat[i : i + 5]
+        job_id = job_id_b.decode() if job_id_b else None
         job = None
-        if job_id is not None and raw is not None and not raw.startswith(b"@"):
+        if job_id is not None and meta:
             with suppress(ValueError, KeyError, TypeError):
-                job = Job.decode(job_id, raw)
+                job = Job.decode(job_id, meta + b"\n")
         page.append(
             _Dead(
-                entry_id=sid_b.decode(),
+                entry_id=sid.decode(),
                 job_id=job_id,
-                reason=fields.get(b"r", b"").decode(errors="replace"),
+                reason=reason.decode(errors="replace"),
                 job=job,
-                raw=fields[b"raw"].decode(errors="replace") if b"raw" in fields else None,
+                raw=raw.decode(errors="replace") if raw else None,
             )
         )
     return page
@@ -268,7 +452,7 @@ async def inspect(store: Store, job_id: str) -> dict[str, Any]:
     return wire
 
 
-# --- replay and purge --------------------------------------------------------------------------
+# --- purge ---------------------------------------------------------------------------------
 
 
 async def _last_entry(store: Store) -> str | None:
@@ -279,80 +463,76 @@ async def _last_entry(store: Store) -> str | None:
     return last[0][0].decode() if last else None
 
 
-async def replay_matching(
-    store: Store,
-    *,
-    webhook_id: str | None = None,
-    tenant_id: str | None = None,
-    since_ms: int | None = None,
-) -> int:
-    """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``.
+@dataclass(frozen=True, slots=True)
+class PurgePlan:
+    """A purge of the DLQ entries added before ``cutoff_ms`` (older than both ages)."""
 
-    Jobs that die again while this runs land after the entry that was last when it started,
-    so they are not replayed a second time.
-    """
-    if webhook_id is not None:  # its dead jobs are all in its shard
-        shards = [store.of_webhook(webhook_id)]
-    else:
-        with redis_errors():
-            shards = await store.all_shards()
-    replayed = 0
-    for shard in shards:
-        replayed += await _replay_matching_in(shard, webhook_id, tenant_id, since_ms)
-    return replayed
+    shards: list[int]
+    cutoff_ms: int
+
+    @property
+    def end(self) -> str:
+        return str(self.cutoff_ms - 1)  # XRANGE reads "ms" as "ms-<max>": every entry of that ms
 
 
-async def _replay_matching_in(
-    store: Store, webhook_id: str | None, tenant_id: str | None, since_ms: int | None
-) -> int:
-    end = await _last_entry(store)
-    if end is None:
+async def plan_purge(store: Store, *, older_than_s: float, retention_s: float) -> PurgePlan:
+    with redis_errors():
+        shards = await store.all_shards()
+    cutoff_ms = store.clock.now_ms() - int(max(older_than_s, retention_s) * 1000)
+    return PurgePlan([s.keys.shard for s in shards], cutoff_ms)
+
+
+async def purge_left(store: Store, plan: PurgePlan, position: Position) -> int:
+    """Entries a purge has still to delete (by entry id, no record read): the whole DLQ of
+    a shard whose last entry is older than the cutoff (XLEN), else counted by id."""
+    if plan.cutoff_ms <= 0:
         return 0
-    start = f"{min(max(since_ms, 0), _MAX_ID_PART)}-0" if since_ms is not None else "-"
-    replayed = 0
-    while True:
-        page = await _read_page(store, start, end, MAX_PAGE)
-        ids = [d.job_id for d in page if d.job_id and d.matches(webhook_id, tenant_id)]
-        replayed += len(await _replay_in(store, ids))
-        if len(page) < MAX_PAGE:
-            return replayed
-        start = f"({page[-1].entry_id}"
+    left = 0
+    for number in plan.shards[position.shard :]:
+        shard = store.shard(number)
+        last = await _last_entry(shard)
+        if last is None:
+            continue
+        if _sid_key(last) < (plan.cutoff_ms, 0):
+            with redis_errors():
+                left += int(await shard.redis.xlen(shard.keys.dlq))
+        else:
+            left += await _count(shard, "-", plan.end)
+    return left
+
+
+async def purge_step(
+    store: Store, plan: PurgePlan, position: Position, budget: int = PAGE
+) -> Progress:
+    """Delete from ``position`` until ``budget`` entries went or the plan is done."""
+    progress = Progress()
+    shard = position.shard
+    while budget > 0 and shard < len(plan.shards) and plan.cutoff_ms > 0:
+        target = store.shard(plan.shards[shard])
+        with redis_errors():
+            purged, _last = await target.scripts.purge(
+                keys=[target.keys.dlq, target.keys.jobs], args=[plan.end, budget]
+            )
+        progress.read += int(purged)
+        progress.changed += int(purged)
+        if int(purged) < budget:
+            shard += 1
+        budget -= int(purged)
+    done = shard >= len(plan.shards) or plan.cutoff_ms <= 0
+    progress.position = None if done else Position(shard)
+    return progress
 
 
 async def purge(store: Store, *, older_than_s: float, retention_s: float, confirm: bool) -> int:
     """Count (``confirm`` False) or delete the entries older than both ages, with their records,
-    in every shard.
+    in every shard, page by page.
 
     Deleting removes exactly the entries counted, less any replayed meanwhile.
     """
-    with redis_errors():
-        shards = await store.all_shards()
-    total = 0
-    for shard in shards:
-        total += await _purge_in(
-            shard, older_than_s=older_than_s, retention_s=retention_s, confirm=confirm
-        )
-    return total
-
-
-async def _purge_in(store: Store, *, older_than_s: float, retention_s: float, confirm: bool) -> int:
-    cutoff_ms = store.clock.now_ms() - int(max(older_than_s, retention_s) * 1000)
-    if cutoff_ms <= 0:
-        return 0
-    end = str(cutoff_ms - 1)  # XRANGE reads "ms" as "ms-<max>": every entry of that ms
-    start, total = "-", 0
-    while True:
-        page = await _read_page(store, start, end, MAX_SCANNED)
-        if confirm and page:
-            args: list[str] = []
-            for dead in page:
-                args += [dead.entry_id, dead.job_id or ""]
-            with redis_errors():
-                total += int(
-                    await store.scripts.purge(keys=[store.keys.dlq, store.keys.jobs], args=args)
-                )
-        else:
-            total += len(page)
-        if len(page) < MAX_SCANNED:
-            return total
-        start = f"({page[-1].entry_id}"
+    plan = await plan_purge(store, older_than_s=older_than_s, retention_s=retention_s)
+    if not confirm:
+        return await purge_left(store, plan, Position())
+    total = Progress()
+    while total.position is not None:
+        total.add(await purge_step(store, plan, total.position))
+    return total.changed

@@ -29,6 +29,8 @@ _NAMES = (
     "breaker_tick",
     "breaker_probe",
     "orphans",
+    "dlq_page",
+    "dlq_count",
     "change_webhook",
     "delete_webhook",
 )
@@ -54,6 +56,8 @@ class Scripts:
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript
     orphans: AsyncScript
+    dlq_page: AsyncScript
+    dlq_count: AsyncScript
     change_webhook: AsyncScript
     delete_webhook: AsyncScript
 

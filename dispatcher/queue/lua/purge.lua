@@ -1,22 +1,30 @@
 #!lua
--- purge.lua: delete dead-letter entries and the records of their dead jobs.
+-- purge.lua: delete one bounded page of the oldest dead-letter entries, with the records of
+-- their dead jobs.
 -- KEYS[1] dlq stream   KEYS[2] jobs hash
--- ARGV pairs: DLQ entry id, job id ('' for a malformed entry, which has no record)
--- returns: number of DLQ entries deleted
+-- ARGV[1] end (XRANGE syntax: entries up to it go)   ARGV[2] most entries to delete
+-- returns: {entries deleted, last entry deleted ('' none)}
 -- A record goes only while it is still dead with this very entry (meta.d), so a job replayed
--- since the caller read the page (its entry already gone) keeps its record.
-local purged = 0
-for i = 1, #ARGV, 2 do
-  local entry, job_id = ARGV[i], ARGV[i + 1]
-  local removed = redis.call('XDEL', KEYS[1], entry)
-  if removed > 0 and job_id ~= '' then
+-- since (its entry then already gone) keeps its record. The payloads are never read out.
+local page = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
+local purged, last = 0, ''
+for _, entry in ipairs(page) do
+  local id = entry[1]
+  local job_id
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'j' then job_id = entry[2][i + 1] end
+  end
+  purged = purged + redis.call('XDEL', KEYS[1], id)
+  last = id
+  if job_id then
     local record = redis.call('HGET', KEYS[2], job_id)
     local cut = record and string.find(record, '\n', 1, true)
     if cut and string.sub(record, 1, 1) ~= '@' then
-      local meta = cjson.decode(string.sub(record, 1, cut - 1))
-      if meta.s == 'dead' and meta.d == entry then redis.call('HDEL', KEYS[2], job_id) end
+      local ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1))
+      if ok and type(meta) == 'table' and meta.s == 'dead' and meta.d == id then
+        redis.call('HDEL', KEYS[2], job_id)
+      end
     end
   end
-  purged = purged + removed
 end
-return purged
+return {purged, last}

@@ -1,23 +1,119 @@
 #!lua
--- replay.lua: put dead jobs back in the ready queue, attempts reset, history kept.
--- KEYS[1] dlq stream   KEYS[2] jobs hash   KEYS[3] ready stream of ARGV[1]
--- ARGV[1] queue name   ARGV[2..] job ids
--- returns: {replayed ids, ids skipped (unknown, not dead, or of another queue)}
-local replayed, skipped = {}, {}
-for i = 2, #ARGV do
-  local job_id = ARGV[i]
+-- replay.lua: put dead jobs back in their ready queues (attempts reset, history kept), or say
+-- why a dead job cannot go back: it is never put back only to die again or loop.
+-- KEYS[1] dlq stream   KEYS[2] jobs hash   KEYS[3] webhooks hash   KEYS[4..] ready streams
+-- ARGV[1] mode   ARGV[2] the stream names of KEYS[4..], space-separated
+--   'ids' or 'check': ARGV[3..] job ids; all or nothing: when one of them cannot go back,
+--     none does. 'check' only answers, writing nothing.
+--   'range': ARGV[3] start, ARGV[4] end (XRANGE syntax), ARGV[5] most DLQ entries to read,
+--     ARGV[6] webhook id, ARGV[7] tenant id ('' matches any): replay the matching dead jobs
+--     of that DLQ page and skip those that cannot go back.
+-- returns: {status, {replayed job id, ...}, {job id, reason, ...} refused or skipped,
+--           last entry read ('' none), entries read}
+--   status 1: done. 0: refused, nothing written ('ids', 'check'). -1: a job's stream is not
+--   among KEYS, nothing written; the refused list is {stream}: call again with its key.
+-- Reasons: 'payload_lost' (dead as entry_missing: the payload went with its stream entry),
+-- 'webhook_deleted', 'webhook_disabled' (it would die again at once, unsent),
+-- 'malformed' (no job, or a record that cannot be read), 'record_missing' (range only).
+-- Unknown ids and jobs that are not dead are passed over silently (a replay can be repeated).
+local mode = ARGV[1]
+local ready = {}
+local n = 0
+for name in string.gmatch(ARGV[2], '%S+') do n = n + 1; ready[name] = KEYS[3 + n] end
+
+local hooks = {}
+local function hook_state(webhook_id)
+  if hooks[webhook_id] == nil then
+    local raw = redis.call('HGET', KEYS[3], webhook_id)
+    if not raw then
+      hooks[webhook_id] = 'webhook_deleted'
+    else
+      local ok, hook = pcall(cjson.decode, raw)
+      hooks[webhook_id] = (ok and type(hook) == 'table' and hook.enabled == false)
+                          and 'webhook_disabled' or 'ok'
+    end
+  end
+  return hooks[webhook_id]
+end
+
+-- A dead job's verdict: nil (not dead: pass over), 'ok' with its meta, or a reason.
+local function judge(job_id)
   local record = redis.call('HGET', KEYS[2], job_id)
-  local cut = record and string.find(record, '\n', 1, true)
-  local meta = cut and cjson.decode(string.sub(record, 1, cut - 1))
-  if meta and meta.s == 'dead' and meta.q == ARGV[1] then
-    if meta.d then redis.call('XDEL', KEYS[1], meta.d) end
-    meta.sid = redis.call('XADD', KEYS[3], '*', 'j', job_id, 'w', meta.w)
-    meta.s = 'queued'; meta.a = 0; meta.k = 0
-    meta.d = nil; meta.r = nil; meta.f = nil; meta.n = nil
-    redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. string.sub(record, cut))
-    replayed[#replayed + 1] = job_id
-  else
-    skipped[#skipped + 1] = job_id
+  if not record then return nil end
+  if string.sub(record, 1, 1) == '@' then return nil end  -- a locator: queued, never dead
+  local cut = string.find(record, '\n', 1, true)
+  local ok, meta = false, nil
+  if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
+  if not ok or type(meta) ~= 'table' then return 'malformed' end
+  if meta.s ~= 'dead' then return nil end
+  if meta.w == nil or meta.w == '' or cut == #record then return 'payload_lost', meta end
+  local state = hook_state(meta.w)
+  if state ~= 'ok' then return state, meta end
+  return 'ok', meta, record, cut
+end
+
+local chosen, refused, seen = {}, {}, {}
+local function choose(job_id, meta, record, cut)
+  if not seen[job_id] then
+    seen[job_id] = true
+    chosen[#chosen + 1] = {job_id, meta, record, cut}
   end
 end
-return {replayed, skipped}
+local last, read = '', 0
+if mode == 'range' then
+  local page = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+  local want_hook, want_tenant = ARGV[6], ARGV[7]
+  local filtered = want_hook ~= '' or want_tenant ~= ''
+  read = #page
+  for _, entry in ipairs(page) do
+    last = entry[1]
+    local f = {}
+    for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+    if not f.j then
+      if not filtered then refused[#refused + 1] = ''; refused[#refused + 1] = 'malformed' end
+    else
+      local verdict, meta, record, cut = judge(f.j)
+      local matches = meta ~= nil and (want_hook == '' or meta.w == want_hook)
+                      and (want_tenant == '' or meta.t == want_tenant)
+      if verdict == nil then
+        if not filtered and redis.call('HEXISTS', KEYS[2], f.j) == 0 then
+          refused[#refused + 1] = f.j; refused[#refused + 1] = 'record_missing'
+        end
+      elseif verdict == 'malformed' then
+        if not filtered then refused[#refused + 1] = f.j; refused[#refused + 1] = verdict end
+      elseif matches then
+        if verdict == 'ok' then
+          choose(f.j, meta, record, cut)
+        else
+          refused[#refused + 1] = f.j; refused[#refused + 1] = verdict
+        end
+      end
+    end
+  end
+else
+  for i = 3, #ARGV do
+    local verdict, meta, record, cut = judge(ARGV[i])
+    if verdict == 'ok' then
+      choose(ARGV[i], meta, record, cut)
+    elseif verdict ~= nil then
+      refused[#refused + 1] = ARGV[i]; refused[#refused + 1] = verdict
+    end
+  end
+  if #refused > 0 or mode == 'check' then return {#refused > 0 and 0 or 1, {}, refused, '', 0} end
+end
+
+for _, job in ipairs(chosen) do
+  if not ready[job[2].q] then return {-1, {}, {job[2].q}, '', 0} end
+end
+
+local replayed = {}
+for _, job in ipairs(chosen) do
+  local job_id, meta, record, cut = job[1], job[2], job[3], job[4]
+  if meta.d then redis.call('XDEL', KEYS[1], meta.d) end
+  meta.sid = redis.call('XADD', ready[meta.q], '*', 'j', job_id, 'w', meta.w)
+  meta.s = 'queued'; meta.a = 0; meta.k = 0
+  meta.d = nil; meta.r = nil; meta.f = nil; meta.n = nil
+  redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. string.sub(record, cut))
+  replayed[#replayed + 1] = job_id
+end
+return {1, replayed, refused, last, read}

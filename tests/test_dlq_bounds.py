@@ -1,0 +1,224 @@
+"""The DLQ handlers do bounded work: no payload is read to list or count, and a large replay or
+purge does one page inline, then goes on as a background operation that survives its driver."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from dispatcher.model import Job, JobState, new_event_ids
+from dispatcher.operations import Runner, begin
+from dispatcher.queue import dlq
+from dispatcher.queue import operations as ops
+from dispatcher.queue.keys import Keys
+from tests.admin_api import Api, start_api
+from tests.helpers import eventually, hash_len, stream_entries
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import redis.asyncio as aioredis
+
+    from dispatcher import Client
+
+BIG_PAYLOAD = b'{"blob":"' + b"x" * 60_000 + b'"}'
+MANY = 2 * dlq.PAGE + 500  # more than two pages
+
+
+@pytest.fixture
+async def api(client: Client) -> AsyncIterator[Api]:
+    client.dlq_retention_s = 0.0
+    _app, served = await start_api(client)
+    yield served
+    await served.close()
+
+
+async def _dead_jobs(
+    client: Client,
+    redis: aioredis.Redis,
+    prefix: str,
+    n: int,
+    payload: bytes = b'{"n":1}',
+    *,
+    entry_ids: list[str] | None = None,
+) -> list[str]:
+    """``n`` dead jobs of one live webhook, written as settle.lua writes them (record with
+    ``d``, then the DLQ entry), much faster than failing them one by one; ``entry_ids``
+    chooses their DLQ entry ids (so their dead-letter times)."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    keys = Keys(prefix)
+    _event_id, job_prefix = new_event_ids()
+    now_ms = client.store.clock.now_ms()
+    ids = [f"{job_prefix}{i}" for i in range(n)]
+    for start in range(0, n, 500):
+        pipe = redis.pipeline(transaction=False)
+        for i in range(start, min(start + 500, n)):
+            entry_id = entry_ids[i] if entry_ids else "*"
+            pipe.xadd(keys.dlq, {"j": ids[i], "r": "max_attempts"}, id=entry_id)
+        entries = await pipe.execute()
+        pipe = redis.pipeline(transaction=False)
+        for job_id, entry in zip(ids[start : start + 500], entries, strict=True):
+            job = Job(
+                id=job_id,
+                webhook_id=hook["id"],
+                tenant_id="acme",
+                event_type="e",
+                stream="default",
+                event_id="",
+                state=JobState.DEAD,
+                attempt=1,
+                stalls=0,
+                created_at_ms=now_ms,
+                payload=payload,
+                finished_at_ms=now_ms,
+                last_error="500 down",
+                dlq_id=entry.decode(),
+                reason="max_attempts",
+            )
+            pipe.hset(keys.jobs, job_id, job.encode())
+        await pipe.execute()
+    return ids
+
+
+async def _bytes_sent(redis: aioredis.Redis) -> int:
+    info = await redis.info("stats")
+    return int(info["total_net_output_bytes"])
+
+
+async def test_listing_and_counting_the_dlq_read_no_payload(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Listing a page of the DLQ and counting what a purge would delete send a few bytes per
+    entry from Redis, however large the dead jobs' payloads."""
+    n = 200
+    await _dead_jobs(client, redis, prefix, n, BIG_PAYLOAD)
+    payload_bytes = n * len(BIG_PAYLOAD)
+    before = await _bytes_sent(redis)
+    refused = await api.call("DELETE", "/v1/dlq")
+    assert (refused.status, refused.body["would_purge"]) == (409, n)
+    listed = await api.call("GET", "/v1/dlq", params={"limit": "100", "tenant_id": "acme"})
+    assert len(listed.body["items"]) == 100
+    assert listed.body["items"][0]["last_error"] == "500 down"
+    assert await _bytes_sent(redis) - before < payload_bytes // 20
+
+
+async def test_would_purge_counts_exactly_the_entries_before_the_cutoff(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """would_purge counts exactly the entries older than the cutoff, over several counting
+    calls, and none younger."""
+    old = dlq.COUNT_PAGE + 7
+    await _dead_jobs(client, redis, prefix, old, entry_ids=[f"1000-{i}" for i in range(old)])
+    await _dead_jobs(client, redis, prefix, 3)  # dead now
+    hour = await api.call("DELETE", "/v1/dlq", params={"older_than_s": "3600"})
+    assert (hour.status, hour.body["would_purge"]) == (409, old)
+    everything = await api.call("DELETE", "/v1/dlq", params={"older_than_s": "0"})
+    assert everything.body["would_purge"] == old + 3
+
+
+async def test_large_replay_answers_202_and_finishes_in_the_background(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Replay all over more than a page replays the first page inline, answers 202 with an
+    operation, and the operation replays the rest; its progress is readable by id."""
+    ids = await _dead_jobs(client, redis, prefix, MANY)
+    answer = await api.call("POST", "/v1/dlq/replay", json={"all": True})
+    assert answer.status == 202
+    assert answer.body["replayed"] == dlq.PAGE
+    op = answer.body["operation"]
+    assert (op["kind"], op["state"]) == ("replay", "running")
+    assert answer.headers["Location"] == f"/v1/operations/{op['id']}"
+
+    async def finished() -> dict[str, Any] | None:
+        got = await api.call("GET", f"/v1/operations/{op['id']}")
+        return got.body if got.body["state"] != "running" else None
+
+    final = await eventually(finished, what="the replay operation finished")
+    assert final["state"] == "succeeded"
+    assert (final["done"], final["total"], final["replayed"]) == (MANY, MANY, MANY)
+    assert (final["skipped"], final["error"]) == (0, None)
+    assert await stream_entries(redis, Keys(prefix).dlq) == []
+    ready = await stream_entries(redis, Keys(prefix).ready("default"))
+    assert sorted(f[b"j"].decode() for _sid, f in ready) == sorted(ids)
+    assert (await api.call("GET", "/v1/operations/op_00000000000000000000")).status == 404
+    assert (await api.call("GET", "/v1/operations/nonsense")).status == 404
+
+
+async def test_large_purge_answers_202_and_finishes_in_the_background(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A confirmed purge of more than a page deletes the first page inline, answers 202, and
+    the operation deletes the rest with their records."""
+    await _dead_jobs(client, redis, prefix, MANY)
+    answer = await api.call("DELETE", "/v1/dlq", params={"confirm": "true"})
+    assert (answer.status, answer.body["purged"]) == (202, dlq.PAGE)
+    op_id = answer.body["operation"]["id"]
+
+    async def finished() -> dict[str, Any] | None:
+        got = await api.call("GET", f"/v1/operations/{op_id}")
+        return got.body if got.body["state"] != "running" else None
+
+    final = await eventually(finished, what="the purge operation finished")
+    assert (final["state"], final["kind"], final["purged"], final["done"]) == (
+        "succeeded",
+        "purge",
+        MANY,
+        MANY,
+    )
+    assert await stream_entries(redis, Keys(prefix).dlq) == []
+    assert await hash_len(redis, Keys(prefix).jobs) == 0
+    small = await api.call("DELETE", "/v1/dlq", params={"confirm": "true"})
+    assert (small.status, small.body) == (200, {"purged": 0})
+
+
+async def test_an_operation_whose_driver_died_is_taken_over_without_doing_a_page_twice(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A replay whose driver died after a page it never recorded is taken over by another
+    process's runner: it goes on from the last recorded position, replays every job exactly
+    once and ends succeeded."""
+    ids = await _dead_jobs(client, redis, prefix, MANY)
+    store = client.store
+    plan = await dlq.plan_replay(store)
+    first = await dlq.replay_step(store, plan, dlq.Position())
+    op = await begin(store, "replay", plan, first)
+    assert first.position is not None
+    unrecorded = await dlq.replay_step(store, plan, first.position)  # then the process died
+    assert unrecorded.changed == dlq.PAGE
+    await redis.zadd(Keys(prefix).operations, {op.id: 0})  # its last sign of life, long ago
+    runner = Runner(store, poll_s=0.05)
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def finished() -> ops.Operation | None:
+            got = await ops.get(store, op.id)
+            return got if got and got.state != ops.RUNNING else None
+
+        final = await eventually(finished, what="the operation taken over and finished")
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    assert final.state == ops.SUCCEEDED
+    # The unrecorded page was done but is counted nowhere: its entries were gone by then.
+    assert (final.done, final.total, final.changed) == (MANY - dlq.PAGE,) * 3
+    ready = await stream_entries(redis, Keys(prefix).ready("default"))
+    assert sorted(f[b"j"].decode() for _sid, f in ready) == sorted(ids)  # each once
+    assert await stream_entries(redis, Keys(prefix).dlq) == []
+    assert await redis.zcard(Keys(prefix).operations) == 0
+    assert 0 < await redis.ttl(Keys(prefix).operation(op.id)) <= ops.FINISHED_TTL_S
+
+
+async def test_client_replays_and_purges_everything_page_by_page(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """The Python client's replay_matching and purge_dlq go to the end, however many pages."""
+    await _dead_jobs(client, redis, prefix, MANY)
+    assert await client.replay_matching() == MANY
+    client.dlq_retention_s = 0.0
+    await _dead_jobs(client, redis, prefix, MANY)
+    assert await client.purge_dlq(0, confirm=True) == MANY
+    assert await stream_entries(redis, Keys(prefix).dlq) == []
