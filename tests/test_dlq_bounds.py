@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from dispatcher import NotReplayable
 from dispatcher.model import Job, JobState, new_event_ids
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import dlq
@@ -222,3 +223,21 @@ async def test_client_replays_and_purges_everything_page_by_page(
     await _dead_jobs(client, redis, prefix, MANY)
     assert await client.purge_dlq(0, confirm=True) == MANY
     assert await stream_entries(redis, Keys(prefix).dlq) == []
+
+
+async def test_replay_by_ids_over_several_scripts_is_still_all_or_nothing(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A replay of more ids than one script takes replays none when one of them cannot go
+    back, whichever part it is in; without it, every one goes back."""
+    good = await _dead_jobs(client, redis, prefix, 2 * dlq.SCRIPT_PAGE + 50)
+    [orphan] = await _dead_jobs(client, redis, prefix, 1)
+    job = await client.get_job(orphan)
+    assert job is not None
+    await client.delete_webhook(job["webhook_id"])
+    with pytest.raises(NotReplayable) as refused:
+        await client.replay([*good, orphan])
+    assert [(r["id"], r["reason"]) for r in refused.value.refused] == [(orphan, "webhook_deleted")]
+    assert len(await stream_entries(redis, Keys(prefix).dlq)) == len(good) + 1
+    assert await stream_entries(redis, Keys(prefix).ready("default")) == []
+    assert await client.replay(good) == len(good)
