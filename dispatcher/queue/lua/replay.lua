@@ -46,6 +46,7 @@ local function judge(job_id)
   if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
   if not ok or type(meta) ~= 'table' then return 'malformed' end
   if meta.s ~= 'dead' then return nil end
+  if type(meta.q) ~= 'string' then return 'malformed' end
   if meta.w == nil or meta.w == '' or cut == #record then return 'payload_lost', meta end
   local state = hook_state(meta.w)
   if state ~= 'ok' then return state, meta end
