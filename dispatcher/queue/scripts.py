@@ -33,6 +33,7 @@ _NAMES = (
     "dlq_count",
     "change_webhook",
     "delete_webhook",
+    "adopt_layout",
 )
 
 
@@ -60,6 +61,7 @@ class Scripts:
     dlq_count: AsyncScript
     change_webhook: AsyncScript
     delete_webhook: AsyncScript
+    adopt_layout: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

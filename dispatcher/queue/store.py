@@ -128,11 +128,16 @@ class Store:
 
     async def adopt_layout(self, shards: int) -> tuple[Layout, int]:
         """Record ``redis.shards`` (the daemon does at start); returns the layout and the
-        number of shards new webhooks were spread over before (``shards`` on a new Redis)."""
-        known = await self.redis.exists(self.home.keys.layout)
-        before = await self.read_layout(max_age_s=0)
-        previous = before.shards if known else shards
-        served = max(before.served, shards)
-        await self.redis.hset(self.home.keys.layout, mapping={"shards": shards, "served": served})
-        before.shards, before.served = shards, served
-        return before, previous
+        number of shards new webhooks were spread over before (``shards`` on a new Redis).
+
+        One script (``adopt_layout.lua``) raises ``served`` to the most there ever were, so
+        processes starting at once with different counts never lower it."""
+        before, served = await self.scripts.adopt_layout(
+            keys=[self.home.keys.layout], args=[shards]
+        )
+        if self.clock.stale:
+            await self.clock.refresh(self.redis)
+        layout = self.layout
+        layout.shards, layout.served = shards, int(served)
+        layout.read_at = time.monotonic()
+        return layout, int(before)
