@@ -380,7 +380,13 @@ class Worker:
             candidates.append(_Work(claim, job, hook))
         for stream, entries in broken.items():
             await self._quarantine(shard, stream, entries)
-        for work in self._within_endpoint_limits(await self._admit(shard, candidates)):
+        placed, others = await self._admit(shard, candidates)
+        now = time.monotonic()
+        for work in placed:  # admitted within this process's room for their webhooks
+            self.pool.endpoint(work.webhook.id).begin(work.job.id, now)
+            self._busy += 1
+            self._inbox.put_nowait(work)
+        for work in self._within_endpoint_limits(others):
             self._busy += 1
             self._inbox.put_nowait(work)
 
@@ -396,8 +402,9 @@ class Worker:
         return True
 
     def _within_endpoint_limits(self, candidates: list[_Work]) -> list[_Work]:
-        """Apply the adaptive per-endpoint cap of this process (traffic.py), no round trip; a
-        job deferred here gives back the in-flight lease it may hold."""
+        """Apply the adaptive per-endpoint cap of this process (traffic.py) to jobs of
+        webhooks without cluster-wide limits (``_admit`` applies it to the others), no round
+        trip."""
         now = time.monotonic()
         room: dict[str, int] = {}
         admitted = []
@@ -419,32 +426,57 @@ class Worker:
             room[work.webhook.id] = left - 1
         return admitted
 
-    async def _admit(self, shard: Store, works: list[_Work]) -> list[_Work]:
+    def _room_for(self, works: list[_Work], now: float) -> dict[str, int]:
+        """How many attempts this process may start now for each webhook of ``works``: its
+        adaptive cap (traffic.py), and never the reserved last lanes for a slow endpoint."""
+        free = self.cfg.concurrency - self._busy
+        room: dict[str, int] = {}
+        for work in works:
+            if work.webhook.id not in room:
+                endpoint = self.pool.endpoint(work.webhook.id)
+                left = endpoint.room(now)
+                room[work.webhook.id] = (
+                    min(left, free - self.pool.reserve) if endpoint.slow else left
+                )
+        return room
+
+    async def _admit(self, shard: Store, works: list[_Work]) -> tuple[list[_Work], list[_Work]]:
         """The cluster-wide limits (rate_limit, max_in_flight) for jobs of webhooks that set
-        them, in one round trip; returns the jobs that may go, the others wait in Redis."""
+        them, in one round trip, together with this process's room for those webhooks, so a
+        job takes a rate slot or a lease only when it can go. Returns the jobs of limited
+        webhooks that go now, and the jobs of the others; the rest wait in Redis, each
+        keeping the rate slot it holds."""
         limited = [w for w in works if admission.limited(w.webhook)]
         if not limited:
-            return works
+            return [], works
         _now, decisions = await admission.admit(
-            shard, [(w.job, w.webhook) for w in limited], attempt_timeout_s=self.cfg.timeout_s
+            shard,
+            [(w.job, w.webhook) for w in limited],
+            attempt_timeout_s=self.cfg.timeout_s,
+            room=self._room_for(limited, time.monotonic()),
+            free=self.cfg.concurrency - self._busy,
         )
-        verdicts = {w.job.id: d for w, d in zip(limited, decisions, strict=True)}
-        admitted = []
-        for work in works:
-            decision = verdicts.get(work.job.id)
-            if decision is None:
-                admitted.append(work)
-            elif decision.verdict is Verdict.ADMITTED:
+        placed = []
+        for work, decision in zip(limited, decisions, strict=True):
+            held = work.job.reserved_ms
+            if decision.verdict is Verdict.ADMITTED:
                 leased = work.webhook.max_in_flight is not None
-                admitted.append(_Work(work.claim, work.job, work.webhook, leased))
-            elif decision.verdict is Verdict.IN_FLIGHT_FULL:
+                placed.append(_Work(work.claim, work.job, work.webhook, leased))
+            elif decision.verdict in (Verdict.IN_FLIGHT_FULL, Verdict.NO_ROOM):
                 endpoint = self.pool.endpoint(work.webhook.id)
                 delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
-                self._wait(work, self.store.clock.now_ms() + int(delay_s * 1000), "max_in_flight")
+                reason = (
+                    "max_in_flight"
+                    if decision.verdict is Verdict.IN_FLIGHT_FULL
+                    else "endpoint_capacity"
+                )
+                due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
+                self._wait(work, due_ms, reason, reserved_ms=held)
+            elif decision.verdict is Verdict.RESERVED:
+                self._wait(work, decision.due_ms, "rate_limit", reserved_ms=decision.due_ms)
             else:
-                reserved = decision.due_ms if decision.verdict is Verdict.RESERVED else None
-                self._wait(work, decision.due_ms, "rate_limit", reserved_ms=reserved)
-        return admitted
+                self._wait(work, decision.due_ms, "rate_limit")
+        return placed, [w for w in works if not admission.limited(w.webhook)]
 
     async def _lane(self) -> None:
         while True:
@@ -574,8 +606,7 @@ class Worker:
         """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
         job = work.job
         job.next_attempt_at_ms = breaker.retry_at_ms
-        job.waiting = "breaker"
-        job.reserved_ms = None
+        job.waiting = "breaker"  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason="breaker")
         self._settle(work, "P", JobState.SCHEDULED, self.store.clock.now_ms(), "")
 

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
+from dispatcher.model import Job, Webhook
+from dispatcher.queue import admission
+from dispatcher.queue.admission import Verdict
 from dispatcher.queue.keys import Keys
 from dispatcher.traffic import START_FRACTION
 from tests.helpers import Daemon, daemon_env, eventually, stream_entries
@@ -258,6 +261,60 @@ async def test_rate_limited_jobs_wait_without_spending_attempts(
     assert got[-1].at - got[0].at > 14 * 0.1 * 0.9  # 10/s: 14 intervals of 0.1 s
     await eventually(lambda: _all_in_state(client, ids, "delivered"), what="all delivered")
     assert {len(j["attempts"]) for j in await _jobs(client, ids)} == {1}
+
+
+async def _slots_scheduled(redis: aioredis.Redis, prefix: str, webhook_id: str) -> float | None:
+    """The end of the webhook's rate schedule in Redis: every slot taken moves it on."""
+    stored = await redis.hget(Keys(prefix).rates, webhook_id)
+    return float(stored.split()[0]) if stored else None
+
+
+async def test_a_backlog_under_max_in_flight_takes_one_rate_slot_per_job(
+    client: Client, workers: WorkerHarness, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A rate-limited backlog whose jobs come back late for their slots because max_in_flight
+    is full takes exactly one slot per job, so the webhook drains it at its rate."""
+    target.script("/capped", Reply(delay_s=1.5), Reply(delay_s=1.5), Reply())
+    hook = await client.create_webhook(
+        "acme", target.url("/capped"), rate_limit={"per_second": 4, "burst": 1}, max_in_flight=2
+    )
+    ids = await _publish(client, "acme", 12)  # one read claims them all: 1 goes, 11 reserve
+    await workers.start()
+    schedule = await eventually(
+        lambda: _slots_scheduled(redis, prefix, hook["id"]), what="the slots handed out"
+    )
+    await eventually(
+        lambda: _all_in_state(client, ids, "delivered"), timeout_s=20, what="all delivered"
+    )
+    assert {len(j["attempts"]) for j in await _jobs(client, ids)} == {1}
+    assert workers.metrics.get("dispatcher_deferred_total", reason="max_in_flight") > 0
+    assert await _slots_scheduled(redis, prefix, hook["id"]) == schedule  # no second slot
+
+
+async def test_a_job_claimed_long_after_its_reserved_slot_takes_no_other(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A job that comes back seconds after the rate slot reserved for it goes on that slot,
+    without taking another one from the jobs behind it."""
+    hook = Webhook(
+        id="wh_rated",
+        tenant_id="acme",
+        url="https://hooks.example.com/x",
+        event_types=["*"],
+        secret="whsec_x",  # noqa: S106 - a test webhook
+        rate_limit={"per_second": 10, "burst": 1},
+    )
+    meta = b'{"w":"wh_rated","t":"acme","e":"a.b","q":"default","s":"queued","a":0,"k":0,"c":0}'
+    jobs = [Job.decode(f"job_{n}", meta + b"\n{}") for n in range(3)]
+    store = client.store
+    _, first = await admission.admit(store, [(j, hook) for j in jobs], attempt_timeout_s=1)
+    assert [d.verdict for d in first] == [Verdict.ADMITTED, Verdict.RESERVED, Verdict.RESERVED]
+    schedule = await _slots_scheduled(redis, prefix, hook.id)
+    late = jobs[1]
+    late.reserved_ms = first[1].due_ms - 5_000  # as if it were claimed 5 s after its slot
+    _, again = await admission.admit(store, [(late, hook)], attempt_timeout_s=1)
+    assert [d.verdict for d in again] == [Verdict.ADMITTED]
+    assert await _slots_scheduled(redis, prefix, hook.id) == schedule
 
 
 @pytest.mark.slow

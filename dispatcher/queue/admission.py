@@ -1,9 +1,14 @@
 """The cluster-wide limits a user sets on a webhook: ``rate_limit`` and ``max_in_flight``.
 
-Both live in Redis so every worker process shares them (``admit.lua``): the rate limit as a
-GCRA theoretical arrival time per webhook, the in-flight cap as a zset of leases that expire
+Both live in Redis so every worker process shares them (``admit.lua``): the rate limit as
+GCRA theoretical arrival times per webhook, the in-flight cap as a zset of leases that expire
 when their holder dies. Only webhooks that set a limit cost this round trip, once per claimed
 batch; the others never reach it.
+
+Each job takes one rate slot, once: a job put back with a slot reserved for it
+(``Job.reserved_ms``) keeps that slot until its attempt, whatever else makes it wait (a late
+claim, ``max_in_flight``, the process's own cap on the webhook), so a backlog drains at the
+webhook's rate.
 """
 
 from __future__ import annotations
@@ -13,19 +18,25 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from dispatcher.model import Job, Webhook
     from dispatcher.queue.store import Store
 
 HORIZON_MS = 60_000  # rate slots are reserved at most this far ahead
-RESERVED_LATE_MS = 1_000  # a job claimed this late after its reserved slot takes a new one
+#: A job that holds a slot goes while the sends are at most this far ahead of the rate: the
+#: jitter of promoting and claiming it never holds it back, and jobs that all come back late
+#: go at most this much of the rate's worth at once (then at the rate).
+PACE_SLACK_MS = 1_000
 LEASE_MARGIN_S = 5.0
 
 
 class Verdict(IntEnum):
     ADMITTED = 0
-    RESERVED = 1  # rate limited; a slot is reserved for it at `due_ms`
+    RESERVED = 1  # rate limited; it holds a slot and goes again at `due_ms`
     RATE_LIMITED = 2  # rate limited beyond the horizon; try again at `due_ms`
     IN_FLIGHT_FULL = 3
+    NO_ROOM = 4  # the calling process has no room for the webhook now (it took nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,24 +49,38 @@ def limited(hook: Webhook) -> bool:
     return hook.rate_limit is not None or hook.max_in_flight is not None
 
 
-def holds_slot(job: Job, now_ms: int) -> bool:
-    """Whether the job comes back for a rate slot reserved for it (and on time)."""
-    slot = job.reserved_ms
-    return slot is not None and now_ms - RESERVED_LATE_MS <= slot <= now_ms + 500
+def holds_slot(job: Job) -> bool:
+    """Whether the job comes back holding a rate slot reserved for it (late or not)."""
+    return job.reserved_ms is not None
 
 
 async def admit(
-    store: Store, batch: list[tuple[Job, Webhook]], *, attempt_timeout_s: float
+    store: Store,
+    batch: list[tuple[Job, Webhook]],
+    *,
+    attempt_timeout_s: float,
+    room: Mapping[str, int] | None = None,
+    free: int | None = None,
 ) -> tuple[int, list[Decision]]:
-    """Decide each job of ``batch`` (jobs of limited webhooks); returns (Redis ms, decisions)."""
+    """Decide each job of ``batch`` (jobs of limited webhooks); returns (Redis ms, decisions).
+
+    ``room``: how many attempts the calling process may start now per webhook id, and
+    ``free`` in all (its free lanes); unbounded when not given. A job beyond them is
+    ``NO_ROOM`` and takes neither a rate slot nor a lease.
+    """
     by_hook: dict[str, list[int]] = {}
     hooks: dict[str, Webhook] = {}
     for i, (_job, hook) in enumerate(batch):
         by_hook.setdefault(hook.id, []).append(i)
         hooks[hook.id] = hook
-    now_ms = store.clock.now_ms()
+    unbounded = len(batch)
     keys = [store.keys.rates]
-    args: list[str | int | float] = [int((attempt_timeout_s + LEASE_MARGIN_S) * 1000), HORIZON_MS]
+    args: list[str | int | float] = [
+        int((attempt_timeout_s + LEASE_MARGIN_S) * 1000),
+        HORIZON_MS,
+        PACE_SLACK_MS,
+        unbounded if free is None else free,
+    ]
     order: list[int] = []
     for webhook_id, indexes in by_hook.items():
         hook = hooks[webhook_id]
@@ -70,11 +95,11 @@ async def admit(
             rate.get("burst", 1),
             hook.max_in_flight or 0,
             lease_index,
+            unbounded if room is None else room.get(webhook_id, unbounded),
             len(indexes),
         ]
         for i in indexes:
-            job = batch[i][0]
-            args += [job.id, 1 if holds_slot(job, now_ms) else 0]
+            args += [batch[i][0].id, 1 if holds_slot(batch[i][0]) else 0]
         order += indexes
     reply = await store.scripts.admit(keys=keys, args=args)
     decisions: list[Decision | None] = [None] * len(batch)

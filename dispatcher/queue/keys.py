@@ -49,7 +49,8 @@ ids the server chooses, and come last; ``M`` is a number.
                           ``served``: how many may hold work (the most there ever were)
 ``P:{0}:paused``          set   paused queue names
 ``P:{0}:workers``         hash  consumer name -> heartbeat JSON
-``P:{0}:rates``           hash  webhook id -> GCRA theoretical arrival time (ms) of its rate limit
+``P:{0}:rates``           hash  webhook id -> "<tat> <sent>": GCRA theoretical arrival times (ms)
+                          of its rate limit's slots handed out and of its sends (admit.lua)
 ``P:{0}:lease:W``         zset  job id -> lease expiry (ms): attempts in flight to webhook W, for
                           its ``max_in_flight`` across processes; a dead holder's lease expires
 ``P:{0}:breakers``        hash  webhook id -> circuit breaker JSON (only webhooks that failed)
