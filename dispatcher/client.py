@@ -182,6 +182,8 @@ class Client:
         """One job for exactly this webhook (enabled, whatever it subscribes to).
 
         Returns (new, answer) like ``publish_checked``; ``NotFound`` or ``Conflict`` (disabled).
+        An idempotency key here is this webhook's own: the same key given to another webhook's
+        delivery, or to ``publish``, is another key.
         """
         hook = await records.ensure_deliverable(self.store, webhook_id)
         return await self.publish_checked(

@@ -44,6 +44,10 @@ ids the server chooses, and come last; ``M`` is a number.
                           ``idempotency:3:org:1:k``). It used to be ``idem:T:K``, where both
                           were one key; the new family name keeps an old key from ever
                           being read as a new one (old keys expire unread within 24 h)
+``P:{0}:idempotency:W:N:T:K`` string, the same for a delivery to webhook W alone
+                          (``deliver``), so the same key used for two webhooks, or for a
+                          delivery and a publish, names two keys (W starts ``wh_``, never a
+                          digit, and holds no ``:``)
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
@@ -167,9 +171,11 @@ class Keys:
     def dlq(self) -> str:
         return f"{self._base}:dlq"
 
-    def idempotency(self, tenant_id: str, key: str) -> str:
-        """Tenant and key both may hold ``:``: the tenant's length says where it ends."""
-        return f"{self._base}:idempotency:{len(tenant_id)}:{tenant_id}:{key}"
+    def idempotency(self, tenant_id: str, key: str, webhook_id: str | None = None) -> str:
+        """Tenant and key both may hold ``:``: the tenant's length says where it ends. A
+        delivery to one webhook is scoped to it: its id comes first."""
+        scope = f"{webhook_id}:" if webhook_id else ""
+        return f"{self._base}:idempotency:{scope}{len(tenant_id)}:{tenant_id}:{key}"
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
@@ -231,7 +231,7 @@ def _publish_call(
     keys = store.keys
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
-    idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "")
+    idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
     args: list[bytes | str | int] = [
         shard_job_prefix(pub.job_prefix, keys.shard),
         pub.event_id,
@@ -265,26 +265,35 @@ async def publish(
 
     Each shard's part is one script, all its jobs or none; with several shards the parts run
     side by side and an error in one is raised after all have answered (a retry with the same
-    idempotency key completes what is missing). ``queues`` is the caller's cache of known
-    queue names; the script names any other queue a matching webhook uses, and the call is
-    repeated with that queue's keys too.
+    idempotency key completes what is missing). With a key, shard 0's part runs first and
+    decides the event id (this call's, or the one an earlier try stored), which the other
+    shards' jobs then carry: every job of one key belongs to one event, retries included.
+    ``queues`` is the caller's cache of known queue names; the script names any other queue a
+    matching webhook uses, and the call is repeated with that queue's keys too.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
     if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
         with redis_errors():
             await store.refresh_clock()
     shards = await _shards_of(store, pub)
-    if len(shards) == 1:
-        new, answer = await _publish_in(shards[0], pub, known)
-        return new, _answer([answer])
+    done: list[tuple[bool, str]] = []
+    if len(shards) > 1 and pub.idempotency_key is not None:
+        done.append(await _publish_in(shards[0], pub, known))
+        pub, shards = _of_event(pub, done[0][1]), shards[1:]
     parts = await asyncio.gather(
         *(_publish_in(shard, pub, known) for shard in shards), return_exceptions=True
     )
     for part in parts:
         if isinstance(part, BaseException):
             raise part
-    done = cast("list[tuple[bool, str]]", parts)
+    done += cast("list[tuple[bool, str]]", parts)
     return any(new for new, _ in done), _answer([answer for _, answer in done])
+
+
+def _of_event(pub: Publication, answer: str) -> Publication:
+    """The publication as part of the event a shard's answer (``event_id ...``) names."""
+    event_id = answer.partition(" ")[0]
+    return replace(pub, event_id=event_id, job_prefix=f"job_{event_id.removeprefix('evt_')}.")
 
 
 async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[bool, str]:
@@ -298,6 +307,16 @@ async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[
         return status == 1, answer.decode()
 
 
+@dataclass(slots=True)
+class _Part:
+    """What one event of ``publish_many`` got so far: its shards' answers, or its error."""
+
+    pub: Publication
+    shards: list[Store]
+    answers: list[str] = field(default_factory=list)
+    error: DispatcherError | None = None
+
+
 async def publish_many(
     store: Store, pubs: list[Publication], queues: set[str] | None = None
 ) -> list[dict[str, Any] | DispatcherError]:
@@ -305,7 +324,9 @@ async def publish_many(
     shard, see ``publish``).
 
     The answer list matches ``pubs``: an answer dict, or the error that event met (Redis
-    unavailable or out of memory, say) while the others may have been accepted.
+    unavailable or out of memory, say) while the others may have been accepted. With several
+    shards, events with an idempotency key take a second round trip: shard 0's parts first,
+    which decide their event ids (see ``publish``), then the other shards' parts.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
     if store.clock.stale:
@@ -314,35 +335,55 @@ async def publish_many(
     if store.cluster is not None:
         # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
         return await _publish_each(store, pubs, known)
-    script = store.scripts.publish
-    pipe = store.redis.pipeline(transaction=False)
-    calls: list[list[Store]] = []
+    parts: list[_Part] = []
+    later: list[_Part] = []
     for pub in pubs:
         shards = await _shards_of(store, pub)
-        calls.append(shards)
-        for shard in shards:
-            keys, args = _publish_call(shard, pub, sorted(known))
+        if len(shards) > 1 and pub.idempotency_key is not None:
+            parts.append(_Part(pub, shards[:1]))
+            later.append(_Part(pub, shards[1:]))
+        else:
+            parts.append(_Part(pub, shards))
+            later.append(_Part(pub, []))
+    await _pipelined(store, parts, known)
+    decided = []
+    for first, rest in zip(parts, later, strict=True):
+        if rest.shards and first.error is None:
+            rest.pub = _of_event(rest.pub, first.answers[0])
+            decided.append(rest)
+    await _pipelined(store, decided, known)
+    results: list[dict[str, Any] | DispatcherError] = []
+    for first, rest in zip(parts, later, strict=True):
+        error = first.error or rest.error
+        results.append(error if error is not None else _answer(first.answers + rest.answers))
+    return results
+
+
+async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
+    """Run each part's shards' scripts in one pipeline, noting answers and errors on it."""
+    if not parts:
+        return
+    script = store.scripts.publish
+    pipe = store.redis.pipeline(transaction=False)
+    for part in parts:
+        for shard in part.shards:
+            keys, args = _publish_call(shard, part.pub, sorted(known))
             pipe.evalsha(script.sha, len(keys), *keys, *args)
     with redis_errors():
         replies = iter(await pipe.execute(raise_on_error=False))
-    results: list[dict[str, Any] | DispatcherError] = []
-    for pub, shards in zip(pubs, calls, strict=True):
-        answers: list[str] = []
-        error: DispatcherError | None = None
-        for shard, reply in zip(shards, replies, strict=False):
+    for part in parts:
+        for shard, reply in zip(part.shards, replies, strict=False):
             if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
                 # The script is not loaded yet (or a queue is new to us): the one-by-one path
                 # loads it and learns the queue.
                 try:
-                    answers.append((await _publish_in(shard, pub, known))[1])
+                    part.answers.append((await _publish_in(shard, part.pub, known))[1])
                 except DispatcherError as exc:
-                    error = error or exc
+                    part.error = part.error or exc
             elif isinstance(reply, Exception):
-                error = error or _as_dispatcher_error(reply)
+                part.error = part.error or _as_dispatcher_error(reply)
             else:
-                answers.append(reply[1].decode())
-        results.append(error if error is not None else _answer(answers))
-    return results
+                part.answers.append(reply[1].decode())
 
 
 async def _publish_each(
