@@ -8,7 +8,10 @@ failed. While open, the webhook's jobs are parked in Redis without spending atte
 parked job goes back as the probe (half-open); its success closes the breaker and the parked
 jobs return to their queues, its failure opens the breaker again. A webhook that has had no
 success for ``delivery.disable_after_s`` (5 days by default, as Svix) is disabled, with the
-reason on the webhook.
+reason on the webhook. A closed breaker is forgotten a minute after its last report, but the
+run of failures it counted is kept per webhook (``Keys.failing``) until a success, an enable
+or a delete, so a webhook that fails only now and then is disabled all the same: each report
+of a failure brings its breaker back, with the run's start, for the tick to judge.
 
 Workers report outcomes once a second (``report``) rather than per attempt, and read the
 breakers of a batch's webhooks in the same round trip as the batch's webhooks.
@@ -134,23 +137,33 @@ async def report(store: Store, health: dict[str, Health], *, open_s: float) -> l
     ]
     for webhook_id, h in health.items():
         args += [webhook_id, h.ok, h.failed, h.last_error[:_ERROR_CHARS]]
-    _now, changes = await store.scripts.breaker_report(keys=[store.keys.breakers], args=args)
+    _now, changes = await store.scripts.breaker_report(
+        keys=[store.keys.breakers, store.keys.failing], args=args
+    )
     return [
         Change(changes[i].decode(), changes[i + 1].decode(), int(changes[i + 2]))
         for i in range(0, len(changes), 3)
     ]
 
 
-async def tick(store: Store, *, probe_timeout_s: float, disable_after_s: float) -> Tick:
+async def tick(
+    store: Store,
+    *,
+    probe_timeout_s: float,
+    disable_after_s: float,
+    forget_idle_ms: int | None = None,
+) -> Tick:
+    """The timed side (``breaker_tick.lua``); ``forget_idle_ms`` defaults to
+    ``FORGET_IDLE_MS`` (read at each call)."""
     keys = store.keys
     _now, probes, released, disable = await store.scripts.breaker_tick(
-        keys=[keys.breakers, keys.jobs, keys.webhooks],
+        keys=[keys.breakers, keys.jobs, keys.webhooks, keys.failing],
         args=[
             keys.base,
             int(probe_timeout_s * 1000),
             int(disable_after_s * 1000),
             RELEASE_BATCH,
-            FORGET_IDLE_MS,
+            FORGET_IDLE_MS if forget_idle_ms is None else forget_idle_ms,
         ],
     )
     return Tick(
@@ -170,11 +183,30 @@ async def take_probe(store: Store, webhook_id: str, job_id: str) -> bool:
 
 async def reset(store: Store, webhook_id: str) -> None:
     """Close a webhook's breaker now (an operator enabled it): its next job goes straight out
-    and the next tick puts its parked jobs back in their queues."""
+    and the next tick puts its parked jobs back in their queues; its run of failures starts
+    again with its next failure."""
     now_ms = store.clock.now_ms()
     closed = {"s": CLOSED, "b": now_ms, "c": [0, 0], "p": [0, 0], "f": 0}
     shard = store.of_webhook(webhook_id)
-    await shard.redis.hset(shard.keys.breakers, webhook_id, orjson.dumps(closed))
+    pipe = shard.redis.pipeline(transaction=True)
+    pipe.hset(shard.keys.breakers, webhook_id, orjson.dumps(closed))
+    pipe.hdel(shard.keys.failing, webhook_id)
+    await pipe.execute()
+
+
+async def failing_since(store: Store, webhook_ids: list[str]) -> dict[str, int]:
+    """When each of these webhooks that is failing (no success since) started to (ms)."""
+    by_shard: dict[int, list[str]] = {}
+    for webhook_id in webhook_ids:
+        by_shard.setdefault(shard_of(webhook_id), []).append(webhook_id)
+    found: dict[str, int] = {}
+    for number, ids in by_shard.items():
+        shard = store.shard(number)
+        raws = await cast(
+            "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.failing, ids)
+        )
+        found |= {webhook_id: int(raw) for webhook_id, raw in zip(ids, raws, strict=True) if raw}
+    return found
 
 
 async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:

@@ -59,6 +59,9 @@ ids the server chooses, and come last; ``M`` is a number.
                           its ``max_in_flight`` across processes; a dead holder's lease expires
 ``P:{0}:breakers``        hash  webhook id -> circuit breaker JSON (only webhooks that failed)
 ``P:{0}:parked:W``        zset  job id -> parked time (ms): jobs waiting for W's breaker to close
+``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
+                          with no success since; outlives its breaker, so a webhook failing
+                          now and then is still disabled after ``delivery.disable_after_s``
 ``P:{0}:op:O``            hash  a background DLQ operation's state (replay or purge; shard 0)
 ``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
@@ -202,6 +205,10 @@ class Keys:
     @property
     def breakers(self) -> str:
         return f"{self._base}:breakers"
+
+    @property
+    def failing(self) -> str:
+        return f"{self._base}:failing"
 
     def parked(self, webhook_id: str) -> str:
         return f"{self._base}:parked:{webhook_id}"

@@ -16,7 +16,15 @@ from dispatcher.errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from dispatcher.model import Job, JobState, Webhook, is_job_id, is_webhook_id, shard_job_prefix
+from dispatcher.model import (
+    Job,
+    JobState,
+    Webhook,
+    is_job_id,
+    is_webhook_id,
+    rfc3339,
+    shard_job_prefix,
+)
 from dispatcher.queue import breakers
 from dispatcher.queue.keys import GROUP, stream_of
 
@@ -189,7 +197,8 @@ async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s:
 
 
 async def delete_webhook(store: Store, webhook_id: str) -> None:
-    """Delete the webhook, its routing entry, rate-limit state and leases (``NotFound`` when
+    """Delete the webhook, its routing entry, rate-limit state, leases and run of failures
+    (``NotFound`` when
     there is none); compare-and-set like ``_change_webhook``, so a concurrent change of its
     tenant cannot leave a routing entry behind."""
     store = store.of_webhook(webhook_id)
@@ -199,7 +208,7 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
         tenant = keys.tenant(Webhook.decode(raw).tenant_id)
         with redis_errors():
             deleted = await store.scripts.delete_webhook(
-                keys=[keys.webhooks, tenant, keys.rates, keys.lease(webhook_id)],
+                keys=[keys.webhooks, tenant, keys.rates, keys.lease(webhook_id), keys.failing],
                 args=[webhook_id, raw],
             )
         if deleted:
@@ -485,11 +494,20 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
 
 
 async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, Any]]:
-    """Webhooks as users see them, each with its breaker (null while it never tripped)."""
+    """Webhooks as users see them, each with its breaker (null while it never tripped) and
+    since when it fails without a success (null when it does not)."""
+    ids = [h.id for h in hooks]
     with redis_errors():
-        found = await breakers.states(store, [h.id for h in hooks])
+        found = await breakers.states(store, ids)
+        failing = await breakers.failing_since(store, ids)
     views = []
     for hook in hooks:
         breaker = found.get(hook.id)
-        views.append({**hook.to_wire(), "breaker": breaker.to_wire() if breaker else None})
+        views.append(
+            {
+                **hook.to_wire(),
+                "breaker": breaker.to_wire() if breaker else None,
+                "failing_since": rfc3339(failing.get(hook.id)),
+            }
+        )
     return views

@@ -1,6 +1,9 @@
 #!lua
 -- breaker_report.lua: add workers' recent outcomes per webhook and move the breakers.
 -- KEYS[1] breakers hash (webhook id -> breaker JSON)
+-- KEYS[2] failing hash (webhook id -> failing since ms): the run of failures of each webhook
+--   without a success since, kept when its breaker is forgotten (breaker_tick.lua), so a
+--   webhook that fails less than once a minute still reaches delivery.disable_after_s
 -- ARGV[1] bucket ms   ARGV[2] fewest attempts in the window to judge   ARGV[3] failure ratio
 -- ARGV[4] first open period ms   ARGV[5] longest open period ms
 -- then 4 values per webhook: id, successes, failures, last error ('' none)
@@ -8,7 +11,8 @@
 --
 -- Breaker JSON: s state (closed, open, half_open), b start of the current bucket (ms),
 -- c and p {successes, failures} of the current and previous bucket, f failing since (ms, 0
--- after a success), e last error, n times opened since the last close, o opened at,
+-- after a success; a copy of the failing hash's entry), e last error, n times opened since
+-- the last close, o opened at,
 -- u when a probe may go, pj the probe's job id ('' the next job), pa when the probe went.
 -- The window is two buckets, the older one weighted by how much of it is still in the window.
 local t = redis.call('TIME')
@@ -40,8 +44,16 @@ for i = 6, #ARGV, 4 do
   if err ~= '' then b.e = err end
   if ok > 0 then
     b.f = 0
-  elseif failed > 0 and (b.f or 0) == 0 then
-    b.f = now
+    redis.call('HDEL', KEYS[2], webhook_id)
+  elseif failed > 0 then
+    -- The run goes on from its first failure, whether or not the breaker was forgotten since
+    -- (a breaker's own f counts when the hash has none: one written before the hash existed).
+    local since = tonumber(redis.call('HGET', KEYS[2], webhook_id))
+    if not since then
+      since = (b.f or 0) > 0 and b.f or now
+      redis.call('HSET', KEYS[2], webhook_id, since)
+    end
+    b.f = since
   end
   if b.s == 'closed' then
     local weight = math.max(0, 1 - (now - b.b) / bucket)

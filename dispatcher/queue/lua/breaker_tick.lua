@@ -1,6 +1,7 @@
 #!lua
 -- breaker_tick.lua: the timed side of the breakers, run by every worker about once a second.
 -- KEYS[1] breakers hash   KEYS[2] jobs hash   KEYS[3] webhooks hash
+-- KEYS[4] failing hash (webhook id -> failing since ms; see breaker_report.lua)
 -- ARGV[1] key base ('<prefix>:{tag}:'): parked zsets are base..'parked:'..webhook id and
 --   delayed zsets base..'q:'..stream..':delayed', as in keys.py (same hash tag)
 -- ARGV[2] probe timeout ms   ARGV[3] disable after ms (failing that long)
@@ -13,6 +14,10 @@
 -- Open past its period (or a probe lost for too long): half-open, and the oldest parked job
 -- goes back to its queue as the probe. Closed, or its webhook disabled or deleted: parked
 -- jobs go back to their queues (where a disabled webhook's jobs are dead-lettered).
+-- Failing for disable-after ms: the webhook is to be disabled. A breaker's f is its webhook's
+-- entry in the failing hash, which outlives the breaker, and every reported failure brings
+-- the breaker back for at least a minute, so this sees a webhook that fails only now and then
+-- without ever walking the failing hash. A deleted webhook's failing entry goes with its breaker.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, probe_timeout, disable_after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -55,6 +60,7 @@ for i = 1, #entries, 2 do
     end
     if #ids < batch and (not enabled or now - (b.b or 0) >= idle) then
       redis.call('HDEL', KEYS[1], webhook_id)
+      if not hook then redis.call('HDEL', KEYS[4], webhook_id) end
     end
   elseif (b.s == 'open' and now >= (b.u or 0))
       or (b.s == 'half_open' and now - (b.pa or 0) >= probe_timeout) then

@@ -1,9 +1,10 @@
 #!lua
--- delete_webhook.lua: delete a webhook with its routing entry, rate-limit state and leases,
+-- delete_webhook.lua: delete a webhook with its routing entry, rate-limit state, leases and
+-- run of failures (its breaker and parked jobs go at the next breaker tick),
 -- only if its record is still the one the caller read (compare-and-set), so the routing entry
 -- removed is the one of the tenant it has now; on 0 the caller reads again.
 -- KEYS[1] webhooks hash   KEYS[2] routing hash of the tenant in the record as read
--- KEYS[3] rates hash      KEYS[4] the webhook's lease zset
+-- KEYS[3] rates hash      KEYS[4] the webhook's lease zset   KEYS[5] failing hash
 -- ARGV[1] webhook id      ARGV[2] the record as read
 -- returns: 1 when deleted, 0 when the record differs from ARGV[2] or is gone (nothing changed)
 local id = ARGV[1]
@@ -12,4 +13,5 @@ redis.call('HDEL', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
 redis.call('HDEL', KEYS[3], id)
 redis.call('DEL', KEYS[4])
+redis.call('HDEL', KEYS[5], id)
 return 1
