@@ -8,7 +8,11 @@ less CPU than any sender it measures. Paths:
 - ``POST /hang/<n>``  never answers (the connection is held)
 - ``POST /slow/<n>``  answers 500 after ``--slow-s`` seconds
 - ``POST /slowok/<n>`` answers 200 after ``--slow-s`` seconds (not counted in ``/stats``)
-- ``GET /stats``      JSON: arrivals (2xx), failures, latencies in ms (sampled), per-path counts
+- ``POST /lat/<n>``   answers 200 after ``--lat-s`` seconds (20 ms), counted when answered
+- ``POST /tail/<n>``  the same, but a ``--tail-share`` (2%) of requests, drawn from a generator
+  seeded with ``--seed``, answer after ``--tail-s`` seconds (400 ms): an ordinary p99 tail
+- ``GET /stats``      JSON: arrivals (2xx), failures, latencies in ms (sampled), per-path counts,
+  and the most ``/lat/`` and ``/tail/`` requests held at once (``peak_held``)
 - ``GET /arrivals``   with ``--record``: every request as ``[path, seq, t, arrival]``, any path
 - ``POST /reset``     clears the counters
 
@@ -22,6 +26,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import orjson
 import uvloop
@@ -30,6 +35,22 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\no
 FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail"
 MAX_SAMPLES = 200_000
 HELD = {"hang": None, "slow": FAIL, "slowok": OK}  # paths answered late (or never), by kind
+TIMED = {"lat", "tail"}  # paths answered 200 after a delay, counted when answered
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """The delays of ``/lat/`` and ``/tail/``, and the seeded draw of the slow ones."""
+
+    lat_s: float = 0.02
+    tail_s: float = 0.4
+    share: float = 0.02
+    rng: random.Random = random.Random(1)  # noqa: RUF009  # one generator for every connection
+
+    def delay(self, kind: str) -> float:
+        if kind == "tail" and self.rng.random() < self.share:
+            return self.tail_s
+        return self.lat_s
 
 
 class Stats:
@@ -46,16 +67,20 @@ class Stats:
         self.first_at = 0.0
         self.last_at = 0.0
         self.arrivals: list[tuple[str, object, object, float]] = []
+        self.held = 0  # /lat/ and /tail/ requests not answered yet
+        self.peak_held = 0
 
 
 class Target(asyncio.Protocol):
     def __init__(
-        self, stats: Stats, fail: float, slow_s: float = 1.0, record: bool = False
+        self, stats: Stats, fail: float, slow_s: float = 1.0, record: bool = False,
+        tail: Tail | None = None,
     ) -> None:
         self.stats = stats
         self.fail = fail
         self.slow_s = slow_s
         self.record = record
+        self.tail = tail or Tail()
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -103,6 +128,12 @@ class Target(asyncio.Protocol):
         if kind in HELD:
             self._hold(HELD[kind])
             return
+        if kind in TIMED:
+            self.stats.held += 1
+            self.stats.peak_held = max(self.stats.peak_held, self.stats.held)
+            asyncio.get_running_loop().call_later(
+                self.tail.delay(kind), self._answer_timed, path, body)
+            return
         if kind == "flaky" and random.random() < self.fail:
             self.stats.failed += 1
             self.transport.write(FAIL)
@@ -138,6 +169,12 @@ class Target(asyncio.Protocol):
             self.stats.failed += 1
         asyncio.get_running_loop().call_later(self.slow_s, self._answer_late, answer)
 
+    def _answer_timed(self, path: str, body: bytes) -> None:
+        self.stats.held -= 1
+        if self.transport is not None and not self.transport.is_closing():
+            self._count_ok(path, body)
+            self.transport.write(OK)
+
     def _answer_late(self, answer: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(answer)
@@ -162,14 +199,17 @@ def _stats_json(stats: Stats) -> dict[str, object]:
         "last_at": stats.last_at,
         "latencies_ms": stats.latencies_ms,
         "paths": dict(stats.paths),
+        "peak_held": stats.peak_held,
     }
 
 
-async def serve(port: int, fail: float, slow_s: float = 1.0, record: bool = False) -> None:
+async def serve(
+    port: int, fail: float, slow_s: float = 1.0, record: bool = False, tail: Tail | None = None
+) -> None:
     stats = Stats()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Target(stats, fail, slow_s, record), "127.0.0.1", port, backlog=4096
+        lambda: Target(stats, fail, slow_s, record, tail), "127.0.0.1", port, backlog=4096
     )
     print(f"target listening on {port}", flush=True)
     async with server:
@@ -182,8 +222,13 @@ def main() -> None:
     parser.add_argument("--fail", type=float, default=0.2)
     parser.add_argument("--slow-s", type=float, default=1.0, help="delay of /slow/ answers")
     parser.add_argument("--record", action="store_true", help="keep every request for /arrivals")
+    parser.add_argument("--lat-s", type=float, default=0.02, help="delay of /lat/ and /tail/")
+    parser.add_argument("--tail-s", type=float, default=0.4, help="delay of /tail/'s slow ones")
+    parser.add_argument("--tail-share", type=float, default=0.02, help="share of slow /tail/")
+    parser.add_argument("--seed", type=int, default=1, help="of the /tail/ draw")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.fail, args.slow_s, args.record))
+    tail = Tail(args.lat_s, args.tail_s, args.tail_share, random.Random(args.seed))
+    uvloop.run(serve(args.port, args.fail, args.slow_s, args.record, tail))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from tests.faults.harness import FULL
-from tests.faults.table import ROWS, table
+from tests.faults.table import ROWS, figures, table
 
 if TYPE_CHECKING:
     import pytest
@@ -39,6 +39,8 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     if not ROWS:
         return
     text = table(ROWS)
+    if figures(ROWS):
+        text += "\n" + figures(ROWS)
     terminalreporter.write_sep("=", "fault suite: nothing accepted may be lost")
     terminalreporter.write(text)
     if FULL:

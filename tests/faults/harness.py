@@ -18,6 +18,8 @@ The accounting, per scenario (a ``Row``):
 - healthy-endpoint latency (publish to first arrival) p50/p99 before, during and after the
   fault, and the time from the end of the fault until every job accepted before that end was
   finished (recover_s).
+- figures: what a scenario measures besides (deferrals, throughput, load time), recorded and
+  printed under the table, never asserted on.
 
 Every event carries its publisher sequence number, so an arrival is matched to its publish even
 when the publish call itself failed.
@@ -37,12 +39,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
+import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Client
 from dispatcher.errors import DispatcherError, RedisUnavailable
-from tests.helpers import Daemon, RedisServer, daemon_env, stream_entries
+from tests.helpers import Daemon, RedisServer, daemon_env, free_port, stream_entries
 from tests.target import Target
 
 if TYPE_CHECKING:
@@ -84,6 +87,7 @@ class Row:
     latency_ms: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     recover_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    figures: dict[str, float | int | str] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         found = [
@@ -123,10 +127,19 @@ class Scenario:
         settings: dict[str, str] | None = None,
         seed: int = 1,
         target_host: str = "127.0.0.1",
+        state_dir: Path | None = None,
+        metrics: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.directory = directory
         self.redis = RedisServer(directory / "redis", appendonly=appendonly)
+        # With a state_dir the daemons run on their embedded Redis (no redis.url): one at a
+        # time, each started before the client can connect.
+        self.state_dir = state_dir
+        self.metrics = metrics  # each daemon serves /metrics on a port of its own
+        self.admin_ports: dict[int, int] = {}  # id(daemon) -> its admin port
+        self.extra_env = env or {}  # besides the settings, e.g. a PATH for redis-server
         self.daemon_count = daemons
         self.healthy = [f"/ok{i}" for i in range(healthy)]
         self.settings = {**FAST, **(settings or {})}
@@ -148,13 +161,18 @@ class Scenario:
     # --- set-up --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self.redis.start()
+        if self.state_dir is None:
+            self.redis.start()
         await self.target.__aenter__()
-        self.client = Client.from_url(self.redis.url, prefix="faults")
+        if self.state_dir is not None:
+            for _ in range(self.daemon_count):
+                await self.embedded_started(self.start_daemon())
+        self.client = Client.from_url(self.url, prefix="faults")
         for path in self.healthy:
             await self.endpoint(path)
-        for _ in range(self.daemon_count):
-            self.start_daemon()
+        if self.state_dir is None:
+            for _ in range(self.daemon_count):
+                self.start_daemon()
         await self.ready()
         return self
 
@@ -166,14 +184,62 @@ class Scenario:
         self.redis.stop()
 
     @property
-    def env(self) -> dict[str, str]:
-        return daemon_env(self.redis.url, "faults", **self.settings)
+    def url(self) -> str:
+        """Where the client reaches Redis: the embedded one's socket, or the redis-server."""
+        if self.state_dir is not None:
+            return f"unix://{self.state_dir / 'redis.sock'}"
+        return self.redis.url
 
-    def start_daemon(self) -> Daemon:
+    @property
+    def env(self) -> dict[str, str]:
+        if self.state_dir is not None:
+            env = daemon_env("", "faults", state_dir=str(self.state_dir), **self.settings)
+        else:
+            env = daemon_env(self.redis.url, "faults", **self.settings)
+        return env | self.extra_env
+
+    def start_daemon(self, **settings: str) -> Daemon:
+        """One more ``dispatcher run``, with ``settings`` over the scenario's (this one only)."""
         self._started += 1
-        daemon = Daemon(self.env, self.directory / f"daemon-{self._started}.log").start()
+        env = self.env | {f"DISPATCHER_{k.upper()}": v for k, v in settings.items()}
+        port = free_port() if self.metrics else None
+        if port is not None:
+            env["DISPATCHER_ADMIN_LISTEN"] = f"127.0.0.1:{port}"
+        daemon = Daemon(env, self.directory / f"daemon-{self._started}.log").start()
+        if port is not None:
+            self.admin_ports[id(daemon)] = port
         self.daemons.append(daemon)
         return daemon
+
+    async def embedded_started(self, daemon: Daemon, timeout_s: float = 60.0) -> None:
+        """Wait until ``daemon``'s embedded Redis answers (after loading all its data)."""
+        deadline = time.monotonic() + timeout_s
+        while "redis.embedded_started" not in daemon.log:
+            if daemon.process is not None and daemon.process.poll() is not None:
+                msg = f"the daemon exited with {daemon.process.returncode}: {daemon.log[-2000:]}"
+                raise AssertionError(msg)
+            if time.monotonic() > deadline:
+                msg = f"no embedded Redis within {timeout_s} s; see {daemon.log_path}"
+                raise AssertionError(msg)
+            await asyncio.sleep(0.05)
+
+    async def counter(self, name: str) -> dict[str, float]:
+        """A counter of every running daemon's ``/metrics`` (``metrics=True``), summed, by its
+        labels (``reason="x"``; ``""`` without labels)."""
+        totals: dict[str, float] = {}
+        async with aiohttp.ClientSession() as session:
+            for daemon in self.daemons:
+                port = self.admin_ports.get(id(daemon))
+                if port is None or daemon.process is None or daemon.process.poll() is not None:
+                    continue
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                for line in text.splitlines():
+                    if line.startswith((f"{name}{{", f"{name} ")):
+                        labels, _, value = line.rpartition(" ")
+                        key = labels.removeprefix(name).strip("{}")
+                        totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
 
     async def ready(self, timeout_s: float = 20.0) -> None:
         """Wait until every running daemon has signed in (its first heartbeat)."""

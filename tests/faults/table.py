@@ -30,5 +30,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(rows: list[Row]) -> str:
+    """What scenarios measured besides the accounting, one line per scenario that did."""
+    return "".join(
+        f"{r.scenario}: " + ", ".join(f"{k} {v}" for k, v in r.figures.items()) + "\n"
+        for r in rows
+        if r.figures
+    )
+
+
 def _pair(value: tuple[float, float] | None) -> str:
     return "-" if value is None else f"{value[0]:g} / {value[1]:g}"

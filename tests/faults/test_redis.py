@@ -1,25 +1,32 @@
 """Scenarios 3, 4, 5 and 10: Redis itself fails under the daemons while events flow.
 
 Redis is restarted on its append-only file (3), restarted empty (4), frozen (5) and filled up
-to ``maxmemory`` (10). Every scenario ends with the same accounting as the others.
+to ``maxmemory`` (10); a daemon on its embedded Redis is restarted on a large append-only file
+that loads slowly (3c). Every scenario ends with the same accounting as the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import signal
+import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from dispatcher.errors import RedisUnavailable
 from dispatcher.queue.keys import Keys
 from tests.faults.harness import SCALE, Scenario
 from tests.faults.table import keep
 from tests.helpers import eventually, hash_len
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from tests.faults.harness import Row
 
@@ -195,3 +202,125 @@ async def test_maxmemory_reached(tmp_path: Path) -> None:
         assert row.refused > 0
         _check_no_confusion(row, run)
         _check_daemons_rode_it_out(run)
+
+
+# --- 3c: the embedded Redis restarted on a large append-only file -------------------------------
+
+# Writes keys fill:<ARGV[1]>..fill:<ARGV[2]> inside Redis: a data set made fast (no round trips).
+FILL = "for i = ARGV[1], ARGV[2] do redis.call('SET', 'fill:' .. i, 'v') end return 1"
+FILL_KEYS = 150_000  # with the delay below, a load of about 20 s here (past the start's 15 s)
+# The slowed load (what the issue allows): redis-server sleeps this many microseconds per key
+# it loads from the RDB part of the AOF, sleeping rather than spinning on the shared cores,
+# and answers -LOADING between every KiB it reads. A real data set that loads this long holds
+# about 8M delivered records (issue 14, finding 2).
+KEY_LOAD_DELAY_US = 50
+QUEUED = 300  # events accepted while the queue is paused, just before the restart
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A short state_dir: a unix socket path must stay under about 104 bytes."""
+    path = Path("/tmp") / f"dspf-{os.getpid()}-{tmp_path.name[-8:]}"  # noqa: S108
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _slow_loading_redis(directory: Path) -> dict[str, str]:
+    """A PATH whose ``redis-server`` is the real one, loading each key ``KEY_LOAD_DELAY_US``
+    slower; the daemon finds it as it finds any redis-server."""
+    real = shutil.which("redis-server")
+    assert real is not None, "redis-server is not installed"
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "redis-server"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec {real} "$@" --key-load-delay {KEY_LOAD_DELAY_US} '
+        "--loading-process-events-interval-bytes 1024\n"
+    )
+    wrapper.chmod(0o755)
+    return {"PATH": f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _gone(path: Path) -> bool:
+    """Whether nothing listens on the embedded Redis's socket any more."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return True
+    return False
+
+
+def _load_seconds(redis_log: Path) -> float | None:
+    """How long the last start took to load the append-only file, as Redis logged it."""
+    found = re.findall(r"DB loaded from append only file: ([0-9.]+) seconds", redis_log.read_text())
+    return float(found[-1]) if found else None
+
+
+@pytest.mark.timeout(240)
+async def test_embedded_redis_restarted_on_a_large_aof(tmp_path: Path, state_dir: Path) -> None:
+    """A daemon on its embedded Redis, killed and started again on an append-only file that
+    takes longer to load than the start's 15 s timeout: the start waits the load out, and every
+    event accepted before the restart is delivered after it."""
+    env = _slow_loading_redis(tmp_path / "bin")
+    async with Scenario(
+        "3c embedded Redis, long AOF load", tmp_path, daemons=1, state_dir=state_dir, env=env
+    ) as run:
+        redis = run.client.store.redis
+        keys = FILL_KEYS
+        await redis.eval(FILL, 0, 1, keys)
+        await redis.bgrewriteaof()  # the keys go to the RDB part, which loads slowly
+
+        async def rewritten() -> bool:
+            info = await redis.info("persistence")
+            return not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+
+        await eventually(rewritten, timeout_s=60, interval_s=0.1, what="the AOF rewrite")
+        healthy = [t for t, p in run.tenants.items() if p in run.healthy]
+        async with run.publishing(per_second=100):
+            await run.steady(2)
+            async with run.fault():
+                await run.client.pause("default")
+                await asyncio.sleep(1.5)  # a pause holds every worker within 1 s (README)
+                published = await asyncio.gather(
+                    *(run.publish(healthy[n % len(healthy)]) for n in range(QUEUED))
+                )
+                queued = {j for job_ids in published for j in job_ids}
+                run.daemons[0].kill()  # its Redis gets SIGTERM and writes out its AOF
+                await eventually(
+                    lambda: _gone(state_dir / "redis.sock"),
+                    timeout_s=30,
+                    what="the embedded Redis stopped with its daemon",
+                )
+                restarted = run.start_daemon()
+                await run.embedded_started(restarted, timeout_s=120)
+                started_at = time.monotonic()
+
+                async def resumed() -> bool:
+                    try:
+                        await run.client.resume("default")
+                    except RedisUnavailable:
+                        return False
+                    return True
+
+                await eventually(resumed, timeout_s=10, interval_s=0.1, what="resume")
+            await run.steady(2)
+        row = await run.settle()
+        load_s = _load_seconds(state_dir / "redis.log")
+        row.figures = {
+            "keys loaded": keys,
+            "AOF load s": "-" if load_s is None else load_s,
+            "queued at the restart": len(queued),
+        }
+        keep(row)
+
+        assert len(queued) == QUEUED, "the events queued before the restart were accepted"
+        first_ok: dict[str, float] = {}
+        for request, status in zip(run.target.received, run.target.answers, strict=True):
+            job_id = request.headers.get("webhook-id", "")
+            if job_id in queued and status == 200:
+                first_ok.setdefault(job_id, request.at)
+        assert set(first_ok) == queued, "every queued event is delivered"
+        early = [j for j, at in first_ok.items() if at < started_at]
+        assert not early, f"{len(early)} paused jobs went out before the restart"
+        assert '"redis.embedded_loading"' in restarted.log, "the start waited out a long load"
+        _check_no_confusion(row, run)

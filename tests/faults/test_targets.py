@@ -1,11 +1,13 @@
-"""Scenarios 6, 7, 8 and 12: targets that misbehave, one endpoint down among healthy ones, a
-retry storm when a long-down endpoint recovers, and SSRF attempts at a canary listener."""
+"""Scenarios 6, 7, 8 and 12: targets that misbehave, one endpoint down among healthy ones (or
+one with an ordinary slow tail), a retry storm when a long-down endpoint recovers, and SSRF
+attempts at a canary listener."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import pytest
 
-from tests.faults.harness import FAST, FINAL, Row, Scenario
+from tests.faults.harness import FAST, FINAL, SCALE, Row, Scenario
 from tests.faults.table import keep
 from tests.helpers import eventually, free_port
 from tests.target import Drip, Hang, Huge, Redirect, Reply, Reset, gzip_bomb
@@ -245,6 +247,58 @@ async def test_one_endpoint_hangs_among_healthy_ones(tmp_path: Path) -> None:
         share = int(FAST["delivery_concurrency"]) // 8
         assert run.target.peak["/down"] <= 2 * share, run.target.peak
         assert any("breaker.opened" in d.log for d in run.daemons)
+
+
+# --- 7b: an endpoint with an ordinary slow tail --------------------------------------------------
+
+TAIL_SHARE = 0.02  # 1 answer in 50 ...
+TAIL_S = 0.4  # ... takes 400 ms: a p99 tail, not a hang
+TAIL_BACKLOG = 2000  # events published to it at once: a backlog far beyond its starting share
+TAIL_SCRIPT = 50_000  # answers drawn in advance (seeded); the last one repeats
+QUOTE = '"'
+
+
+async def test_endpoint_with_a_two_percent_slow_tail(tmp_path: Path) -> None:
+    """An endpoint where 1 answer in 50 takes 400 ms gets all its events, none dead-lettered,
+    beside healthy endpoints; its deferrals and throughput are recorded, not judged."""
+    draw = random.Random(14)
+    answers = [
+        Reply(delay_s=TAIL_S) if draw.random() < TAIL_SHARE else Reply()
+        for _ in range(TAIL_SCRIPT)
+    ]
+    async with Scenario("7b 2% slow tail", tmp_path, metrics=True) as run:
+        tail = await run.endpoint("/tail", *answers, Reply())
+        async with run.publishing(per_second=60):
+            await run.steady(2)
+            async with run.fault(), run.publishing(per_second=60, tenants=[tail]):
+                published = await asyncio.gather(
+                    *(run.publish(tail) for _ in range(int(TAIL_BACKLOG * SCALE)))
+                )
+                backlog = [j for job_ids in published for j in job_ids]
+                await run.steady(4)
+            await run.steady(2)
+        row = await run.settle()
+        deferred = await run.counter("dispatcher_deferred_total")
+        requests = [r for r in run.target.received if r.path == "/tail"]
+        ours = set(backlog)
+        arrivals = [r.at for r in requests if r.headers.get("webhook-id") in ours]
+        slow = sum(1 for a in answers[: len(requests)] if a.delay_s)
+        row.figures = {
+            "tail requests": len(requests),
+            "slow answers": slow,
+            "deferred": ", ".join(
+                f"{int(n)} {labels.partition('reason=')[2].strip(QUOTE)}"
+                for labels, n in sorted(deferred.items())
+            )
+            or "0",
+            "backlog deliv/s": round((len(arrivals) - 1) / (max(arrivals) - min(arrivals)), 1)
+            if len(arrivals) > 1
+            else "-",
+        }
+        keep(row)
+
+        assert not row.dlq, f"jobs dead-lettered: {row.dlq}"
+        assert slow > 0, "the tail was exercised"
 
 
 # --- 8: a retry storm when a long-down endpoint recovers ---------------------------------------
