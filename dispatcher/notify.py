@@ -36,8 +36,11 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop: a receiver that stopped reading (its queue is
+                # full) loses this note rather than freezing every delivery with it.
+                sock.setblocking(False)
                 sock.sendto("\n".join(lines).encode(), self.address)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
         return True
 

@@ -146,3 +146,15 @@ def test_units_reload_with_sighup() -> None:
         lines = (UNITS / unit).read_text().splitlines()
         assert "Type=notify" in lines
         assert "ExecReload=/bin/kill -HUP $MAINPID" in lines
+
+
+def test_a_full_notify_socket_never_blocks_the_sender(tmp_path: Path) -> None:
+    """When the notify socket's reader stops reading, notes are dropped instead of blocking the
+    daemon's event loop (before: sendto blocked once the socket's queue was full)."""
+    path = tmp_path / "notify"
+    with _listen(path):  # bound, never read
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        # Before the fix the first send past the queue's capacity hung here for good.
+        sent = [notifier.status("x" * 1000) for _ in range(5000)]
+        assert sent[0]
+        assert not all(sent), "the socket's queue filled up, and the sends went on"
