@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from dispatcher.model import Job, Webhook
-from dispatcher.queue import admission
+from dispatcher.queue import admission, streams
 from dispatcher.queue.admission import Verdict
-from dispatcher.queue.keys import Keys
+from dispatcher.queue.keys import GROUP, Keys, streams_of
+from dispatcher.queue.streams import Settlement
 from dispatcher.traffic import START_FRACTION
 from tests.helpers import Daemon, daemon_env, eventually, stream_entries
 from tests.target import Hang, Reply
@@ -384,6 +385,122 @@ async def test_leases_of_a_killed_process_expire(
     await eventually(
         lambda: _all_in_state(client, ids, "delivered"), timeout_s=30, what="all delivered"
     )
+
+
+async def _pending_of(redis: aioredis.Redis, prefix: str, queues: tuple[str, ...]) -> int:
+    """Entries pending (claimed, no outcome written) in the given queues, for any consumer."""
+    total = 0
+    for queue in queues:
+        for stream in streams_of(queue):
+            summary = await redis.xpending(Keys(prefix).ready(stream), GROUP)
+            total += int(summary["pending"])
+    return total
+
+
+async def test_a_worker_never_claims_past_its_lanes(
+    client: Client, workers: WorkerHarness, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A worker serving several queues holds at most as many claimed jobs as it has lanes, even
+    when work arrives on all of them at once while its reads are blocked."""
+    queues = ("qa", "qb", "qc")
+    for queue in queues:
+        target.script(f"/{queue}", Reply(delay_s=1.5))
+        await client.create_webhook(queue, target.url(f"/{queue}"), queue=queue)
+    await workers.start(concurrency=2, queues=queues, timeout_s=3)
+    await eventually(lambda: _signed_in(client), what="the worker's first heartbeat")
+    for queue in queues:  # every read loop is blocked, each sure of the two free lanes
+        for priority in ("high", "normal", "low"):
+            await client.publish(queue, "order.created", {}, priority=priority)
+    await eventually(lambda: sum(target.active.values()) == 2, what="both lanes busy")
+    assert await _pending_of(redis, prefix, queues) == 2  # claimed: the two being attempted
+    await eventually(lambda: target.count() == 9, timeout_s=20, what="all nine sent")
+    assert max(target.peak.values()) <= 2
+
+
+async def test_max_in_flight_holds_when_a_job_waits_for_a_lane(
+    client: Client,
+    workers: WorkerHarness,
+    target: Target,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A max_in_flight=1 webhook served by two workers never has two attempts at once, even
+    when work for other webhooks arrives at once on every queue of a one-lane worker, which
+    once left an admitted job waiting in the inbox past its lease."""
+    monkeypatch.setattr(admission, "LEASE_MARGIN_S", 0.2)  # leases of 2.2 s
+    target.script("/s1", Reply(delay_s=1.5))
+    target.script("/s2", Reply(delay_s=1.5))
+    target.script("/one", Reply(delay_s=1.0))
+    await client.create_webhook("s1", target.url("/s1"), queue="s1")
+    await client.create_webhook("s2", target.url("/s2"), queue="s2")
+    await client.create_webhook("acme", target.url("/one"), max_in_flight=1)
+    await workers.start(concurrency=1, queues=("s1", "s2", "default"), timeout_s=2)
+    await eventually(lambda: _signed_in(client), what="the worker's first heartbeat")
+    ids = [
+        *await _publish(client, "s1", 1),
+        *await _publish(client, "s2", 1),
+        *await _publish(client, "acme", 1),
+    ]
+    await target.wait_for(1)
+    ids += await _publish(client, "acme", 3)
+    await workers.start(concurrency=1, timeout_s=2)
+    await eventually(
+        lambda: _all_in_state(client, ids, "delivered"), timeout_s=30, what="all delivered"
+    )
+    assert target.peak["/one"] == 1
+
+
+async def test_a_lease_runs_from_the_start_of_its_attempt(client: Client) -> None:
+    """A job whose lease ran out while it waited for a lane may start only if the webhook's
+    max_in_flight still has room; a lease still held is renewed for the whole attempt."""
+    hook = Webhook(
+        id="wh_capped",
+        tenant_id="acme",
+        url="https://hooks.example.com/x",
+        event_types=["*"],
+        secret="whsec_x",  # noqa: S106 - a test webhook
+        max_in_flight=1,
+    )
+    meta = b'{"w":"wh_capped","t":"acme","e":"a.b","q":"default","s":"queued","a":0,"k":0,"c":0}'
+    first, second = (Job.decode(f"job_{n}", meta + b"\n{}") for n in range(2))
+    store = client.store
+    _, [decision] = await admission.admit(
+        store, [(first, hook)], attempt_timeout_s=-admission.LEASE_MARGIN_S, holder="a"
+    )
+    assert decision.verdict is Verdict.ADMITTED  # its lease has already run out
+    _, [decision] = await admission.admit(
+        store, [(second, hook)], attempt_timeout_s=5, holder="b"
+    )
+    assert decision.verdict is Verdict.ADMITTED
+    assert not await admission.start_lease(store, hook, first.id, holder="a", attempt_timeout_s=5)
+    assert await admission.start_lease(store, hook, second.id, holder="b", attempt_timeout_s=5)
+
+
+async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """When a worker that lost its claim writes its outcome late, the lease of the worker
+    that took the job over stays in place, so max_in_flight still counts its attempt."""
+    created = await client.create_webhook(
+        "acme", "https://hooks.example.com/x", max_in_flight=2
+    )
+    store = client.store
+    await streams.ensure_group(store, "default")
+    [job_id] = await _publish(client, "acme", 1)
+    hook = Webhook.decode(await redis.hget(Keys(prefix).webhooks, created["id"]))
+    [stale], _ = await streams.claim_new(store, ("default",), "a", budget=1)
+    [job] = (await streams.load(store, [stale])).jobs
+    assert job is not None
+    await admission.admit(store, [(job, hook)], attempt_timeout_s=5, holder="a")
+    page = await streams.reclaim_page(
+        store, "default", "b", min_idle_ms=0, cursor="0-0", count=10
+    )
+    [current] = page.claims
+    await admission.admit(store, [(job, hook)], attempt_timeout_s=5, holder="b")
+    late = Settlement(stale, "D", job.encode(), 0, "", b"[0,200,1.0,null,1]", lease_of=hook.id)
+    assert await streams.settle(store, "a", [late]) == [job_id]
+    leases = await redis.zrange(Keys(prefix).lease(hook.id), 0, -1)
+    assert leases == [admission.lease_member(job_id, "b").encode()]
+    assert current.job_id == job_id
 
 
 # --- circuit breakers ----------------------------------------------------------------------------

@@ -61,12 +61,14 @@ async def admit(
     attempt_timeout_s: float,
     room: Mapping[str, int] | None = None,
     free: int | None = None,
+    holder: str = "",
 ) -> tuple[int, list[Decision]]:
     """Decide each job of ``batch`` (jobs of limited webhooks); returns (Redis ms, decisions).
 
     ``room``: how many attempts the calling process may start now per webhook id, and
     ``free`` in all (its free lanes); unbounded when not given. A job beyond them is
-    ``NO_ROOM`` and takes neither a rate slot nor a lease.
+    ``NO_ROOM`` and takes neither a rate slot nor a lease. ``holder``: the calling worker's
+    consumer name, which holds the leases taken (``lease_member``).
     """
     by_hook: dict[str, list[int]] = {}
     hooks: dict[str, Webhook] = {}
@@ -80,6 +82,7 @@ async def admit(
         HORIZON_MS,
         PACE_SLACK_MS,
         unbounded if free is None else free,
+        holder,
     ]
     order: list[int] = []
     for webhook_id, indexes in by_hook.items():
@@ -106,3 +109,26 @@ async def admit(
     for n, i in enumerate(order):
         decisions[i] = Decision(Verdict(int(reply[1 + 2 * n])), int(reply[2 + 2 * n]))
     return int(reply[0]), [d for d in decisions if d is not None]
+
+
+def lease_member(job_id: str, holder: str) -> str:
+    """A lease's member in its webhook's lease zset: the job and the worker holding it."""
+    return f"{job_id}|{holder}"
+
+
+async def start_lease(
+    store: Store, hook: Webhook, job_id: str, *, holder: str, attempt_timeout_s: float
+) -> bool:
+    """A lane starts the attempt of a job admitted under ``max_in_flight``: its lease now runs
+    from here (``lease.lua``), so it measures the attempt and not the wait for a lane. False
+    when the lease ran out meanwhile and the webhook's in-flight cap is full again: the job
+    must not go now."""
+    got = await store.scripts.lease(
+        keys=[store.keys.lease(hook.id)],
+        args=[
+            lease_member(job_id, holder),
+            int((attempt_timeout_s + LEASE_MARGIN_S) * 1000),
+            hook.max_in_flight or 0,
+        ],
+    )
+    return bool(got)

@@ -25,6 +25,7 @@ _NAMES = (
     "replay",
     "purge",
     "admit",
+    "lease",
     "breaker_report",
     "breaker_tick",
     "breaker_probe",
@@ -53,6 +54,7 @@ class Scripts:
     replay: AsyncScript
     purge: AsyncScript
     admit: AsyncScript
+    lease: AsyncScript
     breaker_report: AsyncScript
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript

@@ -2,10 +2,14 @@
 -- admit.lua: the cluster-wide limits of webhooks (rate_limit, max_in_flight) for claimed jobs.
 -- KEYS[1] rate hash (webhook id -> 'tat sent': two GCRA theoretical arrival times, ms, one for
 --   the slots handed out (taken or reserved), one for the sends)
--- KEYS[2..] lease zsets (job id -> lease expiry ms), one per webhook with a max_in_flight
--- ARGV[1] lease lifetime ms (outlives an attempt: a dead holder's lease expires)
+-- KEYS[2..] lease zsets ('<job id>|<holder>' -> lease expiry ms), one per webhook with a
+--   max_in_flight; the holder (the worker's consumer name) is part of the member, so an
+--   outcome written late by a worker that lost its claim releases its own lease only
+-- ARGV[1] lease lifetime ms (outlives an attempt: a dead holder's lease expires; the lane
+--   that starts the attempt renews it, lease.lua)
 -- ARGV[2] reservation horizon ms   ARGV[3] slack ms of the pace of sends (below)
 -- ARGV[4] attempts the calling process may start now in all (its free lanes)
+-- ARGV[5] the calling worker's consumer name (the leases' holder)
 -- then per webhook: id, per_second (0: none), burst, max_in_flight, index of its lease key in
 --   KEYS (0: none), room (attempts the calling process may start for it now), job count n,
 --   then n pairs: job id, 1 when the job holds a rate slot reserved for it earlier
@@ -25,8 +29,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lifetime, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slack, free = tonumber(ARGV[3]), tonumber(ARGV[4])
+local holder = ARGV[5]
 local out = {now}
-local i = 5
+local i = 6
 while i <= #ARGV do
   local webhook_id = ARGV[i]
   local rate, burst = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -81,7 +86,7 @@ while i <= #ARGV do
       if takes then tat, moved = math.max(tat, sent) + interval, true end
       if rate > 0 then sent = sent + interval end
       if lease then
-        redis.call('ZADD', lease, now + lifetime, job_id)
+        redis.call('ZADD', lease, now + lifetime, job_id .. '|' .. holder)
         held = held + 1
       end
     end

@@ -9,7 +9,9 @@
 --   while the webhook's breaker is open), record, score (finished, due or parked ms),
 --   the dead reason (X) or the index in KEYS of the webhook's parked zset (P),
 --   the attempt as JSON (appended as late when the claim is stale)
--- then pairs: index in KEYS of a lease zset, job id: the in-flight leases to release
+-- then pairs: index in KEYS of a lease zset, lease member ('<job id>|<consumer>', this
+--   worker's own): the in-flight leases to release, stale claims' included (their attempt is
+--   over); another worker's lease of the same job (it reclaimed the job) is left in place
 -- returns: the ids of jobs whose claim was stale (their outcome is only logged as late)
 --
 -- The fence: a claim is current while its entry is pending for this consumer with the
