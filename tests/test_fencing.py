@@ -6,7 +6,7 @@ standing in for processes that die or freeze at exactly the wrong moment.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -180,3 +180,87 @@ async def test_queued_job_whose_entry_was_deleted_is_put_back(
     [job] = (await streams.load(store, [again])).jobs
     assert job is not None
     assert job.payload == b'{"n":1}'
+
+
+# --- issue 14, finding 1: reclaim takes what free lanes can start, never what a worker holds --
+
+
+async def _idle(redis: aioredis.Redis, prefix: str, consumer: str, sids: list[Any]) -> None:
+    """Make entries pending for ``consumer`` look idle for an hour, without a new delivery."""
+    ready = Keys(prefix).ready("default")
+    await redis.xclaim(ready, "dispatch", consumer, 0, sids, idle=3_600_000, justid=True)
+
+
+async def _stalls(client: Client, job_id: str) -> int:
+    job = await client.get_job(job_id)
+    assert job is not None
+    return int(job["stalls"])
+
+
+async def test_claims_a_worker_holds_are_never_taken_over(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Jobs that wait in a live worker's memory longer than the stall timeout are neither
+    taken back by its own reclaim nor taken over by another worker's, and its claims stay
+    current."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    for i in range(3):
+        await client.publish("acme", "a.b", {"i": i})
+    claims, _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    await _idle(redis, prefix, "a", [c.sid for c in claims])
+    mine = await streams.reclaim_page(
+        store, "default", "a", min_idle_ms=60_000, cursor="0-0", count=10, held=claims
+    )
+    assert (mine.claims, mine.poisoned) == ([], [])
+    other = await streams.reclaim_page(
+        store, "default", "b", min_idle_ms=60_000, cursor="0-0", count=10
+    )
+    assert other.claims == []
+    assert [await _stalls(client, c.job_id) for c in claims] == [0, 0, 0]
+    batch = [await _settlement(store, c, "D", JobState.DELIVERED) for c in claims]
+    assert await streams.settle(store, "a", batch) == []
+
+
+async def test_a_reclaim_page_takes_no_more_than_asked(client: Client, store: Store) -> None:
+    """A reclaim page takes at most the free lanes it is given; the rest stays with its dead
+    worker, costs no stall, and the cursor leads to it."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    for i in range(10):
+        await client.publish("acme", "a.b", {"i": i})
+    claims, _ = await streams.wait_new(store, ("default",), "dead", count=100, block_ms=10)
+    first = await streams.reclaim_page(
+        store, "default", "alive", min_idle_ms=0, cursor="0-0", count=3
+    )
+    assert [c.sid for c in first.claims] == [c.sid for c in claims[:3]]
+    assert [await _stalls(client, c.job_id) for c in claims[3:]] == [0] * 7
+    second = await streams.reclaim_page(
+        store, "default", "alive", min_idle_ms=0, cursor=first.cursor, count=3
+    )
+    assert [c.sid for c in second.claims] == [c.sid for c in claims[3:6]]
+    none = await streams.reclaim_page(
+        store, "default", "alive", min_idle_ms=0, cursor=second.cursor, count=0
+    )
+    assert (none.cursor, none.claims) == (second.cursor, [])
+
+
+async def test_only_a_takeover_from_another_worker_is_a_stall(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A worker taking back an entry of its own that it lost track of costs the job no stall;
+    another worker taking it over costs one."""
+    job_id = await _one_job(client)
+    [lost], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    await _idle(redis, prefix, "a", [lost.sid])
+    [again] = (
+        await streams.reclaim_page(
+            store, "default", "a", min_idle_ms=60_000, cursor="0-0", count=10
+        )
+    ).claims
+    assert (again.job_id, await _stalls(client, job_id)) == (job_id, 0)
+    await _idle(redis, prefix, "a", [again.sid])
+    [taken] = (
+        await streams.reclaim_page(
+            store, "default", "b", min_idle_ms=60_000, cursor="0-0", count=10
+        )
+    ).claims
+    assert (taken.job_id, await _stalls(client, job_id)) == (job_id, 1)

@@ -15,11 +15,10 @@ import orjson
 import redis.exceptions as rex
 
 from dispatcher.model import Job
-from dispatcher.queue.admission import lease_member
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
 
     from dispatcher.queue.store import Store
 
@@ -233,15 +232,33 @@ async def settle(
         third = index(keys.parked(s.parked_for)) if s.parked_for else s.reason
         args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, third, s.late_attempt]
         if s.lease_of:
-            leases += [index(keys.lease(s.lease_of)), lease_member(c.job_id, consumer)]
+            leases += [index(keys.lease(s.lease_of)), c.job_id]
     stale = await store.scripts.settle(keys=script_keys, args=args + leases)
     return [job_id.decode() for job_id in stale]
 
 
 async def reclaim_page(
-    store: Store, queue: str, consumer: str, *, min_idle_ms: int, cursor: str, count: int
+    store: Store,
+    queue: str,
+    consumer: str,
+    *,
+    min_idle_ms: int,
+    cursor: str,
+    count: int,
+    held: Sequence[Claim] = (),
 ) -> ReclaimPage:
+    """Keep ``held`` fresh, then take over up to ``count`` entries idle for ``min_idle_ms``
+    from ``cursor`` on (``count`` 0: only keep ``held`` fresh; the cursor stays).
+
+    ``held``: the claims of this stream that the worker holds (waiting for a lane or being
+    attempted). Their entries' idle time restarts, their tokens stay current, so no reclaim
+    (this worker's or another's) takes them over while the worker lives. A takeover counts as a
+    stall of the job only when another consumer held the entry.
+    """
     keys = store.keys
+    mine: list[Any] = [len(held)]
+    for claim in held:
+        mine += [claim.sid, claim.token]
     next_cursor, taken, poisoned, malformed, missing = await store.scripts.reclaim(
         keys=[keys.ready(queue), keys.jobs, keys.dlq],
         args=[
@@ -253,6 +270,7 @@ async def reclaim_page(
             POISON_STALLS,
             store.clock.now_ms(),
             queue,
+            *mine,
         ],
     )
     claims = [
