@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,8 @@ log = structlog.get_logger()
 
 USER_AGENT = f"dispatcher/{__version__}"
 READ_BLOCK_MS = 500  # also bounds how long a read begun before a pause can still claim
+SHORT_BLOCK_MS = 100  # a blocking read that watches only some of a queue's streams
+LEASE_FRESH_S = 1.0  # a lease taken this recently is not renewed when its attempt starts
 READ_BATCH = 256
 SETTLE_BATCH = 512
 SETTLE_DRAIN_S = 10.0  # at shutdown, how long outcomes may wait for Redis before we give up
@@ -106,6 +108,7 @@ class _Work:
     job: Job
     webhook: Webhook
     leased: bool = False  # holds an in-flight lease of the webhook's max_in_flight
+    admitted_at: float = 0.0  # monotonic time the lease was taken
 
 
 class _Rotation:
@@ -170,6 +173,11 @@ class Worker:
         self._reclaim_cursors: dict[tuple[int, str], str] = {}  # kept from pass to pass
         self._room = asyncio.Event()
         self._room.set()
+        # One claim budget for the whole worker, shared by its read loops: a read reserves
+        # what it may claim before it reads (free lanes less the other reads' reservations)
+        # and gives back what it did not claim; loops waiting for room take turns (FIFO).
+        self._reserved = 0
+        self._turns: deque[object] = deque()
         self._unsettled = 0
         self._paused: frozenset[str] = frozenset()
         # minute -> counter -> value; flushed to stats:<minute> by the control loop, never
@@ -289,37 +297,81 @@ class Worker:
             if queue in self._paused:
                 await _sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
                 continue
-            free = self.cfg.concurrency - self._busy
-            if free <= 0 or self._unsettled > self.cfg.concurrency:
+            if self._turns or self._free() <= 0:
+                if not await self._take_turn() or queue in self._paused:
+                    continue
+            budget = self._reserve(READ_BATCH)
+            await self._queue_step(shard, queue, outage, self._read_once(shard, queue, budget))
+
+    def _free(self) -> int:
+        """Claims this worker may still make: its lanes less the jobs it holds (in the inbox
+        or a lane) and the reads under way; none while the settler lags behind."""
+        if self._unsettled > self.cfg.concurrency:
+            return 0
+        return self.cfg.concurrency - self._busy - self._reserved
+
+    def _reserve(self, most: int) -> int:
+        """Reserve up to ``most`` claims of the worker's budget for a read about to begin."""
+        taken = max(0, min(self._free(), most))
+        self._reserved += taken
+        return taken
+
+    def _unreserve(self, count: int) -> None:
+        """Give back claims reserved and not used (those claimed are in ``_busy`` now)."""
+        if count > 0:
+            self._reserved -= count
+            self._room.set()
+
+    async def _take_turn(self) -> bool:
+        """Wait until the worker may claim again, in turn with its other read loops (first
+        come, first served, so a loop whose reads come back empty cannot keep the lanes that
+        free from a loop with work); False when stopping."""
+        turn = object()
+        self._turns.append(turn)
+        try:
+            while self._turns[0] is not turn or self._free() <= 0:
+                if self.stop.is_set():
+                    return False
                 self._room.clear()
                 await self._wait_room()
-                continue
-            await self._queue_step(shard, queue, outage, self._read_once(shard, queue, free))
+            return not self.stop.is_set()
+        finally:
+            self._turns.remove(turn)
+            self._room.set()  # the next in line looks again
 
-    async def _read_once(self, shard: Store, queue: str, free: int) -> None:
+    async def _read_once(self, shard: Store, queue: str, budget: int) -> None:
         """Claim new jobs: without waiting, highest priority first (rotated so none starves);
-        when all the queue's streams are empty, block until one has an entry."""
-        budget = min(free, READ_BATCH)
-        rotation = self._rotations[shard.keys.shard, queue]
-        claims, malformed = await streams.claim_new(
-            shard, rotation.order(), self.consumer, budget=budget
-        )
-        if not claims and not malformed:
-            async with asyncio.timeout(READ_BLOCK_MS / 1000 + 2):
-                claims, malformed = await streams.wait_new(
-                    shard,
-                    streams_of(queue),
-                    self.consumer,
-                    count=max(1, budget // len(PRIORITIES)),
-                    block_ms=READ_BLOCK_MS,
-                )
-        by_stream: defaultdict[str, list[Malformed]] = defaultdict(list)
-        for stream, bad in malformed:
-            by_stream[stream].append(bad)
-        for stream, bad_entries in by_stream.items():
-            await self._quarantine(shard, stream, bad_entries)
-        if claims:
-            await self._start(shard, claims)
+        when all the queue's streams are empty, block until one has an entry.
+
+        ``budget`` claims are reserved for this read (``_reserve``); it never claims more, and
+        gives back what it did not claim. A blocking read holds its reservation while it
+        blocks, so it keeps only one claim per stream it watches (XREADGROUP's COUNT is per
+        stream) and watches only as many streams as it holds claims, highest priority first
+        and then briefly, since the others are claimed by the next read without waiting.
+        """
+        try:
+            rotation = self._rotations[shard.keys.shard, queue]
+            claims, malformed = await streams.claim_new(
+                shard, rotation.order(), self.consumer, budget=budget
+            )
+            if not claims and not malformed:
+                watched = streams_of(queue)[:budget]
+                self._unreserve(budget - len(watched))
+                budget = len(watched)
+                block_ms = READ_BLOCK_MS if len(watched) == len(PRIORITIES) else SHORT_BLOCK_MS
+                async with asyncio.timeout(block_ms / 1000 + 2):
+                    claims, malformed = await streams.wait_new(
+                        shard, watched, self.consumer, count=1, block_ms=block_ms
+                    )
+            by_stream: defaultdict[str, list[Malformed]] = defaultdict(list)
+            for stream, bad in malformed:
+                by_stream[stream].append(bad)
+            for stream, bad_entries in by_stream.items():
+                await self._quarantine(shard, stream, bad_entries)
+            if claims:
+                await self._start(shard, claims)
+        finally:
+            self._unreserve(budget)
 
     async def _queue_step(
         self, shard: Store, queue: str, outage: Outage, step: Awaitable[object]
@@ -464,13 +516,14 @@ class Worker:
             attempt_timeout_s=self.cfg.timeout_s,
             room=self._room_for(limited, time.monotonic()),
             free=self.cfg.concurrency - self._busy,
+            holder=self.consumer,
         )
         placed = []
         for work, decision in zip(limited, decisions, strict=True):
             held = work.job.reserved_ms
             if decision.verdict is Verdict.ADMITTED:
                 leased = work.webhook.max_in_flight is not None
-                placed.append(_Work(work.claim, work.job, work.webhook, leased))
+                placed.append(_Work(work.claim, work.job, work.webhook, leased, time.monotonic()))
             elif decision.verdict in (Verdict.IN_FLIGHT_FULL, Verdict.NO_ROOM):
                 endpoint = self.pool.endpoint(work.webhook.id)
                 delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
@@ -515,6 +568,8 @@ class Worker:
     # --- one delivery ----------------------------------------------------------------------
 
     async def _deliver(self, work: _Work) -> None:
+        if work.leased and not await self._lease_holds(work):
+            return
         job, hook = work.job, work.webhook
         self.pool.endpoint(work.webhook.id).sending(work.job.id, time.monotonic())
         started_ms = self.store.clock.now_ms()
@@ -529,6 +584,28 @@ class Worker:
         }
         outcome = await self.sender.attempt(hook.url, job.payload, headers)
         self._record(work, outcome, started_ms)
+
+    async def _lease_holds(self, work: _Work) -> bool:
+        """A job admitted under max_in_flight starts its attempt: its lease runs from now if
+        it waited for a lane a while, so it lasts the attempt. If the lease ran out meanwhile
+        and the cap is full again (or Redis cannot say), the job waits without an attempt."""
+        if time.monotonic() - work.admitted_at < LEASE_FRESH_S:
+            return True
+        try:
+            if await admission.start_lease(
+                self.store.shard(work.claim.shard),
+                work.webhook,
+                work.job.id,
+                holder=self.consumer,
+                attempt_timeout_s=self.cfg.timeout_s,
+            ):
+                return True
+        except Exception as exc:  # any failure: the job waits, as if refused
+            log.warning("lease.renew_failed", job_id=work.job.id, error=str(exc) or repr(exc))
+        delay_s = self.pool.endpoint(work.webhook.id).defer(time.monotonic(), self.cfg.timeout_s)
+        due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
+        self._wait(work, due_ms, "max_in_flight", reserved_ms=work.job.reserved_ms)
+        return False
 
     def _record(self, work: _Work, outcome: Outcome, started_ms: int) -> None:
         """Decide what the attempt means (retry.py) and queue the outcome for the settler."""

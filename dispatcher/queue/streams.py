@@ -15,6 +15,7 @@ import orjson
 import redis.exceptions as rex
 
 from dispatcher.model import Job
+from dispatcher.queue.admission import lease_member
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ async def settle(
         third = index(keys.parked(s.parked_for)) if s.parked_for else s.reason
         args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, third, s.late_attempt]
         if s.lease_of:
-            leases += [index(keys.lease(s.lease_of)), c.job_id]
+            leases += [index(keys.lease(s.lease_of)), lease_member(c.job_id, consumer)]
     stale = await store.scripts.settle(keys=script_keys, args=args + leases)
     return [job_id.decode() for job_id in stale]
 
