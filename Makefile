@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults soak lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults test-model soak lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
 
 run: $(STAMP) redis-server
 	$(BIN)/dispatcher run --config $(CONFIG)
@@ -23,6 +23,11 @@ test-fast: $(STAMP) redis-server systemd-analyze
 # writes tests/faults/results/latest.{md,json}; fails on any lost, unexpected or stuck event.
 test-faults: $(STAMP) redis-server
 	FAULTS_FULL=1 $(BIN)/pytest tests/faults
+
+# The queue's model test at length (make test runs it short and seeded): MODEL_EXAMPLES
+# random interleavings of MODEL_STEPS steps each, checked against a plain Python model.
+test-model: $(STAMP) redis-server
+	MODEL_EXAMPLES=$${MODEL_EXAMPLES:-5000} $(BIN)/pytest tests/test_model.py -p no:cacheprovider -s
 
 # A seeded random-fault soak (5 minutes; FAULTS_SOAK_S, FAULTS_SOAK_SEED), not part of CI.
 soak: $(STAMP) redis-server
