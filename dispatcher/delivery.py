@@ -24,7 +24,7 @@ import structlog
 
 from dispatcher import __version__, retry
 from dispatcher.model import Job, JobState, Webhook, rfc3339
-from dispatcher.queue import admission, breakers, control, delays, streams
+from dispatcher.queue import admission, breakers, control, delays, streams, waiting
 from dispatcher.queue.admission import Verdict
 from dispatcher.queue.breakers import Breaker, Health
 from dispatcher.queue.keys import PRIORITIES, queue_of, shard_of, streams_of
@@ -480,10 +480,7 @@ class Worker:
                 admitted.append(work)
                 free -= 1
             else:
-                delay_s = endpoint.defer(now, self.cfg.timeout_s)
-                self._wait(
-                    work, self.store.clock.now_ms() + int(delay_s * 1000), "endpoint_capacity"
-                )
+                self._wait_for_room(work, "endpoint_capacity")
             room[work.webhook.id] = left - 1
         return admitted
 
@@ -525,15 +522,12 @@ class Worker:
                 leased = work.webhook.max_in_flight is not None
                 placed.append(_Work(work.claim, work.job, work.webhook, leased, time.monotonic()))
             elif decision.verdict in (Verdict.IN_FLIGHT_FULL, Verdict.NO_ROOM):
-                endpoint = self.pool.endpoint(work.webhook.id)
-                delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
                 reason = (
                     "max_in_flight"
                     if decision.verdict is Verdict.IN_FLIGHT_FULL
                     else "endpoint_capacity"
                 )
-                due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
-                self._wait(work, due_ms, reason, reserved_ms=held)
+                self._wait_for_room(work, reason, reserved_ms=held)
             elif decision.verdict is Verdict.RESERVED:
                 self._wait(work, decision.due_ms, "rate_limit", reserved_ms=decision.due_ms)
             else:
@@ -602,9 +596,7 @@ class Worker:
                 return True
         except Exception as exc:  # any failure: the job waits, as if refused
             log.warning("lease.renew_failed", job_id=work.job.id, error=str(exc) or repr(exc))
-        delay_s = self.pool.endpoint(work.webhook.id).defer(time.monotonic(), self.cfg.timeout_s)
-        due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
-        self._wait(work, due_ms, "max_in_flight", reserved_ms=work.job.reserved_ms)
+        self._wait_for_room(work, "max_in_flight", reserved_ms=work.job.reserved_ms)
         return False
 
     def _record(self, work: _Work, outcome: Outcome, started_ms: int) -> None:
@@ -618,6 +610,7 @@ class Worker:
             job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
         )
         self._note_health(job.webhook_id, outcome)
+        frees = self._frees(work)
         if job.id in self._probes:
             self._probes.discard(job.id)
             self._report_now.set()
@@ -646,7 +639,7 @@ class Worker:
                 "dispatcher_deliveries_total", outcome="delivered", status=status_class
             )
             log.debug("delivery.succeeded", **fields)
-            self._settle(work, "D", JobState.DELIVERED, now_ms, "")
+            self._settle(work, "D", JobState.DELIVERED, now_ms, "", frees=frees)
             return
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
         if verdict is retry.Verdict.RETRY:
@@ -662,13 +655,13 @@ class Worker:
             job.next_attempt_at_ms = due_ms
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
-            self._settle(work, "R", JobState.SCHEDULED, due_ms, "")
+            self._settle(work, "R", JobState.SCHEDULED, due_ms, "", frees=frees)
             return
         reason = "gone" if verdict is retry.Verdict.DISABLE else "max_attempts"
         log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
         if verdict is retry.Verdict.DISABLE:
             self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
-        self._settle(work, "X", JobState.DEAD, now_ms, reason)
+        self._settle(work, "X", JobState.DEAD, now_ms, reason, frees=frees)
 
     def _note_health(self, webhook_id: str, outcome: Outcome) -> None:
         """Count the outcome for the breaker report (webhooks that fail or have a breaker)."""
@@ -696,6 +689,35 @@ class Worker:
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self._settle(work, "R", JobState.SCHEDULED, due_ms, "")
 
+    def _wait_for_room(self, work: _Work, reason: str, *, reserved_ms: int | None = None) -> None:
+        """Put the job in its webhook's waiting set, without spending an attempt, until room
+        frees: one of the webhook's attempts ends, or the tick sees room (waiting.py). A job
+        refused a share of an endpoint this process is not sending to (its last lanes are
+        kept for fast endpoints) has no attempt here to release it: it waits a short while."""
+        endpoint = self.pool.endpoint(work.webhook.id)
+        if reason == "endpoint_capacity" and not endpoint.started:
+            delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
+            due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
+            self._wait(work, due_ms, reason, reserved_ms=reserved_ms)
+            return
+        job = work.job
+        job.next_attempt_at_ms = None
+        job.waiting = reason
+        job.reserved_ms = reserved_ms  # a rate slot it holds stays its own (admit.lua)
+        self.metrics.inc("dispatcher_deferred_total", reason=reason)
+        self._settle(work, "W", JobState.SCHEDULED, job.created_at_ms, "")
+
+    def _frees(self, work: _Work) -> int:
+        """How many of the webhook's waiting jobs go back to their queue as this attempt
+        ends: one for the place it frees, and one more while this process has room for the
+        webhook beyond that (so its share can grow back) that max_in_flight leaves too."""
+        endpoint = self.pool.endpoint(work.webhook.id)
+        cap = work.webhook.max_in_flight
+        more = endpoint.room(time.monotonic()) > 0 and (
+            cap is None or len(endpoint.started) + 1 < cap
+        )
+        return 2 if more else 1
+
     def _park(self, work: _Work, breaker: Breaker) -> None:
         """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
         job = work.job
@@ -721,7 +743,9 @@ class Worker:
         task = asyncio.create_task(disable_webhook(self.store, webhook_id, reason))
         task.add_done_callback(_log_failure("webhook.disable_failed"))
 
-    def _settle(self, work: _Work, kind: str, state: JobState, score_ms: int, reason: str) -> None:
+    def _settle(
+        self, work: _Work, kind: str, state: JobState, score_ms: int, reason: str, *, frees: int = 0
+    ) -> None:
         job = work.job
         job.state = state
         if kind in ("D", "X"):
@@ -741,6 +765,8 @@ class Worker:
             orjson.dumps([*late[:4], 1]),
             parked_for=job.webhook_id if kind == "P" else None,
             lease_of=job.webhook_id if work.leased else None,
+            waiting_in=job.webhook_id if kind == "W" else None,
+            frees=frees,
         )
         self._unsettled += 1
         self._settle_queue.put_nowait(settlement)
@@ -1010,6 +1036,8 @@ class Worker:
     async def _tend_breakers(self) -> None:
         for shard in self.shards:
             await self._tend_breakers_of(shard)
+            for webhook_id, count in await waiting.tick(shard):
+                log.info("waiting.jobs_released", webhook_id=webhook_id, jobs=count)
 
     async def _tend_breakers_of(self, shard: Store) -> None:
         done = await breakers.tick(

@@ -59,6 +59,11 @@ ids the server chooses, and come last; ``M`` is a number.
                           its ``max_in_flight`` across processes; a dead holder's lease expires
 ``P:{0}:breakers``        hash  webhook id -> circuit breaker JSON (only webhooks that failed)
 ``P:{0}:parked:W``        zset  job id -> parked time (ms): jobs waiting for W's breaker to close
+``P:{0}:waiting:W``       zset  job id -> created time (ms): W's jobs waiting for room (its
+                          ``max_in_flight`` full, or a process's share of the endpoint), put
+                          back in their queue as W's attempts end (settle.lua), or by the tick
+                          when room frees otherwise (waiting_tick.lua)
+``P:{0}:waiters``         zset  webhook id -> last release (ms): the webhooks with waiting jobs
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
@@ -66,7 +71,8 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
 ``breaker_tick.lua`` builds the ``parked`` and ``delayed`` names itself from ``Keys.base``, since
-which it needs depends on the data; they share the hash tag, so this stays cluster-safe.
+which it needs depends on the data, and so do ``settle.lua`` and ``waiting_tick.lua`` for the
+``ready``, ``waiting`` and ``lease`` names; they share the hash tag, so this stays cluster-safe.
 """
 
 from __future__ import annotations
@@ -212,6 +218,13 @@ class Keys:
 
     def parked(self, webhook_id: str) -> str:
         return f"{self._base}:parked:{webhook_id}"
+
+    def waiting(self, webhook_id: str) -> str:
+        return f"{self._base}:waiting:{webhook_id}"
+
+    @property
+    def waiters(self) -> str:
+        return f"{self._base}:waiters"
 
     def operation(self, op_id: str) -> str:
         return f"{self._base}:op:{op_id}"

@@ -26,6 +26,7 @@ _NAMES = (
     "purge",
     "admit",
     "lease",
+    "waiting_tick",
     "breaker_report",
     "breaker_tick",
     "breaker_probe",
@@ -55,6 +56,7 @@ class Scripts:
     purge: AsyncScript
     admit: AsyncScript
     lease: AsyncScript
+    waiting_tick: AsyncScript
     breaker_report: AsyncScript
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript

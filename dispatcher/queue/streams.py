@@ -49,10 +49,13 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One outcome to write. ``kind``: D delivered, R retry or wait, X dead, P parked.
+    """One outcome to write. ``kind``: D delivered, R retry or wait, X dead, P parked, W
+    waiting for room (waiting.py).
 
-    ``parked_for``: the webhook whose parked zset takes a P job. ``lease_of``: the webhook
-    whose in-flight lease the attempt held, released now.
+    ``parked_for``: the webhook whose parked zset takes a P job; ``waiting_in``: the webhook
+    whose waiting set takes a W job. ``lease_of``: the webhook whose in-flight lease the
+    attempt held, released now. ``frees``: as the attempt ended, that many of its webhook's
+    waiting jobs go back to their queue.
     """
 
     claim: Claim
@@ -63,6 +66,8 @@ class Settlement:
     late_attempt: bytes
     parked_for: str | None = None
     lease_of: str | None = None
+    waiting_in: str | None = None
+    frees: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +222,7 @@ async def settle(
         keys.done,
         keys.dlq,
         keys.breakers,
+        keys.waiters,
     ]
     extra: dict[str, int] = {}
 
@@ -228,13 +234,21 @@ async def settle(
 
     args: list[Any] = [GROUP, consumer, len(batch)]
     leases: list[Any] = []
+    frees: list[Any] = []
     for s in batch:
         c = s.claim
-        third = index(keys.parked(s.parked_for)) if s.parked_for else s.reason
+        third: str | int = s.reason
+        if s.parked_for:
+            third = index(keys.parked(s.parked_for))
+        elif s.waiting_in:
+            third = index(keys.waiting(s.waiting_in))
         args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, third, s.late_attempt]
         if s.lease_of:
             leases += [index(keys.lease(s.lease_of)), lease_member(c.job_id, consumer)]
-    stale = await store.scripts.settle(keys=script_keys, args=args + leases)
+        if s.frees:
+            frees += [index(keys.waiting(c.webhook_id)), s.frees]
+    tail = [len(leases) // 2, *leases, keys.base, *frees]
+    stale = await store.scripts.settle(keys=script_keys, args=args + tail)
     return [job_id.decode() for job_id in stale]
 
 

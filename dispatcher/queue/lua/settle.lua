@@ -1,17 +1,23 @@
 #!lua
 -- settle.lua: write the outcomes of a batch of claimed jobs, fenced by their claims.
 -- KEYS[1] ready stream   KEYS[2] jobs hash   KEYS[3] delayed zset   KEYS[4] done zset
--- KEYS[5] dlq stream   KEYS[6] breakers hash
--- KEYS[7..] parked zsets ('...:parked:<webhook id>') and lease zsets of the batch's webhooks
+-- KEYS[5] dlq stream   KEYS[6] breakers hash   KEYS[7] waiters zset (webhook id -> last release)
+-- KEYS[8..] parked zsets ('...:parked:<webhook id>'), waiting zsets ('...:waiting:<webhook
+--   id>') and lease zsets of the batch's webhooks
 -- ARGV[1] group   ARGV[2] consumer
 -- ARGV[3] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
 --   delivery count when claimed), kind ('D' delivered, 'R' retry or wait, 'X' dead, 'P' parked
---   while the webhook's breaker is open), record, score (finished, due or parked ms),
---   the dead reason (X) or the index in KEYS of the webhook's parked zset (P),
---   the attempt as JSON (appended as late when the claim is stale)
--- then pairs: index in KEYS of a lease zset, lease member ('<job id>|<consumer>', this
---   worker's own): the in-flight leases to release, stale claims' included (their attempt is
---   over); another worker's lease of the same job (it reclaimed the job) is left in place
+--   while the webhook's breaker is open, 'W' waiting for room in the webhook's waiting set),
+--   record, score (finished, due, parked or created ms), the dead reason (X) or the index in
+--   KEYS of the webhook's parked (P) or waiting (W) zset, the attempt as JSON (appended as late
+--   when the claim is stale)
+-- then l, the number of leases to release, and l pairs: index in KEYS of a lease zset, lease
+--   member ('<job id>|<consumer>', this worker's own): stale claims' included (their attempt
+--   is over); another worker's lease of the same job (it reclaimed the job) is left in place
+-- then the key base ('<prefix>:{tag}:'; ready streams are base..'q:'..stream..':ready', as in
+--   keys.py), then pairs: index in KEYS of a waiting zset, count: as attempts end, that many
+--   of the webhook's waiting jobs (oldest first) go back to the end of their queue's stream,
+--   after this batch's own outcomes are written
 -- returns: the ids of jobs whose claim was stale (their outcome is only logged as late)
 --
 -- The fence: a claim is current while its entry is pending for this consumer with the
@@ -26,6 +32,8 @@
 -- data travels in its entry) is refused without a late attempt: the locator is what reclaim
 -- and the orphan sweep need to find the job's data, so it is left as it is.
 local group, consumer = ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- The meta of a full record and the rest ('\n' .. payload), or nil for anything else.
 local function split(record)
@@ -71,6 +79,10 @@ for _, i in ipairs(outcomes) do
     end
   elseif kind == 'R' then
     delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
+  elseif kind == 'W' then
+    local waiting = KEYS[tonumber(ARGV[i + 6])]
+    redis.call('ZADD', waiting, score, job_id)
+    redis.call('ZADD', KEYS[7], 'NX', now, string.match(waiting, 'waiting:(.*)$'))
   elseif kind == 'P' then
     -- Parked only while the breaker exists: if it closed and was forgotten meanwhile (or
     -- the webhook went), nothing would release the job, so it goes back to its queue.
@@ -94,5 +106,33 @@ if #acked > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acked))
   redis.call('XDEL', KEYS[1], unpack(acked))
 end
-for i = last + 1, #ARGV, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
+local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
+for i = last + 2, leases, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
+
+-- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
+-- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
+local base = ARGV[leases + 1]
+local function release(waiting, count)
+  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
+  for _, job_id in ipairs(ids) do
+    local record = redis.call('HGET', KEYS[2], job_id)
+    if record then
+      local meta, rest = split(record)
+      if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
+        meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
+                              'w', meta.w)
+        meta.s = 'queued'
+        redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. rest)
+      else
+        local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
+        redis.call('XADD', KEYS[5], '*', 'raw', raw, 'r', 'malformed')
+      end
+    end
+  end
+  if #ids > 0 then
+    redis.call('ZREM', waiting, unpack(ids))
+    redis.call('ZADD', KEYS[7], 'XX', now, string.match(waiting, 'waiting:(.*)$'))
+  end
+end
+for i = leases + 2, #ARGV, 2 do release(KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1])) end
 return stale

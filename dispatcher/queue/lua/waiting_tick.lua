@@ -1,0 +1,73 @@
+#!lua
+-- waiting_tick.lua: release the waiting jobs whose room freed without an attempt ending in
+-- this shard's settle.lua (a lease expired with its dead holder, the webhook went, or the
+-- worker that would have released them died). Run by every worker about once a second.
+-- KEYS[1] waiters zset (webhook id -> last release ms)   KEYS[2] webhooks hash
+-- KEYS[3] jobs hash   KEYS[4] dlq stream
+-- ARGV[1] key base ('<prefix>:{tag}:'): waiting zsets are base..'waiting:'..webhook id, lease
+--   zsets base..'lease:'..webhook id and ready streams base..'q:'..stream..':ready', as in
+--   keys.py (same hash tag)
+-- ARGV[2] most jobs released per webhook per tick
+-- ARGV[3] ms without a release after which a webhook without max_in_flight gets ARGV[4] of
+--   its waiting jobs back (its releasers are gone, or all its attempts ended elsewhere)
+-- returns: {webhook id, jobs released, ...}
+--
+-- A webhook deleted or disabled: its waiting jobs go back to their queue, where they are
+-- dead-lettered as before. A webhook with max_in_flight: as many as its leases leave room for.
+-- Any other: a few once nothing has released its jobs for a while; the attempts these start
+-- release the rest as they end. A webhook with nothing left waiting leaves the waiters zset.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local base, batch = ARGV[1], tonumber(ARGV[2])
+local idle, kick = tonumber(ARGV[3]), tonumber(ARGV[4])
+local released = {}
+
+local function release(waiting, count)
+  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
+  for _, job_id in ipairs(ids) do
+    local record = redis.call('HGET', KEYS[3], job_id)
+    local cut = record and string.find(record, '\n', 1, true)
+    local ok, meta = false, nil
+    if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
+    if ok and type(meta) == 'table' and type(meta.w) == 'string' and meta.w ~= ''
+        and type(meta.q) == 'string' then
+      meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
+                            'w', meta.w)
+      meta.s = 'queued'
+      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. string.sub(record, cut))
+    elseif record then
+      local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
+      redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
+    end
+  end
+  if #ids > 0 then redis.call('ZREM', waiting, unpack(ids)) end
+  return #ids
+end
+
+local waiters = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #waiters, 2 do
+  local webhook_id, last = waiters[i], tonumber(waiters[i + 1])
+  local waiting = base .. 'waiting:' .. webhook_id
+  local raw = redis.call('HGET', KEYS[2], webhook_id)
+  local ok, hook = false, nil
+  if raw then ok, hook = pcall(cjson.decode, raw) end
+  local count = 0
+  if not (ok and type(hook) == 'table' and hook.enabled == true) then
+    count = batch
+  elseif type(hook.max_in_flight) == 'number' then
+    local lease = base .. 'lease:' .. webhook_id
+    redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)  -- leases of dead holders
+    count = math.min(batch, hook.max_in_flight - redis.call('ZCARD', lease))
+  elseif now - last >= idle then
+    count = kick
+  end
+  local moved = 0
+  if count > 0 then moved = release(waiting, count) end
+  if moved > 0 then
+    released[#released + 1] = webhook_id
+    released[#released + 1] = moved
+    redis.call('ZADD', KEYS[1], now, webhook_id)
+  end
+  if redis.call('EXISTS', waiting) == 0 then redis.call('ZREM', KEYS[1], webhook_id) end
+end
+return released

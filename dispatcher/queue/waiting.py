@@ -1,0 +1,39 @@
+"""Jobs waiting for room: a webhook's ``max_in_flight`` is full, or a process's share of the
+endpoint (traffic.py) is.
+
+Such a job waits in its webhook's waiting set (``Keys.waiting``) without an attempt, and comes
+back to the end of its queue when room frees: as each attempt of the webhook ends, the settle
+that writes its outcome puts the oldest waiting job(s) back (``settle.lua``). So a backlog
+behind a small limit costs Redis work in proportion to the jobs released, not to the backlog,
+however long it is. ``tick`` (every worker, about once a second) covers room that frees
+otherwise: a lease that expired with its dead holder, a webhook deleted or disabled (its jobs
+go back to be dead-lettered), or a webhook whose releasers are gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dispatcher.queue.store import Store
+
+RELEASE_BATCH = 500  # waiting jobs one tick puts back per webhook, at most
+IDLE_MS = 5_000  # a webhook without max_in_flight whose jobs nobody released for this long
+KICK = 32  # gets this many back, whose attempts then release the others as they end
+
+
+async def tick(store: Store) -> list[tuple[str, int]]:
+    """Release what room freed without an attempt ending; returns (webhook id, jobs released)."""
+    keys = store.keys
+    released = await store.scripts.waiting_tick(
+        keys=[keys.waiters, keys.webhooks, keys.jobs, keys.dlq],
+        args=[keys.base, RELEASE_BATCH, IDLE_MS, KICK],
+    )
+    return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
+
+
+async def count(store: Store, webhook_id: str) -> int:
+    """How many of the webhook's jobs wait for room."""
+    shard = store.of_webhook(webhook_id)
+    found: int = await shard.redis.zcard(shard.keys.waiting(webhook_id))
+    return found
