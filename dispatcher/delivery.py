@@ -171,6 +171,9 @@ class Worker:
         # entries fresh in Redis, so no reclaim takes over a claim this worker holds.
         self._held: defaultdict[tuple[int, str], dict[str, Claim]] = defaultdict(dict)
         self._reclaim_cursors: dict[tuple[int, str], str] = {}  # kept from pass to pass
+        # streams with stalled entries a reclaim pass had no free lanes for; their read loop
+        # takes them over on its next turn (`_take_stalled`)
+        self._stalled: set[tuple[int, str]] = set()
         self._room = asyncio.Event()
         self._room.set()
         # One claim budget for the whole worker, shared by its read loops: a read reserves
@@ -350,6 +353,8 @@ class Worker:
         and then briefly, since the others are claimed by the next read without waiting.
         """
         try:
+            if self._stalled and await self._take_stalled(shard, queue, budget):
+                return  # stalled jobs first; new ones on the next turn
             rotation = self._rotations[shard.keys.shard, queue]
             claims, malformed = await streams.claim_new(
                 shard, rotation.order(), self.consumer, budget=budget
@@ -866,41 +871,71 @@ class Worker:
 
     async def reclaim(self, queue: str, shard: Store | None = None) -> int:
         """Keep the claims this worker holds fresh, then take over deliveries idle past the
-        stall timeout: only as many as free lanes can start now, and none of a paused queue.
-        The cursor is kept for the next pass, so what is left waits in Redis, idle in its dead
-        worker's name, and is neither taken twice nor counted as a stall twice."""
+        stall timeout: only as many as free lanes can start now (from the worker's one claim
+        budget), and none of a paused queue. The cursor is kept for the next pass; what is left
+        waits in Redis, idle in its dead worker's name (so it is neither taken twice nor
+        counted as a stall twice), and the queue's read loop takes it over on its next turn,
+        before new jobs (`_take_stalled`)."""
         store = shard or self.store
-        key = (store.keys.shard, queue)
-        cursor = self._reclaim_cursors.get(key, "0-0")
-        held = list(self._held.get(key, {}).values())
+        held = list(self._held.get((store.keys.shard, queue), {}).values())
         # Read now, not at the control loop's last tick: reclaimed jobs go straight to lanes.
         paused = queue_of(queue) in await control.paused_queues(self.store)
-        min_idle_ms = int(self.cfg.stall_timeout_s * 1000)
         taken = 0
         while True:
-            free = self.cfg.concurrency - self._busy
-            if paused or self._unsettled > self.cfg.concurrency:
-                free = 0
-            count = max(0, min(free, RECLAIM_PAGE))
-            if count == 0 and not held:
-                return taken
-            page = await streams.reclaim_page(
-                store,
-                queue,
-                self.consumer,
-                min_idle_ms=min_idle_ms,
-                cursor=cursor,
-                count=count,
-                held=held,
-            )
+            count = 0 if paused else self._reserve(RECLAIM_PAGE)
+            try:
+                page = await self._reclaim_page(store, queue, count, held)
+            finally:
+                self._unreserve(count)
             held = []
-            self._report_reclaim(queue, page)
-            if page.claims:
-                taken += len(page.claims)
-                await self._start(store, page.claims)
-            cursor = self._reclaim_cursors[key] = page.cursor
-            if count == 0 or cursor == "0-0":
+            taken += len(page.claims)
+            if count == 0 or page.cursor == "0-0":
                 return taken
+
+    async def _take_stalled(self, shard: Store, queue: str, budget: int) -> int:
+        """On a read loop's turn, before new jobs: take over, within the read's ``budget``,
+        the stalled entries of its queue that a reclaim pass found no free lanes for (a busy
+        worker never has free lanes when its reclaim pass comes, so they would wait for the
+        backlog to end). Returns how many were taken over."""
+        keys = [(shard.keys.shard, stream) for stream in streams_of(queue)]
+        if not self._stalled.intersection(keys):
+            return 0
+        if queue in await control.paused_queues(self.store):
+            return 0
+        taken = 0
+        for key in keys:
+            stream = key[1]
+            while key in self._stalled and taken < budget:
+                page = await self._reclaim_page(shard, stream, budget - taken)
+                taken += len(page.claims)
+                if page.cursor == "0-0":
+                    break
+        return taken
+
+    async def _reclaim_page(
+        self, store: Store, stream: str, count: int, held: list[Claim] | None = None
+    ) -> streams.ReclaimPage:
+        """One reclaim page of ``stream`` from its kept cursor: keep ``held`` fresh, take over
+        up to ``count`` stalled entries and start them; note whether stalled ones are left."""
+        key = (store.keys.shard, stream)
+        page = await streams.reclaim_page(
+            store,
+            stream,
+            self.consumer,
+            min_idle_ms=int(self.cfg.stall_timeout_s * 1000),
+            cursor=self._reclaim_cursors.get(key, "0-0"),
+            count=count,
+            held=held or (),
+        )
+        self._reclaim_cursors[key] = page.cursor
+        if page.more:
+            self._stalled.add(key)
+        else:
+            self._stalled.discard(key)
+        self._report_reclaim(stream, page)
+        if page.claims:
+            await self._start(store, page.claims)
+        return page
 
     def _report_reclaim(self, queue: str, page: streams.ReclaimPage) -> None:
         if page.claims:

@@ -122,3 +122,27 @@ async def test_a_paused_queue_keeps_its_stalled_jobs_until_resumed(
     await eventually(delivered, timeout_s=20, what="3 jobs delivered")
     assert sorted(r.headers.get("webhook-id", "") for r in target.received) == sorted(ids)
     assert {j["stalls"] for j in await _jobs(client, ids)} == {1}
+
+
+async def test_a_busy_survivor_takes_over_stalled_jobs_before_new_ones(
+    client: Client,
+    workers: WorkerHarness,
+    target: Target,
+    redis: aioredis.Redis,
+    prefix: str,
+) -> None:
+    """A survivor whose lanes are always busy with a backlog of new jobs still takes over a
+    dead worker's jobs at its next free lanes, rather than after the whole backlog."""
+    stalled = await _held_by_a_dead_worker(client, redis, prefix, target, 4)
+    answer = await client.publish_many(
+        [{"tenant_id": "acme", "event_type": "a.b", "payload": {"i": i}} for i in range(30)]
+    )
+    backlog = [job["id"] for event in answer if isinstance(event, dict) for job in event["jobs"]]
+    await workers.start(concurrency=2, timeout_s=TIMEOUT_S, stall_timeout_s=STALL_S)
+
+    async def delivered() -> bool:
+        return {j["state"] for j in await _jobs(client, stalled)} == {"delivered"}
+
+    await eventually(delivered, timeout_s=30, what="the stalled jobs delivered")
+    waiting = [j for j in await _jobs(client, backlog) if j["state"] != "delivered"]
+    assert len(waiting) >= 10, f"the stalled jobs waited for the backlog ({len(waiting)} left)"

@@ -77,6 +77,7 @@ class ReclaimPage:
     poisoned: list[str]
     malformed: list[str]
     missing: list[str]
+    more: bool = False  # entries idle past the stall timeout are left to take over
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -263,7 +264,8 @@ async def reclaim_page(
     held: Sequence[Claim] = (),
 ) -> ReclaimPage:
     """Keep ``held`` fresh, then take over up to ``count`` entries idle for ``min_idle_ms``
-    from ``cursor`` on (``count`` 0: only keep ``held`` fresh; the cursor stays).
+    from ``cursor`` on (``count`` 0: only keep ``held`` fresh; the cursor stays). ``more``
+    tells whether idle entries are left (from the next cursor on; with ``count`` 0, anywhere).
 
     ``held``: the claims of this stream that the worker holds (waiting for a lane or being
     attempted). Their entries' idle time restarts, their tokens stay current, so no reclaim
@@ -274,7 +276,7 @@ async def reclaim_page(
     mine: list[Any] = [len(held)]
     for claim in held:
         mine += [claim.sid, claim.token]
-    next_cursor, taken, poisoned, malformed, missing = await store.scripts.reclaim(
+    next_cursor, taken, poisoned, malformed, missing, more = await store.scripts.reclaim(
         keys=[keys.ready(queue), keys.jobs, keys.dlq],
         args=[
             GROUP,
@@ -305,6 +307,7 @@ async def reclaim_page(
         [p.decode() for p in poisoned],
         [m.decode() for m in malformed],
         [m.decode() for m in missing],
+        more=bool(more),
     )
 
 

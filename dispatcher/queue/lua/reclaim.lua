@@ -8,7 +8,9 @@
 -- ARGV[9] n, then n pairs: sid, claim token of a claim this worker holds (waiting for a lane
 --   or being attempted)
 -- returns: {next cursor, {sid, job id, webhook id, claim token, ...} taken over,
---           {job id, ...} dead as poison, {sid, ...} malformed, {sid, ...} deleted under us}
+--           {job id, ...} dead as poison, {sid, ...} malformed, {sid, ...} deleted under us,
+--           1 when entries idle past the stall timeout are left (from the next cursor on, or
+--           anywhere with page size 0), else 0}
 --
 -- Held claims: a claim waits in the worker's memory (its inbox, then a lane) while Redis
 -- counts its entry idle. Each held entry still pending for this consumer with its claim's
@@ -24,6 +26,11 @@
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[5])
 
+-- 1 when an entry idle past the stall timeout is pending from ``start`` on, else 0.
+local function left(start)
+  return #redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[3], start, '+', 1)
+end
+
 local held = tonumber(ARGV[9] or '0')
 for i = 10, 9 + 2 * held, 2 do
   local p = redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1, consumer)
@@ -31,13 +38,13 @@ for i = 10, 9 + 2 * held, 2 do
     redis.call('XCLAIM', KEYS[1], group, consumer, 0, ARGV[i], 'JUSTID')
   end
 end
-if count <= 0 then return {ARGV[4], {}, {}, {}, {}} end
+if count <= 0 then return {ARGV[4], {}, {}, {}, {}, left('0-0')} end
 
 -- The idle entries from the cursor on, with their owners; the page starts at the first, so
 -- entries that live workers keep fresh cost no round trip. XAUTOCLAIM then takes a prefix of
 -- these (it stops early only after scanning ten entries per one taken).
 local idle = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[3], ARGV[4], '+', count)
-if #idle == 0 then return {'0-0', {}, {}, {}, {}} end
+if #idle == 0 then return {'0-0', {}, {}, {}, {}, 0} end
 local owner = {}
 for _, e in ipairs(idle) do owner[e[1]] = e[2] end
 
@@ -89,4 +96,6 @@ if #finished > 0 then
   redis.call('XACK', KEYS[1], group, unpack(finished))
   redis.call('XDEL', KEYS[1], unpack(finished))
 end
-return {page[1], taken, poison, malformed, missing}
+local more = 0
+if page[1] ~= '0-0' then more = left(page[1]) end
+return {page[1], taken, poison, malformed, missing, more}
