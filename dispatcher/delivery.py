@@ -535,8 +535,8 @@ class Worker:
                 self._wait_for_room(work, reason, reserved_ms=held)
             elif decision.verdict is Verdict.RESERVED:
                 self._wait(work, decision.due_ms, "rate_limit", reserved_ms=decision.due_ms)
-            else:
-                self._wait(work, decision.due_ms, "rate_limit")
+            else:  # no slot within the horizon: it waits for the tick to see slots free
+                self._wait_for_room(work, "rate_limit")
         return placed, [w for w in works if not admission.limited(w.webhook)]
 
     async def _lane(self) -> None:

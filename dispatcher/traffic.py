@@ -14,8 +14,11 @@ answer fast: a slow one (usually over 0.1 s) never takes it. So an endpoint that
 refuses or slows down holds few slots, or at least never all of them, and the others keep
 theirs.
 
-Jobs beyond a webhook's limit go back to Redis with a due time (``Deferral``), spaced at the
-pace the webhook is being served, so they hold no slot while they wait.
+Jobs beyond a webhook's limit wait in Redis, in the webhook's waiting set, holding no slot, and
+go back to their queue as the webhook's attempts end (``queue/waiting.py``). Only a job refused
+a share of an endpoint this process is not sending to at all (no attempt here would release it)
+goes back with a due time instead (``Endpoint.defer``), spaced at the pace the webhook is
+being served.
 
 The explicit, cluster-wide limits a user sets on a webhook (``rate_limit``, ``max_in_flight``)
 are kept in Redis by ``queue/admission.py``; this module is local and free of round trips.

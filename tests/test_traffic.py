@@ -467,9 +467,7 @@ async def test_a_lease_runs_from_the_start_of_its_attempt(client: Client) -> Non
         store, [(first, hook)], attempt_timeout_s=-admission.LEASE_MARGIN_S, holder="a"
     )
     assert decision.verdict is Verdict.ADMITTED  # its lease has already run out
-    _, [decision] = await admission.admit(
-        store, [(second, hook)], attempt_timeout_s=5, holder="b"
-    )
+    _, [decision] = await admission.admit(store, [(second, hook)], attempt_timeout_s=5, holder="b")
     assert decision.verdict is Verdict.ADMITTED
     assert not await admission.start_lease(store, hook, first.id, holder="a", attempt_timeout_s=5)
     assert await admission.start_lease(store, hook, second.id, holder="b", attempt_timeout_s=5)
@@ -480,9 +478,7 @@ async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
 ) -> None:
     """When a worker that lost its claim writes its outcome late, the lease of the worker
     that took the job over stays in place, so max_in_flight still counts its attempt."""
-    created = await client.create_webhook(
-        "acme", "https://hooks.example.com/x", max_in_flight=2
-    )
+    created = await client.create_webhook("acme", "https://hooks.example.com/x", max_in_flight=2)
     store = client.store
     await streams.ensure_group(store, "default")
     [job_id] = await _publish(client, "acme", 1)
@@ -491,9 +487,7 @@ async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
     [job] = (await streams.load(store, [stale])).jobs
     assert job is not None
     await admission.admit(store, [(job, hook)], attempt_timeout_s=5, holder="a")
-    page = await streams.reclaim_page(
-        store, "default", "b", min_idle_ms=0, cursor="0-0", count=10
-    )
+    page = await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
     [current] = page.claims
     await admission.admit(store, [(job, hook)], attempt_timeout_s=5, holder="b")
     late = Settlement(stale, "D", job.encode(), 0, "", b"[0,200,1.0,null,1]", lease_of=hook.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.model import JobState
-from dispatcher.queue import streams, waiting
+from dispatcher.queue import admission, streams, waiting
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.streams import Settlement
 from tests.helpers import eventually
@@ -73,6 +73,29 @@ async def test_a_backlog_behind_max_in_flight_costs_work_per_delivery_not_per_ba
     assert _churn(workers) - churn <= target.count() - requests  # at most one per delivery
     assert target.count("/capped") < backlog / 2  # the backlog is still large
     assert target.peak["/capped"] == 1
+
+
+async def test_a_backlog_beyond_the_rate_horizon_waits_without_churn(
+    client: Client, workers: WorkerHarness, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs of a rate-limited backlog beyond the reservation horizon wait for slots to come
+    within it, rather than all coming back every horizon: a few deferrals and promotions per
+    delivery, and the backlog still drains at the rate."""
+    monkeypatch.setattr(admission, "HORIZON_MS", 1_000)  # the backlog is 30 horizons long
+    backlog = 600
+    await client.create_webhook(
+        "limited", target.url("/limited"), rate_limit={"per_second": 20, "burst": 1}
+    )
+    await _publish(client, "limited", backlog)
+    await workers.start()
+    await eventually(
+        lambda: _deferred(workers) + target.count() >= backlog,
+        timeout_s=30,
+        what="the backlog claimed once",
+    )
+    churn, sent = _churn(workers), target.count()
+    await target.wait_for(sent + 40, timeout_s=20)
+    assert _churn(workers) - churn <= 5 * (target.count() - sent)
 
 
 async def test_a_waiting_job_says_what_it_waits_for(

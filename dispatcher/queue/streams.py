@@ -235,7 +235,7 @@ async def settle(
 
     args: list[Any] = [GROUP, consumer, len(batch)]
     leases: list[Any] = []
-    frees: list[Any] = []
+    frees: dict[int, int] = {}  # index of a waiting zset -> jobs to release from it
     for s in batch:
         c = s.claim
         third: str | int = s.reason
@@ -247,8 +247,9 @@ async def settle(
         if s.lease_of:
             leases += [index(keys.lease(s.lease_of)), lease_member(c.job_id, consumer)]
         if s.frees:
-            frees += [index(keys.waiting(c.webhook_id)), s.frees]
-    tail = [len(leases) // 2, *leases, keys.base, *frees]
+            waiting = index(keys.waiting(c.webhook_id))
+            frees[waiting] = frees.get(waiting, 0) + s.frees
+    tail = [len(leases) // 2, *leases, keys.base, *(x for pair in frees.items() for x in pair)]
     stale = await store.scripts.settle(keys=script_keys, args=args + tail)
     return [job_id.decode() for job_id in stale]
 

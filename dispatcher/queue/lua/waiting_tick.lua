@@ -3,23 +3,26 @@
 -- this shard's settle.lua (a lease expired with its dead holder, the webhook went, or the
 -- worker that would have released them died). Run by every worker about once a second.
 -- KEYS[1] waiters zset (webhook id -> last release ms)   KEYS[2] webhooks hash
--- KEYS[3] jobs hash   KEYS[4] dlq stream
+-- KEYS[3] jobs hash   KEYS[4] dlq stream   KEYS[5] rates hash (admit.lua)
 -- ARGV[1] key base ('<prefix>:{tag}:'): waiting zsets are base..'waiting:'..webhook id, lease
 --   zsets base..'lease:'..webhook id and ready streams base..'q:'..stream..':ready', as in
 --   keys.py (same hash tag)
 -- ARGV[2] most jobs released per webhook per tick
--- ARGV[3] ms without a release after which a webhook without max_in_flight gets ARGV[4] of
---   its waiting jobs back (its releasers are gone, or all its attempts ended elsewhere)
+-- ARGV[3] ms without a release after which a webhook without max_in_flight or rate_limit
+--   gets ARGV[4] of its waiting jobs back (its releasers are gone, or all its attempts ended
+--   elsewhere)   ARGV[5] the rate limit's reservation horizon ms (admit.lua)
 -- returns: {webhook id, jobs released, ...}
 --
 -- A webhook deleted or disabled: its waiting jobs go back to their queue, where they are
--- dead-lettered as before. A webhook with max_in_flight: as many as its leases leave room for.
+-- dead-lettered as before. A webhook with max_in_flight: as many as its leases leave room for;
+-- with rate_limit: as many as there are slots left to reserve within the horizon (its jobs
+-- beyond it wait here rather than come back every horizon); with both, the fewer.
 -- Any other: a few once nothing has released its jobs for a while; the attempts these start
 -- release the rest as they end. A webhook with nothing left waiting leaves the waiters zset.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, batch = ARGV[1], tonumber(ARGV[2])
-local idle, kick = tonumber(ARGV[3]), tonumber(ARGV[4])
+local idle, kick, horizon = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local released = {}
 
 local function release(waiting, count)
@@ -54,12 +57,24 @@ for i = 1, #waiters, 2 do
   local count = 0
   if not (ok and type(hook) == 'table' and hook.enabled == true) then
     count = batch
-  elseif type(hook.max_in_flight) == 'number' then
-    local lease = base .. 'lease:' .. webhook_id
-    redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)  -- leases of dead holders
-    count = math.min(batch, hook.max_in_flight - redis.call('ZCARD', lease))
-  elseif now - last >= idle then
-    count = kick
+  else
+    local rate = type(hook.rate_limit) == 'table' and tonumber(hook.rate_limit.per_second) or 0
+    local limited = false
+    count = batch
+    if type(hook.max_in_flight) == 'number' then
+      local lease = base .. 'lease:' .. webhook_id
+      redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)  -- leases of dead holders
+      count = math.min(count, hook.max_in_flight - redis.call('ZCARD', lease))
+      limited = true
+    end
+    if rate > 0 then
+      local stored = redis.call('HGET', KEYS[5], webhook_id) or ''
+      local tat, sent = string.match(stored, '^(%S+) (%S+)$')
+      local taken = math.max(tonumber(tat or stored) or 0, tonumber(sent) or 0, now)
+      count = math.min(count, math.floor((now + horizon - taken) * rate / 1000))
+      limited = true
+    end
+    if not limited then count = (now - last >= idle) and kick or 0 end
   end
   local moved = 0
   if count > 0 then moved = release(waiting, count) end
