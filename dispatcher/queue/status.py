@@ -15,7 +15,7 @@ import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
 from dispatcher.model import rfc3339
-from dispatcher.queue import breakers, control, dlq
+from dispatcher.queue import breakers, control, dlq, waiting
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
@@ -187,10 +187,12 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
     stats = await recent_stats(store, window_s=window_s)
     attempts = stats["delivered"] + stats["failed"]
     tripped = await breaker_summary(store)
+    with redis_errors():
+        waiting_total = await waiting.total(store)  # held back by a webhook's limits
     return {
         "queued": sum(c.queued for c in counts),
         "active": sum(c.active for c in counts),
-        "scheduled": sum(c.scheduled for c in counts) + tripped["parked"],
+        "scheduled": sum(c.scheduled for c in counts) + tripped["parked"] + waiting_total,
         "dlq_size": await dlq.dlq_size(store),
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},

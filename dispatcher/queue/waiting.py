@@ -13,7 +13,7 @@ releasers are gone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dispatcher.queue import admission
 
@@ -39,4 +39,17 @@ async def count(store: Store, webhook_id: str) -> int:
     """How many of the webhook's jobs wait for room."""
     shard = store.of_webhook(webhook_id)
     found: int = await shard.redis.zcard(shard.keys.waiting(webhook_id))
+    return found
+
+
+async def total(store: Store) -> int:
+    """How many jobs wait for room, in every shard (for ``GET /v1/status``)."""
+    found = 0
+    for shard in await store.all_shards():
+        webhook_ids = cast("list[bytes]", await shard.redis.zrange(shard.keys.waiters, 0, -1))
+        if webhook_ids:
+            pipe = shard.redis.pipeline(transaction=False)
+            for webhook_id in webhook_ids:
+                pipe.zcard(shard.keys.waiting(webhook_id.decode()))
+            found += sum(int(n) for n in await pipe.execute())
     return found
