@@ -36,12 +36,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
     from dispatcher.config import Config
+    from dispatcher.liveness import Liveness
 
 log = structlog.get_logger()
 
 MIN_REDIS = (7, 0)  # XAUTOCLAIM that reports deleted entries; scripts with shebang flags
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 ALERT_INTERVAL_S = 5.0
+LIVENESS_CHECK_S = 1.0  # how often stalled loops are looked for when systemd has no watchdog
 #: What a reload applies to the running daemon: the worker reads ``delivery.*`` from the config
 #: object it is handed at each use, alerts and the log level live outside it. Every other key
 #: (listeners, Redis, pools, queues, retention, ...) is built into something at start.
@@ -120,7 +122,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)
         alerts = Alerts(cfg.alerts)
-        stop_admin = await _start_admin(cfg, url, metrics, alerts, stack)
+        stop_admin = await _start_admin(cfg, url, metrics, alerts, stack, liveness=worker.liveness)
         log.info(
             "daemon.started",
             consumer=worker.consumer,
@@ -138,7 +140,13 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
 
 
 async def _start_admin(
-    cfg: Config, url: str, metrics: Metrics, alerts: Alerts, stack: AsyncExitStack
+    cfg: Config,
+    url: str,
+    metrics: Metrics,
+    alerts: Alerts,
+    stack: AsyncExitStack,
+    *,
+    liveness: Liveness | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Serve the admin API when ``admin.listen`` is set; returns its (idempotent) stop."""
     if cfg.admin.listen is None:
@@ -159,7 +167,7 @@ async def _start_admin(
             hint="set admin.token or admin.token_file; until then every /v1 call answers 401",
         )
     runner = await serve(
-        create_app(Deps(client, metrics, cfg.admin.token, alerts)), cfg.admin.listen
+        create_app(Deps(client, metrics, cfg.admin.token, alerts, liveness)), cfg.admin.listen
     )
     addresses: list[Any] = list(runner.addresses)
     log.info("admin.listening", address=_address(addresses[0]) if addresses else cfg.admin.listen)
@@ -229,17 +237,26 @@ def _status(worker: Worker) -> str:
 
 
 async def _watchdog(notifier: Notifier, worker: Worker, stop: asyncio.Event) -> None:
-    """Pet systemd's watchdog while the event loop runs and the worker's control loop, which
-    talks to Redis and backs off when it is down, keeps turning: a wedged daemon gets restarted,
-    one riding out a Redis outage does not."""
+    """Pet systemd's watchdog only while every essential loop of the worker (the readers, the
+    settler, the promoter, reclaim and control) has shown progress recently (liveness.py): a
+    wedged loop gets the daemon restarted, one riding out a Redis outage does not. A stalled
+    loop is logged once per episode, with or without systemd."""
     interval_s = notifier.watchdog_interval_s
-    if interval_s is None:
-        return
+    reported: frozenset[str] = frozenset()
     while not stop.is_set():
-        if time.monotonic() - worker.alive_at < max(2 * interval_s, 10.0):
-            notifier.watchdog()
-            notifier.status(_status(worker))
-        await asyncio.sleep(interval_s)
+        stalled = worker.liveness.stalled()
+        if stalled and frozenset(stalled) != reported:
+            log.error("daemon.loop_stalled", loops=stalled, hint="no progress; see earlier errors")
+        elif not stalled and reported:
+            log.info("daemon.loops_recovered", loops=sorted(reported))
+        reported = frozenset(stalled)
+        if interval_s is not None:
+            if stalled:
+                notifier.status(f"stalled: {', '.join(sorted(stalled))}")
+            else:
+                notifier.watchdog()
+                notifier.status(_status(worker))
+        await _pause(stop, interval_s or LIVENESS_CHECK_S)
 
 
 async def _alert_loop(alerts: Alerts, store: Store, metrics: Metrics, stop: asyncio.Event) -> None:

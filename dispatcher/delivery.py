@@ -23,10 +23,12 @@ import orjson
 import structlog
 
 from dispatcher import __version__, retry
+from dispatcher.liveness import MAX_AGE_S, Liveness
 from dispatcher.model import Job, JobState, Webhook, rfc3339
 from dispatcher.queue import admission, breakers, control, delays, streams, waiting
 from dispatcher.queue.admission import Verdict
 from dispatcher.queue.breakers import Breaker, Health
+from dispatcher.queue.connection import is_unavailable
 from dispatcher.queue.keys import PRIORITIES, queue_of, shard_of, streams_of
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, Malformed, Settlement
@@ -72,15 +74,46 @@ def consumer_name() -> str:
 
 
 class Outage:
-    """Capped, jittered backoff for one loop, with one log line when Redis goes and returns."""
+    """Capped, jittered backoff for one loop, with one log line when Redis goes and returns.
 
-    def __init__(self, loop: str, metrics: Metrics, *, cap_s: float = 5.0) -> None:
+    With ``watch``, the loop is one of the essential ones the watchdog follows (liveness.py):
+    a success, or a failure because Redis is unavailable, is a sign of progress under the name
+    ``watch``; any other failure is not, so a loop failing the same way forever goes stale.
+    """
+
+    def __init__(
+        self,
+        loop: str,
+        metrics: Metrics,
+        *,
+        cap_s: float = 5.0,
+        watch: tuple[Liveness, str] | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
         self.loop = loop
         self.metrics = metrics
         self.cap_s = cap_s
         self.failures = 0
+        self.watch = watch
+        if watch is not None:
+            watch[0].expect(watch[1], max_age_s)
+
+    def idle(self) -> None:
+        """The loop waits for work other loops produce: healthy however long it waits."""
+        if self.watch is not None:
+            self.watch[0].idle(self.watch[1])
+
+    def wake(self) -> None:
+        """Work arrived: from now on the loop must show progress again."""
+        if self.watch is not None:
+            self.watch[0].wake(self.watch[1])
 
     async def failed(self, exc: BaseException, stop: asyncio.Event) -> None:
+        if self.watch is not None:
+            if is_unavailable(exc):
+                self.watch[0].beat(self.watch[1])
+            else:
+                self.watch[0].wake(self.watch[1])
         self.metrics.inc("dispatcher_redis_errors_total", loop=self.loop)
         if self.failures == 0:
             log.warning("redis.unavailable", loop=self.loop, error=str(exc) or type(exc).__name__)
@@ -89,6 +122,8 @@ class Outage:
         await _sleep_until_stop(stop, delay * random.uniform(0.5, 1.0))
 
     def ok(self) -> None:
+        if self.watch is not None:
+            self.watch[0].beat(self.watch[1])
         if self.failures:
             log.info("redis.recovered", loop=self.loop, failures=self.failures)
             self.failures = 0
@@ -139,6 +174,7 @@ class Worker:
         *,
         queues: tuple[str, ...] = ("default",),
         consumer: str | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.store = store
         self.sender = sender
@@ -188,6 +224,8 @@ class Worker:
         self._stats: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._started_at_ms = int(time.time() * 1000)
         self.alive_at = time.monotonic()
+        # the essential loops' progress, for the watchdog and /readyz
+        self.liveness = liveness or Liveness()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -295,15 +333,19 @@ class Worker:
     # --- claiming ----------------------------------------------------------------------------
 
     async def _read_loop(self, shard: Store, queue: str) -> None:
-        outage = Outage(f"read:{queue}", self.metrics)
+        watch = f"read:{queue}" + (f"@{shard.keys.shard}" if shard.keys.shard else "")
+        outage = Outage(f"read:{queue}", self.metrics, watch=(self.liveness, watch))
         while not self.stop.is_set():
             if queue in self._paused:
+                outage.idle()
                 await _sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
                 continue
             if self._turns or self._free() <= 0:
+                outage.idle()  # the lanes and the settler are watched themselves
                 if not await self._take_turn() or queue in self._paused:
                     continue
             budget = self._reserve(READ_BATCH)
+            outage.wake()
             await self._queue_step(shard, queue, outage, self._read_once(shard, queue, budget))
 
     def _free(self) -> int:
@@ -779,9 +821,12 @@ class Worker:
     # --- settling ------------------------------------------------------------------------------
 
     async def _settle_loop(self) -> None:
-        outage = Outage("settle", self.metrics)
+        outage = Outage("settle", self.metrics, watch=(self.liveness, "settle"))
         while True:
+            if self._settle_queue.empty():
+                outage.idle()
             batch = [await self._settle_queue.get()]
+            outage.wake()
             while len(batch) < SETTLE_BATCH and not self._settle_queue.empty():
                 batch.append(self._settle_queue.get_nowait())
             by_queue: defaultdict[tuple[int, str], list[Settlement]] = defaultdict(list)
@@ -824,7 +869,7 @@ class Worker:
         log.error("job.dead_lettered", queue=queue, reason="malformed", job_ids=job_ids)
 
     async def _promote_loop(self) -> None:
-        outage = Outage("promote", self.metrics)
+        outage = Outage("promote", self.metrics, watch=(self.liveness, "promote"))
         next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
         while not self.stop.is_set():
             try:
@@ -857,8 +902,13 @@ class Worker:
             log.warning("redis.clock_jumped", seconds=round(moved_s, 3))
 
     async def _reclaim_loop(self) -> None:
-        outage = Outage("reclaim", self.metrics)
         interval_s = max(0.25, min(self.cfg.stall_timeout_s / 4, 30.0))
+        outage = Outage(
+            "reclaim",
+            self.metrics,
+            watch=(self.liveness, "reclaim"),
+            max_age_s=interval_s + MAX_AGE_S,  # it sleeps that long between passes
+        )
         while not self.stop.is_set():
             await _sleep_until_stop(self.stop, interval_s)
             if self.stop.is_set():
@@ -956,7 +1006,7 @@ class Worker:
 
     async def _control_loop(self) -> None:
         """Re-read the paused queues, flush the per-minute counters, beat the heart."""
-        outage = Outage("control", self.metrics)
+        outage = Outage("control", self.metrics, watch=(self.liveness, "control"))
         tick = 0
         with contextlib.suppress(Exception):
             await control.forget_silent_workers(self.store)

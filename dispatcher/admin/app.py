@@ -20,6 +20,7 @@ from dispatcher.alerts import Alerts
 from dispatcher.client import Client
 from dispatcher.config import AlertsConfig
 from dispatcher.errors import DispatcherError, PayloadTooLarge, Unauthorized
+from dispatcher.liveness import Liveness
 from dispatcher.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ CLIENT: Final = web.AppKey("client", Client)
 METRICS: Final = web.AppKey("metrics", Metrics)
 OPENAPI: Final = web.AppKey("openapi", bytes)
 ALERTS: Final = web.AppKey("alerts", Alerts)
+LIVENESS: Final = web.AppKey("liveness", Liveness)
 
 #: Room around the largest payload for the rest of an event body and JSON white space.
 BODY_OVERHEAD_BYTES = 64 * 1024
@@ -58,6 +60,7 @@ class Deps:
     metrics: Metrics
     token: str | None
     alerts: Alerts | None = None  # the daemon's backlog alerts; None: none is ever raised
+    liveness: Liveness | None = None  # the worker's essential loops; None: not followed
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -155,6 +158,7 @@ def create_app(deps: Deps) -> web.Application:
     app[CLIENT] = deps.client
     app[METRICS] = deps.metrics
     app[ALERTS] = deps.alerts or Alerts(AlertsConfig())
+    app[LIVENESS] = deps.liveness or Liveness()
     app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
     operations.install(app)  # drives large DLQ replays and purges in the background
     app.add_routes(

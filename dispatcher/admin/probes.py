@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from dispatcher.admin.app import CLIENT, METRICS, OPENAPI, error_response, json_response
+from dispatcher.admin.app import CLIENT, LIVENESS, METRICS, OPENAPI, error_response, json_response
 from dispatcher.errors import DispatcherError
 from dispatcher.metrics import render_gauges
 from dispatcher.queue import dlq, status
@@ -20,11 +20,22 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while Redis answers and every essential loop of the worker shows progress (the
+    same judgement as systemd's watchdog): 503 names what is wrong."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await request.app[CLIENT].ping()
     except (DispatcherError, TimeoutError):
         return error_response(503, "redis_unavailable", "Redis does not answer PING")
+    stalled = request.app[LIVENESS].stalled()
+    if stalled:
+        loops = ", ".join(f"{name} ({age:g} s)" for name, age in sorted(stalled.items()))
+        return error_response(
+            503,
+            "loop_stalled",
+            f"no progress in these delivery loops: {loops}; see the log",
+            {"stalled": stalled},
+        )
     return json_response({"status": "ready"})
 
 

@@ -43,9 +43,14 @@ from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     ConnectionError,  # noqa: A004 - redis-py's, not the builtin
+    OutOfMemoryError,
+    ReadOnlyError,
     SlotNotCoveredError,
+    TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dispatcher.errors import RedisUnavailable
 from dispatcher.queue.urls import ClusterUrl, SentinelUrl, parse
 
 if TYPE_CHECKING:
@@ -59,6 +64,26 @@ CONNECT_TIMEOUT_S = 2.0
 STANDALONE: Final = "standalone"
 CLUSTER: Final = "cluster"
 SENTINEL: Final = "sentinel"
+
+
+#: Errors that mean "Redis cannot serve us now" (down, loading, failing over, full), as opposed
+#: to a fault in what we asked (a script error, a key of the wrong type).
+_UNAVAILABLE: Final = (
+    ConnectionError,  # BusyLoadingError, MasterNotFoundError and the like are subclasses
+    RedisTimeoutError,
+    TimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    RedisUnavailable,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis is unavailable, rather than that a request was at fault."""
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def _retry() -> Retry:
