@@ -67,7 +67,7 @@ STEPS = int(os.environ.get("MODEL_STEPS", "30"))
 LONG = "MODEL_EXAMPLES" in os.environ
 settings.register_profile(
     "model-ci",
-    max_examples=100,
+    max_examples=80,
     stateful_step_count=STEPS,
     derandomize=True,
     database=None,
@@ -340,6 +340,19 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.client is not None
         return self.client
 
+    def _holding(self, w: int) -> int:
+        """Worker ``w`` among those that hold claimed work (the rule's precondition)."""
+        holders = [i for i, held in enumerate(self.held) if held]
+        return holders[w % len(holders)]
+
+    def _settling(self, w: int) -> int:
+        """Worker ``w`` among those with outcomes to write."""
+        ready = [i for i, worker in enumerate(self.workers) if not worker._settle_queue.empty()]
+        return ready[w % len(ready)]
+
+    def _has(self, *states: str) -> bool:
+        return any(j.state in states for j in self.model.jobs.values())
+
     def _pick(self, candidates: list[MJob], pick: int) -> MJob | None:
         return candidates[pick % len(candidates)] if candidates else None
 
@@ -357,7 +370,7 @@ class QueueMachine(RuleBasedStateMachine):
     async def _publish(
         self, tenant: str, key: str | None, priority: str, *, scheduled: bool
     ) -> None:
-        deliver_at = datetime.now(UTC) + timedelta(milliseconds=60) if scheduled else None
+        deliver_at = datetime.now(UTC) + timedelta(milliseconds=20) if scheduled else None
         new, answer = await self.cl.publish_checked(
             tenant, "a.b", {"n": 1}, idempotency_key=key, deliver_at=deliver_at, priority=priority
         )
@@ -413,6 +426,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.held[w] += works
         return works
 
+    @precondition(lambda self: any(j.entry for j in self.model.in_state("queued")))
     @rule(w=st.integers(0, len(WORKERS) - 1), budget=st.sampled_from((1, 3, 200)))
     def claim(self, w: int, budget: int) -> None:
         self.run(self._claim(w, budget))
@@ -437,13 +451,15 @@ class QueueMachine(RuleBasedStateMachine):
         works = self._take_inbox(w)
         assert len(works) == len(claims), "every claimed job is handed to a lane"
 
+    @precondition(lambda self: any(self.held))
     @rule(w=st.integers(0, len(WORKERS) - 1), pick=st.integers(0, 1000),
           status=st.sampled_from((200, 500)), every=st.booleans())  # fmt: skip
     def attempt(self, w: int, pick: int, status: int, every: bool) -> None:
         """One held delivery (or all) answered ``status``; the worker queues the outcome."""
-        held = self.held[w]
-        if not held:
+        if not any(self.held):
             return
+        w = self._holding(w)
+        held = self.held[w]
         chosen = list(held) if every else [held[pick % len(held)]]
         worker = self.workers[w]
         for work in chosen:
@@ -451,22 +467,23 @@ class QueueMachine(RuleBasedStateMachine):
             worker._record(work, _outcome(status), worker.store.clock.now_ms())
             _lane_done(worker, work)
 
+    @precondition(lambda self: any(self.held))
     @rule(w=st.integers(0, len(WORKERS) - 1), pick=st.integers(0, 1000),
           count=st.integers(1, BURST))  # fmt: skip
     def crash(self, w: int, pick: int, count: int) -> None:
         """Deliveries that crash (or whose load failed): their entries stay pending."""
+        w = self._holding(w)
         held = self.held[w]
-        if not held:
-            return
         start = pick % len(held)
         dropped = held[start : start + count]
         del held[start : start + count]
         for work in dropped:
             _lane_done(self.workers[w], work)
 
+    @precondition(lambda self: any(not w._settle_queue.empty() for w in self.workers))
     @rule(w=st.integers(0, len(WORKERS) - 1))
     def settle(self, w: int) -> None:
-        self.run(self._settle(w))
+        self.run(self._settle(self._settling(w)))
 
     async def _settle(self, w: int) -> None:  # noqa: C901 - the model of settle.lua
         """The settler's batch, written as ``_settle_until_written`` does, once."""
@@ -515,6 +532,7 @@ class QueueMachine(RuleBasedStateMachine):
                     job.state, job.reason = "dead", item.reason
         worker._unsettled -= len(batch)
 
+    @precondition(lambda self: self._has("active"))
     @rule(w=st.integers(0, len(WORKERS) - 1))
     def reclaim(self, w: int) -> None:
         """The stall timeout passed for everything pending: worker ``w`` takes it all over."""
@@ -559,11 +577,17 @@ class QueueMachine(RuleBasedStateMachine):
 
     # --- the background verbs ---------------------------------------------------------------------
 
+    @precondition(lambda self: self._has("scheduled"))
     @rule()
     def promote(self) -> None:
         self.run(self._promote())
 
     async def _promote(self) -> None:
+        """Time passes until every scheduled job is due (a few ms: small delays and backoff),
+        so which jobs move never depends on how fast the steps ran."""
+        scheduled = self.model.in_state("scheduled")
+        if scheduled:
+            await _clock_past(self.db, max(j.due_ms or 0 for j in scheduled))
         for stream in STREAMS:
             done = await delays.promote_due(self.db, stream)
             assert not done.orphans, f"scheduled jobs without a record: {done.orphans}"
@@ -576,6 +600,7 @@ class QueueMachine(RuleBasedStateMachine):
             for job in due:
                 job.state, job.entry, job.due_ms, job.locator = "queued", True, None, False
 
+    @precondition(lambda self: self._has("queued", "active"))
     @rule()
     def orphan_sweep(self) -> None:
         self.run(self._orphans())
@@ -598,6 +623,7 @@ class QueueMachine(RuleBasedStateMachine):
             else:
                 job.entry = True
 
+    @precondition(lambda self: self._has("queued", "active"))
     @rule(pick=st.integers(0, 1000))
     def delete_entry(self, pick: int) -> None:
         """Someone XDELs a job's stream entry (or it was trimmed) under the daemon."""
@@ -622,20 +648,27 @@ class QueueMachine(RuleBasedStateMachine):
             job.state, job.entry, job.attempts, job.stalls = "queued", True, 0, 0
             job.reason = None
 
-    @rule(pick=st.integers(0, 1000))
+    @precondition(lambda self: self._has("dead"))
+    @rule(how=st.sampled_from(("one", "all", "tenant")), pick=st.integers(0, 1000))
+    def replay(self, how: str, pick: int) -> None:
+        """Replay one job (dead or not), every dead job, or a tenant's dead jobs."""
+        jobs = list(self.model.jobs.values())
+        if how == "one":
+            self.replay_one(pick)
+        elif how == "all":
+            self.run(self._replay(jobs, self.cl.replay_matching()))
+        else:
+            tenant = TENANTS[pick % len(TENANTS)]
+            mine = [j for j in jobs if j.tenant == tenant]
+            self.run(self._replay(mine, self.cl.replay_matching(tenant_id=tenant)))
+
     def replay_one(self, pick: int) -> None:
         job = self._pick(list(self.model.jobs.values()), pick)
         if job is not None:
             self.run(self._replay([job], self.cl.replay([job.id])))
 
-    @rule()
     def replay_all(self) -> None:
-        self.run(self._replay(list(self.model.jobs.values()), self.cl.replay_matching()))
-
-    @rule(tenant=st.sampled_from(TENANTS))
-    def replay_tenant(self, tenant: str) -> None:
-        jobs = [j for j in self.model.jobs.values() if j.tenant == tenant]
-        self.run(self._replay(jobs, self.cl.replay_matching(tenant_id=tenant)))
+        self.replay("all", 0)
 
     async def _replay(self, jobs: list[MJob], call: Coroutine[Any, Any, int]) -> None:
         want = [j for j in jobs if self._replayable(j)]
@@ -651,6 +684,7 @@ class QueueMachine(RuleBasedStateMachine):
         )
         self._replayed(want)
 
+    @precondition(lambda self: self._has("dead") or self.model.raw_dlq > 0)
     @rule()
     def purge(self) -> None:
         self.run(self._purge())
@@ -687,7 +721,7 @@ class QueueMachine(RuleBasedStateMachine):
         deadline = time.monotonic() + 10
         while not self.run(written()):
             assert time.monotonic() < deadline, "the AOF rewrite did not finish"
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def _start_from_rdb(self, rdb: Path) -> None:
         """Start redis-server on ``rdb`` alone (no AOF), then turn its AOF on again."""
@@ -705,7 +739,17 @@ class QueueMachine(RuleBasedStateMachine):
         self._wait_aof()
         (directory / "dump.rdb").unlink()
 
-    @rule(from_rdb=st.booleans())
+    @precondition(lambda self: bool(self.model.jobs))
+    @rule(what=st.sampled_from(("snapshot", "reload", "restart_aof", "snapshot", "restart_rdb")))
+    def redis_server(self, what: str) -> None:
+        """One rule for what happens to the server (each is slow, so together they are rare)."""
+        if what == "snapshot" or (what == "reload" and self.snapshot is None):
+            self.take_snapshot()
+        elif what == "reload":
+            self.reload_older_snapshot()
+        else:
+            self.restart(from_rdb=what == "restart_rdb")
+
     def restart(self, from_rdb: bool) -> None:
         """Redis shut down and started again, on its AOF or on an RDB saved just before."""
         if not from_rdb:
@@ -718,7 +762,6 @@ class QueueMachine(RuleBasedStateMachine):
         shutil.copyfile(self.server.directory / "dump.rdb", rdb)
         self._start_from_rdb(rdb)
 
-    @rule()
     def take_snapshot(self) -> None:
         """An RDB saved now, to reload later (a replica behind, a restore from backup)."""
         self.run(self.db.redis.save())
@@ -726,8 +769,6 @@ class QueueMachine(RuleBasedStateMachine):
         (self.server.directory / "dump.rdb").unlink()
         self.snapshot = self.model.copy()
 
-    @precondition(lambda self: self.snapshot is not None)
-    @rule()
     def reload_older_snapshot(self) -> None:
         """Redis comes back on the older snapshot: jobs accepted since are lost (the
         documented window), jobs finished since come back as they were then (delivered again:
@@ -792,10 +833,7 @@ class QueueMachine(RuleBasedStateMachine):
                 self.attempt(w, 0, 200, every=True)
                 await self._settle(w)
                 await self._check()
-            scheduled = self.model.in_state("scheduled")
-            if scheduled:
-                due = max(j.due_ms or 0 for j in scheduled)
-                await _clock_past(self.db, due)
+            if self._has("scheduled"):
                 await self._promote()
             await self._orphans()
             await self._reclaim(0)

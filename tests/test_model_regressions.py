@@ -107,3 +107,14 @@ def test_replay_of_an_entry_missing_job_is_refused(state: QueueMachine) -> None:
     state.consistent()
     state.replay_all()
     state.consistent()
+
+
+def test_idempotency_keys_of_tenants_with_colons_as_shrunk(state: QueueMachine) -> None:
+    """Tenant ``a:b`` with key ``k`` and tenant ``a`` with key ``b:k`` (the model test's own
+    shrunk counterexample) are two events (issue 13, finding 3)."""
+    state.publish_burst()
+    state.consistent()
+    state.publish(tenant="a:b", key="k", priority="normal", scheduled=False)
+    state.consistent()
+    state.publish(tenant="a", key="b:k", priority="normal", scheduled=False)
+    state.consistent()
