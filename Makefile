@@ -35,7 +35,7 @@ soak: $(STAMP) redis-server
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests
-	$(BIN)/mypy dispatcher
+	$(BIN)/mypy dispatcher tests
 
 # The benchmark compares dispatcher with BullMQ (npm), arq and saq (PyPI) in one run.
 bench: bench-deps

@@ -14,6 +14,7 @@ from dispatcher import Client
 from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
 from dispatcher.metrics import Metrics
+from dispatcher.queue import streams
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
@@ -51,6 +52,15 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
     if keys:
         await conn.delete(*keys)
     await conn.aclose()
+
+
+@pytest.fixture
+async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    """The queue layer's handle on this test's prefix, with the default queue's group made."""
+    s = Store.open(redis_url, prefix=prefix)
+    await streams.ensure_group(s, "default")
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -9,29 +9,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import pytest
 
 from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.store import Store
 from dispatcher.queue.streams import Claim, Settlement
 from tests.helpers import stream_entries
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
     from dispatcher import Client
-
-
-@pytest.fixture
-async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store.open(redis_url, prefix=prefix)
-    await streams.ensure_group(s, "default")
-    yield s
-    await s.close()
+    from dispatcher.queue.store import Store
 
 
 async def _one_job(client: Client) -> str:

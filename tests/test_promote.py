@@ -7,24 +7,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dispatcher.queue import delays, streams
+from dispatcher.queue import delays
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.store import Store
+from tests.helpers import stream_entries
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
     from dispatcher import Client
-
-
-@pytest.fixture
-async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store.open(redis_url, prefix=prefix)
-    await streams.ensure_group(s, "default")
-    yield s
-    await s.close()
+    from dispatcher.queue.store import Store
 
 
 @pytest.mark.parametrize(
@@ -53,10 +45,10 @@ async def test_a_bad_scheduled_record_is_dead_lettered_and_the_rest_promoted_onc
     again = await delays.promote_due(store, "default")
     assert (again.moved, again.malformed) == (0, [])
 
-    entries = await redis.xrange(keys.ready("default"))
+    entries = await stream_entries(redis, keys.ready("default"))
     assert sorted(fields[b"j"].decode() for _, fields in entries) == sorted([ids[0], ids[2]])
     assert await redis.zcard(keys.delayed("default")) == 0
-    [(_, dead)] = await redis.xrange(keys.dlq)
+    [(_, dead)] = await stream_entries(redis, keys.dlq)
     assert dead[b"r"] == b"malformed"
     assert ids[1].encode() in dead[b"raw"]
     for job_id in (ids[0], ids[2]):

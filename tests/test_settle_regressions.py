@@ -9,32 +9,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-import pytest
 
 from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import GROUP, Keys
-from dispatcher.queue.store import Store
 from dispatcher.queue.streams import Claim, Settlement
 from tests.helpers import eventually, stream_entries
 from tests.target import Reply
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import Awaitable
 
     import redis.asyncio as aioredis
 
     from dispatcher import Client
+    from dispatcher.queue.store import Store
     from tests.conftest import WorkerHarness
     from tests.target import Target
-
-
-@pytest.fixture
-async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store.open(redis_url, prefix=prefix)
-    await streams.ensure_group(s, "default")
-    yield s
-    await s.close()
 
 
 async def _publish(client: Client, n: int, url: str = "https://hooks.example.com/x") -> list[str]:

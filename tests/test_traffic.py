@@ -482,7 +482,9 @@ async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
     store = client.store
     await streams.ensure_group(store, "default")
     [job_id] = await _publish(client, "acme", 1)
-    hook = Webhook.decode(await redis.hget(Keys(prefix).webhooks, created["id"]))
+    raw = await redis.hget(Keys(prefix).webhooks, created["id"])
+    assert isinstance(raw, bytes)
+    hook = Webhook.decode(raw)
     [stale], _ = await streams.claim_new(store, ("default",), "a", budget=1)
     [job] = (await streams.load(store, [stale])).jobs
     assert job is not None

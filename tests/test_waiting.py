@@ -109,7 +109,9 @@ async def test_a_waiting_job_says_what_it_waits_for(
     await workers.start()
     key = Keys(prefix).waiting(hook["id"])
     await eventually(lambda: redis.zcard(key), what="jobs waiting for room")
-    job_id = (await redis.zrange(key, 0, 0))[0].decode()
+    [first] = await redis.zrange(key, 0, 0)
+    assert isinstance(first, bytes)
+    job_id = first.decode()
     job = await client.get_job(job_id)
     assert job is not None
     assert (job["state"], job["waiting_for"], job["attempt"]) == ("scheduled", "max_in_flight", 0)
