@@ -466,6 +466,7 @@ class Worker:
         states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
         self._watched.difference_update(loaded.webhooks)
         self._watched.update(wid for wid, b in states.items() if b is not None)
+        self._watched.update(loaded.failing)  # a success must end its run of failures
         candidates: list[_Work] = []
         for claim, job in zip(claims, loaded.jobs, strict=True):
             if job is None:  # its record is gone or unreadable

@@ -154,3 +154,41 @@ async def test_a_worker_disables_a_webhook_failing_now_and_then(
 async def _disabled(client: Client, webhook_id: str) -> dict[str, Any] | None:
     hook = await client.get_webhook(webhook_id)
     return None if hook["enabled"] else hook
+
+
+async def test_a_success_after_the_breaker_was_forgotten_ends_the_run(
+    client: Client,
+    workers: WorkerHarness,
+    target: Target,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook that failed once and answers 200 after its breaker was forgotten is healthy
+    again: its run of failures ends (before: the worker reported successes only for webhooks
+    with a breaker, so the run went on and a failure days later disabled a healthy webhook)."""
+    monkeypatch.setattr(breakers, "FORGET_IDLE_MS", 0)
+    target.script("/flaky", Reply(500), Reply(200))
+    hook = await client.create_webhook("acme", target.url("/flaky"))
+    await workers.start(max_attempts=1)
+    await client.publish("acme", "order.created", {"n": 1})
+    failing = await eventually(lambda: _failing_since(client, hook["id"]), timeout_s=10)
+    assert failing is not None
+    await eventually(lambda: _breaker_forgotten(client, hook["id"]), timeout_s=10)
+    await client.publish("acme", "order.created", {"n": 2})
+    await target.wait_for(2, "/flaky")
+    await eventually(
+        lambda: _run_ended(client, hook["id"]), timeout_s=10, what="failing_since cleared"
+    )
+    assert (await client.get_webhook(hook["id"]))["enabled"]
+
+
+async def _failing_since(client: Client, webhook_id: str) -> str | None:
+    since: str | None = (await client.get_webhook(webhook_id))["failing_since"]
+    return since
+
+
+async def _breaker_forgotten(client: Client, webhook_id: str) -> bool:
+    return (await client.get_webhook(webhook_id)).get("breaker") is None
+
+
+async def _run_ended(client: Client, webhook_id: str) -> bool:
+    return (await client.get_webhook(webhook_id))["failing_since"] is None

@@ -172,10 +172,14 @@ class Loaded:
     jobs: list[Job | None]  # in claim order; None when unreadable
     webhooks: dict[str, bytes | None]
     breakers: dict[str, bytes]  # only webhooks that have one
+    # webhooks in a run of failures (the failing hash): their successes must be reported even
+    # after their breaker was forgotten, or the run would never end (breakers.py)
+    failing: frozenset[str] = frozenset()
 
 
 async def load(store: Store, claims: list[Claim]) -> Loaded:
-    """The claimed jobs, their webhooks and their webhooks' breakers, in one round trip.
+    """The claimed jobs, their webhooks, their webhooks' breakers and runs of failures, in one
+    round trip.
 
     Fresh jobs came inline with their entries; the records of the others are read in the
     same round trip.
@@ -185,15 +189,19 @@ async def load(store: Store, claims: list[Claim]) -> Loaded:
     pipe = store.redis.pipeline(transaction=False)
     pipe.hmget(store.keys.webhooks, webhook_ids)
     pipe.hmget(store.keys.breakers, webhook_ids)
+    pipe.hmget(store.keys.failing, webhook_ids)
     if refs:
         pipe.hmget(store.keys.jobs, [c.job_id for c in refs])
     replies = await pipe.execute()
-    records = dict(zip((c.job_id for c in refs), replies[2] if refs else (), strict=True))
+    records = dict(zip((c.job_id for c in refs), replies[3] if refs else (), strict=True))
     jobs = [c.inline or _decode(c.job_id, records.get(c.job_id)) for c in claims]
     breakers = {
         wid: raw for wid, raw in zip(webhook_ids, replies[1], strict=True) if raw is not None
     }
-    return Loaded(jobs, dict(zip(webhook_ids, replies[0], strict=True)), breakers)
+    failing = frozenset(
+        wid for wid, since in zip(webhook_ids, replies[2], strict=True) if since is not None
+    )
+    return Loaded(jobs, dict(zip(webhook_ids, replies[0], strict=True)), breakers, failing)
 
 
 def _decode(job_id: str, record: bytes | None) -> Job | None:
