@@ -24,10 +24,10 @@ test-fast: $(STAMP) redis-server systemd-analyze
 test-faults: $(STAMP) redis-server
 	FAULTS_FULL=1 $(BIN)/pytest tests/faults
 
-# The queue's model test at length (make test runs it short and seeded): MODEL_EXAMPLES
+# The queue's model tests at length (make test runs them short and seeded): MODEL_EXAMPLES
 # random interleavings of MODEL_STEPS steps each, checked against a plain Python model.
 test-model: $(STAMP) redis-server
-	MODEL_EXAMPLES=$${MODEL_EXAMPLES:-5000} $(BIN)/pytest tests/test_model.py -p no:cacheprovider -s
+	MODEL_EXAMPLES=$${MODEL_EXAMPLES:-5000} $(BIN)/pytest tests/test_model.py tests/test_model_traffic.py -p no:cacheprovider -s
 
 # A seeded random-fault soak (5 minutes; FAULTS_SOAK_S, FAULTS_SOAK_SEED), not part of CI.
 soak: $(STAMP) redis-server

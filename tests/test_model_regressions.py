@@ -1,8 +1,9 @@
-"""The counterexamples the queue's model test (tests/test_model.py) found, shrunk and kept.
+"""The counterexamples the queue's model tests (tests/test_model.py, and the traffic machine
+of tests/test_model_traffic.py) found, shrunk and kept.
 
-Each test replays one sequence of steps on the model's state machine; the machine checks
-every invariant after each step and drains the queue at the end, exactly as in the model
-test. The issue's finding each one showed is named in its docstring.
+Each test replays one sequence of steps on a model's state machine; the machine checks every
+invariant after each step and drains the queue at the end, exactly as in the model test. The
+issue's finding each one showed is named in its docstring.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.test_model import QueueMachine, model_redis
+from tests.test_model_traffic import TrafficMachine, traffic_redis
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -118,3 +120,103 @@ def test_idempotency_keys_of_tenants_with_colons_as_shrunk(state: QueueMachine) 
     state.consistent()
     state.publish(tenant="a", key="b:k", priority="normal", scheduled=False)
     state.consistent()
+
+
+# --- the traffic machine (tests/test_model_traffic.py) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traffic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from traffic_redis(tmp_path_factory)
+
+
+@pytest.fixture
+def traffic(traffic_server: RedisServer) -> Iterator[TrafficMachine]:
+    machine = TrafficMachine()
+    machine.set_up()
+    machine.holds()
+    yield machine
+    machine.teardown()
+
+
+def test_a_reclaim_pass_leaves_the_jobs_its_worker_holds(traffic: TrafficMachine) -> None:
+    """A job waiting in a live worker's inbox past the stall timeout is neither taken over again
+    by that worker's reclaim pass nor counted as a stall (issue 14, finding 1)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+
+
+def test_a_paused_queue_keeps_a_dead_workers_jobs_until_resume(traffic: TrafficMachine) -> None:
+    """A frozen worker's stalled jobs are not handed to a survivor's lanes while their queue is
+    paused, and go out after resume (issue 14, finding 7)."""
+    traffic.publish(tenant="free", n=2)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.freeze(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.pause_or_resume(pause=True)
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    assert not traffic.held[1], "a paused queue's jobs were handed to lanes"
+    traffic.pause_or_resume(pause=False)
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    assert len(traffic.held[1]) == 2, "after resume, the survivor takes the jobs over"
+
+
+def test_a_late_outcome_keeps_the_lease_of_the_worker_that_took_over(
+    traffic: TrafficMachine,
+) -> None:
+    """A frozen worker's outcome written after another worker took its job over (and leased it
+    under ``max_in_flight`` 1) leaves the new holder's lease in place, so no third attempt
+    starts beside it (issue 14, finding 3)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    traffic.freeze(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    traffic.settle(w=0)
+    traffic.holds()
+
+
+def test_a_lease_run_out_in_the_inbox_is_taken_again_at_the_attempt(
+    traffic: TrafficMachine,
+) -> None:
+    """A job admitted under ``max_in_flight`` 1 that waited for a lane until its lease ran out
+    does not start beside the job another worker admitted meanwhile (issue 14, finding 3)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=1)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=True)
+    traffic.holds()
