@@ -189,3 +189,19 @@ async def test_waiting_jobs_nobody_releases_go_out_after_the_tick(
     assert await waiting.count(store, free["id"]) == 3
     await workers.start()
     await eventually(lambda: _all(client, ids, "delivered"), timeout_s=20, what="all delivered")
+
+
+async def test_a_rate_slower_than_one_per_horizon_still_drains(
+    client: Client, workers: WorkerHarness, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook limited to less than one request per reservation horizon gets every job out,
+    one per interval (before: the tick counted no whole slot within the horizon and released
+    nothing, so all jobs after the first waited forever)."""
+    monkeypatch.setattr(admission, "HORIZON_MS", 1_000)  # the interval is twice the horizon
+    await client.create_webhook(
+        "slow", target.url("/slow"), rate_limit={"per_second": 0.5, "burst": 1}
+    )
+    await _publish(client, "slow", 4)
+    await workers.start()
+    arrived = await target.wait_for(4, "/slow", timeout_s=30)
+    assert len(arrived) == 4

@@ -68,10 +68,17 @@ for i = 1, #waiters, 2 do
       limited = true
     end
     if rate > 0 then
+      -- The slots admit.lua would hand out within the horizon: the next at taken - tolerance,
+      -- then one per interval. The first counts too, so a rate below one per horizon still
+      -- gets its next job released (before, floor(horizon * rate) was 0 for those: stuck).
+      local burst = math.max(1, tonumber(hook.rate_limit.burst) or rate)
+      local tolerance = (burst - 1) * 1000 / rate
       local stored = redis.call('HGET', KEYS[5], webhook_id) or ''
       local tat, sent = string.match(stored, '^(%S+) (%S+)$')
       local taken = math.max(tonumber(tat or stored) or 0, tonumber(sent) or 0, now)
-      count = math.min(count, math.floor((now + horizon - taken) * rate / 1000))
+      local room_ms = now + horizon + tolerance - taken
+      local slots = room_ms >= 0 and math.floor(room_ms * rate / 1000) + 1 or 0
+      count = math.min(count, slots)
       limited = true
     end
     if not limited then count = (now - last >= idle) and kick or 0 end
