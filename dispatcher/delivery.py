@@ -687,7 +687,7 @@ class Worker:
                 "dispatcher_deliveries_total", outcome="delivered", status=status_class
             )
             log.debug("delivery.succeeded", **fields)
-            self._settle(work, "D", JobState.DELIVERED, now_ms, "", frees=frees)
+            self._settle(work, "D", JobState.DELIVERED, now_ms, "", frees=frees, attempted=True)
             return
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
         if verdict is retry.Verdict.RETRY:
@@ -703,13 +703,13 @@ class Worker:
             job.next_attempt_at_ms = due_ms
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
-            self._settle(work, "R", JobState.SCHEDULED, due_ms, "", frees=frees)
+            self._settle(work, "R", JobState.SCHEDULED, due_ms, "", frees=frees, attempted=True)
             return
         reason = "gone" if verdict is retry.Verdict.DISABLE else "max_attempts"
         log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
         if verdict is retry.Verdict.DISABLE:
             self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
-        self._settle(work, "X", JobState.DEAD, now_ms, reason, frees=frees)
+        self._settle(work, "X", JobState.DEAD, now_ms, reason, frees=frees, attempted=True)
 
     def _note_health(self, webhook_id: str, outcome: Outcome) -> None:
         """Count the outcome for the breaker report (webhooks that fail or have a breaker)."""
@@ -792,8 +792,19 @@ class Worker:
         task.add_done_callback(_log_failure("webhook.disable_failed"))
 
     def _settle(
-        self, work: _Work, kind: str, state: JobState, score_ms: int, reason: str, *, frees: int = 0
+        self,
+        work: _Work,
+        kind: str,
+        state: JobState,
+        score_ms: int,
+        reason: str,
+        *,
+        frees: int = 0,
+        attempted: bool = False,
     ) -> None:
+        """Queue an outcome for the settler. ``attempted``: it records an attempt made under
+        this claim, which a stale claim's settle keeps in the history as late; a deferral or a
+        park made no attempt, and a stale one leaves the history alone."""
         job = work.job
         job.state = state
         if kind in ("D", "X"):
@@ -803,14 +814,14 @@ class Worker:
             job.reason = reason
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
             self._stats[control.minute_of(score_ms)]["dead"] += 1
-        late = job.history[-1] if job.history else [score_ms, None, 0, "no attempt", 0]
+        late = orjson.dumps([*job.history[-1][:4], 1]) if attempted and job.history else b""
         settlement = Settlement(
             work.claim,
             kind,
             job.encode(keep_payload=kind != "D"),
             score_ms,
             reason,
-            orjson.dumps([*late[:4], 1]),
+            late,
             parked_for=job.webhook_id if kind == "P" else None,
             lease_of=job.webhook_id if work.leased else None,
             waiting_in=job.webhook_id if kind == "W" else None,

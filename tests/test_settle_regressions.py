@@ -217,3 +217,50 @@ async def test_a_worker_with_untracked_pending_entries_sends_each_claim_once(
     assert target.count("/hook") == 200
     assert len({r.headers["webhook-id"] for r in target.received}) == 200
     assert workers.metrics.get("dispatcher_stale_owner_rejected_total") == 0
+
+
+async def test_a_stale_deferral_adds_no_attempt_to_the_history(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A worker that defers a job another worker has meanwhile taken over leaves the job's
+    history as it was (before: its stale settle appended a copy of the job's last attempt,
+    marked late, that nobody made)."""
+    from dispatcher.config import DeliveryConfig, JobsConfig  # noqa: PLC0415
+    from dispatcher.delivery import Worker, _Work  # noqa: PLC0415
+    from dispatcher.metrics import Metrics  # noqa: PLC0415
+    from dispatcher.model import Webhook  # noqa: PLC0415
+    from dispatcher.sender import Sender  # noqa: PLC0415
+    from dispatcher.ssrf import AddressPolicy  # noqa: PLC0415
+
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x", max_in_flight=1)
+    job_id = (await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"]
+    [claim], _ = await streams.claim_new(store, ("default",), "a", budget=1)
+    [job] = (await streams.load(store, [claim])).jobs
+    assert job is not None
+    now_ms = store.clock.now_ms()
+    attempt = [now_ms, 500, 12.0, "HTTP 500", 0]
+    job.attempt, job.state = 1, JobState.SCHEDULED
+    job.history.append(attempt)
+    retry = Settlement(claim, "R", job.encode(), now_ms, "", orjson.dumps([*attempt[:4], 1]))
+    assert await streams.settle(store, "a", [retry]) == []
+    await delays.promote_due(store, "default")
+    [claim], _ = await streams.claim_new(store, ("default",), "a", budget=1)
+    [job] = (await streams.load(store, [claim])).jobs
+    assert job is not None
+    # Worker "a" froze; "b" takes the entry over, as reclaim does.
+    await redis.xautoclaim(Keys(prefix).ready("default"), GROUP, "b", 0, "0-0")
+    raw = await redis.hget(Keys(prefix).webhooks, hook["id"])
+    assert isinstance(raw, bytes)
+    sender = Sender(
+        timeout_s=1.0,
+        concurrency=1,
+        policy=AddressPolicy(allow_private=True, allowed_cidrs=()),
+        user_agent="dispatcher/test",
+    )
+    worker = Worker(store, sender, DeliveryConfig(), JobsConfig(), Metrics(), consumer="a")
+    worker._wait_for_room(_Work(claim, job, Webhook.decode(raw)), "max_in_flight")
+    deferral = worker._settle_queue.get_nowait()
+    assert await streams.settle(store, "a", [deferral]) == [job_id]
+    after = await client.get_job(job_id)
+    assert after is not None
+    assert len(after["attempts"]) == 1

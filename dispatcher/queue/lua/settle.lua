@@ -10,7 +10,8 @@
 --   while the webhook's breaker is open, 'W' waiting for room in the webhook's waiting set),
 --   record, score (finished, due, parked or created ms), the dead reason (X) or the index in
 --   KEYS of the webhook's parked (P) or waiting (W) zset, the attempt as JSON (appended as late
---   when the claim is stale)
+--   when the claim is stale; '' when the outcome made no attempt, a deferral or a park, and then
+--   a stale one writes nothing)
 -- then l, the number of leases to release, and l pairs: index in KEYS of a lease zset, lease
 --   member ('<job id>|<consumer>', this worker's own): stale claims' included (their attempt
 --   is over); another worker's lease of the same job (it reclaimed the job) is left in place
@@ -55,11 +56,12 @@ for i = 4, last, 8 do
     outcomes[#outcomes + 1] = i
   else
     stale[#stale + 1] = job_id
-    local meta, rest = split(redis.call('HGET', KEYS[2], job_id))
-    if meta then
+    local meta, rest = nil, nil
+    if ARGV[i + 7] ~= '' then meta, rest = split(redis.call('HGET', KEYS[2], job_id)) end
+    local ok, attempt = pcall(cjson.decode, ARGV[i + 7])
+    if meta and ok and type(attempt) == 'table' then
       if type(meta.h) ~= 'table' then meta.h = {} end
-      local ok, attempt = pcall(cjson.decode, ARGV[i + 7])
-      if ok then meta.h[#meta.h + 1] = attempt end
+      meta.h[#meta.h + 1] = attempt
       late[#late + 1] = job_id; late[#late + 1] = cjson.encode(meta) .. rest
     end
   end
