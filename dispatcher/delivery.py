@@ -341,7 +341,8 @@ class Worker:
                 await _sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
                 continue
             if self._turns or self._free() <= 0:
-                outage.idle()  # the lanes and the settler are watched themselves
+                # waits for lanes (each attempt ends by its deadline) or the settler (watched)
+                outage.idle()
                 if not await self._take_turn() or queue in self._paused:
                     continue
             budget = self._reserve(READ_BATCH)
@@ -888,6 +889,7 @@ class Worker:
                 for shard, queue in self._served_streams():
                     while True:
                         promoted = await delays.promote_due(shard, queue)
+                        self.liveness.beat("promote")  # a huge due backlog is progress too
                         self.metrics.inc("dispatcher_promoted_total", promoted.moved)
                         if promoted.orphans:
                             log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
