@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import defaultdict
 from dataclasses import replace
 from logging import CRITICAL
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -72,7 +73,7 @@ _COMMON: dict[str, Any] = {
     "print_blob": True,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
 }
-settings.register_profile("traffic-ci", max_examples=100, derandomize=True, **_COMMON)
+settings.register_profile("traffic-ci", max_examples=120, derandomize=True, **_COMMON)
 settings.register_profile(
     "traffic-long",
     max_examples=int(os.environ.get("MODEL_EXAMPLES", "5000")),
@@ -86,10 +87,11 @@ STREAMS = streams_of(QUEUE)
 #: One tenant per webhook: max_in_flight 1, 2, and none.
 CAPS: dict[str, int | None] = {"one": 1, "two": 2, "free": None}
 WORKERS = ("traffic-a:201:1700000000001", "traffic-b:202:1700000000002")
-LANES = 3
+LANES = 2
 STALL_S = 60.0  # never reached by the clock in a run: time passes only by the rule below
 LONG_AGO_MS = 3_600_000  # how idle an entry is once its stall timeout passed
 MAX_JOBS = 40
+_RUN = ("examples", "steps")
 
 
 def _outcome(status: int) -> Outcome:
@@ -112,7 +114,8 @@ def _free(worker: Worker) -> int:
 
 class TrafficMachine(RuleBasedStateMachine):
     server: ClassVar[RedisServer]
-    counts: ClassVar[dict[str, int]] = {"examples": 0, "steps": 0}
+    #: examples, steps and how often the situations the rules aim at came up, for the report
+    counts: ClassVar[defaultdict[str, int]] = defaultdict(int)
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,7 +207,7 @@ class TrafficMachine(RuleBasedStateMachine):
     # --- publishing -------------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.jobs) < MAX_JOBS)
-    @rule(tenant=st.sampled_from(tuple(CAPS)), n=st.integers(1, 4))
+    @rule(tenant=st.sampled_from(tuple(CAPS)), n=st.integers(1, 6))
     def publish(self, tenant: str, n: int) -> None:
         self.run(self._publish(tenant, n))
 
@@ -290,6 +293,7 @@ class TrafficMachine(RuleBasedStateMachine):
             work = replace(work, admitted_at=-1e9)
         holds = getattr(worker, "_lease_holds", None)
         if work.leased and holds is not None and not await holds(work):
+            TrafficMachine.counts["lease_refused"] += 1
             self._lane_done(w, work)  # it waits for room again, without an attempt
             return
         worker.pool.endpoint(work.webhook.id).sending(work.job.id, time.monotonic())
@@ -333,7 +337,8 @@ class TrafficMachine(RuleBasedStateMachine):
         for item in batch:
             by_queue.setdefault(item.claim.queue, []).append(item)
         for items in by_queue.values():
-            await streams.settle(self.db, worker.consumer, items)
+            stale = await streams.settle(self.db, worker.consumer, items)
+            TrafficMachine.counts["stale_settled"] += len(stale)
         worker._unsettled -= len(batch)
 
     @rule(w=st.integers(0, len(WORKERS) - 1))
@@ -388,6 +393,9 @@ class TrafficMachine(RuleBasedStateMachine):
             for work in self.held[i][: len(self.held[i]) - (len(works) if i == w else 0)]
             + self.started[i]
         }
+        live_consumers = {
+            self.workers[i].consumer for i in range(len(WORKERS)) if not self.expired[i]
+        }
         problems = []
         if self.paused and (taken or works):
             problems.append(f"a paused queue's reclaim handed {len(works)} jobs to lanes")
@@ -408,6 +416,14 @@ class TrafficMachine(RuleBasedStateMachine):
                     f"{before.get(job_id)} -> {after.get(job_id)}"
                 )
         assert not problems, "\n".join(problems)
+        stalled = sum(1 for _, owner in owners.values() if owner not in live_consumers)
+        if stalled and free <= 0:
+            TrafficMachine.counts["reclaim_lanes_full"] += 1
+        if stalled and self.paused:
+            TrafficMachine.counts["reclaim_paused"] += 1
+        TrafficMachine.counts["taken_over"] += sum(
+            1 for job in reclaimed if owners[job][1] != worker.consumer
+        )
 
     # --- freezing, time, pause --------------------------------------------------------------------
 
@@ -416,6 +432,22 @@ class TrafficMachine(RuleBasedStateMachine):
     def freeze(self, w: int) -> None:
         """A worker stops (a long GC pause, a frozen VM): it holds its claims and leases."""
         self.frozen[w] = True
+
+    @precondition(lambda self: not any(self.frozen))
+    @rule(w=st.integers(0, len(WORKERS) - 1), full=st.booleans(), pause=st.booleans())
+    def peer_dies(self, w: int, full: bool, pause: bool) -> None:
+        """Worker ``w``'s peer claims what it can and freezes past the stall timeout; then
+        ``w`` (its lanes filled first when ``full``, its queue paused when ``pause``) runs a
+        reclaim pass: the situation the reclaim checks aim at, made likely."""
+        peer = (w + 1) % len(WORKERS)
+        if full:
+            self.read(w)
+        self.read(peer)
+        self.freeze(peer)
+        self.time_passes()
+        if pause:
+            self.pause_or_resume(pause=True)
+        self.reclaim(w)
 
     @precondition(lambda self: any(self.frozen))
     @rule(status=st.sampled_from((200, 500)))
@@ -434,7 +466,8 @@ class TrafficMachine(RuleBasedStateMachine):
     def time_passes(self) -> None:
         """The stall timeout and the lease lifetime pass: a frozen worker's pending entries and
         leases age; a live worker's reclaim loop keeps the claims it holds fresh meanwhile (a
-        crashed attempt's entry ages), and the leases of jobs waiting in its inbox run out."""
+        crashed attempt's entry ages), and every lease but those of its attempts on the wire
+        runs out (a crashed attempt's, a job's waiting in its inbox)."""
         self.run(self._time_passes())
 
     async def _time_passes(self) -> None:
@@ -446,20 +479,24 @@ class TrafficMachine(RuleBasedStateMachine):
                     key, GROUP, p["consumer"].decode(), 0, [p["message_id"]],
                     idle=LONG_AGO_MS, justid=True,
                 )  # fmt: skip
+        on_the_wire = set()  # leases renewed as their attempts started, which last them
         for i, worker in enumerate(self.workers):
             if self.frozen[i]:
                 self.expired[i] = True
-                expire = self.held[i] + self.started[i]
             else:
-                expire = self.held[i]
                 await self._keep_fresh(worker)
+                on_the_wire |= {_lease_member(w.job.id, worker.consumer) for w in self.started[i]}
             for n, work in enumerate(self.held[i]):
                 if hasattr(work, "admitted_at"):  # the job waited for a lane all this time
                     self.held[i][n] = replace(work, admitted_at=-1e9)
-            for work in expire:
-                if work.leased:
-                    member = _lease_member(work.job.id, worker.consumer)
-                    await db.redis.zadd(db.keys.lease(work.webhook.id), {member: 1}, xx=True)
+        for hook, cap in self.cap_of.items():
+            if cap is None:
+                continue
+            key = db.keys.lease(hook)
+            members = [m.decode() for m in await db.redis.zrange(key, 0, -1)]
+            aged = {m: 1 for m in members if m not in on_the_wire}
+            if aged:  # a frozen worker's, a crashed attempt's, a job's waiting in an inbox
+                await db.redis.zadd(key, aged, xx=True)
 
     async def _keep_fresh(self, worker: Worker) -> None:
         """What a live worker's reclaim loop did meanwhile for the claims it holds."""
@@ -559,6 +596,7 @@ class TrafficMachine(RuleBasedStateMachine):
         for n, hook in enumerate(self.cap_of):
             for member in replies[2 * len(STREAMS) + n]:
                 places.setdefault(member.decode(), []).append(f"waiting {hook}")
+                TrafficMachine.counts["waiting_seen"] += 1
         for member in replies[-2]:
             places.setdefault(member.decode(), []).append("done")
         for _, fields in replies[-1]:
@@ -640,7 +678,7 @@ def test_traffic_model(traffic_server: RedisServer) -> None:
     frozen workers, pauses and waiting jobs keeps every webhook within its max_in_flight, never
     takes over a live worker's job, and ends every job delivered or dead."""
     profile = settings.get_profile("traffic-long" if LONG else "traffic-ci")
-    TrafficMachine.counts.update(examples=0, steps=0)
+    TrafficMachine.counts.clear()
     started = time.monotonic()
     logging = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(CRITICAL))
@@ -648,7 +686,9 @@ def test_traffic_model(traffic_server: RedisServer) -> None:
         run_state_machine_as_test(TrafficMachine, settings=profile)
     finally:
         structlog.configure(**logging)
+        counts = TrafficMachine.counts
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in _RUN)
         print(
-            f"traffic model: {TrafficMachine.counts['examples']} examples, "
-            f"{TrafficMachine.counts['steps']} checked steps, {time.monotonic() - started:.1f} s"
+            f"traffic model: {counts['examples']} examples, {counts['steps']} checked steps, "
+            f"{time.monotonic() - started:.1f} s ({seen})"
         )
