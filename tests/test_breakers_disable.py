@@ -170,7 +170,7 @@ async def test_a_success_after_the_breaker_was_forgotten_ends_the_run(
     hook = await client.create_webhook("acme", target.url("/flaky"))
     await workers.start(max_attempts=1)
     await client.publish("acme", "order.created", {"n": 1})
-    failing = await eventually(lambda: _failing_since(client, hook["id"]), timeout_s=10)
+    failing = await eventually(lambda: _failing_since_of(client, hook["id"]), timeout_s=10)
     assert failing is not None
     await eventually(lambda: _breaker_forgotten(client, hook["id"]), timeout_s=10)
     await client.publish("acme", "order.created", {"n": 2})
@@ -181,7 +181,7 @@ async def test_a_success_after_the_breaker_was_forgotten_ends_the_run(
     assert (await client.get_webhook(hook["id"]))["enabled"]
 
 
-async def _failing_since(client: Client, webhook_id: str) -> str | None:
+async def _failing_since_of(client: Client, webhook_id: str) -> str | None:
     since: str | None = (await client.get_webhook(webhook_id))["failing_since"]
     return since
 

@@ -112,6 +112,12 @@ def _free(worker: Worker) -> int:
     return 0 if worker._unsettled > LANES else LANES - worker._busy
 
 
+def _raw(store: Store) -> Any:
+    """The store's Redis client for raw reads, untyped: redis-py types its replies as bytes
+    or str, and here they are bytes."""
+    return store.redis
+
+
 class TrafficMachine(RuleBasedStateMachine):
     server: ClassVar[RedisServer]
     #: examples, steps and how often the situations the rules aim at came up, for the report
@@ -157,7 +163,7 @@ class TrafficMachine(RuleBasedStateMachine):
         await self.store.redis.flushall()
         self.client = Client(Store.open(self.server.url, prefix=PREFIX), dlq_retention_s=0)
         for tenant, cap in CAPS.items():
-            fields = {} if cap is None else {"max_in_flight": cap}
+            fields: dict[str, Any] = {} if cap is None else {"max_in_flight": cap}
             hook = await self.client.create_webhook(
                 tenant, "https://hooks.example.com/in", **fields
             )
@@ -354,17 +360,17 @@ class TrafficMachine(RuleBasedStateMachine):
         found: dict[str, tuple[str, str]] = {}
         for s in STREAMS:
             key = self.db.keys.ready(s)
-            pending = await self.db.redis.xpending_range(key, GROUP, "-", "+", 10_000)
+            pending = await _raw(self.db).xpending_range(key, GROUP, "-", "+", 10_000)
             sids = [p["message_id"] for p in pending]
             owners = {p["message_id"]: p["consumer"].decode() for p in pending}
             for sid in sids:
-                entry = await self.db.redis.xrange(key, sid, sid)
+                entry = await _raw(self.db).xrange(key, sid, sid)
                 if entry:
                     found[entry[0][1][b"j"].decode()] = (s, owners[sid])
         return found
 
     async def _stalls(self) -> dict[str, int]:
-        records = await self.db.redis.hgetall(self.db.keys.jobs)
+        records = await _raw(self.db).hgetall(self.db.keys.jobs)
         stalls = {}
         for job_id, raw in records.items():
             if not raw.startswith(b"@"):
@@ -474,8 +480,8 @@ class TrafficMachine(RuleBasedStateMachine):
         db = self.db
         for s in STREAMS:
             key = db.keys.ready(s)
-            for p in await db.redis.xpending_range(key, GROUP, "-", "+", 10_000):
-                await db.redis.xclaim(
+            for p in await _raw(db).xpending_range(key, GROUP, "-", "+", 10_000):
+                await _raw(db).xclaim(
                     key, GROUP, p["consumer"].decode(), 0, [p["message_id"]],
                     idle=LONG_AGO_MS, justid=True,
                 )  # fmt: skip
@@ -493,10 +499,10 @@ class TrafficMachine(RuleBasedStateMachine):
             if cap is None:
                 continue
             key = db.keys.lease(hook)
-            members = [m.decode() for m in await db.redis.zrange(key, 0, -1)]
+            members = [m.decode() for m in await _raw(db).zrange(key, 0, -1)]
             aged = {m: 1 for m in members if m not in on_the_wire}
             if aged:  # a frozen worker's, a crashed attempt's, a job's waiting in an inbox
-                await db.redis.zadd(key, aged, xx=True)
+                await _raw(db).zadd(key, aged, xx=True)
 
     async def _keep_fresh(self, worker: Worker) -> None:
         """What a live worker's reclaim loop did meanwhile for the claims it holds."""
@@ -568,7 +574,7 @@ class TrafficMachine(RuleBasedStateMachine):
                 if not work.leased:
                     continue
                 member = _lease_member(work.job.id, worker.consumer)
-                score = await db.redis.zscore(db.keys.lease(work.webhook.id), member)
+                score = await _raw(db).zscore(db.keys.lease(work.webhook.id), member)
                 if score is None or score <= now_ms:
                     problems.append(f"the attempt {member} on the wire lost its lease ({score})")
         problems += await self._places()
@@ -577,7 +583,7 @@ class TrafficMachine(RuleBasedStateMachine):
     async def _places(self) -> list[str]:
         """Each job in exactly one place: its stream, a delayed or waiting set, done, the DLQ."""
         db = self.db
-        pipe = db.redis.pipeline(transaction=False)
+        pipe = _raw(db).pipeline(transaction=False)
         for s in STREAMS:
             pipe.xrange(db.keys.ready(s))
             pipe.zrange(db.keys.delayed(s), 0, -1)
@@ -644,7 +650,7 @@ class TrafficMachine(RuleBasedStateMachine):
         assert not stuck, f"jobs never finished: {stuck}"
 
     async def _states(self) -> dict[str, str]:
-        records = await self.db.redis.hgetall(self.db.keys.jobs)
+        records = await _raw(self.db).hgetall(self.db.keys.jobs)
         states = {}
         for job_id in self.jobs:
             raw = records.get(job_id.encode())
