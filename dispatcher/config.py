@@ -38,6 +38,9 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 MAX_DURATION_S: Final = 10 * 365 * 86400.0  # ten years: keeps every `*_s` far from overflow
 MAX_CONCURRENCY: Final = 100_000
+DEFAULT_EMBEDDED_MAXMEMORY: Final = 1024**3  # "1gb": see redis.embedded_maxmemory
+MIN_MAXMEMORY: Final = 1024**2  # below 1mb an empty Redis is already full
+MAX_MAXMEMORY: Final = 2**63 - 1  # Redis keeps it in a signed 64-bit integer
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class RedisConfig:
     url: str | None = None  # None: run an embedded redis-server in state_dir
     prefix: str = "dispatcher"
     shards: int = 1  # new webhooks are spread over this many shards (keys.py)
+    # maxmemory of the embedded redis-server, in bytes (0: no limit); unused with a url
+    embedded_maxmemory: int = DEFAULT_EMBEDDED_MAXMEMORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +222,37 @@ def _integer(lo: int, hi: int | None = None) -> Parser[int]:
         return value
 
     return parse
+
+
+# Redis's own size units (redis.conf): k/m/g are powers of 1000, kb/mb/gb of 1024.
+_SIZE_UNITS: Final = {
+    "": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_SIZE = re.compile(r"([0-9]+)([kmg]b?)?", re.IGNORECASE)
+
+
+def _memory_size(raw: _Raw) -> int:
+    """A size in bytes, written as Redis writes ``maxmemory``: 1073741824, 512mb, 2gb;
+    0 means no limit."""
+    value = raw.value
+    if isinstance(value, str) and (found := _SIZE.fullmatch(value.strip())):
+        value = int(found[1]) * _SIZE_UNITS[(found[2] or "").lower()]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _BadValueError(
+            f'expected a size like "1gb", "512mb" or a number of bytes (0: no limit), '
+            f"got {_show(raw.value)}"
+        )
+    if 0 < value < MIN_MAXMEMORY:
+        raise _BadValueError(f"must be 0 (no limit) or at least 1mb, got {_show(raw.value)}")
+    if value > MAX_MAXMEMORY:
+        raise _BadValueError(f"must be at most {MAX_MAXMEMORY} bytes, got {_show(raw.value)}")
+    return value
 
 
 def _boolean(raw: _Raw) -> bool:
@@ -533,6 +569,9 @@ def _redis(r: _Reader) -> RedisConfig:
         url=r.value("redis", "url", d.url, _redis_url),
         prefix=r.value("redis", "prefix", d.prefix, _prefix),
         shards=r.value("redis", "shards", d.shards, _integer(1, MAX_SHARDS)),
+        embedded_maxmemory=r.value(
+            "redis", "embedded_maxmemory", d.embedded_maxmemory, _memory_size
+        ),
     )
 
 

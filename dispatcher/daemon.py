@@ -99,7 +99,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         embedded: EmbeddedRedis | None = None
         url = cfg.redis.url
         if url is None:
-            embedded = EmbeddedRedis(cfg.state_dir)
+            embedded = EmbeddedRedis(cfg.state_dir, maxmemory=cfg.redis.embedded_maxmemory)
             stack.push_async_callback(embedded.stop)
             url = await embedded.start()
         store = Store.open(

@@ -1,8 +1,10 @@
 """The embedded Redis: a ``redis-server`` child on a unix socket in ``state_dir``.
 
-Append-only file on (``appendfsync everysec``), no TCP port, ``noeviction``. Its data lives in
-``state_dir`` and survives restarts. If the child dies, the daemon exits non-zero so that
-systemd restarts both.
+Append-only file on (``appendfsync everysec``), no TCP port, ``maxmemory`` from
+``redis.embedded_maxmemory`` (1gb by default) with ``noeviction``: at the limit publishing is
+refused (503 ``redis_oom``) and accepted jobs stay, where without one Redis would grow until
+the host runs out of memory. Its data lives in ``state_dir`` and survives restarts. If the
+child dies, the daemon exits non-zero so that systemd restarts both.
 
 Starting it:
 
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from dispatcher.config import DEFAULT_EMBEDDED_MAXMEMORY
 from dispatcher.errors import ConfigError
 from dispatcher.notify import Notifier
 
@@ -42,6 +45,7 @@ log = structlog.get_logger()
 
 SOCKET_NAME = "redis.sock"
 LOCK_NAME = "dispatcher.lock"
+NEARLY_FULL = 0.9  # a start with this share of maxmemory already used is logged
 LOADING_REPORT_S = 5.0  # how often a long load is logged and systemd's start timeout extended
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, fewer elsewhere
 INSTALL_HINT = (
@@ -78,8 +82,15 @@ class Answer(enum.Enum):
 
 
 class EmbeddedRedis:
-    def __init__(self, state_dir: Path, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        notifier: Notifier | None = None,
+        *,
+        maxmemory: int = DEFAULT_EMBEDDED_MAXMEMORY,
+    ) -> None:
         self.state_dir = state_dir.resolve()
+        self.maxmemory = maxmemory  # bytes, 0: no limit (redis.embedded_maxmemory)
         self.socket = self.state_dir / SOCKET_NAME
         self.process: asyncio.subprocess.Process | None = None
         self.notifier = notifier or Notifier()
@@ -107,6 +118,8 @@ class EmbeddedRedis:
             "everysec",
             "--save",
             "",
+            "--maxmemory",
+            str(self.maxmemory),
             "--maxmemory-policy",
             "noeviction",
             "--daemonize",
@@ -146,6 +159,7 @@ class EmbeddedRedis:
         )
         await self._wait_ready(timeout_s)
         log.info("redis.embedded_started", pid=self.process.pid, socket=str(self.socket))
+        await self._warn_when_nearly_full()
         return self.url
 
     def _lock(self) -> None:
@@ -247,12 +261,32 @@ class EmbeddedRedis:
         return Answer.OTHER if reply else Answer.NONE
 
     async def _loaded_percent(self) -> float | None:
-        reply = await self._ask(b"INFO persistence")
+        return await self._info_field(b"persistence", b"loading_loaded_perc")
+
+    async def _info_field(self, section: bytes, name: bytes) -> float | None:
+        reply = await self._ask(b"INFO " + section)
         for line in (reply or b"").splitlines():
-            if line.startswith(b"loading_loaded_perc:"):
+            if line.startswith(name + b":"):
                 with contextlib.suppress(ValueError):
                     return float(line.partition(b":")[2])
         return None
+
+    async def _warn_when_nearly_full(self) -> None:
+        """A data set already near ``maxmemory`` (say, a state_dir that grew before the limit
+        was set or lowered) gets publishes refused from the start: say so, and what to raise."""
+        if not self.maxmemory:
+            return
+        used = await self._info_field(b"memory", b"used_memory")
+        if used is not None and used >= NEARLY_FULL * self.maxmemory:
+            log.warning(
+                "redis.embedded_memory_high",
+                used_memory=int(used),
+                maxmemory=self.maxmemory,
+                hint=(
+                    "at maxmemory publishing is refused (503 redis_oom); raise "
+                    "redis.embedded_maxmemory (DISPATCHER_REDIS_EMBEDDED_MAXMEMORY)"
+                ),
+            )
 
     def exited(self) -> bool:
         return self.process is not None and self.process.returncode is not None

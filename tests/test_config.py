@@ -22,6 +22,7 @@ from dispatcher.config import (
     redacted,
     with_keys,
 )
+from dispatcher.daemon import LIVE_KEYS
 from dispatcher.errors import ConfigError
 from dispatcher.queue import urls
 
@@ -146,6 +147,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_REDIS_URL": "unix:///run/redis.sock",
         "DISPATCHER_REDIS_PREFIX": "other",
         "DISPATCHER_REDIS_SHARDS": "4",
+        "DISPATCHER_REDIS_EMBEDDED_MAXMEMORY": "512mb",
         "DISPATCHER_ADMIN_LISTEN": "0.0.0.0:0",
         "DISPATCHER_ADMIN_TOKEN_FILE": str(token_file),
         "DISPATCHER_DELIVERY_CONCURRENCY": "7",
@@ -186,6 +188,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
     )
     assert cfg.log == LogConfig(level="warning", format="console")
     assert cfg.delivery.queues == ("slow", "default")
+    assert cfg.redis.embedded_maxmemory == 512 * 1024**2
     assert load(None, {"DISPATCHER_ADMIN_TOKEN": BEARER}).admin.token == BEARER
 
 
@@ -320,6 +323,25 @@ BAD_ENV = [
     ("DISPATCHER_REDIS_URL", "redis://h:port", "redis.url: invalid port"),
     ("DISPATCHER_REDIS_URL", "unix://", "redis.url: a unix:// URL needs a socket path"),
     ("DISPATCHER_REDIS_PREFIX", "a b", "redis.prefix: must not contain spaces or braces"),
+    (
+        "DISPATCHER_REDIS_EMBEDDED_MAXMEMORY",
+        "lots",
+        'redis.embedded_maxmemory: expected a size like "1gb", "512mb" or a number of bytes',
+    ),
+    ("DISPATCHER_REDIS_EMBEDDED_MAXMEMORY", "1.5gb", "redis.embedded_maxmemory: expected a size"),
+    ("DISPATCHER_REDIS_EMBEDDED_MAXMEMORY", "-1gb", "redis.embedded_maxmemory: expected a size"),
+    ("DISPATCHER_REDIS_EMBEDDED_MAXMEMORY", "1 gb", "redis.embedded_maxmemory: expected a size"),
+    ("DISPATCHER_REDIS_EMBEDDED_MAXMEMORY", "2tb", "redis.embedded_maxmemory: expected a size"),
+    (
+        "DISPATCHER_REDIS_EMBEDDED_MAXMEMORY",
+        "100kb",
+        'redis.embedded_maxmemory: must be 0 (no limit) or at least 1mb, got "100kb"',
+    ),
+    (
+        "DISPATCHER_REDIS_EMBEDDED_MAXMEMORY",
+        "9223372036854775808",
+        "redis.embedded_maxmemory: must be at most 9223372036854775807 bytes",
+    ),
     ("DISPATCHER_REDIS_PREFIX", "{x}", "redis.prefix: must not contain spaces or braces"),
     ("DISPATCHER_LOG_LEVEL", "loud", "log.level: expected one of debug, info, warning, error"),
     ("DISPATCHER_LOG_FORMAT", "xml", "log.format: expected one of auto, json, console"),
@@ -368,6 +390,10 @@ BAD_FILE = [
     ("[security]\nallowed_cidrs = [10]", "security.allowed_cidrs: expected CIDR strings, got 10"),
     ("[admin]\nlisten = 8080", "admin.listen: expected a string, got 8080"),
     ('[redis]\nprefix = ""', "redis.prefix: must not be empty"),
+    ("[redis]\nembedded_maxmemory = 1.5", "redis.embedded_maxmemory: expected a size"),
+    ("[redis]\nembedded_maxmemory = true", "redis.embedded_maxmemory: expected a size"),
+    ("[redis]\nembedded_maxmemory = -1", "redis.embedded_maxmemory: expected a size"),
+    ('[redis]\nembedded_maxmemory = "1k"', "redis.embedded_maxmemory: must be 0 (no limit)"),
     ('state_dir = ""', "state_dir: must not be empty"),
     ("state_dir = 3", "state_dir: expected a string, got 3"),
     ("[delivery]\ntimeout = 3", "delivery.timeout: unknown key (did you mean timeout_s?)"),
@@ -542,6 +568,7 @@ def test_redacted_hides_token_and_redis_password(tmp_path: Path) -> None:
         "url": "rediss://user:***@redis.example:6380/0",
         "prefix": "dispatcher",
         "shards": 1,
+        "embedded_maxmemory": 1024**3,
     }
     assert out["security"] == {"allow_private_targets": False, "allowed_cidrs": ["10.20.0.0/16"]}
     assert out["state_dir"] == "var"
@@ -647,3 +674,47 @@ def test_changed_keys_names_each_difference_and_with_keys_takes_only_those() -> 
     assert mixed.admin.token is None
     assert mixed.state_dir == old.state_dir
     assert changed_keys(mixed, new) == ["state_dir", "admin.token"]
+
+
+# --- redis.embedded_maxmemory -----------------------------------------------------------------
+
+MAXMEMORY_FORMS = [
+    ('"1gb"', 1024**3),
+    ('"512MB"', 512 * 1024**2),
+    ('"2g"', 2 * 1000**3),
+    ('" 1mb "', 1024**2),
+    ('"1048576"', 1024**2),
+    ("2147483648", 2 * 1024**3),
+    ('"0"', 0),
+    ("0", 0),
+]
+
+
+@pytest.mark.parametrize(("written", "size"), MAXMEMORY_FORMS, ids=[w for w, _ in MAXMEMORY_FORMS])
+def test_embedded_maxmemory_takes_the_sizes_redis_takes(
+    tmp_path: Path, written: str, size: int
+) -> None:
+    """redis.embedded_maxmemory is a number of bytes or a Redis size (kb/mb/gb are powers of
+    1024, k/m/g of 1000), in the file or the environment; 0 means no limit."""
+    assert load(write(tmp_path, f"[redis]\nembedded_maxmemory = {written}\n"), {}) == Config(
+        redis=RedisConfig(embedded_maxmemory=size)
+    )
+    if written.startswith('"'):
+        env = {"DISPATCHER_REDIS_EMBEDDED_MAXMEMORY": written.strip('"')}
+        assert load(None, env).redis.embedded_maxmemory == size
+
+
+def test_embedded_maxmemory_defaults_to_1gb_and_check_config_shows_it() -> None:
+    """Unset, the embedded Redis gets 1gb; check-config's output names the key in bytes."""
+    assert load(None, {}).redis.embedded_maxmemory == 1024**3
+    shown = redacted(load(None, {"DISPATCHER_REDIS_EMBEDDED_MAXMEMORY": "64mb"}))
+    assert value_at(shown, "redis", "embedded_maxmemory") == 64 * 1024**2
+
+
+def test_a_changed_embedded_maxmemory_needs_a_restart() -> None:
+    """A reload that changes redis.embedded_maxmemory names it among the keys a restart
+    applies (config.reload_needs_restart), as it does for every key not applied live."""
+    old = load(None, {})
+    new = load(None, {"DISPATCHER_REDIS_EMBEDDED_MAXMEMORY": "2gb"})
+    assert changed_keys(old, new) == ["redis.embedded_maxmemory"]
+    assert "redis.embedded_maxmemory" not in LIVE_KEYS

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from dispatcher import embedded
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.notify import Notifier
-from tests.helpers import Daemon, daemon_env, eventually
+from tests.helpers import Daemon, daemon_env, eventually, log_events
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -127,3 +128,83 @@ async def test_a_second_daemon_on_the_same_state_dir_exits_2(
         assert first.process.poll() is None
     finally:
         first.stop()
+
+
+async def _maxmemory(server: EmbeddedRedis) -> tuple[str, str]:
+    """The server's maxmemory and maxmemory-policy, as CONFIG GET answers them."""
+    conn = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        found = await conn.config_get("maxmemory*")
+    finally:
+        await conn.aclose()
+    return str(found["maxmemory"]), str(found["maxmemory-policy"])
+
+
+async def test_the_embedded_redis_runs_with_the_configured_maxmemory(state_dir: Path) -> None:
+    """The embedded redis-server gets 1gb of maxmemory unless told otherwise (0: no limit),
+    always with noeviction, so a full Redis refuses publishes instead of evicting jobs."""
+    for maxmemory, expected in ((None, str(1024**3)), (64 * 1024**2, str(64 * 1024**2)), (0, "0")):
+        server = (
+            EmbeddedRedis(state_dir)
+            if maxmemory is None
+            else EmbeddedRedis(state_dir, maxmemory=maxmemory)
+        )
+        await server.start()
+        try:
+            assert await _maxmemory(server) == (expected, "noeviction")
+        finally:
+            await server.stop()
+
+
+async def test_a_start_near_maxmemory_says_which_key_to_raise(state_dir: Path) -> None:
+    """A state_dir whose data already fills redis.embedded_maxmemory (a limit lowered, or new
+    on an old data set) starts with a warning naming the key, since publishes will be refused."""
+    await _fill(state_dir, 50_000)  # a few MB
+    server = EmbeddedRedis(state_dir, maxmemory=1024**2)
+    with capture_logs() as logs:
+        await server.start()
+    try:
+        high = [e for e in logs if e["event"] == "redis.embedded_memory_high"]
+        assert len(high) == 1
+        assert high[0]["maxmemory"] == 1024**2
+        assert high[0]["used_memory"] > 1024**2
+        assert "redis.embedded_maxmemory" in high[0]["hint"]
+    finally:
+        await server.stop()
+    roomy = EmbeddedRedis(state_dir)
+    with capture_logs() as logs:
+        await roomy.start()
+    await roomy.stop()
+    assert not [e for e in logs if e["event"] == "redis.embedded_memory_high"]
+
+
+async def test_an_embedded_run_does_not_warn_about_its_own_maxmemory(
+    state_dir: Path, logs_dir: Path
+) -> None:
+    """`dispatcher run` on its embedded Redis applies redis.embedded_maxmemory to it and so no
+    longer logs redis.maxmemory_unset about a server it configured itself."""
+    env = daemon_env("", "mm", state_dir=str(state_dir), redis_embedded_maxmemory="64mb")
+    daemon = Daemon(env, logs_dir / "mm.log").start()
+    try:
+        await eventually(lambda: "daemon.started" in daemon.log, timeout_s=20)
+        assert await _maxmemory(EmbeddedRedis(state_dir)) == (str(64 * 1024**2), "noeviction")
+        assert "redis.maxmemory_unset" not in daemon.log
+        assert "redis.connected" in daemon.log
+    finally:
+        daemon.stop()
+
+
+async def test_an_external_redis_without_maxmemory_is_still_warned_about(
+    redis_url: str, prefix: str, redis: aioredis.Redis, logs_dir: Path
+) -> None:
+    """With redis.url set the daemon leaves the server's config alone (embedded_maxmemory does
+    not apply) and warns redis.maxmemory_unset when its maxmemory is 0."""
+    assert (await redis.config_get("maxmemory"))["maxmemory"] in ("0", b"0")
+    env = daemon_env(redis_url, prefix, redis_embedded_maxmemory="64mb")
+    daemon = Daemon(env, logs_dir / "external.log").start()
+    try:
+        await eventually(lambda: "daemon.started" in daemon.log, timeout_s=20)
+        assert log_events(daemon, "redis.maxmemory_unset")
+        assert (await redis.config_get("maxmemory"))["maxmemory"] in ("0", b"0")
+    finally:
+        daemon.stop()
