@@ -1046,13 +1046,8 @@ class Worker:
             await _sleep_until_stop(self.stop, CONTROL_TICK_S)
 
     def _export_endpoints(self) -> None:
-        """Per-webhook gauges (R18), for the endpoints this process served lately."""
-        names = ("dispatcher_endpoint_in_flight", "dispatcher_endpoint_limit")
-        for key in [k for k in self.metrics.gauges if k[0] in names]:
-            del self.metrics.gauges[key]
-        for webhook_id, endpoint in self.pool.endpoints.items():
-            self.metrics.set(names[0], len(endpoint.started), webhook_id=webhook_id)
-            self.metrics.set(names[1], int(endpoint.limit), webhook_id=webhook_id)
+        """Per-webhook gauges (R18), bounded: busy or limited webhooks only, at most 100."""
+        self.metrics.export_endpoints(self.pool)
 
     def _beat(self) -> dict[str, object]:
         return {

@@ -1,15 +1,22 @@
 """Process-local counters, rendered in the Prometheus text format.
 
 Small on purpose: counters with a fixed label set, set-on-read gauges and one histogram.
-Every invariant of RELIABILITY.md has a counter here (R18).
+Every invariant of RELIABILITY.md has a counter here (R18). Labels come from closed sets, except
+``webhook_id``, whose series are bounded (`Metrics.export_endpoints`).
 """
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from dispatcher.traffic import Pool
+
+ENDPOINT_SERIES_MAX = 100  # webhooks with per-webhook gauges, at most: /metrics stays bounded
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _HELP = {
@@ -45,9 +52,29 @@ _HELP = {
         "POSTs sent again on a new connection after a kept-alive one closed without answering "
         "(the target may have processed the first: at-least-once)."
     ),
-    "dispatcher_endpoint_in_flight": "Attempts in flight per webhook in this process.",
-    "dispatcher_endpoint_limit": "This process's adaptive cap on a webhook's attempts in flight.",
+    "dispatcher_endpoint_in_flight": (
+        "Attempts in flight per webhook in this process, for webhooks with attempts in flight "
+        f"or a cut limit only, at most {ENDPOINT_SERIES_MAX} (busiest first)."
+    ),
+    "dispatcher_endpoint_limit": (
+        "This process's adaptive cap on a webhook's attempts in flight, for the same webhooks "
+        "as dispatcher_endpoint_in_flight."
+    ),
+    "dispatcher_endpoints_tracked": (
+        "Webhooks this process keeps traffic state for: jobs placed within the last 5 minutes "
+        "or attempts in flight."
+    ),
+    "dispatcher_endpoints_busy": "Webhooks with attempts in flight in this process.",
+    "dispatcher_endpoints_limited": (
+        "Webhooks whose adaptive cap in this process was cut below the starting one "
+        "(timeouts, refused connections, slow answers)."
+    ),
+    "dispatcher_endpoint_series_omitted": (
+        "Webhooks busy or limited but left out of the per-webhook gauges by their bound of "
+        f"{ENDPOINT_SERIES_MAX}."
+    ),
 }
+_ENDPOINT_FAMILIES = ("dispatcher_endpoint_in_flight", "dispatcher_endpoint_limit")
 
 
 @dataclass
@@ -79,6 +106,30 @@ class Metrics:
 
     def gauge(self, name: str, /, **labels: str) -> float | None:
         return self.gauges.get((name, tuple(sorted(labels.items()))))
+
+    def export_endpoints(self, pool: Pool) -> None:
+        """The per-webhook gauges (R18), bounded whatever the number of webhooks: only webhooks
+        with attempts in flight or a cut limit (`Pool.cut`) get series, at most
+        ``ENDPOINT_SERIES_MAX`` (most in flight first, then lowest limit), and a webhook's
+        series go at the next export once it is neither. Aggregates count every webhook."""
+        for key in [k for k in self.gauges if k[0] in _ENDPOINT_FAMILIES]:
+            del self.gauges[key]
+        busy = limited = 0
+        notable: list[tuple[int, float, str]] = []
+        for webhook_id, endpoint in pool.endpoints.items():
+            in_flight, cut = len(endpoint.started), pool.cut(endpoint)
+            busy += in_flight > 0
+            limited += cut
+            if in_flight or cut:
+                notable.append((-in_flight, endpoint.limit, webhook_id))
+        shown = heapq.nsmallest(ENDPOINT_SERIES_MAX, notable)
+        for in_flight, limit, webhook_id in shown:
+            self.set(_ENDPOINT_FAMILIES[0], -in_flight, webhook_id=webhook_id)
+            self.set(_ENDPOINT_FAMILIES[1], int(limit), webhook_id=webhook_id)
+        self.set("dispatcher_endpoints_tracked", len(pool.endpoints))
+        self.set("dispatcher_endpoints_busy", busy)
+        self.set("dispatcher_endpoints_limited", limited)
+        self.set("dispatcher_endpoint_series_omitted", len(notable) - len(shown))
 
     def render(self) -> str:
         lines: list[str] = []

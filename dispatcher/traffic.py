@@ -147,8 +147,15 @@ class Pool:
             found = self.endpoints[webhook_id] = Endpoint(self.start, self.concurrency)
         return found
 
+    def cut(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's limit is below the one every webhook starts with: timeouts,
+        refusals or slow answers halved it more than successes earned back."""
+        return endpoint.limit < self.start
+
     def forget_idle(self, now: float) -> int:
-        """Drop endpoints with nothing in flight and no attempt for a while; returns how many."""
+        """Drop endpoints with nothing in flight and no attempt for ``IDLE_FORGET_S``; returns
+        how many. Run every second by the worker, it bounds the pool to the webhooks this
+        process attempted within that time, plus those with jobs in flight."""
         idle = [
             wid
             for wid, ep in self.endpoints.items()
