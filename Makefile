@@ -10,8 +10,10 @@ CONFIG ?= etc/dispatcher.toml
 
 .PHONY: run test test-fast test-faults test-model soak lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
 
+# The daemon for trying it out: an admin token in var/admin.token (unless DISPATCHER_ADMIN_TOKEN
+# is set) and targets on this machine allowed; see scripts/run-dev.
 run: $(STAMP) redis-server
-	$(BIN)/dispatcher run --config $(CONFIG)
+	BIN=$(BIN) CONFIG=$(CONFIG) scripts/run-dev
 
 test: $(STAMP) redis-server systemd-analyze
 	$(BIN)/pytest

@@ -130,6 +130,36 @@ def is_webhook_id(value: object) -> bool:
     return isinstance(value, str) and _WEBHOOK_ID.fullmatch(value) is not None
 
 
+def time_ms(name: str, value: object) -> int | None:
+    """An aware ``datetime`` or an RFC 3339 string with a zone, in epoch ms (None stays None).
+
+    ``value`` is an ``object``: callers of the public API are not always type-checked. A time
+    without a zone is refused with the fix in the message: its moment depends on the host.
+    """
+    if value is None:
+        return None
+    text = isinstance(value, str)
+    if text:
+        try:
+            value = datetime.fromisoformat(value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            example = '"2030-01-01T09:00:00Z"'
+            raise InvalidField(name, f"must be an RFC 3339 time, e.g. {example}") from exc
+    if not isinstance(value, datetime):
+        raise InvalidField(name, "must be a datetime with a time zone or an RFC 3339 string")
+    if value.tzinfo is None:
+        example = (
+            'end it with Z or an offset, e.g. "2030-01-01T09:00:00Z"'
+            if text
+            else "e.g. datetime(2030, 1, 1, 9, 0, tzinfo=timezone.utc)"
+        )
+        raise InvalidField(name, f"has no time zone, so its moment is ambiguous: {example}")
+    try:
+        return int(value.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise InvalidField(name, "is out of range") from exc
+
+
 def rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None

@@ -119,12 +119,28 @@ def _auth(token: str | None) -> Middleware:
                     "no admin token is configured (admin.token or admin.token_file), "
                     "so every /v1 call is refused"
                 )
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            header = request.headers.get("Authorization", "")
+            given = header.encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
-                raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+                raise Unauthorized(_why_refused(header))
         return await handler(request)
 
     return auth
+
+
+def _why_refused(header: str) -> str:
+    """Which part of the Authorization header is wrong; never echoes the token."""
+    scheme, _, token = header.strip().partition(" ")
+    if not header.strip():
+        return "no Authorization header: send 'Authorization: Bearer <token>'"
+    if scheme.lower() != "bearer":
+        return f"the Authorization header must use the Bearer scheme, not {scheme[:20]!r}"
+    if not token.strip():
+        return (
+            "the bearer token is empty: the shell variable holding it is probably unset "
+            '(with make run: AUTH="Authorization: Bearer $(cat var/admin.token)")'
+        )
+    return "the bearer token is not the configured admin token"
 
 
 def _body_limit(limit: int) -> Middleware:

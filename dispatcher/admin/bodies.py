@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from dispatcher.errors import InvalidField, Malformed
+from dispatcher.model import time_ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -78,18 +78,7 @@ class Replay:
 
 def _time_ms(name: str, text: str | None) -> int | None:
     """An RFC 3339 time with a zone (as ``Client`` reads ``since``), in epoch ms."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise InvalidField(name, "must be an RFC 3339 time") from exc
-    if value.tzinfo is None:
-        raise InvalidField(name, "must be an RFC 3339 time with a time zone")
-    try:
-        return int(value.timestamp() * 1000)
-    except (OverflowError, ValueError, OSError) as exc:
-        raise InvalidField(name, "is out of range") from exc
+    return time_ms(name, text)
 
 
 def replay(body: Mapping[str, Any]) -> Replay:

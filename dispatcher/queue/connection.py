@@ -51,7 +51,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.errors import RedisUnavailable
-from dispatcher.queue.urls import ClusterUrl, SentinelUrl, parse
+from dispatcher.queue.urls import ClusterUrl, SentinelUrl, absolute_unix, parse
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT
@@ -102,7 +102,7 @@ def open_redis(url: str, *, max_connections: int = 64, home_key: str = "{0}") ->
     if isinstance(target, SentinelUrl):
         return _open_sentinel(target, max_connections=max_connections)
     pool = BlockingConnectionPool.from_url(
-        url,
+        absolute_unix(url),
         max_connections=max_connections,
         timeout=SOCKET_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,

@@ -14,6 +14,7 @@ two multi-host forms rather than silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -45,6 +46,24 @@ class SentinelUrl:
 
 def scheme_of(url: str) -> str:
     return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def absolute_unix(url: str) -> str:
+    """``unix://var/redis.sock`` (relative to the working directory) as an absolute URL.
+
+    A plain URL parser reads ``var`` there as a host and ``/redis.sock`` as the path, so a
+    relative socket path would silently name another file. ``unix:///abs/path`` and
+    ``unix://localhost/abs/path`` (a host-style form some tools write) are left as they are.
+    """
+    if scheme_of(url) != "unix":
+        return url
+    rest = url.partition("://")[2]
+    location, question, query = rest.partition("?")
+    userinfo, at, path = location.rpartition("@")
+    if not path or path.startswith(("/", "localhost/")):
+        return url
+    absolute = Path(path).absolute()
+    return f"unix://{userinfo}{at}{absolute}{question}{query}"
 
 
 def parse(url: str) -> ClusterUrl | SentinelUrl | None:
