@@ -158,7 +158,8 @@ class EmbeddedRedis:
             preexec_fn=_die_with_parent,
         )
         await self._wait_ready(timeout_s)
-        log.info("redis.embedded_started", pid=self.process.pid, socket=str(self.socket))
+        # The exact URL a producer (``Client.from_url``) or redis-cli -s should use.
+        log.info("redis.embedded_started", pid=self.process.pid, url=self.url)
         await self._warn_when_nearly_full()
         return self.url
 

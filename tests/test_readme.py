@@ -6,8 +6,8 @@ Each fenced ``sh``, ``console`` or ``python`` block carries a marker just above 
   working directory; variables and functions carry over to the next run block, as in one
   terminal. Every ``curl`` in it ends with its expected status as a comment (``# 201 ...``), on
   the command's last line; curl is wrapped to record each call's status and README line.
-- ``<!-- readme-test: file NAME -->``: written to NAME before anything runs (the receiver, the
-  tour), for a run block to start as the README says.
+- ``<!-- readme-test: file PATH -->``: the repository's file PATH, shown whole (the receiver,
+  the tour); checked equal to it, and written to PATH before anything runs.
 - ``<!-- readme-test: transcript -->``: ``$ command`` lines, each followed by its output.
 - ``<!-- readme-test: skip REASON -->``: not run (it installs packages, needs systemd, ...).
 
@@ -277,7 +277,10 @@ def test_every_readme_recipe_works_as_printed(session: Session) -> None:
     blocks = readme_blocks(README.read_text())
     for block in blocks:
         if block.kind == "file":
-            (session.cwd / block.arg).write_text(session.localize("\n".join(block.lines)) + "\n")
+            text = "\n".join(block.lines) + "\n"
+            assert (REPO / block.arg).read_text() == text, f"{block.arg} differs from the README"
+            (session.cwd / block.arg).parent.mkdir(parents=True, exist_ok=True)
+            (session.cwd / block.arg).write_text(session.localize(text))
 
     outputs: dict[int, str] = {}
     expected: dict[int, tuple[int, int | None]] = {}  # last line -> (first line, status)
