@@ -12,6 +12,7 @@ from dispatcher.client import Client
 from dispatcher.errors import (
     Conflict,
     DispatcherError,
+    IdempotencyKeyReused,
     InvalidField,
     NotFound,
     NotReplayable,
@@ -24,6 +25,7 @@ __all__ = [
     "Client",
     "Conflict",
     "DispatcherError",
+    "IdempotencyKeyReused",
     "InvalidField",
     "NotFound",
     "NotReplayable",

@@ -140,7 +140,12 @@ class Client:
     ) -> dict[str, Any]:
         """Fan the event out to every enabled, subscribed webhook of the tenant.
 
-        Returns ``{"event_id", "jobs": [{"id", "webhook_id"}]}`` once every job is in Redis.
+        Returns ``{"event_id", "jobs": [{"id", "webhook_id"}], "matched"}`` once every job is in
+        Redis; ``matched`` is how many webhooks it went to (0: none of the tenant's webhooks
+        subscribes to ``event_type``, a typo, say). The same ``idempotency_key`` for the tenant
+        within 24 h answers the first answer and enqueues nothing, if the request is the same
+        (``event_type``, ``payload``, ``deliver_at``, ``priority``); with any other request it
+        raises ``IdempotencyKeyReused`` (``idempotency_key_reused``) and enqueues nothing.
         """
         _new, answer = await self.publish_checked(
             tenant_id,
@@ -181,9 +186,10 @@ class Client:
     ) -> tuple[bool, dict[str, Any]]:
         """One job for exactly this webhook (enabled, whatever it subscribes to).
 
-        Returns (new, answer) like ``publish_checked``; ``NotFound`` or ``Conflict`` (disabled).
-        An idempotency key here is this webhook's own: the same key given to another webhook's
-        delivery, or to ``publish``, is another key.
+        Returns (new, answer) like ``publish_checked`` (``matched`` is 1); ``NotFound`` or
+        ``Conflict`` (disabled). An idempotency key here is this webhook's own: the same key
+        given to another webhook's delivery, or to ``publish``, is another key; reused with
+        another request, it raises ``IdempotencyKeyReused`` as in ``publish``.
         """
         hook = await records.ensure_deliverable(self.store, webhook_id)
         return await self.publish_checked(
@@ -204,8 +210,9 @@ class Client:
         Each event is a mapping with ``publish``'s arguments (``tenant_id``, ``event_type``,
         ``payload`` and the optional ones). Every event is checked before anything is sent, so
         bad input raises and enqueues nothing. Each event is then all-or-nothing on its own:
-        the answer list holds, in order, the answer of each event or the ``DispatcherError`` it
-        met (Redis unavailable, out of memory) while others may have been accepted.
+        the answer list holds, in order, the answer of each event (as ``publish`` answers it,
+        ``matched`` included) or the ``DispatcherError`` it met (Redis unavailable, out of
+        memory, ``IdempotencyKeyReused``) while others may have been accepted.
         """
         pubs = []
         for event in events:

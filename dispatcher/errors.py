@@ -45,6 +45,28 @@ class InvalidField(DispatcherError):
         return (type(self), (self.field, self.reason))
 
 
+class IdempotencyKeyReused(DispatcherError):
+    """The idempotency key was first used with a different request; nothing was enqueued.
+
+    422 as in the IETF Idempotency-Key draft (a key reused with a different payload).
+    """
+
+    code = "idempotency_key_reused"
+    http_status = 422
+    field = "idempotency_key"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency_key: {key!r} was first used with a different request (event_type, "
+            "payload, deliver_at, priority or webhook) within 24 h; nothing was enqueued. "
+            "Repeat that request exactly, or use a new key"
+        )
+        self.key = key
+
+    def __reduce__(self) -> tuple[type[IdempotencyKeyReused], tuple[str]]:
+        return (type(self), (self.key,))
+
+
 class Malformed(DispatcherError):
     """The request is not what the endpoint reads (bad JSON, wrong shape)."""
 

@@ -76,7 +76,7 @@ async def test_idempotency_keys_of_tenants_never_collide_in_publish(
     assert await redis.xlen(Keys(prefix).ready("default")) == 2
     # Each key still answers its own first answer.
     for tenant, key in COLLIDING:
-        again = await client.publish(tenant, "a.b", {}, idempotency_key=key)
+        again = await client.publish(tenant, "a.b", {"t": tenant}, idempotency_key=key)
         assert again == answers[tenant]
 
 

@@ -43,7 +43,7 @@ from hypothesis.stateful import (
 from dispatcher import Client
 from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, IdempotencyKeyReused
 from dispatcher.metrics import Metrics
 from dispatcher.queue import delays, dlq, streams
 from dispatcher.queue import status as queue_status
@@ -134,7 +134,10 @@ class MJob:
 @dataclass
 class Model:
     jobs: dict[str, MJob] = field(default_factory=dict)
-    idem: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # (tenant, key) -> the first request's (priority, due_ms) and its answer
+    idem: dict[tuple[str, str], tuple[tuple[str, int | None], dict[str, Any]]] = field(
+        default_factory=dict
+    )
     raw_dlq: int = 0  # DLQ entries without a job (malformed)
 
     def copy(self) -> Model:
@@ -373,10 +376,20 @@ class QueueMachine(RuleBasedStateMachine):
         # Far enough ahead that a slow step never finds it due at publish (the model would
         # say scheduled, Redis queued); the promote rule brings it forward (_promote).
         deliver_at = datetime.now(UTC) + timedelta(seconds=30) if scheduled else None
-        new, answer = await self.cl.publish_checked(
-            tenant, "a.b", {"n": 1}, idempotency_key=key, deliver_at=deliver_at, priority=priority
-        )
-        first = self.model.idem.get((tenant, key)) if key else None
+        due = int(deliver_at.timestamp() * 1000) if deliver_at else None
+        request: dict[str, Any] = {
+            "idempotency_key": key,
+            "deliver_at": deliver_at,
+            "priority": priority,
+        }
+        known = self.model.idem.get((tenant, key)) if key else None
+        if known is not None and known[0] != (priority, due):
+            # The key was first used for another request: refused, and nothing enqueued.
+            with pytest.raises(IdempotencyKeyReused):
+                await self.cl.publish_checked(tenant, "a.b", {"n": 1}, **request)
+            return
+        new, answer = await self.cl.publish_checked(tenant, "a.b", {"n": 1}, **request)
+        first = known[1] if known else None
         if first is not None:
             assert not new, f"a repeated key ({tenant!r}, {key!r}) made a new event"
             assert answer == first, "a repeated key answers the first answer"
@@ -388,7 +401,6 @@ class QueueMachine(RuleBasedStateMachine):
         hooks = sorted(j["webhook_id"] for j in answer["jobs"])
         assert hooks == sorted(self.hooks[tenant]), "one job per subscribed webhook of the tenant"
         stream = streams_of(QUEUE)[("high", "normal", "low").index(priority)]
-        due = int(deliver_at.timestamp() * 1000) if deliver_at else None
         for job in answer["jobs"]:
             assert job["id"] not in self.model.jobs
             self.model.jobs[job["id"]] = MJob(
@@ -400,7 +412,7 @@ class QueueMachine(RuleBasedStateMachine):
                 due_ms=due,
             )
         if key:
-            self.model.idem[tenant, key] = answer
+            self.model.idem[tenant, key] = ((priority, due), answer)
 
     @precondition(lambda self: len(self.model.jobs) < MAX_JOBS)
     @rule()

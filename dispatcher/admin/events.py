@@ -1,6 +1,8 @@
 """``POST /v1/events`` (fan-out) and ``POST /v1/webhooks/{id}/deliveries`` (one webhook).
 
-A new event answers 202; a repeated idempotency key answers 200 with the first answer.
+A new event answers 202, ``matched`` saying how many webhooks it went to (0 is still a 202);
+a repeated idempotency key answers 200 with the first answer, or 422 ``idempotency_key_reused``
+when the first use of the key was another request. Both enqueue nothing.
 """
 
 from __future__ import annotations

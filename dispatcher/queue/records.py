@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -12,6 +13,7 @@ import redis.exceptions as rex
 from dispatcher.errors import (
     Conflict,
     DispatcherError,
+    IdempotencyKeyReused,
     NotFound,
     RedisOutOfMemory,
     RedisUnavailable,
@@ -232,6 +234,27 @@ class Publication:
     deliver_at_ms: int | None = None
     priority: str = "normal"
     only_webhook: str | None = None
+    #: What a repeat of the idempotency key must match ('' without a key).
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", self._fingerprint())  # frozen: set once, here
+
+    def _fingerprint(self) -> str:
+        """A hash of the request's parts; the key's scope (tenant, webhook) is in its name."""
+        if self.idempotency_key is None:
+            return ""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (
+            self.event_type.encode(),
+            self.payload,
+            str(self.deliver_at_ms or "").encode(),
+            self.priority.encode(),
+            (self.only_webhook or "").encode(),
+        ):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
 
 
 def _publish_call(
@@ -254,6 +277,7 @@ def _publish_call(
         pub.priority,
         " ".join(names),
         " ".join(streams),
+        pub.fingerprint,
     ]
     return [keys.tenant(pub.tenant_id), keys.jobs, idem_key, *queue_keys], args
 
@@ -271,6 +295,10 @@ async def publish(
     store: Store, pub: Publication, queues: set[str] | None = None
 ) -> tuple[bool, dict[str, Any]]:
     """Enqueue one job per matching webhook; returns (new, answer).
+
+    A repeated key answers the first answer if the request is the same (its ``fingerprint``),
+    else raises ``IdempotencyKeyReused`` and enqueues nothing; the answer's ``matched`` counts
+    the webhooks the event was fanned out to (one job each).
 
     Each shard's part is one script, all its jobs or none; with several shards the parts run
     side by side and an error in one is raised after all have answered (a retry with the same
@@ -305,6 +333,9 @@ def _of_event(pub: Publication, answer: str) -> Publication:
     return replace(pub, event_id=event_id, job_prefix=f"job_{event_id.removeprefix('evt_')}.")
 
 
+_REUSED = -2  # publish.lua: the idempotency key was first used with another request
+
+
 async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[bool, str]:
     while True:
         keys, args = _publish_call(store, pub, sorted(known))
@@ -313,6 +344,8 @@ async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[
         if status == -1:
             known.add(answer.decode())
             continue
+        if status == _REUSED:
+            raise IdempotencyKeyReused(pub.idempotency_key or "")
         return status == 1, answer.decode()
 
 
@@ -391,6 +424,8 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
                     part.error = part.error or exc
             elif isinstance(reply, Exception):
                 part.error = part.error or _as_dispatcher_error(reply)
+            elif reply[0] == _REUSED:
+                part.error = part.error or IdempotencyKeyReused(part.pub.idempotency_key or "")
             else:
                 part.answers.append(reply[1].decode())
 
@@ -414,7 +449,9 @@ def _as_dispatcher_error(exc: Exception) -> DispatcherError:
 
 
 def _answer(parts: list[str]) -> dict[str, Any]:
-    """One answer from the shards' ``event_id job_id webhook_id ...``, jobs by webhook id."""
+    """One answer from the shards' ``event_id job_id webhook_id ...``, jobs by webhook id;
+    ``matched`` is the number of webhooks the event went to (one job each, so stored answers
+    need not keep it)."""
     event_id = ""
     jobs = []
     for joined in parts:
@@ -423,7 +460,7 @@ def _answer(parts: list[str]) -> dict[str, Any]:
         jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
     if len(parts) > 1:
         jobs.sort(key=lambda job: job["webhook_id"])
-    return {"event_id": event_id, "jobs": jobs}
+    return {"event_id": event_id, "jobs": jobs, "matched": len(jobs)}
 
 
 async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:

@@ -11,15 +11,25 @@
 -- ARGV[9] only this webhook id ('' fans out by subscription)   ARGV[10] priority
 -- ARGV[11] the queue names whose keys follow KEYS[3], space-separated
 -- ARGV[12] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
--- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key, or
---          {-1, queue} when a matching webhook names a queue whose keys were not passed (the
---          caller retries with them). answer = "event_id job_id webhook_id job_id webhook_id ..."
+-- ARGV[13] the request's fingerprint (hex; '' without an idempotency key)
+-- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
+--          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
+--          written), or {-1, queue} when a matching webhook names a queue whose keys were not
+--          passed (the caller retries with them).
+--          answer = "event_id job_id webhook_id job_id webhook_id ..."
+-- The idempotency record is "<fingerprint>\n<answer>"; one written before fingerprints (the
+-- answer alone) is taken for a repeat of any request, as it was then.
 -- Reads come first, so a key of the wrong type fails before anything is written; a failed
 -- write after the first is undone before the error is returned (all jobs or none).
 local use_idem = tonumber(ARGV[8]) > 0
 if use_idem then
   local first = redis.call('GET', KEYS[3])
-  if first then return {0, first} end
+  if first then
+    local fingerprint, answer = string.match(first, '^(%x+)\n(.*)$')
+    if not fingerprint then return {0, first} end
+    if fingerprint ~= ARGV[13] then return {-2, answer} end
+    return {0, answer}
+  end
 end
 
 local event_type, only = ARGV[4], ARGV[9]
@@ -111,5 +121,5 @@ if #records > 0 then
   end
 end
 local joined = table.concat(answer, ' ')
-if use_idem then redis.call('SET', KEYS[3], joined, 'EX', ARGV[8]) end
+if use_idem then redis.call('SET', KEYS[3], ARGV[13] .. '\n' .. joined, 'EX', ARGV[8]) end
 return {1, joined}
