@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from dispatcher.client import Client
 from dispatcher.errors import (
+    ConfirmationRequired,
     Conflict,
     DispatcherError,
     IdempotencyKeyReused,
@@ -19,10 +20,12 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RedisOutOfMemory,
     RedisUnavailable,
+    UnknownQueue,
 )
 
 __all__ = [
     "Client",
+    "ConfirmationRequired",
     "Conflict",
     "DispatcherError",
     "IdempotencyKeyReused",
@@ -32,5 +35,6 @@ __all__ = [
     "PayloadTooLarge",
     "RedisOutOfMemory",
     "RedisUnavailable",
+    "UnknownQueue",
     "__version__",
 ]

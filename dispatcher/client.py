@@ -47,10 +47,13 @@ class Client:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
+        queues: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
+        #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them).
+        self.configured_queues = frozenset(queues)
         self._queues: set[str] = {records.DEFAULT_QUEUE}
 
     @classmethod
@@ -96,6 +99,8 @@ class Client:
         **fields: Any,
     ) -> dict[str, Any]:
         """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
+        if not isinstance(event_types, list | tuple):  # list("a.b") would subscribe to "a", ...
+            raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
         hook = await records.create_webhook(
             self.store,
             {"tenant_id": tenant_id, "url": url, "event_types": list(event_types), **fields},
@@ -106,9 +111,10 @@ class Client:
         hook = await records.get_webhook(self.store, webhook_id)
         return (await records.webhook_views(self.store, [hook]))[0]
 
-    async def list_webhooks(self, tenant_id: str) -> list[dict[str, Any]]:
+    async def list_webhooks(self, tenant_id: str) -> dict[str, Any]:
+        """The tenant's webhooks by id, as ``GET /v1/webhooks`` lists them: ``{"items"}``."""
         hooks = await records.list_webhooks(self.store, tenant_id)
-        return await records.webhook_views(self.store, hooks)
+        return {"items": await records.webhook_views(self.store, hooks)}
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> dict[str, Any]:
         """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start)."""
@@ -279,14 +285,15 @@ class Client:
 
     # --- dead-letter queue -----------------------------------------------------------------
 
-    async def replay(self, job_ids: list[str]) -> int:
+    async def replay(self, job_ids: list[str]) -> dict[str, Any]:
         """Put dead jobs back in their ready queue (attempts reset, history kept).
 
+        Returns ``{"replayed": n, "not_found": [ids], "not_dead": [ids]}``, as the API does.
         All or nothing: a dead job that cannot go back (its payload was lost, its webhook was
         deleted or is disabled) raises ``NotReplayable`` naming each such job and why, and
-        none is replayed. Unknown ids and jobs that are not dead are passed over.
+        none is replayed. Unknown ids and jobs that are not dead are passed over and named.
         """
-        return len(await dlq.replay(self.store, job_ids))
+        return await dlq.replay(self.store, job_ids)
 
     async def replay_matching(
         self,
@@ -294,16 +301,19 @@ class Client:
         webhook_id: str | None = None,
         tenant_id: str | None = None,
         since: datetime | str | None = None,
-    ) -> int:
+    ) -> dict[str, Any]:
         """Replay every dead job of the filters, dead-lettered at or after ``since``, page by
-        page; jobs that cannot go back (see ``replay``) stay in the DLQ."""
+        page to the end; jobs that cannot go back (see ``replay``) stay in the DLQ.
+
+        Returns ``{"replayed", "skipped", "skipped_reasons"}`` as the API does (which does one
+        page inline and the rest in a background operation with the same counts)."""
         progress = await dlq.replay_matching(
             self.store,
             webhook_id=webhook_id,
             tenant_id=tenant_id,
             since_ms=_time_ms("since", since),
         )
-        return progress.changed
+        return dlq.replay_answer(progress)
 
     async def list_dlq(
         self,
@@ -326,28 +336,51 @@ class Client:
         """The dead job with its payload; ``NotFound`` unless it is in the DLQ."""
         return await dlq.inspect(self.store, job_id)
 
-    async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> int:
-        """Entries older than both ``older_than_s`` and the retention: counted (by entry id,
-        no record read), or deleted page by page."""
+    async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> dict[str, Any]:
+        """Delete the entries older than both ``older_than_s`` and ``dlq_retention_s`` (with
+        their records), page by page: ``{"purged", "retention_s", "within_retention"}``
+        (entries younger than the retention, which stay), as the API answers.
+
+        Without ``confirm`` nothing is deleted: ``ConfirmationRequired`` says how many would
+        go (``would_purge``) and how many the retention keeps, as the API's 409 does.
+        """
+        facts = await self.purge_facts(older_than_s)
+        if not confirm:
+            raise facts.refusal()
+        return facts.answer(await dlq.purge(self.store, facts.plan))
+
+    async def purge_facts(self, older_than_s: float = 0) -> dlq.PurgeFacts:
+        """What ``purge_dlq(older_than_s)`` deletes and what the retention keeps, counted by
+        entry id (no record read)."""
         older_than_s = _seconds("older_than_s", older_than_s, MAX_AGE_S)
-        return await dlq.purge(
-            self.store,
-            older_than_s=older_than_s,
-            retention_s=self.dlq_retention_s,
-            confirm=confirm,
+        return await dlq.purge_facts(
+            self.store, older_than_s=older_than_s, retention_s=self.dlq_retention_s
         )
 
     # --- queues and status ----------------------------------------------------------------
 
-    async def pause(self, queue: str) -> None:
-        """Stop sending from ``queue`` on every worker within a second; it keeps accepting."""
-        await control.pause(self.store, check_queue(queue))
+    async def pause(self, queue: str) -> dict[str, Any]:
+        """Stop sending from ``queue`` on every worker within a second; it keeps accepting.
 
-    async def resume(self, queue: str) -> None:
-        await control.resume(self.store, check_queue(queue))
+        Returns ``{"queue", "paused": True}``. ``UnknownQueue`` when no worker serves it, no
+        webhook names it, it holds no job and it is neither configured nor paused (a typo).
+        """
+        queue = check_queue(queue)
+        await control.ensure_known(self.store, queue, self.configured_queues)
+        await control.pause(self.store, queue)
+        return {"queue": queue, "paused": True}
+
+    async def resume(self, queue: str) -> dict[str, Any]:
+        """Send from ``queue`` again: ``{"queue", "paused": False}``; ``UnknownQueue`` as
+        ``pause`` (a paused queue is always known)."""
+        queue = check_queue(queue)
+        await control.ensure_known(self.store, queue, self.configured_queues)
+        await control.resume(self.store, queue)
+        return {"queue": queue, "paused": False}
 
     async def status(self) -> dict[str, Any]:
-        """The dashboard of ``GET /v1/status``."""
+        """The dashboard of ``GET /v1/status``, but for ``alerts``: those are judged by the
+        daemon serving the API, in its memory, so only the API shows them."""
         return await queue_status.status(self.store)
 
 

@@ -91,6 +91,22 @@ class NotFound(DispatcherError):
     default_message = "not found"
 
 
+class UnknownQueue(NotFound):
+    """No worker serves the queue, no webhook names it, it is not configured nor paused."""
+
+    code = "unknown_queue"
+
+    def __init__(self, message: str, *, known: list[str]) -> None:
+        super().__init__(message)
+        self.known = known
+
+    def __reduce__(self) -> tuple[type[DispatcherError], tuple[str]]:
+        return (NotFound, (self.message,))
+
+    def details(self) -> dict[str, object]:
+        return {"known_queues": self.known}
+
+
 class Conflict(DispatcherError):
     """The request conflicts with the resource's current state."""
 
@@ -100,19 +116,34 @@ class Conflict(DispatcherError):
 
 
 class ConfirmationRequired(Conflict):
-    """A destructive request needs ``confirm=true``; ``would_purge`` says what it would do."""
+    """A destructive request needs ``confirm=true``; ``would_purge`` says what it would do,
+    ``retention_s`` and ``within_retention`` what the retention floor keeps (a purge)."""
 
     code = "confirmation_required"
 
-    def __init__(self, message: str, *, would_purge: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        would_purge: int,
+        retention_s: float | None = None,
+        within_retention: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.would_purge = would_purge
+        self.retention_s = retention_s
+        self.within_retention = within_retention
 
     def __reduce__(self) -> tuple[type[DispatcherError], tuple[str]]:
         return (Conflict, (self.message,))
 
     def details(self) -> dict[str, object]:
-        return {"would_purge": self.would_purge}
+        facts: dict[str, object] = {"would_purge": self.would_purge}
+        if self.retention_s is not None:
+            facts["retention_s"] = self.retention_s
+        if self.within_retention is not None:
+            facts["within_retention"] = self.within_retention
+        return facts
 
 
 class NotReplayable(Conflict):

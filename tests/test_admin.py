@@ -621,7 +621,10 @@ async def test_dlq_inspect_and_replay_by_ids(
     assert (await api.call("GET", "/v1/dlq/job_00000000000000000000.1")).status == 404
     target.script("/r", Reply(200))
     replayed = await api.call("POST", "/v1/dlq/replay", json={"ids": [ids[0], "job_nope"]})
-    assert (replayed.status, replayed.body) == (200, {"replayed": 1})
+    assert (replayed.status, replayed.body) == (
+        200,
+        {"replayed": 1, "not_found": ["job_nope"], "not_dead": []},
+    )
     assert len(await stream_entries(redis, Keys(prefix).dlq)) == 1
 
     async def delivered() -> dict[str, Any] | None:
@@ -632,7 +635,7 @@ async def test_dlq_inspect_and_replay_by_ids(
     assert [a["status"] for a in job["attempts"]] == [500, 200]
     assert (await api.call("GET", f"/v1/dlq/{ids[0]}")).status == 404
     again = await api.call("POST", "/v1/dlq/replay", json={"ids": [ids[0]]})
-    assert again.body == {"replayed": 0}
+    assert again.body == {"replayed": 0, "not_found": [], "not_dead": [ids[0]]}
 
 
 async def test_dlq_replay_all_with_filters_and_since(
@@ -682,7 +685,7 @@ async def test_dlq_purge_needs_confirmation_and_respects_retention(
         assert refused.body["error"]["code"] == "confirmation_required"
         assert refused.body["would_purge"] == 0
         kept = await api.call("DELETE", "/v1/dlq", params={"older_than_s": "1", "confirm": "true"})
-        assert kept.body == {"purged": 0}
+        assert kept.body == {"purged": 0, "retention_s": 3600, "within_retention": 3}
     finally:
         await api.close()
         await strict.close()
@@ -696,7 +699,10 @@ async def test_dlq_purge_needs_confirmation_and_respects_retention(
         purged = await api.call(
             "DELETE", "/v1/dlq", params={"older_than_s": "0.5", "confirm": "true"}
         )
-        assert (purged.status, purged.body) == (200, {"purged": 2})
+        assert (purged.status, purged.body) == (
+            200,
+            {"purged": 2, "retention_s": 1, "within_retention": 1},
+        )
     finally:
         await api.close()
     left = [e[1][b"j"].decode() for e in await stream_entries(redis, keys.dlq)]
@@ -756,7 +762,7 @@ async def test_replay_all_skips_an_entry_missing_job_so_the_dlq_never_grows(
     orphan sweep then never see it, so it cannot loop back into the DLQ."""
     job_id = await _entry_missing(client, redis, prefix)
     dlq_before = await stream_entries(redis, Keys(prefix).dlq)
-    assert await client.replay_matching() == 0
+    assert (await client.replay_matching())["replayed"] == 0
     answer = await api.call("POST", "/v1/dlq/replay", json={"all": True})
     assert (answer.status, answer.body) == (
         200,
@@ -806,7 +812,7 @@ async def test_replay_refuses_jobs_of_a_deleted_or_disabled_webhook(
     await client.update_webhook(off["id"], enabled=True)
     with pytest.raises(NotReplayable):
         await client.replay([off_job, gone_job])
-    assert await client.replay([off_job]) == 1
+    assert (await client.replay([off_job]))["replayed"] == 1
     job = await client.get_job(off_job)
     assert job is not None
     assert job["state"] == "queued"

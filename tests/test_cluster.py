@@ -130,7 +130,7 @@ async def test_dead_letter_then_replay(
     await eventually(lambda: _state(cclient, job_id, "dead"), what="dead")
     page = await cclient.list_dlq()
     assert [item["id"] for item in page["items"]] == [job_id]
-    assert await cclient.replay([job_id]) == 1
+    assert (await cclient.replay([job_id]))["replayed"] == 1
     job = await eventually(lambda: _state(cclient, job_id, "delivered"), what="replayed")
     assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
     assert (await cclient.list_dlq())["items"] == []

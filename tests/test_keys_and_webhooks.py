@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from dispatcher import Client
-from dispatcher.errors import NotFound
+from dispatcher.errors import ConfirmationRequired, NotFound
 from dispatcher.model import Webhook
 from dispatcher.queue import records
 from dispatcher.queue.keys import Keys
@@ -279,7 +279,9 @@ async def test_dlq_purge_cutoff_follows_redis_time_on_a_skewed_host(
     assert hook["id"]
     async with Client.from_url(redis_url, prefix=prefix, dlq_retention_s=60) as skewed:
         _host_an_hour_ahead(skewed)
-        assert await skewed.purge_dlq(60) == 0
+        with pytest.raises(ConfirmationRequired) as counted:
+            await skewed.purge_dlq(60)
+        assert counted.value.would_purge == 0
         assert len(await stream_entries(skewed.store.redis, Keys(prefix).dlq)) == 1
 
 

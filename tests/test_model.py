@@ -689,10 +689,10 @@ class QueueMachine(RuleBasedStateMachine):
     def replay_all(self) -> None:
         self.replay("all", 0)
 
-    async def _replay(self, jobs: list[MJob], call: Coroutine[Any, Any, int]) -> None:
+    async def _replay(self, jobs: list[MJob], call: Coroutine[Any, Any, dict[str, Any]]) -> None:
         want = [j for j in jobs if self._replayable(j)]
         try:
-            count = await call
+            count = (await call)["replayed"]
         except DispatcherError:  # refused as a whole: then nothing changed
             if want:
                 raise
@@ -713,7 +713,7 @@ class QueueMachine(RuleBasedStateMachine):
         if seen.dlq:  # let the clock pass the newest entry: then every entry is old enough
             newest = int(seen.dlq[-1][0].partition("-")[0])
             await _clock_past(self.cl.store, newest)
-        purged = await self.cl.purge_dlq(0, confirm=True)
+        purged = (await self.cl.purge_dlq(0, confirm=True))["purged"]
         dead = self.model.in_state("dead")
         assert purged == len(dead) + self.model.raw_dlq, "purge deletes every DLQ entry"
         for job in dead:

@@ -123,12 +123,16 @@ async def test_replayed_dead_job_is_delivered(
     job_id = (await client.publish("acme", "a.b", {"x": 1}))["jobs"][0]["id"]
     await workers.start(max_attempts=2)
     await eventually(lambda: _job_in(client, job_id, "dead"))
-    assert await client.replay([job_id, "job_nonsense"]) == 1
+    assert (await client.replay([job_id, "job_nonsense"]))["replayed"] == 1
     job = await eventually(lambda: _job_in(client, job_id, "delivered"))
     assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
     assert job["attempt"] == 1  # attempts reset on replay
     assert await redis.xlen(Keys(prefix).dlq) == 0
-    assert await client.replay([job_id]) == 0  # delivered jobs are not replayed
+    assert await client.replay([job_id]) == {  # delivered jobs are not replayed
+        "replayed": 0,
+        "not_found": [],
+        "not_dead": [job_id],
+    }
 
 
 async def test_gone_disables_webhook_and_dead_letters(

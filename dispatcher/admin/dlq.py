@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 from dispatcher.admin import bodies
 from dispatcher.admin.app import CLIENT, json_response
 from dispatcher.admin.operations import carry_on
-from dispatcher.client import MAX_AGE_S
-from dispatcher.errors import ConfirmationRequired, InvalidField
 from dispatcher.queue import dlq
 
 if TYPE_CHECKING:
@@ -37,12 +35,13 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 async def replay(request: web.Request) -> web.Response:
-    """By ids: all or nothing (409 ``not_replayable`` names the dead jobs that cannot go back).
-    Everything matching: those that cannot go back are skipped and counted by reason."""
+    """By ids: all or nothing (409 ``not_replayable`` names the dead jobs that cannot go back),
+    the ids passed over named (``not_found``, ``not_dead``). Everything matching: those that
+    cannot go back are skipped and counted by reason."""
     wanted = bodies.replay(await bodies.json_object(request))
     client = request.app[CLIENT]
     if wanted.ids is not None:
-        return json_response({"replayed": await client.replay(wanted.ids)})
+        return json_response(await client.replay(wanted.ids))
     plan = await dlq.plan_replay(
         client.store,
         webhook_id=wanted.webhook_id,
@@ -50,32 +49,24 @@ async def replay(request: web.Request) -> web.Response:
         since_ms=wanted.since_ms,
     )
     first = await dlq.replay_step(client.store, plan, dlq.Position())
-    answer = {
-        "replayed": first.changed,
-        "skipped": sum(first.skipped.values()),
-        "skipped_reasons": dict(sorted(first.skipped.items())),
-    }
+    answer = dlq.replay_answer(first)  # Client.replay_matching's answer, for this page
     if first.position is None:
         return json_response(answer)
     return await carry_on(request, "replay", plan, first, answer)
 
 
 async def purge(request: web.Request) -> web.Response:
+    """Unconfirmed: 409 with the Client's ``ConfirmationRequired`` (what would go, what the
+    retention keeps). Confirmed: one page inline, the rest in the background."""
     params = bodies.query(request, {"older_than_s", "confirm"})
     older_than_s = bodies.seconds(params, "older_than_s", 0.0)
+    confirm = bodies.flag(params, "confirm")
     client = request.app[CLIENT]
-    if not bodies.flag(params, "confirm"):
-        would_purge = await client.purge_dlq(older_than_s, confirm=False)
-        raise ConfirmationRequired(
-            f"purging deletes {would_purge} dead jobs for good; repeat with confirm=true",
-            would_purge=would_purge,
-        )
-    if not 0 <= older_than_s <= MAX_AGE_S:
-        raise InvalidField("older_than_s", f"must be a number of seconds from 0 to {MAX_AGE_S:g}")
-    plan = await dlq.plan_purge(
-        client.store, older_than_s=older_than_s, retention_s=client.dlq_retention_s
-    )
-    first = await dlq.purge_step(client.store, plan, dlq.Position())
+    facts = await client.purge_facts(older_than_s)
+    if not confirm:
+        raise facts.refusal()
+    first = await dlq.purge_step(client.store, facts.plan, dlq.Position())
+    answer = facts.answer(first.changed)  # Client.purge_dlq's answer, for this page
     if first.position is None:
-        return json_response({"purged": first.changed})
-    return await carry_on(request, "purge", plan, first, {"purged": first.changed})
+        return json_response(answer)
+    return await carry_on(request, "purge", facts.plan, first, answer)

@@ -1,4 +1,7 @@
-"""``POST /v1/queues/{name}/pause`` and ``/resume``: every worker follows within a second."""
+"""``POST /v1/queues/{name}/pause`` and ``/resume``: every worker follows within a second.
+
+The answers and errors are the ``Client``'s (404 ``unknown_queue`` for a queue nothing knows).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,8 @@ if TYPE_CHECKING:
 
 
 async def pause(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    await request.app[CLIENT].pause(name)
-    return json_response({"queue": name, "paused": True})
+    return json_response(await request.app[CLIENT].pause(request.match_info["name"]))
 
 
 async def resume(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    await request.app[CLIENT].resume(name)
-    return json_response({"queue": name, "paused": False})
+    return json_response(await request.app[CLIENT].resume(request.match_info["name"]))

@@ -24,7 +24,7 @@ async def list_(request: web.Request) -> web.Response:
     params = bodies.query(request, {"tenant_id"})
     if "tenant_id" not in params:
         raise InvalidField("tenant_id", "is required")
-    return json_response({"items": await request.app[CLIENT].list_webhooks(params["tenant_id"])})
+    return json_response(await request.app[CLIENT].list_webhooks(params["tenant_id"]))
 
 
 async def get(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import NotFound, NotReplayable
+from dispatcher.errors import ConfirmationRequired, NotFound, NotReplayable
 from dispatcher.model import Job, JobState, is_job_id, rfc3339, sid_ms
 from dispatcher.queue import records
 from dispatcher.queue.keys import MAX_SHARDS, shard_of, streams_of
@@ -69,6 +69,7 @@ class _Replayed:
     refused: list[tuple[str, str]]  # (job id, reason); job id '' for a malformed entry
     last: str  # the last DLQ entry read ('' none), mode 'range'
     read: int  # DLQ entries read, mode 'range'
+    passed: list[tuple[str, str]]  # (job id, 'not_found' or 'not_dead'), mode 'ids'
 
 
 async def _run_replay(store: Store, mode: str, args: list[str | int]) -> _Replayed:
@@ -76,15 +77,19 @@ async def _run_replay(store: Store, mode: str, args: list[str | int]) -> _Replay
     while True:
         names = sorted(_STREAMS)
         with redis_errors():
-            status, replayed, refused, last, read = await store.scripts.replay(
+            status, replayed, refused, last, read, passed = await store.scripts.replay(
                 keys=[keys.dlq, keys.jobs, keys.webhooks, *(keys.ready(n) for n in names)],
                 args=[mode, " ".join(names), *args],
             )
         if status == -1:
             _STREAMS.add(refused[0].decode())
             continue
-        pairs = [(refused[i].decode(), refused[i + 1].decode()) for i in range(0, len(refused), 2)]
-        return _Replayed([r.decode() for r in replayed], pairs, last.decode(), int(read))
+        ids = [r.decode() for r in replayed]
+        return _Replayed(ids, _pairs(refused), last.decode(), int(read), _pairs(passed))
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[str, str]]:
+    return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
 
 def _refuse(refused: list[tuple[str, str]]) -> None:
@@ -98,8 +103,9 @@ def _refuse(refused: list[tuple[str, str]]) -> None:
     )
 
 
-async def replay(store: Store, job_ids: list[str]) -> list[str]:
-    """Put dead jobs back in their ready queues; returns the ids replayed.
+async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
+    """Put dead jobs back in their ready queues: ``{"replayed": n, "not_found": [ids],
+    "not_dead": [ids]}`` (the ids passed over, in the order given).
 
     All or nothing: when a dead job among them cannot go back (its payload was lost, its
     webhook was deleted or is disabled), ``NotReplayable`` names each such job and reason and
@@ -108,9 +114,13 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
     that checks before it writes; with several parts every part is checked first.
     """
     by_shard: defaultdict[int, list[str]] = defaultdict(list)
-    for job_id in dict.fromkeys(job_ids):
+    why: dict[str, str] = {}
+    wanted = list(dict.fromkeys(job_ids))
+    for job_id in wanted:
         if is_job_id(job_id):
             by_shard[shard_of(job_id)].append(job_id)
+        else:
+            why[job_id] = "not_found"
     parts = [
         (store.shard(shard), ids[i : i + SCRIPT_PAGE])
         for shard, ids in by_shard.items()
@@ -121,12 +131,17 @@ async def replay(store: Store, job_ids: list[str]) -> list[str]:
         for part, ids in parts:
             refused += (await _run_replay(part, "check", [*ids])).refused
         _refuse(refused)
-    replayed: list[str] = []
+    replayed = 0
     for part, ids in parts:
         answer = await _run_replay(part, "ids", [*ids])
         _refuse(answer.refused)  # with several parts: only if a job changed since the check
-        replayed += answer.replayed
-    return replayed
+        replayed += len(answer.replayed)
+        why.update(answer.passed)
+    return {
+        "replayed": replayed,
+        "not_found": [j for j in wanted if why.get(j) == "not_found"],
+        "not_dead": [j for j in wanted if why.get(j) == "not_dead"],
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,16 +549,96 @@ async def purge_step(
     return progress
 
 
-async def purge(store: Store, *, older_than_s: float, retention_s: float, confirm: bool) -> int:
-    """Count (``confirm`` False) or delete the entries older than both ages, with their records,
-    in every shard, page by page.
+async def purge(store: Store, plan: PurgePlan) -> int:
+    """Delete the entries of the plan with their records, in every shard, page by page.
 
-    Deleting removes exactly the entries counted, less any replayed meanwhile.
+    It removes exactly the entries ``purge_facts`` counted, less any replayed meanwhile.
     """
-    plan = await plan_purge(store, older_than_s=older_than_s, retention_s=retention_s)
-    if not confirm:
-        return await purge_left(store, plan, Position())
     total = Progress()
     while total.position is not None:
         total.add(await purge_step(store, plan, total.position))
     return total.changed
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeFacts:
+    """What a purge deletes, and what the retention floor (``dlq.retention_s``) keeps: the
+    facts of the API's 409 and of its answers, and of ``Client.purge_dlq``'s."""
+
+    plan: PurgePlan
+    older_than_s: float
+    retention_s: float
+    would_purge: int  # entries older than both ages
+    within_retention: int  # entries younger than the retention, which no purge deletes
+
+    def refusal(self) -> ConfirmationRequired:
+        """The unconfirmed purge's error, with the facts in its sentence and fields."""
+        age = _age(max(self.older_than_s, self.retention_s))
+        return ConfirmationRequired(
+            f"purging deletes {_entries(self.would_purge)} older than {age}; dlq.retention_s "
+            f"({_age(self.retention_s)}) protects {_entries(self.within_retention, 'younger ')}"
+            "; repeat with confirm=true",
+            would_purge=self.would_purge,
+            retention_s=_number(self.retention_s),
+            within_retention=self.within_retention,
+        )
+
+    def answer(self, purged: int) -> dict[str, Any]:
+        """The confirmed purge's answer (its first page's, when the API goes on in the
+        background)."""
+        return {
+            "purged": purged,
+            "retention_s": _number(self.retention_s),
+            "within_retention": self.within_retention,
+        }
+
+
+async def purge_facts(store: Store, *, older_than_s: float, retention_s: float) -> PurgeFacts:
+    """Count what a purge of entries older than both ages deletes, and the entries younger
+    than the retention, by entry id (no record read): the entries before the retention's
+    cutoff are counted (``purge_left``; once when ``older_than_s`` is not above the
+    retention), the younger ones are the rest of ``XLEN``."""
+    plan = await plan_purge(store, older_than_s=older_than_s, retention_s=retention_s)
+    would_purge = await purge_left(store, plan, Position())
+    floor_ms = plan.cutoff_ms + int(max(older_than_s, retention_s) * 1000)
+    floor_ms -= int(retention_s * 1000)  # the retention's own cutoff, from the same now
+    if floor_ms == plan.cutoff_ms:
+        before_floor = would_purge
+    else:
+        before_floor = await purge_left(store, PurgePlan(plan.shards, floor_ms), Position())
+    size = await dlq_size(store)
+    return PurgeFacts(
+        plan,
+        older_than_s,
+        retention_s,
+        would_purge,
+        max(size - before_floor, 0),  # entries added meanwhile are young: they count here
+    )
+
+
+def _entries(count: int, kind: str = "") -> str:
+    return f"{count} {kind}DLQ {'entry' if count == 1 else 'entries'}"
+
+
+def _age(seconds: float) -> str:
+    """``604800`` as ``7 days``, ``3600`` as ``1 hour``, ``90`` as ``90 s``."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} s"
+
+
+def _number(seconds: float) -> float:
+    """Whole seconds as an int, so JSON shows ``604800`` rather than ``604800.0``."""
+    return int(seconds) if float(seconds).is_integer() else seconds
+
+
+def replay_answer(progress: Progress) -> dict[str, Any]:
+    """The answer of a replay of everything matching (the API's, ``Client.replay_matching``'s):
+    ``{"replayed", "skipped", "skipped_reasons"}``."""
+    return {
+        "replayed": progress.changed,
+        "skipped": sum(progress.skipped.values()),
+        "skipped_reasons": dict(sorted(progress.skipped.items())),
+    }

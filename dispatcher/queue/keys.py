@@ -52,6 +52,11 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
 ``P:{0}:paused``          set   paused queue names
+``P:{0}:queues``          set   the queue names this shard's webhooks name or named (written with
+                          each webhook's record; never shrinks), so pausing a queue that
+                          nothing names or serves can be refused as a likely typo
+``P:{0}:queues:indexed``  string, set once every webhook written before ``queues`` existed is
+                          in it (``index_queues.lua``)
 ``P:{0}:workers``         hash  consumer name -> heartbeat JSON
 ``P:{0}:rates``           hash  webhook id -> "<tat> <sent>": GCRA theoretical arrival times (ms)
                           of its rate limit's slots handed out and of its sends (admit.lua)
@@ -196,6 +201,14 @@ class Keys:
     @property
     def paused(self) -> str:
         return f"{self._base}:paused"
+
+    @property
+    def queues(self) -> str:
+        return f"{self._base}:queues"
+
+    @property
+    def queues_indexed(self) -> str:
+        return f"{self._base}:queues:indexed"
 
     @property
     def workers(self) -> str:

@@ -78,6 +78,7 @@ async def save_webhook(store: Store, hook: Webhook) -> None:
     # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
     pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
     pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
+    pipe.sadd(store.keys.queues, hook.queue)  # the queues webhooks name (control.ensure_known)
     with redis_errors():
         await pipe.execute()
 
@@ -147,8 +148,13 @@ async def _change_webhook(
         keys = store.keys
         with redis_errors():
             written = await store.scripts.change_webhook(
-                keys=[keys.webhooks, keys.tenant(old_tenant), keys.tenant(hook.tenant_id)],
-                args=[webhook_id, raw, hook.encode(), hook.routing()],
+                keys=[
+                    keys.webhooks,
+                    keys.tenant(old_tenant),
+                    keys.tenant(hook.tenant_id),
+                    keys.queues,
+                ],
+                args=[webhook_id, raw, hook.encode(), hook.routing(), hook.queue],
             )
         if written:
             return hook

@@ -36,6 +36,7 @@ _NAMES = (
     "change_webhook",
     "delete_webhook",
     "adopt_layout",
+    "index_queues",
 )
 
 
@@ -66,6 +67,7 @@ class Scripts:
     change_webhook: AsyncScript
     delete_webhook: AsyncScript
     adopt_layout: AsyncScript
+    index_queues: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -449,7 +449,7 @@ async def test_ssrf_forms_never_reach_the_canary(tmp_path: Path) -> None:
                 jobs = {t: (await run.publish(t))[0] for t in expected}
                 # The moved webhook's first attempt was allowed; its URL now names loopback.
                 await run.target.wait_for(1, "/moved")
-                [hook] = await run.client.list_webhooks(moved)
+                [hook] = (await run.client.list_webhooks(moved))["items"]
                 await run.client.update_webhook(hook["id"], url=f"http://localhost:{port}/moved")
                 finished = await eventually(
                     lambda: _finished(run, list(jobs.values())),

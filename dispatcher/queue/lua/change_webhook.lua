@@ -5,12 +5,14 @@
 -- made in between (a 410's auto-disable, a rotation, a PATCH, a delete) is never undone.
 -- KEYS[1] webhooks hash   KEYS[2] routing hash of the tenant in the record as read
 -- KEYS[3] routing hash of the tenant in the new record (KEYS[2] again when it is unchanged)
+-- KEYS[4] the set of queue names webhooks name (the new record's queue is added)
 -- ARGV[1] webhook id   ARGV[2] the record as read   ARGV[3] the new record
--- ARGV[4] the new record's routing JSON
+-- ARGV[4] the new record's routing JSON   ARGV[5] the new record's queue
 -- returns: 1 when written, 0 when the record differs from ARGV[2] or is gone (nothing written)
 local id = ARGV[1]
 if redis.call('HGET', KEYS[1], id) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], id, ARGV[3])
 if KEYS[2] ~= KEYS[3] then redis.call('HDEL', KEYS[2], id) end
 redis.call('HSET', KEYS[3], id, ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[5])
 return 1

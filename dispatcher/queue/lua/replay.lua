@@ -9,13 +9,14 @@
 --     ARGV[6] webhook id, ARGV[7] tenant id ('' matches any): replay the matching dead jobs
 --     of that DLQ page and skip those that cannot go back.
 -- returns: {status, {replayed job id, ...}, {job id, reason, ...} refused or skipped,
---           last entry read ('' none), entries read}
+--           last entry read ('' none), entries read, {job id, why, ...} passed over ('ids')}
 --   status 1: done. 0: refused, nothing written ('ids', 'check'). -1: a job's stream is not
 --   among KEYS, nothing written; the refused list is {stream}: call again with its key.
 -- Reasons: 'payload_lost' (dead as entry_missing: the payload went with its stream entry),
 -- 'webhook_deleted', 'webhook_disabled' (it would die again at once, unsent),
 -- 'malformed' (no job, or a record that cannot be read), 'record_missing' (range only).
--- Unknown ids and jobs that are not dead are passed over silently (a replay can be repeated).
+-- Unknown ids and jobs that are not dead are passed over (a replay can be repeated); in 'ids'
+-- mode the last list names each with why: 'not_found' (no record) or 'not_dead'.
 local mode = ARGV[1]
 local ready = {}
 local n = 0
@@ -36,16 +37,16 @@ local function hook_state(webhook_id)
   return hooks[webhook_id]
 end
 
--- A dead job's verdict: nil (not dead: pass over), 'ok' with its meta, or a reason.
+-- A job's verdict: 'not_found' or 'not_dead' (pass over), 'ok' with its meta, or a reason.
 local function judge(job_id)
   local record = redis.call('HGET', KEYS[2], job_id)
-  if not record then return nil end
-  if string.sub(record, 1, 1) == '@' then return nil end  -- a locator: queued, never dead
+  if not record then return 'not_found' end
+  if string.sub(record, 1, 1) == '@' then return 'not_dead' end  -- a locator: queued
   local cut = string.find(record, '\n', 1, true)
   local ok, meta = false, nil
   if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
   if not ok or type(meta) ~= 'table' then return 'malformed' end
-  if meta.s ~= 'dead' then return nil end
+  if meta.s ~= 'dead' then return 'not_dead' end
   if type(meta.q) ~= 'string' then return 'malformed' end
   if meta.w == nil or meta.w == '' or cut == #record then return 'payload_lost', meta end
   local state = hook_state(meta.w)
@@ -53,7 +54,7 @@ local function judge(job_id)
   return 'ok', meta, record, cut
 end
 
-local chosen, refused, seen = {}, {}, {}
+local chosen, refused, seen, passed = {}, {}, {}, {}
 local function choose(job_id, meta, record, cut)
   if not seen[job_id] then
     seen[job_id] = true
@@ -76,8 +77,8 @@ if mode == 'range' then
       local verdict, meta, record, cut = judge(f.j)
       local matches = meta ~= nil and (want_hook == '' or meta.w == want_hook)
                       and (want_tenant == '' or meta.t == want_tenant)
-      if verdict == nil then
-        if not filtered and redis.call('HEXISTS', KEYS[2], f.j) == 0 then
+      if verdict == 'not_found' or verdict == 'not_dead' then
+        if not filtered and verdict == 'not_found' then
           refused[#refused + 1] = f.j; refused[#refused + 1] = 'record_missing'
         end
       elseif verdict == 'malformed' then
@@ -96,15 +97,19 @@ else
     local verdict, meta, record, cut = judge(ARGV[i])
     if verdict == 'ok' then
       choose(ARGV[i], meta, record, cut)
-    elseif verdict ~= nil then
+    elseif verdict == 'not_found' or verdict == 'not_dead' then
+      passed[#passed + 1] = ARGV[i]; passed[#passed + 1] = verdict
+    else
       refused[#refused + 1] = ARGV[i]; refused[#refused + 1] = verdict
     end
   end
-  if #refused > 0 or mode == 'check' then return {#refused > 0 and 0 or 1, {}, refused, '', 0} end
+  if #refused > 0 or mode == 'check' then
+    return {#refused > 0 and 0 or 1, {}, refused, '', 0, {}}
+  end
 end
 
 for _, job in ipairs(chosen) do
-  if not ready[job[2].q] then return {-1, {}, {job[2].q}, '', 0} end
+  if not ready[job[2].q] then return {-1, {}, {job[2].q}, '', 0, {}} end
 end
 
 local replayed = {}
@@ -117,4 +122,4 @@ for _, job in ipairs(chosen) do
   redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. string.sub(record, cut))
   replayed[#replayed + 1] = job_id
 end
-return {1, replayed, refused, last, read}
+return {1, replayed, refused, last, read, passed}

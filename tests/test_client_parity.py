@@ -1,0 +1,367 @@
+"""The Python Client and the admin API give the same answer, and the same error, for the same
+operation on the same state (issue 15: pause/resume, replay, purge and the rest)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from dispatcher import ConfirmationRequired, DispatcherError, UnknownQueue
+from dispatcher.model import Job, JobState, new_event_ids
+from dispatcher.queue import control, dlq
+from dispatcher.queue.keys import Keys
+from tests.admin_api import Api, start_api
+from tests.helpers import eventually
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    import redis.asyncio as aioredis
+
+    from dispatcher import Client
+
+DAY_S = 86_400
+WEEK_S = 7 * DAY_S
+
+
+@pytest.fixture
+async def api(client: Client) -> AsyncIterator[Api]:
+    """The admin API served from this test's Client, as the daemon serves it (configured with
+    ``delivery.queues = ["configured"]``)."""
+    client.configured_queues = frozenset({"configured"})
+    _app, served = await start_api(client)
+    yield served
+    await served.close()
+
+
+async def both(
+    api: Api,
+    method: str,
+    path: str,
+    call: Callable[[], Awaitable[Any]],
+    *,
+    json: Any = None,
+    params: dict[str, str] | None = None,
+    same_message: bool = True,
+) -> Any:
+    """Ask the API, then the Client: the same body (as JSON), or the same error (code,
+    message and details) with the HTTP status of its code. Returns the Client's answer or
+    error. ``same_message=False``: the API's own check of the request spoke first."""
+    http = await api.call(method, path, json=json, params=params)
+    error: DispatcherError | None = None
+    try:
+        answer = await call()
+    except DispatcherError as exc:
+        error = exc
+    if error is not None:
+        assert (http.status, http.body["error"]["code"]) == (error.http_status, error.code)
+        message = error.message if same_message else http.body["error"]["message"]
+        expected = {"error": {"code": error.code, "message": message}, **error.details()}
+        assert http.body == expected
+        return error
+    assert http.status in {200, 201}, http.body
+    assert http.body == orjson.loads(orjson.dumps(answer))  # a stored payload is a Fragment
+    return answer
+
+
+async def dead_jobs(client: Client, redis: aioredis.Redis, entry_ids: list[str]) -> list[str]:
+    """Dead jobs of one live webhook, written as settle.lua writes them, dead-lettered at the
+    times their DLQ ``entry_ids`` say ("*": now)."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    keys = Keys(client.store.keys.prefix)
+    _event_id, job_prefix = new_event_ids()
+    now_ms = client.store.clock.now_ms()
+    ids = [f"{job_prefix}{i}" for i in range(len(entry_ids))]
+    pipe = redis.pipeline(transaction=False)
+    for job_id, entry_id in zip(ids, entry_ids, strict=True):
+        pipe.xadd(keys.dlq, {"j": job_id, "r": "max_attempts"}, id=entry_id)
+    entries = await pipe.execute()
+    pipe = redis.pipeline(transaction=False)
+    for job_id, entry in zip(ids, entries, strict=True):
+        job = Job(
+            id=job_id,
+            webhook_id=hook["id"],
+            tenant_id="acme",
+            event_type="e",
+            stream="default",
+            event_id="",
+            state=JobState.DEAD,
+            attempt=1,
+            stalls=0,
+            created_at_ms=now_ms,
+            payload=b'{"n":1}',
+            finished_at_ms=now_ms,
+            last_error="500 down",
+            dlq_id=entry.decode(),
+            reason="max_attempts",
+        )
+        pipe.hset(keys.jobs, job_id, job.encode())
+    await pipe.execute()
+    return ids
+
+
+# --- queues ----------------------------------------------------------------------------------
+
+
+async def test_pausing_an_unknown_queue_is_404_both_ways(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Pausing or resuming a queue nothing knows (a typo) is 404 unknown_queue over HTTP and
+    UnknownQueue in Python, naming it and listing the known queues, and pauses nothing."""
+    await client.create_webhook("acme", "https://hooks.example.com/x", queue="emails")
+    for verb in ("pause", "resume"):
+        error = await both(
+            api, "POST", f"/v1/queues/defualt/{verb}", partial(getattr(client, verb), "defualt")
+        )
+        assert isinstance(error, UnknownQueue)
+        assert (error.code, error.http_status) == ("unknown_queue", 404)
+        assert "'defualt'" in error.message
+        assert "known queues: configured, default, emails" in error.message
+        assert error.known == ["configured", "default", "emails"]
+    assert await redis.smembers(Keys(prefix).paused) == set()
+
+
+async def test_known_queues_pause_and_resume_alike(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """default, the configured queues, those a webhook names (created now or before the
+    upgrade), those a worker serves and those holding jobs can be paused and resumed, with
+    the same answer from the Client and the API."""
+    keys = Keys(prefix)
+    with pytest.raises(UnknownQueue):  # the one-time backfill of the webhooks' queues runs
+        await client.pause("nope")
+    assert await redis.exists(keys.queues_indexed)
+    await client.create_webhook("acme", "https://hooks.example.com/x", queue="emails")
+    hook = await client.create_webhook("acme", "https://hooks.example.com/y", queue="changed")
+    await client.update_webhook(hook["id"], queue="moved")  # a change names its new queue
+    await control.heartbeat(client.store, "worker-1", {"queues": ["served"]})
+    await redis.xadd(keys.ready("leftover:high"), {"j": "job_x", "w": "wh_x"})
+
+    async def pause_and_resume(queue: str) -> None:
+        paused = await both(api, "POST", f"/v1/queues/{queue}/pause", partial(client.pause, queue))
+        assert paused == {"queue": queue, "paused": True}
+        resumed = await both(
+            api, "POST", f"/v1/queues/{queue}/resume", partial(client.resume, queue)
+        )
+        assert resumed == {"queue": queue, "paused": False}
+
+    for queue in ("default", "configured", "emails", "moved", "served", "leftover"):
+        await pause_and_resume(queue)
+    # A webhook written before the upgrade: its queue is in no set, and no backfill ran yet.
+    await client.create_webhook("acme", "https://hooks.example.com/z", queue="legacy")
+    await redis.srem(keys.queues, "legacy")
+    await redis.delete(keys.queues_indexed)
+    await pause_and_resume("legacy")
+    assert await redis.sismember(keys.queues, "legacy")  # the backfill found it, once
+    assert await redis.exists(keys.queues_indexed)
+
+
+async def test_a_paused_queue_can_always_be_resumed(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A queue paused by anyone (even one nothing else knows) is resumed by the API and by the
+    Client alike; once resumed it is unknown again."""
+    paused = Keys(prefix).paused
+    await redis.sadd(paused, "orphan")
+    http = await api.call("POST", "/v1/queues/orphan/resume")
+    assert (http.status, http.body) == (200, {"queue": "orphan", "paused": False})
+    await redis.sadd(paused, "orphan")
+    assert await client.resume("orphan") == {"queue": "orphan", "paused": False}
+    with pytest.raises(UnknownQueue):
+        await client.resume("orphan")
+
+
+# --- replay --------------------------------------------------------------------------------
+
+
+async def test_replay_by_ids_names_the_ids_not_found_and_not_dead(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """A replay by ids answers which ids were unknown and which jobs were not dead, the same
+    from the API and the Client, and replays the dead ones."""
+    first, second = await dead_jobs(client, redis, ["*", "*"])
+    queued = (await client.publish("acme", "e", {}))["jobs"][0]["id"]
+    unknown = ["job_nope", "job_00000000000000000000.1", "job_00000000000000000000.0.3"]
+    http = await api.call("POST", "/v1/dlq/replay", json={"ids": [first, *unknown, queued]})
+    answer = await client.replay([second, *unknown, queued, second])
+    expected = {"replayed": 1, "not_found": unknown, "not_dead": [queued]}
+    assert (http.status, http.body) == (200, expected)
+    assert answer == expected
+    again = await both(
+        api,
+        "POST",
+        "/v1/dlq/replay",
+        lambda: client.replay([first, second]),
+        json={"ids": [first, second]},
+    )
+    assert again == {"replayed": 0, "not_found": [], "not_dead": [first, second]}
+
+
+async def test_replay_matching_list_and_inspect_answer_alike(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """Listing, inspecting and replaying everything matching give the API's answers in Python,
+    and the same errors."""
+    [job_id] = await dead_jobs(client, redis, ["*"])
+    await both(api, "GET", "/v1/dlq", client.list_dlq)
+    await both(api, "GET", f"/v1/dlq/{job_id}", lambda: client.inspect_dlq(job_id))
+    await both(api, "GET", "/v1/dlq/job_nope", lambda: client.inspect_dlq("job_nope"))
+    error = await both(
+        api, "GET", "/v1/dlq", lambda: client.list_dlq(cursor="abc"), params={"cursor": "abc"}
+    )
+    assert isinstance(error, DispatcherError)
+    http = await api.call("POST", "/v1/dlq/replay", json={"all": True})
+    [other] = await dead_jobs(client, redis, ["*"])
+    answer = await client.replay_matching()
+    expected = {"replayed": 1, "skipped": 0, "skipped_reasons": {}}
+    assert (http.status, http.body, answer) == (200, expected, expected)
+    assert (await client.get_job(other) or {}).get("state") == "queued"
+
+
+async def test_large_replays_and_purges_answer_the_clients_keys_and_an_operation(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """A replay or purge too large for one request answers 202 with the keys of the Client's
+    answer (which goes to the end itself) plus the operation doing the rest."""
+
+    async def finished(answer: Any) -> None:
+        path = f"/v1/operations/{answer.body['operation']['id']}"
+
+        async def done() -> bool:
+            return bool((await api.call("GET", path)).body["state"] == "succeeded")
+
+        await eventually(done, what="the operation finished")
+
+    await dead_jobs(client, redis, [f"1000-{i}" for i in range(dlq.PAGE + 1)])
+    purge = await api.call("DELETE", "/v1/dlq", params={"confirm": "true"})
+    assert (purge.status, purge.body["retention_s"]) == (202, WEEK_S)
+    await finished(purge)
+    assert set(purge.body) - {"operation"} == set(await client.purge_dlq(confirm=True))
+    await dead_jobs(client, redis, ["*"] * (dlq.PAGE + 1))
+    replay = await api.call("POST", "/v1/dlq/replay", json={"all": True})
+    assert replay.status == 202
+    await finished(replay)
+    assert set(replay.body) - {"operation"} == set(await client.replay_matching())
+
+
+# --- purge ---------------------------------------------------------------------------------
+
+
+async def test_purge_on_an_empty_dlq_states_the_retention_floor(api: Api, client: Client) -> None:
+    """On a new install the unconfirmed purge says that nothing is older than the age asked
+    and what dlq.retention_s is, as 409 confirmation_required and ConfirmationRequired."""
+    error = await both(
+        api,
+        "DELETE",
+        "/v1/dlq",
+        lambda: client.purge_dlq(30 * DAY_S),
+        params={"older_than_s": str(30 * DAY_S)},
+    )
+    assert isinstance(error, ConfirmationRequired)
+    assert error.message == (
+        "purging deletes 0 DLQ entries older than 30 days; dlq.retention_s (7 days) protects "
+        "0 younger DLQ entries; repeat with confirm=true"
+    )
+    assert error.details() == {"would_purge": 0, "retention_s": WEEK_S, "within_retention": 0}
+
+
+async def test_purge_counts_the_entries_the_retention_keeps(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """The unconfirmed purge counts the entries it would delete and those younger than the
+    retention, which stay; the confirmed one answers what it deleted with the same facts,
+    from the API and the Client alike."""
+    await dead_jobs(client, redis, ["1000-0", "1000-1", "*", "*", "*"])
+    error = await both(api, "DELETE", "/v1/dlq", client.purge_dlq)
+    assert isinstance(error, ConfirmationRequired)
+    assert error.message == (
+        "purging deletes 2 DLQ entries older than 7 days; dlq.retention_s (7 days) protects "
+        "3 younger DLQ entries; repeat with confirm=true"
+    )
+    assert (error.would_purge, error.within_retention) == (2, 3)
+    http = await api.call("DELETE", "/v1/dlq", params={"confirm": "true"})
+    assert (http.status, http.body) == (
+        200,
+        {"purged": 2, "retention_s": WEEK_S, "within_retention": 3},
+    )
+    again = await client.purge_dlq(confirm=True)
+    assert again == {"purged": 0, "retention_s": WEEK_S, "within_retention": 3}
+    bad = await both(
+        api, "DELETE", "/v1/dlq", lambda: client.purge_dlq(-5), params={"older_than_s": "-5"}
+    )
+    assert isinstance(bad, DispatcherError)
+    assert bad.code == "invalid_field"
+
+
+async def test_purge_older_than_the_retention_keeps_the_entries_in_between(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """With older_than_s above the retention, an entry older than the retention but younger
+    than older_than_s is neither purged nor counted as within the retention."""
+    client.dlq_retention_s = 60
+    now_ms = client.store.clock.now_ms()
+    await dead_jobs(client, redis, ["1000-0", f"{now_ms - 120_000}-0", "*"])
+    error = await both(
+        api, "DELETE", "/v1/dlq", lambda: client.purge_dlq(3600), params={"older_than_s": "3600"}
+    )
+    assert isinstance(error, ConfirmationRequired)
+    assert (error.would_purge, error.retention_s, error.within_retention) == (1, 60, 1)
+    assert "older than 1 hour; dlq.retention_s (1 minute) protects 1 younger DLQ entry" in str(
+        error
+    )
+
+
+# --- the rest ------------------------------------------------------------------------------
+
+
+async def test_webhook_operations_answer_alike(api: Api, client: Client) -> None:
+    """Reading, listing, changing and rotating a webhook give the same answers and errors from
+    the API and the Client (fields that change at each call aside)."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    path = f"/v1/webhooks/{hook['id']}"
+    await both(api, "GET", path, lambda: client.get_webhook(hook["id"]))
+    listing = partial(client.list_webhooks, "acme")
+    await both(api, "GET", "/v1/webhooks", listing, params={"tenant_id": "acme"})
+    await both(api, "GET", "/v1/webhooks/wh_nope", lambda: client.get_webhook("wh_nope"))
+    await both(
+        api,
+        "PATCH",
+        path,
+        lambda: client.update_webhook(hook["id"], colour="red"),
+        json={"colour": "red"},
+        same_message=False,  # "is not a field of this request" / "is not a webhook field"
+    )
+    await both(
+        api,
+        "POST",
+        "/v1/webhooks",
+        # Not a list: callers of the public API are not always type-checked.
+        lambda: client.create_webhook("acme", "https://x.example.com", "a.b"),  # type: ignore[arg-type]
+        json={"tenant_id": "acme", "url": "https://x.example.com", "event_types": "a.b"},
+    )
+    await both(
+        api,
+        "POST",
+        f"{path}/rotate-secret",
+        lambda: client.rotate_secret(hook["id"], -5),
+        json={"grace_s": -5},
+    )
+    http = await api.call("PATCH", path, json={"description": "d"})
+    changed = await client.update_webhook(hook["id"], description="d")
+    assert set(http.body) == set(changed)
+    rotated = await api.call("POST", f"{path}/rotate-secret", json={"grace_s": 0})
+    assert set(rotated.body) == set(await client.rotate_secret(hook["id"], 0))
+
+
+async def test_status_answers_alike_but_for_the_daemons_alerts(api: Api, client: Client) -> None:
+    """The Client's status has the API's fields and counts, all but the alerts, which only the
+    daemon serving the API judges."""
+    await client.publish("acme", "e", {})
+    http = await api.call("GET", "/v1/status")
+    answer = await client.status()
+    assert set(http.body) - {"alerts"} == set(answer)
+    for name in ("queued", "active", "scheduled", "dlq_size", "paused", "queues", "workers"):
+        assert http.body[name] == answer[name]
