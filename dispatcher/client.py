@@ -6,7 +6,6 @@ same errors (``DispatcherError`` subclasses whose ``code`` matches the API's).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
@@ -19,6 +18,7 @@ from dispatcher.model import (
     check_queue,
     check_tenant_id,
     new_event_ids,
+    time_ms,
 )
 from dispatcher.queue import control, dlq, records
 from dispatcher.queue import status as queue_status
@@ -27,6 +27,7 @@ from dispatcher.signing import generate_secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from datetime import datetime
     from types import TracebackType
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
@@ -409,17 +410,4 @@ def _deliver_at_ms(deliver_at: object) -> int | None:
 
 
 def _time_ms(name: str, value: object) -> int | None:
-    """``value`` is an ``object``: callers of the public API are not always type-checked."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise InvalidField(name, "must be an RFC 3339 time") from exc
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidField(name, "must be an RFC 3339 time with a time zone")
-    try:
-        return int(value.timestamp() * 1000)
-    except (OverflowError, ValueError, OSError) as exc:
-        raise InvalidField(name, "is out of range") from exc
+    return time_ms(name, value)
