@@ -165,11 +165,20 @@ async def _start_admin(
     if cfg.admin.token is None:
         log.warning(
             "admin.no_token",
-            hint="set admin.token or admin.token_file; until then every /v1 call answers 401",
+            hint="set admin.token or admin.token_file (or DISPATCHER_ADMIN_TOKEN); until then "
+            "every /v1 call answers 401",
         )
-    runner = await serve(
-        create_app(Deps(client, metrics, cfg.admin.token, alerts, liveness)), cfg.admin.listen
-    )
+    try:
+        runner = await serve(
+            create_app(Deps(client, metrics, cfg.admin.token, alerts, liveness)), cfg.admin.listen
+        )
+    except OSError as exc:
+        # Most often another daemon (or make run) already has the port: one line, not a trace.
+        problem = (
+            f"admin.listen: cannot listen on {cfg.admin.listen}: {exc.strerror or exc}; choose "
+            "a free host:port (admin.listen, DISPATCHER_ADMIN_LISTEN) or stop what holds it"
+        )
+        raise ConfigError([problem]) from None
     addresses: list[Any] = list(runner.addresses)
     log.info("admin.listening", address=_address(addresses[0]) if addresses else cfg.admin.listen)
     stopped = False

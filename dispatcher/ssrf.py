@@ -139,7 +139,9 @@ class TargetRefused(OSError):  # noqa: N818  # an OSError so aiohttp wraps it as
             message = f"target address {address} refused: {reason}"
         else:
             message = f"target {host} at address {address} refused: {reason}"
-        super().__init__(message)
+        super().__init__(
+            f"{message} (security.allowed_cidrs or security.allow_private_targets allows it)"
+        )
 
 
 class GuardedResolver(AbstractResolver):

@@ -22,8 +22,9 @@ async def main():
             await asyncio.sleep(0.1)
         print(job["state"], job["attempts"])              # delivered [{'at': ..., 'status': 204, ...}]
         # a scheduled delivery: times need a time zone (a naive datetime is refused)
-        later = datetime.now(timezone.utc) + timedelta(hours=1)
+        later = datetime.now(timezone.utc) + timedelta(seconds=30)
         scheduled = await client.publish("acme", "order.paid", {"order": 42}, deliver_at=later)
-        print("scheduled", scheduled["jobs"][0]["id"])
+        print("scheduled for", later, [job["id"] for job in scheduled["jobs"]])
+        # each run registers one more webhook; await client.delete_webhook(hook["id"]) removes it
 
 asyncio.run(main())

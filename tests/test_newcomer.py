@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +13,7 @@ import pytest
 from dispatcher import InvalidField
 from dispatcher.queue.urls import absolute_unix
 from tests.admin_api import TOKEN, start_api
+from tests.helpers import Daemon, daemon_env
 
 if TYPE_CHECKING:
     from dispatcher import Client
@@ -24,7 +27,8 @@ async def test_a_refused_token_says_what_was_wrong_with_it(client: Client) -> No
         None: "no Authorization header",
         "Bearer ": "the bearer token is empty",
         "Bearer": "the bearer token is empty",
-        "Basic dXNlcjpwYXNz": "must use the Bearer scheme",
+        "Basic dXNlcjpwYXNz": "must be 'Bearer <token>'",
+        TOKEN: "must be 'Bearer <token>'",  # the token alone, without its scheme
         "Bearer not-the-token-42": "is not the configured admin token",
     }
     try:
@@ -34,8 +38,8 @@ async def test_a_refused_token_says_what_was_wrong_with_it(client: Client) -> No
             assert answer.status == 401, header
             message = answer.body["error"]["message"]
             assert why in message, (header, message)
-            assert "not-the-token-42" not in message
-            assert TOKEN not in message
+            for sent in ("not-the-token-42", "dXNlcjpwYXNz", TOKEN, TOKEN[:8]):
+                assert sent not in message, (header, message)
         assert (await api.call("GET", "/v1/status")).status == 200
     finally:
         await api.close()
@@ -87,3 +91,24 @@ async def test_a_time_without_a_zone_is_refused_with_the_fix(client: Client) -> 
     status = await client.status()
     assert (status["queued"], status["scheduled"]) == (0, 0), "a refused publish enqueued"
     assert hook["enabled"]
+
+
+async def test_a_busy_admin_port_is_one_clear_line_and_exit_2(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """A second daemon on a port already taken says which key to change, without a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = daemon_env(redis_url, prefix, admin_listen=f"127.0.0.1:{port}", admin_token="t")  # noqa: S106
+        daemon = Daemon(env, tmp_path / "busy.log").start()
+        try:
+            assert await asyncio.to_thread(daemon.wait, 60) == 2
+        finally:
+            daemon.stop()
+    failed = [line for line in daemon.log.splitlines() if "daemon.start_failed" in line]
+    assert len(failed) == 1, daemon.log
+    assert f"cannot listen on 127.0.0.1:{port}" in failed[0]
+    assert "DISPATCHER_ADMIN_LISTEN" in failed[0]
+    assert "Traceback" not in daemon.log

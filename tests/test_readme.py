@@ -5,7 +5,8 @@ Each fenced ``sh``, ``console`` or ``python`` block carries a marker just above 
 - ``<!-- readme-test: run -->``: a shell block, run by bash (``set -euo pipefail``) in one
   working directory; variables and functions carry over to the next run block, as in one
   terminal. Every ``curl`` in it ends with its expected status as a comment (``# 201 ...``), on
-  the command's last line; curl is wrapped to record each call's status and README line.
+  the command's last line, with the answer's top-level fields it must show (``"matched": 0``);
+  curl is wrapped to record each call's README line, status and answer.
 - ``<!-- readme-test: file PATH -->``: the repository's file PATH, shown whole (the receiver,
   the tour); checked equal to it, and written to PATH before anything runs.
 - ``<!-- readme-test: transcript -->``: ``$ command`` lines, each followed by its output.
@@ -42,7 +43,8 @@ README = REPO / "README.md"
 MARKER = re.compile(r"<!--\s*readme-test:\s*(\w+)\s*(.*?)\s*-->")
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 CHECKED_LANGUAGES = {"sh", "bash", "console", "python"}
-STATUS_NOTE = re.compile(r"#\s*(\d{3})\b")
+STATUS_NOTE = re.compile(r"#\s*(\d{3})\b(.*)")
+FIELD_NOTE = re.compile(r'"(\w+)":\s*(-?\d+|true|false|null|"[^"]*")')
 BLOCK_TIMEOUT_S = 60
 
 # Sourced by bash before each run block (BASH_ENV), so the block's lines keep their README
@@ -54,11 +56,10 @@ set -a
 if [ -f "$README_STATE" ]; then . "$README_STATE"; fi
 curl() {
     local body code rc=0
-    body=$(mktemp)
+    body=$(mktemp -p "$README_BODIES")
     code=$(command curl -o "$body" -w '%{http_code}' "$@") || rc=$?
-    if [ "$rc" = 0 ]; then echo "${BASH_LINENO[0]} $code" >>"$README_STATUSES"; fi
+    if [ "$rc" = 0 ]; then echo "${BASH_LINENO[0]} $code $body" >>"$README_STATUSES"; fi
     cat "$body"
-    rm -f "$body"
     return "$rc"
 }
 """
@@ -108,11 +109,19 @@ def readme_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def curl_commands(block: Block) -> list[tuple[int, int, int | None]]:
-    """(first line, last line, expected status) of each curl command of a run block.
+@dataclass(frozen=True)
+class Expected:
+    first_line: int
+    status: int | None
+    fields: dict[str, object]  # top-level fields of the JSON answer, from `# 202 "matched": 0`
+
+
+def curl_commands(block: Block) -> list[tuple[int, Expected]]:
+    """(last line, what it must answer) of each curl command of a run block.
 
     A command runs on while a quote is open or a line ends with a backslash; its status is
-    the ``# NNN`` comment on its last line.
+    the ``# NNN`` comment on its last line, and ``"key": value`` after it is a field the answer
+    must have.
     """
     commands = []
     open_at: int | None = None
@@ -127,7 +136,11 @@ def curl_commands(block: Block) -> list[tuple[int, int, int | None]]:
         if open_at is None or quote or code.rstrip().endswith("\\"):
             continue
         note = STATUS_NOTE.match(comment or "")
-        commands.append((open_at, number, int(note.group(1)) if note else None))
+        fields = {
+            key: orjson.loads(value)
+            for key, value in FIELD_NOTE.findall(note.group(2) if note else "")
+        }
+        commands.append((number, Expected(open_at, int(note.group(1)) if note else None, fields)))
         open_at = None
     return commands
 
@@ -250,10 +263,12 @@ def session(tmp_path: Path) -> Iterator[Session]:
             start_new_session=True,
         )
     (tmp_path / "bash_env.sh").write_text(PRELUDE)
+    (tmp_path / "bodies").mkdir()
     env |= {
         "BASH_ENV": str(tmp_path / "bash_env.sh"),
         "README_STATE": str(tmp_path / "shell_state.sh"),
         "README_STATUSES": str(tmp_path / "statuses.txt"),
+        "README_BODIES": str(tmp_path / "bodies"),
     }
     session = Session(cwd, env, admin_port, receiver_port, daemon, daemon_log, [])
     try:
@@ -283,12 +298,12 @@ def test_every_readme_recipe_works_as_printed(session: Session) -> None:
             (session.cwd / block.arg).write_text(session.localize(text))
 
     outputs: dict[int, str] = {}
-    expected: dict[int, tuple[int, int | None]] = {}  # last line -> (first line, status)
+    expected: dict[int, Expected] = {}  # by the command's last line
     for block in blocks:
         if block.kind == "run":
-            for first, last, status in curl_commands(block):
-                assert status is not None, f"README line {last}: curl without its status (# 200)"
-                expected[last] = (first, status)
+            for last, wanted in curl_commands(block):
+                assert wanted.status is not None, f"README line {last}: curl without # status"
+                expected[last] = wanted
             outputs[block.first_line] = session.run_block(block)
         elif block.kind == "transcript":
             session.run_transcript(block)
@@ -296,15 +311,19 @@ def test_every_readme_recipe_works_as_printed(session: Session) -> None:
     statuses = Path(session.env["README_STATUSES"]).read_text().split("\n")
     called: set[int] = set()
     for record in filter(None, statuses):
-        line, status = (int(part) for part in record.split())
+        line, status, body = record.split(" ", 2)
         command = next(
-            (last for last, (first, _) in expected.items() if first <= line <= last), None
+            (last for last, wanted in expected.items() if wanted.first_line <= int(line) <= last),
+            None,
         )
         assert command is not None, f"a curl at README line {line} that the test did not find"
-        assert status == expected[command][1], (
-            f"README line {expected[command][0]}: answered {status}, "
-            f"the README says {expected[command][1]}"
-        )
+        wanted = expected[command]
+        where = f"README line {wanted.first_line}"
+        assert int(status) == wanted.status, f"{where}: answered {status}, not {wanted.status}"
+        if wanted.fields:
+            answer = orjson.loads(Path(body).read_bytes())
+            shown = {key: answer.get(key) for key in wanted.fields}
+            assert shown == wanted.fields, f"{where}: answered {shown}, not {wanted.fields}"
         called.add(command)
     assert called == set(expected), f"curl commands never run: {sorted(set(expected) - called)}"
 

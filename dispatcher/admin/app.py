@@ -65,7 +65,10 @@ class Deps:
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """JSON with orjson, which also writes a job's stored payload bytes as they are."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    # The newline keeps a shell prompt off the end of the answer (curl -s prints it as is).
+    return web.Response(
+        body=orjson.dumps(data) + b"\n", status=status, content_type="application/json"
+    )
 
 
 def error_response(
@@ -116,8 +119,8 @@ def _auth(token: str | None) -> Middleware:
         if request.path == "/v1" or request.path.startswith("/v1/"):
             if expected is None:
                 raise Unauthorized(
-                    "no admin token is configured (admin.token or admin.token_file), "
-                    "so every /v1 call is refused"
+                    "no admin token is configured (admin.token, admin.token_file or "
+                    "DISPATCHER_ADMIN_TOKEN), so every /v1 call is refused"
                 )
             header = request.headers.get("Authorization", "")
             given = header.encode("utf-8", "surrogateescape")
@@ -134,7 +137,8 @@ def _why_refused(header: str) -> str:
     if not header.strip():
         return "no Authorization header: send 'Authorization: Bearer <token>'"
     if scheme.lower() != "bearer":
-        return f"the Authorization header must use the Bearer scheme, not {scheme[:20]!r}"
+        # Never echo it: a token sent without "Bearer " would be shown back.
+        return "the Authorization header must be 'Bearer <token>' (the Bearer scheme)"
     if not token.strip():
         return (
             "the bearer token is empty: the shell variable holding it is probably unset "
