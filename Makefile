@@ -13,7 +13,7 @@ CONFIG ?= etc/dispatcher.toml
 # The daemon for trying it out: an admin token in var/admin.token (unless DISPATCHER_ADMIN_TOKEN
 # is set) and targets on this machine allowed; see scripts/run-dev.
 run: $(STAMP) redis-server
-	BIN=$(BIN) CONFIG=$(CONFIG) scripts/run-dev
+	BIN=$(BIN) CONFIG=$(CONFIG) $(BIN)/python scripts/run-dev
 
 test: $(STAMP) redis-server systemd-analyze
 	$(BIN)/pytest

@@ -337,12 +337,12 @@ def _redis_url(raw: _Raw) -> str | None:
         except urls.UrlError as exc:
             raise _BadValueError(f"{exc} in {shown}") from None
         return url
-    if scheme not in REDIS_SCHEMES:
+    if scheme not in REDIS_SCHEMES or "://" not in url:
         raise _BadValueError(
             f"unsupported scheme in {shown}: use redis://, rediss://, unix://, "
             "redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service"
         )
-    if scheme == "unix" and not parts.path:
+    if scheme == "unix" and not urlsplit(urls.absolute_unix(url)).path:
         raise _BadValueError(
             f"a unix:// URL needs a socket path, e.g. unix:///run/redis.sock, got {shown}"
         )

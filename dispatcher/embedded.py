@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import structlog
 
@@ -99,7 +100,7 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket}"
+        return f"unix://{quote(str(self.socket))}"  # redis-py unquotes the path
 
     def _command(self, binary: str) -> list[str]:
         return [

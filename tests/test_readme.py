@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
     daemon_log = tmp_path / "daemon.log"
     with daemon_log.open("wb") as sink:
         daemon = subprocess.Popen(
-            [str(REPO / "scripts" / "run-dev")],
+            [sys.executable, str(REPO / "scripts" / "run-dev")],
             cwd=cwd,
             env={
                 **env,

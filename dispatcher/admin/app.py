@@ -112,7 +112,7 @@ def _sentence(exc: web.HTTPException) -> str:
 
 
 def _auth(token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode("utf-8", "surrogateescape") if token else None
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -123,8 +123,11 @@ def _auth(token: str | None) -> Middleware:
                     "DISPATCHER_ADMIN_TOKEN), so every /v1 call is refused"
                 )
             header = request.headers.get("Authorization", "")
-            given = header.encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
+            # The scheme is case-insensitive (RFC 9110); whitespace around the token is not
+            # part of it.
+            scheme, _, given = header.strip().partition(" ")
+            sent = given.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected):
                 raise Unauthorized(_why_refused(header))
         return await handler(request)
 

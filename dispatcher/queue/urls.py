@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES: Final = ("redis+sentinel",)
@@ -62,7 +62,8 @@ def absolute_unix(url: str) -> str:
     userinfo, at, path = location.rpartition("@")
     if not path or path.startswith(("/", "localhost/")):
         return url
-    absolute = Path(path).absolute()
+    # Quoted: redis-py unquotes the path, and a directory may hold "%", "#" or "?".
+    absolute = quote(str(Path(unquote(path)).absolute()))
     return f"unix://{userinfo}{at}{absolute}{question}{query}"
 
 
