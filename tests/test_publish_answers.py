@@ -8,11 +8,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from dispatcher import DispatcherError, IdempotencyKeyReused
+from dispatcher.queue import records
 from dispatcher.queue.keys import Keys
 from tests.admin_api import start_api
 from tests.helpers import hooks_in_every_shard
@@ -244,17 +247,106 @@ async def test_a_record_from_before_fingerprints_still_answers_as_a_repeat(
     hooks = await hooks_in_every_shard(client, target, shards, per_shard=1)
     first = await client.publish("acme", "a.b", {"n": 1}, idempotency_key="old")
     for shard in range(shards):
-        name = Keys(prefix, shard).idempotency("acme", "old")
-        record = cast("bytes | None", await redis.get(name))
-        assert record is not None
-        _fingerprint, newline, answer = record.partition(b"\n")
-        assert newline, "the record keeps a fingerprint"
-        await redis.set(name, answer, keepttl=True)
+        assert await redis.delete(Keys(prefix, shard).fingerprint("acme", "old")) == 1
     before = await _snapshot(redis, prefix)
     new, again = await client.publish_checked("acme", "x.y", {"n": 2}, idempotency_key="old")
     assert (new, again) == (False, first)
     assert again["matched"] == len(hooks)
     assert await _snapshot(redis, prefix) == before
+
+
+def _previous_release_answer(records: list[bytes]) -> dict[str, Any]:
+    """The answer the previous release (f460aad) gives a repeated key: its publish.lua returns
+    each shard's record as it is, and its ``_answer`` (copied here) reads them."""
+    event_id = ""
+    jobs = []
+    for joined in (record.decode() for record in records):
+        first, *pairs = joined.split(" ")
+        event_id = event_id or first
+        jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
+    if len(records) > 1:
+        jobs.sort(key=lambda job: job["webhook_id"])
+    return {"event_id": event_id, "jobs": jobs}
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_a_producer_on_the_previous_release_still_reads_a_repeat_answer(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, shards: int
+) -> None:
+    """A producer whose Client is not upgraded yet gets this release's first answer for a
+    repeated key (not a fingerprint glued to the event id), and each record's fingerprint lives
+    beside it, in its slot, for exactly as long."""
+    await client.store.adopt_layout(shards)
+    hooks = await hooks_in_every_shard(client, target, shards, per_shard=1)
+    first = await client.publish("acme", "e", {"n": 1}, idempotency_key="k")
+    assert first["matched"] == len(hooks)
+    names = [Keys(prefix, shard).idempotency("acme", "k") for shard in range(shards)]
+    records = [cast("bytes", await redis.get(name)) for name in names]
+    assert _previous_release_answer(records) == {
+        "event_id": first["event_id"],
+        "jobs": first["jobs"],
+    }
+    for shard, record in enumerate(names):
+        fingerprint = Keys(prefix, shard).fingerprint("acme", "k")
+        assert key_slot(record.encode()) == key_slot(fingerprint.encode())
+        expires = await redis.pexpiretime(record)
+        assert expires > 0
+        assert await redis.pexpiretime(fingerprint) == expires
+
+
+@pytest.mark.parametrize("way", ["publish", "publish_many"])
+async def test_shard_0s_record_decides_when_it_expired_before_another_shards(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, way: str
+) -> None:
+    """When shard 0's record of a key has expired (written first, it expires first) while
+    another shard's has not, the key is new again: a publish is one new event on every shard,
+    never a 422 "nothing enqueued" after shard 0 enqueued; its repeat answers it, and the
+    expired request is now another request."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
+
+    async def send(payload: Any) -> dict[str, Any]:
+        if way == "publish":
+            return await client.publish("acme", "e", payload, idempotency_key="k")
+        event = {"tenant_id": "acme", "event_type": "e", "payload": payload}
+        [answer] = await client.publish_many([{**event, "idempotency_key": "k"}])
+        if isinstance(answer, DispatcherError):
+            raise answer
+        return answer
+
+    first = await send({"n": 1})
+    keys = Keys(prefix, 0)
+    await redis.delete(keys.idempotency("acme", "k"), keys.fingerprint("acme", "k"))  # expired
+    second = await send({"n": 2})
+    assert second["event_id"] != first["event_id"]
+    assert second["matched"] == len(hooks)
+    prefix_of_jobs = "job_" + second["event_id"].removeprefix("evt_") + "."
+    assert all(job["id"].startswith(prefix_of_jobs) for job in second["jobs"])
+    assert await send({"n": 2}) == second
+    before = await _snapshot(redis, prefix)
+    with pytest.raises(IdempotencyKeyReused):
+        await send({"n": 1})
+    assert await _snapshot(redis, prefix) == before
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_a_retry_whose_payload_keys_come_in_another_order_is_a_repeat(
+    client: Client, target: Target, shards: int
+) -> None:
+    """A retry of the same JSON value, its objects' keys in another order (a rebuilt dict,
+    another encoder), answers the first answer, and the job keeps the first request's bytes;
+    1 and 1.0 are still different requests."""
+    await client.store.adopt_layout(shards)
+    await client.create_webhook("acme", target.url(), ["e"])
+    payload = {"a": 1, "b": {"x": [1, {"p": 1, "q": 2}], "y": None}}
+    first = await client.publish("acme", "e", payload, idempotency_key="k1")
+    reordered = {"b": {"y": None, "x": [1, {"q": 2, "p": 1}]}, "a": 1}
+    assert await client.publish("acme", "e", reordered, idempotency_key="k1") == first
+    job = await records.get_job(client.store, first["jobs"][0]["id"])
+    assert job is not None
+    assert job.payload == orjson.dumps(payload)
+    with pytest.raises(IdempotencyKeyReused):
+        await client.publish("acme", "e", {**payload, "a": 1.0}, idempotency_key="k1")
 
 
 async def test_matched_counts_the_webhooks_an_event_went_to(

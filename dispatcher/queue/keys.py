@@ -48,6 +48,12 @@ ids the server chooses, and come last; ``M`` is a number.
                           (``deliver``), so the same key used for two webhooks, or for a
                           delivery and a publish, names two keys (W starts ``wh_``, never a
                           digit, and holds no ``:``)
+``P:{0}:fingerprint:N:T:K`` string, beside ``idempotency:N:T:K`` (same TTL, written with it):
+                          the hex fingerprint of the request that first used the key, which a
+                          repeat must match; a record without one (written before fingerprints,
+                          or by a release that does not write them) is a repeat of any request.
+                          The record itself keeps its format, so every release reads it
+``P:{0}:fingerprint:W:N:T:K`` string, the same for ``idempotency:W:N:T:K``
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
@@ -190,6 +196,11 @@ class Keys:
         delivery to one webhook is scoped to it: its id comes first."""
         scope = f"{webhook_id}:" if webhook_id else ""
         return f"{self._base}:idempotency:{scope}{len(tenant_id)}:{tenant_id}:{key}"
+
+    def fingerprint(self, tenant_id: str, key: str, webhook_id: str | None = None) -> str:
+        """The fingerprint beside ``idempotency(tenant_id, key, webhook_id)``, named alike."""
+        scope = f"{webhook_id}:" if webhook_id else ""
+        return f"{self._base}:fingerprint:{scope}{len(tenant_id)}:{tenant_id}:{key}"
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"

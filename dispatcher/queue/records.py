@@ -8,6 +8,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 import redis.exceptions as rex
 
 from dispatcher.errors import (
@@ -79,6 +80,7 @@ async def save_webhook(store: Store, hook: Webhook) -> None:
     pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
     pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
     pipe.sadd(store.keys.queues, hook.queue)  # the queues webhooks name (control.ensure_known)
+    pipe.incr(store.keys.queues_indexed)  # the webhooks ``queues`` covers, kept in step
     with redis_errors():
         await pipe.execute()
 
@@ -216,7 +218,10 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
         tenant = keys.tenant(Webhook.decode(raw).tenant_id)
         with redis_errors():
             deleted = await store.scripts.delete_webhook(
-                keys=[keys.webhooks, tenant, keys.rates, keys.lease(webhook_id), keys.failing],
+                keys=[
+                    *(keys.webhooks, tenant, keys.rates, keys.lease(webhook_id), keys.failing),
+                    keys.queues_indexed,
+                ],
                 args=[webhook_id, raw],
             )
         if deleted:
@@ -240,6 +245,8 @@ class Publication:
     deliver_at_ms: int | None = None
     priority: str = "normal"
     only_webhook: str | None = None
+    #: True for another shard's part of an event whose id shard 0's part decided (``_of_event``).
+    decided: bool = False
     #: What a repeat of the idempotency key must match ('' without a key).
     fingerprint: str = field(init=False)
 
@@ -253,7 +260,7 @@ class Publication:
         digest = hashlib.blake2b(digest_size=16)
         for part in (
             self.event_type.encode(),
-            self.payload,
+            _canonical(self.payload),
             str(self.deliver_at_ms or "").encode(),
             self.priority.encode(),
             (self.only_webhook or "").encode(),
@@ -263,13 +270,23 @@ class Publication:
         return digest.hexdigest()
 
 
+def _canonical(payload: bytes) -> bytes:
+    """The payload as the JSON value it is: objects' keys sorted (a retry that rebuilt its
+    object in another order is the same request), strings and numbers written one way
+    (``"\\u00e9"`` is ``"é"``, ``1.50`` is ``1.5``; ``1`` and ``1.0`` stay different)."""
+    try:
+        return orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON: its bytes, then
+        return payload
+
+
 def _publish_call(
     store: Store, pub: Publication, names: list[str]
 ) -> tuple[list[str], list[bytes | str | int]]:
     keys = store.keys
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
-    idem_key = keys.idempotency(pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
+    idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
     args: list[bytes | str | int] = [
         shard_job_prefix(pub.job_prefix, keys.shard),
         pub.event_id,
@@ -284,8 +301,10 @@ def _publish_call(
         " ".join(names),
         " ".join(streams),
         pub.fingerprint,
+        "1" if pub.decided else "",
     ]
-    return [keys.tenant(pub.tenant_id), keys.jobs, idem_key, *queue_keys], args
+    idem_keys = [keys.idempotency(*idem), keys.fingerprint(*idem)]
+    return [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys], args
 
 
 async def _shards_of(store: Store, pub: Publication) -> list[Store]:
@@ -311,6 +330,8 @@ async def publish(
     idempotency key completes what is missing). With a key, shard 0's part runs first and
     decides the event id (this call's, or the one an earlier try stored), which the other
     shards' jobs then carry: every job of one key belongs to one event, retries included.
+    Shard 0 alone also decides new, repeat or refused: another shard's record of an earlier
+    event (shard 0's record expired first: each has its own TTL) is replaced, not obeyed.
     ``queues`` is the caller's cache of known queue names; the script names any other queue a
     matching webhook uses, and the call is repeated with that queue's keys too.
     """
@@ -334,9 +355,11 @@ async def publish(
 
 
 def _of_event(pub: Publication, answer: str) -> Publication:
-    """The publication as part of the event a shard's answer (``event_id ...``) names."""
+    """The publication as another shard's part of the event shard 0's answer
+    (``event_id ...``) names."""
     event_id = answer.partition(" ")[0]
-    return replace(pub, event_id=event_id, job_prefix=f"job_{event_id.removeprefix('evt_')}.")
+    job_prefix = f"job_{event_id.removeprefix('evt_')}."
+    return replace(pub, event_id=event_id, job_prefix=job_prefix, decided=True)
 
 
 _REUSED = -2  # publish.lua: the idempotency key was first used with another request

@@ -3,32 +3,41 @@
 -- A job to deliver now is one stream entry carrying its data, plus a locator in the jobs hash
 -- ("@<queue> <entry id>"); a scheduled job is a full record plus its due time in the zset.
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
--- KEYS[4], KEYS[5] ready stream and delayed zset of the first queue in ARGV[11] (of its stream
+-- KEYS[4] the fingerprint beside it (same use)
+-- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[11] (of its stream
 -- for this event's priority), then the same pair for each further queue
 -- ARGV[1] job id prefix (ids are prefix .. n)   ARGV[2] event id   ARGV[3] tenant id
 -- ARGV[4] event type   ARGV[5] payload (JSON bytes, stored as they are)   ARGV[6] now_ms
 -- ARGV[7] due_ms (0: deliver now)   ARGV[8] idempotency TTL in seconds (0: none)
 -- ARGV[9] only this webhook id ('' fans out by subscription)   ARGV[10] priority
--- ARGV[11] the queue names whose keys follow KEYS[3], space-separated
+-- ARGV[11] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[12] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[13] the request's fingerprint (hex; '' without an idempotency key)
+-- ARGV[14] '1' when this is another shard's part of an event whose id shard 0's part decided
+--          (new or repeat): a record here naming that event is a repeat, one naming another
+--          event is stale (the key's earlier use, whose record on shard 0 expired first) and is
+--          replaced; the fingerprint was checked on shard 0. '' otherwise.
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
 --          written), or {-1, queue} when a matching webhook names a queue whose keys were not
 --          passed (the caller retries with them).
 --          answer = "event_id job_id webhook_id job_id webhook_id ..."
--- The idempotency record is "<fingerprint>\n<answer>"; one written before fingerprints (the
--- answer alone) is taken for a repeat of any request, as it was then.
+-- The idempotency record (KEYS[3]) is the answer alone, as every release has written and read
+-- it; the fingerprint is KEYS[4], written with it and with the same TTL. A record without one
+-- (written before fingerprints, or by a release that does not write them) is a repeat of any
+-- request, as it was then.
 -- Reads come first, so a key of the wrong type fails before anything is written; a failed
 -- write after the first is undone before the error is returned (all jobs or none).
 local use_idem = tonumber(ARGV[8]) > 0
 if use_idem then
   local first = redis.call('GET', KEYS[3])
   if first then
-    local fingerprint, answer = string.match(first, '^(%x+)\n(.*)$')
-    if not fingerprint then return {0, first} end
-    if fingerprint ~= ARGV[13] then return {-2, answer} end
-    return {0, answer}
+    if ARGV[14] ~= '1' then
+      local fingerprint = redis.call('GET', KEYS[4])
+      if fingerprint and fingerprint ~= ARGV[13] then return {-2, first} end
+      return {0, first}
+    end
+    if string.match(first, '^%S*') == ARGV[2] then return {0, first} end
   end
 end
 
@@ -37,7 +46,7 @@ local queues, nq = {}, 0
 local streams = {}
 for stream in string.gmatch(ARGV[12], '%S+') do streams[#streams + 1] = stream end
 for name in string.gmatch(ARGV[11], '%S+') do
-  queues[name] = {ready = KEYS[4 + 2 * nq], delayed = KEYS[5 + 2 * nq], added = {}, due = {},
+  queues[name] = {ready = KEYS[5 + 2 * nq], delayed = KEYS[6 + 2 * nq], added = {}, due = {},
                   stream = streams[nq + 1]}
   nq = nq + 1
 end
@@ -121,5 +130,8 @@ if #records > 0 then
   end
 end
 local joined = table.concat(answer, ' ')
-if use_idem then redis.call('SET', KEYS[3], ARGV[13] .. '\n' .. joined, 'EX', ARGV[8]) end
+if use_idem then
+  redis.call('SET', KEYS[3], joined, 'EX', ARGV[8])
+  redis.call('SET', KEYS[4], ARGV[13], 'EX', ARGV[8])
+end
 return {1, joined}
