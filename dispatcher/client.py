@@ -65,11 +65,15 @@ class Client:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
+        queues: Iterable[str] = (),
     ) -> Client:
+        """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
+        daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``."""
         return cls(
             Store.open(redis_url, prefix=prefix),
             max_payload_bytes=max_payload_bytes,
             dlq_retention_s=dlq_retention_s,
+            queues=queues,
         )
 
     async def __aenter__(self) -> Self:
@@ -293,6 +297,8 @@ class Client:
         All or nothing: a dead job that cannot go back (its payload was lost, its webhook was
         deleted or is disabled) raises ``NotReplayable`` naming each such job and why, and
         none is replayed. Unknown ids and jobs that are not dead are passed over and named.
+        ``job_ids`` is a list of 1 to 1000 (``dlq.MAX_REPLAY_IDS``) strings, else
+        ``InvalidField`` (``invalid_field``), as the API's ``{"ids": [...]}``.
         """
         return await dlq.replay(self.store, job_ids)
 

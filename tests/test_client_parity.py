@@ -3,13 +3,14 @@ operation on the same state (issue 15: pause/resume, replay, purge and the rest)
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
-from dispatcher import ConfirmationRequired, DispatcherError, UnknownQueue
+from dispatcher import Client, ConfirmationRequired, DispatcherError, UnknownQueue
 from dispatcher.model import Job, JobState, new_event_ids
 from dispatcher.queue import control, dlq
 from dispatcher.queue.keys import Keys
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     import redis.asyncio as aioredis
-
-    from dispatcher import Client
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
@@ -131,9 +130,8 @@ async def test_known_queues_pause_and_resume_alike(
     upgrade), those a worker serves and those holding jobs can be paused and resumed, with
     the same answer from the Client and the API."""
     keys = Keys(prefix)
-    with pytest.raises(UnknownQueue):  # the one-time backfill of the webhooks' queues runs
+    with pytest.raises(UnknownQueue):  # no webhook yet: nothing to index
         await client.pause("nope")
-    assert await redis.exists(keys.queues_indexed)
     await client.create_webhook("acme", "https://hooks.example.com/x", queue="emails")
     hook = await client.create_webhook("acme", "https://hooks.example.com/y", queue="changed")
     await client.update_webhook(hook["id"], queue="moved")  # a change names its new queue
@@ -157,6 +155,144 @@ async def test_known_queues_pause_and_resume_alike(
     await pause_and_resume("legacy")
     assert await redis.sismember(keys.queues, "legacy")  # the backfill found it, once
     assert await redis.exists(keys.queues_indexed)
+
+
+async def old_release_hooks(redis: aioredis.Redis, keys: Keys, raw: bytes, count: int) -> None:
+    """``count`` webhooks written as a release before the ``queues`` set wrote them: copies of
+    the record ``raw`` under new ids, in no set and not counted."""
+    pipe = redis.pipeline(transaction=False)
+    old_id = orjson.loads(raw)["id"].encode()
+    for i in range(count):
+        wid = f"wh_{i:020d}"
+        pipe.hset(keys.webhooks, wid, raw.replace(old_id, wid.encode()))
+    await pipe.execute()
+
+
+async def hscans(redis: aioredis.Redis) -> int:
+    """HSCAN calls since the last CONFIG RESETSTAT (the backfill's pages)."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hscan", {}).get("calls", 0))
+
+
+async def test_a_webhook_an_older_release_writes_after_the_backfill_keeps_its_queue_known(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """During a rolling upgrade (or from a producer on an older Client) a webhook written
+    without the queues set, after the backfill ran, still makes its queue known to pause."""
+    keys = Keys(prefix)
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    with pytest.raises(UnknownQueue):
+        await client.pause("typo")
+    raw = await redis.hget(keys.webhooks, hook["id"])
+    assert raw is not None
+    await old_release_hooks(redis, keys, raw.replace(b'"queue":"default"', b'"queue":"legacy"'), 1)
+    assert await client.pause("legacy") == {"queue": "legacy", "paused": True}
+    # An older release moving a webhook to another queue changes no count: the backfill is
+    # trusted for INDEXED_TTL_MS at most, then the next miss scans again.
+    moved = raw.replace(b'"queue":"default"', b'"queue":"moved"')
+    await redis.hset(keys.webhooks, hook["id"], moved)
+    assert 0 < await redis.pttl(keys.queues_indexed) <= control.INDEXED_TTL_MS
+    await redis.delete(keys.queues_indexed)  # as its TTL does
+    assert await client.pause("moved") == {"queue": "moved", "paused": True}
+
+
+async def test_concurrent_unknown_queue_calls_run_the_backfill_once(
+    client: Client, redis: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """Several processes refusing typos at once scan the webhooks once between them, not once
+    each, and the scan does not run again once done."""
+    keys = Keys(prefix)
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    raw = await redis.hget(keys.webhooks, hook["id"])
+    assert raw is not None
+    await old_release_hooks(redis, keys, raw, 5_000)
+    await redis.delete(keys.queues, keys.queues_indexed)
+    others = [Client.from_url(redis_url, prefix=prefix) for _ in range(3)]
+    await redis.config_resetstat()
+
+    async def unknown(caller: Client) -> None:
+        with pytest.raises(UnknownQueue):
+            await caller.pause("nope")
+
+    try:
+        await asyncio.gather(*(unknown(c) for c in [client, *others]))
+        pages = await hscans(redis)  # HSCAN's COUNT is a hint: about 5 001 / INDEX_PAGE
+        assert 0 < pages <= -(-5_001 // control.INDEX_PAGE) + 1
+        assert await redis.exists(keys.queues_indexed)
+        await asyncio.gather(*(unknown(c) for c in [client, *others]))
+        assert await hscans(redis) == pages
+    finally:
+        await asyncio.gather(*(c.close() for c in others))
+
+
+async def test_a_large_backfill_is_spread_over_requests_and_says_it_is_unfinished(
+    client: Client, redis: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refusal scans a bounded share of the webhooks and goes on where the previous one
+    stopped; until the scan is done the 404 says the index is still being built, after which
+    an older webhook's queue is known."""
+    monkeypatch.setattr(control, "INDEX_PAGE", 50)
+    monkeypatch.setattr(control, "INDEX_BUDGET", 3)
+    keys = Keys(prefix)
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x", queue="legacy")
+    raw = await redis.hget(keys.webhooks, hook["id"])
+    assert raw is not None
+    await old_release_hooks(redis, keys, raw, 999)  # past the listpack size: HSCAN pages
+    await redis.delete(keys.queues, keys.queues_indexed)
+    assert not await redis.sismember(keys.queues, "legacy")
+    await redis.config_resetstat()
+    with pytest.raises(UnknownQueue) as first:
+        await client.pause("nope")
+    assert await hscans(redis) == control.INDEX_BUDGET
+    assert "still being built" in first.value.message
+    assert "of 1000 webhooks read" in first.value.message
+    assert not await redis.exists(keys.queues_lock)  # freed for the next request
+    requests, message = 1, first.value.message
+    while "still being built" in message:
+        with pytest.raises(UnknownQueue) as refused:
+            await client.pause("nope")
+        requests, message = requests + 1, refused.value.message
+    assert requests > 1
+    assert await hscans(redis) <= requests * control.INDEX_BUDGET
+    assert await client.pause("legacy") == {"queue": "legacy", "paused": True}
+    await redis.config_resetstat()
+    with pytest.raises(UnknownQueue) as done:
+        await client.pause("nope")
+    assert "still being built" not in done.value.message
+    assert await hscans(redis) == 0
+
+
+async def test_a_new_install_needs_no_scan_on_its_first_typo(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """On an install whose webhooks were all written by this release, refusing a typo reads
+    no webhook record, and deleting webhooks keeps it right."""
+    keys = Keys(prefix)
+    hooks = [
+        await client.create_webhook("acme", f"https://hooks.example.com/{i}", queue=f"q{i}")
+        for i in range(3)
+    ]
+    await redis.config_resetstat()
+    with pytest.raises(UnknownQueue) as refused:
+        await client.pause("nope")
+    assert "still being built" not in refused.value.message
+    assert await hscans(redis) == 0
+    await client.delete_webhook(hooks[0]["id"])
+    assert await client.pause("q0") == {"queue": "q0", "paused": True}  # the set never shrinks
+    with pytest.raises(UnknownQueue):
+        await client.pause("nope")
+    assert await hscans(redis) == 0
+    assert await redis.get(keys.queues_indexed) == b"2"
+
+
+async def test_from_url_knows_the_daemons_configured_queues(
+    redis_url: str, prefix: str, redis: aioredis.Redis
+) -> None:
+    """Client.from_url takes the daemon's delivery.queues, as Client(...) does, so pausing a
+    configured queue no worker serves yet works from Python as over HTTP."""
+    async with Client.from_url(redis_url, prefix=prefix, queues=["configured"]) as c:
+        assert await c.pause("configured") == {"queue": "configured", "paused": True}
+    assert await redis.smembers(Keys(prefix).paused) == {b"configured"}
 
 
 async def test_a_paused_queue_can_always_be_resumed(
@@ -198,6 +334,36 @@ async def test_replay_by_ids_names_the_ids_not_found_and_not_dead(
         json={"ids": [first, second]},
     )
     assert again == {"replayed": 0, "not_found": [], "not_dead": [first, second]}
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        "job_abcdefghijklmnopqrst.0",
+        [],
+        [1, None],
+        [["nested"]],
+        [f"job_{i}" for i in range(dlq.MAX_REPLAY_IDS + 1)],
+    ],
+    ids=["a_string", "empty", "not_strings", "unhashable", "too_many"],
+)
+async def test_replay_refuses_what_the_api_refuses(api: Api, client: Client, ids: Any) -> None:
+    """client.replay(ids) refuses what the API's {"ids": ...} refuses, with the same 422
+    invalid_field, rather than reading a string letter by letter or answering a no-op."""
+    error = await both(
+        api, "POST", "/v1/dlq/replay", partial(client.replay, ids), json={"ids": ids}
+    )
+    assert (error.code, error.field) == ("invalid_field", "ids")
+
+
+async def test_a_replay_of_as_many_ids_as_allowed_answers_alike(api: Api, client: Client) -> None:
+    """The bound on a replay by ids is the same for the Client and the API: the most allowed
+    is answered by both."""
+    ids = [f"job_{i}" for i in range(dlq.MAX_REPLAY_IDS)]
+    answer = await both(
+        api, "POST", "/v1/dlq/replay", partial(client.replay, ids), json={"ids": ids}
+    )
+    assert answer == {"replayed": 0, "not_found": ids, "not_dead": []}
 
 
 async def test_replay_matching_list_and_inspect_answer_alike(

@@ -15,13 +15,13 @@ import orjson
 
 from dispatcher.errors import InvalidField, Malformed
 from dispatcher.model import time_ms
+from dispatcher.queue.dlq import replay_ids
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from aiohttp import web
 
-MAX_REPLAY_IDS = 1000
 _EVENT = frozenset({"event_type", "payload", "idempotency_key", "deliver_at", "priority"})
 
 
@@ -87,14 +87,7 @@ def replay(body: Mapping[str, Any]) -> Replay:
         extra = set(checked) - {"ids"}
         if extra:
             raise InvalidField(min(extra), "cannot be combined with ids")
-        ids = checked["ids"]
-        if (
-            not isinstance(ids, list)
-            or not 0 < len(ids) <= MAX_REPLAY_IDS
-            or not all(isinstance(i, str) for i in ids)
-        ):
-            raise InvalidField("ids", f"must be a list of 1 to {MAX_REPLAY_IDS} job ids")
-        return Replay(ids=ids)
+        return Replay(ids=replay_ids(checked["ids"]))  # the Client's check (Client.replay)
     if checked.get("all") is not True:
         raise InvalidField("all", 'is required: {"ids": [...]} or {"all": true, ...}')
     for name in ("webhook_id", "tenant_id", "since"):

@@ -7,6 +7,8 @@ hashes, from which ``status.py`` computes the dashboard without scanning any job
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import orjson
@@ -60,8 +62,27 @@ async def paused_queues(store: Store) -> set[str]:
 
 #: Queue names an ``UnknownQueue`` error lists at most.
 MOST_LISTED = 20
-#: Webhook records one call of the one-time backfill reads (index_queues.lua, a few ms).
+#: Webhook records one call of the backfill reads (index_queues.lua, about 4 ms).
 INDEX_PAGE = 500
+#: Backfill pages one request reads at most, over all shards: 10 000 webhook records, about
+#: 0.1 s (100 000 webhooks are indexed over 10 refusals); the next request goes on from there.
+INDEX_BUDGET = 20
+#: How long a finished backfill is trusted: the first miss after this scans again, for what
+#: the count of webhooks cannot show (an older release changing a webhook's queue).
+INDEXED_TTL_MS = 15 * 60_000
+#: How long an unfinished backfill's cursor is kept for the next request to go on from.
+SCAN_TTL_MS = 3_600_000
+#: How long the backfill lock is held at most (a holder that dies frees it after this).
+INDEX_LOCK_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """A shard's index of the queues its webhooks name: complete, or read so far of total."""
+
+    complete: bool
+    read: int = 0
+    total: int = 0
 
 
 async def ensure_known(store: Store, queue: str, configured: Iterable[str] = ()) -> None:
@@ -70,24 +91,42 @@ async def ensure_known(store: Store, queue: str, configured: Iterable[str] = ())
     Known: ``default``, ``configured`` (the ``delivery.queues`` of the daemon asking), the
     queues of the workers' heartbeats and the paused ones (as ``GET /v1/status`` lists them),
     those a webhook names (each shard's ``queues`` set), and any that holds jobs (its ready
-    stream or delayed zset exists). Webhooks written before the ``queues`` set existed are
-    added to it once per shard, the first time a queue is not found (``index_queues.lua``).
+    stream or delayed zset exists). Webhooks an older release wrote (before the ``queues`` set
+    existed, or during a rolling upgrade) are added to it by a backfill scan on a miss, when
+    the shard's count of covered webhooks is not its number of webhooks (or is older than
+    ``INDEXED_TTL_MS``): one process at a time (a lock), at most ``INDEX_BUDGET`` pages per
+    request, the cursor kept in Redis; while it is unfinished, the 404 says so.
     """
     if queue == DEFAULT_QUEUE or queue in configured or queue in await _controlled(store):
         return
+    unfinished: list[_Index] = []
     with redis_errors():
         shards = await store.all_shards()
         for shard in shards:
             if await _named(shard, queue) or await _holds_jobs(shard, queue):
                 return
+        budget = INDEX_BUDGET
         for shard in shards:
-            if await _index_queues(shard) and await _named(shard, queue):
+            index, used = await _index_queues(shard, budget)
+            budget -= used
+            # Pages read by this request or another one may have added it.
+            if (not index.complete or used) and await _named(shard, queue):
                 return
+            if not index.complete:
+                unfinished.append(index)
     known = await _some_known(store, shards, configured)
     listed = ", ".join(known[:MOST_LISTED]) + (" (and more)" if len(known) > MOST_LISTED else "")
+    building = ""
+    if unfinished:
+        read = sum(i.read for i in unfinished)
+        total = sum(i.total for i in unfinished)
+        building = (
+            f" (the index of the queues webhooks name is still being built: {read} of "
+            f"{total} webhooks read; if a webhook names {queue!r}, try again shortly)"
+        )
     raise UnknownQueue(
         f"no queue {queue!r}: no worker serves it, no webhook names it, it holds no job, and "
-        f"it is neither paused nor in delivery.queues; known queues: {listed}",
+        f"it is neither paused nor in delivery.queues{building}; known queues: {listed}",
         known=known[:MOST_LISTED],
     )
 
@@ -114,17 +153,44 @@ async def _holds_jobs(shard: Store, queue: str) -> bool:
     return bool(await shard.redis.exists(*names))
 
 
-async def _index_queues(shard: Store) -> bool:
-    """Add the queues of webhooks written before the ``queues`` set existed, once per shard;
-    True when this call did it (False: done before)."""
-    if await shard.redis.exists(shard.keys.queues_indexed):
-        return False
-    keys = [shard.keys.webhooks, shard.keys.queues, shard.keys.queues_indexed]
-    cursor: bytes | str = "0"
-    while True:
-        cursor = await shard.scripts.index_queues(keys=keys, args=[cursor, INDEX_PAGE])
-        if cursor in {b"0", "0"}:
-            return True
+async def _index_queues(shard: Store, budget: int) -> tuple[_Index, int]:
+    """Bring the shard's ``queues`` set up to date with its webhooks, reading at most
+    ``budget`` pages: (the index as it now is, pages read).
+
+    The ``queues:indexed`` marker counts the webhooks the set covers (the backfill sets it to
+    the hash's length; each create adds one, each delete takes one): equal to the hash's
+    length, the set is complete and nothing is read. Else the process that takes the lock scans on from the stored cursor;
+    the others (the lock is taken) answer with the set as it is.
+    """
+    keys = shard.keys
+    pipe = shard.redis.pipeline(transaction=False)
+    pipe.get(keys.queues_indexed)
+    pipe.pttl(keys.queues_indexed)
+    pipe.hlen(keys.webhooks)
+    pipe.get(keys.queues_scan)
+    marker, ttl_ms, total, scan = await pipe.execute()
+    if total == 0 or (marker is not None and int(marker) == total):
+        if marker is not None and ttl_ms == -1:  # set by a create: trust it as long as a scan
+            await shard.redis.pexpire(keys.queues_indexed, INDEXED_TTL_MS)
+        return _Index(complete=True), 0
+    read = int(scan.split(b" ")[1]) if scan else 0
+    token = secrets.token_hex(8)
+    if budget <= 0 or not await shard.redis.set(keys.queues_lock, token, nx=True, px=INDEX_LOCK_MS):
+        return _Index(complete=False, read=read, total=total), 0
+    script_keys = [keys.webhooks, keys.queues, keys.queues_indexed, keys.queues_scan]
+    for page in range(1, budget + 1):
+        last = "1" if page == budget else "0"
+        raw_state, now_read, total = await shard.scripts.index_queues(
+            keys=[*script_keys, keys.queues_lock],
+            args=[token, INDEX_PAGE, INDEXED_TTL_MS, SCAN_TTL_MS, last],
+        )
+        state = raw_state.decode() if isinstance(raw_state, bytes) else raw_state
+        if state == "done":
+            return _Index(complete=True), page
+        if state != "more":  # "lost": the lock expired and another process took it
+            return _Index(complete=False, read=read, total=total), page - 1
+        read = now_read
+    return _Index(complete=False, read=read, total=total), budget
 
 
 async def _some_known(store: Store, shards: list[Store], configured: Iterable[str]) -> list[str]:

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import ConfirmationRequired, NotFound, NotReplayable
+from dispatcher.errors import ConfirmationRequired, InvalidField, NotFound, NotReplayable
 from dispatcher.model import Job, JobState, is_job_id, rfc3339, sid_ms
 from dispatcher.queue import records
 from dispatcher.queue.keys import MAX_SHARDS, shard_of, streams_of
@@ -36,6 +36,8 @@ SCRIPT_PAGE = 200
 #: DLQ entries one counting script reads at most (entry ids only, no record; about 6 ms a call,
 #: so 100 000 entries are counted in about 0.3 s).
 COUNT_PAGE = 2000
+#: Job ids one replay by ids takes at most (``Client.replay`` and ``POST /v1/dlq/replay``).
+MAX_REPLAY_IDS = 1000
 
 
 async def dlq_size(store: Store) -> int:
@@ -103,6 +105,19 @@ def _refuse(refused: list[tuple[str, str]]) -> None:
     )
 
 
+def replay_ids(ids: object) -> list[str]:
+    """The job ids of a replay by ids, checked: a list (or tuple) of 1 to ``MAX_REPLAY_IDS``
+    strings, else ``InvalidField("ids")``. The one check of ``Client.replay`` and the API's
+    ``{"ids": [...]}``, so a string is not read letter by letter and ``[]`` is not a no-op."""
+    if (
+        not isinstance(ids, list | tuple)
+        or not 0 < len(ids) <= MAX_REPLAY_IDS
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        raise InvalidField("ids", f"must be a list of 1 to {MAX_REPLAY_IDS} job ids")
+    return list(ids)
+
+
 async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
     """Put dead jobs back in their ready queues: ``{"replayed": n, "not_found": [ids],
     "not_dead": [ids]}`` (the ids passed over, in the order given).
@@ -115,7 +130,7 @@ async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
     """
     by_shard: defaultdict[int, list[str]] = defaultdict(list)
     why: dict[str, str] = {}
-    wanted = list(dict.fromkeys(job_ids))
+    wanted = list(dict.fromkeys(replay_ids(job_ids)))
     for job_id in wanted:
         if is_job_id(job_id):
             by_shard[shard_of(job_id)].append(job_id)

@@ -61,8 +61,14 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:queues``          set   the queue names this shard's webhooks name or named (written with
                           each webhook's record; never shrinks), so pausing a queue that
                           nothing names or serves can be refused as a likely typo
-``P:{0}:queues:indexed``  string, set once every webhook written before ``queues`` existed is
-                          in it (``index_queues.lua``)
+``P:{0}:queues:indexed``  string, the number of webhooks (HLEN) when ``queues`` was last known
+                          to hold the queue of every webhook: set by the backfill scan
+                          (``index_queues.lua``, 15 min TTL), then kept in step by each
+                          create and delete (the first create of a new install sets it to 1); a
+                          webhook hash of another length (one an older release wrote) or no
+                          marker means the next unknown-queue miss scans again
+``P:{0}:queues:scan``     string, the HSCAN cursor where an unfinished backfill goes on (1 h TTL)
+``P:{0}:queues:lock``     string, the token of the one process running the backfill (SET NX PX)
 ``P:{0}:workers``         hash  consumer name -> heartbeat JSON
 ``P:{0}:rates``           hash  webhook id -> "<tat> <sent>": GCRA theoretical arrival times (ms)
                           of its rate limit's slots handed out and of its sends (admit.lua)
@@ -220,6 +226,14 @@ class Keys:
     @property
     def queues_indexed(self) -> str:
         return f"{self._base}:queues:indexed"
+
+    @property
+    def queues_scan(self) -> str:
+        return f"{self._base}:queues:scan"
+
+    @property
+    def queues_lock(self) -> str:
+        return f"{self._base}:queues:lock"
 
     @property
     def workers(self) -> str:

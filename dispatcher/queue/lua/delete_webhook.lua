@@ -5,6 +5,7 @@
 -- removed is the one of the tenant it has now; on 0 the caller reads again.
 -- KEYS[1] webhooks hash   KEYS[2] routing hash of the tenant in the record as read
 -- KEYS[3] rates hash      KEYS[4] the webhook's lease zset   KEYS[5] failing hash
+-- KEYS[6] the count of webhooks the queues set covers (control.ensure_known; one less)
 -- ARGV[1] webhook id      ARGV[2] the record as read
 -- returns: 1 when deleted, 0 when the record differs from ARGV[2] or is gone (nothing changed)
 local id = ARGV[1]
@@ -14,4 +15,5 @@ redis.call('HDEL', KEYS[2], id)
 redis.call('HDEL', KEYS[3], id)
 redis.call('DEL', KEYS[4])
 redis.call('HDEL', KEYS[5], id)
+if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('DECR', KEYS[6]) end
 return 1
