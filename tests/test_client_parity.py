@@ -184,7 +184,7 @@ async def test_a_webhook_an_older_release_writes_after_the_backfill_keeps_its_qu
     with pytest.raises(UnknownQueue):
         await client.pause("typo")
     raw = await redis.hget(keys.webhooks, hook["id"])
-    assert raw is not None
+    assert isinstance(raw, bytes)
     await old_release_hooks(redis, keys, raw.replace(b'"queue":"default"', b'"queue":"legacy"'), 1)
     assert await client.pause("legacy") == {"queue": "legacy", "paused": True}
     # An older release moving a webhook to another queue changes no count: the backfill is
@@ -204,7 +204,7 @@ async def test_concurrent_unknown_queue_calls_run_the_backfill_once(
     keys = Keys(prefix)
     hook = await client.create_webhook("acme", "https://hooks.example.com/x")
     raw = await redis.hget(keys.webhooks, hook["id"])
-    assert raw is not None
+    assert isinstance(raw, bytes)
     await old_release_hooks(redis, keys, raw, 5_000)
     await redis.delete(keys.queues, keys.queues_indexed)
     others = [Client.from_url(redis_url, prefix=prefix) for _ in range(3)]
@@ -236,7 +236,7 @@ async def test_a_large_backfill_is_spread_over_requests_and_says_it_is_unfinishe
     keys = Keys(prefix)
     hook = await client.create_webhook("acme", "https://hooks.example.com/x", queue="legacy")
     raw = await redis.hget(keys.webhooks, hook["id"])
-    assert raw is not None
+    assert isinstance(raw, bytes)
     await old_release_hooks(redis, keys, raw, 999)  # past the listpack size: HSCAN pages
     await redis.delete(keys.queues, keys.queues_indexed)
     assert not await redis.sismember(keys.queues, "legacy")
