@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,7 +26,6 @@ from tests.target import Reply
 from tests.test_client_parity import dead_jobs
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
 
     import redis.asyncio as aioredis
 

@@ -159,8 +159,9 @@ async def _index_queues(shard: Store, budget: int) -> tuple[_Index, int]:
 
     The ``queues:indexed`` marker counts the webhooks the set covers (the backfill sets it to
     the hash's length; each create adds one, each delete takes one): equal to the hash's
-    length, the set is complete and nothing is read. Else the process that takes the lock scans on from the stored cursor;
-    the others (the lock is taken) answer with the set as it is.
+    length, the set is complete and nothing is read. Else the process that takes the lock
+    scans on from the stored cursor; the others (the lock is taken) answer with the set as it
+    is.
     """
     keys = shard.keys
     pipe = shard.redis.pipeline(transaction=False)
