@@ -18,7 +18,7 @@ from dispatcher.queue import streams
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
-from tests.helpers import RedisServer
+from tests.helpers import ClusterServers, RedisServer
 from tests.target import Target
 
 if TYPE_CHECKING:
@@ -147,3 +147,14 @@ async def workers(
 @pytest.fixture
 def logs_dir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A three-primary Redis Cluster on loopback, for the tests of one module."""
+    servers = ClusterServers(tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()

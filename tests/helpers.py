@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from dispatcher.queue.keys import shard_of
+from dispatcher.model import Job, JobState, new_event_ids
+from dispatcher.queue.keys import Keys, shard_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -416,3 +417,50 @@ class SentinelServers(Servers):
             if len(lines) == 2:
                 return int(lines[1])
         return None
+
+
+async def seed_dead_jobs(
+    client: Client,
+    redis: aioredis.Redis,
+    prefix: str,
+    n: int,
+    payload: bytes = b'{"n":1}',
+    *,
+    entry_ids: list[str] | None = None,
+) -> list[str]:
+    """``n`` dead jobs of one live webhook, written as settle.lua writes them (record with
+    ``d``, then the DLQ entry), much faster than failing them one by one; ``entry_ids``
+    chooses their DLQ entry ids (so their dead-letter times)."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    keys = Keys(prefix)
+    _event_id, job_prefix = new_event_ids()
+    now_ms = client.store.clock.now_ms()
+    ids = [f"{job_prefix}{i}" for i in range(n)]
+    for start in range(0, n, 500):
+        pipe = redis.pipeline(transaction=False)
+        for i in range(start, min(start + 500, n)):
+            entry_id = entry_ids[i] if entry_ids else "*"
+            pipe.xadd(keys.dlq, {"j": ids[i], "r": "max_attempts"}, id=entry_id)
+        entries = await pipe.execute()
+        pipe = redis.pipeline(transaction=False)
+        for job_id, entry in zip(ids[start : start + 500], entries, strict=True):
+            job = Job(
+                id=job_id,
+                webhook_id=hook["id"],
+                tenant_id="acme",
+                event_type="e",
+                stream="default",
+                event_id="",
+                state=JobState.DEAD,
+                attempt=1,
+                stalls=0,
+                created_at_ms=now_ms,
+                payload=payload,
+                finished_at_ms=now_ms,
+                last_error="500 down",
+                dlq_id=entry.decode(),
+                reason="max_attempts",
+            )
+            pipe.hset(keys.jobs, job_id, job.encode())
+        await pipe.execute()
+    return ids

@@ -21,7 +21,7 @@ from dispatcher.queue import dlq
 from dispatcher.queue.keys import shard_of
 from dispatcher.traffic import IDLE_FORGET_S, Pool
 from tests.admin_api import start_api
-from tests.helpers import ClusterServers, eventually, hash_len, hooks_in_every_shard
+from tests.helpers import eventually, hash_len, hooks_in_every_shard
 from tests.target import Reply
 from tests.test_client_parity import dead_jobs
 
@@ -358,16 +358,6 @@ async def test_random_interleavings_of_every_way_keep_one_event_per_key(
     finally:
         await api.close()
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
-
-    servers = ClusterServers(tmp_path_factory.mktemp("cluster15"))
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
 
 
 async def test_on_a_cluster_unknown_queues_reuses_and_dlq_answers_hold(

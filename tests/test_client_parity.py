@@ -11,11 +11,10 @@ import orjson
 import pytest
 
 from dispatcher import Client, ConfirmationRequired, DispatcherError, UnknownQueue
-from dispatcher.model import Job, JobState, new_event_ids
 from dispatcher.queue import control, dlq
 from dispatcher.queue.keys import Keys
 from tests.admin_api import Api, start_api
-from tests.helpers import eventually
+from tests.helpers import eventually, seed_dead_jobs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,39 +66,10 @@ async def both(
 
 
 async def dead_jobs(client: Client, redis: aioredis.Redis, entry_ids: list[str]) -> list[str]:
-    """Dead jobs of one live webhook, written as settle.lua writes them, dead-lettered at the
-    times their DLQ ``entry_ids`` say ("*": now)."""
-    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
-    keys = Keys(client.store.keys.prefix)
-    _event_id, job_prefix = new_event_ids()
-    now_ms = client.store.clock.now_ms()
-    ids = [f"{job_prefix}{i}" for i in range(len(entry_ids))]
-    pipe = redis.pipeline(transaction=False)
-    for job_id, entry_id in zip(ids, entry_ids, strict=True):
-        pipe.xadd(keys.dlq, {"j": job_id, "r": "max_attempts"}, id=entry_id)
-    entries = await pipe.execute()
-    pipe = redis.pipeline(transaction=False)
-    for job_id, entry in zip(ids, entries, strict=True):
-        job = Job(
-            id=job_id,
-            webhook_id=hook["id"],
-            tenant_id="acme",
-            event_type="e",
-            stream="default",
-            event_id="",
-            state=JobState.DEAD,
-            attempt=1,
-            stalls=0,
-            created_at_ms=now_ms,
-            payload=b'{"n":1}',
-            finished_at_ms=now_ms,
-            last_error="500 down",
-            dlq_id=entry.decode(),
-            reason="max_attempts",
-        )
-        pipe.hset(keys.jobs, job_id, job.encode())
-    await pipe.execute()
-    return ids
+    """Dead jobs of one live webhook, dead-lettered at the times their DLQ ``entry_ids`` say
+    ("*": now)."""
+    prefix = client.store.keys.prefix
+    return await seed_dead_jobs(client, redis, prefix, len(entry_ids), entry_ids=entry_ids)
 
 
 # --- queues ----------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from dispatcher import NotReplayable
-from dispatcher.model import Job, JobState, new_event_ids
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import dlq
 from dispatcher.queue import operations as ops
 from dispatcher.queue.keys import Keys
 from tests.admin_api import Api, start_api
-from tests.helpers import eventually, hash_len, stream_entries
+from tests.helpers import eventually, hash_len, seed_dead_jobs, stream_entries
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -37,53 +36,6 @@ async def api(client: Client) -> AsyncIterator[Api]:
     await served.close()
 
 
-async def _dead_jobs(
-    client: Client,
-    redis: aioredis.Redis,
-    prefix: str,
-    n: int,
-    payload: bytes = b'{"n":1}',
-    *,
-    entry_ids: list[str] | None = None,
-) -> list[str]:
-    """``n`` dead jobs of one live webhook, written as settle.lua writes them (record with
-    ``d``, then the DLQ entry), much faster than failing them one by one; ``entry_ids``
-    chooses their DLQ entry ids (so their dead-letter times)."""
-    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
-    keys = Keys(prefix)
-    _event_id, job_prefix = new_event_ids()
-    now_ms = client.store.clock.now_ms()
-    ids = [f"{job_prefix}{i}" for i in range(n)]
-    for start in range(0, n, 500):
-        pipe = redis.pipeline(transaction=False)
-        for i in range(start, min(start + 500, n)):
-            entry_id = entry_ids[i] if entry_ids else "*"
-            pipe.xadd(keys.dlq, {"j": ids[i], "r": "max_attempts"}, id=entry_id)
-        entries = await pipe.execute()
-        pipe = redis.pipeline(transaction=False)
-        for job_id, entry in zip(ids[start : start + 500], entries, strict=True):
-            job = Job(
-                id=job_id,
-                webhook_id=hook["id"],
-                tenant_id="acme",
-                event_type="e",
-                stream="default",
-                event_id="",
-                state=JobState.DEAD,
-                attempt=1,
-                stalls=0,
-                created_at_ms=now_ms,
-                payload=payload,
-                finished_at_ms=now_ms,
-                last_error="500 down",
-                dlq_id=entry.decode(),
-                reason="max_attempts",
-            )
-            pipe.hset(keys.jobs, job_id, job.encode())
-        await pipe.execute()
-    return ids
-
-
 async def _bytes_sent(redis: aioredis.Redis) -> int:
     info = await redis.info("stats")
     return int(info["total_net_output_bytes"])
@@ -95,7 +47,7 @@ async def test_listing_and_counting_the_dlq_read_no_payload(
     """Listing a page of the DLQ and counting what a purge would delete send a few bytes per
     entry from Redis, however large the dead jobs' payloads."""
     n = 200
-    await _dead_jobs(client, redis, prefix, n, BIG_PAYLOAD)
+    await seed_dead_jobs(client, redis, prefix, n, BIG_PAYLOAD)
     payload_bytes = n * len(BIG_PAYLOAD)
     before = await _bytes_sent(redis)
     refused = await api.call("DELETE", "/v1/dlq")
@@ -112,8 +64,8 @@ async def test_would_purge_counts_exactly_the_entries_before_the_cutoff(
     """would_purge counts exactly the entries older than the cutoff, over several counting
     calls, and none younger."""
     old = dlq.COUNT_PAGE + 7
-    await _dead_jobs(client, redis, prefix, old, entry_ids=[f"1000-{i}" for i in range(old)])
-    await _dead_jobs(client, redis, prefix, 3)  # dead now
+    await seed_dead_jobs(client, redis, prefix, old, entry_ids=[f"1000-{i}" for i in range(old)])
+    await seed_dead_jobs(client, redis, prefix, 3)  # dead now
     hour = await api.call("DELETE", "/v1/dlq", params={"older_than_s": "3600"})
     assert (hour.status, hour.body["would_purge"]) == (409, old)
     everything = await api.call("DELETE", "/v1/dlq", params={"older_than_s": "0"})
@@ -125,7 +77,7 @@ async def test_large_replay_answers_202_and_finishes_in_the_background(
 ) -> None:
     """Replay all over more than a page replays the first page inline, answers 202 with an
     operation, and the operation replays the rest; its progress is readable by id."""
-    ids = await _dead_jobs(client, redis, prefix, MANY)
+    ids = await seed_dead_jobs(client, redis, prefix, MANY)
     answer = await api.call("POST", "/v1/dlq/replay", json={"all": True})
     assert answer.status == 202
     assert answer.body["replayed"] == dlq.PAGE
@@ -153,7 +105,7 @@ async def test_large_purge_answers_202_and_finishes_in_the_background(
 ) -> None:
     """A confirmed purge of more than a page deletes the first page inline, answers 202, and
     the operation deletes the rest with their records."""
-    await _dead_jobs(client, redis, prefix, MANY)
+    await seed_dead_jobs(client, redis, prefix, MANY)
     answer = await api.call("DELETE", "/v1/dlq", params={"confirm": "true"})
     assert (answer.status, answer.body["purged"]) == (202, dlq.PAGE)
     op_id = answer.body["operation"]["id"]
@@ -181,7 +133,7 @@ async def test_an_operation_whose_driver_died_is_taken_over_without_doing_a_page
     """A replay whose driver died after a page it never recorded is taken over by another
     process's runner: it goes on from the last recorded position, replays every job exactly
     once and ends succeeded."""
-    ids = await _dead_jobs(client, redis, prefix, MANY)
+    ids = await seed_dead_jobs(client, redis, prefix, MANY)
     store = client.store
     plan = await dlq.plan_replay(store)
     first = await dlq.replay_step(store, plan, dlq.Position())
@@ -217,10 +169,10 @@ async def test_client_replays_and_purges_everything_page_by_page(
     client: Client, redis: aioredis.Redis, prefix: str
 ) -> None:
     """The Python client's replay_matching and purge_dlq go to the end, however many pages."""
-    await _dead_jobs(client, redis, prefix, MANY)
+    await seed_dead_jobs(client, redis, prefix, MANY)
     assert (await client.replay_matching())["replayed"] == MANY
     client.dlq_retention_s = 0.0
-    await _dead_jobs(client, redis, prefix, MANY)
+    await seed_dead_jobs(client, redis, prefix, MANY)
     assert (await client.purge_dlq(0, confirm=True))["purged"] == MANY
     assert await stream_entries(redis, Keys(prefix).dlq) == []
 
@@ -230,8 +182,8 @@ async def test_replay_by_ids_over_several_scripts_is_still_all_or_nothing(
 ) -> None:
     """A replay of more ids than one script takes replays none when one of them cannot go
     back, whichever part it is in; without it, every one goes back."""
-    good = await _dead_jobs(client, redis, prefix, 2 * dlq.SCRIPT_PAGE + 50)
-    [orphan] = await _dead_jobs(client, redis, prefix, 1)
+    good = await seed_dead_jobs(client, redis, prefix, 2 * dlq.SCRIPT_PAGE + 50)
+    [orphan] = await seed_dead_jobs(client, redis, prefix, 1)
     job = await client.get_job(orphan)
     assert job is not None
     await client.delete_webhook(job["webhook_id"])

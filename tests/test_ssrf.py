@@ -204,7 +204,10 @@ async def test_sender_refusal_names_address_and_reason(canary: Target) -> None:
     """The refusal of a literal names the address and the reason."""
     async with _sender(DEFAULT) as sender:
         outcome = await sender.attempt(canary.url(), b"{}", {})
-    assert outcome.error == "target address 127.0.0.1 refused: loopback"
+    assert outcome.error == (
+        "target address 127.0.0.1 refused: loopback "
+        "(security.allowed_cidrs or security.allow_private_targets allows it)"
+    )
 
 
 @pytest.mark.parametrize(
