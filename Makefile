@@ -15,7 +15,7 @@ CONFIG ?= etc/dispatcher.toml
 run: $(STAMP) redis-server
 	BIN=$(BIN) CONFIG=$(CONFIG) $(BIN)/python scripts/run-dev
 
-test: $(STAMP) redis-server systemd-analyze
+test: $(STAMP) redis-server systemd-analyze lint
 	$(BIN)/pytest
 
 test-fast: $(STAMP) redis-server systemd-analyze
