@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Self
 import orjson
 
 from dispatcher.errors import DispatcherError, InvalidField, PayloadTooLarge
+from dispatcher.ids import new_event_ids
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
     check_event_type,
     check_queue,
     check_tenant_id,
-    new_event_ids,
     time_ms,
 )
 from dispatcher.queue import control, dlq, records

@@ -25,13 +25,13 @@ import structlog
 from dispatcher import __version__, retry
 from dispatcher.liveness import MAX_AGE_S, Liveness
 from dispatcher.model import Job, JobState, Webhook, rfc3339
-from dispatcher.queue import admission, breakers, control, delays, streams, waiting
+from dispatcher.queue import admission, breakers, codec, control, delays, streams, waiting
 from dispatcher.queue.admission import Verdict
 from dispatcher.queue.breakers import Breaker, Health
 from dispatcher.queue.connection import is_unavailable
 from dispatcher.queue.keys import PRIORITIES, queue_of, shard_of, streams_of
 from dispatcher.queue.records import disable_webhook
-from dispatcher.queue.streams import Claim, Malformed, Settlement
+from dispatcher.queue.streams import Claim, Malformed, SettleKind, Settlement
 from dispatcher.signing import sign
 from dispatcher.traffic import Pool
 
@@ -688,7 +688,15 @@ class Worker:
                 "dispatcher_deliveries_total", outcome="delivered", status=status_class
             )
             log.debug("delivery.succeeded", **fields)
-            self._settle(work, "D", JobState.DELIVERED, now_ms, "", frees=frees, attempted=True)
+            self._settle(
+                work,
+                SettleKind.DELIVERED,
+                JobState.DELIVERED,
+                now_ms,
+                "",
+                frees=frees,
+                attempted=True,
+            )
             return
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
         if verdict is retry.Verdict.RETRY:
@@ -704,13 +712,17 @@ class Worker:
             job.next_attempt_at_ms = due_ms
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
-            self._settle(work, "R", JobState.SCHEDULED, due_ms, "", frees=frees, attempted=True)
+            self._settle(
+                work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "", frees=frees, attempted=True
+            )
             return
         reason = "gone" if verdict is retry.Verdict.DISABLE else "max_attempts"
         log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
         if verdict is retry.Verdict.DISABLE:
             self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
-        self._settle(work, "X", JobState.DEAD, now_ms, reason, frees=frees, attempted=True)
+        self._settle(
+            work, SettleKind.DEAD, JobState.DEAD, now_ms, reason, frees=frees, attempted=True
+        )
 
     def _note_health(self, webhook_id: str, outcome: Outcome) -> None:
         """Count the outcome for the breaker report (webhooks that fail or have a breaker)."""
@@ -736,7 +748,7 @@ class Worker:
         job.waiting = reason
         job.reserved_ms = reserved_ms
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self._settle(work, "R", JobState.SCHEDULED, due_ms, "")
+        self._settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
 
     def _wait_for_room(self, work: _Work, reason: str, *, reserved_ms: int | None = None) -> None:
         """Put the job in its webhook's waiting set, without spending an attempt, until room
@@ -754,7 +766,7 @@ class Worker:
         job.waiting = reason
         job.reserved_ms = reserved_ms  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self._settle(work, "W", JobState.SCHEDULED, job.created_at_ms, "")
+        self._settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
 
     def _frees(self, work: _Work) -> int:
         """How many of the webhook's waiting jobs go back to their queue as this attempt
@@ -773,7 +785,7 @@ class Worker:
         job.next_attempt_at_ms = breaker.retry_at_ms
         job.waiting = "breaker"  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason="breaker")
-        self._settle(work, "P", JobState.SCHEDULED, self.store.clock.now_ms(), "")
+        self._settle(work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), "")
 
     def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
         reason = "webhook_deleted" if hook is None else "webhook_disabled"
@@ -784,7 +796,11 @@ class Worker:
         )
         log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
         self._settle(
-            _Work(claim, job, hook or _GONE), "X", JobState.DEAD, self.store.clock.now_ms(), reason
+            _Work(claim, job, hook or _GONE),
+            SettleKind.DEAD,
+            JobState.DEAD,
+            self.store.clock.now_ms(),
+            reason,
         )
 
     def _disable(self, webhook_id: str, reason: str) -> None:
@@ -795,7 +811,7 @@ class Worker:
     def _settle(
         self,
         work: _Work,
-        kind: str,
+        kind: SettleKind,
         state: JobState,
         score_ms: int,
         reason: str,
@@ -808,10 +824,10 @@ class Worker:
         park made no attempt, and a stale one leaves the history alone."""
         job = work.job
         job.state = state
-        if kind in ("D", "X"):
+        if kind in (SettleKind.DELIVERED, SettleKind.DEAD):
             job.finished_at_ms = score_ms
             job.next_attempt_at_ms = None
-        if kind == "X":
+        if kind is SettleKind.DEAD:
             job.reason = reason
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
             self._stats[control.minute_of(score_ms)]["dead"] += 1
@@ -819,13 +835,13 @@ class Worker:
         settlement = Settlement(
             work.claim,
             kind,
-            job.encode(keep_payload=kind != "D"),
+            codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED),
             score_ms,
             reason,
             late,
-            parked_for=job.webhook_id if kind == "P" else None,
+            parked_for=job.webhook_id if kind is SettleKind.PARKED else None,
             lease_of=job.webhook_id if work.leased else None,
-            waiting_in=job.webhook_id if kind == "W" else None,
+            waiting_in=job.webhook_id if kind is SettleKind.WAITING else None,
             frees=frees,
         )
         self._unsettled += 1

@@ -1,29 +1,13 @@
-"""Webhooks and jobs: their stored form, their wire form, and the checks on their fields.
+"""Webhooks and jobs: the records, their wire form, the checks on their fields, and the
+changes of a job's state.
 
-A job that was never attempted travels inline in its ready-stream entry (``j`` id, ``w``
-webhook, ``t`` tenant, ``e`` event type, ``p`` payload; the stream tells its queue and priority),
-and the ``jobs`` hash holds only a locator for it, ``@<stream> <entry id>``: stream entries pack
-tightly, so a queued job costs little more than its payload (see bench/).
-
-Once a job has an outcome, is scheduled, or is taken over from a dead worker, the ``jobs``
-hash holds its full record: a compact meta JSON object, a newline, then the payload bytes
-exactly as published. Lua scripts decode only the meta part, so a payload's numbers and
-empty objects are never re-encoded by cjson. Meta keys are short:
-
-``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` stream, ``s`` stored state,
-``a`` attempts made, ``k`` stalls (workers that died on it),
-``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
-``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
-``r`` dead reason, ``wr`` what a waiting job waits for (``rate_limit``, ``max_in_flight``,
-``endpoint_capacity``, ``breaker``), ``rv`` its reserved rate slot (ms),
-``h`` attempts ``[at_ms, status, duration_ms, error, late]``.
+How a job is stored in Redis (the record, the locator of a job never attempted, the ready-stream
+entry) is ``queue/codec.py``'s; ids and stream names are ``ids.py``'s.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,14 +17,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from dispatcher.errors import InvalidField
-from dispatcher.queue.keys import priority_of, queue_of, shard_for
+from dispatcher.ids import new_webhook_id, queue_of
 from dispatcher.signing import generate_secret, valid_secret
 
-HISTORY_LIMIT = 50
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-# ``.<k>`` names the shard (keys.py) when it is not 0
-_JOB_ID = re.compile(r"job_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?\.\d{1,6}")
-_WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?")
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _RESERVED_HEADERS = frozenset(
     {
@@ -77,57 +56,6 @@ class Priority(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.DELIVERED, JobState.DEAD})
-
-
-def _base32(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
-
-
-def _sortable_id() -> str:
-    """20 characters: 10 of millisecond time, 10 of randomness (like a ULID)."""
-    return _base32(time.time_ns() // 1_000_000, 10) + _base32(
-        int.from_bytes(os.urandom(7), "big"), 10
-    )
-
-
-def new_event_ids() -> tuple[str, str]:
-    """An event id and the prefix of its jobs' ids (``job_<core>.`` + n)."""
-    core = _sortable_id()
-    return f"evt_{core}", f"job_{core}."
-
-
-def event_id_of(job_id: str) -> str:
-    """The id of the event a job delivers: jobs are ``job_<core>.n`` of ``evt_<core>``."""
-    return "evt_" + job_id[4:].partition(".")[0]
-
-
-def sid_ms(sid: str) -> int:
-    """The Redis server time (ms) at which a stream entry was added."""
-    return int(sid.partition("-")[0])
-
-
-def new_webhook_id(shards: int = 1) -> str:
-    """A webhook id; with several shards it names the one its core hashes to (keys.py)."""
-    core = _sortable_id()
-    shard = shard_for(core, shards)
-    return f"wh_{core}.{shard}" if shard else f"wh_{core}"
-
-
-def shard_job_prefix(job_prefix: str, shard: int) -> str:
-    """The prefix of an event's job ids in one shard: ``job_<core>.`` or ``job_<core>.<k>.``."""
-    return f"{job_prefix}{shard}." if shard else job_prefix
-
-
-def is_job_id(value: object) -> bool:
-    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
-
-
-def is_webhook_id(value: object) -> bool:
-    return isinstance(value, str) and _WEBHOOK_ID.fullmatch(value) is not None
 
 
 def time_ms(name: str, value: object) -> int | None:
@@ -198,90 +126,6 @@ class Job:
     waiting: str | None = None  # why a scheduled job waits without an attempt (traffic control)
     reserved_ms: int | None = None  # the rate-limit slot reserved for it
     history: list[list[Any]] = field(default_factory=list)
-
-    @classmethod
-    def decode(cls, job_id: str, record: bytes) -> Job:
-        """Parse a stored record; raises ValueError (or KeyError) when it is not one."""
-        meta_bytes, sep, payload = record.partition(b"\n")
-        if not sep:
-            raise ValueError("job record has no payload separator")
-        m = orjson.loads(meta_bytes)
-        history = m.get("h")
-        return cls(
-            id=job_id,
-            webhook_id=m["w"],
-            tenant_id=m["t"],
-            event_type=m["e"],
-            stream=m["q"],
-            event_id=event_id_of(job_id),
-            state=JobState(m["s"]),
-            attempt=int(m.get("a", 0)),
-            stalls=int(m.get("k", 0)),
-            created_at_ms=int(m["c"]),
-            payload=payload,
-            priority=priority_of(m["q"]),
-            processed_at_ms=m.get("p"),
-            finished_at_ms=m.get("f"),
-            next_attempt_at_ms=m.get("n"),
-            last_error=m.get("le"),
-            last_status=m.get("ls"),
-            sid=m.get("sid"),
-            dlq_id=m.get("d"),
-            reason=m.get("r"),
-            waiting=m.get("wr"),
-            reserved_ms=m.get("rv"),
-            history=history if isinstance(history, list) else [],  # cjson writes [] as {}
-        )
-
-    @classmethod
-    def from_entry(cls, job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -> Job:
-        """A job never attempted yet, whose data travels inline in its ready-stream entry.
-
-        Raises KeyError (or ValueError) when a field is missing or garbled.
-        """
-        return cls(
-            id=job_id,
-            webhook_id=fields[b"w"].decode(),
-            tenant_id=fields[b"t"].decode(),
-            event_type=fields[b"e"].decode(),
-            stream=stream,
-            event_id=event_id_of(job_id),
-            state=JobState.QUEUED,
-            attempt=0,
-            stalls=0,
-            created_at_ms=sid_ms(sid),
-            payload=fields[b"p"],
-            priority=priority_of(stream),
-            sid=sid,
-        )
-
-    def encode(self, *, keep_payload: bool = True) -> bytes:
-        meta: dict[str, Any] = {
-            "w": self.webhook_id,
-            "t": self.tenant_id,
-            "e": self.event_type,
-            "q": self.stream,
-            "s": self.state.value,
-            "a": self.attempt,
-            "k": self.stalls,
-            "c": self.created_at_ms,
-        }
-        optional = (
-            ("p", self.processed_at_ms),
-            ("f", self.finished_at_ms),
-            ("n", self.next_attempt_at_ms),
-            ("le", self.last_error),
-            ("ls", self.last_status),
-            ("sid", self.sid),
-            ("d", self.dlq_id),
-            ("r", self.reason),
-            ("wr", self.waiting),
-            ("rv", self.reserved_ms),
-        )
-        meta.update((key, value) for key, value in optional if value is not None)
-        if self.history:
-            meta["h"] = self.history[-HISTORY_LIMIT:]
-        return orjson.dumps(meta) + b"\n" + (self.payload if keep_payload else b"")
 
     def to_wire(
         self, *, state: JobState | None = None, with_payload: bool = False

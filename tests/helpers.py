@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from dispatcher.model import Job, JobState, new_event_ids
+from dispatcher.ids import new_event_ids
+from dispatcher.model import Job, JobState
+from dispatcher.queue import codec
 from dispatcher.queue.keys import Keys, shard_of
 
 if TYPE_CHECKING:
@@ -461,6 +463,6 @@ async def seed_dead_jobs(
                 dlq_id=entry.decode(),
                 reason="max_attempts",
             )
-            pipe.hset(keys.jobs, job_id, job.encode())
+            pipe.hset(keys.jobs, job_id, codec.encode(job))
         await pipe.execute()
     return ids

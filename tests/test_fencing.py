@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dispatcher.model import JobState
-from dispatcher.queue import delays, streams
+from dispatcher.queue import codec, delays, streams
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.streams import Claim, Settlement
+from dispatcher.queue.streams import Claim, SettleKind, Settlement
 from tests.helpers import stream_entries
 
 if TYPE_CHECKING:
-
     import redis.asyncio as aioredis
 
     from dispatcher import Client
@@ -38,8 +37,8 @@ async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) ->
     job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
     return Settlement(
         claim,
-        kind,
-        job.encode(),
+        SettleKind(kind),
+        codec.encode(job),
         now + (1000 if kind == "R" else 0),
         "",
         orjson.dumps([now, 500, 1.0, "late", 1]),

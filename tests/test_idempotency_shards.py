@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from dispatcher.errors import DispatcherError
-from dispatcher.model import event_id_of
+from dispatcher.ids import event_id_of
 from dispatcher.queue.keys import Keys, shard_of
 from tests.helpers import hooks_in_every_shard
 

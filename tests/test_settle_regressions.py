@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from dispatcher.model import JobState
-from dispatcher.queue import delays, streams
+from dispatcher.queue import codec, delays, streams
 from dispatcher.queue.keys import GROUP, Keys
-from dispatcher.queue.streams import Claim, Settlement
+from dispatcher.queue.streams import Claim, SettleKind, Settlement
 from tests.helpers import eventually, stream_entries
 from tests.target import Reply
 
@@ -43,7 +43,12 @@ async def _settlement(store: Store, claim: Claim, kind: str, reason: str = "") -
     job.reason = reason or None
     job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
     return Settlement(
-        claim, kind, job.encode(), now, reason, orjson.dumps([now, 200, 1.0, None, 1])
+        claim,
+        SettleKind(kind),
+        codec.encode(job),
+        now,
+        reason,
+        orjson.dumps([now, 200, 1.0, None, 1]),
     )
 
 
@@ -247,7 +252,9 @@ async def test_a_stale_deferral_adds_no_attempt_to_the_history(
     attempt = [now_ms, 500, 12.0, "HTTP 500", 0]
     job.attempt, job.state = 1, JobState.SCHEDULED
     job.history.append(attempt)
-    retry = Settlement(claim, "R", job.encode(), now_ms, "", orjson.dumps([*attempt[:4], 1]))
+    retry = Settlement(
+        claim, SettleKind.RETRY, codec.encode(job), now_ms, "", orjson.dumps([*attempt[:4], 1])
+    )
     assert await streams.settle(store, "a", [retry]) == []
     await delays.promote_due(store, "default")
     [claim], _ = await streams.claim_new(store, ("default",), "a", budget=1)

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher.config import load
 from dispatcher.errors import ConfigError
-from dispatcher.model import is_job_id, is_webhook_id
+from dispatcher.ids import is_job_id, is_webhook_id
 from dispatcher.queue.keys import Keys, shard_of, shard_tag
 from dispatcher.queue.store import Store
 from tests.helpers import Daemon, daemon_env, eventually, hooks_in_every_shard, log_events

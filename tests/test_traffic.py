@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from dispatcher.model import Job, Webhook
-from dispatcher.queue import admission, streams
+from dispatcher.model import Webhook
+from dispatcher.queue import admission, codec, streams
 from dispatcher.queue.admission import Verdict
 from dispatcher.queue.keys import GROUP, Keys, streams_of
-from dispatcher.queue.streams import Settlement
+from dispatcher.queue.streams import SettleKind, Settlement
 from dispatcher.traffic import START_FRACTION
 from tests.helpers import Daemon, daemon_env, eventually, stream_entries
 from tests.target import Hang, Reply
@@ -306,7 +306,7 @@ async def test_a_job_claimed_long_after_its_reserved_slot_takes_no_other(
         rate_limit={"per_second": 10, "burst": 1},
     )
     meta = b'{"w":"wh_rated","t":"acme","e":"a.b","q":"default","s":"queued","a":0,"k":0,"c":0}'
-    jobs = [Job.decode(f"job_{n}", meta + b"\n{}") for n in range(3)]
+    jobs = [codec.decode(f"job_{n}", meta + b"\n{}") for n in range(3)]
     store = client.store
     _, first = await admission.admit(store, [(j, hook) for j in jobs], attempt_timeout_s=1)
     assert [d.verdict for d in first] == [Verdict.ADMITTED, Verdict.RESERVED, Verdict.RESERVED]
@@ -461,7 +461,7 @@ async def test_a_lease_runs_from_the_start_of_its_attempt(client: Client) -> Non
         max_in_flight=1,
     )
     meta = b'{"w":"wh_capped","t":"acme","e":"a.b","q":"default","s":"queued","a":0,"k":0,"c":0}'
-    first, second = (Job.decode(f"job_{n}", meta + b"\n{}") for n in range(2))
+    first, second = (codec.decode(f"job_{n}", meta + b"\n{}") for n in range(2))
     store = client.store
     _, [decision] = await admission.admit(
         store, [(first, hook)], attempt_timeout_s=-admission.LEASE_MARGIN_S, holder="a"
@@ -492,7 +492,15 @@ async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
     page = await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
     [current] = page.claims
     await admission.admit(store, [(job, hook)], attempt_timeout_s=5, holder="b")
-    late = Settlement(stale, "D", job.encode(), 0, "", b"[0,200,1.0,null,1]", lease_of=hook.id)
+    late = Settlement(
+        stale,
+        SettleKind.DELIVERED,
+        codec.encode(job),
+        0,
+        "",
+        b"[0,200,1.0,null,1]",
+        lease_of=hook.id,
+    )
     assert await streams.settle(store, "a", [late]) == [job_id]
     leases = await redis.zrange(Keys(prefix).lease(hook.id), 0, -1)
     assert leases == [admission.lease_member(job_id, "b").encode()]

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.model import JobState
-from dispatcher.queue import admission, streams, waiting
+from dispatcher.queue import admission, codec, streams, waiting
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.streams import Settlement
+from dispatcher.queue.streams import SettleKind, Settlement
 from tests.helpers import eventually
 from tests.target import Reply
 
@@ -181,7 +181,13 @@ async def test_waiting_jobs_nobody_releases_go_out_after_the_tick(
         job.waiting = "max_in_flight" if claim.webhook_id == capped["id"] else "endpoint_capacity"
         items.append(
             Settlement(
-                claim, "W", job.encode(), job.created_at_ms, "", late, waiting_in=claim.webhook_id
+                claim,
+                SettleKind.WAITING,
+                codec.encode(job),
+                job.created_at_ms,
+                "",
+                late,
+                waiting_in=claim.webhook_id,
             )
         )
     assert await streams.settle(store, "dead-worker", items) == []

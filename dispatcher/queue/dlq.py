@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from dispatcher.errors import ConfirmationRequired, InvalidField, NotFound, NotReplayable
-from dispatcher.model import Job, JobState, is_job_id, rfc3339, sid_ms
-from dispatcher.queue import records
+from dispatcher.ids import is_job_id, sid_ms
+from dispatcher.model import Job, JobState, rfc3339
+from dispatcher.queue import codec, records
 from dispatcher.queue.keys import MAX_SHARDS, shard_of, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
@@ -369,7 +370,7 @@ async def _read_page(store: Store, start: str, end: str, count: int) -> list[_De
         job = None
         if job_id is not None and meta:
             with suppress(ValueError, KeyError, TypeError):
-                job = Job.decode(job_id, meta + b"\n")
+                job = codec.decode_meta(job_id, meta)
         page.append(
             _Dead(
                 entry_id=sid.decode(),

@@ -94,42 +94,39 @@ which it needs depends on the data, and so do ``settle.lua`` and ``waiting_tick.
 
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import dataclass
 from functools import cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from dispatcher.ids import (
+    MAX_SHARDS,
+    PRIORITIES,
+    priority_of,
+    queue_of,
+    shard_for,
+    shard_of,
+    stream_of,
+    streams_of,
+)
+
+# The naming helpers live in ids.py (the model uses them too); they stay importable from here.
+__all__ = [
+    "GROUP",
+    "MAX_SHARDS",
+    "PRIORITIES",
+    "Keys",
+    "priority_of",
+    "queue_of",
+    "shard_for",
+    "shard_of",
+    "shard_tag",
+    "stream_of",
+    "streams_of",
+]
+
 GROUP = "dispatch"
-PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
-
-
-def stream_of(queue: str, priority: str) -> str:
-    """The stream (``Q``, ``Q:high`` or ``Q:low``) that carries a queue's jobs of one priority.
-
-    A queue is three streams, each with its own ready stream, delayed zset and consumer group;
-    every function below that takes a ``queue`` takes one of these stream names.
-    """
-    return queue if priority == "normal" else f"{queue}:{priority}"
-
-
-def streams_of(queue: str) -> tuple[str, ...]:
-    """A queue's streams, highest priority first."""
-    return tuple(stream_of(queue, p) for p in PRIORITIES)
-
-
-def queue_of(stream: str) -> str:
-    return stream.partition(":")[0]
-
-
-def priority_of(stream: str) -> str:
-    return stream.partition(":")[2] or "normal"
-
-
-MAX_SHARDS = 1024
 _GOLDEN = 0.6180339887498949
-_SHARD_IN_ID = re.compile(r"wh_[0-9a-z]{20}\.(\d+)|job_[0-9a-z]{20}\.(\d+)\.\d+")
 
 
 @cache
@@ -145,17 +142,6 @@ def shard_tag(shard: int) -> str:
         return min(gap, slots - gap)
 
     return min((f"{shard}-{i}" for i in range(256)), key=distance)
-
-
-def shard_for(core: str, shards: int) -> int:
-    """The shard a new webhook with this id core is placed in."""
-    return zlib.crc32(core.encode()) % shards
-
-
-def shard_of(entity_id: str) -> int:
-    """The shard of a (valid) webhook or job id: ``wh_<core>.<k>``, ``job_<core>.<k>.<n>``."""
-    found = _SHARD_IN_ID.fullmatch(entity_id)
-    return int(found.group(1) or found.group(2)) if found else 0
 
 
 @dataclass(frozen=True, slots=True)

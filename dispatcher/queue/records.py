@@ -19,17 +19,10 @@ from dispatcher.errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from dispatcher.model import (
-    Job,
-    JobState,
-    Webhook,
-    is_job_id,
-    is_webhook_id,
-    rfc3339,
-    shard_job_prefix,
-)
-from dispatcher.queue import breakers
-from dispatcher.queue.keys import GROUP, stream_of
+from dispatcher.ids import is_job_id, is_webhook_id, shard_job_prefix, stream_of
+from dispatcher.model import Job, JobState, Webhook, rfc3339
+from dispatcher.queue import breakers, codec
+from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -510,9 +503,9 @@ async def get_job(store: Store, job_id: str) -> Job | None:
     for _ in range(2):  # a job may leave its entry between the two reads: look once more
         with redis_errors():
             raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
-        if raw is None or not raw.startswith(b"@"):
-            return _decode_record(job_id, raw)
-        queue, _, sid = raw[1:].decode().partition(" ")
+        if raw is None or not codec.is_locator(raw):
+            return codec.try_decode(job_id, raw)
+        queue, sid = codec.parse_locator(raw)
         with redis_errors():
             entries = await cast(
                 "Awaitable[list[tuple[bytes, dict[bytes, bytes]]]]",
@@ -520,19 +513,10 @@ async def get_job(store: Store, job_id: str) -> Job | None:
             )
         if entries:
             try:
-                return Job.from_entry(job_id, queue, sid, entries[0][1])
+                return codec.from_entry(job_id, queue, sid, entries[0][1])
             except (KeyError, ValueError, UnicodeDecodeError):
                 return None
     return None
-
-
-def _decode_record(job_id: str, raw: bytes | None) -> Job | None:
-    if raw is None:
-        return None
-    try:
-        return Job.decode(job_id, raw)
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 async def job_view(store: Store, job: Job) -> dict[str, Any]:

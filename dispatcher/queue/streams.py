@@ -9,18 +9,20 @@ for this consumer with that count, checked for each claim on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.exceptions as rex
 
-from dispatcher.model import Job
+from dispatcher.queue import codec
 from dispatcher.queue.admission import lease_member
 from dispatcher.queue.keys import GROUP
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
 
+    from dispatcher.model import Job
     from dispatcher.queue.store import Store
 
 POISON_STALLS = 3
@@ -47,10 +49,19 @@ class Malformed:
     raw: bytes
 
 
+class SettleKind(StrEnum):
+    """What ``settle.lua`` does with an outcome; the value is the letter it reads."""
+
+    DELIVERED = "D"  # finished: into the done zset (swept after the retention)
+    RETRY = "R"  # a retry or a wait: into the delayed zset, due at the score
+    DEAD = "X"  # finished: a DLQ entry, whose id the record keeps (kept until purged)
+    PARKED = "P"  # into the webhook's parked zset while its breaker is open (else as RETRY)
+    WAITING = "W"  # into the webhook's waiting set until room frees (waiting.py)
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One outcome to write. ``kind``: D delivered, R retry or wait, X dead, P parked, W
-    waiting for room (waiting.py).
+    """One outcome to write: ``kind`` says what settle.lua does with it (``SettleKind``).
 
     ``parked_for``: the webhook whose parked zset takes a P job; ``waiting_in``: the webhook
     whose waiting set takes a W job. ``lease_of``: the webhook whose in-flight lease the
@@ -59,7 +70,7 @@ class Settlement:
     """
 
     claim: Claim
-    kind: str
+    kind: SettleKind
     record: bytes
     score_ms: int
     reason: str
@@ -153,9 +164,9 @@ def _claim(shard: int, queue: str, sid: str, fields: dict[bytes, bytes]) -> Clai
     if not job_id or not webhook_id:
         return None
     inline = None
-    if b"p" in fields:
+    if codec.is_inline(fields):
         try:
-            inline = Job.from_entry(job_id.decode(), queue, sid, fields)
+            inline = codec.from_entry(job_id.decode(), queue, sid, fields)
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
     return Claim(queue, sid, job_id.decode(), webhook_id.decode(), "1", inline, shard)
@@ -194,7 +205,7 @@ async def load(store: Store, claims: list[Claim]) -> Loaded:
         pipe.hmget(store.keys.jobs, [c.job_id for c in refs])
     replies = await pipe.execute()
     records = dict(zip((c.job_id for c in refs), replies[3] if refs else (), strict=True))
-    jobs = [c.inline or _decode(c.job_id, records.get(c.job_id)) for c in claims]
+    jobs = [c.inline or codec.try_decode(c.job_id, records.get(c.job_id)) for c in claims]
     breakers = {
         wid: raw for wid, raw in zip(webhook_ids, replies[1], strict=True) if raw is not None
     }
@@ -202,15 +213,6 @@ async def load(store: Store, claims: list[Claim]) -> Loaded:
         wid for wid, since in zip(webhook_ids, replies[2], strict=True) if since is not None
     )
     return Loaded(jobs, dict(zip(webhook_ids, replies[0], strict=True)), breakers, failing)
-
-
-def _decode(job_id: str, record: bytes | None) -> Job | None:
-    if record is None or record.startswith(b"@"):  # gone, or a locator with no entry data
-        return None
-    try:
-        return Job.decode(job_id, record)
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 async def settle(

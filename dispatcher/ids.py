@@ -1,0 +1,122 @@
+"""Ids and names: what an id or a stream name says, shared by the model and the queue layer.
+
+Pure (no Redis, no I/O but the clock and ``os.urandom``): ``model.py`` and ``queue/keys.py``
+both import it, so the model never reaches up into ``queue/``.
+
+Ids. An event is ``evt_<core>``, its jobs ``job_<core>.<n>`` (``job_<core>.<k>.<n>`` in shard k
+> 0), a webhook ``wh_<core>`` (``wh_<core>.<k>`` in shard k > 0). A core is 20 characters of
+lower-case Crockford base32: 10 of millisecond time, 10 of randomness, so ids sort by time.
+
+Names. A queue ``Q`` is three streams, one per priority: ``Q:high``, ``Q`` (normal) and ``Q:low``
+(queue names never hold ``:``, ``model.check_queue``). A stream entry id (``sid``) starts with
+the Redis server time (ms) at which it was added.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+
+PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
+MAX_SHARDS = 1024
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+# ``.<k>`` names the shard when it is not 0
+_JOB_ID = re.compile(r"job_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?\.\d{1,6}")
+_WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?")
+_SHARD_IN_ID = re.compile(r"wh_[0-9a-z]{20}\.(\d+)|job_[0-9a-z]{20}\.(\d+)\.\d+")
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+def _base32(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def _sortable_id() -> str:
+    """20 characters: 10 of millisecond time, 10 of randomness (like a ULID)."""
+    return _base32(time.time_ns() // 1_000_000, 10) + _base32(
+        int.from_bytes(os.urandom(7), "big"), 10
+    )
+
+
+def new_event_ids() -> tuple[str, str]:
+    """An event id and the prefix of its jobs' ids (``job_<core>.`` + n)."""
+    core = _sortable_id()
+    return f"evt_{core}", f"job_{core}."
+
+
+def event_id_of(job_id: str) -> str:
+    """The id of the event a job delivers: jobs are ``job_<core>.n`` of ``evt_<core>``."""
+    return "evt_" + job_id[4:].partition(".")[0]
+
+
+def new_webhook_id(shards: int = 1) -> str:
+    """A webhook id; with several shards it names the one its core hashes to."""
+    core = _sortable_id()
+    shard = shard_for(core, shards)
+    return f"wh_{core}.{shard}" if shard else f"wh_{core}"
+
+
+def shard_job_prefix(job_prefix: str, shard: int) -> str:
+    """The prefix of an event's job ids in one shard: ``job_<core>.`` or ``job_<core>.<k>.``."""
+    return f"{job_prefix}{shard}." if shard else job_prefix
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
+
+
+def is_webhook_id(value: object) -> bool:
+    return isinstance(value, str) and _WEBHOOK_ID.fullmatch(value) is not None
+
+
+def sid_ms(sid: str) -> int:
+    """The Redis server time (ms) at which a stream entry was added."""
+    return int(sid.partition("-")[0])
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+
+def shard_for(core: str, shards: int) -> int:
+    """The shard a new webhook with this id core is placed in."""
+    return zlib.crc32(core.encode()) % shards
+
+
+def shard_of(entity_id: str) -> int:
+    """The shard of a (valid) webhook or job id: ``wh_<core>.<k>``, ``job_<core>.<k>.<n>``."""
+    found = _SHARD_IN_ID.fullmatch(entity_id)
+    return int(found.group(1) or found.group(2)) if found else 0
+
+
+# --- queues and their streams ----------------------------------------------------------------
+
+
+def stream_of(queue: str, priority: str) -> str:
+    """The stream (``Q``, ``Q:high`` or ``Q:low``) that carries a queue's jobs of one priority.
+
+    A queue is three streams, each with its own ready stream, delayed zset and consumer group;
+    every function of ``queue/keys.py`` that takes a ``queue`` takes one of these stream names.
+    """
+    return queue if priority == "normal" else f"{queue}:{priority}"
+
+
+def streams_of(queue: str) -> tuple[str, ...]:
+    """A queue's streams, highest priority first."""
+    return tuple(stream_of(queue, p) for p in PRIORITIES)
+
+
+def queue_of(stream: str) -> str:
+    return stream.partition(":")[0]
+
+
+def priority_of(stream: str) -> str:
+    return stream.partition(":")[2] or "normal"

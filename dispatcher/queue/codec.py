@@ -1,0 +1,180 @@
+"""The job's storage format: the one place that says how a job is kept in Redis.
+
+A job lives in one of three forms (``K`` the shard's key base, see keys.py):
+
+The entry. A job that was never attempted travels inline in its ready-stream entry
+(``K:q:S:ready``): ``j`` job id, ``w`` webhook id, ``t`` tenant id, ``e`` event type, ``p``
+payload; the stream ``S`` tells its queue and priority, the entry id its creation time. Stream
+entries pack tightly, so a queued job costs little more than its payload (see bench/). An entry
+that refers to a record carries only ``j`` and ``w``.
+
+The locator. Meanwhile the ``jobs`` hash holds only ``@<stream> <entry id>`` for it: an ``@``
+then the stream and the entry id, separated by one space (no newline).
+
+The record. Once a job has an outcome, is scheduled, or is taken over from a dead worker, the
+``jobs`` hash holds its full record: a compact meta JSON object, a newline, then the payload
+bytes exactly as published (a finished delivered job keeps no payload: the record ends at the
+newline). A record always starts with ``{``, a locator with ``@``. Lua scripts decode only the
+meta part, so a payload's numbers and empty objects are never re-encoded by cjson. Meta keys
+are short:
+
+``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` stream, ``s`` stored state,
+``a`` attempts made, ``k`` stalls (workers that died on it),
+``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
+``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
+``r`` dead reason, ``wr`` what a waiting job waits for (``rate_limit``, ``max_in_flight``,
+``endpoint_capacity``, ``breaker``), ``rv`` its reserved rate slot (ms),
+``h`` attempts ``[at_ms, status, duration_ms, error, late]`` (the last ``HISTORY_LIMIT``; cjson
+writes an empty list as ``{}``).
+
+The Lua side reads records through ``lua/_record.lua`` (prepended by scripts.py to the scripts
+that read records): ``is_locator(record)`` and ``split_record(record)`` (meta table and the
+rest, ``'\\n' .. payload``); ``publish.lua`` writes locators and records, ``reclaim.lua`` turns
+a locator and its entry into a record, as ``from_entry`` does here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dispatcher.ids import event_id_of, priority_of, sid_ms
+from dispatcher.model import Job, JobState
+
+HISTORY_LIMIT = 50
+_LOCATOR = b"@"
+_SEP = b"\n"
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def encode(job: Job, *, keep_payload: bool = True) -> bytes:
+    """The job's record; without ``keep_payload`` it ends at the newline."""
+    meta: dict[str, Any] = {
+        "w": job.webhook_id,
+        "t": job.tenant_id,
+        "e": job.event_type,
+        "q": job.stream,
+        "s": job.state.value,
+        "a": job.attempt,
+        "k": job.stalls,
+        "c": job.created_at_ms,
+    }
+    optional = (
+        ("p", job.processed_at_ms),
+        ("f", job.finished_at_ms),
+        ("n", job.next_attempt_at_ms),
+        ("le", job.last_error),
+        ("ls", job.last_status),
+        ("sid", job.sid),
+        ("d", job.dlq_id),
+        ("r", job.reason),
+        ("wr", job.waiting),
+        ("rv", job.reserved_ms),
+    )
+    meta.update((key, value) for key, value in optional if value is not None)
+    if job.history:
+        meta["h"] = job.history[-HISTORY_LIMIT:]
+    return orjson.dumps(meta) + _SEP + (job.payload if keep_payload else b"")
+
+
+def decode(job_id: str, record: bytes) -> Job:
+    """Parse a stored record; raises ValueError (or KeyError) when it is not one."""
+    meta, sep, payload = record.partition(_SEP)
+    if not sep:
+        raise ValueError("job record has no payload separator")
+    return _from_meta(job_id, orjson.loads(meta), payload)
+
+
+def decode_meta(job_id: str, meta: bytes) -> Job:
+    """A job from the meta part of its record alone (its payload left empty)."""
+    return _from_meta(job_id, orjson.loads(meta), b"")
+
+
+def try_decode(job_id: str, record: bytes | None) -> Job | None:
+    """The job of a full record; None when it is gone, a locator, or unreadable."""
+    if record is None or is_locator(record):
+        return None
+    try:
+        return decode(job_id, record)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _from_meta(job_id: str, m: dict[str, Any], payload: bytes) -> Job:
+    history = m.get("h")
+    return Job(
+        id=job_id,
+        webhook_id=m["w"],
+        tenant_id=m["t"],
+        event_type=m["e"],
+        stream=m["q"],
+        event_id=event_id_of(job_id),
+        state=JobState(m["s"]),
+        attempt=int(m.get("a", 0)),
+        stalls=int(m.get("k", 0)),
+        created_at_ms=int(m["c"]),
+        payload=payload,
+        priority=priority_of(m["q"]),
+        processed_at_ms=m.get("p"),
+        finished_at_ms=m.get("f"),
+        next_attempt_at_ms=m.get("n"),
+        last_error=m.get("le"),
+        last_status=m.get("ls"),
+        sid=m.get("sid"),
+        dlq_id=m.get("d"),
+        reason=m.get("r"),
+        waiting=m.get("wr"),
+        reserved_ms=m.get("rv"),
+        history=history if isinstance(history, list) else [],  # cjson writes [] as {}
+    )
+
+
+# --- the locator of a job never attempted ----------------------------------------------------
+
+
+def locator(stream: str, sid: str) -> bytes:
+    """What the jobs hash holds for a job whose data travels in its ready-stream entry."""
+    return b"%s%s %s" % (_LOCATOR, stream.encode(), sid.encode())
+
+
+def is_locator(raw: bytes) -> bool:
+    return raw.startswith(_LOCATOR)
+
+
+def parse_locator(raw: bytes) -> tuple[str, str]:
+    """The stream and the entry id a locator names."""
+    stream, _, sid = raw[1:].decode().partition(" ")
+    return stream, sid
+
+
+# --- the ready-stream entry ------------------------------------------------------------------
+
+
+def from_entry(job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -> Job:
+    """A job never attempted yet, whose data travels inline in its ready-stream entry.
+
+    Raises KeyError (or ValueError) when a field is missing or garbled.
+    """
+    return Job(
+        id=job_id,
+        webhook_id=fields[b"w"].decode(),
+        tenant_id=fields[b"t"].decode(),
+        event_type=fields[b"e"].decode(),
+        stream=stream,
+        event_id=event_id_of(job_id),
+        state=JobState.QUEUED,
+        attempt=0,
+        stalls=0,
+        created_at_ms=sid_ms(sid),
+        payload=fields[b"p"],
+        priority=priority_of(stream),
+        sid=sid,
+    )
+
+
+def is_inline(fields: dict[bytes, bytes]) -> bool:
+    """Whether an entry carries its job's data (else it refers to the job's record)."""
+    return b"p" in fields
