@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from dispatcher import loops
 from dispatcher.alerts import Alerts
 from dispatcher.client import Client
 from dispatcher.config import changed_keys, with_keys
-from dispatcher.delivery import USER_AGENT, Outage, Worker
+from dispatcher.delivery import USER_AGENT, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.logs import set_level
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from dispatcher.config import Config
     from dispatcher.liveness import Liveness
+    from dispatcher.queue.store import Layout
 
 log = structlog.get_logger()
 
@@ -266,34 +268,20 @@ async def _watchdog(notifier: Notifier, worker: Worker, stop: asyncio.Event) -> 
             else:
                 notifier.watchdog()
                 notifier.status(_status(worker))
-        await _pause(stop, interval_s or LIVENESS_CHECK_S)
+        await loops.sleep_until_stop(stop, interval_s or LIVENESS_CHECK_S)
 
 
 async def _alert_loop(alerts: Alerts, store: Store, metrics: Metrics, stop: asyncio.Event) -> None:
     """Measure the backlog every few seconds and judge it; ride out Redis outages like every
     other loop (the alerts keep their last state meanwhile)."""
-    outage = Outage("alerts", metrics)
+    outage = loops.Outage("alerts", metrics)
     while not stop.is_set():
-        try:
-            backlog = await measure(store)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await outage.failed(exc, stop)
+        backlog = await loops.attempt(lambda: measure(store), outage, stop)
+        if backlog is loops.FAILED:
             continue
-        outage.ok()
         alerts.observe(backlog)
         alerts.export(metrics)
-        await _pause(stop, ALERT_INTERVAL_S)
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+        await loops.sleep_until_stop(stop, ALERT_INTERVAL_S)
 
 
 class _Reloader:
@@ -359,22 +347,27 @@ async def _check_server(
     Returns None to go on, else the exit code: stopped while waiting, or the embedded Redis
     died (waiting for it would be forever).
     """
-    outage = Outage("startup", Metrics())
+
+    async def survey() -> tuple[list[ServerFacts], list[str], tuple[Layout, int] | None]:
+        facts = await server_facts(store)
+        problems = [problem for server in facts for problem in _judge(server)]
+        if problems:
+            return facts, problems, None
+        # record the layout only on a server we will run on
+        return facts, problems, await store.adopt_layout(shards)
+
+    outage = loops.Outage("startup", Metrics())
     while not stop.is_set():
         if embedded is not None and embedded.exited():
             log.error("redis.embedded_exited", during="startup")
             return EXIT_FAILED
-        try:
-            facts = await server_facts(store)
-            problems = [problem for server in facts for problem in _judge(server)]
-            if not problems:  # record the layout only on a server we will run on
-                layout, previous = await store.adopt_layout(shards)
-        except Exception as exc:
-            await outage.failed(exc, stop)
+        found = await loops.attempt(survey, outage, stop)
+        if found is loops.FAILED:
             continue
-        outage.ok()
-        if problems:
+        facts, problems, adopted = found
+        if adopted is None:
             raise ConfigError(problems)
+        layout, previous = adopted
         if previous != shards:
             log.warning("redis.shards_changed", before=previous, now=shards, served=layout.served)
         log.info(

@@ -10,36 +10,34 @@ few Redis commands per delivery. Policy lives in ``retry.py``; every Redis call 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import random
 import socket
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
-from dispatcher import __version__, retry
+from dispatcher import __version__, loops, retry
+from dispatcher.gate import Actions, Gate, Work
+from dispatcher.health import HealthWatch
 from dispatcher.liveness import MAX_AGE_S, Liveness
-from dispatcher.model import Job, JobState, Webhook, rfc3339
-from dispatcher.queue import admission, breakers, codec, control, delays, streams, waiting
-from dispatcher.queue.admission import Verdict
-from dispatcher.queue.breakers import Breaker, Health
-from dispatcher.queue.connection import is_unavailable
-from dispatcher.queue.keys import PRIORITIES, queue_of, shard_of, streams_of
+from dispatcher.model import Job, JobState, Webhook
+from dispatcher.queue import admission, codec, control, streams
+from dispatcher.queue.keys import PRIORITIES, queue_of, streams_of
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, Malformed, SettleKind, Settlement
 from dispatcher.signing import sign
 from dispatcher.traffic import Pool
+from dispatcher.upkeep import CONTROL_TICK_S, Upkeep
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from dispatcher.config import DeliveryConfig, JobsConfig
     from dispatcher.metrics import Metrics
+    from dispatcher.queue.breakers import Breaker
     from dispatcher.queue.store import Store
     from dispatcher.sender import Outcome, Sender
 
@@ -52,98 +50,15 @@ LEASE_FRESH_S = 1.0  # a lease taken this recently is not renewed when its attem
 READ_BATCH = 256
 SETTLE_BATCH = 512
 SETTLE_DRAIN_S = 10.0  # at shutdown, how long outcomes may wait for Redis before we give up
-PROMOTE_INTERVAL_S = 0.1
-CLOCK_SYNC_INTERVAL_S = 10.0
-CLOCK_JUMP_WARN_S = 5.0
-SWEEP_INTERVAL_S = 60.0
-ORPHAN_INTERVAL_S = 1.0
-ORPHAN_PAGE = 500  # records of the jobs hash checked per second, per worker
 RECLAIM_PAGE = 100
-CONTROL_TICK_S = 0.25  # the paused set is re-read every tick
-STATS_FLUSH_TICKS = 4  # per-minute counters are flushed every second
-HEARTBEAT_TICKS = int(control.HEARTBEAT_INTERVAL_S / CONTROL_TICK_S)
 #: How often each priority comes first when a queue's streams are read: high is served first
 #: most of the time, and low still leads one read in sixteen, so it never starves.
 PRIORITY_WEIGHTS = (12, 3, 1)
-BREAKER_TICK_S = 1.0
 
 
 def consumer_name() -> str:
     """``host:pid:start``, unique per process start, as RELIABILITY R6 asks."""
     return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000)}"
-
-
-class Outage:
-    """Capped, jittered backoff for one loop, with one log line when Redis goes and returns.
-
-    With ``watch``, the loop is one of the essential ones the watchdog follows (liveness.py):
-    a success, or a failure because Redis is unavailable, is a sign of progress under the name
-    ``watch``; any other failure is not, so a loop failing the same way forever goes stale.
-    """
-
-    def __init__(
-        self,
-        loop: str,
-        metrics: Metrics,
-        *,
-        cap_s: float = 5.0,
-        watch: tuple[Liveness, str] | None = None,
-        max_age_s: float | None = None,
-    ) -> None:
-        self.loop = loop
-        self.metrics = metrics
-        self.cap_s = cap_s
-        self.failures = 0
-        self.watch = watch
-        if watch is not None:
-            watch[0].expect(watch[1], max_age_s)
-
-    def idle(self) -> None:
-        """The loop waits for work other loops produce: healthy however long it waits."""
-        if self.watch is not None:
-            self.watch[0].idle(self.watch[1])
-
-    def wake(self) -> None:
-        """Work arrived: from now on the loop must show progress again."""
-        if self.watch is not None:
-            self.watch[0].wake(self.watch[1])
-
-    async def failed(self, exc: BaseException, stop: asyncio.Event) -> None:
-        if self.watch is not None:
-            if is_unavailable(exc):
-                self.watch[0].beat(self.watch[1])
-            else:
-                self.watch[0].wake(self.watch[1])
-        self.metrics.inc("dispatcher_redis_errors_total", loop=self.loop)
-        if self.failures == 0:
-            log.warning("redis.unavailable", loop=self.loop, error=str(exc) or type(exc).__name__)
-        self.failures += 1
-        delay = min(self.cap_s, 0.05 * 2 ** min(self.failures, 10))
-        await _sleep_until_stop(stop, delay * random.uniform(0.5, 1.0))
-
-    def ok(self) -> None:
-        if self.watch is not None:
-            self.watch[0].beat(self.watch[1])
-        if self.failures:
-            log.info("redis.recovered", loop=self.loop, failures=self.failures)
-            self.failures = 0
-
-
-async def _sleep_until_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Work:
-    claim: Claim
-    job: Job
-    webhook: Webhook
-    leased: bool = False  # holds an in-flight lease of the webhook's max_in_flight
-    admitted_at: float = 0.0  # monotonic time the lease was taken
 
 
 class _Rotation:
@@ -186,22 +101,13 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.pool = Pool(delivery.concurrency, delivery.timeout_s)
         self._rotations: dict[tuple[int, str], _Rotation] = {}
-        # the shards this process serves (every shard that may hold work, keys.py); more are
-        # added when another process raises redis.shards
-        self.shards: list[Store] = [store]
         self._group: asyncio.TaskGroup | None = None
         self._readers: list[asyncio.Task[None]] = []
-        # outcomes per webhook since the last breaker report; only webhooks that failed or
-        # whose breaker exists (`_watched`) are reported
-        self._health: dict[str, Health] = {}
-        self._watched: set[str] = set()
-        self._probes: set[str] = set()  # jobs sent as their breaker's probe
-        self._report_now = asyncio.Event()
         self.stop = asyncio.Event()
         self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
         # Claimed work waits here for one of `concurrency` lanes: long-lived tasks, so the hot
         # path creates no task per delivery.
-        self._inbox: asyncio.Queue[_Work] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Work] = asyncio.Queue()
         self._busy = 0  # claimed and not yet attempted to the end: in the inbox or in a lane
         # The claims behind `_busy`, by (shard, stream) and sid: each reclaim pass keeps their
         # entries fresh in Redis, so no reclaim takes over a claim this worker holds.
@@ -218,14 +124,53 @@ class Worker:
         self._reserved = 0
         self._turns: deque[object] = deque()
         self._unsettled = 0
-        self._paused: frozenset[str] = frozenset()
-        # minute -> counter -> value; flushed to stats:<minute> by the control loop, never
-        # written to Redis from the delivery path
-        self._stats: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._started_at_ms = int(time.time() * 1000)
-        self.alive_at = time.monotonic()
         # the essential loops' progress, for the watchdog and /readyz
         self.liveness = liveness or Liveness()
+        # promote, sweep, control (paused queues, served shards, stats, heartbeats): upkeep.py
+        self.upkeep = Upkeep(
+            store,
+            metrics,
+            self.liveness,
+            self.stop,
+            jobs=jobs,
+            pool=self.pool,
+            queues=queues,
+            streams=self.streams,
+            consumer=self.consumer,
+            in_flight=lambda: self._busy,
+            on_shard=self._shard_added,
+        )
+        self.shards = self.upkeep.shards  # one list, extended when shards are added
+        # outcomes reported to the breakers, and the breaker loop: health.py
+        self.health = HealthWatch(store, self.shards, metrics, self.stop, lambda: self.cfg)
+        # what becomes of each claimed job before its attempt: gate.py
+        self.gate = Gate(
+            self.pool,
+            self.health,
+            Actions(
+                send=self._hand_off,
+                park=self._park,
+                wait=self._wait,
+                wait_for_room=self._wait_for_room,
+                dead=self._dead_without_attempt,
+                quarantine=self._quarantine,
+            ),
+            cfg=lambda: self.cfg,
+            busy=lambda: self._busy,
+            consumer=self.consumer,
+        )
+
+    @property
+    def _paused(self) -> frozenset[str]:
+        return self.upkeep.paused
+
+    @_paused.setter
+    def _paused(self, queues: frozenset[str]) -> None:
+        self.upkeep.paused = queues
+
+    @property
+    def alive_at(self) -> float:
+        return self.upkeep.alive_at
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -239,17 +184,16 @@ class Worker:
         await self._set_up()
         # Learn the paused queues before the first read: a worker that starts while its queue
         # is paused must not claim from it before the control loop's first tick.
-        with contextlib.suppress(Exception):
-            self._paused = frozenset(await control.paused_queues(self.store))
+        await self.upkeep.read_paused()
         async with asyncio.TaskGroup() as group:
             self._group = group
             settler = group.create_task(self._settle_loop())
             background = [
-                group.create_task(self._promote_loop()),
+                group.create_task(self.upkeep.promote_loop()),
                 group.create_task(self._reclaim_loop()),
-                group.create_task(self._sweep_loop()),
-                group.create_task(self._control_loop()),
-                group.create_task(self._breaker_loop()),
+                group.create_task(self.upkeep.sweep_loop()),
+                group.create_task(self.upkeep.control_loop()),
+                group.create_task(self.health.run()),
             ]
             lanes = [group.create_task(self._lane()) for _ in range(self.cfg.concurrency)]
             for shard in self.shards:
@@ -262,7 +206,7 @@ class Worker:
             settler.cancel()
             for task in background:
                 task.cancel()
-        await self._sign_off()
+        await self.upkeep.sign_off()
         log.info("worker.stopped", consumer=self.consumer)
 
     async def _write_last_outcomes(self) -> None:
@@ -291,30 +235,21 @@ class Worker:
 
     async def _set_up(self) -> None:
         """Before the first read: the consumer groups of every served shard, the clock."""
-        outage = Outage("setup", self.metrics)
-        while not self.stop.is_set():
-            try:
-                for stream in self.streams:
-                    await streams.ensure_group(self.store, stream)
-                await self._add_shards()
-                await self.store.clock.sync(self.store.redis)
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-            else:
-                outage.ok()
-                return
 
-    async def _add_shards(self) -> None:
-        """Serve the shards the layout names that this process does not serve yet (another
-        process raised redis.shards): their groups first, then their readers."""
-        served = await self.store.all_shards()
-        for shard in served[len(self.shards) :]:
+        async def step() -> None:
             for stream in self.streams:
-                await streams.ensure_group(shard, stream)
-            self.shards.append(shard)
-            if self._group is not None:
-                self._serve(shard)
-                log.info("worker.shard_added", shard=shard.keys.shard)
+                await streams.ensure_group(self.store, stream)
+            await self.upkeep.add_shards()
+            await self.store.clock.sync(self.store.redis)
+
+        await loops.until_done(step, loops.Outage("setup", self.metrics), self.stop)
+
+    def _shard_added(self, shard: Store) -> None:
+        """Upkeep serves one more shard (another process raised redis.shards): read it too."""
+        if self._group is not None:
+            self._serve(shard)
+            log.info("worker.shard_added", shard=shard.keys.shard)
+
 
     def _serve(self, shard: Store) -> None:
         """Start the readers of one shard's queues."""
@@ -334,11 +269,11 @@ class Worker:
 
     async def _read_loop(self, shard: Store, queue: str) -> None:
         watch = f"read:{queue}" + (f"@{shard.keys.shard}" if shard.keys.shard else "")
-        outage = Outage(f"read:{queue}", self.metrics, watch=(self.liveness, watch))
+        outage = loops.Outage(f"read:{queue}", self.metrics, watch=(self.liveness, watch))
         while not self.stop.is_set():
             if queue in self._paused:
                 outage.idle()
-                await _sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
+                await loops.sleep_until_stop(self.stop, CONTROL_TICK_S / 2)
                 continue
             if self._turns or self._free() <= 0:
                 # waits for lanes (each attempt ends by its deadline) or the settler (watched)
@@ -422,22 +357,19 @@ class Worker:
             self._unreserve(budget)
 
     async def _queue_step(
-        self, shard: Store, queue: str, outage: Outage, step: Awaitable[object]
+        self, shard: Store, queue: str, outage: loops.Outage, step: Awaitable[object]
     ) -> None:
         """One step of a queue's loop: NOGROUP recreates the group, other errors back off."""
-        try:
+
+        async def run() -> None:
             try:
                 await step
             except Exception as exc:
                 if not streams.is_nogroup(exc):
                     raise
                 await self._recover_nogroup(shard, queue)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await outage.failed(exc, self.stop)
-        else:
-            outage.ok()
+
+        await loops.attempt(run, outage, self.stop)
 
     async def _wait_room(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())
@@ -457,131 +389,15 @@ class Worker:
         )
 
     async def _start(self, shard: Store, claims: list[Claim]) -> None:
-        """Load the claimed jobs, their webhooks and breakers; then each job is sent (handed
-        to the lanes), waits in Redis without spending an attempt (its webhook's breaker is
-        open, or it is over one of its webhook's limits), or is dead-lettered (its webhook
-        is gone or disabled)."""
-        loaded = await streams.load(shard, claims)
-        broken: defaultdict[str, list[Malformed]] = defaultdict(list)  # by stream
-        webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
-        states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
-        self._watched.difference_update(loaded.webhooks)
-        self._watched.update(wid for wid, b in states.items() if b is not None)
-        self._watched.update(loaded.failing)  # a success must end its run of failures
-        candidates: list[_Work] = []
-        for claim, job in zip(claims, loaded.jobs, strict=True):
-            if job is None:  # its record is gone or unreadable
-                raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id})
-                broken[claim.queue].append(Malformed(claim.sid, raw))
-                continue
-            hook = webhooks.get(claim.webhook_id)
-            if hook is None or not hook.enabled:
-                self._dead_without_attempt(claim, job, hook)
-                continue
-            breaker = states.get(hook.id)
-            if breaker is not None and not await self._may_pass(shard, breaker, hook.id, job.id):
-                self._park(_Work(claim, job, hook), breaker)
-                continue
-            candidates.append(_Work(claim, job, hook))
-        for stream, entries in broken.items():
-            await self._quarantine(shard, stream, entries)
-        placed, others = await self._admit(shard, candidates)
-        now = time.monotonic()
-        for work in placed:  # admitted within this process's room for their webhooks
-            self.pool.endpoint(work.webhook.id).begin(work.job.id, now)
-            self._hand_off(work)
-        for work in self._within_endpoint_limits(others):
-            self._hand_off(work)
+        """Claimed jobs go through the gate (gate.py): each is sent, waits, or is dead."""
+        await self.gate.start(shard, claims)
 
-    def _hand_off(self, work: _Work) -> None:
+    def _hand_off(self, work: Work) -> None:
         """Give a claimed job to the lanes; its claim is held (kept fresh) until its lane ends."""
         claim = work.claim
         self._held[claim.shard, claim.queue][claim.sid] = claim
         self._busy += 1
         self._inbox.put_nowait(work)
-
-    async def _may_pass(self, shard: Store, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
-        if breaker.holds(job_id):
-            return False
-        if breaker.state == breakers.HALF_OPEN:
-            # The probe: its outcome is reported as soon as it is known. With no probe chosen
-            # yet, the first job to ask becomes it.
-            if breaker.probe == "" and not await breakers.take_probe(shard, webhook_id, job_id):
-                return False
-            self._probes.add(job_id)
-        return True
-
-    def _within_endpoint_limits(self, candidates: list[_Work]) -> list[_Work]:
-        """Apply the adaptive per-endpoint cap of this process (traffic.py) to jobs of
-        webhooks without cluster-wide limits (``_admit`` applies it to the others), no round
-        trip."""
-        now = time.monotonic()
-        room: dict[str, int] = {}
-        admitted = []
-        free = self.cfg.concurrency - self._busy
-        for work in candidates:
-            endpoint = self.pool.endpoint(work.webhook.id)
-            left = room.get(work.webhook.id)
-            if left is None:
-                left = endpoint.room(now)
-            if left > 0 and (free > self.pool.reserve or not endpoint.slow):
-                endpoint.begin(work.job.id, now)
-                admitted.append(work)
-                free -= 1
-            else:
-                self._wait_for_room(work, "endpoint_capacity")
-            room[work.webhook.id] = left - 1
-        return admitted
-
-    def _room_for(self, works: list[_Work], now: float) -> dict[str, int]:
-        """How many attempts this process may start now for each webhook of ``works``: its
-        adaptive cap (traffic.py), and never the reserved last lanes for a slow endpoint."""
-        free = self.cfg.concurrency - self._busy
-        room: dict[str, int] = {}
-        for work in works:
-            if work.webhook.id not in room:
-                endpoint = self.pool.endpoint(work.webhook.id)
-                left = endpoint.room(now)
-                room[work.webhook.id] = (
-                    min(left, free - self.pool.reserve) if endpoint.slow else left
-                )
-        return room
-
-    async def _admit(self, shard: Store, works: list[_Work]) -> tuple[list[_Work], list[_Work]]:
-        """The cluster-wide limits (rate_limit, max_in_flight) for jobs of webhooks that set
-        them, in one round trip, together with this process's room for those webhooks, so a
-        job takes a rate slot or a lease only when it can go. Returns the jobs of limited
-        webhooks that go now, and the jobs of the others; the rest wait in Redis, each
-        keeping the rate slot it holds."""
-        limited = [w for w in works if admission.limited(w.webhook)]
-        if not limited:
-            return [], works
-        _now, decisions = await admission.admit(
-            shard,
-            [(w.job, w.webhook) for w in limited],
-            attempt_timeout_s=self.cfg.timeout_s,
-            room=self._room_for(limited, time.monotonic()),
-            free=self.cfg.concurrency - self._busy,
-            holder=self.consumer,
-        )
-        placed = []
-        for work, decision in zip(limited, decisions, strict=True):
-            held = work.job.reserved_ms
-            if decision.verdict is Verdict.ADMITTED:
-                leased = work.webhook.max_in_flight is not None
-                placed.append(_Work(work.claim, work.job, work.webhook, leased, time.monotonic()))
-            elif decision.verdict in (Verdict.IN_FLIGHT_FULL, Verdict.NO_ROOM):
-                reason = (
-                    "max_in_flight"
-                    if decision.verdict is Verdict.IN_FLIGHT_FULL
-                    else "endpoint_capacity"
-                )
-                self._wait_for_room(work, reason, reserved_ms=held)
-            elif decision.verdict is Verdict.RESERVED:
-                self._wait(work, decision.due_ms, "rate_limit", reserved_ms=decision.due_ms)
-            else:  # no slot within the horizon: it waits for the tick to see slots free
-                self._wait_for_room(work, "rate_limit")
-        return placed, [w for w in works if not admission.limited(w.webhook)]
 
     async def _lane(self) -> None:
         while True:
@@ -595,7 +411,7 @@ class Worker:
                 log.exception("delivery.crashed", job_id=work.job.id)
             finally:
                 self.pool.endpoint(work.webhook.id).started.pop(work.job.id, None)
-                self._probes.discard(work.job.id)
+                self.health.probes.discard(work.job.id)
                 self._release(work.claim)
                 self._busy -= 1
                 self._room.set()
@@ -610,7 +426,7 @@ class Worker:
 
     # --- one delivery ----------------------------------------------------------------------
 
-    async def _deliver(self, work: _Work) -> None:
+    async def _deliver(self, work: Work) -> None:
         if work.leased and not await self._lease_holds(work):
             return
         job, hook = work.job, work.webhook
@@ -628,7 +444,7 @@ class Worker:
         outcome = await self.sender.attempt(hook.url, job.payload, headers)
         self._record(work, outcome, started_ms)
 
-    async def _lease_holds(self, work: _Work) -> bool:
+    async def _lease_holds(self, work: Work) -> bool:
         """A job admitted under max_in_flight starts its attempt: its lease runs from now if
         it waited for a lane a while, so it lasts the attempt. If the lease ran out meanwhile
         and the cap is full again (or Redis cannot say), the job waits without an attempt."""
@@ -648,7 +464,7 @@ class Worker:
         self._wait_for_room(work, "max_in_flight", reserved_ms=work.job.reserved_ms)
         return False
 
-    def _record(self, work: _Work, outcome: Outcome, started_ms: int) -> None:
+    def _record(self, work: Work, outcome: Outcome, started_ms: int) -> None:
         """Decide what the attempt means (retry.py) and queue the outcome for the settler."""
         job = work.job
         attempt = job.attempt + 1
@@ -658,11 +474,9 @@ class Worker:
         self.pool.endpoint(job.webhook_id).end(
             job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
         )
-        self._note_health(job.webhook_id, outcome)
+        self.health.note(job.webhook_id, outcome)
         frees = self._frees(work)
-        if job.id in self._probes:
-            self._probes.discard(job.id)
-            self._report_now.set()
+        self.health.answered(job.id)
         job.waiting = None
         job.reserved_ms = None
         job.attempt = attempt
@@ -672,7 +486,7 @@ class Worker:
         entry = [started_ms, status, round(outcome.duration_ms, 1), outcome.error, 0]
         job.history.append(entry)
         self.metrics.durations.observe(outcome.duration_ms / 1000)
-        counts = self._stats[control.minute_of(now_ms)]
+        counts = self.upkeep.stats[control.minute_of(now_ms)]
         counts["ms_sum"] += round(outcome.duration_ms)
         counts["delivered" if verdict is retry.Verdict.DELIVERED else "failed"] += 1
         status_class = f"{status // 100}xx" if status else "none"
@@ -724,23 +538,8 @@ class Worker:
             work, SettleKind.DEAD, JobState.DEAD, now_ms, reason, frees=frees, attempted=True
         )
 
-    def _note_health(self, webhook_id: str, outcome: Outcome) -> None:
-        """Count the outcome for the breaker report (webhooks that fail or have a breaker)."""
-        health = self._health.get(webhook_id)
-        if health is None:
-            if outcome.delivered and webhook_id not in self._watched:
-                return
-            health = self._health[webhook_id] = Health()
-        if outcome.delivered:
-            health.ok += 1
-        else:
-            health.failed += 1
-            health.last_error = outcome.error or ""
-            if health.failed == breakers.FEWEST_ATTEMPTS:
-                self._report_now.set()
-
     def _wait(
-        self, work: _Work, due_ms: int, reason: str, *, reserved_ms: int | None = None
+        self, work: Work, due_ms: int, reason: str, reserved_ms: int | None = None
     ) -> None:
         """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
         job = work.job
@@ -750,7 +549,7 @@ class Worker:
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self._settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
 
-    def _wait_for_room(self, work: _Work, reason: str, *, reserved_ms: int | None = None) -> None:
+    def _wait_for_room(self, work: Work, reason: str, reserved_ms: int | None = None) -> None:
         """Put the job in its webhook's waiting set, without spending an attempt, until room
         frees: one of the webhook's attempts ends, or the tick sees room (waiting.py). A job
         refused a share of an endpoint this process is not sending to (its last lanes are
@@ -768,7 +567,7 @@ class Worker:
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self._settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
 
-    def _frees(self, work: _Work) -> int:
+    def _frees(self, work: Work) -> int:
         """How many of the webhook's waiting jobs go back to their queue as this attempt
         ends: one for the place it frees, and one more while this process has room for the
         webhook beyond that (so its share can grow back) that max_in_flight leaves too."""
@@ -779,7 +578,7 @@ class Worker:
         )
         return 2 if more else 1
 
-    def _park(self, work: _Work, breaker: Breaker) -> None:
+    def _park(self, work: Work, breaker: Breaker) -> None:
         """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
         job = work.job
         job.next_attempt_at_ms = breaker.retry_at_ms
@@ -796,7 +595,7 @@ class Worker:
         )
         log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
         self._settle(
-            _Work(claim, job, hook or _GONE),
+            Work(claim, job, hook or _GONE),
             SettleKind.DEAD,
             JobState.DEAD,
             self.store.clock.now_ms(),
@@ -810,7 +609,7 @@ class Worker:
 
     def _settle(
         self,
-        work: _Work,
+        work: Work,
         kind: SettleKind,
         state: JobState,
         score_ms: int,
@@ -830,7 +629,7 @@ class Worker:
         if kind is SettleKind.DEAD:
             job.reason = reason
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
-            self._stats[control.minute_of(score_ms)]["dead"] += 1
+            self.upkeep.stats[control.minute_of(score_ms)]["dead"] += 1
         late = orjson.dumps([*job.history[-1][:4], 1]) if attempted and job.history else b""
         settlement = Settlement(
             work.claim,
@@ -850,7 +649,7 @@ class Worker:
     # --- settling ------------------------------------------------------------------------------
 
     async def _settle_loop(self) -> None:
-        outage = Outage("settle", self.metrics, watch=(self.liveness, "settle"))
+        outage = loops.Outage("settle", self.metrics, watch=(self.liveness, "settle"))
         while True:
             if self._settle_queue.empty():
                 outage.idle()
@@ -869,85 +668,42 @@ class Worker:
             self._room.set()
 
     async def _settle_until_written(
-        self, shard: Store, queue: str, items: list[Settlement], outage: Outage
+        self, shard: Store, queue: str, items: list[Settlement], outage: loops.Outage
     ) -> None:
         """Outcomes are kept in memory and retried until Redis takes them (R9, R10)."""
-        while True:
+
+        async def write() -> list[str]:
             try:
-                stale = await streams.settle(shard, self.consumer, items)
-            except asyncio.CancelledError:
-                raise
+                return await streams.settle(shard, self.consumer, items)
             except Exception as exc:
-                if streams.is_nogroup(exc):
-                    # The group is gone (Redis lost its data): no claim of ours is current.
-                    await self._recover_nogroup(shard, queue)
-                    stale = [item.claim.job_id for item in items]
-                else:
-                    await outage.failed(exc, asyncio.Event())
-                    continue
-            outage.ok()
-            if stale:
-                self.metrics.inc("dispatcher_stale_owner_rejected_total", len(stale))
-                log.warning("job.stale_result_rejected", queue=queue, job_ids=stale)
-            return
+                if not streams.is_nogroup(exc):
+                    raise
+                # The group is gone (Redis lost its data): no claim of ours is current.
+                await self._recover_nogroup(shard, queue)
+                return [item.claim.job_id for item in items]
 
-    # --- background loops ----------------------------------------------------------------------
-
-    def _report_malformed_records(self, queue: str, job_ids: list[str]) -> None:
-        self.metrics.inc("dispatcher_dead_lettered_total", len(job_ids), reason="malformed")
-        log.error("job.dead_lettered", queue=queue, reason="malformed", job_ids=job_ids)
-
-    async def _promote_loop(self) -> None:
-        outage = Outage("promote", self.metrics, watch=(self.liveness, "promote"))
-        next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
-        while not self.stop.is_set():
-            try:
-                for shard, queue in self._served_streams():
-                    while True:
-                        promoted = await delays.promote_due(shard, queue)
-                        self.liveness.beat("promote")  # a huge due backlog is progress too
-                        self.metrics.inc("dispatcher_promoted_total", promoted.moved)
-                        if promoted.orphans:
-                            log.error("job.record_missing", queue=queue, job_ids=promoted.orphans)
-                        if promoted.malformed:
-                            self._report_malformed_records(queue, promoted.malformed)
-                        handled = promoted.moved + len(promoted.orphans) + len(promoted.malformed)
-                        if handled < delays.BATCH_LIMIT:
-                            break
-                if time.monotonic() >= next_sync:
-                    next_sync = time.monotonic() + CLOCK_SYNC_INTERVAL_S
-                    await self._check_clock()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-                continue
-            outage.ok()
-            await _sleep_until_stop(self.stop, PROMOTE_INTERVAL_S)
-
-    async def _check_clock(self) -> None:
-        moved_s = await self.store.clock.sync(self.store.redis)
-        self.metrics.set("dispatcher_redis_clock_jump_seconds", moved_s)
-        if abs(moved_s) > CLOCK_JUMP_WARN_S:
-            log.warning("redis.clock_jumped", seconds=round(moved_s, 3))
+        never = asyncio.Event()  # no stop: outcomes are written while the worker lives
+        while (stale := await loops.attempt(write, outage, never)) is loops.FAILED:
+            pass
+        if stale:
+            self.metrics.inc("dispatcher_stale_owner_rejected_total", len(stale))
+            log.warning("job.stale_result_rejected", queue=queue, job_ids=stale)
 
     async def _reclaim_loop(self) -> None:
         interval_s = max(0.25, min(self.cfg.stall_timeout_s / 4, 30.0))
-        outage = Outage(
+        outage = loops.Outage(
             "reclaim",
             self.metrics,
             watch=(self.liveness, "reclaim"),
             max_age_s=interval_s + MAX_AGE_S,  # it sleeps that long between passes
         )
         while not self.stop.is_set():
-            await _sleep_until_stop(self.stop, interval_s)
+            await loops.sleep_until_stop(self.stop, interval_s)
             if self.stop.is_set():
                 return
-            for shard, stream in self._served_streams():
+            for shard, stream in self.upkeep.served_streams():
                 await self._queue_step(shard, stream, outage, self.reclaim(stream, shard))
 
-    def _served_streams(self) -> list[tuple[Store, str]]:
-        return [(shard, stream) for shard in self.shards for stream in self.streams]
 
     async def reclaim(self, queue: str, shard: Store | None = None) -> int:
         """Keep the claims this worker holds fresh, then take over deliveries idle past the
@@ -1034,206 +790,7 @@ class Worker:
             self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
             log.error("job.entry_deleted_while_pending", queue=queue, sids=page.missing)
 
-    async def _control_loop(self) -> None:
-        """Re-read the paused queues, flush the per-minute counters, beat the heart."""
-        outage = Outage("control", self.metrics, watch=(self.liveness, "control"))
-        tick = 0
-        with contextlib.suppress(Exception):
-            await control.forget_silent_workers(self.store)
-        while not self.stop.is_set():
-            self.alive_at = time.monotonic()  # the systemd watchdog checks that this advances
-            try:
-                self._paused = frozenset(await control.paused_queues(self.store))
-                if (await self.store.read_layout()).served > len(self.shards):
-                    await self._add_shards()
-                if tick % STATS_FLUSH_TICKS == 0:
-                    await self._flush_stats()
-                    self.pool.forget_idle(time.monotonic())
-                    self._export_endpoints()
-                if tick % HEARTBEAT_TICKS == 0:
-                    await control.heartbeat(self.store, self.consumer, self._beat())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-            else:
-                outage.ok()
-            tick += 1
-            await _sleep_until_stop(self.stop, CONTROL_TICK_S)
-
-    def _export_endpoints(self) -> None:
-        """Per-webhook gauges (R18), bounded: busy or limited webhooks only, at most 100."""
-        self.metrics.export_endpoints(self.pool)
-
-    def _beat(self) -> dict[str, object]:
-        return {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_at_ms": self._started_at_ms,
-            "in_flight": self.in_flight,
-            "queues": list(self.queues),
-        }
-
-    async def _flush_stats(self) -> None:
-        if not self._stats:
-            return
-        counts, self._stats = self._stats, defaultdict(lambda: defaultdict(int))
-        try:
-            await control.flush_stats(self.store, counts)
-        except BaseException:
-            for minute, fields in counts.items():  # keep them for the next flush
-                for name, value in fields.items():
-                    self._stats[minute][name] += value
-            raise
-
-    async def _breaker_loop(self) -> None:
-        """Report outcomes to the breakers each second, or at once when a probe has answered
-        or a webhook has failed often enough to trip; and run the breakers' timed side."""
-        outage = Outage("breakers", self.metrics)
-        next_tick = time.monotonic()
-        while not self.stop.is_set():
-            try:
-                await self._report_health()
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + BREAKER_TICK_S
-                    await self._tend_breakers()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-                continue
-            outage.ok()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(BREAKER_TICK_S):
-                    await self._report_now.wait()
-            self._report_now.clear()
-
-    async def _report_health(self) -> None:
-        if not self._health:
-            return
-        health, self._health = self._health, {}
-        by_shard: defaultdict[int, dict[str, Health]] = defaultdict(dict)
-        for webhook_id, h in health.items():
-            by_shard[shard_of(webhook_id)][webhook_id] = h
-        try:
-            changes = [
-                change
-                for shard, part in by_shard.items()
-                for change in await breakers.report(
-                    self.store.shard(shard), part, open_s=self.cfg.breaker_open_s
-                )
-            ]
-        except BaseException:
-            for webhook_id, h in health.items():  # keep them for the next report
-                mine = self._health.setdefault(webhook_id, Health())
-                mine.ok += h.ok
-                mine.failed += h.failed
-                mine.last_error = mine.last_error or h.last_error
-            raise
-        for change in changes:
-            self._watched.add(change.webhook_id)
-            self.metrics.inc("dispatcher_breaker_transitions_total", state=change.state)
-            if change.state == breakers.OPEN:
-                log.warning(
-                    "breaker.opened",
-                    webhook_id=change.webhook_id,
-                    retry_at=rfc3339(change.retry_at_ms),
-                    last_error=health[change.webhook_id].last_error or None,
-                )
-            else:
-                log.info("breaker.closed", webhook_id=change.webhook_id)
-
-    async def _tend_breakers(self) -> None:
-        for shard in self.shards:
-            await self._tend_breakers_of(shard)
-            for webhook_id, count in await waiting.tick(shard):
-                log.info("waiting.jobs_released", webhook_id=webhook_id, jobs=count)
-
-    async def _tend_breakers_of(self, shard: Store) -> None:
-        done = await breakers.tick(
-            shard,
-            probe_timeout_s=self.cfg.timeout_s + self.cfg.stall_timeout_s,
-            disable_after_s=self.cfg.disable_after_s,
-        )
-        for webhook_id, probe in done.probes:
-            self.metrics.inc("dispatcher_breaker_transitions_total", state=breakers.HALF_OPEN)
-            log.info("breaker.half_open", webhook_id=webhook_id, probe_job_id=probe or None)
-        for webhook_id, count in done.released:
-            log.info("breaker.jobs_released", webhook_id=webhook_id, jobs=count)
-        for webhook_id, since_ms, last_error in done.to_disable:
-            reason = (
-                f"no successful delivery since {rfc3339(since_ms)}"
-                f" (delivery.disable_after_s = {self.cfg.disable_after_s:g})"
-                + (f"; last error: {last_error}" if last_error else "")
-            )
-            log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
-            self.metrics.inc("dispatcher_webhooks_auto_disabled_total")
-            await disable_webhook(self.store, webhook_id, reason)
-
-    async def _sign_off(self) -> None:
-        """On a clean stop: write the last counters and remove this worker's heartbeat."""
-        try:
-            await self._flush_stats()
-            await control.forget_worker(self.store, self.consumer)
-        except Exception as exc:
-            log.warning("worker.sign_off_failed", error=str(exc) or type(exc).__name__)
-
-    async def _sweep_loop(self) -> None:
-        """Forget finished records past their retention (each minute), and check one page of
-        the jobs hash for orphans (each second): jobs whose stream entry was deleted."""
-        outage = Outage("sweep", self.metrics)
-        retention_ms = int(self.jobs_cfg.retention_s * 1000)
-        next_sweep = time.monotonic()
-        cursors: defaultdict[int, str] = defaultdict(lambda: "0")  # by shard
-        while not self.stop.is_set():
-            try:
-                sweep = time.monotonic() >= next_sweep
-                if sweep:
-                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-                cutoff_ms = self.store.clock.now_ms() - retention_ms
-                for shard in self.shards:
-                    while (
-                        sweep
-                        and await delays.sweep_finished(shard, cutoff_ms=cutoff_ms)
-                        >= delays.BATCH_LIMIT
-                    ):
-                        pass
-                    number = shard.keys.shard
-                    found = await delays.find_orphans(
-                        shard, cursor=cursors[number], count=ORPHAN_PAGE
-                    )
-                    cursors[number] = found.cursor
-                    self._report_orphans(found)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await outage.failed(exc, self.stop)
-                continue
-            outage.ok()
-            await _sleep_until_stop(self.stop, ORPHAN_INTERVAL_S)
-
-    def _report_orphans(self, found: delays.Orphans) -> None:
-        if found.requeued:
-            self.metrics.inc("dispatcher_orphans_requeued_total", len(found.requeued))
-            log.error("job.entry_missing", action="requeued", job_ids=found.requeued)
-        if found.dead:
-            self.metrics.inc(
-                "dispatcher_dead_lettered_total", len(found.dead), reason="entry_missing"
-            )
-            log.error("job.entry_missing", action="dead_lettered", job_ids=found.dead)
-
-
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
-
-
-def _decode_webhook(raw: bytes | None) -> Webhook | None:
-    if raw is None:
-        return None
-    try:
-        return Webhook.decode(raw)
-    except (ValueError, TypeError):
-        log.exception("webhook.malformed")
-        return None
 
 
 def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:

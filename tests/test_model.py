@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine, Iterator
     from pathlib import Path
 
-    from dispatcher.delivery import _Work
+    from dispatcher.gate import Work as _Work
     from dispatcher.queue.streams import Claim, Settlement
 
 # --- settings -------------------------------------------------------------------------------------

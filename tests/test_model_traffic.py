@@ -60,7 +60,7 @@ from tests.helpers import RedisServer
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterator
 
-    from dispatcher.delivery import _Work
+    from dispatcher.gate import Work as _Work
 
 # --- settings -------------------------------------------------------------------------------------
 

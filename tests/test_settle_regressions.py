@@ -237,7 +237,8 @@ async def test_a_stale_deferral_adds_no_attempt_to_the_history(
     history as it was (before: its stale settle appended a copy of the job's last attempt,
     marked late, that nobody made)."""
     from dispatcher.config import DeliveryConfig, JobsConfig  # noqa: PLC0415
-    from dispatcher.delivery import Worker, _Work  # noqa: PLC0415
+    from dispatcher.delivery import Worker  # noqa: PLC0415
+    from dispatcher.gate import Work as _Work  # noqa: PLC0415
     from dispatcher.metrics import Metrics  # noqa: PLC0415
     from dispatcher.model import Webhook  # noqa: PLC0415
     from dispatcher.sender import Sender  # noqa: PLC0415
