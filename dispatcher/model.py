@@ -127,6 +127,56 @@ class Job:
     reserved_ms: int | None = None  # the rate-limit slot reserved for it
     history: list[list[Any]] = field(default_factory=list)
 
+    # --- transitions: what each outcome changes in the job before it is settled --------------
+
+    def attempted(
+        self, started_ms: int, status: int | None, duration_ms: float, error: str | None
+    ) -> list[Any]:
+        """An attempt was made: it counts, ends any wait, and joins the history (returned)."""
+        self.waiting = None
+        self.reserved_ms = None
+        self.attempt += 1
+        self.processed_at_ms = started_ms
+        self.last_status = status
+        self.last_error = error
+        entry = [started_ms, status, round(duration_ms, 1), error, 0]
+        self.history.append(entry)
+        return entry
+
+    def delivered(self, at_ms: int) -> None:
+        self.state = JobState.DELIVERED
+        self.finished_at_ms = at_ms
+        self.next_attempt_at_ms = None
+
+    def retry(self, due_ms: int) -> None:
+        """Scheduled for another attempt after a failed one."""
+        self.state = JobState.SCHEDULED
+        self.next_attempt_at_ms = due_ms
+
+    def defer(self, due_ms: int | None, reason: str, reserved_ms: int | None) -> None:
+        """Put back without an attempt: due at ``due_ms``, or (None) waiting for room; the
+        rate slot ``reserved_ms`` it holds stays its own (admit.lua)."""
+        self.state = JobState.SCHEDULED
+        self.next_attempt_at_ms = due_ms
+        self.waiting = reason
+        self.reserved_ms = reserved_ms
+
+    def park(self, retry_at_ms: int | None) -> None:
+        """Kept until its webhook's breaker closes (a rate slot it holds stays its own)."""
+        self.state = JobState.SCHEDULED
+        self.next_attempt_at_ms = retry_at_ms
+        self.waiting = "breaker"
+
+    def dead(self, reason: str, at_ms: int, *, error: str | None = None) -> None:
+        """Dead-lettered for ``reason``; ``error`` replaces the last error when given (a job
+        that dies without an attempt says why)."""
+        self.state = JobState.DEAD
+        self.finished_at_ms = at_ms
+        self.next_attempt_at_ms = None
+        self.reason = reason
+        if error is not None:
+            self.last_error = error
+
     def to_wire(
         self, *, state: JobState | None = None, with_payload: bool = False
     ) -> dict[str, Any]:

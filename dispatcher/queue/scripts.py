@@ -40,8 +40,21 @@ _NAMES = (
 )
 
 
+_INCLUDE = "-- include: "  # a line that stands for a shared file of lua/, e.g. _record.lua
+
+
+def _read(file: str) -> str:
+    return resources.files("dispatcher.queue").joinpath("lua", file).read_text("utf-8")
+
+
 def _source(name: str) -> str:
-    return resources.files("dispatcher.queue").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The script's text, each ``-- include: <file>`` line replaced by that file's text (EVALSHA
+    runs one text: scripts cannot share a Lua file otherwise)."""
+    lines = _read(f"{name}.lua").splitlines(keepends=True)
+    return "".join(
+        _read(line.removeprefix(_INCLUDE).strip()) if line.startswith(_INCLUDE) else line
+        for line in lines
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@
 -- entry in the failing hash, which outlives the breaker, and every reported failure brings
 -- the breaker back for at least a minute, so this sees a webhook that fails only now and then
 -- without ever walking the failing hash. A deleted webhook's failing entry goes with its breaker.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, probe_timeout, disable_after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -27,13 +29,9 @@ local probes, released, disable = {}, {}, {}
 local function release(parked, count)
   local ids = redis.call('ZRANGE', parked, 0, count - 1)
   for _, job_id in ipairs(ids) do
-    local record = redis.call('HGET', KEYS[2], job_id)
-    local cut = record and string.find(record, '\n', 1, true)
-    if cut then
-      local ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1))
-      if ok and type(meta) == 'table' and meta.q then
-        redis.call('ZADD', base .. 'q:' .. meta.q .. ':delayed', now, job_id)
-      end
+    local meta = split_record(redis.call('HGET', KEYS[2], job_id))
+    if meta and meta.q then
+      redis.call('ZADD', base .. 'q:' .. meta.q .. ':delayed', now, job_id)
     end
   end
   if #ids > 0 then redis.call('ZREM', parked, unpack(ids)) end

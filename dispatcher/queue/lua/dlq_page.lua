@@ -5,6 +5,8 @@
 -- ARGV[1] start   ARGV[2] end (XRANGE syntax)   ARGV[3] most entries
 -- returns: five values per entry: entry id, job id, reason, raw fields, meta JSON
 --          ('' for a missing one; the meta is '' when the record is gone or a locator)
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local page = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 local out = {}
 for _, entry in ipairs(page) do
@@ -12,9 +14,7 @@ for _, entry in ipairs(page) do
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
   local meta = ''
   if f.j then
-    local record = redis.call('HGET', KEYS[2], f.j)
-    local cut = record and string.find(record, '\n', 1, true)
-    if cut and string.sub(record, 1, 1) ~= '@' then meta = string.sub(record, 1, cut - 1) end
+    meta = record_meta(redis.call('HGET', KEYS[2], f.j)) or ''
   end
   out[#out + 1] = entry[1]; out[#out + 1] = f.j or ''; out[#out + 1] = f.r or ''
   out[#out + 1] = f.raw or ''; out[#out + 1] = meta

@@ -12,6 +12,8 @@
 -- A queued job with a full record is put back as a new entry. A job that was never attempted
 -- travelled inline in its entry, so its payload went with it: it is dead-lettered as
 -- entry_missing, by id, so the loss is visible rather than a job queued forever.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 local base, group, now = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local requeued, dead = {}, {}
@@ -25,8 +27,8 @@ end
 local items = page[2]
 for i = 1, #items, 2 do
   local job_id, record = items[i], items[i + 1]
-  if string.sub(record, 1, 1) == '@' then
-    local stream, sid = string.match(record, '^@(%S+) (%S+)$')
+  if is_locator(record) then
+    local stream, sid = parse_locator(record)
     if stream and gone(base .. 'q:' .. stream .. ':ready', sid) then
       local meta = {w = '', t = '', e = '', q = stream, s = 'dead', a = 0, k = 0, f = now,
                     c = tonumber(string.match(sid, '^(%d+)')) or now, r = 'entry_missing',
@@ -37,14 +39,12 @@ for i = 1, #items, 2 do
       dead[#dead + 1] = job_id
     end
   else
-    local cut = string.find(record, '\n', 1, true)
-    local ok, meta = false, nil
-    if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
-    if ok and type(meta) == 'table' and meta.s == 'queued' and meta.sid and meta.q then
+    local meta, rest = split_record(record)
+    if meta and meta.s == 'queued' and meta.sid and meta.q then
       local ready = base .. 'q:' .. meta.q .. ':ready'
       if gone(ready, meta.sid) then
         meta.sid = redis.call('XADD', ready, '*', 'j', job_id, 'w', meta.w)
-        redis.call('HSET', KEYS[1], job_id, cjson.encode(meta) .. string.sub(record, cut))
+        redis.call('HSET', KEYS[1], job_id, cjson.encode(meta) .. rest)
         requeued[#requeued + 1] = job_id
       end
     end

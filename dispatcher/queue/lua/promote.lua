@@ -9,6 +9,8 @@
 -- a record that cannot be read (no meta line, meta not JSON, no webhook) is dead-lettered
 -- with its raw start and reason 'malformed', so one bad record never stops the promoter nor
 -- makes it promote the jobs ahead of it again on every tick.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGE', KEYS[1], '-inf', now_ms, 'BYSCORE', 'LIMIT', 0, ARGV[1])
@@ -18,13 +20,11 @@ for _, job_id in ipairs(due) do
   if not record then
     orphans[#orphans + 1] = job_id
   else
-    local cut = string.find(record, '\n', 1, true)
-    local ok, meta = false, nil
-    if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
-    if ok and type(meta) == 'table' and type(meta.w) == 'string' and meta.w ~= '' then
+    local meta, rest = split_record(record)
+    if meta and type(meta.w) == 'string' and meta.w ~= '' then
       meta.sid = redis.call('XADD', KEYS[2], '*', 'j', job_id, 'w', meta.w)
       meta.s = 'queued'
-      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. string.sub(record, cut))
+      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. rest)
       moved = moved + 1
     else
       local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})

@@ -6,6 +6,8 @@
 -- returns: {entries deleted, last entry deleted ('' none)}
 -- A record goes only while it is still dead with this very entry (meta.d), so a job replayed
 -- since (its entry then already gone) keeps its record. The payloads are never read out.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local page = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
 local purged, last = 0, ''
 for _, entry in ipairs(page) do
@@ -17,13 +19,9 @@ for _, entry in ipairs(page) do
   purged = purged + redis.call('XDEL', KEYS[1], id)
   last = id
   if job_id then
-    local record = redis.call('HGET', KEYS[2], job_id)
-    local cut = record and string.find(record, '\n', 1, true)
-    if cut and string.sub(record, 1, 1) ~= '@' then
-      local ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1))
-      if ok and type(meta) == 'table' and meta.s == 'dead' and meta.d == id then
-        redis.call('HDEL', KEYS[2], job_id)
-      end
+    local meta = split_record(redis.call('HGET', KEYS[2], job_id))
+    if meta and meta.s == 'dead' and meta.d == id then
+      redis.call('HDEL', KEYS[2], job_id)
     end
   end
 end

@@ -23,6 +23,8 @@
 -- re-adds the job as a new entry, so it cannot tell how often workers died on the job. Only a
 -- takeover from another consumer counts as a stall; an entry of this consumer that it no
 -- longer holds (its load failed, or its lane crashed) is taken back without one.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[5])
 
@@ -58,17 +60,15 @@ for _, entry in ipairs(page[2]) do
   local f = {}
   for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
   local record = f.j and redis.call('HGET', KEYS[2], f.j)
-  if record and string.sub(record, 1, 1) == '@' and f.w and f.t and f.e and f.p then
+  if is_locator(record) and f.w and f.t and f.e and f.p then
     -- Never attempted: its data is inline in the entry. Write the full record now, since
     -- the stall count (and the attempts to come) must outlive this entry.
     local inline = {w = f.w, t = f.t, e = f.e, q = ARGV[8], s = 'queued', a = 0, k = 0,
                     c = tonumber(string.match(sid, '^(%d+)')), sid = sid}
     record = cjson.encode(inline) .. '\n' .. f.p
   end
-  local cut = record and string.find(record, '\n', 1, true)
-  local ok, meta = false, nil
-  if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
-  if not ok or type(meta) ~= 'table' then
+  local meta, rest = split_record(record)
+  if not meta then
     redis.call('XADD', KEYS[3], '*', 'raw', cjson.encode(f), 'r', 'malformed', 'sid', sid)
     malformed[#malformed + 1] = sid
     finished[#finished + 1] = sid
@@ -86,7 +86,7 @@ for _, entry in ipairs(page[2]) do
       taken[#taken + 1] = sid; taken[#taken + 1] = f.j; taken[#taken + 1] = f.w
       taken[#taken + 1] = tostring(p[1][4])
     end
-    redis.call('HSET', KEYS[2], f.j, cjson.encode(meta) .. string.sub(record, cut))
+    redis.call('HSET', KEYS[2], f.j, cjson.encode(meta) .. rest)
   end
 end
 

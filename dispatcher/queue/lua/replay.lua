@@ -17,6 +17,8 @@
 -- 'malformed' (no job, or a record that cannot be read), 'record_missing' (range only).
 -- Unknown ids and jobs that are not dead are passed over (a replay can be repeated); in 'ids'
 -- mode the last list names each with why: 'not_found' (no record) or 'not_dead'.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local mode = ARGV[1]
 local ready = {}
 local n = 0
@@ -41,24 +43,22 @@ end
 local function judge(job_id)
   local record = redis.call('HGET', KEYS[2], job_id)
   if not record then return 'not_found' end
-  if string.sub(record, 1, 1) == '@' then return 'not_dead' end  -- a locator: queued
-  local cut = string.find(record, '\n', 1, true)
-  local ok, meta = false, nil
-  if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
-  if not ok or type(meta) ~= 'table' then return 'malformed' end
+  if is_locator(record) then return 'not_dead' end  -- queued: its data is in its entry
+  local meta, rest = split_record(record)
+  if not meta then return 'malformed' end
   if meta.s ~= 'dead' then return 'not_dead' end
   if type(meta.q) ~= 'string' then return 'malformed' end
-  if meta.w == nil or meta.w == '' or cut == #record then return 'payload_lost', meta end
+  if meta.w == nil or meta.w == '' or rest == '\n' then return 'payload_lost', meta end
   local state = hook_state(meta.w)
   if state ~= 'ok' then return state, meta end
-  return 'ok', meta, record, cut
+  return 'ok', meta, rest
 end
 
 local chosen, refused, seen, passed = {}, {}, {}, {}
-local function choose(job_id, meta, record, cut)
+local function choose(job_id, meta, rest)
   if not seen[job_id] then
     seen[job_id] = true
-    chosen[#chosen + 1] = {job_id, meta, record, cut}
+    chosen[#chosen + 1] = {job_id, meta, rest}
   end
 end
 local last, read = '', 0
@@ -74,7 +74,7 @@ if mode == 'range' then
     if not f.j then
       if not filtered then refused[#refused + 1] = ''; refused[#refused + 1] = 'malformed' end
     else
-      local verdict, meta, record, cut = judge(f.j)
+      local verdict, meta, rest = judge(f.j)
       local matches = meta ~= nil and (want_hook == '' or meta.w == want_hook)
                       and (want_tenant == '' or meta.t == want_tenant)
       if verdict == 'not_found' or verdict == 'not_dead' then
@@ -85,7 +85,7 @@ if mode == 'range' then
         if not filtered then refused[#refused + 1] = f.j; refused[#refused + 1] = verdict end
       elseif matches then
         if verdict == 'ok' then
-          choose(f.j, meta, record, cut)
+          choose(f.j, meta, rest)
         else
           refused[#refused + 1] = f.j; refused[#refused + 1] = verdict
         end
@@ -94,9 +94,9 @@ if mode == 'range' then
   end
 else
   for i = 3, #ARGV do
-    local verdict, meta, record, cut = judge(ARGV[i])
+    local verdict, meta, rest = judge(ARGV[i])
     if verdict == 'ok' then
-      choose(ARGV[i], meta, record, cut)
+      choose(ARGV[i], meta, rest)
     elseif verdict == 'not_found' or verdict == 'not_dead' then
       passed[#passed + 1] = ARGV[i]; passed[#passed + 1] = verdict
     else
@@ -114,12 +114,12 @@ end
 
 local replayed = {}
 for _, job in ipairs(chosen) do
-  local job_id, meta, record, cut = job[1], job[2], job[3], job[4]
+  local job_id, meta, rest = job[1], job[2], job[3]
   if meta.d then redis.call('XDEL', KEYS[1], meta.d) end
   meta.sid = redis.call('XADD', ready[meta.q], '*', 'j', job_id, 'w', meta.w)
   meta.s = 'queued'; meta.a = 0; meta.k = 0
   meta.d = nil; meta.r = nil; meta.f = nil; meta.n = nil
-  redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. string.sub(record, cut))
+  redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. rest)
   replayed[#replayed + 1] = job_id
 end
 return {1, replayed, refused, last, read, passed}

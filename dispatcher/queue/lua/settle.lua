@@ -6,8 +6,9 @@
 --   id>') and lease zsets of the batch's webhooks
 -- ARGV[1] group   ARGV[2] consumer
 -- ARGV[3] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
---   delivery count when claimed), kind ('D' delivered, 'R' retry or wait, 'X' dead, 'P' parked
---   while the webhook's breaker is open, 'W' waiting for room in the webhook's waiting set),
+--   delivery count when claimed), kind (streams.SettleKind: 'D' delivered, 'R' retry or wait,
+--   'X' dead, 'P' parked while the webhook's breaker is open, 'W' waiting for room in the
+--   webhook's waiting set),
 --   record, score (finished, due, parked or created ms), the dead reason (X) or the index in
 --   KEYS of the webhook's parked (P) or waiting (W) zset, the attempt as JSON (appended as late
 --   when the claim is stale; '' when the outcome made no attempt, a deferral or a park, and then
@@ -32,19 +33,11 @@
 -- "meta\npayload" (a job never attempted holds only a locator, '@<stream> <sid>', while its
 -- data travels in its entry) is refused without a late attempt: the locator is what reclaim
 -- and the orphan sweep need to find the job's data, so it is left as it is.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- The meta of a full record and the rest ('\n' .. payload), or nil for anything else.
-local function split(record)
-  if type(record) ~= 'string' or string.sub(record, 1, 1) == '@' then return nil end
-  local cut = string.find(record, '\n', 1, true)
-  if not cut then return nil end
-  local ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1))
-  if not ok or type(meta) ~= 'table' then return nil end
-  return meta, string.sub(record, cut)
-end
 
 local outcomes, late, stale, claimed = {}, {}, {}, {}
 local last = 3 + 8 * tonumber(ARGV[3])
@@ -57,7 +50,7 @@ for i = 4, last, 8 do
   else
     stale[#stale + 1] = job_id
     local meta, rest = nil, nil
-    if ARGV[i + 7] ~= '' then meta, rest = split(redis.call('HGET', KEYS[2], job_id)) end
+    if ARGV[i + 7] ~= '' then meta, rest = split_record(redis.call('HGET', KEYS[2], job_id)) end
     local ok, attempt = pcall(cjson.decode, ARGV[i + 7])
     if meta and ok and type(attempt) == 'table' then
       if type(meta.h) ~= 'table' then meta.h = {} end
@@ -74,7 +67,7 @@ for _, i in ipairs(outcomes) do
   acked[#acked + 1] = sid
   if kind == 'X' then
     local dlq_id = redis.call('XADD', KEYS[5], '*', 'j', job_id, 'r', ARGV[i + 6])
-    local meta, rest = split(record)
+    local meta, rest = split_record(record)
     if meta then
       meta.d = dlq_id
       record = cjson.encode(meta) .. rest
@@ -119,7 +112,7 @@ local function release(waiting, count)
   for _, job_id in ipairs(ids) do
     local record = redis.call('HGET', KEYS[2], job_id)
     if record then
-      local meta, rest = split(record)
+      local meta, rest = split_record(record)
       if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
         meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
                               'w', meta.w)

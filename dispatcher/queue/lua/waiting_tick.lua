@@ -19,6 +19,8 @@
 -- beyond it wait here rather than come back every horizon); with both, the fewer.
 -- Any other: a few once nothing has released its jobs for a while; the attempts these start
 -- release the rest as they end. A webhook with nothing left waiting leaves the waiters zset.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, batch = ARGV[1], tonumber(ARGV[2])
@@ -29,15 +31,12 @@ local function release(waiting, count)
   local ids = redis.call('ZRANGE', waiting, 0, count - 1)
   for _, job_id in ipairs(ids) do
     local record = redis.call('HGET', KEYS[3], job_id)
-    local cut = record and string.find(record, '\n', 1, true)
-    local ok, meta = false, nil
-    if cut then ok, meta = pcall(cjson.decode, string.sub(record, 1, cut - 1)) end
-    if ok and type(meta) == 'table' and type(meta.w) == 'string' and meta.w ~= ''
-        and type(meta.q) == 'string' then
+    local meta, rest = split_record(record)
+    if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
       meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
                             'w', meta.w)
       meta.s = 'queued'
-      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. string.sub(record, cut))
+      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. rest)
     elseif record then
       local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
       redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
