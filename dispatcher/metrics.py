@@ -1,8 +1,15 @@
-"""Process-local counters, rendered in the Prometheus text format.
+"""Process-local counters, exported through prometheus_client.
 
 Small on purpose: counters with a fixed label set, set-on-read gauges and one histogram.
 Every invariant of RELIABILITY.md has a counter here (R18). Labels come from closed sets, except
 ``webhook_id``, whose series are bounded (`Metrics.export_endpoints`).
+
+The worker counts into plain dicts, as cheap per delivery as it gets (prometheus_client's own
+Counter and Histogram cost about twice as much per delivery: issue 16's benchmark). `Metrics`
+is a prometheus_client collector that turns them into metric families at scrape time, in a
+registry of its own (several `Metrics` never collide) that also holds the standard process,
+platform and GC collectors. prometheus_client writes the exposition: escaping, and OpenMetrics
+when the scraper asks for it (`Metrics.exposition`).
 """
 
 from __future__ import annotations
@@ -11,10 +18,24 @@ import heapq
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import accumulate, groupby
 from typing import TYPE_CHECKING
 
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from dispatcher.traffic import Pool
+
 
 ENDPOINT_SERIES_MAX = 100  # webhooks with per-webhook gauges, at most: /metrics stays bounded
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -75,6 +96,9 @@ _HELP = {
     ),
 }
 _ENDPOINT_FAMILIES = ("dispatcher_endpoint_in_flight", "dispatcher_endpoint_limit")
+_BUCKET_BOUNDS = (*map(repr, DURATION_BUCKETS_S), "+Inf")  # le="1.0": OpenMetrics canonical
+
+Series = tuple[str, tuple[tuple[str, str], ...]]  # a metric's name and its sorted labels
 
 
 @dataclass
@@ -89,11 +113,12 @@ class Histogram:
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(
-            float
-        )
-        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.counters: defaultdict[Series, float] = defaultdict(float)
+        self.gauges: dict[Series, float] = {}
         self.durations = Histogram()
+        self.registry = CollectorRegistry()
+        for collector in (self, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[name, tuple(sorted(labels.items()))] += value
@@ -131,45 +156,50 @@ class Metrics:
         self.set("dispatcher_endpoints_limited", limited)
         self.set("dispatcher_endpoint_series_omitted", len(notable) - len(shown))
 
+    def collect(self) -> Iterator[Metric]:
+        """This process's counters, gauges and attempt durations as metric families (the
+        prometheus_client collector protocol); a counter's name ends in ``_total``."""
+        for name, series in groupby(sorted(self.counters.items()), key=lambda s: s[0][0]):
+            counter = CounterMetricFamily(name, _HELP.get(name, name))
+            for (_, labels), value in series:
+                counter.add_sample(f"{counter.name}_total", dict(labels), value)
+            yield counter
+        for name, series in groupby(sorted(self.gauges.items()), key=lambda s: s[0][0]):
+            gauge = GaugeMetricFamily(name, _HELP.get(name, name))
+            for (_, labels), value in series:
+                gauge.add_sample(name, dict(labels), value)
+            yield gauge
+        name = "dispatcher_attempt_duration_seconds"
+        buckets = list(zip(_BUCKET_BOUNDS, accumulate(self.durations.counts), strict=True))
+        yield HistogramMetricFamily(name, _HELP[name], buckets, self.durations.total)
+
     def render(self) -> str:
-        lines: list[str] = []
-        seen: set[str] = set()
-        for (name, labels), value in sorted(self.counters.items()):
-            if name not in seen:
-                seen.add(name)
-                lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} counter"]
-            lines.append(f"{name}{_labels(labels)} {value:g}")
-        for (name, labels), value in sorted(self.gauges.items()):
-            if name not in seen:
-                seen.add(name)
-                lines += [f"# HELP {name} {_HELP.get(name, name)}", f"# TYPE {name} gauge"]
-            lines.append(f"{name}{_labels(labels)} {value:g}")
-        lines += self._histogram("dispatcher_attempt_duration_seconds", self.durations)
-        return "\n".join(lines) + "\n"
+        """Every metric of this registry in the classic Prometheus text format."""
+        return generate_latest(self.registry).decode()
 
-    @staticmethod
-    def _histogram(name: str, hist: Histogram) -> list[str]:
-        lines = [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} histogram"]
-        running = 0
-        for bound, count in zip((*DURATION_BUCKETS_S, float("inf")), hist.counts, strict=True):
-            running += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'{name}_bucket{{le="{le}"}} {running}')
-        lines += [f"{name}_sum {hist.total:g}", f"{name}_count {running}"]
-        return lines
+    def exposition(self, accept: str, extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
+        """The body and Content-Type of a scrape: OpenMetrics when ``accept`` (the scraper's
+        Accept header) asks for it, else the text format; ``extra`` families (read at scrape
+        time) follow this registry's."""
+        encode, content_type = choose_encoder(accept)
+        return encode(_Scrape(self.registry, extra)), content_type
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
-    return "{" + inner + "}"
+@dataclass(frozen=True)
+class _Scrape:
+    """One scrape's collector: a registry, then families computed for this scrape."""
+
+    registry: CollectorRegistry
+    extra: Iterable[Metric]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.extra
 
 
-def render_gauges(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> str:
-    """One gauge family computed at scrape time (queue depths, DLQ size), in the text format."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-    lines += [
-        f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples
-    ]
-    return "\n".join(lines) + "\n"
+def gauge_family(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+    """One gauge family computed at scrape time (queue depths, DLQ size)."""
+    family = GaugeMetricFamily(name, help_text)
+    for labels, value in samples:
+        family.add_sample(name, labels, value)
+    return family

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from dispatcher.admin.app import CLIENT, LIVENESS, METRICS, OPENAPI, error_response, json_response
 from dispatcher.errors import DispatcherError
-from dispatcher.metrics import render_gauges
+from dispatcher.metrics import gauge_family
 from dispatcher.queue import dlq, status
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
 READY_TIMEOUT_S = 2.0
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -40,35 +43,37 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """The process counters, plus queue gauges read from Redis at scrape time."""
-    text = request.app[METRICS].render() + await _queue_gauges(request)
-    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TYPE})
+    """The process counters, plus queue gauges read from Redis at scrape time, in OpenMetrics
+    when the scraper's Accept asks for it, else in the Prometheus text format."""
+    accept = request.headers.get(hdrs.ACCEPT, "")
+    body, content_type = request.app[METRICS].exposition(accept, await _queue_gauges(request))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def _queue_gauges(request: web.Request) -> str:
+async def _queue_gauges(request: web.Request) -> list[Metric]:
     store = request.app[CLIENT].store
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             counts = await status.queue_counts(store, await status.known_queues(store))
             dlq_size = await dlq.dlq_size(store)
     except (DispatcherError, TimeoutError, OSError):
-        return render_gauges(
-            "dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 0)]
-        )
+        return [
+            gauge_family("dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 0)])
+        ]
     families = [
         ("dispatcher_queue_depth", "Jobs waiting in the ready stream.", "queued"),
         ("dispatcher_queue_active", "Jobs claimed by a worker and not settled.", "active"),
         ("dispatcher_queue_scheduled", "Jobs waiting for a retry or their time.", "scheduled"),
     ]
     parts = [
-        render_gauges(name, text, [({"queue": c.queue}, getattr(c, attr)) for c in counts])
+        gauge_family(name, text, [({"queue": c.queue}, getattr(c, attr)) for c in counts])
         for name, text, attr in families
     ]
-    parts.append(render_gauges("dispatcher_dlq_size", "Entries in the DLQ.", [({}, dlq_size)]))
+    parts.append(gauge_family("dispatcher_dlq_size", "Entries in the DLQ.", [({}, dlq_size)]))
     parts.append(
-        render_gauges("dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 1)])
+        gauge_family("dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 1)])
     )
-    return "".join(parts)
+    return parts
 
 
 async def openapi(request: web.Request) -> web.Response:
