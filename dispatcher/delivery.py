@@ -477,14 +477,7 @@ class Worker:
         self.health.note(job.webhook_id, outcome)
         frees = self._frees(work)
         self.health.answered(job.id)
-        job.waiting = None
-        job.reserved_ms = None
-        job.attempt = attempt
-        job.processed_at_ms = started_ms
-        job.last_status = status
-        job.last_error = outcome.error
-        entry = [started_ms, status, round(outcome.duration_ms, 1), outcome.error, 0]
-        job.history.append(entry)
+        job.attempted(started_ms, status, outcome.duration_ms, outcome.error)
         self.metrics.durations.observe(outcome.duration_ms / 1000)
         counts = self.upkeep.stats[control.minute_of(now_ms)]
         counts["ms_sum"] += round(outcome.duration_ms)
@@ -523,7 +516,7 @@ class Worker:
                 timed_out=outcome.timed_out,
             )
             due_ms = now_ms + int(delay_s * 1000)
-            job.next_attempt_at_ms = due_ms
+            job.retry(due_ms)
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
             self._settle(
@@ -543,9 +536,7 @@ class Worker:
     ) -> None:
         """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
         job = work.job
-        job.next_attempt_at_ms = due_ms
-        job.waiting = reason
-        job.reserved_ms = reserved_ms
+        job.defer(due_ms, reason, reserved_ms)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self._settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
 
@@ -561,9 +552,7 @@ class Worker:
             self._wait(work, due_ms, reason, reserved_ms=reserved_ms)
             return
         job = work.job
-        job.next_attempt_at_ms = None
-        job.waiting = reason
-        job.reserved_ms = reserved_ms  # a rate slot it holds stays its own (admit.lua)
+        job.defer(None, reason, reserved_ms)  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self._settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
 
@@ -581,8 +570,7 @@ class Worker:
     def _park(self, work: Work, breaker: Breaker) -> None:
         """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
         job = work.job
-        job.next_attempt_at_ms = breaker.retry_at_ms
-        job.waiting = "breaker"  # a rate slot it holds stays its own (admit.lua)
+        job.park(breaker.retry_at_ms)  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason="breaker")
         self._settle(work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), "")
 
@@ -623,11 +611,10 @@ class Worker:
         park made no attempt, and a stale one leaves the history alone."""
         job = work.job
         job.state = state
-        if kind in (SettleKind.DELIVERED, SettleKind.DEAD):
-            job.finished_at_ms = score_ms
-            job.next_attempt_at_ms = None
+        if kind is SettleKind.DELIVERED:
+            job.delivered(score_ms)
         if kind is SettleKind.DEAD:
-            job.reason = reason
+            job.dead(reason, score_ms)
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
             self.upkeep.stats[control.minute_of(score_ms)]["dead"] += 1
         late = orjson.dumps([*job.history[-1][:4], 1]) if attempted and job.history else b""
