@@ -1,4 +1,4 @@
-"""Backlog alerts: thresholds on what ``queue.alerts.measure()`` reads; pure, no IO.
+"""Backlog alerts: thresholds on what ``queue.backlog.measure()`` reads; pure, no IO.
 
 An alert is raised when its value reaches its threshold and cleared when the value falls
 below 90% of it, so a value wavering at the threshold does not raise and clear it on every
@@ -19,7 +19,7 @@ from dispatcher.model import rfc3339
 if TYPE_CHECKING:
     from dispatcher.config import AlertsConfig
     from dispatcher.metrics import Metrics
-    from dispatcher.queue.alerts import Backlog
+    from dispatcher.queue.backlog import Backlog
 
 log = structlog.get_logger()
 

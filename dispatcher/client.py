@@ -390,6 +390,10 @@ class Client:
         daemon serving the API, in its memory, so only the API shows them."""
         return await queue_status.status(self.store)
 
+    async def gauges(self) -> queue_status.Gauges:
+        """The queue counts per known queue and the DLQ's size, as ``/metrics`` shows them."""
+        return await queue_status.gauges(self.store)
+
 
 def _check_idempotency_key(value: object) -> str | None:
     """``value`` is an ``object``: callers of the public API are not always type-checked."""

@@ -27,7 +27,7 @@ from dispatcher.errors import ConfigError
 from dispatcher.logs import set_level
 from dispatcher.metrics import Metrics
 from dispatcher.notify import Notifier
-from dispatcher.queue.alerts import measure
+from dispatcher.queue.backlog import measure
 from dispatcher.queue.server import ServerFacts, server_facts
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender

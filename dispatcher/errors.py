@@ -67,7 +67,7 @@ class IdempotencyKeyReused(DispatcherError):
         return (type(self), (self.key,))
 
 
-class Malformed(DispatcherError):
+class MalformedRequest(DispatcherError):
     """The request is not what the endpoint reads (bad JSON, wrong shape)."""
 
     code = "malformed_request"

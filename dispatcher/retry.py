@@ -86,20 +86,28 @@ def next_delay_s(
 
 
 def parse_retry_after(value: str | None, *, now_s: float) -> float | None:
-    """A ``Retry-After`` header as seconds from ``now_s`` (unix time), or None if unusable.
+    """A ``Retry-After`` value as seconds to wait from ``now_s`` (unix time), or None.
 
-    Accepts delay-seconds (``"120"``) and HTTP dates (``"Wed, 21 Oct 2015 07:28:00 GMT"``);
-    dates in the past give 0.
+    Accepts delay-seconds (``"120"``, ``"1.5"``; a negative number means now) and HTTP dates
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``, a date in the past means now, so 0). None for no
+    value, garbage, ``nan``, ``inf`` and text that is not ASCII (a header decoded as latin-1
+    holds no other digits), so the plain backoff applies.
     """
     if value is None:
         return None
     text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(text)
+    if not text.isascii():
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_s)
+        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
+    return max(when.timestamp() - now_s, 0.0)

@@ -34,22 +34,20 @@ Guarantees of :meth:`Sender.attempt`:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import errno
 import functools
-import math
 import re
 import socket
 import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import TYPE_CHECKING, Final, Self
 
 import httptools
 from yarl import URL
 
+from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
 if TYPE_CHECKING:
@@ -85,7 +83,7 @@ class _CutShort(Exception):  # noqa: N818
     """The answer's body ended before its framing said it would."""
 
 
-class _Malformed(Exception):  # noqa: N818
+class _MalformedAnswer(Exception):  # noqa: N818
     """The bytes that came back are not an HTTP/1.1 answer."""
 
 
@@ -173,9 +171,9 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(_Malformed(" ".join(str(exc).split())[:_SNIPPET_CHARS]))
+            self._fail(_MalformedAnswer(" ".join(str(exc).split())[:_SNIPPET_CHARS]))
         except httptools.HttpParserUpgrade:  # not an HttpParserError: it would escape
-            self._fail(_Malformed("the target switched protocols (HTTP 101) unasked"))
+            self._fail(_MalformedAnswer("the target switched protocols (HTTP 101) unasked"))
 
     def _over_budget(self, data: bytes, waiter: asyncio.Future[_Answer]) -> None:
         """A read that crosses the budget: the head may still end within it, else fail."""
@@ -404,7 +402,14 @@ class Sender:
                 answer = await self._exchange(target, request)
         except TimeoutError:
             return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
-        except (OSError, _Closed, _CutShort, _Malformed, _Oversized, ssl.CertificateError) as exc:
+        except (
+            OSError,
+            _Closed,
+            _CutShort,
+            _MalformedAnswer,
+            _Oversized,
+            ssl.CertificateError,
+        ) as exc:
             return Outcome(None, _describe(exc, target), _ms_since(started), None)
         return _outcome(answer, started)
 
@@ -518,7 +523,9 @@ def _outcome(answer: _Answer, started: float) -> Outcome:
     status = answer.status
     retry_after = answer.headers.get(b"retry-after")
     retry_after_s = (
-        None if retry_after is None else parse_retry_after(retry_after.decode("latin-1"))
+        None
+        if retry_after is None
+        else parse_retry_after(retry_after.decode("latin-1"), now_s=time.time())
     )
     if 200 <= status < 300:  # noqa: PLR2004
         error = None
@@ -536,26 +543,6 @@ def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
 
 
-def parse_retry_after(value: str, now_s: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date, relative
-    to ``now_s``, default the wall clock); 0 for the past, None for garbage."""
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
-    now_s = time.time() if now_s is None else now_s
-    return max(when.timestamp() - now_s, 0.0)
-
-
 _FIXED_TEXT: Final = (
     (_Closed, "the target closed the connection without a complete response"),
     (_CutShort, "the response body was cut short or malformed"),
@@ -568,7 +555,7 @@ def _describe(exc: BaseException, target: _Target) -> str:  # noqa: PLR0911 - on
     """A short sentence for a failed exchange, chosen by the exception's type."""
     if isinstance(exc, TargetRefused):
         return str(exc)
-    if isinstance(exc, _Malformed):
+    if isinstance(exc, _MalformedAnswer):
         return f"malformed response: {exc}"
     if isinstance(exc, _Oversized):
         return str(exc)

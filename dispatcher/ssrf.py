@@ -2,11 +2,11 @@
 
 The decision is made on the address actually dialled, at every attempt:
 
-- host names go through :class:`GuardedResolver`, which the connector itself uses, so only
-  addresses the policy allows are ever connected to (a DNS answer that changes between
-  attempts is checked again whenever it is resolved again);
-- IP literals never reach a resolver in aiohttp, so the sender checks them with
-  :meth:`AddressPolicy.literal_refusal` before the request.
+- host names go through :class:`GuardedResolver`, the sender's only resolver, so only
+  addresses the policy allows are ever connected to (the sender caches an answer for a few
+  seconds, and a DNS answer that changes is checked again whenever it is resolved again);
+- IP literals are dialled without a lookup, so the sender checks them with
+  :meth:`AddressPolicy.literal_refusal` before anything is sent.
 
 Python 3.11's ``ipaddress`` misjudges wrapped forms (``::127.0.0.1`` and ``192.0.0.8`` count as
 global), so IPv4-mapped and IPv4-compatible IPv6 addresses are unwrapped here and the
@@ -86,8 +86,8 @@ class AddressPolicy:
         return _reason(inner)
 
     def literal_refusal(self, host: str) -> str | None:
-        """For a URL host that aiohttp treats as an IP literal (and so never resolves): None
-        when allowed or when ``host`` is a name, else the reason it is refused."""
+        """For a URL host that looks like an IP literal (which the sender dials without a
+        lookup): None when allowed or when ``host`` is a name, else the reason it is refused."""
         if ":" not in host and not host.replace(".", "").isdigit():
             return None  # a name: the GuardedResolver decides
         return _cached_refusal(self, host)
@@ -128,7 +128,7 @@ def _reason(ip: IPAddress) -> str | None:
     return next((reason for hit, reason in verdicts if hit), None)
 
 
-class TargetRefused(OSError):  # noqa: N818  # an OSError so aiohttp wraps it as a connect error
+class TargetRefused(OSError):  # noqa: N818  # an OSError: one more way a connect fails
     """Every address of a target is refused by the policy; names the host, an address and why."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
@@ -146,6 +146,9 @@ class TargetRefused(OSError):  # noqa: N818  # an OSError so aiohttp wraps it as
 
 class GuardedResolver(AbstractResolver):
     """Resolves with aiohttp's default resolver and drops every address the policy refuses.
+
+    The sender resolves every host name through one of these; aiohttp is used for its
+    resolver only (its HTTP client is not).
 
     Build it inside a running event loop (the default resolver binds to it).
     """

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from dispatcher.alerts import Alerts
 from dispatcher.config import AlertsConfig
 from dispatcher.metrics import Metrics
-from dispatcher.queue.alerts import Backlog, measure
+from dispatcher.queue.backlog import Backlog, measure
 from dispatcher.queue.keys import GROUP, Keys
 from tests.helpers import StreamEntries, stream_entries
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dispatcher.sender import Outcome, Sender, parse_retry_after
+from dispatcher.retry import parse_retry_after
+from dispatcher.sender import Outcome, Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.target import Drip, Garbage, Hang, Huge, Redirect, Reply, Reset, Target
 

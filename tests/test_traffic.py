@@ -12,7 +12,7 @@ import pytest
 
 from dispatcher.model import Webhook
 from dispatcher.queue import admission, codec, streams
-from dispatcher.queue.admission import Verdict
+from dispatcher.queue.admission import Admission
 from dispatcher.queue.keys import GROUP, Keys, streams_of
 from dispatcher.queue.streams import SettleKind, Settlement
 from dispatcher.traffic import START_FRACTION
@@ -309,12 +309,16 @@ async def test_a_job_claimed_long_after_its_reserved_slot_takes_no_other(
     jobs = [codec.decode(f"job_{n}", meta + b"\n{}") for n in range(3)]
     store = client.store
     _, first = await admission.admit(store, [(j, hook) for j in jobs], attempt_timeout_s=1)
-    assert [d.verdict for d in first] == [Verdict.ADMITTED, Verdict.RESERVED, Verdict.RESERVED]
+    assert [d.verdict for d in first] == [
+        Admission.ADMITTED,
+        Admission.RESERVED,
+        Admission.RESERVED,
+    ]
     schedule = await _slots_scheduled(redis, prefix, hook.id)
     late = jobs[1]
     late.reserved_ms = first[1].due_ms - 5_000  # as if it were claimed 5 s after its slot
     _, again = await admission.admit(store, [(late, hook)], attempt_timeout_s=1)
-    assert [d.verdict for d in again] == [Verdict.ADMITTED]
+    assert [d.verdict for d in again] == [Admission.ADMITTED]
     assert await _slots_scheduled(redis, prefix, hook.id) == schedule
 
 
@@ -466,9 +470,9 @@ async def test_a_lease_runs_from_the_start_of_its_attempt(client: Client) -> Non
     _, [decision] = await admission.admit(
         store, [(first, hook)], attempt_timeout_s=-admission.LEASE_MARGIN_S, holder="a"
     )
-    assert decision.verdict is Verdict.ADMITTED  # its lease has already run out
+    assert decision.verdict is Admission.ADMITTED  # its lease has already run out
     _, [decision] = await admission.admit(store, [(second, hook)], attempt_timeout_s=5, holder="b")
-    assert decision.verdict is Verdict.ADMITTED
+    assert decision.verdict is Admission.ADMITTED
     assert not await admission.start_lease(store, hook, first.id, holder="a", attempt_timeout_s=5)
     assert await admission.start_lease(store, hook, second.id, holder="b", attempt_timeout_s=5)
 

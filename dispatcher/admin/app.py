@@ -1,7 +1,8 @@
-"""The admin application: app keys, the auth and error middlewares, one route table, serve().
+"""The admin application: the auth and error middlewares, one route table, serve().
 
 Handlers are thin: they read a request through ``bodies``, call the ``Client`` (which shares
-the queue layer with the Python API, so both answer alike) and return JSON.
+the queue layer with the Python API, so both answer alike) and return JSON. The app keys and
+the JSON answers they share with this module live in ``shared``.
 """
 
 from __future__ import annotations
@@ -10,33 +11,45 @@ import asyncio
 import hmac
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
-import orjson
 import structlog
 from aiohttp import web
 
+from dispatcher.admin import (
+    dlq,
+    events,
+    jobs,
+    operations,
+    probes,
+    queues,
+    status,
+    webhooks,
+)
+from dispatcher.admin.shared import (
+    ALERTS,
+    CLIENT,
+    LIVENESS,
+    METRICS,
+    OPENAPI,
+    error_response,
+)
 from dispatcher.alerts import Alerts
-from dispatcher.client import Client
 from dispatcher.config import AlertsConfig
 from dispatcher.errors import DispatcherError, PayloadTooLarge, Unauthorized
 from dispatcher.liveness import Liveness
-from dispatcher.metrics import Metrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from aiohttp.typedefs import Middleware
 
+    from dispatcher.client import Client
+    from dispatcher.metrics import Metrics
+
     Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = structlog.get_logger()
-
-CLIENT: Final = web.AppKey("client", Client)
-METRICS: Final = web.AppKey("metrics", Metrics)
-OPENAPI: Final = web.AppKey("openapi", bytes)
-ALERTS: Final = web.AppKey("alerts", Alerts)
-LIVENESS: Final = web.AppKey("liveness", Liveness)
 
 #: Room around the largest payload for the rest of an event body and JSON white space.
 BODY_OVERHEAD_BYTES = 64 * 1024
@@ -61,20 +74,6 @@ class Deps:
     token: str | None
     alerts: Alerts | None = None  # the daemon's backlog alerts; None: none is ever raised
     liveness: Liveness | None = None  # the worker's essential loops; None: not followed
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    """JSON with orjson, which also writes a job's stored payload bytes as they are."""
-    # The newline keeps a shell prompt off the end of the answer (curl -s prints it as is).
-    return web.Response(
-        body=orjson.dumps(data) + b"\n", status=status, content_type="application/json"
-    )
-
-
-def error_response(
-    status: int, code: str, message: str, extra: dict[str, object] | None = None
-) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}, **(extra or {})}, status)
 
 
 @web.middleware
@@ -163,17 +162,6 @@ def _body_limit(limit: int) -> Middleware:
 
 
 def create_app(deps: Deps) -> web.Application:
-    from dispatcher.admin import (  # noqa: PLC0415
-        dlq,
-        events,
-        jobs,
-        operations,
-        probes,
-        queues,
-        status,
-        webhooks,
-    )
-
     limit = deps.client.max_payload_bytes * 2 + BODY_OVERHEAD_BYTES
     app = web.Application(
         middlewares=[_errors, _body_limit(limit), _auth(deps.token)], client_max_size=limit

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dispatcher.errors import InvalidField, Malformed
+from dispatcher.errors import InvalidField, MalformedRequest
 from dispatcher.model import time_ms
 from dispatcher.queue.dlq import replay_ids
 
@@ -33,9 +33,9 @@ async def json_object(request: web.Request, *, optional: bool = False) -> dict[s
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise Malformed(f"the body is not valid JSON ({exc})") from exc
+        raise MalformedRequest(f"the body is not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
-        raise Malformed("the body must be a JSON object")
+        raise MalformedRequest("the body must be a JSON object")
     return value
 
 

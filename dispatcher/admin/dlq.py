@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dispatcher.admin import bodies
-from dispatcher.admin.app import CLIENT, json_response
 from dispatcher.admin.operations import carry_on
+from dispatcher.admin.shared import CLIENT, json_response
 from dispatcher.queue import dlq
 
 if TYPE_CHECKING:

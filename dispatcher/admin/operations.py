@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from dispatcher.admin.app import CLIENT, json_response
+from dispatcher.admin.shared import CLIENT, json_response
 from dispatcher.errors import NotFound
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import operations

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from dispatcher.admin.app import CLIENT, LIVENESS, METRICS, OPENAPI, error_response, json_response
+from dispatcher.admin.shared import (
+    CLIENT,
+    LIVENESS,
+    METRICS,
+    OPENAPI,
+    error_response,
+    json_response,
+)
 from dispatcher.errors import DispatcherError
 from dispatcher.metrics import gauge_family
 from dispatcher.queue import dlq, status

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dispatcher.admin.app import CLIENT, json_response
+from dispatcher.admin.shared import CLIENT, json_response
 
 if TYPE_CHECKING:
     from aiohttp import web

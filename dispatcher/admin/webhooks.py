@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from dispatcher.admin import bodies
-from dispatcher.admin.app import CLIENT, json_response
+from dispatcher.admin.shared import CLIENT, json_response
 from dispatcher.errors import InvalidField
 from dispatcher.model import CREATABLE, PATCHABLE
 

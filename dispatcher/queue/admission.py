@@ -31,7 +31,9 @@ PACE_SLACK_MS = 1_000
 LEASE_MARGIN_S = 5.0
 
 
-class Verdict(IntEnum):
+class Admission(IntEnum):
+    """What ``admit.lua`` answers for one job (its numbers are the script's)."""
+
     ADMITTED = 0
     RESERVED = 1  # rate limited; it holds a slot and goes again at `due_ms`
     RATE_LIMITED = 2  # rate limited beyond the horizon; try again at `due_ms`
@@ -39,9 +41,13 @@ class Verdict(IntEnum):
     NO_ROOM = 4  # the calling process has no room for the webhook now (it took nothing)
 
 
+#: The former name, kept while delivery.py and gate.py (being split) still import it.
+Verdict = Admission
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
+    verdict: Admission
     due_ms: int
 
 
@@ -107,7 +113,7 @@ async def admit(
     reply = await store.scripts.admit(keys=keys, args=args)
     decisions: list[Decision | None] = [None] * len(batch)
     for n, i in enumerate(order):
-        decisions[i] = Decision(Verdict(int(reply[1 + 2 * n])), int(reply[2 + 2 * n]))
+        decisions[i] = Decision(Admission(int(reply[1 + 2 * n])), int(reply[2 + 2 * n]))
     return int(reply[0]), [d for d in decisions if d is not None]
 
 

@@ -28,8 +28,9 @@ from dispatcher.model import rfc3339
 from dispatcher.queue.keys import shard_of
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
+    from dispatcher.queue.keys import Keys
     from dispatcher.queue.store import Store
 
 BUCKET_MS = 30_000
@@ -111,19 +112,29 @@ class Tick:
 
 async def states(store: Store, webhook_ids: list[str]) -> dict[str, Breaker]:
     """The breakers of these webhooks that exist, each read from its webhook's shard."""
+    found: dict[str, Breaker] = {}
+    for webhook_id, raw in (await _fields(store, webhook_ids, lambda k: k.breakers)).items():
+        breaker = Breaker.decode(raw)
+        if breaker is not None:
+            found[webhook_id] = breaker
+    return found
+
+
+async def _fields(
+    store: Store, webhook_ids: list[str], hash_of: Callable[[Keys], str]
+) -> dict[str, bytes]:
+    """The fields of these webhooks present in a per-shard hash (``hash_of`` names it), each
+    read from its webhook's shard: one HMGET per shard."""
     by_shard: dict[int, list[str]] = {}
     for webhook_id in webhook_ids:
         by_shard.setdefault(shard_of(webhook_id), []).append(webhook_id)
-    found: dict[str, Breaker] = {}
+    found: dict[str, bytes] = {}
     for number, ids in by_shard.items():
         shard = store.shard(number)
         raws = await cast(
-            "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.breakers, ids)
+            "Awaitable[list[bytes | None]]", shard.redis.hmget(hash_of(shard.keys), ids)
         )
-        for webhook_id, raw in zip(ids, raws, strict=True):
-            breaker = Breaker.decode(raw)
-            if breaker is not None:
-                found[webhook_id] = breaker
+        found |= {i: raw for i, raw in zip(ids, raws, strict=True) if raw is not None}
     return found
 
 
@@ -196,17 +207,8 @@ async def reset(store: Store, webhook_id: str) -> None:
 
 async def failing_since(store: Store, webhook_ids: list[str]) -> dict[str, int]:
     """When each of these webhooks that is failing (no success since) started to (ms)."""
-    by_shard: dict[int, list[str]] = {}
-    for webhook_id in webhook_ids:
-        by_shard.setdefault(shard_of(webhook_id), []).append(webhook_id)
-    found: dict[str, int] = {}
-    for number, ids in by_shard.items():
-        shard = store.shard(number)
-        raws = await cast(
-            "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.failing, ids)
-        )
-        found |= {webhook_id: int(raw) for webhook_id, raw in zip(ids, raws, strict=True) if raw}
-    return found
+    raws = await _fields(store, webhook_ids, lambda k: k.failing)
+    return {webhook_id: int(raw) for webhook_id, raw in raws.items() if raw}
 
 
 async def summary(store: Store, *, most: int = 100) -> dict[str, Any]:

@@ -97,7 +97,7 @@ async def ensure_known(store: Store, queue: str, configured: Iterable[str] = ())
     ``INDEXED_TTL_MS``): one process at a time (a lock), at most ``INDEX_BUDGET`` pages per
     request, the cursor kept in Redis; while it is unfinished, the 404 says so.
     """
-    if queue == DEFAULT_QUEUE or queue in configured or queue in await _controlled(store):
+    if queue == DEFAULT_QUEUE or queue in configured or queue in await controlled_queues(store):
         return
     unfinished: list[_Index] = []
     with redis_errors():
@@ -131,8 +131,8 @@ async def ensure_known(store: Store, queue: str, configured: Iterable[str] = ())
     )
 
 
-async def _controlled(store: Store) -> set[str]:
-    """The paused queues and those of the workers' heartbeats."""
+async def controlled_queues(store: Store) -> set[str]:
+    """The paused queues and those the workers' heartbeats say they serve."""
     with redis_errors():
         beats = await live_beats(store, max_age_ms=None)
     names = await paused_queues(store)
@@ -196,7 +196,7 @@ async def _index_queues(shard: Store, budget: int) -> tuple[_Index, int]:
 
 async def _some_known(store: Store, shards: list[Store], configured: Iterable[str]) -> list[str]:
     """Known queue names, sorted, from a bounded read (one page of each shard's set)."""
-    names = {DEFAULT_QUEUE, *configured} | await _controlled(store)
+    names = {DEFAULT_QUEUE, *configured} | await controlled_queues(store)
     with redis_errors():
         for shard in shards:
             _cursor, page = await cast(

@@ -315,8 +315,7 @@ _MAX_ID_PART = 2**63  # well inside Redis's 64-bit parts, so "(<id>" stays a val
 def is_entry_id(value: object) -> bool:
     if not isinstance(value, str) or _ENTRY_ID.fullmatch(value) is None:
         return False
-    ms, _, seq = value.partition("-")
-    return int(ms) < _MAX_ID_PART and int(seq) < _MAX_ID_PART
+    return all(part < _MAX_ID_PART for part in _sid_key(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +403,7 @@ def _position(cursor: str | None) -> _Position | None:
 
 
 def _sid_key(sid: str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``, or ``<ms>``) as the numbers it sorts by."""
     ms, _, seq = sid.partition("-")
     return int(ms), int(seq or 0)
 

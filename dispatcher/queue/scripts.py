@@ -6,38 +6,13 @@ redis-py's ``Script`` runs EVALSHA and reloads the script on NOSCRIPT (a Redis r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
-
-_NAMES = (
-    "publish",
-    "claim",
-    "settle",
-    "reclaim",
-    "promote",
-    "sweep",
-    "quarantine",
-    "replay",
-    "purge",
-    "admit",
-    "lease",
-    "waiting_tick",
-    "breaker_report",
-    "breaker_tick",
-    "breaker_probe",
-    "orphans",
-    "dlq_page",
-    "dlq_count",
-    "change_webhook",
-    "delete_webhook",
-    "adopt_layout",
-    "index_queues",
-)
 
 
 _INCLUDE = "-- include: "  # a line that stands for a shared file of lua/, e.g. _record.lua
@@ -84,4 +59,5 @@ class Scripts:
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
-        return cls(**{name: redis.register_script(_source(name)) for name in _NAMES})
+        """Every script, one a field named for its ``lua/<name>.lua`` file."""
+        return cls(**{f.name: redis.register_script(_source(f.name)) for f in fields(cls)})

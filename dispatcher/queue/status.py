@@ -46,14 +46,7 @@ class QueueCounts:
 
 async def known_queues(store: Store) -> list[str]:
     """``default``, the queues live workers serve, and the paused ones."""
-    with redis_errors():
-        beats = await control.live_beats(store, max_age_ms=None)
-    names = {DEFAULT_QUEUE} | await control.paused_queues(store)
-    for beat in beats.values():
-        queues = beat.get("queues")
-        if isinstance(queues, list):
-            names.update(q for q in queues if isinstance(q, str))
-    return sorted(names)
+    return sorted({DEFAULT_QUEUE} | await control.controlled_queues(store))
 
 
 async def queue_counts(store: Store, queues: list[str]) -> list[QueueCounts]:
@@ -86,6 +79,20 @@ async def queue_counts(store: Store, queues: list[str]) -> list[QueueCounts]:
             scheduled += int(delayed)
         counts.append(QueueCounts(queue, queued, active, scheduled))
     return counts
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """What ``/metrics`` shows of the queues: the counts of every known queue, the DLQ's size."""
+
+    counts: list[QueueCounts]
+    dlq_size: int
+
+
+async def gauges(store: Store) -> Gauges:
+    """The queue gauges, read at scrape time: a few round trips whatever the number of jobs."""
+    counts = await queue_counts(store, await known_queues(store))
+    return Gauges(counts, await dlq.dlq_size(store))
 
 
 async def recent_stats(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, int]:

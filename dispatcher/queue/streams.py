@@ -44,9 +44,15 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class Malformed:
+class MalformedEntry:
+    """A ready-stream entry that does not decode as a job: quarantined as it is."""
+
     sid: str
     raw: bytes
+
+
+#: The former name, kept while delivery.py and gate.py (being split) still import it.
+Malformed = MalformedEntry
 
 
 class SettleKind(StrEnum):
@@ -108,13 +114,13 @@ async def ensure_group(store: Store, queue: str) -> bool:
 
 async def claim_new(
     store: Store, streams: tuple[str, ...], consumer: str, *, budget: int
-) -> tuple[list[Claim], list[tuple[str, Malformed]]]:
+) -> tuple[list[Claim], list[tuple[str, MalformedEntry]]]:
     """Claim up to ``budget`` new entries, serving ``streams`` in order (one round trip)."""
     reply = await store.scripts.claim(
         keys=[store.keys.ready(s) for s in streams], args=[GROUP, consumer, budget]
     )
     claims: list[Claim] = []
-    malformed: list[tuple[str, Malformed]] = []
+    malformed: list[tuple[str, MalformedEntry]] = []
     for i in range(0, len(reply), 2):
         stream = streams[int(reply[i]) - 1]
         for sid_b, flat in reply[i + 1]:
@@ -125,7 +131,7 @@ async def claim_new(
 
 async def wait_new(
     store: Store, streams: tuple[str, ...], consumer: str, *, count: int, block_ms: int
-) -> tuple[list[Claim], list[tuple[str, Malformed]]]:
+) -> tuple[list[Claim], list[tuple[str, MalformedEntry]]]:
     """Block until any of ``streams`` has new entries; claims up to ``count`` from each."""
     by_key = {store.keys.ready(s): s for s in streams}
     reply = await cast(
@@ -135,7 +141,7 @@ async def wait_new(
         ),
     )
     claims: list[Claim] = []
-    malformed: list[tuple[str, Malformed]] = []
+    malformed: list[tuple[str, MalformedEntry]] = []
     for key, entries in reply or ():
         for sid_b, fields in entries:
             found = (claims, malformed)
@@ -147,13 +153,13 @@ def _add(
     stream: str,
     sid: str,
     fields: dict[bytes, bytes],
-    found: tuple[list[Claim], list[tuple[str, Malformed]]],
+    found: tuple[list[Claim], list[tuple[str, MalformedEntry]]],
     *,
     shard: int,
 ) -> None:
     claim = _claim(shard, stream, sid, fields)
     if claim is None:
-        found[1].append((stream, Malformed(sid, _raw(fields))))
+        found[1].append((stream, MalformedEntry(sid, _raw(fields))))
     else:
         found[0].append(claim)
 
@@ -322,7 +328,7 @@ async def reclaim_page(
     )
 
 
-async def quarantine(store: Store, queue: str, reason: str, entries: list[Malformed]) -> int:
+async def quarantine(store: Store, queue: str, reason: str, entries: list[MalformedEntry]) -> int:
     args: list[Any] = [GROUP, reason]
     for entry in entries:
         args += [entry.sid, entry.raw]
