@@ -17,7 +17,6 @@ from dispatcher.admin.shared import (
 )
 from dispatcher.errors import DispatcherError
 from dispatcher.metrics import gauge_family
-from dispatcher.queue import dlq, status
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -58,15 +57,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _queue_gauges(request: web.Request) -> list[Metric]:
-    store = request.app[CLIENT].store
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            counts = await status.queue_counts(store, await status.known_queues(store))
-            dlq_size = await dlq.dlq_size(store)
+            gauges = await request.app[CLIENT].gauges()
     except (DispatcherError, TimeoutError, OSError):
         return [
             gauge_family("dispatcher_redis_up", "Whether Redis answered this scrape.", [({}, 0)])
         ]
+    counts, dlq_size = gauges.counts, gauges.dlq_size
     families = [
         ("dispatcher_queue_depth", "Jobs waiting in the ready stream.", "queued"),
         ("dispatcher_queue_active", "Jobs claimed by a worker and not settled.", "active"),

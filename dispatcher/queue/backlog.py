@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
+from dispatcher.ids import sid_ms
 from dispatcher.queue.keys import GROUP, streams_of
 from dispatcher.queue.records import redis_errors
 from dispatcher.queue.status import known_queues
@@ -92,7 +93,7 @@ async def _oldest(
     for (_, stream, _), reply in zip(starts, replies, strict=True):
         if _missing(reply) or not reply:
             continue  # deleted between the two round trips
-        entry_ms = int(_ok(reply)[0][0].partition(b"-")[0])
+        entry_ms = sid_ms(_ok(reply)[0][0].decode())
         if oldest[0] is None or entry_ms < oldest[0]:
             oldest = (entry_ms, stream)
     return oldest
