@@ -29,6 +29,10 @@ local function split_record(record)
   return meta, string.sub(record, cut)
 end
 
+-- What the jobs hash holds: the locator of a job never attempted, the record of any other.
+local function make_locator(stream, sid) return '@' .. stream .. ' ' .. sid end
+local function make_record(meta, payload) return cjson.encode(meta) .. '\n' .. payload end
+
 -- The meta JSON text of a full record, undecoded, or nil (no record, a locator, no newline).
 local function record_meta(record)
   if type(record) ~= 'string' or is_locator(record) then return nil end

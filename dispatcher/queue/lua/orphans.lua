@@ -35,7 +35,7 @@ for i = 1, #items, 2 do
                     le = 'its stream entry was deleted outside dispatcher before any attempt; '
                          .. 'its payload went with it'}
       meta.d = redis.call('XADD', KEYS[2], '*', 'j', job_id, 'r', 'entry_missing')
-      redis.call('HSET', KEYS[1], job_id, cjson.encode(meta) .. '\n')
+      redis.call('HSET', KEYS[1], job_id, make_record(meta, ''))
       dead[#dead + 1] = job_id
     end
   else

@@ -28,6 +28,8 @@
 -- request, as it was then.
 -- Reads come first, so a key of the wrong type fails before anything is written; a failed
 -- write after the first is undone before the error is returned (all jobs or none).
+-- Records and locators are written as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
 local use_idem = tonumber(ARGV[8]) > 0
 if use_idem then
   local first = redis.call('GET', KEYS[3])
@@ -103,7 +105,7 @@ for n, match in ipairs(matched) do
   if scheduled then
     local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = q.stream, s = 'scheduled',
                   a = 0, k = 0, c = now_ms, n = due_ms}
-    records[#records + 1] = cjson.encode(meta) .. '\n' .. ARGV[5]
+    records[#records + 1] = make_record(meta, ARGV[5])
     q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
   else
     -- The job travels inline in its entry; the record is only a locator until an outcome.
@@ -111,7 +113,7 @@ for n, match in ipairs(matched) do
                             'e', event_type, 'p', ARGV[5])
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     q.added[#q.added + 1] = sid
-    records[#records + 1] = '@' .. q.stream .. ' ' .. sid
+    records[#records + 1] = make_locator(q.stream, sid)
   end
   answer[#answer + 1] = job_id
   answer[#answer + 1] = webhook_id

@@ -65,7 +65,7 @@ for _, entry in ipairs(page[2]) do
     -- the stall count (and the attempts to come) must outlive this entry.
     local inline = {w = f.w, t = f.t, e = f.e, q = ARGV[8], s = 'queued', a = 0, k = 0,
                     c = tonumber(string.match(sid, '^(%d+)')), sid = sid}
-    record = cjson.encode(inline) .. '\n' .. f.p
+    record = make_record(inline, f.p)
   end
   local meta, rest = split_record(record)
   if not meta then
