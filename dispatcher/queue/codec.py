@@ -27,10 +27,11 @@ are short:
 ``h`` attempts ``[at_ms, status, duration_ms, error, late]`` (the last ``HISTORY_LIMIT``; cjson
 writes an empty list as ``{}``).
 
-The Lua side reads records through ``lua/_record.lua`` (prepended by scripts.py to the scripts
-that read records): ``is_locator(record)`` and ``split_record(record)`` (meta table and the
-rest, ``'\\n' .. payload``); ``publish.lua`` writes locators and records, ``reclaim.lua`` turns
-a locator and its entry into a record, as ``from_entry`` does here.
+The Lua side reads and writes them through ``lua/_record.lua``, which scripts.py puts in place
+of the line ``-- include: _record.lua`` of each script that needs it: ``is_locator``,
+``parse_locator``, ``split_record`` (meta table and the rest, ``'\\n' .. payload``),
+``record_meta``, ``make_locator``, ``make_record``. ``publish.lua`` writes locators and records;
+``reclaim.lua`` turns a locator and its entry into a record, as ``from_entry`` does here.
 """
 
 from __future__ import annotations
