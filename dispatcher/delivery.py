@@ -250,7 +250,6 @@ class Worker:
             self._serve(shard)
             log.info("worker.shard_added", shard=shard.keys.shard)
 
-
     def _serve(self, shard: Store) -> None:
         """Start the readers of one shard's queues."""
         assert self._group is not None  # noqa: S101 - only called inside run()
@@ -531,9 +530,7 @@ class Worker:
             work, SettleKind.DEAD, JobState.DEAD, now_ms, reason, frees=frees, attempted=True
         )
 
-    def _wait(
-        self, work: Work, due_ms: int, reason: str, reserved_ms: int | None = None
-    ) -> None:
+    def _wait(self, work: Work, due_ms: int, reason: str, reserved_ms: int | None = None) -> None:
         """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
         job = work.job
         job.defer(due_ms, reason, reserved_ms)
@@ -691,7 +688,6 @@ class Worker:
             for shard, stream in self.upkeep.served_streams():
                 await self._queue_step(shard, stream, outage, self.reclaim(stream, shard))
 
-
     async def reclaim(self, queue: str, shard: Store | None = None) -> int:
         """Keep the claims this worker holds fresh, then take over deliveries idle past the
         stall timeout: only as many as free lanes can start now (from the worker's one claim
@@ -776,6 +772,7 @@ class Worker:
         if page.missing:  # their jobs are found by id by the orphan sweep
             self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
             log.error("job.entry_deleted_while_pending", queue=queue, sids=page.missing)
+
 
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
 
