@@ -10,6 +10,7 @@ import orjson
 
 from dispatcher.admin.app import Deps, create_app, serve
 from dispatcher.metrics import Metrics
+from tests.spec_check import check_answer
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -29,7 +30,10 @@ class Answer:
 
 @dataclass
 class Api:
-    """Calls one served app; ``token=None`` sends no Authorization header."""
+    """Calls one served app; ``token=None`` sends no Authorization header.
+
+    Every answer is checked against openapi.json (``tests.spec_check.check_answer``).
+    """
 
     session: aiohttp.ClientSession
     base: str
@@ -61,6 +65,7 @@ class Api:
             parsed = None
             if response.content_type == "application/json" and text:
                 parsed = orjson.loads(text)
+            check_answer(method, path, response.status, response.content_type, text, parsed)
             return Answer(response.status, parsed, dict(response.headers), text)
 
     async def close(self) -> None:
