@@ -1,0 +1,393 @@
+"""The shapes of the admin API's and ``Client``'s answers and requests, declared once.
+
+Each shape is a ``TypedDict``: a plain dict at run time (the answers stay the dicts that
+``Client`` callers and the API's JSON rely on), a checked structure for mypy. openapi.json
+documents the same shapes for HTTP clients; ``tests/test_shapes.py`` holds the two together
+(property names, required properties, JSON types and enums, nested shapes included), and
+``tests/spec_check.py`` checks every answer the admin tests see against openapi.json.
+
+A key that openapi.json does not require is ``NotRequired`` here, even where today's answers
+always carry it. RFC 3339 times are ``str`` (``None`` where the spec allows null). This
+module is pure: it imports nothing of dispatcher, so any layer may import it.
+
+No ``from __future__ import annotations`` here: on Python 3.11 a TypedDict whose annotations
+are strings cannot see ``NotRequired``, and every key would count as required.
+"""
+# ruff: noqa: I002, N818 - no future import (above); the error shapes are named as in openapi.json
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+BreakerState = Literal["closed", "open", "half_open"]
+JobStateName = Literal["queued", "active", "scheduled", "delivered", "dead"]
+WaitingFor = Literal["rate_limit", "max_in_flight", "endpoint_capacity", "breaker"]
+Priority = Literal["high", "normal", "low"]
+RefusalReason = Literal["payload_lost", "webhook_deleted", "webhook_disabled", "malformed"]
+AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
+OperationKind = Literal["replay", "purge"]
+OperationState = Literal["running", "succeeded", "failed"]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(TypedDict):
+    code: str
+    message: str
+
+
+class Error(TypedDict):
+    """Every 4xx/5xx answer: ``{"error": {"code", "message"}}`` (some add fields below)."""
+
+    error: ErrorDetail
+
+
+class ConfirmationRequired(Error):
+    """409 of ``DELETE /v1/dlq`` without ``confirm``."""
+
+    would_purge: int
+    retention_s: NotRequired[float]
+    within_retention: NotRequired[int]
+
+
+class UnknownQueue(Error):
+    known_queues: list[str]
+
+
+class Refusal(TypedDict):
+    id: str
+    reason: RefusalReason
+    message: str
+
+
+class NotReplayable(Error):
+    refused: list[Refusal]
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+class RateLimit(TypedDict):
+    """Sent with ``burst`` optional; answered with both (``burst`` defaults to a second)."""
+
+    per_second: float
+    burst: NotRequired[float]
+
+
+class Breaker(TypedDict):
+    state: NotRequired[BreakerState]
+    failing_since: NotRequired[str | None]
+    opened_at: NotRequired[str | None]
+    retry_at: NotRequired[str | None]
+    last_error: NotRequired[str | None]
+
+
+class Webhook(TypedDict):
+    id: str
+    tenant_id: str
+    url: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: NotRequired[str | None]
+    rate_limit: NotRequired[RateLimit | None]
+    max_in_flight: NotRequired[int | None]
+    queue: str
+    headers: NotRequired[dict[str, str]]
+    description: NotRequired[str]
+    created_at: str | None
+    updated_at: str | None
+    breaker: NotRequired[Breaker | None]
+    failing_since: NotRequired[str | None]
+
+
+class WebhookWithSecret(Webhook):
+    """The webhook as created or rotated: the only answers that show its secret."""
+
+    secret: str
+
+
+class WebhookList(TypedDict):
+    items: list[Webhook]
+
+
+class WebhookCreate(TypedDict):
+    """The body of ``POST /v1/webhooks`` (``Client.create_webhook``'s arguments)."""
+
+    tenant_id: str
+    url: str
+    event_types: NotRequired[list[str]]
+    secret: NotRequired[str | None]
+    rate_limit: NotRequired[RateLimit | None]
+    max_in_flight: NotRequired[int | None]
+    queue: NotRequired[str]
+    headers: NotRequired[dict[str, str] | None]
+    description: NotRequired[str]
+
+
+class WebhookChange(TypedDict):
+    """The body of ``PATCH /v1/webhooks/{id}`` (``Client.update_webhook``'s changes)."""
+
+    tenant_id: NotRequired[str]
+    url: NotRequired[str]
+    event_types: NotRequired[list[str]]
+    secret: NotRequired[str | None]
+    rate_limit: NotRequired[RateLimit | None]
+    max_in_flight: NotRequired[int | None]
+    queue: NotRequired[str]
+    headers: NotRequired[dict[str, str] | None]
+    description: NotRequired[str]
+    enabled: NotRequired[bool]
+
+
+class SecretRotation(TypedDict):
+    """The body of ``POST /v1/webhooks/{id}/rotate-secret``."""
+
+    grace_s: NotRequired[float]
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+class Event(TypedDict):
+    """The body of ``POST /v1/events``; an event of ``Client.publish_many``."""
+
+    tenant_id: str
+    event_type: str
+    payload: Any
+    idempotency_key: NotRequired[str | None]
+    deliver_at: NotRequired[str | None]
+    priority: NotRequired[Priority]
+
+
+class Delivery(TypedDict):
+    """The body of ``POST /v1/webhooks/{id}/deliveries``."""
+
+    event_type: str
+    payload: Any
+    idempotency_key: NotRequired[str | None]
+    deliver_at: NotRequired[str | None]
+    priority: NotRequired[Priority]
+
+
+class PublishedJob(TypedDict):
+    id: str
+    webhook_id: str
+
+
+class PublishAnswer(TypedDict):
+    event_id: str
+    jobs: list[PublishedJob]
+    matched: int
+
+
+# --- jobs and the DLQ --------------------------------------------------------------------
+
+
+class Attempt(TypedDict):
+    at: str | None
+    status: int | None
+    duration_ms: float
+    error: str | None
+    late: NotRequired[bool]
+
+
+class Job(TypedDict):
+    id: str
+    event_id: NotRequired[str]
+    webhook_id: str
+    tenant_id: str
+    event_type: str
+    queue: NotRequired[str]
+    priority: NotRequired[str]
+    state: JobStateName
+    attempt: int
+    stalls: NotRequired[int]
+    created_at: str | None
+    processed_at: str | None
+    finished_at: str | None
+    next_attempt_at: str | None
+    last_error: str | None
+    last_status: int | None
+    dead_reason: NotRequired[str | None]
+    attempts: list[Attempt]
+    waiting_for: NotRequired[WaitingFor | None]
+    breaker: NotRequired[BreakerState]
+
+
+class DeadJob(Job):
+    """A job in the DLQ, with its payload (null when it was lost) and its DLQ entry id."""
+
+    payload: Any
+    dlq_id: str | None
+
+
+class DlqItem(TypedDict):
+    id: str | None
+    dlq_id: NotRequired[str]
+    webhook_id: str | None
+    tenant_id: NotRequired[str | None]
+    event_type: str | None
+    attempt: int
+    last_error: str | None
+    last_status: NotRequired[int | None]
+    reason: NotRequired[str]
+    failed_at: str | None
+
+
+class DlqPage(TypedDict):
+    items: list[DlqItem]
+    next_cursor: str | None
+
+
+class ReplayIds(TypedDict):
+    """A body of ``POST /v1/dlq/replay``: these dead jobs (``Client.replay``)."""
+
+    ids: list[str]
+
+
+class ReplayMatching(TypedDict):
+    """A body of ``POST /v1/dlq/replay``: every dead job of the filters
+    (``Client.replay_matching``)."""
+
+    all: Literal[True]
+    webhook_id: NotRequired[str | None]
+    tenant_id: NotRequired[str | None]
+    since: NotRequired[str | None]
+
+
+class Replayed(TypedDict):
+    """The answer of a replay: by ids ``{"replayed", "not_found", "not_dead"}``
+    (``Client.replay``), of everything matching ``{"replayed", "skipped",
+    "skipped_reasons"}`` (``Client.replay_matching``)."""
+
+    replayed: int
+    not_found: NotRequired[list[str]]
+    not_dead: NotRequired[list[str]]
+    skipped: NotRequired[int]
+    skipped_reasons: NotRequired[dict[str, int]]
+
+
+class Operation(TypedDict):
+    """A background replay or purge, as ``GET /v1/operations/{id}`` shows it."""
+
+    id: str
+    kind: OperationKind
+    state: OperationState
+    done: int
+    total: int | None
+    replayed: NotRequired[int]
+    purged: NotRequired[int]
+    skipped: NotRequired[int]
+    skipped_reasons: NotRequired[dict[str, int]]
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    error: str | None
+
+
+class ReplayStarted(TypedDict):
+    """202 of ``POST /v1/dlq/replay``: the first page's counts, the rest in ``operation``."""
+
+    replayed: int
+    skipped: int
+    skipped_reasons: dict[str, int]
+    operation: Operation
+
+
+class Purged(TypedDict):
+    """The answer of a confirmed purge (``Client.purge_dlq``, 200 of ``DELETE /v1/dlq``)."""
+
+    retention_s: float
+    within_retention: int
+    purged: int
+
+
+class PurgeStarted(Purged):
+    """202 of ``DELETE /v1/dlq``: the first page's count, the rest in ``operation``."""
+
+    operation: Operation
+
+
+# --- queues and status -------------------------------------------------------------------
+
+
+class QueuePaused(TypedDict):
+    queue: str
+    paused: bool
+
+
+class RecentCount(TypedDict):
+    window_s: int
+    count: int
+
+
+class QueueCounts(TypedDict):
+    name: NotRequired[str]
+    queued: NotRequired[int]
+    active: NotRequired[int]
+    scheduled: NotRequired[int]
+    paused: NotRequired[bool]
+
+
+class Worker(TypedDict):
+    id: str
+    host: str | None
+    pid: int | None
+    started_at: str | None
+    in_flight: int | None
+    queues: NotRequired[list[str] | None]
+    last_seen_at: NotRequired[str | None]
+
+
+class Alert(TypedDict):
+    name: AlertName
+    value: float
+    threshold: float
+    since: str
+
+
+class TrippedBreaker(Breaker):
+    webhook_id: NotRequired[str]
+
+
+class Breakers(TypedDict):
+    open: NotRequired[int]
+    half_open: NotRequired[int]
+    tripped: NotRequired[list[TrippedBreaker]]
+    parked: NotRequired[int]
+
+
+class StatusCounts(TypedDict):
+    """``Client.status()``: the dashboard of ``GET /v1/status`` without its ``alerts`` (the
+    daemon serving the API judges those)."""
+
+    queued: int
+    active: int
+    scheduled: int
+    dlq_size: int
+    failed_recent: RecentCount
+    delivered_recent: RecentCount
+    dead_recent: NotRequired[RecentCount]
+    avg_processing_ms: float | None
+    paused: list[str]
+    queues: NotRequired[list[QueueCounts]]
+    redis: dict[str, Any]
+    workers: list[Worker]
+    breakers: NotRequired[Breakers]
+
+
+class Status(StatusCounts):
+    """The answer of ``GET /v1/status``."""
+
+    alerts: list[Alert]
+
+
+class Health(TypedDict):
+    """``GET /healthz``: the process answers."""
+
+    status: NotRequired[Literal["ok"]]
+
+
+class Ready(TypedDict):
+    """``GET /readyz`` when Redis answers."""
+
+    status: NotRequired[Literal["ready"]]
