@@ -27,7 +27,7 @@ from dispatcher.model import Job, JobState, Webhook
 from dispatcher.queue import admission, codec, control, streams
 from dispatcher.queue.keys import PRIORITIES, queue_of, streams_of
 from dispatcher.queue.records import disable_webhook
-from dispatcher.queue.streams import Claim, Malformed, SettleKind, Settlement
+from dispatcher.queue.streams import Claim, MalformedEntry, SettleKind, Settlement
 from dispatcher.signing import sign
 from dispatcher.traffic import Pool
 from dispatcher.upkeep import CONTROL_TICK_S, Upkeep
@@ -345,7 +345,7 @@ class Worker:
                     claims, malformed = await streams.wait_new(
                         shard, watched, self.consumer, count=1, block_ms=block_ms
                     )
-            by_stream: defaultdict[str, list[Malformed]] = defaultdict(list)
+            by_stream: defaultdict[str, list[MalformedEntry]] = defaultdict(list)
             for stream, bad in malformed:
                 by_stream[stream].append(bad)
             for stream, bad_entries in by_stream.items():
@@ -379,7 +379,7 @@ class Worker:
             stop.cancel()
             room.cancel()
 
-    async def _quarantine(self, shard: Store, queue: str, malformed: list[Malformed]) -> None:
+    async def _quarantine(self, shard: Store, queue: str, malformed: list[MalformedEntry]) -> None:
         moved = await streams.quarantine(shard, queue, "malformed", malformed)
         self.metrics.inc("dispatcher_malformed_total", moved)
         self.metrics.inc("dispatcher_dead_lettered_total", moved, reason="malformed")

@@ -20,9 +20,9 @@ import structlog
 
 from dispatcher.model import Job, Webhook
 from dispatcher.queue import admission, breakers, streams
-from dispatcher.queue.admission import Verdict
+from dispatcher.queue.admission import Admission
 from dispatcher.queue.breakers import Breaker
-from dispatcher.queue.streams import Claim, Malformed
+from dispatcher.queue.streams import Claim, MalformedEntry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,7 +55,7 @@ class Actions:
     wait: Callable[[Work, int, str, int | None], None]  # due_ms, reason, reserved_ms
     wait_for_room: Callable[[Work, str, int | None], None]  # reason, reserved_ms
     dead: Callable[[Claim, Job, Webhook | None], None]  # webhook gone or disabled
-    quarantine: Callable[[Store, str, list[Malformed]], Awaitable[None]]  # unreadable
+    quarantine: Callable[[Store, str, list[MalformedEntry]], Awaitable[None]]  # unreadable
 
 
 class Gate:
@@ -84,7 +84,7 @@ class Gate:
         open, or it is over one of its webhook's limits), or is dead-lettered (its webhook
         is gone or disabled)."""
         loaded = await streams.load(shard, claims)
-        broken: defaultdict[str, list[Malformed]] = defaultdict(list)  # by stream
+        broken: defaultdict[str, list[MalformedEntry]] = defaultdict(list)  # by stream
         webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
         states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
         self.health.loaded(
@@ -94,7 +94,7 @@ class Gate:
         for claim, job in zip(claims, loaded.jobs, strict=True):
             if job is None:  # its record is gone or unreadable
                 raw = orjson.dumps({"j": claim.job_id, "w": claim.webhook_id})
-                broken[claim.queue].append(Malformed(claim.sid, raw))
+                broken[claim.queue].append(MalformedEntry(claim.sid, raw))
                 continue
             hook = webhooks.get(claim.webhook_id)
             if hook is None or not hook.enabled:
@@ -183,17 +183,17 @@ class Gate:
         placed = []
         for work, decision in zip(limited, decisions, strict=True):
             held = work.job.reserved_ms
-            if decision.verdict is Verdict.ADMITTED:
+            if decision.verdict is Admission.ADMITTED:
                 leased = work.webhook.max_in_flight is not None
                 placed.append(Work(work.claim, work.job, work.webhook, leased, time.monotonic()))
-            elif decision.verdict in (Verdict.IN_FLIGHT_FULL, Verdict.NO_ROOM):
+            elif decision.verdict in (Admission.IN_FLIGHT_FULL, Admission.NO_ROOM):
                 reason = (
                     "max_in_flight"
-                    if decision.verdict is Verdict.IN_FLIGHT_FULL
+                    if decision.verdict is Admission.IN_FLIGHT_FULL
                     else "endpoint_capacity"
                 )
                 self.act.wait_for_room(work, reason, held)
-            elif decision.verdict is Verdict.RESERVED:
+            elif decision.verdict is Admission.RESERVED:
                 self.act.wait(work, decision.due_ms, "rate_limit", decision.due_ms)
             else:  # no slot within the horizon: it waits for the tick to see slots free
                 self.act.wait_for_room(work, "rate_limit", None)
