@@ -41,10 +41,6 @@ class Admission(IntEnum):
     NO_ROOM = 4  # the calling process has no room for the webhook now (it took nothing)
 
 
-#: The former name, kept while delivery.py and gate.py (being split) still import it.
-Verdict = Admission
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Admission

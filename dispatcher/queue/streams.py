@@ -51,10 +51,6 @@ class MalformedEntry:
     raw: bytes
 
 
-#: The former name, kept while delivery.py and gate.py (being split) still import it.
-Malformed = MalformedEntry
-
-
 class SettleKind(StrEnum):
     """What ``settle.lua`` does with an outcome; the value is the letter it reads."""
 
