@@ -1,12 +1,13 @@
 """The producer API: register webhooks and publish events straight into Redis.
 
 ``Client`` and the admin API share the queue layer, so both give the same answers and the
-same errors (``DispatcherError`` subclasses whose ``code`` matches the API's).
+same errors (``DispatcherError`` subclasses whose ``code`` matches the API's). The answers are
+the API's shapes, declared in ``dispatcher.shapes`` (plain dicts, typed for mypy).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import orjson
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from datetime import datetime
     from types import TracebackType
+
+    from dispatcher import shapes
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
 DEFAULT_DLQ_RETENTION_S = 604_800.0
@@ -102,7 +105,7 @@ class Client:
         url: str,
         event_types: tuple[str, ...] | list[str] = ("*",),
         **fields: Any,
-    ) -> dict[str, Any]:
+    ) -> shapes.WebhookWithSecret:
         """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
         if not isinstance(event_types, list | tuple):  # list("a.b") would subscribe to "a", ...
             raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
@@ -110,33 +113,36 @@ class Client:
             self.store,
             {"tenant_id": tenant_id, "url": url, "event_types": list(event_types), **fields},
         )
-        return hook.to_wire(with_secret=True)
+        return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
 
-    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+    async def get_webhook(self, webhook_id: str) -> shapes.Webhook:
         hook = await records.get_webhook(self.store, webhook_id)
-        return (await records.webhook_views(self.store, [hook]))[0]
+        return cast("shapes.Webhook", (await records.webhook_views(self.store, [hook]))[0])
 
-    async def list_webhooks(self, tenant_id: str) -> dict[str, Any]:
+    async def list_webhooks(self, tenant_id: str) -> shapes.WebhookList:
         """The tenant's webhooks by id, as ``GET /v1/webhooks`` lists them: ``{"items"}``."""
         hooks = await records.list_webhooks(self.store, tenant_id)
-        return {"items": await records.webhook_views(self.store, hooks)}
+        views = await records.webhook_views(self.store, hooks)
+        return {"items": cast("list[shapes.Webhook]", views)}
 
-    async def update_webhook(self, webhook_id: str, **changes: Any) -> dict[str, Any]:
+    async def update_webhook(self, webhook_id: str, **changes: Any) -> shapes.Webhook:
         """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start)."""
         hook = await records.update_webhook(self.store, webhook_id, changes)
-        return (await records.webhook_views(self.store, [hook]))[0]
+        return cast("shapes.Webhook", (await records.webhook_views(self.store, [hook]))[0])
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await records.delete_webhook(self.store, webhook_id)
 
-    async def rotate_secret(self, webhook_id: str, grace_s: float = 86_400) -> dict[str, Any]:
+    async def rotate_secret(
+        self, webhook_id: str, grace_s: float = 86_400
+    ) -> shapes.WebhookWithSecret:
         """A new ``whsec_`` secret; the old one keeps signing for ``grace_s`` seconds.
 
         The answer is the webhook with its new ``secret``.
         """
         grace_s = _seconds("grace_s", grace_s, MAX_GRACE_S)
         hook = await records.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
-        return hook.to_wire(with_secret=True)
+        return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
 
     # --- events ---------------------------------------------------------------------------
 
@@ -148,7 +154,7 @@ class Client:
         idempotency_key: str | None = None,
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
-    ) -> dict[str, Any]:
+    ) -> shapes.PublishAnswer:
         """Fan the event out to every enabled, subscribed webhook of the tenant.
 
         Returns ``{"event_id", "jobs": [{"id", "webhook_id"}], "matched"}`` once every job is in
@@ -178,12 +184,13 @@ class Client:
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
         webhook_id: str | None = None,
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, shapes.PublishAnswer]:
         """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
         pub = self._publication(
             tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
         )
-        return await records.publish(self.store, pub, self._queues)
+        new, answer = await records.publish(self.store, pub, self._queues)
+        return new, cast("shapes.PublishAnswer", answer)
 
     async def deliver(
         self,
@@ -194,7 +201,7 @@ class Client:
         idempotency_key: str | None = None,
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, shapes.PublishAnswer]:
         """One job for exactly this webhook (enabled, whatever it subscribes to).
 
         Returns (new, answer) like ``publish_checked`` (``matched`` is 1); ``NotFound`` or
@@ -215,7 +222,7 @@ class Client:
 
     async def publish_many(
         self, events: Iterable[Mapping[str, Any]]
-    ) -> list[dict[str, Any] | DispatcherError]:
+    ) -> list[shapes.PublishAnswer | DispatcherError]:
         """Publish several events in one round trip to Redis.
 
         Each event is a mapping with ``publish``'s arguments (``tenant_id``, ``event_type``,
@@ -241,7 +248,8 @@ class Client:
                     None,
                 )
             )
-        return await records.publish_many(self.store, pubs, self._queues)
+        answers = await records.publish_many(self.store, pubs, self._queues)
+        return cast("list[shapes.PublishAnswer | DispatcherError]", answers)
 
     def _publication(  # noqa: PLR0917 - the fields of one event
         self,
@@ -281,16 +289,16 @@ class Client:
 
     # --- jobs -----------------------------------------------------------------------------
 
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+    async def get_job(self, job_id: str) -> shapes.Job | None:
         """The job as ``GET /v1/jobs/{id}`` shows it, or None for an unknown or malformed id."""
         job = await records.get_job(self.store, job_id)
         if job is None:
             return None
-        return await records.job_view(self.store, job)
+        return cast("shapes.Job", await records.job_view(self.store, job))
 
     # --- dead-letter queue -----------------------------------------------------------------
 
-    async def replay(self, job_ids: list[str]) -> dict[str, Any]:
+    async def replay(self, job_ids: list[str]) -> shapes.Replayed:
         """Put dead jobs back in their ready queue (attempts reset, history kept).
 
         Returns ``{"replayed": n, "not_found": [ids], "not_dead": [ids]}``, as the API does.
@@ -300,7 +308,7 @@ class Client:
         ``job_ids`` is a list of 1 to 1000 (``dlq.MAX_REPLAY_IDS``) strings, else
         ``InvalidField`` (``invalid_field``), as the API's ``{"ids": [...]}``.
         """
-        return await dlq.replay(self.store, job_ids)
+        return cast("shapes.Replayed", await dlq.replay(self.store, job_ids))
 
     async def replay_matching(
         self,
@@ -308,7 +316,7 @@ class Client:
         webhook_id: str | None = None,
         tenant_id: str | None = None,
         since: datetime | str | None = None,
-    ) -> dict[str, Any]:
+    ) -> shapes.Replayed:
         """Replay every dead job of the filters, dead-lettered at or after ``since``, page by
         page to the end; jobs that cannot go back (see ``replay``) stay in the DLQ.
 
@@ -320,7 +328,7 @@ class Client:
             tenant_id=tenant_id,
             since_ms=_time_ms("since", since),
         )
-        return dlq.replay_answer(progress)
+        return cast("shapes.Replayed", dlq.replay_answer(progress))
 
     async def list_dlq(
         self,
@@ -329,21 +337,22 @@ class Client:
         cursor: str | None = None,
         webhook_id: str | None = None,
         tenant_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> shapes.DlqPage:
         """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end)."""
         if not _is_whole(limit) or limit < 1:
             raise InvalidField("limit", "must be a whole number of at least 1")
         if cursor is not None and not dlq.is_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
-        return await dlq.list_dead(
+        page = await dlq.list_dead(
             self.store, limit=limit, cursor=cursor, webhook_id=webhook_id, tenant_id=tenant_id
         )
+        return cast("shapes.DlqPage", page)
 
-    async def inspect_dlq(self, job_id: str) -> dict[str, Any]:
+    async def inspect_dlq(self, job_id: str) -> shapes.DeadJob:
         """The dead job with its payload; ``NotFound`` unless it is in the DLQ."""
-        return await dlq.inspect(self.store, job_id)
+        return cast("shapes.DeadJob", await dlq.inspect(self.store, job_id))
 
-    async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> dict[str, Any]:
+    async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> shapes.Purged:
         """Delete the entries older than both ``older_than_s`` and ``dlq_retention_s`` (with
         their records), page by page: ``{"purged", "retention_s", "within_retention"}``
         (entries younger than the retention, which stay), as the API answers.
@@ -354,7 +363,7 @@ class Client:
         facts = await self.purge_facts(older_than_s)
         if not confirm:
             raise facts.refusal()
-        return facts.answer(await dlq.purge(self.store, facts.plan))
+        return cast("shapes.Purged", facts.answer(await dlq.purge(self.store, facts.plan)))
 
     async def purge_facts(self, older_than_s: float = 0) -> dlq.PurgeFacts:
         """What ``purge_dlq(older_than_s)`` deletes and what the retention keeps, counted by
@@ -366,7 +375,7 @@ class Client:
 
     # --- queues and status ----------------------------------------------------------------
 
-    async def pause(self, queue: str) -> dict[str, Any]:
+    async def pause(self, queue: str) -> shapes.QueuePaused:
         """Stop sending from ``queue`` on every worker within a second; it keeps accepting.
 
         Returns ``{"queue", "paused": True}``. ``UnknownQueue`` when no worker serves it, no
@@ -377,7 +386,7 @@ class Client:
         await control.pause(self.store, queue)
         return {"queue": queue, "paused": True}
 
-    async def resume(self, queue: str) -> dict[str, Any]:
+    async def resume(self, queue: str) -> shapes.QueuePaused:
         """Send from ``queue`` again: ``{"queue", "paused": False}``; ``UnknownQueue`` as
         ``pause`` (a paused queue is always known)."""
         queue = check_queue(queue)
@@ -385,10 +394,10 @@ class Client:
         await control.resume(self.store, queue)
         return {"queue": queue, "paused": False}
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> shapes.StatusCounts:
         """The dashboard of ``GET /v1/status``, but for ``alerts``: those are judged by the
         daemon serving the API, in its memory, so only the API shows them."""
-        return await queue_status.status(self.store)
+        return cast("shapes.StatusCounts", await queue_status.status(self.store))
 
     async def gauges(self) -> queue_status.Gauges:
         """The queue counts per known queue and the DLQ's size, as ``/metrics`` shows them."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.target import Target
 
 #: XRANGE entries as the tests' clients return them (decode_responses is off).
@@ -202,10 +202,10 @@ def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
 
 async def hooks_in_every_shard(
     client: Client, target: Target, shards: int, *, per_shard: int = 2, path: str = "/hook"
-) -> list[dict[str, Any]]:
+) -> list[shapes.WebhookWithSecret]:
     """Webhooks of tenant ``acme`` until each shard holds ``per_shard`` (placement hashes the
     new id, so how many that takes varies)."""
-    hooks: list[dict[str, Any]] = []
+    hooks: list[shapes.WebhookWithSecret] = []
     while min(sum(shard_of(h["id"]) == k for h in hooks) for k in range(shards)) < per_shard:
         hooks.append(await client.create_webhook("acme", target.url(path)))
         assert len(hooks) < 100 * shards, "placement never reached every shard"

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client, NotReplayable
+from dispatcher import Client, NotReplayable, shapes
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys, streams_of
 from tests.admin_api import TOKEN, Api, start_api
@@ -536,7 +536,11 @@ async def test_job_detail_shows_attempts(
 
 
 async def _dead_jobs(
-    client: Client, target: Target, workers: WorkerHarness, hooks: list[dict[str, Any]], n: int
+    client: Client,
+    target: Target,
+    workers: WorkerHarness,
+    hooks: list[shapes.WebhookWithSecret],
+    n: int,
 ) -> list[str]:
     """Publish ``n`` events to each hook (whose target answers 500) and wait until all are dead."""
     for hook in hooks:
@@ -627,7 +631,7 @@ async def test_dlq_inspect_and_replay_by_ids(
     )
     assert len(await stream_entries(redis, Keys(prefix).dlq)) == 1
 
-    async def delivered() -> dict[str, Any] | None:
+    async def delivered() -> shapes.Job | None:
         job = await client.get_job(ids[0])
         return job if job and job["state"] == "delivered" else None
 
@@ -653,8 +657,12 @@ async def test_dlq_replay_all_with_filters_and_since(
         "POST", "/v1/dlq/replay", json={"all": True, "webhook_id": a["id"], "since": since}
     )
     assert only_a_late.body == {"replayed": 1, "skipped": 0, "skipped_reasons": {}}
-    states = {j: (await client.get_job(j) or {}).get("state") for j in early + late}
-    late_a = [j for j in late if (await client.get_job(j) or {}).get("webhook_id") == a["id"]]
+    states = {j: (await client.get_job(j) or dict[str, Any]()).get("state") for j in early + late}
+    late_a = [
+        j
+        for j in late
+        if (await client.get_job(j) or dict[str, Any]()).get("webhook_id") == a["id"]
+    ]
     assert [j for j, state in states.items() if state == "queued"] == late_a
     assert all(state == "dead" for j, state in states.items() if j not in late_a)
     future = await api.call(

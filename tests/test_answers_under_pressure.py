@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from dispatcher import Client as _Client
-from dispatcher import DispatcherError, IdempotencyKeyReused, UnknownQueue
+from dispatcher import DispatcherError, IdempotencyKeyReused, UnknownQueue, shapes
 from dispatcher.metrics import ENDPOINT_SERIES_MAX, Metrics
 from dispatcher.queue import dlq
 from dispatcher.queue.keys import shard_of
@@ -52,7 +52,7 @@ async def test_concurrent_publishes_of_one_key_enqueue_one_event(
     await hooks_in_every_shard(client, target, shards, per_shard=1)
     payloads = [{"p": rng.choice("AB")} for _ in range(16)]
 
-    async def one(payload: dict[str, str]) -> dict[str, Any] | DispatcherError:
+    async def one(payload: dict[str, str]) -> shapes.PublishAnswer | DispatcherError:
         await asyncio.sleep(rng.random() / 1000)
         try:
             return await client.publish("acme", "e", payload, idempotency_key="k")

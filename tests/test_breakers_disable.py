@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pytest
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from dispatcher.queue.store import Store
     from tests.conftest import WorkerHarness
     from tests.target import Target
@@ -83,7 +83,9 @@ async def test_failures_further_apart_than_the_breakers_memory_still_disable(
 
     await _past(redis, first)
     await _fail(store, hook["id"])
-    assert (await client.get_webhook(hook["id"]))["breaker"]["failing_since"] == since
+    breaker = (await client.get_webhook(hook["id"]))["breaker"]
+    assert breaker is not None
+    assert breaker["failing_since"] == since
     done = await _tick(store)
     assert done.to_disable == [(hook["id"], first, "HTTP 500")]
 
@@ -151,7 +153,7 @@ async def test_a_worker_disables_a_webhook_failing_now_and_then(
     assert target.count("/down") >= 2
 
 
-async def _disabled(client: Client, webhook_id: str) -> dict[str, Any] | None:
+async def _disabled(client: Client, webhook_id: str) -> shapes.Webhook | None:
     hook = await client.get_webhook(webhook_id)
     return None if hook["enabled"] else hook
 

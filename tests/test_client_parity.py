@@ -354,7 +354,7 @@ async def test_replay_matching_list_and_inspect_answer_alike(
     answer = await client.replay_matching()
     expected = {"replayed": 1, "skipped": 0, "skipped_reasons": {}}
     assert (http.status, http.body, answer) == (200, expected, expected)
-    assert (await client.get_job(other) or {}).get("state") == "queued"
+    assert (await client.get_job(other) or dict[str, Any]()).get("state") == "queued"
 
 
 async def test_large_replays_and_purges_answer_the_clients_keys_and_an_operation(

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from dispatcher import Client
+from dispatcher import Client, shapes
 from tests.conftest import WorkerHarness
 from tests.helpers import (
     ClusterServers,
@@ -63,7 +63,7 @@ async def cworkers(
     await harness.stop()
 
 
-async def _state(client: Client, job_id: str, state: str) -> dict[str, Any] | None:
+async def _state(client: Client, job_id: str, state: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job is not None and job["state"] == state else None
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client, embedded
+from dispatcher import Client, embedded, shapes
 from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import Keys
 from tests.helpers import Daemon, daemon_env, eventually
@@ -126,12 +126,12 @@ async def test_sigstopped_worker_is_taken_over_and_its_late_result_refused(
             rescuer.stop()
 
 
-async def _delivered_by_second(client: Client, job_id: str) -> dict[str, Any] | None:
+async def _delivered_by_second(client: Client, job_id: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job and job["state"] == "delivered" else None
 
 
-async def _late_logged(client: Client, job_id: str) -> dict[str, Any] | None:
+async def _late_logged(client: Client, job_id: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job and any(a.get("late") for a in job["attempts"]) else None
 
@@ -157,7 +157,8 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(
     assert job["state"] == "delivered", daemon.log
     later = (await client.publish("acme", "a.b", {}))["jobs"][0]["id"]
     await asyncio.sleep(0.5)
-    assert (await client.get_job(later) or {}).get("state") == "queued"  # nobody took it
+    later_job = await client.get_job(later) or dict[str, Any]()
+    assert later_job.get("state") == "queued"  # nobody took it
 
 
 async def test_sigterm_leaves_unfinished_work_for_another_worker(

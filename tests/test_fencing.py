@@ -103,7 +103,7 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
     assert job["state"] == "dead"
     assert job["dead_reason"] == "poison"
     assert job["stalls"] == 3
-    assert "3 times" in job["last_error"]
+    assert "3 times" in (job["last_error"] or "")
     dlq = await stream_entries(redis, Keys(prefix).dlq)
     assert [(e[1][b"j"].decode(), e[1][b"r"]) for e in dlq] == [(job_id, b"poison")]
     assert (await redis.xpending(Keys(prefix).ready("default"), "dispatch"))["pending"] == 0

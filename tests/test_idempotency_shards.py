@@ -15,14 +15,14 @@ from tests.helpers import hooks_in_every_shard
 if TYPE_CHECKING:
     from redis import asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.conftest import WorkerHarness
     from tests.target import Target
 
 SHARDS = 3
 
 
-async def _assert_one_event(client: Client, answer: dict[str, Any], hooks: list[Any]) -> None:
+async def _assert_one_event(client: Client, answer: shapes.PublishAnswer, hooks: list[Any]) -> None:
     """Every webhook has one job, and every job (as stored) belongs to the answer's event."""
     assert sorted(j["webhook_id"] for j in answer["jobs"]) == sorted(h["id"] for h in hooks)
     for job in answer["jobs"]:

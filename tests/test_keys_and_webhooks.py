@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pytest
 
-from dispatcher import Client
+from dispatcher import Client, shapes
 from dispatcher.errors import ConfirmationRequired, NotFound
 from dispatcher.model import Webhook
 from dispatcher.queue import records
@@ -44,7 +44,7 @@ async def _two_tenants(client: Client, target: Target) -> dict[str, str]:
 
 
 async def _assert_own_jobs(
-    client: Client, hooks: dict[str, str], answers: dict[str, dict[str, Any]]
+    client: Client, hooks: dict[str, str], answers: dict[str, shapes.PublishAnswer]
 ) -> None:
     """Each tenant's answer names its own new event and one job for its own webhook, stored
     with its own tenant id."""
@@ -66,7 +66,7 @@ async def test_idempotency_keys_of_tenants_never_collide_in_publish(
 ) -> None:
     """Tenants 'org:1' with key 'k' and 'org' with key '1:k' each get their own event enqueued."""
     hooks = await _two_tenants(client, target)
-    answers: dict[str, dict[str, Any]] = {}
+    answers: dict[str, shapes.PublishAnswer] = {}
     for tenant, key in COLLIDING:
         new, answers[tenant] = await client.publish_checked(
             tenant, "a.b", {"t": tenant}, idempotency_key=key

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from dispatcher import Client
+from dispatcher import Client, shapes
 from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
 from dispatcher.errors import DispatcherError, IdempotencyKeyReused
@@ -55,7 +55,7 @@ from dispatcher.ssrf import AddressPolicy
 from tests.helpers import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine, Iterator
+    from collections.abc import Awaitable, Coroutine, Iterator, Mapping
     from pathlib import Path
 
     from dispatcher.gate import Work as _Work
@@ -135,7 +135,7 @@ class MJob:
 class Model:
     jobs: dict[str, MJob] = field(default_factory=dict)
     # (tenant, key) -> the first request's (priority, due_ms) and its answer
-    idem: dict[tuple[str, str], tuple[tuple[str, int | None], dict[str, Any]]] = field(
+    idem: dict[tuple[str, str], tuple[tuple[str, int | None], shapes.PublishAnswer]] = field(
         default_factory=dict
     )
     raw_dlq: int = 0  # DLQ entries without a job (malformed)
@@ -689,7 +689,7 @@ class QueueMachine(RuleBasedStateMachine):
     def replay_all(self) -> None:
         self.replay("all", 0)
 
-    async def _replay(self, jobs: list[MJob], call: Coroutine[Any, Any, dict[str, Any]]) -> None:
+    async def _replay(self, jobs: list[MJob], call: Coroutine[Any, Any, shapes.Replayed]) -> None:
         want = [j for j in jobs if self._replayable(j)]
         try:
             count = (await call)["replayed"]
@@ -830,7 +830,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert not problems, "\n".join(problems)
         want = _status_counts(model)
         if full_status:
-            status = await self.cl.status()
+            status: Mapping[str, Any] = await self.cl.status()
             got = {k: status[k] for k in want}
         else:  # the verbs behind its counts: the whole status is read at the end of a run
             [counts] = await queue_status.queue_counts(self.db, [QUEUE])

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client, InvalidField, PayloadTooLarge
+from dispatcher import Client, InvalidField, PayloadTooLarge, shapes
 from dispatcher.queue import delays
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tests.target import Behaviour
 
 
-async def _job_in(client: Client, job_id: str, *states: str) -> dict[str, Any] | None:
+async def _job_in(client: Client, job_id: str, *states: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job is not None and job["state"] in states else None
 
@@ -152,7 +152,7 @@ async def test_gone_disables_webhook_and_dead_letters(
     assert target.count() == 1
 
 
-async def _disabled(client: Client, webhook_id: str) -> dict[str, Any] | None:
+async def _disabled(client: Client, webhook_id: str) -> shapes.Webhook | None:
     hook = await client.get_webhook(webhook_id)
     return hook if not hook["enabled"] else None
 

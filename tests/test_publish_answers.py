@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.admin_api import Api
     from tests.target import Target
 
@@ -127,10 +127,10 @@ class Ways:
             new, answer = await self.client.publish_checked(
                 tenant.id, event_type, payload, **fields
             )
-            return 202 if new else 200, answer
+            return 202 if new else 200, dict(answer)
         if way == "client_deliver":
             new, answer = await self.client.deliver(tenant.bystander, event_type, payload, **fields)
-            return 202 if new else 200, answer
+            return 202 if new else 200, dict(answer)
         # A second event, for a tenant without webhooks, shows the answers are per event (and
         # writes nothing: no webhook, no key).
         lone = {"tenant_id": f"lone-{uuid.uuid4().hex[:8]}", "event_type": event_type, "payload": 1}
@@ -140,7 +140,7 @@ class Ways:
         assert (other["jobs"], other["matched"]) == ([], 0)
         if isinstance(result, DispatcherError):
             raise result
-        return None, result
+        return None, dict(result)
 
 
 @pytest.fixture(params=[1, 3], ids=["one_shard", "three_shards"])
@@ -305,7 +305,7 @@ async def test_shard_0s_record_decides_when_it_expired_before_another_shards(
     await client.store.adopt_layout(3)
     hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
 
-    async def send(payload: Any) -> dict[str, Any]:
+    async def send(payload: Any) -> shapes.PublishAnswer:
         if way == "publish":
             return await client.publish("acme", "e", payload, idempotency_key="k")
         event = {"tenant_id": "acme", "event_type": "e", "payload": payload}

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.conftest import WorkerHarness
     from tests.target import Target
 
@@ -33,7 +33,7 @@ async def _pending(redis: aioredis.Redis, key: str) -> list[dict[str, Any]]:
     return await cast("Awaitable[list[dict[str, Any]]]", reply)
 
 
-async def _jobs(client: Client, ids: list[str]) -> list[dict[str, Any]]:
+async def _jobs(client: Client, ids: list[str]) -> list[shapes.Job]:
     jobs = await asyncio.gather(*(client.get_job(i) for i in ids))
     return [job for job in jobs if job is not None]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tests.helpers import Daemon, daemon_env, eventually
 from tests.helpers import log_events as events
@@ -13,7 +13,7 @@ from tests.target import Reply
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.target import Target
 
 CONFIG = """
@@ -28,7 +28,7 @@ level = "{level}"
 """
 
 
-async def _finished(client: Client, job_id: str, state: str) -> dict[str, Any] | None:
+async def _finished(client: Client, job_id: str, state: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job and job["state"] == state else None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from redis import asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.conftest import WorkerHarness
     from tests.target import Target
 
@@ -37,7 +37,7 @@ async def _sharded(client: Client, shards: int = SHARDS) -> None:
     await client.store.adopt_layout(shards)
 
 
-async def _state(client: Client, job_id: str, state: str) -> dict[str, Any] | None:
+async def _state(client: Client, job_id: str, state: str) -> shapes.Job | None:
     job = await client.get_job(job_id)
     return job if job is not None and job["state"] == state else None
 
@@ -169,7 +169,7 @@ async def test_dlq_pages_merge_every_shard_in_order_then_replay_and_purge(
     cursor = None
     while True:
         page = await client.list_dlq(limit=7, cursor=cursor)
-        seen += page["items"]
+        seen += cast("list[dict[str, Any]]", page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
             break
@@ -221,14 +221,18 @@ async def test_status_and_breakers_count_every_shard(
         lambda: _tripped(client), timeout_s=15, what="the breaker of the failing webhook"
     )
     assert [b["webhook_id"] for b in tripped] == [failing["id"]]
-    assert (await client.get_webhook(failing["id"]))["breaker"]["state"] == "open"
+    breaker = (await client.get_webhook(failing["id"]))["breaker"]
+    assert breaker is not None
+    assert breaker["state"] == "open"
 
 
-async def _tripped(client: Client) -> list[dict[str, Any]]:
+async def _tripped(client: Client) -> list[shapes.TrippedBreaker]:
     return list((await client.status())["breakers"]["tripped"])
 
 
-async def _webhook_in_shard(client: Client, tenant: str, url: str, shard: int) -> dict[str, Any]:
+async def _webhook_in_shard(
+    client: Client, tenant: str, url: str, shard: int
+) -> shapes.WebhookWithSecret:
     """A webhook of ``tenant`` placed in ``shard`` (others made on the way are deleted)."""
     for _ in range(200):
         hook = await client.create_webhook(tenant, url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
@@ -24,12 +24,12 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.conftest import WorkerHarness
     from tests.target import Target
 
 
-async def _jobs(client: Client, ids: list[str]) -> list[dict[str, Any]]:
+async def _jobs(client: Client, ids: list[str]) -> list[shapes.Job]:
     jobs = await asyncio.gather(*(client.get_job(i) for i in ids))
     assert all(job is not None for job in jobs)
     return [job for job in jobs if job is not None]
@@ -515,8 +515,7 @@ async def test_a_stale_outcome_leaves_the_reclaiming_workers_lease(
 
 
 async def _breaker(client: Client, webhook_id: str) -> dict[str, Any] | None:
-    breaker: dict[str, Any] | None = (await client.get_webhook(webhook_id))["breaker"]
-    return breaker
+    return cast("dict[str, Any] | None", (await client.get_webhook(webhook_id))["breaker"])
 
 
 async def _breaker_state(client: Client, webhook_id: str) -> str | None:
@@ -635,9 +634,11 @@ async def test_a_webhook_failing_too_long_is_disabled_with_the_reason(
 
     enabled = await client.update_webhook(hook["id"], enabled=True)
     assert enabled["enabled"] is True
-    assert enabled["breaker"]["state"] == "closed"
+    breaker = enabled["breaker"]
+    assert breaker is not None
+    assert breaker["state"] == "closed"
 
 
-async def _disabled(client: Client, webhook_id: str) -> dict[str, Any] | None:
+async def _disabled(client: Client, webhook_id: str) -> shapes.Webhook | None:
     hook = await client.get_webhook(webhook_id)
     return None if hook["enabled"] else hook

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pytest
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
+    from dispatcher import Client, shapes
     from tests.conftest import WorkerHarness
     from tests.target import Target
 
@@ -44,7 +44,7 @@ def _churn(workers: WorkerHarness) -> float:
     return _deferred(workers) + workers.metrics.get("dispatcher_promoted_total")
 
 
-async def _states(client: Client, ids: list[str]) -> list[dict[str, Any]]:
+async def _states(client: Client, ids: list[str]) -> list[shapes.Job]:
     jobs = [await client.get_job(i) for i in ids]
     assert all(job is not None for job in jobs)
     return [job for job in jobs if job is not None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.admin.shared import ALERTS, CLIENT, json_response
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 async def get(request: web.Request) -> web.Response:
-    answer = await request.app[CLIENT].status()
+    answer: dict[str, Any] = dict(await request.app[CLIENT].status())
     # The alerts live in the daemon serving this API, which judges them every few seconds.
     answer["alerts"] = request.app[ALERTS].active()
     return json_response(answer)

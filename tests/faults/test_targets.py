@@ -23,6 +23,7 @@ from tests.target import Drip, Hang, Huge, Redirect, Reply, Reset, gzip_bomb
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from dispatcher import shapes
     from tests.target import Behaviour
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT_S = 2.0  # delivery.timeout_s of the harness (FAST)
 
 
-async def _finished(run: Scenario, job_ids: list[str]) -> list[dict[str, Any]] | None:
+async def _finished(run: Scenario, job_ids: list[str]) -> list[shapes.Job] | None:
     """The jobs once every one of them is delivered or dead, else None."""
     jobs = [await run.client.get_job(job_id) for job_id in job_ids]
     if all(job is not None and job["state"] in FINAL for job in jobs):
