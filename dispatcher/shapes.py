@@ -109,33 +109,31 @@ class WebhookList(TypedDict):
     items: list[Webhook]
 
 
-class WebhookCreate(TypedDict):
+class WebhookSettings(TypedDict, total=False):
+    """The optional fields of a webhook, as created or changed."""
+
+    event_types: list[str]
+    secret: str | None
+    rate_limit: RateLimit | None
+    max_in_flight: int | None
+    queue: str
+    headers: dict[str, str] | None
+    description: str
+
+
+class WebhookCreate(WebhookSettings):
     """The body of ``POST /v1/webhooks`` (``Client.create_webhook``'s arguments)."""
 
     tenant_id: str
     url: str
-    event_types: NotRequired[list[str]]
-    secret: NotRequired[str | None]
-    rate_limit: NotRequired[RateLimit | None]
-    max_in_flight: NotRequired[int | None]
-    queue: NotRequired[str]
-    headers: NotRequired[dict[str, str] | None]
-    description: NotRequired[str]
 
 
-class WebhookChange(TypedDict):
+class WebhookChange(WebhookSettings, total=False):
     """The body of ``PATCH /v1/webhooks/{id}`` (``Client.update_webhook``'s changes)."""
 
-    tenant_id: NotRequired[str]
-    url: NotRequired[str]
-    event_types: NotRequired[list[str]]
-    secret: NotRequired[str | None]
-    rate_limit: NotRequired[RateLimit | None]
-    max_in_flight: NotRequired[int | None]
-    queue: NotRequired[str]
-    headers: NotRequired[dict[str, str] | None]
-    description: NotRequired[str]
-    enabled: NotRequired[bool]
+    tenant_id: str
+    url: str
+    enabled: bool
 
 
 class SecretRotation(TypedDict):
@@ -147,17 +145,6 @@ class SecretRotation(TypedDict):
 # --- events ------------------------------------------------------------------------------
 
 
-class Event(TypedDict):
-    """The body of ``POST /v1/events``; an event of ``Client.publish_many``."""
-
-    tenant_id: str
-    event_type: str
-    payload: Any
-    idempotency_key: NotRequired[str | None]
-    deliver_at: NotRequired[str | None]
-    priority: NotRequired[Priority]
-
-
 class Delivery(TypedDict):
     """The body of ``POST /v1/webhooks/{id}/deliveries``."""
 
@@ -166,6 +153,12 @@ class Delivery(TypedDict):
     idempotency_key: NotRequired[str | None]
     deliver_at: NotRequired[str | None]
     priority: NotRequired[Priority]
+
+
+class Event(Delivery):
+    """The body of ``POST /v1/events``; an event of ``Client.publish_many``."""
+
+    tenant_id: str
 
 
 class PublishedJob(TypedDict):
