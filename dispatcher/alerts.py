@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypedDict
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -20,18 +20,12 @@ if TYPE_CHECKING:
     from dispatcher.config import AlertsConfig
     from dispatcher.metrics import Metrics
     from dispatcher.queue.backlog import Backlog
+    from dispatcher.shapes import Alert, AlertName
 
 log = structlog.get_logger()
 
-NAMES: Final = ("queued_max", "oldest_ready_age_s", "dlq_growth")  # the alerts.* keys
+NAMES: Final[tuple[AlertName, ...]] = ("queued_max", "oldest_ready_age_s", "dlq_growth")  # alerts.*
 CLEAR_BELOW: Final = 0.9  # of the threshold
-
-
-class ActiveAlert(TypedDict):
-    name: str
-    value: float
-    threshold: float
-    since: str | None
 
 
 @dataclass(slots=True)
@@ -46,7 +40,7 @@ class Alerts:
 
     def __init__(self, cfg: AlertsConfig) -> None:
         self.cfg = cfg  # a reload swaps it
-        self._raised: dict[str, _Raised] = {}
+        self._raised: dict[AlertName, _Raised] = {}
         self._dlq_samples: deque[tuple[int, int]] = deque()  # (Redis time ms, entries added)
         self.values: dict[str, float] = {}
 
@@ -60,14 +54,14 @@ class Alerts:
         for name in NAMES:
             self._judge(name, self.values[name], getattr(self.cfg, name), backlog)
 
-    def active(self) -> list[ActiveAlert]:
+    def active(self) -> list[Alert]:
         """The raised alerts, as ``/v1/status`` shows them."""
         return [
             {
                 "name": name,
                 "value": raised.value,
                 "threshold": raised.threshold,
-                "since": rfc3339(raised.since_ms),
+                "since": rfc3339(raised.since_ms) or "",  # since_ms is always set
             }
             for name, raised in self._raised.items()
         ]
@@ -83,7 +77,7 @@ class Alerts:
             )
             metrics.set("dispatcher_dlq_growth", self.values["dlq_growth"])
 
-    def _judge(self, name: str, value: float, threshold: float, backlog: Backlog) -> None:
+    def _judge(self, name: AlertName, value: float, threshold: float, backlog: Backlog) -> None:
         raised = self._raised.get(name)
         if raised is None:
             if threshold > 0 and value >= threshold:
