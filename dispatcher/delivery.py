@@ -2,9 +2,10 @@
 
 One ``Worker`` per process serves its queues with a bounded number of HTTP requests in
 flight. Claims are read in batches sized to the free slots; outcomes are written back by one
-settler task in batches (one ``settle.lua`` call per batch and queue), so the hot path costs a
-few Redis commands per delivery. Policy lives in ``retry.py``; every Redis call goes through
-``dispatcher.queue``.
+settler task in batches (settler.py: one ``settle.lua`` call per batch and queue), so the hot
+path costs a few Redis commands per delivery. Deliveries of dead workers are taken over by
+reclaim.py, within the same claim budget. Policy lives in ``retry.py``; every Redis call goes
+through ``dispatcher.queue``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING
 
-import orjson
 import structlog
 
 from dispatcher import __version__, loops, retry
 from dispatcher.gate import Actions, Gate, Work
 from dispatcher.health import HealthWatch
-from dispatcher.liveness import MAX_AGE_S, Liveness
+from dispatcher.liveness import Liveness
 from dispatcher.model import Job, JobState, Webhook
-from dispatcher.queue import admission, codec, control, streams
-from dispatcher.queue.keys import PRIORITIES, queue_of, streams_of
+from dispatcher.queue import admission, control, streams
+from dispatcher.queue.keys import PRIORITIES, streams_of
 from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, MalformedEntry, SettleKind, Settlement
+from dispatcher.reclaim import Reclaimer
+from dispatcher.settler import Settler
 from dispatcher.signing import sign
 from dispatcher.traffic import Pool
 from dispatcher.upkeep import CONTROL_TICK_S, Upkeep
@@ -48,9 +50,6 @@ READ_BLOCK_MS = 500  # also bounds how long a read begun before a pause can stil
 SHORT_BLOCK_MS = 100  # a blocking read that watches only some of a queue's streams
 LEASE_FRESH_S = 1.0  # a lease taken this recently is not renewed when its attempt starts
 READ_BATCH = 256
-SETTLE_BATCH = 512
-SETTLE_DRAIN_S = 10.0  # at shutdown, how long outcomes may wait for Redis before we give up
-RECLAIM_PAGE = 100
 #: How often each priority comes first when a queue's streams are read: high is served first
 #: most of the time, and low still leads one read in sixteen, so it never starves.
 PRIORITY_WEIGHTS = (12, 3, 1)
@@ -104,7 +103,6 @@ class Worker:
         self._group: asyncio.TaskGroup | None = None
         self._readers: list[asyncio.Task[None]] = []
         self.stop = asyncio.Event()
-        self._settle_queue: asyncio.Queue[Settlement] = asyncio.Queue()
         # Claimed work waits here for one of `concurrency` lanes: long-lived tasks, so the hot
         # path creates no task per delivery.
         self._inbox: asyncio.Queue[Work] = asyncio.Queue()
@@ -112,10 +110,6 @@ class Worker:
         # The claims behind `_busy`, by (shard, stream) and sid: each reclaim pass keeps their
         # entries fresh in Redis, so no reclaim takes over a claim this worker holds.
         self._held: defaultdict[tuple[int, str], dict[str, Claim]] = defaultdict(dict)
-        self._reclaim_cursors: dict[tuple[int, str], str] = {}  # kept from pass to pass
-        # streams with stalled entries a reclaim pass had no free lanes for; their read loop
-        # takes them over on its next turn (`_take_stalled`)
-        self._stalled: set[tuple[int, str]] = set()
         self._room = asyncio.Event()
         self._room.set()
         # One claim budget for the whole worker, shared by its read loops: a read reserves
@@ -123,7 +117,6 @@ class Worker:
         # and gives back what it did not claim; loops waiting for room take turns (FIFO).
         self._reserved = 0
         self._turns: deque[object] = deque()
-        self._unsettled = 0
         # the essential loops' progress, for the watchdog and /readyz
         self.liveness = liveness or Liveness()
         # promote, sweep, control (paused queues, served shards, stats, heartbeats): upkeep.py
@@ -159,6 +152,31 @@ class Worker:
             busy=lambda: self._busy,
             consumer=self.consumer,
         )
+        # outcomes written back in batches: settler.py
+        self.settler = Settler(
+            store,
+            metrics,
+            self.liveness,
+            self.upkeep,
+            consumer=self.consumer,
+            recover_nogroup=self._recover_nogroup,
+            written=self._room.set,
+        )
+        # deliveries of dead workers taken over: reclaim.py
+        self.reclaimer = Reclaimer(
+            store,
+            metrics,
+            self.liveness,
+            self.stop,
+            self.upkeep,
+            cfg=lambda: self.cfg,
+            consumer=self.consumer,
+            held=self._held,
+            reserve=self._reserve,
+            unreserve=self._unreserve,
+            start=self._start,
+            queue_step=self._queue_step,
+        )
 
     @property
     def _paused(self) -> frozenset[str]:
@@ -171,6 +189,26 @@ class Worker:
     @property
     def alive_at(self) -> float:
         return self.upkeep.alive_at
+
+    @property
+    def _settle_queue(self) -> asyncio.Queue[Settlement]:
+        return self.settler.queue
+
+    @property
+    def _unsettled(self) -> int:
+        return self.settler.unsettled
+
+    @_unsettled.setter
+    def _unsettled(self, count: int) -> None:
+        self.settler.unsettled = count
+
+    @property
+    def _stalled(self) -> set[tuple[int, str]]:
+        return self.reclaimer.stalled
+
+    async def reclaim(self, queue: str, shard: Store | None = None) -> int:
+        """One reclaim pass over ``queue`` (reclaim.py); returns how many were taken over."""
+        return await self.reclaimer.reclaim(queue, shard)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -187,10 +225,10 @@ class Worker:
         await self.upkeep.read_paused()
         async with asyncio.TaskGroup() as group:
             self._group = group
-            settler = group.create_task(self._settle_loop())
+            settler = group.create_task(self.settler.run())
             background = [
                 group.create_task(self.upkeep.promote_loop()),
-                group.create_task(self._reclaim_loop()),
+                group.create_task(self.reclaimer.run()),
                 group.create_task(self.upkeep.sweep_loop()),
                 group.create_task(self.upkeep.control_loop()),
                 group.create_task(self.health.run()),
@@ -202,24 +240,12 @@ class Worker:
             log.info("worker.draining", in_flight=self.in_flight, grace_s=grace_s)
             await asyncio.gather(*self._readers)
             await self._drain(lanes, grace_s)
-            await self._write_last_outcomes()
+            await self.settler.write_last_outcomes()
             settler.cancel()
             for task in background:
                 task.cancel()
         await self.upkeep.sign_off()
         log.info("worker.stopped", consumer=self.consumer)
-
-    async def _write_last_outcomes(self) -> None:
-        """Wait for the settler to write what is left, but not forever (Redis may be down):
-        unwritten outcomes leave their jobs pending, to be delivered again after a reclaim."""
-        try:
-            async with asyncio.timeout(SETTLE_DRAIN_S):
-                await self._settle_queue.join()
-        except TimeoutError:
-            pass
-        else:
-            return
-        log.error("worker.outcomes_unwritten", jobs=self._unsettled)
 
     async def _drain(self, lanes: list[asyncio.Task[None]], grace_s: float) -> None:
         """Let claimed work finish within the grace, then stop the lanes."""
@@ -286,7 +312,7 @@ class Worker:
     def _free(self) -> int:
         """Claims this worker may still make: its lanes less the jobs it holds (in the inbox
         or a lane) and the reads under way; none while the settler lags behind."""
-        if self._unsettled > self.cfg.concurrency:
+        if self.settler.unsettled > self.cfg.concurrency:
             return 0
         return self.cfg.concurrency - self._busy - self._reserved
 
@@ -330,7 +356,7 @@ class Worker:
         and then briefly, since the others are claimed by the next read without waiting.
         """
         try:
-            if self._stalled and await self._take_stalled(shard, queue, budget):
+            if self.reclaimer.stalled and await self.reclaimer.take_stalled(shard, queue, budget):
                 return  # stalled jobs first; new ones on the next turn
             rotation = self._rotations[shard.keys.shard, queue]
             claims, malformed = await streams.claim_new(
@@ -494,7 +520,7 @@ class Worker:
                 "dispatcher_deliveries_total", outcome="delivered", status=status_class
             )
             log.debug("delivery.succeeded", **fields)
-            self._settle(
+            self.settler.settle(
                 work,
                 SettleKind.DELIVERED,
                 JobState.DELIVERED,
@@ -518,7 +544,7 @@ class Worker:
             job.retry(due_ms)
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
-            self._settle(
+            self.settler.settle(
                 work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "", frees=frees, attempted=True
             )
             return
@@ -526,7 +552,7 @@ class Worker:
         log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
         if verdict is retry.Verdict.DISABLE:
             self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
-        self._settle(
+        self.settler.settle(
             work, SettleKind.DEAD, JobState.DEAD, now_ms, reason, frees=frees, attempted=True
         )
 
@@ -535,7 +561,7 @@ class Worker:
         job = work.job
         job.defer(due_ms, reason, reserved_ms)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self._settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
+        self.settler.settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
 
     def _wait_for_room(self, work: Work, reason: str, reserved_ms: int | None = None) -> None:
         """Put the job in its webhook's waiting set, without spending an attempt, until room
@@ -551,7 +577,7 @@ class Worker:
         job = work.job
         job.defer(None, reason, reserved_ms)  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self._settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
+        self.settler.settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
 
     def _frees(self, work: Work) -> int:
         """How many of the webhook's waiting jobs go back to their queue as this attempt
@@ -569,7 +595,9 @@ class Worker:
         job = work.job
         job.park(breaker.retry_at_ms)  # a rate slot it holds stays its own (admit.lua)
         self.metrics.inc("dispatcher_deferred_total", reason="breaker")
-        self._settle(work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), "")
+        self.settler.settle(
+            work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), ""
+        )
 
     def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
         reason = "webhook_deleted" if hook is None else "webhook_disabled"
@@ -579,7 +607,7 @@ class Worker:
             else f"webhook {job.webhook_id} is disabled: {hook.disabled_reason or 'by an operator'}"
         )
         log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
-        self._settle(
+        self.settler.settle(
             Work(claim, job, hook or _GONE),
             SettleKind.DEAD,
             JobState.DEAD,
@@ -591,187 +619,6 @@ class Worker:
         log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
         task = asyncio.create_task(disable_webhook(self.store, webhook_id, reason))
         task.add_done_callback(_log_failure("webhook.disable_failed"))
-
-    def _settle(
-        self,
-        work: Work,
-        kind: SettleKind,
-        state: JobState,
-        score_ms: int,
-        reason: str,
-        *,
-        frees: int = 0,
-        attempted: bool = False,
-    ) -> None:
-        """Queue an outcome for the settler. ``attempted``: it records an attempt made under
-        this claim, which a stale claim's settle keeps in the history as late; a deferral or a
-        park made no attempt, and a stale one leaves the history alone."""
-        job = work.job
-        job.state = state
-        if kind is SettleKind.DELIVERED:
-            job.delivered(score_ms)
-        if kind is SettleKind.DEAD:
-            job.dead(reason, score_ms)
-            self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
-            self.upkeep.stats[control.minute_of(score_ms)]["dead"] += 1
-        late = orjson.dumps([*job.history[-1][:4], 1]) if attempted and job.history else b""
-        settlement = Settlement(
-            work.claim,
-            kind,
-            codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED),
-            score_ms,
-            reason,
-            late,
-            parked_for=job.webhook_id if kind is SettleKind.PARKED else None,
-            lease_of=job.webhook_id if work.leased else None,
-            waiting_in=job.webhook_id if kind is SettleKind.WAITING else None,
-            frees=frees,
-        )
-        self._unsettled += 1
-        self._settle_queue.put_nowait(settlement)
-
-    # --- settling ------------------------------------------------------------------------------
-
-    async def _settle_loop(self) -> None:
-        outage = loops.Outage("settle", self.metrics, watch=(self.liveness, "settle"))
-        while True:
-            if self._settle_queue.empty():
-                outage.idle()
-            batch = [await self._settle_queue.get()]
-            outage.wake()
-            while len(batch) < SETTLE_BATCH and not self._settle_queue.empty():
-                batch.append(self._settle_queue.get_nowait())
-            by_queue: defaultdict[tuple[int, str], list[Settlement]] = defaultdict(list)
-            for item in batch:
-                by_queue[item.claim.shard, item.claim.queue].append(item)
-            for (shard, queue), items in by_queue.items():
-                await self._settle_until_written(self.store.shard(shard), queue, items, outage)
-            for _ in batch:
-                self._settle_queue.task_done()
-            self._unsettled -= len(batch)
-            self._room.set()
-
-    async def _settle_until_written(
-        self, shard: Store, queue: str, items: list[Settlement], outage: loops.Outage
-    ) -> None:
-        """Outcomes are kept in memory and retried until Redis takes them (R9, R10)."""
-
-        async def write() -> list[str]:
-            try:
-                return await streams.settle(shard, self.consumer, items)
-            except Exception as exc:
-                if not streams.is_nogroup(exc):
-                    raise
-                # The group is gone (Redis lost its data): no claim of ours is current.
-                await self._recover_nogroup(shard, queue)
-                return [item.claim.job_id for item in items]
-
-        never = asyncio.Event()  # no stop: outcomes are written while the worker lives
-        while (stale := await loops.attempt(write, outage, never)) is loops.FAILED:
-            pass
-        if stale:
-            self.metrics.inc("dispatcher_stale_owner_rejected_total", len(stale))
-            log.warning("job.stale_result_rejected", queue=queue, job_ids=stale)
-
-    async def _reclaim_loop(self) -> None:
-        interval_s = max(0.25, min(self.cfg.stall_timeout_s / 4, 30.0))
-        outage = loops.Outage(
-            "reclaim",
-            self.metrics,
-            watch=(self.liveness, "reclaim"),
-            max_age_s=interval_s + MAX_AGE_S,  # it sleeps that long between passes
-        )
-        while not self.stop.is_set():
-            await loops.sleep_until_stop(self.stop, interval_s)
-            if self.stop.is_set():
-                return
-            for shard, stream in self.upkeep.served_streams():
-                await self._queue_step(shard, stream, outage, self.reclaim(stream, shard))
-
-    async def reclaim(self, queue: str, shard: Store | None = None) -> int:
-        """Keep the claims this worker holds fresh, then take over deliveries idle past the
-        stall timeout: only as many as free lanes can start now (from the worker's one claim
-        budget), and none of a paused queue. The cursor is kept for the next pass; what is left
-        waits in Redis, idle in its dead worker's name (so it is neither taken twice nor
-        counted as a stall twice), and the queue's read loop takes it over on its next turn,
-        before new jobs (`_take_stalled`)."""
-        store = shard or self.store
-        held = list(self._held.get((store.keys.shard, queue), {}).values())
-        # Read now, not at the control loop's last tick: reclaimed jobs go straight to lanes.
-        paused = queue_of(queue) in await control.paused_queues(self.store)
-        taken = 0
-        while True:
-            count = 0 if paused else self._reserve(RECLAIM_PAGE)
-            try:
-                page = await self._reclaim_page(store, queue, count, held)
-            finally:
-                self._unreserve(count)
-            held = []
-            taken += len(page.claims)
-            if count == 0 or page.cursor == "0-0":
-                return taken
-
-    async def _take_stalled(self, shard: Store, queue: str, budget: int) -> int:
-        """On a read loop's turn, before new jobs: take over, within the read's ``budget``,
-        the stalled entries of its queue that a reclaim pass found no free lanes for (a busy
-        worker never has free lanes when its reclaim pass comes, so they would wait for the
-        backlog to end). Returns how many were taken over."""
-        keys = [(shard.keys.shard, stream) for stream in streams_of(queue)]
-        if not self._stalled.intersection(keys):
-            return 0
-        if queue in await control.paused_queues(self.store):
-            return 0
-        taken = 0
-        for key in keys:
-            stream = key[1]
-            while key in self._stalled and taken < budget:
-                page = await self._reclaim_page(shard, stream, budget - taken)
-                taken += len(page.claims)
-                if page.cursor == "0-0":
-                    break
-        return taken
-
-    async def _reclaim_page(
-        self, store: Store, stream: str, count: int, held: list[Claim] | None = None
-    ) -> streams.ReclaimPage:
-        """One reclaim page of ``stream`` from its kept cursor: keep ``held`` fresh, take over
-        up to ``count`` stalled entries and start them; note whether stalled ones are left."""
-        key = (store.keys.shard, stream)
-        page = await streams.reclaim_page(
-            store,
-            stream,
-            self.consumer,
-            min_idle_ms=int(self.cfg.stall_timeout_s * 1000),
-            cursor=self._reclaim_cursors.get(key, "0-0"),
-            count=count,
-            held=held or (),
-        )
-        self._reclaim_cursors[key] = page.cursor
-        if page.more:
-            self._stalled.add(key)
-        else:
-            self._stalled.discard(key)
-        self._report_reclaim(stream, page)
-        if page.claims:
-            await self._start(store, page.claims)
-        return page
-
-    def _report_reclaim(self, queue: str, page: streams.ReclaimPage) -> None:
-        if page.claims:
-            self.metrics.inc("dispatcher_reclaimed_total", len(page.claims))
-            log.warning("job.reclaimed", queue=queue, job_ids=[c.job_id for c in page.claims])
-        if page.poisoned:
-            self.metrics.inc("dispatcher_dead_lettered_total", len(page.poisoned), reason="poison")
-            log.error("job.dead_lettered", queue=queue, reason="poison", job_ids=page.poisoned)
-        if page.malformed:
-            self.metrics.inc("dispatcher_malformed_total", len(page.malformed))
-            self.metrics.inc(
-                "dispatcher_dead_lettered_total", len(page.malformed), reason="malformed"
-            )
-            log.error("job.quarantined", queue=queue, reason="malformed", sids=page.malformed)
-        if page.missing:  # their jobs are found by id by the orphan sweep
-            self.metrics.inc("dispatcher_entry_missing_total", len(page.missing))
-            log.error("job.entry_deleted_while_pending", queue=queue, sids=page.missing)
 
 
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
