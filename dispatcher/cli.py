@@ -11,7 +11,8 @@ import orjson
 import uvloop
 
 from dispatcher import __version__, daemon
-from dispatcher.config import CONFIG_ENV, Config, load, queue_names, redacted
+from dispatcher.config import CONFIG_ENV, Config, load, redacted
+from dispatcher.config_values import queue_names
 from dispatcher.errors import ConfigError
 from dispatcher.logs import configure_logging
 

@@ -1,0 +1,350 @@
+"""The config's values: each parser turns one raw value into a typed one or says why not.
+
+A parser takes a `Raw` (the value as written, where it came from, and whether it came from the
+environment, where everything is a string) and returns the typed value or raises
+`BadValueError` with one reason per problem line; `config.load` adds the key's name and the
+origin to each. Nothing here knows the sections or reads the environment; the one parser with
+a side effect is `token_file`, which reads the file it names. Also here: `queue_names` (used
+by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from dispatcher.queue import urls
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+MAX_DURATION_S: Final = 10 * 365 * 86400.0  # ten years: keeps every `*_s` far from overflow
+MIN_MAXMEMORY: Final = 1024**2  # below 1mb an empty Redis is already full
+MAX_MAXMEMORY: Final = 2**63 - 1  # Redis keeps it in a signed 64-bit integer
+
+
+class BadValueError(ValueError):
+    """A parser's refusal: each reason becomes one problem line."""
+
+    def __init__(self, *reasons: str) -> None:
+        super().__init__(*reasons)
+        self.reasons = reasons
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    value: object  # a str from the environment, any TOML value from the file
+    origin: str  # "from DISPATCHER_X" or "from path/to/file.toml"
+    from_env: bool
+
+
+T = TypeVar("T")
+Parser = Callable[[Raw], T]
+
+
+def show(value: object) -> str:
+    """Render a raw value the way the user wrote it: strings quoted, booleans lower case."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def duration(raw: Raw) -> float:
+    value = raw.value
+    if raw.from_env and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadValueError(f"expected a number of seconds, got {show(raw.value)}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BadValueError(f"must be a number of seconds > 0, got {show(raw.value)}")
+    if seconds > MAX_DURATION_S:
+        raise BadValueError(
+            f"must be at most {MAX_DURATION_S:.0f} seconds (ten years), got {show(raw.value)}"
+        )
+    return seconds
+
+
+def threshold_s(raw: Raw) -> float:
+    """A duration where 0 means "off" (an alert threshold)."""
+    value = raw.value
+    if raw.from_env and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return duration(raw)
+    except BadValueError as bad:
+        raise BadValueError(
+            *(f"{reason} (or 0 to turn it off)" for reason in bad.reasons)
+        ) from None
+
+
+def integer(lo: int, hi: int | None = None) -> Parser[int]:
+    def parse(raw: Raw) -> int:
+        value = raw.value
+        if raw.from_env and isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadValueError(f"expected an integer, got {show(raw.value)}")
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise BadValueError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+# Redis's own size units (redis.conf): k/m/g are powers of 1000, kb/mb/gb of 1024.
+_SIZE_UNITS: Final = {
+    "": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_SIZE = re.compile(r"([0-9]+)([kmg]b?)?", re.IGNORECASE)
+
+
+def memory_size(raw: Raw) -> int:
+    """A size in bytes, written as Redis writes ``maxmemory``: 1073741824, 512mb, 2gb;
+    0 means no limit."""
+    value = raw.value
+    if isinstance(value, str) and (found := _SIZE.fullmatch(value.strip())):
+        value = int(found[1]) * _SIZE_UNITS[(found[2] or "").lower()]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadValueError(
+            f'expected a size like "1gb", "512mb" or a number of bytes (0: no limit), '
+            f"got {show(raw.value)}"
+        )
+    if 0 < value < MIN_MAXMEMORY:
+        raise BadValueError(f"must be 0 (no limit) or at least 1mb, got {show(raw.value)}")
+    if value > MAX_MAXMEMORY:
+        raise BadValueError(f"must be at most {MAX_MAXMEMORY} bytes, got {show(raw.value)}")
+    return value
+
+
+def boolean(raw: Raw) -> bool:
+    if isinstance(raw.value, bool):
+        return raw.value
+    if raw.from_env and isinstance(raw.value, str):
+        word = raw.value.strip().lower()
+        if word in {"true", "1"}:
+            return True
+        if word in {"false", "0"}:
+            return False
+    raise BadValueError(f"expected true/false/1/0, got {show(raw.value)}")
+
+
+def string(raw: Raw) -> str:
+    if not isinstance(raw.value, str):
+        raise BadValueError(f"expected a string, got {show(raw.value)}")
+    return raw.value
+
+
+def optional_string(raw: Raw) -> str | None:
+    """A string where an empty value means unset (the file's ``key = ""`` like the env's)."""
+    return string(raw) or None
+
+
+def choice(choices: tuple[str, ...]) -> Parser[str]:
+    def parse(raw: Raw) -> str:
+        value = string(raw).strip().lower()
+        if value not in choices:
+            raise BadValueError(f"expected one of {', '.join(choices)}, got {show(raw.value)}")
+        return value
+
+    return parse
+
+
+def state_dir(raw: Raw) -> Path:
+    value = string(raw)
+    if not value.strip():
+        raise BadValueError("must not be empty")
+    return Path(value).expanduser()
+
+
+def prefix(raw: Raw) -> str:
+    value = string(raw)
+    if not value:
+        raise BadValueError("must not be empty")
+    if any(char.isspace() or char in "{}" for char in value):
+        raise BadValueError(
+            f"must not contain spaces or braces (keys add their own {{hash tag}}), "
+            f"got {show(value)}"
+        )
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the userinfo or a ``password=`` query) replaced by ***."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(n, "***" if n == "password" else v) for n, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Built by hand: urlunsplit turns "unix:///path" into "unix:/path".
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{'?' if query else ''}{query}{fragment}"
+
+
+def redis_url(raw: Raw) -> str | None:
+    url = optional_string(raw)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    shown = show(redact_url(url))
+    if scheme in urls.CLUSTER_SCHEMES + urls.SENTINEL_SCHEMES:
+        try:
+            urls.parse(url)
+        except urls.UrlError as exc:
+            raise BadValueError(f"{exc} in {shown}") from None
+        return url
+    if scheme not in REDIS_SCHEMES or "://" not in url:
+        raise BadValueError(
+            f"unsupported scheme in {shown}: use redis://, rediss://, unix://, "
+            "redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service"
+        )
+    if scheme == "unix" and not urlsplit(urls.absolute_unix(url)).path:
+        raise BadValueError(
+            f"a unix:// URL needs a socket path, e.g. unix:///run/redis.sock, got {shown}"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit only checks the port when asked
+    except ValueError:
+        raise BadValueError(f"invalid port in {shown}") from None
+    return url
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def listen(raw: Raw) -> str | None:
+    value = string(raw).strip()
+    if not value:
+        return None  # empty disables the admin API
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+        raise BadValueError(
+            f"expected host:port with a port 0-65535 (IPv6 as [::1]:8080; empty disables "
+            f"the API), got {show(raw.value)}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise BadValueError(f"{host} is not an IPv6 address") from None
+    elif ":" in host:
+        raise BadValueError(f"an IPv6 host needs brackets, e.g. [::1]:8080, got {show(value)}")
+    elif not _HOSTNAME.fullmatch(host):
+        raise BadValueError(
+            f"expected a host name or IP address before :{port} "
+            f"(0.0.0.0 listens on every interface), got {show(raw.value)}"
+        )
+    return value
+
+
+def _cidr(text: object) -> IPNetwork:
+    if not isinstance(text, str):
+        raise BadValueError(f"expected CIDR strings, got {show(text)}")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise BadValueError(f'{show(text)} is not a CIDR (expected e.g. "10.20.0.0/16")') from None
+    raise BadValueError(f'{show(text)} has host bits set; did you mean "{loose}"?')
+
+
+def cidrs(raw: Raw) -> tuple[IPNetwork, ...]:
+    value = raw.value
+    if raw.from_env and isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise BadValueError(
+            f'expected a list of CIDR strings like ["10.20.0.0/16"], got {show(value)}'
+        )
+    networks: list[IPNetwork] = []
+    reasons: list[str] = []
+    for item in items:
+        try:
+            networks.append(_cidr(item))
+        except BadValueError as bad:
+            reasons.extend(bad.reasons)
+    if reasons:
+        raise BadValueError(*reasons)
+    return tuple(networks)
+
+
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def queue_names(value: object, *, from_env: bool = True) -> tuple[str, ...]:
+    """Queue names from a list (TOML) or a comma-separated string (environment, ``--queues``)."""
+    if from_env and isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise BadValueError(f'expected a list of queue names like ["default"], got {show(value)}')
+    bad = [item for item in items if not isinstance(item, str) or not _QUEUE_NAME.fullmatch(item)]
+    if bad:
+        raise BadValueError(
+            f"{', '.join(show(b) for b in bad)}: a queue name is 1-64 of a-z, 0-9, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if not items:
+        raise BadValueError("expected at least one queue name")
+    return tuple(dict.fromkeys(str(item) for item in items))
+
+
+def queues(raw: Raw) -> tuple[str, ...]:
+    return queue_names(raw.value, from_env=raw.from_env)
+
+
+def token_file(raw: Raw) -> tuple[Path, str]:
+    """The path and its stripped content: the file is read at load."""
+    text = optional_string(raw)
+    if text is None:
+        raise BadValueError("must not be empty")
+    path = Path(text).expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BadValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadValueError(f"{path} is not UTF-8 text") from None
+    if not token:
+        raise BadValueError(f"{path} is empty")
+    return path, token
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
