@@ -34,19 +34,17 @@ Guarantees of :meth:`Sender.attempt`:
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import re
 import socket
 import ssl
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-import httptools
-from yarl import URL
-
+from dispatcher import http1
+from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
 from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
@@ -59,40 +57,15 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD_LIMIT_BYTES", "INTERIM_LIMIT", "STALE_RETRIES_METRIC", "Outcome", "Sender"]
 
-HEAD_LIMIT_BYTES: Final = 65536  # status line and headers of an answer, 1xx included (R14)
-INTERIM_LIMIT: Final = 32  # interim answers (100 Continue, 102 Processing, 103) skipped at most
 STALE_RETRIES_METRIC: Final = "dispatcher_http_stale_connection_retries_total"
 
-_SCHEMES: Final = frozenset({"http", "https"})
-_SNIPPET_CHARS: Final = 200
-_SNIPPET_BYTES: Final = 4 * _SNIPPET_CHARS  # enough bytes for 200 UTF-8 characters
+_SNIPPET_BYTES: Final = 4 * http1.SNIPPET_CHARS  # enough bytes for 200 UTF-8 characters
 # Resolved addresses are cached, and only ever addresses the policy allows, so a cached answer
 # is always a checked one: a name that starts resolving to a refused address is refused once
 # its entry expires. 10 s keeps a busy target from costing a lookup per new connection.
 _DNS_CACHE_TTL_S: Final = 10.0
 _IDLE_S: Final = 15.0  # an idle keep-alive connection older than this is closed, not reused
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_WANTED: Final = frozenset({b"retry-after", b"location", b"content-length", b"transfer-encoding"})
-
-
-class _Closed(Exception):  # noqa: N818 - a reason, not an error of ours
-    """The target closed the connection before a complete answer."""
-
-
-class _CutShort(Exception):  # noqa: N818
-    """The answer's body ended before its framing said it would."""
-
-
-class _MalformedAnswer(Exception):  # noqa: N818
-    """The bytes that came back are not an HTTP/1.1 answer."""
-
-
-class _Oversized(Exception):  # noqa: N818
-    """The answer passed one of the limits on what is read; the text names it."""
-
-
-class _Unsolicited(Exception):  # noqa: N818
-    """An answer began with no request outstanding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,201 +88,6 @@ class Outcome:
     def delivered(self) -> bool:
         """Whether the target accepted the delivery (a 2xx)."""
         return self.error is None
-
-
-@dataclass(slots=True)
-class _Answer:
-    status: int = 0
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    complete: bool = False  # the whole answer arrived (or the body reached the cap)
-    capped: bool = False
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses the answer with llhttp.
-
-    ``read`` counts the bytes of the current answer and ``budget`` bounds it: first
-    ``HEAD_LIMIT_BYTES`` until the final answer's headers are complete, then room for the
-    capped body in small chunks plus a head's worth of trailers (``tail``). Checking it costs
-    one addition and one comparison per read; only a read that crosses it takes a slow path.
-    httptools joins a header that spans reads with ``bytes +=``, which is quadratic in the
-    header's size, so the bound also keeps that work small.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.tail = 8 * cap + HEAD_LIMIT_BYTES
-        self.read = 0  # bytes of the current answer so far: 0 until any byte arrived
-        self.budget = HEAD_LIMIT_BYTES
-        self.interims = 0
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer = _Answer()
-        self.waiter: asyncio.Future[_Answer] | None = None
-        self.headers_done = False
-        self.interim = False  # a 1xx answer is being skipped
-        self.reusable = False
-        self.idle_since = 0.0
-
-    # -- asyncio.Protocol --
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream transport
-
-    def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            self.close()  # bytes no request asked for: the connection is out of step for good
-            return
-        self.read += len(data)
-        if self.read > self.budget:
-            self._over_budget(data, waiter)
-            return
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(_MalformedAnswer(" ".join(str(exc).split())[:_SNIPPET_CHARS]))
-        except httptools.HttpParserUpgrade:  # not an HttpParserError: it would escape
-            self._fail(_MalformedAnswer("the target switched protocols (HTTP 101) unasked"))
-
-    def _over_budget(self, data: bytes, waiter: asyncio.Future[_Answer]) -> None:
-        """A read that crosses the budget: the head may still end within it, else fail."""
-        if self.headers_done:
-            text = f"the body's chunk framing and trailers exceed {self.tail} bytes"
-            self._fail(_Oversized(text))
-            return
-        room = len(data) - (self.read - self.budget)
-        self.read -= len(data) - room
-        self._feed(data[:room])
-        # The final headers ended within the limit (they raised the budget), or the answer
-        # failed: the rest of the read is judged afresh.
-        if self.budget > HEAD_LIMIT_BYTES or waiter.done():
-            if room < len(data):
-                self.data_received(data[room:])
-            return
-        self._fail(_Oversized(f"the status line and headers exceed {HEAD_LIMIT_BYTES} bytes"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.reusable = False
-        if self.waiter is None or self.waiter.done():
-            return
-        answer = self.answer
-        framed = b"content-length" in answer.headers or b"transfer-encoding" in answer.headers
-        if self.headers_done and not framed:
-            answer.complete = True  # a body delimited by the end of the connection
-            self.waiter.set_result(answer)
-        elif self.headers_done:
-            self._fail(_CutShort())
-        elif isinstance(exc, OSError):
-            self._fail(exc)
-        else:
-            self._fail(_Closed())
-
-    # -- httptools callbacks --
-    def on_message_begin(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            # An answer after the one handed back (pipelined in the same read): stop the parser
-            # before it writes into the recorded answer; the connection is closed.
-            raise _Unsolicited
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in _WANTED:
-            self.answer.headers[name] = value
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:  # noqa: PLR2004 - interim answers (100, 103) are skipped
-            self.interim = True
-            self.answer.headers.clear()
-            self.interims += 1
-            if self.interims > INTERIM_LIMIT:
-                self._fail(_Oversized(f"more than {INTERIM_LIMIT} interim (1xx) responses"))
-            return
-        self.answer.status = status
-        self.headers_done = True
-        self.budget = self.read + self.tail
-
-    def on_body(self, chunk: bytes) -> None:
-        answer = self.answer
-        room = self.cap - len(answer.body)
-        if room <= 0 or self.waiter is None or self.waiter.done():
-            return
-        answer.body += chunk[:room]
-        if len(chunk) >= room:
-            answer.capped = answer.complete = True  # enough read: the rest is never drained
-            self.waiter.set_result(answer)
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        if self.waiter is None or self.waiter.done():
-            return
-        self.answer.complete = True
-        self.reusable = bool(self.parser.should_keep_alive())
-        self.waiter.set_result(self.answer)
-
-    # -- ours --
-    def send(self, data: tuple[bytes, bytes]) -> asyncio.Future[_Answer]:
-        if self.transport is None or self.transport.is_closing():
-            raise _Closed
-        self.answer = _Answer()
-        self.headers_done = self.interim = self.reusable = False
-        self.read = self.interims = 0
-        self.budget = HEAD_LIMIT_BYTES
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.writelines(data)
-        return self.waiter
-
-    def _fail(self, exc: BaseException) -> None:
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        if self.transport is not None:
-            self.transport.close()
-
-    def close(self) -> None:
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    secure: bool
-    host: str  # as dialled and checked: IDNA-encoded name or IP literal, no brackets
-    port: int
-    request_line: bytes  # b"POST /path?query HTTP/1.1\r\nHost: host:port\r\n"
-
-    @property
-    def origin(self) -> tuple[bool, str, int]:
-        return self.secure, self.host, self.port
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_target(url: str) -> _Target:
-    """The parts of a webhook URL a request needs; ValueError says what is wrong."""
-    parsed = URL(url)
-    if parsed.scheme not in _SCHEMES:
-        raise ValueError(f"scheme {parsed.scheme!r} is not http or https")
-    host = parsed.raw_host
-    if not host:
-        raise ValueError("no host")
-    port = parsed.port
-    if port is None:
-        raise ValueError("no port")
-    default = port == (443 if parsed.scheme == "https" else 80)
-    authority = f"[{host}]" if ":" in host else host
-    if not default:
-        authority = f"{authority}:{port}"
-    path = parsed.raw_path_qs or "/"
-    line = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
-    return _Target(parsed.scheme == "https", host, port, line)
 
 
 class Sender:
@@ -335,8 +113,8 @@ class Sender:
             "content-type": b"Content-Type: application/json\r\n",
             "accept-encoding": b"Accept-Encoding: identity\r\n",
         }
-        self._idle: defaultdict[tuple[bool, str, int], list[_Connection]] = defaultdict(list)
-        self._busy: set[_Connection] = set()
+        self._idle: defaultdict[tuple[bool, str, int], list[http1.Connection]] = defaultdict(list)
+        self._busy: set[http1.Connection] = set()
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._resolver: GuardedResolver | None = None
         self._tls: ssl.SSLContext | None = None
@@ -386,7 +164,7 @@ class Sender:
         if not self._started:
             raise RuntimeError("the sender is not started")
         try:
-            target = _parse_target(url)
+            target = http1.parse_target(url)
         except ValueError as exc:
             return Outcome(None, f"invalid URL: {exc}", _ms_since(started), None)
         refused = self._policy.literal_refusal(target.host)
@@ -404,13 +182,13 @@ class Sender:
             return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
         except (
             OSError,
-            _Closed,
-            _CutShort,
-            _MalformedAnswer,
-            _Oversized,
+            http1.Closed,
+            http1.CutShort,
+            http1.MalformedAnswer,
+            http1.Oversized,
             ssl.CertificateError,
         ) as exc:
-            return Outcome(None, _describe(exc, target), _ms_since(started), None)
+            return Outcome(None, http1.describe(exc, target), _ms_since(started), None)
         return _outcome(answer, started)
 
     def _head(self, headers: Mapping[str, str], length: int) -> bytes:
@@ -425,12 +203,12 @@ class Sender:
         lines.append(b"Content-Length: %d\r\n\r\n" % length)
         return b"".join(lines)
 
-    async def _exchange(self, target: _Target, request: tuple[bytes, bytes]) -> _Answer:
+    async def _exchange(self, target: http1.Target, request: tuple[bytes, bytes]) -> http1.Answer:
         conn, reused = await self._acquire(target)
         try:
             try:
                 answer = await conn.send(request)
-            except (_Closed, ConnectionResetError):
+            except (http1.Closed, ConnectionResetError):
                 if not reused or conn.read:
                     raise
                 # A kept-alive connection closed without a byte of answer. Usually the target
@@ -456,7 +234,9 @@ class Sender:
             conn.close()
         return answer
 
-    async def _acquire(self, target: _Target, *, fresh: bool = False) -> tuple[_Connection, bool]:
+    async def _acquire(
+        self, target: http1.Target, *, fresh: bool = False
+    ) -> tuple[http1.Connection, bool]:
         idle = self._idle.get(target.origin)
         now = time.monotonic()
         while idle and not fresh:
@@ -475,14 +255,14 @@ class Sender:
         self._busy.add(conn)
         return conn, False
 
-    async def _connect(self, target: _Target) -> _Connection:
+    async def _connect(self, target: http1.Target) -> http1.Connection:
         loop = asyncio.get_running_loop()
         addresses = [target.host] if _is_literal(target.host) else await self._resolve(target)
         last: OSError | None = None
         for address in addresses:
             try:
                 _transport, conn = await loop.create_connection(
-                    lambda: _Connection(self._cap),
+                    lambda: http1.Connection(self._cap),
                     address,
                     target.port,
                     ssl=self._tls if target.secure else None,
@@ -494,7 +274,7 @@ class Sender:
             return conn
         raise last if last is not None else OSError(f"no address for {target.host}")
 
-    async def _resolve(self, target: _Target) -> list[str]:
+    async def _resolve(self, target: http1.Target) -> list[str]:
         key = (target.host, target.port)
         cached = self._dns.get(key)
         now = time.monotonic()
@@ -519,7 +299,7 @@ def _is_literal(host: str) -> bool:
     return True
 
 
-def _outcome(answer: _Answer, started: float) -> Outcome:
+def _outcome(answer: http1.Answer, started: float) -> Outcome:
     status = answer.status
     retry_after = answer.headers.get(b"retry-after")
     retry_after_s = (
@@ -530,44 +310,14 @@ def _outcome(answer: _Answer, started: float) -> Outcome:
     if 200 <= status < 300:  # noqa: PLR2004
         error = None
     elif 300 <= status < 400 and b"location" in answer.headers:  # noqa: PLR2004
-        location = answer.headers[b"location"].decode("latin-1")[:_SNIPPET_CHARS]
+        location = answer.headers[b"location"].decode("latin-1")[: http1.SNIPPET_CHARS]
         error = f"redirect to {location} not followed (HTTP {status})"
     else:
         snippet = bytes(answer.body[:_SNIPPET_BYTES]).decode(errors="replace")
-        snippet = snippet[:_SNIPPET_CHARS].strip()
+        snippet = snippet[: http1.SNIPPET_CHARS].strip()
         error = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
     return Outcome(status, error, _ms_since(started), retry_after_s)
 
 
 def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
-
-
-_FIXED_TEXT: Final = (
-    (_Closed, "the target closed the connection without a complete response"),
-    (_CutShort, "the response body was cut short or malformed"),
-    (ConnectionRefusedError, "connection refused"),
-    (ConnectionResetError, "connection reset by the target"),
-)
-
-
-def _describe(exc: BaseException, target: _Target) -> str:  # noqa: PLR0911 - one per kind
-    """A short sentence for a failed exchange, chosen by the exception's type."""
-    if isinstance(exc, TargetRefused):
-        return str(exc)
-    if isinstance(exc, _MalformedAnswer):
-        return f"malformed response: {exc}"
-    if isinstance(exc, _Oversized):
-        return str(exc)
-    for kind, text in _FIXED_TEXT:
-        if isinstance(exc, kind):
-            return text
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return f"TLS with {target.host} failed: {exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"DNS lookup of {target.host} failed"
-    if isinstance(exc, OSError):
-        if exc.errno == errno.ECONNRESET:
-            return "connection reset by the target"
-        return f"cannot reach {target.host}:{target.port}: {exc.strerror or exc}"
-    return f"request failed ({type(exc).__name__}): {exc}"
