@@ -21,7 +21,7 @@ from dispatcher.model import (
     check_tenant_id,
     time_ms,
 )
-from dispatcher.queue import control, dlq, records
+from dispatcher.queue import control, dlq, dlq_ops, publishing, records, webhooks
 from dispatcher.queue import status as queue_status
 from dispatcher.queue.store import Store
 from dispatcher.signing import generate_secret
@@ -109,29 +109,29 @@ class Client:
         """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
         if not isinstance(event_types, list | tuple):  # list("a.b") would subscribe to "a", ...
             raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
-        hook = await records.create_webhook(
+        hook = await webhooks.create_webhook(
             self.store,
             {"tenant_id": tenant_id, "url": url, "event_types": list(event_types), **fields},
         )
         return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
 
     async def get_webhook(self, webhook_id: str) -> shapes.Webhook:
-        hook = await records.get_webhook(self.store, webhook_id)
-        return cast("shapes.Webhook", (await records.webhook_views(self.store, [hook]))[0])
+        hook = await webhooks.get_webhook(self.store, webhook_id)
+        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
 
     async def list_webhooks(self, tenant_id: str) -> shapes.WebhookList:
         """The tenant's webhooks by id, as ``GET /v1/webhooks`` lists them: ``{"items"}``."""
-        hooks = await records.list_webhooks(self.store, tenant_id)
-        views = await records.webhook_views(self.store, hooks)
+        hooks = await webhooks.list_webhooks(self.store, tenant_id)
+        views = await webhooks.webhook_views(self.store, hooks)
         return {"items": cast("list[shapes.Webhook]", views)}
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> shapes.Webhook:
         """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start)."""
-        hook = await records.update_webhook(self.store, webhook_id, changes)
-        return cast("shapes.Webhook", (await records.webhook_views(self.store, [hook]))[0])
+        hook = await webhooks.update_webhook(self.store, webhook_id, changes)
+        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
 
     async def delete_webhook(self, webhook_id: str) -> None:
-        await records.delete_webhook(self.store, webhook_id)
+        await webhooks.delete_webhook(self.store, webhook_id)
 
     async def rotate_secret(
         self, webhook_id: str, grace_s: float = 86_400
@@ -141,7 +141,7 @@ class Client:
         The answer is the webhook with its new ``secret``.
         """
         grace_s = _seconds("grace_s", grace_s, MAX_GRACE_S)
-        hook = await records.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
+        hook = await webhooks.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
         return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
 
     # --- events ---------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class Client:
         pub = self._publication(
             tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
         )
-        new, answer = await records.publish(self.store, pub, self._queues)
+        new, answer = await publishing.publish(self.store, pub, self._queues)
         return new, cast("shapes.PublishAnswer", answer)
 
     async def deliver(
@@ -209,7 +209,7 @@ class Client:
         given to another webhook's delivery, or to ``publish``, is another key; reused with
         another request, it raises ``IdempotencyKeyReused`` as in ``publish``.
         """
-        hook = await records.ensure_deliverable(self.store, webhook_id)
+        hook = await webhooks.ensure_deliverable(self.store, webhook_id)
         return await self.publish_checked(
             hook.tenant_id,
             event_type,
@@ -248,7 +248,7 @@ class Client:
                     None,
                 )
             )
-        answers = await records.publish_many(self.store, pubs, self._queues)
+        answers = await publishing.publish_many(self.store, pubs, self._queues)
         return cast("list[shapes.PublishAnswer | DispatcherError]", answers)
 
     def _publication(  # noqa: PLR0917 - the fields of one event
@@ -260,11 +260,11 @@ class Client:
         deliver_at: Any,
         priority: Any,
         webhook_id: str | None,
-    ) -> records.Publication:
+    ) -> publishing.Publication:
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
         event_id, job_prefix = new_event_ids()
-        return records.Publication(
+        return publishing.Publication(
             tenant_id=check_tenant_id(tenant_id),
             event_type=check_event_type(event_type),
             payload=self._encode_payload(payload),
@@ -308,7 +308,7 @@ class Client:
         ``job_ids`` is a list of 1 to 1000 (``dlq.MAX_REPLAY_IDS``) strings, else
         ``InvalidField`` (``invalid_field``), as the API's ``{"ids": [...]}``.
         """
-        return cast("shapes.Replayed", await dlq.replay(self.store, job_ids))
+        return cast("shapes.Replayed", await dlq_ops.replay(self.store, job_ids))
 
     async def replay_matching(
         self,
@@ -322,13 +322,13 @@ class Client:
 
         Returns ``{"replayed", "skipped", "skipped_reasons"}`` as the API does (which does one
         page inline and the rest in a background operation with the same counts)."""
-        progress = await dlq.replay_matching(
+        progress = await dlq_ops.replay_matching(
             self.store,
             webhook_id=webhook_id,
             tenant_id=tenant_id,
             since_ms=_time_ms("since", since),
         )
-        return cast("shapes.Replayed", dlq.replay_answer(progress))
+        return cast("shapes.Replayed", dlq_ops.replay_answer(progress))
 
     async def list_dlq(
         self,
@@ -363,13 +363,13 @@ class Client:
         facts = await self.purge_facts(older_than_s)
         if not confirm:
             raise facts.refusal()
-        return cast("shapes.Purged", facts.answer(await dlq.purge(self.store, facts.plan)))
+        return cast("shapes.Purged", facts.answer(await dlq_ops.purge(self.store, facts.plan)))
 
-    async def purge_facts(self, older_than_s: float = 0) -> dlq.PurgeFacts:
+    async def purge_facts(self, older_than_s: float = 0) -> dlq_ops.PurgeFacts:
         """What ``purge_dlq(older_than_s)`` deletes and what the retention keeps, counted by
         entry id (no record read)."""
         older_than_s = _seconds("older_than_s", older_than_s, MAX_AGE_S)
-        return await dlq.purge_facts(
+        return await dlq_ops.purge_facts(
             self.store, older_than_s=older_than_s, retention_s=self.dlq_retention_s
         )
 

@@ -26,8 +26,8 @@ from dispatcher.liveness import Liveness
 from dispatcher.model import Job, JobState, Webhook
 from dispatcher.queue import admission, control, streams
 from dispatcher.queue.keys import PRIORITIES, streams_of
-from dispatcher.queue.records import disable_webhook
 from dispatcher.queue.streams import Claim, MalformedEntry, SettleKind, Settlement
+from dispatcher.queue.webhooks import disable_webhook
 from dispatcher.reclaim import Reclaimer
 from dispatcher.settler import Settler
 from dispatcher.signing import sign

@@ -22,7 +22,7 @@ from dispatcher.model import rfc3339
 from dispatcher.queue import breakers, waiting
 from dispatcher.queue.breakers import Health
 from dispatcher.queue.keys import shard_of
-from dispatcher.queue.records import disable_webhook
+from dispatcher.queue.webhooks import disable_webhook
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

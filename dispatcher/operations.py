@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher.errors import DispatcherError
-from dispatcher.queue import dlq, operations
-from dispatcher.queue.dlq import Position, Progress, PurgePlan, ReplayPlan
+from dispatcher.queue import dlq, dlq_ops, operations
+from dispatcher.queue.dlq_ops import Position, Progress, PurgePlan, ReplayPlan
 
 if TYPE_CHECKING:
     from dispatcher.queue.operations import Operation
@@ -43,15 +43,15 @@ async def step(
 ) -> Progress:
     """One bounded page of a replay or purge."""
     if isinstance(plan, ReplayPlan):
-        return await dlq.replay_step(store, plan, position, budget)
-    return await dlq.purge_step(store, plan, position, budget)
+        return await dlq_ops.replay_step(store, plan, position, budget)
+    return await dlq_ops.purge_step(store, plan, position, budget)
 
 
 async def left(store: Store, plan: ReplayPlan | PurgePlan, position: Position) -> int:
     """DLQ entries still to read (counted by id, no record read)."""
     if isinstance(plan, ReplayPlan):
-        return await dlq.replay_left(store, plan, position)
-    return await dlq.purge_left(store, plan, position)
+        return await dlq_ops.replay_left(store, plan, position)
+    return await dlq_ops.purge_left(store, plan, position)
 
 
 async def begin(

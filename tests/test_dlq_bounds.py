@@ -11,7 +11,7 @@ import pytest
 
 from dispatcher import NotReplayable
 from dispatcher.operations import Runner, begin
-from dispatcher.queue import dlq
+from dispatcher.queue import dlq, dlq_ops
 from dispatcher.queue import operations as ops
 from dispatcher.queue.keys import Keys
 from tests.admin_api import Api, start_api
@@ -135,11 +135,11 @@ async def test_an_operation_whose_driver_died_is_taken_over_without_doing_a_page
     once and ends succeeded."""
     ids = await seed_dead_jobs(client, redis, prefix, MANY)
     store = client.store
-    plan = await dlq.plan_replay(store)
-    first = await dlq.replay_step(store, plan, dlq.Position())
+    plan = await dlq_ops.plan_replay(store)
+    first = await dlq_ops.replay_step(store, plan, dlq_ops.Position())
     op = await begin(store, "replay", plan, first)
     assert first.position is not None
-    unrecorded = await dlq.replay_step(store, plan, first.position)  # then the process died
+    unrecorded = await dlq_ops.replay_step(store, plan, first.position)  # then the process died
     assert unrecorded.changed == dlq.PAGE
     await redis.zadd(Keys(prefix).operations, {op.id: 0})  # its last sign of life, long ago
     runner = Runner(store, poll_s=0.05)

@@ -13,7 +13,7 @@ import pytest
 from dispatcher import Client, shapes
 from dispatcher.errors import ConfirmationRequired, NotFound
 from dispatcher.model import Webhook
-from dispatcher.queue import records
+from dispatcher.queue import webhooks
 from dispatcher.queue.keys import Keys
 from tests.admin_api import start_api
 from tests.helpers import eventually, stream_entries
@@ -142,9 +142,9 @@ async def test_rotation_disable_and_update_racing_all_survive(
     # All three read the webhook before any writes (each is one task; their reads go out
     # before the first write): the old read-modify-write kept only the last writer's view.
     rotated, _, updated = await asyncio.gather(
-        records.rotate_secret(store, hook["id"], "whsec_" + "A" * 32, 3600),
-        records.disable_webhook(store, hook["id"], "410 Gone"),
-        records.update_webhook(store, hook["id"], {"tenant_id": "globex", "description": "d"}),
+        webhooks.rotate_secret(store, hook["id"], "whsec_" + "A" * 32, 3600),
+        webhooks.disable_webhook(store, hook["id"], "410 Gone"),
+        webhooks.update_webhook(store, hook["id"], {"tenant_id": "globex", "description": "d"}),
     )
     final = await _stored(redis, prefix, hook["id"])
     assert final.secret == rotated.secret == "whsec_" + "A" * 32
@@ -165,14 +165,14 @@ async def test_many_racing_changes_lose_nothing(
     store = client.store
     await _warm(client)
     rotations = [
-        records.rotate_secret(store, hook["id"], "whsec_" + chr(ord("A") + i) * 32, 3600)
+        webhooks.rotate_secret(store, hook["id"], "whsec_" + chr(ord("A") + i) * 32, 3600)
         for i in range(12)
     ]
     patches = [
-        records.update_webhook(store, hook["id"], {"description": f"d{i}"}) for i in range(6)
+        webhooks.update_webhook(store, hook["id"], {"description": f"d{i}"}) for i in range(6)
     ]
     done = await asyncio.gather(
-        *rotations, *patches, records.disable_webhook(store, hook["id"], "410 Gone")
+        *rotations, *patches, webhooks.disable_webhook(store, hook["id"], "410 Gone")
     )
     final = await _stored(redis, prefix, hook["id"])
     new_secrets = {rotated.secret for rotated in done[:12] if isinstance(rotated, Webhook)}
@@ -190,14 +190,14 @@ async def test_a_disabled_webhook_keeps_its_first_reason_and_a_deleted_one_stays
 ) -> None:
     """A second auto-disable changes nothing, and one racing a delete does not bring it back."""
     hook = await client.create_webhook("acme", "https://example.com/h")
-    await records.disable_webhook(client.store, hook["id"], "first")
-    await records.disable_webhook(client.store, hook["id"], "second")
+    await webhooks.disable_webhook(client.store, hook["id"], "first")
+    await webhooks.disable_webhook(client.store, hook["id"], "second")
     assert (await _stored(redis, prefix, hook["id"])).disabled_reason == "first"
     other = await client.create_webhook("acme", "https://example.com/h")
     await _warm(client)
     await asyncio.gather(
         client.delete_webhook(other["id"]),
-        records.disable_webhook(client.store, other["id"], "410 Gone"),
+        webhooks.disable_webhook(client.store, other["id"], "410 Gone"),
     )
     assert await redis.hget(Keys(prefix).webhooks, other["id"]) is None
     assert other["id"] not in await _routes(redis, prefix, "acme")
@@ -212,7 +212,7 @@ async def test_delete_racing_a_tenant_change_leaves_no_route(
     hook = await client.create_webhook("acme", "https://example.com/h")
     await _warm(client)
     await asyncio.gather(
-        records.update_webhook(client.store, hook["id"], {"tenant_id": "globex"}),
+        webhooks.update_webhook(client.store, hook["id"], {"tenant_id": "globex"}),
         client.delete_webhook(hook["id"]),
         return_exceptions=True,  # the update may find it deleted already (NotFound)
     )

@@ -15,7 +15,7 @@ import orjson
 
 from dispatcher.errors import InvalidField, MalformedRequest
 from dispatcher.model import time_ms
-from dispatcher.queue.dlq import replay_ids
+from dispatcher.queue.dlq_ops import replay_ids
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dispatcher.admin import bodies
 from dispatcher.admin.operations import carry_on
 from dispatcher.admin.shared import CLIENT, json_response
-from dispatcher.queue import dlq
+from dispatcher.queue import dlq_ops
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,14 +42,14 @@ async def replay(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     if wanted.ids is not None:
         return json_response(await client.replay(wanted.ids))
-    plan = await dlq.plan_replay(
+    plan = await dlq_ops.plan_replay(
         client.store,
         webhook_id=wanted.webhook_id,
         tenant_id=wanted.tenant_id,
         since_ms=wanted.since_ms,
     )
-    first = await dlq.replay_step(client.store, plan, dlq.Position())
-    answer = dlq.replay_answer(first)  # Client.replay_matching's answer, for this page
+    first = await dlq_ops.replay_step(client.store, plan, dlq_ops.Position())
+    answer = dlq_ops.replay_answer(first)  # Client.replay_matching's answer, for this page
     if first.position is None:
         return json_response(answer)
     return await carry_on(request, "replay", plan, first, answer)
@@ -65,7 +65,7 @@ async def purge(request: web.Request) -> web.Response:
     facts = await client.purge_facts(older_than_s)
     if not confirm:
         raise facts.refusal()
-    first = await dlq.purge_step(client.store, facts.plan, dlq.Position())
+    first = await dlq_ops.purge_step(client.store, facts.plan, dlq_ops.Position())
     answer = facts.answer(first.changed)  # Client.purge_dlq's answer, for this page
     if first.position is None:
         return json_response(answer)

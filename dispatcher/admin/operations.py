@@ -17,7 +17,7 @@ from dispatcher.queue import operations
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from dispatcher.queue.dlq import Progress, PurgePlan, ReplayPlan
+    from dispatcher.queue.dlq_ops import Progress, PurgePlan, ReplayPlan
 
 RUNNER: Final = web.AppKey("operations_runner", Runner)
 

@@ -1,33 +1,30 @@
 """The dead-letter queue: a stream of dead jobs, whose entry ids make a stable cursor.
 
 Every verb does bounded work per Redis call and reads no payload but ``inspect``'s one job:
-listings read the records' meta only (dlq_page.lua), counts read entry ids only
-(dlq_count.lua), and replay and purge go one page of at most ``PAGE`` entries per script.
-``replay_step`` and ``purge_step`` do one bounded slice of a large replay or purge from a
-``Position`` and say where to go on, so the admin API can do a page inline and leave the rest
-to a background operation (``queue/operations.py``); ``replay_matching`` and ``purge`` go to
-the end (the Python client's calls).
+listings read the records' meta only (dlq_page.lua) and counts read entry ids only
+(dlq_count.lua). This module lists, inspects and counts the DLQ and owns its cursor and bounds;
+replay and purge, one page of at most ``PAGE`` entries per script, are in ``dlq_ops.py``.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import ConfirmationRequired, InvalidField, NotFound, NotReplayable
-from dispatcher.ids import is_job_id, sid_ms
+from dispatcher.errors import NotFound
+from dispatcher.ids import sid_ms
 from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import codec, records
-from dispatcher.queue.keys import MAX_SHARDS, shard_of, streams_of
-from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
+from dispatcher.queue.keys import MAX_SHARDS
+from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from dispatcher.queue.store import Store
+
 
 #: DLQ entries one replay or purge step (and so one admin request) handles at most.
 PAGE = 1000
@@ -39,6 +36,10 @@ SCRIPT_PAGE = 200
 COUNT_PAGE = 2000
 #: Job ids one replay by ids takes at most (``Client.replay`` and ``POST /v1/dlq/replay``).
 MAX_REPLAY_IDS = 1000
+MAX_ID_PART = 2**63  # well inside Redis's 64-bit parts, so "(<id>" stays a valid start
+
+#: XRANGE entries with decode_responses off.
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 async def dlq_size(store: Store) -> int:
@@ -50,239 +51,7 @@ async def dlq_size(store: Store) -> int:
     return size
 
 
-# --- replay --------------------------------------------------------------------------------
-
-#: Why a dead job cannot go back to its queue (replay.lua's reasons), as a caller reads it.
-REASONS = {
-    "payload_lost": "its payload was lost with its stream entry (dead as entry_missing), "
-    "so there is nothing to send",
-    "webhook_deleted": "its webhook was deleted",
-    "webhook_disabled": "its webhook is disabled (it would die again unsent); enable it first",
-    "malformed": "its DLQ entry or record cannot be read",
-    "record_missing": "its job record is gone",
-}
-#: The ready streams replay.lua is given; it names any other a dead job needs (then retried).
-_STREAMS: set[str] = set(streams_of(DEFAULT_QUEUE))
-_MOST_NAMED = 5  # refused jobs named in an error's sentence (the details list them all)
-
-
-@dataclass(frozen=True, slots=True)
-class _Replayed:
-    replayed: list[str]
-    refused: list[tuple[str, str]]  # (job id, reason); job id '' for a malformed entry
-    last: str  # the last DLQ entry read ('' none), mode 'range'
-    read: int  # DLQ entries read, mode 'range'
-    passed: list[tuple[str, str]]  # (job id, 'not_found' or 'not_dead'), mode 'ids'
-
-
-async def _run_replay(store: Store, mode: str, args: list[str | int]) -> _Replayed:
-    keys = store.keys
-    while True:
-        names = sorted(_STREAMS)
-        with redis_errors():
-            status, replayed, refused, last, read, passed = await store.scripts.replay(
-                keys=[keys.dlq, keys.jobs, keys.webhooks, *(keys.ready(n) for n in names)],
-                args=[mode, " ".join(names), *args],
-            )
-        if status == -1:
-            _STREAMS.add(refused[0].decode())
-            continue
-        ids = [r.decode() for r in replayed]
-        return _Replayed(ids, _pairs(refused), last.decode(), int(read), _pairs(passed))
-
-
-def _pairs(flat: list[bytes]) -> list[tuple[str, str]]:
-    return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
-
-
-def _refuse(refused: list[tuple[str, str]]) -> None:
-    if not refused:
-        return
-    named = "; ".join(f"{job_id}: {REASONS[reason]}" for job_id, reason in refused[:_MOST_NAMED])
-    more = f" (and {len(refused) - _MOST_NAMED} more)" if len(refused) > _MOST_NAMED else ""
-    raise NotReplayable(
-        f"{len(refused)} dead job(s) cannot be replayed, so none was: {named}{more}",
-        refused=[{"id": j, "reason": r, "message": REASONS[r]} for j, r in refused],
-    )
-
-
-def replay_ids(ids: object) -> list[str]:
-    """The job ids of a replay by ids, checked: a list (or tuple) of 1 to ``MAX_REPLAY_IDS``
-    strings, else ``InvalidField("ids")``. The one check of ``Client.replay`` and the API's
-    ``{"ids": [...]}``, so a string is not read letter by letter and ``[]`` is not a no-op."""
-    if (
-        not isinstance(ids, list | tuple)
-        or not 0 < len(ids) <= MAX_REPLAY_IDS
-        or not all(isinstance(i, str) for i in ids)
-    ):
-        raise InvalidField("ids", f"must be a list of 1 to {MAX_REPLAY_IDS} job ids")
-    return list(ids)
-
-
-async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
-    """Put dead jobs back in their ready queues: ``{"replayed": n, "not_found": [ids],
-    "not_dead": [ids]}`` (the ids passed over, in the order given).
-
-    All or nothing: when a dead job among them cannot go back (its payload was lost, its
-    webhook was deleted or is disabled), ``NotReplayable`` names each such job and reason and
-    nothing is replayed. Unknown ids and jobs that are not dead are passed over, so a replay
-    can be repeated safely. Each part (a shard's ids, ``SCRIPT_PAGE`` at a time) is one script
-    that checks before it writes; with several parts every part is checked first.
-    """
-    by_shard: defaultdict[int, list[str]] = defaultdict(list)
-    why: dict[str, str] = {}
-    wanted = list(dict.fromkeys(replay_ids(job_ids)))
-    for job_id in wanted:
-        if is_job_id(job_id):
-            by_shard[shard_of(job_id)].append(job_id)
-        else:
-            why[job_id] = "not_found"
-    parts = [
-        (store.shard(shard), ids[i : i + SCRIPT_PAGE])
-        for shard, ids in by_shard.items()
-        for i in range(0, len(ids), SCRIPT_PAGE)
-    ]
-    if len(parts) > 1:
-        refused: list[tuple[str, str]] = []
-        for part, ids in parts:
-            refused += (await _run_replay(part, "check", [*ids])).refused
-        _refuse(refused)
-    replayed = 0
-    for part, ids in parts:
-        answer = await _run_replay(part, "ids", [*ids])
-        _refuse(answer.refused)  # with several parts: only if a job changed since the check
-        replayed += len(answer.replayed)
-        why.update(answer.passed)
-    return {
-        "replayed": replayed,
-        "not_found": [j for j in wanted if why.get(j) == "not_found"],
-        "not_dead": [j for j in wanted if why.get(j) == "not_dead"],
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a replay or purge goes on: the index of a shard in its plan, and the last DLQ
-    entry read there (exclusive; None: from the plan's start)."""
-
-    shard: int = 0
-    after: str | None = None
-
-
-@dataclass(slots=True)
-class Progress:
-    """What one or more steps did: DLQ entries read, jobs replayed or entries purged, jobs
-    skipped by reason, and where to go on (None: done)."""
-
-    read: int = 0
-    changed: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    position: Position | None = field(default_factory=Position)
-
-    def add(self, step: Progress) -> None:
-        self.read += step.read
-        self.changed += step.changed
-        self.skipped.update(step.skipped)
-        self.position = step.position
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayPlan:
-    """A replay of every dead job matching the filters. ``ends``: each shard's last DLQ entry
-    when it began (None: empty), so jobs that die again meanwhile are not replayed twice."""
-
-    shards: list[int]
-    ends: list[str | None]
-    start: str  # XRANGE start: "-" or "<since ms>-0"
-    webhook_id: str | None = None
-    tenant_id: str | None = None
-
-
-async def plan_replay(
-    store: Store,
-    *,
-    webhook_id: str | None = None,
-    tenant_id: str | None = None,
-    since_ms: int | None = None,
-) -> ReplayPlan:
-    if webhook_id is not None:  # its dead jobs are all in its shard
-        shards = [store.of_webhook(webhook_id)]
-    else:
-        with redis_errors():
-            shards = await store.all_shards()
-    ends = [await _last_entry(shard) for shard in shards]
-    start = f"{min(max(since_ms, 0), _MAX_ID_PART)}-0" if since_ms is not None else "-"
-    return ReplayPlan([s.keys.shard for s in shards], ends, start, webhook_id, tenant_id)
-
-
-async def replay_step(
-    store: Store, plan: ReplayPlan, position: Position, budget: int = PAGE
-) -> Progress:
-    """Replay from ``position`` until ``budget`` DLQ entries were read or the plan is done.
-
-    Jobs that cannot go back stay dead, counted in ``skipped`` by reason (``REASONS``).
-    """
-    progress = Progress()
-    shard, after = position.shard, position.after
-    while budget > 0 and shard < len(plan.shards):
-        end = plan.ends[shard]
-        if end is None:
-            shard, after = shard + 1, None
-            continue
-        asked = min(budget, SCRIPT_PAGE)
-        answer = await _run_replay(
-            store.shard(plan.shards[shard]),
-            "range",
-            [
-                f"({after}" if after else plan.start,
-                end,
-                asked,
-                plan.webhook_id or "",
-                plan.tenant_id or "",
-            ],
-        )
-        progress.read += answer.read
-        progress.changed += len(answer.replayed)
-        progress.skipped.update(reason for _job_id, reason in answer.refused)
-        if answer.read < asked or answer.last == end:
-            shard, after = shard + 1, None
-        else:
-            after = answer.last
-        budget -= answer.read
-    progress.position = Position(shard, after) if shard < len(plan.shards) else None
-    return progress
-
-
-async def replay_matching(
-    store: Store,
-    *,
-    webhook_id: str | None = None,
-    tenant_id: str | None = None,
-    since_ms: int | None = None,
-) -> Progress:
-    """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``,
-    page by page; jobs that cannot go back are skipped and counted by reason."""
-    plan = await plan_replay(store, webhook_id=webhook_id, tenant_id=tenant_id, since_ms=since_ms)
-    total = Progress()
-    while total.position is not None:
-        total.add(await replay_step(store, plan, total.position))
-    return total
-
-
-async def replay_left(store: Store, plan: ReplayPlan, position: Position) -> int:
-    """DLQ entries a replay has still to read from ``position`` (entry ids only)."""
-    left = 0
-    for index in range(position.shard, len(plan.shards)):
-        end = plan.ends[index]
-        if end is None:
-            continue
-        after = position.after if index == position.shard else None
-        start = f"({after}" if after else plan.start
-        left += await _count(store.shard(plan.shards[index]), start, end)
-    return left
-
-
-async def _count(store: Store, start: str, end: str) -> int:
+async def count_entries(store: Store, start: str, end: str) -> int:
     """Entries from ``start`` to ``end`` (XRANGE syntax), counted by id in bounded calls."""
     total = 0
     while True:
@@ -296,6 +65,15 @@ async def _count(store: Store, start: str, end: str) -> int:
         start = f"({last.decode()}"
 
 
+async def last_entry(store: Store) -> str | None:
+    """The id of the DLQ's last entry (None: it is empty)."""
+    with redis_errors():
+        last = await cast(
+            "Awaitable[_Entries]", store.redis.xrevrange(store.keys.dlq, "+", "-", count=1)
+        )
+    return last[0][0].decode() if last else None
+
+
 # --- listing and inspecting ------------------------------------------------------------------
 
 #: The largest page ``GET /v1/dlq`` answers.
@@ -305,17 +83,11 @@ MAX_SCANNED = 1000
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _SHARD_DIGITS = len(str(MAX_SHARDS))
 
-#: XRANGE entries with decode_responses off.
-_Entries = list[tuple[bytes, dict[bytes, bytes]]]
-
-
-_MAX_ID_PART = 2**63  # well inside Redis's 64-bit parts, so "(<id>" stays a valid start
-
 
 def is_entry_id(value: object) -> bool:
     if not isinstance(value, str) or _ENTRY_ID.fullmatch(value) is None:
         return False
-    return all(part < _MAX_ID_PART for part in _sid_key(value))
+    return all(part < MAX_ID_PART for part in sid_key(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,10 +171,10 @@ def _position(cursor: str | None) -> _Position | None:
     if cursor is None:
         return None
     entry_id, _, shard = cursor.partition(".")
-    return _sid_key(entry_id), int(shard) if shard else MAX_SHARDS
+    return sid_key(entry_id), int(shard) if shard else MAX_SHARDS
 
 
-def _sid_key(sid: str) -> tuple[int, int]:
+def sid_key(sid: str) -> tuple[int, int]:
     """A stream entry id (``<ms>-<seq>``, or ``<ms>``) as the numbers it sorts by."""
     ms, _, seq = sid.partition("-")
     return int(ms), int(seq or 0)
@@ -426,9 +198,9 @@ async def _read_round(
         else:
             start = f"({_sid(position[0])}" if number <= position[1] else _sid(position[0])
         page = await _read_page(shard, start, "+", want)
-        merged += [(_sid_key(dead.entry_id), number, dead) for dead in page]
+        merged += [(sid_key(dead.entry_id), number, dead) for dead in page]
         if len(page) == want:
-            last = (_sid_key(page[-1].entry_id), number)
+            last = (sid_key(page[-1].entry_id), number)
             horizon = last if horizon is None else min(horizon, last)
     merged.sort(key=lambda m: (m[0], m[1]))
     return merged, horizon
@@ -491,170 +263,3 @@ async def inspect(store: Store, job_id: str) -> dict[str, Any]:
     wire = job.to_wire(with_payload=True)
     wire["dlq_id"] = job.dlq_id
     return wire
-
-
-# --- purge ---------------------------------------------------------------------------------
-
-
-async def _last_entry(store: Store) -> str | None:
-    with redis_errors():
-        last = await cast(
-            "Awaitable[_Entries]", store.redis.xrevrange(store.keys.dlq, "+", "-", count=1)
-        )
-    return last[0][0].decode() if last else None
-
-
-@dataclass(frozen=True, slots=True)
-class PurgePlan:
-    """A purge of the DLQ entries added before ``cutoff_ms`` (older than both ages)."""
-
-    shards: list[int]
-    cutoff_ms: int
-
-    @property
-    def end(self) -> str:
-        return str(self.cutoff_ms - 1)  # XRANGE reads "ms" as "ms-<max>": every entry of that ms
-
-
-async def plan_purge(store: Store, *, older_than_s: float, retention_s: float) -> PurgePlan:
-    with redis_errors():
-        shards = await store.all_shards()
-    cutoff_ms = store.clock.now_ms() - int(max(older_than_s, retention_s) * 1000)
-    return PurgePlan([s.keys.shard for s in shards], cutoff_ms)
-
-
-async def purge_left(store: Store, plan: PurgePlan, position: Position) -> int:
-    """Entries a purge has still to delete (by entry id, no record read): the whole DLQ of
-    a shard whose last entry is older than the cutoff (XLEN), else counted by id."""
-    if plan.cutoff_ms <= 0:
-        return 0
-    left = 0
-    for number in plan.shards[position.shard :]:
-        shard = store.shard(number)
-        last = await _last_entry(shard)
-        if last is None:
-            continue
-        if _sid_key(last) < (plan.cutoff_ms, 0):
-            with redis_errors():
-                left += int(await shard.redis.xlen(shard.keys.dlq))
-        else:
-            left += await _count(shard, "-", plan.end)
-    return left
-
-
-async def purge_step(
-    store: Store, plan: PurgePlan, position: Position, budget: int = PAGE
-) -> Progress:
-    """Delete from ``position`` until ``budget`` entries went or the plan is done."""
-    progress = Progress()
-    shard = position.shard
-    while budget > 0 and shard < len(plan.shards) and plan.cutoff_ms > 0:
-        target = store.shard(plan.shards[shard])
-        asked = min(budget, SCRIPT_PAGE)
-        with redis_errors():
-            purged, _last = await target.scripts.purge(
-                keys=[target.keys.dlq, target.keys.jobs], args=[plan.end, asked]
-            )
-        progress.read += int(purged)
-        progress.changed += int(purged)
-        if int(purged) < asked:
-            shard += 1
-        budget -= int(purged)
-    done = shard >= len(plan.shards) or plan.cutoff_ms <= 0
-    progress.position = None if done else Position(shard)
-    return progress
-
-
-async def purge(store: Store, plan: PurgePlan) -> int:
-    """Delete the entries of the plan with their records, in every shard, page by page.
-
-    It removes exactly the entries ``purge_facts`` counted, less any replayed meanwhile.
-    """
-    total = Progress()
-    while total.position is not None:
-        total.add(await purge_step(store, plan, total.position))
-    return total.changed
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeFacts:
-    """What a purge deletes, and what the retention floor (``dlq.retention_s``) keeps: the
-    facts of the API's 409 and of its answers, and of ``Client.purge_dlq``'s."""
-
-    plan: PurgePlan
-    older_than_s: float
-    retention_s: float
-    would_purge: int  # entries older than both ages
-    within_retention: int  # entries younger than the retention, which no purge deletes
-
-    def refusal(self) -> ConfirmationRequired:
-        """The unconfirmed purge's error, with the facts in its sentence and fields."""
-        age = _age(max(self.older_than_s, self.retention_s))
-        return ConfirmationRequired(
-            f"purging deletes {_entries(self.would_purge)} older than {age}; dlq.retention_s "
-            f"({_age(self.retention_s)}) protects {_entries(self.within_retention, 'younger ')}"
-            "; repeat with confirm=true",
-            would_purge=self.would_purge,
-            retention_s=_number(self.retention_s),
-            within_retention=self.within_retention,
-        )
-
-    def answer(self, purged: int) -> dict[str, Any]:
-        """The confirmed purge's answer (its first page's, when the API goes on in the
-        background)."""
-        return {
-            "purged": purged,
-            "retention_s": _number(self.retention_s),
-            "within_retention": self.within_retention,
-        }
-
-
-async def purge_facts(store: Store, *, older_than_s: float, retention_s: float) -> PurgeFacts:
-    """Count what a purge of entries older than both ages deletes, and the entries younger
-    than the retention, by entry id (no record read): the entries before the retention's
-    cutoff are counted (``purge_left``; once when ``older_than_s`` is not above the
-    retention), the younger ones are the rest of ``XLEN``."""
-    plan = await plan_purge(store, older_than_s=older_than_s, retention_s=retention_s)
-    would_purge = await purge_left(store, plan, Position())
-    floor_ms = plan.cutoff_ms + int(max(older_than_s, retention_s) * 1000)
-    floor_ms -= int(retention_s * 1000)  # the retention's own cutoff, from the same now
-    if floor_ms == plan.cutoff_ms:
-        before_floor = would_purge
-    else:
-        before_floor = await purge_left(store, PurgePlan(plan.shards, floor_ms), Position())
-    size = await dlq_size(store)
-    return PurgeFacts(
-        plan,
-        older_than_s,
-        retention_s,
-        would_purge,
-        max(size - before_floor, 0),  # entries added meanwhile are young: they count here
-    )
-
-
-def _entries(count: int, kind: str = "") -> str:
-    return f"{count} {kind}DLQ {'entry' if count == 1 else 'entries'}"
-
-
-def _age(seconds: float) -> str:
-    """``604800`` as ``7 days``, ``3600`` as ``1 hour``, ``90`` as ``90 s``."""
-    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    return f"{seconds:g} s"
-
-
-def _number(seconds: float) -> float:
-    """Whole seconds as an int, so JSON shows ``604800`` rather than ``604800.0``."""
-    return int(seconds) if float(seconds).is_integer() else seconds
-
-
-def replay_answer(progress: Progress) -> dict[str, Any]:
-    """The answer of a replay of everything matching (the API's, ``Client.replay_matching``'s):
-    ``{"replayed", "skipped", "skipped_reasons"}``."""
-    return {
-        "replayed": progress.changed,
-        "skipped": sum(progress.skipped.values()),
-        "skipped_reasons": dict(sorted(progress.skipped.items())),
-    }

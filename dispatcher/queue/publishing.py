@@ -1,0 +1,281 @@
+"""The publish fan-out: one job per matching webhook, per shard one script, idempotency keys
+with a fingerprint of the request, and the answer assembled from the shards' parts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+import redis.exceptions as rex
+
+from dispatcher.errors import DispatcherError, IdempotencyKeyReused
+from dispatcher.ids import shard_job_prefix, stream_of
+from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors, translate
+
+if TYPE_CHECKING:
+    from dispatcher.queue.store import Store
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One event to enqueue, already validated, with its ids chosen."""
+
+    tenant_id: str
+    event_type: str
+    payload: bytes
+    event_id: str
+    job_prefix: str
+    idempotency_key: str | None = None
+    deliver_at_ms: int | None = None
+    priority: str = "normal"
+    only_webhook: str | None = None
+    #: True for another shard's part of an event whose id shard 0's part decided (``_of_event``).
+    decided: bool = False
+    #: What a repeat of the idempotency key must match ('' without a key).
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", self._fingerprint())  # frozen: set once, here
+
+    def _fingerprint(self) -> str:
+        """A hash of the request's parts; the key's scope (tenant, webhook) is in its name."""
+        if self.idempotency_key is None:
+            return ""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (
+            self.event_type.encode(),
+            _canonical(self.payload),
+            str(self.deliver_at_ms or "").encode(),
+            self.priority.encode(),
+            (self.only_webhook or "").encode(),
+        ):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
+
+
+def _canonical(payload: bytes) -> bytes:
+    """The payload as the JSON value it is: objects' keys sorted (a retry that rebuilt its
+    object in another order is the same request), strings and numbers written one way
+    (``"\\u00e9"`` is ``"é"``, ``1.50`` is ``1.5``; ``1`` and ``1.0`` stay different)."""
+    try:
+        return orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON: its bytes, then
+        return payload
+
+
+def _publish_call(
+    store: Store, pub: Publication, names: list[str]
+) -> tuple[list[str], list[bytes | str | int]]:
+    keys = store.keys
+    streams = [stream_of(name, pub.priority) for name in names]
+    queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
+    idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
+    args: list[bytes | str | int] = [
+        shard_job_prefix(pub.job_prefix, keys.shard),
+        pub.event_id,
+        pub.tenant_id,
+        pub.event_type,
+        pub.payload,
+        store.clock.now_ms(),
+        pub.deliver_at_ms or 0,
+        IDEMPOTENCY_TTL_S if pub.idempotency_key else 0,
+        pub.only_webhook or "",
+        pub.priority,
+        " ".join(names),
+        " ".join(streams),
+        pub.fingerprint,
+        "1" if pub.decided else "",
+    ]
+    idem_keys = [keys.idempotency(*idem), keys.fingerprint(*idem)]
+    return [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys], args
+
+
+async def _shards_of(store: Store, pub: Publication) -> list[Store]:
+    """Where an event's jobs may go: its one webhook's shard, or every shard (each holds the
+    routes of its own webhooks)."""
+    if pub.only_webhook is not None:
+        return [store.of_webhook(pub.only_webhook)]
+    with redis_errors():
+        return await store.all_shards()
+
+
+async def publish(
+    store: Store, pub: Publication, queues: set[str] | None = None
+) -> tuple[bool, dict[str, Any]]:
+    """Enqueue one job per matching webhook; returns (new, answer).
+
+    A repeated key answers the first answer if the request is the same (its ``fingerprint``),
+    else raises ``IdempotencyKeyReused`` and enqueues nothing; the answer's ``matched`` counts
+    the webhooks the event was fanned out to (one job each).
+
+    Each shard's part is one script, all its jobs or none; with several shards the parts run
+    side by side and an error in one is raised after all have answered (a retry with the same
+    idempotency key completes what is missing). With a key, shard 0's part runs first and
+    decides the event id (this call's, or the one an earlier try stored), which the other
+    shards' jobs then carry: every job of one key belongs to one event, retries included.
+    Shard 0 alone also decides new, repeat or refused: another shard's record of an earlier
+    event (shard 0's record expired first: each has its own TTL) is replaced, not obeyed.
+    ``queues`` is the caller's cache of known queue names; the script names any other queue a
+    matching webhook uses, and the call is repeated with that queue's keys too.
+    """
+    known = queues if queues is not None else {DEFAULT_QUEUE}
+    if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
+        with redis_errors():
+            await store.refresh_clock()
+    shards = await _shards_of(store, pub)
+    done: list[tuple[bool, str]] = []
+    if len(shards) > 1 and pub.idempotency_key is not None:
+        done.append(await _publish_in(shards[0], pub, known))
+        pub, shards = _of_event(pub, done[0][1]), shards[1:]
+    parts = await asyncio.gather(
+        *(_publish_in(shard, pub, known) for shard in shards), return_exceptions=True
+    )
+    for part in parts:
+        if isinstance(part, BaseException):
+            raise part
+    done += cast("list[tuple[bool, str]]", parts)
+    return any(new for new, _ in done), _answer([answer for _, answer in done])
+
+
+def _of_event(pub: Publication, answer: str) -> Publication:
+    """The publication as another shard's part of the event shard 0's answer
+    (``event_id ...``) names."""
+    event_id = answer.partition(" ")[0]
+    job_prefix = f"job_{event_id.removeprefix('evt_')}."
+    return replace(pub, event_id=event_id, job_prefix=job_prefix, decided=True)
+
+
+_REUSED = -2  # publish.lua: the idempotency key was first used with another request
+
+
+async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[bool, str]:
+    while True:
+        keys, args = _publish_call(store, pub, sorted(known))
+        with redis_errors():
+            status, answer = await store.scripts.publish(keys=keys, args=args)
+        if status == -1:
+            known.add(answer.decode())
+            continue
+        if status == _REUSED:
+            raise IdempotencyKeyReused(pub.idempotency_key or "")
+        return status == 1, answer.decode()
+
+
+@dataclass(slots=True)
+class _Part:
+    """What one event of ``publish_many`` got so far: its shards' answers, or its error."""
+
+    pub: Publication
+    shards: list[Store]
+    answers: list[str] = field(default_factory=list)
+    error: DispatcherError | None = None
+
+
+async def publish_many(
+    store: Store, pubs: list[Publication], queues: set[str] | None = None
+) -> list[dict[str, Any] | DispatcherError]:
+    """Enqueue several events in one round trip; each stays all-or-nothing on its own (per
+    shard, see ``publish``).
+
+    The answer list matches ``pubs``: an answer dict, or the error that event met (Redis
+    unavailable or out of memory, say) while the others may have been accepted. With several
+    shards, events with an idempotency key take a second round trip: shard 0's parts first,
+    which decide their event ids (see ``publish``), then the other shards' parts.
+    """
+    known = queues if queues is not None else {DEFAULT_QUEUE}
+    if store.clock.stale:
+        with redis_errors():
+            await store.refresh_clock()
+    if store.cluster is not None:
+        # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
+        return await _publish_each(store, pubs, known)
+    parts: list[_Part] = []
+    later: list[_Part] = []
+    for pub in pubs:
+        shards = await _shards_of(store, pub)
+        if len(shards) > 1 and pub.idempotency_key is not None:
+            parts.append(_Part(pub, shards[:1]))
+            later.append(_Part(pub, shards[1:]))
+        else:
+            parts.append(_Part(pub, shards))
+            later.append(_Part(pub, []))
+    await _pipelined(store, parts, known)
+    decided = []
+    for first, rest in zip(parts, later, strict=True):
+        if rest.shards and first.error is None:
+            rest.pub = _of_event(rest.pub, first.answers[0])
+            decided.append(rest)
+    await _pipelined(store, decided, known)
+    results: list[dict[str, Any] | DispatcherError] = []
+    for first, rest in zip(parts, later, strict=True):
+        error = first.error or rest.error
+        results.append(error if error is not None else _answer(first.answers + rest.answers))
+    return results
+
+
+async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
+    """Run each part's shards' scripts in one pipeline, noting answers and errors on it."""
+    if not parts:
+        return
+    script = store.scripts.publish
+    pipe = store.redis.pipeline(transaction=False)
+    for part in parts:
+        for shard in part.shards:
+            keys, args = _publish_call(shard, part.pub, sorted(known))
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+    with redis_errors():
+        replies = iter(await pipe.execute(raise_on_error=False))
+    for part in parts:
+        for shard, reply in zip(part.shards, replies, strict=False):
+            if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
+                # The script is not loaded yet (or a queue is new to us): the one-by-one path
+                # loads it and learns the queue.
+                try:
+                    part.answers.append((await _publish_in(shard, part.pub, known))[1])
+                except DispatcherError as exc:
+                    part.error = part.error or exc
+            elif isinstance(reply, Exception):
+                part.error = part.error or _as_dispatcher_error(reply)
+            elif reply[0] == _REUSED:
+                part.error = part.error or IdempotencyKeyReused(part.pub.idempotency_key or "")
+            else:
+                part.answers.append(reply[1].decode())
+
+
+async def _publish_each(
+    store: Store, pubs: list[Publication], known: set[str]
+) -> list[dict[str, Any] | DispatcherError]:
+    async def one(pub: Publication) -> dict[str, Any] | DispatcherError:
+        try:
+            return (await publish(store, pub, known))[1]
+        except DispatcherError as exc:
+            return exc
+        except rex.RedisError as exc:
+            return _as_dispatcher_error(exc)
+
+    return list(await asyncio.gather(*(one(pub) for pub in pubs)))
+
+
+def _as_dispatcher_error(exc: Exception) -> DispatcherError:
+    return translate(exc) or DispatcherError(f"publish failed: {exc}")
+
+
+def _answer(parts: list[str]) -> dict[str, Any]:
+    """One answer from the shards' ``event_id job_id webhook_id ...``, jobs by webhook id;
+    ``matched`` is the number of webhooks the event went to (one job each, so stored answers
+    need not keep it)."""
+    event_id = ""
+    jobs = []
+    for joined in parts:
+        first, *pairs = joined.split(" ")
+        event_id = event_id or first
+        jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
+    if len(parts) > 1:
+        jobs.sort(key=lambda job: job["webhook_id"])
+    return {"event_id": event_id, "jobs": jobs, "matched": len(jobs)}

@@ -1,0 +1,209 @@
+"""Webhook records: create, read, list, change (compare-and-set), rotate, disable, delete, and
+the webhooks as users see them (with their breakers)."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, cast
+
+from dispatcher.errors import Conflict, NotFound
+from dispatcher.ids import is_webhook_id
+from dispatcher.model import Webhook, rfc3339
+from dispatcher.queue import breakers
+from dispatcher.queue.records import redis_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from dispatcher.queue.store import Store
+
+#: How many times a webhook change reads again after another change got in first.
+MAX_CHANGE_ATTEMPTS = 32
+
+# redis-py types its replies loosely (bytes or str, and in 5.x "awaitable or not"). Our
+# connections have decode_responses off, so each read below casts to the bytes it gets.
+
+
+async def save_webhook(store: Store, hook: Webhook) -> None:
+    """Write a new webhook (its id is new, so nothing can race this); changes of an existing
+    one go through ``_change_webhook``."""
+    store = store.of_webhook(hook.id)
+    pipe = store.redis.pipeline(transaction=True)
+    # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
+    pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
+    pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
+    pipe.sadd(store.keys.queues, hook.queue)  # the queues webhooks name (control.ensure_known)
+    pipe.incr(store.keys.queues_indexed)  # the webhooks ``queues`` covers, kept in step
+    with redis_errors():
+        await pipe.execute()
+
+
+async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
+    with redis_errors():
+        layout = await store.read_layout()
+    hook = Webhook.create(fields, now_ms=store.clock.now_ms(), shards=layout.shards)
+    await save_webhook(store, hook)
+    return hook
+
+
+async def get_webhook(store: Store, webhook_id: str) -> Webhook:
+    return Webhook.decode(await _read_webhook(store, webhook_id))
+
+
+async def _read_webhook(store: Store, webhook_id: str) -> bytes:
+    """The webhook's record as stored (``NotFound`` when there is none)."""
+    if not is_webhook_id(webhook_id):
+        raise NotFound(f"no webhook {webhook_id!r}")
+    store = store.of_webhook(webhook_id)
+    with redis_errors():
+        raw = await cast(
+            "Awaitable[bytes | None]", store.redis.hget(store.keys.webhooks, webhook_id)
+        )
+    if raw is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return raw
+
+
+async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
+    """The tenant's webhooks from every shard, by id."""
+    hooks: list[Webhook] = []
+    with redis_errors():
+        for shard in await store.all_shards():
+            ids = await cast(
+                "Awaitable[list[bytes]]", shard.redis.hkeys(shard.keys.tenant(tenant_id))
+            )
+            if ids:
+                raws = await cast(
+                    "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.webhooks, ids)
+                )
+                hooks += [Webhook.decode(raw) for raw in raws if raw]
+    return sorted(hooks, key=lambda hook: hook.id)
+
+
+async def _change_webhook(
+    store: Store, webhook_id: str, change: Callable[[Webhook, int], bool]
+) -> Webhook:
+    """Read the webhook, let ``change(hook, now_ms)`` modify it (False: nothing to write) and
+    write it back with ``change_webhook.lua``, only if nobody changed it since the read.
+
+    Otherwise read and change it again, so concurrent changes (a 410's auto-disable racing a
+    rotation, say) all survive. Each failed try means another change got in, so this ends;
+    ``Conflict`` after ``MAX_CHANGE_ATTEMPTS`` tries. Policy (validation, the rotation's
+    rules) stays in Python, where ``Webhook`` has it; the script only compares and writes.
+    """
+    store = store.of_webhook(webhook_id)
+    with redis_errors():
+        clock = await store.refresh_clock()
+    for _ in range(MAX_CHANGE_ATTEMPTS):
+        raw = await _read_webhook(store, webhook_id)
+        hook = Webhook.decode(raw)
+        old_tenant = hook.tenant_id
+        if not change(hook, clock.now_ms()):
+            return hook
+        keys = store.keys
+        with redis_errors():
+            written = await store.scripts.change_webhook(
+                keys=[
+                    keys.webhooks,
+                    keys.tenant(old_tenant),
+                    keys.tenant(hook.tenant_id),
+                    keys.queues,
+                ],
+                args=[webhook_id, raw, hook.encode(), hook.routing(), hook.queue],
+            )
+        if written:
+            return hook
+    raise Conflict(f"webhook {webhook_id} kept changing while this change was made; try again")
+
+
+async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
+    def update(hook: Webhook, now_ms: int) -> bool:
+        hook.apply(changes)
+        hook.updated_at_ms = now_ms
+        return True
+
+    hook = await _change_webhook(store, webhook_id, update)
+    if changes.get("enabled") is True:
+        # An operator (re-)enabling a webhook asks for a fresh start: forget its breaker, so
+        # its parked jobs go back to their queues and the next job goes straight out.
+        with redis_errors():
+            await breakers.reset(store.of_webhook(webhook_id), webhook_id)
+    return hook
+
+
+async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
+    """Disable the webhook (a 410, or no success for too long); a disabled one keeps the
+    reason it was disabled for, and a deleted one stays deleted."""
+
+    def disable(hook: Webhook, now_ms: int) -> bool:
+        if not hook.enabled:
+            return False
+        hook.enabled = False
+        hook.disabled_reason = reason
+        hook.updated_at_ms = now_ms
+        return True
+
+    with suppress(NotFound):
+        await _change_webhook(store, webhook_id, disable)
+
+
+async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s: float) -> Webhook:
+    def rotate(hook: Webhook, now_ms: int) -> bool:
+        until_ms = now_ms + int(grace_s * 1000)
+        live = [[s, until] for s, until in hook.old_secrets if until > now_ms]
+        hook.old_secrets = [*live, [hook.secret, until_ms]] if grace_s > 0 else live
+        hook.apply({"secret": new_secret})
+        hook.updated_at_ms = now_ms
+        return True
+
+    return await _change_webhook(store, webhook_id, rotate)
+
+
+async def delete_webhook(store: Store, webhook_id: str) -> None:
+    """Delete the webhook, its routing entry, rate-limit state, leases and run of failures
+    (``NotFound`` when
+    there is none); compare-and-set like ``_change_webhook``, so a concurrent change of its
+    tenant cannot leave a routing entry behind."""
+    store = store.of_webhook(webhook_id)
+    keys = store.keys
+    for _ in range(MAX_CHANGE_ATTEMPTS):
+        raw = await _read_webhook(store, webhook_id)
+        tenant = keys.tenant(Webhook.decode(raw).tenant_id)
+        with redis_errors():
+            deleted = await store.scripts.delete_webhook(
+                keys=[
+                    *(keys.webhooks, tenant, keys.rates, keys.lease(webhook_id), keys.failing),
+                    keys.queues_indexed,
+                ],
+                args=[webhook_id, raw],
+            )
+        if deleted:
+            return
+    raise Conflict(f"webhook {webhook_id} kept changing while it was deleted; try again")
+
+
+async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:
+    hook = await get_webhook(store, webhook_id)
+    if not hook.enabled:
+        raise Conflict(f"webhook {webhook_id} is disabled")
+    return hook
+
+
+async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, Any]]:
+    """Webhooks as users see them, each with its breaker (null while it never tripped) and
+    since when it fails without a success (null when it does not)."""
+    ids = [h.id for h in hooks]
+    with redis_errors():
+        found = await breakers.states(store, ids)
+        failing = await breakers.failing_since(store, ids)
+    views = []
+    for hook in hooks:
+        breaker = found.get(hook.id)
+        views.append(
+            {
+                **hook.to_wire(),
+                "breaker": breaker.to_wire() if breaker else None,
+                "failing_since": rfc3339(failing.get(hook.id)),
+            }
+        )
+    return views
