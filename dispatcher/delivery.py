@@ -4,8 +4,8 @@ One ``Worker`` per process serves its queues with a bounded number of HTTP reque
 flight. Claims are read in batches sized to the free slots; outcomes are written back by one
 settler task in batches (settler.py: one ``settle.lua`` call per batch and queue), so the hot
 path costs a few Redis commands per delivery. Deliveries of dead workers are taken over by
-reclaim.py, within the same claim budget. Policy lives in ``retry.py``; every Redis call goes
-through ``dispatcher.queue``.
+reclaim.py, within the same claim budget. What an attempt or a deferral means is decided in
+outcomes.py (policy in ``retry.py``); every Redis call goes through ``dispatcher.queue``.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from dispatcher import __version__, loops, retry
+from dispatcher import __version__, loops
 from dispatcher.gate import Actions, Gate, Work
 from dispatcher.health import HealthWatch
 from dispatcher.liveness import Liveness
-from dispatcher.model import Job, JobState, Webhook
-from dispatcher.queue import admission, control, streams
+from dispatcher.outcomes import Outcomes
+from dispatcher.queue import admission, streams
 from dispatcher.queue.keys import PRIORITIES, streams_of
-from dispatcher.queue.streams import Claim, MalformedEntry, SettleKind, Settlement
-from dispatcher.queue.webhooks import disable_webhook
 from dispatcher.reclaim import Reclaimer
 from dispatcher.settler import Settler
 from dispatcher.signing import sign
@@ -35,12 +33,12 @@ from dispatcher.traffic import Pool
 from dispatcher.upkeep import CONTROL_TICK_S, Upkeep
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
 
     from dispatcher.config import DeliveryConfig, JobsConfig
     from dispatcher.metrics import Metrics
-    from dispatcher.queue.breakers import Breaker
     from dispatcher.queue.store import Store
+    from dispatcher.queue.streams import Claim, MalformedEntry, Settlement
     from dispatcher.sender import Outcome, Sender
 
 log = structlog.get_logger()
@@ -136,22 +134,6 @@ class Worker:
         self.shards = self.upkeep.shards  # one list, extended when shards are added
         # outcomes reported to the breakers, and the breaker loop: health.py
         self.health = HealthWatch(store, self.shards, metrics, self.stop, lambda: self.cfg)
-        # what becomes of each claimed job before its attempt: gate.py
-        self.gate = Gate(
-            self.pool,
-            self.health,
-            Actions(
-                send=self._hand_off,
-                park=self._park,
-                wait=self._wait,
-                wait_for_room=self._wait_for_room,
-                dead=self._dead_without_attempt,
-                quarantine=self._quarantine,
-            ),
-            cfg=lambda: self.cfg,
-            busy=lambda: self._busy,
-            consumer=self.consumer,
-        )
         # outcomes written back in batches: settler.py
         self.settler = Settler(
             store,
@@ -161,6 +143,32 @@ class Worker:
             consumer=self.consumer,
             recover_nogroup=self._recover_nogroup,
             written=self._room.set,
+        )
+        # what each attempt or deferral means, queued for the settler: outcomes.py
+        self.outcomes = Outcomes(
+            store,
+            metrics,
+            self.pool,
+            self.health,
+            self.upkeep,
+            settler=self.settler,
+            cfg=lambda: self.cfg,
+        )
+        # what becomes of each claimed job before its attempt: gate.py
+        self.gate = Gate(
+            self.pool,
+            self.health,
+            Actions(
+                send=self._hand_off,
+                park=self.outcomes.park,
+                wait=self.outcomes.wait,
+                wait_for_room=self._wait_for_room,
+                dead=self.outcomes.dead_without_attempt,
+                quarantine=self._quarantine,
+            ),
+            cfg=lambda: self.cfg,
+            busy=lambda: self._busy,
+            consumer=self.consumer,
         )
         # deliveries of dead workers taken over: reclaim.py
         self.reclaimer = Reclaimer(
@@ -490,143 +498,9 @@ class Worker:
         return False
 
     def _record(self, work: Work, outcome: Outcome, started_ms: int) -> None:
-        """Decide what the attempt means (retry.py) and queue the outcome for the settler."""
-        job = work.job
-        attempt = job.attempt + 1
-        status = outcome.status
-        verdict = retry.verdict(status, attempt, self.cfg.max_attempts)
-        now_ms = self.store.clock.now_ms()
-        self.pool.endpoint(job.webhook_id).end(
-            job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
-        )
-        self.health.note(job.webhook_id, outcome)
-        frees = self._frees(work)
-        self.health.answered(job.id)
-        job.attempted(started_ms, status, outcome.duration_ms, outcome.error)
-        self.metrics.durations.observe(outcome.duration_ms / 1000)
-        counts = self.upkeep.stats[control.minute_of(now_ms)]
-        counts["ms_sum"] += round(outcome.duration_ms)
-        counts["delivered" if verdict is retry.Verdict.DELIVERED else "failed"] += 1
-        status_class = f"{status // 100}xx" if status else "none"
-        fields = {
-            "job_id": job.id,
-            "webhook_id": job.webhook_id,
-            "attempt": attempt,
-            "status": status,
-            "duration_ms": round(outcome.duration_ms, 1),
-        }
-        if verdict is retry.Verdict.DELIVERED:
-            self.metrics.inc(
-                "dispatcher_deliveries_total", outcome="delivered", status=status_class
-            )
-            log.debug("delivery.succeeded", **fields)
-            self.settler.settle(
-                work,
-                SettleKind.DELIVERED,
-                JobState.DELIVERED,
-                now_ms,
-                "",
-                frees=frees,
-                attempted=True,
-            )
-            return
-        self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
-        if verdict is retry.Verdict.RETRY:
-            delay_s = retry.next_delay_s(
-                attempt,
-                base_s=self.cfg.backoff_base_s,
-                cap_s=self.cfg.backoff_cap_s,
-                retry_after_s=outcome.retry_after_s,
-                status=status,
-                timed_out=outcome.timed_out,
-            )
-            due_ms = now_ms + int(delay_s * 1000)
-            job.retry(due_ms)
-            self.metrics.inc("dispatcher_retries_scheduled_total")
-            log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
-            self.settler.settle(
-                work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "", frees=frees, attempted=True
-            )
-            return
-        reason = "gone" if verdict is retry.Verdict.DISABLE else "max_attempts"
-        log.warning("delivery.failed", **fields, error=outcome.error, dead_reason=reason)
-        if verdict is retry.Verdict.DISABLE:
-            self._disable(job.webhook_id, f"endpoint answered 410 Gone (job {job.id})")
-        self.settler.settle(
-            work, SettleKind.DEAD, JobState.DEAD, now_ms, reason, frees=frees, attempted=True
-        )
-
-    def _wait(self, work: Work, due_ms: int, reason: str, reserved_ms: int | None = None) -> None:
-        """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
-        job = work.job
-        job.defer(due_ms, reason, reserved_ms)
-        self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self.settler.settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
+        """What the attempt means, queued for the settler (outcomes.py)."""
+        self.outcomes.record(work, outcome, started_ms)
 
     def _wait_for_room(self, work: Work, reason: str, reserved_ms: int | None = None) -> None:
-        """Put the job in its webhook's waiting set, without spending an attempt, until room
-        frees: one of the webhook's attempts ends, or the tick sees room (waiting.py). A job
-        refused a share of an endpoint this process is not sending to (its last lanes are
-        kept for fast endpoints) has no attempt here to release it: it waits a short while."""
-        endpoint = self.pool.endpoint(work.webhook.id)
-        if reason == "endpoint_capacity" and not endpoint.started:
-            delay_s = endpoint.defer(time.monotonic(), self.cfg.timeout_s)
-            due_ms = self.store.clock.now_ms() + int(delay_s * 1000)
-            self._wait(work, due_ms, reason, reserved_ms=reserved_ms)
-            return
-        job = work.job
-        job.defer(None, reason, reserved_ms)  # a rate slot it holds stays its own (admit.lua)
-        self.metrics.inc("dispatcher_deferred_total", reason=reason)
-        self.settler.settle(work, SettleKind.WAITING, JobState.SCHEDULED, job.created_at_ms, "")
-
-    def _frees(self, work: Work) -> int:
-        """How many of the webhook's waiting jobs go back to their queue as this attempt
-        ends: one for the place it frees, and one more while this process has room for the
-        webhook beyond that (so its share can grow back) that max_in_flight leaves too."""
-        endpoint = self.pool.endpoint(work.webhook.id)
-        cap = work.webhook.max_in_flight
-        more = endpoint.room(time.monotonic()) > 0 and (
-            cap is None or len(endpoint.started) + 1 < cap
-        )
-        return 2 if more else 1
-
-    def _park(self, work: Work, breaker: Breaker) -> None:
-        """Keep the job in Redis until the webhook's breaker closes (breaker_tick.lua)."""
-        job = work.job
-        job.park(breaker.retry_at_ms)  # a rate slot it holds stays its own (admit.lua)
-        self.metrics.inc("dispatcher_deferred_total", reason="breaker")
-        self.settler.settle(
-            work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), ""
-        )
-
-    def _dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
-        reason = "webhook_deleted" if hook is None else "webhook_disabled"
-        job.last_error = (
-            f"webhook {job.webhook_id} was deleted"
-            if hook is None
-            else f"webhook {job.webhook_id} is disabled: {hook.disabled_reason or 'by an operator'}"
-        )
-        log.warning("job.dead_lettered", job_id=job.id, webhook_id=job.webhook_id, reason=reason)
-        self.settler.settle(
-            Work(claim, job, hook or _GONE),
-            SettleKind.DEAD,
-            JobState.DEAD,
-            self.store.clock.now_ms(),
-            reason,
-        )
-
-    def _disable(self, webhook_id: str, reason: str) -> None:
-        log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
-        task = asyncio.create_task(disable_webhook(self.store, webhook_id, reason))
-        task.add_done_callback(_log_failure("webhook.disable_failed"))
-
-
-_GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
-
-
-def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:
-    def report(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error(event, error=str(task.exception()))
-
-    return report
+        """The job waits, without an attempt, until its webhook has room (outcomes.py)."""
+        self.outcomes.wait_for_room(work, reason, reserved_ms)
