@@ -1,7 +1,7 @@
 """The settler: outcomes of the delivery path, written back to Redis in batches.
 
-The worker decides what becomes of each job (delivered, retry later, wait, park, dead letter)
-and hands the outcome here (``settle``), which applies it to the job and queues it. One task
+``outcomes.py`` decides what becomes of each job (delivered, retry later, wait, park, dead
+letter) and hands the outcome here (``settle``), which applies it to the job and queues it. One task
 (``run``) writes the queue in batches, one ``settle.lua`` call per batch and queue, and keeps
 each batch until Redis takes it (R9, R10). ``unsettled`` counts the outcomes not yet written:
 the worker claims nothing while it exceeds its lanes.
