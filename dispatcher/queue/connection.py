@@ -28,6 +28,7 @@ import asyncio
 import contextvars
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import (
     AbstractStrategy,
@@ -43,6 +44,7 @@ from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     ConnectionError,  # noqa: A004 - redis-py's, not the builtin
+    DataError,
     OutOfMemoryError,
     ReadOnlyError,
     SlotNotCoveredError,
@@ -54,6 +56,7 @@ from dispatcher.errors import RedisUnavailable
 from dispatcher.queue.urls import ClusterUrl, SentinelUrl, absolute_unix, parse
 
 if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
     from redis.typing import EncodableT
 
 #: How long one command may take before its connection is dropped. Longer than any
@@ -90,6 +93,45 @@ def _retry() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis (C) rather than redis-py's asyncio packer (Python).
+
+    redis-py's asyncio connections pack every argument in Python and re-join the growing
+    buffer once per argument; a settle of 50 outcomes (about 400 arguments) took 1.1 ms to
+    pack that way and 0.15 ms with ``hiredis.pack_command``, which redis-py's synchronous
+    connections already use. The bytes sent are the same (tests/test_connection_packing.py).
+    """
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):  # 'SCRIPT LOAD' and the like: one argument per word
+            args = (*first.encode().split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(cast("tuple[_Packable]", args))]
+        except TypeError:
+            pass
+        # hiredis takes no bytearray; redis-py's encoder refuses None, bools and the like
+        plain = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
+        try:
+            return [hiredis.pack_command(cast("tuple[_Packable]", plain))]
+        except TypeError as exc:
+            raise DataError(str(exc)) from exc
+
+
+_Packable = str | int | float | bytes | memoryview
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` with its commands packed by hiredis (one class per ``cls``)."""
+    made = _PACKING.get(cls)
+    if made is None:
+        made = _PACKING[cls] = type(cls.__name__, (_HiredisPacking, cls), {"__module__": __name__})
+    return made
+
+
 def open_redis(url: str, *, max_connections: int = 64, home_key: str = "{0}") -> Redis | Cluster:
     """A client whose pool waits for a free connection rather than failing when busy.
 
@@ -111,6 +153,7 @@ def open_redis(url: str, *, max_connections: int = 64, home_key: str = "{0}") ->
         decode_responses=False,
         health_check_interval=0,
     )
+    pool.connection_class = packing(pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool and closes it with aclose()
 
 
@@ -261,4 +304,6 @@ def _open_sentinel(url: SentinelUrl, *, max_connections: int) -> SentinelMaster:
         health_check_interval=0,
         **timeouts,
     )
+    pool = master.connection_pool
+    pool.connection_class = packing(pool.connection_class)
     return master
