@@ -57,6 +57,11 @@ class LevelledLogger(structlog.BoundLoggerBase):
         return self._proxy_to_logger("error", event, **kw)
 
 
+def debug_enabled() -> bool:
+    """Whether debug lines are logged now: a hot path skips building what it would log."""
+    return LevelledLogger.min_level <= logging.DEBUG
+
+
 def set_level(level: str) -> None:
     """Change the lowest level logged, for every logger, already used or not (a reload)."""
     if level.lower() not in LEVELS:

@@ -123,6 +123,15 @@ class Metrics:
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[name, tuple(sorted(labels.items()))] += value
 
+    @staticmethod
+    def series(name: str, **labels: str) -> Series:
+        """The key of a counter's series, for callers that count it often (``add``)."""
+        return name, tuple(sorted(labels.items()))
+
+    def add(self, series: Series, value: float = 1) -> None:
+        """``inc`` for a series made once by ``series``."""
+        self.counters[series] += value
+
     def get(self, name: str, **labels: str) -> float:
         return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from dispatcher import retry
 from dispatcher.gate import Work
+from dispatcher.logs import debug_enabled
+from dispatcher.metrics import Metrics
 from dispatcher.model import JobState, Webhook
 from dispatcher.queue import control
 from dispatcher.queue.streams import SettleKind
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
     from dispatcher.config import DeliveryConfig
     from dispatcher.health import HealthWatch
-    from dispatcher.metrics import Metrics
+    from dispatcher.metrics import Series
     from dispatcher.model import Job
     from dispatcher.queue.breakers import Breaker
     from dispatcher.queue.store import Store
@@ -79,20 +81,11 @@ class Outcomes:
         self.metrics.durations.observe(outcome.duration_ms / 1000)
         counts = self.upkeep.stats[control.minute_of(now_ms)]
         counts["ms_sum"] += round(outcome.duration_ms)
-        counts["delivered" if verdict is retry.Verdict.DELIVERED else "failed"] += 1
-        status_class = f"{status // 100}xx" if status else "none"
-        fields = {
-            "job_id": job.id,
-            "webhook_id": job.webhook_id,
-            "attempt": attempt,
-            "status": status,
-            "duration_ms": round(outcome.duration_ms, 1),
-        }
         if verdict is retry.Verdict.DELIVERED:
-            self.metrics.inc(
-                "dispatcher_deliveries_total", outcome="delivered", status=status_class
-            )
-            log.debug("delivery.succeeded", **fields)
+            counts["delivered"] += 1
+            self.metrics.add(_DELIVERED.get(status) or _delivered(status))
+            if debug_enabled():
+                log.debug("delivery.succeeded", **_fields(job, attempt, outcome))
             self.settler.settle(
                 work,
                 SettleKind.DELIVERED,
@@ -103,6 +96,9 @@ class Outcomes:
                 attempted=True,
             )
             return
+        counts["failed"] += 1
+        status_class = f"{status // 100}xx" if status else "none"
+        fields = _fields(job, attempt, outcome)
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)
         if verdict is retry.Verdict.RETRY:
             delay_s = retry.next_delay_s(
@@ -196,6 +192,29 @@ class Outcomes:
 
 
 _GONE = Webhook(id="", tenant_id="", url="", event_types=[], secret="")
+
+#: the counter series of a delivery, by status (made once per status: counted per delivery)
+_DELIVERED: dict[int | None, Series] = {}
+_STATUSES_KEPT = 1000
+
+
+def _delivered(status: int | None) -> Series:
+    status_class = f"{status // 100}xx" if status else "none"
+    series = Metrics.series("dispatcher_deliveries_total", outcome="delivered", status=status_class)
+    if len(_DELIVERED) < _STATUSES_KEPT:  # statuses are three digits
+        _DELIVERED[status] = series
+    return series
+
+
+def _fields(job: Job, attempt: int, outcome: Outcome) -> dict[str, Any]:
+    """What a delivery's log line says of it."""
+    return {
+        "job_id": job.id,
+        "webhook_id": job.webhook_id,
+        "attempt": attempt,
+        "status": outcome.status,
+        "duration_ms": round(outcome.duration_ms, 1),
+    }
 
 
 def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:

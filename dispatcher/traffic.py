@@ -26,6 +26,8 @@ are kept in Redis by ``queue/admission.py``; this module is local and free of ro
 
 from __future__ import annotations
 
+import functools
+import operator
 import time
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ MIN_WAIT_S = 0.02
 HORIZON_S = 5.0  # deferrals are spaced no further ahead than this: a recovered endpoint
 # gets its backlog back within seconds (a long hang is the breaker's to park, not ours)
 IDLE_FORGET_S = 300.0
+_SENT = functools.partial(operator.is_not, None)  # an attempt on the wire has a start time
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +77,9 @@ class Endpoint:
         """(stuck, sending): attempts out far longer than this webhook's usual latency, of
         those on the wire. A job waiting for a lane says nothing of the endpoint."""
         cutoff = now - self.stuck_after_s()
-        sending = stuck = 0
-        for started in self.started.values():
-            if started is not None:
-                sending += 1
-                stuck += started < cutoff
-        return stuck, sending
+        # counted at C speed: this runs as each attempt ends, over up to a pool of attempts
+        on_wire = list(filter(_SENT, self.started.values()))
+        return sum(map(cutoff.__gt__, on_wire)), len(on_wire)
 
     def hanging(self, now: float) -> bool:
         """Whether at least ``HANGING_SHARE`` of the attempts on the wire are stuck."""

@@ -32,7 +32,10 @@ POISON_STALLS = 3
 _ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]] | None
 
 
-@dataclass(frozen=True, slots=True)
+# Claim and Settlement are made once per job on the hot path: plain slotted dataclasses (a
+# frozen one sets each field through object.__setattr__, several times slower to build).
+# Nothing changes them once made.
+@dataclass(slots=True)
 class Claim:
     queue: str
     sid: str
@@ -61,7 +64,7 @@ class SettleKind(StrEnum):
     WAITING = "W"  # into the webhook's waiting set until room frees (waiting.py)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settlement:
     """One outcome to write: ``kind`` says what settle.lua does with it (``SettleKind``).
 
