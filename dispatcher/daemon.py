@@ -126,6 +126,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             consumer=worker.consumer,
             queues=list(worker.queues),
             concurrency=cfg.delivery.concurrency,
+            http_client=cfg.delivery.http_client,
             embedded_redis=embedded is not None,
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
