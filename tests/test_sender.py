@@ -12,7 +12,7 @@ import pytest
 
 from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import AddressPolicy
-from tests.target import Drip, Garbage, Hang, Huge, Redirect, Reply, Reset, Target
+from tests.target import Drip, Garbage, Hang, Huge, Redirect, Reply, Reset, Target, gzip_bomb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -197,6 +197,37 @@ async def test_redirect_is_not_followed(sender: AnySender, target: Target) -> No
     assert outcome.status == 302
     assert outcome.error == f"redirect to {target.url('/elsewhere')} not followed (HTTP 302)"
     assert target.count("/elsewhere") == 0
+
+
+async def test_compressed_answer_is_never_inflated(sender: AnySender, target: Target) -> None:
+    """A gzip answer is kept as the bytes that came, so a bomb cannot inflate in the sender."""
+    target.script("/hook", gzip_bomb(status=500))
+    outcome = await _post(sender, target)
+    assert outcome.status == 500
+    assert outcome.error is not None
+    assert "BOOM" not in outcome.error
+
+
+async def test_cookies_are_never_sent_back(sender: AnySender, target: Target) -> None:
+    """A Set-Cookie from a target is not stored: the next request carries no cookie."""
+    target.script("/hook", Reply(200, b"ok", {"Set-Cookie": "session=abc; Path=/"}))
+    url = f"http://localhost:{target.port}/hook"  # a name: cookie jars skip IP hosts
+    for _ in range(2):
+        assert (await sender.attempt(url, b"{}", HEADERS)).status == 200
+    assert all("cookie" not in request.headers for request in await target.wait_for(2))
+
+
+async def test_proxy_variables_are_ignored(
+    make_sender: MakeSender, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY and friends in the environment are not used: the POST goes to the target."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing listens
+    policy = AddressPolicy(allow_private=True)
+    async with make_sender(timeout_s=2, concurrency=2, policy=policy, user_agent="t") as sender:
+        outcome = await _post(sender, target)
+    assert outcome.status == 200
+    assert target.count() == 1
 
 
 @pytest.mark.parametrize("rst", [True, False])
