@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from yarl import URL
 
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT
@@ -275,6 +276,8 @@ class AiohttpSender:
                 check_header(name, value)
         except ValueError as exc:
             return Outcome(None, f"invalid request: {exc}", _ms_since(started), None)
+        if "@" in url:  # as the native client: credentials in the URL are never sent
+            url = str(URL(url).with_user(None))
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await self._exchange(session, url, body, headers)

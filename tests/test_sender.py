@@ -217,6 +217,14 @@ async def test_cookies_are_never_sent_back(sender: AnySender, target: Target) ->
     assert all("cookie" not in request.headers for request in await target.wait_for(2))
 
 
+async def test_url_credentials_are_not_sent(sender: AnySender, target: Target) -> None:
+    """User and password in a webhook URL are not turned into an Authorization header."""
+    url = target.url("/hook").replace("http://", "http://user:secret@")
+    assert (await sender.attempt(url, b"{}", HEADERS)).status == 200
+    [request] = await target.wait_for(1)
+    assert "authorization" not in request.headers
+
+
 async def test_proxy_variables_are_ignored(
     make_sender: MakeSender, target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
