@@ -20,12 +20,13 @@ suite (tests/test_sender.py, test_ssrf.py, test_hostile_http.py) checks for both
   close the connection; one difference remains: bytes that do not parse, arriving in the
   same read as a complete answer, make aiohttp's parser drop that answer, so the attempt fails
   as a malformed response (and is retried) where the native client records the answer;
-- redirects are not followed, no proxy (``trust_env=False``) and no cookie
-  (``DummyCookieJar``) is used, names resolve through the
+- redirects are not followed, no proxy (``trust_env=False``), no cookie (``DummyCookieJar``)
+  and no credentials from the URL are used, names resolve through the
   :class:`~dispatcher.ssrf.GuardedResolver` and IP literals (which aiohttp dials without a
   lookup) are checked before anything is sent;
 - a POST whose kept-alive connection closed without a byte of answer is sent once more, and
-  counted in ``stale_retries`` (aiohttp retries only idempotent methods by itself);
+  counted in ``stale_retries`` (aiohttp retries only idempotent methods by itself); aiohttp's
+  pool chooses the connection, so the resend may go on another kept-alive one;
 - every failure is an ``Outcome`` with the native client's texts; only ``CancelledError``
   escapes.
 """
