@@ -275,6 +275,7 @@ class AiohttpSender:
         try:
             for name, value in headers.items():
                 check_header(name, value)
+                value.encode("latin-1")  # as the native client writes it: else a ValueError
         except ValueError as exc:
             return Outcome(None, f"invalid request: {exc}", _ms_since(started), None)
         if "@" in url:  # as the native client: credentials in the URL are never sent

@@ -309,6 +309,15 @@ async def test_header_injection_is_a_failure(sender: AnySender, target: Target) 
     assert target.count() == 0
 
 
+async def test_header_outside_latin_1_is_a_failure(sender: AnySender, target: Target) -> None:
+    """A header value that HTTP/1.1 cannot carry as Latin-1 is an invalid request, never sent."""
+    outcome = await sender.attempt(target.url(), b"{}", {"x-custom": "snow \u2603"})
+    assert outcome.status is None
+    assert outcome.error is not None
+    assert outcome.error.startswith("invalid request")
+    assert target.count() == 0
+
+
 async def test_cancellation_propagates(sender: AnySender, target: Target) -> None:
     """Cancelling an attempt raises CancelledError instead of returning an outcome."""
     target.script("/hook", Hang())
