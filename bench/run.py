@@ -37,6 +37,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DRIVERS: dict[str, list[str]] = {
     "dispatcher": [PY, "-m", "bench.systems.dispatcher_driver"],
+    "dispatcher-aiohttp": [PY, "-m", "bench.systems.dispatcher_driver", "--http-client=aiohttp"],
     "bullmq": ["node", str(ROOT / "bench" / "node" / "bullmq.mjs")],
     "arq": [PEERS_PY, "-m", "bench.systems.arq_driver"],
     "saq": [PEERS_PY, "-m", "bench.systems.saq_driver"],

@@ -31,6 +31,7 @@ ENV_PREFIX: Final = "DISPATCHER_"
 CONFIG_ENV: Final = "DISPATCHER_CONFIG"  # the config path; read by the CLI, never by load()
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+HTTP_CLIENTS: Final = ("native", "aiohttp")  # delivery.http_client: sender.py, sender_aiohttp.py
 MAX_CONCURRENCY: Final = 100_000
 DEFAULT_EMBEDDED_MAXMEMORY: Final = 1024**3  # "1gb": see redis.embedded_maxmemory
 
@@ -63,6 +64,7 @@ class DeliveryConfig:
     queues: tuple[str, ...] = ("default",)  # the queues this process serves
     disable_after_s: float = 432_000.0  # failing this long without a success disables a webhook
     breaker_open_s: float = 30.0  # a tripped breaker's first open period (doubles, up to 20x)
+    http_client: str = "native"  # "aiohttp": the aiohttp sender, for a target native mishandles
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +277,7 @@ def _delivery(r: _Reader) -> DeliveryConfig:
         queues=r.value("delivery", "queues", d.queues, values.queues),
         disable_after_s=r.value("delivery", "disable_after_s", d.disable_after_s, values.duration),
         breaker_open_s=r.value("delivery", "breaker_open_s", d.breaker_open_s, values.duration),
+        http_client=r.value("delivery", "http_client", d.http_client, values.choice(HTTP_CLIENTS)),
     )
     _check_delivery(r, cfg)
     return cfg

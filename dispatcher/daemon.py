@@ -31,14 +31,16 @@ from dispatcher.queue.backlog import measure
 from dispatcher.queue.server import ServerFacts, server_facts
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
+from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
-    from dispatcher.config import Config
+    from dispatcher.config import Config, DeliveryConfig
     from dispatcher.liveness import Liveness
     from dispatcher.queue.store import Layout
+    from dispatcher.sender import HttpSender
 
 log = structlog.get_logger()
 
@@ -113,13 +115,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             return code
         metrics = Metrics()
         policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
-        sender = Sender(
-            timeout_s=cfg.delivery.timeout_s,
-            concurrency=cfg.delivery.concurrency,
-            policy=policy,
-            user_agent=USER_AGENT,
-            metrics=metrics,
-        )
+        sender = _sender(cfg.delivery, policy, metrics)
         await sender.start()
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)
@@ -130,6 +126,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             consumer=worker.consumer,
             queues=list(worker.queues),
             concurrency=cfg.delivery.concurrency,
+            http_client=cfg.delivery.http_client,
             embedded_redis=embedded is not None,
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
@@ -194,6 +191,18 @@ async def _start_admin(
 
     stack.push_async_callback(stop)
     return stop
+
+
+def _sender(cfg: DeliveryConfig, policy: AddressPolicy, metrics: Metrics) -> HttpSender:
+    """The HTTP client ``delivery.http_client`` names."""
+    kind = AiohttpSender if cfg.http_client == "aiohttp" else Sender
+    return kind(
+        timeout_s=cfg.timeout_s,
+        concurrency=cfg.concurrency,
+        policy=policy,
+        user_agent=USER_AGENT,
+        metrics=metrics,
+    )
 
 
 def _address(sockname: Any) -> str:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from dispatcher.metrics import Metrics
     from dispatcher.queue.store import Store
     from dispatcher.queue.streams import Claim, MalformedEntry, Settlement
-    from dispatcher.sender import Outcome, Sender
+    from dispatcher.sender import HttpSender, Outcome
 
 log = structlog.get_logger()
 
@@ -79,7 +79,7 @@ class Worker:
     def __init__(
         self,
         store: Store,
-        sender: Sender,
+        sender: HttpSender,
         delivery: DeliveryConfig,
         jobs: JobsConfig,
         metrics: Metrics,

@@ -1,11 +1,12 @@
 """HTTP/1.1 on one connection: the request line, the answer parsed by llhttp, and its bounds.
 
-The wire half of :mod:`dispatcher.sender`. Only this module and ``sender.py`` make HTTP calls
-(RELIABILITY R14): the sender owns the pool, the deadline and the address policy, and hands
-each exchange to a :class:`Connection` here. A connection writes one request, feeds what comes
-back to ``httptools`` (llhttp) and keeps the status, the few headers the delivery needs and a
-capped prefix of the body, within the bounds below; any bytes that are not a single bounded
-HTTP/1.1 answer to the request outstanding fail the exchange and close the connection.
+The wire half of :mod:`dispatcher.sender`. Only this module, ``sender.py`` and
+``sender_aiohttp.py`` (which shares its bounds and texts) make HTTP calls (RELIABILITY R14):
+the sender owns the pool, the deadline and the address policy, and hands each exchange to a
+:class:`Connection` here. A connection writes one request, feeds what comes back to
+``httptools`` (llhttp) and keeps the status, the few headers the delivery needs and a capped
+prefix of the body, within the bounds below; any bytes that are not a single bounded HTTP/1.1
+answer to the request outstanding fail the exchange and close the connection.
 :func:`describe` turns each way an exchange fails into the sentence an ``Outcome`` records.
 """
 

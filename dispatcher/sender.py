@@ -7,6 +7,8 @@ benchmark aiohttp's ``ClientSession`` spends about 125 us of CPU per POST where 
 spends about 25 us (see bench/ and the README), and webhook delivery needs only a small part
 of HTTP/1.1: one POST with a body, the status, two headers and a bounded prefix of the body.
 It never touches Redis and never logs: the delivery loop decides what an outcome means.
+``delivery.http_client = "aiohttp"`` swaps in :mod:`dispatcher.sender_aiohttp`, which keeps
+the same guarantees.
 
 Guarantees of :meth:`Sender.attempt`:
 
@@ -41,7 +43,7 @@ import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
@@ -55,7 +57,16 @@ if TYPE_CHECKING:
     from dispatcher.metrics import Metrics
     from dispatcher.ssrf import AddressPolicy
 
-__all__ = ["HEAD_LIMIT_BYTES", "INTERIM_LIMIT", "STALE_RETRIES_METRIC", "Outcome", "Sender"]
+__all__ = [
+    "HEAD_LIMIT_BYTES",
+    "INTERIM_LIMIT",
+    "STALE_RETRIES_METRIC",
+    "HttpSender",
+    "Outcome",
+    "Sender",
+    "answer_outcome",
+    "check_header",
+]
 
 STALE_RETRIES_METRIC: Final = "dispatcher_http_stale_connection_retries_total"
 
@@ -89,6 +100,19 @@ class Outcome:
     def delivered(self) -> bool:
         """Whether the target accepted the delivery (a 2xx)."""
         return self.error is None
+
+
+class HttpSender(Protocol):
+    """What the delivery loop needs of a sender: :class:`Sender`, or
+    :class:`~dispatcher.sender_aiohttp.AiohttpSender` with ``delivery.http_client = "aiohttp"``."""
+
+    stale_retries: int
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def attempt(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome: ...
 
 
 class Sender:
@@ -206,7 +230,7 @@ class Sender:
             ssl.CertificateError,
         ) as exc:
             return Outcome(None, http1.describe(exc, target), _ms_since(started), None)
-        return _outcome(answer, started)
+        return answer_outcome(answer, started)
 
     def _head(self, headers: Mapping[str, str], length: int) -> bytes:
         names = self._names  # header name -> its lower case, once checked to be a token
@@ -215,14 +239,13 @@ class Sender:
         for name, value in headers.items():
             lower = names.get(name)
             if lower is None:
-                if not _TOKEN.fullmatch(name):
-                    raise ValueError(f"header name {name!r} is not a token")
+                check_header(name, value)
                 lower = name.lower()
                 if len(names) < _NAMES_KEPT:
                     names[name] = lower
+            elif "\r" in value or "\n" in value or "\0" in value:
+                check_header(name, value)  # raises, naming the header
             given.add(lower)
-            if "\r" in value or "\n" in value or "\0" in value:
-                raise ValueError(f"header {name} has a line break in its value")
             lines.append(f"{name}: {value}\r\n")
         defaults = [line for name, line in self._defaults.items() if name not in given]
         head = "".join(lines).encode("latin-1")
@@ -315,6 +338,14 @@ class Sender:
         return addresses
 
 
+def check_header(name: str, value: str) -> None:
+    """ValueError when a caller's header could not be sent as one header line."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not a token")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"header {name} has a line break in its value")
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_literal(host: str) -> bool:
     try:
@@ -324,7 +355,8 @@ def _is_literal(host: str) -> bool:
     return True
 
 
-def _outcome(answer: http1.Answer, started: float) -> Outcome:
+def answer_outcome(answer: http1.Answer, started: float) -> Outcome:
+    """The Outcome of a complete answer: its status, error text and Retry-After."""
     status = answer.status
     retry_after = answer.headers.get(b"retry-after")
     retry_after_s = (

@@ -30,6 +30,7 @@ import functools
 import operator
 import time
 from dataclasses import dataclass
+from typing import cast
 
 MIN_LIMIT = 2
 START_FRACTION = 8  # a new webhook starts with concurrency // START_FRACTION slots
@@ -78,7 +79,7 @@ class Endpoint:
         those on the wire. A job waiting for a lane says nothing of the endpoint."""
         cutoff = now - self.stuck_after_s()
         # counted at C speed: this runs as each attempt ends, over up to a pool of attempts
-        on_wire = list(filter(_SENT, self.started.values()))
+        on_wire = cast("list[float]", list(filter(_SENT, self.started.values())))
         return sum(map(cutoff.__gt__, on_wire)), len(on_wire)
 
     def hanging(self, now: float) -> bool:

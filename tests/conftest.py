@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher import Client
+from dispatcher import Client, config
 from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
 from dispatcher.metrics import Metrics
 from dispatcher.queue import streams
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
+from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import ClusterServers, RedisServer
 from tests.target import Target
@@ -24,6 +25,8 @@ from tests.target import Target
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
+
+    from tests.helpers import MakeSender
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +70,15 @@ async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIter
 async def client(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Client]:
     async with Client.from_url(redis_url, prefix=prefix) as c:
         yield c
+
+
+HTTP_CLIENTS: dict[str, MakeSender] = {"native": Sender, "aiohttp": AiohttpSender}
+
+
+@pytest.fixture(params=config.HTTP_CLIENTS)  # every value delivery.http_client accepts
+def make_sender(request: pytest.FixtureRequest) -> MakeSender:
+    """The sender class under test: a test using this runs once with each HTTP client."""
+    return HTTP_CLIENTS[request.param]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import orjson
 
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from dispatcher import Client, shapes
+    from dispatcher.sender import Sender
+    from dispatcher.sender_aiohttp import AiohttpSender
     from tests.target import Target
+
+    #: Either HTTP client; the conftest ``make_sender`` fixture gives each in turn.
+    AnySender: TypeAlias = Sender | AiohttpSender
+    MakeSender: TypeAlias = type[Sender | AiohttpSender]
 
 #: XRANGE entries as the tests' clients return them (decode_responses is off).
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]

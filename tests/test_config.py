@@ -99,6 +99,7 @@ concurrency = 32
 timeout_s = 2
 backoff_base_s = 0.05
 stall_timeout_s = 30
+http_client = "aiohttp"
 [security]
 allow_private_targets = true
 allowed_cidrs = ["10.20.0.0/16", "fd00:1::/64"]
@@ -120,6 +121,7 @@ format = "json"
     assert cfg.delivery.timeout_s == 2.0
     assert isinstance(cfg.delivery.timeout_s, float)
     assert cfg.delivery.backoff_base_s == 0.05
+    assert cfg.delivery.http_client == "aiohttp"
     assert cfg.security.allow_private_targets is True
     assert cfg.security.allowed_cidrs == (
         ipaddress.ip_network("10.20.0.0/16"),
@@ -160,6 +162,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DELIVERY_QUEUES": "slow, default,",
         "DISPATCHER_DELIVERY_DISABLE_AFTER_S": "60",
         "DISPATCHER_DELIVERY_BREAKER_OPEN_S": "2.5",
+        "DISPATCHER_DELIVERY_HTTP_CLIENT": "aiohttp",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
@@ -189,6 +192,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
     assert cfg.log == LogConfig(level="warning", format="console")
     assert cfg.delivery.queues == ("slow", "default")
     assert cfg.redis.embedded_maxmemory == 512 * 1024**2
+    assert cfg.delivery.http_client == "aiohttp"
     assert load(None, {"DISPATCHER_ADMIN_TOKEN": BEARER}).admin.token == BEARER
 
 
@@ -345,6 +349,11 @@ BAD_ENV = [
     ("DISPATCHER_REDIS_PREFIX", "{x}", "redis.prefix: must not contain spaces or braces"),
     ("DISPATCHER_LOG_LEVEL", "loud", "log.level: expected one of debug, info, warning, error"),
     ("DISPATCHER_LOG_FORMAT", "xml", "log.format: expected one of auto, json, console"),
+    (
+        "DISPATCHER_DELIVERY_HTTP_CLIENT",
+        "curl",
+        'delivery.http_client: expected one of native, aiohttp, got "curl"',
+    ),
     ("DISPATCHER_ADMIN_TOKEN_FILE", "/nonexistent/token", "admin.token_file: cannot read"),
     (
         "DISPATCHER_DELIVERY_STALL_TIMEOUT_S",

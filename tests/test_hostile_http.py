@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Self
 import pytest
 
 from dispatcher.metrics import Metrics
-from dispatcher.sender import HEAD_LIMIT_BYTES, INTERIM_LIMIT, STALE_RETRIES_METRIC, Outcome, Sender
+from dispatcher.sender import HEAD_LIMIT_BYTES, INTERIM_LIMIT, STALE_RETRIES_METRIC, Outcome
+from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import eventually
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from tests.helpers import MakeSender
 
 TIMEOUT_S = 5.0  # the deadline only ends a case that goes wrong; nothing here waits for it
 FLOOD_BYTES = 32 * 1024 * 1024
@@ -154,12 +157,12 @@ async def _play(hostile: Hostile, act: Act, writer: asyncio.StreamWriter) -> boo
 
 
 async def _two_posts(
-    hostile: Hostile, *, reused: bool, scheme: str = "http"
+    make_sender: MakeSender, hostile: Hostile, *, reused: bool, scheme: str = "http"
 ) -> tuple[Outcome, Outcome]:
     """The hostile first answer, then a second POST: on the same connection when ``reused``,
     else only once the first connection has ended (the client gave it up)."""
     policy = AddressPolicy(allow_private=True)
-    async with Sender(timeout_s=TIMEOUT_S, concurrency=2, policy=policy, user_agent="t") as s:
+    async with make_sender(timeout_s=TIMEOUT_S, concurrency=2, policy=policy, user_agent="t") as s:
         first = await s.attempt(hostile.url(scheme), b'{"n": 1}', {})
         if not reused:
             await eventually(
@@ -299,16 +302,31 @@ CASES: list[tuple[str, Act, int | None, str | None, bool]] = [
 ]
 
 
+# aiohttp's parser drops a complete answer when bytes that do not parse follow it in the same
+# read: the attempt fails, naming the cause, and is retried (a duplicate, never a loss).
+AIOHTTP_DIFFERS: dict[str, tuple[int | None, str | None]] = {
+    "200 then stray bytes": (None, "malformed response: Bad status line"),
+    "body longer than Content-Length": (None, "malformed response: Bad status line"),
+}
+
+
 @pytest.mark.parametrize(
-    ("act", "status", "error", "reused"),
-    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+    ("case", "act", "status", "error", "reused"),
+    [pytest.param(*case, id=case[0]) for case in CASES],
 )
 async def test_hostile_answer(
-    act: Act, status: int | None, error: str | None, reused: bool
+    make_sender: MakeSender,
+    case: str,
+    act: Act,
+    status: int | None,
+    error: str | None,
+    reused: bool,
 ) -> None:
     """Each twisted answer gets the right outcome, bounded work and no reuse of a bad connection."""
+    if make_sender is AiohttpSender and case in AIOHTTP_DIFFERS:
+        status, error = AIOHTTP_DIFFERS[case]
     async with Hostile([act, Send(OK)]) as hostile:
-        first, second = await _two_posts(hostile, reused=reused)
+        first, second = await _two_posts(make_sender, hostile, reused=reused)
     assert first.status == status
     if error is None:
         assert first.error is None
@@ -331,10 +349,10 @@ TLS_CASES: list[tuple[str, Send]] = [
 
 
 @pytest.mark.parametrize("act", [pytest.param(c[1], id=c[0]) for c in TLS_CASES])
-async def test_tls_failing_mid_handshake(act: Send) -> None:
+async def test_tls_failing_mid_handshake(make_sender: MakeSender, act: Send) -> None:
     """A TLS handshake that breaks off is a failed attempt, and nothing half-open is reused."""
     async with Hostile([], tls=act) as hostile:
-        first, second = await _two_posts(hostile, reused=False, scheme="https")
+        first, second = await _two_posts(make_sender, hostile, reused=False, scheme="https")
     for outcome in (first, second):
         assert outcome.status is None
         assert outcome.error is not None
@@ -345,13 +363,13 @@ async def test_tls_failing_mid_handshake(act: Send) -> None:
     assert hostile.accepts == 2
 
 
-async def test_stale_keep_alive_retry_is_counted() -> None:
+async def test_stale_keep_alive_retry_is_counted(make_sender: MakeSender) -> None:
     """A POST sent again after a kept-alive connection closed without answering is counted."""
     metrics = Metrics()
     policy = AddressPolicy(allow_private=True)
     async with (
         Hostile([Send(OK), Swallow(), Send(OK)]) as hostile,
-        Sender(
+        make_sender(
             timeout_s=TIMEOUT_S, concurrency=2, policy=policy, user_agent="t", metrics=metrics
         ) as sender,
     ):
@@ -373,12 +391,12 @@ async def test_stale_keep_alive_retry_is_counted() -> None:
         pytest.param(b"\r\n", id="a line break"),
     ],
 )
-async def test_bytes_on_an_idle_connection_close_it(data: bytes) -> None:
+async def test_bytes_on_an_idle_connection_close_it(make_sender: MakeSender, data: bytes) -> None:
     """Bytes a kept-alive connection receives with no request outstanding retire it for good."""
     policy = AddressPolicy(allow_private=True)
     async with (
         Hostile([Send(OK)]) as hostile,
-        Sender(timeout_s=TIMEOUT_S, concurrency=2, policy=policy, user_agent="t") as sender,
+        make_sender(timeout_s=TIMEOUT_S, concurrency=2, policy=policy, user_agent="t") as sender,
     ):
         assert (await sender.attempt(hostile.url(), b"{}", {})).status == 200
         hostile.inject(data)
@@ -388,12 +406,12 @@ async def test_bytes_on_an_idle_connection_close_it(data: bytes) -> None:
     assert hostile.accepts == 2
 
 
-async def test_tls_handshake_that_stalls_times_out() -> None:
+async def test_tls_handshake_that_stalls_times_out(make_sender: MakeSender) -> None:
     """A target that accepts TCP and never answers the ClientHello is cut at the deadline."""
     policy = AddressPolicy(allow_private=True)
     async with (
         Hostile([], tls=Send(b"")) as hostile,
-        Sender(timeout_s=0.5, concurrency=2, policy=policy, user_agent="t") as sender,
+        make_sender(timeout_s=0.5, concurrency=2, policy=policy, user_agent="t") as sender,
     ):
         outcome = await sender.attempt(hostile.url("https"), b"{}", {})
         await eventually(lambda: hostile.ended == 1, what="the client to close the connection")

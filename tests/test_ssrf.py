@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy, GuardedResolver, TargetRefused
 from tests.target import Target
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from tests.helpers import AnySender, MakeSender
 
 DEFAULT = AddressPolicy()
 
@@ -184,14 +185,16 @@ async def canary() -> AsyncIterator[Target]:
         yield target
 
 
-def _sender(policy: AddressPolicy) -> Sender:
-    return Sender(timeout_s=2, concurrency=4, policy=policy, user_agent="dispatcher/test")
+def _sender(make_sender: MakeSender, policy: AddressPolicy) -> AnySender:
+    return make_sender(timeout_s=2, concurrency=4, policy=policy, user_agent="dispatcher/test")
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]", "127.1"])
-async def test_sender_refuses_loopback_targets(canary: Target, host: str) -> None:
+async def test_sender_refuses_loopback_targets(
+    make_sender: MakeSender, canary: Target, host: str
+) -> None:
     """By default a loopback target is refused before any connection reaches it."""
-    async with _sender(DEFAULT) as sender:
+    async with _sender(make_sender, DEFAULT) as sender:
         outcome = await sender.attempt(f"http://{host}:{canary.port}/hook", b"{}", {})
     assert outcome.status is None
     assert outcome.error is not None
@@ -200,9 +203,11 @@ async def test_sender_refuses_loopback_targets(canary: Target, host: str) -> Non
     assert canary.connections == 0
 
 
-async def test_sender_refusal_names_address_and_reason(canary: Target) -> None:
+async def test_sender_refusal_names_address_and_reason(
+    make_sender: MakeSender, canary: Target
+) -> None:
     """The refusal of a literal names the address and the reason."""
-    async with _sender(DEFAULT) as sender:
+    async with _sender(make_sender, DEFAULT) as sender:
         outcome = await sender.attempt(canary.url(), b"{}", {})
     assert outcome.error == (
         "target address 127.0.0.1 refused: loopback "
@@ -219,10 +224,10 @@ async def test_sender_refusal_names_address_and_reason(canary: Target) -> None:
 )
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
 async def test_sender_reaches_loopback_when_allowed(
-    canary: Target, policy: AddressPolicy, host: str
+    make_sender: MakeSender, canary: Target, policy: AddressPolicy, host: str
 ) -> None:
     """allow_private_targets or a matching allowed CIDR lets the delivery through."""
-    async with _sender(policy) as sender:
+    async with _sender(make_sender, policy) as sender:
         outcome = await sender.attempt(f"http://{host}:{canary.port}/hook", b"{}", {})
     assert outcome.status == 200
     assert canary.count("/hook") == 1

@@ -2,10 +2,12 @@
 
     python -m bench.systems.aiohttp_loop --client aiohttp --targets URL --n N --concurrency C
     python -m bench.systems.aiohttp_loop --client sender  --targets URL --n N --concurrency C
+    python -m bench.systems.aiohttp_loop --client sender-aiohttp ...
 
 ``aiohttp`` is one ``ClientSession`` with the settings a webhook sender needs (pool of
 ``concurrency`` connections, no cookies, no env proxies, no redirects, total timeout, capped
-read); ``sender`` is the daemon's own HTTP client. Same target and payloads as the systems, so
+read); ``sender`` is the daemon's own HTTP client, ``sender-aiohttp`` the daemon's aiohttp one
+(``delivery.http_client = "aiohttp"``). Same target and payloads as the systems, so
 dispatcher / loop is the cost of everything that is not HTTP.
 """
 
@@ -23,6 +25,7 @@ import uvloop
 
 from bench.systems.common import payload
 from dispatcher.sender import Sender
+from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
 
 HEADERS = {"content-type": "application/json"}
@@ -45,8 +48,10 @@ async def _aiohttp(concurrency: int) -> tuple[Callable[[str, bytes], Awaitable[o
     return post, session.close
 
 
-async def _sender(concurrency: int) -> tuple[Callable[[str, bytes], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    sender = Sender(timeout_s=15, concurrency=concurrency,
+async def _sender(
+    concurrency: int, kind: type[Sender | AiohttpSender] = Sender
+) -> tuple[Callable[[str, bytes], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    sender = kind(timeout_s=15, concurrency=concurrency,
                     policy=AddressPolicy(allow_private=True), user_agent="bench")
     await sender.start()
 
@@ -57,7 +62,11 @@ async def _sender(concurrency: int) -> tuple[Callable[[str, bytes], Awaitable[ob
 
 
 async def run(client: str, urls: list[str], n: int, concurrency: int, size: int) -> None:
-    post, close = await (_aiohttp if client == "aiohttp" else _sender)(concurrency)
+    if client == "aiohttp":
+        post, close = await _aiohttp(concurrency)
+    else:
+        kind = AiohttpSender if client == "sender-aiohttp" else Sender
+        post, close = await _sender(concurrency, kind)
     bodies = [orjson.dumps(payload(i, size)) for i in range(n)]
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -80,7 +89,9 @@ async def run(client: str, urls: list[str], n: int, concurrency: int, size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--client", choices=("aiohttp", "sender"), default="aiohttp")
+    parser.add_argument(
+        "--client", choices=("aiohttp", "sender", "sender-aiohttp"), default="aiohttp"
+    )
     parser.add_argument("--targets", required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=100)

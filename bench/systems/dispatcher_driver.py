@@ -1,4 +1,8 @@
-"""Benchmark driver for dispatcher: the Python Client enqueues, ``dispatcher run`` works."""
+"""Benchmark driver for dispatcher: the Python Client enqueues, ``dispatcher run`` works.
+
+A leading ``--http-client=aiohttp`` (the "dispatcher-aiohttp" system of bench/run.py) runs the
+workers with ``delivery.http_client = "aiohttp"``; the default is the native client.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ async def _publish(client: Client, tenants: list[str], indices: Iterable[int], s
         raise RuntimeError(f"{len(errors)} events not accepted: {errors[0]}")
 
 
-def work(redis: str, concurrency: int) -> None:
+def work(redis: str, concurrency: int, http_client: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env.update({
         "DISPATCHER_REDIS_URL": redis,
@@ -68,14 +72,19 @@ def work(redis: str, concurrency: int) -> None:
         "DISPATCHER_DELIVERY_MAX_ATTEMPTS": "10",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
         "DISPATCHER_LOG_LEVEL": "warning",
+        "DISPATCHER_DELIVERY_HTTP_CLIENT": http_client,
     })
     os.execve(sys.executable, [sys.executable, "-m", "dispatcher", "run"], env)
 
 
 def main() -> None:
-    args = parse()
+    argv = sys.argv[1:]
+    http_client = "native"
+    if argv and argv[0].startswith("--http-client="):
+        http_client = argv.pop(0).partition("=")[2]
+    args = parse(argv)
     if args.command == "work":
-        work(args.redis, args.concurrency)
+        work(args.redis, args.concurrency, http_client)
     elif args.command == "enqueue":
         asyncio.run(enqueue(args.redis, targets(args), args.n, args.payload_bytes))
     else:
