@@ -83,6 +83,8 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.answer = Answer()
         self.waiter: asyncio.Future[Answer] | None = None
+        # made inside the running loop (the protocol factory); asked once, not per request
+        self.loop = asyncio.get_running_loop()
         self.headers_done = False
         self.interim = False  # a 1xx answer is being skipped
         self.reusable = False
@@ -198,7 +200,7 @@ class Connection(asyncio.Protocol):
         self.headers_done = self.interim = self.reusable = False
         self.read = self.interims = 0
         self.budget = HEAD_LIMIT_BYTES
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         self.transport.writelines(data)
         return self.waiter
 

@@ -145,6 +145,7 @@ class Sender:
         self._resolver: GuardedResolver | None = None
         self._tls: ssl.SSLContext | None = None
         self._started = False
+        self._loop: asyncio.AbstractEventLoop  # set by start()
         self._metrics = metrics
         self.stale_retries = 0  # POSTs sent again after a kept-alive connection closed on them
         if metrics is not None:
@@ -168,6 +169,7 @@ class Sender:
             raise RuntimeError("the sender is already started")
         self._resolver = GuardedResolver(self._policy)
         self._tls = ssl.create_default_context()
+        self._loop = asyncio.get_running_loop()  # asked once: each ask is a getpid call
         self._started = True
 
     async def close(self) -> None:
@@ -204,12 +206,12 @@ class Sender:
         # The deadline, as asyncio.timeout() keeps it but without its per-call objects (it
         # was 6% of a worker's CPU): a timer cancels this task, and a cancellation that the
         # timer caused (and no one else asked for) is the timeout.
-        task = asyncio.current_task()
+        loop = self._loop
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("Sender.attempt runs in a task")
         cancelling = task.cancelling()
         fired: list[bool] = []
-        loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + self._timeout_s, _expire, task, fired)
         try:
             try:

@@ -27,6 +27,7 @@ are kept in Redis by ``queue/admission.py``; this module is local and free of ro
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import time
 from dataclasses import dataclass
@@ -56,13 +57,16 @@ class Deferral:
 class Endpoint:
     """One webhook's share of this process's pool."""
 
-    __slots__ = ("ceiling", "horizon", "latency_s", "limit", "seen", "started")
+    __slots__ = ("ceiling", "earliest", "horizon", "latency_s", "limit", "seen", "started")
 
     def __init__(self, start: int, ceiling: int) -> None:
         self.limit = float(start)
         self.ceiling = ceiling
         # job id -> monotonic time its attempt started; None while it waits for a free lane
         self.started: dict[str, float | None] = {}
+        # No attempt on the wire started before this (a lower bound: entries only leave, or
+        # join later), so `room` knows none is stuck without looking at each.
+        self.earliest = math.inf
         self.latency_s: float | None = None  # moving average of successful attempts
         self.horizon = 0.0  # monotonic time up to which deferrals are already spaced
         self.seen = time.monotonic()
@@ -80,6 +84,7 @@ class Endpoint:
         cutoff = now - self.stuck_after_s()
         # counted at C speed: this runs as each attempt ends, over up to a pool of attempts
         on_wire = cast("list[float]", list(filter(_SENT, self.started.values())))
+        self.earliest = min(on_wire, default=math.inf)
         return sum(map(cutoff.__gt__, on_wire)), len(on_wire)
 
     def hanging(self, now: float) -> bool:
@@ -90,6 +95,8 @@ class Endpoint:
     def room(self, now: float) -> int:
         """Attempts this webhook may start now: its limit, shrunk by the share of its attempts
         that are stuck (all stuck: nothing more starts; the stuck ones keep their slots)."""
+        if self.earliest >= now - self.stuck_after_s():  # none stuck: no need to count
+            return int(self.limit) - len(self.started)
         stuck, sending = self.stuck(now)
         limit = self.limit if not stuck else self.limit * (1 - stuck / sending)
         return int(limit) - len(self.started)
@@ -112,6 +119,7 @@ class Endpoint:
         """Its attempt starts now (a lane took it)."""
         if job_id in self.started:
             self.started[job_id] = now
+            self.earliest = min(self.earliest, now)
 
     def end(self, job_id: str, duration_s: float, *, answered: bool, ok: bool) -> None:
         """Adapt the limit to how the attempt went (``answered``: a complete HTTP answer)."""
