@@ -111,6 +111,7 @@ class Outcomes:
             )
             due_ms = now_ms + int(delay_s * 1000)
             job.retry(due_ms)
+            self.upkeep.due(due_ms)
             self.metrics.inc("dispatcher_retries_scheduled_total")
             log.info("delivery.failed", **fields, error=outcome.error, retry_in_s=round(delay_s, 3))
             self.settler.settle(
@@ -129,6 +130,7 @@ class Outcomes:
         """Put the job back, due at ``due_ms``, without spending an attempt or holding a slot."""
         job = work.job
         job.defer(due_ms, reason, reserved_ms)
+        self.upkeep.due(due_ms)
         self.metrics.inc("dispatcher_deferred_total", reason=reason)
         self.settler.settle(work, SettleKind.RETRY, JobState.SCHEDULED, due_ms, "")
 

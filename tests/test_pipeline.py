@@ -10,7 +10,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client, InvalidField, PayloadTooLarge, shapes
+from dispatcher import Client, InvalidField, PayloadTooLarge, shapes, upkeep
 from dispatcher.queue import delays
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
@@ -92,6 +92,20 @@ async def test_retry_escalation_follows_backoff(
         assert gap_ms >= planned_ms * 0.8, (n, gap_ms)
     received = await target.wait_for(4)
     assert len({r.headers["webhook-id"] for r in received}) == 1
+
+
+async def test_a_retry_is_promoted_when_due_not_at_the_next_interval(
+    client: Client, target: Target, workers: WorkerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker promotes the retries it scheduled as they fall due: with the periodic promote
+    pass 60 s apart, a job retried after 0.2 s is still delivered within seconds."""
+    monkeypatch.setattr(upkeep, "PROMOTE_INTERVAL_S", 60.0)
+    target.script("/hook", Reply(500), Reply(500), Reply(200))
+    await client.create_webhook("acme", target.url())
+    job_id = (await client.publish("acme", "a.b", {}))["jobs"][0]["id"]
+    await workers.start(backoff_base_s=0.2, backoff_cap_s=0.2, max_attempts=5)
+    job = await eventually(lambda: _job_in(client, job_id, "delivered"), timeout_s=20)
+    assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
 
 
 async def test_exhausted_job_is_dead_lettered_with_last_error(
