@@ -38,7 +38,9 @@ for i = 1, #items, 2 do
       redis.call('HSET', KEYS[1], job_id, make_record(meta, ''))
       dead[#dead + 1] = job_id
     end
-  else
+  elseif string.find(record, '"s":"queued"', 1, true) then  -- most records are finished:
+    -- only a queued one can wait for an entry, so the others are not decoded (both encoders
+    -- write the meta with no spaces; the payload may contain it too, hence the checks below)
     local meta, rest = split_record(record)
     if meta and meta.s == 'queued' and meta.sid and meta.q then
       local ready = base .. 'q:' .. meta.q .. ':ready'
