@@ -13,6 +13,8 @@ Choices that affect the comparison:
   ``retry_delay`` goes to a sorted set that the worker's "schedule" upkeep moves back to the
   queue once a second (``timers["schedule"]``, whole seconds only, as it is also a Redis lock
   TTL), so a 0.1 s retry actually waits 0.1-1.1 s. That is saq's default behaviour; we keep it.
+  With ``--retry default`` no ``retry_delay`` is given: saq's default 0 puts the job straight
+  back on the queue.
 - Each of the ``concurrency`` worker tasks holds its own blocking BLMOVE (one Redis connection
   apiece); every state change also PUBLISHes the job status for listeners, which saq always does.
 - uvloop, as ``dispatcher run`` uses; saq itself runs on whatever loop it is given.
@@ -30,7 +32,16 @@ import uvloop
 from saq import Queue, Worker
 from saq.types import Context
 
-from bench.systems.common import MAX_TRIES, RETRY_DELAY_S, paced, parse, payload, report, targets
+from bench.systems.common import (
+    MAX_TRIES,
+    RETRY_DELAY_S,
+    paced,
+    parse,
+    payload,
+    report,
+    sizes,
+    targets,
+)
 
 QUEUE = "bench"
 BATCH = 256
@@ -38,12 +49,12 @@ BATCH = 256
 HTTP_TIMEOUT_S = 15.0
 JOB_TIMEOUT_S = 20
 HEADERS = {"content-type": "application/json"}
-JOB_OPTIONS: dict[str, Any] = {
-    "retries": MAX_TRIES,
-    "retry_delay": RETRY_DELAY_S,
-    "timeout": JOB_TIMEOUT_S,
-    "ttl": -1,
-}
+JOB_OPTIONS: dict[str, Any] = {"retries": MAX_TRIES, "timeout": JOB_TIMEOUT_S, "ttl": -1}
+
+
+def job_options(retry: str) -> dict[str, Any]:
+    """``retry_delay`` 0.1 s, or saq's default (0: the job goes back on the queue at once)."""
+    return {**JOB_OPTIONS, "retry_delay": RETRY_DELAY_S} if retry == "fixed" else JOB_OPTIONS
 
 
 async def _queue(redis: str) -> Queue:
@@ -52,15 +63,16 @@ async def _queue(redis: str) -> Queue:
     return queue
 
 
-async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
+async def enqueue(redis: str, urls: list[str], n: int, size: tuple[int, int], retry: str) -> None:
     queue = await _queue(redis)
+    options = job_options(retry)
     try:
         started = time.perf_counter()
         for start in range(0, n, BATCH):
             await asyncio.gather(
                 *(
                     queue.enqueue(
-                        "deliver", url=urls[i % len(urls)], payload=payload(i, size), **JOB_OPTIONS
+                        "deliver", url=urls[i % len(urls)], payload=payload(i, *size), **options
                     )
                     for i in range(start, min(n, start + BATCH))
                 )
@@ -70,14 +82,17 @@ async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
         await queue.disconnect()
 
 
-async def produce(redis: str, urls: list[str], rate: float, seconds: float, size: int) -> None:
+async def produce(
+    redis: str, urls: list[str], rate: float, seconds: float, size: tuple[int, int], *, retry: str
+) -> None:
     queue = await _queue(redis)
+    options = job_options(retry)
     try:
         started = time.perf_counter()
 
         async def send(i: int) -> None:
             await queue.enqueue(
-                "deliver", url=urls[i % len(urls)], payload=payload(i, size), **JOB_OPTIONS
+                "deliver", url=urls[i % len(urls)], payload=payload(i, *size), **options
             )
 
         report(await paced(rate, seconds, send), started)
@@ -136,9 +151,10 @@ def main() -> None:
     if args.command == "work":
         uvloop.run(_work(args.redis, args.concurrency))
     elif args.command == "enqueue":
-        asyncio.run(enqueue(args.redis, targets(args), args.n, args.payload_bytes))
+        asyncio.run(enqueue(args.redis, targets(args), args.n, sizes(args), args.retry))
     else:
-        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, args.payload_bytes))
+        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, sizes(args),
+                            retry=args.retry))
 
 
 if __name__ == "__main__":
