@@ -704,6 +704,12 @@ def honesty(runs: list[Result]) -> list[str]:
         if low and high:
             seen = bodies.setdefault(r.scenario, [low, high])
             seen[:] = [min(seen[0], low), max(seen[1], high)]
+    shares: dict[str, list[str]] = {}
+    for r in runs:
+        if r.failed_attempts and not r.error:
+            attempts = r.failed_attempts + r.delivered + r.duplicates
+            shares.setdefault(r.scenario, []).append(
+                f"{r.system} {r.failed_attempts / attempts:.1%}")
     return [
         f"- Every job verified delivered: {len(runs) - len(failed)} of {len(runs)} runs saw each "
         "job id 0..n-1 arrive at the sink"
@@ -711,6 +717,7 @@ def honesty(runs: list[Result]) -> list[str]:
            + "; ".join(f"{r.system} {r.scenario}: {r.error}" for r in failed[:6]) + "."),
         "- Duplicate arrivals (all runs): "
         + (", ".join(f"{s} {d}" for s, d in sorted(dups.items())) if dups else "none") + ".",
+        *(f"- Attempts answered 500, {name}: {', '.join(v)}." for name, v in shares.items()),
         "- Bodies at the sink, bytes: "
         + "; ".join(f"{name} {lo}-{hi}" for name, (lo, hi) in bodies.items()) + ".",
         "- Retries: 10 attempts in every system. `20% failing`: a fixed 0.1 s retry in every "
