@@ -774,8 +774,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="under two minutes")
     parser.add_argument("--systems", default="dispatcher,bullmq,arq,saq")
-    parser.add_argument("--scenarios", default="", help="comma-separated names (default all): "
-                        + ", ".join(sc.name for sc in scenarios(False, ("dispatcher",))).replace("%", "%%"))
+    names = ", ".join(sc.name for sc in scenarios(False, ("dispatcher",)))
+    parser.add_argument("--scenarios", default="",
+                        help="comma-separated names (default all): " + names.replace("%", "%%"))
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput cell (median)")
     args = parser.parse_args()
