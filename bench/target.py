@@ -6,7 +6,9 @@ less CPU than any sender it measures. Paths:
 - ``POST /ok/<n>``    answers 200
 - ``POST /flaky/<n>`` answers 500 for a ``--fail`` fraction of requests, drawn per attempt, else
   200; a job (its ``seq``) answered 500 ``--max-fails`` times (3) is answered 200 next, so every
-  job is delivered within a few retries whatever the system's attempt limit and backoff
+  job is delivered within a few retries whatever the system's attempt limit and backoff. Every
+  request (any answer) is counted, and the first one of each job is timed: ``/stats`` gives the
+  busy phase of a failing backlog, from the first request to the last job's first attempt
 - ``POST /hang/<n>``  never answers (the connection is held)
 - ``POST /slow/<n>``  answers 500 after ``--slow-s`` seconds
 - ``POST /slowok/<n>`` answers 200 after ``--slow-s`` seconds (not counted in ``/stats``)
@@ -15,7 +17,10 @@ less CPU than any sender it measures. Paths:
   seeded with ``--seed``, answer after ``--tail-s`` seconds (400 ms): an ordinary p99 tail
 - ``GET /stats``      JSON: arrivals (2xx), distinct ``seq`` (``unique``, their lowest and highest),
   failures, duplicates, body sizes (smallest, largest), latencies in ms (sampled), per-path
-  counts, and the most ``/lat/`` and ``/tail/`` requests held at once (``peak_held``)
+  counts, the most ``/lat/`` and ``/tail/`` requests held at once (``peak_held``), and of
+  ``/flaky/``: ``requests`` (any answer), ``first_attempts`` (distinct ``seq``),
+  ``first_request_at``, ``last_first_at`` (the latest first attempt of a job) and
+  ``requests_to_last_first`` (requests up to and including it)
 - ``GET /arrivals``   with ``--record``: every request as ``[path, seq, t, arrival]``, any path
 - ``POST /reset``     clears the counters
 
@@ -65,7 +70,11 @@ class Stats:
         self.failed = 0
         self.latencies_ms: list[float] = []
         self.seen: set[object] = set()
-        self.fails: Counter[object] = Counter()  # /flaky/ 500s by seq
+        self.tried: dict[object, int] = {}  # /flaky/: 500s answered, by seq, for every seq asked
+        self.requests = 0  # /flaky/ requests, any answer
+        self.first_request_at = 0.0
+        self.last_first_at = 0.0  # the latest first request of a seq
+        self.requests_to_last_first = 0
         self.body_min = 0
         self.body_max = 0
         self.duplicates = 0
@@ -141,7 +150,7 @@ class Target(asyncio.Protocol):
             asyncio.get_running_loop().call_later(
                 self.tail.delay(kind), self._answer_timed, path, body)
             return
-        if kind == "flaky" and random.random() < self.fail and self._may_fail(body):
+        if kind == "flaky" and self._fails(self._attempt(body)):
             self.stats.failed += 1
             self.transport.write(FAIL)
             return
@@ -171,16 +180,29 @@ class Target(asyncio.Protocol):
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
 
-    def _may_fail(self, body: bytes) -> bool:
-        """Whether this attempt may answer 500: its job has not failed ``max_fails`` times yet."""
+    def _attempt(self, body: bytes) -> object:
+        """Count a ``/flaky/`` request and time it if it is its job's first; returns the ``seq``."""
+        now = time.time()
+        stats = self.stats
+        stats.requests += 1
+        if not stats.first_request_at:
+            stats.first_request_at = now
         try:
             key = orjson.loads(body).get("seq")
         except (ValueError, AttributeError):
-            return True
-        fails = self.stats.fails
-        if fails[key] >= self.max_fails:
+            key = None
+        if key not in stats.tried:
+            stats.tried[key] = 0
+            stats.last_first_at = now
+            stats.requests_to_last_first = stats.requests
+        return key
+
+    def _fails(self, key: object) -> bool:
+        """Whether this attempt answers 500: drawn, unless its job already failed ``max_fails``."""
+        tried = self.stats.tried
+        if random.random() >= self.fail or tried[key] >= self.max_fails:
             return False
-        fails[key] += 1
+        tried[key] += 1
         return True
 
     def _hold(self, answer: bytes | None) -> None:
@@ -226,6 +248,11 @@ def _stats_json(stats: Stats) -> dict[str, object]:
         "latencies_ms": stats.latencies_ms,
         "paths": dict(stats.paths),
         "peak_held": stats.peak_held,
+        "requests": stats.requests,
+        "first_attempts": len(stats.tried),
+        "first_request_at": stats.first_request_at,
+        "last_first_at": stats.last_first_at,
+        "requests_to_last_first": stats.requests_to_last_first,
     }
 
 
