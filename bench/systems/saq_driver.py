@@ -18,6 +18,17 @@ Choices that affect the comparison:
 - Each of the ``concurrency`` worker tasks holds its own blocking BLMOVE (one Redis connection
   apiece); every state change also PUBLISHes the job status for listeners, which saq always does.
 - uvloop, as ``dispatcher run`` uses; saq itself runs on whatever loop it is given.
+
+A saq bug (0.26.4), not the harness's, shows in its runs: ``Worker.start`` sweeps at once (and
+every 60 s), and the sweep takes any job in the active list whose stored status is not
+``active`` for abandoned. A worker task moves a job to the active list (BLMOVE) before it marks
+it active (a separate SET), so the first sweep of a worker started on a backlog catches the
+first job or two. For each, in turn: ``abort`` (LREM from queued, SET ``aborting``), then wait
+up to 5 s for the job to finish, then retry it if it did not. If the job's own attempt failed
+and was retried at once (``retry_delay`` 0: RPUSH onto queued) before that ``abort``, the LREM
+finds it, saq finishes it as ``aborted`` and deletes it: the job is lost. If the job completed
+first, the 5 s wait misses its notification and the sweep retries it: a duplicate delivery. The
+sink's check reports both (a run missing an id is an error; duplicates are counted).
 """
 
 from __future__ import annotations
