@@ -4,15 +4,23 @@ A bare asyncio protocol on uvloop (keep-alive, Content-Length bodies), so the ta
 less CPU than any sender it measures. Paths:
 
 - ``POST /ok/<n>``    answers 200
-- ``POST /flaky/<n>`` answers 500 for a ``--fail`` fraction of requests, else 200
+- ``POST /flaky/<n>`` answers 500 for a ``--fail`` fraction of requests, drawn per attempt, else
+  200; a job (its ``seq``) answered 500 ``--max-fails`` times (3) is answered 200 next, so every
+  job is delivered within a few retries whatever the system's attempt limit and backoff. Every
+  request (any answer) is counted, and the first one of each job is timed: ``/stats`` gives the
+  busy phase of a failing backlog, from the first request to the last job's first attempt
 - ``POST /hang/<n>``  never answers (the connection is held)
 - ``POST /slow/<n>``  answers 500 after ``--slow-s`` seconds
 - ``POST /slowok/<n>`` answers 200 after ``--slow-s`` seconds (not counted in ``/stats``)
 - ``POST /lat/<n>``   answers 200 after ``--lat-s`` seconds (20 ms), counted when answered
 - ``POST /tail/<n>``  the same, but a ``--tail-share`` (2%) of requests, drawn from a generator
   seeded with ``--seed``, answer after ``--tail-s`` seconds (400 ms): an ordinary p99 tail
-- ``GET /stats``      JSON: arrivals (2xx), failures, latencies in ms (sampled), per-path counts,
-  and the most ``/lat/`` and ``/tail/`` requests held at once (``peak_held``)
+- ``GET /stats``      JSON: arrivals (2xx), distinct ``seq`` (``unique``, their lowest and highest),
+  failures, duplicates, body sizes (smallest, largest), latencies in ms (sampled), per-path
+  counts, the most ``/lat/`` and ``/tail/`` requests held at once (``peak_held``), and of
+  ``/flaky/``: ``requests`` (any answer), ``first_attempts`` (distinct ``seq``),
+  ``first_request_at``, ``last_first_at`` (the latest first attempt of a job) and
+  ``requests_to_last_first`` (requests up to and including it)
 - ``GET /arrivals``   with ``--record``: every request as ``[path, seq, t, arrival]``, any path
 - ``POST /reset``     clears the counters
 
@@ -62,6 +70,13 @@ class Stats:
         self.failed = 0
         self.latencies_ms: list[float] = []
         self.seen: set[object] = set()
+        self.tried: dict[object, int] = {}  # /flaky/: 500s answered, by seq, for every seq asked
+        self.requests = 0  # /flaky/ requests, any answer
+        self.first_request_at = 0.0
+        self.last_first_at = 0.0  # the latest first request of a seq
+        self.requests_to_last_first = 0
+        self.body_min = 0
+        self.body_max = 0
         self.duplicates = 0
         self.paths: Counter[str] = Counter()
         self.first_at = 0.0
@@ -74,10 +89,11 @@ class Stats:
 class Target(asyncio.Protocol):
     def __init__(
         self, stats: Stats, fail: float, slow_s: float = 1.0, record: bool = False,
-        tail: Tail | None = None,
+        tail: Tail | None = None, *, max_fails: int = 3,
     ) -> None:
         self.stats = stats
         self.fail = fail
+        self.max_fails = max_fails
         self.slow_s = slow_s
         self.record = record
         self.tail = tail or Tail()
@@ -134,7 +150,7 @@ class Target(asyncio.Protocol):
             asyncio.get_running_loop().call_later(
                 self.tail.delay(kind), self._answer_timed, path, body)
             return
-        if kind == "flaky" and random.random() < self.fail:
+        if kind == "flaky" and self._fails(self._attempt(body)):
             self.stats.failed += 1
             self.transport.write(FAIL)
             return
@@ -149,6 +165,9 @@ class Target(asyncio.Protocol):
             stats.first_at = now
         stats.last_at = now
         stats.paths[path] += 1
+        size = len(body)
+        stats.body_min = min(stats.body_min, size) if stats.body_min else size
+        stats.body_max = max(stats.body_max, size)
         try:
             data = orjson.loads(body)
             key = data.get("seq")
@@ -160,6 +179,31 @@ class Target(asyncio.Protocol):
                 stats.latencies_ms.append((now - float(data["t"])) * 1000)
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
+
+    def _attempt(self, body: bytes) -> object:
+        """Count a ``/flaky/`` request and time it if it is its job's first; returns the ``seq``."""
+        now = time.time()
+        stats = self.stats
+        stats.requests += 1
+        if not stats.first_request_at:
+            stats.first_request_at = now
+        try:
+            key = orjson.loads(body).get("seq")
+        except (ValueError, AttributeError):
+            key = None
+        if key not in stats.tried:
+            stats.tried[key] = 0
+            stats.last_first_at = now
+            stats.requests_to_last_first = stats.requests
+        return key
+
+    def _fails(self, key: object) -> bool:
+        """Whether this attempt answers 500: drawn, unless its job already failed ``max_fails``."""
+        tried = self.stats.tried
+        if random.random() >= self.fail or tried[key] >= self.max_fails:
+            return False
+        tried[key] += 1
+        return True
 
     def _hold(self, answer: bytes | None) -> None:
         """Answer ``slow_s`` from now, or never (``None``); not counted as an arrival."""
@@ -193,6 +237,10 @@ def _stats_json(stats: Stats) -> dict[str, object]:
     return {
         "ok": stats.ok,
         "unique": len(stats.seen),
+        "seq_min": min((k for k in stats.seen if isinstance(k, int)), default=None),
+        "seq_max": max((k for k in stats.seen if isinstance(k, int)), default=None),
+        "body_min": stats.body_min,
+        "body_max": stats.body_max,
         "failed": stats.failed,
         "duplicates": stats.duplicates,
         "first_at": stats.first_at,
@@ -200,16 +248,23 @@ def _stats_json(stats: Stats) -> dict[str, object]:
         "latencies_ms": stats.latencies_ms,
         "paths": dict(stats.paths),
         "peak_held": stats.peak_held,
+        "requests": stats.requests,
+        "first_attempts": len(stats.tried),
+        "first_request_at": stats.first_request_at,
+        "last_first_at": stats.last_first_at,
+        "requests_to_last_first": stats.requests_to_last_first,
     }
 
 
 async def serve(
-    port: int, fail: float, slow_s: float = 1.0, record: bool = False, tail: Tail | None = None
+    port: int, fail: float, slow_s: float = 1.0, record: bool = False, tail: Tail | None = None,
+    *, max_fails: int = 3,
 ) -> None:
     stats = Stats()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Target(stats, fail, slow_s, record, tail), "127.0.0.1", port, backlog=4096
+        lambda: Target(stats, fail, slow_s, record, tail, max_fails=max_fails), "127.0.0.1", port,
+        backlog=4096,
     )
     print(f"target listening on {port}", flush=True)
     async with server:
@@ -226,9 +281,11 @@ def main() -> None:
     parser.add_argument("--tail-s", type=float, default=0.4, help="delay of /tail/'s slow ones")
     parser.add_argument("--tail-share", type=float, default=0.02, help="share of slow /tail/")
     parser.add_argument("--seed", type=int, default=1, help="of the /tail/ draw")
+    parser.add_argument("--max-fails", type=int, default=3, help="500s per job on /flaky/")
     args = parser.parse_args()
     tail = Tail(args.lat_s, args.tail_s, args.tail_share, random.Random(args.seed))
-    uvloop.run(serve(args.port, args.fail, args.slow_s, args.record, tail))
+    uvloop.run(serve(args.port, args.fail, args.slow_s, args.record, tail,
+                     max_fails=args.max_fails))
 
 
 if __name__ == "__main__":

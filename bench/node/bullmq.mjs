@@ -1,14 +1,15 @@
 // Benchmark driver for BullMQ: the same command line, payload and output as
 // bench/systems/common.py, so the harness treats it like the Python drivers.
 //
-//   node bench/node/bullmq.mjs enqueue --redis URL --targets a,b --n N [--payload-bytes B]
-//   node bench/node/bullmq.mjs produce --redis URL --targets a,b --rate R --seconds S [--payload-bytes B]
-//   node bench/node/bullmq.mjs work    --redis URL [--concurrency C]
+//   node bench/node/bullmq.mjs enqueue --redis URL --targets a,b --n N [--payload-bytes B] [--payload-max M] [--retry R]
+//   node bench/node/bullmq.mjs produce --redis URL --targets a,b --rate R --seconds S [--payload-bytes B] [--payload-max M] [--retry R]
+//   node bench/node/bullmq.mjs work    --redis URL [--concurrency C] [--retry fixed|default]
 //
 // Fairness notes:
 // - Jobs use removeOnComplete/removeOnFail so finished work is deleted, as a queue that drops
 //   delivered messages does; BullMQ's default keeps every finished job hash in Redis forever.
-// - Retries: attempts 10 with a fixed 100 ms backoff, i.e. common.MAX_TRIES / RETRY_DELAY_S.
+// - Retries: attempts 10 with a fixed 100 ms backoff, i.e. common.MAX_TRIES / RETRY_DELAY_S;
+//   with --retry default no backoff option, BullMQ's default: a failed job is retried at once.
 // - Everything else is BullMQ's default (drainDelay, lock/stalled intervals, the events stream).
 // - BullMQ 6 only lazy-loads ioredis through `require`, which does not exist in native ESM, so
 //   we construct the ioredis client ourselves (from the URL) and hand BullMQ the instance.
@@ -23,27 +24,23 @@ const JOB = 'deliver';
 const BULK = 1000;
 const MAX_TRIES = 10; // common.MAX_TRIES
 const RETRY_DELAY_MS = 100; // common.RETRY_DELAY_S
-const JOB_OPTS = {
-  attempts: MAX_TRIES,
-  backoff: { type: 'fixed', delay: RETRY_DELAY_MS },
-  removeOnComplete: true,
-  removeOnFail: true,
-};
+const JOB_OPTS = { attempts: MAX_TRIES, removeOnComplete: true, removeOnFail: true };
+const FIXED_BACKOFF = { type: 'fixed', delay: RETRY_DELAY_MS };
+const jobOpts = (retry) => (retry === 'fixed' ? { ...JOB_OPTS, backoff: FIXED_BACKOFF } : JOB_OPTS);
 
 function usage(message) {
   process.stderr.write(`${message}\nusage: bullmq.mjs {enqueue|produce|work} --redis URL ...\n`);
   process.exit(2);
 }
 
+const SHAPE = { 'payload-bytes': '300', 'payload-max': '0', retry: 'fixed' };
+
 function parse(argv) {
   const [command, ...rest] = argv;
   const spec = {
-    enqueue: { required: ['redis', 'targets', 'n'], defaults: { 'payload-bytes': '300' } },
-    produce: {
-      required: ['redis', 'targets', 'rate', 'seconds'],
-      defaults: { 'payload-bytes': '300' },
-    },
-    work: { required: ['redis'], defaults: { concurrency: '100' } },
+    enqueue: { required: ['redis', 'targets', 'n'], defaults: { ...SHAPE } },
+    produce: { required: ['redis', 'targets', 'rate', 'seconds'], defaults: { ...SHAPE } },
+    work: { required: ['redis'], defaults: { concurrency: '100', retry: 'fixed' } },
   }[command];
   if (!spec) usage(`unknown command ${JSON.stringify(command)}`);
   const allowed = new Set([...spec.required, ...Object.keys(spec.defaults)]);
@@ -70,13 +67,15 @@ function parse(argv) {
     if (!Number.isFinite(v)) usage(`--${name} must be a number`);
     return v;
   };
-  const args = { command, redis: opts.redis };
+  if (!['fixed', 'default'].includes(opts.retry)) usage('--retry must be fixed or default');
+  const args = { command, redis: opts.redis, retry: opts.retry };
   if (command === 'work') {
     args.concurrency = number('concurrency');
   } else {
     args.targets = opts.targets.split(',').filter(Boolean);
     if (!args.targets.length) usage('--targets is empty');
     args.payloadBytes = number('payload-bytes');
+    args.payloadMax = number('payload-max');
     if (command === 'enqueue') args.n = number('n');
     else {
       args.rate = number('rate');
@@ -86,8 +85,10 @@ function parse(argv) {
   return args;
 }
 
-// Same shape and size as common.payload: {"seq": i, "t": <unix s>, "pad": "xx.."} of ~size bytes.
-function payload(seq, size) {
+// Same shape and size as common.payload: {"seq": i, "t": <unix s>, "pad": "xx.."} of ~size bytes,
+// or of common.payload_size(seq, size, max) bytes with --payload-max.
+function payload(seq, size, max) {
+  if (max > size) size += (seq * 7919) % (max - size + 1);
   const base = { seq, t: Date.now() / 1000, pad: '' };
   const pad = Math.max(0, size - Buffer.byteLength(JSON.stringify(base)));
   base.pad = 'x'.repeat(pad);
@@ -112,15 +113,15 @@ async function enqueue(args) {
   const connection = redis(args.redis);
   const queue = new Queue(QUEUE, { connection });
   await queue.waitUntilReady();
-  const { targets, n, payloadBytes } = args;
+  const { targets, n, payloadBytes, payloadMax, retry } = args;
   const started = performance.now();
   for (let start = 0; start < n; start += BULK) {
     const jobs = [];
     for (let i = start; i < Math.min(n, start + BULK); i++) {
       jobs.push({
         name: JOB,
-        data: { url: targets[i % targets.length], payload: payload(i, payloadBytes) },
-        opts: JOB_OPTS,
+        data: { url: targets[i % targets.length], payload: payload(i, payloadBytes, payloadMax) },
+        opts: jobOpts(retry),
       });
     }
     await queue.addBulk(jobs);
@@ -135,7 +136,7 @@ async function produce(args) {
   const connection = redis(args.redis);
   const queue = new Queue(QUEUE, { connection });
   await queue.waitUntilReady();
-  const { targets, rate, seconds, payloadBytes } = args;
+  const { targets, rate, seconds, payloadBytes, payloadMax, retry } = args;
   const total = Math.floor(rate * seconds);
   const started = performance.now();
   const pending = new Set();
@@ -144,8 +145,8 @@ async function produce(args) {
     if (delay > 0) await sleep(delay);
     const p = queue.add(
       JOB,
-      { url: targets[i % targets.length], payload: payload(i, payloadBytes) },
-      JOB_OPTS,
+      { url: targets[i % targets.length], payload: payload(i, payloadBytes, payloadMax) },
+      jobOpts(retry),
     );
     pending.add(p);
     p.finally(() => pending.delete(p));

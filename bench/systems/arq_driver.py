@@ -33,7 +33,16 @@ import uvloop
 from arq import Retry, Worker, create_pool
 from arq.connections import ArqRedis, RedisSettings
 
-from bench.systems.common import MAX_TRIES, RETRY_DELAY_S, paced, parse, payload, report, targets
+from bench.systems.common import (
+    MAX_TRIES,
+    RETRY_DELAY_S,
+    paced,
+    parse,
+    payload,
+    report,
+    sizes,
+    targets,
+)
 
 QUEUE = "bench:arq"
 BATCH = 256
@@ -51,14 +60,14 @@ async def _pool(redis: str) -> ArqRedis:
     return await create_pool(RedisSettings.from_dsn(redis), default_queue_name=QUEUE)
 
 
-async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
+async def enqueue(redis: str, urls: list[str], n: int, size: tuple[int, int]) -> None:
     pool = await _pool(redis)
     try:
         started = time.perf_counter()
         for start in range(0, n, BATCH):
             await asyncio.gather(
                 *(
-                    pool.enqueue_job("deliver", urls[i % len(urls)], payload(i, size))
+                    pool.enqueue_job("deliver", urls[i % len(urls)], payload(i, *size))
                     for i in range(start, min(n, start + BATCH))
                 )
             )
@@ -67,13 +76,15 @@ async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
         await pool.aclose()
 
 
-async def produce(redis: str, urls: list[str], rate: float, seconds: float, size: int) -> None:
+async def produce(
+    redis: str, urls: list[str], rate: float, seconds: float, size: tuple[int, int]
+) -> None:
     pool = await _pool(redis)
     try:
         started = time.perf_counter()
 
         async def send(i: int) -> None:
-            await pool.enqueue_job("deliver", urls[i % len(urls)], payload(i, size))
+            await pool.enqueue_job("deliver", urls[i % len(urls)], payload(i, *size))
 
         report(await paced(rate, seconds, send), started)
     finally:
@@ -89,12 +100,14 @@ async def deliver(ctx: dict[str, Any], url: str, body: dict[str, object]) -> Non
     except (aiohttp.ClientError, TimeoutError):
         ok = False
     if not ok:
-        # arq counts tries itself and fails the job for good after max_tries.
-        raise Retry(defer=RETRY_DELAY_S)
+        # arq counts tries itself and fails the job for good after max_tries. Its default
+        # (Retry() without defer) runs the job again at once.
+        raise Retry(defer=ctx["retry_delay_s"])
 
 
-def work(redis: str, concurrency: int) -> None:
+def work(redis: str, concurrency: int, retry: str) -> None:
     async def startup(ctx: dict[str, Any]) -> None:
+        ctx["retry_delay_s"] = RETRY_DELAY_S if retry == "fixed" else None
         ctx["session"] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency),
             timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
@@ -131,11 +144,11 @@ def work(redis: str, concurrency: int) -> None:
 def main() -> None:
     args = parse()
     if args.command == "work":
-        work(args.redis, args.concurrency)
+        work(args.redis, args.concurrency, args.retry)
     elif args.command == "enqueue":
-        asyncio.run(enqueue(args.redis, targets(args), args.n, args.payload_bytes))
+        asyncio.run(enqueue(args.redis, targets(args), args.n, sizes(args)))
     else:
-        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, args.payload_bytes))
+        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, sizes(args)))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,23 @@
 
 Each system under test has a driver with three commands, so the harness treats them alike:
 
-    enqueue --redis URL --targets URL[,URL...] --n N --payload-bytes B
+    enqueue --redis URL --targets URL[,URL...] --n N --payload-bytes B [--payload-max M]
         put N jobs in Redis, job i POSTing to targets[i % len(targets)]; print one JSON line
         {"enqueued": N, "seconds": S}
-    produce --redis URL --targets ... --rate R --seconds S --payload-bytes B
+    produce --redis URL --targets ... --rate R --seconds S --payload-bytes B [--payload-max M]
         enqueue at a steady rate (fresh timestamps, for latency); same JSON line at the end
     work --redis URL --concurrency C
         run one worker process until SIGTERM: POST each job's payload as JSON to its URL;
-        a non-2xx answer is a failure retried by the system's own mechanism (>= 10 attempts,
-        ~0.1 s apart)
+        a non-2xx answer is a failure retried by the system's own mechanism, MAX_TRIES attempts
 
-Payloads are ``{"seq": i, "t": <unix seconds at enqueue>, "pad": "xx.."}`` of about B bytes;
-the target reads ``t`` to measure publish-to-arrival latency.
+Every command takes ``--retry fixed|default`` (systems set retry options at enqueue or in the
+worker): ``fixed`` retries RETRY_DELAY_S (0.1 s) after a failure in every system; ``default``
+keeps each system's own default backoff (dispatcher: 5 s doubling, +-20%; BullMQ, arq and saq:
+at once). Both give MAX_TRIES attempts.
+
+Payloads are ``{"seq": i, "t": <unix seconds at enqueue>, "pad": "xx.."}`` of about B bytes, or
+of ``payload_size(i, B, M)`` bytes (spread over B..M, the same in every driver) with
+``--payload-max``; the target reads ``t`` to measure publish-to-arrival latency.
 """
 
 from __future__ import annotations
@@ -28,7 +33,18 @@ RETRY_DELAY_S = 0.1
 MAX_TRIES = 10
 
 
-def payload(seq: int, size: int) -> dict[str, object]:
+RETRIES = ("fixed", "default")
+
+
+def payload_size(seq: int, low: int, high: int = 0) -> int:
+    """Job ``seq``'s payload size: ``low``, or spread over ``low..high`` (bench/node/bullmq.mjs)."""
+    if high <= low:
+        return low
+    return low + seq * 7919 % (high - low + 1)
+
+
+def payload(seq: int, size: int, size_max: int = 0) -> dict[str, object]:
+    size = payload_size(seq, size, size_max)
     base = {"seq": seq, "t": time.time(), "pad": ""}
     pad = max(0, size - len(orjson.dumps(base)))
     base["pad"] = "x" * pad
@@ -43,6 +59,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--redis", required=True)
         p.add_argument("--targets", required=True)
         p.add_argument("--payload-bytes", type=int, default=300)
+        p.add_argument("--payload-max", type=int, default=0, help="spread sizes up to this")
+        p.add_argument("--retry", choices=RETRIES, default="fixed")
         if name == "enqueue":
             p.add_argument("--n", type=int, required=True)
         else:
@@ -51,7 +69,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     w = sub.add_parser("work")
     w.add_argument("--redis", required=True)
     w.add_argument("--concurrency", type=int, default=100)
+    w.add_argument("--retry", choices=RETRIES, default="fixed")
     return parser.parse_args(argv)
+
+
+def sizes(args: argparse.Namespace) -> tuple[int, int]:
+    """``(payload_bytes, payload_max)`` of an enqueue or produce command, for ``payload``."""
+    return args.payload_bytes, args.payload_max
 
 
 def targets(args: argparse.Namespace) -> list[str]:

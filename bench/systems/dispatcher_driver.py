@@ -12,7 +12,16 @@ import sys
 import time
 from collections.abc import Iterable
 
-from bench.systems.common import paced_batches, parse, payload, report, targets
+from bench.systems.common import (
+    MAX_TRIES,
+    RETRY_DELAY_S,
+    paced_batches,
+    parse,
+    payload,
+    report,
+    sizes,
+    targets,
+)
 from dispatcher import Client
 
 PREFIX = "bench"
@@ -28,7 +37,7 @@ async def _hooks(client: Client, urls: list[str]) -> list[str]:
     return tenants
 
 
-async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
+async def enqueue(redis: str, urls: list[str], n: int, size: tuple[int, int]) -> None:
     async with Client.from_url(redis, prefix=PREFIX) as client:
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
@@ -37,7 +46,9 @@ async def enqueue(redis: str, urls: list[str], n: int, size: int) -> None:
         report(n, started)
 
 
-async def produce(redis: str, urls: list[str], rate: float, seconds: float, size: int) -> None:
+async def produce(
+    redis: str, urls: list[str], rate: float, seconds: float, size: tuple[int, int]
+) -> None:
     async with Client.from_url(redis, prefix=PREFIX) as client:
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
@@ -48,11 +59,13 @@ async def produce(redis: str, urls: list[str], rate: float, seconds: float, size
         report(await paced_batches(rate, seconds, send), started)
 
 
-async def _publish(client: Client, tenants: list[str], indices: Iterable[int], size: int) -> None:
+async def _publish(
+    client: Client, tenants: list[str], indices: Iterable[int], size: tuple[int, int]
+) -> None:
     """One round trip for the batch (Client.publish_many), as a busy producer would."""
     answers = await client.publish_many(
         {"tenant_id": tenants[i % len(tenants)], "event_type": "bench.event",
-         "payload": payload(i, size)}
+         "payload": payload(i, *size)}
         for i in indices
     )
     errors = [a for a in answers if not isinstance(a, dict)]
@@ -60,20 +73,21 @@ async def _publish(client: Client, tenants: list[str], indices: Iterable[int], s
         raise RuntimeError(f"{len(errors)} events not accepted: {errors[0]}")
 
 
-def work(redis: str, concurrency: int, http_client: str) -> None:
+def work(redis: str, concurrency: int, http_client: str, retry: str = "fixed") -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env.update({
         "DISPATCHER_REDIS_URL": redis,
         "DISPATCHER_REDIS_PREFIX": PREFIX,
         "DISPATCHER_ADMIN_LISTEN": "",
         "DISPATCHER_DELIVERY_CONCURRENCY": str(concurrency),
-        "DISPATCHER_DELIVERY_BACKOFF_BASE_S": "0.1",
-        "DISPATCHER_DELIVERY_BACKOFF_CAP_S": "0.1",  # a fixed 0.1 s, as the peers retry
-        "DISPATCHER_DELIVERY_MAX_ATTEMPTS": "10",
+        "DISPATCHER_DELIVERY_MAX_ATTEMPTS": str(MAX_TRIES),
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
         "DISPATCHER_LOG_LEVEL": "warning",
         "DISPATCHER_DELIVERY_HTTP_CLIENT": http_client,
     })
+    if retry == "fixed":  # a fixed 0.1 s, as the peers retry; else the default 5 s doubling
+        env["DISPATCHER_DELIVERY_BACKOFF_BASE_S"] = env["DISPATCHER_DELIVERY_BACKOFF_CAP_S"] = str(
+            RETRY_DELAY_S)
     os.execve(sys.executable, [sys.executable, "-m", "dispatcher", "run"], env)
 
 
@@ -84,11 +98,11 @@ def main() -> None:
         http_client = argv.pop(0).partition("=")[2]
     args = parse(argv)
     if args.command == "work":
-        work(args.redis, args.concurrency, http_client)
+        work(args.redis, args.concurrency, http_client, args.retry)
     elif args.command == "enqueue":
-        asyncio.run(enqueue(args.redis, targets(args), args.n, args.payload_bytes))
+        asyncio.run(enqueue(args.redis, targets(args), args.n, sizes(args)))
     else:
-        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, args.payload_bytes))
+        asyncio.run(produce(args.redis, targets(args), args.rate, args.seconds, sizes(args)))
 
 
 if __name__ == "__main__":
