@@ -825,7 +825,7 @@ def chart(rows: list[Result], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="under two minutes")
-    parser.add_argument("--systems", default="dispatcher,bullmq,arq,saq")
+    parser.add_argument("--systems", default="dispatcher,dispatcher-aiohttp,bullmq,arq,saq")
     names = ", ".join(sc.name for sc in scenarios(False, ("dispatcher",)))
     parser.add_argument("--scenarios", default="",
                         help="comma-separated names (default all): " + names.replace("%", "%%"))
