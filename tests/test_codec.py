@@ -62,14 +62,30 @@ def test_history_keeps_the_last_fifty_and_cjson_empty_history_reads_as_none() ->
 
 
 def test_the_locator() -> None:
-    raw = codec.locator("default:low", "1700000000000-7")
-    assert raw == b"@default:low 1700000000000-7"
-    assert codec.is_locator(raw)
+    """A locator is a few bytes: the entry id relative to the job id's time, the stream
+    named only when it is not the default queue's normal one."""
+    job_ms = codec.id_ms(_JOB_ID)
+    assert codec.locator("default", f"{job_ms + 3}-0", _JOB_ID) == b"@3-0"
+    assert codec.locator("default:low", f"{job_ms - 12}-7", _JOB_ID) == b"@-12-7,default:low"
+    for stream, sid in (("default", f"{job_ms + 3}-0"), ("billing:high", f"{job_ms - 12}-17")):
+        raw = codec.locator(stream, sid, _JOB_ID)
+        assert codec.is_locator(raw)
+        assert codec.parse_locator(raw, _JOB_ID) == (stream, sid)
     assert not codec.is_locator(_RECORDS[0])
-    assert codec.parse_locator(raw) == ("default:low", "1700000000000-7")
-    assert codec.try_decode(_JOB_ID, raw) is None
+    assert codec.try_decode(_JOB_ID, b"@3-0") is None
     assert codec.try_decode(_JOB_ID, None) is None
     assert codec.try_decode(_JOB_ID, b"garbage") is None
+    with pytest.raises(ValueError):
+        codec.parse_locator(b"@x", _JOB_ID)
+
+
+def test_a_locator_written_before_the_short_form_still_reads() -> None:
+    """A locator of an earlier release, "@<stream> <entry id>", names its entry as it did."""
+    raw = b"@default:low 1700000000000-7"
+    assert codec.is_locator(raw)
+    assert codec.parse_locator(raw, _JOB_ID) == ("default:low", "1700000000000-7")
+    assert codec.parse_locator(b"@12-3 1700000000000-0", _JOB_ID) == ("12-3", "1700000000000-0")
+    assert codec.try_decode(_JOB_ID, raw) is None
 
 
 def test_a_job_from_its_entry() -> None:

@@ -1,7 +1,8 @@
 #!lua
 -- publish.lua: fan an event out to the tenant's matching webhooks, one job each, atomically.
 -- A job to deliver now is one stream entry carrying its data, plus a locator in the jobs hash
--- ("@<queue> <entry id>"); a scheduled job is a full record plus its due time in the zset.
+-- (a few bytes naming the entry, _record.lua's make_locator); a scheduled job is a full
+-- record plus its due time in the zset.
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
 -- KEYS[4] the fingerprint beside it (same use)
 -- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[11] (of its stream
@@ -113,7 +114,7 @@ for n, match in ipairs(matched) do
                             'e', event_type, 'p', ARGV[5])
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     q.added[#q.added + 1] = sid
-    records[#records + 1] = make_locator(q.stream, sid)
+    records[#records + 1] = make_locator(q.stream, sid, job_id)
   end
   answer[#answer + 1] = job_id
   answer[#answer + 1] = webhook_id
