@@ -76,22 +76,19 @@ def _publish_call(
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
-    args: list[bytes | str | int] = [
+    event = " ".join((
         shard_job_prefix(pub.job_prefix, keys.shard),
         pub.event_id,
         pub.tenant_id,
         pub.event_type,
-        pub.payload,
-        store.clock.now_ms(),
-        pub.deliver_at_ms or 0,
-        IDEMPOTENCY_TTL_S if pub.idempotency_key else 0,
-        pub.only_webhook or "",
-        pub.priority,
-        " ".join(names),
-        " ".join(streams),
-        pub.fingerprint,
-        "1" if pub.decided else "",
-    ]
+        str(store.clock.now_ms()),
+        str(pub.deliver_at_ms or 0),
+        str(IDEMPOTENCY_TTL_S if pub.idempotency_key else 0),
+        pub.only_webhook or "-",
+        pub.fingerprint or "-",
+        "1" if pub.decided else "-",
+    ))
+    args: list[bytes | str | int] = [event, " ".join(names), " ".join(streams), pub.payload]
     idem_keys = [keys.idempotency(*idem), keys.fingerprint(*idem)]
     return [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys], args
 
