@@ -306,7 +306,11 @@ class Publisher:
             results = await _publish_batch(self.store, [pub for pub, _ in batch], self.queues)
         except BaseException as exc:  # the round trip failed: every event of it meets the error
             for _, future in batch:
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
