@@ -11,9 +11,12 @@ that refers to a record carries only ``j`` and ``w``.
 The locator. Meanwhile the ``jobs`` hash holds only a locator for it, which names the entry:
 ``@<delta>-<seq>``, then ``,<stream>`` unless the stream is ``default`` (the default queue's
 normal priority). The entry id is ``<ms>-<seq>`` where ``ms`` is the job id's own time (the
-first ten characters of its core, ids.py) plus ``delta`` (a signed decimal, a few ms when the
-publisher's clock agrees with Redis's). So a locator is a handful of bytes (``@3-0``): the hash
-keeps one per queued job, and a value of up to 6 bytes takes Redis's smallest allocation.
+first ten characters of its core, ids.py) plus ``delta``; both numbers are written in base 36
+(``0-9a-z``, a ``-`` before a negative delta). ``delta`` is the time from choosing the id to
+adding the entry, a few ms when the publisher's clock agrees with Redis's. So a locator is a
+handful of bytes (``@3-0``, ``@1k-b``): the hash keeps one per queued job, and a value of up to
+6 bytes takes Redis's smallest allocation (deltas under 1.3 s, fewer than 1,296 entries added
+in the same ms).
 Releases before this one wrote ``@<stream> <entry id>`` (an ``@``, the stream, one space, the
 entry id); those are read as before. A locator never holds a newline, and only the older form
 holds a space.
@@ -56,6 +59,7 @@ _SEP = b"\n"
 #: The stream a locator names by saying nothing: the default queue's, at normal priority.
 SHORT_STREAM = "default"
 _ID_DIGITS = {c: n for n, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -150,7 +154,7 @@ def locator(stream: str, sid: str, job_id: str) -> bytes:
     """What the jobs hash holds for a job whose data travels in its ready-stream entry
     (the form publish.lua writes through ``make_locator``)."""
     ms, _, seq = sid.partition("-")
-    text = f"@{int(ms) - id_ms(job_id)}-{seq}"
+    text = f"@{_b36(int(ms) - id_ms(job_id))}-{_b36(int(seq))}"
     return (text if stream == SHORT_STREAM else f"{text},{stream}").encode()
 
 
@@ -167,9 +171,22 @@ def parse_locator(raw: bytes, job_id: str) -> tuple[str, str]:
         return stream, sid
     rel, comma, stream = text.partition(",")
     delta, dash, seq = rel.rpartition("-")
-    if not dash or not seq.isdigit() or (comma and not stream):
+    if not dash or not delta or delta == "-" or (comma and not stream):
         raise ValueError(f"not a locator: {raw!r}")
-    return (stream if comma else SHORT_STREAM), f"{id_ms(job_id) + int(delta)}-{seq}"
+    stream = stream if comma else SHORT_STREAM
+    return stream, f"{id_ms(job_id) + int(delta, 36)}-{int(seq, 36)}"
+
+
+def _b36(n: int) -> str:
+    """A whole number in base 36, lower case, ``-`` first when negative."""
+    if n < 0:
+        return "-" + _b36(-n)
+    digits = ""
+    while True:
+        n, d = divmod(n, 36)
+        digits = _B36[d] + digits
+        if not n:
+            return digits
 
 
 def id_ms(job_id: str) -> int:
