@@ -52,7 +52,9 @@ async def _in_flight(n: int, width: int, one: Any) -> None:
     await asyncio.gather(*(lane() for _ in range(width)))
 
 
-def _timed(label: str, n: int, started: float, cpu: float, daemon_cpu: float | None) -> dict[str, Any]:
+def _timed(
+    label: str, n: int, started: float, cpu: float, daemon_cpu: float | None
+) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     row = {
         "way": label,
@@ -89,14 +91,16 @@ async def _via_many(client: Client, n: int, batch: int) -> dict[str, Any]:
 
 def _daemon(redis_url: str, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-    env.update({
-        "DISPATCHER_REDIS_URL": redis_url,
-        "DISPATCHER_REDIS_PREFIX": PREFIX,
-        "DISPATCHER_ADMIN_LISTEN": f"127.0.0.1:{port}",
-        "DISPATCHER_ADMIN_TOKEN": TOKEN,
-        "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
-        "DISPATCHER_LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "DISPATCHER_REDIS_URL": redis_url,
+            "DISPATCHER_REDIS_PREFIX": PREFIX,
+            "DISPATCHER_ADMIN_LISTEN": f"127.0.0.1:{port}",
+            "DISPATCHER_ADMIN_TOKEN": TOKEN,
+            "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "true",
+            "DISPATCHER_LOG_LEVEL": "warning",
+        }
+    )
     return subprocess.Popen([sys.executable, "-m", "dispatcher", "run"], env=env)
 
 
@@ -140,8 +144,9 @@ async def _via_http(redis_url: str, n: int, width: int) -> dict[str, Any]:
 
 
 async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    print(f"# {hooks} webhook(s) per tenant, {args.n} events, {args.in_flight} in flight",
-          flush=True)
+    print(
+        f"# {hooks} webhook(s) per tenant, {args.n} events, {args.in_flight} in flight", flush=True
+    )
     redis = Redis()
     rows = []
     try:
@@ -149,8 +154,11 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             for _ in range(hooks):
                 await client.create_webhook(TENANT, "http://127.0.0.1:9/hook")
             await client.pause("default")  # measure publishing alone: nothing is delivered
-            await _in_flight(min(args.n, 200), args.in_flight,
-                             lambda i: client.publish(TENANT, "bench.event", payload(i, 300)))
+            await _in_flight(
+                min(args.n, 200),
+                args.in_flight,
+                lambda i: client.publish(TENANT, "bench.event", payload(i, 300)),
+            )
             for way in args.ways:
                 if way == "client":
                     rows.append(await _via_client(client, args.n, args.in_flight))

@@ -83,7 +83,7 @@ def test_the_locator() -> None:
     assert codec.try_decode(_JOB_ID, b"@3-0") is None
     assert codec.try_decode(_JOB_ID, None) is None
     assert codec.try_decode(_JOB_ID, b"garbage") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a locator"):
         codec.parse_locator(b"@x", _JOB_ID)
 
 
@@ -135,7 +135,7 @@ async def test_lua_and_python_write_and_read_the_same_locators(redis: aioredis.R
         "return out\n"
     )
     args = [part for case in cases for part in case]
-    reply = await redis.eval(script, 1, job_id, *args)  # type: ignore[misc]
+    reply = await redis.eval(script, 1, job_id, *args)
     for n, (stream, sid) in enumerate(cases):
         assert reply[2 * n] == codec.locator(stream, sid, job_id)
         assert reply[2 * n + 1] == f"{stream} {sid}".encode()

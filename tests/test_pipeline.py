@@ -457,12 +457,15 @@ async def test_jobs_queued_in_the_earlier_format_are_looked_up_and_delivered(
     for stream in ("default", "default:high"):
         job_id = new_event_ids()[1] + "1"
         fields = {"j": job_id, "w": hook["id"], "t": "acme", "e": "a.b", "p": f'{{"s":"{stream}"}}'}
-        sid = (await redis.xadd(keys.ready(stream), fields)).decode()  # type: ignore[arg-type]
-        await redis.hset(keys.jobs, job_id, f"@{stream} {sid}")
+        sid = await redis.xadd(keys.ready(stream), fields)  # type: ignore[arg-type]
+        assert isinstance(sid, bytes)
+        await redis.hset(keys.jobs, job_id, f"@{stream} {sid.decode()}")
         old[job_id] = stream
     new = await client.publish("acme", "a.b", {"s": "new"}, priority="low")
     new_id = new["jobs"][0]["id"]
-    assert (await redis.hget(keys.jobs, new_id) or b"").endswith(b",default:low")
+    locator = await redis.hget(keys.jobs, new_id)
+    assert isinstance(locator, bytes)
+    assert locator.endswith(b",default:low")
     for job_id, stream in [*old.items(), (new_id, "default:low")]:
         job = await client.get_job(job_id)
         assert job is not None

@@ -76,18 +76,20 @@ def _publish_call(
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
-    event = " ".join((
-        shard_job_prefix(pub.job_prefix, keys.shard),
-        pub.event_id,
-        pub.tenant_id,
-        pub.event_type,
-        str(store.clock.now_ms()),
-        str(pub.deliver_at_ms or 0),
-        str(IDEMPOTENCY_TTL_S if pub.idempotency_key else 0),
-        pub.only_webhook or "-",
-        pub.fingerprint or "-",
-        "1" if pub.decided else "-",
-    ))
+    event = " ".join(
+        (
+            shard_job_prefix(pub.job_prefix, keys.shard),
+            pub.event_id,
+            pub.tenant_id,
+            pub.event_type,
+            str(store.clock.now_ms()),
+            str(pub.deliver_at_ms or 0),
+            str(IDEMPOTENCY_TTL_S if pub.idempotency_key else 0),
+            pub.only_webhook or "-",
+            pub.fingerprint or "-",
+            "1" if pub.decided else "-",
+        )
+    )
     args: list[bytes | str | int] = [event, " ".join(names), " ".join(streams), pub.payload]
     idem_keys = [keys.idempotency(*idem), keys.fingerprint(*idem)]
     return [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys], args
@@ -246,22 +248,27 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
         replies = iter(await pipe.execute(raise_on_error=False))
     for part in parts:
         for shard, reply in zip(part.shards, replies, strict=False):
-            if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
-                # The script is not loaded yet (or a queue is new to us): the one-by-one path
-                # loads it and learns the queue.
-                try:
-                    new, answer = await _publish_in(shard, part.pub, known)
-                except (DispatcherError, rex.RedisError) as exc:
-                    part.error = part.error or exc
-                else:
-                    part.new, part.answers = part.new or new, [*part.answers, answer]
-            elif isinstance(reply, Exception):
-                part.error = part.error or translate(reply) or reply
-            elif reply[0] == _REUSED:
-                part.error = part.error or IdempotencyKeyReused(part.pub.idempotency_key or "")
-            else:
-                part.new = part.new or reply[0] == 1
-                part.answers.append(reply[1].decode())
+            await _note(part, shard, reply, known)
+
+
+async def _note(part: _Part, shard: Store, reply: Any, known: set[str]) -> None:
+    """What one shard's script answered for ``part``, as ``publish`` would take it."""
+    if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
+        # The script is not loaded yet (or a queue is new to us): the one-by-one path loads
+        # it and learns the queue.
+        try:
+            new, answer = await _publish_in(shard, part.pub, known)
+        except (DispatcherError, rex.RedisError) as exc:
+            part.error = part.error or exc
+        else:
+            part.new, part.answers = part.new or new, [*part.answers, answer]
+    elif isinstance(reply, Exception):
+        part.error = part.error or translate(reply) or reply
+    elif reply[0] == _REUSED:
+        part.error = part.error or IdempotencyKeyReused(part.pub.idempotency_key or "")
+    else:
+        part.new = part.new or reply[0] == 1
+        part.answers.append(reply[1].decode())
 
 
 class Publisher:
