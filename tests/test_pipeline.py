@@ -479,3 +479,12 @@ async def test_jobs_queued_in_the_earlier_format_are_looked_up_and_delivered(
     assert bodies == ["default", "default:high", "new"]
     for job_id in [*old, new_id]:
         await eventually(lambda job_id=job_id: _job_in(client, job_id, "delivered"))
+
+
+async def test_a_deliver_at_before_1970_is_due_at_once(client: Client, target: Target) -> None:
+    """A deliver_at in the past, even before 1970 (a negative epoch time), queues the job now."""
+    await client.create_webhook("acme", target.url())
+    answer = await client.publish("acme", "a.b", {}, deliver_at="0775-04-12T19:23:18.4Z")
+    job = await client.get_job(answer["jobs"][0]["id"])
+    assert job is not None
+    assert job["state"] == "queued"

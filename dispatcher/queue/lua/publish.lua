@@ -33,7 +33,7 @@
 -- Records and locators are written as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
 local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided =
-  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%d+) (%d+) (%S+) (%S+) (%S+)$')
+  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+)$')
 if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
 local payload = ARGV[4]
 local use_idem = tonumber(ttl) > 0
