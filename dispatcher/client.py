@@ -59,6 +59,8 @@ class Client:
         #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them).
         self.configured_queues = frozenset(queues)
         self._queues: set[str] = {records.DEFAULT_QUEUE}
+        #: Single publishes in flight together go to Redis in one pipeline.
+        self._publisher = publishing.Publisher(store, self._queues)
 
     @classmethod
     def from_url(
@@ -189,7 +191,7 @@ class Client:
         pub = self._publication(
             tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
         )
-        new, answer = await publishing.publish(self.store, pub, self._queues)
+        new, answer = await self._publisher.publish(pub)
         return new, cast("shapes.PublishAnswer", answer)
 
     async def deliver(

@@ -23,6 +23,7 @@ PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
 MAX_SHARDS = 1024
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_MASK_50 = (1 << 50) - 1
 # ``.<k>`` names the shard when it is not 0
 _JOB_ID = re.compile(r"job_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?\.\d{1,6}")
 _WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?")
@@ -40,11 +41,17 @@ def _base32(value: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits as two characters
+
+
 def _sortable_id() -> str:
-    """20 characters: 10 of millisecond time, 10 of randomness (like a ULID)."""
-    return _base32(time.time_ns() // 1_000_000, 10) + _base32(
-        int.from_bytes(os.urandom(7), "big"), 10
-    )
+    """20 characters: 10 of millisecond time, 10 of randomness (like a ULID); the same as
+    ``_base32(ms, 10) + _base32(random, 10)``, two characters at a time."""
+    value = (time.time_ns() // 1_000_000 & _MASK_50) << 50 | int.from_bytes(
+        os.urandom(7), "big"
+    ) & _MASK_50
+    pairs = _PAIRS
+    return "".join(pairs[value >> shift & 1023] for shift in range(90, -1, -10))
 
 
 def new_event_ids() -> tuple[str, str]:

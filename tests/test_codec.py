@@ -3,10 +3,15 @@ write out byte for byte, and the locator and the entry read as they always have.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from dispatcher.model import Job, JobState
-from dispatcher.queue import codec
+from dispatcher.queue import codec, scripts
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 _PAYLOAD = b'{"amount": 1.50, "items": {}, "n": 12345678901234567890}'
 _META = b'{"w":"wh_0123456789abcdefghjk","t":"acme","e":"order.paid","q":"default:high",'
@@ -62,14 +67,33 @@ def test_history_keeps_the_last_fifty_and_cjson_empty_history_reads_as_none() ->
 
 
 def test_the_locator() -> None:
-    raw = codec.locator("default:low", "1700000000000-7")
-    assert raw == b"@default:low 1700000000000-7"
-    assert codec.is_locator(raw)
+    """A locator is a few bytes: the entry id relative to the job id's time, the stream
+    named only when it is not the default queue's normal one."""
+    job_ms = codec.id_ms(_JOB_ID)
+    assert codec.locator("default", f"{job_ms + 3}-0", _JOB_ID) == b"@3-0"
+    assert codec.locator("default", f"{job_ms + 1295}-36", _JOB_ID) == b"@zz-10"
+    assert codec.locator("default:low", f"{job_ms - 12}-7", _JOB_ID) == b"@-c-7,default:low"
+    cases = [("default", f"{job_ms + 3}-0"), ("billing:high", f"{job_ms - 1200}-17")]
+    cases += [("default", f"{job_ms + 86_400_000}-123456")]
+    for stream, sid in cases:
+        raw = codec.locator(stream, sid, _JOB_ID)
+        assert codec.is_locator(raw)
+        assert codec.parse_locator(raw, _JOB_ID) == (stream, sid)
     assert not codec.is_locator(_RECORDS[0])
-    assert codec.parse_locator(raw) == ("default:low", "1700000000000-7")
-    assert codec.try_decode(_JOB_ID, raw) is None
+    assert codec.try_decode(_JOB_ID, b"@3-0") is None
     assert codec.try_decode(_JOB_ID, None) is None
     assert codec.try_decode(_JOB_ID, b"garbage") is None
+    with pytest.raises(ValueError, match="not a locator"):
+        codec.parse_locator(b"@x", _JOB_ID)
+
+
+def test_a_locator_written_before_the_short_form_still_reads() -> None:
+    """A locator of an earlier release, "@<stream> <entry id>", names its entry as it did."""
+    raw = b"@default:low 1700000000000-7"
+    assert codec.is_locator(raw)
+    assert codec.parse_locator(raw, _JOB_ID) == ("default:low", "1700000000000-7")
+    assert codec.parse_locator(b"@12-3 1700000000000-0", _JOB_ID) == ("12-3", "1700000000000-0")
+    assert codec.try_decode(_JOB_ID, raw) is None
 
 
 def test_a_job_from_its_entry() -> None:
@@ -86,3 +110,33 @@ def test_a_job_from_its_entry() -> None:
     )
     with pytest.raises(KeyError):
         codec.from_entry(_JOB_ID, "default", "1-0", {b"w": b"wh_x"})
+
+
+async def test_lua_and_python_write_and_read_the_same_locators(redis: aioredis.Redis) -> None:
+    """_record.lua's make_locator and parse_locator agree with codec's, both forms, any delta."""
+    job_id = _JOB_ID
+    job_ms = codec.id_ms(job_id)
+    cases = [
+        ("default", f"{job_ms + 3}-0"),
+        ("default", f"{job_ms + 1295}-1295"),
+        ("default:low", f"{job_ms - 12}-7"),
+        ("billing:high", f"{job_ms + 86_400_000}-123456"),
+        ("default", f"{job_ms - 5_000_000}-0"),
+    ]
+    script = scripts._read("_record.lua") + (
+        "local out = {}\n"
+        "for i = 1, #ARGV, 2 do\n"
+        "  local written = make_locator(ARGV[i], ARGV[i + 1], KEYS[1])\n"
+        "  local stream, sid = parse_locator(written, KEYS[1])\n"
+        "  out[#out + 1] = written; out[#out + 1] = stream .. ' ' .. sid\n"
+        "end\n"
+        "local stream, sid = parse_locator('@default:low 1700000000000-7', KEYS[1])\n"
+        "out[#out + 1] = stream .. ' ' .. sid\n"
+        "return out\n"
+    )
+    args = [part for case in cases for part in case]
+    reply = await redis.eval(script, 1, job_id, *args)
+    for n, (stream, sid) in enumerate(cases):
+        assert reply[2 * n] == codec.locator(stream, sid, job_id)
+        assert reply[2 * n + 1] == f"{stream} {sid}".encode()
+    assert reply[-1] == b"default:low 1700000000000-7"

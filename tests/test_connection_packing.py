@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
 from dispatcher.queue.connection import open_redis, packing
@@ -17,15 +17,18 @@ CASES = [
     ("SET", "k", b"x" * 70_000),  # beyond redis-py's buffer cutoff
     ("SET", "k", bytearray(b"ba")),
     ("SET", "k", memoryview(b"mv")),
+    ("ZADD", "z", 1.5, "m", 1e20, "n"),
+    ("SET", "k", b""),
+    (b"CLIENT SETNAME", "x"),
 ]
 
 
 @pytest.mark.parametrize("args", CASES, ids=range(len(CASES)))
 def test_packed_bytes_are_redis_pys(args: tuple[object, ...]) -> None:
     """Every kind of argument we send is packed to exactly the bytes redis-py would send."""
-    ours = packing(Connection)()
-    theirs = Connection()
-    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))  # type: ignore[arg-type]
+    for cls in (Connection, UnixDomainSocketConnection):
+        ours, theirs = packing(cls)(), cls()
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [None, True, object()])

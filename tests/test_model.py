@@ -45,7 +45,7 @@ from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
 from dispatcher.errors import DispatcherError, IdempotencyKeyReused
 from dispatcher.metrics import Metrics
-from dispatcher.queue import delays, dlq, streams
+from dispatcher.queue import codec, delays, dlq, streams
 from dispatcher.queue import status as queue_status
 from dispatcher.queue.keys import GROUP, streams_of
 from dispatcher.queue.scripts import _source
@@ -221,7 +221,7 @@ def actual(
         found["state"] = "gone"
         return found
     if raw.startswith(b"@"):
-        stream, _, sid = raw[1:].decode().partition(" ")
+        stream, sid = codec.parse_locator(raw, job_id)
         found.update(locator=True, a=0, k=0)
         meta: dict[str, Any] = {"s": "queued", "q": stream, "sid": sid}
     else:

@@ -11,6 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Client, InvalidField, PayloadTooLarge, shapes, upkeep
+from dispatcher.ids import new_event_ids
 from dispatcher.queue import delays
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
@@ -457,3 +458,47 @@ async def test_publish_many_in_one_round_trip(
     await workers.start()
     received = await target.wait_for(2)
     assert sorted(orjson.loads(r.body)["n"] for r in received) == [1, 3]
+
+
+async def test_jobs_queued_in_the_earlier_format_are_looked_up_and_delivered(
+    client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
+) -> None:
+    """A backlog an earlier release queued (locators "@<stream> <entry id>") is looked up and
+    delivered by this one, beside jobs queued in the short form."""
+    keys = Keys(prefix)
+    hook = await client.create_webhook("acme", target.url())
+    old = {}
+    for stream in ("default", "default:high"):
+        job_id = new_event_ids()[1] + "1"
+        fields = {"j": job_id, "w": hook["id"], "t": "acme", "e": "a.b", "p": f'{{"s":"{stream}"}}'}
+        sid = await redis.xadd(keys.ready(stream), fields)  # type: ignore[arg-type]
+        assert isinstance(sid, bytes)
+        await redis.hset(keys.jobs, job_id, f"@{stream} {sid.decode()}")
+        old[job_id] = stream
+    new = await client.publish("acme", "a.b", {"s": "new"}, priority="low")
+    new_id = new["jobs"][0]["id"]
+    locator = await redis.hget(keys.jobs, new_id)
+    assert isinstance(locator, bytes)
+    assert locator.endswith(b",default:low")
+    for job_id, stream in [*old.items(), (new_id, "default:low")]:
+        job = await client.get_job(job_id)
+        assert job is not None
+        assert (job["state"], job["webhook_id"], job["priority"]) == (
+            "queued",
+            hook["id"],
+            stream.partition(":")[2] or "normal",
+        )
+    await workers.start()
+    bodies = sorted(orjson.loads(r.body)["s"] for r in await target.wait_for(3))
+    assert bodies == ["default", "default:high", "new"]
+    for job_id in [*old, new_id]:
+        await eventually(lambda job_id=job_id: _job_in(client, job_id, "delivered"))
+
+
+async def test_a_deliver_at_before_1970_is_due_at_once(client: Client, target: Target) -> None:
+    """A deliver_at in the past, even before 1970 (a negative epoch time), queues the job now."""
+    await client.create_webhook("acme", target.url())
+    answer = await client.publish("acme", "a.b", {}, deliver_at="0775-04-12T19:23:18.4Z")
+    job = await client.get_job(answer["jobs"][0]["id"])
+    assert job is not None
+    assert job["state"] == "queued"

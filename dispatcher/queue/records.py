@@ -64,7 +64,10 @@ async def get_job(store: Store, job_id: str) -> Job | None:
             raw = await cast("Awaitable[bytes | None]", store.redis.hget(store.keys.jobs, job_id))
         if raw is None or not codec.is_locator(raw):
             return codec.try_decode(job_id, raw)
-        queue, sid = codec.parse_locator(raw)
+        try:
+            queue, sid = codec.parse_locator(raw, job_id)
+        except (ValueError, KeyError, UnicodeDecodeError):
+            return None
         with redis_errors():
             entries = await cast(
                 "Awaitable[list[tuple[bytes, dict[bytes, bytes]]]]",

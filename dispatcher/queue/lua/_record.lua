@@ -3,8 +3,10 @@
 -- of each script that reads records. The format is documented in dispatcher/queue/codec.py:
 --   a record is the meta JSON object, '\n', then the payload bytes exactly as published
 --   (nothing after the newline once a delivered job dropped its payload);
---   a job never attempted holds a locator instead, '@<stream> <entry id>' (no newline), while
---   its data travels in its ready-stream entry ({j, w, t, e, p}).
+--   a job never attempted holds a locator instead, '@<delta>-<seq>' (base 36) then ',<stream>'
+--   unless the stream is SHORT_STREAM: its entry id is (the job id's time + delta)-seq (releases
+--   before wrote '@<stream> <entry id>', read here too), while its data travels in its
+--   ready-stream entry ({j, w, t, e, p}). A locator holds no newline.
 -- Only the meta is decoded, so cjson never re-encodes a payload: a script that changes a
 -- record writes cjson.encode(meta) .. rest.
 
@@ -13,9 +15,43 @@ local function is_locator(record)
   return type(record) == 'string' and string.sub(record, 1, 1) == '@'
 end
 
--- The stream and the entry id a locator names, or nil.
-local function parse_locator(record)
-  return string.match(record, '^@(%S+) (%S+)$')
+-- The stream a locator names by naming none: the default queue's, at normal priority.
+local SHORT_STREAM = 'default'
+local ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz'  -- ids.py: Crockford base32
+
+-- The time (ms) in a job id 'job_<core>...': the first ten characters of its core.
+local function id_ms(job_id)
+  local ms = 0
+  for i = 5, 14 do
+    ms = ms * 32 + (string.find(ID_ALPHABET, string.sub(job_id, i, i), 1, true) or 1) - 1
+  end
+  return ms
+end
+
+-- A whole number in base 36 (lower case), '-' first when negative; and back.
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function to_b36(n)
+  if n < 0 then return '-' .. to_b36(-n) end
+  local digits = ''
+  repeat
+    local d = n % 36
+    digits = string.sub(B36, d + 1, d + 1) .. digits
+    n = (n - d) / 36
+  until n == 0
+  return digits
+end
+
+-- The stream and the entry id a locator of this job names, or nil.
+local function parse_locator(record, job_id)
+  local stream, sid = string.match(record, '^@(%S+) (%S+)$')  -- the form before the short one
+  if stream then return stream, sid end
+  local sign, delta, seq, rest = string.match(record, '^@(%-?)([0-9a-z]+)%-([0-9a-z]+)(.*)$')
+  if not delta then return nil end
+  if rest == '' then stream = SHORT_STREAM else stream = string.match(rest, '^,(%S+)$') end
+  if not stream then return nil end
+  delta = tonumber(delta, 36)
+  if sign == '-' then delta = -delta end
+  return stream, string.format('%.0f-%.0f', id_ms(job_id) + delta, tonumber(seq, 36))
 end
 
 -- The meta of a full record (a table) and the rest ('\n' .. payload), or nil for anything
@@ -30,7 +66,12 @@ local function split_record(record)
 end
 
 -- What the jobs hash holds: the locator of a job never attempted, the record of any other.
-local function make_locator(stream, sid) return '@' .. stream .. ' ' .. sid end
+local function make_locator(stream, sid, job_id)
+  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
+  local locator = '@' .. to_b36(tonumber(ms) - id_ms(job_id)) .. '-' .. to_b36(tonumber(seq))
+  if stream ~= SHORT_STREAM then locator = locator .. ',' .. stream end
+  return locator
+end
 local function make_record(meta, payload) return cjson.encode(meta) .. '\n' .. payload end
 
 -- The meta JSON text of a full record, undecoded, or nil (no record, a locator, no newline).

@@ -28,7 +28,7 @@ local items = page[2]
 for i = 1, #items, 2 do
   local job_id, record = items[i], items[i + 1]
   if is_locator(record) then
-    local stream, sid = parse_locator(record)
+    local stream, sid = parse_locator(record, job_id)
     if stream and gone(base .. 'q:' .. stream .. ':ready', sid) then
       local meta = {w = '', t = '', e = '', q = stream, s = 'dead', a = 0, k = 0, f = now,
                     c = tonumber(string.match(sid, '^(%d+)')) or now, r = 'entry_missing',

@@ -1,22 +1,24 @@
 #!lua
 -- publish.lua: fan an event out to the tenant's matching webhooks, one job each, atomically.
 -- A job to deliver now is one stream entry carrying its data, plus a locator in the jobs hash
--- ("@<queue> <entry id>"); a scheduled job is a full record plus its due time in the zset.
--- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when ARGV[8] > 0)
--- KEYS[4] the fingerprint beside it (same use)
--- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[11] (of its stream
+-- (a few bytes naming the entry, _record.lua's make_locator); a scheduled job is a full
+-- record plus its due time in the zset.
+-- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when the TTL
+-- is > 0)   KEYS[4] the fingerprint beside it (same use)
+-- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[2] (of its stream
 -- for this event's priority), then the same pair for each further queue
--- ARGV[1] job id prefix (ids are prefix .. n)   ARGV[2] event id   ARGV[3] tenant id
--- ARGV[4] event type   ARGV[5] payload (JSON bytes, stored as they are)   ARGV[6] now_ms
--- ARGV[7] due_ms (0: deliver now)   ARGV[8] idempotency TTL in seconds (0: none)
--- ARGV[9] only this webhook id ('' fans out by subscription)   ARGV[10] priority
--- ARGV[11] the queue names whose keys follow KEYS[4], space-separated
--- ARGV[12] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
--- ARGV[13] the request's fingerprint (hex; '' without an idempotency key)
--- ARGV[14] '1' when this is another shard's part of an event whose id shard 0's part decided
---          (new or repeat): a record here naming that event is a repeat, one naming another
---          event is stale (the key's earlier use, whose record on shard 0 expired first) and is
---          replaced; the fingerprint was checked on shard 0. '' otherwise.
+-- ARGV[1] the event, its words separated by one space (none holds white space; '-' is an
+--   optional word left out): job id prefix (ids are prefix .. n), event id, tenant id, event
+--   type, now_ms, due_ms (0: deliver now), idempotency TTL in seconds (0: none), only this
+--   webhook id ('-' fans out by subscription), the request's fingerprint (hex; '-' without an
+--   idempotency key), and '1' when this is another shard's part of an event whose id shard 0's
+--   part decided (new or repeat), else '-': then a record here naming that event is a repeat,
+--   one naming another event is stale (the key's earlier use, whose record on shard 0 expired
+--   first) and is replaced; the fingerprint was checked on shard 0.
+-- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
+-- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
+-- ARGV[4] payload (JSON bytes, stored as they are)
+-- (one word for the small arguments: a publish is mostly the Redis client's cost per argument)
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
 --          written), or {-1, queue} when a matching webhook names a queue whose keys were not
@@ -30,24 +32,28 @@
 -- write after the first is undone before the error is returned (all jobs or none).
 -- Records and locators are written as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
-local use_idem = tonumber(ARGV[8]) > 0
+local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided =
+  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+)$')
+if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
+local payload = ARGV[4]
+local use_idem = tonumber(ttl) > 0
 if use_idem then
   local first = redis.call('GET', KEYS[3])
   if first then
-    if ARGV[14] ~= '1' then
+    if decided ~= '1' then
       local fingerprint = redis.call('GET', KEYS[4])
-      if fingerprint and fingerprint ~= ARGV[13] then return {-2, first} end
+      if fingerprint and fingerprint ~= request then return {-2, first} end
       return {0, first}
     end
-    if string.match(first, '^%S*') == ARGV[2] then return {0, first} end
+    if string.match(first, '^%S*') == event_id then return {0, first} end
   end
 end
 
-local event_type, only = ARGV[4], ARGV[9]
+if only == '-' then only = '' end
 local queues, nq = {}, 0
 local streams = {}
-for stream in string.gmatch(ARGV[12], '%S+') do streams[#streams + 1] = stream end
-for name in string.gmatch(ARGV[11], '%S+') do
+for stream in string.gmatch(ARGV[3], '%S+') do streams[#streams + 1] = stream end
+for name in string.gmatch(ARGV[2], '%S+') do
   queues[name] = {ready = KEYS[5 + 2 * nq], delayed = KEYS[6 + 2 * nq], added = {}, due = {},
                   stream = streams[nq + 1]}
   nq = nq + 1
@@ -75,9 +81,9 @@ for i = 1, #routes, 2 do
 end
 table.sort(matched, function(x, y) return x[1] < y[1] end)
 
-local now_ms, due_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
+now_ms, due_ms = tonumber(now_ms), tonumber(due_ms)
 local scheduled = due_ms > now_ms
-local answer = {ARGV[2]}
+local answer = {event_id}
 local records = {}
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
@@ -100,20 +106,20 @@ end
 
 for n, match in ipairs(matched) do
   local webhook_id, q = match[1], queues[match[2]]
-  local job_id = ARGV[1] .. n
+  local job_id = prefix .. n
   records[#records + 1] = job_id
   if scheduled then
-    local meta = {w = webhook_id, t = ARGV[3], e = event_type, q = q.stream, s = 'scheduled',
+    local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'scheduled',
                   a = 0, k = 0, c = now_ms, n = due_ms}
-    records[#records + 1] = make_record(meta, ARGV[5])
+    records[#records + 1] = make_record(meta, payload)
     q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
   else
     -- The job travels inline in its entry; the record is only a locator until an outcome.
-    local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', ARGV[3],
-                            'e', event_type, 'p', ARGV[5])
+    local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', tenant,
+                            'e', event_type, 'p', payload)
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     q.added[#q.added + 1] = sid
-    records[#records + 1] = make_locator(q.stream, sid)
+    records[#records + 1] = make_locator(q.stream, sid, job_id)
   end
   answer[#answer + 1] = job_id
   answer[#answer + 1] = webhook_id
@@ -133,7 +139,7 @@ if #records > 0 then
 end
 local joined = table.concat(answer, ' ')
 if use_idem then
-  redis.call('SET', KEYS[3], joined, 'EX', ARGV[8])
-  redis.call('SET', KEYS[4], ARGV[13], 'EX', ARGV[8])
+  redis.call('SET', KEYS[3], joined, 'EX', ttl)
+  redis.call('SET', KEYS[4], request, 'EX', ttl)
 end
 return {1, joined}

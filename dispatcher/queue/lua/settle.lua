@@ -30,7 +30,7 @@
 --
 -- Nothing here can fail on what Redis holds: every check comes before the first write (a
 -- retried batch never adds a second DLQ entry), and a stale outcome whose job record is not
--- "meta\npayload" (a job never attempted holds only a locator, '@<stream> <sid>', while its
+-- "meta\npayload" (a job never attempted holds only a locator, _record.lua's, while its
 -- data travels in its entry) is refused without a late attempt: the locator is what reclaim
 -- and the orphan sweep need to find the job's data, so it is left as it is.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
