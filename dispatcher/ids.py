@@ -44,12 +44,24 @@ def _base32(value: int, width: int) -> str:
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits as two characters
 
 
+_RANDOM_CHUNK = 7 * 512  # os.urandom is a system call: read for 512 ids at a time
+_random = bytearray()
+os.register_at_fork(after_in_child=_random.clear)  # a forked child draws its own bits
+
+
+def _random_50() -> int:
+    """50 random bits (os.urandom's), from a buffer refilled 512 ids at a time."""
+    if not _random:
+        _random.extend(os.urandom(_RANDOM_CHUNK))
+    value = int.from_bytes(_random[-7:], "big") & _MASK_50
+    del _random[-7:]
+    return value
+
+
 def _sortable_id() -> str:
     """20 characters: 10 of millisecond time, 10 of randomness (like a ULID); the same as
     ``_base32(ms, 10) + _base32(random, 10)``, two characters at a time."""
-    value = (time.time_ns() // 1_000_000 & _MASK_50) << 50 | int.from_bytes(
-        os.urandom(7), "big"
-    ) & _MASK_50
+    value = (time.time_ns() // 1_000_000 & _MASK_50) << 50 | _random_50()
     pairs = _PAIRS
     return "".join(pairs[value >> shift & 1023] for shift in range(90, -1, -10))
 
