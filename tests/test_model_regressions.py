@@ -220,3 +220,26 @@ def test_a_lease_run_out_in_the_inbox_is_taken_again_at_the_attempt(
     traffic.holds()
     traffic.start(w=0, pick=0, waited=True)
     traffic.holds()
+
+
+
+def test_a_thawed_workers_stalled_claims_may_still_be_taken_over(traffic: TrafficMachine) -> None:
+    """A worker frozen past the stall timeout holds, when it thaws, claims whose entries are
+    idle past it until its reclaim loop keeps them fresh: another worker's reclaim pass in that
+    moment takes the job over (as it would a moment before the thaw), and the thawed worker's
+    late attempt neither starts beside the new holder's under ``max_in_flight`` 1 nor settles
+    it (the model's own counterexample, a finding of its oracle: issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.peer_dies(w=0, full=False, pause=True)
+    traffic.holds()
+    traffic.pause_or_resume(pause=False)
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+    assert len(traffic.held[0]) == 1, "the survivor took the stalled job over"
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    assert not traffic.started[1], "the thawed worker's lease, lost, was renewed at its attempt"
