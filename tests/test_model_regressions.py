@@ -314,3 +314,34 @@ def test_a_late_outcome_keeps_the_lease_of_the_jobs_retry_its_worker_took(
     assert traffic.started[0], "the thawed worker started the job's retry"
     traffic.settle(w=0)
     traffic.holds()
+
+
+def test_a_stale_claim_does_not_start_beside_its_workers_new_claim_of_the_job(
+    traffic: TrafficMachine,
+) -> None:
+    """A worker that thawed with a job in its inbox, lost it to a takeover and took it back
+    holds two claims of the job under one lease member: only the current one starts an attempt
+    under ``max_in_flight`` 1 (issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=1)
+    traffic.holds()
+    traffic.freeze(w=1)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+    traffic.freeze(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    assert len(traffic.started[1]) == 1, "the current claim started its attempt"
