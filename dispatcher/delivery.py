@@ -490,6 +490,7 @@ class Worker:
                 work.job.id,
                 holder=self.consumer,
                 attempt_timeout_s=self.cfg.timeout_s,
+                claim=work.claim,
             ):
                 return True
         except Exception as exc:  # any failure: the job waits, as if refused

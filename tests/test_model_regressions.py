@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.test_model import QueueMachine, model_redis
-from tests.test_model_traffic import TrafficMachine, traffic_redis
+from tests.test_model_traffic import STREAMS, TrafficMachine, traffic_redis
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -220,3 +220,128 @@ def test_a_lease_run_out_in_the_inbox_is_taken_again_at_the_attempt(
     traffic.holds()
     traffic.start(w=0, pick=0, waited=True)
     traffic.holds()
+
+
+def test_a_thawed_workers_stalled_claims_may_still_be_taken_over(traffic: TrafficMachine) -> None:
+    """A worker frozen past the stall timeout holds, when it thaws, claims whose entries are
+    idle past it until its reclaim loop keeps them fresh: another worker's reclaim pass in that
+    moment takes the job over (as it would a moment before the thaw), and the thawed worker's
+    late attempt neither starts beside the new holder's under ``max_in_flight`` 1 nor settles
+    it (the model's own counterexample, a finding of its oracle: issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.peer_dies(w=0, full=False, pause=True)
+    traffic.holds()
+    traffic.pause_or_resume(pause=False)
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+    assert len(traffic.held[0]) == 1, "the survivor took the stalled job over"
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    assert not traffic.started[1], "the thawed worker's lease, lost, was renewed at its attempt"
+
+
+def test_a_late_outcome_keeps_the_lease_of_the_job_its_worker_took_back(
+    traffic: TrafficMachine,
+) -> None:
+    """An outcome written after its own worker took the job's entry back (its settler held up
+    past the stall timeout, as by a Redis outage) is stale, and leaves the lease of the
+    worker's new attempt in place under ``max_in_flight`` 1 (issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    traffic.finish(w=0, pick=0, status=200, crash=False)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    traffic.settle(w=0)
+    traffic.holds()
+
+
+def _backoff_passes(traffic: TrafficMachine) -> None:
+    """Every delayed job comes due (a retry's backoff passed)."""
+    redis = traffic.db.redis
+    for stream in STREAMS:
+        key = traffic.db.keys.delayed(stream)
+        members = traffic.run(redis.zrange(key, 0, -1))
+        if members:
+            traffic.run(redis.zadd(key, dict.fromkeys(members, 1), xx=True))
+
+
+def test_a_late_outcome_keeps_the_lease_of_the_jobs_retry_its_worker_took(
+    traffic: TrafficMachine,
+) -> None:
+    """A frozen worker's outcome, written after another worker took the job over and failed it
+    and the thawed worker claimed the retry, leaves the lease of the retry's attempt in place
+    under ``max_in_flight`` 1 (issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    traffic.freeze(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    traffic.finish(w=1, pick=0, status=500, crash=False)
+    traffic.holds()
+    traffic.settle(w=1)
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    _backoff_passes(traffic)
+    traffic.promote_and_tick()
+    traffic.holds()
+    traffic.read(w=0)
+    traffic.holds()
+    traffic.start(w=0, pick=0, waited=False)
+    traffic.holds()
+    assert traffic.started[0], "the thawed worker started the job's retry"
+    traffic.settle(w=0)
+    traffic.holds()
+
+
+def test_a_stale_claim_does_not_start_beside_its_workers_new_claim_of_the_job(
+    traffic: TrafficMachine,
+) -> None:
+    """A worker that thawed with a job in its inbox, lost it to a takeover and took it back
+    holds two claims of the job under one lease member: only the current one starts an attempt
+    under ``max_in_flight`` 1 (issue 17)."""
+    traffic.publish(tenant="one", n=1)
+    traffic.holds()
+    traffic.read(w=1)
+    traffic.holds()
+    traffic.freeze(w=1)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.thaw(status=200)
+    traffic.holds()
+    traffic.reclaim(w=0)
+    traffic.holds()
+    traffic.freeze(w=0)
+    traffic.holds()
+    traffic.time_passes()
+    traffic.holds()
+    traffic.reclaim(w=1)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    traffic.start(w=1, pick=0, waited=False)
+    traffic.holds()
+    assert len(traffic.started[1]) == 1, "the current claim started its attempt"

@@ -14,9 +14,11 @@ Invariants, at every step: no webhook has more attempts in flight than its ``max
 (attempts a live worker started and has not ended, and a frozen worker's until its leases ran
 out); each admitted attempt of a live worker holds its lease (a stale settle never releases
 another worker's); a reclaim pass never takes more than its worker's free lanes, never takes a
-job a live worker holds, counts a stall only for a takeover from another worker, and hands
-nothing to lanes while the queue is paused; every job is in exactly one place (its stream,
-a delayed or waiting set, done, the DLQ). After a final drain every job is delivered or dead.
+job a live worker holds (a worker thawed after its stall timeout is live for the claims it
+comes back with once its reclaim loop kept them fresh: ``thaw``), counts a stall only for a
+takeover from another worker, and hands nothing to lanes while the queue is paused; every job
+is in exactly one place (its stream, a delayed or waiting set, done, the DLQ). After a final
+drain every job is delivered or dead.
 
 ``make test`` runs it short and seeded (``traffic-ci``); ``make test-model`` runs it long
 (``MODEL_EXAMPLES``, ``MODEL_STEPS``).
@@ -136,6 +138,9 @@ class TrafficMachine(RuleBasedStateMachine):
         self.started: list[list[_Work]] = [[] for _ in WORKERS]  # on the wire
         self.frozen = [False for _ in WORKERS]
         self.expired = [False for _ in WORKERS]  # frozen, and its stall timeout has passed
+        # jobs a thawed worker held when it came back, their entries still idle past the stall
+        # timeout until its reclaim loop keeps them fresh again: up for takeover (see `thaw`)
+        self.aged: list[set[str]] = [set() for _ in WORKERS]
         self.paused = False
         TrafficMachine.counts["examples"] += 1
 
@@ -391,14 +396,17 @@ class TrafficMachine(RuleBasedStateMachine):
             taken += await worker.reclaim(stream)
         works = self._take_inbox(w)
         after = await self._stalls()
-        # the jobs that live workers hold, with the consumer whose entry they hold
+        # the jobs that live workers hold, with the consumer whose entry they hold (not another
+        # worker's claims that it thawed with, still idle past the stall timeout: `thaw`)
         live = {
             (work.job.id, self.workers[i].consumer)
             for i in range(len(WORKERS))
             if not self.expired[i]
             for work in self.held[i][: len(self.held[i]) - (len(works) if i == w else 0)]
             + self.started[i]
+            if i == w or work.job.id not in self.aged[i]
         }
+        self.aged[w] = set()  # its pass kept the claims it holds fresh first
         live_consumers = {
             self.workers[i].consumer for i in range(len(WORKERS)) if not self.expired[i]
         }
@@ -459,8 +467,19 @@ class TrafficMachine(RuleBasedStateMachine):
     @rule(status=st.sampled_from((200, 500)))
     def thaw(self, status: int) -> None:
         """The frozen worker runs again: its attempts on the wire end (late, their claims
-        maybe taken over), then it goes on with what it holds."""
+        maybe taken over), then it goes on with what it holds.
+
+        A worker frozen past the stall timeout is, until it runs again, what a dead one is to
+        the others: its entries are idle past the stall timeout, and a reclaim pass may take
+        them over a moment before it thaws or a moment after, until its own reclaim loop keeps
+        its claims fresh again (nothing runs the instant a process thaws, so no code could
+        close that window). The claims it comes back with are therefore not live ones yet
+        (``aged``): a takeover of them is the one RELIABILITY.md R3 expects, and fencing
+        refuses the thawed worker's late outcomes (a lease it lost is not renewed at its
+        attempt while the new holder's fills ``max_in_flight``)."""
         w = self.frozen.index(True)
+        if self.expired[w]:
+            self.aged[w] = {work.job.id for work in self.held[w]}
         self.frozen[w] = self.expired[w] = False
         worker = self.workers[w]
         for work in self.started[w]:
@@ -491,6 +510,7 @@ class TrafficMachine(RuleBasedStateMachine):
                 self.expired[i] = True
             else:
                 await self._keep_fresh(worker)
+                self.aged[i] = set()
                 on_the_wire |= {_lease_member(w.job.id, worker.consumer) for w in self.started[i]}
             for n, work in enumerate(self.held[i]):
                 if hasattr(work, "admitted_at"):  # the job waited for a lane all this time

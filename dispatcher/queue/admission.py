@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from dispatcher.queue.keys import GROUP
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from dispatcher.model import Job, Webhook
     from dispatcher.queue.store import Store
+    from dispatcher.queue.streams import Claim
 
 HORIZON_MS = 60_000  # rate slots are reserved at most this far ahead
 #: A job that holds a slot goes while the sends are at most this far ahead of the rate: the
@@ -119,18 +122,25 @@ def lease_member(job_id: str, holder: str) -> str:
 
 
 async def start_lease(
-    store: Store, hook: Webhook, job_id: str, *, holder: str, attempt_timeout_s: float
+    store: Store,
+    hook: Webhook,
+    job_id: str,
+    *,
+    holder: str,
+    attempt_timeout_s: float,
+    claim: Claim | None = None,
 ) -> bool:
     """A lane starts the attempt of a job admitted under ``max_in_flight``: its lease now runs
     from here (``lease.lua``), so it measures the attempt and not the wait for a lane. False
-    when the lease ran out meanwhile and the webhook's in-flight cap is full again: the job
-    must not go now."""
-    got = await store.scripts.lease(
-        keys=[store.keys.lease(hook.id)],
-        args=[
-            lease_member(job_id, holder),
-            int((attempt_timeout_s + LEASE_MARGIN_S) * 1000),
-            hook.max_in_flight or 0,
-        ],
-    )
-    return bool(got)
+    when the lease ran out meanwhile and the webhook's in-flight cap is full again, or when
+    ``claim`` (the job's claim by ``holder``) is stale: the job must not go now."""
+    keys = [store.keys.lease(hook.id)]
+    args: list[str | int] = [
+        lease_member(job_id, holder),
+        int((attempt_timeout_s + LEASE_MARGIN_S) * 1000),
+        hook.max_in_flight or 0,
+    ]
+    if claim is not None:
+        keys.append(store.keys.ready(claim.queue))
+        args += [GROUP, claim.sid, claim.token, holder]
+    return bool(await store.scripts.lease(keys=keys, args=args))

@@ -15,7 +15,9 @@
 --   a stale one writes nothing)
 -- then l, the number of leases to release, and l pairs: index in KEYS of a lease zset, lease
 --   member ('<job id>|<consumer>', this worker's own): stale claims' included (their attempt
---   is over); another worker's lease of the same job (it reclaimed the job) is left in place
+--   is over) unless this worker holds the job again (it took the entry back, or claimed the
+--   job's next entry): the member is then that claim's lease, which its own outcome releases;
+--   another worker's lease of the same job (it reclaimed the job) is left in place
 -- then the key base ('<prefix>:{tag}:'; ready streams are base..'q:'..stream..':ready', as in
 --   keys.py), then pairs: index in KEYS of a waiting zset, count: as attempts end, that many
 --   of the webhook's waiting jobs (oldest first) go back to the end of their queue's stream,
@@ -40,6 +42,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local outcomes, late, stale, claimed = {}, {}, {}, {}
+local settled, stale_sid = {}, {}  -- by lease member: a current claim's; a stale claim's sid
 local last = 3 + 8 * tonumber(ARGV[3])
 for i = 4, last, 8 do
   local sid, job_id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -47,8 +50,10 @@ for i = 4, last, 8 do
   if p[1] and not claimed[sid] and tostring(p[1][4]) == token then
     claimed[sid] = true  -- one outcome per claim: a second one in the batch is stale
     outcomes[#outcomes + 1] = i
+    settled[job_id .. '|' .. consumer] = true
   else
     stale[#stale + 1] = job_id
+    stale_sid[job_id .. '|' .. consumer] = sid
     local meta, rest = nil, nil
     if ARGV[i + 7] ~= '' then meta, rest = split_record(redis.call('HGET', KEYS[2], job_id)) end
     local ok, attempt = pcall(cjson.decode, ARGV[i + 7])
@@ -101,8 +106,30 @@ if #acked > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acked))
   redis.call('XDEL', KEYS[1], unpack(acked))
 end
+-- Whether this consumer holds the job of a stale claim again: the claim's entry, or the entry
+-- its record names now (a retry's, or a never-attempted job's locator), is pending for it.
+local function holds_again(member, sid)
+  local job_id = string.sub(member, 1, #member - #consumer - 1)
+  local record = redis.call('HGET', KEYS[2], job_id)
+  local meta = split_record(record)
+  local now_sid = meta and meta.sid
+  if is_locator(record) then now_sid = select(2, parse_locator(record)) end
+  for _, at in ipairs({sid, now_sid}) do
+    if type(at) == 'string' and redis.call('XPENDING', KEYS[1], group, at, at, 1, consumer)[1]
+    then
+      return true
+    end
+  end
+  return false
+end
 local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
-for i = last + 2, leases, 2 do redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
+for i = last + 2, leases, 2 do
+  local member = ARGV[i + 1]
+  local sid = stale_sid[member]
+  if settled[member] or not sid or not holds_again(member, sid) then
+    redis.call('ZREM', KEYS[tonumber(ARGV[i])], member)
+  end
+end
 
 -- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
 -- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
