@@ -15,10 +15,9 @@ translation prefixes are denied by name.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -64,6 +63,12 @@ class AddressPolicy:
 
     allow_private: bool = False
     allowed_cidrs: tuple[IPNetwork, ...] = ()
+    # IP-literal hosts already judged: they repeat on every attempt to the same webhook and
+    # the answer never changes (a dict, not an lru_cache keyed by the policy: hashing a frozen
+    # dataclass hashes each field, on every attempt)
+    _literals: dict[str, str | None] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def from_config(cls, *, allow_private: bool, allowed_cidrs: Iterable[str]) -> AddressPolicy:
@@ -90,16 +95,20 @@ class AddressPolicy:
         lookup): None when allowed or when ``host`` is a name, else the reason it is refused."""
         if ":" not in host and not host.replace(".", "").isdigit():
             return None  # a name: the GuardedResolver decides
-        return _cached_refusal(self, host)
+        try:
+            return self._literals[host]
+        except KeyError:
+            pass
+        reason = self.refusal(host)
+        if len(self._literals) < _LITERALS_KEPT:
+            self._literals[host] = reason
+        return reason
 
     def _escaped(self, ip: IPAddress) -> bool:
         return any(ip in network for network in self.allowed_cidrs)
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_refusal(policy: AddressPolicy, host: str) -> str | None:
-    # Literal hosts repeat on every attempt to the same webhook; the answer never changes.
-    return policy.refusal(host)
+_LITERALS_KEPT = 4096
 
 
 def _unwrap(ip: IPAddress) -> IPAddress:
