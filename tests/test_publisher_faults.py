@@ -10,8 +10,11 @@ import pytest
 
 from dispatcher import Client, IdempotencyKeyReused, InvalidField
 from dispatcher.errors import RedisOutOfMemory
+from tests.helpers import RedisServer
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis.asyncio as aioredis
 
 URL = "http://127.0.0.1:9/hook"
@@ -87,20 +90,21 @@ async def test_a_cancelled_caller_leaves_the_others_answered(client: Client) -> 
     assert all(isinstance(r, dict) and r["matched"] == 1 for i, r in enumerate(results) if i != 2)
 
 
-async def test_out_of_memory_fails_each_caller_as_before(
-    client: Client, redis: aioredis.Redis
-) -> None:
-    """With Redis at maxmemory, each concurrent publish raises RedisOutOfMemory."""
-    await client.create_webhook("acme", URL)
-    await client.publish("acme", "a.b", {})
-    before = (await redis.config_get("maxmemory"))["maxmemory"]
-    await redis.config_set("maxmemory", 1)
+async def test_out_of_memory_fails_each_caller_as_before(tmp_path: Path) -> None:
+    """With Redis at maxmemory, each of several concurrent publishes raises RedisOutOfMemory."""
+    server = RedisServer(tmp_path / "oom")
+    server.start()
     try:
-        results = await asyncio.gather(
-            *(client.publish("acme", "a.b", {"n": n}) for n in range(3)), return_exceptions=True
-        )
+        async with Client.from_url(server.url, prefix="oom") as client:
+            await client.create_webhook("acme", URL)
+            used = int((await client.store.redis.info("memory"))["used_memory"])
+            await client.store.redis.config_set("maxmemory", used - 1024)  # already over it
+            results = await asyncio.gather(
+                *(client.publish("acme", "a.b", {"n": n}) for n in range(3)),
+                return_exceptions=True,
+            )
     finally:
-        await redis.config_set("maxmemory", before)
+        server.stop()
     assert all(isinstance(r, RedisOutOfMemory) for r in results), results
 
 
