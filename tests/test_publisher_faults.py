@@ -10,12 +10,14 @@ import pytest
 
 from dispatcher import Client, IdempotencyKeyReused, InvalidField
 from dispatcher.errors import RedisOutOfMemory
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, hooks_in_every_shard
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import redis.asyncio as aioredis
+
+    from tests.target import Target
 
 URL = "http://127.0.0.1:9/hook"
 
@@ -127,3 +129,24 @@ async def test_text_redis_cannot_hold_fails_only_its_own_publish(
     assert bad.field == field
     assert isinstance(good, dict)
     assert good["matched"] == 1
+
+
+async def test_one_key_in_one_batch_across_shards_is_one_event(
+    client: Client, target: Target
+) -> None:
+    """With three shards, concurrent publishes with one key are one event: one new, the
+    others its answer; one with another request is refused; each webhook has one job."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3)
+    same = [client.publish_checked("acme", "a.b", {"n": 1}, idempotency_key="k") for _ in range(3)]
+    other = client.publish_checked("acme", "a.b", {"n": 2}, idempotency_key="k")
+    *results, refused = await asyncio.gather(*same, other, return_exceptions=True)
+    assert isinstance(refused, IdempotencyKeyReused)
+    answers = [r for r in results if isinstance(r, tuple)]
+    assert sorted(new for new, _ in answers) == [False, False, True]
+    assert all(answer == answers[0][1] for _, answer in answers)
+    assert sorted(j["webhook_id"] for j in answers[0][1]["jobs"]) == sorted(h["id"] for h in hooks)
+    for job in answers[0][1]["jobs"]:
+        stored = await client.get_job(job["id"])
+        assert stored is not None
+        assert stored["event_id"] == answers[0][1]["event_id"]
