@@ -39,3 +39,18 @@ async def test_queued_records_are_requeued_and_finished_ones_left(
     assert await redis.hget(keys.jobs, done_id) == done.encode()
     entries = await stream_entries(redis, keys.ready("default"))
     assert sorted(fields[b"j"] for _, fields in entries) == [orjson_id.encode(), cjson_id.encode()]
+
+
+async def test_locators_of_the_earlier_form_are_scanned_as_before(
+    store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A locator an earlier release wrote ("@<stream> <entry id>") is left alone while its
+    entry exists, and dead-lettered as entry_missing once it is gone."""
+    keys = Keys(prefix)
+    sid = await redis.xadd(keys.ready("default:high"), {"j": "job_a.1"})
+    assert isinstance(sid, bytes)
+    await redis.hset(keys.jobs, "job_a.1", b"@default:high " + sid)
+    await redis.hset(keys.jobs, "job_b.1", b"@default:low 1-0")
+    found = await delays.find_orphans(store, cursor="0", count=1000)
+    assert (found.dead, found.requeued) == (["job_b.1"], [])
+    assert await redis.hget(keys.jobs, "job_a.1") == b"@default:high " + sid
