@@ -19,6 +19,7 @@ from dispatcher.model import (
     check_event_type,
     check_queue,
     check_tenant_id,
+    check_unicode,
     time_ms,
 )
 from dispatcher.queue import control, dlq, dlq_ops, publishing, records, webhooks
@@ -412,6 +413,7 @@ def _check_idempotency_key(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_TEXT:
         raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
+    check_unicode("idempotency_key", value)
     return value
 
 

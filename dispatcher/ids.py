@@ -18,6 +18,10 @@ import os
 import re
 import time
 import zlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
 MAX_SHARDS = 1024
@@ -45,16 +49,29 @@ _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits as two charact
 
 
 _RANDOM_CHUNK = 7 * 512  # os.urandom is a system call: read for 512 ids at a time
-_random = bytearray()
-os.register_at_fork(after_in_child=_random.clear)  # a forked child draws its own bits
+# An iterator over a list: one next() is one C call, so threads making ids at once (a Client
+# per thread) never take the same value, as two steps (read, then delete) could.
+_random: Iterator[int] = iter(())
+
+
+def _forget_random() -> None:
+    global _random  # noqa: PLW0603 - the module's buffer, replaced whole
+    _random = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_random)  # a forked child draws its own bits
 
 
 def _random_50() -> int:
     """50 random bits (os.urandom's), from a buffer refilled 512 ids at a time."""
-    if not _random:
-        _random.extend(os.urandom(_RANDOM_CHUNK))
-    value = int.from_bytes(_random[-7:], "big") & _MASK_50
-    del _random[-7:]
+    global _random
+    value = next(_random, None)
+    if value is None:
+        chunk = os.urandom(_RANDOM_CHUNK)
+        fresh = iter(
+            [int.from_bytes(chunk[i : i + 7], "big") & _MASK_50 for i in range(0, _RANDOM_CHUNK, 7)]
+        )
+        value, _random = next(fresh), fresh
     return value
 
 

@@ -330,7 +330,18 @@ def _text(name: str, value: Any, *, limit: int = MAX_ID_TEXT, empty: bool = Fals
         raise InvalidField(name, "must not be empty")
     if len(value) > limit:
         raise InvalidField(name, f"must be at most {limit} characters")
+    check_unicode(name, value)
     return value
+
+
+def check_unicode(name: str, text: str) -> None:
+    """InvalidField for text Redis cannot hold: a lone surrogate has no UTF-8 form (and would
+    fail the whole pipeline of publishes it was sent with)."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise InvalidField(name, "must be valid Unicode (no lone surrogates)") from None
 
 
 def check_tenant_id(value: Any) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import math
 import os
 import socket
 import time
@@ -38,6 +40,7 @@ log = structlog.get_logger()
 
 PROMOTE_INTERVAL_S = 0.1
 PROMOTE_SLACK_S = 0.005  # after a job falls due, for its outcome to be written
+DUES_KEPT = 10_000  # due times of jobs put back, remembered for their promote pass
 CLOCK_SYNC_INTERVAL_S = 10.0
 CLOCK_JUMP_WARN_S = 5.0
 SWEEP_INTERVAL_S = 60.0
@@ -92,6 +95,9 @@ class Upkeep:
         # the next promote pass (monotonic): every PROMOTE_INTERVAL_S, or sooner when a job
         # this worker put back falls due before that (`due`)
         self._next_promote = 0.0
+        # when the jobs this worker put back fall due (monotonic, a heap), until a pass starts
+        # after each: a pass asks for the next one, not only the first (`_promote_pause`)
+        self._dues: list[float] = []
         self._promote_sooner = asyncio.Event()
         self._cursors: defaultdict[int, str] = defaultdict(lambda: "0")  # orphans, by shard
         self._tick = 0
@@ -121,13 +127,18 @@ class Upkeep:
         not up to a whole interval later (a 0.1 s retry would otherwise wait 0.15 s on
         average, and a run of retries the sum of those)."""
         at = time.monotonic() + (due_ms - self.store.clock.now_ms()) / 1000 + PROMOTE_SLACK_S
+        if len(self._dues) < DUES_KEPT:  # beyond, the periodic pass promotes them
+            heapq.heappush(self._dues, at)
         if at < self._next_promote:
             self._next_promote = at
             self._promote_sooner.set()
 
     async def _promote_pause(self) -> None:
         """Until the next promote pass is due, or ``stop``."""
-        self._next_promote = time.monotonic() + PROMOTE_INTERVAL_S
+        # a job put back while the pass ran (or due after the one that woke it) counts too
+        self._next_promote = min(
+            time.monotonic() + PROMOTE_INTERVAL_S, self._dues[0] if self._dues else math.inf
+        )
         while not self.stop.is_set() and (left := self._next_promote - time.monotonic()) > 0:
             self._promote_sooner.clear()
             try:
@@ -137,6 +148,9 @@ class Upkeep:
                 return
 
     async def _promote(self) -> None:
+        started = time.monotonic()
+        while self._dues and self._dues[0] <= started:  # this pass promotes them
+            heapq.heappop(self._dues)
         for shard, queue in self.served_streams():
             while True:
                 promoted = await delays.promote_due(shard, queue)

@@ -1045,3 +1045,14 @@ async def test_metrics_is_prometheus_text(
 async def _metrics_with(api: Api, name: str) -> Any:
     answer = await api.call("GET", "/metrics", token=None)
     return answer if name in answer.text else None
+
+
+async def test_an_oversized_body_is_refused_before_the_token_is_checked(api: Api) -> None:
+    """A declared body over the limit answers 413 with or without a token; a small one without
+    a token answers 401 with WWW-Authenticate (one middleware checks both, in this order)."""
+    big = b" " * (3 * SMALL_PAYLOAD_LIMIT + 70_000)
+    for token in (None, "wrong", True):
+        answer = await api.call("POST", "/v1/events", data=big, token=token)
+        assert (answer.status, answer.body["error"]["code"]) == (413, "payload_too_large")
+    small = await api.call("POST", "/v1/events", data=b"{}", token=None)
+    assert (small.status, small.headers["WWW-Authenticate"]) == (401, "Bearer")

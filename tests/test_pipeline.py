@@ -109,6 +109,28 @@ async def test_a_retry_is_promoted_when_due_not_at_the_next_interval(
     assert [a["status"] for a in job["attempts"]] == [500, 500, 200]
 
 
+async def test_every_job_put_back_is_promoted_when_due(
+    client: Client, target: Target, workers: WorkerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job a worker puts back is promoted as it falls due, with the periodic pass 60 s
+    apart: one put back before the first pass ended, and two due within one interval."""
+    monkeypatch.setattr(upkeep, "PROMOTE_INTERVAL_S", 60.0)
+    await client.create_webhook("acme", target.url())
+    now_ms = client.store.clock.now_ms()
+    due = [now_ms + 300, now_ms + 600, now_ms + 900]
+    ids = []
+    for due_ms in due:
+        when = datetime.fromtimestamp(due_ms / 1000, UTC)
+        ids.append((await client.publish("acme", "a.b", {}, deliver_at=when))["jobs"][0]["id"])
+    worker = await workers.start()
+    worker.upkeep.due(due[0])  # before the first promote pass has even run
+    await eventually(lambda: _job_in(client, ids[0], "delivered"), timeout_s=20)
+    worker.upkeep.due(due[1])
+    worker.upkeep.due(due[2])  # later than the next pass the first call asks for
+    for job_id in ids[1:]:
+        await eventually(lambda job_id=job_id: _job_in(client, job_id, "delivered"), timeout_s=20)
+
+
 async def test_exhausted_job_is_dead_lettered_with_last_error(
     client: Client, redis: aioredis.Redis, prefix: str, target: Target, workers: WorkerHarness
 ) -> None:

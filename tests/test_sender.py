@@ -344,3 +344,33 @@ async def test_wait_for_names_what_arrived(target: Target) -> None:
     """wait_for fails with an AssertionError listing the requests that did arrive."""
     with pytest.raises(AssertionError, match=r"expected 1 requests to /x within 0.1 s"):
         await target.wait_for(1, "/x", timeout_s=0.1)
+
+
+async def test_a_timed_out_attempt_leaves_its_task_uncancelled(
+    sender: AnySender, target: Target
+) -> None:
+    """After an attempt times out, the task that made it carries no cancellation: its next
+    await completes, and a deadline of its own still works (a delivery lane goes on)."""
+    target.script("/hook", Reply(200), Hang())
+    task = asyncio.current_task()
+    assert task is not None
+    assert (await _post(sender, target)).delivered
+    outcome = await _post(sender, target)
+    assert outcome.timed_out
+    assert task.cancelling() == 0
+    await asyncio.sleep(TIMEOUT_S * 2)  # the first attempt's deadline, had it leaked, fires here
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+    assert task.cancelling() == 0
+
+
+async def test_an_outer_deadline_is_not_taken_for_the_attempts(
+    sender: AnySender, target: Target
+) -> None:
+    """A caller's own shorter deadline around an attempt raises the caller's TimeoutError,
+    not a timed-out outcome: the caller's cancellation is never swallowed."""
+    target.script("/hook", Hang())
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(TIMEOUT_S / 5):
+            await _post(sender, target)
