@@ -39,12 +39,24 @@ DEFAULT_DLQ_RETENTION_S = 604_800.0
 MAX_GRACE_S = 30 * 86_400
 MAX_AGE_S = 100 * 365 * 86_400
 _EVENT_FIELDS = frozenset(
-    {"tenant_id", "event_type", "payload", "idempotency_key", "deliver_at", "priority"}
+    {
+        "tenant_id",
+        "event_type",
+        "payload",
+        "idempotency_key",
+        "deliver_at",
+        "priority",
+        "dedup_window_s",
+    }
 )
 
 
 class Client:
-    """``async with Client.from_url(url) as client:`` -- closes its connections on exit."""
+    """``async with Client.from_url(url) as client:`` -- closes its connections on exit.
+
+    ``dedup_window_s`` is the default of ``publish``'s (0: off); a Client has no config file,
+    so the daemon's admin API passes its ``events.dedup_window_s`` here.
+    """
 
     def __init__(
         self,
@@ -53,8 +65,10 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
         queues: Iterable[str] = (),
+        dedup_window_s: int = 0,
     ) -> None:
         self.store = store
+        self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
         #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them).
@@ -72,14 +86,18 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
         queues: Iterable[str] = (),
+        dedup_window_s: int = 0,
     ) -> Client:
         """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
-        daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``."""
+        daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``;
+        ``dedup_window_s`` the default window of ``publish`` (0: off)."""
+        window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
         return cls(
             Store.open(redis_url, prefix=prefix),
             max_payload_bytes=max_payload_bytes,
             dlq_retention_s=dlq_retention_s,
             queues=queues,
+            dedup_window_s=window,
         )
 
     async def __aenter__(self) -> Self:
@@ -157,15 +175,24 @@ class Client:
         idempotency_key: str | None = None,
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
+        *,
+        dedup_window_s: int | None = None,
     ) -> shapes.PublishAnswer:
         """Fan the event out to every enabled, subscribed webhook of the tenant.
 
-        Returns ``{"event_id", "jobs": [{"id", "webhook_id"}], "matched"}`` once every job is in
-        Redis; ``matched`` is how many webhooks it went to (0: none of the tenant's webhooks
-        subscribes to ``event_type``, a typo, say). The same ``idempotency_key`` for the tenant
-        within 24 h answers the first answer and enqueues nothing, if the request is the same
-        (``event_type``, ``payload``, ``deliver_at``, ``priority``); with any other request it
-        raises ``IdempotencyKeyReused`` (``idempotency_key_reused``) and enqueues nothing.
+        Returns ``{"event_id", "jobs": [{"id", "webhook_id"}], "matched", "deduplicated"}`` once
+        every job is in Redis; ``matched`` is how many webhooks it went to (0: none of the
+        tenant's webhooks subscribes to ``event_type``, a typo, say). The same
+        ``idempotency_key`` for the tenant within 24 h answers the first answer and enqueues
+        nothing, if the request is the same (``event_type``, ``payload``, ``deliver_at``,
+        ``priority``); with any other request it raises ``IdempotencyKeyReused``
+        (``idempotency_key_reused``) and enqueues nothing.
+
+        Without a key, an event identical to one the tenant published within
+        ``dedup_window_s`` seconds (same ``event_type`` and payload as a JSON value; None: the
+        client's default, 0: off, at most 86400) answers that event's answer with
+        ``"deduplicated": True`` and enqueues nothing (its ``deliver_at`` and ``priority`` are
+        the first one's).
         """
         _new, answer = await self.publish_checked(
             tenant_id,
@@ -174,6 +201,7 @@ class Client:
             idempotency_key=idempotency_key,
             deliver_at=deliver_at,
             priority=priority,
+            dedup_window_s=dedup_window_s,
         )
         return answer
 
@@ -187,10 +215,19 @@ class Client:
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
         webhook_id: str | None = None,
+        dedup_window_s: int | None = None,
     ) -> tuple[bool, shapes.PublishAnswer]:
-        """Like ``publish``, also saying whether the event is new (False: idempotent repeat)."""
+        """Like ``publish``, also saying whether the event is new (False: an idempotent repeat
+        or a duplicate)."""
         pub = self._publication(
-            tenant_id, event_type, payload, idempotency_key, deliver_at, priority, webhook_id
+            tenant_id,
+            event_type,
+            payload,
+            idempotency_key,
+            deliver_at,
+            priority,
+            webhook_id,
+            dedup_window_s,
         )
         new, answer = await self._publisher.publish(pub)
         return new, cast("shapes.PublishAnswer", answer)
@@ -210,7 +247,8 @@ class Client:
         Returns (new, answer) like ``publish_checked`` (``matched`` is 1); ``NotFound`` or
         ``Conflict`` (disabled). An idempotency key here is this webhook's own: the same key
         given to another webhook's delivery, or to ``publish``, is another key; reused with
-        another request, it raises ``IdempotencyKeyReused`` as in ``publish``.
+        another request, it raises ``IdempotencyKeyReused`` as in ``publish``. A delivery is
+        never deduplicated: it is asked for one webhook on purpose.
         """
         hook = await webhooks.ensure_deliverable(self.store, webhook_id)
         return await self.publish_checked(
@@ -221,6 +259,7 @@ class Client:
             deliver_at=deliver_at,
             priority=priority,
             webhook_id=hook.id,
+            dedup_window_s=0,
         )
 
     async def publish_many(
@@ -232,8 +271,9 @@ class Client:
         ``payload`` and the optional ones). Every event is checked before anything is sent, so
         bad input raises and enqueues nothing. Each event is then all-or-nothing on its own:
         the answer list holds, in order, the answer of each event (as ``publish`` answers it,
-        ``matched`` included) or the ``DispatcherError`` it met (Redis unavailable, out of
-        memory, ``IdempotencyKeyReused``) while others may have been accepted.
+        ``matched`` and ``deduplicated`` included) or the ``DispatcherError`` it met (Redis
+        unavailable, out of memory, ``IdempotencyKeyReused``) while others may have been
+        accepted. An event identical to an earlier one of the same batch is its duplicate.
         """
         pubs = []
         for event in events:
@@ -249,6 +289,7 @@ class Client:
                     event.get("deliver_at"),
                     event.get("priority", "normal"),
                     None,
+                    event.get("dedup_window_s"),
                 )
             )
         answers = await publishing.publish_many(self.store, pubs, self._queues)
@@ -263,9 +304,13 @@ class Client:
         deliver_at: Any,
         priority: Any,
         webhook_id: str | None,
+        dedup_window_s: Any,
     ) -> publishing.Publication:
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
+        window = (
+            self.dedup_window_s if dedup_window_s is None else _check_dedup_window(dedup_window_s)
+        )
         event_id, job_prefix = new_event_ids()
         return publishing.Publication(
             tenant_id=check_tenant_id(tenant_id),
@@ -277,6 +322,7 @@ class Client:
             deliver_at_ms=_deliver_at_ms(deliver_at),
             priority=priority,
             only_webhook=webhook_id,
+            dedup_window_s=window,
         )
 
     def _encode_payload(self, payload: Any) -> bytes:
@@ -415,6 +461,14 @@ def _check_idempotency_key(value: object) -> str | None:
         raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
     check_unicode("idempotency_key", value)
     return value
+
+
+def _check_dedup_window(value: object) -> int:
+    """``value`` is an ``object``: callers of the public API are not always type-checked."""
+    most = publishing.MAX_DEDUP_WINDOW_S
+    if not _is_whole(value) or not 0 <= cast("int", value) <= most:
+        raise InvalidField("dedup_window_s", f"must be a whole number of seconds from 0 to {most}")
+    return cast("int", value)
 
 
 def _is_whole(value: object) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from dispatcher import config_values as values
 from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import MAX_SHARDS
+from dispatcher.queue.publishing import MAX_DEDUP_WINDOW_S
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -84,6 +85,12 @@ class JobsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    # an identical event (tenant, type, payload) within this many seconds is accepted once; 0 off
+    dedup_window_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AlertsConfig:
     """Backlog thresholds; 0 turns one off. Checked every few seconds by each daemon."""
 
@@ -108,6 +115,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dlq: DlqConfig = field(default_factory=DlqConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -119,6 +127,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "security": SecurityConfig,
     "dlq": DlqConfig,
     "jobs": JobsConfig,
+    "events": EventsConfig,
     "alerts": AlertsConfig,
     "log": LogConfig,
 }
@@ -354,6 +363,11 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
         ),
         jobs=JobsConfig(
             retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, values.duration)
+        ),
+        events=EventsConfig(
+            dedup_window_s=r.value(
+                "events", "dedup_window_s", 0, values.integer(0, MAX_DEDUP_WINDOW_S)
+            )
         ),
         alerts=_alerts(r),
         log=_log(r),

@@ -160,6 +160,7 @@ async def _start_admin(
         max_payload_bytes=cfg.delivery.max_payload_bytes,
         dlq_retention_s=cfg.dlq.retention_s,
         queues=cfg.delivery.queues,  # known to pause/resume even before a worker serves them
+        dedup_window_s=cfg.events.dedup_window_s,  # POST /v1/events' default
     )
     if cfg.admin.token is None:
         log.warning(

@@ -159,6 +159,7 @@ class Event(Delivery):
     """The body of ``POST /v1/events``; an event of ``Client.publish_many``."""
 
     tenant_id: str
+    dedup_window_s: NotRequired[int]
 
 
 class PublishedJob(TypedDict):
@@ -170,6 +171,8 @@ class PublishAnswer(TypedDict):
     event_id: str
     jobs: list[PublishedJob]
     matched: int
+    #: True: an identical event's answer (200, nothing enqueued).
+    deduplicated: bool
 
 
 # --- jobs and the DLQ --------------------------------------------------------------------
@@ -360,6 +363,7 @@ class StatusCounts(TypedDict):
     failed_recent: RecentCount
     delivered_recent: RecentCount
     dead_recent: NotRequired[RecentCount]
+    deduplicated_recent: NotRequired[RecentCount]
     avg_processing_ms: float | None
     paused: list[str]
     queues: NotRequired[list[QueueCounts]]

@@ -54,7 +54,8 @@ def fields(
 
 def event(body: Mapping[str, Any], *, with_tenant: bool) -> dict[str, Any]:
     """The keyword arguments of ``Client.publish_checked`` / ``Client.deliver``."""
-    allowed = _EVENT | {"tenant_id"} if with_tenant else _EVENT
+    # A delivery (to one webhook, on purpose) is never deduplicated: no dedup_window_s.
+    allowed = _EVENT | {"tenant_id", "dedup_window_s"} if with_tenant else _EVENT
     required = ("tenant_id", "event_type", "payload") if with_tenant else ("event_type", "payload")
     checked = fields(body, allowed, required)
     checked.setdefault("priority", "normal")

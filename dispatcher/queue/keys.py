@@ -54,7 +54,15 @@ ids the server chooses, and come last; ``M`` is a number.
                           or by a release that does not write them) is a repeat of any request.
                           The record itself keeps its format, so every release reads it
 ``P:{0}:fingerprint:W:N:T:K`` string, the same for ``idempotency:W:N:T:K``
-``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum), 1 h TTL
+``P:{0}:dedup:N:T:H``     string, the answer (``event_id job_id webhook_id ...``) of tenant T's
+                          event whose hash is H (hex: its event type and canonical payload,
+                          ``publishing.Publication``), for ``events.dedup_window_s`` (its TTL):
+                          an identical event within it answers this and enqueues nothing. N is
+                          T's length, as in ``idempotency:N:T:K``; H is hex and comes last.
+                          Every shard an event reaches holds its own, naming its jobs there
+                          (shard 0's decides; ``publish.lua``)
+``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum; and
+                          deduplicated, the publishes answered from a ``dedup`` key), 1 h TTL
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
 ``P:{0}:paused``          set   paused queue names
@@ -193,6 +201,10 @@ class Keys:
         """The fingerprint beside ``idempotency(tenant_id, key, webhook_id)``, named alike."""
         scope = f"{webhook_id}:" if webhook_id else ""
         return f"{self._base}:fingerprint:{scope}{len(tenant_id)}:{tenant_id}:{key}"
+
+    def dedup(self, tenant_id: str, event_hash: str) -> str:
+        """The tenant's length says where it ends, as in ``idempotency``; the hash is hex."""
+        return f"{self._base}:dedup:{len(tenant_id)}:{tenant_id}:{event_hash}"
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"

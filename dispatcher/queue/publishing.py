@@ -1,5 +1,6 @@
 """The publish fan-out: one job per matching webhook, per shard one script, idempotency keys
-with a fingerprint of the request, and the answer assembled from the shards' parts."""
+with a fingerprint of the request, hash-based deduplication of identical events, and the answer
+assembled from the shards' parts."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import redis.exceptions as rex
 
 from dispatcher.errors import DispatcherError, IdempotencyKeyReused
 from dispatcher.ids import shard_job_prefix, stream_of
+from dispatcher.queue.control import STATS_TTL_S, minute_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors, translate
 
 if TYPE_CHECKING:
     from dispatcher.queue.store import Store
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+MAX_DEDUP_WINDOW_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +39,33 @@ class Publication:
     only_webhook: str | None = None
     #: True for another shard's part of an event whose id shard 0's part decided (``_of_event``).
     decided: bool = False
+    #: Seconds within which an identical event (same tenant, event type and canonical payload)
+    #: answers this one's answer and enqueues nothing; 0 is off. A publish with an idempotency
+    #: key is decided by its key alone: it neither checks nor claims the hash.
+    dedup_window_s: int = 0
+    #: The hex hash an identical event shares ('' when dedup is off); computed once, here.
+    dedup_hash: str = ""
     #: What a repeat of the idempotency key must match ('' without a key).
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint", self._fingerprint())  # frozen: set once, here
+        if self.dedup_window_s and self.idempotency_key is None and not self.dedup_hash:
+            object.__setattr__(self, "dedup_hash", self._dedup_hash())
+
+    @property
+    def ordered(self) -> bool:
+        """Whether shard 0's part must decide the event before the other shards' parts run."""
+        return self.idempotency_key is not None or bool(self.dedup_hash)
+
+    def _dedup_hash(self) -> str:
+        """What identical events share: the event type and the payload as the JSON value it is
+        (the tenant is in the key's name, as for fingerprints)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (self.event_type.encode(), _canonical(self.payload)):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
 
     def _fingerprint(self) -> str:
         """A hash of the request's parts; the key's scope (tenant, webhook) is in its name."""
@@ -76,23 +101,30 @@ def _publish_call(
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
+    now_ms = store.clock.now_ms()
+    window = pub.dedup_window_s if pub.dedup_hash else 0
     event = " ".join(
         (
             shard_job_prefix(pub.job_prefix, keys.shard),
             pub.event_id,
             pub.tenant_id,
             pub.event_type,
-            str(store.clock.now_ms()),
+            str(now_ms),
             str(pub.deliver_at_ms or 0),
             str(IDEMPOTENCY_TTL_S if pub.idempotency_key else 0),
             pub.only_webhook or "-",
             pub.fingerprint or "-",
             "1" if pub.decided else "-",
+            str(window),
         )
     )
     args: list[bytes | str | int] = [event, " ".join(names), " ".join(streams), pub.payload]
     idem_keys = [keys.idempotency(*idem), keys.fingerprint(*idem)]
-    return [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys], args
+    call_keys = [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys]
+    if window:
+        call_keys += [keys.dedup(pub.tenant_id, pub.dedup_hash), keys.stats(minute_of(now_ms))]
+        args.append(STATS_TTL_S)
+    return call_keys, args
 
 
 async def _shards_of(store: Store, pub: Publication) -> list[Store]:
@@ -111,7 +143,9 @@ async def publish(
 
     A repeated key answers the first answer if the request is the same (its ``fingerprint``),
     else raises ``IdempotencyKeyReused`` and enqueues nothing; the answer's ``matched`` counts
-    the webhooks the event was fanned out to (one job each).
+    the webhooks the event was fanned out to (one job each). With a dedup window, an event
+    identical to one accepted within it answers that one's answer with ``deduplicated`` true
+    (and new False) and enqueues nothing; every other answer has ``deduplicated`` false.
 
     Each shard's part is one script, all its jobs or none; with several shards the parts run
     side by side and an error in one is raised after all have answered (a retry with the same
@@ -120,6 +154,8 @@ async def publish(
     shards' jobs then carry: every job of one key belongs to one event, retries included.
     Shard 0 alone also decides new, repeat or refused: another shard's record of an earlier
     event (shard 0's record expired first: each has its own TTL) is replaced, not obeyed.
+    A dedup hash works the same way (a duplicate, or a retry of an event a shard failed,
+    completes the first event's missing parts).
     ``queues`` is the caller's cache of known queue names; the script names any other queue a
     matching webhook uses, and the call is repeated with that queue's keys too.
     """
@@ -128,8 +164,8 @@ async def publish(
         with redis_errors():
             await store.refresh_clock()
     shards = await _shards_of(store, pub)
-    done: list[tuple[bool, str]] = []
-    if len(shards) > 1 and pub.idempotency_key is not None:
+    done: list[tuple[int, str]] = []
+    if len(shards) > 1 and pub.ordered:
         done.append(await _publish_in(shards[0], pub, known))
         pub, shards = _of_event(pub, done[0][1]), shards[1:]
     parts = await asyncio.gather(
@@ -138,8 +174,9 @@ async def publish(
     for part in parts:
         if isinstance(part, BaseException):
             raise part
-    done += cast("list[tuple[bool, str]]", parts)
-    return any(new for new, _ in done), _answer([answer for _, answer in done])
+    done += cast("list[tuple[int, str]]", parts)
+    new = any(status == _NEW for status, _ in done)
+    return new, _answer([answer for _, answer in done], deduplicated=done[0][0] == _DUPLICATE)
 
 
 def _of_event(pub: Publication, answer: str) -> Publication:
@@ -150,10 +187,14 @@ def _of_event(pub: Publication, answer: str) -> Publication:
     return replace(pub, event_id=event_id, job_prefix=job_prefix, decided=True)
 
 
-_REUSED = -2  # publish.lua: the idempotency key was first used with another request
+# publish.lua's answers: a new event, a repeated idempotency key (or another shard's part
+# already written), an identical event's answer (its dedup key), a key first used with another
+# request.
+_NEW, _REPEAT, _DUPLICATE, _REUSED = 1, 0, 2, -2
 
 
-async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[bool, str]:
+async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[int, str]:
+    """(publish.lua's status, its answer) of ``pub``'s part in ``store``'s shard."""
     while True:
         keys, args = _publish_call(store, pub, sorted(known))
         with redis_errors():
@@ -163,7 +204,7 @@ async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[
             continue
         if status == _REUSED:
             raise IdempotencyKeyReused(pub.idempotency_key or "")
-        return status == 1, answer.decode()
+        return int(status), answer.decode()
 
 
 @dataclass(slots=True)
@@ -174,6 +215,8 @@ class _Part:
     shards: list[Store]
     answers: list[str] = field(default_factory=list)
     new: bool = False
+    #: The deciding part (not ``decided``) found an identical event's answer.
+    deduplicated: bool = False
     #: The first error met: a DispatcherError, or a Redis error ``translate`` does not map
     #: (``publish_many`` wraps it, ``Publisher`` raises it as ``publish`` would).
     error: Exception | None = None
@@ -211,7 +254,7 @@ async def _publish_batch(
     later: list[_Part] = []
     for pub in pubs:
         shards = await _shards_of(store, pub)
-        if len(shards) > 1 and pub.idempotency_key is not None:
+        if len(shards) > 1 and pub.ordered:
             parts.append(_Part(pub, shards[:1]))
             later.append(_Part(pub, shards[1:]))
         else:
@@ -230,7 +273,8 @@ async def _publish_batch(
         if error is not None:
             results.append(error)
         else:
-            results.append((first.new or rest.new, _answer(first.answers + rest.answers)))
+            answer = _answer(first.answers + rest.answers, deduplicated=first.deduplicated)
+            results.append((first.new or rest.new, answer))
     return results
 
 
@@ -257,18 +301,23 @@ async def _note(part: _Part, shard: Store, reply: Any, known: set[str]) -> None:
         # The script is not loaded yet (or a queue is new to us): the one-by-one path loads
         # it and learns the queue.
         try:
-            new, answer = await _publish_in(shard, part.pub, known)
+            status, answer = await _publish_in(shard, part.pub, known)
         except (DispatcherError, rex.RedisError) as exc:
             part.error = part.error or exc
         else:
-            part.new, part.answers = part.new or new, [*part.answers, answer]
+            _count(part, status, answer)
     elif isinstance(reply, Exception):
         part.error = part.error or translate(reply) or reply
     elif reply[0] == _REUSED:
         part.error = part.error or IdempotencyKeyReused(part.pub.idempotency_key or "")
     else:
-        part.new = part.new or reply[0] == 1
-        part.answers.append(reply[1].decode())
+        _count(part, int(reply[0]), reply[1].decode())
+
+
+def _count(part: _Part, status: int, answer: str) -> None:
+    part.new = part.new or status == _NEW
+    part.deduplicated = part.deduplicated or (status == _DUPLICATE and not part.pub.decided)
+    part.answers.append(answer)
 
 
 class Publisher:
@@ -351,10 +400,10 @@ def _as_dispatcher_error(exc: Exception) -> DispatcherError:
     return translate(exc) or DispatcherError(f"publish failed: {exc}")
 
 
-def _answer(parts: list[str]) -> dict[str, Any]:
+def _answer(parts: list[str], *, deduplicated: bool) -> dict[str, Any]:
     """One answer from the shards' ``event_id job_id webhook_id ...``, jobs by webhook id;
     ``matched`` is the number of webhooks the event went to (one job each, so stored answers
-    need not keep it)."""
+    need not keep it); ``deduplicated`` says it is an identical event's answer."""
     event_id = ""
     jobs = []
     for joined in parts:
@@ -363,4 +412,4 @@ def _answer(parts: list[str]) -> dict[str, Any]:
         jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
     if len(parts) > 1:
         jobs.sort(key=lambda job: job["webhook_id"])
-    return {"event_id": event_id, "jobs": jobs, "matched": len(jobs)}
+    return {"event_id": event_id, "jobs": jobs, "matched": len(jobs), "deduplicated": deduplicated}

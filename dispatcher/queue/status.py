@@ -3,7 +3,8 @@
 Every number comes from a counter Redis keeps anyway, so a status costs a handful of
 commands whatever the number of jobs: the ready stream holds only unfinished entries (queued
 plus claimed), the consumer group's PEL counts the claimed ones, the delayed zset the
-scheduled ones, and workers add their outcomes to per-minute ``stats:<minute>`` hashes.
+scheduled ones, and workers add their outcomes to per-minute ``stats:<minute>`` hashes (as
+publishes do the duplicates they answer).
 """
 
 from __future__ import annotations
@@ -96,14 +97,15 @@ async def gauges(store: Store) -> Gauges:
 
 
 async def recent_stats(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, int]:
-    """The workers' counters summed over the minutes of the window (this one included)."""
+    """The workers' counters summed over the minutes of the window (this one included), and
+    the publishes answered as duplicates (``publish.lua`` counts them)."""
     now_minute = control.minute_of(store.clock.now_ms())
     pipe = store.redis.pipeline(transaction=False)
     for minute in range(now_minute - window_s // 60 + 1, now_minute + 1):
         pipe.hgetall(store.keys.stats(minute))
     with redis_errors():
         replies = await pipe.execute()
-    totals = {"delivered": 0, "failed": 0, "dead": 0, "ms_sum": 0}
+    totals = {"delivered": 0, "failed": 0, "dead": 0, "ms_sum": 0, "deduplicated": 0}
     for reply in cast("list[dict[bytes, bytes]]", replies):
         for name, value in reply.items():
             key = name.decode()
@@ -204,6 +206,7 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
         "dead_recent": {"window_s": window_s, "count": stats["dead"]},
+        "deduplicated_recent": {"window_s": window_s, "count": stats["deduplicated"]},
         "avg_processing_ms": round(stats["ms_sum"] / attempts, 1) if attempts else None,
         "paused": paused,
         "queues": [

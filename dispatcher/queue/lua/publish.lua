@@ -6,7 +6,8 @@
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when the TTL
 -- is > 0)   KEYS[4] the fingerprint beside it (same use)
 -- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[2] (of its stream
--- for this event's priority), then the same pair for each further queue
+-- for this event's priority), then the same pair for each further queue; after them, only when
+-- the dedup window (ARGV[1]) is > 0: the event's dedup key, then this minute's stats hash
 -- ARGV[1] the event, its words separated by one space (none holds white space; '-' is an
 --   optional word left out): job id prefix (ids are prefix .. n), event id, tenant id, event
 --   type, now_ms, due_ms (0: deliver now), idempotency TTL in seconds (0: none), only this
@@ -14,15 +15,19 @@
 --   idempotency key), and '1' when this is another shard's part of an event whose id shard 0's
 --   part decided (new or repeat), else '-': then a record here naming that event is a repeat,
 --   one naming another event is stale (the key's earlier use, whose record on shard 0 expired
---   first) and is replaced; the fingerprint was checked on shard 0.
+--   first) and is replaced; the fingerprint was checked on shard 0. The same holds for the
+--   dedup key. Last, the dedup window in seconds (0: off; never with an idempotency key).
 -- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
+-- ARGV[5] (with a dedup window) the stats hash's TTL in seconds
 -- (one word for the small arguments: a publish is mostly the Redis client's cost per argument)
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
---          written), or {-1, queue} when a matching webhook names a queue whose keys were not
---          passed (the caller retries with them).
+--          written), {2, answer} when the dedup key holds an identical event's answer (a
+--          duplicate: nothing is written but the stats hash's ``deduplicated`` count, and that
+--          only when this part decides: not ``decided``), or {-1, queue} when a matching webhook
+--          names a queue whose keys were not passed (the caller retries with them).
 --          answer = "event_id job_id webhook_id job_id webhook_id ..."
 -- The idempotency record (KEYS[3]) is the answer alone, as every release has written and read
 -- it; the fingerprint is KEYS[4], written with it and with the same TTL. A record without one
@@ -30,10 +35,13 @@
 -- request, as it was then.
 -- Reads come first, so a key of the wrong type fails before anything is written; a failed
 -- write after the first is undone before the error is returned (all jobs or none).
+-- Dedup costs one command on the accepted path: the answer is known before any write (job ids
+-- are prefix .. n), so SET NX of the dedup key both claims the event and stores its answer;
+-- when the key exists, GET answers the duplicate. A failed write later deletes the key again.
 -- Records and locators are written as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
-local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided =
-  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+)$')
+local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided, window =
+  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$')
 if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
 local payload = ARGV[4]
 local use_idem = tonumber(ttl) > 0
@@ -84,7 +92,28 @@ table.sort(matched, function(x, y) return x[1] < y[1] end)
 now_ms, due_ms = tonumber(now_ms), tonumber(due_ms)
 local scheduled = due_ms > now_ms
 local answer = {event_id}
+for n, match in ipairs(matched) do
+  answer[#answer + 1] = prefix .. n
+  answer[#answer + 1] = match[1]
+end
+local joined = table.concat(answer, ' ')
 local records = {}
+
+local dedup
+if window ~= '0' then
+  dedup = KEYS[5 + 2 * nq]
+  if not redis.call('SET', dedup, joined, 'NX', 'EX', window) then
+    local first = redis.call('GET', dedup)
+    if decided ~= '1' then
+      local stats = KEYS[6 + 2 * nq]
+      redis.call('HINCRBY', stats, 'deduplicated', 1)
+      redis.call('EXPIRE', stats, ARGV[5])
+      return {2, first}
+    end
+    if string.match(first, '^%S*') == event_id then return {2, first} end
+    redis.call('SET', dedup, joined, 'EX', window)  -- stale: an earlier event's, see ARGV[1]
+  end
+end
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
 local function undo(reply, hashed, zsets)
@@ -101,6 +130,7 @@ local function undo(reply, hashed, zsets)
     for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
     redis.call('ZREM', key, unpack(ids))
   end
+  if dedup then redis.call('DEL', dedup) end
   return redis.error_reply(reply.err)
 end
 
@@ -121,8 +151,6 @@ for n, match in ipairs(matched) do
     q.added[#q.added + 1] = sid
     records[#records + 1] = make_locator(q.stream, sid, job_id)
   end
-  answer[#answer + 1] = job_id
-  answer[#answer + 1] = webhook_id
 end
 
 if #records > 0 then
@@ -137,7 +165,6 @@ if #records > 0 then
     end
   end
 end
-local joined = table.concat(answer, ' ')
 if use_idem then
   redis.call('SET', KEYS[3], joined, 'EX', ttl)
   redis.call('SET', KEYS[4], request, 'EX', ttl)
