@@ -16,7 +16,9 @@ nothing is delivered while we publish. Then, one after the other:
 Printed per variant and way: events/s, and CPU seconds per 1,000 events of this process (the
 publisher: the Client, or the HTTP client) and of the daemon (only ``http`` uses it). The
 payload is the one of ``bench/run.py`` (~300 bytes). Compare two trees by running this with
-PYTHONPATH pointing at each, alternating, in the same minutes.
+PYTHONPATH pointing at each, alternating, in the same minutes. ``--dedup-window-s`` turns
+deduplication on (the Client's window, and the daemon's ``events.dedup_window_s``): every event
+is distinct, so this is its cost on the accepted path.
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ async def _via_many(client: Client, n: int, batch: int) -> dict[str, Any]:
     return _timed("many", n, started, cpu, None)
 
 
-def _daemon(redis_url: str, port: int) -> subprocess.Popen[bytes]:
+def _daemon(redis_url: str, port: int, dedup_window_s: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    if dedup_window_s:
+        env["DISPATCHER_EVENTS_DEDUP_WINDOW_S"] = str(dedup_window_s)
     env.update(
         {
             "DISPATCHER_REDIS_URL": redis_url,
@@ -120,9 +124,11 @@ def _post_with(sender: Sender, url: str, headers: dict[str, str]) -> Any:
     return one
 
 
-async def _via_http(redis_url: str, n: int, width: int, client: str) -> dict[str, Any]:
+async def _via_http(
+    redis_url: str, n: int, width: int, client: str, dedup_window_s: int
+) -> dict[str, Any]:
     port = free_port()
-    daemon = _daemon(redis_url, port)
+    daemon = _daemon(redis_url, port, dedup_window_s)
     base = f"http://127.0.0.1:{port}"
     headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
     try:
@@ -181,7 +187,8 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     redis = Redis()
     rows = []
     try:
-        async with Client.from_url(redis.url, prefix=PREFIX) as client:
+        window = args.dedup_window_s
+        async with Client.from_url(redis.url, prefix=PREFIX, dedup_window_s=window) as client:
             for _ in range(hooks):
                 await client.create_webhook(TENANT, "http://127.0.0.1:9/hook")
             await client.pause("default")  # measure publishing alone: nothing is delivered
@@ -196,7 +203,9 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 elif way == "many":
                     rows.append(await _via_many(client, args.n, args.batch))
                 else:
-                    http = await _via_http(redis.url, args.n, args.in_flight, args.http_client)
+                    http = await _via_http(
+                        redis.url, args.n, args.in_flight, args.http_client, window
+                    )
                     rows.append(http)
     finally:
         redis.stop()
@@ -216,6 +225,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--hooks", type=lambda s: [int(x) for x in s.split(",")], default=[1, 3])
+    parser.add_argument("--dedup-window-s", type=int, default=0, help="0: dedup off")
     parser.add_argument("--ways", type=lambda s: s.split(","), default=["client", "http", "many"])
     parser.add_argument(
         "--http-client",

@@ -159,7 +159,7 @@ class Event(Delivery):
     """The body of ``POST /v1/events``; an event of ``Client.publish_many``."""
 
     tenant_id: str
-    dedup_window_s: NotRequired[int]
+    dedup_window_s: NotRequired[int | None]
 
 
 class PublishedJob(TypedDict):

@@ -17,6 +17,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from dispatcher import Client, shapes
+from dispatcher.queue.keys import Keys
 from tests.conftest import WorkerHarness
 from tests.helpers import (
     ClusterServers,
@@ -149,6 +150,28 @@ async def test_shards_spread_over_the_nodes_and_deliver(
     facts = (await cclient.status())["redis"]
     assert facts["shards"] == 3
     assert all(node["holds_keys"] for node in facts["nodes"])
+
+
+async def test_identical_events_are_enqueued_once_across_the_nodes(
+    cclient: Client, target: Target, raw: RedisCluster, prefix: str
+) -> None:
+    """With 3 shards on 3 primaries, identical events published at once (one by one and in a
+    batch) make one event: one job per webhook, and the status counts the duplicates."""
+    await cclient.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
+    event = {"tenant_id": "acme", "event_type": "a.b", "payload": {"n": 1}, "dedup_window_s": 60}
+    singles = await asyncio.gather(
+        *(cclient.publish("acme", "a.b", {"n": 1}, dedup_window_s=60) for _ in range(10))
+    )
+    batch = await cclient.publish_many([event, event])
+    answers = [*singles, *[a for a in batch if isinstance(a, dict)]]
+    assert len(answers) == 12
+    assert sum(not a["deduplicated"] for a in answers) == 1
+    assert len({(a["event_id"], len(a["jobs"])) for a in answers}) == 1
+    assert answers[0]["matched"] == len(hooks)
+    queued = [await raw.xlen(Keys(prefix, k).ready("default")) for k in range(3)]
+    assert sum(queued) == len(hooks)
+    assert (await cclient.status())["deduplicated_recent"]["count"] == 11
 
 
 async def test_status_shows_the_cluster(cclient: Client, raw: RedisCluster, prefix: str) -> None:
