@@ -60,6 +60,16 @@ def test_percentiles_are_within_the_stated_bound(values: list[float], q: float) 
     assert abs(got - exact) <= BOUND * exact + 0.05 + 1e-9
 
 
+@given(st.floats(min_value=-1e3, max_value=1e30, allow_nan=False))
+def test_the_worker_counts_each_duration_in_its_histogram_bucket(ms: float) -> None:
+    """The worker's inline bucketing (tally.py) is histogram.bucket_of, the bound's premise."""
+    tally = Tally()
+    tally.attempt("wh_a", 1, ms, ms)
+    fields = tally.minutes[1]["wh_a"]
+    bucket = histogram.bucket_of(ms)
+    assert fields[f"l{bucket}"] == fields[f"g{bucket}"] == 1
+
+
 def test_an_empty_histogram_has_no_percentiles() -> None:
     """No value counted: every percentile is None (the API's null)."""
     assert histogram.percentiles({}) == [None, None, None]
