@@ -8,12 +8,10 @@
 -- A minute already rolled into its hour (field r) adds its late counts to the hour as well,
 -- so the hour misses none and counts none twice; any other minute is marked pending.
 -- returns: the number of groups added
-for i = 1, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i]).ok
-  local want = i == 1 and 'zset' or 'hash'
-  if kind ~= 'none' and kind ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
-  end
+-- include: _stats_keys.lua
+local wrong = check_stats_keys()
+if wrong then
+  return redis.error_reply(wrong)
 end
 local pending = KEYS[1]
 local minute_ttl = ARGV[1]

@@ -7,12 +7,10 @@
 -- running twice, or two callers at once, adds nothing more. A minute gone (expired) is
 -- dropped from pending.
 -- returns: the number of minutes rolled
-for i = 1, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i]).ok
-  local want = i == 1 and 'zset' or 'hash'
-  if kind ~= 'none' and kind ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
-  end
+-- include: _stats_keys.lua
+local wrong = check_stats_keys()
+if wrong then
+  return redis.error_reply(wrong)
 end
 local pending = KEYS[1]
 local rolled = 0
