@@ -85,8 +85,8 @@ async def add(store: Store, counts: tally.Counts, now_ms: int) -> None:
                 args += [f"{webhook_id}:{minute}", minute, len(written)]
                 for name, value in written:
                     args += [name, value]
-            with redis_errors():
-                await shard.scripts.stats_add(keys=keys, args=args)
+            # Redis errors go through as they are: upkeep's loop tells an outage from a fault
+            await shard.scripts.stats_add(keys=keys, args=args)
             for minute, webhook_id in batch:
                 del counts[minute][webhook_id]
                 if not counts[minute]:
