@@ -9,8 +9,9 @@ lag a little more) added by ``queue.stats.add`` and rolled by ``queue.stats.roll
 its hour, with the clock moved by hand. Then the minute hashes older than their TTL are
 deleted (Redis would have expired them), and the sum of ``MEMORY USAGE <key> SAMPLES 0`` over
 the webhook's keys is printed: 120 minutes (2 h) and 168 hours (7 days) at steady state, and
-the bytes a day of hours adds. The pending zset is shared by the shard's webhooks and holds
-only the last two minutes of each: it is left out.
+the bytes a day of hours adds, and how long ``Client.webhook_stats`` takes for each window
+(one script call reading up to 288 hashes). The pending zset is shared by the shard's
+webhooks and holds only the last two minutes of each: it is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import time
 import uuid
 
 from dispatcher import Client
@@ -38,7 +40,7 @@ def _minute(rng: random.Random, webhook_id: str, minute: int, per_second: int) -
     return tally
 
 
-async def measure(redis_url: str, per_second: int) -> dict[str, int]:
+async def measure(redis_url: str, per_second: int) -> dict[str, float]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     rng = random.Random(7)
     async with Client.from_url(redis_url, prefix=prefix) as client:
@@ -59,6 +61,11 @@ async def measure(redis_url: str, per_second: int) -> dict[str, int]:
         hours = [store.keys.hook_hour(hook, h) for h in range(first // 60, now_minute // 60 + 1)]
         hour_sizes = [await redis.memory_usage(k, samples=0) or 0 for k in hours]
         hour_bytes = sum(hour_sizes[-168:])
+        read_ms = {}
+        for window in stats.WINDOWS:
+            started = time.perf_counter()
+            await client.webhook_stats(hook, window)
+            read_ms[f"read_{window}_ms"] = round((time.perf_counter() - started) * 1000, 1)
         keys = [k async for k in redis.scan_iter(f"{prefix}:*")]
         await redis.delete(*keys)
     return {
@@ -68,6 +75,7 @@ async def measure(redis_url: str, per_second: int) -> dict[str, int]:
         "hour_bytes": hour_bytes,
         "day_of_hours_bytes": round(hour_bytes / 7),
         "total_bytes": minute_bytes + hour_bytes,
+        **read_ms,
     }
 
 

@@ -4,17 +4,20 @@ worker, the rollup of minutes into hours, and ``GET /v1/webhooks/{id}/stats``.""
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis import exceptions as redis_exceptions
 
 from dispatcher import InvalidField, NotFound, histogram
 from dispatcher.queue import stats
+from dispatcher.queue.store import Store
 from dispatcher.tally import Tally
 from tests.admin_api import start_api
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -23,7 +26,6 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from dispatcher import Client
-    from dispatcher.queue.store import Store
     from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Target
@@ -224,6 +226,26 @@ async def test_concurrent_rollups_count_each_minute_once_and_late_counts_reach_t
         "p95": pytest.approx(1000, rel=BOUND),
         "p99": pytest.approx(1000, rel=BOUND),
     }
+
+
+async def test_counts_a_flush_cannot_write_stay_for_the_next_one(
+    redis_url: str, prefix: str, store: Store
+) -> None:
+    """With Redis away the counts stay in the worker's hands, untouched; the next flush writes
+    them, once."""
+    counts = _tally(range(5, 7), ["wh_a", "wh_b"]).take()
+    kept = copy.deepcopy(counts)
+    down = Store.open(f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
+    try:
+        with pytest.raises(redis_exceptions.ConnectionError):
+            await stats.add(down, counts, 7 * 60_000)
+    finally:
+        await down.close()
+    assert counts == kept
+    await stats.add(store, counts, 7 * 60_000)
+    assert counts == {}
+    minute = await store.redis.hgetall(store.keys.hook_minute("wh_a", 5))
+    assert (minute[b"a"], minute[b"d"], minute[b"f"]) == (b"3", b"2", b"1")
 
 
 # --- the API ---------------------------------------------------------------------------------

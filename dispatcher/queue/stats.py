@@ -188,8 +188,9 @@ async def _points(
         minutes = range(minute_of(now_ms) - MINUTE_TTL_S // 60 + 1, minute_of(now_ms) + 1)
         names = [keys.hook_hour(webhook_id, h) for h in range(first, last + 1)]
         names += [keys.hook_minute(webhook_id, m) for m in minutes]
+    unrolled_from = count + 1 if step_ms == HOUR_MS else len(names) + 1  # 1-based, in Lua
     with redis_errors():
-        replies = await shard.scripts.stats_read(keys=names)
+        replies = await shard.scripts.stats_read(keys=names, args=[unrolled_from])
     hashes = [_counts(reply) for reply in replies]
     points = [((first + i) * step_ms, hashes[i]) for i in range(count)]
     if step_ms == HOUR_MS:
