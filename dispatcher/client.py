@@ -23,6 +23,7 @@ from dispatcher.model import (
     time_ms,
 )
 from dispatcher.queue import control, dlq, dlq_ops, publishing, records, webhooks
+from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
 from dispatcher.queue.store import Store
 from dispatcher.signing import generate_secret
@@ -164,6 +165,24 @@ class Client:
         grace_s = _seconds("grace_s", grace_s, MAX_GRACE_S)
         hook = await webhooks.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
         return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
+
+    async def webhook_stats(self, webhook_id: str, window: str = "1h") -> shapes.WebhookStats:
+        """How the webhook's deliveries went over ``window`` (``1h``, ``24h`` or ``7d``).
+
+        ``{"attempts", "delivered", "failed", "success_rate", "latency_ms", "lag_ms",
+        "series"}``: ``failed`` counts attempts that did not deliver (so ``attempts`` is
+        ``delivered + failed`` and ``success_rate`` is ``delivered / attempts``, None without
+        attempts); ``latency_ms`` is the attempts' durations and ``lag_ms`` the time from
+        publish to delivery, each ``{p50, p95, p99}`` within 5% (histogram.py); ``series`` has
+        one ``{t, attempts, delivered, failed, p95_ms}`` per minute (1h) or hour (24h, 7d).
+        ``InvalidField`` for another window, ``NotFound`` for an unknown webhook.
+        """
+        if window not in hook_stats.WINDOWS:
+            raise InvalidField("window", f"must be one of {', '.join(hook_stats.WINDOWS)}")
+        await webhooks.get_webhook(self.store, webhook_id)
+        clock = await self.store.refresh_clock()
+        answer = await hook_stats.webhook_stats(self.store, webhook_id, window, clock.now_ms())
+        return cast("shapes.WebhookStats", answer)
 
     # --- events ---------------------------------------------------------------------------
 

@@ -79,10 +79,13 @@ class Outcomes:
         self.health.answered(job.id)
         job.attempted(started_ms, status, outcome.duration_ms, outcome.error)
         self.metrics.durations.observe(outcome.duration_ms / 1000)
-        counts = self.upkeep.stats[control.minute_of(now_ms)]
+        minute = control.minute_of(now_ms)
+        counts = self.upkeep.stats[minute]
         counts["ms_sum"] += round(outcome.duration_ms)
         if verdict is retry.Verdict.DELIVERED:
             counts["delivered"] += 1
+            lag_ms = now_ms - job.created_at_ms
+            self.upkeep.tally.attempt(job.webhook_id, minute, outcome.duration_ms, lag_ms)
             self.metrics.add(_DELIVERED.get(status) or _delivered(status))
             if debug_enabled():
                 log.debug("delivery.succeeded", **_fields(job, attempt, outcome))
@@ -97,6 +100,7 @@ class Outcomes:
             )
             return
         counts["failed"] += 1
+        self.upkeep.tally.attempt(job.webhook_id, minute, outcome.duration_ms, None)
         status_class = f"{status // 100}xx" if status else "none"
         fields = _fields(job, attempt, outcome)
         self.metrics.inc("dispatcher_deliveries_total", outcome="failed", status=status_class)

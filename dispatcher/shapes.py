@@ -25,6 +25,7 @@ RefusalReason = Literal["payload_lost", "webhook_deleted", "webhook_disabled", "
 AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
 OperationKind = Literal["replay", "purge"]
 OperationState = Literal["running", "succeeded", "failed"]
+StatsWindow = Literal["1h", "24h", "7d"]
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -301,6 +302,39 @@ class PurgeStarted(Purged):
     """202 of ``DELETE /v1/dlq``: the first page's count, the rest in ``operation``."""
 
     operation: Operation
+
+
+# --- delivery stats ----------------------------------------------------------------------
+
+
+class Percentiles(TypedDict):
+    """Nearest-rank percentiles in ms from the histogram (within 5%); null when empty."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class StatsPoint(TypedDict):
+    t: str
+    attempts: int
+    delivered: int
+    failed: int
+    p95_ms: float | None
+
+
+class WebhookStats(TypedDict):
+    """``GET /v1/webhooks/{id}/stats`` and ``Client.webhook_stats``."""
+
+    webhook_id: str
+    window: StatsWindow
+    attempts: int
+    delivered: int
+    failed: int
+    success_rate: float | None
+    latency_ms: Percentiles
+    lag_ms: Percentiles
+    series: list[StatsPoint]
 
 
 # --- queues and status -------------------------------------------------------------------

@@ -5,7 +5,8 @@
 - sweep: forget finished records past their retention (each minute) and find orphans, jobs
   whose stream entry was deleted (one page of the jobs hash each second);
 - control: re-read the paused queues, serve shards another process added, flush the
-  per-minute counters and the per-webhook gauges, and beat this worker's heartbeat.
+  per-minute counters (the per-webhook delivery stats too, queue/stats.py) and the
+  per-webhook gauges, and beat this worker's heartbeat.
 
 Each is a background loop (loops.py); every Redis call goes through ``dispatcher.queue``.
 """
@@ -26,6 +27,8 @@ import structlog
 
 from dispatcher import loops
 from dispatcher.queue import control, delays, streams
+from dispatcher.queue import stats as hook_stats
+from dispatcher.tally import Tally
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,6 +91,8 @@ class Upkeep:
         # minute -> counter -> value; flushed to stats:<minute> by the control loop, never
         # written to Redis from the delivery path
         self.stats: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # the same per webhook, with latency and lag histograms, flushed to wstats:m:W:M
+        self.tally = Tally()
         self.started_at_ms = int(time.time() * 1000)
         self.alive_at = time.monotonic()
         self._next_sync = 0.0
@@ -255,16 +260,27 @@ class Upkeep:
         }
 
     async def flush_stats(self) -> None:
-        if not self.stats:
-            return
-        counts, self.stats = self.stats, defaultdict(lambda: defaultdict(int))
+        if self.stats:
+            counts, self.stats = self.stats, defaultdict(lambda: defaultdict(int))
+            try:
+                await control.flush_stats(self.store, counts)
+            except BaseException:
+                for minute, fields in counts.items():  # keep them for the next flush
+                    for name, value in fields.items():
+                        self.stats[minute][name] += value
+                raise
+        if self.tally.minutes:
+            await self._flush_tally()
+
+    async def _flush_tally(self) -> None:
+        counts = self.tally.take()
+        now_ms = self.store.clock.now_ms()
         try:
-            await control.flush_stats(self.store, counts)
-        except BaseException:
-            for minute, fields in counts.items():  # keep them for the next flush
-                for name, value in fields.items():
-                    self.stats[minute][name] += value
-            raise
+            await hook_stats.add(self.store, counts, now_ms)
+        finally:
+            if counts:  # what was not written waits for the next flush
+                oldest = control.minute_of(now_ms) - hook_stats.MINUTE_TTL_S // 60
+                self.tally.give_back(counts, oldest_minute=oldest)
 
     async def sign_off(self) -> None:
         """On a clean stop: write the last counters and remove this worker's heartbeat."""

@@ -17,6 +17,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from dispatcher import Client, shapes
+from dispatcher.queue import stats
 from dispatcher.queue.keys import Keys
 from tests.conftest import WorkerHarness
 from tests.helpers import (
@@ -276,3 +277,25 @@ async def test_sigterm_is_clean_on_a_cluster(
         assert await asyncio.to_thread(daemon.wait, 30) == 0
     finally:
         daemon.stop()
+
+
+async def test_delivery_stats_are_counted_rolled_and_read_in_each_shard(
+    cclient: Client, cworkers: WorkerHarness, target: Target
+) -> None:
+    """With 3 shards on the cluster each webhook's attempts are counted in its own shard, rolled
+    into their hour there, and read back by its stats."""
+    await cclient.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
+    await cclient.publish("acme", "a.b", {})
+    await cworkers.start()
+    await target.wait_for(len(hooks), timeout_s=15)
+
+    async def counted(webhook_id: str, window: str) -> bool:
+        return (await cclient.webhook_stats(webhook_id, window))["delivered"] == 1
+
+    for hook in hooks:
+        await eventually(lambda h=hook["id"]: counted(h, "1h"), what="the attempt counted")
+    later_ms = cclient.store.clock.now_ms() + 3 * 60_000
+    assert await stats.rollup(cclient.store, later_ms) == len(hooks)
+    for hook in hooks:
+        assert await counted(hook["id"], "7d")

@@ -178,6 +178,7 @@ def create_app(deps: Deps) -> web.Application:
             web.patch("/v1/webhooks/{id}", webhooks.patch),
             web.delete("/v1/webhooks/{id}", webhooks.delete),
             web.post("/v1/webhooks/{id}/rotate-secret", webhooks.rotate_secret),
+            web.get("/v1/webhooks/{id}/stats", webhooks.stats, allow_head=False),
             web.post("/v1/webhooks/{id}/deliveries", events.deliver),
             web.post("/v1/events", events.publish),
             web.get("/v1/jobs/{id}", jobs.get, allow_head=False),

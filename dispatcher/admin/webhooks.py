@@ -1,4 +1,4 @@
-"""``/v1/webhooks``: create, list, get, patch, delete, rotate the secret."""
+"""``/v1/webhooks``: create, list, get, patch, delete, rotate the secret, delivery stats."""
 
 from __future__ import annotations
 
@@ -46,3 +46,11 @@ async def rotate_secret(request: web.Request) -> web.Response:
     grace_s = bodies.grace_s(await bodies.json_object(request, optional=True))
     hook = await request.app[CLIENT].rotate_secret(request.match_info["id"], grace_s)
     return json_response(hook)
+
+
+async def stats(request: web.Request) -> web.Response:
+    params = bodies.query(request, {"window"})
+    answer = await request.app[CLIENT].webhook_stats(
+        request.match_info["id"], params.get("window", "1h")
+    )
+    return json_response(answer)

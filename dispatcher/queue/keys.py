@@ -5,7 +5,8 @@ shards, each a complete copy of the layout below under its own hash tag (``{0}``
 so every script touches keys of one shard only and the same code runs on Redis Cluster, where
 the shards spread over the nodes. A webhook lives in one shard, chosen when it is created and
 written into its id (``wh_<core>`` is shard 0, ``wh_<core>.<k>`` shard k); its jobs live in the
-same shard (``job_<core>.<n>`` and ``job_<core>.<k>.<n>``), so the id alone finds any record.
+same shard (``job_<core>.<n>`` and ``job_<core>.<k>.<n>``), so the id alone finds any record;
+so do its delivery stats (``wstats:``).
 Shard 0 also holds what belongs to the deployment as a whole: ``layout``, ``paused``,
 ``workers`` and ``stats``. Nothing outside this module formats a key.
 
@@ -63,6 +64,14 @@ ids the server chooses, and come last; ``M`` is a number.
                           (shard 0's decides; ``publish.lua``)
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum; and
                           deduplicated, the publishes answered from a ``dedup`` key), 1 h TTL
+``P:{0}:wstats:m:W:M``    hash  webhook W's delivery counts of minute M (``tally.py`` names the
+                          fields: attempts, delivered, failed, latency and lag histogram
+                          buckets; ``r`` once rolled into its hour), 2 h TTL
+``P:{0}:wstats:h:W:H``    hash  the same counts of hour H (the minutes rolled into it), 7 days
+                          and an hour TTL; W holds no ``:``, so the number after it is M or H
+``P:{0}:wstats:pending``  zset  ``W:M`` -> M: the minutes with counts not yet rolled into their
+                          hour (``queue/stats.py``); members older than the minutes' TTL are
+                          trimmed by each flush
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
 ``P:{0}:paused``          set   paused queue names
@@ -208,6 +217,16 @@ class Keys:
 
     def stats(self, minute: int) -> str:
         return f"{self._base}:stats:{minute}"
+
+    def hook_minute(self, webhook_id: str, minute: int) -> str:
+        return f"{self._base}:wstats:m:{webhook_id}:{minute}"
+
+    def hook_hour(self, webhook_id: str, hour: int) -> str:
+        return f"{self._base}:wstats:h:{webhook_id}:{hour}"
+
+    @property
+    def hook_pending(self) -> str:
+        return f"{self._base}:wstats:pending"
 
     @property
     def layout(self) -> str:

@@ -56,6 +56,9 @@ class Scripts:
     delete_webhook: AsyncScript
     adopt_layout: AsyncScript
     index_queues: AsyncScript
+    stats_add: AsyncScript
+    stats_roll: AsyncScript
+    stats_read: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
