@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from dispatcher import config_values as values
 from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import MAX_SHARDS
+from dispatcher.tasks import TASK_QUEUES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -76,11 +77,18 @@ class SecurityConfig:
 @dataclass(frozen=True, slots=True)
 class DlqConfig:
     retention_s: float = 604_800.0
+    auto_purge: bool = False  # the dispatcher.purge_dlq task deletes entries past retention_s
 
 
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
     retention_s: float = 86_400.0  # how long delivered job records stay readable
+
+
+@dataclass(frozen=True, slots=True)
+class TasksConfig:
+    modules: tuple[str, ...] = ()  # imported at start; their @task functions register
+    concurrency: int = 2  # task lanes, apart from delivery.concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dlq: DlqConfig = field(default_factory=DlqConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -119,6 +128,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "security": SecurityConfig,
     "dlq": DlqConfig,
     "jobs": JobsConfig,
+    "tasks": TasksConfig,
     "alerts": AlertsConfig,
     "log": LogConfig,
 }
@@ -285,6 +295,13 @@ def _delivery(r: _Reader) -> DeliveryConfig:
 
 def _check_delivery(r: _Reader, cfg: DeliveryConfig) -> None:
     """Rules across keys, checked only when each key involved is valid on its own."""
+    taken = [q for q in cfg.queues if q in TASK_QUEUES]
+    if taken:
+        r.problem(
+            "delivery.queues",
+            f"{', '.join(taken)}: the task queues are served by every daemon's task lanes "
+            "(tasks.concurrency), not by delivery",
+        )
     if not r.failed & {"delivery.backoff_base_s", "delivery.backoff_cap_s"} and (
         cfg.backoff_cap_s < cfg.backoff_base_s
     ):
@@ -350,10 +367,17 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
         delivery=_delivery(r),
         security=_security(r),
         dlq=DlqConfig(
-            retention_s=r.value("dlq", "retention_s", DlqConfig().retention_s, values.duration)
+            retention_s=r.value("dlq", "retention_s", DlqConfig().retention_s, values.duration),
+            auto_purge=r.value("dlq", "auto_purge", DlqConfig().auto_purge, values.boolean),
         ),
         jobs=JobsConfig(
             retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, values.duration)
+        ),
+        tasks=TasksConfig(
+            modules=r.value("tasks", "modules", TasksConfig().modules, values.module_names),
+            concurrency=r.value(
+                "tasks", "concurrency", TasksConfig().concurrency, values.integer(1, 1000)
+            ),
         ),
         alerts=_alerts(r),
         log=_log(r),

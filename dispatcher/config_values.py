@@ -328,6 +328,25 @@ def queues(raw: Raw) -> tuple[str, ...]:
     return queue_names(raw.value, from_env=raw.from_env)
 
 
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def module_names(raw: Raw) -> tuple[str, ...]:
+    """Python module names from a list (TOML) or a comma-separated string (environment)."""
+    value = raw.value
+    if raw.from_env and isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        example = '["myapp.tasks"]'
+        raise BadValueError(f"expected a list of module names like {example}, got {show(value)}")
+    bad = [item for item in items if not isinstance(item, str) or not _MODULE.fullmatch(item)]
+    if bad:
+        raise BadValueError(f"{', '.join(show(b) for b in bad)}: not a Python module name")
+    return tuple(dict.fromkeys(str(item) for item in items))
+
+
 def token_file(raw: Raw) -> tuple[Path, str]:
     """The path and its stripped content: the file is read at load."""
     text = optional_string(raw)

@@ -33,6 +33,8 @@ from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
+from dispatcher.taskrunner import TaskRunner
+from dispatcher.tasks import load_modules
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from dispatcher.liveness import Liveness
     from dispatcher.queue.store import Layout
     from dispatcher.sender import HttpSender
+    from dispatcher.tasks import Task
 
 log = structlog.get_logger()
 
@@ -99,6 +102,7 @@ class _Reload:
 
 
 async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
+    registry = load_modules(cfg.tasks.modules)  # a module that fails to import: exit 2
     async with AsyncExitStack() as stack:
         embedded: EmbeddedRedis | None = None
         url = cfg.redis.url
@@ -130,7 +134,9 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             embedded_redis=embedded is not None,
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
+        runner = _task_runner(cfg, store, registry, metrics, stop, worker)
         side_tasks = [
+            lambda _: runner.run(),
             lambda _: _alert_loop(alerts, store, metrics, stop),
             lambda notifier: _reload_loop(reloader, reload.requested, stop, notifier),
         ]
@@ -191,6 +197,31 @@ async def _start_admin(
 
     stack.push_async_callback(stop)
     return stop
+
+
+def _task_runner(  # noqa: PLR0917 - what the daemon hands over
+    cfg: Config,
+    store: Store,
+    registry: dict[str, Task],
+    metrics: Metrics,
+    stop: asyncio.Event,
+    worker: Worker,
+) -> TaskRunner:
+    """The task lanes (taskrunner.py), beside the worker: the same consumer name, the worker's
+    live ``delivery.*`` (retries, timeouts), their own ``tasks.concurrency`` lanes."""
+    client = Client(
+        store, max_payload_bytes=cfg.delivery.max_payload_bytes, dlq_retention_s=cfg.dlq.retention_s
+    )
+    return TaskRunner(
+        store,
+        client,
+        cfg,
+        registry,
+        metrics=metrics,
+        stop=stop,
+        consumer=worker.consumer,
+        delivery=lambda: worker.cfg,
+    )
 
 
 def _sender(cfg: DeliveryConfig, policy: AddressPolicy, metrics: Metrics) -> HttpSender:

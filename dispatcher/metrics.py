@@ -51,6 +51,7 @@ _HELP = {
     "dispatcher_nogroup_recoveries_total": "Consumer groups recreated after NOGROUP.",
     "dispatcher_redis_errors_total": "Redis commands that failed, by loop.",
     "dispatcher_promoted_total": "Delayed jobs moved to the ready stream.",
+    "dispatcher_task_runs_total": "Task runs ended, by status (succeeded, failed, dead).",
     "dispatcher_redis_clock_jump_seconds": "Last change of the Redis clock against local time.",
     "dispatcher_attempt_duration_seconds": "Duration of delivery attempts.",
     "dispatcher_in_flight": "HTTP requests in flight in this process.",

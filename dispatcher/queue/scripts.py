@@ -56,6 +56,9 @@ class Scripts:
     delete_webhook: AsyncScript
     adopt_layout: AsyncScript
     index_queues: AsyncScript
+    task_register: AsyncScript
+    task_enqueue: AsyncScript
+    task_tick: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
