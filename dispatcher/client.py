@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import orjson
 
 from dispatcher.errors import DispatcherError, InvalidField, NotFound, PayloadTooLarge
-from dispatcher.ids import new_event_ids
+from dispatcher.ids import TASK_QUEUES, new_event_ids
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -61,8 +61,9 @@ class Client:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
-        #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them).
-        self.configured_queues = frozenset(queues)
+        #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them),
+        #: and the task queues, which every daemon serves.
+        self.configured_queues = frozenset(queues) | frozenset(TASK_QUEUES)
         self._queues: set[str] = {records.DEFAULT_QUEUE}
         #: Single publishes in flight together go to Redis in one pipeline.
         self._publisher = publishing.Publisher(store, self._queues)

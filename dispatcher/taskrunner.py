@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-TICK_S = 0.25  # periodic runs, promotion of retries, paused queues
+TICK_S = 0.5  # periodic runs, promotion of task retries, paused task queues
 READ_BLOCK_MS = 500
 ERROR_LIMIT = 2000  # characters of an exception's text kept as the last error
 
@@ -75,6 +75,7 @@ class TaskRunner:
         self.held: dict[str, Claim] = {}  # by sid: claims kept fresh by each reclaim pass
         self._room = asyncio.Event()
         self._cursors: dict[str, str] = {}
+        self._next_register = 0.0
 
     async def run(self) -> None:
         """Register the tasks, then claim and run task jobs until ``stop``; on stop, running
@@ -98,9 +99,18 @@ class TaskRunner:
         for queue in TASK_QUEUES:
             await streams.ensure_group(self.store, queue)
         await self.store.clock.sync(self.store.redis)
+        # paused queues known before the first read: a daemon starting while one is paused
+        # must not claim from it before its first tick
+        self.paused = frozenset(await control.paused_queues(self.store)) & set(TASK_QUEUES)
+        await self._register()
+        log.info("tasks.registered", tasks=sorted(self.registry), lanes=self.lanes)
+
+    async def _register(self) -> None:
+        """Write this daemon's tasks to Redis (again: a periodic task that no daemon registers
+        any more stops being scheduled, queue/tasks.py)."""
         specs = [(t.name, t.queue, t.every_s) for t in self.registry.values()]
         await queue_tasks.register(self.store, specs)
-        log.info("tasks.registered", tasks=sorted(self.registry), lanes=self.lanes)
+        self._next_register = time.monotonic() + queue_tasks.REGISTER_EVERY_S
 
     def _free(self) -> int:
         return self.lanes - len(self.running)
@@ -263,9 +273,13 @@ class TaskRunner:
         await loops.run_every(self._tick, outage, self.stop, TICK_S)
 
     async def _tick(self) -> None:
-        enqueued = await queue_tasks.tick(self.store)
+        if time.monotonic() >= self._next_register:
+            await self._register()
+        enqueued, skipped = await queue_tasks.tick(self.store)
         if enqueued:
             log.info("task.scheduled", runs=[{"task": n, "job_id": j} for n, j in enqueued])
+        if skipped:
+            log.warning("task.period_skipped", tasks=skipped, why="the last run is unfinished")
         for queue in TASK_QUEUES:
             await delays.promote_due(self.store, queue)
         self.paused = frozenset(await control.paused_queues(self.store)) & set(TASK_QUEUES)

@@ -227,3 +227,27 @@ async def test_dlq_auto_purge(
         daemon.stop()
     left = {item["id"] for item in (await client.list_dlq(limit=100))["items"]}
     assert left == (set(young) if auto_purge else set(old) | set(young))
+
+
+async def test_pausing_a_task_queue_holds_its_runs(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A paused task queue keeps accepting runs and runs none until it is resumed."""
+    assert await client.pause("analytics") == {"queue": "analytics", "paused": True}
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    out = logs_dir / "out"
+    try:
+        await eventually(lambda: _registered(client, "tests.record"), timeout_s=10)
+        held = await client.enqueue_task("tests.record", {"path": str(out), "value": 1})
+        first = await client.enqueue_task(
+            "tests.record", {"path": str(out), "value": 2}, queue="maintenance"
+        )
+        await eventually(lambda: _state(client, first["id"], "delivered"), timeout_s=10)
+        job = await client.get_job(held["id"])
+        assert job is not None
+        assert job["state"] == "queued"
+        await client.resume("analytics")
+        await eventually(lambda: _state(client, held["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    assert [line["value"] for line in _lines(out)] == [2, 1]

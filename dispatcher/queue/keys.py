@@ -85,10 +85,12 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
-``P:{0}:tasks``           hash  task name -> ``{"q": queue, "every_s": s or null}``: the tasks the
-                          daemons registered (tasks.py), which ``enqueue_task`` checks
+``P:{0}:tasks``           hash  task name -> ``{"q": queue, "every_s": s or null, "seen": ms}``:
+                          the tasks the daemons registered (tasks.py), which ``enqueue_task``
+                          checks; each daemon registers its own again every minute
 ``P:{0}:tasks:due``       zset  periodic task name -> its next run (ms, Redis clock)
 ``P:{0}:tasks:runs``      hash  task name -> ``{"at": ms, "status": ...}``: its last settled run
+``P:{0}:tasks:last``      hash  periodic task name -> the job id of its last run (no overlap)
 ``P:{0}:op:O``            hash  a background DLQ operation's state (replay or purge; shard 0)
 ``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
@@ -266,6 +268,10 @@ class Keys:
     @property
     def tasks_runs(self) -> str:
         return f"{self._base}:tasks:runs"
+
+    @property
+    def tasks_last(self) -> str:
+        return f"{self._base}:tasks:last"
 
     def operation(self, op_id: str) -> str:
         return f"{self._base}:op:{op_id}"

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from dispatcher.queue.store import Store
 
 TICK_LIMIT = 100  # periodic runs enqueued per tick at most
+REGISTER_EVERY_S = 60.0  # each daemon registers its tasks again this often
+#: A periodic task no daemon registered for this long gets no more runs (task_tick.lua).
+REGISTRATION_TTL_MS = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +81,24 @@ async def enqueue(
     return job_id, chosen.decode()
 
 
-async def tick(store: Store) -> list[tuple[str, str]]:
-    """Enqueue the periodic runs that are due: ``[(name, job id)]``."""
+async def tick(store: Store) -> tuple[list[tuple[str, str]], list[str]]:
+    """Enqueue the periodic runs that are due: ``[(name, job id)]``, and the names whose
+    period passed without a run because their last run is unfinished (runs never overlap)."""
     home = store.home
     _event_id, prefix = new_event_ids()
     keys = home.keys
-    flat = await home.scripts.task_tick(
-        keys=[keys.tasks, keys.tasks_due, keys.jobs, *(keys.ready(q) for q in TASK_QUEUES)],
-        args=[prefix, TICK_LIMIT],
+    flat, skipped = await home.scripts.task_tick(
+        keys=[
+            keys.tasks,
+            keys.tasks_due,
+            keys.jobs,
+            keys.tasks_last,
+            *(keys.ready(q) for q in TASK_QUEUES),
+        ],
+        args=[prefix, TICK_LIMIT, REGISTRATION_TTL_MS],
     )
-    return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+    runs = [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+    return runs, [name.decode() for name in skipped]
 
 
 async def record_run(store: Store, name: str, at_ms: int, status: str) -> None:
