@@ -5,6 +5,8 @@ the DLQ, periodic runs across daemons, the tasks API, and ``dlq.auto_purge``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -142,6 +144,20 @@ async def test_a_task_module_that_fails_to_import_is_a_config_error(
     daemon = _daemon(redis_url, prefix, logs_dir / "d.log", tasks_modules="tests.no_such_module")
     assert daemon.wait() == 2
     assert "cannot import 'tests.no_such_module'" in daemon.log
+
+
+def test_check_config_imports_the_task_modules(redis_url: str, prefix: str) -> None:
+    """dispatcher check-config reports a task module that cannot be imported, exit 2."""
+    env = daemon_env(redis_url, prefix, tasks_modules="tests.no_such_module")
+    checked = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 2
+    assert "config error: tasks.modules: cannot import 'tests.no_such_module'" in checked.stderr
 
 
 async def test_webhooks_cannot_name_a_task_queue(client: Client) -> None:
