@@ -136,11 +136,12 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         reloader = _Reloader(cfg, reload.load, worker, alerts)
         runner = _task_runner(cfg, store, registry, metrics, stop, worker)
         side_tasks = [
-            lambda _: runner.run(),
             lambda _: _alert_loop(alerts, store, metrics, stop),
             lambda notifier: _reload_loop(reloader, reload.requested, stop, notifier),
         ]
-        return await _run_worker(worker, stop, embedded, stop_admin, side_tasks)
+        return await _run_worker(
+            worker, stop, embedded, stop_admin, side_tasks, finishing=[runner.run]
+        )
     return EXIT_OK  # pragma: no cover - the stack always returns above
 
 
@@ -251,8 +252,11 @@ async def _run_worker(
     embedded: EmbeddedRedis | None,
     stop_admin: Callable[[], Awaitable[None]] = _nothing,
     side_tasks: Sequence[Callable[[Notifier], Coroutine[Any, Any, None]]] = (),
+    *,
+    finishing: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> int:
-    """Run the worker and, beside it, the watchdog and ``side_tasks`` (cancelled at the end)."""
+    """Run the worker and, beside it, the watchdog and ``side_tasks`` (cancelled at the end),
+    and ``finishing`` (the task runner), which end on ``stop`` by themselves, draining."""
     notifier = Notifier()
 
     async def relay_stop() -> None:
@@ -268,6 +272,7 @@ async def _run_worker(
         notifier.ready(_status(worker))
         helpers = [group.create_task(_watchdog(notifier, worker, stop))]
         helpers += [group.create_task(task(notifier)) for task in side_tasks]
+        finishers = [group.create_task(task()) for task in finishing]
         if embedded is not None:
             child = group.create_task(embedded.wait())
             await asyncio.wait({run, child}, return_when=asyncio.FIRST_COMPLETED)
@@ -279,6 +284,7 @@ async def _run_worker(
                 child.cancel()
         await run
         stop.set()
+        await asyncio.gather(*finishers)
         for helper in helpers:
             helper.cancel()
     return code

@@ -159,7 +159,7 @@ class TaskRunner:
 
     def _start(self, claim: Claim) -> None:
         self.held[claim.sid] = claim
-        task = asyncio.create_task(self._run_claim(claim))
+        task = asyncio.create_task(self._run_logged(claim))
         self.running[claim.sid] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -170,6 +170,15 @@ class TaskRunner:
         task.add_done_callback(done)
 
     # --- one run -------------------------------------------------------------------------
+
+    async def _run_logged(self, claim: Claim) -> None:
+        try:
+            await self._run_claim(claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The entry stays pending and is reclaimed after the stall timeout.
+            log.exception("task.crashed", job_id=claim.job_id)
 
     async def _run_claim(self, claim: Claim) -> None:
         try:
@@ -211,31 +220,33 @@ class TaskRunner:
             return f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
         return None
 
-    async def _settle(
-        self, claim: Claim, job: Job, started_ms: int, duration_ms: float, error: str | None
-    ) -> None:
-        """What the attempt means (retry.py), written by settle.lua, then noted as the task's
-        last run."""
+    def _outcome(self, job: Job, error: str | None) -> tuple[SettleKind, str, str, int]:
+        """What a finished attempt means, as for a delivery (retry.py): delivered, retry after
+        the backoff, or dead after the task's max attempts. Applied to ``job``; returns the
+        settle kind, the run's status, the dead reason and the score."""
         cfg = self.delivery()
         task = self.registry.get(job.event_type)
         most = (task.max_attempts if task else None) or cfg.max_attempts
-        job.attempted(started_ms, None, duration_ms, error)
         now_ms = self.store.clock.now_ms()
         if error is None:
-            kind, status, reason = SettleKind.DELIVERED, "succeeded", ""
             job.delivered(now_ms)
-            score = now_ms
-        elif job.attempt < most:
+            return SettleKind.DELIVERED, "succeeded", "", now_ms
+        if job.attempt < most:
             delay_s = retry.next_delay_s(
                 job.attempt, base_s=cfg.backoff_base_s, cap_s=cfg.backoff_cap_s
             )
-            score = now_ms + int(delay_s * 1000)
-            kind, status, reason = SettleKind.RETRY, "failed", ""
-            job.retry(score)
-        else:
-            kind, status, reason = SettleKind.DEAD, "dead", "max_attempts"
-            job.dead(reason, now_ms)
-            score = now_ms
+            job.retry(now_ms + int(delay_s * 1000))
+            return SettleKind.RETRY, "failed", "", now_ms + int(delay_s * 1000)
+        job.dead("max_attempts", now_ms)
+        return SettleKind.DEAD, "dead", "max_attempts", now_ms
+
+    async def _settle(
+        self, claim: Claim, job: Job, started_ms: int, duration_ms: float, error: str | None
+    ) -> None:
+        """The attempt's outcome written by settle.lua (fenced by the claim), then noted as
+        the task's last run."""
+        job.attempted(started_ms, None, duration_ms, error)
+        kind, status, reason, score = self._outcome(job, error)
         late = orjson.dumps([*job.history[-1][:4], 1])
         record = codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED)
         settlement = Settlement(claim, kind, record, score, reason, late)
@@ -261,7 +272,8 @@ class TaskRunner:
             log.warning("job.stale_result_rejected", queue=claim.queue, job_ids=stale)
             return
         try:
-            await queue_tasks.record_run(self.store, job.event_type, now_ms, status)
+            at_ms = job.finished_at_ms or job.processed_at_ms or score
+            await queue_tasks.record_run(self.store, job.event_type, at_ms, status)
         except Exception as exc:
             log.warning("task.record_failed", task=job.event_type, error=str(exc) or repr(exc))
 

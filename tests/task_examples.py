@@ -49,3 +49,11 @@ async def tick(ctx: TaskContext) -> None:
             _note(runs, job_id=ctx.job_id, pid=os.getpid(), event="hang")
             await asyncio.sleep(60)
     _note(runs, job_id=ctx.job_id, pid=os.getpid(), event="done")
+
+
+@task(name="tests.slow")
+async def slow(ctx: TaskContext, *, path: str, seconds: float) -> None:
+    """Note its start, take ``seconds``, note its end."""
+    _note(path, job_id=ctx.job_id, event="start")
+    await asyncio.sleep(seconds)
+    _note(path, job_id=ctx.job_id, event="done")

@@ -117,6 +117,28 @@ async def test_failing_task_retries_dead_letters_and_replays(
     assert (await client.list_dlq())["items"] == []
 
 
+async def test_sigterm_lets_a_running_task_finish(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A daemon stopped by SIGTERM while a task runs lets it finish and settles it."""
+    daemon = _daemon(
+        redis_url, prefix, logs_dir / "d.log", delivery_timeout_s="3", delivery_stall_timeout_s="4"
+    )
+    out = logs_dir / "out"
+    try:
+        await eventually(lambda: _registered(client, "tests.slow"), timeout_s=10)
+        answer = await client.enqueue_task("tests.slow", {"path": str(out), "seconds": 1.5})
+        await eventually(lambda: bool(_lines(out)) or None, timeout_s=10)
+        daemon.stop()  # SIGTERM, then waits for the exit
+    finally:
+        daemon.stop()
+    assert daemon.wait() == 0
+    assert [line["event"] for line in _lines(out)] == ["start", "done"]
+    job = await client.get_job(answer["id"])
+    assert job is not None
+    assert job["state"] == "delivered"
+
+
 async def test_unknown_task_names_are_refused(client: Client) -> None:
     """Enqueueing a name no daemon registered raises NotFound, and POST run answers 404."""
     with pytest.raises(NotFound, match="no task named 'nope'"):
