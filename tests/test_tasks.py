@@ -117,6 +117,28 @@ async def test_failing_task_retries_dead_letters_and_replays(
     assert (await client.list_dlq())["items"] == []
 
 
+async def test_a_task_past_its_timeout_fails_the_attempt(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A run longer than delivery.timeout_s (the task sets none) is cut and retried, its
+    error saying so."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "tests.slow"), timeout_s=10)
+        answer = await client.enqueue_task(
+            "tests.slow", {"path": str(logs_dir / "out"), "seconds": 30}
+        )
+
+        async def first_failed() -> str | None:
+            job = await client.get_job(answer["id"])
+            return job["attempts"][0]["error"] if job and job["attempts"] else None
+
+        error = await eventually(first_failed, timeout_s=10)
+    finally:
+        daemon.stop()
+    assert error == "timed out after 1 s"
+
+
 async def test_sigterm_lets_a_running_task_finish(
     client: Client, redis_url: str, prefix: str, logs_dir: Path
 ) -> None:
