@@ -311,3 +311,26 @@ async def test_pausing_a_task_queue_holds_its_runs(
     finally:
         daemon.stop()
     assert [line["value"] for line in _lines(out)] == [2, 1]
+
+
+async def test_sweep_finished_forgets_records_past_the_retention(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """The built-in dispatcher.sweep_finished forgets finished job records past
+    jobs.retention_s (it used to be a loop of every worker)."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log", jobs_retention_s="1")
+    try:
+        await eventually(lambda: _registered(client, "tests.record"), timeout_s=10)
+        answer = await client.enqueue_task(
+            "tests.record", {"path": str(logs_dir / "o"), "value": 1}
+        )
+        await eventually(lambda: _state(client, answer["id"], "delivered"), timeout_s=10)
+
+        async def swept() -> bool | None:
+            run = await client.enqueue_task("dispatcher.sweep_finished")
+            await eventually(lambda: _state(client, run["id"], "delivered"), timeout_s=10)
+            return await client.get_job(answer["id"]) is None or None
+
+        await eventually(swept, timeout_s=15)
+    finally:
+        daemon.stop()
