@@ -22,6 +22,7 @@ from dispatcher.errors import (
     RedisUnavailable,
     UnknownQueue,
 )
+from dispatcher.tasks import TaskContext, task
 
 __all__ = [
     "Client",
@@ -35,6 +36,8 @@ __all__ = [
     "PayloadTooLarge",
     "RedisOutOfMemory",
     "RedisUnavailable",
+    "TaskContext",
     "UnknownQueue",
     "__version__",
+    "task",
 ]

@@ -15,6 +15,7 @@ from dispatcher.config import CONFIG_ENV, Config, load, redacted
 from dispatcher.config_values import queue_names
 from dispatcher.errors import ConfigError
 from dispatcher.logs import configure_logging
+from dispatcher.tasks import load_modules
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = _effective(args)
+        if args.command == "check-config":
+            load_modules(cfg.tasks.modules)  # `run` imports them at start (daemon.py)
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"config error: {problem}\n")

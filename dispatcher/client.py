@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 import orjson
 
-from dispatcher.errors import DispatcherError, InvalidField, PayloadTooLarge
-from dispatcher.ids import new_event_ids
+from dispatcher.errors import DispatcherError, InvalidField, NotFound, PayloadTooLarge
+from dispatcher.ids import TASK_QUEUES, new_event_ids
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -20,13 +20,17 @@ from dispatcher.model import (
     check_queue,
     check_tenant_id,
     check_unicode,
+    rfc3339,
     time_ms,
 )
 from dispatcher.queue import control, dlq, dlq_ops, publishing, records, webhooks
 from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
+from dispatcher.queue import tasks as queue_tasks
 from dispatcher.queue.store import Store
 from dispatcher.signing import generate_secret
+from dispatcher.tasks import check_name as check_task_name
+from dispatcher.tasks import check_queue as check_task_queue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -72,8 +76,9 @@ class Client:
         self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
-        #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them).
-        self.configured_queues = frozenset(queues)
+        #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them),
+        #: and the task queues, which every daemon serves.
+        self.configured_queues = frozenset(queues) | frozenset(TASK_QUEUES)
         self._queues: set[str] = {records.DEFAULT_QUEUE}
         #: Single publishes in flight together go to Redis in one pipeline.
         self._publisher = publishing.Publisher(store, self._queues)
@@ -363,6 +368,60 @@ class Client:
         if job is None:
             return None
         return cast("shapes.Job", await records.job_view(self.store, job))
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    async def enqueue_task(
+        self,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        deliver_at: datetime | str | None = None,
+    ) -> shapes.TaskEnqueued:
+        """Enqueue one run of the task ``name`` with ``args`` (a JSON object; the task is
+        called as ``fn(ctx, **args)``), on ``queue`` (default: the task's own), now or at
+        ``deliver_at``. Returns ``{"id", "name", "queue"}``; ``GET /v1/jobs/{id}`` shows the
+        run with ``kind: "task"``.
+
+        The name must be registered by a daemon: each daemon writes the names of its tasks
+        (``tasks.modules`` and the built-in ones) to Redis at start, so a client in any
+        process can check. An unknown name raises ``NotFound`` and enqueues nothing.
+        """
+        name = check_task_name(name)
+        if queue is not None:
+            queue = check_task_queue(queue)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidField("args", "must be a JSON object (the task's keyword arguments)")
+        body = self._encode_payload(args)
+        found = await queue_tasks.enqueue(
+            self.store, name, body, queue=queue, due_ms=_deliver_at_ms(deliver_at)
+        )
+        if found is None:
+            raise NotFound(
+                f"no task named {name!r} is registered: a daemon registers the tasks of its "
+                "tasks.modules (and the built-in dispatcher.* ones) when it starts"
+            )
+        job_id, chosen = found
+        return {"id": job_id, "name": name, "queue": cast("shapes.TaskQueue", chosen)}
+
+    async def list_tasks(self) -> shapes.TaskList:
+        """Every task a daemon registered: ``{"items": [{name, queue, every_s, last_run_at,
+        last_status, next_run_at}]}`` (``next_run_at`` null unless periodic)."""
+        items: list[shapes.TaskInfo] = [
+            {
+                "name": t.name,
+                "queue": cast("shapes.TaskQueue", t.queue),
+                "every_s": t.every_s,
+                "last_run_at": rfc3339(t.last_run_ms),
+                "last_status": cast("shapes.TaskRunStatus | None", t.last_status),
+                "next_run_at": rfc3339(t.next_run_ms),
+            }
+            for t in await queue_tasks.listing(self.store)
+        ]
+        return {"items": items}
 
     # --- dead-letter queue -----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from dispatcher import config_values as values
 from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import MAX_SHARDS
 from dispatcher.queue.publishing import MAX_DEDUP_WINDOW_S
+from dispatcher.tasks import TASK_QUEUES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -77,6 +78,7 @@ class SecurityConfig:
 @dataclass(frozen=True, slots=True)
 class DlqConfig:
     retention_s: float = 604_800.0
+    auto_purge: bool = False  # the dispatcher.purge_dlq task deletes entries past retention_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,12 @@ class JobsConfig:
 class EventsConfig:
     # an identical event (tenant, type, payload) within this many seconds is accepted once; 0 off
     dedup_window_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TasksConfig:
+    modules: tuple[str, ...] = ()  # imported at start; their @task functions register
+    concurrency: int = 2  # task lanes, apart from delivery.concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,7 @@ class Config:
     dlq: DlqConfig = field(default_factory=DlqConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -128,6 +137,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "dlq": DlqConfig,
     "jobs": JobsConfig,
     "events": EventsConfig,
+    "tasks": TasksConfig,
     "alerts": AlertsConfig,
     "log": LogConfig,
 }
@@ -294,6 +304,13 @@ def _delivery(r: _Reader) -> DeliveryConfig:
 
 def _check_delivery(r: _Reader, cfg: DeliveryConfig) -> None:
     """Rules across keys, checked only when each key involved is valid on its own."""
+    taken = [q for q in cfg.queues if q in TASK_QUEUES]
+    if taken:
+        r.problem(
+            "delivery.queues",
+            f"{', '.join(taken)}: the task queues are served by every daemon's task lanes "
+            "(tasks.concurrency), not by delivery",
+        )
     if not r.failed & {"delivery.backoff_base_s", "delivery.backoff_cap_s"} and (
         cfg.backoff_cap_s < cfg.backoff_base_s
     ):
@@ -359,7 +376,8 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
         delivery=_delivery(r),
         security=_security(r),
         dlq=DlqConfig(
-            retention_s=r.value("dlq", "retention_s", DlqConfig().retention_s, values.duration)
+            retention_s=r.value("dlq", "retention_s", DlqConfig().retention_s, values.duration),
+            auto_purge=r.value("dlq", "auto_purge", DlqConfig().auto_purge, values.boolean),
         ),
         jobs=JobsConfig(
             retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, values.duration)
@@ -368,6 +386,12 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
             dedup_window_s=r.value(
                 "events", "dedup_window_s", 0, values.integer(0, MAX_DEDUP_WINDOW_S)
             )
+        ),
+        tasks=TasksConfig(
+            modules=r.value("tasks", "modules", TasksConfig().modules, values.module_names),
+            concurrency=r.value(
+                "tasks", "concurrency", TasksConfig().concurrency, values.integer(1, 1000)
+            ),
         ),
         alerts=_alerts(r),
         log=_log(r),

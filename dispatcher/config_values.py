@@ -280,16 +280,19 @@ def _cidr(text: object) -> IPNetwork:
     raise BadValueError(f'{show(text)} has host bits set; did you mean "{loose}"?')
 
 
+def _list_items(value: object, *, from_env: bool, expected: str) -> list[object]:
+    """The items of a list (TOML) or of a comma-separated string (environment)."""
+    if from_env and isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list):
+        return value
+    raise BadValueError(f"expected {expected}, got {show(value)}")
+
+
 def cidrs(raw: Raw) -> tuple[IPNetwork, ...]:
-    value = raw.value
-    if raw.from_env and isinstance(value, str):
-        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise BadValueError(
-            f'expected a list of CIDR strings like ["10.20.0.0/16"], got {show(value)}'
-        )
+    items = _list_items(
+        raw.value, from_env=raw.from_env, expected='a list of CIDR strings like ["10.20.0.0/16"]'
+    )
     networks: list[IPNetwork] = []
     reasons: list[str] = []
     for item in items:
@@ -307,12 +310,7 @@ _QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 def queue_names(value: object, *, from_env: bool = True) -> tuple[str, ...]:
     """Queue names from a list (TOML) or a comma-separated string (environment, ``--queues``)."""
-    if from_env and isinstance(value, str):
-        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise BadValueError(f'expected a list of queue names like ["default"], got {show(value)}')
+    items = _list_items(value, from_env=from_env, expected='a list of queue names like ["default"]')
     bad = [item for item in items if not isinstance(item, str) or not _QUEUE_NAME.fullmatch(item)]
     if bad:
         raise BadValueError(
@@ -326,6 +324,20 @@ def queue_names(value: object, *, from_env: bool = True) -> tuple[str, ...]:
 
 def queues(raw: Raw) -> tuple[str, ...]:
     return queue_names(raw.value, from_env=raw.from_env)
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def module_names(raw: Raw) -> tuple[str, ...]:
+    """Python module names from a list (TOML) or a comma-separated string (environment)."""
+    items = _list_items(
+        raw.value, from_env=raw.from_env, expected='a list of module names like ["myapp.tasks"]'
+    )
+    bad = [item for item in items if not isinstance(item, str) or not _MODULE.fullmatch(item)]
+    if bad:
+        raise BadValueError(f"{', '.join(show(b) for b in bad)}: not a Python module name")
+    return tuple(dict.fromkeys(str(item) for item in items))
 
 
 def token_file(raw: Raw) -> tuple[Path, str]:

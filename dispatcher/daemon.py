@@ -33,6 +33,8 @@ from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
+from dispatcher.taskrunner import TaskRunner
+from dispatcher.tasks import load_modules
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from dispatcher.liveness import Liveness
     from dispatcher.queue.store import Layout
     from dispatcher.sender import HttpSender
+    from dispatcher.tasks import Task
 
 log = structlog.get_logger()
 
@@ -99,6 +102,7 @@ class _Reload:
 
 
 async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
+    registry = load_modules(cfg.tasks.modules)  # a module that fails to import: exit 2
     async with AsyncExitStack() as stack:
         embedded: EmbeddedRedis | None = None
         url = cfg.redis.url
@@ -130,11 +134,14 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             embedded_redis=embedded is not None,
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
+        runner = _task_runner(cfg, store, registry, metrics, stop, worker)
         side_tasks = [
             lambda _: _alert_loop(alerts, store, metrics, stop),
             lambda notifier: _reload_loop(reloader, reload.requested, stop, notifier),
         ]
-        return await _run_worker(worker, stop, embedded, stop_admin, side_tasks)
+        return await _run_worker(
+            worker, stop, embedded, stop_admin, side_tasks, finishing=[runner.run]
+        )
     return EXIT_OK  # pragma: no cover - the stack always returns above
 
 
@@ -194,6 +201,31 @@ async def _start_admin(
     return stop
 
 
+def _task_runner(  # noqa: PLR0917 - what the daemon hands over
+    cfg: Config,
+    store: Store,
+    registry: dict[str, Task],
+    metrics: Metrics,
+    stop: asyncio.Event,
+    worker: Worker,
+) -> TaskRunner:
+    """The task lanes (taskrunner.py), beside the worker: the same consumer name, the worker's
+    live ``delivery.*`` (retries, timeouts), their own ``tasks.concurrency`` lanes."""
+    client = Client(
+        store, max_payload_bytes=cfg.delivery.max_payload_bytes, dlq_retention_s=cfg.dlq.retention_s
+    )
+    return TaskRunner(
+        store,
+        client,
+        cfg,
+        registry,
+        metrics=metrics,
+        stop=stop,
+        consumer=worker.consumer,
+        delivery=lambda: worker.cfg,
+    )
+
+
 def _sender(cfg: DeliveryConfig, policy: AddressPolicy, metrics: Metrics) -> HttpSender:
     """The HTTP client ``delivery.http_client`` names."""
     kind = AiohttpSender if cfg.http_client == "aiohttp" else Sender
@@ -221,8 +253,11 @@ async def _run_worker(
     embedded: EmbeddedRedis | None,
     stop_admin: Callable[[], Awaitable[None]] = _nothing,
     side_tasks: Sequence[Callable[[Notifier], Coroutine[Any, Any, None]]] = (),
+    *,
+    finishing: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> int:
-    """Run the worker and, beside it, the watchdog and ``side_tasks`` (cancelled at the end)."""
+    """Run the worker and, beside it, the watchdog and ``side_tasks`` (cancelled at the end),
+    and ``finishing`` (the task runner), which end on ``stop`` by themselves, draining."""
     notifier = Notifier()
 
     async def relay_stop() -> None:
@@ -238,6 +273,7 @@ async def _run_worker(
         notifier.ready(_status(worker))
         helpers = [group.create_task(_watchdog(notifier, worker, stop))]
         helpers += [group.create_task(task(notifier)) for task in side_tasks]
+        finishers = [group.create_task(task()) for task in finishing]
         if embedded is not None:
             child = group.create_task(embedded.wait())
             await asyncio.wait({run, child}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,6 +285,7 @@ async def _run_worker(
                 child.cancel()
         await run
         stop.set()
+        await asyncio.gather(*finishers)
         for helper in helpers:
             helper.cancel()
     return code

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 PRIORITIES = ("high", "normal", "low")  # the order workers serve them in
+#: The webhook id stored with a task job (real ones start ``wh_``); see queue/tasks.py.
+TASK_WEBHOOK = "task"
+#: The queues task jobs run on (tasks.py); no webhook and no ``delivery.queues`` names them.
+TASK_QUEUES = ("maintenance", "analytics")
 MAX_SHARDS = 1024
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case

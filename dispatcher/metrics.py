@@ -55,6 +55,7 @@ _HELP = {
         "Published events answered as duplicates of an identical event within the dedup "
         "window (nothing enqueued), by this process's admin API."
     ),
+    "dispatcher_task_runs_total": "Task runs ended, by status (succeeded, failed, dead).",
     "dispatcher_redis_clock_jump_seconds": "Last change of the Redis clock against local time.",
     "dispatcher_attempt_duration_seconds": "Duration of delivery attempts.",
     "dispatcher_in_flight": "HTTP requests in flight in this process.",

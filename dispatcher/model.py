@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from dispatcher.errors import InvalidField
-from dispatcher.ids import new_webhook_id, queue_of
+from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
 from dispatcher.signing import generate_secret, valid_secret
 
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -177,15 +177,23 @@ class Job:
         if error is not None:
             self.last_error = error
 
+    @property
+    def is_task(self) -> bool:
+        """A task job (queue/tasks.py), not a delivery."""
+        return self.webhook_id == TASK_WEBHOOK
+
     def to_wire(
         self, *, state: JobState | None = None, with_payload: bool = False
     ) -> dict[str, Any]:
-        """The job as the admin API and ``Client.get_job`` show it."""
+        """The job as the admin API and ``Client.get_job`` show it. A task job shows
+        ``kind: "task"``, no webhook nor tenant (null), and its task's name as event type."""
+        task = self.is_task
         wire: dict[str, Any] = {
             "id": self.id,
+            "kind": "task" if task else "webhook",
             "event_id": self.event_id,
-            "webhook_id": self.webhook_id,
-            "tenant_id": self.tenant_id,
+            "webhook_id": None if task else self.webhook_id,
+            "tenant_id": None if task else self.tenant_id,
             "event_type": self.event_type,
             "queue": queue_of(self.stream),
             "priority": self.priority,
@@ -418,6 +426,13 @@ def check_queue(value: Any) -> str:
     return value
 
 
+def _check_webhook_queue(value: Any) -> str:
+    queue = check_queue(value)
+    if queue in TASK_QUEUES:
+        raise InvalidField("queue", f"{queue!r} is a task queue (tasks.py); choose another name")
+    return queue
+
+
 def _check_headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -450,7 +465,7 @@ _CHECKS: dict[str, Any] = {
     "secret": _check_secret,
     "rate_limit": _check_rate_limit,
     "max_in_flight": _check_max_in_flight,
-    "queue": check_queue,
+    "queue": _check_webhook_queue,
     "headers": _check_headers,
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,

@@ -26,6 +26,9 @@ AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
 OperationKind = Literal["replay", "purge"]
 OperationState = Literal["running", "succeeded", "failed"]
 StatsWindow = Literal["1h", "24h", "7d"]
+JobKind = Literal["webhook", "task"]
+TaskRunStatus = Literal["succeeded", "failed", "dead"]
+TaskQueue = Literal["maintenance", "analytics"]
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -188,10 +191,14 @@ class Attempt(TypedDict):
 
 
 class Job(TypedDict):
+    """A delivery (``kind`` webhook) or a task run (``kind`` task: ``webhook_id`` and
+    ``tenant_id`` null, ``event_type`` the task's name, ``delivered`` once it succeeded)."""
+
     id: str
+    kind: JobKind
     event_id: NotRequired[str]
-    webhook_id: str
-    tenant_id: str
+    webhook_id: str | None
+    tenant_id: str | None
     event_type: str
     queue: NotRequired[str]
     priority: NotRequired[str]
@@ -220,6 +227,7 @@ class DeadJob(Job):
 class DlqItem(TypedDict):
     id: str | None
     dlq_id: NotRequired[str]
+    kind: NotRequired[JobKind]
     webhook_id: str | None
     tenant_id: NotRequired[str | None]
     event_type: str | None
@@ -335,6 +343,34 @@ class WebhookStats(TypedDict):
     latency_ms: Percentiles
     lag_ms: Percentiles
     series: list[StatsPoint]
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+class TaskEnqueued(TypedDict):
+    """One task run enqueued (``Client.enqueue_task``, 202 of ``POST /v1/tasks/{name}/run``)."""
+
+    id: str
+    name: str
+    queue: TaskQueue
+
+
+class TaskInfo(TypedDict):
+    """A registered task, its schedule and its last settled run."""
+
+    name: str
+    queue: TaskQueue
+    every_s: float | None
+    last_run_at: str | None
+    last_status: TaskRunStatus | None
+    next_run_at: str | None
+
+
+class TaskList(TypedDict):
+    """``GET /v1/tasks`` (``Client.list_tasks``): every task a daemon registered, by name."""
+
+    items: list[TaskInfo]
 
 
 # --- queues and status -------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 - promote: move due jobs from the delay sets to their streams (every 0.1 s), and keep the
   Redis clock in step (every 10 s);
-- sweep: forget finished records past their retention (each minute) and find orphans, jobs
-  whose stream entry was deleted (one page of the jobs hash each second);
+- sweep: find orphans, jobs whose stream entry was deleted (one page of the jobs hash each
+  second); finished records past their retention and silent workers' heartbeats are the
+  built-in tasks' (maintenance.py);
 - control: re-read the paused queues, serve shards another process added, flush the
   per-minute counters (the per-webhook delivery stats too, queue/stats.py) and the
   per-webhook gauges, and beat this worker's heartbeat.
@@ -46,7 +47,6 @@ PROMOTE_SLACK_S = 0.005  # after a job falls due, for its outcome to be written
 DUES_KEPT = 10_000  # due times of jobs put back, remembered for their promote pass
 CLOCK_SYNC_INTERVAL_S = 10.0
 CLOCK_JUMP_WARN_S = 5.0
-SWEEP_INTERVAL_S = 60.0
 ORPHAN_INTERVAL_S = 1.0
 ORPHAN_PAGE = 500  # records of the jobs hash checked per second, per worker
 CONTROL_TICK_S = 0.25  # the paused set is re-read every tick
@@ -96,7 +96,6 @@ class Upkeep:
         self.started_at_ms = int(time.time() * 1000)
         self.alive_at = time.monotonic()
         self._next_sync = 0.0
-        self._next_sweep = 0.0
         # the next promote pass (monotonic): every PROMOTE_INTERVAL_S, or sooner when a job
         # this worker put back falls due before that (`due`)
         self._next_promote = 0.0
@@ -185,25 +184,15 @@ class Upkeep:
     # --- sweep ---------------------------------------------------------------------------------
 
     async def sweep_loop(self) -> None:
-        """Forget finished records past their retention (each minute), and check one page of
-        the jobs hash for orphans (each second): jobs whose stream entry was deleted."""
+        """Check one page of the jobs hash for orphans (each second): jobs whose stream entry
+        was deleted. (Finished records past their retention are forgotten by the built-in
+        task ``dispatcher.sweep_finished``, maintenance.py.)"""
         outage = loops.Outage("sweep", self.metrics)
-        self._next_sweep = time.monotonic()
         self._cursors.clear()
         await loops.run_every(self._sweep, outage, self.stop, ORPHAN_INTERVAL_S)
 
     async def _sweep(self) -> None:
-        retention_ms = int(self.jobs_cfg.retention_s * 1000)
-        sweep = time.monotonic() >= self._next_sweep
-        if sweep:
-            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-        cutoff_ms = self.store.clock.now_ms() - retention_ms
         for shard in self.shards:
-            while (
-                sweep
-                and await delays.sweep_finished(shard, cutoff_ms=cutoff_ms) >= delays.BATCH_LIMIT
-            ):
-                pass
             number = shard.keys.shard
             cursor = self._cursors[number]
             found = await delays.find_orphans(shard, cursor=cursor, count=ORPHAN_PAGE)
@@ -231,8 +220,6 @@ class Upkeep:
         """Re-read the paused queues, flush the per-minute counters, beat the heart."""
         outage = loops.Outage("control", self.metrics, watch=(self.liveness, "control"))
         self._tick = 0
-        with contextlib.suppress(Exception):
-            await control.forget_silent_workers(self.store)
         await loops.run_every(
             self._control, outage, self.stop, CONTROL_TICK_S, pause_after_failure=True
         )

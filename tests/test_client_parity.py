@@ -12,6 +12,7 @@ import pytest
 
 from dispatcher import Client, ConfirmationRequired, DispatcherError, UnknownQueue
 from dispatcher.queue import control, dlq
+from dispatcher.queue import tasks as queue_tasks
 from dispatcher.queue.keys import Keys
 from tests.admin_api import Api, start_api
 from tests.helpers import eventually, seed_dead_jobs
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     import redis.asyncio as aioredis
+
+    from dispatcher.queue.store import Store
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
@@ -501,3 +504,23 @@ async def test_status_answers_alike_but_for_the_daemons_alerts(api: Api, client:
     assert set(http.body) - {"alerts"} == set(answer)
     for name in ("queued", "active", "scheduled", "dlq_size", "paused", "queues", "workers"):
         assert http.body[name] == answer[name]
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+async def test_task_listing_and_unknown_names_answer_alike(
+    api: Api, client: Client, store: Store
+) -> None:
+    """GET /v1/tasks is Client.list_tasks, and an unknown task name is 404 not_found both ways
+    (POST /v1/tasks/{name}/run and Client.enqueue_task), enqueueing nothing."""
+    await queue_tasks.register(
+        store, [("reports.daily", "analytics", None), ("t.tick", "maintenance", 60.0)]
+    )
+    listed = await both(api, "GET", "/v1/tasks", client.list_tasks)
+    assert [(t["name"], t["queue"], t["every_s"]) for t in listed["items"]] == [
+        ("reports.daily", "analytics", None),
+        ("t.tick", "maintenance", 60.0),
+    ]
+    error = await both(api, "POST", "/v1/tasks/nope/run", partial(client.enqueue_task, "nope"))
+    assert (error.code, error.http_status) == ("not_found", 404)

@@ -166,8 +166,11 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
+        "DISPATCHER_DLQ_AUTO_PURGE": "true",
         "DISPATCHER_JOBS_RETENTION_S": "6",
         "DISPATCHER_EVENTS_DEDUP_WINDOW_S": "30",
+        "DISPATCHER_TASKS_MODULES": "myapp.tasks, other,",
+        "DISPATCHER_TASKS_CONCURRENCY": "3",
         "DISPATCHER_ALERTS_QUEUED_MAX": "0",
         "DISPATCHER_ALERTS_OLDEST_READY_AGE_S": "0",
         "DISPATCHER_ALERTS_DLQ_GROWTH": "5",
@@ -194,7 +197,19 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
     assert cfg.delivery.queues == ("slow", "default")
     assert cfg.redis.embedded_maxmemory == 512 * 1024**2
     assert cfg.delivery.http_client == "aiohttp"
+    assert cfg.tasks.modules == ("myapp.tasks", "other")
+    assert cfg.dlq.auto_purge is True
     assert load(None, {"DISPATCHER_ADMIN_TOKEN": BEARER}).admin.token == BEARER
+
+
+def test_task_modules_and_queues(tmp_path: Path) -> None:
+    """tasks.modules is a list of module names; delivery.queues may not name a task queue."""
+    cfg = load(write(tmp_path, '[tasks]\nmodules = ["myapp.tasks"]\n'), {})
+    assert cfg.tasks.modules == ("myapp.tasks",)
+    with pytest.raises(ConfigError, match="not a Python module name"):
+        load(write(tmp_path, '[tasks]\nmodules = ["my-app"]\n'), {})
+    with pytest.raises(ConfigError, match="task queues"):
+        load(None, {"DISPATCHER_DELIVERY_QUEUES": "default,maintenance"})
 
 
 def test_queues_in_file_must_be_queue_names(tmp_path: Path) -> None:

@@ -186,6 +186,7 @@ async def test_replay_by_ids_over_several_scripts_is_still_all_or_nothing(
     [orphan] = await seed_dead_jobs(client, redis, prefix, 1)
     job = await client.get_job(orphan)
     assert job is not None
+    assert job["webhook_id"] is not None
     await client.delete_webhook(job["webhook_id"])
     with pytest.raises(NotReplayable) as refused:
         await client.replay([*good, orphan])

@@ -24,6 +24,7 @@ from dispatcher.admin import (
     probes,
     queues,
     status,
+    tasks,
     webhooks,
 )
 from dispatcher.admin.shared import (
@@ -157,9 +158,7 @@ def _why_refused(header: str) -> str:
 
 def create_app(deps: Deps) -> web.Application:
     limit = deps.client.max_payload_bytes * 2 + BODY_OVERHEAD_BYTES
-    app = web.Application(
-        middlewares=[_errors, _guard(limit, deps.token)], client_max_size=limit
-    )
+    app = web.Application(middlewares=[_errors, _guard(limit, deps.token)], client_max_size=limit)
     app[CLIENT] = deps.client
     app[METRICS] = deps.metrics
     app[ALERTS] = deps.alerts or Alerts(AlertsConfig())
@@ -190,6 +189,8 @@ def create_app(deps: Deps) -> web.Application:
             web.get("/v1/operations/{id}", operations.get, allow_head=False),
             web.post("/v1/queues/{name}/pause", queues.pause),
             web.post("/v1/queues/{name}/resume", queues.resume),
+            web.get("/v1/tasks", tasks.list_, allow_head=False),
+            web.post("/v1/tasks/{name}/run", tasks.run),
         ]
     )
     return app

@@ -111,11 +111,13 @@ class _Dead:
 
     def to_wire(self) -> dict[str, Any]:
         job = self.job
+        task = job is not None and job.is_task
         return {
             "id": self.job_id,
             "dlq_id": self.entry_id,
-            "webhook_id": job.webhook_id if job else None,
-            "tenant_id": job.tenant_id if job else None,
+            "kind": "task" if task else "webhook",
+            "webhook_id": job.webhook_id if job and not task else None,
+            "tenant_id": job.tenant_id if job and not task else None,
             "event_type": job.event_type if job else None,
             "attempt": job.attempt if job else 0,
             "last_error": job.last_error if job else self.raw,

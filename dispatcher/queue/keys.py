@@ -8,7 +8,8 @@ written into its id (``wh_<core>`` is shard 0, ``wh_<core>.<k>`` shard k); its j
 same shard (``job_<core>.<n>`` and ``job_<core>.<k>.<n>``), so the id alone finds any record;
 so do its delivery stats (``wstats:``).
 Shard 0 also holds what belongs to the deployment as a whole: ``layout``, ``paused``,
-``workers`` and ``stats``. Nothing outside this module formats a key.
+``workers``, ``stats``, the task registry and every task job (``tasks``). Nothing outside
+this module formats a key.
 
 A shard's hash tag is its number for shard 0 and, for shard k > 0, the string ``k-i`` (the
 smallest ``i`` below 256 whose slot lies closest to shard 0's slot plus k times the golden
@@ -101,6 +102,12 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
+``P:{0}:tasks``           hash  task name -> ``{"q": queue, "every_s": s or null, "seen": ms}``:
+                          the tasks the daemons registered (tasks.py), which ``enqueue_task``
+                          checks; each daemon registers its own again every minute
+``P:{0}:tasks:due``       zset  periodic task name -> its next run (ms, Redis clock)
+``P:{0}:tasks:runs``      hash  task name -> ``{"at": ms, "status": ...}``: its last settled run
+``P:{0}:tasks:last``      hash  periodic task name -> the job id of its last run (no overlap)
 ``P:{0}:op:O``            hash  a background DLQ operation's state (replay or purge; shard 0)
 ``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
@@ -280,6 +287,22 @@ class Keys:
     @property
     def waiters(self) -> str:
         return f"{self._base}:waiters"
+
+    @property
+    def tasks(self) -> str:
+        return f"{self._base}:tasks"
+
+    @property
+    def tasks_due(self) -> str:
+        return f"{self._base}:tasks:due"
+
+    @property
+    def tasks_runs(self) -> str:
+        return f"{self._base}:tasks:runs"
+
+    @property
+    def tasks_last(self) -> str:
+        return f"{self._base}:tasks:last"
 
     def operation(self, op_id: str) -> str:
         return f"{self._base}:op:{op_id}"

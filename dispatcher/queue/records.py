@@ -99,6 +99,8 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
             with redis_errors():
                 clock = await store.refresh_clock()
             job.processed_at_ms = clock.now_ms() - int(pending[0]["time_since_delivered"])
+    if job.is_task:  # no webhook, so no breaker
+        return job.to_wire(state=state)
     with redis_errors():
         found = await breakers.states(store, [job.webhook_id])
     breaker = found.get(job.webhook_id)

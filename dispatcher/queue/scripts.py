@@ -59,6 +59,9 @@ class Scripts:
     stats_add: AsyncScript
     stats_roll: AsyncScript
     stats_read: AsyncScript
+    task_register: AsyncScript
+    task_enqueue: AsyncScript
+    task_tick: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

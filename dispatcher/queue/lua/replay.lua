@@ -12,6 +12,7 @@
 --           last entry read ('' none), entries read, {job id, why, ...} passed over ('ids')}
 --   status 1: done. 0: refused, nothing written ('ids', 'check'). -1: a job's stream is not
 --   among KEYS, nothing written; the refused list is {stream}: call again with its key.
+-- A task job (webhook id 'task', queue/tasks.py) has no webhook to check.
 -- Reasons: 'payload_lost' (dead as entry_missing: the payload went with its stream entry),
 -- 'webhook_deleted', 'webhook_disabled' (it would die again at once, unsent),
 -- 'malformed' (no job, or a record that cannot be read), 'record_missing' (range only).
@@ -49,6 +50,7 @@ local function judge(job_id)
   if meta.s ~= 'dead' then return 'not_dead' end
   if type(meta.q) ~= 'string' then return 'malformed' end
   if meta.w == nil or meta.w == '' or rest == '\n' then return 'payload_lost', meta end
+  if meta.w == 'task' then return 'ok', meta, rest end  -- a task job: no webhook to check
   local state = hook_state(meta.w)
   if state ~= 'ok' then return state, meta end
   return 'ok', meta, rest

@@ -1,0 +1,336 @@
+"""Task jobs on the maintenance and analytics queues, run by real ``dispatcher run`` processes
+with ``tasks.modules = ["tests.task_examples"]``: user tasks with JSON arguments, retries and
+the DLQ, periodic runs across daemons, the tasks API, and ``dlq.auto_purge``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from dispatcher import Client, NotFound
+from dispatcher.errors import ConfigError, InvalidField
+from dispatcher.model import time_ms
+from dispatcher.tasks import load_modules
+from tests.admin_api import start_api
+from tests.helpers import Daemon, daemon_env, eventually, seed_dead_jobs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import redis.asyncio as aioredis
+
+FAST = {
+    "delivery_timeout_s": "1",
+    "delivery_stall_timeout_s": "2",
+    "delivery_backoff_base_s": "0.05",
+    "delivery_backoff_cap_s": "0.5",
+    "tasks_modules": "tests.task_examples",
+}
+
+
+def _daemon(redis_url: str, prefix: str, log: Path, **settings: str) -> Daemon:
+    env = daemon_env(redis_url, prefix, **{**FAST, **settings})
+    env["TASK_TEST_DIR"] = str(log.parent)
+    return Daemon(env, log).start()
+
+
+async def _registered(client: Client, name: str) -> bool:
+    return any(t["name"] == name for t in (await client.list_tasks())["items"])
+
+
+async def _state(client: Client, job_id: str, state: str) -> dict[str, Any] | None:
+    job = await client.get_job(job_id)
+    return dict(job) if job and job["state"] == state else None
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_user_task_runs_with_its_json_args(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A task of a tasks.modules module runs once with its JSON args; its job shows kind task."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "tests.record"), timeout_s=10)
+        value = {"n": 1, "nested": [1.5, None, "é"]}
+        answer = await client.enqueue_task(
+            "tests.record", {"path": str(logs_dir / "out"), "value": value}
+        )
+        assert answer["name"] == "tests.record"
+        assert answer["queue"] == "analytics"  # the task's own queue
+        job = await eventually(lambda: _state(client, answer["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    assert _lines(logs_dir / "out") == [{"job_id": answer["id"], "attempt": 1, "value": value}]
+    assert job["kind"] == "task"
+    assert (job["webhook_id"], job["tenant_id"], job["event_type"]) == (None, None, "tests.record")
+    listed = {t["name"]: t for t in (await client.list_tasks())["items"]}
+    assert listed["tests.record"]["last_status"] == "succeeded"
+    assert listed["tests.record"]["last_run_at"] is not None
+
+
+async def test_webhook_jobs_show_kind_webhook(client: Client) -> None:
+    """A delivery's job answer says kind webhook, with its webhook and tenant."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    answer = await client.publish("acme", "order.created", {"n": 1})
+    job = await client.get_job(answer["jobs"][0]["id"])
+    assert job is not None
+    assert (job["kind"], job["webhook_id"], job["tenant_id"]) == ("webhook", hook["id"], "acme")
+
+
+async def test_failing_task_retries_dead_letters_and_replays(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A task that raises is retried with backoff, dead-letters with its last error after its
+    max attempts, and once replayed from the DLQ runs again and succeeds."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    marker = logs_dir / "ready"
+    try:
+        await eventually(lambda: _registered(client, "tests.flaky"), timeout_s=10)
+        answer = await client.enqueue_task("tests.flaky", {"path": str(marker)})
+        dead = await eventually(lambda: _state(client, answer["id"], "dead"), timeout_s=15)
+        assert dead["attempt"] == 3  # the task's max_attempts
+        assert dead["last_error"] == "RuntimeError: no ready yet (attempt 3)"
+        assert [a["error"] for a in dead["attempts"]] == [
+            f"RuntimeError: no ready yet (attempt {n})" for n in (1, 2, 3)
+        ]
+        assert dead["dead_reason"] == "max_attempts"
+        page = await client.list_dlq()
+        assert [
+            (i["id"], i.get("kind"), i["webhook_id"], i["event_type"]) for i in page["items"]
+        ] == [(answer["id"], "task", None, "tests.flaky")]
+        inspected = await client.inspect_dlq(answer["id"])
+        assert orjson.loads(orjson.dumps(inspected["payload"])) == {"path": str(marker)}
+        marker.touch()
+        assert (await client.replay([answer["id"]]))["replayed"] == 1
+        done = await eventually(lambda: _state(client, answer["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    assert done["attempts"][-1]["error"] is None
+    assert (await client.list_dlq())["items"] == []
+
+
+async def test_a_task_past_its_timeout_fails_the_attempt(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A run longer than delivery.timeout_s (the task sets none) is cut and retried, its
+    error saying so."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "tests.slow"), timeout_s=10)
+        answer = await client.enqueue_task(
+            "tests.slow", {"path": str(logs_dir / "out"), "seconds": 30}
+        )
+
+        async def first_failed() -> str | None:
+            job = await client.get_job(answer["id"])
+            return job["attempts"][0]["error"] if job and job["attempts"] else None
+
+        error = await eventually(first_failed, timeout_s=10)
+    finally:
+        daemon.stop()
+    assert error == "timed out after 1 s"
+
+
+async def test_sigterm_lets_a_running_task_finish(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A daemon stopped by SIGTERM while a task runs lets it finish and settles it."""
+    daemon = _daemon(
+        redis_url, prefix, logs_dir / "d.log", delivery_timeout_s="3", delivery_stall_timeout_s="4"
+    )
+    out = logs_dir / "out"
+    try:
+        await eventually(lambda: _registered(client, "tests.slow"), timeout_s=10)
+        answer = await client.enqueue_task("tests.slow", {"path": str(out), "seconds": 1.5})
+        await eventually(lambda: bool(_lines(out)) or None, timeout_s=10)
+        daemon.stop()  # SIGTERM, then waits for the exit
+    finally:
+        daemon.stop()
+    assert daemon.wait() == 0
+    assert [line["event"] for line in _lines(out)] == ["start", "done"]
+    job = await client.get_job(answer["id"])
+    assert job is not None
+    assert job["state"] == "delivered"
+
+
+async def test_unknown_task_names_are_refused(client: Client) -> None:
+    """Enqueueing a name no daemon registered raises NotFound, and POST run answers 404."""
+    with pytest.raises(NotFound, match="no task named 'nope'"):
+        await client.enqueue_task("nope", {})
+    with pytest.raises(InvalidField):
+        await client.enqueue_task("bad name", {})
+    _app, api = await start_api(client)
+    try:
+        answer = await api.call("POST", "/v1/tasks/nope/run")
+        listed = await api.call("GET", "/v1/tasks")
+    finally:
+        await api.close()
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "not_found"
+    assert listed.status == 200
+    assert listed.body == {"items": []}
+
+
+async def test_a_task_module_that_fails_to_import_is_a_config_error(
+    redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """tasks.modules naming a module that cannot be imported stops the daemon with exit 2."""
+    with pytest.raises(ConfigError, match=r"tests\.no_such_module"):
+        load_modules(["tests.no_such_module"])
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log", tasks_modules="tests.no_such_module")
+    assert daemon.wait() == 2
+    assert "cannot import 'tests.no_such_module'" in daemon.log
+
+
+def test_check_config_imports_the_task_modules(redis_url: str, prefix: str) -> None:
+    """dispatcher check-config reports a task module that cannot be imported, exit 2."""
+    env = daemon_env(redis_url, prefix, tasks_modules="tests.no_such_module")
+    checked = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 2
+    assert "config error: tasks.modules: cannot import 'tests.no_such_module'" in checked.stderr
+
+
+async def test_webhooks_cannot_name_a_task_queue(client: Client) -> None:
+    """A webhook on the maintenance or analytics queue is refused: those run tasks."""
+    with pytest.raises(InvalidField, match="task queue"):
+        await client.create_webhook("acme", "https://hooks.example.com/x", queue="maintenance")
+
+
+async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """Three daemons run a 1 s periodic task once per period between them; when the daemon
+    running it is SIGKILLed mid-run, that run is taken over by another and the next run
+    still comes."""
+    runs = logs_dir / "runs"
+    daemons = [_daemon(redis_url, prefix, logs_dir / f"d{i}.log") for i in range(3)]
+    try:
+        await eventually(
+            lambda: len({r["job_id"] for r in _lines(runs)}) >= 4 or None, timeout_s=20
+        )
+        (logs_dir / "hang").touch()  # the next run to start hangs in its daemon
+        hung = await eventually(
+            lambda: next((r for r in _lines(runs) if r["event"] == "hang"), None), timeout_s=10
+        )
+        victim = next(d for d in daemons if d.process and d.process.pid == hung["pid"])
+        victim.kill()  # SIGKILL
+
+        def taken_over() -> bool | None:
+            done = [r for r in _lines(runs) if r["event"] == "done"]
+            again = [r for r in done if r["job_id"] == hung["job_id"]]
+            later = [r for r in done if r["job_id"] > hung["job_id"]]
+            return bool(again and later) or None
+
+        await eventually(taken_over, timeout_s=20)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    lines = _lines(runs)
+    done = [r["job_id"] for r in lines if r["event"] == "done"]
+    assert len(done) == len(set(done)), "each run completed once"
+    assert hung["job_id"] in done
+    assert all(
+        r["pid"] != hung["pid"]
+        for r in lines
+        if r["job_id"] == hung["job_id"] and r["event"] == "done"
+    )
+    # One enqueue per period: the runs' creation times are at least a period apart, less the
+    # tick's lag on the first one (three daemons racing would enqueue up to three per period).
+    times = sorted(
+        time_ms("created_at", job["created_at"] if job else None) or 0
+        for job in [await client.get_job(job_id) for job_id in {r["job_id"] for r in lines}]
+    )
+    assert all(times)
+    span_s = (times[-1] - times[0]) / 1000
+    assert len(times) <= span_s / 1 + 2, f"{len(times)} runs in {span_s:.1f} s"
+
+
+@pytest.mark.parametrize("auto_purge", [True, False])
+async def test_dlq_auto_purge(
+    client: Client,
+    redis: aioredis.Redis,
+    redis_url: str,
+    prefix: str,
+    logs_dir: Path,
+    auto_purge: bool,
+) -> None:
+    """The built-in dispatcher.purge_dlq deletes DLQ entries past dlq.retention_s only with
+    dlq.auto_purge = true; entries within the retention stay either way."""
+    old = await seed_dead_jobs(client, redis, prefix, 3, entry_ids=["1000-1", "1000-2", "1000-3"])
+    young = await seed_dead_jobs(client, redis, prefix, 2)
+    daemon = _daemon(
+        redis_url,
+        prefix,
+        logs_dir / "d.log",
+        dlq_retention_s="3600",
+        dlq_auto_purge="true" if auto_purge else "false",
+    )
+    try:
+        await eventually(lambda: _registered(client, "dispatcher.purge_dlq"), timeout_s=10)
+        answer = await client.enqueue_task("dispatcher.purge_dlq")
+        await eventually(lambda: _state(client, answer["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    left = {item["id"] for item in (await client.list_dlq(limit=100))["items"]}
+    assert left == (set(young) if auto_purge else set(old) | set(young))
+
+
+async def test_pausing_a_task_queue_holds_its_runs(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A paused task queue keeps accepting runs and runs none until it is resumed."""
+    assert await client.pause("analytics") == {"queue": "analytics", "paused": True}
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    out = logs_dir / "out"
+    try:
+        await eventually(lambda: _registered(client, "tests.record"), timeout_s=10)
+        held = await client.enqueue_task("tests.record", {"path": str(out), "value": 1})
+        first = await client.enqueue_task(
+            "tests.record", {"path": str(out), "value": 2}, queue="maintenance"
+        )
+        await eventually(lambda: _state(client, first["id"], "delivered"), timeout_s=10)
+        job = await client.get_job(held["id"])
+        assert job is not None
+        assert job["state"] == "queued"
+        await client.resume("analytics")
+        await eventually(lambda: _state(client, held["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    assert [line["value"] for line in _lines(out)] == [2, 1]
+
+
+async def test_sweep_finished_forgets_records_past_the_retention(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """The built-in dispatcher.sweep_finished forgets finished job records past
+    jobs.retention_s (it used to be a loop of every worker)."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log", jobs_retention_s="1")
+    try:
+        await eventually(lambda: _registered(client, "tests.record"), timeout_s=10)
+        answer = await client.enqueue_task(
+            "tests.record", {"path": str(logs_dir / "o"), "value": 1}
+        )
+        await eventually(lambda: _state(client, answer["id"], "delivered"), timeout_s=10)
+
+        async def swept() -> bool | None:
+            run = await client.enqueue_task("dispatcher.sweep_finished")
+            await eventually(lambda: _state(client, run["id"], "delivered"), timeout_s=10)
+            return await client.get_job(answer["id"]) is None or None
+
+        await eventually(swept, timeout_s=15)
+    finally:
+        daemon.stop()
