@@ -15,6 +15,8 @@ import pytest
 from dispatcher import Client, NotFound
 from dispatcher.errors import ConfigError, InvalidField
 from dispatcher.model import time_ms
+from dispatcher.queue import stats
+from dispatcher.tally import Tally
 from dispatcher.tasks import load_modules
 from tests.admin_api import start_api
 from tests.helpers import Daemon, daemon_env, eventually, seed_dead_jobs
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import redis.asyncio as aioredis
+
+    from dispatcher.queue.store import Store
 
 FAST = {
     "delivery_timeout_s": "1",
@@ -334,3 +338,34 @@ async def test_sweep_finished_forgets_records_past_the_retention(
         await eventually(swept, timeout_s=15)
     finally:
         daemon.stop()
+
+
+async def test_the_stats_rollup_task_rolls_minutes_into_hours(
+    client: Client, store: Store, redis: aioredis.Redis, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """The built-in dispatcher.stats_rollup runs on the analytics queue and rolls a webhook's
+    closed minutes into their hours, so the 7d window keeps them after the minutes expire."""
+    hook = (await client.create_webhook("acme", "https://hooks.example.com/x"))["id"]
+    now_ms = store.clock.now_ms()
+    counts = Tally()
+    for minute in range(now_ms // 60_000 - 30, now_ms // 60_000 - 10):
+        counts.attempt(hook, minute, 40.0, 90.0)
+    await stats.add(store, counts.take(), now_ms)
+    assert await redis.zcard(store.keys.hook_pending) == 20
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "dispatcher.stats_rollup"), timeout_s=10)
+        listed = {t["name"]: t for t in (await client.list_tasks())["items"]}
+        assert (
+            listed["dispatcher.stats_rollup"]["queue"],
+            listed["dispatcher.stats_rollup"]["every_s"],
+        ) == ("analytics", 60.0)
+        run = await client.enqueue_task("dispatcher.stats_rollup")
+        assert run["queue"] == "analytics"
+        await eventually(lambda: _state(client, run["id"], "delivered"), timeout_s=10)
+    finally:
+        daemon.stop()
+    assert await redis.zcard(store.keys.hook_pending) == 0
+    await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}:*wstats:m:*")])
+    week = await client.webhook_stats(hook, "7d")
+    assert (week["attempts"], week["delivered"], week["failed"]) == (20, 20, 0)
