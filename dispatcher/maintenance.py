@@ -70,7 +70,12 @@ async def purge_dlq(ctx: TaskContext) -> None:
         log.info("dlq.auto_purged", purged=answer["purged"], retention_s=answer["retention_s"])
 
 
-@task(name="dispatcher.stats_rollup", queue="analytics", every_s=stats.ROLLUP_EVERY_S)
+@task(
+    name="dispatcher.stats_rollup",
+    queue="analytics",
+    every_s=stats.ROLLUP_EVERY_S,
+    timeout_s=3 * ROLLUP_RUN_S,  # past delivery.timeout_s (15 s): one run may roll for 20 s
+)
 async def stats_rollup(ctx: TaskContext) -> None:
     """Roll the per-webhook stats' minutes into hours, a budget of minutes per script call,
     until none is due or ``ROLLUP_RUN_S`` has passed (idempotent: safe to run twice)."""
