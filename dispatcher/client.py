@@ -180,7 +180,8 @@ class Client:
         if window not in hook_stats.WINDOWS:
             raise InvalidField("window", f"must be one of {', '.join(hook_stats.WINDOWS)}")
         await webhooks.get_webhook(self.store, webhook_id)
-        clock = await self.store.refresh_clock()
+        with records.redis_errors():  # Redis lost here is an outage too (503), not a fault
+            clock = await self.store.refresh_clock()
         answer = await hook_stats.webhook_stats(self.store, webhook_id, window, clock.now_ms())
         return cast("shapes.WebhookStats", answer)
 
