@@ -228,6 +228,25 @@ async def test_concurrent_rollups_count_each_minute_once_and_late_counts_reach_t
     }
 
 
+async def test_a_busy_shard_cannot_keep_another_shards_minutes_from_rolling(
+    store: Store, redis: aioredis.Redis
+) -> None:
+    """Each rollup run shares its budget between the shards: minutes of a quiet shard are
+    rolled even while a busy one has more pending than one run may roll (else they would
+    wait behind it until they expire, lost to the 24 h and 7 d windows)."""
+    await store.adopt_layout(2)
+    busy, quiet = "wh_" + "a" * 20, "wh_" + "b" * 20 + ".1"
+    now_ms = store.clock.now_ms()
+    first = now_ms // 60_000 - 100
+    await stats.add(store, _tally(range(first, first + 10), [busy]).take(), now_ms)
+    await stats.add(store, _tally(range(first, first + 1), [quiet]).take(), now_ms)
+    assert await stats.rollup(store, now_ms, budget=4) == 4
+    shard = store.shard(1)
+    assert await redis.zcard(shard.keys.hook_pending) == 0
+    hour = await redis.hgetall(shard.keys.hook_hour(quiet, first // 60))
+    assert hour[b"a"] == b"3"
+
+
 async def test_counts_a_flush_cannot_write_stay_for_the_next_one(
     redis_url: str, prefix: str, store: Store
 ) -> None:
