@@ -173,8 +173,9 @@ class Client:
         "series"}``: ``failed`` counts attempts that did not deliver (so ``attempts`` is
         ``delivered + failed`` and ``success_rate`` is ``delivered / attempts``, None without
         attempts); ``latency_ms`` is the attempts' durations and ``lag_ms`` the time from
-        publish to delivery, each ``{p50, p95, p99}`` within 5% (histogram.py); ``series`` has
-        one ``{t, attempts, delivered, failed, p95_ms}`` per minute (1h) or hour (24h, 7d).
+        publish to delivery, each ``{p50, p95, p99}`` within 5% plus 0.05 ms of rounding
+        (histogram.py); ``series`` has one ``{t, attempts, delivered, failed, p95_ms}`` per
+        minute (1h) or hour (24h, 7d).
         ``InvalidField`` for another window, ``NotFound`` for an unknown webhook.
         """
         if window not in hook_stats.WINDOWS:
