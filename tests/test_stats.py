@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import exceptions as redis_exceptions
 
-from dispatcher import InvalidField, NotFound, histogram
+from dispatcher import Client, InvalidField, NotFound, RedisUnavailable, histogram
 from dispatcher.queue import stats
 from dispatcher.queue.store import Store
 from dispatcher.tally import Tally
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from dispatcher import Client
     from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Target
@@ -228,6 +228,25 @@ async def test_concurrent_rollups_count_each_minute_once_and_late_counts_reach_t
     }
 
 
+async def test_a_busy_shard_cannot_keep_another_shards_minutes_from_rolling(
+    store: Store, redis: aioredis.Redis
+) -> None:
+    """Each rollup run shares its budget between the shards: minutes of a quiet shard are
+    rolled even while a busy one has more pending than one run may roll (else they would
+    wait behind it until they expire, lost to the 24 h and 7 d windows)."""
+    await store.adopt_layout(2)
+    busy, quiet = "wh_" + "a" * 20, "wh_" + "b" * 20 + ".1"
+    now_ms = store.clock.now_ms()
+    first = now_ms // 60_000 - 100
+    await stats.add(store, _tally(range(first, first + 10), [busy]).take(), now_ms)
+    await stats.add(store, _tally(range(first, first + 1), [quiet]).take(), now_ms)
+    assert await stats.rollup(store, now_ms, budget=4) == 4
+    shard = store.shard(1)
+    assert await redis.zcard(shard.keys.hook_pending) == 0
+    hour = await redis.hgetall(shard.keys.hook_hour(quiet, first // 60))
+    assert hour[b"a"] == b"3"
+
+
 async def test_counts_a_flush_cannot_write_stay_for_the_next_one(
     redis_url: str, prefix: str, store: Store
 ) -> None:
@@ -272,3 +291,48 @@ async def test_the_window_is_checked_and_an_unknown_webhook_is_404_both_ways(
     assert empty.body == await client.webhook_stats(hook["id"], "7d")
     assert (empty.body["attempts"], empty.body["success_rate"]) == (0, None)
     assert len(empty.body["series"]) == 168
+
+
+async def _time_refusing_proxy(redis_port: int) -> asyncio.Server:
+    """A loopback proxy to the real Redis that drops any connection sending ``TIME``: Redis
+    lost just as a stats read measures the server's clock."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, check: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if check and b"TIME\r\n" in data.upper():
+                    break
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_port)
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_redis_lost_while_the_clock_is_measured_is_503_not_500(
+    client: Client, redis_url: str, prefix: str
+) -> None:
+    """A stats read that loses Redis when it measures the server's clock answers 503
+    redis_unavailable (RedisUnavailable in Python), like any other Redis outage."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    proxy = await _time_refusing_proxy(urlsplit(redis_url).port or 6379)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        async with Client.from_url(f"redis://127.0.0.1:{port}/0", prefix=prefix) as fresh:
+            with pytest.raises(RedisUnavailable):
+                await fresh.webhook_stats(hook["id"])  # a fresh client measures the clock
+            _app, served = await start_api(fresh)
+            try:
+                answer = await served.call("GET", f"/v1/webhooks/{hook['id']}/stats")
+            finally:
+                await served.close()
+            assert (answer.status, answer.body["error"]["code"]) == (503, "redis_unavailable")
+    finally:
+        proxy.close()

@@ -5,9 +5,9 @@ second (``add``: one script call per shard, never on the delivery path) into the
 minute hash ``wstats:m:W:M`` (kept ``MINUTE_TTL_S``), and marks the minute pending.
 ``rollup`` adds pending minutes, once they are ``ROLL_AFTER_MINUTES`` old, into the hour hash
 ``wstats:h:W:H`` (kept ``HOUR_TTL_S``): idempotent and safe to run concurrently (each minute
-is marked rolled in the same script), at most ``ROLL_BUDGET`` minutes per call. It is meant to
-run every ``ROLLUP_EVERY_S`` as the analytics queue's periodic task. Counts that reach a minute
-after it was rolled go to its hour too (``stats_add.lua``).
+is marked rolled in the same script), at most ``ROLL_BUDGET`` minutes per call, shared by
+the shards. It is meant to run every ``ROLLUP_EVERY_S`` as the analytics queue's periodic task.
+Counts that reach a minute after it was rolled go to its hour too (``stats_add.lua``).
 
 ``webhook_stats`` answers ``GET /v1/webhooks/{id}/stats``: a 1 h window reads the last 60
 minutes, 24 h and 7 d the last 24 or 168 hours (the current one included), adding the minutes
@@ -104,24 +104,37 @@ async def rollup(store: Store, now_ms: int, *, budget: int = ROLL_BUDGET) -> int
     cutoff = minute_of(now_ms) - ROLL_AFTER_MINUTES
     handled = 0
     with redis_errors():
-        for shard in await store.all_shards():
-            while handled < budget:
-                members = await _pending(shard, cutoff, min(ROLL_BATCH, budget - handled))
-                if not members:
+        # in rounds, the budget shared by the shards with more: a busy shard cannot keep
+        # another's minutes waiting until they expire
+        active = await store.all_shards()
+        while active and handled < budget:
+            share = min(ROLL_BATCH, max(1, (budget - handled) // len(active)))
+            more = []
+            for shard in active:
+                wanted = min(share, budget - handled)
+                if wanted <= 0:
                     break
-                keys = [shard.keys.hook_pending]
-                for member in members:
-                    webhook_id, _, minute_text = member.decode().rpartition(":")
-                    minute = int(minute_text)
-                    keys += [
-                        shard.keys.hook_minute(webhook_id, minute),
-                        shard.keys.hook_hour(webhook_id, minute // 60),
-                    ]
-                await shard.scripts.stats_roll(keys=keys, args=[HOUR_TTL_S, *members])
-                handled += len(members)
-                if len(members) < ROLL_BATCH:
-                    break  # the shard has no more
+                members = await _pending(shard, cutoff, wanted)
+                if members:
+                    await _roll(shard, members)
+                    handled += len(members)
+                if len(members) == wanted:
+                    more.append(shard)  # the shard may have more
+            active = more
     return handled
+
+
+async def _roll(shard: Store, members: list[bytes]) -> None:
+    """Roll the shard's pending minutes ``members`` (``W:M``) into their hours."""
+    keys = [shard.keys.hook_pending]
+    for member in members:
+        webhook_id, _, minute_text = member.decode().rpartition(":")
+        minute = int(minute_text)
+        keys += [
+            shard.keys.hook_minute(webhook_id, minute),
+            shard.keys.hook_hour(webhook_id, minute // 60),
+        ]
+    await shard.scripts.stats_roll(keys=keys, args=[HOUR_TTL_S, *members])
 
 
 async def _pending(shard: Store, cutoff: int, count: int) -> list[bytes]:
