@@ -303,6 +303,30 @@ async def test_a_retry_after_a_failed_shard_completes_the_first_event(
     assert await _queued(redis, prefix, 3) == len(hooks)
 
 
+async def test_a_duplicate_completing_a_failed_shard_keeps_the_first_schedule(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A duplicate with another deliver_at and priority that completes the first event after a
+    failed shard writes the missing jobs with the first event's deliver_at and priority."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
+    broken = Keys(prefix, 2).jobs
+    await redis.set(broken, "not a hash")
+    later = "2099-01-01T00:00:00.000Z"
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await client.publish(
+            "acme", EVENT, {"n": 1}, deliver_at=later, priority="high", dedup_window_s=WINDOW_S
+        )
+    await redis.delete(broken)
+    answer = await client.publish("acme", EVENT, {"n": 1}, dedup_window_s=WINDOW_S)
+    assert len(answer["jobs"]) == len(hooks)
+    jobs = [await client.get_job(job["id"]) for job in answer["jobs"]]
+    assert {(j["state"], j["priority"], j["next_attempt_at"]) for j in jobs if j} == {
+        ("scheduled", "high", later)
+    }
+    assert await _queued(redis, prefix, 3) == 0
+
+
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     try:
         async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:

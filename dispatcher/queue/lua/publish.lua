@@ -21,14 +21,18 @@
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
 -- ARGV[5] (with a dedup window) the stats hash's TTL in seconds
+-- ARGV[6] (with a dedup window) this event's stream priority and due_ms ('high 0'), stored in
+--   the dedup key after the answer and a newline: another shard's part completing the event
+--   (a duplicate after a failed shard) takes them from shard 0's key, not from the duplicate
 -- (one word for the small arguments: a publish is mostly the Redis client's cost per argument)
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
---          written), {2, answer} when the dedup key holds an identical event's answer (a
+--          written), {2, stored} when the dedup key holds an identical event's answer (a
 --          duplicate: nothing is written but the stats hash's ``deduplicated`` count, and that
 --          only when this part decides: not ``decided``), or {-1, queue} when a matching webhook
 --          names a queue whose keys were not passed (the caller retries with them).
---          answer = "event_id job_id webhook_id job_id webhook_id ..."
+--          answer = "event_id job_id webhook_id job_id webhook_id ..."; stored = answer, then
+--          (keys written since ARGV[6]) a newline and the first event's ARGV[6]
 -- The idempotency record (KEYS[3]) is the answer alone, as every release has written and read
 -- it; the fingerprint is KEYS[4], written with it and with the same TTL. A record without one
 -- (written before fingerprints, or by a release that does not write them) is a repeat of any
@@ -102,7 +106,8 @@ local records = {}
 local dedup
 if window ~= '0' then
   dedup = KEYS[5 + 2 * nq]
-  if not redis.call('SET', dedup, joined, 'NX', 'EX', window) then
+  local stored = joined .. '\n' .. ARGV[6]
+  if not redis.call('SET', dedup, stored, 'NX', 'EX', window) then
     local first = redis.call('GET', dedup)
     if decided ~= '1' then
       local stats = KEYS[6 + 2 * nq]
@@ -111,7 +116,7 @@ if window ~= '0' then
       return {2, first}
     end
     if string.match(first, '^%S*') == event_id then return {2, first} end
-    redis.call('SET', dedup, joined, 'EX', window)  -- stale: an earlier event's, see ARGV[1]
+    redis.call('SET', dedup, stored, 'EX', window)  -- stale: an earlier event's, see ARGV[1]
   end
 end
 
