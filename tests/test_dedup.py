@@ -179,6 +179,28 @@ async def test_identity_is_tenant_type_and_payload_as_json(
         assert answer.body["event_id"] != first.body["event_id"]
 
 
+async def test_integers_beyond_64_bits_are_refused_not_rounded_into_duplicates(
+    client: Client, target: Target, api: Api, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Two events whose payloads differ only in an integer beyond 64 bits are not rounded to
+    one float (the second deduplicated, lost): the API refuses each with 422 invalid_field
+    naming the payload, as the Client does, and enqueues nothing."""
+    await client.create_webhook("acme", target.url())
+    before = await _keys(redis, prefix)
+    head = b'{"tenant_id": "acme", "event_type": "order.created", "dedup_window_s": 60, '
+    for big in (b"18446744073709551616", b"18446744073709551617", b"-9223372036854775809"):
+        answer = await api.call("POST", "/v1/events", data=head + b'"payload": {"id": %s}}' % big)
+        assert (answer.status, answer.body["error"]["code"]) == (422, "invalid_field")
+        assert "payload" in answer.body["error"]["message"]
+        with pytest.raises(InvalidField):
+            await client.publish("acme", EVENT, {"id": int(big)}, dedup_window_s=WINDOW_S)
+    assert await _keys(redis, prefix) == before
+    digits = await api.call(
+        "POST", "/v1/events", data=head + b'"payload": {"id": "1%s"}}' % (b"0" * 30)
+    )
+    assert (digits.status, digits.body["deduplicated"]) == (202, False)
+
+
 async def test_a_per_publish_window_overrides_the_clients(
     client: Client, redis_url: str, prefix: str, target: Target
 ) -> None:
