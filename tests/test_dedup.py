@@ -349,6 +349,32 @@ async def test_a_duplicate_completing_a_failed_shard_keeps_the_first_schedule(
     assert await _queued(redis, prefix, 3) == 0
 
 
+async def test_thousands_of_matching_webhooks_are_published_whole(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An event matching 4,100 webhooks (more than Lua unpacks into one command) is enqueued
+    whole, scheduled or not, and its duplicate answers it: no stream entries without records,
+    no dedup key naming an event that failed."""
+    limit = asyncio.Semaphore(64)
+
+    async def create() -> None:
+        async with limit:
+            await client.create_webhook("acme", "https://hooks.example.com/in")
+
+    await asyncio.gather(*(create() for _ in range(4_100)))
+    later = "2099-01-01T00:00:00Z"
+    for n, deliver_at in enumerate((None, later)):
+        answer = await client.publish(
+            "acme", EVENT, {"n": n}, deliver_at=deliver_at, dedup_window_s=WINDOW_S
+        )
+        assert answer["matched"] == 4_100
+        again = await client.publish("acme", EVENT, {"n": n}, dedup_window_s=WINDOW_S)
+        assert again == {**answer, "deduplicated": True}
+    assert await _queued(redis, prefix, 1) == 4_100
+    assert await redis.zcard(Keys(prefix, 0).delayed(stream_of("default", "normal"))) == 4_100
+    assert await redis.hlen(Keys(prefix, 0).jobs) == 8_200
+
+
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     try:
         async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:

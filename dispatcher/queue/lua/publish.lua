@@ -120,20 +120,31 @@ if window ~= '0' then
   end
 end
 
+-- cmd(key, ...) over the whole list, a few thousand arguments per call: Lua's unpack fails
+-- past about 8000 (a tenant with thousands of matching webhooks). The first error reply is
+-- returned (pcall: the caller undoes); lists of pairs stay whole (the step is even).
+local function in_chunks(cmd, key, list)
+  for i = 1, #list, 4000 do
+    local reply = redis.pcall(cmd, key, unpack(list, i, math.min(i + 3999, #list)))
+    if type(reply) == 'table' and reply.err then return reply end
+  end
+  return nil
+end
+
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
 local function undo(reply, hashed, zsets)
   for _, q in pairs(queues) do
-    if #q.added > 0 then redis.call('XDEL', q.ready, unpack(q.added)) end
+    in_chunks('XDEL', q.ready, q.added)
   end
   if hashed then
     local ids = {}
     for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
-    redis.call('HDEL', KEYS[2], unpack(ids))
+    in_chunks('HDEL', KEYS[2], ids)
   end
   for _, key in ipairs(zsets) do
     local ids = {}
     for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
-    redis.call('ZREM', key, unpack(ids))
+    in_chunks('ZREM', key, ids)
   end
   if dedup then redis.call('DEL', dedup) end
   return redis.error_reply(reply.err)
@@ -159,13 +170,13 @@ for n, match in ipairs(matched) do
 end
 
 if #records > 0 then
-  local reply = redis.pcall('HSET', KEYS[2], unpack(records))
-  if type(reply) == 'table' and reply.err then return undo(reply, false, {}) end
+  local reply = in_chunks('HSET', KEYS[2], records)
+  if reply then return undo(reply, true, {}) end
   local zsets = {}
   for _, q in pairs(queues) do
     if #q.due > 0 then
-      reply = redis.pcall('ZADD', q.delayed, unpack(q.due))
-      if type(reply) == 'table' and reply.err then return undo(reply, true, zsets) end
+      reply = in_chunks('ZADD', q.delayed, q.due)
+      if reply then return undo(reply, true, {q.delayed, unpack(zsets)}) end
       zsets[#zsets + 1] = q.delayed
     end
   end
