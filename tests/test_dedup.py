@@ -17,9 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher import Client, InvalidField
+from dispatcher.errors import RedisOutOfMemory
 from dispatcher.queue.keys import Keys, shard_of, stream_of
 from tests.admin_api import TOKEN, start_api
-from tests.helpers import Daemon, daemon_env, eventually, free_port, hooks_in_every_shard
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    eventually,
+    free_port,
+    hooks_in_every_shard,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -373,6 +381,58 @@ async def test_thousands_of_matching_webhooks_are_published_whole(
     assert await _queued(redis, prefix, 1) == 4_100
     assert await redis.zcard(Keys(prefix, 0).delayed(stream_of("default", "normal"))) == 4_100
     assert await redis.hlen(Keys(prefix, 0).jobs) == 8_200
+
+
+@pytest.mark.parametrize("broken", ["ready", "jobs", "delayed"])
+async def test_a_failed_publish_claims_nothing(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, broken: str
+) -> None:
+    """A publish whose stream entry, record or due time cannot be written undoes its dedup
+    key with its other writes: the same event published after the repair is a new event with
+    its job, not a duplicate of one that was never enqueued."""
+    await client.create_webhook("acme", target.url())
+    keys, stream = Keys(prefix, 0), stream_of("default", "normal")
+    key = {"ready": keys.ready(stream), "jobs": keys.jobs, "delayed": keys.delayed(stream)}[broken]
+    deliver_at = "2099-01-01T00:00:00Z" if broken == "delayed" else None
+    await redis.set(key, "not what it should be")
+    before = await _keys(redis, prefix)
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await client.publish("acme", EVENT, {}, deliver_at=deliver_at, dedup_window_s=WINDOW_S)
+    after = await _keys(redis, prefix)  # an entry added, then undone, leaves its stream empty
+    assert {k: v for k, v in after.items() if v != (b"stream", 0)} == before
+    await redis.delete(key)
+    answer = await client.publish("acme", EVENT, {}, deliver_at=deliver_at, dedup_window_s=WINDOW_S)
+    assert (answer["deduplicated"], answer["matched"]) == (False, 1)
+    assert await client.get_job(answer["jobs"][0]["id"]) is not None
+
+
+async def test_out_of_memory_and_a_wrong_type_dedup_key_fail_cleanly(tmp_path: Path) -> None:
+    """At maxmemory a new event and a duplicate each raise RedisOutOfMemory, and a dedup key
+    of the wrong type raises its WRONGTYPE error; none of them writes anything."""
+    server = RedisServer(tmp_path / "oom")
+    server.start()
+    try:
+        async with Client.from_url(server.url, prefix="p", dedup_window_s=WINDOW_S) as client:
+            redis = client.store.redis
+            await client.create_webhook("acme", "https://hooks.example.com/in")
+            await client.publish("acme", EVENT, {"n": 1})
+            before = await _keys(redis, "p")
+            used = int((await redis.info("memory"))["used_memory"])
+            await redis.config_set("maxmemory", used - 1024)  # already over it
+            for n in (1, 2):
+                with pytest.raises(RedisOutOfMemory):
+                    await client.publish("acme", EVENT, {"n": n})
+            await redis.config_set("maxmemory", 0)
+            assert await _keys(redis, "p") == before
+            [dedup] = [k async for k in redis.scan_iter("p:*:dedup:*")]
+            await redis.delete(dedup)
+            await redis.rpush(dedup, "a list")
+            before = await _keys(redis, "p")
+            with pytest.raises(Exception, match="WRONGTYPE"):
+                await client.publish("acme", EVENT, {"n": 1})
+            assert await _keys(redis, "p") == before
+    finally:
+        server.stop()
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
