@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from dispatcher import Client, InvalidField
 from dispatcher.errors import RedisOutOfMemory
+from dispatcher.ids import new_event_ids
+from dispatcher.queue import publishing
 from dispatcher.queue.keys import Keys, shard_of, stream_of
 from tests.admin_api import TOKEN, start_api
 from tests.helpers import (
@@ -433,6 +435,39 @@ async def test_out_of_memory_and_a_wrong_type_dedup_key_fail_cleanly(tmp_path: P
             assert await _keys(redis, "p") == before
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("late", ["duplicate", "first"])
+async def test_a_part_that_runs_after_the_window_ended_on_shard_0_writes_nothing_twice(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, late: str
+) -> None:
+    """When shard 0's dedup key expires (first: it was written first) between one publish's
+    shard 0 part and its other shards' parts, while the next identical event is accepted, the
+    late part neither writes the first event's jobs again nor makes the next event's jobs be
+    written again by that one's duplicates: each event's jobs are enqueued once."""
+    await client.store.adopt_layout(2)
+    hooks = await hooks_in_every_shard(client, target, 2, per_shard=2)
+    shards, known = await client.store.all_shards(), {"default"}
+
+    def event() -> publishing.Publication:
+        event_id, job_prefix = new_event_ids()
+        return publishing.Publication(
+            "acme", EVENT, b"{}", event_id, job_prefix, dedup_window_s=WINDOW_S
+        )
+
+    first = event()
+    if late == "duplicate":  # the first event whole; a duplicate's shard 0 part, then a pause
+        await publishing.publish(client.store, first, known)
+        pub = event()
+    else:  # the first event's own shard 0 part, then a pause
+        pub = first
+    _, decided = await publishing._publish_in(shards[0], pub, known)
+    await redis.delete(Keys(prefix, 0).dedup("acme", first.dedup_hash))  # its window ends
+    _, second = await publishing.publish(client.store, event(), known)
+    await publishing._publish_in(shards[1], publishing._of_event(pub, decided), known)
+    again = (await publishing.publish(client.store, event(), known))[1]
+    assert again == {**second, "deduplicated": True}
+    assert await _queued(redis, prefix, 2) == 2 * len(hooks)
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:

@@ -16,7 +16,9 @@
 --   part decided (new or repeat), else '-': then a record here naming that event is a repeat,
 --   one naming another event is stale (the key's earlier use, whose record on shard 0 expired
 --   first) and is replaced; the fingerprint was checked on shard 0. The same holds for the
---   dedup key. Last, the dedup window in seconds (0: off; never with an idempotency key).
+--   dedup key, but for a newer event's (this part ran late), which stays, and this event's
+--   jobs are written only if its first record is not here yet. Last, the dedup window in
+--   seconds (0: off; never with an idempotency key).
 -- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
@@ -115,8 +117,20 @@ if window ~= '0' then
       redis.call('EXPIRE', stats, ARGV[5])
       return {2, first}
     end
-    if string.match(first, '^%S*') == event_id then return {2, first} end
-    redis.call('SET', dedup, stored, 'EX', window)  -- stale: an earlier event's, see ARGV[1]
+    local named = string.match(first, '^%S*')
+    if named == event_id then return {2, first} end
+    -- Another event's key: an older one's (its shard 0 key expired first: written first), or
+    -- a newer one's when this part runs late (shard 0 decided before its key expired). This
+    -- event's jobs here are written once: not if its first record is here already. The key
+    -- names the newest event (ids sort by time), whose duplicates then find it.
+    if #matched > 0 and redis.call('HEXISTS', KEYS[2], prefix .. '1') == 1 then
+      return {2, joined}
+    end
+    if event_id > named then
+      redis.call('SET', dedup, stored, 'EX', window)
+    else
+      dedup = nil  -- the newer event's key stays, and a failed write below leaves it
+    end
   end
 end
 
