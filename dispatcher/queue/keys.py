@@ -59,8 +59,9 @@ ids the server chooses, and come last; ``M`` is a number.
                           ``publishing.Publication``), for ``events.dedup_window_s`` (its TTL):
                           an identical event within it answers this and enqueues nothing. N is
                           T's length, as in ``idempotency:N:T:K``; H is hex and comes last.
-                          Every shard an event reaches holds its own, naming its jobs there
-                          (shard 0's decides; ``publish.lua``). After the answer, a newline and
+                          Every shard an event reaches holds one, naming its jobs there
+                          (shard 0's decides; another shard's names the newest identical event
+                          written there; ``publish.lua``). After the answer, a newline and
                           the event's priority and due ms (``high 0``), which a duplicate that
                           completes a failed shard's part keeps
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum; and
