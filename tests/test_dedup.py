@@ -209,6 +209,9 @@ async def test_integers_beyond_64_bits_are_refused_not_rounded_into_duplicates(
         "POST", "/v1/events", data=head + b'"payload": {"id": "1%s"}}' % (b"0" * 30)
     )
     assert (digits.status, digits.body["deduplicated"]) == (202, False)
+    deep = b"[" * 1_020 + b"1" * 19 + b"]" * 1_020
+    nested = await api.call("POST", "/v1/events", data=head + b'"payload": %s}' % deep)
+    assert (nested.status, nested.body["error"]["code"]) == (400, "malformed_request")
 
 
 async def test_a_per_publish_window_overrides_the_clients(

@@ -43,7 +43,10 @@ async def json_object(request: web.Request, *, optional: bool = False) -> dict[s
         # orjson reads an integer beyond 64 bits as the nearest float: two payloads differing
         # there would be one (and deduplicated). Exact ints instead, which the Client's payload
         # check refuses (as it refuses them from Python callers) and range checks compare.
-        value = json.loads(raw)
+        try:
+            value = json.loads(raw)
+        except RecursionError as exc:  # nested deeper than the json module reads
+            raise MalformedRequest("the body is nested too deeply") from exc
     if not isinstance(value, dict):
         raise MalformedRequest("the body must be a JSON object")
     return value
