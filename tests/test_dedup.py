@@ -17,9 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher import Client, InvalidField
+from dispatcher.errors import RedisOutOfMemory
+from dispatcher.ids import new_event_ids
+from dispatcher.queue import publishing
 from dispatcher.queue.keys import Keys, shard_of, stream_of
 from tests.admin_api import TOKEN, start_api
-from tests.helpers import Daemon, daemon_env, eventually, free_port, hooks_in_every_shard
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    eventually,
+    free_port,
+    hooks_in_every_shard,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -179,6 +189,31 @@ async def test_identity_is_tenant_type_and_payload_as_json(
         assert answer.body["event_id"] != first.body["event_id"]
 
 
+async def test_integers_beyond_64_bits_are_refused_not_rounded_into_duplicates(
+    client: Client, target: Target, api: Api, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Two events whose payloads differ only in an integer beyond 64 bits are not rounded to
+    one float (the second deduplicated, lost): the API refuses each with 422 invalid_field
+    naming the payload, as the Client does, and enqueues nothing."""
+    await client.create_webhook("acme", target.url())
+    before = await _keys(redis, prefix)
+    head = b'{"tenant_id": "acme", "event_type": "order.created", "dedup_window_s": 60, '
+    for big in (b"18446744073709551616", b"18446744073709551617", b"-9223372036854775809"):
+        answer = await api.call("POST", "/v1/events", data=head + b'"payload": {"id": %s}}' % big)
+        assert (answer.status, answer.body["error"]["code"]) == (422, "invalid_field")
+        assert "payload" in answer.body["error"]["message"]
+        with pytest.raises(InvalidField):
+            await client.publish("acme", EVENT, {"id": int(big)}, dedup_window_s=WINDOW_S)
+    assert await _keys(redis, prefix) == before
+    digits = await api.call(
+        "POST", "/v1/events", data=head + b'"payload": {"id": "1%s"}}' % (b"0" * 30)
+    )
+    assert (digits.status, digits.body["deduplicated"]) == (202, False)
+    deep = b"[" * 1_020 + b"1" * 19 + b"]" * 1_020
+    nested = await api.call("POST", "/v1/events", data=head + b'"payload": %s}' % deep)
+    assert (nested.status, nested.body["error"]["code"]) == (400, "malformed_request")
+
+
 async def test_a_per_publish_window_overrides_the_clients(
     client: Client, redis_url: str, prefix: str, target: Target
 ) -> None:
@@ -301,6 +336,141 @@ async def test_a_retry_after_a_failed_shard_completes_the_first_event(
     again = await client.publish("acme", EVENT, {"n": 1}, dedup_window_s=WINDOW_S)
     assert again == answer
     assert await _queued(redis, prefix, 3) == len(hooks)
+
+
+async def test_a_duplicate_completing_a_failed_shard_keeps_the_first_schedule(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A duplicate with another deliver_at and priority that completes the first event after a
+    failed shard writes the missing jobs with the first event's deliver_at and priority."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
+    broken = Keys(prefix, 2).jobs
+    await redis.set(broken, "not a hash")
+    later = "2099-01-01T00:00:00.000Z"
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await client.publish(
+            "acme", EVENT, {"n": 1}, deliver_at=later, priority="high", dedup_window_s=WINDOW_S
+        )
+    await redis.delete(broken)
+    answer = await client.publish("acme", EVENT, {"n": 1}, dedup_window_s=WINDOW_S)
+    assert len(answer["jobs"]) == len(hooks)
+    jobs = [await client.get_job(job["id"]) for job in answer["jobs"]]
+    assert {(j["state"], j["priority"], j["next_attempt_at"]) for j in jobs if j} == {
+        ("scheduled", "high", later)
+    }
+    assert await _queued(redis, prefix, 3) == 0
+
+
+async def test_thousands_of_matching_webhooks_are_published_whole(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An event matching 4,100 webhooks (more than Lua unpacks into one command) is enqueued
+    whole, scheduled or not, and its duplicate answers it: no stream entries without records,
+    no dedup key naming an event that failed."""
+    limit = asyncio.Semaphore(64)
+
+    async def create() -> None:
+        async with limit:
+            await client.create_webhook("acme", "https://hooks.example.com/in")
+
+    await asyncio.gather(*(create() for _ in range(4_100)))
+    later = "2099-01-01T00:00:00Z"
+    for n, deliver_at in enumerate((None, later)):
+        answer = await client.publish(
+            "acme", EVENT, {"n": n}, deliver_at=deliver_at, dedup_window_s=WINDOW_S
+        )
+        assert answer["matched"] == 4_100
+        again = await client.publish("acme", EVENT, {"n": n}, dedup_window_s=WINDOW_S)
+        assert again == {**answer, "deduplicated": True}
+    assert await _queued(redis, prefix, 1) == 4_100
+    assert await redis.zcard(Keys(prefix, 0).delayed(stream_of("default", "normal"))) == 4_100
+    assert await redis.hlen(Keys(prefix, 0).jobs) == 8_200
+
+
+@pytest.mark.parametrize("broken", ["ready", "jobs", "delayed"])
+async def test_a_failed_publish_claims_nothing(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, broken: str
+) -> None:
+    """A publish whose stream entry, record or due time cannot be written undoes its dedup
+    key with its other writes: the same event published after the repair is a new event with
+    its job, not a duplicate of one that was never enqueued."""
+    await client.create_webhook("acme", target.url())
+    keys, stream = Keys(prefix, 0), stream_of("default", "normal")
+    key = {"ready": keys.ready(stream), "jobs": keys.jobs, "delayed": keys.delayed(stream)}[broken]
+    deliver_at = "2099-01-01T00:00:00Z" if broken == "delayed" else None
+    await redis.set(key, "not what it should be")
+    before = await _keys(redis, prefix)
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await client.publish("acme", EVENT, {}, deliver_at=deliver_at, dedup_window_s=WINDOW_S)
+    after = await _keys(redis, prefix)  # an entry added, then undone, leaves its stream empty
+    assert {k: v for k, v in after.items() if v != (b"stream", 0)} == before
+    await redis.delete(key)
+    answer = await client.publish("acme", EVENT, {}, deliver_at=deliver_at, dedup_window_s=WINDOW_S)
+    assert (answer["deduplicated"], answer["matched"]) == (False, 1)
+    assert await client.get_job(answer["jobs"][0]["id"]) is not None
+
+
+async def test_out_of_memory_and_a_wrong_type_dedup_key_fail_cleanly(tmp_path: Path) -> None:
+    """At maxmemory a new event and a duplicate each raise RedisOutOfMemory, and a dedup key
+    of the wrong type raises its WRONGTYPE error; none of them writes anything."""
+    server = RedisServer(tmp_path / "oom")
+    server.start()
+    try:
+        async with Client.from_url(server.url, prefix="p", dedup_window_s=WINDOW_S) as client:
+            redis = client.store.redis
+            await client.create_webhook("acme", "https://hooks.example.com/in")
+            await client.publish("acme", EVENT, {"n": 1})
+            before = await _keys(redis, "p")
+            used = int((await redis.info("memory"))["used_memory"])
+            await redis.config_set("maxmemory", used - 1024)  # already over it
+            for n in (1, 2):
+                with pytest.raises(RedisOutOfMemory):
+                    await client.publish("acme", EVENT, {"n": n})
+            await redis.config_set("maxmemory", 0)
+            assert await _keys(redis, "p") == before
+            [dedup] = [k async for k in redis.scan_iter("p:*:dedup:*")]
+            await redis.delete(dedup)
+            await redis.rpush(dedup, "a list")
+            before = await _keys(redis, "p")
+            with pytest.raises(Exception, match="WRONGTYPE"):
+                await client.publish("acme", EVENT, {"n": 1})
+            assert await _keys(redis, "p") == before
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("late", ["duplicate", "first"])
+async def test_a_part_that_runs_after_the_window_ended_on_shard_0_writes_nothing_twice(
+    client: Client, target: Target, redis: aioredis.Redis, prefix: str, late: str
+) -> None:
+    """When shard 0's dedup key expires (first: it was written first) between one publish's
+    shard 0 part and its other shards' parts, while the next identical event is accepted, the
+    late part neither writes the first event's jobs again nor makes the next event's jobs be
+    written again by that one's duplicates: each event's jobs are enqueued once."""
+    await client.store.adopt_layout(2)
+    hooks = await hooks_in_every_shard(client, target, 2, per_shard=2)
+    shards, known = await client.store.all_shards(), {"default"}
+
+    def event() -> publishing.Publication:
+        event_id, job_prefix = new_event_ids()
+        return publishing.Publication(
+            "acme", EVENT, b"{}", event_id, job_prefix, dedup_window_s=WINDOW_S
+        )
+
+    first = event()
+    if late == "duplicate":  # the first event whole; a duplicate's shard 0 part, then a pause
+        await publishing.publish(client.store, first, known)
+        pub = event()
+    else:  # the first event's own shard 0 part, then a pause
+        pub = first
+    _, decided = await publishing._publish_in(shards[0], pub, known)
+    await redis.delete(Keys(prefix, 0).dedup("acme", first.dedup_hash))  # its window ends
+    _, second = await publishing.publish(client.store, event(), known)
+    await publishing._publish_in(shards[1], publishing._of_event(pub, decided), known)
+    again = (await publishing.publish(client.store, event(), known))[1]
+    assert again == {**second, "deduplicated": True}
+    assert await _queued(redis, prefix, 2) == 2 * len(hooks)
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:

@@ -61,8 +61,11 @@ ids the server chooses, and come last; ``M`` is a number.
                           ``publishing.Publication``), for ``events.dedup_window_s`` (its TTL):
                           an identical event within it answers this and enqueues nothing. N is
                           T's length, as in ``idempotency:N:T:K``; H is hex and comes last.
-                          Every shard an event reaches holds its own, naming its jobs there
-                          (shard 0's decides; ``publish.lua``)
+                          Every shard an event reaches holds one, naming its jobs there
+                          (shard 0's decides; another shard's names the newest identical event
+                          written there; ``publish.lua``). After the answer, a newline and
+                          the event's priority and due ms (``high 0``), which a duplicate that
+                          completes a failed shard's part keeps
 ``P:{0}:stats:M``         hash  counters for minute M (delivered, failed, dead, ms_sum; and
                           deduplicated, the publishes answered from a ``dedup`` key), 1 h TTL
 ``P:{0}:wstats:m:W:M``    hash  webhook W's delivery counts of minute M (``tally.py`` names the

@@ -121,7 +121,7 @@ def _publish_call(
     call_keys = [keys.tenant(pub.tenant_id), keys.jobs, *idem_keys, *queue_keys]
     if window:
         call_keys += [keys.dedup(pub.tenant_id, pub.dedup_hash), keys.stats(minute_of(now_ms))]
-        args.append(STATS_TTL_S)
+        args += [STATS_TTL_S, f"{pub.priority} {pub.deliver_at_ms or 0}"]
     return call_keys, args
 
 
@@ -180,10 +180,16 @@ async def publish(
 
 def _of_event(pub: Publication, answer: str) -> Publication:
     """The publication as another shard's part of the event shard 0's answer
-    (``event_id ...``) names."""
+    (``event_id ...``) names; a dedup key's answer also gives that event's priority and due
+    time (after a newline), which a duplicate completing its parts must keep."""
+    answer, _, first = answer.partition("\n")
     event_id = answer.partition(" ")[0]
     job_prefix = f"job_{event_id.removeprefix('evt_')}."
-    return replace(pub, event_id=event_id, job_prefix=job_prefix, decided=True)
+    pub = replace(pub, event_id=event_id, job_prefix=job_prefix, decided=True)
+    if first:
+        priority, due_ms = first.split(" ")
+        pub = replace(pub, priority=priority, deliver_at_ms=int(due_ms) or None)
+    return pub
 
 
 # publish.lua's answers: a new event, a repeated idempotency key (or another shard's part
@@ -405,8 +411,8 @@ def _answer(parts: list[str], *, deduplicated: bool) -> dict[str, Any]:
     need not keep it); ``deduplicated`` says it is an identical event's answer."""
     event_id = ""
     jobs = []
-    for joined in parts:
-        first, *pairs = joined.split(" ")
+    for stored in parts:
+        first, *pairs = stored.partition("\n")[0].split(" ")  # a dedup key's: answer first
         event_id = event_id or first
         jobs += [{"id": pairs[i], "webhook_id": pairs[i + 1]} for i in range(0, len(pairs), 2)]
     if len(parts) > 1:

@@ -16,19 +16,25 @@
 --   part decided (new or repeat), else '-': then a record here naming that event is a repeat,
 --   one naming another event is stale (the key's earlier use, whose record on shard 0 expired
 --   first) and is replaced; the fingerprint was checked on shard 0. The same holds for the
---   dedup key. Last, the dedup window in seconds (0: off; never with an idempotency key).
+--   dedup key, but for a newer event's (this part ran late), which stays, and this event's
+--   jobs are written only if its first record is not here yet. Last, the dedup window in
+--   seconds (0: off; never with an idempotency key).
 -- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
 -- ARGV[5] (with a dedup window) the stats hash's TTL in seconds
+-- ARGV[6] (with a dedup window) this event's stream priority and due_ms ('high 0'), stored in
+--   the dedup key after the answer and a newline: another shard's part completing the event
+--   (a duplicate after a failed shard) takes them from shard 0's key, not from the duplicate
 -- (one word for the small arguments: a publish is mostly the Redis client's cost per argument)
 -- returns: {1, answer} for a new event, {0, answer} for a repeated idempotency key with the same
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
---          written), {2, answer} when the dedup key holds an identical event's answer (a
+--          written), {2, stored} when the dedup key holds an identical event's answer (a
 --          duplicate: nothing is written but the stats hash's ``deduplicated`` count, and that
 --          only when this part decides: not ``decided``), or {-1, queue} when a matching webhook
 --          names a queue whose keys were not passed (the caller retries with them).
---          answer = "event_id job_id webhook_id job_id webhook_id ..."
+--          answer = "event_id job_id webhook_id job_id webhook_id ..."; stored = answer, then
+--          (keys written since ARGV[6]) a newline and the first event's ARGV[6]
 -- The idempotency record (KEYS[3]) is the answer alone, as every release has written and read
 -- it; the fingerprint is KEYS[4], written with it and with the same TTL. A record without one
 -- (written before fingerprints, or by a release that does not write them) is a repeat of any
@@ -102,7 +108,8 @@ local records = {}
 local dedup
 if window ~= '0' then
   dedup = KEYS[5 + 2 * nq]
-  if not redis.call('SET', dedup, joined, 'NX', 'EX', window) then
+  local stored = joined .. '\n' .. ARGV[6]
+  if not redis.call('SET', dedup, stored, 'NX', 'EX', window) then
     local first = redis.call('GET', dedup)
     if decided ~= '1' then
       local stats = KEYS[6 + 2 * nq]
@@ -110,25 +117,48 @@ if window ~= '0' then
       redis.call('EXPIRE', stats, ARGV[5])
       return {2, first}
     end
-    if string.match(first, '^%S*') == event_id then return {2, first} end
-    redis.call('SET', dedup, joined, 'EX', window)  -- stale: an earlier event's, see ARGV[1]
+    local named = string.match(first, '^%S*')
+    if named == event_id then return {2, first} end
+    -- Another event's key: an older one's (its shard 0 key expired first: written first), or
+    -- a newer one's when this part runs late (shard 0 decided before its key expired). This
+    -- event's jobs here are written once: not if its first record is here already. The key
+    -- names the newest event (ids sort by time), whose duplicates then find it.
+    if #matched > 0 and redis.call('HEXISTS', KEYS[2], prefix .. '1') == 1 then
+      return {2, joined}
+    end
+    if event_id > named then
+      redis.call('SET', dedup, stored, 'EX', window)
+    else
+      dedup = nil  -- the newer event's key stays, and a failed write below leaves it
+    end
   end
+end
+
+-- cmd(key, ...) over the whole list, a few thousand arguments per call: Lua's unpack fails
+-- past about 8000 (a tenant with thousands of matching webhooks). The first error reply is
+-- returned (pcall: the caller undoes); lists of pairs stay whole (the step is even).
+local function in_chunks(cmd, key, list)
+  for i = 1, #list, 4000 do
+    local reply = redis.pcall(cmd, key, unpack(list, i, math.min(i + 3999, #list)))
+    if type(reply) == 'table' and reply.err then return reply end
+  end
+  return nil
 end
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
 local function undo(reply, hashed, zsets)
   for _, q in pairs(queues) do
-    if #q.added > 0 then redis.call('XDEL', q.ready, unpack(q.added)) end
+    in_chunks('XDEL', q.ready, q.added)
   end
   if hashed then
     local ids = {}
     for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
-    redis.call('HDEL', KEYS[2], unpack(ids))
+    in_chunks('HDEL', KEYS[2], ids)
   end
   for _, key in ipairs(zsets) do
     local ids = {}
     for i = 1, #records, 2 do ids[#ids + 1] = records[i] end
-    redis.call('ZREM', key, unpack(ids))
+    in_chunks('ZREM', key, ids)
   end
   if dedup then redis.call('DEL', dedup) end
   return redis.error_reply(reply.err)
@@ -154,13 +184,13 @@ for n, match in ipairs(matched) do
 end
 
 if #records > 0 then
-  local reply = redis.pcall('HSET', KEYS[2], unpack(records))
-  if type(reply) == 'table' and reply.err then return undo(reply, false, {}) end
+  local reply = in_chunks('HSET', KEYS[2], records)
+  if reply then return undo(reply, true, {}) end
   local zsets = {}
   for _, q in pairs(queues) do
     if #q.due > 0 then
-      reply = redis.pcall('ZADD', q.delayed, unpack(q.due))
-      if type(reply) == 'table' and reply.err then return undo(reply, true, zsets) end
+      reply = in_chunks('ZADD', q.delayed, q.due)
+      if reply then return undo(reply, true, {q.delayed, unpack(zsets)}) end
       zsets[#zsets + 1] = q.delayed
     end
   end
