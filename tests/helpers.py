@@ -189,6 +189,13 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+async def stop_daemons(*daemons: Daemon | None) -> None:
+    """Stop ``daemons`` (None skipped) from a test's event loop: each in a thread and all at
+    once, so a Target in this loop goes on answering the requests they drain meanwhile (a
+    blocking ``Daemon.stop`` would leave those to run into the delivery timeout)."""
+    await asyncio.gather(*(asyncio.to_thread(d.stop) for d in daemons if d is not None))
+
+
 def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     """Environment for a ``dispatcher run`` child: no inherited DISPATCHER_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}

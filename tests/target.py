@@ -128,6 +128,7 @@ class Target:
         self._handlers: set[asyncio.Task[object]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._arrived = asyncio.Event()
+        self._closing = asyncio.Event()  # set on exit: delayed replies stop waiting
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, self.host, 0)
@@ -144,6 +145,7 @@ class Target:
         if self._server is None:
             return
         self._server.close()
+        self._closing.set()
         # Closing the transports ends every handler on its own (their reads see EOF);
         # cancelling them instead trips a bug in Python 3.11's start_server callback.
         for writer in self._writers:
@@ -229,6 +231,15 @@ class Target:
             self._writers.discard(writer)
             writer.close()  # connection_lost runs on the next loop pass
 
+    async def _closed_within(self, delay_s: float) -> bool:
+        """Wait ``delay_s``, or less if the target closes meanwhile; True if it did."""
+        try:
+            async with asyncio.timeout(delay_s):
+                await self._closing.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def _stream(self, path: str, writer: asyncio.StreamWriter, size: int) -> None:
         """A ``size``-byte answer, counting in ``body_bytes`` what the client's reads let out."""
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
@@ -249,8 +260,8 @@ class Target:
         """Play ``behaviour``; True when the connection may serve another request."""
         match behaviour:
             case Reply(status, body, headers, delay_s):
-                if delay_s:
-                    await asyncio.sleep(delay_s)
+                if delay_s and await self._closed_within(delay_s):
+                    return False  # the target is closing: no answer, the connection ends
                 await _respond(writer, status, body, headers)
                 return True
             case Redirect(location, status):

@@ -28,6 +28,7 @@ from tests.helpers import (
     hooks_in_every_shard,
     log_events,
     redis_cli,
+    stop_daemons,
 )
 from tests.target import Reply
 
@@ -241,9 +242,7 @@ async def test_daemon_delivers_and_a_killed_daemons_job_is_reclaimed(
         workers = (await cclient.status())["workers"]
         assert any(w["pid"] == second.process.pid for w in workers if second.process)
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        await stop_daemons(first, second)
 
 
 @pytest.mark.slow

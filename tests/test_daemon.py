@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from dispatcher import Client, embedded, shapes
 from dispatcher.errors import ConfigError
 from dispatcher.queue.keys import Keys
-from tests.helpers import Daemon, daemon_env, eventually
+from tests.helpers import Daemon, daemon_env, eventually, stop_daemons
 from tests.target import Reply, Target
 
 FAST = {
@@ -69,8 +69,7 @@ async def test_sigkill_mid_delivery_loses_nothing(
         assert len(ids) == 2000
         counts = await eventually(lambda: _all_delivered(client, ids), timeout_s=90, interval_s=0.5)
     finally:
-        victim.stop()
-        steady.stop()
+        await stop_daemons(victim, steady)
     arrived = [r.headers["webhook-id"] for r in target.received]
     assert set(arrived) == set(ids), "every job arrived at least once"
     duplicates = len(arrived) - len(set(arrived))
@@ -121,9 +120,7 @@ async def test_sigstopped_worker_is_taken_over_and_its_late_result_refused(
         assert await redis.zcard(Keys(prefix).delayed("default")) == 0
         assert "job.reclaimed" in rescuer.log
     finally:
-        frozen.stop()
-        if rescuer is not None:
-            rescuer.stop()
+        await stop_daemons(frozen, rescuer)
 
 
 async def _delivered_by_second(client: Client, job_id: str) -> shapes.Job | None:
@@ -188,9 +185,7 @@ async def test_sigterm_leaves_unfinished_work_for_another_worker(
         second = Daemon(env, logs_dir / "second.log").start()
         await eventually(lambda: _delivered_by_second(client, job_id), timeout_s=40)
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        await stop_daemons(first, second)
 
 
 async def test_embedded_redis_serves_and_stops_with_the_daemon(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.helpers import Daemon, daemon_env, eventually
+from tests.helpers import Daemon, daemon_env, eventually, stop_daemons
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,7 +30,7 @@ async def test_daemon_with_the_aiohttp_client_delivers_signed(
             lambda: _state_is(client, job["id"], "delivered"), timeout_s=20, what="delivered"
         )
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
     assert request.headers["webhook-id"] == job["id"]
     assert request.headers["accept-encoding"] == "identity"
     Verifier(hook["secret"]).verify(request.body, dict(request.headers))

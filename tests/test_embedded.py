@@ -17,7 +17,7 @@ from dispatcher import embedded
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.notify import Notifier
-from tests.helpers import Daemon, daemon_env, eventually, log_events
+from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -191,7 +191,7 @@ async def test_an_embedded_run_does_not_warn_about_its_own_maxmemory(
         assert "redis.maxmemory_unset" not in daemon.log
         assert "redis.connected" in daemon.log
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
 
 
 async def test_an_external_redis_without_maxmemory_is_still_warned_about(
@@ -207,4 +207,4 @@ async def test_an_external_redis_without_maxmemory_is_still_warned_about(
         assert log_events(daemon, "redis.maxmemory_unset")
         assert (await redis.config_get("maxmemory"))["maxmemory"] in ("0", b"0")
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)

@@ -18,7 +18,7 @@ from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
-from tests.helpers import Daemon, daemon_env, eventually, free_port
+from tests.helpers import Daemon, daemon_env, eventually, free_port, stop_daemons
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -179,5 +179,5 @@ async def test_a_wedged_settler_stops_the_watchdog_and_fails_readyz(
             assert job is not None
             assert job["state"] == "delivered"
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
         sock.close()

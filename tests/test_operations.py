@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from tests.helpers import Daemon, RedisServer, daemon_env, eventually, free_port
+from tests.helpers import Daemon, RedisServer, daemon_env, eventually, free_port, stop_daemons
 from tests.helpers import log_events as events
 from tests.target import Reply
 
@@ -121,7 +121,7 @@ async def test_backlog_alerts_are_raised_shown_exported_and_cleared(
         [growth] = [e for e in events(daemon, "alert.raised") if e["name"] == "dlq_growth"]
         assert (growth["value"], growth["threshold"]) == (2, 2)
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
 
 
 async def _alerts_once_all_counted(
@@ -169,7 +169,7 @@ async def test_readyz_answers_503_while_redis_is_down_and_200_after(
         assert events(daemon, "redis.unavailable")
         await eventually(lambda: events(daemon, "redis.recovered"), timeout_s=20)
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
         server.stop()
 
 

@@ -12,7 +12,7 @@ from dispatcher import Client, RedisOutOfMemory, RedisUnavailable
 from dispatcher.queue.clock import RedisClock
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
-from tests.helpers import Daemon, RedisServer, daemon_env, eventually, hash_len
+from tests.helpers import Daemon, RedisServer, daemon_env, eventually, hash_len, stop_daemons
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ async def test_redis_restart_with_aof_loses_nothing(
         assert "redis.unavailable" in daemon.log
         assert "redis.recovered" in daemon.log
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
         server.stop()
 
 
@@ -129,7 +129,5 @@ async def test_sigterm_while_redis_is_down_exits_and_loses_nothing(
             await eventually(lambda: _delivered(client, [job_id]), timeout_s=30, interval_s=0.3)
         assert target.count() >= 2  # delivered again: at least once, never lost
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        await stop_daemons(first, second)
         server.stop()

@@ -16,7 +16,14 @@ import pytest
 
 from dispatcher import Client
 from dispatcher.errors import DispatcherError
-from tests.helpers import Daemon, SentinelServers, daemon_env, eventually, log_events
+from tests.helpers import (
+    Daemon,
+    SentinelServers,
+    daemon_env,
+    eventually,
+    log_events,
+    stop_daemons,
+)
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -117,7 +124,7 @@ async def test_delivery_resumes_on_the_promoted_replica(
         finally:
             publisher.stop.set()
             await asyncio.gather(task, return_exceptions=True)
-            daemon.stop()
+            await stop_daemons(daemon)
 
 
 def _arrived(target: Target) -> set[str]:

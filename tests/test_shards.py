@@ -17,7 +17,14 @@ from dispatcher.errors import ConfigError
 from dispatcher.ids import is_job_id, is_webhook_id
 from dispatcher.queue.keys import Keys, shard_of, shard_tag
 from dispatcher.queue.store import Store
-from tests.helpers import Daemon, daemon_env, eventually, hooks_in_every_shard, log_events
+from tests.helpers import (
+    Daemon,
+    daemon_env,
+    eventually,
+    hooks_in_every_shard,
+    log_events,
+    stop_daemons,
+)
 from tests.target import Hang, Reply
 
 if TYPE_CHECKING:
@@ -340,6 +347,4 @@ async def test_daemons_on_shards_reclaim_a_killed_daemons_job(
         assert second.wait() == 0
         assert orjson.loads(first.log.splitlines()[0])["event"]
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        await stop_daemons(first, second)

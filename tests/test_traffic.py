@@ -16,7 +16,7 @@ from dispatcher.queue.admission import Admission
 from dispatcher.queue.keys import GROUP, Keys, streams_of
 from dispatcher.queue.streams import SettleKind, Settlement
 from dispatcher.traffic import START_FRACTION
-from tests.helpers import Daemon, daemon_env, eventually, stream_entries
+from tests.helpers import Daemon, daemon_env, eventually, stop_daemons, stream_entries
 from tests.target import Hang, Reply
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ async def test_run_queues_flag_chooses_the_queues(
         )
         assert {j["state"] for j in await _jobs(client, fast_ids)} == {"queued"}
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
 
 
 async def test_high_priority_goes_first_and_low_is_not_starved(
@@ -349,8 +349,7 @@ async def test_rate_limit_holds_across_two_processes(
         senders = [_delivered_by(d.log, set(limited_ids)) for d in daemons]
         assert all(senders), f"both processes should deliver the limited webhook: {senders}"
     finally:
-        for daemon in daemons:
-            daemon.stop()
+        await stop_daemons(*daemons)
 
 
 def _delivered_by(log: str, ids: set[str]) -> int:
@@ -384,7 +383,7 @@ async def test_leases_of_a_killed_process_expire(
         await target.wait_for(1, "/one", timeout_s=15)
         daemon.kill()
     finally:
-        daemon.stop()
+        await stop_daemons(daemon)
     await workers.start(timeout_s=2, stall_timeout_s=3)
     await eventually(
         lambda: _all_in_state(client, ids, "delivered"), timeout_s=30, what="all delivered"

@@ -45,7 +45,14 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Client
 from dispatcher.errors import DispatcherError, RedisUnavailable
-from tests.helpers import Daemon, RedisServer, daemon_env, free_port, stream_entries
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    free_port,
+    stop_daemons,
+    stream_entries,
+)
 from tests.target import Target
 
 if TYPE_CHECKING:
@@ -177,8 +184,7 @@ class Scenario:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
+        await stop_daemons(*self.daemons)
         await self.client.close()
         await self.target.__aexit__(None, None, None)
         self.redis.stop()
