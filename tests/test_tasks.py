@@ -16,6 +16,7 @@ from dispatcher import Client, NotFound
 from dispatcher.errors import ConfigError, InvalidField
 from dispatcher.model import time_ms
 from dispatcher.queue import stats
+from dispatcher.queue import tasks as queue_tasks
 from dispatcher.tally import Tally
 from dispatcher.tasks import load_modules
 from tests.admin_api import start_api
@@ -212,6 +213,30 @@ async def test_webhooks_cannot_name_a_task_queue(client: Client) -> None:
     """A webhook on the maintenance or analytics queue is refused: those run tasks."""
     with pytest.raises(InvalidField, match="task queue"):
         await client.create_webhook("acme", "https://hooks.example.com/x", queue="maintenance")
+
+
+def test_run_refuses_a_task_queue_in_its_queues_flag(
+    redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """dispatcher run --queues naming a task queue exits 2, as delivery.queues does: its
+    delivery worker would otherwise claim task jobs as deliveries."""
+    env = daemon_env(redis_url, prefix)
+    daemon = Daemon(env, logs_dir / "d.log", args=("--queues", "default,maintenance")).start()
+    try:
+        code = daemon.wait(timeout_s=10)
+    finally:
+        daemon.stop()
+    assert code == 2
+    assert "--queues: maintenance: the task queues are served by" in daemon.log
+
+
+async def test_status_shows_the_task_queues(client: Client, store: Store) -> None:
+    """GET /v1/status counts the task jobs waiting on maintenance and analytics."""
+    await queue_tasks.register(store, [("review.noop", "maintenance", None)])
+    await client.enqueue_task("review.noop", {})
+    queues = {q["name"]: q for q in (await client.status())["queues"]}
+    assert set(queues) >= {"default", "maintenance", "analytics"}
+    assert (queues["maintenance"]["queued"], queues["analytics"]["queued"]) == (1, 0)
 
 
 async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
