@@ -239,6 +239,21 @@ async def test_status_shows_the_task_queues(client: Client, store: Store) -> Non
     assert (queues["maintenance"]["queued"], queues["analytics"]["queued"]) == (1, 0)
 
 
+async def test_a_run_enqueued_by_hand_holds_the_periodic_runs_until_it_finishes(
+    client: Client, store: Store
+) -> None:
+    """Runs never overlap: while a run of a periodic task enqueued by hand (POST run) is
+    unfinished, the tick enqueues no other run; once it finished, the next period runs."""
+    await queue_tasks.register(store, [("review.periodic", "maintenance", 60.0)])
+    manual = await client.enqueue_task("review.periodic")
+    runs, skipped = await queue_tasks.tick(store)  # the first period is due now
+    assert (runs, skipped) == ([], ["review.periodic"])
+    await store.redis.hdel(store.keys.jobs, manual["id"])  # finished and swept
+    await store.redis.zadd(store.keys.tasks_due, {"review.periodic": 0})  # the next period
+    runs, skipped = await queue_tasks.tick(store)
+    assert ([name for name, _ in runs], skipped) == (["review.periodic"], [])
+
+
 async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
     client: Client, redis_url: str, prefix: str, logs_dir: Path
 ) -> None:

@@ -73,7 +73,7 @@ async def enqueue(
     with redis_errors():
         now_ms = (await home.refresh_clock()).now_ms() if due_ms else 0
         done, chosen = await home.scripts.task_enqueue(
-            keys=[home.keys.tasks, home.keys.jobs, *_queue_keys(home)],
+            keys=[home.keys.tasks, home.keys.jobs, *_queue_keys(home), home.keys.tasks_last],
             args=[job_id, name, queue or "", now_ms, due_ms or 0, args],
         )
     if not done:
