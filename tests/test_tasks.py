@@ -14,8 +14,9 @@ import pytest
 
 from dispatcher import Client, NotFound
 from dispatcher.errors import ConfigError, InvalidField
-from dispatcher.model import time_ms
-from dispatcher.queue import stats
+from dispatcher.ids import TASK_WEBHOOK, new_event_ids
+from dispatcher.model import Job, JobState, time_ms
+from dispatcher.queue import codec, stats
 from dispatcher.queue import tasks as queue_tasks
 from dispatcher.tally import Tally
 from dispatcher.tasks import load_modules
@@ -252,6 +253,42 @@ async def test_a_run_enqueued_by_hand_holds_the_periodic_runs_until_it_finishes(
     await store.redis.zadd(store.keys.tasks_due, {"review.periodic": 0})  # the next period
     runs, skipped = await queue_tasks.tick(store)
     assert ([name for name, _ in runs], skipped) == (["review.periodic"], [])
+
+
+async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A dead task shows webhook_id and tenant_id null, so no webhook or tenant filter of the
+    DLQ lists or replays it (not even the internal 'task' and '')."""
+    [hooked] = await seed_dead_jobs(client, redis, prefix, 1)
+    _event_id, job_prefix = new_event_ids()
+    job_id = f"{job_prefix}1"
+    entry = await redis.xadd(store.keys.dlq, {"j": job_id, "r": "max_attempts"})
+    now_ms = store.clock.now_ms()
+    dead = Job(
+        id=job_id,
+        webhook_id=TASK_WEBHOOK,
+        tenant_id="",
+        event_type="review.failing",
+        stream="maintenance",
+        event_id="",
+        state=JobState.DEAD,
+        attempt=1,
+        stalls=0,
+        created_at_ms=now_ms,
+        payload=b"{}",
+        finished_at_ms=now_ms,
+        last_error="RuntimeError: boom",
+        dlq_id=entry.decode(),
+        reason="max_attempts",
+    )
+    await redis.hset(store.keys.jobs, job_id, codec.encode(dead))
+    listed = [(i["id"], i["kind"]) for i in (await client.list_dlq())["items"]]
+    assert listed == [(hooked, "webhook"), (job_id, "task")]
+    assert (await client.list_dlq(webhook_id=TASK_WEBHOOK))["items"] == []
+    assert (await client.list_dlq(tenant_id=""))["items"] == []
+    assert (await client.replay_matching(webhook_id=TASK_WEBHOOK))["replayed"] == 0
+    assert (await client.get_job(job_id) or {}).get("state") == "dead"
 
 
 async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
