@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from dispatcher import Client, NotFound
+from dispatcher import Client, NotFound, maintenance
 from dispatcher.errors import ConfigError, InvalidField
 from dispatcher.ids import TASK_WEBHOOK, new_event_ids
 from dispatcher.model import Job, JobState, time_ms
@@ -446,3 +446,12 @@ async def test_the_stats_rollup_task_rolls_minutes_into_hours(
     await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}:*wstats:m:*")])
     week = await client.webhook_stats(hook, "7d")
     assert (week["attempts"], week["delivered"], week["failed"]) == (20, 20, 0)
+
+
+def test_the_stats_rollup_run_ends_before_its_timeout() -> None:
+    """A rollup catching up a backlog stops after maintenance.ROLLUP_RUN_S, before its task's
+    timeout whatever delivery.timeout_s (default 15 s), so it succeeds rather than timing out,
+    retrying and dead-lettering."""
+    rollup = load_modules([])["dispatcher.stats_rollup"]
+    assert rollup.timeout_s is not None
+    assert rollup.timeout_s > maintenance.ROLLUP_RUN_S
