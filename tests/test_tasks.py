@@ -167,6 +167,29 @@ async def test_sigterm_lets_a_running_task_finish(
     assert job["state"] == "delivered"
 
 
+@pytest.mark.parametrize(
+    ("kind", "error"), [("exit", "SystemExit: 3"), ("cancel", "CancelledError")]
+)
+async def test_a_task_raising_system_exit_or_cancelled_fails_its_attempt(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path, kind: str, error: str
+) -> None:
+    """A task that calls sys.exit, or raises a CancelledError of its own, fails its attempt
+    (dead-lettered with that error); the daemon goes on running tasks."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "tests.escapes"), timeout_s=10)
+        answer = await client.enqueue_task("tests.escapes", {"kind": kind})
+        dead = await eventually(lambda: _state(client, answer["id"], "dead"), timeout_s=10)
+        assert dead["last_error"].startswith(error)
+        out = logs_dir / "out"
+        after = await client.enqueue_task("tests.record", {"path": str(out), "value": 1})
+        await eventually(lambda: _state(client, after["id"], "delivered"), timeout_s=10)
+        assert daemon.process is not None
+        assert daemon.process.poll() is None
+    finally:
+        daemon.stop()
+
+
 async def test_unknown_task_names_are_refused(client: Client) -> None:
     """Enqueueing a name no daemon registered raises NotFound, and POST run answers 404."""
     with pytest.raises(NotFound, match="no task named 'nope'"):
