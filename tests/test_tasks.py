@@ -14,14 +14,15 @@ import pytest
 
 from dispatcher import Client, NotFound, maintenance
 from dispatcher.errors import ConfigError, InvalidField
-from dispatcher.ids import TASK_WEBHOOK, new_event_ids
+from dispatcher.ids import TASK_WEBHOOK, new_event_ids, shard_of
 from dispatcher.model import Job, JobState, time_ms
 from dispatcher.queue import codec, stats
 from dispatcher.queue import tasks as queue_tasks
 from dispatcher.tally import Tally
 from dispatcher.tasks import load_modules
 from tests.admin_api import start_api
-from tests.helpers import Daemon, daemon_env, eventually, seed_dead_jobs
+from tests.helpers import Daemon, daemon_env, eventually, hooks_in_every_shard, seed_dead_jobs
+from tests.target import Reply
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from dispatcher.queue.store import Store
+    from tests.target import Target
 
 FAST = {
     "delivery_timeout_s": "1",
@@ -436,6 +438,55 @@ async def test_sweep_finished_forgets_records_past_the_retention(
             return await client.get_job(answer["id"]) is None or None
 
         await eventually(swept, timeout_s=15)
+    finally:
+        daemon.stop()
+
+
+async def test_built_in_sweep_and_purge_reach_every_shard(
+    client: Client,
+    redis: aioredis.Redis,
+    redis_url: str,
+    prefix: str,
+    logs_dir: Path,
+    target: Target,
+) -> None:
+    """With redis.shards = 3, dispatcher.sweep_finished forgets the delivered records past
+    jobs.retention_s in every shard, and dispatcher.purge_dlq (dlq.auto_purge) the DLQ entries
+    past dlq.retention_s in every shard."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
+    published = await client.publish("acme", "a.b", {"n": 1})
+    delivered = [job["id"] for job in published["jobs"]]
+    assert {shard_of(j) for j in delivered} == {0, 1, 2}
+    daemon = _daemon(
+        redis_url,
+        prefix,
+        logs_dir / "d.log",
+        redis_shards="3",
+        jobs_retention_s="1",
+        dlq_retention_s="1",
+        dlq_auto_purge="true",
+        delivery_max_attempts="1",
+    )
+    try:
+        for job_id in delivered:
+            await eventually(lambda j=job_id: _state(client, j, "delivered"), timeout_s=10)
+        target.script("/gone", Reply(500))
+        for hook in hooks:
+            await client.update_webhook(hook["id"], url=target.url("/gone"))
+        dead = [j["id"] for j in (await client.publish("acme", "a.b", {"n": 2}))["jobs"]]
+        for job_id in dead:
+            await eventually(lambda j=job_id: _state(client, j, "dead"), timeout_s=10)
+
+        async def cleaned() -> bool | None:
+            for name in ("dispatcher.sweep_finished", "dispatcher.purge_dlq"):
+                run = await client.enqueue_task(name)
+                await eventually(lambda r=run["id"]: _state(client, r, "delivered"), timeout_s=10)
+            jobs = [await client.get_job(j) for j in delivered + dead]
+            size = (await client.status())["dlq_size"]
+            return (jobs == [None] * len(jobs) and size == 0) or None
+
+        await eventually(cleaned, timeout_s=20)
     finally:
         daemon.stop()
 
