@@ -6,7 +6,9 @@
 -- ARGV[1] job id   ARGV[2] task name   ARGV[3] queue ('' : the one the task registered)
 -- KEYS[7] tasks:last hash (name -> job id of its last periodic run, task_tick.lua)
 -- ARGV[4] now_ms   ARGV[5] due_ms (0: run now)   ARGV[6] the arguments (a JSON object)
--- returns: {1, queue} when enqueued, {0, ''} when no daemon registered the name
+-- ARGV[7] registration TTL (ms)
+-- returns: {1, queue} when enqueued, {0, ''} when no daemon registered the name (or none
+--   registered it again within the TTL: its module was removed, as task_tick.lua reads it)
 -- A task job is stored as a webhook job is (dispatcher/queue/codec.py) with the webhook id
 -- 'task' (webhook ids start 'wh_'), tenant '', event type its name, payload its arguments: to
 -- run now, inline in its stream entry with a locator in the jobs hash; scheduled, a full
@@ -17,6 +19,8 @@
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return {0, ''} end
 local spec = cjson.decode(raw)
+local t = redis.call('TIME')
+if (tonumber(spec.seen) or 0) < tonumber(t[1]) * 1000 - tonumber(ARGV[7]) then return {0, ''} end
 local queue = ARGV[3]
 if queue == '' then queue = spec.q end
 local ready, delayed = KEYS[3], KEYS[4]
