@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
@@ -302,7 +302,7 @@ async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
     [hooked] = await seed_dead_jobs(client, redis, prefix, 1)
     _event_id, job_prefix = new_event_ids()
     job_id = f"{job_prefix}1"
-    entry = await redis.xadd(store.keys.dlq, {"j": job_id, "r": "max_attempts"})
+    entry = cast("bytes", await redis.xadd(store.keys.dlq, {"j": job_id, "r": "max_attempts"}))
     now_ms = store.clock.now_ms()
     dead = Job(
         id=job_id,
@@ -327,7 +327,9 @@ async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
     assert (await client.list_dlq(webhook_id=TASK_WEBHOOK))["items"] == []
     assert (await client.list_dlq(tenant_id=""))["items"] == []
     assert (await client.replay_matching(webhook_id=TASK_WEBHOOK))["replayed"] == 0
-    assert (await client.get_job(job_id) or {}).get("state") == "dead"
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert job["state"] == "dead"
 
 
 async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
