@@ -381,6 +381,28 @@ async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_si
     assert len(times) <= span_s / 1 + 2, f"{len(times)} runs in {span_s:.1f} s"
 
 
+async def test_periodic_runs_come_back_after_redis_loses_its_keys(
+    client: Client, redis: aioredis.Redis, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """When Redis loses the deployment's keys (restarted without persistence, or flushed),
+    the running daemon registers its tasks again at once and its periodic runs go on."""
+    runs = logs_dir / "runs"
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: len(_lines(runs)) >= 2 or None, timeout_s=20)
+        await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}*")])
+        before = {r["job_id"] for r in _lines(runs)}
+
+        def resumed() -> bool | None:
+            later = {r["job_id"] for r in _lines(runs) if r["event"] == "done"} - before
+            return len(later) >= 2 or None
+
+        await eventually(resumed, timeout_s=20)
+        assert await _registered(client, "tests.record")
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.parametrize("auto_purge", [True, False])
 async def test_dlq_auto_purge(
     client: Client,
