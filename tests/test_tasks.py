@@ -294,6 +294,38 @@ async def test_a_run_enqueued_by_hand_holds_the_periodic_runs_until_it_finishes(
     assert ([name for name, _ in runs], skipped) == (["review.periodic"], [])
 
 
+async def test_a_periodic_run_that_dead_letters_does_not_stop_the_schedule(
+    client: Client, store: Store, redis: aioredis.Redis
+) -> None:
+    """The next period runs after the last run dead-lettered, and after its record was
+    purged: neither holds the schedule forever."""
+    await queue_tasks.register(store, [("review.periodic", "maintenance", 60.0)])
+    [(_, first)] = (await queue_tasks.tick(store))[0]
+    now_ms = store.clock.now_ms()
+    dead = Job(
+        id=first,
+        webhook_id=TASK_WEBHOOK,
+        tenant_id="",
+        event_type="review.periodic",
+        stream="maintenance",
+        event_id="",
+        state=JobState.DEAD,
+        attempt=8,
+        stalls=0,
+        created_at_ms=now_ms,
+        payload=b"{}",
+        finished_at_ms=now_ms,
+        last_error="RuntimeError: boom",
+        reason="max_attempts",
+    )
+    await redis.hset(store.keys.jobs, first, codec.encode(dead))
+    await redis.zadd(store.keys.tasks_due, {"review.periodic": 0})
+    [(_, second)] = (await queue_tasks.tick(store))[0]
+    await redis.hdel(store.keys.jobs, second)  # purged
+    await redis.zadd(store.keys.tasks_due, {"review.periodic": 0})
+    assert [name for name, _ in (await queue_tasks.tick(store))[0]] == ["review.periodic"]
+
+
 async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
     client: Client, store: Store, redis: aioredis.Redis, prefix: str
 ) -> None:
