@@ -4,7 +4,7 @@
 -- KEYS[3], KEYS[4] ready stream and delayed zset of 'maintenance', KEYS[5], KEYS[6] of
 --   'analytics' (the task queues, tasks.TASK_QUEUES; normal priority)
 -- ARGV[1] job id   ARGV[2] task name   ARGV[3] queue ('' : the one the task registered)
--- KEYS[7] tasks:last hash (name -> job id of its last periodic run, task_tick.lua)
+-- KEYS[7] tasks:last hash (name -> job id of its last run, task_tick.lua)
 -- ARGV[4] now_ms   ARGV[5] due_ms (0: run now)   ARGV[6] the arguments (a JSON object)
 -- ARGV[7] registration TTL (ms)
 -- returns: {1, queue} when enqueued, {0, ''} when no daemon registered the name (or none

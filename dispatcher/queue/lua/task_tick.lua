@@ -2,7 +2,7 @@
 -- task_tick.lua: enqueue one run of each periodic task that is due, advancing its next run in
 -- the same step, so however many daemons tick, each period enqueues at most one run.
 -- KEYS[1] tasks hash   KEYS[2] tasks:due zset   KEYS[3] jobs hash   KEYS[4] tasks:last hash
---   (name -> job id of its last periodic run)
+--   (name -> job id of its last run: a periodic one, or one enqueued by hand)
 -- KEYS[5] ready stream of 'maintenance'   KEYS[6] ready stream of 'analytics'
 -- ARGV[1] job id prefix (the n-th run enqueued here is prefix .. n)   ARGV[2] most runs
 -- ARGV[3] registration TTL (ms)
