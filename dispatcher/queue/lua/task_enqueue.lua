@@ -7,8 +7,8 @@
 -- KEYS[7] tasks:last hash (name -> job id of its last run, task_tick.lua)
 -- ARGV[4] now_ms   ARGV[5] due_ms (0: run now)   ARGV[6] the arguments (a JSON object)
 -- ARGV[7] registration TTL (ms)
--- returns: {1, queue} when enqueued, {0, ''} when no daemon registered the name (or none
---   registered it again within the TTL: its module was removed, as task_tick.lua reads it)
+-- returns: {1, queue} when enqueued, {0, ''} when no daemon registered the name (or the
+--   daemons registered others but not it within the TTL: its module was removed everywhere)
 -- A task job is stored as a webhook job is (dispatcher/queue/codec.py) with the webhook id
 -- 'task' (webhook ids start 'wh_'), tenant '', event type its name, payload its arguments: to
 -- run now, inline in its stream entry with a locator in the jobs hash; scheduled, a full
@@ -19,8 +19,14 @@
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return {0, ''} end
 local spec = cjson.decode(raw)
-local t = redis.call('TIME')
-if (tonumber(spec.seen) or 0) < tonumber(t[1]) * 1000 - tonumber(ARGV[7]) then return {0, ''} end
+-- Its module was removed: the daemons registered other tasks since, and not this one for the
+-- TTL. (While every daemon is down none registers anything, and runs are accepted.)
+local newest = 0
+for _, other in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, o = pcall(cjson.decode, other)
+  if ok and type(o) == 'table' then newest = math.max(newest, tonumber(o.seen) or 0) end
+end
+if (tonumber(spec.seen) or 0) < newest - tonumber(ARGV[7]) then return {0, ''} end
 local queue = ARGV[3]
 if queue == '' then queue = spec.q end
 local ready, delayed = KEYS[3], KEYS[4]
