@@ -15,7 +15,7 @@ from dispatcher.config import CONFIG_ENV, Config, load, redacted
 from dispatcher.config_values import queue_names
 from dispatcher.errors import ConfigError
 from dispatcher.logs import configure_logging
-from dispatcher.tasks import load_modules
+from dispatcher.tasks import TASK_QUEUES, load_modules
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +52,13 @@ def _effective(args: argparse.Namespace) -> Config:
             queues = queue_names(args.queues)
         except ValueError as exc:
             raise ConfigError([f"--queues: {exc.args[0]}"]) from None
+        taken = [q for q in queues if q in TASK_QUEUES]
+        if taken:  # as delivery.queues (config.py): the worker would claim task jobs
+            problem = (
+                f"--queues: {', '.join(taken)}: the task queues are served by every daemon's "
+                "task lanes (tasks.concurrency), not by delivery"
+            )
+            raise ConfigError([problem])
         cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(cfg.delivery, queues=queues))
     return cfg
 

@@ -37,6 +37,9 @@ PURGE_DLQ_EVERY_S = 3600.0
 #: One rollup run goes on past ``stats.ROLL_BUDGET`` minutes for at most this long (a backlog
 #: of minutes, after the analytics queue was paused or down, is caught up over a few runs).
 ROLLUP_RUN_S = 20.0
+#: The rollup's own timeout, above ROLLUP_RUN_S (and its last script call), whatever
+#: ``delivery.timeout_s`` (15 s by default): a run catching up a backlog ends, not times out.
+ROLLUP_TIMEOUT_S = 3 * ROLLUP_RUN_S
 
 
 @task(name="dispatcher.sweep_finished", every_s=SWEEP_EVERY_S)
@@ -74,7 +77,7 @@ async def purge_dlq(ctx: TaskContext) -> None:
     name="dispatcher.stats_rollup",
     queue="analytics",
     every_s=stats.ROLLUP_EVERY_S,
-    timeout_s=3 * ROLLUP_RUN_S,  # past delivery.timeout_s (15 s): one run may roll for 20 s
+    timeout_s=ROLLUP_TIMEOUT_S,
 )
 async def stats_rollup(ctx: TaskContext) -> None:
     """Roll the per-webhook stats' minutes into hours, a budget of minutes per script call,

@@ -214,9 +214,12 @@ class TaskRunner:
                 await task.fn(ctx, **args)
         except TimeoutError:
             return f"timed out after {timeout_s:g} s"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # the runner stops it (shutdown): the entry is reclaimed later
+            return f"CancelledError: {exc}"[:ERROR_LIMIT]  # the task's own
+        except BaseException as exc:  # SystemExit too: the task failed, not the daemon
             return f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
         return None
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 #: The modules of the built-in tasks, registered by every daemon whatever ``tasks.modules``.
 BUILTIN_MODULES: Final = ("dispatcher.maintenance",)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
-MAX_ARGS_BYTES: Final = 65_536
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,3 +57,12 @@ async def slow(ctx: TaskContext, *, path: str, seconds: float) -> None:
     _note(path, job_id=ctx.job_id, event="start")
     await asyncio.sleep(seconds)
     _note(path, job_id=ctx.job_id, event="done")
+
+
+@task(name="tests.escapes", max_attempts=1)
+async def escapes(ctx: TaskContext, *, kind: str) -> None:
+    """Raise what an ``except Exception`` misses: SystemExit (a library's sys.exit) or a
+    CancelledError of its own (a cancelled future it awaited)."""
+    if kind == "exit":
+        raise SystemExit(3)
+    raise asyncio.CancelledError

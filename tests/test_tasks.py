@@ -7,19 +7,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
 
-from dispatcher import Client, NotFound
+from dispatcher import Client, NotFound, maintenance
 from dispatcher.errors import ConfigError, InvalidField
-from dispatcher.model import time_ms
-from dispatcher.queue import stats
+from dispatcher.ids import TASK_WEBHOOK, new_event_ids, shard_of
+from dispatcher.model import Job, JobState, time_ms
+from dispatcher.queue import codec, stats
+from dispatcher.queue import tasks as queue_tasks
 from dispatcher.tally import Tally
 from dispatcher.tasks import load_modules
 from tests.admin_api import start_api
-from tests.helpers import Daemon, daemon_env, eventually, seed_dead_jobs
+from tests.helpers import Daemon, daemon_env, eventually, hooks_in_every_shard, seed_dead_jobs
+from tests.target import Reply
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from dispatcher.queue.store import Store
+    from tests.target import Target
 
 FAST = {
     "delivery_timeout_s": "1",
@@ -165,6 +169,29 @@ async def test_sigterm_lets_a_running_task_finish(
     assert job["state"] == "delivered"
 
 
+@pytest.mark.parametrize(
+    ("kind", "error"), [("exit", "SystemExit: 3"), ("cancel", "CancelledError")]
+)
+async def test_a_task_raising_system_exit_or_cancelled_fails_its_attempt(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path, kind: str, error: str
+) -> None:
+    """A task that calls sys.exit, or raises a CancelledError of its own, fails its attempt
+    (dead-lettered with that error); the daemon goes on running tasks."""
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: _registered(client, "tests.escapes"), timeout_s=10)
+        answer = await client.enqueue_task("tests.escapes", {"kind": kind})
+        dead = await eventually(lambda: _state(client, answer["id"], "dead"), timeout_s=10)
+        assert dead["last_error"].startswith(error)
+        out = logs_dir / "out"
+        after = await client.enqueue_task("tests.record", {"path": str(out), "value": 1})
+        await eventually(lambda: _state(client, after["id"], "delivered"), timeout_s=10)
+        assert daemon.process is not None
+        assert daemon.process.poll() is None
+    finally:
+        daemon.stop()
+
+
 async def test_unknown_task_names_are_refused(client: Client) -> None:
     """Enqueueing a name no daemon registered raises NotFound, and POST run answers 404."""
     with pytest.raises(NotFound, match="no task named 'nope'"):
@@ -181,6 +208,23 @@ async def test_unknown_task_names_are_refused(client: Client) -> None:
     assert answer.body["error"]["code"] == "not_found"
     assert listed.status == 200
     assert listed.body == {"items": []}
+
+
+async def test_a_task_no_daemon_registered_for_long_is_refused(
+    client: Client, store: Store, redis: aioredis.Redis
+) -> None:
+    """A task whose module every daemon dropped (they registered their other tasks since, not
+    it, for 10 minutes) is refused at enqueue as an unknown name, rather than enqueued to
+    fail on every daemon; while no daemon registers anything (all down), runs are accepted."""
+    await queue_tasks.register(store, [("review.dropped", "maintenance", None)])
+    stale_ms = store.clock.now_ms() - queue_tasks.REGISTRATION_TTL_MS - 1000
+    spec = orjson.dumps({"q": "maintenance", "every_s": None, "seen": stale_ms})
+    await redis.hset(store.keys.tasks, "review.dropped", spec)
+    await client.enqueue_task("review.dropped")  # every daemon down: it waits for them
+    await queue_tasks.register(store, [("review.kept", "maintenance", None)])
+    with pytest.raises(NotFound, match=r"no task named 'review\.dropped'"):
+        await client.enqueue_task("review.dropped")
+    await client.enqueue_task("review.kept")
 
 
 async def test_a_task_module_that_fails_to_import_is_a_config_error(
@@ -212,6 +256,115 @@ async def test_webhooks_cannot_name_a_task_queue(client: Client) -> None:
     """A webhook on the maintenance or analytics queue is refused: those run tasks."""
     with pytest.raises(InvalidField, match="task queue"):
         await client.create_webhook("acme", "https://hooks.example.com/x", queue="maintenance")
+
+
+def test_run_refuses_a_task_queue_in_its_queues_flag(
+    redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """dispatcher run --queues naming a task queue exits 2, as delivery.queues does: its
+    delivery worker would otherwise claim task jobs as deliveries."""
+    env = daemon_env(redis_url, prefix)
+    daemon = Daemon(env, logs_dir / "d.log", args=("--queues", "default,maintenance")).start()
+    try:
+        code = daemon.wait(timeout_s=10)
+    finally:
+        daemon.stop()
+    assert code == 2
+    assert "--queues: maintenance: the task queues are served by" in daemon.log
+
+
+async def test_status_shows_the_task_queues(client: Client, store: Store) -> None:
+    """GET /v1/status counts the task jobs waiting on maintenance and analytics."""
+    await queue_tasks.register(store, [("review.noop", "maintenance", None)])
+    await client.enqueue_task("review.noop", {})
+    queues = {q["name"]: q for q in (await client.status())["queues"]}
+    assert set(queues) >= {"default", "maintenance", "analytics"}
+    assert (queues["maintenance"]["queued"], queues["analytics"]["queued"]) == (1, 0)
+
+
+async def test_a_run_enqueued_by_hand_holds_the_periodic_runs_until_it_finishes(
+    client: Client, store: Store
+) -> None:
+    """Runs never overlap: while a run of a periodic task enqueued by hand (POST run) is
+    unfinished, the tick enqueues no other run; once it finished, the next period runs."""
+    await queue_tasks.register(store, [("review.periodic", "maintenance", 60.0)])
+    manual = await client.enqueue_task("review.periodic")
+    runs, skipped = await queue_tasks.tick(store)  # the first period is due now
+    assert (runs, skipped) == ([], ["review.periodic"])
+    await store.redis.hdel(store.keys.jobs, manual["id"])  # finished and swept
+    await store.redis.zadd(store.keys.tasks_due, {"review.periodic": 0})  # the next period
+    runs, skipped = await queue_tasks.tick(store)
+    assert ([name for name, _ in runs], skipped) == (["review.periodic"], [])
+
+
+async def test_a_periodic_run_that_dead_letters_does_not_stop_the_schedule(
+    client: Client, store: Store, redis: aioredis.Redis
+) -> None:
+    """The next period runs after the last run dead-lettered, and after its record was
+    purged: neither holds the schedule forever."""
+    await queue_tasks.register(store, [("review.periodic", "maintenance", 60.0)])
+    [(_, first)] = (await queue_tasks.tick(store))[0]
+    now_ms = store.clock.now_ms()
+    dead = Job(
+        id=first,
+        webhook_id=TASK_WEBHOOK,
+        tenant_id="",
+        event_type="review.periodic",
+        stream="maintenance",
+        event_id="",
+        state=JobState.DEAD,
+        attempt=8,
+        stalls=0,
+        created_at_ms=now_ms,
+        payload=b"{}",
+        finished_at_ms=now_ms,
+        last_error="RuntimeError: boom",
+        reason="max_attempts",
+    )
+    await redis.hset(store.keys.jobs, first, codec.encode(dead))
+    await redis.zadd(store.keys.tasks_due, {"review.periodic": 0})
+    [(_, second)] = (await queue_tasks.tick(store))[0]
+    await redis.hdel(store.keys.jobs, second)  # purged
+    await redis.zadd(store.keys.tasks_due, {"review.periodic": 0})
+    assert [name for name, _ in (await queue_tasks.tick(store))[0]] == ["review.periodic"]
+
+
+async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A dead task shows webhook_id and tenant_id null, so no webhook or tenant filter of the
+    DLQ lists or replays it (not even the internal 'task' and '')."""
+    [hooked] = await seed_dead_jobs(client, redis, prefix, 1)
+    _event_id, job_prefix = new_event_ids()
+    job_id = f"{job_prefix}1"
+    entry = cast("bytes", await redis.xadd(store.keys.dlq, {"j": job_id, "r": "max_attempts"}))
+    now_ms = store.clock.now_ms()
+    dead = Job(
+        id=job_id,
+        webhook_id=TASK_WEBHOOK,
+        tenant_id="",
+        event_type="review.failing",
+        stream="maintenance",
+        event_id="",
+        state=JobState.DEAD,
+        attempt=1,
+        stalls=0,
+        created_at_ms=now_ms,
+        payload=b"{}",
+        finished_at_ms=now_ms,
+        last_error="RuntimeError: boom",
+        dlq_id=entry.decode(),
+        reason="max_attempts",
+    )
+    await redis.hset(store.keys.jobs, job_id, codec.encode(dead))
+    listed = [(i["id"], i["kind"]) for i in (await client.list_dlq())["items"]]
+    assert listed == [(hooked, "webhook"), (job_id, "task")]
+    assert (await client.list_dlq(webhook_id=TASK_WEBHOOK))["items"] == []
+    assert (await client.list_dlq(tenant_id=""))["items"] == []
+    assert (await client.replay_matching(webhook_id=TASK_WEBHOOK))["replayed"] == 0
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert job["state"] == "dead"
 
 
 async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_sigkill(
@@ -261,6 +414,28 @@ async def test_periodic_task_runs_once_per_period_across_daemons_and_survives_si
     assert all(times)
     span_s = (times[-1] - times[0]) / 1000
     assert len(times) <= span_s / 1 + 2, f"{len(times)} runs in {span_s:.1f} s"
+
+
+async def test_periodic_runs_come_back_after_redis_loses_its_keys(
+    client: Client, redis: aioredis.Redis, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """When Redis loses the deployment's keys (restarted without persistence, or flushed),
+    the running daemon registers its tasks again at once and its periodic runs go on."""
+    runs = logs_dir / "runs"
+    daemon = _daemon(redis_url, prefix, logs_dir / "d.log")
+    try:
+        await eventually(lambda: len(_lines(runs)) >= 2 or None, timeout_s=20)
+        await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}*")])
+        before = {r["job_id"] for r in _lines(runs)}
+
+        def resumed() -> bool | None:
+            later = {r["job_id"] for r in _lines(runs) if r["event"] == "done"} - before
+            return len(later) >= 2 or None
+
+        await eventually(resumed, timeout_s=20)
+        assert await _registered(client, "tests.record")
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize("auto_purge", [True, False])
@@ -340,6 +515,55 @@ async def test_sweep_finished_forgets_records_past_the_retention(
         daemon.stop()
 
 
+async def test_built_in_sweep_and_purge_reach_every_shard(
+    client: Client,
+    redis: aioredis.Redis,
+    redis_url: str,
+    prefix: str,
+    logs_dir: Path,
+    target: Target,
+) -> None:
+    """With redis.shards = 3, dispatcher.sweep_finished forgets the delivered records past
+    jobs.retention_s in every shard, and dispatcher.purge_dlq (dlq.auto_purge) the DLQ entries
+    past dlq.retention_s in every shard."""
+    await client.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(client, target, 3, per_shard=1)
+    published = await client.publish("acme", "a.b", {"n": 1})
+    delivered = [job["id"] for job in published["jobs"]]
+    assert {shard_of(j) for j in delivered} == {0, 1, 2}
+    daemon = _daemon(
+        redis_url,
+        prefix,
+        logs_dir / "d.log",
+        redis_shards="3",
+        jobs_retention_s="1",
+        dlq_retention_s="1",
+        dlq_auto_purge="true",
+        delivery_max_attempts="1",
+    )
+    try:
+        for job_id in delivered:
+            await eventually(lambda j=job_id: _state(client, j, "delivered"), timeout_s=10)
+        target.script("/gone", Reply(500))
+        for hook in hooks:
+            await client.update_webhook(hook["id"], url=target.url("/gone"))
+        dead = [j["id"] for j in (await client.publish("acme", "a.b", {"n": 2}))["jobs"]]
+        for job_id in dead:
+            await eventually(lambda j=job_id: _state(client, j, "dead"), timeout_s=10)
+
+        async def cleaned() -> bool | None:
+            for name in ("dispatcher.sweep_finished", "dispatcher.purge_dlq"):
+                run = await client.enqueue_task(name)
+                await eventually(lambda r=run["id"]: _state(client, r, "delivered"), timeout_s=10)
+            jobs = [await client.get_job(j) for j in delivered + dead]
+            size = (await client.status())["dlq_size"]
+            return (jobs == [None] * len(jobs) and size == 0) or None
+
+        await eventually(cleaned, timeout_s=20)
+    finally:
+        daemon.stop()
+
+
 async def test_the_stats_rollup_task_rolls_minutes_into_hours(
     client: Client, store: Store, redis: aioredis.Redis, redis_url: str, prefix: str, logs_dir: Path
 ) -> None:
@@ -369,3 +593,12 @@ async def test_the_stats_rollup_task_rolls_minutes_into_hours(
     await redis.delete(*[k async for k in redis.scan_iter(f"{prefix}:*wstats:m:*")])
     week = await client.webhook_stats(hook, "7d")
     assert (week["attempts"], week["delivered"], week["failed"]) == (20, 20, 0)
+
+
+def test_the_stats_rollup_run_ends_before_its_timeout() -> None:
+    """A rollup catching up a backlog stops after maintenance.ROLLUP_RUN_S, before its task's
+    timeout whatever delivery.timeout_s (default 15 s), so it succeeds rather than timing out,
+    retrying and dead-lettering."""
+    rollup = load_modules([])["dispatcher.stats_rollup"]
+    assert rollup.timeout_s is not None
+    assert rollup.timeout_s > maintenance.ROLLUP_RUN_S

@@ -103,7 +103,7 @@ class _Dead:
     def matches(self, webhook_id: str | None, tenant_id: str | None) -> bool:
         if webhook_id is None and tenant_id is None:
             return True
-        if self.job is None:
+        if self.job is None or self.job.is_task:  # a task has no webhook nor tenant (null)
             return False
         return (webhook_id is None or self.job.webhook_id == webhook_id) and (
             tenant_id is None or self.job.tenant_id == tenant_id

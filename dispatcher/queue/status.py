@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
+from dispatcher.ids import TASK_QUEUES
 from dispatcher.model import rfc3339
 from dispatcher.queue import breakers, control, dlq, waiting
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
@@ -189,8 +190,9 @@ async def breaker_summary(store: Store) -> dict[str, Any]:
 
 
 async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, Any]:
-    """The answer of ``GET /v1/status`` and ``Client.status()``."""
-    queues = await known_queues(store)
+    """The answer of ``GET /v1/status`` and ``Client.status()``: the known queues and the task
+    queues (every daemon serves them)."""
+    queues = sorted({*await known_queues(store), *TASK_QUEUES})
     paused = sorted(await control.paused_queues(store))
     counts = await queue_counts(store, queues)
     stats = await recent_stats(store, window_s=window_s)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 TICK_LIMIT = 100  # periodic runs enqueued per tick at most
 REGISTER_EVERY_S = 60.0  # each daemon registers its tasks again this often
-#: A periodic task no daemon registered for this long gets no more runs (task_tick.lua).
+#: A task no daemon registered for this long is unknown: a periodic one gets no more runs
+#: (task_tick.lua), and enqueueing one is refused (task_enqueue.lua).
 REGISTRATION_TTL_MS = 600_000
 
 
@@ -73,8 +74,8 @@ async def enqueue(
     with redis_errors():
         now_ms = (await home.refresh_clock()).now_ms() if due_ms else 0
         done, chosen = await home.scripts.task_enqueue(
-            keys=[home.keys.tasks, home.keys.jobs, *_queue_keys(home)],
-            args=[job_id, name, queue or "", now_ms, due_ms or 0, args],
+            keys=[home.keys.tasks, home.keys.jobs, *_queue_keys(home), home.keys.tasks_last],
+            args=[job_id, name, queue or "", now_ms, due_ms or 0, args, REGISTRATION_TTL_MS],
         )
     if not done:
         return None

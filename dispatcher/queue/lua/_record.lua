@@ -80,3 +80,14 @@ local function record_meta(record)
   local cut = string.find(record, '\n', 1, true)
   return cut and string.sub(record, 1, cut - 1)
 end
+
+-- Whether the job (of the jobs hash 'jobs') is still to finish: a locator (queued), or a
+-- record neither delivered nor dead. No record (none, or swept) is finished.
+local function unfinished(jobs, job_id)
+  if not job_id then return false end
+  local record = redis.call('HGET', jobs, job_id)
+  if not record then return false end
+  if is_locator(record) then return true end
+  local meta = split_record(record)
+  return meta ~= nil and meta.s ~= 'delivered' and meta.s ~= 'dead'
+end

@@ -79,6 +79,7 @@ if mode == 'range' then
       local verdict, meta, rest = judge(f.j)
       local matches = meta ~= nil and (want_hook == '' or meta.w == want_hook)
                       and (want_tenant == '' or meta.t == want_tenant)
+                      and (not filtered or meta.w ~= 'task')  -- a task has no webhook, tenant
       if verdict == 'not_found' or verdict == 'not_dead' then
         if not filtered and verdict == 'not_found' then
           refused[#refused + 1] = f.j; refused[#refused + 1] = 'record_missing'

@@ -2,7 +2,7 @@
 -- task_tick.lua: enqueue one run of each periodic task that is due, advancing its next run in
 -- the same step, so however many daemons tick, each period enqueues at most one run.
 -- KEYS[1] tasks hash   KEYS[2] tasks:due zset   KEYS[3] jobs hash   KEYS[4] tasks:last hash
---   (name -> job id of its last periodic run)
+--   (name -> job id of its last run: a periodic one, or one enqueued by hand)
 -- KEYS[5] ready stream of 'maintenance'   KEYS[6] ready stream of 'analytics'
 -- ARGV[1] job id prefix (the n-th run enqueued here is prefix .. n)   ARGV[2] most runs
 -- ARGV[3] registration TTL (ms)
@@ -10,8 +10,8 @@
 -- The next run is one period after the one due, or one period from now when that has passed
 -- too (a deployment that was down runs a missed task once, not once per missed period).
 -- Runs never overlap: while the last run is unfinished (queued, running, waiting for a retry;
--- or held by a daemon that died, until the stall reclaim takes it over), the period passes
--- without a new one. A task no daemon registers as periodic any more (not in the hash, no
+-- or held by a daemon that died, until the stall reclaim takes it over; a run enqueued by hand
+-- counts, task_enqueue.lua), the period passes without a new one. A task no daemon registers as periodic any more (not in the hash, no
 -- every_s, or not registered again within the TTL) leaves the zset. Each run is an ordinary
 -- task job (task_enqueue.lua's form) with empty arguments.
 -- include: _record.lua
@@ -20,16 +20,6 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'WITHSCORES', 'LIMIT', 0,
                        ARGV[2])
 local ttl = tonumber(ARGV[3])
-
--- Whether a job is still to finish: a locator (queued), or a record not delivered nor dead.
-local function unfinished(job_id)
-  if not job_id then return false end
-  local record = redis.call('HGET', KEYS[3], job_id)
-  if not record then return false end
-  if is_locator(record) then return true end
-  local meta = split_record(record)
-  return meta ~= nil and meta.s ~= 'delivered' and meta.s ~= 'dead'
-end
 
 local out, skipped, n = {}, {}, 0
 for i = 1, #due, 2 do
@@ -43,7 +33,7 @@ for i = 1, #due, 2 do
     local next_at = at + math.floor(every * 1000)
     if next_at <= now then next_at = now + math.floor(every * 1000) end
     redis.call('ZADD', KEYS[2], next_at, name)
-    if unfinished(redis.call('HGET', KEYS[4], name)) then
+    if unfinished(KEYS[3], redis.call('HGET', KEYS[4], name)) then
       skipped[#skipped + 1] = name
     else
       n = n + 1
