@@ -108,12 +108,6 @@ async def record_run(store: Store, name: str, at_ms: int, status: str) -> None:
     await home.redis.hset(home.keys.tasks_runs, name, orjson.dumps({"at": at_ms, "status": status}))
 
 
-async def is_registered(store: Store, name: str) -> bool:
-    home = store.home
-    with redis_errors():
-        return bool(await home.redis.hexists(home.keys.tasks, name))
-
-
 async def listing(store: Store) -> list[Registered]:
     """Every registered task, by name."""
     home = store.home
