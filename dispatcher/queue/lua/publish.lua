@@ -196,7 +196,11 @@ if #records > 0 then
   end
 end
 if use_idem then
-  redis.call('SET', KEYS[3], joined, 'EX', ttl)
-  redis.call('SET', KEYS[4], request, 'EX', ttl)
+  -- one deadline for both (two EX could fall either side of a millisecond): the fingerprint
+  -- lives exactly as long as the record it guards
+  local now = redis.call('TIME')
+  local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ttl) * 1000
+  redis.call('SET', KEYS[3], joined, 'PXAT', at)
+  redis.call('SET', KEYS[4], request, 'PXAT', at)
 end
 return {1, joined}
