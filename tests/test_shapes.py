@@ -56,6 +56,8 @@ PLACES: list[tuple[type, str | tuple[str, str, str]]] = [
     (shapes.SecretRotation, ("post", "/v1/webhooks/{id}/rotate-secret", "request")),
     (shapes.Event, ("post", "/v1/events", "request")),
     (shapes.Delivery, ("post", "/v1/webhooks/{id}/deliveries", "request")),
+    (shapes.TestSend, "TestSend"),
+    (shapes.TestSendRequest, ("post", "/v1/webhooks/{id}/test", "request")),
 ]
 #: Component schemas that are a choice of shapes rather than one.
 CHOICES: dict[str, list[type]] = {"Replay": [shapes.ReplayIds, shapes.ReplayMatching]}
