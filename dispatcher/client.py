@@ -436,6 +436,25 @@ class Client:
             return None
         return cast("shapes.Job", await records.job_view(self.store, job))
 
+    async def retry_job(self, job_id: str) -> shapes.Job:
+        """Send an existing job again as a new series of attempts, with the same id (its
+        ``webhook-id``): attempts reset, its history keeps the earlier ones. A dead job goes
+        back as ``replay([job_id])`` puts it; a job scheduled for its next attempt after a
+        failure goes now; both to the end of their queue. Returns the job as ``get_job``
+        shows it (queued).
+
+        ``NotFound`` for an unknown or swept job. ``Conflict`` for a job already queued or in
+        flight, a delivered job (its record keeps no payload, so there is nothing to send:
+        publish again), and a job deferred without an attempt (rate limit, max_in_flight,
+        endpoint capacity, breaker: it is sent when that frees). ``NotReplayable`` for a dead
+        job that cannot go back (payload lost, webhook deleted or disabled).
+        """
+        await resend.retry_job(self.store, job_id)
+        job = await self.get_job(job_id)
+        if job is None:  # swept at once: only a record past its retention is
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
     # --- tasks ----------------------------------------------------------------------------
 
     async def enqueue_task(

@@ -184,6 +184,7 @@ def create_app(deps: Deps) -> web.Application:
             web.post("/v1/webhooks/{id}/deliveries", events.deliver),
             web.post("/v1/events", events.publish),
             web.get("/v1/jobs/{id}", jobs.get, allow_head=False),
+            web.post("/v1/jobs/{id}/retry", jobs.retry),
             web.get("/v1/status", status.get, allow_head=False),
             web.get("/v1/dlq", dlq.list_, allow_head=False),
             web.delete("/v1/dlq", dlq.purge),
