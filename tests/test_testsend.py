@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from dispatcher import Client, TooManyRequests, shapes
 from dispatcher.config import SecurityConfig
 from dispatcher.metrics import Metrics
+from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from dispatcher.testsend import SNIPPET_BYTES
@@ -22,6 +23,7 @@ from tests.target import Hang, Reply
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from tests.helpers import MakeSender
     from tests.target import Target
 
 LOCAL = SecurityConfig(allow_private_targets=True)
@@ -39,8 +41,7 @@ async def daemon_sender() -> AsyncIterator[Sender]:
 @pytest.fixture
 async def local(redis_url: str, prefix: str, daemon_sender: Sender) -> AsyncIterator[Client]:
     """A Client as the daemon's admin API has it: sending through the daemon's sender."""
-    async with Client.from_url(redis_url, prefix=prefix) as client:
-        client._sender = daemon_sender
+    async with Client(Store.open(redis_url, prefix=prefix), sender=daemon_sender) as client:
         yield client
 
 
@@ -213,3 +214,19 @@ async def test_unknown_webhooks_bad_fields_and_disabled_webhooks(
     answer = await http.call("POST", path)
     assert (answer.status, answer.body["delivered"]) == (200, True)
     assert target.count() == 1
+
+
+async def test_both_http_clients_keep_the_bounded_snippet(
+    redis_url: str, prefix: str, make_sender: MakeSender, target: Target
+) -> None:
+    """With either delivery.http_client the verdict shows the answer's first 512 bytes."""
+    policy = AddressPolicy(allow_private=True)
+    async with (
+        make_sender(timeout_s=2, concurrency=1, policy=policy, user_agent="t") as sender,
+        Client(Store.open(redis_url, prefix=prefix), sender=sender) as client,
+    ):
+        hook = await client.create_webhook("acme", target.url())
+        target.script("/hook", Reply(403, b"x" * 4096))
+        verdict = await client.test_webhook(hook["id"])
+    assert (verdict["status"], verdict["signature_accepted"]) == (403, False)
+    assert verdict["response_snippet"] == "x" * SNIPPET_BYTES
