@@ -20,6 +20,7 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RedisOutOfMemory,
     RedisUnavailable,
+    TooManyRequests,
     UnknownQueue,
 )
 from dispatcher.tasks import TaskContext, task
@@ -37,6 +38,7 @@ __all__ = [
     "RedisOutOfMemory",
     "RedisUnavailable",
     "TaskContext",
+    "TooManyRequests",
     "UnknownQueue",
     "__version__",
     "task",

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 import orjson
 
-from dispatcher.errors import DispatcherError, InvalidField, NotFound, PayloadTooLarge
+from dispatcher import testsend
+from dispatcher.config import DeliveryConfig, SecurityConfig
+from dispatcher.errors import (
+    DispatcherError,
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+)
 from dispatcher.ids import TASK_QUEUES, new_event_ids
 from dispatcher.model import (
     MAX_ID_TEXT,
@@ -23,12 +31,13 @@ from dispatcher.model import (
     rfc3339,
     time_ms,
 )
-from dispatcher.queue import control, dlq, dlq_ops, publishing, records, webhooks
+from dispatcher.queue import control, dlq, dlq_ops, publishing, records, resend, webhooks
 from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
 from dispatcher.queue import tasks as queue_tasks
 from dispatcher.queue.store import Store
 from dispatcher.signing import generate_secret
+from dispatcher.ssrf import AddressPolicy
 from dispatcher.tasks import check_name as check_task_name
 from dispatcher.tasks import check_queue as check_task_queue
 
@@ -38,9 +47,11 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from dispatcher import shapes
+    from dispatcher.sender import HttpSender
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
 DEFAULT_DLQ_RETENTION_S = 604_800.0
+DEFAULT_TIMEOUT_S = DeliveryConfig().timeout_s  # a test send's deadline: delivery.timeout_s
 MAX_GRACE_S = 30 * 86_400
 MAX_AGE_S = 100 * 365 * 86_400
 _EVENT_FIELDS = frozenset(
@@ -61,6 +72,11 @@ class Client:
 
     ``dedup_window_s`` is the default of ``publish``'s (0: off); a Client has no config file,
     so the daemon's admin API passes its ``events.dedup_window_s`` here.
+
+    ``test_webhook`` sends through ``sender`` (the daemon's admin API passes its own, with its
+    ``security.*`` policy and ``delivery.timeout_s``); without one it makes a native sender
+    for each test with ``security`` (default: the daemon's defaults, public addresses only)
+    and ``timeout_s``.
     """
 
     def __init__(
@@ -71,8 +87,15 @@ class Client:
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
         queues: Iterable[str] = (),
         dedup_window_s: int = 0,
+        sender: HttpSender | None = None,
+        security: SecurityConfig | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.store = store
+        self._sender = sender
+        security = security or SecurityConfig()
+        self._policy = AddressPolicy(security.allow_private_targets, security.allowed_cidrs)
+        self._timeout_s = timeout_s
         self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
@@ -93,10 +116,13 @@ class Client:
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
         queues: Iterable[str] = (),
         dedup_window_s: int = 0,
+        security: SecurityConfig | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> Client:
         """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
         daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``;
-        ``dedup_window_s`` the default window of ``publish`` (0: off)."""
+        ``dedup_window_s`` the default window of ``publish`` (0: off); ``security`` the
+        address policy and ``timeout_s`` the deadline of ``test_webhook``."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
         return cls(
             Store.open(redis_url, prefix=prefix),
@@ -104,6 +130,8 @@ class Client:
             dlq_retention_s=dlq_retention_s,
             queues=queues,
             dedup_window_s=window,
+            security=security,
+            timeout_s=timeout_s,
         )
 
     async def __aenter__(self) -> Self:
@@ -190,6 +218,43 @@ class Client:
             clock = await self.store.refresh_clock()
         answer = await hook_stats.webhook_stats(self.store, webhook_id, window, clock.now_ms())
         return cast("shapes.WebhookStats", answer)
+
+    async def test_webhook(
+        self, webhook_id: str, event_type: str | None = None, payload: Any = None
+    ) -> shapes.TestSend:
+        """One signed attempt at the webhook now, not queued and not retried (enabled or not).
+
+        The body is ``payload`` as given, or a ``{"type", "timestamp", "data"}`` test event
+        of ``event_type`` (default ``webhook.test``); it is sent with a delivery's headers
+        under a fresh ``webhook-id`` (``test_...``, the answer's ``message_id``). Returns
+        ``{"delivered", "status", "duration_ms", "error", "response_snippet",
+        "signature_accepted", "message_id"}``: ``response_snippet`` is at most the first 512
+        bytes of the answer, decoded as UTF-8 with replacement (null without an answer);
+        ``signature_accepted`` is True for a 2xx, False for another answer, None without one.
+        At most one test per webhook a second across every process: ``TooManyRequests``
+        beyond that. ``NotFound`` for an unknown webhook, ``InvalidField`` for a bad field.
+        """
+        hook = await webhooks.get_webhook(self.store, webhook_id)
+        with records.redis_errors():
+            clock = await self.store.refresh_clock()
+        now_ms = clock.now_ms()
+        body = testsend.request_body(
+            hook.id, event_type, payload, now_ms=now_ms, max_bytes=self.max_payload_bytes
+        )
+        if not await resend.take_test_slot(self.store, hook.id):
+            raise TooManyRequests(
+                f"webhook {hook.id} was tested less than a second ago: at most one test a "
+                "second per webhook",
+                retry_after_s=1,
+            )
+        return await testsend.attempt(
+            hook,
+            body,
+            now_ms=now_ms,
+            sender=self._sender,
+            policy=self._policy,
+            timeout_s=self._timeout_s,
+        )
 
     # --- events ---------------------------------------------------------------------------
 
@@ -370,6 +435,25 @@ class Client:
         if job is None:
             return None
         return cast("shapes.Job", await records.job_view(self.store, job))
+
+    async def retry_job(self, job_id: str) -> shapes.Job:
+        """Send an existing job again as a new series of attempts, with the same id (its
+        ``webhook-id``): attempts reset, its history keeps the earlier ones. A dead job goes
+        back as ``replay([job_id])`` puts it; a job scheduled for its next attempt after a
+        failure goes now; both to the end of their queue. Returns the job as ``get_job``
+        shows it (queued).
+
+        ``NotFound`` for an unknown or swept job. ``Conflict`` for a job already queued or in
+        flight, a delivered job (its record keeps no payload, so there is nothing to send:
+        publish again), and a job deferred without an attempt (rate limit, max_in_flight,
+        endpoint capacity, breaker: it is sent when that frees). ``NotReplayable`` for a dead
+        job that cannot go back (payload lost, webhook deleted or disabled).
+        """
+        await resend.retry_job(self.store, job_id)
+        job = await self.get_job(job_id)
+        if job is None:  # swept at once: only a record past its retention is
+            raise NotFound(f"no job {job_id!r}")
+        return job
 
     # --- tasks ----------------------------------------------------------------------------
 

@@ -124,7 +124,9 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)
         alerts = Alerts(cfg.alerts)
-        stop_admin = await _start_admin(cfg, url, metrics, alerts, stack, liveness=worker.liveness)
+        stop_admin = await _start_admin(
+            cfg, url, metrics, alerts, stack, liveness=worker.liveness, sender=sender
+        )
         log.info(
             "daemon.started",
             consumer=worker.consumer,
@@ -153,6 +155,7 @@ async def _start_admin(
     stack: AsyncExitStack,
     *,
     liveness: Liveness | None = None,
+    sender: HttpSender | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Serve the admin API when ``admin.listen`` is set; returns its (idempotent) stop."""
     if cfg.admin.listen is None:
@@ -168,6 +171,9 @@ async def _start_admin(
         dlq_retention_s=cfg.dlq.retention_s,
         queues=cfg.delivery.queues,  # known to pause/resume even before a worker serves them
         dedup_window_s=cfg.events.dedup_window_s,  # POST /v1/events' default
+        sender=sender,  # test sends: the worker's sender, its security.* policy and deadline
+        security=cfg.security,
+        timeout_s=cfg.delivery.timeout_s,
     )
     if cfg.admin.token is None:
         log.warning(

@@ -162,6 +162,22 @@ class NotReplayable(Conflict):
         return {"refused": self.refused}
 
 
+class TooManyRequests(DispatcherError):
+    """Too soon after the last such request; ``retry_after_s`` says when to try again (the
+    API's ``Retry-After``)."""
+
+    code = "too_many_requests"
+    http_status = 429
+    default_message = "too many requests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type[TooManyRequests], tuple[str]]:
+        return (type(self), (self.message,))
+
+
 class PayloadTooLarge(DispatcherError):
     """The body or event payload exceeds its configured limit."""
 

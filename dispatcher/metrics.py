@@ -74,6 +74,10 @@ _HELP = {
         "Webhooks disabled for failing longer than delivery.disable_after_s."
     ),
     "dispatcher_orphans_requeued_total": "Queued jobs put back after their entry was deleted.",
+    "dispatcher_test_sends_total": (
+        "Test sends of the admin API (POST /v1/webhooks/{id}/test), by result: delivered (2xx), "
+        "rejected (another answer), failed (no answer), limited (429, not sent)."
+    ),
     "dispatcher_http_stale_connection_retries_total": (
         "POSTs sent again on a new connection after a kept-alive one closed without answering "
         "(the target may have processed the first: at-least-once)."

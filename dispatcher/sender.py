@@ -95,6 +95,9 @@ class Outcome:
     duration_ms: float
     retry_after_s: float | None
     timed_out: bool = False
+    #: The answer body's first ``keep_body`` bytes, when ``attempt`` was asked for them (a
+    #: test send shows them); empty otherwise, so a delivery copies nothing.
+    body: bytes = b""
 
     @property
     def delivered(self) -> bool:
@@ -112,7 +115,9 @@ class HttpSender(Protocol):
 
     async def close(self) -> None: ...
 
-    async def attempt(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome: ...
+    async def attempt(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+    ) -> Outcome: ...
 
 
 class Sender:
@@ -186,8 +191,11 @@ class Sender:
         if resolver is not None:
             await resolver.close()
 
-    async def attempt(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
-        """POST ``body`` to ``url`` once; never raises except ``CancelledError``."""
+    async def attempt(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+    ) -> Outcome:
+        """POST ``body`` to ``url`` once; never raises except ``CancelledError``. The
+        outcome's ``body`` keeps the answer's first ``keep_body`` bytes."""
         started = time.monotonic()
         if not self._started:
             raise RuntimeError("the sender is not started")
@@ -232,7 +240,7 @@ class Sender:
             ssl.CertificateError,
         ) as exc:
             return Outcome(None, http1.describe(exc, target), _ms_since(started), None)
-        return answer_outcome(answer, started)
+        return answer_outcome(answer, started, keep_body)
 
     def _head(self, headers: Mapping[str, str], length: int) -> bytes:
         names = self._names  # header name -> its lower case, once checked to be a token
@@ -357,8 +365,9 @@ def _is_literal(host: str) -> bool:
     return True
 
 
-def answer_outcome(answer: http1.Answer, started: float) -> Outcome:
-    """The Outcome of a complete answer: its status, error text and Retry-After."""
+def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> Outcome:
+    """The Outcome of a complete answer: its status, error text, Retry-After and, with
+    ``keep_body``, that many first bytes of its body."""
     status = answer.status
     retry_after = answer.headers.get(b"retry-after")
     retry_after_s = (
@@ -375,7 +384,10 @@ def answer_outcome(answer: http1.Answer, started: float) -> Outcome:
         snippet = bytes(answer.body[:_SNIPPET_BYTES]).decode(errors="replace")
         snippet = snippet[: http1.SNIPPET_CHARS].strip()
         error = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
-    return Outcome(status, error, _ms_since(started), retry_after_s)
+    outcome = Outcome(status, error, _ms_since(started), retry_after_s)
+    if keep_body:
+        outcome.body = bytes(answer.body[:keep_body])
+    return outcome
 
 
 def _expire(task: asyncio.Task[object], fired: list[bool]) -> None:

@@ -258,8 +258,11 @@ class AiohttpSender:
         if session is not None:
             await session.close()
 
-    async def attempt(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
-        """POST ``body`` to ``url`` once; never raises except ``CancelledError``."""
+    async def attempt(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+    ) -> Outcome:
+        """POST ``body`` to ``url`` once; never raises except ``CancelledError``. The
+        outcome's ``body`` keeps the answer's first ``keep_body`` bytes."""
         started = time.monotonic()
         session = self._session
         if session is None:
@@ -293,7 +296,7 @@ class AiohttpSender:
             ssl.CertificateError,
         ) as exc:
             return Outcome(None, _describe(exc, target), _ms_since(started), None)
-        return answer_outcome(answer, started)
+        return answer_outcome(answer, started, keep_body)
 
     async def _exchange(
         self, session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str]

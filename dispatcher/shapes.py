@@ -345,6 +345,25 @@ class WebhookStats(TypedDict):
     series: list[StatsPoint]
 
 
+class TestSendRequest(TypedDict):
+    """The optional body of ``POST /v1/webhooks/{id}/test``."""
+
+    event_type: NotRequired[str]
+    payload: NotRequired[Any]
+
+
+class TestSend(TypedDict):
+    """The verdict of one test send (``POST /v1/webhooks/{id}/test``, ``Client.test_webhook``)."""
+
+    delivered: bool
+    status: int | None
+    duration_ms: float
+    error: str | None
+    response_snippet: str | None
+    signature_accepted: bool | None
+    message_id: str
+
+
 # --- tasks ---------------------------------------------------------------------------------
 
 

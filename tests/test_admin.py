@@ -85,7 +85,7 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_token(
     """Each /v1 route answers 401 without a token or with a wrong one, and changes nothing."""
     app, api = served
     routes = _v1_routes(app)
-    assert len(routes) == 20  # the stats route, GET /v1/tasks, POST /v1/tasks/{name}/run
+    assert len(routes) == 22  # the stats route, tasks, the test send and the job retry
     before = await _snapshot(redis, prefix)
     for method, path in routes:
         for token in (None, "wrong", TOKEN + "x", ""):

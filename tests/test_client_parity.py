@@ -524,3 +524,26 @@ async def test_task_listing_and_unknown_names_answer_alike(
     ]
     error = await both(api, "POST", "/v1/tasks/nope/run", partial(client.enqueue_task, "nope"))
     assert (error.code, error.http_status) == ("not_found", 404)
+
+
+async def test_retries_and_test_sends_answer_alike(
+    api: Api, client: Client, redis: aioredis.Redis
+) -> None:
+    """Retrying jobs (dead, queued, unknown) and testing an unknown webhook, or with a bad
+    field, give the same answers and errors from the API and the Client."""
+    first, second = await dead_jobs(client, redis, ["*", "*"])
+    http = await api.call("POST", f"/v1/jobs/{first}/retry")
+    assert http.status == 202
+    answer = await client.retry_job(second)
+    assert {**http.body, "id": "", "created_at": ""} == {**answer, "id": "", "created_at": ""}
+    await both(api, "POST", f"/v1/jobs/{first}/retry", lambda: client.retry_job(first))
+    await both(api, "POST", "/v1/jobs/job_nope/retry", lambda: client.retry_job("job_nope"))
+    await both(api, "POST", "/v1/webhooks/wh_nope/test", lambda: client.test_webhook("wh_nope"))
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    await both(
+        api,
+        "POST",
+        f"/v1/webhooks/{hook['id']}/test",
+        lambda: client.test_webhook(hook["id"], event_type="a b"),
+        json={"event_type": "a b"},
+    )

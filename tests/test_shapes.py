@@ -56,9 +56,14 @@ PLACES: list[tuple[type, str | tuple[str, str, str]]] = [
     (shapes.SecretRotation, ("post", "/v1/webhooks/{id}/rotate-secret", "request")),
     (shapes.Event, ("post", "/v1/events", "request")),
     (shapes.Delivery, ("post", "/v1/webhooks/{id}/deliveries", "request")),
+    (shapes.TestSend, "TestSend"),
+    (shapes.TestSendRequest, ("post", "/v1/webhooks/{id}/test", "request")),
 ]
 #: Component schemas that are a choice of shapes rather than one.
-CHOICES: dict[str, list[type]] = {"Replay": [shapes.ReplayIds, shapes.ReplayMatching]}
+CHOICES: dict[str, list[type]] = {
+    "Replay": [shapes.ReplayIds, shapes.ReplayMatching],
+    "RetryRefused": [shapes.Error, shapes.NotReplayable],
+}
 #: JSON objects of the spec that are not the API's own shape: the spec itself.
 UNSHAPED = {("get", "/openapi.json", "200")}
 

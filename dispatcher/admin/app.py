@@ -37,7 +37,7 @@ from dispatcher.admin.shared import (
 )
 from dispatcher.alerts import Alerts
 from dispatcher.config import AlertsConfig
-from dispatcher.errors import DispatcherError, PayloadTooLarge, Unauthorized
+from dispatcher.errors import DispatcherError, PayloadTooLarge, TooManyRequests, Unauthorized
 from dispatcher.liveness import Liveness
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(exc.http_status, exc.code, exc.message, exc.details())
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
+        elif isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:  # noqa: PLR2004 - redirects and successes pass through
@@ -178,9 +180,11 @@ def create_app(deps: Deps) -> web.Application:
             web.delete("/v1/webhooks/{id}", webhooks.delete),
             web.post("/v1/webhooks/{id}/rotate-secret", webhooks.rotate_secret),
             web.get("/v1/webhooks/{id}/stats", webhooks.stats, allow_head=False),
+            web.post("/v1/webhooks/{id}/test", webhooks.test),
             web.post("/v1/webhooks/{id}/deliveries", events.deliver),
             web.post("/v1/events", events.publish),
             web.get("/v1/jobs/{id}", jobs.get, allow_head=False),
+            web.post("/v1/jobs/{id}/retry", jobs.retry),
             web.get("/v1/status", status.get, allow_head=False),
             web.get("/v1/dlq", dlq.list_, allow_head=False),
             web.delete("/v1/dlq", dlq.purge),

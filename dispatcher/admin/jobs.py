@@ -1,4 +1,5 @@
-"""``GET /v1/jobs/{id}``: the job's state, timestamps, last error and attempt history."""
+"""``GET /v1/jobs/{id}``: the job's state, timestamps, last error and attempt history;
+``POST /v1/jobs/{id}/retry``: send it again."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ async def get(request: web.Request) -> web.Response:
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return json_response(job)
+
+
+async def retry(request: web.Request) -> web.Response:
+    """202 with the job, queued again (``Client.retry_job``)."""
+    return json_response(await request.app[CLIENT].retry_job(request.match_info["id"]), 202)

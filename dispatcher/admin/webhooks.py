@@ -1,13 +1,18 @@
-"""``/v1/webhooks``: create, list, get, patch, delete, rotate the secret, delivery stats."""
+"""``/v1/webhooks``: create, list, get, patch, delete, rotate the secret, delivery stats, a
+test send."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from dispatcher.admin import bodies
-from dispatcher.admin.shared import CLIENT, json_response
-from dispatcher.errors import InvalidField
+from dispatcher.admin.shared import CLIENT, METRICS, json_response
+from dispatcher.errors import InvalidField, TooManyRequests
 from dispatcher.model import CREATABLE, PATCHABLE
+from dispatcher.testsend import result_of
+
+TEST_FIELDS = frozenset({"event_type", "payload"})  # the optional body of a test send
+TEST_SENDS_METRIC = "dispatcher_test_sends_total"
 
 
 async def create(request: web.Request) -> web.Response:
@@ -53,4 +58,18 @@ async def stats(request: web.Request) -> web.Response:
     answer = await request.app[CLIENT].webhook_stats(
         request.match_info["id"], params.get("window", "1h")
     )
+    return json_response(answer)
+
+
+async def test(request: web.Request) -> web.Response:
+    """One signed attempt now through the daemon's sender (``Client.test_webhook``); counted
+    in ``dispatcher_test_sends_total{result}``."""
+    body = bodies.fields(await bodies.json_object(request, optional=True), TEST_FIELDS)
+    metrics = request.app[METRICS]
+    try:
+        answer = await request.app[CLIENT].test_webhook(request.match_info["id"], **body)
+    except TooManyRequests:
+        metrics.inc(TEST_SENDS_METRIC, result="limited")
+        raise
+    metrics.inc(TEST_SENDS_METRIC, result=result_of(answer))
     return json_response(answer)

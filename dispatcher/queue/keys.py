@@ -102,6 +102,8 @@ ids the server chooses, and come last; ``M`` is a number.
                           back in their queue as W's attempts end (settle.lua), or by the tick
                           when room frees otherwise (waiting_tick.lua)
 ``P:{0}:waiters``         zset  webhook id -> last release (ms): the webhooks with waiting jobs
+``P:{0}:testsend:W``      string, set (NX, PX 1000) by a test send to webhook W: at most one a
+                          second across every process (``queue/resend.py``)
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
@@ -290,6 +292,9 @@ class Keys:
     @property
     def waiters(self) -> str:
         return f"{self._base}:waiters"
+
+    def test_send(self, webhook_id: str) -> str:
+        return f"{self._base}:testsend:{webhook_id}"
 
     @property
     def tasks(self) -> str:

@@ -62,6 +62,7 @@ class Scripts:
     task_register: AsyncScript
     task_enqueue: AsyncScript
     task_tick: AsyncScript
+    retry_job: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

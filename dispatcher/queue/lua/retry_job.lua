@@ -1,0 +1,31 @@
+#!lua
+-- retry_job.lua: send a scheduled job (failed, waiting in the delayed zset for its next
+-- attempt) now, as a new series of attempts: out of the delayed zset, a new entry at the end
+-- of its ready stream, attempts and stalls reset, its history kept (as replay.lua does for a
+-- dead job, which queue/resend.py replays through replay.lua instead).
+-- KEYS[1] jobs hash   KEYS[2] delayed zset   KEYS[3] ready stream (of the stream ARGV[2])
+-- ARGV[1] job id   ARGV[2] the stream the caller read in the job's record
+-- returns: {'moved'} or {why}: 'not_found' (no record), 'queued' (a locator, or a record that
+--   is queued or active), 'not_scheduled' and the record's state (delivered, dead: the caller
+--   read an older state), 'not_due' and what it waits for (a scheduled job that was deferred
+--   without an attempt: rate_limit, max_in_flight, endpoint_capacity, breaker; it goes when
+--   that frees, and is left as it is), 'stream' (its stream is not ARGV[2]: read it again),
+--   'malformed'.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
+local job_id = ARGV[1]
+local record = redis.call('HGET', KEYS[1], job_id)
+if not record then return {'not_found'} end
+if is_locator(record) then return {'queued'} end
+local meta, rest = split_record(record)
+if not meta or type(meta.w) ~= 'string' or meta.w == '' then return {'malformed'} end
+if meta.s == 'queued' or meta.s == 'active' then return {'queued'} end
+if meta.s ~= 'scheduled' then return {'not_scheduled', tostring(meta.s)} end
+if type(meta.wr) == 'string' then return {'not_due', meta.wr} end
+if meta.q ~= ARGV[2] then return {'stream'} end
+if redis.call('ZREM', KEYS[2], job_id) == 0 then return {'not_due', ''} end
+meta.sid = redis.call('XADD', KEYS[3], '*', 'j', job_id, 'w', meta.w)
+meta.s = 'queued'; meta.a = 0; meta.k = 0
+meta.n = nil
+redis.call('HSET', KEYS[1], job_id, cjson.encode(meta) .. rest)
+return {'moved'}

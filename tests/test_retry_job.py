@@ -1,0 +1,125 @@
+"""``POST /v1/jobs/{id}/retry`` and ``Client.retry_job``: an existing job sent again, with the
+same ``webhook-id``, as a new series of attempts that keeps the earlier ones in its history."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dispatcher import Conflict, NotFound
+from tests.admin_api import Api, start_api
+from tests.helpers import eventually, seed_dead_jobs
+from tests.target import Reply
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import redis.asyncio as aioredis
+
+    from dispatcher import Client, shapes
+    from tests.conftest import WorkerHarness
+    from tests.target import Target
+
+
+@pytest.fixture
+async def api(client: Client) -> AsyncIterator[Api]:
+    _app, api = await start_api(client)
+    yield api
+    await api.close()
+
+
+async def _publish(client: Client, url: str) -> str:
+    hook = await client.create_webhook("acme", url)
+    answer = await client.publish("acme", "order.paid", {"order": 42})
+    return next(job["id"] for job in answer["jobs"] if job["webhook_id"] == hook["id"])
+
+
+async def _in_state(client: Client, job_id: str, state: str) -> shapes.Job:
+    async def check() -> shapes.Job | None:
+        job = await client.get_job(job_id)
+        return job if job is not None and job["state"] == state else None
+
+    found: shapes.Job = await eventually(check, what=f"job {job_id} {state}")
+    return found
+
+
+async def test_a_dead_job_is_sent_again_with_its_id_and_its_history(
+    client: Client, api: Api, workers: WorkerHarness, target: Target
+) -> None:
+    """A dead job's retry answers 202 queued, reaches the target with the same webhook-id,
+    and its history holds both series of attempts."""
+    target.script("/hook", Reply(500, b"down"), Reply(204, b""))
+    await workers.start(max_attempts=1)
+    job_id = await _publish(client, target.url())
+    await _in_state(client, job_id, "dead")
+    answer = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert answer.status == 202, answer.text
+    assert answer.body["id"] == job_id
+    assert answer.body["state"] in {"queued", "active", "delivered"}
+    job = await _in_state(client, job_id, "delivered")
+    assert [a["status"] for a in job["attempts"]] == [500, 204]
+    assert job["attempt"] == 1  # a new series: its first attempt delivered
+    first, second = await target.wait_for(2, "/hook")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == job_id
+    assert (await client.list_dlq())["items"] == []
+
+
+async def test_a_job_scheduled_for_a_retry_is_sent_now(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """A failed job waiting a minute for its next attempt is sent at once, attempts reset."""
+    target.script("/hook", Reply(500, b"down"), Reply(204, b""))
+    await workers.start(max_attempts=5, backoff_base_s=60, backoff_cap_s=60)
+    job_id = await _publish(client, target.url())
+    await _in_state(client, job_id, "scheduled")
+    retried = await client.retry_job(job_id)
+    assert retried["id"] == job_id
+    assert retried["state"] in {"queued", "active", "delivered"}
+    assert retried["next_attempt_at"] is None
+    job = await _in_state(client, job_id, "delivered")
+    assert [a["status"] for a in job["attempts"]] == [500, 204]
+    assert job["attempt"] == 1
+    assert target.count("/hook") == 2
+
+
+async def test_delivered_queued_and_unknown_jobs_are_refused(
+    client: Client, api: Api, workers: WorkerHarness, target: Target
+) -> None:
+    """A delivered job (no payload kept) and a queued one answer 409, an unknown id 404, and
+    nothing is sent."""
+    queued = await _publish(client, target.url("/later"))  # no worker yet: it stays queued
+    answer = await api.call("POST", f"/v1/jobs/{queued}/retry")
+    assert (answer.status, answer.body["error"]["code"]) == (409, "conflict")
+    assert "already queued or in flight" in answer.body["error"]["message"]
+    with pytest.raises(Conflict):
+        await client.retry_job(queued)
+    for unknown in ("job_nothing", "job_0000000000000000000000000.0.1"):
+        answer = await api.call("POST", f"/v1/jobs/{unknown}/retry")
+        assert (answer.status, answer.body["error"]["code"]) == (404, "not_found")
+    with pytest.raises(NotFound):
+        await client.retry_job("job_nothing")
+    await workers.start()
+    delivered = await _publish(client, target.url())
+    await _in_state(client, delivered, "delivered")
+    sent = target.count()
+    answer = await api.call("POST", f"/v1/jobs/{delivered}/retry")
+    assert (answer.status, answer.body["error"]["code"]) == (409, "conflict")
+    assert "keeps no payload" in answer.body["error"]["message"]
+    assert target.count() == sent
+
+
+async def test_a_dead_job_that_cannot_go_back_is_refused_as_a_replay_is(
+    client: Client, api: Api, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A dead job of a disabled webhook answers 409 not_replayable naming it, and stays dead."""
+    [job_id] = await seed_dead_jobs(client, redis, prefix, 1)
+    job = await client.get_job(job_id)
+    assert job is not None
+    assert job["webhook_id"] is not None
+    await client.update_webhook(job["webhook_id"], enabled=False)
+    answer = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert (answer.status, answer.body["error"]["code"]) == (409, "not_replayable")
+    assert answer.body["refused"][0]["id"] == job_id
+    assert answer.body["refused"][0]["reason"] == "webhook_disabled"
+    assert (await _in_state(client, job_id, "dead"))["id"] == job_id
