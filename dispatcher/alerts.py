@@ -47,7 +47,7 @@ class Alerts:
     def observe(self, backlog: Backlog) -> None:
         """Judge one measurement: raise and clear alerts, and log each change."""
         self.values = {
-            "queued_max": backlog.queued,
+            "queued_max": backlog.queued + backlog.held,  # a paused webhook's backlog too
             "oldest_ready_age_s": round(backlog.oldest_ready_age_s, 1),
             "dlq_growth": self._dlq_growth(backlog.now_ms, backlog.dlq_added),
         }
