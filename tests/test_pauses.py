@@ -147,7 +147,7 @@ async def test_disabling_or_deleting_a_paused_webhook_dead_letters_its_held_jobs
     assert changed.status == 200
     assert (await api.call("DELETE", f"/v1/webhooks/{deleted['id']}")).status == 204
 
-    async def dead() -> dict[str, str] | None:
+    async def dead() -> dict[str | None, str | None] | None:
         jobs = await _jobs(client, ids)
         states = {j["webhook_id"]: j["dead_reason"] for j in jobs if j["state"] == "dead"}
         return states if len([j for j in jobs if j["state"] == "dead"]) == 6 else None

@@ -32,19 +32,7 @@ for _, webhook_id in ipairs(webhook_ids) do
   if not paused then
     local ids = redis.call('ZRANGE', held, 0, batch - 1)
     for _, job_id in ipairs(ids) do
-      local record = redis.call('HGET', KEYS[3], job_id)
-      if record then
-        local meta, rest = split_record(record)
-        if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
-          meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
-                                'w', meta.w)
-          meta.s, meta.wr, meta.n = 'queued', nil, nil
-          redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. rest)
-        else
-          local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
-          redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
-        end
-      end
+      requeue(KEYS[3], KEYS[4], base, job_id)
     end
     if #ids > 0 then
       redis.call('ZREM', held, unpack(ids))

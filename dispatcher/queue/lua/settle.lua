@@ -157,19 +157,7 @@ end
 local function release(waiting, count)
   local ids = redis.call('ZRANGE', waiting, 0, count - 1)
   for _, job_id in ipairs(ids) do
-    local record = redis.call('HGET', KEYS[2], job_id)
-    if record then
-      local meta, rest = split_record(record)
-      if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
-        meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
-                              'w', meta.w)
-        meta.s = 'queued'
-        redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. rest)
-      else
-        local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
-        redis.call('XADD', KEYS[5], '*', 'raw', raw, 'r', 'malformed')
-      end
-    end
+    requeue(KEYS[2], KEYS[5], base, job_id)
   end
   if #ids > 0 then
     redis.call('ZREM', waiting, unpack(ids))
