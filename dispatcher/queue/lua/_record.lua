@@ -110,3 +110,12 @@ local function requeue(jobs, dlq, base, job_id)
     redis.call('XADD', dlq, '*', 'raw', raw, 'r', 'malformed')
   end
 end
+
+-- The 'count' oldest jobs of the zset 'waiting' back in their queues (requeue), and out of it;
+-- returns how many.
+local function requeue_oldest(waiting, count, jobs, dlq, base)
+  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
+  for _, job_id in ipairs(ids) do requeue(jobs, dlq, base, job_id) end
+  if #ids > 0 then redis.call('ZREM', waiting, unpack(ids)) end
+  return #ids
+end

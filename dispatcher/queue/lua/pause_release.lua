@@ -30,14 +30,10 @@ for _, webhook_id in ipairs(webhook_ids) do
   end
   local held = base .. 'held:' .. webhook_id
   if not paused then
-    local ids = redis.call('ZRANGE', held, 0, batch - 1)
-    for _, job_id in ipairs(ids) do
-      requeue(KEYS[3], KEYS[4], base, job_id)
-    end
-    if #ids > 0 then
-      redis.call('ZREM', held, unpack(ids))
+    local count = requeue_oldest(held, batch, KEYS[3], KEYS[4], base)
+    if count > 0 then
       released[#released + 1] = webhook_id
-      released[#released + 1] = #ids
+      released[#released + 1] = count
     end
   end
   if redis.call('EXISTS', held) == 0 then redis.call('SREM', KEYS[1], webhook_id) end

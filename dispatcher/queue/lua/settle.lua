@@ -155,12 +155,7 @@ end
 -- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
 -- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
 local function release(waiting, count)
-  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
-  for _, job_id in ipairs(ids) do
-    requeue(KEYS[2], KEYS[5], base, job_id)
-  end
-  if #ids > 0 then
-    redis.call('ZREM', waiting, unpack(ids))
+  if requeue_oldest(waiting, count, KEYS[2], KEYS[5], base) > 0 then
     redis.call('ZADD', KEYS[7], 'XX', now, string.match(waiting, 'waiting:(.*)$'))
   end
 end
