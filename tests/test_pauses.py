@@ -11,6 +11,7 @@ import pytest
 
 from dispatcher.alerts import Alerts
 from dispatcher.config import AlertsConfig
+from dispatcher.metrics import Metrics
 from dispatcher.queue import backlog, breakers, codec, pauses, streams
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.streams import SettleKind, Settlement
@@ -210,6 +211,9 @@ async def test_a_paused_backlog_shows_in_the_backlog_alert(client: Client) -> No
     alerts = Alerts(AlertsConfig(queued_max=3))
     alerts.observe(measured)
     assert [(a["name"], a["value"]) for a in alerts.active()] == [("queued_max", 3)]
+    metrics = Metrics()
+    alerts.export(metrics)
+    assert metrics.gauge("dispatcher_queued_jobs") == metrics.gauge("dispatcher_paused_jobs") == 3
 
 
 @pytest.mark.slow
