@@ -47,9 +47,10 @@ class Alerts:
     def observe(self, backlog: Backlog) -> None:
         """Judge one measurement: raise and clear alerts, and log each change."""
         self.values = {
-            "queued_max": backlog.queued,
+            "queued_max": backlog.queued + backlog.held,  # a paused webhook's backlog too
             "oldest_ready_age_s": round(backlog.oldest_ready_age_s, 1),
             "dlq_growth": self._dlq_growth(backlog.now_ms, backlog.dlq_added),
+            "paused_jobs": backlog.held,  # not an alert of its own: a gauge
         }
         for name in NAMES:
             self._judge(name, self.values[name], getattr(self.cfg, name), backlog)
@@ -76,6 +77,7 @@ class Alerts:
                 "dispatcher_queue_oldest_ready_age_seconds", self.values["oldest_ready_age_s"]
             )
             metrics.set("dispatcher_dlq_growth", self.values["dlq_growth"])
+            metrics.set("dispatcher_paused_jobs", self.values["paused_jobs"])
 
     def _judge(self, name: AlertName, value: float, threshold: float, backlog: Backlog) -> None:
         raised = self._raised.get(name)

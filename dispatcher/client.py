@@ -181,7 +181,9 @@ class Client:
         return {"items": cast("list[shapes.Webhook]", views)}
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> shapes.Webhook:
-        """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start)."""
+        """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start).
+        ``paused=True`` holds its jobs without attempts (new events keep queueing for it);
+        ``paused=False`` puts them back in their queues in the order they were accepted."""
         hook = await webhooks.update_webhook(self.store, webhook_id, changes)
         return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
 

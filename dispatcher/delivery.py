@@ -161,6 +161,7 @@ class Worker:
             Actions(
                 send=self._hand_off,
                 park=self.outcomes.park,
+                hold=self.outcomes.hold,
                 wait=self.outcomes.wait,
                 wait_for_room=self._wait_for_room,
                 dead=self.outcomes.dead_without_attempt,

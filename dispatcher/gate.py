@@ -1,11 +1,12 @@
 """The gate: what becomes of each claimed job before any attempt is made.
 
 For each claim, in order: its record and webhook are loaded; a job whose webhook is gone or
-disabled is dead-lettered; a webhook's open breaker parks it (a half-open one lets one probe
-through); the cluster-wide limits (``rate_limit``, ``max_in_flight``) admit it or make it wait;
-and this process's adaptive share of the endpoint (traffic.py) sends it now or makes it wait
-for room. The one decision per job is carried out by the worker's ``Actions`` (delivery.py):
-send, park, wait, wait for room, dead-letter, quarantine.
+disabled is dead-lettered; a paused webhook's job is held (pauses.py); a webhook's open
+breaker parks it (a half-open one lets one probe through); the cluster-wide limits
+(``rate_limit``, ``max_in_flight``) admit it or make it wait; and this process's adaptive
+share of the endpoint (traffic.py) sends it now or makes it wait for room. The one decision
+per job is carried out by the worker's ``Actions`` (delivery.py): send, park, hold, wait, wait
+for room, dead-letter, quarantine.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Actions:
 
     send: Callable[[Work], None]  # hand it to the lanes
     park: Callable[[Work, Breaker], None]  # until its breaker closes
+    hold: Callable[[Work], None]  # while its webhook is paused
     wait: Callable[[Work, int, str, int | None], None]  # due_ms, reason, reserved_ms
     wait_for_room: Callable[[Work, str, int | None], None]  # reason, reserved_ms
     dead: Callable[[Claim, Job, Webhook | None], None]  # webhook gone or disabled
@@ -99,6 +101,9 @@ class Gate:
             hook = webhooks.get(claim.webhook_id)
             if hook is None or not hook.enabled:
                 self.act.dead(claim, job, hook)
+                continue
+            if hook.paused:
+                self.act.hold(Work(claim, job, hook))
                 continue
             breaker = states.get(hook.id)
             if breaker is not None and not await self._may_pass(shard, breaker, hook.id, job.id):

@@ -19,7 +19,7 @@ import structlog
 
 from dispatcher import loops
 from dispatcher.model import rfc3339
-from dispatcher.queue import breakers, waiting
+from dispatcher.queue import breakers, pauses, waiting
 from dispatcher.queue.breakers import Health
 from dispatcher.queue.keys import shard_of
 from dispatcher.queue.webhooks import disable_webhook
@@ -154,6 +154,8 @@ class HealthWatch:
             await self._tend_shard(shard)
             for webhook_id, count in await waiting.tick(shard):
                 log.info("waiting.jobs_released", webhook_id=webhook_id, jobs=count)
+            for webhook_id, count in await pauses.tick(shard):
+                log.info("pause.jobs_released", webhook_id=webhook_id, jobs=count)
 
     async def _tend_shard(self, shard: Store) -> None:
         cfg = self.cfg()

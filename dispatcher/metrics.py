@@ -60,14 +60,18 @@ _HELP = {
     "dispatcher_attempt_duration_seconds": "Duration of delivery attempts.",
     "dispatcher_in_flight": "HTTP requests in flight in this process.",
     "dispatcher_alert_active": "Whether a backlog alert is raised (1) or not (0), by name.",
-    "dispatcher_queued_jobs": "Jobs ready and unclaimed across every queue, at the last check.",
+    "dispatcher_queued_jobs": (
+        "Jobs ready and unclaimed across every queue, those held for paused webhooks included, "
+        "at the last check."
+    ),
+    "dispatcher_paused_jobs": "Jobs held for paused webhooks, at the last check.",
     "dispatcher_queue_oldest_ready_age_seconds": (
         "Age of the oldest ready, unclaimed job across every queue, at the last check."
     ),
     "dispatcher_dlq_growth": "Jobs dead-lettered within alerts.dlq_window_s, at the last check.",
     "dispatcher_deferred_total": (
         "Jobs put back to wait without an attempt, by reason (rate_limit, max_in_flight, "
-        "endpoint_capacity, breaker)."
+        "endpoint_capacity, breaker, paused)."
     ),
     "dispatcher_breaker_transitions_total": "Circuit breaker moves, by the state entered.",
     "dispatcher_webhooks_auto_disabled_total": (

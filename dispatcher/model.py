@@ -167,6 +167,14 @@ class Job:
         self.next_attempt_at_ms = retry_at_ms
         self.waiting = "breaker"
 
+    def hold(self) -> None:
+        """Kept while its webhook is paused; a rate slot it held is given up, so a resumed
+        backlog goes out within the webhook's rate limit."""
+        self.state = JobState.SCHEDULED
+        self.next_attempt_at_ms = None
+        self.waiting = "paused"
+        self.reserved_ms = None
+
     def dead(self, reason: str, at_ms: int, *, error: str | None = None) -> None:
         """Dead-lettered for ``reason``; ``error`` replaces the last error when given (a job
         that dies without an attempt says why)."""
@@ -236,6 +244,7 @@ CREATABLE = frozenset(
         "queue",
         "headers",
         "description",
+        "paused",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -258,6 +267,7 @@ class Webhook:
     description: str = ""
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    paused: bool = False  # its jobs are held, without attempts, until it is resumed
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -300,7 +310,10 @@ class Webhook:
         return orjson.dumps({"e": self.event_types, "on": self.enabled, "q": self.queue})
 
     def encode(self) -> bytes:
-        return orjson.dumps(_slots(self))
+        fields = _slots(self)
+        if not self.paused:  # as before pauses: a record an older release still reads
+            del fields["paused"]
+        return orjson.dumps(fields)
 
     @classmethod
     def decode(cls, raw: bytes) -> Webhook:
@@ -319,6 +332,7 @@ class Webhook:
             "queue": self.queue,
             "headers": self.headers,
             "description": self.description,
+            "paused": self.paused,
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -458,6 +472,12 @@ def _check_enabled(value: Any) -> bool:
     return value
 
 
+def _check_paused(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidField("paused", "must be true or false")
+    return value
+
+
 _CHECKS: dict[str, Any] = {
     "tenant_id": check_tenant_id,
     "url": check_url,
@@ -469,4 +489,5 @@ _CHECKS: dict[str, Any] = {
     "headers": _check_headers,
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,
+    "paused": _check_paused,
 }

@@ -163,6 +163,14 @@ class Outcomes:
             work, SettleKind.PARKED, JobState.SCHEDULED, self.store.clock.now_ms(), ""
         )
 
+    def hold(self, work: Work) -> None:
+        """Keep the job in Redis, without an attempt, while its webhook is paused; resuming
+        puts it back in its queue in the order its webhook's jobs were accepted (pauses.py)."""
+        job = work.job
+        job.hold()
+        self.metrics.inc("dispatcher_deferred_total", reason="paused")
+        self.settler.settle(work, SettleKind.HELD, JobState.SCHEDULED, _accepted(job), "")
+
     def dead_without_attempt(self, claim: Claim, job: Job, hook: Webhook | None) -> None:
         """Dead-letter a job whose webhook was deleted or disabled, without an attempt."""
         reason = "webhook_deleted" if hook is None else "webhook_disabled"
@@ -229,3 +237,16 @@ def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:
             log.error(event, error=str(task.exception()))
 
     return report
+
+
+def _accepted(job: Job) -> int:
+    """Where a held job sorts: the order its publish was accepted in, the creation ms then
+    the entry's sequence number within it (a job's first entry is the one its publish added;
+    one that has been back in its queue since sorts after that ms's first entries). A zset
+    score is exact below 2**53: ms * 1000 stays far below it."""
+    seq = 999
+    if job.sid is not None:
+        ms, _, n = job.sid.partition("-")
+        if ms == str(job.created_at_ms) and n.isdigit():
+            seq = min(int(n), 999)
+    return job.created_at_ms * 1000 + seq

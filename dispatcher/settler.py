@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from dispatcher.upkeep import Upkeep
 
 log = structlog.get_logger()
+_PARKED = (SettleKind.PARKED, SettleKind.HELD)
 
 SETTLE_BATCH = 512
 SETTLE_DRAIN_S = 10.0  # at shutdown, how long outcomes may wait for Redis before we give up
@@ -90,7 +91,7 @@ class Settler:
             score_ms,
             reason,
             late,
-            parked_for=job.webhook_id if kind is SettleKind.PARKED else None,
+            parked_for=job.webhook_id if kind in _PARKED else None,
             lease_of=job.webhook_id if work.leased else None,
             waiting_in=job.webhook_id if kind is SettleKind.WAITING else None,
             frees=frees,

@@ -19,7 +19,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 BreakerState = Literal["closed", "open", "half_open"]
 JobStateName = Literal["queued", "active", "scheduled", "delivered", "dead"]
-WaitingFor = Literal["rate_limit", "max_in_flight", "endpoint_capacity", "breaker"]
+WaitingFor = Literal["rate_limit", "max_in_flight", "endpoint_capacity", "breaker", "paused"]
 Priority = Literal["high", "normal", "low"]
 RefusalReason = Literal["payload_lost", "webhook_deleted", "webhook_disabled", "malformed"]
 AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
@@ -97,6 +97,7 @@ class Webhook(TypedDict):
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
+    paused: NotRequired[bool]
     created_at: str | None
     updated_at: str | None
     breaker: NotRequired[Breaker | None]
@@ -123,6 +124,7 @@ class WebhookSettings(TypedDict, total=False):
     queue: str
     headers: dict[str, str] | None
     description: str
+    paused: bool
 
 
 class WebhookCreate(WebhookSettings):
@@ -455,6 +457,7 @@ class StatusCounts(TypedDict):
     deduplicated_recent: NotRequired[RecentCount]
     avg_processing_ms: float | None
     paused: list[str]
+    paused_jobs: NotRequired[int]  # held for paused webhooks (also in scheduled)
     queues: NotRequired[list[QueueCounts]]
     redis: dict[str, Any]
     workers: list[Worker]

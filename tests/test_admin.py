@@ -272,6 +272,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
         "queue",
     ),
     ("PATCH", "/v1/webhooks/{hook}", {"enabled": "yes"}, 422, "enabled"),
+    ("PATCH", "/v1/webhooks/{hook}", {"paused": "yes"}, 422, "paused"),
+    ("PATCH", "/v1/webhooks/{hook}", {"paused": None}, 422, "paused"),
     ("PATCH", "/v1/webhooks/{hook}", {"url": "gopher://x"}, 422, "url"),
     ("PATCH", "/v1/webhooks/{hook}", {"id": "wh_x"}, 422, "id"),
     ("PATCH", "/v1/webhooks/{hook}", b"", 400, "malformed_request"),

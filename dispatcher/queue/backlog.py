@@ -1,6 +1,7 @@
 """What the backlog alerts measure, read from counters Redis keeps anyway: no scans.
 
-- **queued**: per stream, ``XLEN`` minus the consumer group's pending count (as the status).
+- **queued**: per stream, ``XLEN`` minus the consumer group's pending count (as the status),
+  plus the jobs held for paused webhooks (``ZCARD`` of each one's held zset, pauses.py).
 - **oldest ready job**: a stream entry id starts with the Redis time (ms) it was added at, and the
   group hands entries out in id order, so the first entry after the group's
   ``last-delivered-id`` is the oldest one nobody has claimed: one ``XRANGE ... COUNT 1``.
@@ -9,7 +10,7 @@
   into "added within the window".
 
 Two round trips per check, whatever the number of jobs (three on a Redis Cluster, which asks
-TIME apart).
+TIME apart), and two per shard for the held jobs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from dispatcher.ids import sid_ms
+from dispatcher.queue import pauses
 from dispatcher.queue.keys import GROUP, streams_of
 from dispatcher.queue.records import redis_errors
 from dispatcher.queue.status import known_queues
@@ -35,6 +37,7 @@ class Backlog:
     oldest_ready_ms: int | None  # when the oldest ready, unclaimed job became ready
     oldest_queue: str | None  # the stream it waits in (``Q``, ``Q:high`` or ``Q:low``)
     dlq_added: int  # entries ever added to the DLQ stream (0 while it does not exist)
+    held: int = 0  # jobs held for paused webhooks (pauses.py), every shard
 
     @property
     def oldest_ready_age_s(self) -> float:
@@ -76,7 +79,8 @@ async def measure(store: Store) -> Backlog:
         if int(_ok(length)) > pending:
             starts.append((shard, stream, b"(" + group["last-delivered-id"] if group else b"-"))
     oldest_ms, oldest_queue = await _oldest(store, starts)
-    return Backlog(now_ms, queued, oldest_ms, oldest_queue, dlq_added)
+    held = await pauses.held(store)
+    return Backlog(now_ms, queued, oldest_ms, oldest_queue, dlq_added, held.jobs)
 
 
 async def _oldest(

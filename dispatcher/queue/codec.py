@@ -40,7 +40,9 @@ writes an empty list as ``{}``).
 The Lua side reads and writes them through ``lua/_record.lua``, which scripts.py puts in place
 of the line ``-- include: _record.lua`` of each script that needs it: ``is_locator``,
 ``parse_locator`` (both forms; it needs the job id), ``split_record`` (meta table and the
-rest, ``'\\n' .. payload``), ``record_meta``, ``make_locator``, ``make_record``.
+rest, ``'\\n' .. payload``), ``record_meta``, ``make_locator``, ``make_record``,
+``requeue`` and ``requeue_oldest`` (jobs waiting without an attempt back at the end of their
+queue).
 ``publish.lua`` writes locators and records; ``reclaim.lua`` turns a locator and its entry
 into a record, as ``from_entry`` does here.
 """

@@ -46,6 +46,7 @@ class Scripts:
     admit: AsyncScript
     lease: AsyncScript
     waiting_tick: AsyncScript
+    pause_release: AsyncScript
     breaker_report: AsyncScript
     breaker_tick: AsyncScript
     breaker_probe: AsyncScript

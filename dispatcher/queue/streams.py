@@ -62,13 +62,15 @@ class SettleKind(StrEnum):
     DEAD = "X"  # finished: a DLQ entry, whose id the record keeps (kept until purged)
     PARKED = "P"  # into the webhook's parked zset while its breaker is open (else as RETRY)
     WAITING = "W"  # into the webhook's waiting set until room frees (waiting.py)
+    HELD = "H"  # into the webhook's held zset while it is paused (else as RETRY, due now)
 
 
 @dataclass(slots=True)
 class Settlement:
     """One outcome to write: ``kind`` says what settle.lua does with it (``SettleKind``).
 
-    ``parked_for``: the webhook whose parked zset takes a P job; ``waiting_in``: the webhook
+    ``parked_for``: the webhook whose parked zset takes a P job (its held zset an H job);
+    ``waiting_in``: the webhook
     whose waiting set takes a W job. ``lease_of``: the webhook whose in-flight lease the
     attempt held, released now. ``frees``: as the attempt ended, that many of its webhook's
     waiting jobs go back to their queue.
@@ -255,7 +257,9 @@ async def settle(
         c = s.claim
         third: str | int = s.reason
         if s.parked_for:
-            third = index(keys.parked(s.parked_for))
+            third = index(
+                keys.held(s.parked_for) if s.kind is SettleKind.HELD else keys.parked(s.parked_for)
+            )
         elif s.waiting_in:
             third = index(keys.waiting(s.waiting_in))
         args += [c.sid, c.job_id, c.token, s.kind, s.record, s.score_ms, third, s.late_attempt]

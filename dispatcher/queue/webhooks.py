@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.ids import is_webhook_id
 from dispatcher.model import Webhook, rfc3339
-from dispatcher.queue import breakers
+from dispatcher.queue import breakers, pauses
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
         # its parked jobs go back to their queues and the next job goes straight out.
         with redis_errors():
             await breakers.reset(store.of_webhook(webhook_id), webhook_id)
+    if changes.get("paused") is False or changes.get("enabled") is False:
+        # resumed (or disabled): its held jobs go back to their queues now, not at the tick
+        await pauses.resume(store, webhook_id)
     return hook
 
 

@@ -91,3 +91,31 @@ local function unfinished(jobs, job_id)
   local meta = split_record(record)
   return meta ~= nil and meta.s ~= 'delivered' and meta.s ~= 'dead'
 end
+
+-- Put a job waiting without an attempt (waiting for room, held while paused) back at the end
+-- of its queue's ready stream ('base' the key base, as in keys.py), its record saying queued
+-- and naming the new entry. A record that cannot be read is dead-lettered (to 'dlq') as
+-- malformed; one that is gone is dropped.
+local function requeue(jobs, dlq, base, job_id)
+  local record = redis.call('HGET', jobs, job_id)
+  if not record then return end
+  local meta, rest = split_record(record)
+  if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
+    meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
+                          'w', meta.w)
+    meta.s = 'queued'
+    redis.call('HSET', jobs, job_id, cjson.encode(meta) .. rest)
+  else
+    local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
+    redis.call('XADD', dlq, '*', 'raw', raw, 'r', 'malformed')
+  end
+end
+
+-- The 'count' oldest jobs of the zset 'waiting' back in their queues (requeue), and out of it;
+-- returns how many.
+local function requeue_oldest(waiting, count, jobs, dlq, base)
+  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
+  for _, job_id in ipairs(ids) do requeue(jobs, dlq, base, job_id) end
+  if #ids > 0 then redis.call('ZREM', waiting, unpack(ids)) end
+  return #ids
+end

@@ -8,9 +8,10 @@
 -- ARGV[3] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
 --   delivery count when claimed), kind (streams.SettleKind: 'D' delivered, 'R' retry or wait,
 --   'X' dead, 'P' parked while the webhook's breaker is open, 'W' waiting for room in the
---   webhook's waiting set),
+--   webhook's waiting set, 'H' held while the webhook is paused (else as RETRY, due now)),
 --   record, score (finished, due, parked or created ms), the dead reason (X) or the index in
---   KEYS of the webhook's parked (P) or waiting (W) zset, the attempt as JSON (appended as late
+--   KEYS of the webhook's parked (P), waiting (W) or held (H) zset, the attempt as JSON
+--   (appended as late
 --   when the claim is stale; '' when the outcome made no attempt, a deferral or a park, and then
 --   a stale one writes nothing)
 -- then l, the number of leases to release, and l pairs: index in KEYS of a lease zset, lease
@@ -41,9 +42,21 @@ local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local last = 3 + 8 * tonumber(ARGV[3])
+local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
+local base = ARGV[leases + 1]
+
+-- Held only while the webhook is paused (and enabled) as this runs: a resume (or a disable)
+-- made since the claim finds the job due again, never left behind in the held zset.
+local function still_paused(webhook_id)
+  local raw = redis.call('HGET', base .. 'webhooks', webhook_id)
+  if not raw then return false end
+  local ok, h = pcall(cjson.decode, raw)
+  return ok and type(h) == 'table' and h.paused == true and h.enabled == true
+end
+
 local outcomes, late, stale, claimed = {}, {}, {}, {}
 local settled, stale_sid = {}, {}  -- by lease member: a current claim's; a stale claim's sid
-local last = 3 + 8 * tonumber(ARGV[3])
 for i = 4, last, 8 do
   local sid, job_id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local p = redis.call('XPENDING', KEYS[1], group, sid, sid, 1, consumer)
@@ -92,6 +105,15 @@ for _, i in ipairs(outcomes) do
     else
       delayed[#delayed + 1] = score; delayed[#delayed + 1] = job_id
     end
+  elseif kind == 'H' then
+    local held = KEYS[tonumber(ARGV[i + 6])]
+    local webhook_id = string.match(held, 'held:(.*)$')
+    if still_paused(webhook_id) then
+      redis.call('ZADD', held, score, job_id)
+      redis.call('SADD', base .. 'holders', webhook_id)
+    else
+      delayed[#delayed + 1] = now; delayed[#delayed + 1] = job_id
+    end
   else
     done[#done + 1] = score; done[#done + 1] = job_id
   end
@@ -122,7 +144,6 @@ local function holds_again(member, sid)
   end
   return false
 end
-local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
 for i = last + 2, leases, 2 do
   local member = ARGV[i + 1]
   local sid = stale_sid[member]
@@ -133,26 +154,8 @@ end
 
 -- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
 -- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
-local base = ARGV[leases + 1]
 local function release(waiting, count)
-  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
-  for _, job_id in ipairs(ids) do
-    local record = redis.call('HGET', KEYS[2], job_id)
-    if record then
-      local meta, rest = split_record(record)
-      if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
-        meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
-                              'w', meta.w)
-        meta.s = 'queued'
-        redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. rest)
-      else
-        local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
-        redis.call('XADD', KEYS[5], '*', 'raw', raw, 'r', 'malformed')
-      end
-    end
-  end
-  if #ids > 0 then
-    redis.call('ZREM', waiting, unpack(ids))
+  if requeue_oldest(waiting, count, KEYS[2], KEYS[5], base) > 0 then
     redis.call('ZADD', KEYS[7], 'XX', now, string.match(waiting, 'waiting:(.*)$'))
   end
 end

@@ -1,0 +1,110 @@
+"""Pause memory: the Redis bytes per job of a paused webhook's backlog, against a queued one.
+
+    python -m bench.pause_memory                      # a fresh redis-server, 10,000 jobs
+    python -m bench.pause_memory --jobs 50000 --payload-bytes 1000
+
+``--jobs`` events (each ``--payload-bytes`` of payload) are published to one webhook with no
+worker running: they are queued, each an entry in the ready stream and a locator in the jobs
+hash. The webhook is then paused and a worker claims them: each is held (its record in the jobs
+hash, a member of the webhook's held zset, its entry deleted). Printed: the ``used_memory``
+growth per job in each form, and ``MEMORY USAGE <key> SAMPLES 0`` of the stream, the jobs hash
+and the held zset per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+from dispatcher import Client
+from dispatcher.config import DeliveryConfig, JobsConfig
+from dispatcher.delivery import Worker
+from dispatcher.metrics import Metrics
+from dispatcher.sender import Sender
+from dispatcher.ssrf import AddressPolicy
+from tests.helpers import RedisServer
+
+
+async def _used(client: Client) -> int:
+    info = cast("dict[str, Any]", await client.store.redis.info("memory"))
+    return int(info["used_memory"])
+
+
+async def _sizes(client: Client, webhook_id: str) -> dict[str, int]:
+    store = client.store.of_webhook(webhook_id)
+    keys = store.keys
+    named = {"stream": keys.ready("default"), "jobs": keys.jobs, "held": keys.held(webhook_id)}
+    return {n: await store.redis.memory_usage(k, samples=0) or 0 for n, k in named.items()}
+
+
+async def measure(redis_url: str, jobs: int, payload_bytes: int) -> None:
+    prefix = f"pausemem{uuid.uuid4().hex[:6]}"
+    async with Client.from_url(redis_url, prefix=prefix) as client:
+        hook = await client.create_webhook("acme", "http://127.0.0.1:9/never")
+        start = await _used(client)
+        payload = {"note": "x" * max(payload_bytes - 20, 0)}
+        for first in range(0, jobs, 500):
+            batch = min(500, jobs - first)
+            await client.publish_many(
+                [
+                    {"tenant_id": "acme", "event_type": "e", "payload": {"n": n, **payload}}
+                    for n in range(first, first + batch)
+                ]
+            )
+        queued = await _used(client)
+        queued_sizes = await _sizes(client, hook["id"])
+        await client.update_webhook(hook["id"], paused=True)
+        cfg = DeliveryConfig()
+        sender = Sender(
+            timeout_s=cfg.timeout_s,
+            concurrency=cfg.concurrency,
+            policy=AddressPolicy(allow_private=True, allowed_cidrs=()),
+            user_agent="bench",
+        )
+        await sender.start()
+        worker = Worker(client.store, sender, cfg, JobsConfig(), Metrics())
+        task = asyncio.create_task(worker.run(drain_grace_s=1))
+        deadline = time.monotonic() + 300
+        while (await client.status())["paused_jobs"] < jobs:
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker did not hold every job within 300 s")
+            await asyncio.sleep(0.2)
+        worker.stop.set()
+        await task
+        await sender.close()
+        held = await _used(client)
+        held_sizes = await _sizes(client, hook["id"])
+    print(f"{jobs} jobs, payload {payload_bytes} bytes")
+    print(
+        f"used_memory per job: queued {(queued - start) / jobs:.0f} B, "
+        f"held {(held - start) / jobs:.0f} B"
+    )
+    for name, when in (("queued", queued_sizes), ("held", held_sizes)):
+        parts = ", ".join(f"{k} {v / jobs:.0f}" for k, v in when.items())
+        print(f"MEMORY USAGE per job, {name}: {parts} (total {sum(when.values()) / jobs:.0f} B)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--payload-bytes", type=int, default=200)
+    parser.add_argument("--redis-url", default=None)
+    args = parser.parse_args()
+    if args.redis_url:
+        asyncio.run(measure(args.redis_url, args.jobs, args.payload_bytes))
+        return
+    server = RedisServer(Path(tempfile.mkdtemp()))
+    server.start()
+    try:
+        asyncio.run(measure(server.url, args.jobs, args.payload_bytes))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

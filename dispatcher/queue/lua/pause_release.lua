@@ -1,0 +1,41 @@
+#!lua
+-- pause_release.lua: put the held jobs of webhooks no longer paused back into their queues.
+-- KEYS[1] holders set (the webhooks with held jobs)   KEYS[2] webhooks hash   KEYS[3] jobs hash
+-- KEYS[4] dlq stream
+-- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id and ready
+--   streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
+-- ARGV[2] most held jobs put back per webhook per call
+-- ARGV[3..] the webhooks to look at (none: every webhook in the holders set)
+-- returns: {webhook id, jobs put back, ...}
+--
+-- A webhook still paused (and enabled) keeps its held jobs. Any other (resumed, disabled or
+-- deleted) gets its oldest held jobs back at the end of their queue's ready stream, oldest
+-- (first accepted) first, as settle.lua puts waiting jobs back: there its gate sends them
+-- (within its limits) or dead-letters them (disabled or deleted). A webhook whose held zset
+-- is empty leaves the holders set. A record that cannot be read is dead-lettered as
+-- malformed; one that is gone is dropped.
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- include: _record.lua
+local base, batch = ARGV[1], tonumber(ARGV[2])
+local webhook_ids = {}
+for i = 3, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
+if #webhook_ids == 0 then webhook_ids = redis.call('SMEMBERS', KEYS[1]) end
+local released = {}
+for _, webhook_id in ipairs(webhook_ids) do
+  local hook = redis.call('HGET', KEYS[2], webhook_id)
+  local paused = false
+  if hook then
+    local decoded, h = pcall(cjson.decode, hook)
+    paused = decoded and type(h) == 'table' and h.paused == true and h.enabled == true
+  end
+  local held = base .. 'held:' .. webhook_id
+  if not paused then
+    local count = requeue_oldest(held, batch, KEYS[3], KEYS[4], base)
+    if count > 0 then
+      released[#released + 1] = webhook_id
+      released[#released + 1] = count
+    end
+  end
+  if redis.call('EXISTS', held) == 0 then redis.call('SREM', KEYS[1], webhook_id) end
+end
+return released

@@ -1,0 +1,89 @@
+"""Paused webhooks: their jobs are held in Redis, without attempts, until they are resumed.
+
+A claimed job of a paused webhook (the gate reads the webhook record with every claim, so a
+pause is seen by every process at its next claim) is settled into the webhook's held zset
+(``Keys.held``, ordered by when its publish was accepted), fenced by its claim like any outcome;
+``settle.lua`` holds it only if the webhook is still paused as it writes, else the job is due
+again at once. A held job costs what a job waiting for a retry costs: its record in the jobs
+hash and one zset member. New events keep queueing for a paused webhook, and are held as they
+are claimed.
+
+Resuming (``PATCH {"paused": false}``) puts the held jobs back at the end of their queues,
+oldest first, in the webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once,
+the rest by ``tick`` (every worker, about once a second), which also puts back the held jobs
+of a webhook disabled or deleted meanwhile (the gate then dead-letters them). Back in their
+queue they go out within the webhook's ``rate_limit`` and ``max_in_flight`` as any job.
+A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come
+back to be held once it closes, if the webhook is still paused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from dispatcher.queue.records import redis_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from dispatcher.queue.store import Store
+
+RELEASE_BATCH = 1_000  # held jobs put back per webhook per call
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The held jobs of every shard: how many, per webhook, and the oldest's creation (ms)."""
+
+    jobs: int
+    by_webhook: dict[str, int]
+    oldest_ms: int | None
+
+
+async def release(store: Store, webhook_ids: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """Put back the held jobs of these webhooks of ``store``'s shard (none: every webhook
+    with held jobs there) that are no longer paused; returns (webhook id, jobs put back)."""
+    keys = store.keys
+    released = await store.scripts.pause_release(
+        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq],
+        args=[keys.base, RELEASE_BATCH, *webhook_ids],
+    )
+    return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
+
+
+async def resume(store: Store, webhook_id: str) -> int:
+    """After a webhook was resumed: its first held jobs go back now, the tick does the rest."""
+    with redis_errors():
+        return sum(n for _, n in await release(store.of_webhook(webhook_id), (webhook_id,)))
+
+
+async def tick(store: Store) -> list[tuple[str, int]]:
+    """Release the held jobs of this shard's webhooks no longer paused."""
+    return await release(store)
+
+
+async def held(store: Store) -> Held:
+    """The held jobs of every shard (for ``GET /v1/status`` and the backlog alerts): two round
+    trips per shard, whatever the number of jobs."""
+    jobs, by_webhook, oldest = 0, {}, None
+    with redis_errors():
+        for shard in await store.all_shards():
+            keys = shard.keys
+            members = await cast("Awaitable[set[bytes]]", shard.redis.smembers(keys.holders))
+            ids = sorted(b.decode() for b in members)
+            if not ids:
+                continue
+            pipe = shard.redis.pipeline(transaction=False)
+            for webhook_id in ids:
+                pipe.zcard(keys.held(webhook_id))
+                pipe.zrange(keys.held(webhook_id), 0, 0, withscores=True)
+            replies = await pipe.execute()
+            for webhook_id, count, first in zip(ids, replies[::2], replies[1::2], strict=True):
+                if count:
+                    jobs += int(count)
+                    by_webhook[webhook_id] = int(count)
+                if first:
+                    ms = int(cast("float", first[0][1])) // 1000
+                    oldest = ms if oldest is None else min(oldest, ms)
+    return Held(jobs, by_webhook, oldest)
