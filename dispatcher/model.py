@@ -8,9 +8,10 @@ entry) is ``queue/codec.py``'s; ids and stream names are ``ids.py``'s.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -317,7 +318,15 @@ class Webhook:
 
     @classmethod
     def decode(cls, raw: bytes) -> Webhook:
-        return cls(**orjson.loads(raw))
+        """The stored webhook; fields this release does not know (written by a newer one during
+        a rolling upgrade) are left out rather than making the record unreadable, which would
+        dead-letter the webhook's jobs as if it were deleted."""
+        stored = orjson.loads(raw)
+        try:
+            return cls(**stored)
+        except TypeError:
+            known = _webhook_fields()
+            return cls(**{k: v for k, v in stored.items() if k in known})
 
     def to_wire(self, *, with_secret: bool = False) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -491,3 +500,8 @@ _CHECKS: dict[str, Any] = {
     "enabled": _check_enabled,
     "paused": _check_paused,
 }
+
+
+@cache
+def _webhook_fields() -> frozenset[str]:
+    return frozenset(f.name for f in fields(Webhook))

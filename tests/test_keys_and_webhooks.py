@@ -307,3 +307,24 @@ async def test_clock_is_measured_again_now_and_then_not_per_publish(
     stored = await client.get_job(job["id"])
     assert stored is not None
     assert stored["state"] == "scheduled"
+
+
+async def test_a_webhook_record_with_fields_of_a_newer_release_is_still_delivered(
+    client: Client, target: Target, workers: WorkerHarness, redis: aioredis.Redis, prefix: str
+) -> None:
+    """During a rolling upgrade a newer release may store webhook fields this one does not
+    know: the webhook is still read, listed and delivered to, not taken for deleted."""
+    hook = await client.create_webhook("acme", target.url("/new"))
+    key = Keys(prefix).webhooks
+    stored = orjson.loads(cast("bytes", await redis.hget(key, hook["id"])))
+    await redis.hset(key, hook["id"], orjson.dumps({**stored, "some_future_field": {"x": 1}}))
+    assert (await client.get_webhook(hook["id"]))["id"] == hook["id"]
+    [job] = (await client.publish("acme", "a.b", {"n": 1}))["jobs"]
+    await workers.start()
+
+    async def delivered() -> bool:
+        found = await client.get_job(job["id"])
+        return found is not None and found["state"] == "delivered"
+
+    await eventually(delivered, what="the job delivered")
+    assert target.count("/new") == 1
