@@ -97,6 +97,7 @@ class Webhook(TypedDict):
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
+    filter: NotRequired[dict[str, Any] | None]
     created_at: str | None
     updated_at: str | None
     breaker: NotRequired[Breaker | None]
@@ -123,6 +124,7 @@ class WebhookSettings(TypedDict, total=False):
     queue: str
     headers: dict[str, str] | None
     description: str
+    filter: dict[str, Any] | None
 
 
 class WebhookCreate(WebhookSettings):
