@@ -315,7 +315,10 @@ class Webhook:
         return orjson.dumps(route)
 
     def encode(self) -> bytes:
-        return orjson.dumps(_slots(self))
+        record = _slots(self)
+        if record["filter"] is None:  # so a release before filters reads it (gate.py decodes)
+            del record["filter"]
+        return orjson.dumps(record)
 
     @classmethod
     def decode(cls, raw: bytes) -> Webhook:
