@@ -14,11 +14,13 @@ nothing is delivered while we publish. Then, one after the other:
   time.
 
 Printed per variant and way: events/s, and CPU seconds per 1,000 events of this process (the
-publisher: the Client, or the HTTP client) and of the daemon (only ``http`` uses it). The
+publisher: the Client, or the HTTP client), of the daemon (only ``http`` uses it) and of
+redis-server (the publish script's share, on the line after). The
 payload is the one of ``bench/run.py`` (~300 bytes). Compare two trees by running this with
 PYTHONPATH pointing at each, alternating, in the same minutes. ``--dedup-window-s`` turns
 deduplication on (the Client's window, and the daemon's ``events.dedup_window_s``): every event
-is distinct, so this is its cost on the accepted path.
+is distinct, so this is its cost on the accepted path. ``--filter`` gives every webhook that
+payload filter (one that matches every event measures its evaluation; the jobs are the same).
 """
 
 from __future__ import annotations
@@ -189,8 +191,9 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         window = args.dedup_window_s
         async with Client.from_url(redis.url, prefix=PREFIX, dedup_window_s=window) as client:
+            extra = {"filter": args.filter} if args.filter is not None else {}
             for _ in range(hooks):
-                await client.create_webhook(TENANT, "http://127.0.0.1:9/hook")
+                await client.create_webhook(TENANT, "http://127.0.0.1:9/hook", **extra)
             await client.pause("default")  # measure publishing alone: nothing is delivered
             await _in_flight(
                 min(args.n, 200),
@@ -198,6 +201,7 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 lambda i: client.publish(TENANT, "bench.event", payload(i, 300)),
             )
             for way in args.ways:
+                redis_cpu = cpu_seconds(redis.proc.pid)
                 if way == "client":
                     rows.append(await _via_client(client, args.n, args.in_flight))
                 elif way == "many":
@@ -207,6 +211,10 @@ async def variant(hooks: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                         redis.url, args.n, args.in_flight, args.http_client, window
                     )
                     rows.append(http)
+                # the publish script's share (filters are evaluated there)
+                per_1k = (cpu_seconds(redis.proc.pid) - redis_cpu) / args.n * 1000
+                rows[-1]["redis_cpu_s_per_1k"] = round(per_1k, 4)
+                print(f"  redis-server: {per_1k:.4f} CPU s per 1,000 events", flush=True)
     finally:
         redis.stop()
     for row in rows:
@@ -226,6 +234,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--hooks", type=lambda s: [int(x) for x in s.split(",")], default=[1, 3])
     parser.add_argument("--dedup-window-s", type=int, default=0, help="0: dedup off")
+    parser.add_argument(
+        "--filter",
+        type=orjson.loads,
+        default=None,
+        help='a payload filter on every webhook, e.g. \'{"seq": {"$gte": 0}}\' (matches all)',
+    )
     parser.add_argument("--ways", type=lambda s: s.split(","), default=["client", "http", "many"])
     parser.add_argument(
         "--http-client",

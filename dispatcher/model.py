@@ -3,6 +3,12 @@ changes of a job's state.
 
 How a job is stored in Redis (the record, the locator of a job never attempted, the ready-stream
 entry) is ``queue/codec.py``'s; ids and stream names are ``ids.py``'s.
+
+A webhook's ``filter`` is a payload filter in a Mongo-like subset (``$eq $ne $gt $gte $lt $lte
+$in $nin $exists $and $or $not``, dotted paths, a plain value meaning ``$eq``), evaluated at
+publish: types are strict (a comparison across types is false), a missing path matches only
+``$exists: false``, ``$ne`` and ``$nin``, arrays are not traversed, and numbers are doubles.
+``filters.py`` states it exactly, with its bounds (depth 8, 64 conditions, 4 KB).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from dispatcher import filters
 from dispatcher.errors import InvalidField
 from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
 from dispatcher.signing import generate_secret, valid_secret
@@ -246,6 +253,7 @@ CREATABLE = frozenset(
         "headers",
         "description",
         "paused",
+        "filter",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -266,6 +274,9 @@ class Webhook:
     queue: str = "default"
     headers: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    #: A payload filter (filters.py documents the language and its bounds): an event it does
+    #: not match gets no job for this webhook. None: every event of its types.
+    filter: dict[str, Any] | None = None
     created_at_ms: int = 0
     updated_at_ms: int = 0
     paused: bool = False  # its jobs are held, without attempts, until it is resumed
@@ -308,13 +319,20 @@ class Webhook:
         return [self.secret] + [s for s, until in self.old_secrets if until > now_ms]
 
     def routing(self) -> bytes:
-        return orjson.dumps({"e": self.event_types, "on": self.enabled, "q": self.queue})
+        route: dict[str, Any] = {"e": self.event_types, "on": self.enabled, "q": self.queue}
+        compiled = filters.compile_filter(self.filter) if self.filter else None
+        if compiled is not None:  # only when set: the route of an unfiltered webhook is as before
+            route["f"] = compiled
+        return orjson.dumps(route)
 
     def encode(self) -> bytes:
-        fields = _slots(self)
-        if not self.paused:  # as before pauses: a record an older release still reads
-            del fields["paused"]
-        return orjson.dumps(fields)
+        record = _slots(self)
+        # fields left out at their defaults, so a release before them still reads the record
+        if not self.paused:
+            del record["paused"]
+        if record["filter"] is None:
+            del record["filter"]
+        return orjson.dumps(record)
 
     @classmethod
     def decode(cls, raw: bytes) -> Webhook:
@@ -342,6 +360,7 @@ class Webhook:
             "headers": self.headers,
             "description": self.description,
             "paused": self.paused,
+            "filter": self.filter,
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -499,6 +518,7 @@ _CHECKS: dict[str, Any] = {
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,
     "paused": _check_paused,
+    "filter": filters.check,
 }
 
 

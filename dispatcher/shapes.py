@@ -98,6 +98,7 @@ class Webhook(TypedDict):
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
     paused: NotRequired[bool]
+    filter: NotRequired[dict[str, Any] | None]
     created_at: str | None
     updated_at: str | None
     breaker: NotRequired[Breaker | None]
@@ -125,6 +126,7 @@ class WebhookSettings(TypedDict, total=False):
     headers: dict[str, str] | None
     description: str
     paused: bool
+    filter: dict[str, Any] | None
 
 
 class WebhookCreate(WebhookSettings):

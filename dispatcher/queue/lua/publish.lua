@@ -45,7 +45,11 @@
 -- are prefix .. n), so SET NX of the dedup key both claims the event and stores its answer;
 -- when the key exists, GET answers the duplicate. A failed write later deletes the key again.
 -- Records and locators are written as _record.lua says (the format: dispatcher/queue/codec.py).
+-- A route may carry a payload filter ('f', only when the webhook has one: other routes are
+-- as before): a webhook subscribed by event type whose filter does not match gets no job. The
+-- payload is decoded at most once per call, and only when some subscribed route has a filter.
 -- include: _record.lua
+-- include: _filter.lua
 local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided, window =
   string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$')
 if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
@@ -74,6 +78,7 @@ for name in string.gmatch(ARGV[2], '%S+') do
 end
 local routes = redis.call('HGETALL', KEYS[1])
 local matched = {}
+local doc  -- the decoded payload, once a filter needs it
 for i = 1, #routes, 2 do
   local webhook_id = routes[i]
   local route = cjson.decode(routes[i + 1])
@@ -87,6 +92,13 @@ for i = 1, #routes, 2 do
         if t == '*' or t == event_type then wanted = true; break end
       end
     end
+  end
+  if wanted and route.f and only == '' then
+    if doc == nil then
+      local ok, decoded = pcall(cjson.decode, payload)
+      doc = ok and decoded or false  -- false: not JSON (never from the Client), no path present
+    end
+    wanted = filter_match(route.f, doc or nil)
   end
   if wanted then
     if not queues[route.q] then return {-1, route.q} end
