@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -98,6 +98,10 @@ def rfc3339(ms: int | None) -> str | None:
     )
 
 
+#: ``waiting_for`` of a job queued behind its FIFO lane's head.
+ORDERING = "ordering"
+
+
 # --- jobs ------------------------------------------------------------------------------
 
 
@@ -124,6 +128,8 @@ class Job:
     dlq_id: str | None = None
     reason: str | None = None
     waiting: str | None = None  # why a scheduled job waits without an attempt (traffic control)
+    #: The key of its FIFO lane (keys.lane), for a job of a webhook with ``ordering: fifo``.
+    lane: str | None = None
     reserved_ms: int | None = None  # the rate-limit slot reserved for it
     history: list[list[Any]] = field(default_factory=list)
 
@@ -207,12 +213,18 @@ class Job:
             "last_error": self.last_error,
             "last_status": self.last_status,
             "dead_reason": self.reason,
-            "waiting_for": self.waiting if (state or self.state) is JobState.SCHEDULED else None,
+            "waiting_for": self._waiting_for(state or self.state),
             "attempts": [_attempt_wire(a) for a in self.history],
         }
         if with_payload:
             wire["payload"] = orjson.Fragment(self.payload) if self.payload else None
         return wire
+
+    def _waiting_for(self, state: JobState) -> str | None:
+        """Why it waits: traffic control (scheduled), or behind its FIFO lane's head."""
+        if state is JobState.SCHEDULED or (state is JobState.QUEUED and self.waiting == ORDERING):
+            return self.waiting
+        return None
 
 
 def _attempt_wire(entry: list[Any]) -> dict[str, Any]:
@@ -236,6 +248,7 @@ CREATABLE = frozenset(
         "queue",
         "headers",
         "description",
+        "ordering",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -256,6 +269,7 @@ class Webhook:
     queue: str = "default"
     headers: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    ordering: str = "none"  # "fifo": one job in flight per lane (ordering_key), in publish order
     created_at_ms: int = 0
     updated_at_ms: int = 0
 
@@ -297,7 +311,10 @@ class Webhook:
         return [self.secret] + [s for s, until in self.old_secrets if until > now_ms]
 
     def routing(self) -> bytes:
-        return orjson.dumps({"e": self.event_types, "on": self.enabled, "q": self.queue})
+        route: dict[str, Any] = {"e": self.event_types, "on": self.enabled, "q": self.queue}
+        if self.ordering == "fifo":
+            route["o"] = 1  # publish.lua puts its jobs in lanes (only then: none costs nothing)
+        return orjson.dumps(route)
 
     def encode(self) -> bytes:
         return orjson.dumps(_slots(self))
@@ -319,6 +336,7 @@ class Webhook:
             "queue": self.queue,
             "headers": self.headers,
             "description": self.description,
+            "ordering": self.ordering,
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -458,6 +476,22 @@ def _check_enabled(value: Any) -> bool:
     return value
 
 
+def _check_ordering(value: Any) -> str:
+    if value != "none" and value != "fifo":  # noqa: PLR1714 - a dict is no set member
+        raise InvalidField("ordering", 'must be "none" or "fifo"')
+    return cast("str", value)
+
+
+def check_ordering_key(value: Any) -> str | None:
+    """A publish's ``ordering_key``: None, or 1 to MAX_ID_TEXT characters without white space."""
+    if value is None:
+        return None
+    text = _text("ordering_key", value)
+    if any(c.isspace() for c in text):
+        raise InvalidField("ordering_key", "must not contain white space")
+    return text
+
+
 _CHECKS: dict[str, Any] = {
     "tenant_id": check_tenant_id,
     "url": check_url,
@@ -469,4 +503,5 @@ _CHECKS: dict[str, Any] = {
     "headers": _check_headers,
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,
+    "ordering": _check_ordering,
 }

@@ -36,7 +36,11 @@
 -- data travels in its entry) is refused without a late attempt: the locator is what reclaim
 -- and the orphan sweep need to find the job's data, so it is left as it is.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- A delivered or dead job whose record names a FIFO lane ('ol', _lane.lua) releases it: it is
+-- popped and the lane's next job is queued (only for a current claim, so a stale outcome never
+-- releases a lane a newer claim holds). Other outcomes keep the lane blocked behind it.
 -- include: _record.lua
+-- include: _lane.lua
 local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -65,7 +69,7 @@ for i = 4, last, 8 do
   end
 end
 
-local records, done, delayed, acked = {}, {}, {}, {}
+local records, done, delayed, acked, lanes = {}, {}, {}, {}, {}
 for _, i in ipairs(outcomes) do
   local sid, job_id, kind, record, score = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4],
                                            ARGV[i + 5]
@@ -94,6 +98,10 @@ for _, i in ipairs(outcomes) do
     end
   else
     done[#done + 1] = score; done[#done + 1] = job_id
+  end
+  if kind == 'D' or kind == 'X' then
+    local lane = lane_of(record)
+    if lane then lanes[#lanes + 1] = lane; lanes[#lanes + 1] = job_id end
   end
   records[#records + 1] = job_id; records[#records + 1] = record
 end
@@ -134,6 +142,7 @@ end
 -- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
 -- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
 local base = ARGV[leases + 1]
+for i = 1, #lanes, 2 do advance_lane(base, KEYS[2], KEYS[5], lanes[i], lanes[i + 1], now) end
 local function release(waiting, count)
   local ids = redis.call('ZRANGE', waiting, 0, count - 1)
   for _, job_id in ipairs(ids) do
