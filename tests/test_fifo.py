@@ -3,6 +3,8 @@ in publish order, against a real Redis, real workers and a real HTTP target."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import TYPE_CHECKING
 
 import orjson
@@ -10,11 +12,13 @@ import pytest
 
 from dispatcher import Client, InvalidField, shapes
 from dispatcher.queue.keys import Keys
-from tests.helpers import eventually
+from tests.helpers import Daemon, daemon_env, eventually, stop_daemons
 from tests.lane_target import LaneTarget
 from tests.target import Reply, Target
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis.asyncio as aioredis
 
     from tests.conftest import WorkerHarness
@@ -131,3 +135,78 @@ async def test_lanes_of_different_keys_do_not_wait_for_each_other(
         waiting = await client.get_job(blocked[1])
         assert waiting is not None
         assert (waiting["state"], waiting["waiting_for"]) == ("queued", "ordering")
+
+
+async def _settled(client: Client, ids: list[str]) -> dict[str, str] | None:
+    """Each job's state once every one is delivered or dead, else None."""
+    states: dict[str, str] = {}
+    for start in range(0, len(ids), 200):
+        chunk = ids[start : start + 200]
+        jobs = await asyncio.gather(*map(client.get_job, chunk))
+        for job_id, job in zip(chunk, jobs, strict=True):
+            if job is None or job["state"] not in {"delivered", "dead"}:
+                return None
+            states[job_id] = job["state"]
+    return states
+
+
+async def test_lanes_stay_ordered_across_processes_with_failures_and_a_sigkill(
+    client: Client, redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """Two ``dispatcher run`` processes, a target failing 20% at random, one worker SIGKILLed
+    mid-run: per lane never two requests at once, and first deliveries in publish order
+    (dead jobs aside). FIFO_EVENTS=20000 runs a longer variant."""
+    events = int(os.environ.get("FIFO_EVENTS", "1000"))
+    lanes = 16
+    env = daemon_env(
+        redis_url,
+        prefix,
+        delivery_concurrency="16",
+        delivery_timeout_s="1",
+        delivery_stall_timeout_s="2",
+        delivery_backoff_base_s="0.01",
+        delivery_backoff_cap_s="0.05",
+        delivery_max_attempts="4",
+    )
+    async with LaneTarget(fail_rate=0.2) as target:
+        await client.create_webhook("acme", target.url, ordering="fifo")
+        steady = Daemon(env, logs_dir / "steady.log").start()
+        victim: Daemon | None = Daemon(env, logs_dir / "victim.log").start()
+        published: dict[str | None, list[int]] = {f"k{i}": [] for i in range(lanes)}
+        ids: list[str] = []
+        seq_of: dict[str, tuple[str, int]] = {}
+        try:
+            for start in range(0, events, 100):
+                numbers = range(start, min(start + 100, events))
+                batch = [
+                    {
+                        "tenant_id": "acme",
+                        "event_type": "a.b",
+                        "payload": {"seq": n, "key": f"k{n % lanes}"},
+                        "ordering_key": f"k{n % lanes}",
+                    }
+                    for n in numbers
+                ]
+                for n, answer in zip(numbers, await client.publish_many(batch), strict=True):
+                    assert not isinstance(answer, Exception)
+                    job_id = answer["jobs"][0]["id"]
+                    published[f"k{n % lanes}"].append(n)
+                    ids.append(job_id)
+                    seq_of[job_id] = (f"k{n % lanes}", n)
+                if victim is not None and start >= events // 2:
+                    await eventually(
+                        lambda: sum(map(len, target.arrivals.values())) > events // 3,
+                        timeout_s=60,
+                    )
+                    victim.kill()  # mid-run: it holds lane heads in flight
+                    victim = None
+            states = await eventually(lambda: _settled(client, ids), timeout_s=120, interval_s=0.5)
+        finally:
+            await stop_daemons(victim, steady)
+    dead = {seq_of[job_id] for job_id, state in states.items() if state == "dead"}
+    for key, seqs in published.items():
+        assert target.peak[key] == 1, f"lane {key}: {target.peak[key]} requests at once"
+        expected = [seq for seq in seqs if (key, seq) not in dead]
+        assert target.delivered_order(key) == expected, f"lane {key} out of order"
+    arrived = sum(map(len, target.arrivals.values()))
+    print(f"\nFIFO: {events} events on {lanes} lanes, {arrived} requests, {len(dead)} dead")
