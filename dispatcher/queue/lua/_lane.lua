@@ -4,11 +4,12 @@
 -- head, sits in a ready stream or a delayed zset, so at most one job of a lane is ever claimed.
 -- The others are full records (state queued or scheduled, 'wr' = 'ordering', 'ol' the lane).
 
--- Whether the record of a finished job (its meta text, undecoded) names a lane: '"ol":"' can
--- only be the key itself (a quote inside a JSON string is escaped).
+-- The lane a finished job's record names, or nil. Most records name none: one plain search
+-- of the record says so without copying or decoding anything (in the meta, '"ol":"' can only
+-- be the key itself, as a quote inside a JSON string is escaped; the payload may hold it too,
+-- hence the decode that follows a hit).
 local function lane_of(record)
-  local meta = record_meta(record)
-  if not meta or not string.find(meta, '"ol":"', 1, true) then return nil end
+  if not string.find(record, '"ol":"', 1, true) then return nil end
   local decoded = split_record(record)
   return decoded and type(decoded.ol) == 'string' and decoded.ol or nil
 end
