@@ -6,13 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import orjson
-
 from dispatcher.model import JobState
-from dispatcher.queue import codec, delays, streams
+from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.streams import Claim, SettleKind, Settlement
-from tests.helpers import stream_entries
+from tests.helpers import settlement, stream_entries
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -28,23 +25,6 @@ async def _lane_of_two(client: Client) -> tuple[str, str, str]:
         for n in range(2)
     ]
     return hook["id"], ids[0], ids[1]
-
-
-async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
-    [job] = (await streams.load(store, [claim])).jobs
-    assert job is not None
-    now = store.clock.now_ms()
-    job.attempt += 1
-    job.state = state
-    job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
-    return Settlement(
-        claim,
-        SettleKind(kind),
-        codec.encode(job),
-        now + (60_000 if kind == "R" else 0),
-        "max_attempts" if kind == "X" else "",
-        orjson.dumps([now, 500, 1.0, "late", 1]),
-    )
 
 
 async def _queued(redis: aioredis.Redis, prefix: str) -> list[str]:
@@ -68,11 +48,11 @@ async def test_a_stale_outcome_never_moves_the_lane_on(
     [claim_b] = (
         await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
     ).claims
-    late = await _settlement(store, claim_a, "D", JobState.DELIVERED)
+    late = await settlement(store, claim_a, "D", JobState.DELIVERED)
     assert await streams.settle(store, "a", [late]) == [head]
     assert await _lane(redis, prefix, hook) == [head, behind]
     assert await _queued(redis, prefix) == [head]  # b's claim, still pending
-    current = await _settlement(store, claim_b, "D", JobState.DELIVERED)
+    current = await settlement(store, claim_b, "D", JobState.DELIVERED)
     assert await streams.settle(store, "b", [current]) == []
     assert await _lane(redis, prefix, hook) == [behind]
     assert await _queued(redis, prefix) == [behind]
@@ -88,7 +68,7 @@ async def test_a_retry_keeps_the_lane_blocked_and_a_dead_head_releases_it(
     the next job go."""
     hook, head, behind = await _lane_of_two(client)
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
-    await streams.settle(store, "a", [await _settlement(store, claim, "R", JobState.SCHEDULED)])
+    await streams.settle(store, "a", [await settlement(store, claim, "R", JobState.SCHEDULED)])
     assert await _queued(redis, prefix) == []
     assert await redis.zrange(Keys(prefix).delayed("default"), 0, -1) == [head.encode()]
     assert await _lane(redis, prefix, hook) == [head, behind]
@@ -96,7 +76,7 @@ async def test_a_retry_keeps_the_lane_blocked_and_a_dead_head_releases_it(
     assert (await delays.promote_due(store, "default")).moved == 1
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     assert claim.job_id == head
-    await streams.settle(store, "a", [await _settlement(store, claim, "X", JobState.DEAD)])
+    await streams.settle(store, "a", [await settlement(store, claim, "X", JobState.DEAD)])
     assert await _lane(redis, prefix, hook) == [behind]
     assert await _queued(redis, prefix) == [behind]
 
@@ -136,7 +116,7 @@ async def test_a_scheduled_lane_keeps_its_order_and_due_times(
     await redis.zadd(delayed, {ids[0]: 0})
     await delays.promote_due(store, "default")
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
-    await streams.settle(store, "a", [await _settlement(store, claim, "D", JobState.DELIVERED)])
+    await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
     assert await _lane(redis, prefix, hook["id"]) == [ids[1]]
     assert await redis.zscore(delayed, ids[1]) == int(later.timestamp() * 1000)
     assert await _queued(redis, prefix) == []

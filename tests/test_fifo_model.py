@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -21,13 +20,15 @@ from hypothesis.stateful import (
 
 from dispatcher import Client
 from dispatcher.model import JobState
-from dispatcher.queue import codec, delays, streams
+from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
-from dispatcher.queue.streams import Claim, SettleKind, Settlement
+from tests.helpers import settlement
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
+
+    from dispatcher.queue.streams import Claim, Settlement
 
 KEYS = (None, "a", "b")
 STATES = {"D": JobState.DELIVERED, "R": JobState.SCHEDULED, "X": JobState.DEAD}
@@ -166,19 +167,10 @@ class LaneMachine(RuleBasedStateMachine):
             self.dead.append(job_id)
 
     def _settlement(self, claim: Claim, kind: str) -> Settlement:
-        [job] = self.run(streams.load(self.store, [claim])).jobs
-        assert job is not None
-        now = self.store.clock.now_ms()
-        job.attempt += 1
-        job.state = STATES[kind]
-        return Settlement(
-            claim,
-            SettleKind(kind),
-            codec.encode(job),
-            now + (60_000 if kind == "R" else 0),
-            "max_attempts" if kind == "X" else "",
-            orjson.dumps([now, 500, 1.0, "late", 1]),
+        outcome: Settlement = self.run(
+            settlement(self.store, claim, kind, STATES[kind], due_in_ms=60_000)
         )
+        return outcome
 
     @invariant()
     def lanes_match_the_model(self) -> None:
