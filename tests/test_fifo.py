@@ -137,6 +137,21 @@ async def test_lanes_of_different_keys_do_not_wait_for_each_other(
         assert (waiting["state"], waiting["waiting_for"]) == ("queued", "ordering")
 
 
+async def test_a_deleted_webhooks_lane_drains_to_the_dlq(
+    client: Client, target: Target, workers: WorkerHarness, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Jobs waiting in the lanes of a deleted webhook are not stranded: each is dead-lettered
+    in turn as it becomes its lane's head, and the lane is gone."""
+    hook = await client.create_webhook("acme", target.url(), ordering="fifo")
+    ids = await _publish(client, 3)
+    await client.delete_webhook(hook["id"])
+    await workers.start()
+    for job_id in ids:
+        await eventually(lambda job_id=job_id: _job_in(client, job_id, "dead"))
+    assert await redis.exists(Keys(prefix).lane(hook["id"])) == 0
+    assert target.count() == 0
+
+
 async def _settled(client: Client, ids: list[str]) -> dict[str, str] | None:
     """Each job's state once every one is delivered or dead, else None."""
     states: dict[str, str] = {}
