@@ -25,6 +25,7 @@ from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
     check_event_type,
+    check_ordering_key,
     check_queue,
     check_tenant_id,
     check_unicode,
@@ -63,6 +64,7 @@ _EVENT_FIELDS = frozenset(
         "deliver_at",
         "priority",
         "dedup_window_s",
+        "ordering_key",
     }
 )
 
@@ -270,6 +272,7 @@ class Client:
         priority: str = "normal",
         *,
         dedup_window_s: int | None = None,
+        ordering_key: str | None = None,
     ) -> shapes.PublishAnswer:
         """Fan the event out to every enabled, subscribed webhook of the tenant.
 
@@ -286,6 +289,10 @@ class Client:
         client's default, 0: off, at most 86400) answers that event's answer with
         ``"deduplicated": True`` and enqueues nothing (its ``deliver_at`` and ``priority`` are
         the first one's).
+
+        ``ordering_key`` chooses the lane of the event's job for a webhook with ``ordering:
+        "fifo"`` (None: the webhook's one keyless lane): a lane's jobs are attempted one at a
+        time, in the order their publishes were accepted. Other webhooks ignore it.
         """
         _new, answer = await self.publish_checked(
             tenant_id,
@@ -295,6 +302,7 @@ class Client:
             deliver_at=deliver_at,
             priority=priority,
             dedup_window_s=dedup_window_s,
+            ordering_key=ordering_key,
         )
         return answer
 
@@ -309,6 +317,7 @@ class Client:
         priority: str = "normal",
         webhook_id: str | None = None,
         dedup_window_s: int | None = None,
+        ordering_key: str | None = None,
     ) -> tuple[bool, shapes.PublishAnswer]:
         """Like ``publish``, also saying whether the event is new (False: an idempotent repeat
         or a duplicate)."""
@@ -321,6 +330,7 @@ class Client:
             priority,
             webhook_id,
             dedup_window_s,
+            ordering_key,
         )
         new, answer = await self._publisher.publish(pub)
         return new, cast("shapes.PublishAnswer", answer)
@@ -334,6 +344,7 @@ class Client:
         idempotency_key: str | None = None,
         deliver_at: datetime | str | None = None,
         priority: str = "normal",
+        ordering_key: str | None = None,
     ) -> tuple[bool, shapes.PublishAnswer]:
         """One job for exactly this webhook (enabled, whatever it subscribes to).
 
@@ -353,6 +364,7 @@ class Client:
             priority=priority,
             webhook_id=hook.id,
             dedup_window_s=0,
+            ordering_key=ordering_key,
         )
 
     async def publish_many(
@@ -383,6 +395,7 @@ class Client:
                     event.get("priority", "normal"),
                     None,
                     event.get("dedup_window_s"),
+                    event.get("ordering_key"),
                 )
             )
         answers = await publishing.publish_many(self.store, pubs, self._queues)
@@ -398,6 +411,7 @@ class Client:
         priority: Any,
         webhook_id: str | None,
         dedup_window_s: Any,
+        ordering_key: Any = None,
     ) -> publishing.Publication:
         if priority not in Priority.__members__.values():
             raise InvalidField("priority", "must be one of high, normal, low")
@@ -416,6 +430,7 @@ class Client:
             priority=priority,
             only_webhook=webhook_id,
             dedup_window_s=window,
+            ordering_key=check_ordering_key(ordering_key),
         )
 
     def _encode_payload(self, payload: Any) -> bytes:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -106,6 +106,10 @@ def rfc3339(ms: int | None) -> str | None:
     )
 
 
+#: ``waiting_for`` of a job queued behind its FIFO lane's head.
+ORDERING = "ordering"
+
+
 # --- jobs ------------------------------------------------------------------------------
 
 
@@ -132,6 +136,8 @@ class Job:
     dlq_id: str | None = None
     reason: str | None = None
     waiting: str | None = None  # why a scheduled job waits without an attempt (traffic control)
+    #: The key of its FIFO lane (keys.lane), for a job of a webhook with ``ordering: fifo``.
+    lane: str | None = None
     reserved_ms: int | None = None  # the rate-limit slot reserved for it
     history: list[list[Any]] = field(default_factory=list)
 
@@ -223,12 +229,18 @@ class Job:
             "last_error": self.last_error,
             "last_status": self.last_status,
             "dead_reason": self.reason,
-            "waiting_for": self.waiting if (state or self.state) is JobState.SCHEDULED else None,
+            "waiting_for": self._waiting_for(state or self.state),
             "attempts": [_attempt_wire(a) for a in self.history],
         }
         if with_payload:
             wire["payload"] = orjson.Fragment(self.payload) if self.payload else None
         return wire
+
+    def _waiting_for(self, state: JobState) -> str | None:
+        """Why it waits: traffic control (scheduled), or behind its FIFO lane's head."""
+        if state is JobState.SCHEDULED or (state is JobState.QUEUED and self.waiting == ORDERING):
+            return self.waiting
+        return None
 
 
 def _attempt_wire(entry: list[Any]) -> dict[str, Any]:
@@ -254,6 +266,7 @@ CREATABLE = frozenset(
         "description",
         "paused",
         "filter",
+        "ordering",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -277,6 +290,7 @@ class Webhook:
     #: A payload filter (filters.py documents the language and its bounds): an event it does
     #: not match gets no job for this webhook. None: every event of its types.
     filter: dict[str, Any] | None = None
+    ordering: str = "none"  # "fifo": one job in flight per lane (ordering_key), in publish order
     created_at_ms: int = 0
     updated_at_ms: int = 0
     paused: bool = False  # its jobs are held, without attempts, until it is resumed
@@ -323,6 +337,8 @@ class Webhook:
         compiled = filters.compile_filter(self.filter) if self.filter else None
         if compiled is not None:  # only when set: the route of an unfiltered webhook is as before
             route["f"] = compiled
+        if self.ordering == "fifo":
+            route["o"] = 1  # publish.lua puts its jobs in lanes (only then: none costs nothing)
         return orjson.dumps(route)
 
     def encode(self) -> bytes:
@@ -332,6 +348,8 @@ class Webhook:
             del record["paused"]
         if record["filter"] is None:
             del record["filter"]
+        if record["ordering"] == "none":
+            del record["ordering"]
         return orjson.dumps(record)
 
     @classmethod
@@ -361,6 +379,7 @@ class Webhook:
             "description": self.description,
             "paused": self.paused,
             "filter": self.filter,
+            "ordering": self.ordering,
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -506,6 +525,22 @@ def _check_paused(value: Any) -> bool:
     return value
 
 
+def _check_ordering(value: Any) -> str:
+    if value != "none" and value != "fifo":  # noqa: PLR1714 - a dict is no set member
+        raise InvalidField("ordering", 'must be "none" or "fifo"')
+    return cast("str", value)
+
+
+def check_ordering_key(value: Any) -> str | None:
+    """A publish's ``ordering_key``: None, or 1 to MAX_ID_TEXT characters without white space."""
+    if value is None:
+        return None
+    text = _text("ordering_key", value)
+    if any(c.isspace() for c in text):
+        raise InvalidField("ordering_key", "must not contain white space")
+    return text
+
+
 _CHECKS: dict[str, Any] = {
     "tenant_id": check_tenant_id,
     "url": check_url,
@@ -519,6 +554,7 @@ _CHECKS: dict[str, Any] = {
     "enabled": _check_enabled,
     "paused": _check_paused,
     "filter": filters.check,
+    "ordering": _check_ordering,
 }
 
 

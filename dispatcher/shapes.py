@@ -19,7 +19,10 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 BreakerState = Literal["closed", "open", "half_open"]
 JobStateName = Literal["queued", "active", "scheduled", "delivered", "dead"]
-WaitingFor = Literal["rate_limit", "max_in_flight", "endpoint_capacity", "breaker", "paused"]
+WaitingFor = Literal[
+    "rate_limit", "max_in_flight", "endpoint_capacity", "breaker", "paused", "ordering"
+]
+Ordering = Literal["none", "fifo"]
 Priority = Literal["high", "normal", "low"]
 RefusalReason = Literal["payload_lost", "webhook_deleted", "webhook_disabled", "malformed"]
 AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
@@ -94,6 +97,7 @@ class Webhook(TypedDict):
     disabled_reason: NotRequired[str | None]
     rate_limit: NotRequired[RateLimit | None]
     max_in_flight: NotRequired[int | None]
+    ordering: NotRequired[Ordering]
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
@@ -122,6 +126,7 @@ class WebhookSettings(TypedDict, total=False):
     secret: str | None
     rate_limit: RateLimit | None
     max_in_flight: int | None
+    ordering: Ordering
     queue: str
     headers: dict[str, str] | None
     description: str
@@ -159,6 +164,7 @@ class Delivery(TypedDict):
     event_type: str
     payload: Any
     idempotency_key: NotRequired[str | None]
+    ordering_key: NotRequired[str | None]
     deliver_at: NotRequired[str | None]
     priority: NotRequired[Priority]
 

@@ -18,8 +18,9 @@ import orjson
 
 from dispatcher.ids import new_event_ids
 from dispatcher.model import Job, JobState
-from dispatcher.queue import codec
+from dispatcher.queue import codec, streams
 from dispatcher.queue.keys import Keys, shard_of
+from dispatcher.queue.streams import SettleKind, Settlement
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from dispatcher import Client, shapes
+    from dispatcher.queue.store import Store
+    from dispatcher.queue.streams import Claim
     from dispatcher.sender import Sender
     from dispatcher.sender_aiohttp import AiohttpSender
     from tests.target import Target
@@ -479,3 +482,25 @@ async def seed_dead_jobs(
             pipe.hset(keys.jobs, job_id, codec.encode(job))
         await pipe.execute()
     return ids
+
+
+async def settlement(
+    store: Store, claim: Claim, kind: str, state: JobState, *, due_in_ms: int = 1000
+) -> Settlement:
+    """An attempt's outcome for ``claim`` as a worker settles it: the job loaded as a worker
+    loads what it claimed, one attempt more, in ``state``; a retry ('R') due in ``due_in_ms``,
+    a dead job ('X') dead as max_attempts; a late attempt for the history if it is stale."""
+    [job] = (await streams.load(store, [claim])).jobs
+    assert job is not None
+    now = store.clock.now_ms()
+    job.attempt += 1
+    job.state = state
+    job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
+    return Settlement(
+        claim,
+        SettleKind(kind),
+        codec.encode(job),
+        now + (due_in_ms if kind == "R" else 0),
+        "max_attempts" if kind == "X" else "",
+        orjson.dumps([now, 500, 1.0, "late", 1]),
+    )

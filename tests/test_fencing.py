@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from dispatcher.model import JobState
-from dispatcher.queue import codec, delays, streams
+from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.streams import Claim, SettleKind, Settlement
-from tests.helpers import stream_entries
+from tests.helpers import settlement, stream_entries
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -26,23 +23,6 @@ if TYPE_CHECKING:
 async def _one_job(client: Client) -> str:
     await client.create_webhook("acme", "https://hooks.example.com/x")
     return str((await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"])
-
-
-async def _settlement(store: Store, claim: Claim, kind: str, state: JobState) -> Settlement:
-    [job] = (await streams.load(store, [claim])).jobs  # as a worker loads what it claimed
-    assert job is not None
-    now = store.clock.now_ms()
-    job.attempt += 1
-    job.state = state
-    job.history.append([now, 200 if kind == "D" else 500, 1.0, None, 0])
-    return Settlement(
-        claim,
-        SettleKind(kind),
-        codec.encode(job),
-        now + (1000 if kind == "R" else 0),
-        "",
-        orjson.dumps([now, 500, 1.0, "late", 1]),
-    )
 
 
 async def _reclaim(store: Store, consumer: str) -> streams.ReclaimPage:
@@ -59,9 +39,9 @@ async def test_frozen_worker_cannot_overwrite_the_new_owner(client: Client, stor
     [claim_b] = page.claims
     assert claim_b.job_id == job_id
     assert claim_b.token != claim_a.token
-    delivered = await _settlement(store, claim_b, "D", JobState.DELIVERED)
+    delivered = await settlement(store, claim_b, "D", JobState.DELIVERED)
     assert await streams.settle(store, "b", [delivered]) == []
-    late_retry = await _settlement(store, claim_a, "R", JobState.SCHEDULED)
+    late_retry = await settlement(store, claim_a, "R", JobState.SCHEDULED)
     assert await streams.settle(store, "a", [late_retry]) == [job_id]
     job = await client.get_job(job_id)
     assert job is not None
@@ -75,9 +55,9 @@ async def test_same_consumer_reclaim_changes_the_token(client: Client, store: St
     job_id = await _one_job(client)
     [first], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     [again] = (await _reclaim(store, "a")).claims
-    stale = await _settlement(store, first, "D", JobState.DELIVERED)
+    stale = await settlement(store, first, "D", JobState.DELIVERED)
     assert await streams.settle(store, "a", [stale]) == [job_id]
-    current = await _settlement(store, again, "D", JobState.DELIVERED)
+    current = await settlement(store, again, "D", JobState.DELIVERED)
     assert await streams.settle(store, "a", [current]) == []
 
 
@@ -88,7 +68,7 @@ async def test_stall_count_lives_in_the_record_and_poisons_at_three(
     job_id = await _one_job(client)
     [claim], _ = await streams.wait_new(store, ("default",), "w1", count=10, block_ms=10)
     # A retry re-adds the job as a new entry: Redis's delivery counter starts again from 1.
-    retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
+    retry = await settlement(store, claim, "R", JobState.SCHEDULED)
     assert await streams.settle(store, "w1", [retry]) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
     assert (await delays.promote_due(store, "default")).moved == 1
@@ -156,7 +136,7 @@ async def test_queued_job_whose_entry_was_deleted_is_put_back(
     back into its stream with its payload."""
     job_id = await _one_job(client)
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
-    retry = await _settlement(store, claim, "R", JobState.SCHEDULED)
+    retry = await settlement(store, claim, "R", JobState.SCHEDULED)
     assert await streams.settle(store, "a", [retry]) == []
     await redis.zadd(Keys(prefix).delayed("default"), {job_id: 0})
     await delays.promote_due(store, "default")
@@ -206,7 +186,7 @@ async def test_claims_a_worker_holds_are_never_taken_over(
     )
     assert other.claims == []
     assert [await _stalls(client, c.job_id) for c in claims] == [0, 0, 0]
-    batch = [await _settlement(store, c, "D", JobState.DELIVERED) for c in claims]
+    batch = [await settlement(store, c, "D", JobState.DELIVERED) for c in claims]
     assert await streams.settle(store, "a", batch) == []
 
 

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 # Digits enough for an integer outside orjson's exact range (-2**63 to 2**64 - 1), or a string.
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
-_EVENT = frozenset({"event_type", "payload", "idempotency_key", "deliver_at", "priority"})
+_EVENT = frozenset(
+    {"event_type", "payload", "idempotency_key", "deliver_at", "priority", "ordering_key"}
+)
 
 
 async def json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:

@@ -33,7 +33,9 @@ are short:
 ``c`` created ms, ``p`` last attempt started ms, ``f`` finished ms, ``n`` next attempt ms,
 ``le`` last error, ``ls`` last HTTP status, ``sid`` ready-stream entry id, ``d`` DLQ entry id,
 ``r`` dead reason, ``wr`` what a waiting job waits for (``rate_limit``, ``max_in_flight``,
-``endpoint_capacity``, ``breaker``), ``rv`` its reserved rate slot (ms),
+``endpoint_capacity``, ``breaker``; ``ordering`` for a job queued behind its FIFO lane's head),
+``rv`` its reserved rate slot (ms), ``ol`` the key of its FIFO lane (keys.py ``lane``: only a
+job of a webhook with ``ordering: fifo``, which is always a record, never a locator),
 ``h`` attempts ``[at_ms, status, duration_ms, error, late]`` (the last ``HISTORY_LIMIT``; cjson
 writes an empty list as ``{}``).
 
@@ -101,6 +103,8 @@ def encode(job: Job, *, keep_payload: bool = True) -> bytes:  # noqa: C901 - fla
         meta["wr"] = job.waiting
     if job.reserved_ms is not None:
         meta["rv"] = job.reserved_ms
+    if job.lane is not None:
+        meta["ol"] = job.lane
     if job.history:
         meta["h"] = job.history[-HISTORY_LIMIT:]
     return orjson.dumps(meta) + _SEP + (job.payload if keep_payload else b"")
@@ -154,6 +158,7 @@ def _from_meta(job_id: str, m: dict[str, Any], payload: bytes) -> Job:
         reason=m.get("r"),
         waiting=m.get("wr"),
         reserved_ms=m.get("rv"),
+        lane=m.get("ol"),
         history=history if isinstance(history, list) else [],  # cjson writes [] as {}
     )
 

@@ -37,6 +37,10 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:q:S:delayed``     zset  job id -> due time (ms, Redis clock): retries and scheduled jobs
 ``P:{0}:done``            zset  job id -> finished time (ms): finished records, swept after
                           ``jobs.retention_s``
+``P:{0}:lane:W``          list  a FIFO webhook's keyless lane: the ids of its unfinished jobs in
+``P:{0}:lane:W:N:K``      publish order, for ordering key K (N its length in bytes). Only the
+                          first, the head, is in a ready stream or a delayed zset; settle.lua
+                          pops it when it is delivered or dead and queues the next
 ``P:{0}:dlq``             stream of dead jobs ``{j: job id, r: reason}`` (or ``{raw, r}`` for an
                           entry that could not be parsed); entry ids give a stable cursor
 ``P:{0}:idempotency:N:T:K`` string, the first answer to tenant T's publish with idempotency key
@@ -239,6 +243,13 @@ class Keys:
 
     def hook_hour(self, webhook_id: str, hour: int) -> str:
         return f"{self._base}:wstats:h:{webhook_id}:{hour}"
+
+    def lane(self, webhook_id: str, ordering_key: str | None = None) -> str:
+        """A FIFO webhook's lane for ``ordering_key`` (None: the webhook's one keyless lane);
+        the key's length in bytes says it is a key (publish.lua builds the same name)."""
+        if ordering_key is None:
+            return f"{self._base}:lane:{webhook_id}"
+        return f"{self._base}:lane:{webhook_id}:{len(ordering_key.encode())}:{ordering_key}"
 
     @property
     def hook_pending(self) -> str:

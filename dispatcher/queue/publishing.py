@@ -43,6 +43,9 @@ class Publication:
     #: answers this one's answer and enqueues nothing; 0 is off. A publish with an idempotency
     #: key is decided by its key alone: it neither checks nor claims the hash.
     dedup_window_s: int = 0
+    #: A FIFO webhook's lane for this event's job (None: the webhook's keyless lane); other
+    #: webhooks ignore it.
+    ordering_key: str | None = None
     #: The hex hash an identical event shares ('' when dedup is off); computed once, here.
     dedup_hash: str = ""
     #: What a repeat of the idempotency key must match ('' without a key).
@@ -79,6 +82,8 @@ class Publication:
         ):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
+        if self.ordering_key is not None:  # only then: keys stored before keep their fingerprint
+            digest.update(b"ordering_key " + self.ordering_key.encode())
         return digest.hexdigest()
 
 
@@ -114,6 +119,7 @@ def _publish_call(
             pub.fingerprint or "-",
             "1" if pub.decided else "-",
             str(window),
+            "-" if pub.ordering_key is None else f"={pub.ordering_key}",
         )
     )
     args: list[bytes | str | int] = [event, " ".join(names), " ".join(streams), pub.payload]

@@ -17,8 +17,9 @@
 --   one naming another event is stale (the key's earlier use, whose record on shard 0 expired
 --   first) and is replaced; the fingerprint was checked on shard 0. The same holds for the
 --   dedup key, but for a newer event's (this part ran late), which stays, and this event's
---   jobs are written only if its first record is not here yet. Last, the dedup window in
---   seconds (0: off; never with an idempotency key).
+--   jobs are written only if its first record is not here yet. Then the dedup window in
+--   seconds (0: off; never with an idempotency key). Last, the ordering key: '=' then the key,
+--   or '-' for none (a FIFO webhook's keyless lane).
 -- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
@@ -48,10 +49,14 @@
 -- A route may carry a payload filter ('f', only when the webhook has one: other routes are
 -- as before): a webhook subscribed by event type whose filter does not match gets no job. The
 -- payload is decoded at most once per call, and only when some subscribed route has a filter.
+-- A webhook with ordering fifo (its route has "o") gets a full record whose 'ol' names its lane
+-- (_lane.lua): only the lane's head goes into the stream (an entry {j, w}) or the delayed zset.
 -- include: _record.lua
 -- include: _filter.lua
-local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided, window =
-  string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$')
+-- include: _lane.lua
+local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided, window,
+      okey = string.match(ARGV[1],
+                          '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%S+)$')
 if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
 local payload = ARGV[4]
 local use_idem = tonumber(ttl) > 0
@@ -102,7 +107,7 @@ for i = 1, #routes, 2 do
   end
   if wanted then
     if not queues[route.q] then return {-1, route.q} end
-    matched[#matched + 1] = {webhook_id, route.q}
+    matched[#matched + 1] = {webhook_id, route.q, route.o}
   end
 end
 table.sort(matched, function(x, y) return x[1] < y[1] end)
@@ -158,7 +163,9 @@ local function in_chunks(cmd, key, list)
 end
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
+local pushed = {}  -- the lanes this call pushed a job onto, in order
 local function undo(reply, hashed, zsets)
+  for i = #pushed, 1, -1 do redis.call('RPOP', pushed[i]) end
   for _, q in pairs(queues) do
     in_chunks('XDEL', q.ready, q.added)
   end
@@ -180,7 +187,26 @@ for n, match in ipairs(matched) do
   local webhook_id, q = match[1], queues[match[2]]
   local job_id = prefix .. n
   records[#records + 1] = job_id
-  if scheduled then
+  if match[3] then
+    local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'queued',
+                  a = 0, k = 0, c = now_ms, ol = KEYS[2]:sub(1, -5) .. 'lane:' .. webhook_id}
+    if okey ~= '-' then meta.ol = meta.ol .. ':' .. (#okey - 1) .. ':' .. okey:sub(2) end
+    if scheduled then meta.s = 'scheduled'; meta.n = due_ms end
+    local len = redis.pcall('RPUSH', meta.ol, job_id)
+    if type(len) == 'table' and len.err then return undo(len, false, {}) end
+    pushed[#pushed + 1] = meta.ol
+    if len > 1 then
+      meta.wr = 'ordering'  -- behind the lane's head, in no stream until it is the head
+    elseif scheduled then
+      q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
+    else
+      local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id)
+      if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
+      q.added[#q.added + 1] = sid
+      meta.sid = sid
+    end
+    records[#records + 1] = make_record(meta, payload)
+  elseif scheduled then
     local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'scheduled',
                   a = 0, k = 0, c = now_ms, n = due_ms}
     records[#records + 1] = make_record(meta, payload)

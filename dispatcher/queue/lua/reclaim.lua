@@ -23,8 +23,11 @@
 -- re-adds the job as a new entry, so it cannot tell how often workers died on the job. Only a
 -- takeover from another consumer counts as a stall; an entry of this consumer that it no
 -- longer holds (its load failed, or its lane crashed) is taken back without one.
--- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- Records are read as _record.lua says (the format: dispatcher/queue/codec.py). A poison job
+-- of a FIFO lane releases it (_lane.lua), as a dead one does in settle.lua; a taken-over head
+-- only changes consumer, so its lane still has one job in flight.
 -- include: _record.lua
+-- include: _lane.lua
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[5])
 
@@ -53,7 +56,7 @@ for _, e in ipairs(idle) do owner[e[1]] = e[2] end
 local page = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, ARGV[3], idle[1][1],
                         'COUNT', count)
 local threshold, now_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
-local taken, poison, malformed, missing, finished = {}, {}, {}, {}, {}
+local taken, poison, malformed, missing, finished, released = {}, {}, {}, {}, {}, {}
 
 for _, entry in ipairs(page[2]) do
   local sid, fields = entry[1], entry[2] or {}
@@ -81,6 +84,7 @@ for _, entry in ipairs(page[2]) do
       meta.d = redis.call('XADD', KEYS[3], '*', 'j', f.j, 'r', 'poison')
       poison[#poison + 1] = f.j
       finished[#finished + 1] = sid
+      if type(meta.ol) == 'string' then released[#released + 1] = {meta.ol, f.j} end
     else
       local p = redis.call('XPENDING', KEYS[1], group, sid, sid, 1)
       taken[#taken + 1] = sid; taken[#taken + 1] = f.j; taken[#taken + 1] = f.w
@@ -95,6 +99,9 @@ for _, sid in ipairs(page[3]) do missing[#missing + 1] = sid end
 if #finished > 0 then
   redis.call('XACK', KEYS[1], group, unpack(finished))
   redis.call('XDEL', KEYS[1], unpack(finished))
+end
+for _, r in ipairs(released) do
+  advance_lane(KEYS[2]:sub(1, -5), KEYS[2], KEYS[3], r[1], r[2], now_ms)
 end
 local more = 0
 if page[1] ~= '0-0' then more = left(page[1]) end

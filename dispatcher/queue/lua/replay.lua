@@ -18,8 +18,11 @@
 -- 'malformed' (no job, or a record that cannot be read), 'record_missing' (range only).
 -- Unknown ids and jobs that are not dead are passed over (a replay can be repeated); in 'ids'
 -- mode the last list names each with why: 'not_found' (no record) or 'not_dead'.
+-- A dead job of a FIFO lane ('ol', _lane.lua) goes to the back of its lane: into its stream
+-- only when the lane is empty, else it waits (state queued, 'wr' ordering) for the jobs ahead.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
+-- include: _lane.lua
 local mode = ARGV[1]
 local ready = {}
 local n = 0
@@ -119,7 +122,10 @@ local replayed = {}
 for _, job in ipairs(chosen) do
   local job_id, meta, rest = job[1], job[2], job[3]
   if meta.d then redis.call('XDEL', KEYS[1], meta.d) end
-  meta.sid = redis.call('XADD', ready[meta.q], '*', 'j', job_id, 'w', meta.w)
+  meta.sid = nil; meta.wr = nil
+  if type(meta.ol) ~= 'string' or join_lane(meta.ol, job_id, meta) then
+    meta.sid = redis.call('XADD', ready[meta.q], '*', 'j', job_id, 'w', meta.w)
+  end
   meta.s = 'queued'; meta.a = 0; meta.k = 0
   meta.d = nil; meta.r = nil; meta.f = nil; meta.n = nil
   redis.call('HSET', KEYS[2], job_id, cjson.encode(meta) .. rest)

@@ -37,7 +37,11 @@
 -- data travels in its entry) is refused without a late attempt: the locator is what reclaim
 -- and the orphan sweep need to find the job's data, so it is left as it is.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
+-- A delivered or dead job whose record names a FIFO lane ('ol', _lane.lua) releases it: it is
+-- popped and the lane's next job is queued (only for a current claim, so a stale outcome never
+-- releases a lane a newer claim holds). Other outcomes keep the lane blocked behind it.
 -- include: _record.lua
+-- include: _lane.lua
 local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,7 +82,7 @@ for i = 4, last, 8 do
   end
 end
 
-local records, done, delayed, acked = {}, {}, {}, {}
+local records, done, delayed, acked, lanes = {}, {}, {}, {}, {}
 for _, i in ipairs(outcomes) do
   local sid, job_id, kind, record, score = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4],
                                            ARGV[i + 5]
@@ -117,6 +121,10 @@ for _, i in ipairs(outcomes) do
   else
     done[#done + 1] = score; done[#done + 1] = job_id
   end
+  if kind == 'D' or kind == 'X' then
+    local lane = lane_of(record)
+    if lane then lanes[#lanes + 1] = lane; lanes[#lanes + 1] = job_id end
+  end
   records[#records + 1] = job_id; records[#records + 1] = record
 end
 
@@ -154,6 +162,7 @@ end
 
 -- Room freed: the oldest waiting jobs go back to their queue (as promote.lua puts a job back).
 -- A record that cannot be read is dead-lettered as malformed; one that is gone is dropped.
+for i = 1, #lanes, 2 do advance_lane(base, KEYS[2], KEYS[5], lanes[i], lanes[i + 1], now) end
 local function release(waiting, count)
   if requeue_oldest(waiting, count, KEYS[2], KEYS[5], base) > 0 then
     redis.call('ZADD', KEYS[7], 'XX', now, string.match(waiting, 'waiting:(.*)$'))

@@ -1,0 +1,122 @@
+"""A FIFO lane's transitions, driven through the queue verbs against a real Redis: only the
+head is ever queued, and only a current claim's delivered or dead outcome moves the lane on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dispatcher.model import JobState
+from dispatcher.queue import delays, streams
+from dispatcher.queue.keys import Keys
+from tests.helpers import settlement, stream_entries
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from dispatcher import Client
+    from dispatcher.queue.store import Store
+
+
+async def _lane_of_two(client: Client) -> tuple[str, str, str]:
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
+    ids = [
+        (await client.publish("acme", "a.b", {"n": n}, ordering_key="o"))["jobs"][0]["id"]
+        for n in range(2)
+    ]
+    return hook["id"], ids[0], ids[1]
+
+
+async def _queued(redis: aioredis.Redis, prefix: str) -> list[str]:
+    """The job ids in the default queue's ready stream."""
+    entries = await stream_entries(redis, Keys(prefix).ready("default"))
+    return [fields[b"j"].decode() for _, fields in entries]
+
+
+async def _lane(redis: aioredis.Redis, prefix: str, webhook_id: str) -> list[str]:
+    key = Keys(prefix).lane(webhook_id, "o")
+    return [i.decode() for i in await redis.lrange(key, 0, -1)]  # type: ignore[union-attr]
+
+
+async def test_a_stale_outcome_never_moves_the_lane_on(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A frozen worker's late "delivered" leaves the lane to the worker that took over; that
+    one's outcome queues the next job."""
+    hook, head, behind = await _lane_of_two(client)
+    [claim_a], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    [claim_b] = (
+        await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
+    ).claims
+    late = await settlement(store, claim_a, "D", JobState.DELIVERED)
+    assert await streams.settle(store, "a", [late]) == [head]
+    assert await _lane(redis, prefix, hook) == [head, behind]
+    assert await _queued(redis, prefix) == [head]  # b's claim, still pending
+    current = await settlement(store, claim_b, "D", JobState.DELIVERED)
+    assert await streams.settle(store, "b", [current]) == []
+    assert await _lane(redis, prefix, hook) == [behind]
+    assert await _queued(redis, prefix) == [behind]
+    job = await client.get_job(behind)
+    assert job is not None
+    assert (job["state"], job["waiting_for"]) == ("queued", None)
+
+
+async def test_a_retry_keeps_the_lane_blocked_and_a_dead_head_releases_it(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A retried head waits in the delayed zset with nothing of its lane queued; dead, it lets
+    the next job go."""
+    hook, head, behind = await _lane_of_two(client)
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    await streams.settle(store, "a", [await settlement(store, claim, "R", JobState.SCHEDULED)])
+    assert await _queued(redis, prefix) == []
+    assert await redis.zrange(Keys(prefix).delayed("default"), 0, -1) == [head.encode()]
+    assert await _lane(redis, prefix, hook) == [head, behind]
+    await redis.zadd(Keys(prefix).delayed("default"), {head: 0})
+    assert (await delays.promote_due(store, "default")).moved == 1
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    assert claim.job_id == head
+    await streams.settle(store, "a", [await settlement(store, claim, "X", JobState.DEAD)])
+    assert await _lane(redis, prefix, hook) == [behind]
+    assert await _queued(redis, prefix) == [behind]
+
+
+async def test_a_poison_head_releases_its_lane(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A head whose workers died on it three times is dead as poison, and the next job goes."""
+    hook, head, behind = await _lane_of_two(client)
+    await streams.wait_new(store, ("default",), "w1", count=10, block_ms=10)  # w1 dies
+    for consumer in ("w2", "w3", "w4"):
+        page = await streams.reclaim_page(
+            store, "default", consumer, min_idle_ms=0, cursor="0-0", count=10
+        )
+    assert page.poisoned == [head]
+    assert await _lane(redis, prefix, hook) == [behind]
+    assert await _queued(redis, prefix) == [behind]
+
+
+async def test_a_scheduled_lane_keeps_its_order_and_due_times(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Scheduled events of a lane: only the head waits in the delayed zset; the next one goes
+    there with its own due time when the head is done."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    answers = [
+        await client.publish("acme", "a.b", {"n": n}, ordering_key="o", deliver_at=later)
+        for n in range(2)
+    ]
+    ids = [answer["jobs"][0]["id"] for answer in answers]
+    delayed = Keys(prefix).delayed("default")
+    assert await redis.zrange(delayed, 0, -1) == [ids[0].encode()]
+    job = await client.get_job(ids[1])
+    assert job is not None
+    assert (job["state"], job["waiting_for"]) == ("scheduled", "ordering")
+    await redis.zadd(delayed, {ids[0]: 0})
+    await delays.promote_due(store, "default")
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
+    assert await _lane(redis, prefix, hook["id"]) == [ids[1]]
+    assert await redis.zscore(delayed, ids[1]) == int(later.timestamp() * 1000)
+    assert await _queued(redis, prefix) == []
