@@ -259,6 +259,7 @@ async def test_a_release_puts_back_a_bounded_number_of_jobs_whatever_the_webhook
     assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
     for hook in hooks:  # resumed without a release of their own (as by another process)
         raw = await store.redis.hget(store.keys.webhooks, hook["id"])
+        assert raw is not None
         await store.redis.hset(
             store.keys.webhooks, hook["id"], orjson.dumps({**orjson.loads(raw), "paused": False})
         )
