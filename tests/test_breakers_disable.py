@@ -194,3 +194,24 @@ async def _breaker_forgotten(client: Client, webhook_id: str) -> bool:
 
 async def _run_ended(client: Client, webhook_id: str) -> bool:
     return (await client.get_webhook(webhook_id))["failing_since"] is None
+
+
+async def test_a_paused_webhook_is_not_disabled_for_the_failures_before_its_pause(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    """A webhook paused during a run of failures keeps its held events: the run does not age
+    while it is paused (no attempt can succeed), so no tick during or right after the pause
+    disables it."""
+    hook = await client.create_webhook("acme", "https://example.com/hook")
+    store = client.store.of_webhook(hook["id"])
+    await _fail(store, hook["id"])
+    first = int(await redis.hget(store.keys.failing, hook["id"]) or 0)
+    await client.update_webhook(hook["id"], paused=True)
+    await _past(redis, first)
+    await _fail(store, hook["id"])  # the breaker is open as the pause goes on
+    assert not (await _tick(store)).to_disable
+    await client.update_webhook(hook["id"], paused=False)
+    assert not (await _tick(store)).to_disable  # a fresh run from the resume
+    view = await client.get_webhook(hook["id"])
+    assert view["enabled"] is True
+    assert view["failing_since"] is not None

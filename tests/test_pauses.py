@@ -238,3 +238,35 @@ async def test_a_pause_reaches_two_processes_within_a_second(
         assert sorted(orjson.loads(r.body)["n"] for r in got) == list(range(21))
     finally:
         await stop_daemons(*daemons)
+
+
+async def test_a_release_puts_back_a_bounded_number_of_jobs_whatever_the_webhooks(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One release call (the tick) puts back at most RELEASE_BATCH held jobs in all, however
+    many webhooks were resumed at once, so a mass resume never blocks Redis; the next calls
+    drain the rest, each webhook's jobs in accepted order."""
+    monkeypatch.setattr(pauses, "RELEASE_BATCH", 2)
+    hooks = [await client.create_webhook("acme", f"https://h.example.com/{n}") for n in range(3)]
+    for hook in hooks:
+        await client.update_webhook(hook["id"], paused=True)
+    await _publish(client, "acme", 3)
+    store = client.store.of_webhook(hooks[0]["id"])
+    assert all(client.store.of_webhook(h["id"]) is store for h in hooks)
+    await streams.ensure_group(store, "default")
+    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=100)
+    assert len(claims) == 9
+    assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
+    for hook in hooks:  # resumed without a release of their own (as by another process)
+        raw = await store.redis.hget(store.keys.webhooks, hook["id"])
+        assert raw is not None
+        await store.redis.hset(
+            store.keys.webhooks, hook["id"], orjson.dumps({**orjson.loads(raw), "paused": False})
+        )
+    counts = []
+    while released := await pauses.tick(store):
+        counts.append(sum(n for _, n in released))
+    assert counts
+    assert max(counts) <= 2
+    assert sum(counts) == 9
+    assert (await pauses.held(store)).jobs == 0

@@ -123,3 +123,19 @@ async def test_a_dead_job_that_cannot_go_back_is_refused_as_a_replay_is(
     assert answer.body["refused"][0]["id"] == job_id
     assert answer.body["refused"][0]["reason"] == "webhook_disabled"
     assert (await _in_state(client, job_id, "dead"))["id"] == job_id
+
+
+async def test_a_job_scheduled_by_deliver_at_is_not_sent_early(
+    client: Client, api: Api, target: Target
+) -> None:
+    """A job waiting for its deliver_at (never attempted) answers 409 and keeps its time."""
+    hook = await client.create_webhook("acme", target.url())
+    answer = await client.publish(
+        "acme", "order.paid", {"order": 42}, deliver_at="2099-01-01T00:00:00Z"
+    )
+    job_id = next(job["id"] for job in answer["jobs"] if job["webhook_id"] == hook["id"])
+    reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert (reply.status, reply.body["error"]["code"]) == (409, "conflict"), reply.text
+    assert "deliver_at" in reply.body["error"]["message"]
+    job = await _in_state(client, job_id, "scheduled")
+    assert job["next_attempt_at"] == "2099-01-01T00:00:00.000Z"

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from dispatcher.queue.store import Store
 
-RELEASE_BATCH = 1_000  # held jobs put back per webhook per call
+RELEASE_BATCH = 1_000  # held jobs put back per call, all webhooks together
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ _WAITS = {
     "max_in_flight": "room under its webhook's max_in_flight",
     "endpoint_capacity": "room at its endpoint",
     "breaker": "its webhook's circuit breaker to close",
+    "paused": "its webhook to be resumed",
+    "deliver_at": "its deliver_at time (it was never attempted)",
 }
 
 
@@ -48,8 +50,9 @@ async def retry_job(store: Store, job_id: str) -> None:
     scheduled for its next attempt now (``retry_job.lua``), both at the end of its queue.
 
     ``NotFound`` for an unknown or swept job; ``Conflict`` for a queued or active job, a
-    delivered one (its record keeps no payload: codec.py), or one deferred without an attempt
-    (rate limit, max_in_flight, endpoint capacity, breaker: it goes when that frees);
+    delivered one (its record keeps no payload: codec.py), one deferred without an attempt
+    (rate limit, max_in_flight, endpoint capacity, breaker, pause: it goes when that frees), or
+    one never attempted that waits for its ``deliver_at`` (a retry never sends a job early);
     ``NotReplayable`` for a dead job that cannot go back (``Client.replay``).
     """
     for _ in range(RETRY_READS):

@@ -17,7 +17,8 @@
 -- Failing for disable-after ms: the webhook is to be disabled. A breaker's f is its webhook's
 -- entry in the failing hash, which outlives the breaker, and every reported failure brings
 -- the breaker back for at least a minute, so this sees a webhook that fails only now and then
--- without ever walking the failing hash. A deleted webhook's failing entry goes with its breaker.
+-- without ever walking the failing hash. A paused webhook's run does not age: its f (and
+-- failing entry) is moved to now at each tick while it is paused. A deleted webhook's failing entry goes with its breaker.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
 local t = redis.call('TIME')
@@ -45,10 +46,11 @@ for i = 1, #entries, 2 do
   if not ok or type(b) ~= 'table' then b = {s = 'closed', b = 0} end
   local parked = base .. 'parked:' .. webhook_id
   local hook = redis.call('HGET', KEYS[3], webhook_id)
-  local enabled = false
+  local enabled, paused = false, false
   if hook then
     local decoded, h = pcall(cjson.decode, hook)
     enabled = decoded and type(h) == 'table' and h.enabled == true
+    paused = enabled and h.paused == true
   end
   if not enabled or b.s == 'closed' then
     local ids = release(parked, batch)
@@ -68,7 +70,16 @@ for i = 1, #entries, 2 do
     probes[#probes + 1] = webhook_id
     probes[#probes + 1] = b.pj
   end
-  if enabled and (b.f or 0) > 0 and now - b.f >= disable_after then
+  if paused and (b.f or 0) > 0 then
+    -- No attempt can succeed while the webhook is paused: its run of failures does not age
+    -- (it goes on from now), so neither the pause nor the resume disables it and dead-letters
+    -- the jobs the pause keeps.
+    b.f = now
+    redis.call('HSET', KEYS[4], webhook_id, now)
+    if redis.call('HEXISTS', KEYS[1], webhook_id) == 1 then
+      redis.call('HSET', KEYS[1], webhook_id, cjson.encode(b))
+    end
+  elseif enabled and (b.f or 0) > 0 and now - b.f >= disable_after then
     disable[#disable + 1] = webhook_id
     disable[#disable + 1] = b.f
     disable[#disable + 1] = b.e or ''

@@ -4,7 +4,8 @@
 -- KEYS[4] dlq stream
 -- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id and ready
 --   streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
--- ARGV[2] most held jobs put back per webhook per call
+-- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
+--   several calls, so no call blocks Redis long)
 -- ARGV[3..] the webhooks to look at (none: every webhook in the holders set)
 -- returns: {webhook id, jobs put back, ...}
 --
@@ -20,7 +21,7 @@ local base, batch = ARGV[1], tonumber(ARGV[2])
 local webhook_ids = {}
 for i = 3, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
 if #webhook_ids == 0 then webhook_ids = redis.call('SMEMBERS', KEYS[1]) end
-local released = {}
+local released, left = {}, batch
 for _, webhook_id in ipairs(webhook_ids) do
   local hook = redis.call('HGET', KEYS[2], webhook_id)
   local paused = false
@@ -29,8 +30,9 @@ for _, webhook_id in ipairs(webhook_ids) do
     paused = decoded and type(h) == 'table' and h.paused == true and h.enabled == true
   end
   local held = base .. 'held:' .. webhook_id
-  if not paused then
-    local count = requeue_oldest(held, batch, KEYS[3], KEYS[4], base)
+  if not paused and left > 0 then
+    local count = requeue_oldest(held, left, KEYS[3], KEYS[4], base)
+    left = left - count
     if count > 0 then
       released[#released + 1] = webhook_id
       released[#released + 1] = count

@@ -9,7 +9,9 @@
 --   is queued or active), 'not_scheduled' and the record's state (delivered, dead: the caller
 --   read an older state), 'not_due' and what it waits for (a scheduled job that was deferred
 --   without an attempt: rate_limit, max_in_flight, endpoint_capacity, breaker; it goes when
---   that frees, and is left as it is), 'stream' (its stream is not ARGV[2]: read it again),
+--   that frees, and is left as it is; 'paused': held while its webhook is paused;
+--   'deliver_at': never attempted, waiting for its deliver_at time or a task's next run),
+--   'stream' (its stream is not ARGV[2]: read it again),
 --   'malformed'.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
@@ -22,6 +24,7 @@ if not meta or type(meta.w) ~= 'string' or meta.w == '' then return {'malformed'
 if meta.s == 'queued' or meta.s == 'active' then return {'queued'} end
 if meta.s ~= 'scheduled' then return {'not_scheduled', tostring(meta.s)} end
 if type(meta.wr) == 'string' then return {'not_due', meta.wr} end
+if (tonumber(meta.a) or 0) == 0 then return {'not_due', 'deliver_at'} end
 if meta.q ~= ARGV[2] then return {'stream'} end
 if redis.call('ZREM', KEYS[2], job_id) == 0 then return {'not_due', ''} end
 meta.sid = redis.call('XADD', KEYS[3], '*', 'j', job_id, 'w', meta.w)
