@@ -6,26 +6,20 @@ against a dict of the events each identity was last accepted as."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     rule,
     run_state_machine_as_test,
 )
 
-from dispatcher import Client
 from dispatcher.queue.keys import Keys, stream_of
-from dispatcher.queue.store import Store
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
+from tests.machines import ClientMachine
 
 SHARDS = 3
 TENANTS = ("t", "u:1")  # a ':' in a tenant id: the key says where it ends
@@ -52,48 +46,25 @@ def _identity(tenant: str, event_type: str, payload: int) -> tuple[str, str, byt
     return tenant, event_type, orjson.dumps(PAYLOADS[payload], option=orjson.OPT_SORT_KEYS)
 
 
-class DedupMachine(RuleBasedStateMachine):
-    redis_url = ""
-
+class DedupMachine(ClientMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.prefix = f"m{uuid.uuid4().hex[:12]}"
-        self.client: Client | None = None
         self.hooks: dict[str, int] = {}
         #: identity -> the answer of the event it was last accepted as, while its window runs
         self.live: dict[tuple[str, str, bytes], dict[str, Any]] = {}
         self.jobs = 0  # jobs the model expects enqueued
-
-    def run(self, coro: Awaitable[Any]) -> Any:
-        return self.loop.run_until_complete(coro)
 
     @initialize()
     def set_up(self) -> None:
         self.run(self._set_up())
 
     async def _set_up(self) -> None:
-        self.client = Client(Store.open(self.redis_url, prefix=self.prefix))
-        await self.client.store.adopt_layout(SHARDS)
+        client = self.open_client()
+        await client.store.adopt_layout(SHARDS)
         for n, tenant in enumerate(TENANTS):
             for _ in range(2 + n):
-                await self.client.create_webhook(tenant, "https://hooks.example.com/in")
+                await client.create_webhook(tenant, "https://hooks.example.com/in")
             self.hooks[tenant] = 2 + n
-
-    def teardown(self) -> None:
-        try:
-            if self.client is not None:
-                self.run(self._clean())
-        finally:
-            self.loop.close()
-
-    async def _clean(self) -> None:
-        assert self.client is not None
-        redis = self.client.store.redis
-        keys = [k async for k in redis.scan_iter(f"{self.prefix}:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-        await self.client.close()
 
     def _expect(self, events: list[tuple[str, str, int, int]], answers: list[Any]) -> None:
         """The answers of ``events``, sent in this order, against the model."""

@@ -4,54 +4,42 @@ and dead jobs replayed, in any order; checked against a list per lane of its unf
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     rule,
     run_state_machine_as_test,
 )
 
-from dispatcher import Client
 from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.store import Store
 from tests.helpers import settlement
+from tests.machines import ClientMachine
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
 
+    from dispatcher.queue.store import Store
     from dispatcher.queue.streams import Claim, Settlement
 
 KEYS = (None, "a", "b")
 STATES = {"D": JobState.DELIVERED, "R": JobState.SCHEDULED, "X": JobState.DEAD}
 
 
-class LaneMachine(RuleBasedStateMachine):
-    redis_url = ""
-
+class LaneMachine(ClientMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.prefix = f"m{uuid.uuid4().hex[:12]}"
         self.keys = Keys(self.prefix)
-        self.client: Client | None = None
         self.hook = ""
         self.lanes: dict[str | None, list[str]] = {key: [] for key in KEYS}  # unfinished jobs
         self.lane_of: dict[str, str | None] = {}
         self.dead: list[str] = []
         self.held: list[tuple[str, Claim]] = []  # (consumer, claim) not settled yet
         self.workers = 0
-
-    def run(self, coro: Awaitable[Any]) -> Any:
-        return self.loop.run_until_complete(coro)
 
     @property
     def store(self) -> Store:
@@ -60,27 +48,12 @@ class LaneMachine(RuleBasedStateMachine):
 
     @initialize()
     def set_up(self) -> None:
-        self.client = Client(Store.open(self.redis_url, prefix=self.prefix))
+        client = self.open_client()
         self.run(streams.ensure_group(self.store, "default"))
         hook = self.run(
-            self.client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
+            client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
         )
         self.hook = hook["id"]
-
-    def teardown(self) -> None:
-        try:
-            if self.client is not None:
-                self.run(self._clean())
-        finally:
-            self.loop.close()
-
-    async def _clean(self) -> None:
-        assert self.client is not None
-        redis = self.client.store.redis
-        keys = [k async for k in redis.scan_iter(f"{self.prefix}:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-        await self.client.close()
 
     @rule(key=st.sampled_from(KEYS))
     def publish(self, key: str | None) -> None:
