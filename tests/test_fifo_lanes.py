@@ -120,3 +120,20 @@ async def test_a_scheduled_lane_keeps_its_order_and_due_times(
     assert await _lane(redis, prefix, hook["id"]) == [ids[1]]
     assert await redis.zscore(delayed, ids[1]) == int(later.timestamp() * 1000)
     assert await _queued(redis, prefix) == []
+
+
+async def test_waiters_still_drain_after_ordering_is_switched_off(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Jobs behind a head when the webhook is switched to ``ordering: "none"`` are queued in
+    turn after it; switched back, new events wait behind them."""
+    hook, head, behind = await _lane_of_two(client)
+    await client.update_webhook(hook, ordering="none")
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    assert claim.job_id == head
+    await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
+    assert await _queued(redis, prefix) == [behind]
+    await client.update_webhook(hook, ordering="fifo")
+    after = (await client.publish("acme", "a.b", {"n": 2}, ordering_key="o"))["jobs"][0]["id"]
+    assert await _queued(redis, prefix) == [behind]
+    assert await _lane(redis, prefix, hook) == [behind, after]
