@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from dispatcher.ids import shard_of
 from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
@@ -137,3 +138,35 @@ async def test_waiters_still_drain_after_ordering_is_switched_off(
     after = (await client.publish("acme", "a.b", {"n": 2}, ordering_key="o"))["jobs"][0]["id"]
     assert await _queued(redis, prefix) == [behind]
     assert await _lane(redis, prefix, hook) == [behind, after]
+
+
+async def test_publish_many_keeps_a_lanes_order_across_shards(client: Client) -> None:
+    """With two shards, ``publish_many`` puts the events of one lane into it in the order
+    given, also when the first has an idempotency key (its other shards' parts run second)."""
+    await client.store.adopt_layout(2)
+    fifo = None
+    while fifo is None or shard_of(fifo["id"]) != 1:
+        fifo = await client.create_webhook(
+            "acme", "https://hooks.example.com/x", ["a.x", "a.y"], ordering="fifo"
+        )
+    other = None
+    while other is None or shard_of(other["id"]) != 0:
+        other = await client.create_webhook("acme", "https://hooks.example.com/y", ["a.x"])
+    answers = await client.publish_many(
+        [
+            {
+                "tenant_id": "acme",
+                "event_type": "a.x",
+                "payload": {"n": 0},
+                "idempotency_key": "k0",
+            },
+            {"tenant_id": "acme", "event_type": "a.y", "payload": {"n": 1}},
+        ]
+    )
+    expected = []
+    for answer in answers:
+        assert not isinstance(answer, Exception)
+        expected += [job["id"] for job in answer["jobs"] if job["webhook_id"] == fifo["id"]]
+    shard = client.store.of_webhook(fifo["id"])
+    lane = await shard.redis.lrange(shard.keys.lane(fifo["id"]), 0, -1)
+    assert [i.decode() if isinstance(i, bytes) else i for i in lane] == expected

@@ -242,7 +242,8 @@ async def publish_many(
     The answer list matches ``pubs``: an answer dict, or the error that event met (Redis
     unavailable or out of memory, say) while the others may have been accepted. With several
     shards, events with an idempotency key take a second round trip: shard 0's parts first,
-    which decide their event ids (see ``publish``), then the other shards' parts.
+    which decide their event ids (see ``publish``), then the other shards' parts, with the
+    later events' parts on those shards (so a FIFO lane gets the events in the order given).
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
     if store.cluster is not None:
@@ -261,21 +262,15 @@ async def _publish_batch(
     if store.clock.stale:
         with redis_errors():
             await store.refresh_clock()
-    parts: list[_Part] = []
-    later: list[_Part] = []
-    for pub in pubs:
-        shards = await _shards_of(store, pub)
-        if len(shards) > 1 and pub.ordered:
-            parts.append(_Part(pub, shards[:1]))
-            later.append(_Part(pub, shards[1:]))
-        else:
-            parts.append(_Part(pub, shards))
-            later.append(_Part(pub, []))
+    parts, later = await _rounds(store, pubs)
     await _pipelined(store, parts, known)
     decided = []
     for first, rest in zip(parts, later, strict=True):
-        if rest.shards and first.error is None:
+        if rest.shards and first.pub.ordered and first.shards:  # shard 0's part decided it
+            if first.error is not None:
+                continue
             rest.pub = _of_event(rest.pub, first.answers[0])
+        if rest.shards:
             decided.append(rest)
     await _pipelined(store, decided, known)
     results: list[tuple[bool, dict[str, Any]] | Exception] = []
@@ -284,9 +279,33 @@ async def _publish_batch(
         if error is not None:
             results.append(error)
         else:
-            answer = _answer(first.answers + rest.answers, deduplicated=first.deduplicated)
+            deduplicated = first.deduplicated or rest.deduplicated
+            answer = _answer(first.answers + rest.answers, deduplicated=deduplicated)
             results.append((first.new or rest.new, answer))
     return results
+
+
+async def _rounds(store: Store, pubs: list[Publication]) -> tuple[list[_Part], list[_Part]]:
+    """Each event's parts of the first round trip and of the second: an event with an
+    idempotency key or dedup hash on several shards runs on shard 0 first (which decides it),
+    and a shard with a part put off takes the later events' parts there too, so the events of
+    one FIFO lane join it in the order given."""
+    parts: list[_Part] = []
+    later: list[_Part] = []
+    put_off: set[int] = set()
+    for pub in pubs:
+        shards = await _shards_of(store, pub)
+        if len(shards) > 1 and pub.ordered:
+            parts.append(_Part(pub, shards[:1]))
+            later.append(_Part(pub, shards[1:]))
+            put_off.update(id(shard) for shard in shards[1:])
+        elif not put_off:
+            parts.append(_Part(pub, shards))
+            later.append(_Part(pub, []))
+        else:
+            parts.append(_Part(pub, [s for s in shards if id(s) not in put_off]))
+            later.append(_Part(pub, [s for s in shards if id(s) in put_off]))
+    return parts, later
 
 
 async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
