@@ -8,7 +8,8 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from hypothesis.stateful import RuleBasedStateMachine
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 from dispatcher import Client
 from dispatcher.queue.store import Store
@@ -50,3 +51,19 @@ class ClientMachine(RuleBasedStateMachine):
         if keys:
             await redis.delete(*keys)
         await self.client.close()
+
+
+def run_machine(machine: type[ClientMachine], redis_url: str, *, examples: int, steps: int) -> None:
+    """Run ``machine`` seeded (the same examples every run, none remembered between runs)."""
+    machine.redis_url = redis_url
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -9,17 +9,15 @@ import asyncio
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 
 from dispatcher.queue.keys import Keys, stream_of
-from tests.machines import ClientMachine
+from tests.machines import ClientMachine, run_machine
 
 SHARDS = 3
 TENANTS = ("t", "u:1")  # a ':' in a tenant id: the key says where it ends
@@ -159,15 +157,4 @@ def test_dedup_matches_its_model(redis_url: str) -> None:
     """Whatever the sequence of publishes, windows and window ends on three shards, each
     identity is enqueued once per window, its duplicates answer its answer, and every other
     publish is a new event with all its jobs."""
-    DedupMachine.redis_url = redis_url
-    run_state_machine_as_test(
-        DedupMachine,
-        settings=settings(
-            max_examples=40,
-            stateful_step_count=12,
-            derandomize=True,
-            database=None,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_machine(DedupMachine, redis_url, examples=40, steps=12)

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 
 from dispatcher.model import JobState
 from dispatcher.queue import delays, streams
 from dispatcher.queue.keys import Keys
 from tests.helpers import settlement
-from tests.machines import ClientMachine
+from tests.machines import ClientMachine, run_machine
 
 if TYPE_CHECKING:
 
@@ -164,15 +162,4 @@ def test_lanes_match_their_model(redis_url: str) -> None:
     """Whatever the sequence of publishes, claims, deaths, takeovers, outcomes (late ones
     included), promotions and replays, each lane holds its unfinished jobs in publish order
     and exactly its head is queued."""
-    LaneMachine.redis_url = redis_url
-    run_state_machine_as_test(
-        LaneMachine,
-        settings=settings(
-            max_examples=25,
-            stateful_step_count=15,
-            derandomize=True,
-            database=None,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_machine(LaneMachine, redis_url, examples=25, steps=15)

@@ -297,6 +297,29 @@ async def test_a_run_enqueued_by_hand_holds_the_periodic_runs_until_it_finishes(
     assert ([name for name, _ in runs], skipped) == (["review.periodic"], [])
 
 
+def _dead_task(
+    job_id: str, name: str, now_ms: int, *, attempt: int = 1, dlq_id: str | None = None
+) -> Job:
+    """The record of a task run dead after its attempts, as the runner settles one."""
+    return Job(
+        id=job_id,
+        webhook_id=TASK_WEBHOOK,
+        tenant_id="",
+        event_type=name,
+        stream="maintenance",
+        event_id="",
+        state=JobState.DEAD,
+        attempt=attempt,
+        stalls=0,
+        created_at_ms=now_ms,
+        payload=b"{}",
+        finished_at_ms=now_ms,
+        last_error="RuntimeError: boom",
+        dlq_id=dlq_id,
+        reason="max_attempts",
+    )
+
+
 async def test_a_periodic_run_that_dead_letters_does_not_stop_the_schedule(
     client: Client, store: Store, redis: aioredis.Redis
 ) -> None:
@@ -304,23 +327,7 @@ async def test_a_periodic_run_that_dead_letters_does_not_stop_the_schedule(
     purged: neither holds the schedule forever."""
     await queue_tasks.register(store, [("review.periodic", "maintenance", 60.0)])
     [(_, first)] = (await queue_tasks.tick(store))[0]
-    now_ms = store.clock.now_ms()
-    dead = Job(
-        id=first,
-        webhook_id=TASK_WEBHOOK,
-        tenant_id="",
-        event_type="review.periodic",
-        stream="maintenance",
-        event_id="",
-        state=JobState.DEAD,
-        attempt=8,
-        stalls=0,
-        created_at_ms=now_ms,
-        payload=b"{}",
-        finished_at_ms=now_ms,
-        last_error="RuntimeError: boom",
-        reason="max_attempts",
-    )
+    dead = _dead_task(first, "review.periodic", store.clock.now_ms(), attempt=8)
     await redis.hset(store.keys.jobs, first, codec.encode(dead))
     await redis.zadd(store.keys.tasks_due, {"review.periodic": 0})
     [(_, second)] = (await queue_tasks.tick(store))[0]
@@ -338,24 +345,7 @@ async def test_dlq_filters_by_webhook_or_tenant_never_match_task_entries(
     _event_id, job_prefix = new_event_ids()
     job_id = f"{job_prefix}1"
     entry = cast("bytes", await redis.xadd(store.keys.dlq, {"j": job_id, "r": "max_attempts"}))
-    now_ms = store.clock.now_ms()
-    dead = Job(
-        id=job_id,
-        webhook_id=TASK_WEBHOOK,
-        tenant_id="",
-        event_type="review.failing",
-        stream="maintenance",
-        event_id="",
-        state=JobState.DEAD,
-        attempt=1,
-        stalls=0,
-        created_at_ms=now_ms,
-        payload=b"{}",
-        finished_at_ms=now_ms,
-        last_error="RuntimeError: boom",
-        dlq_id=entry.decode(),
-        reason="max_attempts",
-    )
+    dead = _dead_task(job_id, "review.failing", store.clock.now_ms(), dlq_id=entry.decode())
     await redis.hset(store.keys.jobs, job_id, codec.encode(dead))
     listed = [(i["id"], i["kind"]) for i in (await client.list_dlq())["items"]]
     assert listed == [(hooked, "webhook"), (job_id, "task")]
