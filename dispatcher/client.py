@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
 DEFAULT_DLQ_RETENTION_S = 604_800.0
+DEFAULT_PAYLOAD_RETENTION_S = 3_600.0  # jobs.payload_retention_s's default
 DEFAULT_TIMEOUT_S = DeliveryConfig().timeout_s  # a test send's deadline: delivery.timeout_s
 MAX_GRACE_S = 30 * 86_400
 MAX_AGE_S = 100 * 365 * 86_400
@@ -87,6 +88,7 @@ class Client:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
+        payload_retention_s: float = DEFAULT_PAYLOAD_RETENTION_S,
         queues: Iterable[str] = (),
         dedup_window_s: int = 0,
         sender: HttpSender | None = None,
@@ -101,6 +103,8 @@ class Client:
         self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
         self.dlq_retention_s = dlq_retention_s
+        #: The daemon's jobs.payload_retention_s, which retry_job's 409 names.
+        self.payload_retention_s = payload_retention_s
         #: The ``delivery.queues`` of the daemon this client serves (pause/resume know them),
         #: and the task queues, which every daemon serves.
         self.configured_queues = frozenset(queues) | frozenset(TASK_QUEUES)
@@ -116,6 +120,7 @@ class Client:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         dlq_retention_s: float = DEFAULT_DLQ_RETENTION_S,
+        payload_retention_s: float = DEFAULT_PAYLOAD_RETENTION_S,
         queues: Iterable[str] = (),
         dedup_window_s: int = 0,
         security: SecurityConfig | None = None,
@@ -130,6 +135,7 @@ class Client:
             Store.open(redis_url, prefix=prefix),
             max_payload_bytes=max_payload_bytes,
             dlq_retention_s=dlq_retention_s,
+            payload_retention_s=payload_retention_s,
             queues=queues,
             dedup_window_s=window,
             security=security,
@@ -457,16 +463,18 @@ class Client:
         """Send an existing job again as a new series of attempts, with the same id (its
         ``webhook-id``): attempts reset, its history keeps the earlier ones. A dead job goes
         back as ``replay([job_id])`` puts it; a job scheduled for its next attempt after a
-        failure goes now; both to the end of their queue. Returns the job as ``get_job``
-        shows it (queued).
+        failure, or a delivered one within ``jobs.payload_retention_s`` of its delivery (its
+        payload is kept that long), goes now; all to the end of their queue (a FIFO job to
+        the back of its lane). Returns the job as ``get_job`` shows it (queued).
 
         ``NotFound`` for an unknown or swept job. ``Conflict`` for a job already queued or in
-        flight, a delivered job (its record keeps no payload, so there is nothing to send:
-        publish again), and a job deferred without an attempt (rate limit, max_in_flight,
-        endpoint capacity, breaker: it is sent when that frees). ``NotReplayable`` for a dead
-        job that cannot go back (payload lost, webhook deleted or disabled).
+        flight, a delivered job whose payload is no longer kept (the message names
+        ``payload_retention_s``, as given to this Client) or whose webhook is deleted or
+        disabled, and a job deferred without an attempt (rate limit, max_in_flight, endpoint
+        capacity, breaker: it is sent when that frees). ``NotReplayable`` for a dead job that
+        cannot go back (payload lost, webhook deleted or disabled).
         """
-        await resend.retry_job(self.store, job_id)
+        await resend.retry_job(self.store, job_id, payload_retention_s=self.payload_retention_s)
         job = await self.get_job(job_id)
         if job is None:  # swept at once: only a record past its retention is
             raise NotFound(f"no job {job_id!r}")

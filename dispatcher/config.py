@@ -84,6 +84,9 @@ class DlqConfig:
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
     retention_s: float = 86_400.0  # how long delivered job records stay readable
+    # how long a delivered job keeps its payload for a retry (0: dropped at delivery); at most
+    # retention_s, as the record goes with it
+    payload_retention_s: float = 3_600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +383,10 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
             auto_purge=r.value("dlq", "auto_purge", DlqConfig().auto_purge, values.boolean),
         ),
         jobs=JobsConfig(
-            retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, values.duration)
+            retention_s=r.value("jobs", "retention_s", JobsConfig().retention_s, values.duration),
+            payload_retention_s=r.value(
+                "jobs", "payload_retention_s", JobsConfig().payload_retention_s, values.threshold_s
+            ),
         ),
         events=EventsConfig(
             dedup_window_s=r.value(

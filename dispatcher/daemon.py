@@ -169,6 +169,7 @@ async def _start_admin(
         admin_store,
         max_payload_bytes=cfg.delivery.max_payload_bytes,
         dlq_retention_s=cfg.dlq.retention_s,
+        payload_retention_s=min(cfg.jobs.payload_retention_s, cfg.jobs.retention_s),
         queues=cfg.delivery.queues,  # known to pause/resume even before a worker serves them
         dedup_window_s=cfg.events.dedup_window_s,  # POST /v1/events' default
         sender=sender,  # test sends: the worker's sender, its security.* policy and deadline

@@ -143,6 +143,8 @@ class Worker:
             consumer=self.consumer,
             recover_nogroup=self._recover_nogroup,
             written=self._room.set,
+            # a record outlives no payload: at most jobs.retention_s
+            payload_retention_ms=int(min(jobs.payload_retention_s, jobs.retention_s) * 1000),
         )
         # what each attempt or deferral means, queued for the settler: outcomes.py
         self.outcomes = Outcomes(

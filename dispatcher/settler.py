@@ -50,6 +50,7 @@ class Settler:
         consumer: str,
         recover_nogroup: Callable[[Store, str], Awaitable[None]],
         written: Callable[[], None],
+        payload_retention_ms: int = 0,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -60,6 +61,9 @@ class Settler:
         self.written = written  # a batch was written: the worker may have room to claim again
         self.queue: asyncio.Queue[Settlement] = asyncio.Queue()
         self.unsettled = 0
+        # A delivered job's payload is kept this long for a retry (settle.lua's 'D'), passed
+        # in its reason slot; '' drops it at delivery.
+        self._keep_payload = str(payload_retention_ms) if payload_retention_ms > 0 else ""
 
     def settle(
         self,
@@ -77,8 +81,11 @@ class Settler:
         park made no attempt, and a stale one leaves the history alone."""
         job = work.job
         job.state = state
+        keep = True
         if kind is SettleKind.DELIVERED:
             job.delivered(score_ms)
+            reason = self._keep_payload
+            keep = bool(reason)
         if kind is SettleKind.DEAD:
             job.dead(reason, score_ms)
             self.metrics.inc("dispatcher_dead_lettered_total", reason=reason)
@@ -87,7 +94,7 @@ class Settler:
         settlement = Settlement(
             work.claim,
             kind,
-            codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED),
+            codec.encode(job, keep_payload=keep),
             score_ms,
             reason,
             late,

@@ -110,6 +110,7 @@ class WorkerHarness:
         breaker_open_s: float = 30.0,
         disable_after_s: float = 432_000.0,
         shards: int | None = None,
+        payload_retention_s: float | None = None,
     ) -> Worker:
         """Start a worker with small timeouts, so failures and retries fit in a test's deadline."""
         cfg = DeliveryConfig(
@@ -133,7 +134,12 @@ class WorkerHarness:
             user_agent="dispatcher/test",
         )
         await sender.start()
-        worker = Worker(store, sender, cfg, JobsConfig(), self.metrics, queues=queues)
+        jobs = (
+            JobsConfig()
+            if payload_retention_s is None
+            else JobsConfig(payload_retention_s=payload_retention_s)
+        )
+        worker = Worker(store, sender, cfg, jobs, self.metrics, queues=queues)
         task = asyncio.create_task(worker.run(drain_grace_s=cfg.timeout_s + 1))
         self.workers.append((worker, task, store, sender))
         return worker

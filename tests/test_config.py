@@ -168,6 +168,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DLQ_RETENTION_S": "5",
         "DISPATCHER_DLQ_AUTO_PURGE": "true",
         "DISPATCHER_JOBS_RETENTION_S": "6",
+        "DISPATCHER_JOBS_PAYLOAD_RETENTION_S": "0",
         "DISPATCHER_EVENTS_DEDUP_WINDOW_S": "30",
         "DISPATCHER_TASKS_MODULES": "myapp.tasks, other,",
         "DISPATCHER_TASKS_CONCURRENCY": "3",

@@ -3,9 +3,12 @@ same ``webhook-id``, as a new series of attempts that keeps the earlier ones in 
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Conflict, NotFound
 from tests.admin_api import Api, start_api
@@ -83,11 +86,10 @@ async def test_a_job_scheduled_for_a_retry_is_sent_now(
     assert target.count("/hook") == 2
 
 
-async def test_delivered_queued_and_unknown_jobs_are_refused(
-    client: Client, api: Api, workers: WorkerHarness, target: Target
+async def test_queued_and_unknown_jobs_are_refused(
+    client: Client, api: Api, target: Target
 ) -> None:
-    """A delivered job (no payload kept) and a queued one answer 409, an unknown id 404, and
-    nothing is sent."""
+    """A queued job answers 409, an unknown id 404, and nothing is sent."""
     queued = await _publish(client, target.url("/later"))  # no worker yet: it stays queued
     answer = await api.call("POST", f"/v1/jobs/{queued}/retry")
     assert (answer.status, answer.body["error"]["code"]) == (409, "conflict")
@@ -99,14 +101,7 @@ async def test_delivered_queued_and_unknown_jobs_are_refused(
         assert (answer.status, answer.body["error"]["code"]) == (404, "not_found")
     with pytest.raises(NotFound):
         await client.retry_job("job_nothing")
-    await workers.start()
-    delivered = await _publish(client, target.url())
-    await _in_state(client, delivered, "delivered")
-    sent = target.count()
-    answer = await api.call("POST", f"/v1/jobs/{delivered}/retry")
-    assert (answer.status, answer.body["error"]["code"]) == (409, "conflict")
-    assert "keeps no payload" in answer.body["error"]["message"]
-    assert target.count() == sent
+    assert target.count() == 0
 
 
 async def test_a_dead_job_that_cannot_go_back_is_refused_as_a_replay_is(
@@ -139,3 +134,111 @@ async def test_a_job_scheduled_by_deliver_at_is_not_sent_early(
     assert "deliver_at" in reply.body["error"]["message"]
     job = await _in_state(client, job_id, "scheduled")
     assert job["next_attempt_at"] == "2099-01-01T00:00:00.000Z"
+
+
+def _payload_key(client: Client, job_id: str) -> str:
+    return client.store.of_job(job_id).keys.payload(job_id)
+
+
+async def test_a_delivered_job_is_sent_again_with_its_id_signature_and_history(
+    client: Client, api: Api, workers: WorkerHarness, target: Target, redis: aioredis.Redis
+) -> None:
+    """A delivered job's retry (its payload kept by default) answers 202, reaches the target
+    again with the same webhook-id, body and a valid signature, counts as a new delivery, and
+    its history holds both series."""
+    await workers.start()
+    hook = await client.create_webhook("acme", target.url())
+    answer = await client.publish("acme", "order.paid", {"order": 42})
+    [job_id] = [job["id"] for job in answer["jobs"]]
+    await _in_state(client, job_id, "delivered")
+    assert await redis.exists(_payload_key(client, job_id)) == 1
+    reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert reply.status == 202, reply.text
+    assert reply.body["state"] in {"queued", "active", "delivered"}
+    first, second = await target.wait_for(2, "/hook")
+    job = await _in_state(client, job_id, "delivered")
+    assert [a["status"] for a in job["attempts"]] == [200, 200]
+    assert job["attempt"] == 1  # a new series: its first attempt delivered
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == job_id
+    assert orjson.loads(second.body) == {"order": 42}
+    Verifier(hook["secret"]).verify(second.body, dict(second.headers))
+
+    async def counted() -> bool:
+        return (await client.webhook_stats(hook["id"]))["delivered"] == 2
+
+    await eventually(counted, what="both deliveries counted")
+
+
+@pytest.mark.parametrize("retention_s", [0.0, 0.5])
+async def test_a_delivered_job_whose_payload_is_gone_is_refused_naming_the_setting(
+    client: Client,
+    api: Api,
+    workers: WorkerHarness,
+    target: Target,
+    redis: aioredis.Redis,
+    retention_s: float,
+) -> None:
+    """With jobs.payload_retention_s 0 a delivered job keeps no payload, with a short one its
+    payload key expires by itself; then its retry answers 409 naming the setting, unsent."""
+    client.payload_retention_s = retention_s  # as the daemon passes its own
+    await workers.start(payload_retention_s=retention_s)
+    job_id = await _publish(client, target.url())
+    await _in_state(client, job_id, "delivered")
+
+    async def gone() -> bool:
+        return await redis.exists(_payload_key(client, job_id)) == 0
+
+    await eventually(gone, what="the payload key gone")
+    reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert (reply.status, reply.body["error"]["code"]) == (409, "conflict"), reply.text
+    message = reply.body["error"]["message"]
+    assert "payload_retention_s" in message
+    assert ("is 0" if retention_s == 0 else "(0.5 s)") in message
+    with pytest.raises(Conflict, match="payload_retention_s"):
+        await client.retry_job(job_id)
+    assert target.count() == 1
+    assert (await _in_state(client, job_id, "delivered"))["attempt"] == 1
+
+
+async def test_two_concurrent_retries_of_a_delivered_job_send_it_once(
+    client: Client, api: Api, workers: WorkerHarness, target: Target
+) -> None:
+    """Of two retries of one delivered job at once, one answers 202 and the other 409, and
+    the job is sent once more."""
+    await workers.start()
+    job_id = await _publish(client, target.url())
+    await _in_state(client, job_id, "delivered")
+    await workers.stop()  # nothing delivers it again before both retries answered
+    replies = await asyncio.gather(
+        *(api.call("POST", f"/v1/jobs/{job_id}/retry") for _ in range(2))
+    )
+    assert sorted(r.status for r in replies) == [202, 409]
+    assert "already queued" in next(r for r in replies if r.status == 409).text
+    await workers.start()
+    job = await _in_state(client, job_id, "delivered")
+    assert len(job["attempts"]) == 2
+    assert target.count("/hook") == 2
+
+
+async def test_a_retried_fifo_job_goes_to_the_back_of_its_lane(
+    client: Client, workers: WorkerHarness, target: Target, redis: aioredis.Redis
+) -> None:
+    """A delivered job of a FIFO webhook, retried while its lane holds later jobs, waits
+    behind them and is sent after them."""
+    hook = await client.create_webhook("acme", target.url(), ordering="fifo")
+    await workers.start()
+    first = (await client.publish("acme", "order.paid", {"seq": 1}))["jobs"][0]["id"]
+    await _in_state(client, first, "delivered")
+    await workers.stop()
+    later = [
+        (await client.publish("acme", "order.paid", {"seq": seq}))["jobs"][0]["id"]
+        for seq in (2, 3)
+    ]
+    retried = await client.retry_job(first)
+    assert (retried["state"], retried["waiting_for"]) == ("queued", "ordering")
+    lane = client.store.of_webhook(hook["id"]).keys.lane(hook["id"])
+    assert await redis.lrange(lane, 0, -1) == [j.encode() for j in (*later, first)]
+    await workers.start()
+    await target.wait_for(4)
+    assert [orjson.loads(r.body)["seq"] for r in target.received] == [1, 2, 3, 1]
+    assert (await _in_state(client, first, "delivered"))["attempt"] == 1

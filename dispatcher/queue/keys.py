@@ -37,6 +37,8 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:q:S:delayed``     zset  job id -> due time (ms, Redis clock): retries and scheduled jobs
 ``P:{0}:done``            zset  job id -> finished time (ms): finished records, swept after
                           ``jobs.retention_s``
+``P:{0}:payload:J``       string, the payload of delivered job J, kept ``jobs.payload_retention_s``
+                          (its TTL) for a retry (settle.lua writes it, retry_job.lua takes it)
 ``P:{0}:lane:W``          list  a FIFO webhook's keyless lane: the ids of its unfinished jobs in
 ``P:{0}:lane:W:N:K``      publish order, for ordering key K (N its length in bytes). Only the
                           first, the head, is in a ready stream or a delayed zset; settle.lua
@@ -215,6 +217,10 @@ class Keys:
     @property
     def done(self) -> str:
         return f"{self._base}:done"
+
+    def payload(self, job_id: str) -> str:
+        """Where a delivered job's payload waits for a retry (settle.lua writes the same name)."""
+        return f"{self._base}:payload:{job_id}"
 
     @property
     def dlq(self) -> str:

@@ -44,16 +44,54 @@ _WAITS = {
 }
 
 
-async def retry_job(store: Store, job_id: str) -> None:
+def _payload_gone(job_id: str, payload_retention_s: float) -> str:
+    if payload_retention_s <= 0:
+        kept = "jobs.payload_retention_s is 0: a delivered job's payload is dropped at delivery"
+    else:
+        kept = (
+            f"a delivered job's payload is kept jobs.payload_retention_s "
+            f"({payload_retention_s:g} s) after its delivery"
+        )
+    return (
+        f"job {job_id} was delivered and its payload is no longer kept ({kept}), so it cannot "
+        "be sent again: publish the event again instead"
+    )
+
+
+def _refusal(job_id: str, reply: list[bytes], payload_retention_s: float) -> Conflict | None:
+    """The 409 of retry_job.lua's answer; None when the job changed (read it again)."""
+    why = reply[0].decode()
+    if why == "payload_gone":
+        return Conflict(_payload_gone(job_id, payload_retention_s))
+    if why in {"webhook_deleted", "webhook_disabled"}:
+        return Conflict(
+            f"job {job_id} was delivered, but its webhook is {why[8:]}, so it cannot be sent "
+            "again"
+        )
+    if why == "not_due":
+        waits = _WAITS.get(reply[1].decode(), "its turn")
+        return Conflict(
+            f"job {job_id} waits for {waits} without spending an attempt; it is sent when that "
+            "frees"
+        )
+    if why == "malformed":
+        return Conflict(f"job {job_id}'s record cannot be read, so it cannot be sent again")
+    return None
+
+
+async def retry_job(store: Store, job_id: str, *, payload_retention_s: float = 0.0) -> None:
     """Send the job again as a new series of attempts (attempts reset, history kept), with the
     same id (its ``webhook-id``): a dead job as a replay of it alone (``replay.lua``), a job
-    scheduled for its next attempt now (``retry_job.lua``), both at the end of its queue.
+    scheduled for its next attempt, or a delivered one whose payload is still kept
+    (``jobs.payload_retention_s``), now (``retry_job.lua``); all at the end of its queue, a
+    FIFO job at the back of its lane.
 
     ``NotFound`` for an unknown or swept job; ``Conflict`` for a queued or active job, a
-    delivered one (its record keeps no payload: codec.py), one deferred without an attempt
-    (rate limit, max_in_flight, endpoint capacity, breaker, pause: it goes when that frees), or
-    one never attempted that waits for its ``deliver_at`` (a retry never sends a job early);
-    ``NotReplayable`` for a dead job that cannot go back (``Client.replay``).
+    delivered one whose payload is gone (the message names ``payload_retention_s``, the
+    daemon's as given here) or whose webhook is deleted or disabled, one deferred without an
+    attempt (rate limit, max_in_flight, endpoint capacity, breaker, pause: it goes when that
+    frees), or one never attempted that waits for its ``deliver_at`` (a retry never sends a
+    job early); ``NotReplayable`` for a dead job that cannot go back (``Client.replay``).
     """
     for _ in range(RETRY_READS):
         job = await records.get_job(store, job_id)
@@ -61,11 +99,6 @@ async def retry_job(store: Store, job_id: str) -> None:
             raise NotFound(f"no job {job_id!r}")
         if job.state in {JobState.QUEUED, JobState.ACTIVE}:
             raise Conflict(f"job {job_id} {_IN_FLIGHT}")
-        if job.state is JobState.DELIVERED:
-            raise Conflict(
-                f"job {job_id} was delivered, and a delivered job's record keeps no payload, so "
-                "it cannot be sent again: publish the event again instead"
-            )
         if job.state is JobState.DEAD:
             if (await dlq_ops.replay(store, [job_id]))["replayed"]:
                 return
@@ -74,18 +107,19 @@ async def retry_job(store: Store, job_id: str) -> None:
         keys = shard.keys
         with redis_errors():
             reply = await shard.scripts.retry_job(
-                keys=[keys.jobs, keys.delayed(job.stream), keys.ready(job.stream)],
+                keys=[
+                    keys.jobs,
+                    keys.delayed(job.stream),
+                    keys.ready(job.stream),
+                    keys.done,
+                    keys.payload(job_id),
+                    keys.webhooks,
+                ],
                 args=[job_id, job.stream],
             )
-        why = reply[0].decode()
-        if why == "moved":
+        if reply[0] == b"moved":
             return
-        if why == "not_due":
-            waits = _WAITS.get(reply[1].decode(), "its turn")
-            raise Conflict(
-                f"job {job_id} waits for {waits} without spending an attempt; it is sent "
-                "when that frees"
-            )
-        if why == "malformed":
-            raise Conflict(f"job {job_id}'s record cannot be read, so it cannot be sent again")
+        refusal = _refusal(job_id, reply, payload_retention_s)
+        if refusal is not None:
+            raise refusal
     raise Conflict(f"job {job_id} kept changing under this request; try again")

@@ -82,11 +82,23 @@ for i = 4, last, 8 do
   end
 end
 
+-- A delivered job ('D') whose third value is not '' (jobs.payload_retention_s, in ms) keeps
+-- its payload for a retry (queue/resend.py) that long, by itself: its record comes with the
+-- payload, which goes to base..'payload:'..job id (keys.py) with that TTL, and the record is
+-- written without it, as always for a delivered job.
+local function keep_payload(job_id, record, ttl_ms)
+  local cut = string.find(record, '\n', 1, true)
+  if not cut or cut == #record then return record end
+  redis.call('SET', base .. 'payload:' .. job_id, string.sub(record, cut + 1), 'PX', ttl_ms)
+  return string.sub(record, 1, cut)
+end
+
 local records, done, delayed, acked, lanes = {}, {}, {}, {}, {}
 for _, i in ipairs(outcomes) do
   local sid, job_id, kind, record, score = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4],
                                            ARGV[i + 5]
   acked[#acked + 1] = sid
+  if kind == 'D' and ARGV[i + 6] ~= '' then record = keep_payload(job_id, record, ARGV[i + 6]) end
   if kind == 'X' then
     local dlq_id = redis.call('XADD', KEYS[5], '*', 'j', job_id, 'r', ARGV[i + 6])
     local meta, rest = split_record(record)
