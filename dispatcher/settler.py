@@ -78,7 +78,9 @@ class Settler:
     ) -> None:
         """Queue an outcome for the settler. ``attempted``: it records an attempt made under
         this claim, which a stale claim's settle keeps in the history as late; a deferral or a
-        park made no attempt, and a stale one leaves the history alone."""
+        park made no attempt, and a stale one leaves the history alone. A delivered job's
+        record goes with its payload when ``payload_retention_ms`` keeps it (settle.lua moves
+        it to its own key); ``reason`` is then that time."""
         job = work.job
         job.state = state
         keep = True

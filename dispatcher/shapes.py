@@ -225,6 +225,7 @@ class Job(TypedDict):
     attempts: list[Attempt]
     waiting_for: NotRequired[WaitingFor | None]
     breaker: NotRequired[BreakerState]
+    retry_until: NotRequired[str | None]
 
 
 class DeadJob(Job):

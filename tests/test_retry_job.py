@@ -143,15 +143,17 @@ def _payload_key(client: Client, job_id: str) -> str:
 async def test_a_delivered_job_is_sent_again_with_its_id_signature_and_history(
     client: Client, api: Api, workers: WorkerHarness, target: Target, redis: aioredis.Redis
 ) -> None:
-    """A delivered job's retry (its payload kept by default) answers 202, reaches the target
-    again with the same webhook-id, body and a valid signature, counts as a new delivery, and
-    its history holds both series."""
+    """A delivered job shows until when it can be retried; its retry (its payload kept by
+    default) answers 202, reaches the target again with the same webhook-id, body and a valid
+    signature, counts as a new delivery, and its history holds both series."""
     await workers.start()
     hook = await client.create_webhook("acme", target.url())
     answer = await client.publish("acme", "order.paid", {"order": 42})
     [job_id] = [job["id"] for job in answer["jobs"]]
     await _in_state(client, job_id, "delivered")
     assert await redis.exists(_payload_key(client, job_id)) == 1
+    shown = await api.call("GET", f"/v1/jobs/{job_id}")
+    assert shown.body["retry_until"] > shown.body["finished_at"]  # both RFC 3339, UTC
     reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
     assert reply.status == 202, reply.text
     assert reply.body["state"] in {"queued", "active", "delivered"}
@@ -179,7 +181,8 @@ async def test_a_delivered_job_whose_payload_is_gone_is_refused_naming_the_setti
     retention_s: float,
 ) -> None:
     """With jobs.payload_retention_s 0 a delivered job keeps no payload, with a short one its
-    payload key expires by itself; then its retry answers 409 naming the setting, unsent."""
+    payload key expires by itself; then it shows no retry_until, and its retry answers 409
+    naming the setting, unsent."""
     client.payload_retention_s = retention_s  # as the daemon passes its own
     await workers.start(payload_retention_s=retention_s)
     job_id = await _publish(client, target.url())
@@ -189,6 +192,7 @@ async def test_a_delivered_job_whose_payload_is_gone_is_refused_naming_the_setti
         return await redis.exists(_payload_key(client, job_id)) == 0
 
     await eventually(gone, what="the payload key gone")
+    assert (await _in_state(client, job_id, "delivered"))["retry_until"] is None
     reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
     assert (reply.status, reply.body["error"]["code"]) == (409, "conflict"), reply.text
     message = reply.body["error"]["message"]

@@ -24,9 +24,10 @@ holds a space.
 The record. Once a job has an outcome, is scheduled, or is taken over from a dead worker, the
 ``jobs`` hash holds its full record: a compact meta JSON object, a newline, then the payload
 bytes exactly as published (a finished delivered job keeps no payload: the record ends at the
-newline). A record always starts with ``{``, a locator with ``@``. Lua scripts decode only the
-meta part, so a payload's numbers and empty objects are never re-encoded by cjson. Meta keys
-are short:
+newline; settle.lua keeps the payload ``jobs.payload_retention_s`` in a key of its own,
+keys.py ``payload``, for a retry). A record always starts with ``{``, a locator with ``@``.
+Lua scripts decode only the meta part, so a payload's numbers and empty objects are never
+re-encoded by cjson. Meta keys are short:
 
 ``w`` webhook id, ``t`` tenant id, ``e`` event type, ``q`` stream, ``s`` stored state,
 ``a`` attempts made, ``k`` stalls (workers that died on it),

@@ -13,7 +13,7 @@ import redis.exceptions as rex
 
 from dispatcher.errors import DispatcherError, RedisOutOfMemory, RedisUnavailable
 from dispatcher.ids import is_job_id
-from dispatcher.model import Job, JobState
+from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import breakers, codec
 from dispatcher.queue.keys import GROUP
 
@@ -104,4 +104,18 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
     with redis_errors():
         found = await breakers.states(store, [job.webhook_id])
     breaker = found.get(job.webhook_id)
-    return {**job.to_wire(state=state), "breaker": breaker.state if breaker else breakers.CLOSED}
+    view = {**job.to_wire(state=state), "breaker": breaker.state if breaker else breakers.CLOSED}
+    if state is JobState.DELIVERED:
+        view["retry_until"] = await _retry_until(store, job.id)
+    return view
+
+
+async def _retry_until(store: Store, job_id: str) -> str | None:
+    """Until when a delivered job's payload is kept for a retry (settle.lua's key, its TTL);
+    None when it is gone."""
+    with redis_errors():
+        left_ms = await store.redis.pttl(store.keys.payload(job_id))
+        if left_ms < 0:
+            return None
+        clock = await store.refresh_clock()
+    return rfc3339(clock.now_ms() + left_ms)
