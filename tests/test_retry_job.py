@@ -246,3 +246,21 @@ async def test_a_retried_fifo_job_goes_to_the_back_of_its_lane(
     await target.wait_for(4)
     assert [orjson.loads(r.body)["seq"] for r in target.received] == [1, 2, 3, 1]
     assert (await _in_state(client, first, "delivered"))["attempt"] == 1
+
+
+async def test_a_delivered_job_of_a_disabled_webhook_is_refused(
+    client: Client, api: Api, workers: WorkerHarness, target: Target
+) -> None:
+    """A delivered job whose webhook was disabled since answers 409 (it would die unsent),
+    and its payload stays kept for a retry once the webhook is enabled again."""
+    await workers.start()
+    job_id = await _publish(client, target.url())
+    webhook_id = (await _in_state(client, job_id, "delivered"))["webhook_id"]
+    assert webhook_id is not None
+    await client.update_webhook(webhook_id, enabled=False)
+    reply = await api.call("POST", f"/v1/jobs/{job_id}/retry")
+    assert (reply.status, reply.body["error"]["code"]) == (409, "conflict"), reply.text
+    assert "disabled" in reply.body["error"]["message"]
+    await client.update_webhook(webhook_id, enabled=True)
+    assert (await api.call("POST", f"/v1/jobs/{job_id}/retry")).status == 202
+    await target.wait_for(2, "/hook")
