@@ -5,13 +5,16 @@ a real Redis."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from dispatcher.alerts import Alerts
+from dispatcher.config import AlertsConfig
+from dispatcher.metrics import Metrics
 from dispatcher.model import JobState
-from dispatcher.queue import breakers, delays, streams, waiting
+from dispatcher.queue import backlog, breakers, delays, ordering, streams, waiting
 from dispatcher.queue.keys import Keys
-from dispatcher.queue.streams import MalformedEntry, Settlement, SettleKind
-from tests.helpers import settlement, stream_entries
+from dispatcher.queue.streams import MalformedEntry, SettleKind, Settlement
+from tests.helpers import eventually, settlement, stream_entries
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -19,13 +22,18 @@ if TYPE_CHECKING:
     from dispatcher import Client
     from dispatcher.queue.store import Store
     from dispatcher.queue.streams import Claim
+    from tests.conftest import WorkerHarness
+    from tests.target import Target
 
 GARBAGE = b"not a record"
 
 
 async def _lane_of_two(client: Client, **fields: object) -> tuple[str, str, str]:
     hook = await client.create_webhook(
-        "acme", "https://hooks.example.com/x", ordering="fifo", **fields  # type: ignore[arg-type]
+        "acme",
+        "https://hooks.example.com/x",
+        ordering="fifo",
+        **fields,  # type: ignore[arg-type]
     )
     ids = [
         (await client.publish("acme", "a.b", {"n": n}, ordering_key="o"))["jobs"][0]["id"]
@@ -41,8 +49,16 @@ async def _queued(redis: aioredis.Redis, prefix: str) -> list[str]:
 
 async def _waiting(redis: aioredis.Redis, prefix: str) -> dict[bytes, bytes]:
     """The shard's count of jobs waiting behind lane heads, by webhook."""
-    found: dict[bytes, bytes] = await redis.hgetall(Keys(prefix).lanes_waiting)  # type: ignore[misc]
-    return found
+    found = await redis.hgetall(Keys(prefix).lanes_waiting)
+    return cast("dict[bytes, bytes]", found)
+
+
+async def _moved_on(redis: aioredis.Redis, prefix: str, behind: str) -> None:
+    """The lane "o" holds only ``behind`` now: its head, indexed, nothing counted behind it."""
+    keys = Keys(prefix)
+    assert await redis.hget(keys.lane_heads, behind) is not None
+    assert await redis.zscore(keys.lane_since, behind) is not None
+    assert await _waiting(redis, prefix) == {}
 
 
 async def _claim_head(store: Store, head: str) -> Claim:
@@ -61,6 +77,7 @@ async def test_a_head_with_an_unreadable_record_quarantined_at_claim_releases_it
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     await streams.quarantine(store, "default", "malformed", [MalformedEntry(claim.sid, b"{}")])
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
 
 
 async def test_a_head_with_an_unreadable_record_found_by_reclaim_releases_its_lane(
@@ -74,6 +91,7 @@ async def test_a_head_with_an_unreadable_record_found_by_reclaim_releases_its_la
     page = await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
     assert page.malformed
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
 
 
 async def _retried_head(client: Client, store: Store) -> tuple[str, str, str]:
@@ -94,6 +112,7 @@ async def test_a_retried_head_whose_record_is_gone_releases_its_lane_when_due(
     await redis.hdel(Keys(prefix).jobs, head)
     assert (await delays.promote_due(store, "default")).orphans == [head]
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
 
 
 async def test_a_retried_head_whose_record_is_unreadable_releases_its_lane_when_due(
@@ -105,6 +124,7 @@ async def test_a_retried_head_whose_record_is_unreadable_releases_its_lane_when_
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     assert (await delays.promote_due(store, "default")).malformed == [head]
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
 
 
 async def _head_waiting_for_room(client: Client, store: Store) -> tuple[str, str, str, Claim]:
@@ -133,6 +153,7 @@ async def test_a_head_waiting_for_room_whose_record_is_unreadable_releases_its_l
     done: Settlement = await settlement(store, other, "D", JobState.DELIVERED)
     await streams.settle(store, "a", [dataclasses.replace(done, frees=1)])
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
 
 
 async def test_a_head_waiting_for_room_whose_record_is_gone_releases_its_lane(
@@ -144,6 +165,7 @@ async def test_a_head_waiting_for_room_whose_record_is_gone_releases_its_lane(
     await redis.hdel(Keys(prefix).jobs, head)
     await waiting.tick(store)
     assert await _queued(redis, prefix) == [other.job_id, behind]  # other: still claimed
+    await _moved_on(redis, prefix, behind)
 
 
 async def test_a_parked_head_whose_record_is_gone_releases_its_lane(
@@ -161,3 +183,55 @@ async def test_a_parked_head_whose_record_is_gone_releases_its_lane(
     await redis.hdel(Keys(prefix).jobs, head)
     await breakers.tick(store, probe_timeout_s=30, disable_after_s=3600)
     assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
+
+
+async def test_jobs_behind_lane_heads_are_counted_in_status_alerts_and_metrics(
+    client: Client, store: Store
+) -> None:
+    """The jobs waiting behind FIFO lanes' heads show in ``/v1/status`` (``ordering_jobs``,
+    also in ``scheduled``), count towards the ``queued_max`` alert and are gauges; a head's
+    outcome takes one off."""
+    hook, head, _ = await _lane_of_two(client)
+    for n in range(3):
+        await client.publish("acme", "a.b", {"n": n}, ordering_key="p")
+    status = await client.status()
+    assert (status["ordering_jobs"], status["scheduled"], status["queued"]) == (3, 3, 2)
+    measured = await backlog.measure(client.store)
+    assert (measured.queued, measured.ordering) == (2, 3)
+    assert measured.oldest_head_ms is not None
+    alerts = Alerts(AlertsConfig(queued_max=5))
+    alerts.observe(measured)
+    assert [(a["name"], a["value"]) for a in alerts.active()] == [("queued_max", 5)]
+    metrics = Metrics()
+    alerts.export(metrics)
+    assert metrics.gauge("dispatcher_ordering_waiting_jobs") == 3
+    assert metrics.gauge("dispatcher_ordering_oldest_head_age_seconds") is not None
+    claims, _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    [claim] = [c for c in claims if c.job_id == head]
+    await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
+    assert (await ordering.waiting(client.store)).by_webhook == {hook: 2}
+
+
+async def test_a_deleted_fifo_webhooks_lanes_drain_to_the_dlq(
+    client: Client, workers: WorkerHarness, target: Target, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A FIFO webhook deleted with jobs waiting in its lanes strands none: each head is
+    dead-lettered in turn, and the count of waiting jobs goes back to nothing."""
+    hook = await client.create_webhook("acme", target.url(), ordering="fifo")
+    ids = [
+        (await client.publish("acme", "a.b", {"n": n}, ordering_key="o"))["jobs"][0]["id"]
+        for n in range(3)
+    ]
+    assert await _waiting(redis, prefix) == {hook["id"].encode(): b"2"}
+    await client.delete_webhook(hook["id"])
+    await workers.start()
+
+    async def all_dead() -> bool:
+        jobs = [await client.get_job(job_id) for job_id in ids]
+        return all(job is not None and job["state"] == "dead" for job in jobs)
+
+    await eventually(all_dead, what="every job of the deleted webhook dead")
+    assert await _waiting(redis, prefix) == {}
+    assert await redis.exists(Keys(prefix).lane(hook["id"], "o"), Keys(prefix).lane_heads) == 0
+    assert target.received == []
