@@ -11,7 +11,7 @@ from dispatcher.alerts import Alerts
 from dispatcher.config import AlertsConfig
 from dispatcher.metrics import Metrics
 from dispatcher.model import JobState
-from dispatcher.queue import backlog, breakers, delays, ordering, streams, waiting
+from dispatcher.queue import backlog, breakers, codec, delays, ordering, pauses, streams, waiting
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.streams import MalformedEntry, SettleKind, Settlement
 from tests.helpers import eventually, settlement, stream_entries
@@ -182,6 +182,26 @@ async def test_a_parked_head_whose_record_is_gone_releases_its_lane(
     assert await redis.zrange(Keys(prefix).parked(hook), 0, -1) == [head.encode()]
     await redis.hdel(Keys(prefix).jobs, head)
     await breakers.tick(store, probe_timeout_s=30, disable_after_s=3600)
+    assert await _queued(redis, prefix) == [behind]
+    await _moved_on(redis, prefix, behind)
+
+
+async def test_a_held_head_whose_record_is_unreadable_releases_its_lane_on_resume(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A head held while its webhook is paused whose record cannot be read when the webhook is
+    resumed is dead-lettered as malformed, and the job behind it is queued."""
+    hook, head, behind = await _lane_of_two(client)
+    await client.update_webhook(hook, paused=True)
+    claim = await _claim_head(store, head)
+    [job] = (await streams.load(store, [claim])).jobs
+    assert job is not None
+    job.hold()
+    held = Settlement(claim, SettleKind.HELD, codec.encode(job), 1, "", b"", parked_for=hook)
+    await streams.settle(store, "a", [held])
+    await redis.hset(Keys(prefix).jobs, head, GARBAGE)
+    await client.update_webhook(hook, paused=False)
+    await pauses.resume(store, hook)
     assert await _queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
