@@ -14,7 +14,8 @@ from dispatcher.model import JobState
 from dispatcher.queue import backlog, breakers, codec, delays, ordering, pauses, streams, waiting
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.streams import MalformedEntry, SettleKind, Settlement
-from tests.helpers import eventually, settlement, stream_entries
+from tests.helpers import eventually, settlement
+from tests.test_fifo_lanes import lane_of_two, queued
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -26,25 +27,6 @@ if TYPE_CHECKING:
     from tests.target import Target
 
 GARBAGE = b"not a record"
-
-
-async def _lane_of_two(client: Client, **fields: object) -> tuple[str, str, str]:
-    hook = await client.create_webhook(
-        "acme",
-        "https://hooks.example.com/x",
-        ordering="fifo",
-        **fields,  # type: ignore[arg-type]
-    )
-    ids = [
-        (await client.publish("acme", "a.b", {"n": n}, ordering_key="o"))["jobs"][0]["id"]
-        for n in range(2)
-    ]
-    return hook["id"], ids[0], ids[1]
-
-
-async def _queued(redis: aioredis.Redis, prefix: str) -> list[str]:
-    entries = await stream_entries(redis, Keys(prefix).ready("default"))
-    return [fields[b"j"].decode() for _, fields in entries]
 
 
 async def _waiting(redis: aioredis.Redis, prefix: str) -> dict[bytes, bytes]:
@@ -72,11 +54,11 @@ async def test_a_head_with_an_unreadable_record_quarantined_at_claim_releases_it
 ) -> None:
     """A head whose record cannot be read when a worker loads it is dead-lettered as malformed
     (the gate's quarantine), and the job behind it is queued: a bad record never blocks a lane."""
-    _, head, behind = await _lane_of_two(client)
+    _, head, behind = await lane_of_two(client)
     claim = await _claim_head(store, head)
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     await streams.quarantine(store, "default", "malformed", [MalformedEntry(claim.sid, b"{}")])
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
@@ -85,18 +67,18 @@ async def test_a_head_with_an_unreadable_record_found_by_reclaim_releases_its_la
 ) -> None:
     """A head whose record is gone when reclaim takes it over is dead-lettered as malformed,
     and the job behind it is queued."""
-    _, head, behind = await _lane_of_two(client)
+    _, head, behind = await lane_of_two(client)
     await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)  # "a" dies
     await redis.hdel(Keys(prefix).jobs, head)
     page = await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
     assert page.malformed
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
 async def _retried_head(client: Client, store: Store) -> tuple[str, str, str]:
     """A lane of two whose head failed once and waits in the delayed zset, due now."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     claim = await _claim_head(store, head)
     retry = await settlement(store, claim, "R", JobState.SCHEDULED, due_in_ms=0)
     await streams.settle(store, "a", [retry])
@@ -111,7 +93,7 @@ async def test_a_retried_head_whose_record_is_gone_releases_its_lane_when_due(
     _, head, behind = await _retried_head(client, store)
     await redis.hdel(Keys(prefix).jobs, head)
     assert (await delays.promote_due(store, "default")).orphans == [head]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
@@ -123,14 +105,14 @@ async def test_a_retried_head_whose_record_is_unreadable_releases_its_lane_when_
     _, head, behind = await _retried_head(client, store)
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     assert (await delays.promote_due(store, "default")).malformed == [head]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
 async def _head_waiting_for_room(client: Client, store: Store) -> tuple[str, str, str, Claim]:
     """A lane of two (webhook with max_in_flight 1) whose head waits for room, and the claim of
     the head of a second lane of the same webhook."""
-    hook, head, behind = await _lane_of_two(client, max_in_flight=1)
+    hook, head, behind = await lane_of_two(client, max_in_flight=1)
     other = (await client.publish("acme", "a.b", {}, ordering_key="p"))["jobs"][0]["id"]
     claims, _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     [claim] = [c for c in claims if c.job_id == head]
@@ -152,7 +134,7 @@ async def test_a_head_waiting_for_room_whose_record_is_unreadable_releases_its_l
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     done: Settlement = await settlement(store, other, "D", JobState.DELIVERED)
     await streams.settle(store, "a", [dataclasses.replace(done, frees=1)])
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
@@ -164,7 +146,7 @@ async def test_a_head_waiting_for_room_whose_record_is_gone_releases_its_lane(
     _, head, behind, other = await _head_waiting_for_room(client, store)
     await redis.hdel(Keys(prefix).jobs, head)
     await waiting.tick(store)
-    assert await _queued(redis, prefix) == [other.job_id, behind]  # other: still claimed
+    assert await queued(redis, prefix) == [other.job_id, behind]  # other: still claimed
     await _moved_on(redis, prefix, behind)
 
 
@@ -173,7 +155,7 @@ async def test_a_parked_head_whose_record_is_gone_releases_its_lane(
 ) -> None:
     """A head parked behind its webhook's breaker whose record is gone when the breaker lets
     its jobs go is dropped, and the job behind it is queued."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     claim = await _claim_head(store, head)
     await redis.hset(Keys(prefix).breakers, hook, b'{"s":"closed","b":0}')
     park = await settlement(store, claim, "R", JobState.SCHEDULED)
@@ -182,7 +164,7 @@ async def test_a_parked_head_whose_record_is_gone_releases_its_lane(
     assert await redis.zrange(Keys(prefix).parked(hook), 0, -1) == [head.encode()]
     await redis.hdel(Keys(prefix).jobs, head)
     await breakers.tick(store, probe_timeout_s=30, disable_after_s=3600)
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
@@ -191,7 +173,7 @@ async def test_a_held_head_whose_record_is_unreadable_releases_its_lane_on_resum
 ) -> None:
     """A head held while its webhook is paused whose record cannot be read when the webhook is
     resumed is dead-lettered as malformed, and the job behind it is queued."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     await client.update_webhook(hook, paused=True)
     claim = await _claim_head(store, head)
     [job] = (await streams.load(store, [claim])).jobs
@@ -202,7 +184,7 @@ async def test_a_held_head_whose_record_is_unreadable_releases_its_lane_on_resum
     await redis.hset(Keys(prefix).jobs, head, GARBAGE)
     await client.update_webhook(hook, paused=False)
     await pauses.resume(store, hook)
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     await _moved_on(redis, prefix, behind)
 
 
@@ -212,7 +194,7 @@ async def test_jobs_behind_lane_heads_are_counted_in_status_alerts_and_metrics(
     """The jobs waiting behind FIFO lanes' heads show in ``/v1/status`` (``ordering_jobs``,
     also in ``scheduled``), count towards the ``queued_max`` alert and are gauges; a head's
     outcome takes one off."""
-    hook, head, _ = await _lane_of_two(client)
+    hook, head, _ = await lane_of_two(client)
     for n in range(3):
         await client.publish("acme", "a.b", {"n": n}, ordering_key="p")
     status = await client.status()
