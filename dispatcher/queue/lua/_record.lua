@@ -92,6 +92,8 @@ local function unfinished(jobs, job_id)
   return meta ~= nil and meta.s ~= 'delivered' and meta.s ~= 'dead'
 end
 
+-- The FIFO lanes' functions (_lane.lua; it reads records with the functions above): requeue
+-- below releases the lane a dropped job heads.
 -- include: _lane.lua
 
 -- Put a job waiting without an attempt (waiting for room, held while paused) back at the end

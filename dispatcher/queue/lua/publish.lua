@@ -236,7 +236,8 @@ if #records > 0 then
   end
 end
 for _, lane in ipairs(pushed) do
-  lane_joined(KEYS[2]:sub(1, -5), lane, pushed[lane][1], pushed[lane][2], math.max(now_ms, due_ms))
+  local job_id, len = unpack(pushed[lane])
+  lane_joined(KEYS[2]:sub(1, -5), lane, job_id, len, math.max(now_ms, due_ms))
 end
 if use_idem then
   -- one deadline for both (two EX could fall either side of a millisecond): the fingerprint
