@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from dispatcher.ids import shard_of
 from dispatcher.model import JobState
-from dispatcher.queue import delays, streams
+from dispatcher.queue import delays, ordering, streams
 from dispatcher.queue.keys import Keys
 from tests.helpers import settlement, stream_entries
 
@@ -131,17 +131,20 @@ async def test_waiters_still_drain_after_ordering_is_switched_off(
     client: Client, store: Store, redis: aioredis.Redis, prefix: str
 ) -> None:
     """Jobs behind a head when the webhook is switched to ``ordering: "none"`` are queued in
-    turn after it; switched back, new events wait behind them."""
+    turn after it (and counted as waiting until then); switched back, new events wait behind
+    them."""
     hook, head, behind = await lane_of_two(client)
     await client.update_webhook(hook, ordering="none")
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     assert claim.job_id == head
     await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
     assert await queued(redis, prefix) == [behind]
+    assert (await ordering.waiting(store)).jobs == 0
     await client.update_webhook(hook, ordering="fifo")
     after = (await client.publish("acme", "a.b", {"n": 2}, ordering_key="o"))["jobs"][0]["id"]
     assert await queued(redis, prefix) == [behind]
     assert await _lane(redis, prefix, hook) == [behind, after]
+    assert (await ordering.waiting(store)).by_webhook == {hook: 1}
 
 
 async def test_publish_many_keeps_a_lanes_order_across_shards(client: Client) -> None:
