@@ -47,10 +47,13 @@ class Alerts:
     def observe(self, backlog: Backlog) -> None:
         """Judge one measurement: raise and clear alerts, and log each change."""
         self.values = {
-            "queued_max": backlog.queued + backlog.held,  # a paused webhook's backlog too
+            # a paused webhook's backlog too, and the jobs behind FIFO lanes' heads
+            "queued_max": backlog.queued + backlog.held + backlog.ordering,
             "oldest_ready_age_s": round(backlog.oldest_ready_age_s, 1),
             "dlq_growth": self._dlq_growth(backlog.now_ms, backlog.dlq_added),
             "paused_jobs": backlog.held,  # not an alert of its own: a gauge
+            "ordering_jobs": backlog.ordering,  # gauges too
+            "ordering_oldest_head_age_s": round(backlog.oldest_head_age_s, 1),
         }
         for name in NAMES:
             self._judge(name, self.values[name], getattr(self.cfg, name), backlog)
@@ -78,6 +81,11 @@ class Alerts:
             )
             metrics.set("dispatcher_dlq_growth", self.values["dlq_growth"])
             metrics.set("dispatcher_paused_jobs", self.values["paused_jobs"])
+            metrics.set("dispatcher_ordering_waiting_jobs", self.values["ordering_jobs"])
+            metrics.set(
+                "dispatcher_ordering_oldest_head_age_seconds",
+                self.values["ordering_oldest_head_age_s"],
+            )
 
     def _judge(self, name: AlertName, value: float, threshold: float, backlog: Backlog) -> None:
         raised = self._raised.get(name)

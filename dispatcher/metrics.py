@@ -61,10 +61,17 @@ _HELP = {
     "dispatcher_in_flight": "HTTP requests in flight in this process.",
     "dispatcher_alert_active": "Whether a backlog alert is raised (1) or not (0), by name.",
     "dispatcher_queued_jobs": (
-        "Jobs ready and unclaimed across every queue, those held for paused webhooks included, "
-        "at the last check."
+        "Jobs ready and unclaimed across every queue, those held for paused webhooks and those "
+        "behind a FIFO lane's head included, at the last check."
     ),
     "dispatcher_paused_jobs": "Jobs held for paused webhooks, at the last check.",
+    "dispatcher_ordering_waiting_jobs": (
+        "Jobs of FIFO webhooks waiting behind their lane's head, at the last check."
+    ),
+    "dispatcher_ordering_oldest_head_age_seconds": (
+        "How long the oldest head of a FIFO lane has held it (since it became the head, or "
+        "its due time if later), at the last check."
+    ),
     "dispatcher_queue_oldest_ready_age_seconds": (
         "Age of the oldest ready, unclaimed job across every queue, at the last check."
     ),

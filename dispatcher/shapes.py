@@ -467,6 +467,7 @@ class StatusCounts(TypedDict):
     avg_processing_ms: float | None
     paused: list[str]
     paused_jobs: NotRequired[int]  # held for paused webhooks (also in scheduled)
+    ordering_jobs: NotRequired[int]  # behind a FIFO lane's head (also in scheduled)
     queues: NotRequired[list[QueueCounts]]
     redis: dict[str, Any]
     workers: list[Worker]

@@ -4,11 +4,11 @@ head is ever queued, and only a current claim's delivered or dead outcome moves 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.ids import shard_of
 from dispatcher.model import JobState
-from dispatcher.queue import delays, streams
+from dispatcher.queue import delays, ordering, streams
 from dispatcher.queue.keys import Keys
 from tests.helpers import settlement, stream_entries
 
@@ -19,8 +19,12 @@ if TYPE_CHECKING:
     from dispatcher.queue.store import Store
 
 
-async def _lane_of_two(client: Client) -> tuple[str, str, str]:
-    hook = await client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
+async def lane_of_two(client: Client, max_in_flight: int | None = None) -> tuple[str, str, str]:
+    """A FIFO webhook with two jobs in its lane "o": its id, the head's, the next one's."""
+    limit: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+    hook = await client.create_webhook(
+        "acme", "https://hooks.example.com/x", ordering="fifo", **limit
+    )
     ids = [
         (await client.publish("acme", "a.b", {"n": n}, ordering_key="o"))["jobs"][0]["id"]
         for n in range(2)
@@ -28,7 +32,7 @@ async def _lane_of_two(client: Client) -> tuple[str, str, str]:
     return hook["id"], ids[0], ids[1]
 
 
-async def _queued(redis: aioredis.Redis, prefix: str) -> list[str]:
+async def queued(redis: aioredis.Redis, prefix: str) -> list[str]:
     """The job ids in the default queue's ready stream."""
     entries = await stream_entries(redis, Keys(prefix).ready("default"))
     return [fields[b"j"].decode() for _, fields in entries]
@@ -44,7 +48,7 @@ async def test_a_stale_outcome_never_moves_the_lane_on(
 ) -> None:
     """A frozen worker's late "delivered" leaves the lane to the worker that took over; that
     one's outcome queues the next job."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     [claim_a], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     [claim_b] = (
         await streams.reclaim_page(store, "default", "b", min_idle_ms=0, cursor="0-0", count=10)
@@ -52,11 +56,11 @@ async def test_a_stale_outcome_never_moves_the_lane_on(
     late = await settlement(store, claim_a, "D", JobState.DELIVERED)
     assert await streams.settle(store, "a", [late]) == [head]
     assert await _lane(redis, prefix, hook) == [head, behind]
-    assert await _queued(redis, prefix) == [head]  # b's claim, still pending
+    assert await queued(redis, prefix) == [head]  # b's claim, still pending
     current = await settlement(store, claim_b, "D", JobState.DELIVERED)
     assert await streams.settle(store, "b", [current]) == []
     assert await _lane(redis, prefix, hook) == [behind]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     job = await client.get_job(behind)
     assert job is not None
     assert (job["state"], job["waiting_for"]) == ("queued", None)
@@ -67,10 +71,10 @@ async def test_a_retry_keeps_the_lane_blocked_and_a_dead_head_releases_it(
 ) -> None:
     """A retried head waits in the delayed zset with nothing of its lane queued; dead, it lets
     the next job go."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     await streams.settle(store, "a", [await settlement(store, claim, "R", JobState.SCHEDULED)])
-    assert await _queued(redis, prefix) == []
+    assert await queued(redis, prefix) == []
     assert await redis.zrange(Keys(prefix).delayed("default"), 0, -1) == [head.encode()]
     assert await _lane(redis, prefix, hook) == [head, behind]
     await redis.zadd(Keys(prefix).delayed("default"), {head: 0})
@@ -79,14 +83,14 @@ async def test_a_retry_keeps_the_lane_blocked_and_a_dead_head_releases_it(
     assert claim.job_id == head
     await streams.settle(store, "a", [await settlement(store, claim, "X", JobState.DEAD)])
     assert await _lane(redis, prefix, hook) == [behind]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
 
 
 async def test_a_poison_head_releases_its_lane(
     client: Client, store: Store, redis: aioredis.Redis, prefix: str
 ) -> None:
     """A head whose workers died on it three times is dead as poison, and the next job goes."""
-    hook, head, behind = await _lane_of_two(client)
+    hook, head, behind = await lane_of_two(client)
     await streams.wait_new(store, ("default",), "w1", count=10, block_ms=10)  # w1 dies
     for consumer in ("w2", "w3", "w4"):
         page = await streams.reclaim_page(
@@ -94,7 +98,7 @@ async def test_a_poison_head_releases_its_lane(
         )
     assert page.poisoned == [head]
     assert await _lane(redis, prefix, hook) == [behind]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
 
 
 async def test_a_scheduled_lane_keeps_its_order_and_due_times(
@@ -120,24 +124,27 @@ async def test_a_scheduled_lane_keeps_its_order_and_due_times(
     await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
     assert await _lane(redis, prefix, hook["id"]) == [ids[1]]
     assert await redis.zscore(delayed, ids[1]) == int(later.timestamp() * 1000)
-    assert await _queued(redis, prefix) == []
+    assert await queued(redis, prefix) == []
 
 
 async def test_waiters_still_drain_after_ordering_is_switched_off(
     client: Client, store: Store, redis: aioredis.Redis, prefix: str
 ) -> None:
     """Jobs behind a head when the webhook is switched to ``ordering: "none"`` are queued in
-    turn after it; switched back, new events wait behind them."""
-    hook, head, behind = await _lane_of_two(client)
+    turn after it (and counted as waiting until then); switched back, new events wait behind
+    them."""
+    hook, head, behind = await lane_of_two(client)
     await client.update_webhook(hook, ordering="none")
     [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
     assert claim.job_id == head
     await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
+    assert (await ordering.waiting(store)).jobs == 0
     await client.update_webhook(hook, ordering="fifo")
     after = (await client.publish("acme", "a.b", {"n": 2}, ordering_key="o"))["jobs"][0]["id"]
-    assert await _queued(redis, prefix) == [behind]
+    assert await queued(redis, prefix) == [behind]
     assert await _lane(redis, prefix, hook) == [behind, after]
+    assert (await ordering.waiting(store)).by_webhook == {hook: 1}
 
 
 async def test_publish_many_keeps_a_lanes_order_across_shards(client: Client) -> None:

@@ -20,7 +20,6 @@ from tests.helpers import settlement
 from tests.machines import ClientMachine, run_machine
 
 if TYPE_CHECKING:
-
     from dispatcher.queue.store import Store
     from dispatcher.queue.streams import Claim, Settlement
 
@@ -156,10 +155,20 @@ class LaneMachine(ClientMachine):
             assert [i.decode() for i in stored] == expected
             out = [job_id for job_id in queued + delayed if self.lane_of[job_id] == key]
             assert out == expected[:1], f"lane {key}: {out} queued, expected its head only"
+        behind = sum(max(len(lane) - 1, 0) for lane in self.lanes.values())
+        counted = self.run(redis.hget(self.keys.lanes_waiting, self.hook))
+        assert int(counted or 0) == behind, "the count of jobs behind heads is exact"
+        heads = self.run(redis.hgetall(self.keys.lane_heads))
+        expected_heads = {
+            lane[0]: self.keys.lane(self.hook, key) for key, lane in self.lanes.items() if lane
+        }
+        assert {k.decode(): v.decode() for k, v in heads.items()} == expected_heads
+        since = self.run(redis.zrange(self.keys.lane_since, 0, -1))
+        assert sorted(m.decode() for m in since) == sorted(expected_heads)
 
 
 def test_lanes_match_their_model(redis_url: str) -> None:
     """Whatever the sequence of publishes, claims, deaths, takeovers, outcomes (late ones
-    included), promotions and replays, each lane holds its unfinished jobs in publish order
-    and exactly its head is queued."""
+    included), promotions and replays, each lane holds its unfinished jobs in publish order,
+    exactly its head is queued and indexed, and the jobs behind heads are counted exactly."""
     run_machine(LaneMachine, redis_url, examples=25, steps=15)

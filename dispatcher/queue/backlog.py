@@ -1,7 +1,9 @@
 """What the backlog alerts measure, read from counters Redis keeps anyway: no scans.
 
 - **queued**: per stream, ``XLEN`` minus the consumer group's pending count (as the status),
-  plus the jobs held for paused webhooks (``ZCARD`` of each one's held zset, pauses.py).
+  plus the jobs held for paused webhooks (``ZCARD`` of each one's held zset, pauses.py) and
+  those waiting behind a FIFO lane's head (the shard's count of them, ordering.py).
+- **oldest lane head**: since when the oldest head of a FIFO lane holds it (ordering.py).
 - **oldest ready job**: a stream entry id starts with the Redis time (ms) it was added at, and the
   group hands entries out in id order, so the first entry after the group's
   ``last-delivered-id`` is the oldest one nobody has claimed: one ``XRANGE ... COUNT 1``.
@@ -10,7 +12,7 @@
   into "added within the window".
 
 Two round trips per check, whatever the number of jobs (three on a Redis Cluster, which asks
-TIME apart), and two per shard for the held jobs.
+TIME apart), two per shard for the held jobs and one per shard for the FIFO lanes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from dispatcher.ids import sid_ms
-from dispatcher.queue import pauses
+from dispatcher.queue import ordering, pauses
 from dispatcher.queue.keys import GROUP, streams_of
 from dispatcher.queue.records import redis_errors
 from dispatcher.queue.status import known_queues
@@ -38,12 +40,20 @@ class Backlog:
     oldest_queue: str | None  # the stream it waits in (``Q``, ``Q:high`` or ``Q:low``)
     dlq_added: int  # entries ever added to the DLQ stream (0 while it does not exist)
     held: int = 0  # jobs held for paused webhooks (pauses.py), every shard
+    ordering: int = 0  # jobs waiting behind a FIFO lane's head (ordering.py), every shard
+    oldest_head_ms: int | None = None  # since when the oldest FIFO lane head holds its lane
 
     @property
     def oldest_ready_age_s(self) -> float:
         if self.oldest_ready_ms is None:
             return 0.0
         return max(self.now_ms - self.oldest_ready_ms, 0) / 1000
+
+    @property
+    def oldest_head_age_s(self) -> float:
+        if self.oldest_head_ms is None:
+            return 0.0
+        return max(self.now_ms - self.oldest_head_ms, 0) / 1000
 
 
 async def measure(store: Store) -> Backlog:
@@ -80,7 +90,17 @@ async def measure(store: Store) -> Backlog:
             starts.append((shard, stream, b"(" + group["last-delivered-id"] if group else b"-"))
     oldest_ms, oldest_queue = await _oldest(store, starts)
     held = await pauses.held(store)
-    return Backlog(now_ms, queued, oldest_ms, oldest_queue, dlq_added, held.jobs)
+    behind = await ordering.waiting(store)
+    return Backlog(
+        now_ms,
+        queued,
+        oldest_ms,
+        oldest_queue,
+        dlq_added,
+        held.jobs,
+        behind.jobs,
+        behind.oldest_head_ms,
+    )
 
 
 async def _oldest(

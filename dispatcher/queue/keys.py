@@ -43,6 +43,12 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:lane:W:N:K``      publish order, for ordering key K (N its length in bytes). Only the
                           first, the head, is in a ready stream or a delayed zset; settle.lua
                           pops it when it is delivered or dead and queues the next
+``P:{0}:lanes:heads``     hash  job id -> its lane's key, for each lane's head: a head whose
+                          record is unreadable or gone still releases its lane (``_lane.lua``)
+``P:{0}:lanes:since``     zset  job id -> since when its lane waits for this head (ms: when it
+                          became the head, or its due time if later)
+``P:{0}:lanes:waiting``   hash  webhook id -> its jobs waiting behind a lane's head (the sum of
+                          its lanes' lengths minus one each; no field at 0)
 ``P:{0}:dlq``             stream of dead jobs ``{j: job id, r: reason}`` (or ``{raw, r}`` for an
                           entry that could not be parsed); entry ids give a stable cursor
 ``P:{0}:idempotency:N:T:K`` string, the first answer to tenant T's publish with idempotency key
@@ -316,6 +322,18 @@ class Keys:
 
     def test_send(self, webhook_id: str) -> str:
         return f"{self._base}:testsend:{webhook_id}"
+
+    @property
+    def lane_heads(self) -> str:
+        return f"{self._base}:lanes:heads"
+
+    @property
+    def lane_since(self) -> str:
+        return f"{self._base}:lanes:since"
+
+    @property
+    def lanes_waiting(self) -> str:
+        return f"{self._base}:lanes:waiting"
 
     def held(self, webhook_id: str) -> str:
         return f"{self._base}:held:{webhook_id}"

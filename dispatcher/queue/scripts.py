@@ -22,14 +22,21 @@ def _read(file: str) -> str:
     return resources.files("dispatcher.queue").joinpath("lua", file).read_text("utf-8")
 
 
-def _source(name: str) -> str:
+def _source(name: str, seen: set[str] | None = None) -> str:
     """The script's text, each ``-- include: <file>`` line replaced by that file's text (EVALSHA
-    runs one text: scripts cannot share a Lua file otherwise)."""
-    lines = _read(f"{name}.lua").splitlines(keepends=True)
-    return "".join(
-        _read(line.removeprefix(_INCLUDE).strip()) if line.startswith(_INCLUDE) else line
-        for line in lines
-    )
+    runs one text: scripts cannot share a Lua file otherwise). An included file may include
+    another; each goes in once, where it is first named."""
+    seen = set() if seen is None else seen
+    parts = []
+    for line in _read(f"{name}.lua").splitlines(keepends=True):
+        if not line.startswith(_INCLUDE):
+            parts.append(line)
+            continue
+        file = line.removeprefix(_INCLUDE).strip()
+        if file not in seen:
+            seen.add(file)
+            parts.append(_source(file.removesuffix(".lua"), seen))
+    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

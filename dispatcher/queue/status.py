@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from dispatcher.ids import TASK_QUEUES
 from dispatcher.model import rfc3339
-from dispatcher.queue import breakers, control, dlq, pauses, waiting
+from dispatcher.queue import breakers, control, dlq, ordering, pauses, waiting
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
 
@@ -201,13 +201,15 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
     with redis_errors():
         waiting_total = await waiting.total(store)  # held back by a webhook's limits
     held = await pauses.held(store)  # held for paused webhooks
+    behind = await ordering.waiting(store)  # behind a FIFO lane's head
     return {
         "queued": sum(c.queued for c in counts),
         "active": sum(c.active for c in counts),
         "scheduled": sum(c.scheduled for c in counts)
         + tripped["parked"]
         + waiting_total
-        + held.jobs,
+        + held.jobs
+        + behind.jobs,
         "dlq_size": await dlq.dlq_size(store),
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
@@ -216,6 +218,7 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         "avg_processing_ms": round(stats["ms_sum"] / attempts, 1) if attempts else None,
         "paused": paused,
         "paused_jobs": held.jobs,
+        "ordering_jobs": behind.jobs,
         "queues": [
             {
                 "name": c.queue,

@@ -336,6 +336,6 @@ async def quarantine(store: Store, queue: str, reason: str, entries: list[Malfor
     for entry in entries:
         args += [entry.sid, entry.raw]
     moved: int = await store.scripts.quarantine(
-        keys=[store.keys.ready(queue), store.keys.dlq], args=args
+        keys=[store.keys.ready(queue), store.keys.dlq, store.keys.jobs], args=args
     )
     return moved

@@ -92,13 +92,17 @@ local function unfinished(jobs, job_id)
   return meta ~= nil and meta.s ~= 'delivered' and meta.s ~= 'dead'
 end
 
+-- The FIFO lanes' functions (_lane.lua; it reads records with the functions above): requeue
+-- below releases the lane a dropped job heads.
+-- include: _lane.lua
+
 -- Put a job waiting without an attempt (waiting for room, held while paused) back at the end
 -- of its queue's ready stream ('base' the key base, as in keys.py), its record saying queued
 -- and naming the new entry. A record that cannot be read is dead-lettered (to 'dlq') as
--- malformed; one that is gone is dropped.
+-- malformed; one that is gone is dropped; either releases its FIFO lane if it heads one.
 local function requeue(jobs, dlq, base, job_id)
   local record = redis.call('HGET', jobs, job_id)
-  if not record then return end
+  if not record then return release_lane(base, jobs, dlq, job_id) end
   local meta, rest = split_record(record)
   if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
     meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
@@ -108,6 +112,7 @@ local function requeue(jobs, dlq, base, job_id)
   else
     local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
     redis.call('XADD', dlq, '*', 'raw', raw, 'r', 'malformed')
+    release_lane(base, jobs, dlq, job_id)
   end
 end
 

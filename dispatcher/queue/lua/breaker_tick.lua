@@ -33,6 +33,8 @@ local function release(parked, count)
     local meta = split_record(redis.call('HGET', KEYS[2], job_id))
     if meta and meta.q then
       redis.call('ZADD', base .. 'q:' .. meta.q .. ':delayed', now, job_id)
+    else
+      release_lane(base, KEYS[2], base .. 'dlq', job_id, now)  -- dropped: its lane moves on
     end
   end
   if #ids > 0 then redis.call('ZREM', parked, unpack(ids)) end

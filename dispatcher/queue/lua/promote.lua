@@ -8,7 +8,8 @@
 -- Every record is checked before anything is written for it, and nothing below can fail:
 -- a record that cannot be read (no meta line, meta not JSON, no webhook) is dead-lettered
 -- with its raw start and reason 'malformed', so one bad record never stops the promoter nor
--- makes it promote the jobs ahead of it again on every tick.
+-- makes it promote the jobs ahead of it again on every tick. A job dropped or dead-lettered so
+-- that heads a FIFO lane releases it (_lane.lua's release_lane): a lane never sticks.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
 -- include: _record.lua
 local t = redis.call('TIME')
@@ -19,6 +20,7 @@ for _, job_id in ipairs(due) do
   local record = redis.call('HGET', KEYS[3], job_id)
   if not record then
     orphans[#orphans + 1] = job_id
+    release_lane(KEYS[3]:sub(1, -5), KEYS[3], KEYS[4], job_id, now_ms)
   else
     local meta, rest = split_record(record)
     if meta and type(meta.w) == 'string' and meta.w ~= '' then
@@ -30,6 +32,7 @@ for _, job_id in ipairs(due) do
       local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
       redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
       malformed[#malformed + 1] = job_id
+      release_lane(KEYS[3]:sub(1, -5), KEYS[3], KEYS[4], job_id, now_ms)
     end
   end
 end

@@ -50,7 +50,8 @@
 -- as before): a webhook subscribed by event type whose filter does not match gets no job. The
 -- payload is decoded at most once per call, and only when some subscribed route has a filter.
 -- A webhook with ordering fifo (its route has "o") gets a full record whose 'ol' names its lane
--- (_lane.lua): only the lane's head goes into the stream (an entry {j, w}) or the delayed zset.
+-- (_lane.lua): only the lane's head goes into the stream (an entry {j, w}) or the delayed zset;
+-- the lanes' bookkeeping (lane_joined) is written once every other write has succeeded.
 -- include: _record.lua
 -- include: _filter.lua
 -- include: _lane.lua
@@ -195,6 +196,7 @@ for n, match in ipairs(matched) do
     local len = redis.pcall('RPUSH', meta.ol, job_id)
     if type(len) == 'table' and len.err then return undo(len, false, {}) end
     pushed[#pushed + 1] = meta.ol
+    pushed[meta.ol] = {job_id, len}
     if len > 1 then
       meta.wr = 'ordering'  -- behind the lane's head, in no stream until it is the head
     elseif scheduled then
@@ -232,6 +234,10 @@ if #records > 0 then
       zsets[#zsets + 1] = q.delayed
     end
   end
+end
+for _, lane in ipairs(pushed) do
+  local job_id, len = unpack(pushed[lane])
+  lane_joined(KEYS[2]:sub(1, -5), lane, job_id, len, math.max(now_ms, due_ms))
 end
 if use_idem then
   -- one deadline for both (two EX could fall either side of a millisecond): the fingerprint

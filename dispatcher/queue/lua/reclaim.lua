@@ -25,7 +25,8 @@
 -- longer holds (its load failed, or its lane crashed) is taken back without one.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py). A poison job
 -- of a FIFO lane releases it (_lane.lua), as a dead one does in settle.lua; a taken-over head
--- only changes consumer, so its lane still has one job in flight.
+-- only changes consumer, so its lane still has one job in flight; a head whose record is gone
+-- or unreadable (malformed) releases its lane too (release_lane).
 -- include: _record.lua
 -- include: _lane.lua
 local group, consumer = ARGV[1], ARGV[2]
@@ -75,6 +76,7 @@ for _, entry in ipairs(page[2]) do
     redis.call('XADD', KEYS[3], '*', 'raw', cjson.encode(f), 'r', 'malformed', 'sid', sid)
     malformed[#malformed + 1] = sid
     finished[#finished + 1] = sid
+    if f.j then released[#released + 1] = {false, f.j} end
   else
     local stalled = owner[sid] ~= consumer
     if stalled then meta.k = (tonumber(meta.k) or 0) + 1 end
@@ -100,8 +102,13 @@ if #finished > 0 then
   redis.call('XACK', KEYS[1], group, unpack(finished))
   redis.call('XDEL', KEYS[1], unpack(finished))
 end
+local base = KEYS[2]:sub(1, -5)
 for _, r in ipairs(released) do
-  advance_lane(KEYS[2]:sub(1, -5), KEYS[2], KEYS[3], r[1], r[2], now_ms)
+  if r[1] then
+    advance_lane(base, KEYS[2], KEYS[3], r[1], r[2], now_ms)
+  else
+    release_lane(base, KEYS[2], KEYS[3], r[2], now_ms)
+  end
 end
 local more = 0
 if page[1] ~= '0-0' then more = left(page[1]) end

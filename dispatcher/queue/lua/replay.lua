@@ -24,6 +24,8 @@
 -- include: _record.lua
 -- include: _lane.lua
 local mode = ARGV[1]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ready = {}
 local n = 0
 for name in string.gmatch(ARGV[2], '%S+') do n = n + 1; ready[name] = KEYS[3 + n] end
@@ -123,7 +125,8 @@ for _, job in ipairs(chosen) do
   local job_id, meta, rest = job[1], job[2], job[3]
   if meta.d then redis.call('XDEL', KEYS[1], meta.d) end
   meta.sid = nil; meta.wr = nil
-  if type(meta.ol) ~= 'string' or join_lane(meta.ol, job_id, meta) then
+  local base = KEYS[2]:sub(1, -5)
+  if type(meta.ol) ~= 'string' or join_lane(base, meta.ol, job_id, meta, now_ms) then
     meta.sid = redis.call('XADD', ready[meta.q], '*', 'j', job_id, 'w', meta.w)
   end
   meta.s = 'queued'; meta.a = 0; meta.k = 0

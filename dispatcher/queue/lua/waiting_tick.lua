@@ -27,23 +27,10 @@ local base, batch = ARGV[1], tonumber(ARGV[2])
 local idle, kick, horizon = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local released = {}
 
+-- As settle.lua releases them (_record.lua's requeue: an unreadable record is dead-lettered,
+-- a gone one dropped, and either releases its FIFO lane).
 local function release(waiting, count)
-  local ids = redis.call('ZRANGE', waiting, 0, count - 1)
-  for _, job_id in ipairs(ids) do
-    local record = redis.call('HGET', KEYS[3], job_id)
-    local meta, rest = split_record(record)
-    if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
-      meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
-                            'w', meta.w)
-      meta.s = 'queued'
-      redis.call('HSET', KEYS[3], job_id, cjson.encode(meta) .. rest)
-    elseif record then
-      local raw = cjson.encode({j = job_id, record = string.sub(record, 1, 200)})
-      redis.call('XADD', KEYS[4], '*', 'raw', raw, 'r', 'malformed')
-    end
-  end
-  if #ids > 0 then redis.call('ZREM', waiting, unpack(ids)) end
-  return #ids
+  return requeue_oldest(waiting, count, KEYS[3], KEYS[4], base)
 end
 
 local waiters = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
