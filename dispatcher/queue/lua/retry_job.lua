@@ -24,6 +24,10 @@
 -- include: _record.lua
 -- include: _lane.lua
 local job_id = ARGV[1]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local record = redis.call('HGET', KEYS[1], job_id)
 if not record then return {'not_found'} end
 if is_locator(record) then return {'queued'} end
@@ -45,7 +49,8 @@ if meta.s == 'delivered' then
   redis.call('ZREM', KEYS[4], job_id)
   redis.call('DEL', KEYS[5])
   meta.sid = nil; meta.wr = nil
-  if type(meta.ol) ~= 'string' or join_lane(meta.ol, job_id, meta) then
+  local base = KEYS[1]:sub(1, -5)  -- '<prefix>:{tag}:' of '<prefix>:{tag}:jobs'
+  if type(meta.ol) ~= 'string' or join_lane(base, meta.ol, job_id, meta, now_ms()) then
     meta.sid = redis.call('XADD', KEYS[3], '*', 'j', job_id, 'w', meta.w)
   end
   meta.s = 'queued'; meta.a = 0; meta.k = 0
