@@ -251,7 +251,13 @@ class TaskRunner:
         job.attempted(started_ms, None, duration_ms, error)
         kind, status, reason, score = self._outcome(job, error)
         late = orjson.dumps([*job.history[-1][:4], 1])
-        record = codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED)
+        keep = True
+        if kind is SettleKind.DELIVERED:  # its args kept for a retry, as settler.py keeps a payload
+            jobs = self.config.jobs
+            kept_ms = int(min(jobs.payload_retention_s, jobs.retention_s) * 1000)
+            reason = str(kept_ms) if kept_ms > 0 else ""
+            keep = bool(reason)
+        record = codec.encode(job, keep_payload=keep)
         settlement = Settlement(claim, kind, record, score, reason, late)
         log.info(
             "task.ran",
