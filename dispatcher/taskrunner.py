@@ -3,7 +3,8 @@ queues, beside (never inside) the delivery worker.
 
 It uses the deliveries' queue layer as it is: claims through the consumer group
 (``streams.claim_new``/``wait_new``), outcomes written by ``settle.lua`` fenced by the claim
-(a success is ``delivered``; a failure is retried after ``retry.next_delay_s`` with the
+(a success is ``delivered``, its arguments kept ``jobs.payload_retention_s`` for a retry as a
+delivery's payload is; a failure is retried after ``retry.next_delay_s`` with the
 deliveries' backoff, and dead-lettered with its error after its max attempts), entries idle
 past ``delivery.stall_timeout_s`` taken over by ``reclaim.lua`` (a daemon that died running a
 task), retries promoted by ``promote.lua``. Its ``tasks.concurrency`` lanes are its own, so
