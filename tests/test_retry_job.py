@@ -16,7 +16,7 @@ from dispatcher.config import load
 from dispatcher.errors import ConfigError
 from dispatcher.ids import shard_of
 from dispatcher.model import JobState
-from dispatcher.queue import delays, streams
+from dispatcher.queue import codec, delays, streams
 from tests.admin_api import Api, start_api
 from tests.helpers import (
     Daemon,
@@ -477,3 +477,36 @@ async def test_a_delivered_task_run_is_run_again_by_its_retry(
     runs = [orjson.loads(line) for line in out.read_text().splitlines()]
     assert runs == [{"job_id": job_id, "attempt": 1, "value": [1, "é"]}] * 2
     assert len(job["attempts"]) == 2
+
+
+async def test_a_delivered_payload_is_taken_back_byte_for_byte(
+    client: Client, store: Store, redis: aioredis.Redis
+) -> None:
+    """Payload bytes that are not UTF-8 and hold newlines are kept and taken back unchanged."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    job_id = (await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"]
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    [job] = (await streams.load(store, [claim])).jobs
+    assert job is not None
+    raw = b"\xff\n\x00\xfe\n"
+    job.payload = raw
+    job.attempt += 1
+    job.delivered(store.clock.now_ms())
+    outcome = streams.Settlement(
+        claim,
+        streams.SettleKind.DELIVERED,
+        codec.encode(job),
+        job.finished_at_ms or 0,
+        KEEP_MS,
+        b"",
+    )
+    assert await streams.settle(store, "a", [outcome]) == []
+    assert await redis.get(_payload_key(client, job_id)) == raw
+    record = await redis.hget(store.keys.jobs, job_id)
+    assert isinstance(record, bytes)
+    assert record.endswith(b"}\n")  # the record keeps no payload
+    await client.retry_job(job_id)
+    [again], _ = await streams.wait_new(store, ("default",), "b", count=10, block_ms=10)
+    [loaded] = (await streams.load(store, [again])).jobs
+    assert loaded is not None
+    assert loaded.payload == raw
