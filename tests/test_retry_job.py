@@ -510,3 +510,21 @@ async def test_a_delivered_payload_is_taken_back_byte_for_byte(
     [loaded] = (await streams.load(store, [again])).jobs
     assert loaded is not None
     assert loaded.payload == raw
+
+
+async def test_a_retried_job_in_flight_is_not_retried_again(
+    client: Client, store: Store, redis: aioredis.Redis
+) -> None:
+    """A retried delivered job that a worker holds answers 409 and keeps its one entry."""
+    await client.create_webhook("acme", "https://hooks.example.com/x")
+    job_id = (await client.publish("acme", "a.b", {"n": 1}))["jobs"][0]["id"]
+    [claim], _ = await streams.wait_new(store, ("default",), "a", count=10, block_ms=10)
+    assert await streams.settle(store, "a", [await _delivered(store, claim)]) == []
+    await client.retry_job(job_id)
+    [again], _ = await streams.wait_new(store, ("default",), "b", count=10, block_ms=10)
+    assert again.job_id == job_id
+    assert (await _in_state(client, job_id, "active"))["id"] == job_id
+    with pytest.raises(Conflict, match="in flight"):
+        await client.retry_job(job_id)
+    assert await redis.xlen(store.keys.ready("default")) == 1
+    assert await redis.exists(_payload_key(client, job_id)) == 0
