@@ -3,7 +3,8 @@ queues, beside (never inside) the delivery worker.
 
 It uses the deliveries' queue layer as it is: claims through the consumer group
 (``streams.claim_new``/``wait_new``), outcomes written by ``settle.lua`` fenced by the claim
-(a success is ``delivered``; a failure is retried after ``retry.next_delay_s`` with the
+(a success is ``delivered``, its arguments kept ``jobs.payload_retention_s`` for a retry as a
+delivery's payload is; a failure is retried after ``retry.next_delay_s`` with the
 deliveries' backoff, and dead-lettered with its error after its max attempts), entries idle
 past ``delivery.stall_timeout_s`` taken over by ``reclaim.lua`` (a daemon that died running a
 task), retries promoted by ``promote.lua``. Its ``tasks.concurrency`` lanes are its own, so
@@ -251,7 +252,13 @@ class TaskRunner:
         job.attempted(started_ms, None, duration_ms, error)
         kind, status, reason, score = self._outcome(job, error)
         late = orjson.dumps([*job.history[-1][:4], 1])
-        record = codec.encode(job, keep_payload=kind is not SettleKind.DELIVERED)
+        keep = True
+        if kind is SettleKind.DELIVERED:  # its args kept for a retry, as settler.py keeps a payload
+            jobs = self.config.jobs
+            kept_ms = int(min(jobs.payload_retention_s, jobs.retention_s) * 1000)
+            reason = str(kept_ms) if kept_ms > 0 else ""
+            keep = bool(reason)
+        record = codec.encode(job, keep_payload=keep)
         settlement = Settlement(claim, kind, record, score, reason, late)
         log.info(
             "task.ran",

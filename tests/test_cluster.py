@@ -298,3 +298,27 @@ async def test_delivery_stats_are_counted_rolled_and_read_in_each_shard(
     assert await stats.rollup(cclient.store, later_ms) == len(hooks)
     for hook in hooks:
         assert await counted(hook["id"], "7d")
+
+
+async def test_delivered_jobs_are_retried_in_each_shard(
+    cclient: Client, cworkers: WorkerHarness, target: Target, raw: RedisCluster
+) -> None:
+    """With 3 shards on the cluster a delivered job of each shard keeps its payload key in its
+    shard's slot, shows until when it can be retried, and its retry sends it again."""
+    await cclient.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
+    jobs = (await cclient.publish("acme", "a.b", {"n": 1}))["jobs"]
+    await cworkers.start()
+    for job in jobs:
+        shown = await eventually(lambda j=job["id"]: _state(cclient, j, "delivered"))
+        assert shown["retry_until"] is not None
+        shard = cclient.store.of_job(job["id"])
+        assert key_slot(shard.keys.payload(job["id"]).encode()) == key_slot(
+            shard.keys.jobs.encode()
+        )
+        assert await raw.exists(shard.keys.payload(job["id"])) == 1
+        await cclient.retry_job(job["id"])
+    await target.wait_for(2 * len(hooks), timeout_s=15)
+    for job in jobs:
+        again = await eventually(lambda j=job["id"]: _state(cclient, j, "delivered"))
+        assert len(again["attempts"]) == 2

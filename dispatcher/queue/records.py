@@ -99,12 +99,12 @@ async def job_view(store: Store, job: Job) -> dict[str, Any]:
             with redis_errors():
                 clock = await store.refresh_clock()
             job.processed_at_ms = clock.now_ms() - int(pending[0]["time_since_delivered"])
-    if job.is_task:  # no webhook, so no breaker
-        return job.to_wire(state=state)
-    with redis_errors():
-        found = await breakers.states(store, [job.webhook_id])
-    breaker = found.get(job.webhook_id)
-    view = {**job.to_wire(state=state), "breaker": breaker.state if breaker else breakers.CLOSED}
+    view = job.to_wire(state=state)
+    if not job.is_task:  # a task has no webhook, so no breaker
+        with redis_errors():
+            found = await breakers.states(store, [job.webhook_id])
+        breaker = found.get(job.webhook_id)
+        view["breaker"] = breaker.state if breaker else breakers.CLOSED
     if state is JobState.DELIVERED:
         view["retry_until"] = await _retry_until(store, job.id)
     return view
