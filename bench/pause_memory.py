@@ -5,10 +5,11 @@
 
 ``--jobs`` events (each ``--payload-bytes`` of payload) are published to one webhook with no
 worker running: they are queued, each an entry in the ready stream and a locator in the jobs
-hash. The webhook is then paused and a worker claims them: each is held (its record in the jobs
-hash, a member of the webhook's held zset, its entry deleted). Printed: the ``used_memory``
-growth per job in each form, and ``MEMORY USAGE <key> SAMPLES 0`` of the stream, the jobs hash
-and the held zset per job.
+hash. The webhook is then paused and a worker claims them: each is held (never attempted, in
+the compact form: its entry moved to the webhook's held stream, a locator naming it in the jobs
+hash; see dispatcher/queue/lua/_held.lua). Printed: the ``used_memory`` growth per job in each
+form, and ``MEMORY USAGE <key> SAMPLES 0`` of the ready stream, the jobs hash, the held zset
+and the held stream per job.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ async def _used(client: Client) -> int:
 async def _sizes(client: Client, webhook_id: str) -> dict[str, int]:
     store = client.store.of_webhook(webhook_id)
     keys = store.keys
-    named = {"stream": keys.ready("default"), "jobs": keys.jobs, "held": keys.held(webhook_id)}
+    named = {
+        "stream": keys.ready("default"),
+        "jobs": keys.jobs,
+        "held zset": keys.held(webhook_id),  # the full form (jobs attempted before)
+        "held stream": keys.ready(f"{webhook_id}|default"),  # the compact form
+    }
     return {n: await store.redis.memory_usage(k, samples=0) or 0 for n, k in named.items()}
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from dispatcher.ids import sid_ms
+from dispatcher.queue.codec import HELD_SEP
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
@@ -71,19 +73,29 @@ async def held(store: Store) -> Held:
         for shard in await store.all_shards():
             keys = shard.keys
             members = await cast("Awaitable[set[bytes]]", shard.redis.smembers(keys.holders))
-            ids = sorted(b.decode() for b in members)
-            if not ids:
+            holders = sorted(b.decode() for b in members)
+            if not holders:
                 continue
             pipe = shard.redis.pipeline(transaction=False)
-            for webhook_id in ids:
-                pipe.zcard(keys.held(webhook_id))
-                pipe.zrange(keys.held(webhook_id), 0, 0, withscores=True)
+            for member in holders:
+                if HELD_SEP in member:  # a held stream: its first entry id is its oldest's
+                    pipe.xlen(keys.ready(member))
+                    pipe.xrange(keys.ready(member), count=1)
+                else:  # a held zset (the full form)
+                    pipe.zcard(keys.held(member))
+                    pipe.zrange(keys.held(member), 0, 0, withscores=True)
             replies = await pipe.execute()
-            for webhook_id, count, first in zip(ids, replies[::2], replies[1::2], strict=True):
+            for member, count, first in zip(holders, replies[::2], replies[1::2], strict=True):
+                webhook_id = member.partition(HELD_SEP)[0]
                 if count:
                     jobs += int(count)
-                    by_webhook[webhook_id] = int(count)
+                    by_webhook[webhook_id] = by_webhook.get(webhook_id, 0) + int(count)
                 if first:
-                    ms = int(cast("float", first[0][1])) // 1000
+                    ms = (
+                        sid_ms(first[0][0].decode())
+                        if HELD_SEP in member
+                        else int(cast("float", first[0][1])) // 1000
+                    )
                     oldest = ms if oldest is None else min(oldest, ms)
     return Held(jobs, by_webhook, oldest)
+
