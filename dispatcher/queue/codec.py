@@ -248,6 +248,7 @@ def from_entry(job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -
         payload=fields[b"p"],
         priority=priority_of(stream),
         sid=sid,
+        waiting=fields[b"wr"].decode() if b"wr" in fields else None,  # put back: "paused"
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from dispatcher.queue.store import Store
 
 RELEASE_BATCH = 1_000  # held jobs put back per call, all webhooks together
+DRAIN_CALLS = 10  # release calls per tick at most (pauses.drain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +62,21 @@ async def resume(store: Store, webhook_id: str) -> int:
 
 
 async def tick(store: Store) -> list[tuple[str, int]]:
-    """Release the held jobs of this shard's webhooks no longer paused."""
+    """Release the held jobs of this shard's webhooks no longer paused (one call)."""
     return await release(store)
+
+
+async def drain(store: Store) -> list[tuple[str, int]]:
+    """The tick of every worker (about once a second): release calls while each puts back a
+    whole batch, at most ``DRAIN_CALLS``, so a resumed backlog drains faster than new events
+    of the webhook arrive (they wait behind it until then) while no call blocks Redis long."""
+    released: list[tuple[str, int]] = []
+    for _ in range(DRAIN_CALLS):
+        done = await tick(store)
+        released += done
+        if sum(n for _, n in done) < RELEASE_BATCH:
+            break
+    return released
 
 
 async def held(store: Store) -> Held:

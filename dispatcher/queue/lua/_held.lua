@@ -80,7 +80,8 @@ local function held_malformed(base, jobs, dlq, job_id, raw, meta, now_ms)
   end
 end
 
--- Put one held job back at the end of its ready stream, as queued. item: {order, holders
+-- Put one held job back at the end of its ready stream, as queued, saying it was held ('wr'
+-- 'paused', in its record or its entry), so the gate of a draining webhook lets it through. item: {order, holders
 -- member, job id (zset) or entry id (stream), entry fields (stream)}.
 local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
   local _, stream = holder_parts(item[2])
@@ -103,7 +104,7 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
   for i = 1, #item[4], 2 do f[item[4][i]] = item[4][i + 1] end
   if f.j and f.t and f.e and f.p then
     local sid = redis.call('XADD', base .. 'q:' .. stream .. ':ready', '*', 'j', f.j,
-                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p)
+                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused')
     redis.call('HSET', jobs, f.j, make_locator(stream, sid, f.j))
   else
     held_malformed(base, jobs, dlq, f.j or '', cjson.encode(f), nil, now_ms)

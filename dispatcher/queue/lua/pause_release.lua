@@ -9,7 +9,12 @@
 -- ARGV[3..] the webhooks to look at (none: every webhook in the holders set)
 -- returns: {webhook id, jobs put back, ...}
 --
--- A webhook still paused (and enabled) keeps its held jobs. Any other (resumed, disabled or
+-- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
+-- record (1) until its held jobs are all back (its gate holds its other new jobs meanwhile,
+-- so they go out after the older ones): a call that finds none held makes it 2, and the
+-- next call that finds none held either drops it (a hold decided by a gate just before the
+-- first is written by then, in order, and not left behind a newer job let through).
+-- Any other (resumed, disabled or
 -- deleted) gets its oldest held jobs back at the end of their queue's ready stream, oldest
 -- (first accepted) first across its held zset and streams, as settle.lua puts waiting jobs
 -- back: there its gate sends them (within its limits) or dead-letters them (disabled or
@@ -20,6 +25,12 @@
 -- include: _record.lua
 -- include: _lane.lua
 -- include: _held.lua
+-- The webhook record's end ',"draining":N}' (model.py writes the mark last) becomes 'tail':
+-- cut off ('}'), it leaves the record as model.py writes it without the mark.
+local function set_mark(webhook_id, hook, tail)
+  local cut = string.find(hook, ',"draining":[12]}$')
+  redis.call('HSET', KEYS[2], webhook_id, string.sub(hook, 1, cut - 1) .. tail)
+end
 local base, batch = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -38,10 +49,11 @@ if #webhook_ids == 0 then webhook_ids = order end
 local released, left = {}, batch
 for _, webhook_id in ipairs(webhook_ids) do
   local hook = redis.call('HGET', KEYS[2], webhook_id)
-  local paused = false
+  local paused, draining = false, false
   if hook then
     local decoded, h = pcall(cjson.decode, hook)
     paused = decoded and type(h) == 'table' and h.paused == true and h.enabled == true
+    draining = decoded and type(h) == 'table' and type(h.draining) == 'number' and h.draining
   end
   local mine = members[webhook_id] or {}
   if not paused and left > 0 then
@@ -52,8 +64,25 @@ for _, webhook_id in ipairs(webhook_ids) do
       released[#released + 1] = count
     end
   end
+  local empty = true
   for _, member in ipairs(mine) do
-    if held_empty(base, member) then redis.call('SREM', KEYS[1], member) end
+    if held_empty(base, member) then
+      redis.call('SREM', KEYS[1], member)
+    else
+      empty = false
+    end
+  end
+  local mark = draining and string.match(hook, ',"draining":([12])}$')
+  if mark and not empty and mark == '2' then
+    set_mark(webhook_id, hook, ',"draining":1}')
+  elseif mark and empty and not paused and mark == '1' then
+    -- none held: once more at the next call (a hold decided before this call is written by
+    -- then), so the member that makes the tick come back
+    set_mark(webhook_id, hook, ',"draining":2}')
+    redis.call('SADD', KEYS[1], webhook_id)
+  elseif mark and empty and not paused then
+    -- still none: the webhook's jobs go straight to its gate again
+    set_mark(webhook_id, hook, '}')
   end
 end
 return released

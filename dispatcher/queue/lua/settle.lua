@@ -52,13 +52,14 @@ local last = 3 + 8 * tonumber(ARGV[3])
 local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
 local base = ARGV[leases + 1]
 
--- Held only while the webhook is paused (and enabled) as this runs: a resume (or a disable)
+-- Held only while the webhook is paused or draining (and enabled) as this runs: a resume (or a disable)
 -- made since the claim finds the job due again, never left behind in the held zset.
 local function still_paused(webhook_id)
   local raw = redis.call('HGET', base .. 'webhooks', webhook_id)
   if not raw then return false end
   local ok, h = pcall(cjson.decode, raw)
-  return ok and type(h) == 'table' and h.paused == true and h.enabled == true
+  return ok and type(h) == 'table' and h.enabled == true
+         and (h.paused == true or (type(h.draining) == 'number' and h.draining > 0))
 end
 
 local outcomes, late, stale, claimed = {}, {}, {}, {}
