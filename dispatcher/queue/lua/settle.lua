@@ -114,7 +114,7 @@ for _, i in ipairs(outcomes) do
     end
   elseif kind == 'H' then
     local held = KEYS[tonumber(ARGV[i + 6])]
-    local webhook_id = string.match(held, 'held:(.*)$')
+    local webhook_id = string.match(held, ':held:([^:]*)$')
     if still_paused(webhook_id) then
       local locator = hold_compact(base, KEYS[2], string.sub(KEYS[1], #base + 3, -7), sid,
                                    job_id, webhook_id)
