@@ -1,18 +1,28 @@
 """Paused webhooks: their jobs are held in Redis, without attempts, until they are resumed.
 
 A claimed job of a paused webhook (the gate reads the webhook record with every claim, so a
-pause is seen by every process at its next claim) is settled into the webhook's held zset
-(``Keys.held``, ordered by when its publish was accepted), fenced by its claim like any outcome;
-``settle.lua`` holds it only if the webhook is still paused as it writes, else the job is due
-again at once. A held job costs what a job waiting for a retry costs: its record in the jobs
-hash and one zset member. New events keep queueing for a paused webhook, and are held as they
-are claimed.
+pause is seen by every process at its next claim) is settled as held, fenced by its claim like
+any outcome; ``settle.lua`` holds it only if the webhook is still paused as it writes, else the
+job is due again at once. A job never attempted keeps the form of a queued job (lua/_held.lua):
+its entry moves, same id, less the webhook id, to the webhook's held stream ``W|S`` (one per
+ready stream S), and the locator in the jobs hash names it; so it costs what it cost queued.
+Any other (a retry claimed while paused, a job that waited for room) is held as a record and a
+member of the webhook's held zset (``Keys.held``), as the release before this one held every
+job. Both sort by when the publish was accepted. New events keep queueing for a paused
+webhook, and are held as they are claimed.
 
-Resuming (``PATCH {"paused": false}``) puts the held jobs back at the end of their queues,
-oldest first, in the webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once,
-the rest by ``tick`` (every worker, about once a second), which also puts back the held jobs
-of a webhook disabled or deleted meanwhile (the gate then dead-letters them). Back in their
-queue they go out within the webhook's ``rate_limit`` and ``max_in_flight`` as any job.
+Resuming (``PATCH {"paused": false}``) marks the webhook ``draining`` and puts its held jobs
+back at the end of their queues, oldest first across its held zset and streams, in the
+webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once, the rest by
+``drain`` (every worker, about once a second, up to ``DRAIN_CALLS`` batches), which also puts
+back the held jobs of a webhook disabled or deleted meanwhile (the gate then dead-letters
+them). While it drains, its gate holds its other jobs that never went through a gate (new
+events, and those queued while paused but not yet claimed), so they take their place in
+accepted order behind the backlog instead of overtaking it; jobs put back say so (``wr``
+``paused``) and pass. Once none is held at two release calls in a row, the mark goes and the
+webhook's jobs go straight out again. Back in their queue they go out within the webhook's
+``rate_limit`` and ``max_in_flight`` as any job. Order is kept within a ready stream (a queue
+and priority); each priority's jobs go back to their own stream.
 A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come
 back to be held once it closes, if the webhook is still paused).
 """

@@ -11,9 +11,11 @@
 --
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
 -- record (1) until its held jobs are all back (its gate holds its other new jobs meanwhile,
--- so they go out after the older ones): a call that finds none held makes it 2, and the
--- next call that finds none held either drops it (a hold decided by a gate just before the
--- first is written by then, in order, and not left behind a newer job let through).
+-- so they go out after the older ones): a tick's call that finds none held makes it 2, and
+-- the next call that finds none held drops it (a hold decided by a gate just before the first
+-- is written by then, in order, and not left behind a newer job let through). The resume's
+-- own call, finding none held, drops it at once: a hold still being written then finds the
+-- webhook resumed and makes its job due at once, as before this mark.
 -- Any other (resumed, disabled or
 -- deleted) gets its oldest held jobs back at the end of their queue's ready stream, oldest
 -- (first accepted) first across its held zset and streams, as settle.lua puts waiting jobs
@@ -45,7 +47,8 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 local webhook_ids = {}
 for i = 3, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
-if #webhook_ids == 0 then webhook_ids = order end
+local resuming = #webhook_ids > 0  -- the resume's own call (pauses.resume)
+if not resuming then webhook_ids = order end
 local released, left = {}, batch
 for _, webhook_id in ipairs(webhook_ids) do
   local hook = redis.call('HGET', KEYS[2], webhook_id)
@@ -75,7 +78,7 @@ for _, webhook_id in ipairs(webhook_ids) do
   local mark = draining and string.match(hook, ',"draining":([12])}$')
   if mark and not empty and mark == '2' then
     set_mark(webhook_id, hook, ',"draining":1}')
-  elseif mark and empty and not paused and mark == '1' then
+  elseif mark and empty and not paused and mark == '1' and not resuming then
     -- none held: once more at the next call (a hold decided before this call is written by
     -- then), so the member that makes the tick come back
     set_mark(webhook_id, hook, ',"draining":2}')

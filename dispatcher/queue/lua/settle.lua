@@ -152,7 +152,7 @@ local function holds_again(member, sid)
   local record = redis.call('HGET', KEYS[2], job_id)
   local meta = split_record(record)
   local now_sid = meta and meta.sid
-  if is_locator(record) then now_sid = select(2, parse_locator(record)) end
+  if is_locator(record) then now_sid = select(2, parse_locator(record, job_id)) end
   for _, at in ipairs({sid, now_sid}) do
     if type(at) == 'string' and redis.call('XPENDING', KEYS[1], group, at, at, 1, consumer)[1]
     then
