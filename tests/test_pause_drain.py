@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from tests.target import Target
 
 
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
 async def _publish(client: Client, start: int, n: int, pad: int = 0) -> list[str]:
     ids: list[str] = []
     for first in range(start, start + n, 100):
@@ -121,9 +124,9 @@ async def test_a_held_job_never_attempted_costs_what_a_queued_one_costs(client: 
     held_stream = keys.ready(f"{hook['id']}|default")
     assert await store.redis.xlen(held_stream) == 200
     assert await store.redis.zcard(keys.held(hook["id"])) == 0
-    [(_sid, fields)] = await store.redis.xrange(held_stream, count=1)
+    [(_sid, fields)] = cast("_Entries", await store.redis.xrange(held_stream, count=1))
     assert set(fields) == {b"j", b"t", b"e", b"p"}
-    records = await store.redis.hvals(keys.jobs)
+    records = cast("list[bytes]", await store.redis.hvals(keys.jobs))
     assert all(codec.is_locator(r) for r in records)
     held = sum(
         [
@@ -184,15 +187,16 @@ async def test_a_held_fifo_job_whose_record_is_unreadable_lets_its_lane_go_on(
     await workers.start()
     ids = await _publish(client, 0, 2)
     await eventually(lambda: _is(_held_count(client), 1), what="the lane's head held")
-    raw = await store.redis.hget(store.keys.jobs, ids[0])
-    assert raw is not None and b'"ol":' in raw
+    raw = cast("bytes | None", await store.redis.hget(store.keys.jobs, ids[0]))
+    assert raw is not None
+    assert b'"ol":' in raw
     meta, _, rest = raw.partition(b"\n")
     broken = {**orjson.loads(meta), "q": 7}  # no stream to put it back in
     await store.redis.hset(store.keys.jobs, ids[0], orjson.dumps(broken) + b"\n" + rest)
     await client.update_webhook(hook["id"], paused=False)
     await target.wait_for(1, "/lane")
     assert _numbers(target, "/lane") == [1]
-    entries = await store.redis.xrange(store.keys.dlq)
+    entries = cast("_Entries", await store.redis.xrange(store.keys.dlq))
     assert [e[1][b"r"] for e in entries] == [b"malformed"]
 
 
@@ -217,7 +221,8 @@ async def test_held_jobs_survive_a_worker_sigkill_and_a_redis_restart(
             server.start()
             assert await _held_count(client) == 20
             job = await client.get_job(ids[0])
-            assert job is not None and job["waiting_for"] == "paused"
+            assert job is not None
+            assert job["waiting_for"] == "paused"
             daemons.append(Daemon(env, logs_dir / "after.log").start())
             await client.update_webhook(hook["id"], paused=False)
             await target.wait_for(20, "/kept", timeout_s=30)

@@ -92,7 +92,8 @@ async def drain(store: Store) -> list[tuple[str, int]]:
 async def held(store: Store) -> Held:
     """The held jobs of every shard (for ``GET /v1/status`` and the backlog alerts): two round
     trips per shard, whatever the number of jobs."""
-    jobs, by_webhook, oldest = 0, {}, None
+    jobs, oldest = 0, None
+    by_webhook: dict[str, int] = {}
     with redis_errors():
         for shard in await store.all_shards():
             keys = shard.keys
@@ -122,4 +123,3 @@ async def held(store: Store) -> Held:
                     )
                     oldest = ms if oldest is None else min(oldest, ms)
     return Held(jobs, by_webhook, oldest)
-
