@@ -85,16 +85,13 @@ end
 -- member, job id (zset) or entry id (stream), entry fields (stream)}.
 local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
   local _, stream = holder_parts(item[2])
-  if stream == '' then  -- the full form: as requeue (_record.lua) does
+  if stream == '' then  -- the full form: requeue (_record.lua), or dead-lettered here
     local job_id = item[3]
     local record = redis.call('HGET', jobs, job_id)
     if not record then return end
-    local meta, rest = split_record(record)
+    local meta = split_record(record)
     if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
-      meta.sid = redis.call('XADD', base .. 'q:' .. meta.q .. ':ready', '*', 'j', job_id,
-                            'w', meta.w)
-      meta.s = 'queued'
-      redis.call('HSET', jobs, job_id, cjson.encode(meta) .. rest)
+      requeue(jobs, dlq, base, job_id)
     else
       held_malformed(base, jobs, dlq, job_id, record, meta, now_ms)
     end
