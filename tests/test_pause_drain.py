@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from dispatcher import Client
-from dispatcher.queue import codec, pauses, streams
+from dispatcher.errors import Conflict
+from dispatcher.queue import codec, delays, pauses, streams
 from dispatcher.queue.keys import GROUP
 from dispatcher.queue.streams import SettleKind, Settlement
 from tests.helpers import Daemon, RedisServer, daemon_env, eventually, stop_daemons
@@ -138,7 +139,31 @@ async def test_a_held_job_never_attempted_costs_what_a_queued_one_costs(client: 
     job = await client.get_job(claims[0].job_id)
     assert job is not None
     assert (job["state"], job["waiting_for"], job["attempt"]) == ("scheduled", "paused", 0)
+    with pytest.raises(Conflict):  # as for any job waiting without an attempt
+        await client.retry_job(claims[0].job_id)
     assert (await pauses.held(client.store)).by_webhook == {hook["id"]: 200}
+
+
+async def test_holds_settled_out_of_order_by_two_workers_keep_the_accepted_order(
+    client: Client,
+) -> None:
+    """Held jobs settled later than newer ones (another worker settled first) still sit in
+    accepted order in the held stream, each readable through its locator, and the orphan
+    sweep finds their entries."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    await client.update_webhook(hook["id"], paused=True)
+    store = client.store.of_webhook(hook["id"])
+    await _publish(client, 0, 6)
+    claims = await _claim_all(store, 6)
+    for part in (claims[4:], claims[1:2], claims[2:4], claims[:1]):
+        assert await streams.settle(store, "w1", [_hold(c) for c in part]) == []
+    held = cast("_Entries", await store.redis.xrange(store.keys.ready(f"{hook['id']}|default")))
+    assert [fields[b"j"].decode() for _, fields in held] == [c.job_id for c in claims]
+    assert [sid.decode() for sid, _ in held] == [c.sid for c in claims]
+    jobs = [await client.get_job(c.job_id) for c in claims]
+    assert [j["waiting_for"] if j else None for j in jobs] == ["paused"] * 6
+    swept = await delays.find_orphans(store, cursor="0", count=100)  # entries found: kept
+    assert (swept.requeued, swept.dead) == ([], [])
 
 
 async def test_jobs_held_by_the_release_before_are_released_in_order_with_the_new_form(
