@@ -115,8 +115,10 @@ ids the server chooses, and come last; ``M`` is a number.
                           other held jobs (full records). Both are put back in their queue in
                           accepted order once W is resumed, disabled or deleted
                           (pause_release.lua)
-``P:{0}:holders``         set   ``W|S`` per held stream, ``W`` per held zset (or a webhook whose
-                          resume is still draining): what pause_release.lua walks
+``P:{0}:holders``         set   the webhooks with a held zset (or whose resume is still draining)
+``P:{0}:holders:streams`` set   the held streams ``W|S``; apart from ``holders``, which the
+                          release before this one walks (and would empty of these names).
+                          Both are what pause_release.lua walks
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
@@ -322,6 +324,10 @@ class Keys:
     @property
     def holders(self) -> str:
         return f"{self._base}:holders"
+
+    @property
+    def held_streams(self) -> str:
+        return f"{self._base}:holders:streams"
 
     @property
     def tasks(self) -> str:

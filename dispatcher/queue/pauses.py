@@ -59,7 +59,7 @@ async def release(store: Store, webhook_ids: tuple[str, ...] = ()) -> list[tuple
     with held jobs there) that are no longer paused; returns (webhook id, jobs put back)."""
     keys = store.keys
     released = await store.scripts.pause_release(
-        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq],
+        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
         args=[keys.base, RELEASE_BATCH, *webhook_ids],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
@@ -97,7 +97,9 @@ async def held(store: Store) -> Held:
     with redis_errors():
         for shard in await store.all_shards():
             keys = shard.keys
-            members = await cast("Awaitable[set[bytes]]", shard.redis.smembers(keys.holders))
+            members = await cast(
+                "Awaitable[set[bytes]]", shard.redis.sunion(keys.holders, keys.held_streams)
+            )
             holders = sorted(b.decode() for b in members)
             if not holders:
                 continue

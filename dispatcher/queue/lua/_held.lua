@@ -10,7 +10,9 @@
 --   costs what the queued job cost: a locator and a stream entry, not a record;
 -- * full (any other job, and every held job of the releases before this one): its record in
 --   the jobs hash and a member of the zset base..'held:'..W, scored by accepted order.
--- The holders set has a member for each: 'W|S' for a held stream, 'W' for a held zset.
+-- The set base..'holders' names each webhook with a held zset ('W'), and base..'holders:streams'
+-- each held stream ('W|S'): apart, as the release before this one walks 'holders' and would
+-- drop from it any name that is not a webhook's.
 -- Both sort by accepted order (order_key): a held stream's entries keep their ready-stream
 -- ids, which Redis gave in the order the publishes were accepted.
 
@@ -66,7 +68,7 @@ local function hold_compact(base, jobs, stream, sid, job_id, webhook_id)
                                                               'p', f.p}) then
     return nil
   end
-  redis.call('SADD', base .. 'holders', name)
+  redis.call('SADD', base .. 'holders:streams', name)
   return make_locator(name, sid, job_id)
 end
 

@@ -1,12 +1,13 @@
 #!lua
 -- pause_release.lua: put the held jobs of webhooks no longer paused back into their queues.
--- KEYS[1] holders set (a member per held stream 'W|S' and per held zset 'W', _held.lua)
+-- KEYS[1] holders set (the webhooks 'W' with a held zset, _held.lua)
 -- KEYS[2] webhooks hash   KEYS[3] jobs hash   KEYS[4] dlq stream
+-- KEYS[5] the set of held streams ('W|S', _held.lua)
 -- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id, held and
 --   ready streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
 -- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
 --   several calls, so no call blocks Redis long)
--- ARGV[3..] the webhooks to look at (none: every webhook in the holders set)
+-- ARGV[3..] the webhooks to look at (none: every webhook in either set)
 -- returns: {webhook id, jobs put back, ...}
 --
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
@@ -20,7 +21,7 @@
 -- deleted) gets its oldest held jobs back at the end of their queue's ready stream, oldest
 -- (first accepted) first across its held zset and streams, as settle.lua puts waiting jobs
 -- back: there its gate sends them (within its limits) or dead-letters them (disabled or
--- deleted). A held zset or stream left empty leaves the holders set. A job whose data cannot
+-- deleted). A held zset or stream left empty leaves its set. A job whose data cannot
 -- be read is dead-lettered as malformed (and its FIFO lane, if it names one, goes on); one
 -- whose record is gone is dropped.
 -- Records are read as _record.lua says (the format: dispatcher/queue/codec.py).
@@ -37,13 +38,15 @@ local base, batch = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members, order = {}, {}  -- by webhook id: its holders members; the webhook ids seen
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local webhook_id = holder_parts(member)
-  if not members[webhook_id] then
-    members[webhook_id] = {}
-    order[#order + 1] = webhook_id
+for _, set in ipairs({KEYS[1], KEYS[5]}) do
+  for _, member in ipairs(redis.call('SMEMBERS', set)) do
+    local webhook_id = holder_parts(member)
+    if not members[webhook_id] then
+      members[webhook_id] = {}
+      order[#order + 1] = webhook_id
+    end
+    table.insert(members[webhook_id], member)
   end
-  table.insert(members[webhook_id], member)
 end
 local webhook_ids = {}
 for i = 3, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
@@ -70,7 +73,7 @@ for _, webhook_id in ipairs(webhook_ids) do
   local empty = true
   for _, member in ipairs(mine) do
     if held_empty(base, member) then
-      redis.call('SREM', KEYS[1], member)
+      redis.call('SREM', select(2, holder_parts(member)) == '' and KEYS[1] or KEYS[5], member)
     else
       empty = false
     end
