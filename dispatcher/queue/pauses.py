@@ -98,7 +98,7 @@ async def held(store: Store) -> Held:
         for shard in await store.all_shards():
             keys = shard.keys
             members = await cast(
-                "Awaitable[set[bytes]]", shard.redis.sunion(keys.holders, keys.held_streams)
+                "Awaitable[set[bytes]]", shard.redis.sunion([keys.holders, keys.held_streams])
             )
             holders = sorted(b.decode() for b in members)
             if not holders:
