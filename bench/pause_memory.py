@@ -5,10 +5,11 @@
 
 ``--jobs`` events (each ``--payload-bytes`` of payload) are published to one webhook with no
 worker running: they are queued, each an entry in the ready stream and a locator in the jobs
-hash. The webhook is then paused and a worker claims them: each is held (its record in the jobs
-hash, a member of the webhook's held zset, its entry deleted). Printed: the ``used_memory``
-growth per job in each form, and ``MEMORY USAGE <key> SAMPLES 0`` of the stream, the jobs hash
-and the held zset per job.
+hash. The webhook is then paused and a worker claims them: each is held (never attempted, in
+the compact form: its entry moved to the webhook's held stream, a locator naming it in the jobs
+hash; see dispatcher/queue/lua/_held.lua). Printed: the ``used_memory`` growth per job in each
+form, and ``MEMORY USAGE <key> SAMPLES 0`` of the ready stream, the jobs hash, the held zset
+and the held stream per job.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ from tests.helpers import RedisServer
 
 
 async def _used(client: Client) -> int:
+    """Redis's allocated bytes, less its cache of scripts (the worker's scripts load as it
+    starts, whatever the number of jobs)."""
     info = cast("dict[str, Any]", await client.store.redis.info("memory"))
-    return int(info["used_memory"])
+    return int(info["used_memory"]) - int(info.get("used_memory_scripts", 0))
 
 
 async def _sizes(client: Client, webhook_id: str) -> dict[str, int]:
     store = client.store.of_webhook(webhook_id)
     keys = store.keys
-    named = {"stream": keys.ready("default"), "jobs": keys.jobs, "held": keys.held(webhook_id)}
+    named = {
+        "stream": keys.ready("default"),
+        "jobs": keys.jobs,
+        "held zset": keys.held(webhook_id),  # the full form (jobs attempted before)
+        "held stream": keys.ready(f"{webhook_id}|default"),  # the compact form
+    }
     return {n: await store.redis.memory_usage(k, samples=0) or 0 for n, k in named.items()}
 
 
@@ -77,13 +85,25 @@ async def measure(redis_url: str, jobs: int, payload_bytes: int) -> None:
         worker.stop.set()
         await task
         await sender.close()
+        # the worker's connections are the client's: closing them frees their buffers, which
+        # would otherwise count as held jobs
+        await client.store.redis.connection_pool.disconnect()
         held = await _used(client)
         held_sizes = await _sizes(client, hook["id"])
+        # what the held jobs' keys free when deleted (no estimate: the allocator's own count)
+        store = client.store.of_webhook(hook["id"])
+        keys = store.keys
+        before_del = await _used(client)
+        await store.redis.delete(
+            keys.jobs, keys.held(hook["id"]), keys.ready(f"{hook['id']}|default")
+        )
+        freed = before_del - await _used(client)
     print(f"{jobs} jobs, payload {payload_bytes} bytes")
     print(
         f"used_memory per job: queued {(queued - start) / jobs:.0f} B, "
         f"held {(held - start) / jobs:.0f} B"
     )
+    print(f"freed by deleting the held jobs' keys: {freed / jobs:.0f} B per job")
     for name, when in (("queued", queued_sizes), ("held", held_sizes)):
         parts = ", ".join(f"{k} {v / jobs:.0f}" for k, v in when.items())
         print(f"MEMORY USAGE per job, {name}: {parts} (total {sum(when.values()) / jobs:.0f} B)")

@@ -102,7 +102,9 @@ class Gate:
             if hook is None or not hook.enabled:
                 self.act.dead(claim, job, hook)
                 continue
-            if hook.paused:
+            if hook.paused or (hook.draining and job.waiting is None and not job.attempt):
+                # resumed, its held jobs going back: a job not yet through the gate waits
+                # behind them, so the backlog goes out in accepted order (pauses.py)
                 self.act.hold(Work(claim, job, hook))
                 continue
             breaker = states.get(hook.id)

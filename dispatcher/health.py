@@ -154,7 +154,7 @@ class HealthWatch:
             await self._tend_shard(shard)
             for webhook_id, count in await waiting.tick(shard):
                 log.info("waiting.jobs_released", webhook_id=webhook_id, jobs=count)
-            for webhook_id, count in await pauses.tick(shard):
+            for webhook_id, count in await pauses.drain(shard):
                 log.info("pause.jobs_released", webhook_id=webhook_id, jobs=count)
 
     async def _tend_shard(self, shard: Store) -> None:

@@ -294,6 +294,10 @@ class Webhook:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     paused: bool = False  # its jobs are held, without attempts, until it is resumed
+    #: Resumed, its held jobs going back (internal, not in answers): 1 while any is held, 2
+    #: once none was at the last release call, 0 at the next. Meanwhile its other jobs never
+    #: attempted are held too, so the backlog goes out in accepted order (pauses.py).
+    draining: int = 0
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -350,6 +354,10 @@ class Webhook:
             del record["filter"]
         if record["ordering"] == "none":
             del record["ordering"]
+        # last when set: pause_release.lua drops it by cutting the record's end
+        del record["draining"]
+        if self.draining:
+            record["draining"] = self.draining
         return orjson.dumps(record)
 
     @classmethod

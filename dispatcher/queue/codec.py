@@ -17,6 +17,9 @@ adding the entry, a few ms when the publisher's clock agrees with Redis's. So a 
 handful of bytes (``@3-0``, ``@1k-b``): the hash keeps one per queued job, and a value of up to
 6 bytes takes Redis's smallest allocation (deltas under 1.3 s, fewer than 1,296 entries added
 in the same ms).
+A job held while its webhook ``W`` is paused keeps this form (pauses.py, lua/_held.lua): its
+entry, less ``w``, moves to the same id of the held stream ``K:q:W|S:ready``, and its locator
+names the stream ``W|S``.
 Releases before this one wrote ``@<stream> <entry id>`` (an ``@``, the stream, one space, the
 entry id); those are read as before. A locator never holds a newline, and only the older form
 holds a space.
@@ -64,6 +67,8 @@ _LOCATOR = b"@"
 _SEP = b"\n"
 #: The stream a locator names by saying nothing: the default queue's, at normal priority.
 SHORT_STREAM = "default"
+#: Between the webhook and the ready stream in a held stream's name (lua/_held.lua).
+HELD_SEP = "|"
 _ID_DIGITS = {c: n for n, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -194,6 +199,14 @@ def parse_locator(raw: bytes, job_id: str) -> tuple[str, str]:
     return stream, f"{id_ms(job_id) + int(delta, 36)}-{int(seq, 36)}"
 
 
+def held_stream(stream: str) -> tuple[str, str] | None:
+    """The webhook and the ready stream of a held stream's name ``<webhook id>|<stream>``
+    (what the locator of a job held in the compact form names, see lua/_held.lua); None for
+    any other stream."""
+    webhook_id, sep, ready = stream.partition(HELD_SEP)
+    return (webhook_id, ready) if sep else None
+
+
 def _b36(n: int) -> str:
     """A whole number in base 36, lower case, ``-`` first when negative."""
     if n < 0:
@@ -236,6 +249,7 @@ def from_entry(job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -
         payload=fields[b"p"],
         priority=priority_of(stream),
         sid=sid,
+        waiting=fields[b"wr"].decode() if b"wr" in fields else None,  # put back: "paused"
     )
 
 

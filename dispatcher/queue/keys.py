@@ -116,10 +116,17 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:waiters``         zset  webhook id -> last release (ms): the webhooks with waiting jobs
 ``P:{0}:testsend:W``      string, set (NX, PX 1000) by a test send to webhook W: at most one a
                           second across every process (``queue/resend.py``)
+``P:{0}:q:W|S:ready``     stream of W's jobs never attempted held while W is paused, from ready
+                          stream S: each entry as it was in S (same id), less ``w``; the
+                          locator of its job names stream ``W|S`` (lua/_held.lua). No group
 ``P:{0}:held:W``          zset  job id -> accepted order (created ms * 1000 + entry seq): W's
-                          jobs held while W is paused, put back in their queue in that order
-                          once it is resumed, disabled or deleted (pause_release.lua)
-``P:{0}:holders``         set   the webhooks with held jobs (what pause_release.lua walks)
+                          other held jobs (full records). Both are put back in their queue in
+                          accepted order once W is resumed, disabled or deleted
+                          (pause_release.lua)
+``P:{0}:holders``         set   the webhooks with a held zset (or whose resume is still draining)
+``P:{0}:holders:streams`` set   the held streams ``W|S``; apart from ``holders``, which the
+                          release before this one walks (and would empty of these names).
+                          Both are what pause_release.lua walks
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
@@ -341,6 +348,10 @@ class Keys:
     @property
     def holders(self) -> str:
         return f"{self._base}:holders"
+
+    @property
+    def held_streams(self) -> str:
+        return f"{self._base}:holders:streams"
 
     @property
     def tasks(self) -> str:

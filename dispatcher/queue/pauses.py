@@ -1,18 +1,28 @@
 """Paused webhooks: their jobs are held in Redis, without attempts, until they are resumed.
 
 A claimed job of a paused webhook (the gate reads the webhook record with every claim, so a
-pause is seen by every process at its next claim) is settled into the webhook's held zset
-(``Keys.held``, ordered by when its publish was accepted), fenced by its claim like any outcome;
-``settle.lua`` holds it only if the webhook is still paused as it writes, else the job is due
-again at once. A held job costs what a job waiting for a retry costs: its record in the jobs
-hash and one zset member. New events keep queueing for a paused webhook, and are held as they
-are claimed.
+pause is seen by every process at its next claim) is settled as held, fenced by its claim like
+any outcome; ``settle.lua`` holds it only if the webhook is still paused as it writes, else the
+job is due again at once. A job never attempted keeps the form of a queued job (lua/_held.lua):
+its entry moves, same id, less the webhook id, to the webhook's held stream ``W|S`` (one per
+ready stream S), and the locator in the jobs hash names it; so it costs what it cost queued.
+Any other (a retry claimed while paused, a job that waited for room) is held as a record and a
+member of the webhook's held zset (``Keys.held``), as the release before this one held every
+job. Both sort by when the publish was accepted. New events keep queueing for a paused
+webhook, and are held as they are claimed.
 
-Resuming (``PATCH {"paused": false}``) puts the held jobs back at the end of their queues,
-oldest first, in the webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once,
-the rest by ``tick`` (every worker, about once a second), which also puts back the held jobs
-of a webhook disabled or deleted meanwhile (the gate then dead-letters them). Back in their
-queue they go out within the webhook's ``rate_limit`` and ``max_in_flight`` as any job.
+Resuming (``PATCH {"paused": false}``) marks the webhook ``draining`` and puts its held jobs
+back at the end of their queues, oldest first across its held zset and streams, in the
+webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once, the rest by
+``drain`` (every worker, about once a second, up to ``DRAIN_CALLS`` batches), which also puts
+back the held jobs of a webhook disabled or deleted meanwhile (the gate then dead-letters
+them). While it drains, its gate holds its other jobs that never went through a gate (new
+events, and those queued while paused but not yet claimed), so they take their place in
+accepted order behind the backlog instead of overtaking it; jobs put back say so (``wr``
+``paused``) and pass. Once none is held at two release calls in a row, the mark goes and the
+webhook's jobs go straight out again. Back in their queue they go out within the webhook's
+``rate_limit`` and ``max_in_flight`` as any job. Order is kept within a ready stream (a queue
+and priority); each priority's jobs go back to their own stream.
 A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come
 back to be held once it closes, if the webhook is still paused).
 """
@@ -22,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from dispatcher.ids import sid_ms
+from dispatcher.queue.codec import HELD_SEP
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
@@ -30,6 +42,7 @@ if TYPE_CHECKING:
     from dispatcher.queue.store import Store
 
 RELEASE_BATCH = 1_000  # held jobs put back per call, all webhooks together
+DRAIN_CALLS = 10  # release calls per tick at most (pauses.drain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +59,7 @@ async def release(store: Store, webhook_ids: tuple[str, ...] = ()) -> list[tuple
     with held jobs there) that are no longer paused; returns (webhook id, jobs put back)."""
     keys = store.keys
     released = await store.scripts.pause_release(
-        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq],
+        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
         args=[keys.base, RELEASE_BATCH, *webhook_ids],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
@@ -59,31 +72,56 @@ async def resume(store: Store, webhook_id: str) -> int:
 
 
 async def tick(store: Store) -> list[tuple[str, int]]:
-    """Release the held jobs of this shard's webhooks no longer paused."""
+    """Release the held jobs of this shard's webhooks no longer paused (one call)."""
     return await release(store)
+
+
+async def drain(store: Store) -> list[tuple[str, int]]:
+    """The tick of every worker (about once a second): release calls while each puts back a
+    whole batch, at most ``DRAIN_CALLS``, so a resumed backlog drains faster than new events
+    of the webhook arrive (they wait behind it until then) while no call blocks Redis long."""
+    released: list[tuple[str, int]] = []
+    for _ in range(DRAIN_CALLS):
+        done = await tick(store)
+        released += done
+        if sum(n for _, n in done) < RELEASE_BATCH:
+            break
+    return released
 
 
 async def held(store: Store) -> Held:
     """The held jobs of every shard (for ``GET /v1/status`` and the backlog alerts): two round
     trips per shard, whatever the number of jobs."""
-    jobs, by_webhook, oldest = 0, {}, None
+    jobs, oldest = 0, None
+    by_webhook: dict[str, int] = {}
     with redis_errors():
         for shard in await store.all_shards():
             keys = shard.keys
-            members = await cast("Awaitable[set[bytes]]", shard.redis.smembers(keys.holders))
-            ids = sorted(b.decode() for b in members)
-            if not ids:
+            members = await cast(
+                "Awaitable[set[bytes]]", shard.redis.sunion([keys.holders, keys.held_streams])
+            )
+            holders = sorted(b.decode() for b in members)
+            if not holders:
                 continue
             pipe = shard.redis.pipeline(transaction=False)
-            for webhook_id in ids:
-                pipe.zcard(keys.held(webhook_id))
-                pipe.zrange(keys.held(webhook_id), 0, 0, withscores=True)
+            for member in holders:
+                if HELD_SEP in member:  # a held stream: its first entry id is its oldest's
+                    pipe.xlen(keys.ready(member))
+                    pipe.xrange(keys.ready(member), count=1)
+                else:  # a held zset (the full form)
+                    pipe.zcard(keys.held(member))
+                    pipe.zrange(keys.held(member), 0, 0, withscores=True)
             replies = await pipe.execute()
-            for webhook_id, count, first in zip(ids, replies[::2], replies[1::2], strict=True):
+            for member, count, first in zip(holders, replies[::2], replies[1::2], strict=True):
+                webhook_id = member.partition(HELD_SEP)[0]
                 if count:
                     jobs += int(count)
-                    by_webhook[webhook_id] = int(count)
+                    by_webhook[webhook_id] = by_webhook.get(webhook_id, 0) + int(count)
                 if first:
-                    ms = int(cast("float", first[0][1])) // 1000
+                    ms = (
+                        sid_ms(first[0][0].decode())
+                        if HELD_SEP in member
+                        else int(cast("float", first[0][1])) // 1000
+                    )
                     oldest = ms if oldest is None else min(oldest, ms)
     return Held(jobs, by_webhook, oldest)

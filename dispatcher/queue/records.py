@@ -75,10 +75,22 @@ async def get_job(store: Store, job_id: str) -> Job | None:
             )
         if entries:
             try:
-                return codec.from_entry(job_id, queue, sid, entries[0][1])
+                return _from_entry(job_id, queue, sid, entries[0][1])
             except (KeyError, ValueError, UnicodeDecodeError):
                 return None
     return None
+
+
+def _from_entry(job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -> Job:
+    """The job of a ready-stream entry, or of a held stream's (held while its webhook is
+    paused: its fields leave out the webhook, which the stream names)."""
+    held = codec.held_stream(stream)
+    if held is None:
+        return codec.from_entry(job_id, stream, sid, fields)
+    webhook_id, ready = held
+    job = codec.from_entry(job_id, ready, sid, {**fields, b"w": webhook_id.encode()})
+    job.hold()
+    return job
 
 
 async def job_view(store: Store, job: Job) -> dict[str, Any]:

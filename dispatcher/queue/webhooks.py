@@ -118,8 +118,11 @@ async def _change_webhook(
 
 async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
     def update(hook: Webhook, now_ms: int) -> bool:
+        was_paused = hook.paused
         hook.apply(changes)
         hook.updated_at_ms = now_ms
+        if was_paused and not hook.paused:
+            hook.draining = 1  # until its held jobs are back in their queues (pauses.py)
         return True
 
     hook = await _change_webhook(store, webhook_id, update)

@@ -30,7 +30,9 @@ for i = 1, #items, 2 do
   if is_locator(record) then
     local stream, sid = parse_locator(record, job_id)
     if stream and gone(base .. 'q:' .. stream .. ':ready', sid) then
-      local meta = {w = '', t = '', e = '', q = stream, s = 'dead', a = 0, k = 0, f = now,
+      -- a held job's locator names its webhook's held stream 'W|S' (_held.lua): its queue is S
+      local meta = {w = '', t = '', e = '', q = string.match(stream, '|(.+)$') or stream,
+                    s = 'dead', a = 0, k = 0, f = now,
                     c = tonumber(string.match(sid, '^(%d+)')) or now, r = 'entry_missing',
                     le = 'its stream entry was deleted outside dispatcher before any attempt; '
                          .. 'its payload went with it'}

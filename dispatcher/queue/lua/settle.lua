@@ -8,7 +8,8 @@
 -- ARGV[3] n, the number of jobs, then 8 values per job: sid, job id, claim token (the entry's
 --   delivery count when claimed), kind (streams.SettleKind: 'D' delivered, 'R' retry or wait,
 --   'X' dead, 'P' parked while the webhook's breaker is open, 'W' waiting for room in the
---   webhook's waiting set, 'H' held while the webhook is paused (else as RETRY, due now)),
+--   webhook's waiting set, 'H' held while the webhook is paused (else as RETRY, due now):
+--   a job never attempted in its compact form, any other in the held zset (_held.lua)),
 --   record, score (finished, due, parked or created ms), the dead reason (X) or the index in
 --   KEYS of the webhook's parked (P), waiting (W) or held (H) zset, the attempt as JSON
 --   (appended as late
@@ -42,6 +43,7 @@
 -- releases a lane a newer claim holds). Other outcomes keep the lane blocked behind it.
 -- include: _record.lua
 -- include: _lane.lua
+-- include: _held.lua
 local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,13 +52,14 @@ local last = 3 + 8 * tonumber(ARGV[3])
 local leases = last + 1 + 2 * tonumber(ARGV[last + 1])
 local base = ARGV[leases + 1]
 
--- Held only while the webhook is paused (and enabled) as this runs: a resume (or a disable)
+-- Held only while the webhook is paused or draining (and enabled) as this runs: a resume (or a disable)
 -- made since the claim finds the job due again, never left behind in the held zset.
 local function still_paused(webhook_id)
   local raw = redis.call('HGET', base .. 'webhooks', webhook_id)
   if not raw then return false end
   local ok, h = pcall(cjson.decode, raw)
-  return ok and type(h) == 'table' and h.paused == true and h.enabled == true
+  return ok and type(h) == 'table' and h.enabled == true
+         and (h.paused == true or (type(h.draining) == 'number' and h.draining > 0))
 end
 
 local outcomes, late, stale, claimed = {}, {}, {}, {}
@@ -123,10 +126,16 @@ for _, i in ipairs(outcomes) do
     end
   elseif kind == 'H' then
     local held = KEYS[tonumber(ARGV[i + 6])]
-    local webhook_id = string.match(held, 'held:(.*)$')
+    local webhook_id = string.match(held, ':held:([^:]*)$')
     if still_paused(webhook_id) then
-      redis.call('ZADD', held, score, job_id)
-      redis.call('SADD', base .. 'holders', webhook_id)
+      local locator = hold_compact(base, KEYS[2], string.sub(KEYS[1], #base + 3, -7), sid,
+                                   job_id, webhook_id)
+      if locator then
+        record = locator
+      else
+        redis.call('ZADD', held, score, job_id)
+        redis.call('SADD', base .. 'holders', webhook_id)
+      end
     else
       delayed[#delayed + 1] = now; delayed[#delayed + 1] = job_id
     end
@@ -155,7 +164,7 @@ local function holds_again(member, sid)
   local record = redis.call('HGET', KEYS[2], job_id)
   local meta = split_record(record)
   local now_sid = meta and meta.sid
-  if is_locator(record) then now_sid = select(2, parse_locator(record)) end
+  if is_locator(record) then now_sid = select(2, parse_locator(record, job_id)) end
   for _, at in ipairs({sid, now_sid}) do
     if type(at) == 'string' and redis.call('XPENDING', KEYS[1], group, at, at, 1, consumer)[1]
     then
