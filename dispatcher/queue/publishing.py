@@ -100,7 +100,10 @@ def _canonical(payload: bytes) -> bytes:
 def _publish_call(
     store: Store, pub: Publication, names: list[str]
 ) -> tuple[list[str], list[bytes | str | int]]:
+    """publish.lua's keys and arguments for ``pub``'s part in ``store``'s shard, with the keys
+    of the queues ``names`` (at least one: the script builds any other queue's keys from it)."""
     keys = store.keys
+    names = names or [DEFAULT_QUEUE]
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
@@ -161,8 +164,8 @@ async def publish(
     A dedup hash works the same way: a duplicate, or a retry of an event a shard failed,
     completes the first event's missing parts (that retry answers ``deduplicated`` true, the
     first event's, and new True, as it enqueued jobs: 202 from the API, as a key's retry).
-    ``queues`` is the caller's cache of known queue names; the script names any other queue a
-    matching webhook uses, and the call is repeated with that queue's keys too.
+    ``queues`` names the queues whose keys are passed to the script; it builds the keys of any
+    other queue a matching webhook uses (in the same shard), so no part is ever redone for one.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
     if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
@@ -206,16 +209,12 @@ _NEW, _REPEAT, _DUPLICATE, _REUSED = 1, 0, 2, -2
 
 async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[int, str]:
     """(publish.lua's status, its answer) of ``pub``'s part in ``store``'s shard."""
-    while True:
-        keys, args = _publish_call(store, pub, sorted(known))
-        with redis_errors():
-            status, answer = await store.scripts.publish(keys=keys, args=args)
-        if status == -1:
-            known.add(answer.decode())
-            continue
-        if status == _REUSED:
-            raise IdempotencyKeyReused(pub.idempotency_key or "")
-        return int(status), answer.decode()
+    keys, args = _publish_call(store, pub, sorted(known))
+    with redis_errors():
+        status, answer = await store.scripts.publish(keys=keys, args=args)
+    if status == _REUSED:
+        raise IdempotencyKeyReused(pub.idempotency_key or "")
+    return int(status), answer.decode()
 
 
 @dataclass(slots=True)
@@ -327,9 +326,8 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
 
 async def _note(part: _Part, shard: Store, reply: Any, known: set[str]) -> None:
     """What one shard's script answered for ``part``, as ``publish`` would take it."""
-    if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
-        # The script is not loaded yet (or a queue is new to us): the one-by-one path loads
-        # it and learns the queue.
+    if isinstance(reply, rex.NoScriptError):
+        # The script is not loaded yet: the one-by-one path loads it.
         try:
             status, answer = await _publish_in(shard, part.pub, known)
         except (DispatcherError, rex.RedisError) as exc:
