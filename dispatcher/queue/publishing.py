@@ -243,11 +243,9 @@ async def publish_many(
     shards, events with an idempotency key take a second round trip: shard 0's parts first,
     which decide their event ids (see ``publish``), then the other shards' parts, with the
     later events' parts on those shards (so a FIFO lane gets the events in the order given).
+    On a cluster the events' scripts go one by one instead of pipelined (``_in_turn``).
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    if store.cluster is not None:
-        # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
-        return await _publish_each(store, pubs, known)
     return [
         result[1] if isinstance(result, tuple) else _as_dispatcher_error(result)
         for result in await _publish_batch(store, pubs, known)
@@ -311,6 +309,9 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
     """Run each part's shards' scripts in one pipeline, noting answers and errors on it."""
     if not parts:
         return
+    if store.cluster is not None:  # redis-py's cluster pipeline refuses EVALSHA
+        await _in_turn(parts, known)
+        return
     script = store.scripts.publish
     pipe = store.redis.pipeline(transaction=False)
     for part in parts:
@@ -324,16 +325,37 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
             await _note(part, shard, reply, known)
 
 
+async def _in_turn(parts: list[_Part], known: set[str]) -> None:
+    """Each part's shards' scripts one by one, noting answers and errors on it: the parts
+    that may reach one FIFO lane (one shard, tenant and ordering key) one after the other in
+    the order given, the others side by side."""
+    chains: dict[tuple[int, str, str | None], list[tuple[_Part, Store]]] = {}
+    for part in parts:
+        for shard in part.shards:
+            lane = (shard.keys.shard, part.pub.tenant_id, part.pub.ordering_key)
+            chains.setdefault(lane, []).append((part, shard))
+
+    async def chain(links: list[tuple[_Part, Store]]) -> None:
+        for part, shard in links:
+            await _alone(part, shard, known)
+
+    await asyncio.gather(*(chain(links) for links in chains.values()))
+
+
+async def _alone(part: _Part, shard: Store, known: set[str]) -> None:
+    """``part``'s script in ``shard`` on its own (loading the script if needed), noted on it."""
+    try:
+        status, answer = await _publish_in(shard, part.pub, known)
+    except (DispatcherError, rex.RedisError) as exc:
+        part.error = part.error or exc
+    else:
+        _count(part, status, answer)
+
+
 async def _note(part: _Part, shard: Store, reply: Any, known: set[str]) -> None:
     """What one shard's script answered for ``part``, as ``publish`` would take it."""
     if isinstance(reply, rex.NoScriptError):
-        # The script is not loaded yet: the one-by-one path loads it.
-        try:
-            status, answer = await _publish_in(shard, part.pub, known)
-        except (DispatcherError, rex.RedisError) as exc:
-            part.error = part.error or exc
-        else:
-            _count(part, status, answer)
+        await _alone(part, shard, known)  # the script is not loaded yet: this loads it
     elif isinstance(reply, Exception):
         part.error = part.error or translate(reply) or reply
     elif reply[0] == _REUSED:
@@ -406,20 +428,6 @@ class Publisher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-async def _publish_each(
-    store: Store, pubs: list[Publication], known: set[str]
-) -> list[dict[str, Any] | DispatcherError]:
-    async def one(pub: Publication) -> dict[str, Any] | DispatcherError:
-        try:
-            return (await publish(store, pub, known))[1]
-        except DispatcherError as exc:
-            return exc
-        except rex.RedisError as exc:
-            return _as_dispatcher_error(exc)
-
-    return list(await asyncio.gather(*(one(pub) for pub in pubs)))
 
 
 def _as_dispatcher_error(exc: Exception) -> DispatcherError:
