@@ -465,6 +465,9 @@ class Worker:
     async def _deliver(self, work: Work) -> None:
         if work.leased and not await self._lease_holds(work):
             return
+        stale = time.monotonic() - work.claim.at > self.cfg.stall_timeout_s / 2
+        if stale and not await self._claim_holds(work):
+            return
         job, hook = work.job, work.webhook
         self.pool.endpoint(work.webhook.id).sending(work.job.id, time.monotonic())
         started_ms = self.store.clock.now_ms()
@@ -499,6 +502,21 @@ class Worker:
         except Exception as exc:  # any failure: the job waits, as if refused
             log.warning("lease.renew_failed", job_id=work.job.id, error=str(exc) or repr(exc))
         self._wait_for_room(work, "max_in_flight", reserved_ms=work.job.reserved_ms)
+        return False
+
+    async def _claim_holds(self, work: Work) -> bool:
+        """A claim got long ago (the process was frozen, say) may have been taken over: then
+        the job is another worker's, and this one attempts nothing (never two attempts of a
+        job, or of a FIFO lane, at once); if Redis cannot say, it attempts nothing either (the
+        job is reclaimed after the stall timeout)."""
+        claim = work.claim
+        try:
+            if await streams.keep_claim(self.store.shard(claim.shard), self.consumer, claim):
+                return True
+        except Exception as exc:
+            log.warning("claim.check_failed", job_id=work.job.id, error=str(exc) or repr(exc))
+            return False
+        log.warning("job.claim_lost", job_id=work.job.id)
         return False
 
     def _record(self, work: Work, outcome: Outcome, started_ms: int) -> None:

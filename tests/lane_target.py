@@ -18,11 +18,13 @@ class LaneTarget:
 
     A request fails (500) when its lane is in ``failing`` or at random with ``fail_rate``;
     otherwise it answers 200. ``arrivals[key]`` lists ``(seq, status)`` in arrival order.
+    The first request of a seq in ``delays`` takes that many seconds to answer.
     """
 
     def __init__(self, *, fail_rate: float = 0.0, seed: int = 19) -> None:
         self.fail_rate = fail_rate
         self.failing: set[str | None] = set()
+        self.delays: dict[int, float] = {}
         self.arrivals: defaultdict[str | None, list[tuple[int, int]]] = defaultdict(list)
         self.active: defaultdict[str | None, int] = defaultdict(int)
         self.peak: defaultdict[str | None, int] = defaultdict(int)
@@ -51,7 +53,8 @@ class LaneTarget:
         self.active[key] += 1
         self.peak[key] = max(self.peak[key], self.active[key])
         try:
-            await asyncio.sleep(0)  # another request of the lane would overlap here
+            # another request of the lane would overlap here
+            await asyncio.sleep(self.delays.pop(int(body["seq"]), 0))
             failed = key in self.failing or self._random.random() < self.fail_rate
             status = 500 if failed else 200
             self.arrivals[key].append((int(body["seq"]), status))

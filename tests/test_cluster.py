@@ -16,7 +16,8 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from dispatcher import Client, shapes
+from dispatcher import Client, DispatcherError, shapes
+from dispatcher.ids import shard_of
 from dispatcher.queue import stats
 from dispatcher.queue.keys import Keys
 from tests.conftest import WorkerHarness
@@ -30,6 +31,7 @@ from tests.helpers import (
     redis_cli,
     stop_daemons,
 )
+from tests.lane_target import LaneTarget
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -322,3 +324,102 @@ async def test_delivered_jobs_are_retried_in_each_shard(
     for job in jobs:
         again = await eventually(lambda j=job["id"]: _state(cclient, j, "delivered"))
         assert len(again["attempts"]) == 2
+
+
+async def _fifo_hook_in(client: Client, url: str, shard: int) -> shapes.WebhookWithSecret:
+    """A FIFO webhook of tenant ``acme`` in ``shard`` (the others created on the way are
+    deleted again: placement hashes the new id)."""
+    while True:
+        hook = await client.create_webhook("acme", url, ordering="fifo")
+        if shard_of(hook["id"]) == shard:
+            return hook
+        await client.delete_webhook(hook["id"])
+
+
+def _ids_by_webhook(answers: list[shapes.PublishAnswer | DispatcherError]) -> dict[str, list[str]]:
+    """Each webhook's job ids in the order of the answers."""
+    ids: dict[str, list[str]] = {}
+    for answer in answers:
+        assert not isinstance(answer, Exception)
+        for job in answer["jobs"]:
+            ids.setdefault(job["webhook_id"], []).append(job["id"])
+    return ids
+
+
+async def test_fifo_lanes_in_every_shard_keep_their_order(
+    cclient: Client, cworkers: WorkerHarness, raw: RedisCluster, prefix: str
+) -> None:
+    """With 3 shards on 3 primaries, a FIFO webhook in each and one ``publish_many`` of the
+    events of three lanes (the first with an idempotency key, so its other shards' parts run
+    second): each lane's jobs are delivered in publish order, one at a time, and a failing
+    head holds back its own lane alone until it is delivered."""
+    await cclient.store.adopt_layout(3)
+    async with LaneTarget() as t0, LaneTarget() as t1, LaneTarget() as t2:
+        targets = [t0, t1, t2]
+        hooks = [await _fifo_hook_in(cclient, t.url, k) for k, t in enumerate(targets)]
+        for target in targets:
+            target.failing.add("k0")
+        events: list[dict[str, object]] = [
+            {
+                "tenant_id": "acme",
+                "event_type": "a.b",
+                "payload": {"seq": n, "key": f"k{n % 3}"},
+                "ordering_key": f"k{n % 3}",
+            }
+            for n in range(18)
+        ]
+        events[0]["idempotency_key"] = "first"
+        ids = _ids_by_webhook(await cclient.publish_many(events))
+        for k, hook in enumerate(hooks):
+            lane = Keys(prefix, k).lane(hook["id"], "k1")
+            assert raw.get_node_from_key(lane) == raw.get_node_from_key(Keys(prefix, k).jobs)
+            queued = await raw.lrange(lane, 0, -1)
+            assert [i.decode() for i in queued] == ids[hook["id"]][1::3]  # type: ignore[union-attr]
+        await cworkers.start(max_attempts=100, backoff_base_s=0.05, backoff_cap_s=0.2)
+        for target in targets:
+            await eventually(lambda t=target: len(t.delivered_order("k2")) == 6)
+            await eventually(lambda t=target: len(t.delivered_order("k1")) == 6)
+            assert {seq for seq, _ in target.arrivals["k0"]} == {0}
+        behind = await cclient.get_job(ids[hooks[1]["id"]][3])
+        assert behind is not None
+        assert (behind["state"], behind["waiting_for"]) == ("queued", "ordering")
+        for target in targets:
+            target.failing.clear()
+        for hook in hooks:
+            for job_id in ids[hook["id"]]:
+                await eventually(lambda j=job_id: _state(cclient, j, "delivered"))
+    for target in targets:
+        for key in ("k0", "k1", "k2"):
+            assert target.delivered_order(key) == list(range(int(key[1]), 18, 3))
+            assert target.peak[key] == 1
+
+
+async def test_a_dead_fifo_head_releases_its_lane_and_a_replay_joins_the_back(
+    cclient: Client, cworkers: WorkerHarness
+) -> None:
+    """On a cluster, in a shard other than shard 0: dead heads let the next job go, and
+    replayed dead jobs join the back of their lane in the order given."""
+    await cclient.store.adopt_layout(3)
+    async with LaneTarget() as target:
+        await _fifo_hook_in(cclient, target.url, 2)
+        target.failing.add("k")
+        ids = []
+        for seq in range(3):
+            payload = {"seq": seq, "key": "k"}
+            answer = await cclient.publish("acme", "a.b", payload, ordering_key="k")
+            ids.append(answer["jobs"][0]["id"])
+        await cworkers.start(max_attempts=1)
+        for job_id in ids:
+            await eventually(lambda j=job_id: _state(cclient, j, "dead"))
+        assert [seq for seq, _ in target.arrivals["k"]] == [0, 1, 2]
+        await cworkers.stop()
+        target.failing.clear()
+        assert (await cclient.replay([ids[2], ids[0]]))["replayed"] == 2
+        behind = await cclient.get_job(ids[0])
+        assert behind is not None
+        assert (behind["state"], behind["waiting_for"]) == ("queued", "ordering")
+        await cworkers.start(max_attempts=1)
+        for job_id in (ids[2], ids[0]):
+            await eventually(lambda j=job_id: _state(cclient, j, "delivered"))
+    assert target.delivered_order("k") == [2, 0]
+    assert target.peak["k"] == 1

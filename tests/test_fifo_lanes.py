@@ -38,8 +38,10 @@ async def queued(redis: aioredis.Redis, prefix: str) -> list[str]:
     return [fields[b"j"].decode() for _, fields in entries]
 
 
-async def _lane(redis: aioredis.Redis, prefix: str, webhook_id: str) -> list[str]:
-    key = Keys(prefix).lane(webhook_id, "o")
+async def _lane(
+    redis: aioredis.Redis, prefix: str, webhook_id: str, ordering_key: str | None = "o"
+) -> list[str]:
+    key = Keys(prefix).lane(webhook_id, ordering_key)
     return [i.decode() for i in await redis.lrange(key, 0, -1)]  # type: ignore[union-attr]
 
 
@@ -177,3 +179,41 @@ async def test_publish_many_keeps_a_lanes_order_across_shards(client: Client) ->
     shard = client.store.of_webhook(fifo["id"])
     lane = await shard.redis.lrange(shard.keys.lane(fifo["id"]), 0, -1)
     assert [i.decode() if isinstance(i, bytes) else i for i in lane] == expected
+
+
+async def test_publish_many_keeps_a_lanes_order_when_one_event_is_redone(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Events of one lane published together join it in the order given, even when the first
+    one's script is redone after the batch (it also goes to a queue the publisher did not know
+    yet)."""
+    fifo = await client.create_webhook(
+        "acme", "https://hooks.example.com/x", ["a.x", "a.y"], ordering="fifo"
+    )
+    await client.create_webhook("acme", "https://hooks.example.com/y", ["a.x"], queue="other")
+    answers = await client.publish_many(
+        [
+            {"tenant_id": "acme", "event_type": "a.x", "payload": {"n": 0}},
+            {"tenant_id": "acme", "event_type": "a.y", "payload": {"n": 1}},
+        ]
+    )
+    expected = []
+    for answer in answers:
+        assert not isinstance(answer, Exception)
+        expected += [job["id"] for job in answer["jobs"] if job["webhook_id"] == fifo["id"]]
+    assert await _lane(redis, prefix, fifo["id"], None) == expected
+
+
+async def test_publish_many_keeps_a_lanes_order_when_the_script_is_reloaded(
+    client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """After SCRIPT FLUSH (or a Redis restart) a batch's events are redone one by one, and the
+    events of one lane still join it in the order given."""
+    fifo = await client.create_webhook("acme", "https://hooks.example.com/x", ordering="fifo")
+    await redis.script_flush()
+    answers = await client.publish_many(
+        [{"tenant_id": "acme", "event_type": "a.b", "payload": {"n": n}} for n in range(5)]
+    )
+    expected = [a["jobs"][0]["id"] for a in answers if not isinstance(a, Exception)]
+    assert len(expected) == 5
+    assert await _lane(redis, prefix, fifo["id"], None) == expected

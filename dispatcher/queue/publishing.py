@@ -100,7 +100,10 @@ def _canonical(payload: bytes) -> bytes:
 def _publish_call(
     store: Store, pub: Publication, names: list[str]
 ) -> tuple[list[str], list[bytes | str | int]]:
+    """publish.lua's keys and arguments for ``pub``'s part in ``store``'s shard, with the keys
+    of the queues ``names`` (at least one: the script builds any other queue's keys from it)."""
     keys = store.keys
+    names = names or [DEFAULT_QUEUE]
     streams = [stream_of(name, pub.priority) for name in names]
     queue_keys = [k for stream in streams for k in (keys.ready(stream), keys.delayed(stream))]
     idem = (pub.tenant_id, pub.idempotency_key or "", pub.only_webhook)
@@ -161,8 +164,8 @@ async def publish(
     A dedup hash works the same way: a duplicate, or a retry of an event a shard failed,
     completes the first event's missing parts (that retry answers ``deduplicated`` true, the
     first event's, and new True, as it enqueued jobs: 202 from the API, as a key's retry).
-    ``queues`` is the caller's cache of known queue names; the script names any other queue a
-    matching webhook uses, and the call is repeated with that queue's keys too.
+    ``queues`` names the queues whose keys are passed to the script; it builds the keys of any
+    other queue a matching webhook uses (in the same shard), so no part is ever redone for one.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
     if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
@@ -206,16 +209,12 @@ _NEW, _REPEAT, _DUPLICATE, _REUSED = 1, 0, 2, -2
 
 async def _publish_in(store: Store, pub: Publication, known: set[str]) -> tuple[int, str]:
     """(publish.lua's status, its answer) of ``pub``'s part in ``store``'s shard."""
-    while True:
-        keys, args = _publish_call(store, pub, sorted(known))
-        with redis_errors():
-            status, answer = await store.scripts.publish(keys=keys, args=args)
-        if status == -1:
-            known.add(answer.decode())
-            continue
-        if status == _REUSED:
-            raise IdempotencyKeyReused(pub.idempotency_key or "")
-        return int(status), answer.decode()
+    keys, args = _publish_call(store, pub, sorted(known))
+    with redis_errors():
+        status, answer = await store.scripts.publish(keys=keys, args=args)
+    if status == _REUSED:
+        raise IdempotencyKeyReused(pub.idempotency_key or "")
+    return int(status), answer.decode()
 
 
 @dataclass(slots=True)
@@ -244,11 +243,9 @@ async def publish_many(
     shards, events with an idempotency key take a second round trip: shard 0's parts first,
     which decide their event ids (see ``publish``), then the other shards' parts, with the
     later events' parts on those shards (so a FIFO lane gets the events in the order given).
+    On a cluster the events' scripts go one by one instead of pipelined (``_in_turn``).
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    if store.cluster is not None:
-        # redis-py's cluster pipeline refuses EVALSHA: the events go side by side instead.
-        return await _publish_each(store, pubs, known)
     return [
         result[1] if isinstance(result, tuple) else _as_dispatcher_error(result)
         for result in await _publish_batch(store, pubs, known)
@@ -312,6 +309,9 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
     """Run each part's shards' scripts in one pipeline, noting answers and errors on it."""
     if not parts:
         return
+    if store.cluster is not None:  # redis-py's cluster pipeline refuses EVALSHA
+        await _in_turn(parts, known)
+        return
     script = store.scripts.publish
     pipe = store.redis.pipeline(transaction=False)
     for part in parts:
@@ -325,17 +325,37 @@ async def _pipelined(store: Store, parts: list[_Part], known: set[str]) -> None:
             await _note(part, shard, reply, known)
 
 
+async def _in_turn(parts: list[_Part], known: set[str]) -> None:
+    """Each part's shards' scripts one by one, noting answers and errors on it: the parts
+    that may reach one FIFO lane (one shard, tenant and ordering key) one after the other in
+    the order given, the others side by side."""
+    chains: dict[tuple[int, str, str | None], list[tuple[_Part, Store]]] = {}
+    for part in parts:
+        for shard in part.shards:
+            lane = (shard.keys.shard, part.pub.tenant_id, part.pub.ordering_key)
+            chains.setdefault(lane, []).append((part, shard))
+
+    async def chain(links: list[tuple[_Part, Store]]) -> None:
+        for part, shard in links:
+            await _alone(part, shard, known)
+
+    await asyncio.gather(*(chain(links) for links in chains.values()))
+
+
+async def _alone(part: _Part, shard: Store, known: set[str]) -> None:
+    """``part``'s script in ``shard`` on its own (loading the script if needed), noted on it."""
+    try:
+        status, answer = await _publish_in(shard, part.pub, known)
+    except (DispatcherError, rex.RedisError) as exc:
+        part.error = part.error or exc
+    else:
+        _count(part, status, answer)
+
+
 async def _note(part: _Part, shard: Store, reply: Any, known: set[str]) -> None:
     """What one shard's script answered for ``part``, as ``publish`` would take it."""
-    if isinstance(reply, rex.NoScriptError) or (isinstance(reply, list) and reply[0] == -1):
-        # The script is not loaded yet (or a queue is new to us): the one-by-one path loads
-        # it and learns the queue.
-        try:
-            status, answer = await _publish_in(shard, part.pub, known)
-        except (DispatcherError, rex.RedisError) as exc:
-            part.error = part.error or exc
-        else:
-            _count(part, status, answer)
+    if isinstance(reply, rex.NoScriptError):
+        await _alone(part, shard, known)  # the script is not loaded yet: this loads it
     elif isinstance(reply, Exception):
         part.error = part.error or translate(reply) or reply
     elif reply[0] == _REUSED:
@@ -408,20 +428,6 @@ class Publisher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-async def _publish_each(
-    store: Store, pubs: list[Publication], known: set[str]
-) -> list[dict[str, Any] | DispatcherError]:
-    async def one(pub: Publication) -> dict[str, Any] | DispatcherError:
-        try:
-            return (await publish(store, pub, known))[1]
-        except DispatcherError as exc:
-            return exc
-        except rex.RedisError as exc:
-            return _as_dispatcher_error(exc)
-
-    return list(await asyncio.gather(*(one(pub) for pub in pubs)))
 
 
 def _as_dispatcher_error(exc: Exception) -> DispatcherError:

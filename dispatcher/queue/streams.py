@@ -8,6 +8,7 @@ for this consumer with that count, checked for each claim on its own.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +45,9 @@ class Claim:
     token: str
     inline: Job | None = field(default=None, compare=False)  # a fresh job read with its entry
     shard: int = 0  # the shard whose stream holds the entry (keys.py)
+    #: When this process got the claim (monotonic s): older than the stall timeout, another
+    #: worker may have taken it over (``keep_claim``).
+    at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +333,19 @@ async def reclaim_page(
         [m.decode() for m in missing],
         more=bool(more),
     )
+
+
+async def keep_claim(store: Store, consumer: str, claim: Claim) -> bool:
+    """Whether ``claim`` is still ``consumer``'s, its entry's idle time restarted if so (as a
+    held claim's): a worker about to attempt a job it claimed long ago (it was frozen, say)
+    attempts nothing when another worker took the job over meanwhile."""
+    await reclaim_page(
+        store, claim.queue, consumer, min_idle_ms=0, cursor="0-0", count=0, held=[claim]
+    )
+    pending = await store.redis.xpending_range(
+        store.keys.ready(claim.queue), GROUP, claim.sid, claim.sid, 1, consumername=consumer
+    )
+    return bool(pending) and str(pending[0]["times_delivered"]) == claim.token
 
 
 async def quarantine(store: Store, queue: str, reason: str, entries: list[MalformedEntry]) -> int:

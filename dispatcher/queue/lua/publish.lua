@@ -6,8 +6,9 @@
 -- KEYS[1] tenant routing hash   KEYS[2] jobs hash   KEYS[3] idempotency key (used when the TTL
 -- is > 0)   KEYS[4] the fingerprint beside it (same use)
 -- KEYS[5], KEYS[6] ready stream and delayed zset of the first queue in ARGV[2] (of its stream
--- for this event's priority), then the same pair for each further queue; after them, only when
--- the dedup window (ARGV[1]) is > 0: the event's dedup key, then this minute's stats hash
+-- for this event's priority), then the same pair for each further queue (a queue not passed
+-- gets its names built here); after them, only when the dedup window (ARGV[1]) is > 0: the
+-- event's dedup key, then this minute's stats hash
 -- ARGV[1] the event, its words separated by one space (none holds white space; '-' is an
 --   optional word left out): job id prefix (ids are prefix .. n), event id, tenant id, event
 --   type, now_ms, due_ms (0: deliver now), idempotency TTL in seconds (0: none), only this
@@ -32,8 +33,8 @@
 --          fingerprint, {-2, answer} for one first used with another fingerprint (nothing is
 --          written), {2, stored} when the dedup key holds an identical event's answer (a
 --          duplicate: nothing is written but the stats hash's ``deduplicated`` count, and that
---          only when this part decides: not ``decided``), or {-1, queue} when a matching webhook
---          names a queue whose keys were not passed (the caller retries with them).
+--          only when this part decides: not ``decided``). ARGV[2] names at least one queue:
+--          the others' keys are built from it, so a publish is never redone for a new queue.
 --          answer = "event_id job_id webhook_id job_id webhook_id ..."; stored = answer, then
 --          (keys written since ARGV[6]) a newline and the first event's ARGV[6]
 -- The idempotency record (KEYS[3]) is the answer alone, as every release has written and read
@@ -77,10 +78,24 @@ if only == '-' then only = '' end
 local queues, nq = {}, 0
 local streams = {}
 for stream in string.gmatch(ARGV[3], '%S+') do streams[#streams + 1] = stream end
+local suffix  -- this priority's stream suffix ('', ':high' or ':low'), from the first queue
 for name in string.gmatch(ARGV[2], '%S+') do
   queues[name] = {ready = KEYS[5 + 2 * nq], delayed = KEYS[6 + 2 * nq], added = {}, due = {},
                   stream = streams[nq + 1]}
+  suffix = suffix or string.sub(streams[nq + 1], #name + 1)
   nq = nq + 1
+end
+-- A queue whose keys were not passed: its names are built from the key base (all of a shard's
+-- keys share its hash tag, so this stays cluster-safe), and the publish is never redone.
+local base = KEYS[2]:sub(1, -5)
+local function queue_named(name)
+  if not queues[name] and suffix then
+    local stream = name .. suffix
+    queues[name] = {ready = base .. 'q:' .. stream .. ':ready',
+                    delayed = base .. 'q:' .. stream .. ':delayed', added = {}, due = {},
+                    stream = stream}
+  end
+  return queues[name]
 end
 local routes = redis.call('HGETALL', KEYS[1])
 local matched = {}
@@ -107,7 +122,9 @@ for i = 1, #routes, 2 do
     wanted = filter_match(route.f, doc or nil)
   end
   if wanted then
-    if not queues[route.q] then return {-1, route.q} end
+    if not queue_named(route.q) then
+      return redis.error_reply('ERR publish.lua: no queue in ARGV[2]')
+    end
     matched[#matched + 1] = {webhook_id, route.q, route.o}
   end
 end
@@ -190,7 +207,7 @@ for n, match in ipairs(matched) do
   records[#records + 1] = job_id
   if match[3] then
     local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'queued',
-                  a = 0, k = 0, c = now_ms, ol = KEYS[2]:sub(1, -5) .. 'lane:' .. webhook_id}
+                  a = 0, k = 0, c = now_ms, ol = base .. 'lane:' .. webhook_id}
     if okey ~= '-' then meta.ol = meta.ol .. ':' .. (#okey - 1) .. ':' .. okey:sub(2) end
     if scheduled then meta.s = 'scheduled'; meta.n = due_ms end
     local len = redis.pcall('RPUSH', meta.ol, job_id)
