@@ -216,6 +216,15 @@ def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     return env
 
 
+def short_waits(waits: dict[str, float], *, tasks_modules: str = "") -> dict[str, str]:
+    """Environment for a ``dispatcher run`` child whose fixed waits are ``waits``
+    (``{"liveness.MAX_AGE_S": 3.0}``: dispatcher module constants, in seconds), set by
+    tests/short_waits.py at start; ``tasks_modules`` are loaded besides it."""
+    modules = ",".join(filter(None, ("tests.short_waits", tasks_modules)))
+    spec = ",".join(f"{name}={seconds!r}" for name, seconds in waits.items())
+    return {"DISPATCHER_TASKS_MODULES": modules, "TEST_SHORT_WAITS": spec}
+
+
 async def hooks_in_every_shard(
     client: Client, target: Target, shards: int, *, per_shard: int = 2, path: str = "/hook"
 ) -> list[shapes.WebhookWithSecret]:
