@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dispatcher.errors import RedisUnavailable
+from dispatcher.queue import connection
 from dispatcher.queue.keys import Keys
 from tests.faults.harness import FULL, SCALE, Scenario
 from tests.faults.table import keep
@@ -133,16 +134,36 @@ async def test_redis_restarted_empty(tmp_path: Path) -> None:
         _check_daemons_rode_it_out(run, "queue.group_recreated")
 
 
-async def test_redis_frozen_by_sigstop(tmp_path: Path) -> None:
+# The socket timeout of the daemons and the publisher: make test shortens it (5 s in
+# production, and in make test-faults), so a fault past it is shorter too.
+SOCKET_TIMEOUT_S = connection.SOCKET_TIMEOUT_S if FULL else 2.0
+
+
+@pytest.fixture
+def socket_timeout(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of daemons with ``SOCKET_TIMEOUT_S``, and the test's own client set to
+    it (connections read it when they are made)."""
+    if FULL:
+        return {}
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT_S", SOCKET_TIMEOUT_S)
+    return short_waits({"queue.connection.SOCKET_TIMEOUT_S": SOCKET_TIMEOUT_S})
+
+
+def _past_the_socket_timeout(run: Scenario) -> float:
+    """A seeded fault length, 0.5 s to 2 s past the socket timeout."""
+    return run.random.uniform(SOCKET_TIMEOUT_S + 0.5, SOCKET_TIMEOUT_S + 2.0)
+
+
+async def test_redis_frozen_by_sigstop(tmp_path: Path, socket_timeout: dict[str, str]) -> None:
     """redis-server stopped (SIGSTOP) past the socket timeout, then continued: nothing waits
     forever, every accepted job's fate checks out, and the daemons keep running."""
-    async with Scenario("5a Redis SIGSTOP", tmp_path, seed=51) as run:
+    async with Scenario("5a Redis SIGSTOP", tmp_path, seed=51, env=socket_timeout) as run:
         async with run.publishing(per_second=150):
             await run.steady(2)
             async with run.fault():
                 _signal_redis(run, signal.SIGSTOP)
                 try:
-                    await asyncio.sleep(run.random.uniform(5.5, 7.0))  # the fault's length
+                    await asyncio.sleep(_past_the_socket_timeout(run))  # the fault's length
                 finally:
                     _signal_redis(run, signal.SIGCONT)
             await run.steady(2)
@@ -153,13 +174,13 @@ async def test_redis_frozen_by_sigstop(tmp_path: Path) -> None:
         _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
 
 
-async def test_redis_paused_by_client_pause(tmp_path: Path) -> None:
+async def test_redis_paused_by_client_pause(tmp_path: Path, socket_timeout: dict[str, str]) -> None:
     """``CLIENT PAUSE ... ALL`` past the socket timeout: nothing waits forever, every accepted
     job's fate checks out, and the daemons keep running."""
-    async with Scenario("5b Redis CLIENT PAUSE ALL", tmp_path, seed=52) as run:
+    async with Scenario("5b Redis CLIENT PAUSE ALL", tmp_path, seed=52, env=socket_timeout) as run:
         async with run.publishing(per_second=150):
             await run.steady(2)
-            pause_ms = int(run.random.uniform(5.5, 7.0) * 1000)
+            pause_ms = int(_past_the_socket_timeout(run) * 1000)
             async with run.fault():
                 assert await run.client.store.redis.client_pause(pause_ms, all=True)  # mode ALL
                 await asyncio.sleep(pause_ms / 1000)  # the fault's length
