@@ -15,7 +15,8 @@ Starting it:
 - Any answer counts as alive, ``-LOADING`` included: a large append-only file can take minutes
   to load, and killing the server for it would make ``Restart=on-failure`` repeat the load
   forever. While it loads, the daemon logs the progress and asks systemd for more start time
-  (``EXTEND_TIMEOUT_USEC``); only a server that gives no answer at all for ``timeout_s`` fails.
+  (``EXTEND_TIMEOUT_USEC``); only a server that gives no answer at all for ``START_TIMEOUT_S``
+  fails.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = structlog.get_logger()
 SOCKET_NAME = "redis.sock"
 LOCK_NAME = "dispatcher.lock"
 NEARLY_FULL = 0.9  # a start with this share of maxmemory already used is logged
+START_TIMEOUT_S = 15.0  # how long a starting server may give no answer at all
 LOADING_REPORT_S = 5.0  # how often a long load is logged and systemd's start timeout extended
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, fewer elsewhere
 INSTALL_HINT = (
@@ -129,7 +131,7 @@ class EmbeddedRedis:
             str(self.state_dir / "redis.log"),
         ]
 
-    async def start(self, *, timeout_s: float = 15.0) -> str:
+    async def start(self, *, timeout_s: float | None = None) -> str:
         binary = find_redis_server()
         if binary is None:
             raise ConfigError([INSTALL_HINT])
@@ -158,7 +160,7 @@ class EmbeddedRedis:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        await self._wait_ready(timeout_s)
+        await self._wait_ready(START_TIMEOUT_S if timeout_s is None else timeout_s)
         # The exact URL a producer (``Client.from_url``) or redis-cli -s should use.
         log.info("redis.embedded_started", pid=self.process.pid, url=self.url)
         await self._warn_when_nearly_full()

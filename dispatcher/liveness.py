@@ -32,10 +32,11 @@ class Liveness:
 
     __slots__ = ("_max_age_s", "_since", "default_max_age_s")
 
-    def __init__(self, default_max_age_s: float = MAX_AGE_S) -> None:
+    def __init__(self, default_max_age_s: float | None = None) -> None:
         self._since: dict[str, float | None] = {}
         self._max_age_s: dict[str, float] = {}
-        self.default_max_age_s = default_max_age_s
+        # MAX_AGE_S read now, not when the module was imported (tests/short_waits.py sets it)
+        self.default_max_age_s = MAX_AGE_S if default_max_age_s is None else default_max_age_s
 
     def expect(self, name: str, max_age_s: float | None = None) -> None:
         """Watch ``name`` from now on, allowing it ``max_age_s`` (default: the default age, and

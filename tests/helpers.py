@@ -216,6 +216,15 @@ def daemon_env(redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
     return env
 
 
+def short_waits(waits: dict[str, float], *, tasks_modules: str = "") -> dict[str, str]:
+    """Environment for a ``dispatcher run`` child whose fixed waits are ``waits``
+    (``{"liveness.MAX_AGE_S": 3.0}``: dispatcher module constants, in seconds), set by
+    tests/short_waits.py at start; ``tasks_modules`` are loaded besides it."""
+    modules = ",".join(filter(None, ("tests.short_waits", tasks_modules)))
+    spec = ",".join(f"{name}={seconds!r}" for name, seconds in waits.items())
+    return {"DISPATCHER_TASKS_MODULES": modules, "TEST_SHORT_WAITS": spec}
+
+
 async def hooks_in_every_shard(
     client: Client, target: Target, shards: int, *, per_shard: int = 2, path: str = "/hook"
 ) -> list[shapes.WebhookWithSecret]:
@@ -386,7 +395,11 @@ class SentinelServers(Servers):
         return f"redis+sentinel://{hosts}/{self.service}"
 
     def start(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
-        self.spawn(self.master, *_server_args(self.master, self.directory / str(self.master)))
+        # A diskless sync that starts at once, not after 5 s of waiting for more replicas.
+        master_dir = self.directory / str(self.master)
+        self.spawn(
+            self.master, *_server_args(self.master, master_dir, "--repl-diskless-sync-delay", "0")
+        )
         replica_dir = self.directory / str(self.replica)
         replica_dir.mkdir(parents=True, exist_ok=True)
         self.spawn(
@@ -394,6 +407,14 @@ class SentinelServers(Servers):
             *_server_args(self.replica, replica_dir),
             "--replicaof", "127.0.0.1", str(self.master),
         )  # fmt: skip
+        for port in [self.master, self.replica]:
+            _wait_until(partial(_answers, port), f"redis on {port}")
+        # In sync before the sentinels start: their first INFO of the master then lists the
+        # replica (else they see it only at the next INFO, 10 s later).
+        _wait_until(
+            lambda: "master_link_status:up" in redis_cli(self.replica, "info", "replication"),
+            "the replica in sync",
+        )
         for port in self.sentinels:
             directory = self.directory / str(port)
             directory.mkdir(parents=True, exist_ok=True)
@@ -407,12 +428,8 @@ class SentinelServers(Servers):
                 f"sentinel parallel-syncs {self.service} 1\n"
             )
             self.spawn(port, str(conf), "--sentinel")
-        for port in [self.master, self.replica, *self.sentinels]:
+        for port in self.sentinels:
             _wait_until(partial(_answers, port), f"redis on {port}")
-        _wait_until(
-            lambda: "master_link_status:up" in redis_cli(self.replica, "info", "replication"),
-            "the replica in sync",
-        )
         for port in self.sentinels:
             _wait_until(
                 partial(self._knows_everyone, port),

@@ -162,7 +162,7 @@ async def test_sigterm_leaves_unfinished_work_for_another_worker(
     client: Client, redis_url: str, prefix: str, target: Target, logs_dir: Path
 ) -> None:
     """A request outliving the drain grace is left pending, and another worker delivers the job."""
-    env = daemon_env(redis_url, prefix, delivery_timeout_s="4", delivery_stall_timeout_s="5")
+    env = daemon_env(redis_url, prefix, delivery_timeout_s="2", delivery_stall_timeout_s="3")
     target.script("/hook", Reply(200, delay_s=30), Reply(200))
     await client.create_webhook("acme", target.url())
     first = Daemon(

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from tests.helpers import Daemon, RedisServer, daemon_env, eventually, free_port, stop_daemons
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    eventually,
+    free_port,
+    short_waits,
+    stop_daemons,
+)
 from tests.helpers import log_events as events
 from tests.target import Reply
 
@@ -74,6 +82,7 @@ async def test_backlog_alerts_are_raised_shown_exported_and_cleared(
         alerts_dlq_growth="2",
         delivery_max_attempts="1",
     )
+    env |= short_waits({"daemon.ALERT_INTERVAL_S": 0.2})  # 5 s in production: three rounds
     target.script("/dead", Reply(500))
     await client.create_webhook("acme", target.url("/ok"))
     await client.create_webhook("doomed", target.url("/dead"))

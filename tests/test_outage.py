@@ -12,7 +12,15 @@ from dispatcher import Client, RedisOutOfMemory, RedisUnavailable
 from dispatcher.queue.clock import RedisClock
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
-from tests.helpers import Daemon, RedisServer, daemon_env, eventually, hash_len, stop_daemons
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    eventually,
+    hash_len,
+    short_waits,
+    stop_daemons,
+)
 from tests.target import Reply
 
 if TYPE_CHECKING:
@@ -112,6 +120,7 @@ async def test_sigterm_while_redis_is_down_exits_and_loses_nothing(
     server = RedisServer(tmp_path / "down", appendonly=True)
     server.start()
     env = daemon_env(server.url, "down", delivery_timeout_s="3", delivery_stall_timeout_s="4")
+    env |= short_waits({"settler.SETTLE_DRAIN_S": 1.0})  # 10 s in production, waited out here
     target.script("/hook", Reply(200, delay_s=1.0), Reply(200))
     first = Daemon(env, logs_dir / "first.log").start()
     second: Daemon | None = None

@@ -313,7 +313,7 @@ async def test_daemons_on_shards_reclaim_a_killed_daemons_job(
     """`dispatcher run` with redis.shards = 3 records the layout and delivers to every shard;
     after one is SIGKILLed mid-delivery, another reclaims its job (in a shard other than 0)."""
     env = daemon_env(
-        redis_url, prefix, redis_shards="3", delivery_timeout_s="4", delivery_stall_timeout_s="5"
+        redis_url, prefix, redis_shards="3", delivery_timeout_s="2", delivery_stall_timeout_s="3"
     )
     first = Daemon(
         {**env, "DISPATCHER_DELIVERY_TIMEOUT_S": "60", "DISPATCHER_DELIVERY_STALL_TIMEOUT_S": "61"},

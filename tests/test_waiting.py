@@ -203,9 +203,9 @@ async def test_a_rate_slower_than_one_per_horizon_still_drains(
     """A webhook limited to less than one request per reservation horizon gets every job out,
     one per interval (before: the tick counted no whole slot within the horizon and released
     nothing, so all jobs after the first waited forever)."""
-    monkeypatch.setattr(admission, "HORIZON_MS", 1_000)  # the interval is twice the horizon
+    monkeypatch.setattr(admission, "HORIZON_MS", 500)  # the interval is twice the horizon
     await client.create_webhook(
-        "slow", target.url("/slow"), rate_limit={"per_second": 0.5, "burst": 1}
+        "slow", target.url("/slow"), rate_limit={"per_second": 1, "burst": 1}
     )
     await _publish(client, "slow", 4)
     await workers.start()

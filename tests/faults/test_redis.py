@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dispatcher.errors import RedisUnavailable
+from dispatcher.queue import connection
 from dispatcher.queue.keys import Keys
-from tests.faults.harness import SCALE, Scenario
+from tests.faults.harness import FULL, SCALE, Scenario
 from tests.faults.table import keep
-from tests.helpers import eventually, hash_len
+from tests.helpers import eventually, hash_len, short_waits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -133,16 +134,36 @@ async def test_redis_restarted_empty(tmp_path: Path) -> None:
         _check_daemons_rode_it_out(run, "queue.group_recreated")
 
 
-async def test_redis_frozen_by_sigstop(tmp_path: Path) -> None:
+# The socket timeout of the daemons and the publisher: make test shortens it (5 s in
+# production, and in make test-faults), so a fault past it is shorter too.
+SOCKET_TIMEOUT_S = connection.SOCKET_TIMEOUT_S if FULL else 2.0
+
+
+@pytest.fixture
+def socket_timeout(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of daemons with ``SOCKET_TIMEOUT_S``, and the test's own client set to
+    it (connections read it when they are made)."""
+    if FULL:
+        return {}
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT_S", SOCKET_TIMEOUT_S)
+    return short_waits({"queue.connection.SOCKET_TIMEOUT_S": SOCKET_TIMEOUT_S})
+
+
+def _past_the_socket_timeout(run: Scenario) -> float:
+    """A seeded fault length, 0.5 s to 2 s past the socket timeout."""
+    return run.random.uniform(SOCKET_TIMEOUT_S + 0.5, SOCKET_TIMEOUT_S + 2.0)
+
+
+async def test_redis_frozen_by_sigstop(tmp_path: Path, socket_timeout: dict[str, str]) -> None:
     """redis-server stopped (SIGSTOP) past the socket timeout, then continued: nothing waits
     forever, every accepted job's fate checks out, and the daemons keep running."""
-    async with Scenario("5a Redis SIGSTOP", tmp_path, seed=51) as run:
+    async with Scenario("5a Redis SIGSTOP", tmp_path, seed=51, env=socket_timeout) as run:
         async with run.publishing(per_second=150):
             await run.steady(2)
             async with run.fault():
                 _signal_redis(run, signal.SIGSTOP)
                 try:
-                    await asyncio.sleep(run.random.uniform(5.5, 7.0))  # the fault's length
+                    await asyncio.sleep(_past_the_socket_timeout(run))  # the fault's length
                 finally:
                     _signal_redis(run, signal.SIGCONT)
             await run.steady(2)
@@ -153,13 +174,13 @@ async def test_redis_frozen_by_sigstop(tmp_path: Path) -> None:
         _check_daemons_rode_it_out(run, "redis.unavailable", "redis.recovered")
 
 
-async def test_redis_paused_by_client_pause(tmp_path: Path) -> None:
+async def test_redis_paused_by_client_pause(tmp_path: Path, socket_timeout: dict[str, str]) -> None:
     """``CLIENT PAUSE ... ALL`` past the socket timeout: nothing waits forever, every accepted
     job's fate checks out, and the daemons keep running."""
-    async with Scenario("5b Redis CLIENT PAUSE ALL", tmp_path, seed=52) as run:
+    async with Scenario("5b Redis CLIENT PAUSE ALL", tmp_path, seed=52, env=socket_timeout) as run:
         async with run.publishing(per_second=150):
             await run.steady(2)
-            pause_ms = int(run.random.uniform(5.5, 7.0) * 1000)
+            pause_ms = int(_past_the_socket_timeout(run) * 1000)
             async with run.fault():
                 assert await run.client.store.redis.client_pause(pause_ms, all=True)  # mode ALL
                 await asyncio.sleep(pause_ms / 1000)  # the fault's length
@@ -209,6 +230,10 @@ async def test_maxmemory_reached(tmp_path: Path) -> None:
 # Writes keys fill:<ARGV[1]>..fill:<ARGV[2]> inside Redis: a data set made fast (no round trips).
 FILL = "for i = ARGV[1], ARGV[2] do redis.call('SET', 'fill:' .. i, 'v') end return 1"
 FILL_KEYS = 150_000  # with the delay below, a load of about 20 s here (past the start's 15 s)
+# make test loads a quarter of them (about 5 s here, at least 1.9 s anywhere) past the start's
+# timeout shortened to 1.5 s, with a load report every 0.5 s: the same race, a quarter of the
+# wait. make test-faults (FAULTS_FULL=1) runs it as above, with the production values.
+SHORT_START = {} if FULL else {"embedded.START_TIMEOUT_S": 1.5, "embedded.LOADING_REPORT_S": 0.5}
 # The slowed load (what the issue allows): redis-server sleeps this many microseconds per key
 # it loads from the RDB part of the AOF, sleeping rather than spinning on the shared cores,
 # and answers -LOADING between every KiB it reads. A real data set that loads this long holds
@@ -259,14 +284,14 @@ def _load_seconds(redis_log: Path) -> float | None:
 @pytest.mark.timeout(240)
 async def test_embedded_redis_restarted_on_a_large_aof(tmp_path: Path, state_dir: Path) -> None:
     """A daemon on its embedded Redis, killed and started again on an append-only file that
-    takes longer to load than the start's 15 s timeout: the start waits the load out, and every
-    event accepted before the restart is delivered after it."""
-    env = _slow_loading_redis(tmp_path / "bin")
+    takes longer to load than the start's timeout (15 s; 1.5 s in make test): the start waits
+    the load out, and every event accepted before the restart is delivered after it."""
+    env = _slow_loading_redis(tmp_path / "bin") | (short_waits(SHORT_START) if SHORT_START else {})
     async with Scenario(
         "3c embedded Redis, long AOF load", tmp_path, daemons=1, state_dir=state_dir, env=env
     ) as run:
         redis = run.client.store.redis
-        keys = FILL_KEYS
+        keys = FILL_KEYS if FULL else FILL_KEYS // 4
         await redis.eval(FILL, 0, 1, keys)
         await redis.bgrewriteaof()  # the keys go to the RDB part, which loads slowly
 
