@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults test-model soak lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults test-model soak stress-fifo lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
 
 # The daemon for trying it out: an admin token in var/admin.token (unless DISPATCHER_ADMIN_TOKEN
 # is set) and targets on this machine allowed; see scripts/run-dev.
@@ -34,6 +34,11 @@ test-model: $(STAMP) redis-server
 # A seeded random-fault soak (5 minutes; FAULTS_SOAK_S, FAULTS_SOAK_SEED), not part of CI.
 soak: $(STAMP) redis-server
 	FAULTS_SOAK=1 $(BIN)/pytest tests/faults/test_soak.py -s
+
+# Two daemons, 16 FIFO lanes, 20% failures and one process frozen past the stall timeout
+# (FIFO_EVENTS events); not part of CI: see tests/test_fifo_sigstop.py for its known window.
+stress-fifo: $(STAMP) redis-server
+	FAULTS_SOAK=1 $(BIN)/pytest tests/test_fifo_sigstop.py -m soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests
