@@ -105,8 +105,9 @@ async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
     """Two ``dispatcher run`` processes, a target failing 20% at random, one process frozen
     mid-run past the stall timeout and then resumed: per lane never two requests at once, and
     first deliveries in publish order (dead jobs aside). FIFO_EVENTS sets the event count.
-    Only under ``make stress-fifo`` (deselected elsewhere, like the soak): a process frozen inside its HTTP client, after the claim check, can still send a
-    taken-over job when it resumes (rarely; a window this run meets now and then)."""
+    Only under ``make stress-fifo`` (deselected elsewhere, like the soak): a process frozen
+    inside its HTTP client, after the claim check, can still send a taken-over job when it
+    resumes (rarely; a window this run meets now and then)."""
     events = int(os.environ.get("FIFO_EVENTS", "1000"))
     lanes = 16
     env = daemon_env(
