@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, cast
 
+import orjson
+
 from dispatcher.alerts import Alerts
 from dispatcher.config import AlertsConfig
 from dispatcher.metrics import Metrics
@@ -237,3 +239,25 @@ async def test_a_deleted_fifo_webhooks_lanes_drain_to_the_dlq(
     assert await _waiting(redis, prefix) == {}
     assert await redis.exists(Keys(prefix).lane(hook["id"], "o"), Keys(prefix).lane_heads) == 0
     assert target.received == []
+
+
+async def test_a_waiting_job_whose_record_names_no_queue_is_dead_lettered_not_dropped(
+    client: Client, store: Store, redis: aioredis.Redis, prefix: str
+) -> None:
+    """A job behind a head whose record reads but names no queue is dead-lettered as
+    malformed when its turn comes, so its loss shows in the DLQ, and the lane goes on."""
+    hook, head, behind = await lane_of_two(client)
+    last = (await client.publish("acme", "a.b", {"n": 2}, ordering_key="o"))["jobs"][0]["id"]
+    keys = Keys(prefix)
+    raw = cast("bytes", await redis.hget(keys.jobs, behind))
+    meta, _, rest = raw.partition(b"\n")
+    await redis.hset(
+        keys.jobs, behind, orjson.dumps({**orjson.loads(meta), "q": None}) + b"\n" + rest
+    )
+    claim = await _claim_head(store, head)
+    await streams.settle(store, "a", [await settlement(store, claim, "D", JobState.DELIVERED)])
+    assert await queued(redis, prefix) == [last]
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.dlq))
+    assert [(f[b"r"], orjson.loads(f[b"raw"])["j"]) for _, f in entries] == [(b"malformed", behind)]
+    assert await _waiting(redis, prefix) == {}
+    assert await redis.hgetall(keys.lane_heads) == {last.encode(): keys.lane(hook, "o").encode()}

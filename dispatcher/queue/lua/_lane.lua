@@ -65,8 +65,9 @@ end
 
 -- The lane's head ``job_id`` is finished (delivered or dead, or gone): pop it and queue the
 -- next job still unfinished. Jobs whose record is gone or finished are popped too; an
--- unreadable one is dead-lettered as malformed (``jobs`` hash, ``dlq`` stream), so a bad
--- record never blocks its lane. Nothing happens when ``job_id`` is not the head (a repeat).
+-- unreadable one (or one naming no queue or webhook) is dead-lettered as malformed (``jobs``
+-- hash, ``dlq`` stream), so a bad record never blocks its lane nor goes unseen.
+-- Nothing happens when ``job_id`` is not the head (a repeat).
 local function advance_lane(base, jobs, dlq, lane, job_id, now_ms)
   if redis.call('LINDEX', lane, 0) ~= job_id then return end
   local before = redis.call('LLEN', lane)
@@ -87,7 +88,8 @@ local function advance_lane(base, jobs, dlq, lane, job_id, now_ms)
       redis.call('ZADD', base .. 'lanes:since', since, next_id)
       break
     end
-    if record and not meta then
+    if record and not (meta and (meta.s == 'delivered' or meta.s == 'dead')) then
+      -- unreadable, or unfinished but naming no queue or webhook: never dropped unseen
       local raw = cjson.encode({j = next_id, record = string.sub(record, 1, 200)})
       redis.call('XADD', dlq, '*', 'raw', raw, 'r', 'malformed')
     end
