@@ -255,3 +255,22 @@ async def test_held_jobs_survive_a_worker_sigkill_and_a_redis_restart(
     finally:
         await stop_daemons(*daemons)
         server.stop()
+
+
+async def test_a_backlog_released_whole_by_the_resume_still_goes_out_before_unclaimed_jobs(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Resumed with fewer held jobs than a release batch (all put back by the resume's own
+    call) and newer jobs still unclaimed in the webhook's stream, the target receives every job
+    once, in the order their publishes were accepted."""
+    hook = await client.create_webhook("acme", target.url("/whole"))
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    await _publish(client, 0, 20)
+    await eventually(lambda: _is(_held_count(client), 20), what="every job held")
+    await workers.stop()
+    await _publish(client, 20, 30)  # queued while paused, unclaimed in the stream at the resume
+    await client.update_webhook(hook["id"], paused=False)
+    await workers.start(concurrency=1)
+    await target.wait_for(50, "/whole", timeout_s=30)
+    assert _numbers(target, "/whole") == list(range(50))

@@ -19,8 +19,9 @@ back the held jobs of a webhook disabled or deleted meanwhile (the gate then dea
 them). While it drains, its gate holds its other jobs that never went through a gate (new
 events, and those queued while paused but not yet claimed), so they take their place in
 accepted order behind the backlog instead of overtaking it; jobs put back say so (``wr``
-``paused``) and pass. Once none is held at two release calls in a row, the mark goes and the
-webhook's jobs go straight out again. Back in their queue they go out within the webhook's
+``paused``) and pass. Once none is held at two release calls in a row, and each ready stream
+has been claimed past the last job put back in it (so none queued before them is left
+ungated), the mark goes and the webhook's jobs go straight out again. Back in their queue they go out within the webhook's
 ``rate_limit`` and ``max_in_flight`` as any job. Order is kept within a ready stream (a queue
 and priority); each priority's jobs go back to their own stream.
 A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come

@@ -80,6 +80,43 @@ local function held_malformed(base, jobs, dlq, job_id, raw, now_ms)
   release_lane(base, jobs, dlq, job_id, now_ms)
 end
 
+-- The webhook's jobs put back since its resume: by ready stream, the id of the last one (the
+-- newest there). Until the group of each stream has claimed past it, jobs older in that stream
+-- than those put back (queued while paused, not yet gated) may still be unclaimed: the webhook
+-- keeps its drain mark (pause_release.lua), so its gate holds them behind the backlog.
+local function put_back_at(base, webhook_id, stream, sid)
+  redis.call('HSET', base .. 'resumed:' .. webhook_id, stream, sid)
+end
+
+-- Whether entry id 'a' comes before entry id 'b' of a stream.
+local function id_before(a, b)
+  local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)%-(%d+)$')
+  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) < tonumber(bms) end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
+-- Whether every ready stream the webhook's jobs were put back in has been claimed past the
+-- last of them (its group's last delivered id); then the key saying where goes.
+local function claimed_past(base, webhook_id)
+  local key = base .. 'resumed:' .. webhook_id
+  local at = redis.call('HGETALL', key)
+  for i = 1, #at, 2 do
+    local ready = base .. 'q:' .. at[i] .. ':ready'
+    if redis.call('EXISTS', ready) == 1 then
+      for _, group in ipairs(redis.call('XINFO', 'GROUPS', ready)) do
+        for k = 1, #group, 2 do
+          if group[k] == 'last-delivered-id' and id_before(group[k + 1], at[i + 1]) then
+            return false
+          end
+        end
+      end
+    end
+  end
+  redis.call('DEL', key)
+  return true
+end
+
 -- Put one held job back at the end of its ready stream, as queued, saying it was held ('wr'
 -- 'paused', in its record or its entry), so the gate of a draining webhook lets it through. item: {order, holders
 -- member, job id (zset) or entry id (stream), entry fields (stream)}.
@@ -92,6 +129,8 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
     local meta = split_record(record)
     if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
       requeue(jobs, dlq, base, job_id)
+      local back = split_record(redis.call('HGET', jobs, job_id))
+      if back and type(back.sid) == 'string' then put_back_at(base, webhook_id, meta.q, back.sid) end
     else
       held_malformed(base, jobs, dlq, job_id, record, now_ms)
     end
@@ -103,6 +142,7 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
     local sid = redis.call('XADD', base .. 'q:' .. stream .. ':ready', '*', 'j', f.j,
                            'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused')
     redis.call('HSET', jobs, f.j, make_locator(stream, sid, f.j))
+    put_back_at(base, webhook_id, stream, sid)
   else
     held_malformed(base, jobs, dlq, f.j or '', cjson.encode(f), now_ms)
   end

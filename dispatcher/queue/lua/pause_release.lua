@@ -11,8 +11,9 @@
 -- returns: {webhook id, jobs put back, ...}
 --
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
--- record (1) until its held jobs are all back (its gate holds its other new jobs meanwhile,
--- so they go out after the older ones): a tick's call that finds none held makes it 2, and
+-- record (1) until its held jobs are all back and each stream's group claimed past the last
+-- put back there (its gate holds its other new jobs meanwhile, so they go out after the
+-- older ones): a tick's call that finds none held makes it 2, and
 -- the next call that finds none held drops it (a hold decided by a gate just before the first
 -- is written by then, in order, and not left behind a newer job let through). The resume's
 -- own call, finding none held, drops it at once: a hold still being written then finds the
@@ -79,8 +80,14 @@ for _, webhook_id in ipairs(webhook_ids) do
     end
   end
   local mark = draining and string.match(hook, ',"draining":([12])}$')
+  if not mark then redis.call('DEL', base .. 'resumed:' .. webhook_id) end  -- not draining
   if mark and not empty and mark == '2' then
     set_mark(webhook_id, hook, ',"draining":1}')
+  elseif mark and empty and not paused and not claimed_past(base, webhook_id) then
+    -- none held, but jobs queued before those put back may still be unclaimed: held by the
+    -- gate as it claims them, behind the backlog; the tick comes back
+    if mark == '2' then set_mark(webhook_id, hook, ',"draining":1}') end
+    redis.call('SADD', KEYS[1], webhook_id)
   elseif mark and empty and not paused and mark == '1' and not resuming then
     -- none held: once more at the next call (a hold decided before this call is written by
     -- then), so the member that makes the tick come back
