@@ -274,3 +274,27 @@ async def test_a_backlog_released_whole_by_the_resume_still_goes_out_before_uncl
     await workers.start(concurrency=1)
     await target.wait_for(50, "/whole", timeout_s=30)
     assert _numbers(target, "/whole") == list(range(50))
+
+
+async def test_a_resumed_webhook_published_to_steadily_stops_draining(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Events published to a resumed webhook without pause, each delivered before the next,
+    do not keep it draining: its mark goes, and every job is delivered once, in order."""
+    hook = await client.create_webhook("acme", target.url("/steady"))
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    await _publish(client, 0, 20)
+    await eventually(lambda: _is(_held_count(client), 20), what="every job held")
+    await client.update_webhook(hook["id"], paused=False)
+    sent = 20
+
+    async def one_more_then_drained() -> bool:
+        nonlocal sent
+        await _publish(client, sent, 1)
+        sent += 1
+        await target.wait_for(sent, "/steady", timeout_s=10)
+        return await _drained(client, hook["id"])
+
+    await eventually(one_more_then_drained, timeout_s=20, what="the drain mark dropped")
+    assert _numbers(target, "/steady") == list(range(sent))

@@ -97,7 +97,7 @@ local function id_before(a, b)
 end
 
 -- Whether every ready stream the webhook's jobs were put back in has been claimed past the
--- last of them (its group's last delivered id); then the key saying where goes.
+-- last of them (its group's last delivered id).
 local function claimed_past(base, webhook_id)
   local key = base .. 'resumed:' .. webhook_id
   local at = redis.call('HGETALL', key)
@@ -113,7 +113,6 @@ local function claimed_past(base, webhook_id)
       end
     end
   end
-  redis.call('DEL', key)
   return true
 end
 
@@ -193,6 +192,5 @@ local function held_empty(base, member)
   if stream == '' then return redis.call('EXISTS', base .. 'held:' .. member) == 0 end
   local key = base .. 'q:' .. member .. ':ready'
   if redis.call('XLEN', key) > 0 then return false end
-  redis.call('DEL', key)
   return true
 end
