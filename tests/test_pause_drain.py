@@ -298,3 +298,35 @@ async def test_a_resumed_webhook_published_to_steadily_stops_draining(
 
     await eventually(one_more_then_drained, timeout_s=20, what="the drain mark dropped")
     assert _numbers(target, "/steady") == list(range(sent))
+
+
+async def test_a_held_job_keeps_its_created_at_through_the_resume_and_its_delivery(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """A job held in the compact form and put back by a resume still says when its publish
+    was accepted (``created_at``), queued again and once delivered, not when it was put back."""
+    hook = await client.create_webhook("acme", target.url("/created"))
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    [job_id] = await _publish(client, 0, 1)
+    await eventually(lambda: _is(_held_count(client), 1), what="the job held")
+    await workers.stop()
+    created = (await client.get_job(job_id))["created_at"]
+    await eventually(lambda: _later_than(client, created), what="a later second")
+    await client.update_webhook(hook["id"], paused=False)
+    assert (await client.get_job(job_id))["created_at"] == created
+    await workers.start(concurrency=1)
+    await target.wait_for(1, "/created")
+    await eventually(lambda: _is(_state(client, job_id), "delivered"), what="delivered")
+    assert (await client.get_job(job_id))["created_at"] == created
+
+
+async def _later_than(client: Client, created_at: str) -> bool:
+    clock = await client.store.refresh_clock()
+    from dispatcher.model import rfc3339
+
+    return rfc3339(clock.now_ms()) > created_at
+
+
+async def _state(client: Client, job_id: str) -> str:
+    return str((await client.get_job(job_id))["state"])

@@ -64,12 +64,14 @@ local function hold_compact(base, jobs, stream, sid, job_id, webhook_id)
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
   if f.j ~= job_id or f.w ~= webhook_id or not (f.t and f.e and f.p) then return nil end
   local name = webhook_id .. '|' .. stream
-  if not add_in_order(base .. 'q:' .. name .. ':ready', sid, {'j', f.j, 't', f.t, 'e', f.e,
-                                                              'p', f.p}) then
+  -- one held before and put back keeps the entry id its publish got ('c', release_one)
+  local at = f.c and string.match(f.c, '^%d+%-%d+$') or sid
+  if not add_in_order(base .. 'q:' .. name .. ':ready', at, {'j', f.j, 't', f.t, 'e', f.e,
+                                                             'p', f.p}) then
     return nil
   end
   redis.call('SADD', base .. 'holders:streams', name)
-  return make_locator(name, sid, job_id)
+  return make_locator(name, at, job_id)
 end
 
 -- Dead-letter (to 'dlq') a held job whose data cannot be read, as malformed; a FIFO lane's
@@ -138,8 +140,11 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
   local f = {}
   for i = 1, #item[4], 2 do f[item[4][i]] = item[4][i + 1] end
   if f.j and f.t and f.e and f.p then
+    -- 'c': the entry id its publish got (the held entry's), so it still says when it was
+    -- accepted (codec.from_entry) and sorts there if held again
     local sid = redis.call('XADD', base .. 'q:' .. stream .. ':ready', '*', 'j', f.j,
-                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused')
+                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused',
+                           'c', item[3])
     redis.call('HSET', jobs, f.j, make_locator(stream, sid, f.j))
     put_back_at(base, webhook_id, stream, sid)
   else
