@@ -330,3 +330,22 @@ async def _later_than(client: Client, created_at: str) -> bool:
 
 async def _state(client: Client, job_id: str) -> str:
     return str((await client.get_job(job_id))["state"])
+
+
+async def test_pause_and_resume_flapping_under_publishes_delivers_each_job_once_in_order(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Paused and resumed again and again while jobs are published and delivered, the webhook
+    ends resumed with nothing held, no drain mark, and every job delivered once, in order."""
+    hook = await client.create_webhook("acme", target.url("/flap"))
+    await workers.start(concurrency=1)
+    n = 0
+    for round_ in range(8):
+        await client.update_webhook(hook["id"], paused=round_ % 2 == 0)
+        await _publish(client, n, 25)
+        n += 25
+    await client.update_webhook(hook["id"], paused=False)
+    await target.wait_for(n, "/flap", timeout_s=30)
+    await eventually(lambda: _drained(client, hook["id"]), what="the drain mark dropped")
+    assert await _held_count(client) == 0
+    assert _numbers(target, "/flap") == list(range(n))
