@@ -11,6 +11,7 @@ import pytest
 
 from dispatcher import Client
 from dispatcher.errors import Conflict
+from dispatcher.model import rfc3339
 from dispatcher.queue import codec, delays, pauses, streams
 from dispatcher.queue.keys import GROUP
 from dispatcher.queue.streams import SettleKind, Settlement
@@ -311,25 +312,31 @@ async def test_a_held_job_keeps_its_created_at_through_the_resume_and_its_delive
     [job_id] = await _publish(client, 0, 1)
     await eventually(lambda: _is(_held_count(client), 1), what="the job held")
     await workers.stop()
-    created = (await client.get_job(job_id))["created_at"]
+    created = await _created(client, job_id)
     await eventually(lambda: _later_than(client, created), what="a later second")
     await client.update_webhook(hook["id"], paused=False)
-    assert (await client.get_job(job_id))["created_at"] == created
+    assert await _created(client, job_id) == created
     await workers.start(concurrency=1)
     await target.wait_for(1, "/created")
     await eventually(lambda: _is(_state(client, job_id), "delivered"), what="delivered")
-    assert (await client.get_job(job_id))["created_at"] == created
+    assert await _created(client, job_id) == created
 
 
 async def _later_than(client: Client, created_at: str) -> bool:
     clock = await client.store.refresh_clock()
-    from dispatcher.model import rfc3339
+    return str(rfc3339(clock.now_ms())) > created_at
 
-    return rfc3339(clock.now_ms()) > created_at
+
+async def _created(client: Client, job_id: str) -> str:
+    job = await client.get_job(job_id)
+    assert job is not None
+    return str(job["created_at"])
 
 
 async def _state(client: Client, job_id: str) -> str:
-    return str((await client.get_job(job_id))["state"])
+    job = await client.get_job(job_id)
+    assert job is not None
+    return job["state"]
 
 
 async def test_pause_and_resume_flapping_under_publishes_delivers_each_job_once_in_order(

@@ -55,21 +55,31 @@ class Held:
     oldest_ms: int | None
 
 
-async def release(store: Store, webhook_ids: tuple[str, ...] = ()) -> list[tuple[str, int]]:
-    """Put back the held jobs of these webhooks of ``store``'s shard (none: every webhook
-    with held jobs there) that are no longer paused; returns (webhook id, jobs put back)."""
+async def release(
+    store: Store, webhook_ids: tuple[str, ...] = (), *, batch: int | None = None
+) -> list[tuple[str, int]]:
+    """Put back the held jobs (at most ``batch``, default ``RELEASE_BATCH``) of these webhooks
+    of ``store``'s shard (none: every webhook with held jobs there) that are no longer paused;
+    returns (webhook id, jobs put back)."""
     keys = store.keys
     released = await store.scripts.pause_release(
         keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
-        args=[keys.base, RELEASE_BATCH, *webhook_ids],
+        args=[keys.base, RELEASE_BATCH if batch is None else batch, *webhook_ids],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
 
 
-async def resume(store: Store, webhook_id: str) -> int:
-    """After a webhook was resumed: its first held jobs go back now, the tick does the rest."""
+async def resume(store: Store, webhook_id: str, *, put_back: bool = True) -> int:
+    """After a webhook was resumed or disabled: its first held jobs go back now, the tick does
+    the rest. Without ``put_back`` (a resume) the tick puts back them all, in its next second:
+    a job a gate held just before the resume, still being written, is held by then and goes
+    back in its place rather than after newer ones; this call only drops the drain mark when
+    nothing is held."""
     with redis_errors():
-        return sum(n for _, n in await release(store.of_webhook(webhook_id), (webhook_id,)))
+        released = await release(
+            store.of_webhook(webhook_id), (webhook_id,), batch=None if put_back else 0
+        )
+    return sum(n for _, n in released)
 
 
 async def tick(store: Store) -> list[tuple[str, int]]:
