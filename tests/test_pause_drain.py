@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pytest
 
-from dispatcher import Client
+from dispatcher import Client, shapes
 from dispatcher.errors import Conflict
 from dispatcher.model import rfc3339
 from dispatcher.queue import codec, delays, pauses, streams
@@ -18,6 +18,7 @@ from dispatcher.queue.streams import SettleKind, Settlement
 from tests.helpers import Daemon, RedisServer, daemon_env, eventually, stop_daemons
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from dispatcher.queue.store import Store
@@ -60,15 +61,7 @@ async def test_a_resumed_backlog_goes_out_in_accepted_order_past_many_batches_an
     every job once, in the order their publishes were accepted."""
     monkeypatch.setattr(pauses, "RELEASE_BATCH", 40)
     monkeypatch.setattr(pauses, "DRAIN_CALLS", 1, raising=False)
-    hook = await client.create_webhook("acme", target.url("/order"))
-    await client.update_webhook(hook["id"], paused=True)
-    await workers.start(concurrency=1)
-    await _publish(client, 0, 240)
-    await eventually(lambda: _is(_held_count(client), 240), what="every job held")
-    await workers.stop()
-    await _publish(client, 240, 30)  # queued while paused, unclaimed in the stream at the resume
-    await client.update_webhook(hook["id"], paused=False)
-    await workers.start(concurrency=1)
+    hook = await _held_then_unclaimed(client, workers, target.url("/order"), 240, 30)
     n, during = 270, []
     for _ in range(6):  # new events as the backlog goes out
         during.append(await _held_count(client) > 0)
@@ -80,6 +73,27 @@ async def test_a_resumed_backlog_goes_out_in_accepted_order_past_many_batches_an
     await target.wait_for(n, "/order", timeout_s=30)
     assert _numbers(target, "/order") == list(range(n))
     await eventually(lambda: _drained(client, hook["id"]), what="the drain mark dropped")
+
+
+async def _is_positive(value: Awaitable[int]) -> bool:
+    return await value > 0
+
+
+async def _held_then_unclaimed(
+    client: Client, workers: WorkerHarness, url: str, held: int, unclaimed: int
+) -> shapes.WebhookWithSecret:
+    """A webhook resumed with ``held`` jobs held, then ``unclaimed`` queued while it was paused
+    and still in its stream (its workers stopped meanwhile, started again after)."""
+    hook = await client.create_webhook("acme", url)
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    await _publish(client, 0, held)
+    await eventually(lambda: _is(_held_count(client), held), what="every job held")
+    await workers.stop()
+    await _publish(client, held, unclaimed)
+    await client.update_webhook(hook["id"], paused=False)
+    await workers.start(concurrency=1)
+    return hook
 
 
 async def _is(value: Any, expected: Any) -> bool:
@@ -261,18 +275,10 @@ async def test_held_jobs_survive_a_worker_sigkill_and_a_redis_restart(
 async def test_a_backlog_released_whole_by_the_resume_still_goes_out_before_unclaimed_jobs(
     client: Client, workers: WorkerHarness, target: Target
 ) -> None:
-    """Resumed with fewer held jobs than a release batch (all put back by the resume's own
-    call) and newer jobs still unclaimed in the webhook's stream, the target receives every job
+    """Resumed with fewer held jobs than a release batch (all put back by one release call)
+    and newer jobs still unclaimed in the webhook's stream, the target receives every job
     once, in the order their publishes were accepted."""
-    hook = await client.create_webhook("acme", target.url("/whole"))
-    await client.update_webhook(hook["id"], paused=True)
-    await workers.start(concurrency=1)
-    await _publish(client, 0, 20)
-    await eventually(lambda: _is(_held_count(client), 20), what="every job held")
-    await workers.stop()
-    await _publish(client, 20, 30)  # queued while paused, unclaimed in the stream at the resume
-    await client.update_webhook(hook["id"], paused=False)
-    await workers.start(concurrency=1)
+    await _held_then_unclaimed(client, workers, target.url("/whole"), 20, 30)
     await target.wait_for(50, "/whole", timeout_s=30)
     assert _numbers(target, "/whole") == list(range(50))
 
@@ -348,7 +354,10 @@ async def test_pause_and_resume_flapping_under_publishes_delivers_each_job_once_
     await workers.start(concurrency=1)
     n = 0
     for round_ in range(8):
-        await client.update_webhook(hook["id"], paused=round_ % 2 == 0)
+        pause = round_ % 2 == 0
+        if not pause:  # resumed with jobs held (a resume finding none ends the drain at once)
+            await eventually(lambda: _is_positive(_held_count(client)), what="jobs held")
+        await client.update_webhook(hook["id"], paused=pause)
         await _publish(client, n, 25)
         n += 25
     await client.update_webhook(hook["id"], paused=False)
