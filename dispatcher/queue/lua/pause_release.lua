@@ -6,7 +6,7 @@
 -- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id, held and
 --   ready streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
 -- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
---   several calls, so no call blocks Redis long)
+--   several calls, so no call blocks Redis long; 0 from a resume, which leaves them to the tick)
 -- ARGV[3..] the webhooks to look at (none: every webhook in either set)
 -- returns: {webhook id, jobs put back, ...}
 --
