@@ -18,7 +18,7 @@ from redis.crc import key_slot
 
 from dispatcher import Client, DispatcherError, shapes
 from dispatcher.ids import shard_of
-from dispatcher.queue import stats
+from dispatcher.queue import pauses, stats
 from dispatcher.queue.keys import Keys
 from tests.conftest import WorkerHarness
 from tests.helpers import (
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.target import Target
-
 
 
 @pytest.fixture
@@ -423,3 +422,38 @@ async def test_a_dead_fifo_head_releases_its_lane_and_a_replay_joins_the_back(
             await eventually(lambda j=job_id: _state(cclient, j, "delivered"))
     assert target.delivered_order("k") == [2, 0]
     assert target.peak["k"] == 1
+
+
+async def test_paused_webhooks_of_each_shard_drain_in_order_when_resumed(
+    cclient: Client, cworkers: WorkerHarness, target: Target
+) -> None:
+    """With 3 shards on the cluster, paused webhooks of every shard hold their jobs, and once
+    resumed each receives its jobs once, in accepted order, and stops draining."""
+    await cclient.store.adopt_layout(3)
+    hooks = await hooks_in_every_shard(cclient, target, 3, per_shard=1)
+    for i, hook in enumerate(hooks):
+        await cclient.update_webhook(hook["id"], url=target.url(f"/h{i}"), paused=True)
+    await cworkers.start(concurrency=1)
+    for n in range(20):
+        await cclient.publish("acme", "a.b", {"n": n})
+
+    async def held() -> bool:
+        return (await pauses.held(cclient.store)).jobs == 20 * len(hooks)
+
+    await eventually(held, what="every job held")
+    for hook in hooks:
+        await cclient.update_webhook(hook["id"], paused=False)
+    await target.wait_for(20 * len(hooks), timeout_s=20)
+    for i in range(len(hooks)):
+        got = [orjson.loads(r.body)["n"] for r in target.received if r.path == f"/h{i}"]
+        assert got == list(range(20))
+
+    async def drained() -> bool:
+        for hook in hooks:
+            shard = cclient.store.of_webhook(hook["id"])
+            raw = await shard.redis.hget(shard.keys.webhooks, hook["id"])
+            if raw is None or b'"draining"' in raw:
+                return False
+        return (await pauses.held(cclient.store)).jobs == 0
+
+    await eventually(drained, what="every drain mark dropped")

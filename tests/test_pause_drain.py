@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pytest
 
-from dispatcher import Client
+from dispatcher import Client, shapes
 from dispatcher.errors import Conflict
+from dispatcher.model import rfc3339
 from dispatcher.queue import codec, delays, pauses, streams
 from dispatcher.queue.keys import GROUP
 from dispatcher.queue.streams import SettleKind, Settlement
 from tests.helpers import Daemon, RedisServer, daemon_env, eventually, stop_daemons
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from dispatcher.queue.store import Store
@@ -59,15 +61,7 @@ async def test_a_resumed_backlog_goes_out_in_accepted_order_past_many_batches_an
     every job once, in the order their publishes were accepted."""
     monkeypatch.setattr(pauses, "RELEASE_BATCH", 40)
     monkeypatch.setattr(pauses, "DRAIN_CALLS", 1, raising=False)
-    hook = await client.create_webhook("acme", target.url("/order"))
-    await client.update_webhook(hook["id"], paused=True)
-    await workers.start(concurrency=1)
-    await _publish(client, 0, 240)
-    await eventually(lambda: _is(_held_count(client), 240), what="every job held")
-    await workers.stop()
-    await _publish(client, 240, 30)  # queued while paused, unclaimed in the stream at the resume
-    await client.update_webhook(hook["id"], paused=False)
-    await workers.start(concurrency=1)
+    hook = await _held_then_unclaimed(client, workers, target.url("/order"), 240, 30)
     n, during = 270, []
     for _ in range(6):  # new events as the backlog goes out
         during.append(await _held_count(client) > 0)
@@ -79,6 +73,27 @@ async def test_a_resumed_backlog_goes_out_in_accepted_order_past_many_batches_an
     await target.wait_for(n, "/order", timeout_s=30)
     assert _numbers(target, "/order") == list(range(n))
     await eventually(lambda: _drained(client, hook["id"]), what="the drain mark dropped")
+
+
+async def _is_positive(value: Awaitable[int]) -> bool:
+    return await value > 0
+
+
+async def _held_then_unclaimed(
+    client: Client, workers: WorkerHarness, url: str, held: int, unclaimed: int
+) -> shapes.WebhookWithSecret:
+    """A webhook resumed with ``held`` jobs held, then ``unclaimed`` queued while it was paused
+    and still in its stream (its workers stopped meanwhile, started again after)."""
+    hook = await client.create_webhook("acme", url)
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    await _publish(client, 0, held)
+    await eventually(lambda: _is(_held_count(client), held), what="every job held")
+    await workers.stop()
+    await _publish(client, held, unclaimed)
+    await client.update_webhook(hook["id"], paused=False)
+    await workers.start(concurrency=1)
+    return hook
 
 
 async def _is(value: Any, expected: Any) -> bool:
@@ -255,3 +270,98 @@ async def test_held_jobs_survive_a_worker_sigkill_and_a_redis_restart(
     finally:
         await stop_daemons(*daemons)
         server.stop()
+
+
+async def test_a_backlog_released_whole_by_the_resume_still_goes_out_before_unclaimed_jobs(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Resumed with fewer held jobs than a release batch (all put back by one release call)
+    and newer jobs still unclaimed in the webhook's stream, the target receives every job
+    once, in the order their publishes were accepted."""
+    await _held_then_unclaimed(client, workers, target.url("/whole"), 20, 30)
+    await target.wait_for(50, "/whole", timeout_s=30)
+    assert _numbers(target, "/whole") == list(range(50))
+
+
+async def test_a_resumed_webhook_published_to_steadily_stops_draining(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Events published to a resumed webhook without pause, each delivered before the next,
+    do not keep it draining: its mark goes, and every job is delivered once, in order."""
+    hook = await client.create_webhook("acme", target.url("/steady"))
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    await _publish(client, 0, 20)
+    await eventually(lambda: _is(_held_count(client), 20), what="every job held")
+    await client.update_webhook(hook["id"], paused=False)
+    sent = 20
+
+    async def one_more_then_drained() -> bool:
+        nonlocal sent
+        await _publish(client, sent, 1)
+        sent += 1
+        await target.wait_for(sent, "/steady", timeout_s=10)
+        return await _drained(client, hook["id"])
+
+    await eventually(one_more_then_drained, timeout_s=20, what="the drain mark dropped")
+    assert _numbers(target, "/steady") == list(range(sent))
+
+
+async def test_a_held_job_keeps_its_created_at_through_the_resume_and_its_delivery(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """A job held in the compact form and put back by a resume still says when its publish
+    was accepted (``created_at``), queued again and once delivered, not when it was put back."""
+    hook = await client.create_webhook("acme", target.url("/created"))
+    await client.update_webhook(hook["id"], paused=True)
+    await workers.start(concurrency=1)
+    [job_id] = await _publish(client, 0, 1)
+    await eventually(lambda: _is(_held_count(client), 1), what="the job held")
+    await workers.stop()
+    created = await _created(client, job_id)
+    await eventually(lambda: _later_than(client, created), what="a later second")
+    await client.update_webhook(hook["id"], paused=False)
+    assert await _created(client, job_id) == created
+    await workers.start(concurrency=1)
+    await target.wait_for(1, "/created")
+    await eventually(lambda: _is(_state(client, job_id), "delivered"), what="delivered")
+    assert await _created(client, job_id) == created
+
+
+async def _later_than(client: Client, created_at: str) -> bool:
+    clock = await client.store.refresh_clock()
+    return str(rfc3339(clock.now_ms())) > created_at
+
+
+async def _created(client: Client, job_id: str) -> str:
+    job = await client.get_job(job_id)
+    assert job is not None
+    return str(job["created_at"])
+
+
+async def _state(client: Client, job_id: str) -> str:
+    job = await client.get_job(job_id)
+    assert job is not None
+    return job["state"]
+
+
+async def test_pause_and_resume_flapping_under_publishes_delivers_each_job_once_in_order(
+    client: Client, workers: WorkerHarness, target: Target
+) -> None:
+    """Paused and resumed again and again while jobs are published and delivered, the webhook
+    ends resumed with nothing held, no drain mark, and every job delivered once, in order."""
+    hook = await client.create_webhook("acme", target.url("/flap"))
+    await workers.start(concurrency=1)
+    n = 0
+    for round_ in range(8):
+        pause = round_ % 2 == 0
+        if not pause:  # resumed with jobs held (a resume finding none ends the drain at once)
+            await eventually(lambda: _is_positive(_held_count(client)), what="jobs held")
+        await client.update_webhook(hook["id"], paused=pause)
+        await _publish(client, n, 25)
+        n += 25
+    await client.update_webhook(hook["id"], paused=False)
+    await target.wait_for(n, "/flap", timeout_s=30)
+    await eventually(lambda: _drained(client, hook["id"]), what="the drain mark dropped")
+    assert await _held_count(client) == 0
+    assert _numbers(target, "/flap") == list(range(n))

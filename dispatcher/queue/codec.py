@@ -19,7 +19,8 @@ handful of bytes (``@3-0``, ``@1k-b``): the hash keeps one per queued job, and a
 in the same ms).
 A job held while its webhook ``W`` is paused keeps this form (pauses.py, lua/_held.lua): its
 entry, less ``w``, moves to the same id of the held stream ``K:q:W|S:ready``, and its locator
-names the stream ``W|S``.
+names the stream ``W|S``. Put back in ``S`` on resume, its entry adds ``wr`` (``paused``) and
+``c``, the entry id its publish got: its ``created_at``, and its place if held again.
 Releases before this one wrote ``@<stream> <entry id>`` (an ``@``, the stream, one space, the
 entry id); those are read as before. A locator never holds a newline, and only the older form
 holds a space.
@@ -245,7 +246,8 @@ def from_entry(job_id: str, stream: str, sid: str, fields: dict[bytes, bytes]) -
         state=JobState.QUEUED,
         attempt=0,
         stalls=0,
-        created_at_ms=sid_ms(sid),
+        # put back after a pause: 'c' is the entry id its publish got
+        created_at_ms=sid_ms(fields[b"c"].decode() if b"c" in fields else sid),
         payload=fields[b"p"],
         priority=priority_of(stream),
         sid=sid,

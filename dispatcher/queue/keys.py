@@ -123,6 +123,9 @@ ids the server chooses, and come last; ``M`` is a number.
                           other held jobs (full records). Both are put back in their queue in
                           accepted order once W is resumed, disabled or deleted
                           (pause_release.lua)
+``P:{0}:resumed:W``       hash  ready stream -> id of the last of W's held jobs put back there
+                          since W's resume: W drains until each stream's group claimed past it
+                          (lua/_held.lua); gone with the drain mark
 ``P:{0}:holders``         set   the webhooks with a held zset (or whose resume is still draining)
 ``P:{0}:holders:streams`` set   the held streams ``W|S``; apart from ``holders``, which the
                           release before this one walks (and would empty of these names).

@@ -11,18 +11,21 @@ member of the webhook's held zset (``Keys.held``), as the release before this on
 job. Both sort by when the publish was accepted. New events keep queueing for a paused
 webhook, and are held as they are claimed.
 
-Resuming (``PATCH {"paused": false}``) marks the webhook ``draining`` and puts its held jobs
-back at the end of their queues, oldest first across its held zset and streams, in the
-webhook's shard (``pause_release.lua``): up to ``RELEASE_BATCH`` at once, the rest by
-``drain`` (every worker, about once a second, up to ``DRAIN_CALLS`` batches), which also puts
+Resuming (``PATCH {"paused": false}``) marks the webhook ``draining``; ``drain`` (every
+worker, about once a second, up to ``DRAIN_CALLS`` batches of ``RELEASE_BATCH``) puts its held
+jobs back at the end of their queues, oldest first across its held zset and streams, in the
+webhook's shard (``pause_release.lua``); not the resume itself, so a hold being written as it
+resumes is in place by then. Disabling puts back a first batch at once; ``drain`` also puts
 back the held jobs of a webhook disabled or deleted meanwhile (the gate then dead-letters
 them). While it drains, its gate holds its other jobs that never went through a gate (new
 events, and those queued while paused but not yet claimed), so they take their place in
 accepted order behind the backlog instead of overtaking it; jobs put back say so (``wr``
-``paused``) and pass. Once none is held at two release calls in a row, the mark goes and the
-webhook's jobs go straight out again. Back in their queue they go out within the webhook's
-``rate_limit`` and ``max_in_flight`` as any job. Order is kept within a ready stream (a queue
-and priority); each priority's jobs go back to their own stream.
+``paused``) and pass. Once none is held at two release calls in a row, and each ready stream
+has been claimed past the last job put back in it before (so none queued ahead of them is
+left ungated), the mark goes and the webhook's jobs go straight out again. Back in their
+queue they go out within the webhook's ``rate_limit`` and ``max_in_flight`` as any job.
+Order is kept within a ready stream (a queue and priority); each priority's jobs go back to
+their own stream.
 A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come
 back to be held once it closes, if the webhook is still paused).
 """
@@ -54,21 +57,31 @@ class Held:
     oldest_ms: int | None
 
 
-async def release(store: Store, webhook_ids: tuple[str, ...] = ()) -> list[tuple[str, int]]:
-    """Put back the held jobs of these webhooks of ``store``'s shard (none: every webhook
-    with held jobs there) that are no longer paused; returns (webhook id, jobs put back)."""
+async def release(
+    store: Store, webhook_ids: tuple[str, ...] = (), *, batch: int | None = None
+) -> list[tuple[str, int]]:
+    """Put back the held jobs (at most ``batch``, default ``RELEASE_BATCH``) of these webhooks
+    of ``store``'s shard (none: every webhook with held jobs there) that are no longer paused;
+    returns (webhook id, jobs put back)."""
     keys = store.keys
     released = await store.scripts.pause_release(
         keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
-        args=[keys.base, RELEASE_BATCH, *webhook_ids],
+        args=[keys.base, RELEASE_BATCH if batch is None else batch, *webhook_ids],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
 
 
-async def resume(store: Store, webhook_id: str) -> int:
-    """After a webhook was resumed: its first held jobs go back now, the tick does the rest."""
+async def resume(store: Store, webhook_id: str, *, put_back: bool = True) -> int:
+    """After a webhook was resumed or disabled: its first held jobs go back now, the tick does
+    the rest. Without ``put_back`` (a resume) the tick puts back them all, in its next second:
+    a job a gate held just before the resume, still being written, is held by then and goes
+    back in its place rather than after newer ones; this call only drops the drain mark when
+    nothing is held."""
     with redis_errors():
-        return sum(n for _, n in await release(store.of_webhook(webhook_id), (webhook_id,)))
+        released = await release(
+            store.of_webhook(webhook_id), (webhook_id,), batch=None if put_back else 0
+        )
+    return sum(n for _, n in released)
 
 
 async def tick(store: Store) -> list[tuple[str, int]]:

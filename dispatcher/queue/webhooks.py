@@ -132,8 +132,8 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
         with redis_errors():
             await breakers.reset(store.of_webhook(webhook_id), webhook_id)
     if changes.get("paused") is False or changes.get("enabled") is False:
-        # resumed (or disabled): its held jobs go back to their queues now, not at the tick
-        await pauses.resume(store, webhook_id)
+        # disabled: its held jobs go back to their queues now (resumed: at the tick, in order)
+        await pauses.resume(store, webhook_id, put_back=changes.get("enabled") is False)
     return hook
 
 

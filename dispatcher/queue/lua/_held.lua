@@ -64,12 +64,14 @@ local function hold_compact(base, jobs, stream, sid, job_id, webhook_id)
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
   if f.j ~= job_id or f.w ~= webhook_id or not (f.t and f.e and f.p) then return nil end
   local name = webhook_id .. '|' .. stream
-  if not add_in_order(base .. 'q:' .. name .. ':ready', sid, {'j', f.j, 't', f.t, 'e', f.e,
-                                                              'p', f.p}) then
+  -- one held before and put back keeps the entry id its publish got ('c', release_one)
+  local at = f.c and string.match(f.c, '^%d+%-%d+$') or sid
+  if not add_in_order(base .. 'q:' .. name .. ':ready', at, {'j', f.j, 't', f.t, 'e', f.e,
+                                                             'p', f.p}) then
     return nil
   end
   redis.call('SADD', base .. 'holders:streams', name)
-  return make_locator(name, sid, job_id)
+  return make_locator(name, at, job_id)
 end
 
 -- Dead-letter (to 'dlq') a held job whose data cannot be read, as malformed; a FIFO lane's
@@ -78,6 +80,42 @@ local function held_malformed(base, jobs, dlq, job_id, raw, now_ms)
   redis.call('XADD', dlq, '*', 'raw', cjson.encode({j = job_id, record = string.sub(raw, 1, 200)}),
              'r', 'malformed')
   release_lane(base, jobs, dlq, job_id, now_ms)
+end
+
+-- The webhook's jobs put back since its resume: by ready stream, the id of the last one (the
+-- newest there). Until the group of each stream has claimed past it, jobs older in that stream
+-- than those put back (queued while paused, not yet gated) may still be unclaimed: the webhook
+-- keeps its drain mark (pause_release.lua), so its gate holds them behind the backlog.
+local function put_back_at(base, webhook_id, stream, sid)
+  redis.call('HSET', base .. 'resumed:' .. webhook_id, stream, sid)
+end
+
+-- Whether entry id 'a' comes before entry id 'b' of a stream.
+local function id_before(a, b)
+  local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)%-(%d+)$')
+  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) < tonumber(bms) end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
+-- Whether every ready stream the webhook's jobs were put back in has been claimed past the
+-- last of them (its group's last delivered id).
+local function claimed_past(base, webhook_id)
+  local key = base .. 'resumed:' .. webhook_id
+  local at = redis.call('HGETALL', key)
+  for i = 1, #at, 2 do
+    local ready = base .. 'q:' .. at[i] .. ':ready'
+    if redis.call('EXISTS', ready) == 1 then
+      for _, group in ipairs(redis.call('XINFO', 'GROUPS', ready)) do
+        for k = 1, #group, 2 do
+          if group[k] == 'last-delivered-id' and id_before(group[k + 1], at[i + 1]) then
+            return false
+          end
+        end
+      end
+    end
+  end
+  return true
 end
 
 -- Put one held job back at the end of its ready stream, as queued, saying it was held ('wr'
@@ -92,6 +130,8 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
     local meta = split_record(record)
     if meta and type(meta.w) == 'string' and meta.w ~= '' and type(meta.q) == 'string' then
       requeue(jobs, dlq, base, job_id)
+      local back = split_record(redis.call('HGET', jobs, job_id))
+      if back and type(back.sid) == 'string' then put_back_at(base, webhook_id, meta.q, back.sid) end
     else
       held_malformed(base, jobs, dlq, job_id, record, now_ms)
     end
@@ -100,9 +140,13 @@ local function release_one(base, jobs, dlq, webhook_id, item, now_ms)
   local f = {}
   for i = 1, #item[4], 2 do f[item[4][i]] = item[4][i + 1] end
   if f.j and f.t and f.e and f.p then
+    -- 'c': the entry id its publish got (the held entry's), so it still says when it was
+    -- accepted (codec.from_entry) and sorts there if held again
     local sid = redis.call('XADD', base .. 'q:' .. stream .. ':ready', '*', 'j', f.j,
-                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused')
+                           'w', webhook_id, 't', f.t, 'e', f.e, 'p', f.p, 'wr', 'paused',
+                           'c', item[3])
     redis.call('HSET', jobs, f.j, make_locator(stream, sid, f.j))
+    put_back_at(base, webhook_id, stream, sid)
   else
     held_malformed(base, jobs, dlq, f.j or '', cjson.encode(f), now_ms)
   end
@@ -153,6 +197,5 @@ local function held_empty(base, member)
   if stream == '' then return redis.call('EXISTS', base .. 'held:' .. member) == 0 end
   local key = base .. 'q:' .. member .. ':ready'
   if redis.call('XLEN', key) > 0 then return false end
-  redis.call('DEL', key)
   return true
 end

@@ -6,13 +6,14 @@
 -- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id, held and
 --   ready streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
 -- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
---   several calls, so no call blocks Redis long)
+--   several calls, so no call blocks Redis long; 0 from a resume, which leaves them to the tick)
 -- ARGV[3..] the webhooks to look at (none: every webhook in either set)
 -- returns: {webhook id, jobs put back, ...}
 --
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
--- record (1) until its held jobs are all back (its gate holds its other new jobs meanwhile,
--- so they go out after the older ones): a tick's call that finds none held makes it 2, and
+-- record (1) until its held jobs are all back and each stream's group claimed past the last
+-- put back there (its gate holds its other new jobs meanwhile, so they go out after the
+-- older ones): a tick's call that finds none held makes it 2, and
 -- the next call that finds none held drops it (a hold decided by a gate just before the first
 -- is written by then, in order, and not left behind a newer job let through). The resume's
 -- own call, finding none held, drops it at once: a hold still being written then finds the
@@ -62,8 +63,12 @@ for _, webhook_id in ipairs(webhook_ids) do
     draining = decoded and type(h) == 'table' and type(h.draining) == 'number' and h.draining
   end
   local mine = members[webhook_id] or {}
+  -- the jobs put back by the calls before this one all claimed (so none queued before them
+  -- is left ungated), read before this call puts back more
+  local caught_up = claimed_past(base, webhook_id)
+  local count = 0
   if not paused and left > 0 then
-    local count = release_held(base, KEYS[3], KEYS[4], webhook_id, mine, left, now)
+    count = release_held(base, KEYS[3], KEYS[4], webhook_id, mine, left, now)
     left = left - count
     if count > 0 then
       released[#released + 1] = webhook_id
@@ -81,14 +86,22 @@ for _, webhook_id in ipairs(webhook_ids) do
   local mark = draining and string.match(hook, ',"draining":([12])}$')
   if mark and not empty and mark == '2' then
     set_mark(webhook_id, hook, ',"draining":1}')
-  elseif mark and empty and not paused and mark == '1' and not resuming then
+  elseif mark and empty and not paused and not caught_up then
+    -- none held, but jobs queued before those put back may still be unclaimed: held by the
+    -- gate as it claims them, behind the backlog; the tick comes back
+    if mark == '2' then set_mark(webhook_id, hook, ',"draining":1}') end
+    redis.call('SADD', KEYS[1], webhook_id)
+  elseif mark and empty and not paused and mark == '1' and not (resuming and count == 0) then
     -- none held: once more at the next call (a hold decided before this call is written by
-    -- then), so the member that makes the tick come back
+    -- then), so the member that makes the tick come back; so too after a resume's own call
+    -- that put back the whole backlog (jobs queued before it may not be claimed yet)
     set_mark(webhook_id, hook, ',"draining":2}')
     redis.call('SADD', KEYS[1], webhook_id)
   elseif mark and empty and not paused then
     -- still none: the webhook's jobs go straight to its gate again
     set_mark(webhook_id, hook, '}')
+    mark = nil
   end
+  if not mark then redis.call('DEL', base .. 'resumed:' .. webhook_id) end  -- not draining
 end
 return released

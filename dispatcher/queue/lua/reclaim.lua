@@ -67,8 +67,9 @@ for _, entry in ipairs(page[2]) do
   if is_locator(record) and f.w and f.t and f.e and f.p then
     -- Never attempted: its data is inline in the entry. Write the full record now, since
     -- the stall count (and the attempts to come) must outlive this entry.
+    -- one put back after a pause says so ('wr') and when its publish was accepted ('c')
     local inline = {w = f.w, t = f.t, e = f.e, q = ARGV[8], s = 'queued', a = 0, k = 0,
-                    c = tonumber(string.match(sid, '^(%d+)')), sid = sid}
+                    c = tonumber(string.match(f.c or sid, '^(%d+)')), sid = sid, wr = f.wr}
     record = make_record(inline, f.p)
   end
   local meta, rest = split_record(record)
