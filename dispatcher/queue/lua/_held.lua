@@ -197,5 +197,6 @@ local function held_empty(base, member)
   if stream == '' then return redis.call('EXISTS', base .. 'held:' .. member) == 0 end
   local key = base .. 'q:' .. member .. ':ready'
   if redis.call('XLEN', key) > 0 then return false end
+  redis.call('DEL', key)
   return true
 end

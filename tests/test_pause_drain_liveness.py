@@ -1,0 +1,68 @@
+"""A resumed webhook's drain mark always goes (pauses.py, lua/pause_release.lua): whatever
+happens to the webhook or its streams meanwhile, and leaving no key behind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dispatcher.queue import pauses, streams
+from tests.test_pause_drain import _claim_all, _drained, _hold, _publish
+
+if TYPE_CHECKING:
+    from dispatcher import Client, shapes
+    from dispatcher.queue.store import Store
+
+
+async def _resumed_with_held(client: Client, n: int) -> tuple[shapes.WebhookWithSecret, Store]:
+    """A webhook resumed with ``n`` jobs held in the compact form, none put back yet."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    await client.update_webhook(hook["id"], paused=True)
+    store = client.store.of_webhook(hook["id"])
+    await _publish(client, 0, n)
+    claims = await _claim_all(store, n)
+    assert await streams.settle(store, "w1", [_hold(c) for c in claims]) == []
+    await client.update_webhook(hook["id"], paused=False)
+    return hook, store
+
+
+async def _ticks(store: Store, n: int) -> None:
+    for _ in range(n):
+        await pauses.tick(store)
+
+
+async def test_a_drained_webhook_leaves_no_held_stream_or_resume_key(client: Client) -> None:
+    """Once its backlog is back and claimed, a resumed webhook keeps no held stream, no
+    resumed hash and no holders entry in Redis."""
+    hook, store = await _resumed_with_held(client, 5)
+    await _ticks(store, 1)
+    claims, _ = await streams.claim_new(store, ("default",), "w2", budget=10)
+    assert len(claims) == 5
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])
+    keys = store.keys
+    assert await store.redis.exists(keys.ready(f"{hook['id']}|default")) == 0
+    assert await store.redis.exists(keys.base + "resumed:" + hook["id"]) == 0
+    assert await store.redis.smembers(keys.holders) == set()
+    assert await store.redis.smembers(keys.held_streams) == set()
+
+
+async def test_the_mark_goes_when_the_stream_put_back_in_is_deleted(client: Client) -> None:
+    """The ready stream the backlog went back to, deleted before its jobs were claimed, does
+    not keep the webhook draining."""
+    hook, store = await _resumed_with_held(client, 3)
+    await _ticks(store, 1)
+    await store.redis.delete(store.keys.ready("default"))
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])
+
+
+async def test_the_mark_goes_when_the_webhook_is_deleted_mid_drain(client: Client) -> None:
+    """A webhook deleted while its backlog is back but unclaimed leaves no resumed hash and
+    no holders entry behind."""
+    hook, store = await _resumed_with_held(client, 3)
+    await _ticks(store, 1)
+    await client.delete_webhook(hook["id"])
+    await _ticks(store, 3)
+    keys = store.keys
+    assert await store.redis.exists(keys.base + "resumed:" + hook["id"]) == 0
+    assert await store.redis.smembers(keys.holders) == set()
