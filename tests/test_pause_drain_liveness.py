@@ -66,3 +66,17 @@ async def test_the_mark_goes_when_the_webhook_is_deleted_mid_drain(client: Clien
     keys = store.keys
     assert await store.redis.exists(keys.base + "resumed:" + hook["id"]) == 0
     assert await store.redis.smembers(keys.holders) == set()
+
+
+async def test_another_consumer_group_on_the_stream_does_not_keep_the_webhook_draining(
+    client: Client,
+) -> None:
+    """A consumer group of someone else's on the ready stream (one that never reads it) does
+    not keep a resumed webhook draining once dispatcher's group claimed past its backlog."""
+    hook, store = await _resumed_with_held(client, 3)
+    await store.redis.xgroup_create(store.keys.ready("default"), "audit", id="0")
+    await _ticks(store, 1)
+    claims, _ = await streams.claim_new(store, ("default",), "w2", budget=10)
+    assert len(claims) == 3
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, cast
 
 from dispatcher.ids import sid_ms
 from dispatcher.queue.codec import HELD_SEP
+from dispatcher.queue.keys import GROUP
 from dispatcher.queue.records import redis_errors
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ async def release(
     keys = store.keys
     released = await store.scripts.pause_release(
         keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
-        args=[keys.base, RELEASE_BATCH if batch is None else batch, *webhook_ids],
+        args=[keys.base, RELEASE_BATCH if batch is None else batch, GROUP, *webhook_ids],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
 

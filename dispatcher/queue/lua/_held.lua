@@ -99,18 +99,19 @@ local function id_before(a, b)
 end
 
 -- Whether every ready stream the webhook's jobs were put back in has been claimed past the
--- last of them (its group's last delivered id).
-local function claimed_past(base, webhook_id)
+-- last of them by the consumer group 'group' (dispatcher's: its last delivered id; another
+-- group on the stream, which dispatcher never reads with, does not count).
+local function claimed_past(base, webhook_id, group)
   local key = base .. 'resumed:' .. webhook_id
   local at = redis.call('HGETALL', key)
   for i = 1, #at, 2 do
     local ready = base .. 'q:' .. at[i] .. ':ready'
     if redis.call('EXISTS', ready) == 1 then
-      for _, group in ipairs(redis.call('XINFO', 'GROUPS', ready)) do
-        for k = 1, #group, 2 do
-          if group[k] == 'last-delivered-id' and id_before(group[k + 1], at[i + 1]) then
-            return false
-          end
+      for _, info in ipairs(redis.call('XINFO', 'GROUPS', ready)) do
+        local fields = {}
+        for k = 1, #info, 2 do fields[info[k]] = info[k + 1] end
+        if fields.name == group and id_before(fields['last-delivered-id'], at[i + 1]) then
+          return false
         end
       end
     end

@@ -7,7 +7,8 @@
 --   ready streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
 -- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
 --   several calls, so no call blocks Redis long; 0 from a resume, which leaves them to the tick)
--- ARGV[3..] the webhooks to look at (none: every webhook in either set)
+-- ARGV[3] the consumer group of the ready streams (keys.GROUP)
+-- ARGV[4..] the webhooks to look at (none: every webhook in either set)
 -- returns: {webhook id, jobs put back, ...}
 --
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
@@ -35,7 +36,7 @@ local function set_mark(webhook_id, hook, tail)
   local cut = string.find(hook, ',"draining":[12]}$')
   redis.call('HSET', KEYS[2], webhook_id, string.sub(hook, 1, cut - 1) .. tail)
 end
-local base, batch = ARGV[1], tonumber(ARGV[2])
+local base, batch, group = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members, order = {}, {}  -- by webhook id: its holders members; the webhook ids seen
@@ -50,7 +51,7 @@ for _, set in ipairs({KEYS[1], KEYS[5]}) do
   end
 end
 local webhook_ids = {}
-for i = 3, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
+for i = 4, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
 local resuming = #webhook_ids > 0  -- the resume's own call (pauses.resume)
 if not resuming then webhook_ids = order end
 local released, left = {}, batch
@@ -65,7 +66,7 @@ for _, webhook_id in ipairs(webhook_ids) do
   local mine = members[webhook_id] or {}
   -- the jobs put back by the calls before this one all claimed (so none queued before them
   -- is left ungated), read before this call puts back more
-  local caught_up = claimed_past(base, webhook_id)
+  local caught_up = claimed_past(base, webhook_id, group)
   local count = 0
   if not paused and left > 0 then
     count = release_held(base, KEYS[3], KEYS[4], webhook_id, mine, left, now)
