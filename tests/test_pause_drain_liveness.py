@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dispatcher.queue import pauses, streams
+from dispatcher.queue import delays, pauses, streams
 from tests.test_pause_drain import _claim_all, _drained, _hold, _publish
 
 if TYPE_CHECKING:
@@ -80,3 +80,42 @@ async def test_another_consumer_group_on_the_stream_does_not_keep_the_webhook_dr
     assert len(claims) == 3
     await _ticks(store, 3)
     assert await _drained(client, hook["id"])
+
+
+async def test_a_mark_left_with_nothing_held_goes_with_the_next_job(client: Client) -> None:
+    """A webhook left draining with nothing held (its resume's own release call never ran)
+    stops draining once its next job, held by its gate, is put back and claimed."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    store = client.store.of_webhook(hook["id"])
+    raw = await store.redis.hget(store.keys.webhooks, hook["id"])
+    assert raw is not None and raw.endswith(b"}")
+    await store.redis.hset(store.keys.webhooks, hook["id"], raw[:-1] + b',"draining":1}')
+    await _ticks(store, 2)  # nothing held: no tick looks at it
+    assert not await _drained(client, hook["id"])
+    await _publish(client, 0, 1)
+    [claim] = await _claim_all(store, 1)
+    assert await streams.settle(store, "w1", [_hold(claim)]) == []  # as its gate holds it
+    await _ticks(store, 1)
+    claims, _ = await streams.claim_new(store, ("default",), "w2", budget=10)
+    assert [c.job_id for c in claims] == [claim.job_id]
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])
+
+
+async def test_a_held_job_whose_entry_was_deleted_is_dead_lettered_under_its_webhook(
+    client: Client,
+) -> None:
+    """A held job whose held-stream entry was deleted outside dispatcher is dead-lettered by
+    the orphan sweep as entry_missing, still saying which webhook it was for."""
+    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    await client.update_webhook(hook["id"], paused=True)
+    store = client.store.of_webhook(hook["id"])
+    await _publish(client, 0, 1)
+    [claim] = await _claim_all(store, 1)
+    assert await streams.settle(store, "w1", [_hold(claim)]) == []
+    await store.redis.xdel(store.keys.ready(f"{hook['id']}|default"), claim.sid)
+    swept = await delays.find_orphans(store, cursor="0", count=100)
+    assert swept.dead == [claim.job_id]
+    job = await client.get_job(claim.job_id)
+    assert job is not None
+    assert (job["state"], job["webhook_id"]) == ("dead", hook["id"])

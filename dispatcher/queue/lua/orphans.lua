@@ -30,8 +30,10 @@ for i = 1, #items, 2 do
   if is_locator(record) then
     local stream, sid = parse_locator(record, job_id)
     if stream and gone(base .. 'q:' .. stream .. ':ready', sid) then
-      -- a held job's locator names its webhook's held stream 'W|S' (_held.lua): its queue is S
-      local meta = {w = '', t = '', e = '', q = string.match(stream, '|(.+)$') or stream,
+      -- a held job's locator names its webhook's held stream 'W|S' (_held.lua): its webhook
+      -- is W, its queue S
+      local webhook_id, ready = string.match(stream, '^([^|]*)|(.+)$')
+      local meta = {w = webhook_id or '', t = '', e = '', q = ready or stream,
                     s = 'dead', a = 0, k = 0, f = now,
                     c = tonumber(string.match(sid, '^(%d+)')) or now, r = 'entry_missing',
                     le = 'its stream entry was deleted outside dispatcher before any attempt; '
