@@ -119,3 +119,32 @@ async def test_a_held_job_whose_entry_was_deleted_is_dead_lettered_under_its_web
     job = await client.get_job(claim.job_id)
     assert job is not None
     assert (job["state"], job["webhook_id"]) == ("dead", hook["id"])
+
+
+async def test_the_mark_goes_when_the_webhook_is_disabled_mid_drain(client: Client) -> None:
+    """A webhook disabled while its put-back backlog is unclaimed stops draining once its
+    jobs are claimed (to be dead-lettered), leaving no resumed hash."""
+    hook, store = await _resumed_with_held(client, 3)
+    await _ticks(store, 1)
+    await client.update_webhook(hook["id"], enabled=False)
+    claims, _ = await streams.claim_new(store, ("default",), "w2", budget=10)
+    assert len(claims) == 3
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])
+    assert await store.redis.exists(store.keys.base + "resumed:" + hook["id"]) == 0
+
+
+async def test_the_mark_goes_when_the_webhook_moves_to_another_queue_mid_drain(
+    client: Client,
+) -> None:
+    """A webhook moved to another queue while its put-back backlog is unclaimed stops draining
+    once the old queue's jobs are claimed; its held jobs went back to the old queue."""
+    hook, store = await _resumed_with_held(client, 3)
+    await _ticks(store, 1)
+    await client.update_webhook(hook["id"], queue="other")
+    await _ticks(store, 2)
+    assert not await _drained(client, hook["id"])
+    claims, _ = await streams.claim_new(store, ("default",), "w2", budget=10)
+    assert len(claims) == 3
+    await _ticks(store, 3)
+    assert await _drained(client, hook["id"])
