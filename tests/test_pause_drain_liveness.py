@@ -3,7 +3,7 @@ happens to the webhook or its streams meanwhile, and leaving no key behind."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dispatcher.queue import delays, pauses, streams
 from tests.test_pause_drain import _claim_all, _drained, _hold, _publish
@@ -87,8 +87,9 @@ async def test_a_mark_left_with_nothing_held_goes_with_the_next_job(client: Clie
     stops draining once its next job, held by its gate, is put back and claimed."""
     hook = await client.create_webhook("acme", "https://hooks.example.com/x")
     store = client.store.of_webhook(hook["id"])
-    raw = await store.redis.hget(store.keys.webhooks, hook["id"])
-    assert raw is not None and raw.endswith(b"}")
+    raw = cast("bytes | None", await store.redis.hget(store.keys.webhooks, hook["id"]))
+    assert raw is not None
+    assert raw.endswith(b"}")
     await store.redis.hset(store.keys.webhooks, hook["id"], raw[:-1] + b',"draining":1}')
     await _ticks(store, 2)  # nothing held: no tick looks at it
     assert not await _drained(client, hook["id"])
