@@ -129,7 +129,12 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:holders``         set   the webhooks with a held zset (or whose resume is still draining)
 ``P:{0}:holders:streams`` set   the held streams ``W|S``; apart from ``holders``, which the
                           release before this one walks (and would empty of these names).
-                          Both are what pause_release.lua walks
+                          Both are what pause_release.lua's safety net walks, a few a call
+``P:{0}:releasing``       set   the webhooks whose held jobs the tick puts back or whose drain it
+                          ends: added by their resume, disable or delete (and by a hold while
+                          they drain), left once paused again or drained (pause_release.lua)
+``P:{0}:holders:scan``    string, ``N:cursor``: where the safety net goes on (``N`` 1 for
+                          ``holders``, 5 for ``holders:streams``, the script's KEYS index)
 ``P:{0}:failing``         hash  webhook id -> failing since (ms): the start of its run of failures
                           with no success since; outlives its breaker, so a webhook failing
                           now and then is still disabled after ``delivery.disable_after_s``
@@ -355,6 +360,14 @@ class Keys:
     @property
     def held_streams(self) -> str:
         return f"{self._base}:holders:streams"
+
+    @property
+    def releasing(self) -> str:
+        return f"{self._base}:releasing"
+
+    @property
+    def holders_scan(self) -> str:
+        return f"{self._base}:holders:scan"
 
     @property
     def tasks(self) -> str:

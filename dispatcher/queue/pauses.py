@@ -26,6 +26,13 @@ left ungated), the mark goes and the webhook's jobs go straight out again. Back 
 queue they go out within the webhook's ``rate_limit`` and ``max_in_flight`` as any job.
 Order is kept within a ready stream (a queue and priority); each priority's jobs go back to
 their own stream.
+What the tick costs does not grow with the webhooks that stay paused: it walks the webhooks
+named in ``Keys.releasing`` (a resume, a disable or a delete adds its webhook, so does a hold
+while it drains; it leaves once paused again or drained), and, as a safety net, reads the
+records of about ``SCAN_BATCH`` more members of the holders sets a call, from a cursor kept
+across calls, so a webhook resumed without being named there (its process died between the
+two writes; a release before this one resumed it) is found within (holders / SCAN_BATCH)
+calls.
 A pause is apart from the breaker: jobs parked behind an open breaker stay parked (and come
 back to be held once it closes, if the webhook is still paused).
 """
@@ -47,6 +54,7 @@ if TYPE_CHECKING:
 
 RELEASE_BATCH = 1_000  # held jobs put back per call, all webhooks together
 DRAIN_CALLS = 10  # release calls per tick at most (pauses.drain)
+SCAN_BATCH = 100  # holders members the safety net of each release call looks at (about)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +74,14 @@ async def release(
     returns (webhook id, jobs put back)."""
     keys = store.keys
     released = await store.scripts.pause_release(
-        keys=[keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams],
-        args=[keys.base, RELEASE_BATCH if batch is None else batch, GROUP, *webhook_ids],
+        keys=[
+            *(keys.holders, keys.webhooks, keys.jobs, keys.dlq, keys.held_streams),
+            *(keys.releasing, keys.holders_scan, keys.queues),
+        ],
+        args=[
+            *(keys.base, RELEASE_BATCH if batch is None else batch, GROUP, SCAN_BATCH),
+            *webhook_ids,
+        ],
     )
     return [(released[i].decode(), int(released[i + 1])) for i in range(0, len(released), 2)]
 
@@ -83,6 +97,15 @@ async def resume(store: Store, webhook_id: str, *, put_back: bool = True) -> int
             store.of_webhook(webhook_id), (webhook_id,), batch=None if put_back else 0
         )
     return sum(n for _, n in released)
+
+
+async def to_release(store: Store, webhook_id: str) -> None:
+    """After a webhook was disabled or deleted: the tick puts back its held jobs (if any), to
+    be dead-lettered by its gate (it walks only the webhooks so named, and a few of the
+    others a call as a safety net)."""
+    store = store.of_webhook(webhook_id)
+    with redis_errors():
+        await store.redis.sadd(store.keys.releasing, webhook_id)
 
 
 async def tick(store: Store) -> list[tuple[str, int]]:

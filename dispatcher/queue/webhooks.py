@@ -150,7 +150,9 @@ async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
         return True
 
     with suppress(NotFound):
-        await _change_webhook(store, webhook_id, disable)
+        hook = await _change_webhook(store, webhook_id, disable)
+        if hook.paused:  # its held jobs are dead-lettered (pauses.py)
+            await pauses.to_release(store, webhook_id)
 
 
 async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s: float) -> Webhook:
@@ -184,6 +186,7 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
                 args=[webhook_id, raw],
             )
         if deleted:
+            await pauses.to_release(store, webhook_id)  # its held jobs, if any (pauses.py)
             return
     raise Conflict(f"webhook {webhook_id} kept changing while it was deleted; try again")
 

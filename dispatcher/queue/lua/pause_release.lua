@@ -3,14 +3,27 @@
 -- KEYS[1] holders set (the webhooks 'W' with a held zset, _held.lua)
 -- KEYS[2] webhooks hash   KEYS[3] jobs hash   KEYS[4] dlq stream
 -- KEYS[5] the set of held streams ('W|S', _held.lua)
+-- KEYS[6] the set of webhooks to release ('releasing': resumed, disabled, deleted, draining)
+-- KEYS[7] the safety net's cursor over KEYS[1] and KEYS[5] ('holders:scan', 'N:cursor')
+-- KEYS[8] the queues set of the shard (keys.py 'queues': where W's held streams may be)
 -- ARGV[1] key base ('<prefix>:{tag}:'; held zsets are base..'held:'..webhook id, held and
 --   ready streams base..'q:'..stream..':ready', as in keys.py, same hash tag)
 -- ARGV[2] most held jobs put back per call, all webhooks together (a mass resume drains over
 --   several calls, so no call blocks Redis long; 0 from a resume, which leaves them to the tick)
 -- ARGV[3] the consumer group of the ready streams (keys.GROUP)
--- ARGV[4..] the webhooks to look at (none: every webhook in either set)
+-- ARGV[4] how many holders members the safety net looks at per call (about: SSCAN's COUNT)
+-- ARGV[5..] the webhooks to look at (the resume's own call; none: the tick's)
 -- returns: {webhook id, jobs put back, ...}
 --
+-- What a call costs does not grow with the webhooks that stay paused: the tick walks the
+-- 'releasing' set (each resume, disable and delete adds its webhook, pauses.py; a webhook
+-- leaves it once paused again or drained), and a safety net reads the records of about
+-- ARGV[4] more holders members, from where the call before left off, so a webhook that is
+-- not paused and missed that set (a crash between the change and its SADD; resumed by a
+-- release before this one) joins it within (holders / ARGV[4]) calls.
+-- A webhook's own held zset and streams are found without walking the holders sets: its zset
+-- is its own name in KEYS[1]; its held streams are 'W|S' for S a priority stream of a queue
+-- of KEYS[8] (or of its record's queue), which KEYS[5] is asked about one by one.
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
 -- record (1) until its held jobs are all back and each stream's group claimed past the last
 -- put back there (its gate holds its other new jobs meanwhile, so they go out after the
@@ -39,31 +52,91 @@ end
 local base, batch, group = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local members, order = {}, {}  -- by webhook id: its holders members; the webhook ids seen
-for _, set in ipairs({KEYS[1], KEYS[5]}) do
-  for _, member in ipairs(redis.call('SMEMBERS', set)) do
-    local webhook_id = holder_parts(member)
-    if not members[webhook_id] then
-      members[webhook_id] = {}
-      order[#order + 1] = webhook_id
+local hooks = {}  -- by webhook id: {raw record or false, decoded table or nil}
+local function read_hook(webhook_id)
+  if hooks[webhook_id] == nil then
+    local raw = redis.call('HGET', KEYS[2], webhook_id)
+    local h = nil
+    if raw then
+      local decoded, v = pcall(cjson.decode, raw)
+      if decoded and type(v) == 'table' then h = v end
     end
-    table.insert(members[webhook_id], member)
+    hooks[webhook_id] = {raw or false, h}
   end
+  return hooks[webhook_id]
+end
+local function is_paused(h)
+  return h ~= nil and h.paused == true and h.enabled == true
+end
+local queues = nil  -- the shard's queue names, read once per call when needed
+-- The webhook's holders members: its held zset and its held streams, found as said above.
+local function members_of(webhook_id, h)
+  local mine = {}
+  if redis.call('SISMEMBER', KEYS[1], webhook_id) == 1 then mine[1] = webhook_id end
+  if not queues then queues = redis.call('SMEMBERS', KEYS[8]) end
+  local names, seen = {}, {}
+  if h and type(h.queue) == 'string' then names[1] = h.queue end
+  for _, q in ipairs(queues) do names[#names + 1] = q end
+  for _, q in ipairs(names) do
+    if not seen[q] then
+      seen[q] = true
+      for _, s in ipairs({q .. ':high', q, q .. ':low'}) do
+        local name = webhook_id .. '|' .. s
+        if redis.call('SISMEMBER', KEYS[5], name) == 1 then mine[#mine + 1] = name end
+      end
+    end
+  end
+  return mine
 end
 local webhook_ids = {}
-for i = 4, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
+for i = 5, #ARGV do webhook_ids[#webhook_ids + 1] = ARGV[i] end
 local resuming = #webhook_ids > 0  -- the resume's own call (pauses.resume)
-if not resuming then webhook_ids = order end
+if resuming then
+  for _, webhook_id in ipairs(webhook_ids) do redis.call('SADD', KEYS[6], webhook_id) end
+else
+  webhook_ids = redis.call('SMEMBERS', KEYS[6])
+  local listed = {}
+  for _, webhook_id in ipairs(webhook_ids) do listed[webhook_id] = true end
+  -- the safety net: the next members of the holders sets, from where the last call left off
+  -- (on into the other set when one ends, once, so a small or empty one wastes no call)
+  local at = redis.call('GET', KEYS[7]) or '1:0'
+  local which, cursor = string.match(at, '^([15]):(%d+)$')
+  if not which then which, cursor = '1', '0' end
+  local seen = 0
+  for _ = 1, 2 do
+    local scan = redis.call('SSCAN', KEYS[tonumber(which)], cursor, 'COUNT', tonumber(ARGV[4]))
+    for _, member in ipairs(scan[2]) do
+      local webhook_id, stream = holder_parts(member)
+      if not listed[webhook_id] then
+        listed[webhook_id] = true
+        if not is_paused(read_hook(webhook_id)[2]) then
+          webhook_ids[#webhook_ids + 1] = webhook_id
+          redis.call('SADD', KEYS[6], webhook_id)
+        end
+      end
+      -- a held stream of a queue the queues set misses (a release before it) joins it
+      if stream ~= '' then
+        local q = string.match(stream, '^([^:]+)')
+        if q and redis.call('SISMEMBER', KEYS[8], q) == 0 then
+          redis.call('SADD', KEYS[8], q)
+          queues = nil
+        end
+      end
+    end
+    seen, cursor = seen + #scan[2], scan[1]
+    if cursor ~= '0' then break end
+    which = which == '1' and '5' or '1'
+    if seen >= tonumber(ARGV[4]) then break end
+  end
+  redis.call('SET', KEYS[7], which .. ':' .. cursor)
+end
 local released, left = {}, batch
 for _, webhook_id in ipairs(webhook_ids) do
-  local hook = redis.call('HGET', KEYS[2], webhook_id)
-  local paused, draining = false, false
-  if hook then
-    local decoded, h = pcall(cjson.decode, hook)
-    paused = decoded and type(h) == 'table' and h.paused == true and h.enabled == true
-    draining = decoded and type(h) == 'table' and type(h.draining) == 'number' and h.draining
-  end
-  local mine = members[webhook_id] or {}
+  local read = read_hook(webhook_id)
+  local hook, h = read[1], read[2]
+  local paused = is_paused(h)
+  local draining = h ~= nil and type(h.draining) == 'number' and h.draining
+  local mine = members_of(webhook_id, h)
   -- the jobs put back by the calls before this one all claimed (so none queued before them
   -- is left ungated), read before this call puts back more
   local caught_up = claimed_past(base, webhook_id, group)
@@ -104,5 +177,9 @@ for _, webhook_id in ipairs(webhook_ids) do
     mark = nil
   end
   if not mark then redis.call('DEL', base .. 'resumed:' .. webhook_id) end  -- not draining
+  if paused or (empty and not mark) then
+    -- paused again (its next resume adds it back) or drained: the tick leaves it
+    redis.call('SREM', KEYS[6], webhook_id)
+  end
 end
 return released

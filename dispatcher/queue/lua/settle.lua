@@ -58,8 +58,14 @@ local function still_paused(webhook_id)
   local raw = redis.call('HGET', base .. 'webhooks', webhook_id)
   if not raw then return false end
   local ok, h = pcall(cjson.decode, raw)
-  return ok and type(h) == 'table' and h.enabled == true
-         and (h.paused == true or (type(h.draining) == 'number' and h.draining > 0))
+  if not (ok and type(h) == 'table' and h.enabled == true) then return false end
+  if h.paused == true then return true end
+  if type(h.draining) == 'number' and h.draining > 0 then
+    -- held behind its resumed backlog: the tick (pause_release.lua) walks it until it drains
+    redis.call('SADD', base .. 'releasing', webhook_id)
+    return true
+  end
+  return false
 end
 
 local outcomes, late, stale, claimed = {}, {}, {}, {}

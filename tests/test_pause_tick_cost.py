@@ -1,0 +1,85 @@
+"""The pause tick's cost: what each worker's once-a-second release call reads does not grow
+with the webhooks that stay paused (pauses.py, pause_release.lua)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+
+from dispatcher.queue import pauses, streams
+from tests.test_pauses import _held
+
+if TYPE_CHECKING:
+    import pytest
+
+    from dispatcher import Client
+    from dispatcher.queue.store import Store
+
+PAUSED = 500
+
+
+async def _hget_calls(store: Store) -> int:
+    """How many HGETs Redis ran so far (scripts' calls included)."""
+    stats = await store.redis.info("commandstats")
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+async def test_a_tick_reads_the_resumed_webhook_not_every_paused_one(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 500 paused webhooks holding a job each and one resumed, a tick puts back the
+    resumed one's job and reads a few webhook records, not all 500."""
+    monkeypatch.setattr(pauses, "SCAN_BATCH", 10, raising=False)
+    hooks = [
+        await client.create_webhook("acme", f"https://h.example.com/{n}") for n in range(PAUSED)
+    ]
+    store = client.store.of_webhook(hooks[0]["id"])
+    assert all(client.store.of_webhook(h["id"]) is store for h in hooks)
+    for hook in hooks:
+        await client.update_webhook(hook["id"], paused=True)
+    await client.publish("acme", "order.created", {"n": 1})
+    await streams.ensure_group(store, "default")
+    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=2 * PAUSED)
+    assert len(claims) == PAUSED
+    assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
+    assert (await pauses.held(store)).jobs == PAUSED
+    resumed = hooks[0]["id"]
+    await client.update_webhook(resumed, paused=False)
+
+    before = await _hget_calls(store)
+    released = await pauses.tick(store)
+    reads = await _hget_calls(store) - before
+
+    assert released == [(resumed, 1)]
+    assert reads < PAUSED // 5, f"a tick read {reads} records for one resumed webhook"
+
+
+async def test_a_webhook_resumed_without_its_release_is_found_by_the_safety_net(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook resumed but never named to the tick (its process died before, or a release
+    before this one resumed it) still gets its held job back within (holders / SCAN_BATCH)
+    ticks, while the others stay held."""
+    monkeypatch.setattr(pauses, "SCAN_BATCH", 10, raising=False)
+    hooks = [await client.create_webhook("acme", f"https://h.example.com/{n}") for n in range(150)]
+    store = client.store.of_webhook(hooks[0]["id"])
+    assert all(client.store.of_webhook(h["id"]) is store for h in hooks)
+    for hook in hooks:
+        await client.update_webhook(hook["id"], paused=True)
+    await client.publish("acme", "order.created", {"n": 1})
+    await streams.ensure_group(store, "default")
+    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=1000)
+    assert len(claims) == len(hooks)
+    assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
+    resumed = hooks[-1]["id"]
+    raw = await store.redis.hget(store.keys.webhooks, resumed)
+    assert raw is not None
+    await store.redis.hset(
+        store.keys.webhooks, resumed, orjson.dumps({**orjson.loads(raw), "paused": False})
+    )
+    released = []
+    for _ in range(150 // 10 + 3):
+        released += await pauses.tick(store)
+    assert released == [(resumed, 1)]
+    assert (await pauses.held(store)).by_webhook == {h["id"]: 1 for h in hooks[:-1]}
