@@ -149,7 +149,8 @@ ids the server chooses, and come last; ``M`` is a number.
 
 ``breaker_tick.lua`` builds the ``parked`` and ``delayed`` names itself from ``Keys.base``, since
 which it needs depends on the data, and so do ``settle.lua`` and ``waiting_tick.lua`` for the
-``ready``, ``waiting`` and ``lease`` names; they share the hash tag, so this stays cluster-safe.
+``ready``, ``waiting`` and ``lease`` names (and settle.lua for ``releasing``, as a draining
+webhook's job is held); they share the hash tag, so this stays cluster-safe.
 """
 
 from __future__ import annotations

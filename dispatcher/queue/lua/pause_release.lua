@@ -128,7 +128,7 @@ else
     which = which == '1' and '5' or '1'
     if seen >= tonumber(ARGV[4]) then break end
   end
-  redis.call('SET', KEYS[7], which .. ':' .. cursor)
+  if which .. ':' .. cursor ~= at then redis.call('SET', KEYS[7], which .. ':' .. cursor) end
 end
 local released, left = {}, batch
 for _, webhook_id in ipairs(webhook_ids) do
