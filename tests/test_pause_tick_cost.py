@@ -25,26 +25,30 @@ async def _hget_calls(store: Store) -> int:
     return int(stats.get("cmdstat_hget", {}).get("calls", 0))
 
 
-async def test_a_tick_reads_the_resumed_webhook_not_every_paused_one(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With 500 paused webhooks holding a job each and one resumed, a tick puts back the
-    resumed one's job and reads a few webhook records, not all 500."""
-    monkeypatch.setattr(pauses, "SCAN_BATCH", 10, raising=False)
-    hooks = [
-        await client.create_webhook("acme", f"https://h.example.com/{n}") for n in range(PAUSED)
-    ]
+async def _paused_holding_one_job(client: Client, n: int) -> tuple[Store, list[str]]:
+    """n paused webhooks of one shard, each holding one job (as a worker's gate holds it)."""
+    hooks = [await client.create_webhook("acme", f"https://h.example.com/{i}") for i in range(n)]
     store = client.store.of_webhook(hooks[0]["id"])
     assert all(client.store.of_webhook(h["id"]) is store for h in hooks)
     for hook in hooks:
         await client.update_webhook(hook["id"], paused=True)
     await client.publish("acme", "order.created", {"n": 1})
     await streams.ensure_group(store, "default")
-    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=2 * PAUSED)
-    assert len(claims) == PAUSED
+    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=2 * n)
+    assert len(claims) == n
     assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
-    assert (await pauses.held(store)).jobs == PAUSED
-    resumed = hooks[0]["id"]
+    assert (await pauses.held(store)).jobs == n
+    return store, [h["id"] for h in hooks]
+
+
+async def test_a_tick_reads_the_resumed_webhook_not_every_paused_one(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 500 paused webhooks holding a job each and one resumed, a tick puts back the
+    resumed one's job and reads a few webhook records, not all 500."""
+    monkeypatch.setattr(pauses, "SCAN_BATCH", 10, raising=False)
+    store, hooks = await _paused_holding_one_job(client, PAUSED)
+    resumed = hooks[0]
     await client.update_webhook(resumed, paused=False)
 
     before = await _hget_calls(store)
@@ -62,17 +66,8 @@ async def test_a_webhook_resumed_without_its_release_is_found_by_the_safety_net(
     before this one resumed it) still gets its held job back within (holders / SCAN_BATCH)
     ticks, while the others stay held."""
     monkeypatch.setattr(pauses, "SCAN_BATCH", 10, raising=False)
-    hooks = [await client.create_webhook("acme", f"https://h.example.com/{n}") for n in range(150)]
-    store = client.store.of_webhook(hooks[0]["id"])
-    assert all(client.store.of_webhook(h["id"]) is store for h in hooks)
-    for hook in hooks:
-        await client.update_webhook(hook["id"], paused=True)
-    await client.publish("acme", "order.created", {"n": 1})
-    await streams.ensure_group(store, "default")
-    claims, _ = await streams.claim_new(store, ("default",), "w1", budget=1000)
-    assert len(claims) == len(hooks)
-    assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
-    resumed = hooks[-1]["id"]
+    store, hooks = await _paused_holding_one_job(client, 150)
+    resumed = hooks[-1]
     raw = await store.redis.hget(store.keys.webhooks, resumed)
     assert raw is not None
     await store.redis.hset(
@@ -82,4 +77,4 @@ async def test_a_webhook_resumed_without_its_release_is_found_by_the_safety_net(
     for _ in range(150 // 10 + 3):
         released += await pauses.tick(store)
     assert released == [(resumed, 1)]
-    assert (await pauses.held(store)).by_webhook == {h["id"]: 1 for h in hooks[:-1]}
+    assert (await pauses.held(store)).by_webhook == dict.fromkeys(hooks[:-1], 1)
