@@ -130,16 +130,11 @@ def _public_of(signing_key: str) -> str:
     return PUBLIC_KEY_PREFIX + base64.b64encode(public).decode("ascii")
 
 
-def public_key(key: str) -> Ed25519PublicKey:
-    """The Ed25519 public key of a ``whpk_`` key; ``ValueError`` names what is wrong."""
-    return _public_key(key)
-
-
 @functools.lru_cache(maxsize=4096)
-def _public_key(key: str) -> Ed25519PublicKey:
-    if not key.startswith(PUBLIC_KEY_PREFIX):
-        raise ValueError("a public key starts with 'whpk_'")
-    raw = _b64(key[len(PUBLIC_KEY_PREFIX) :], "a public key is 'whpk_' followed by base64")
+def public_key(key: str) -> Ed25519PublicKey:
+    """The Ed25519 public key of a ``whpk_`` key (cached); ``ValueError`` names what is
+    wrong."""
+    raw = _decoded(key, PUBLIC_KEY_PREFIX, "a public key")
     if len(raw) != _SEED_BYTES:
         raise ValueError(f"a whpk_ public key holds 32 bytes, not {len(raw)}")
     return Ed25519PublicKey.from_public_bytes(raw)
@@ -150,28 +145,23 @@ def valid_ed25519_signature(signature: bytes) -> bool:
     return len(signature) == _ED25519_SIGNATURE_BYTES
 
 
-def hmac_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_`` secret (``ValueError`` if it is not one)."""
-    return _key(secret)
-
-
 @functools.lru_cache(maxsize=4096)
 def _key(secret: str) -> bytes:
     """The HMAC key of a secret; cached, since every delivery to a webhook uses the same one."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise ValueError("a webhook secret starts with 'whsec_'")
-    key = _b64(secret[len(SECRET_PREFIX) :], "a webhook secret is 'whsec_' followed by base64")
+    key = _decoded(secret, SECRET_PREFIX, "a webhook secret")
     if not key:
         raise ValueError("a webhook secret has an empty key")
     return key
 
 
+#: The HMAC key of a ``whsec_`` secret (``ValueError`` if it is not one).
+hmac_key = _key
+
+
 @functools.lru_cache(maxsize=4096)
 def _private_key(key: str) -> Ed25519PrivateKey:
     """The Ed25519 key of a ``whsk_`` key; cached, as parsing it costs more than a signature."""
-    if not key.startswith(SIGNING_KEY_PREFIX):
-        raise ValueError("a signing key starts with 'whsk_'")
-    raw = _b64(key[len(SIGNING_KEY_PREFIX) :], "a signing key is 'whsk_' followed by base64")
+    raw = _decoded(key, SIGNING_KEY_PREFIX, "a signing key")
     if len(raw) not in (_SEED_BYTES, 2 * _SEED_BYTES):
         raise ValueError(f"a whsk_ signing key holds 64 bytes (or a 32-byte seed), not {len(raw)}")
     private = Ed25519PrivateKey.from_private_bytes(raw[:_SEED_BYTES])
@@ -180,12 +170,15 @@ def _private_key(key: str) -> Ed25519PrivateKey:
     return private
 
 
+def _decoded(key: str, prefix: str, what: str) -> bytes:
+    """The bytes of ``prefix`` + base64; ``ValueError`` says what ``what`` should be."""
+    if not key.startswith(prefix):
+        raise ValueError(f"{what} starts with {prefix!r}")
+    try:
+        return base64.b64decode(key[len(prefix) :], validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: text that is not ASCII
+        raise ValueError(f"{what} is {prefix!r} followed by base64") from exc
+
+
 def _raw_public(private: Ed25519PrivateKey) -> bytes:
     return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _b64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:  # ValueError: text that is not ASCII
-        raise ValueError(what) from exc
