@@ -168,6 +168,25 @@ async def test_a_given_signing_key_brings_its_scheme(api: Api) -> None:
     assert (back.body["signature_scheme"], back.body["public_key"]) == ("v1", None)
 
 
+async def test_rotate_secret_switches_scheme_over_the_api(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """``POST /rotate-secret {"signature_scheme": "v1a"}`` answers the new whsk_ key and its
+    public key, the old whsec_ secret signing beside it; without a scheme it keeps the
+    webhook's."""
+    hook = await client.create_webhook("acme", "https://x.io")
+    path = f"/v1/webhooks/{hook['id']}/rotate-secret"
+    rotated = await api.call("POST", path, json={"signature_scheme": "v1a", "grace_s": 60})
+    assert rotated.status == 200, rotated.text
+    assert (rotated.body["signature_scheme"], rotated.body["secret"][:5]) == ("v1a", "whsk_")
+    assert rotated.body["public_key"] == public_key_of(rotated.body["secret"])
+    again = await api.call("POST", path)
+    assert (again.body["signature_scheme"], again.body["secret"][:5]) == ("v1a", "whsk_")
+    assert again.body["public_key"] != rotated.body["public_key"]
+    stored = orjson.loads(await redis.hget(Keys(prefix).webhooks, hook["id"]) or b"{}")
+    assert [key.partition("_")[0] for key, _until in stored["old_secrets"]] == ["whsec", "whsk"]
+
+
 BAD_KEYS: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("POST", "/v1/webhooks", {"signature_scheme": "v2"}, "signature_scheme", '"v1" or "v1a"'),
     ("POST", "/v1/webhooks", {"signature_scheme": None}, "signature_scheme", '"v1" or "v1a"'),
