@@ -1,7 +1,7 @@
 """dispatcher: reliable webhook delivery from Redis.
 
-The public Python API is ``Client`` (see ``dispatcher.client``) and the error tree rooted at
-``DispatcherError``.
+The public Python API is ``Client`` (see ``dispatcher.client``), ``verify`` (a receiver's
+signature check, ``dispatcher.verifier``) and the error tree rooted at ``DispatcherError``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dispatcher.errors import (
     DispatcherError,
     IdempotencyKeyReused,
     InvalidField,
+    InvalidSignature,
     NotFound,
     NotReplayable,
     PayloadTooLarge,
@@ -24,6 +25,7 @@ from dispatcher.errors import (
     UnknownQueue,
 )
 from dispatcher.tasks import TaskContext, task
+from dispatcher.verifier import verify
 
 __all__ = [
     "Client",
@@ -32,6 +34,7 @@ __all__ = [
     "DispatcherError",
     "IdempotencyKeyReused",
     "InvalidField",
+    "InvalidSignature",
     "NotFound",
     "NotReplayable",
     "PayloadTooLarge",
@@ -42,4 +45,5 @@ __all__ = [
     "UnknownQueue",
     "__version__",
     "task",
+    "verify",
 ]

@@ -27,6 +27,7 @@ from dispatcher.model import (
     check_event_type,
     check_ordering_key,
     check_queue,
+    check_signature_scheme,
     check_tenant_id,
     check_unicode,
     rfc3339,
@@ -37,7 +38,6 @@ from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
 from dispatcher.queue import tasks as queue_tasks
 from dispatcher.queue.store import Store
-from dispatcher.signing import generate_secret
 from dispatcher.ssrf import AddressPolicy
 from dispatcher.tasks import check_name as check_task_name
 from dispatcher.tasks import check_queue as check_task_queue
@@ -169,7 +169,9 @@ class Client:
         event_types: tuple[str, ...] | list[str] = ("*",),
         **fields: Any,
     ) -> shapes.WebhookWithSecret:
-        """Register a webhook; the answer includes its ``secret`` (generated when absent)."""
+        """Register a webhook; the answer includes its ``secret`` (generated when absent: a
+        ``whsec_`` secret, or with ``signature_scheme="v1a"`` a ``whsk_`` signing key, whose
+        ``public_key`` every answer shows)."""
         if not isinstance(event_types, list | tuple):  # list("a.b") would subscribe to "a", ...
             raise InvalidField("event_types", "must be a non-empty list of event types or '*'")
         hook = await webhooks.create_webhook(
@@ -199,14 +201,18 @@ class Client:
         await webhooks.delete_webhook(self.store, webhook_id)
 
     async def rotate_secret(
-        self, webhook_id: str, grace_s: float = 86_400
+        self, webhook_id: str, grace_s: float = 86_400, signature_scheme: str | None = None
     ) -> shapes.WebhookWithSecret:
-        """A new ``whsec_`` secret; the old one keeps signing for ``grace_s`` seconds.
+        """A new key (a ``whsec_`` secret for ``v1``, a ``whsk_`` signing key for ``v1a``); the
+        old one keeps signing for ``grace_s`` seconds.
 
-        The answer is the webhook with its new ``secret``.
+        ``signature_scheme`` (default: the webhook's own) switches scheme with the same grace:
+        during it the header carries both signatures (``v1,... v1a,...``). The answer is the
+        webhook with its new ``secret`` (and, for ``v1a``, its new ``public_key``).
         """
         grace_s = _seconds("grace_s", grace_s, MAX_GRACE_S)
-        hook = await webhooks.rotate_secret(self.store, webhook_id, generate_secret(), grace_s)
+        scheme = check_signature_scheme(signature_scheme)
+        hook = await webhooks.rotate_secret(self.store, webhook_id, None, grace_s, scheme)
         return cast("shapes.WebhookWithSecret", hook.to_wire(with_secret=True))
 
     async def webhook_stats(self, webhook_id: str, window: str = "1h") -> shapes.WebhookStats:

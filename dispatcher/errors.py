@@ -67,6 +67,27 @@ class IdempotencyKeyReused(DispatcherError):
         return (type(self), (self.key,))
 
 
+class InvalidSignature(DispatcherError):
+    """A delivery that ``dispatcher.verify`` refuses; ``check`` names the check it failed:
+    ``headers`` (webhook-id, webhook-timestamp or webhook-signature missing or empty),
+    ``timestamp`` (not a whole number of seconds), ``too_old`` or ``too_new`` (further from now
+    than the tolerance) or ``signature`` (no signature in the header matches a key).
+
+    Raised only by ``verify``, in a receiver; the admin API never answers it.
+    """
+
+    code = "invalid_signature"
+    http_status = 401
+    CHECKS: ClassVar[tuple[str, ...]] = ("headers", "timestamp", "too_old", "too_new", "signature")
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+    def __reduce__(self) -> tuple[type[InvalidSignature], tuple[str, str]]:
+        return (type(self), (self.check, self.message))
+
+
 class MalformedRequest(DispatcherError):
     """The request is not what the endpoint reads (bad JSON, wrong shape)."""
 

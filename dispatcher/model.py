@@ -26,7 +26,16 @@ import orjson
 from dispatcher import filters
 from dispatcher.errors import InvalidField
 from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
-from dispatcher.signing import generate_secret, valid_secret
+from dispatcher.signing import (
+    SCHEMES,
+    SIGNING_KEY_PREFIX,
+    generate_key,
+    generate_secret,
+    public_key_of,
+    scheme_of,
+    valid_secret,
+    valid_signing_key,
+)
 
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _RESERVED_HEADERS = frozenset(
@@ -267,6 +276,7 @@ CREATABLE = frozenset(
         "paused",
         "filter",
         "ordering",
+        "signature_scheme",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -294,6 +304,9 @@ class Webhook:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     paused: bool = False  # its jobs are held, without attempts, until it is resumed
+    #: "v1" (HMAC, a whsec_ secret) or "v1a" (Ed25519, a whsk_ signing key): always the
+    #: scheme of ``secret``; kept beside it so that it reads without the secret.
+    signature_scheme: str = "v1"
     #: Resumed, its held jobs going back (internal, not in answers): 1 while any is held, 2
     #: once none was at the last release call, 0 at the next. Meanwhile its other jobs never
     #: attempted are held too, so the backlog goes out in accepted order (pauses.py).
@@ -312,13 +325,17 @@ class Webhook:
             tenant_id="",
             url="",
             event_types=["*"],
-            secret=fields.get("secret") or generate_secret(),
+            secret=generate_secret(),
             created_at_ms=now_ms,
             updated_at_ms=now_ms,
         )
-        hook.apply({k: v for k, v in fields.items() if k != "secret"})
-        if "secret" in fields and fields["secret"] is not None:
-            hook.apply({"secret": fields["secret"]})
+        hook.apply({k: v for k, v in fields.items() if k not in _KEY_FIELDS})
+        # the secret and its scheme together, checked against each other (none: generated)
+        keys = {k: fields[k] for k in _KEY_FIELDS if k in fields}
+        if keys.get("secret", "") is None:  # null: generated, as when absent
+            del keys["secret"]
+        if keys:
+            hook.apply(keys)
         return hook
 
     def apply(self, changes: dict[str, Any]) -> None:
@@ -327,6 +344,8 @@ class Webhook:
         if unknown:
             raise InvalidField(min(unknown), "is not a webhook field")
         checked = {name: _CHECKS[name](value) for name, value in changes.items()}
+        if "secret" in checked or "signature_scheme" in checked:
+            checked.update(_signing_key(self, checked))
         for name, value in checked.items():
             setattr(self, name, value)
         if checked.get("enabled") is True:
@@ -354,6 +373,8 @@ class Webhook:
             del record["filter"]
         if record["ordering"] == "none":
             del record["ordering"]
+        if record["signature_scheme"] == "v1":
+            del record["signature_scheme"]
         # last when set: pause_release.lua drops it by cutting the record's end
         del record["draining"]
         if self.draining:
@@ -388,6 +409,8 @@ class Webhook:
             "paused": self.paused,
             "filter": self.filter,
             "ordering": self.ordering,
+            "signature_scheme": self.signature_scheme,
+            "public_key": _public_key(self),
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -460,9 +483,69 @@ def _check_event_types(value: Any) -> list[str]:
 
 
 def _check_secret(value: Any) -> str:
-    if not isinstance(value, str) or not valid_secret(value):
-        raise InvalidField("secret", "must be 'whsec_' followed by base64 of 24 to 64 bytes")
+    if isinstance(value, str) and value.startswith(SIGNING_KEY_PREFIX):
+        if not valid_signing_key(value):
+            raise InvalidField(
+                "secret",
+                "must be 'whsk_' followed by base64 of an Ed25519 key: its 32-byte seed, then "
+                "its 32-byte public key (or the seed alone)",
+            )
+    elif not isinstance(value, str) or not valid_secret(value):
+        raise InvalidField(
+            "secret",
+            "must be 'whsec_' followed by base64 of 24 to 64 bytes (signature_scheme v1), "
+            "or a 'whsk_' Ed25519 signing key (v1a)",
+        )
     return value
+
+
+def _check_signature_scheme(value: Any) -> str:
+    if not isinstance(value, str) or value not in SCHEMES:
+        raise InvalidField("signature_scheme", 'must be "v1" or "v1a"')
+    return value
+
+
+def check_signature_scheme(value: Any) -> str | None:
+    """A rotation's ``signature_scheme``: None (the webhook's own) or ``v1`` or ``v1a``."""
+    return None if value is None else _check_signature_scheme(value)
+
+
+_KEY_FIELDS = ("secret", "signature_scheme")
+
+
+def _signing_key(hook: Webhook, checked: dict[str, Any]) -> dict[str, str]:
+    """The ``secret`` and ``signature_scheme`` a change sets, agreeing with each other.
+
+    A secret brings its own scheme; a scheme given with it must be that one. A scheme alone,
+    changed, needs a new key: to ``v1a`` one is generated (receivers need only its public key,
+    in every answer); to ``v1`` the new secret would be shown nowhere, so it is refused.
+    """
+    scheme = checked.get("signature_scheme", hook.signature_scheme)
+    secret = checked.get("secret")
+    if secret is not None:
+        if "signature_scheme" in checked and scheme_of(secret) != scheme:
+            raise InvalidField(
+                "secret",
+                f"must be a {SCHEMES[scheme]} key for signature_scheme {scheme}",
+            )
+        return {"secret": secret, "signature_scheme": scheme_of(secret)}
+    if scheme == hook.signature_scheme:
+        return {}
+    if scheme == "v1a":
+        return {"secret": generate_key(scheme), "signature_scheme": scheme}
+    raise InvalidField(
+        "signature_scheme",
+        "changes to v1 with a new secret: give it as secret, or rotate "
+        '(POST /v1/webhooks/{id}/rotate-secret {"signature_scheme": "v1"}), which answers it '
+        "and keeps the old key signing through grace_s",
+    )
+
+
+def _public_key(hook: Webhook) -> str | None:
+    """The ``whpk_`` public key receivers verify ``v1a`` signatures with (None for ``v1``)."""
+    if hook.signature_scheme != "v1a" or not hook.secret.startswith(SIGNING_KEY_PREFIX):
+        return None
+    return public_key_of(hook.secret)
 
 
 def _check_rate_limit(value: Any) -> dict[str, float] | None:
@@ -563,6 +646,7 @@ _CHECKS: dict[str, Any] = {
     "paused": _check_paused,
     "filter": filters.check,
     "ordering": _check_ordering,
+    "signature_scheme": _check_signature_scheme,
 }
 
 

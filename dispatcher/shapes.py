@@ -23,6 +23,7 @@ WaitingFor = Literal[
     "rate_limit", "max_in_flight", "endpoint_capacity", "breaker", "paused", "ordering"
 ]
 Ordering = Literal["none", "fifo"]
+SignatureScheme = Literal["v1", "v1a"]
 Priority = Literal["high", "normal", "low"]
 RefusalReason = Literal["payload_lost", "webhook_deleted", "webhook_disabled", "malformed"]
 AlertName = Literal["queued_max", "oldest_ready_age_s", "dlq_growth"]
@@ -98,6 +99,8 @@ class Webhook(TypedDict):
     rate_limit: NotRequired[RateLimit | None]
     max_in_flight: NotRequired[int | None]
     ordering: NotRequired[Ordering]
+    signature_scheme: NotRequired[SignatureScheme]
+    public_key: NotRequired[str | None]  # v1a: the whpk_ key receivers verify with
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
@@ -110,7 +113,8 @@ class Webhook(TypedDict):
 
 
 class WebhookWithSecret(Webhook):
-    """The webhook as created or rotated: the only answers that show its secret."""
+    """The webhook as created or rotated: the only answers that show its secret (``whsec_``
+    for v1, the ``whsk_`` signing key for v1a)."""
 
     secret: str
 
@@ -124,6 +128,7 @@ class WebhookSettings(TypedDict, total=False):
 
     event_types: list[str]
     secret: str | None
+    signature_scheme: SignatureScheme
     rate_limit: RateLimit | None
     max_in_flight: int | None
     ordering: Ordering
@@ -153,6 +158,7 @@ class SecretRotation(TypedDict):
     """The body of ``POST /v1/webhooks/{id}/rotate-secret``."""
 
     grace_s: NotRequired[float]
+    signature_scheme: NotRequired[SignatureScheme]  # of the new key; absent: the webhook's own
 
 
 # --- events ------------------------------------------------------------------------------

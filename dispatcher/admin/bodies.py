@@ -77,11 +77,14 @@ def event(body: Mapping[str, Any], *, with_tenant: bool) -> dict[str, Any]:
     return checked
 
 
-def grace_s(body: Mapping[str, Any]) -> float:
-    value = fields(body, {"grace_s"}).get("grace_s", 86_400)
+def rotation(body: Mapping[str, Any]) -> tuple[float, str | None]:
+    """A rotation's ``grace_s`` (default one day) and ``signature_scheme`` (None: the
+    webhook's own; the Client checks its value)."""
+    checked = fields(body, {"grace_s", "signature_scheme"})
+    value = checked.get("grace_s", 86_400)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidField("grace_s", "must be a number of seconds")
-    return float(value)
+    return float(value), checked.get("signature_scheme")
 
 
 @dataclass(frozen=True, slots=True)

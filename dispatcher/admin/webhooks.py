@@ -48,8 +48,8 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
-    grace_s = bodies.grace_s(await bodies.json_object(request, optional=True))
-    hook = await request.app[CLIENT].rotate_secret(request.match_info["id"], grace_s)
+    grace_s, scheme = bodies.rotation(await bodies.json_object(request, optional=True))
+    hook = await request.app[CLIENT].rotate_secret(request.match_info["id"], grace_s, scheme)
     return json_response(hook)
 
 

@@ -11,6 +11,7 @@ from dispatcher.ids import is_webhook_id
 from dispatcher.model import Webhook, rfc3339
 from dispatcher.queue import breakers, pauses
 from dispatcher.queue.records import redis_errors
+from dispatcher.signing import generate_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -155,12 +156,22 @@ async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
             await pauses.to_release(store, webhook_id)
 
 
-async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s: float) -> Webhook:
+async def rotate_secret(
+    store: Store,
+    webhook_id: str,
+    new_secret: str | None,
+    grace_s: float,
+    scheme: str | None = None,
+) -> Webhook:
+    """``new_secret`` (None: a key generated for ``scheme``, or for the webhook's own one)
+    becomes the webhook's, the old one signing beside it until ``grace_s`` has passed: a
+    change of scheme (v1 to v1a, say) is a rotation too."""
+
     def rotate(hook: Webhook, now_ms: int) -> bool:
         until_ms = now_ms + int(grace_s * 1000)
         live = [[s, until] for s, until in hook.old_secrets if until > now_ms]
         hook.old_secrets = [*live, [hook.secret, until_ms]] if grace_s > 0 else live
-        hook.apply({"secret": new_secret})
+        hook.apply({"secret": new_secret or generate_key(scheme or hook.signature_scheme)})
         hook.updated_at_ms = now_ms
         return True
 
