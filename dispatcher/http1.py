@@ -30,7 +30,9 @@ INTERIM_LIMIT: Final = 32  # interim answers (100 Continue, 102 Processing, 103)
 SNIPPET_CHARS: Final = 200  # the longest piece of an answer quoted in an error
 
 _SCHEMES: Final = frozenset({"http", "https"})
-_WANTED: Final = frozenset({b"retry-after", b"location", b"content-length", b"transfer-encoding"})
+_WANTED: Final = frozenset(
+    {b"retry-after", b"location", b"content-length", b"transfer-encoding", b"proxy-authenticate"}
+)
 
 
 class Closed(Exception):  # noqa: N818 - a reason, not an error of ours

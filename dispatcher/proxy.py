@@ -11,13 +11,15 @@ Blame. A failure of the proxy itself is not the endpoint's, so it must not trip 
 breaker or shrink its traffic share: :class:`ProxyFailure` (the text starts "egress proxy
 host:port: ", the outcome's ``blame`` is :data:`BLAME`) covers the TCP connection to the proxy
 refused, reset or timed out, the proxy closing before a complete CONNECT answer, a malformed or
-oversized answer, bytes after it, 407 (its credentials) and any other refusal of the tunnel
-that is not about the target. :class:`TunnelRefused` is the endpoint's: the proxy answered the
-CONNECT 403 (its policy refused the destination, as the address policy would) or 502/503/504
-(it could not reach the target). So is everything after a tunnel opens (TLS with the target,
-the answer), a deadline that runs out while the proxy dials the target (a proxy gives up later
-than our deadline on a target that drops packets), and for an http target the proxy's answer
-to the POST, which is the answer (except 407).
+oversized answer, bytes after it, a 407 asking for credentials (with ``Proxy-Authenticate``)
+and any other refusal of the tunnel that is not about the target. :class:`TunnelRefused` is
+the endpoint's: the proxy answered the CONNECT 403 (its policy refused the destination, as
+the address policy would; smokescreen says so with a 407 without ``Proxy-Authenticate``, taken
+the same way) or 502/503/504 (it could not reach the target). So is everything after a tunnel
+opens (TLS with the target, the answer), a deadline that runs out while the proxy dials the
+target (a proxy gives up later than our deadline on a target that drops packets), and for an
+http target the proxy's answer to the POST, which is the answer (except a 407 asking for
+credentials).
 
 This module makes no HTTP exchange of its own beyond the CONNECT, for the native sender
 (:mod:`dispatcher.sender`); :mod:`dispatcher.sender_aiohttp` lets aiohttp send it and maps its
@@ -145,16 +147,17 @@ class TunnelRefused(Stated):
     def __init__(self, proxy: Proxy, status: int) -> None:
         why = (
             "refused the target (its policy)"
-            if status == 403  # noqa: PLR2004
+            if status in {403, 407}
             else "could not reach the target"
         )
         super().__init__(f"egress proxy {proxy.label} {why}: HTTP {status}")
         self.status = status
 
 
-def connect_refusal(proxy: Proxy, status: int, phrase: str) -> Exception:
-    """The exception for a CONNECT answered ``status`` (not 2xx)."""
-    if status in ENDPOINT_STATUSES:
+def connect_refusal(proxy: Proxy, status: int, phrase: str, *, challenge: bool) -> Exception:
+    """The exception for a CONNECT answered ``status`` (not 2xx); ``challenge``: the answer
+    has a ``Proxy-Authenticate`` header (a 407 without one is a refusal of the target)."""
+    if status in ENDPOINT_STATUSES or (status == 407 and not challenge):  # noqa: PLR2004
         return TunnelRefused(proxy, status)
     if status == 407:  # noqa: PLR2004
         given = "refused the proxy credentials" if proxy.authorization else "wants credentials"
@@ -304,6 +307,8 @@ def _judge(proxy: Proxy, head: bytes, *, stray: bool) -> None:
         raise ProxyFailure(proxy, f"malformed CONNECT answer: {shown!r}")
     status = int(matched.group(1))
     if not 200 <= status < 300:  # noqa: PLR2004
-        raise connect_refusal(proxy, status, (matched.group(2) or b"").decode("latin-1"))
+        phrase = (matched.group(2) or b"").decode("latin-1")
+        challenge = b"\nproxy-authenticate:" in head.lower()
+        raise connect_refusal(proxy, status, phrase, challenge=challenge)
     if stray:
         raise ProxyFailure(proxy, "sent data after its CONNECT answer")

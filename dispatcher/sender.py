@@ -261,7 +261,12 @@ class Sender:
             error = http1.describe(exc, target)
             return Outcome(None, error, _ms_since(started), None, blame=blame)
         outcome = answer_outcome(answer, started, keep_body)
-        if self._proxy is not None and outcome.status == _PROXY_AUTH and not target.secure:
+        if (
+            self._proxy is not None
+            and outcome.status == _PROXY_AUTH
+            and not target.secure
+            and b"proxy-authenticate" in answer.headers
+        ):
             _blame_proxy(outcome, self._proxy.proxy)  # the proxy's 407 to an http POST
         return outcome
 
@@ -456,7 +461,7 @@ def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> 
 
 def _blame_proxy(outcome: Outcome, proxy: Proxy) -> None:
     """A 407 from the proxy: its credentials, not the endpoint's failure."""
-    outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, ""))
+    outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
     outcome.blame = BLAME
 
 

@@ -212,7 +212,8 @@ class _Connector(aiohttp.TCPConnector):
         try:
             return await super()._create_proxy_connection(req, traces, timeout)
         except aiohttp.ClientHttpProxyError as exc:
-            raise connect_refusal(proxy, exc.status, exc.message) from exc
+            challenge = exc.headers is not None and "Proxy-Authenticate" in exc.headers
+            raise connect_refusal(proxy, exc.status, exc.message, challenge=challenge) from exc
         except (OSError, aiohttp.ClientError) as exc:
             if exchange.tunnelled:  # TLS with the target, through the tunnel: the endpoint's
                 raise
@@ -395,8 +396,13 @@ class AiohttpSender:
             blame = exc.blame if isinstance(exc, http1.Stated) else None
             return Outcome(None, _describe(exc, target), _ms_since(started), None, blame=blame)
         outcome = answer_outcome(answer, started, keep_body)
-        if self._proxy is not None and outcome.status == _PROXY_AUTH and not target.secure:
-            outcome.error = str(connect_refusal(self._proxy, _PROXY_AUTH, ""))  # the proxy's
+        if (
+            self._proxy is not None
+            and outcome.status == _PROXY_AUTH
+            and not target.secure
+            and b"proxy-authenticate" in answer.headers
+        ):  # the proxy's 407 to an http POST
+            outcome.error = str(connect_refusal(self._proxy, _PROXY_AUTH, "", challenge=True))
             outcome.blame = BLAME
         return outcome
 
@@ -462,7 +468,7 @@ async def _post(  # noqa: PLR0917 - a private helper of _exchange
         else:
             response.close()  # capped, failed or cut: never drained, never reused
     answer = http1.Answer(response.status, body=kept, complete=True, capped=not complete)
-    for name in ("retry-after", "location"):
+    for name in ("retry-after", "location", "proxy-authenticate"):
         value = response.headers.get(name)
         if value is not None:
             answer.headers[name.encode()] = value.encode("latin-1", errors="replace")

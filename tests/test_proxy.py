@@ -124,13 +124,18 @@ async def test_proxy_credentials_are_sent_and_a_407_is_the_proxys(
 
 @pytest.mark.parametrize(
     ("status", "text"),
-    [(502, "could not reach the target"), (403, "refused the target (its policy)")],
+    [
+        (502, "could not reach the target"),
+        (403, "refused the target (its policy)"),
+        (407, "refused the target (its policy)"),  # smokescreen's refusal: no Proxy-Authenticate
+    ],
 )
 async def test_a_connect_refused_for_the_target_is_the_endpoints(
     make_sender: MakeSender, ca: Authority, https_target: Target, status: int, text: str
 ) -> None:
-    """A CONNECT answered 403 (the proxy's policy) or 502 (it could not reach the target) is
-    the endpoint's failure, as a refused address or a refused connection would be."""
+    """A CONNECT answered 403 or 407 without a credentials challenge (the proxy's policy) or
+    502 (it could not reach the target) is the endpoint's failure, as a refused address or a
+    refused connection would be."""
     async with ConnectProxy(connect_status=status) as proxy:
         async with _sender(make_sender, proxy.url, ca) as sender:
             outcome = await _post(sender, _by_name(https_target))
