@@ -71,6 +71,7 @@ __all__ = [
     "Sender",
     "answer_outcome",
     "check_header",
+    "proxy_challenge",
 ]
 
 STALE_RETRIES_METRIC: Final = "dispatcher_http_stale_connection_retries_total"
@@ -261,13 +262,8 @@ class Sender:
             error = http1.describe(exc, target)
             return Outcome(None, error, _ms_since(started), None, blame=blame)
         outcome = answer_outcome(answer, started, keep_body)
-        if (
-            self._proxy is not None
-            and outcome.status == _PROXY_AUTH
-            and not target.secure
-            and b"proxy-authenticate" in answer.headers
-        ):
-            _blame_proxy(outcome, self._proxy.proxy)  # the proxy's 407 to an http POST
+        if self._proxy is not None:
+            proxy_challenge(outcome, answer, self._proxy.proxy, target)
         return outcome
 
     def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:
@@ -459,10 +455,18 @@ def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> 
     return outcome
 
 
-def _blame_proxy(outcome: Outcome, proxy: Proxy) -> None:
-    """A 407 from the proxy: its credentials, not the endpoint's failure."""
-    outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
-    outcome.blame = BLAME
+def proxy_challenge(
+    outcome: Outcome, answer: http1.Answer, proxy: Proxy, target: http1.Target
+) -> None:
+    """Through the egress proxy, an http target's 407 asking for credentials
+    (``Proxy-Authenticate``) is the proxy's answer, not the endpoint's: blamed on it."""
+    if (
+        outcome.status == _PROXY_AUTH
+        and not target.secure
+        and b"proxy-authenticate" in answer.headers
+    ):
+        outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
+        outcome.blame = BLAME
 
 
 def _expire(task: asyncio.Task[object], fired: list[bool]) -> None:

@@ -43,7 +43,7 @@ import errno
 import functools
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
@@ -53,7 +53,13 @@ from yarl import URL
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT
 from dispatcher.proxy import BLAME, Proxy, ProxyFailure, connect_refusal, reason
-from dispatcher.sender import STALE_RETRIES_METRIC, Outcome, answer_outcome, check_header
+from dispatcher.sender import (
+    STALE_RETRIES_METRIC,
+    Outcome,
+    answer_outcome,
+    check_header,
+    proxy_challenge,
+)
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
 if TYPE_CHECKING:
@@ -73,8 +79,6 @@ __all__ = ["AiohttpSender"]
 _DNS_CACHE_TTL_S: Final = 10.0  # as the native sender: cached answers are checked ones
 _IDLE_S: Final = 15.0
 _READ_CHUNK: Final = 16384
-_PROXY_AUTH: Final = 407  # Proxy Authentication Required
-_DIRECT: Final[Mapping[str, Any]] = {}  # session.post's proxy arguments without a proxy
 
 
 @dataclass(slots=True)
@@ -87,6 +91,7 @@ class _Exchange:
     # with the target begins)
     at_proxy: bool = False
     tunnelled: bool = False
+    via: Mapping[str, Any] = field(default_factory=dict)  # session.post's proxy arguments
 
 
 _EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
@@ -374,15 +379,11 @@ class AiohttpSender:
             return Outcome(None, f"invalid request: {exc}", _ms_since(started), None)
         if "@" in url:  # as the native client: credentials in the URL are never sent
             url = str(URL(url).with_user(None))
-        via = _DIRECT
-        if self._proxy is not None:
-            via = self._via_https if target.secure else self._via_http
-            if self._proxy_auth and not target.secure:
-                headers = {**headers, **self._proxy_auth}
         exchange = _Exchange()
+        headers = self._route(target, headers, exchange)
         try:
             async with asyncio.timeout(self._timeout_s):
-                answer = await self._exchange(session, url, body, headers, exchange, via)
+                answer = await self._exchange(session, url, body, headers, exchange)
         except TimeoutError:
             return self._timed_out(started, at_proxy=exchange.at_proxy)
         except (
@@ -393,18 +394,25 @@ class AiohttpSender:
             ssl.CertificateError,
             http1.Stated,
         ) as exc:
-            blame = exc.blame if isinstance(exc, http1.Stated) else None
-            return Outcome(None, _describe(exc, target), _ms_since(started), None, blame=blame)
+            return _failed(exc, target, started)
         outcome = answer_outcome(answer, started, keep_body)
-        if (
-            self._proxy is not None
-            and outcome.status == _PROXY_AUTH
-            and not target.secure
-            and b"proxy-authenticate" in answer.headers
-        ):  # the proxy's 407 to an http POST
-            outcome.error = str(connect_refusal(self._proxy, _PROXY_AUTH, "", challenge=True))
-            outcome.blame = BLAME
+        if self._proxy is not None:
+            proxy_challenge(outcome, answer, self._proxy, target)
         return outcome
+
+    def _route(
+        self, target: http1.Target, headers: Mapping[str, str], exchange: _Exchange
+    ) -> Mapping[str, str]:
+        """Through the egress proxy: its arguments for ``session.post`` in ``exchange``, and
+        the headers (with the proxy's credentials for an http target, forwarded without them).
+        Without a proxy: the headers as they are."""
+        if self._proxy is None:
+            return headers
+        if target.secure:
+            exchange.via = self._via_https
+            return headers
+        exchange.via = self._via_http
+        return {**headers, **self._proxy_auth} if self._proxy_auth else headers
 
     def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:
         """The outcome of an attempt past its deadline; ``at_proxy``: while it dialled the
@@ -421,12 +429,11 @@ class AiohttpSender:
         body: bytes,
         headers: Mapping[str, str],
         exchange: _Exchange,
-        via: Mapping[str, Any],
     ) -> http1.Answer:
         token = _EXCHANGE.set(exchange)
         try:
             try:
-                return await _post(session, url, body, headers, self._cap, via)
+                return await _post(session, url, body, headers, self._cap, exchange.via)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 handler = exchange.handler
                 stale = exchange.reused and handler is not None and handler.taken == 0
@@ -437,7 +444,7 @@ class AiohttpSender:
                 self.stale_retries += 1
                 if self._metrics is not None:
                     self._metrics.inc(STALE_RETRIES_METRIC)
-                return await _post(session, url, body, headers, self._cap, via)
+                return await _post(session, url, body, headers, self._cap, exchange.via)
         finally:
             _EXCHANGE.reset(token)
 
@@ -473,6 +480,12 @@ async def _post(  # noqa: PLR0917 - a private helper of _exchange
         if value is not None:
             answer.headers[name.encode()] = value.encode("latin-1", errors="replace")
     return answer
+
+
+def _failed(exc: BaseException, target: http1.Target, started: float) -> Outcome:
+    """The outcome of an exchange that failed: the native client's text, and whose it is."""
+    blame = exc.blame if isinstance(exc, http1.Stated) else None
+    return Outcome(None, _describe(exc, target), _ms_since(started), None, blame=blame)
 
 
 def _closed_early(exc: BaseException) -> bool:

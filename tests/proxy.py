@@ -137,7 +137,7 @@ class ConnectProxy:
             writer.write(self.connect_answer)
             await writer.drain()
             return
-        if self.connect_status != 200:  # noqa: PLR2004
+        if self.connect_status != 200:
             writer.write(b"HTTP/1.1 %d Refused\r\nContent-Length: 0\r\n\r\n" % self.connect_status)
             await writer.drain()
             return
@@ -157,7 +157,7 @@ class ConnectProxy:
         finally:
             up_writer.close()
 
-    async def _forward(  # noqa: PLR0913, PLR0917 - one request's parts
+    async def _forward(
         self,
         method: str,
         url: str,

@@ -136,9 +136,11 @@ async def test_a_connect_refused_for_the_target_is_the_endpoints(
     """A CONNECT answered 403 or 407 without a credentials challenge (the proxy's policy) or
     502 (it could not reach the target) is the endpoint's failure, as a refused address or a
     refused connection would be."""
-    async with ConnectProxy(connect_status=status) as proxy:
-        async with _sender(make_sender, proxy.url, ca) as sender:
-            outcome = await _post(sender, _by_name(https_target))
+    async with (
+        ConnectProxy(connect_status=status) as proxy,
+        _sender(make_sender, proxy.url, ca) as sender,
+    ):
+        outcome = await _post(sender, _by_name(https_target))
     assert outcome.blame is None
     assert outcome.status is None
     assert outcome.error == f"egress proxy 127.0.0.1:{proxy.port} {text}: HTTP {status}"
@@ -157,9 +159,11 @@ async def test_a_broken_connect_answer_is_the_proxys(
     make_sender: MakeSender, ca: Authority, https_target: Target, answer: bytes, text: str
 ) -> None:
     """A CONNECT answer that is not HTTP, or cut before its end, is the proxy's failure."""
-    async with ConnectProxy(connect_answer=answer) as proxy:
-        async with _sender(make_sender, proxy.url, ca) as sender:
-            outcome = await _post(sender, _by_name(https_target))
+    async with (
+        ConnectProxy(connect_answer=answer) as proxy,
+        _sender(make_sender, proxy.url, ca) as sender,
+    ):
+        outcome = await _post(sender, _by_name(https_target))
     assert outcome.blame == BLAME
     assert outcome.error is not None
     assert outcome.error.startswith(f"egress proxy 127.0.0.1:{proxy.port}: ")
@@ -249,7 +253,7 @@ async def test_a_dead_proxy_leaves_the_endpoints_breaker_closed(
     assert workers.metrics.get(FAILURES_METRIC) == 12
     # Nothing was noted for the breaker report (note() runs as each attempt is recorded),
     # so nothing will be reported: no breaker, no failure run, a full traffic share.
-    assert hook["id"] not in worker.health._health  # noqa: SLF001
+    assert hook["id"] not in worker.health._health
     view = await client.get_webhook(hook["id"])
     assert (view["breaker"], view["failing_since"]) == (None, None)
     endpoint = worker.pool.endpoint(hook["id"])
