@@ -219,9 +219,11 @@ class _Connector(aiohttp.TCPConnector):
         except aiohttp.ClientHttpProxyError as exc:
             challenge = exc.headers is not None and "Proxy-Authenticate" in exc.headers
             raise connect_refusal(proxy, exc.status, exc.message, challenge=challenge) from exc
-        except (OSError, aiohttp.ClientError) as exc:
+        except (OSError, aiohttp.ClientError, http1.Oversized, http1.MalformedAnswer) as exc:
             if exchange.tunnelled:  # TLS with the target, through the tunnel: the endpoint's
                 raise
+            if isinstance(exc, http1.Oversized | http1.MalformedAnswer):  # _BoundedHandler's
+                raise ProxyFailure(proxy, f"its CONNECT answer: {exc}") from exc
             if isinstance(exc, aiohttp.ClientConnectorError):
                 raise ProxyFailure(proxy, reason(exc.os_error)) from exc
             if isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -153,12 +153,14 @@ async def test_a_connect_refused_for_the_target_is_the_endpoints(
         (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed CONNECT answer"),
         (b"", "closed the connection before answering CONNECT"),
         (b"HTTP/1.1 200 OK\r\n", "closed the connection before answering CONNECT"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n", "CONNECT answer"),
     ],
 )
 async def test_a_broken_connect_answer_is_the_proxys(
     make_sender: MakeSender, ca: Authority, https_target: Target, answer: bytes, text: str
 ) -> None:
-    """A CONNECT answer that is not HTTP, or cut before its end, is the proxy's failure."""
+    """A CONNECT answer that is not HTTP, cut before its end or past the head's bound is the
+    proxy's failure."""
     async with (
         ConnectProxy(connect_answer=answer) as proxy,
         _sender(make_sender, proxy.url, ca) as sender,
