@@ -223,7 +223,8 @@ class Sender:
         if refused is not None:
             error = str(TargetRefused(target.host, target.host, refused))
             return Outcome(None, error, _ms_since(started), None)
-        line = target.request_line if self._proxy is None else self._proxy_line(target)
+        proxy = self._proxy  # the one look at the proxy an attempt without one makes
+        line = target.request_line if proxy is None else self._proxy_line(target)
         try:
             request = (line + self._head(headers, len(body)), body)
         except ValueError as exc:
@@ -245,7 +246,7 @@ class Sender:
                 timer.cancel()
                 timed_out = bool(fired) and task.uncancel() <= cancelling
         except asyncio.CancelledError:
-            cut_off = self._proxy is not None and self._proxy.cut_off(task)
+            cut_off = proxy is not None and proxy.cut_off(task)
             if timed_out:
                 return self._timed_out(started, at_proxy=cut_off)
             raise
@@ -262,8 +263,8 @@ class Sender:
             error = http1.describe(exc, target)
             return Outcome(None, error, _ms_since(started), None, blame=blame)
         outcome = answer_outcome(answer, started, keep_body)
-        if self._proxy is not None:
-            proxy_challenge(outcome, answer, self._proxy.proxy, target)
+        if proxy is not None:
+            proxy_challenge(outcome, answer, proxy.proxy, target)
         return outcome
 
     def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:

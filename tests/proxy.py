@@ -8,8 +8,9 @@
 It counts what it carries (``connects``: CONNECT tunnels opened, ``forwards``: absolute-form
 requests forwarded, ``upstream``: connections it opened to targets), records each request
 line and ``Proxy-Authorization``, answers 407 without the right credentials, and can be told
-to answer every CONNECT with another status (``connect_status``) or to misbehave
-(``connect_answer``: raw bytes written instead of an answer, then the connection closed).
+to answer every CONNECT with another status (``connect_status``), never (``hang``), or to
+misbehave (``connect_answer``: raw bytes written instead of an answer, then the connection
+closed).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ class ConnectProxy:
         credentials: tuple[str, str] | None = None,
         connect_status: int = 200,
         connect_answer: bytes | None = None,
+        hang: bool = False,
     ) -> None:
         self.credentials = credentials
         self.connect_status = connect_status
         self.connect_answer = connect_answer
+        self.hang = hang  # read CONNECTs and never answer (a proxy dialling a dead target)
         self.connects = 0  # CONNECT tunnels opened to a target
         self.forwards = 0  # absolute-form requests forwarded
         self.upstream = 0  # TCP connections opened to targets
@@ -133,6 +136,9 @@ class ConnectProxy:
     async def _tunnel(
         self, authority: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self.hang:
+            await reader.read()  # until the client goes away
+            return
         if self.connect_answer is not None:
             writer.write(self.connect_answer)
             await writer.drain()

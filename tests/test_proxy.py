@@ -4,7 +4,9 @@ proxy itself is the proxy's (its text, ``blame``), leaving the endpoint's breake
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -53,17 +55,20 @@ async def proxy() -> AsyncIterator[ConnectProxy]:
 
 
 def _sender(
-    make_sender: MakeSender, proxy_url: str | None, ca: Authority | None, **kwargs: object
+    make_sender: MakeSender,
+    proxy_url: str | None,
+    ca: Authority | None,
+    *,
+    timeout_s: float = 2.0,
 ) -> AnySender:
     """A sender with the default address policy (public addresses only) and the test CA."""
     return make_sender(
-        timeout_s=2.0,
+        timeout_s=timeout_s,
         concurrency=8,
         policy=AddressPolicy(),
         user_agent="dispatcher/test",
         proxy_url=proxy_url,
         ssl_context=ca.client_context() if ca is not None else None,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -185,6 +190,50 @@ async def test_a_stopped_proxy_is_the_proxys_failure(
             assert outcome.blame == BLAME
             assert outcome.error == f"egress proxy 127.0.0.1:{proxy.port}: connection refused"
     assert https_target.connections == target.connections == 0
+
+
+async def test_a_deadline_dialling_the_proxy_is_the_proxys(
+    make_sender: MakeSender, ca: Authority, https_target: Target
+) -> None:
+    """The deadline running out while the TCP connection to the proxy is not yet made (its
+    accept queue is full, so the handshake gets no answer) is the proxy's failure."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # fill the accept queue: further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            async with _sender(
+                make_sender, f"http://127.0.0.1:{port}", ca, timeout_s=0.3
+            ) as sender:
+                outcome = await _post(sender, _by_name(https_target))
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert outcome.timed_out
+    assert outcome.blame == BLAME
+    assert outcome.error == f"egress proxy 127.0.0.1:{port}: timed out after 0.3 s"
+
+
+async def test_a_deadline_after_the_proxy_accepted_is_the_endpoints(
+    make_sender: MakeSender, ca: Authority, https_target: Target
+) -> None:
+    """A proxy that accepted the connection and is still dialling the target when the
+    deadline runs out: the endpoint's timeout (proxies give up on a dead target later)."""
+    async with (
+        ConnectProxy(hang=True) as proxy,
+        _sender(make_sender, proxy.url, ca, timeout_s=0.3) as sender,
+    ):
+        outcome = await _post(sender, _by_name(https_target))
+    assert outcome.timed_out
+    assert outcome.blame is None
+    assert outcome.error == "timed out after 0.3 s"
 
 
 async def test_tls_with_the_target_is_the_endpoints(
