@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
 
@@ -17,13 +18,14 @@ from dispatcher import Client, config
 from dispatcher.errors import ConfigError
 from dispatcher.proxy import BLAME, FAILURES_METRIC
 from dispatcher.ssrf import AddressPolicy
-from tests.helpers import eventually, free_port
+from tests.helpers import Daemon, daemon_env, eventually, free_port, log_events, stop_daemons
 from tests.pki import Authority, server_context
 from tests.proxy import ConnectProxy
 from tests.target import Target
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     import redis.asyncio as aioredis
 
@@ -323,6 +325,35 @@ async def test_a_dead_proxy_leaves_the_endpoints_breaker_closed(
         return breaker is not None and breaker["state"] == "open"
 
     await eventually(tripped, what="the control webhook's breaker open")
+
+
+async def test_the_daemon_delivers_through_its_proxy_and_never_logs_the_password(
+    redis_url: str, prefix: str, client: Client, target: Target, logs_dir: Path
+) -> None:
+    """``dispatcher run`` with DISPATCHER_DELIVERY_PROXY_URL delivers through the proxy (with
+    its credentials) under the default address policy, and its log shows the URL redacted."""
+    async with ConnectProxy(credentials=(USER, PASSWORD)) as proxy:
+        env = daemon_env(
+            redis_url,
+            prefix,
+            delivery_proxy_url=proxy.url_with(USER, PASSWORD),
+            security_allow_private_targets="false",
+        )
+        daemon = Daemon(env, logs_dir / "proxied.log").start()
+        try:
+            await client.create_webhook("acme", _by_name(target))
+            await client.publish("acme", "order.created", {"n": 1})
+            [request] = await target.wait_for(1)
+        finally:
+            await stop_daemons(daemon)
+    assert request.headers["webhook-id"].startswith("job_")
+    assert "proxy-authorization" not in request.headers
+    assert proxy.forwards == 1
+    assert proxy.authorizations[-1] is not None
+    [started] = log_events(daemon, "daemon.started")
+    assert started["proxy"] == f"http://{USER}:***@127.0.0.1:{proxy.port}"
+    assert quote(PASSWORD, safe="") not in daemon.log
+    assert PASSWORD not in daemon.log
 
 
 async def test_a_test_send_goes_through_the_clients_proxy(
