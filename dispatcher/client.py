@@ -33,6 +33,7 @@ from dispatcher.model import (
     rfc3339,
     time_ms,
 )
+from dispatcher.proxy import Proxy
 from dispatcher.queue import control, dlq, dlq_ops, publishing, records, resend, webhooks
 from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
@@ -78,8 +79,8 @@ class Client:
 
     ``test_webhook`` sends through ``sender`` (the daemon's admin API passes its own, with its
     ``security.*`` policy and ``delivery.timeout_s``); without one it makes a native sender
-    for each test with ``security`` (default: the daemon's defaults, public addresses only)
-    and ``timeout_s``.
+    for each test with ``security`` (default: the daemon's defaults, public addresses only),
+    ``proxy_url`` (``delivery.proxy_url``: the egress proxy, None for none) and ``timeout_s``.
     """
 
     def __init__(
@@ -93,12 +94,16 @@ class Client:
         dedup_window_s: int = 0,
         sender: HttpSender | None = None,
         security: SecurityConfig | None = None,
+        proxy_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.store = store
         self._sender = sender
         security = security or SecurityConfig()
         self._policy = AddressPolicy(security.allow_private_targets, security.allowed_cidrs)
+        if proxy_url is not None:
+            Proxy.parse(proxy_url)  # a ValueError now, not at the first test send
+        self._proxy_url = proxy_url
         self._timeout_s = timeout_s
         self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
@@ -124,12 +129,14 @@ class Client:
         queues: Iterable[str] = (),
         dedup_window_s: int = 0,
         security: SecurityConfig | None = None,
+        proxy_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> Client:
         """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
         daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``;
         ``dedup_window_s`` the default window of ``publish`` (0: off); ``security`` the
-        address policy and ``timeout_s`` the deadline of ``test_webhook``."""
+        address policy, ``proxy_url`` the egress proxy and ``timeout_s`` the deadline of
+        ``test_webhook``."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
         return cls(
             Store.open(redis_url, prefix=prefix),
@@ -139,6 +146,7 @@ class Client:
             queues=queues,
             dedup_window_s=window,
             security=security,
+            proxy_url=proxy_url,
             timeout_s=timeout_s,
         )
 
@@ -270,6 +278,7 @@ class Client:
             sender=self._sender,
             policy=self._policy,
             timeout_s=self._timeout_s,
+            proxy_url=self._proxy_url,
         )
 
     # --- events ---------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class DeliveryConfig:
     disable_after_s: float = 432_000.0  # failing this long without a success disables a webhook
     breaker_open_s: float = 30.0  # a tripped breaker's first open period (doubles, up to 20x)
     http_client: str = "native"  # "aiohttp": the aiohttp sender, for a target native mishandles
+    proxy_url: str | None = None  # http://[user:pass@]host:port: every delivery leaves through it
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,7 @@ def _delivery(r: _Reader) -> DeliveryConfig:
         disable_after_s=r.value("delivery", "disable_after_s", d.disable_after_s, values.duration),
         breaker_open_s=r.value("delivery", "breaker_open_s", d.breaker_open_s, values.duration),
         http_client=r.value("delivery", "http_client", d.http_client, values.choice(HTTP_CLIENTS)),
+        proxy_url=r.value("delivery", "proxy_url", d.proxy_url, values.proxy_url),
     )
     _check_delivery(r, cfg)
     return cfg
@@ -458,4 +460,6 @@ def redacted(cfg: Config) -> dict[str, object]:
     sections["redis"]["url"] = (
         values.redact_url(cfg.redis.url) if cfg.redis.url is not None else None
     )
+    if cfg.delivery.proxy_url is not None:
+        sections["delivery"]["proxy_url"] = values.redact_url(cfg.delivery.proxy_url)
     return {"state_dir": str(cfg.state_dir), **sections}

@@ -5,7 +5,8 @@ environment, where everything is a string) and returns the typed value or raises
 `BadValueError` with one reason per problem line; `config.load` adds the key's name and the
 origin to each. Nothing here knows the sections or reads the environment; the one parser with
 a side effect is `token_file`, which reads the file it names. Also here: `queue_names` (used
-by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`.
+by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`; `proxy_url` checks with
+`dispatcher.proxy.Proxy.parse`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from dispatcher.proxy import Proxy
 from dispatcher.queue import urls
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -235,6 +237,18 @@ def redis_url(raw: Raw) -> str | None:
         parts.port  # noqa: B018 - urlsplit only checks the port when asked
     except ValueError:
         raise BadValueError(f"invalid port in {shown}") from None
+    return url
+
+
+def proxy_url(raw: Raw) -> str | None:
+    """``delivery.proxy_url``: ``http://[user:pass@]host:port`` (the password never shown)."""
+    url = optional_string(raw)
+    if url is None:
+        return None
+    try:
+        Proxy.parse(url)
+    except ValueError as exc:
+        raise BadValueError(str(exc)) from None
     return url
 
 

@@ -21,6 +21,7 @@ from dispatcher import loops
 from dispatcher.alerts import Alerts
 from dispatcher.client import Client
 from dispatcher.config import changed_keys, with_keys
+from dispatcher.config_values import redact_url
 from dispatcher.delivery import USER_AGENT, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
@@ -133,6 +134,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             queues=list(worker.queues),
             concurrency=cfg.delivery.concurrency,
             http_client=cfg.delivery.http_client,
+            proxy=redact_url(cfg.delivery.proxy_url) if cfg.delivery.proxy_url else None,
             embedded_redis=embedded is not None,
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
@@ -242,6 +244,7 @@ def _sender(cfg: DeliveryConfig, policy: AddressPolicy, metrics: Metrics) -> Htt
         policy=policy,
         user_agent=USER_AGENT,
         metrics=metrics,
+        proxy_url=cfg.proxy_url,  # delivery.proxy_url: every delivery through it (proxy.py)
     )
 
 

@@ -30,7 +30,9 @@ INTERIM_LIMIT: Final = 32  # interim answers (100 Continue, 102 Processing, 103)
 SNIPPET_CHARS: Final = 200  # the longest piece of an answer quoted in an error
 
 _SCHEMES: Final = frozenset({"http", "https"})
-_WANTED: Final = frozenset({b"retry-after", b"location", b"content-length", b"transfer-encoding"})
+_WANTED: Final = frozenset(
+    {b"retry-after", b"location", b"content-length", b"transfer-encoding", b"proxy-authenticate"}
+)
 
 
 class Closed(Exception):  # noqa: N818 - a reason, not an error of ours
@@ -47,6 +49,13 @@ class MalformedAnswer(Exception):  # noqa: N818
 
 class Oversized(Exception):  # noqa: N818
     """The answer passed one of the limits on what is read; the text names it."""
+
+
+class Stated(Exception):  # noqa: N818
+    """A failure whose text says it all (the egress proxy's, ``proxy.py``); ``blame`` is the
+    outcome's (None: the endpoint's)."""
+
+    blame: str | None = None
 
 
 class _Unsolicited(Exception):  # noqa: N818
@@ -223,6 +232,9 @@ class Target:
     host: str  # as dialled and checked: IDNA-encoded name or IP literal, no brackets
     port: int
     request_line: bytes  # b"POST /path?query HTTP/1.1\r\nHost: host:port\r\n"
+    # the same in absolute form, b"POST http://host:port/path?query HTTP/1.1\r\n...", as an
+    # http target's request goes to an egress proxy (proxy.py)
+    absolute_line: bytes
 
     @property
     def origin(self) -> tuple[bool, str, int]:
@@ -247,7 +259,8 @@ def parse_target(url: str) -> Target:
         authority = f"{authority}:{port}"
     path = parsed.raw_path_qs or "/"
     line = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
-    return Target(parsed.scheme == "https", host, port, line)
+    absolute = f"POST {parsed.scheme}://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n"
+    return Target(parsed.scheme == "https", host, port, line, absolute.encode("ascii"))
 
 
 _FIXED_TEXT: Final = (
@@ -260,7 +273,7 @@ _FIXED_TEXT: Final = (
 
 def describe(exc: BaseException, target: Target) -> str:  # noqa: PLR0911 - one per kind
     """A short sentence for a failed exchange, chosen by the exception's type."""
-    if isinstance(exc, TargetRefused):
+    if isinstance(exc, TargetRefused | Stated):
         return str(exc)
     if isinstance(exc, MalformedAnswer):
         return f"malformed response: {exc}"

@@ -93,6 +93,10 @@ _HELP = {
         "POSTs sent again on a new connection after a kept-alive one closed without answering "
         "(the target may have processed the first: at-least-once)."
     ),
+    "dispatcher_proxy_failures_total": (
+        "Delivery attempts failed by the egress proxy itself (delivery.proxy_url unreachable, "
+        "its CONNECT answer cut or malformed, 407): not counted against the endpoint's breaker."
+    ),
     "dispatcher_endpoint_in_flight": (
         "Attempts in flight per webhook in this process, for webhooks with attempts in flight "
         f"or a cut limit only, at most {ENDPOINT_SERIES_MAX} (busiest first)."

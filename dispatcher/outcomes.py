@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from dispatcher import retry
+from dispatcher import proxy, retry
 from dispatcher.gate import Work
 from dispatcher.logs import debug_enabled
 from dispatcher.metrics import Metrics
@@ -71,10 +71,17 @@ class Outcomes:
         status = outcome.status
         verdict = retry.verdict(status, attempt, cfg.max_attempts)
         now_ms = self.store.clock.now_ms()
-        self.pool.endpoint(job.webhook_id).end(
-            job.id, outcome.duration_ms / 1000, answered=status is not None, ok=outcome.delivered
-        )
-        self.health.note(job.webhook_id, outcome)
+        if outcome.blame is None:
+            self.pool.endpoint(job.webhook_id).end(
+                job.id,
+                outcome.duration_ms / 1000,
+                answered=status is not None,
+                ok=outcome.delivered,
+            )
+            self.health.note(job.webhook_id, outcome)
+        else:  # the egress proxy failed: nothing learnt of the endpoint, its breaker untouched
+            self.pool.endpoint(job.webhook_id).release(job.id)
+            self.metrics.inc(proxy.FAILURES_METRIC)
         frees = self._frees(work)
         self.health.answered(job.id)
         job.attempted(started_ms, status, outcome.duration_ms, outcome.error)
@@ -222,13 +229,16 @@ def _delivered(status: int | None) -> Series:
 
 def _fields(job: Job, attempt: int, outcome: Outcome) -> dict[str, Any]:
     """What a delivery's log line says of it."""
-    return {
+    fields = {
         "job_id": job.id,
         "webhook_id": job.webhook_id,
         "attempt": attempt,
         "status": outcome.status,
         "duration_ms": round(outcome.duration_ms, 1),
     }
+    if outcome.blame is not None:
+        fields["blame"] = outcome.blame  # "proxy": the egress proxy failed, not the endpoint
+    return fields
 
 
 def _log_failure(event: str) -> Callable[[asyncio.Task[None]], None]:

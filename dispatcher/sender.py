@@ -25,9 +25,13 @@ Guarantees of :meth:`Sender.attempt`:
 - the first complete answer is the one recorded: bytes that arrive with no request
   outstanding (an extra pipelined answer, stray bytes on an idle connection) close the
   connection, which is never used again;
-- redirects are not followed, no proxy or cookie is used, and every address dialled passes the
+- redirects are not followed, no cookie is used, and every address dialled passes the
   :class:`~dispatcher.ssrf.AddressPolicy` (names through the
   :class:`~dispatcher.ssrf.GuardedResolver`, IP literals before anything is sent);
+- with ``proxy_url`` (``delivery.proxy_url``) every request goes through that proxy
+  (:mod:`dispatcher.proxy`): a CONNECT tunnel for https, absolute form for http; IP-literal
+  targets are still checked first, names are the proxy's to resolve, and a failure of the
+  proxy itself is an outcome with ``blame = "proxy"``;
 - a connection is reused only after a complete answer that allows keep-alive;
 - every failure, malformed answers included, is an ``Outcome``; only ``CancelledError``
   escapes.
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
+from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, connect_refusal, open_tunnel
 from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
@@ -66,6 +71,7 @@ __all__ = [
     "Sender",
     "answer_outcome",
     "check_header",
+    "proxy_challenge",
 ]
 
 STALE_RETRIES_METRIC: Final = "dispatcher_http_stale_connection_retries_total"
@@ -77,6 +83,7 @@ _SNIPPET_BYTES: Final = 4 * http1.SNIPPET_CHARS  # enough bytes for 200 UTF-8 ch
 _DNS_CACHE_TTL_S: Final = 10.0
 _IDLE_S: Final = 15.0  # an idle keep-alive connection older than this is closed, not reused
 _NAMES_KEPT: Final = 1024  # header names remembered as checked (webhooks' own headers too)
+_PROXY_AUTH: Final = 407  # Proxy Authentication Required
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -98,6 +105,9 @@ class Outcome:
     #: The answer body's first ``keep_body`` bytes, when ``attempt`` was asked for them (a
     #: test send shows them); empty otherwise, so a delivery copies nothing.
     body: bytes = b""
+    #: Whose failure this is when not the endpoint's: ``"proxy"`` (dispatcher.proxy.BLAME)
+    #: for a failure of the egress proxy itself, which the breaker and the traffic share ignore.
+    blame: str | None = None
 
     @property
     def delivered(self) -> bool:
@@ -132,12 +142,18 @@ class Sender:
         user_agent: str,
         max_response_bytes: int = 65536,
         metrics: Metrics | None = None,
+        proxy_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``proxy_url``: ``delivery.proxy_url`` (ValueError when malformed); ``ssl_context``:
+        the context https targets are checked with (default: the system's trust store)."""
         self._timeout_s = timeout_s
         self._concurrency = concurrency
         self._policy = policy
         self._cap = max_response_bytes
         self._timeout_error = f"timed out after {float(timeout_s)} s"
+        self._proxy = Dialler(Proxy.parse(proxy_url)) if proxy_url else None
+        self._ssl_context = ssl_context
         self._defaults = {  # sent unless the caller gives its own
             "user-agent": f"User-Agent: {user_agent}\r\n".encode("latin-1"),
             "content-type": b"Content-Type: application/json\r\n",
@@ -173,7 +189,7 @@ class Sender:
         if self._started:
             raise RuntimeError("the sender is already started")
         self._resolver = GuardedResolver(self._policy)
-        self._tls = ssl.create_default_context()
+        self._tls = self._ssl_context or ssl.create_default_context()
         self._loop = asyncio.get_running_loop()  # asked once: each ask is a getpid call
         self._started = True
 
@@ -207,8 +223,10 @@ class Sender:
         if refused is not None:
             error = str(TargetRefused(target.host, target.host, refused))
             return Outcome(None, error, _ms_since(started), None)
+        proxy = self._proxy  # the one look at the proxy an attempt without one makes
+        line = target.request_line if proxy is None else self._proxy_line(target)
         try:
-            request = (target.request_line + self._head(headers, len(body)), body)
+            request = (line + self._head(headers, len(body)), body)
         except ValueError as exc:
             return Outcome(None, f"invalid request: {exc}", _ms_since(started), None)
         # The deadline, as asyncio.timeout() keeps it but without its per-call objects (it
@@ -228,8 +246,9 @@ class Sender:
                 timer.cancel()
                 timed_out = bool(fired) and task.uncancel() <= cancelling
         except asyncio.CancelledError:
+            cut_off = proxy is not None and proxy.cut_off(task)
             if timed_out:
-                return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
+                return self._timed_out(started, at_proxy=cut_off)
             raise
         except (
             OSError,
@@ -238,9 +257,31 @@ class Sender:
             http1.MalformedAnswer,
             http1.Oversized,
             ssl.CertificateError,
+            http1.Stated,
         ) as exc:
-            return Outcome(None, http1.describe(exc, target), _ms_since(started), None)
-        return answer_outcome(answer, started, keep_body)
+            blame = exc.blame if isinstance(exc, http1.Stated) else None
+            error = http1.describe(exc, target)
+            return Outcome(None, error, _ms_since(started), None, blame=blame)
+        outcome = answer_outcome(answer, started, keep_body)
+        if proxy is not None:
+            proxy_challenge(outcome, answer, proxy.proxy, target)
+        return outcome
+
+    def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:
+        """The outcome of an attempt past its deadline; ``at_proxy``: while it dialled the
+        egress proxy, whose failure it then is."""
+        if at_proxy and self._proxy is not None:
+            error = str(ProxyFailure(self._proxy.proxy, self._timeout_error))
+            return Outcome(None, error, _ms_since(started), None, timed_out=True, blame=BLAME)
+        return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
+
+    def _proxy_line(self, target: http1.Target) -> bytes:
+        """The request line and Host of a request through the proxy: an https target's as
+        usual (inside the tunnel), an http target's in absolute form with the proxy's
+        credentials."""
+        if target.secure or self._proxy is None:
+            return target.request_line
+        return target.absolute_line + self._proxy.auth_line
 
     def _head(self, headers: Mapping[str, str], length: int) -> bytes:
         names = self._names  # header name -> its lower case, once checked to be a token
@@ -315,6 +356,8 @@ class Sender:
 
     async def _connect(self, target: http1.Target) -> http1.Connection:
         loop = asyncio.get_running_loop()
+        if self._proxy is not None:
+            return await self._connect_via(self._proxy, target, loop)
         addresses = [target.host] if _is_literal(target.host) else await self._resolve(target)
         last: OSError | None = None
         for address in addresses:
@@ -331,6 +374,29 @@ class Sender:
                 continue
             return conn
         raise last if last is not None else OSError(f"no address for {target.host}")
+
+    async def _connect_via(
+        self, dialler: Dialler, target: http1.Target, loop: asyncio.AbstractEventLoop
+    ) -> http1.Connection:
+        """A connection to ``target`` through the egress proxy: to the proxy itself for an
+        http target, through a CONNECT tunnel with TLS to the target for an https one."""
+        conn = http1.Connection(self._cap)
+        if not target.secure:
+            await dialler.connect(loop, lambda: conn)
+            return conn
+        tls = self._tls
+        if tls is None:
+            raise RuntimeError("the sender is not started")
+        raw = await open_tunnel(loop, dialler, target)
+        try:
+            transport = await loop.start_tls(raw, conn, tls, server_hostname=target.host)
+        except BaseException:
+            raw.close()
+            raise
+        if transport is None:
+            raise http1.Closed
+        conn.connection_made(transport)  # start_tls does not call it
+        return conn
 
     async def _resolve(self, target: http1.Target) -> list[str]:
         key = (target.host, target.port)
@@ -388,6 +454,20 @@ def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> 
     if keep_body:
         outcome.body = bytes(answer.body[:keep_body])
     return outcome
+
+
+def proxy_challenge(
+    outcome: Outcome, answer: http1.Answer, proxy: Proxy, target: http1.Target
+) -> None:
+    """Through the egress proxy, an http target's 407 asking for credentials
+    (``Proxy-Authenticate``) is the proxy's answer, not the endpoint's: blamed on it."""
+    if (
+        outcome.status == _PROXY_AUTH
+        and not target.secure
+        and b"proxy-authenticate" in answer.headers
+    ):
+        outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
+        outcome.blame = BLAME
 
 
 def _expire(task: asyncio.Task[object], fired: list[bool]) -> None:

@@ -20,10 +20,14 @@ suite (tests/test_sender.py, test_ssrf.py, test_hostile_http.py) checks for both
   close the connection; one difference remains: bytes that do not parse, arriving in the
   same read as a complete answer, make aiohttp's parser drop that answer, so the attempt fails
   as a malformed response (and is retried) where the native client records the answer;
-- redirects are not followed, no proxy (``trust_env=False``), no cookie (``DummyCookieJar``)
-  and no credentials from the URL are used, names resolve through the
+- redirects are not followed, no proxy from the environment (``trust_env=False``), no cookie
+  (``DummyCookieJar``) and no credentials from the URL are used, names resolve through the
   :class:`~dispatcher.ssrf.GuardedResolver` and IP literals (which aiohttp dials without a
   lookup) are checked before anything is sent;
+- with ``proxy_url`` aiohttp's own proxy support sends CONNECT (https) or absolute form (http);
+  its errors are mapped as :mod:`dispatcher.proxy` says (``_Connector``), the CONNECT answer
+  is counted against the head bound by the same protocol, and the resolver lets the proxy's
+  own name through (target names are the proxy's to resolve);
 - a POST whose kept-alive connection closed without a byte of answer is sent once more, and
   counted in ``stale_retries`` (aiohttp retries only idempotent methods by itself); aiohttp's
   pool chooses the connection, so the resend may go on another kept-alive one;
@@ -39,7 +43,7 @@ import errno
 import functools
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
@@ -48,15 +52,24 @@ from yarl import URL
 
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT
-from dispatcher.sender import STALE_RETRIES_METRIC, Outcome, answer_outcome, check_header
+from dispatcher.proxy import BLAME, Proxy, ProxyFailure, connect_refusal, reason
+from dispatcher.sender import (
+    STALE_RETRIES_METRIC,
+    Outcome,
+    answer_outcome,
+    check_header,
+    proxy_challenge,
+)
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
+    from aiohttp.client_reqrep import ClientRequest
     from aiohttp.http_parser import RawResponseMessage
     from aiohttp.streams import StreamReader
+    from aiohttp.tracing import Trace
 
     from dispatcher.metrics import Metrics
     from dispatcher.ssrf import AddressPolicy
@@ -74,6 +87,11 @@ class _Exchange:
 
     handler: _BoundedHandler | None = None
     reused: bool = False
+    # through the egress proxy: dialling it (until TCP to it connects) / a tunnel opened (TLS
+    # with the target begins)
+    at_proxy: bool = False
+    tunnelled: bool = False
+    via: Mapping[str, Any] = field(default_factory=dict)  # session.post's proxy arguments
 
 
 _EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
@@ -173,14 +191,76 @@ class _BoundedHandler(ResponseHandler):
 
 
 class _Connector(aiohttp.TCPConnector):
-    """A TCPConnector whose connections use :class:`_BoundedHandler`."""
+    """A TCPConnector whose connections use :class:`_BoundedHandler`, and whose failures on
+    the way through the egress proxy say whose they are (:mod:`dispatcher.proxy`)."""
 
-    def __init__(self, *, cap: int, **kwargs: Any) -> None:
+    def __init__(self, *, cap: int, proxy: Proxy | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._egress = proxy
         # aiohttp has no public hook for the protocol; its tests (the conformance suite)
         # fail loudly if this attribute stops being the protocol factory.
         self._factory = functools.partial(  # type: ignore[assignment]  # a ResponseHandler
             _BoundedHandler, loop=self._loop, cap=cap
+        )
+
+    async def _create_proxy_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> tuple[asyncio.BaseTransport, ResponseHandler]:
+        proxy = self._egress
+        exchange = _EXCHANGE.get()
+        if proxy is None or exchange is None:  # not ours: aiohttp's own proxy handling
+            return await super()._create_proxy_connection(req, traces, timeout)
+        exchange.at_proxy = True
+        try:
+            return await super()._create_proxy_connection(req, traces, timeout)
+        except aiohttp.ClientHttpProxyError as exc:
+            challenge = exc.headers is not None and "Proxy-Authenticate" in exc.headers
+            raise connect_refusal(proxy, exc.status, exc.message, challenge=challenge) from exc
+        except (OSError, aiohttp.ClientError, http1.Oversized, http1.MalformedAnswer) as exc:
+            if exchange.tunnelled:  # TLS with the target, through the tunnel: the endpoint's
+                raise
+            if isinstance(exc, http1.Oversized | http1.MalformedAnswer):  # _BoundedHandler's
+                raise ProxyFailure(proxy, f"its CONNECT answer: {exc}") from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise ProxyFailure(proxy, reason(exc.os_error)) from exc
+            if isinstance(exc, aiohttp.ServerDisconnectedError):
+                raise ProxyFailure(proxy, "closed the connection before answering CONNECT") from exc
+            if isinstance(exc, aiohttp.ClientResponseError):
+                why = f"malformed CONNECT answer: {_parse_error(exc)}"
+                raise ProxyFailure(proxy, why) from exc
+            raise ProxyFailure(proxy, reason(exc)) from exc
+
+    async def _create_direct_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+        *,
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+    ) -> tuple[asyncio.Transport, ResponseHandler]:
+        made = await super()._create_direct_connection(
+            req, traces, timeout, client_error=client_error
+        )
+        exchange = _EXCHANGE.get()
+        if exchange is not None and client_error is aiohttp.ClientProxyConnectionError:
+            exchange.at_proxy = False  # connected: a deadline from now on is the endpoint's
+        return made
+
+    async def _start_tls_connection(
+        self,
+        underlying_transport: asyncio.Transport,
+        req: ClientRequest,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+    ) -> tuple[asyncio.BaseTransport, ResponseHandler]:
+        exchange = _EXCHANGE.get()
+        if exchange is not None:
+            exchange.tunnelled = True
+        return await super()._start_tls_connection(
+            underlying_transport, req, timeout, client_error
         )
 
 
@@ -196,7 +276,11 @@ class AiohttpSender:
         user_agent: str,
         max_response_bytes: int = 65536,
         metrics: Metrics | None = None,
+        proxy_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``proxy_url``: ``delivery.proxy_url`` (ValueError when malformed); ``ssl_context``:
+        the context https targets are checked with (default: the system's trust store)."""
         self._timeout_s = timeout_s
         self._concurrency = concurrency
         self._policy = policy
@@ -205,6 +289,18 @@ class AiohttpSender:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._metrics = metrics
+        self._proxy = Proxy.parse(proxy_url) if proxy_url else None
+        # session.post's proxy arguments for https targets (the credentials go on the CONNECT)
+        # and http ones (on the request itself, which the proxy forwards without them)
+        self._via_https: dict[str, Any] = {}
+        self._via_http: dict[str, Any] = {}
+        self._proxy_auth: dict[str, str] = {}
+        if self._proxy is not None:
+            self._via_https["proxy"] = self._via_http["proxy"] = self._proxy.url
+            if self._proxy.authorization is not None:
+                self._proxy_auth["Proxy-Authorization"] = self._proxy.authorization
+                self._via_https["proxy_headers"] = self._proxy_auth
+        self._ssl_context = ssl_context
         self.stale_retries = 0  # POSTs sent again after a kept-alive connection closed on them
         if metrics is not None:
             metrics.inc(STALE_RETRIES_METRIC, 0)
@@ -225,10 +321,12 @@ class AiohttpSender:
         """Get ready to send; call once, inside the event loop that will send."""
         if self._session is not None:
             raise RuntimeError("the sender is already started")
+        trusted = (self._proxy.host,) if self._proxy is not None else ()
         connector = _Connector(
             cap=self._cap,
-            resolver=GuardedResolver(self._policy),
-            ssl=ssl.create_default_context(),
+            proxy=self._proxy,
+            resolver=GuardedResolver(self._policy, trusted_hosts=trusted),
+            ssl=self._ssl_context or ssl.create_default_context(),
             limit=self._concurrency,
             ttl_dns_cache=_DNS_CACHE_TTL_S,
             keepalive_timeout=_IDLE_S,
@@ -283,29 +381,61 @@ class AiohttpSender:
             return Outcome(None, f"invalid request: {exc}", _ms_since(started), None)
         if "@" in url:  # as the native client: credentials in the URL are never sent
             url = str(URL(url).with_user(None))
+        exchange = _Exchange()
+        headers = self._route(target, headers, exchange)
         try:
             async with asyncio.timeout(self._timeout_s):
-                answer = await self._exchange(session, url, body, headers)
+                answer = await self._exchange(session, url, body, headers, exchange)
         except TimeoutError:
-            return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
+            return self._timed_out(started, at_proxy=exchange.at_proxy)
         except (
             OSError,
             aiohttp.ClientError,
             http1.MalformedAnswer,
             http1.Oversized,
             ssl.CertificateError,
+            http1.Stated,
         ) as exc:
-            return Outcome(None, _describe(exc, target), _ms_since(started), None)
-        return answer_outcome(answer, started, keep_body)
+            return _failed(exc, target, started)
+        outcome = answer_outcome(answer, started, keep_body)
+        if self._proxy is not None:
+            proxy_challenge(outcome, answer, self._proxy, target)
+        return outcome
+
+    def _route(
+        self, target: http1.Target, headers: Mapping[str, str], exchange: _Exchange
+    ) -> Mapping[str, str]:
+        """Through the egress proxy: its arguments for ``session.post`` in ``exchange``, and
+        the headers (with the proxy's credentials for an http target, forwarded without them).
+        Without a proxy: the headers as they are."""
+        if self._proxy is None:
+            return headers
+        if target.secure:
+            exchange.via = self._via_https
+            return headers
+        exchange.via = self._via_http
+        return {**headers, **self._proxy_auth} if self._proxy_auth else headers
+
+    def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:
+        """The outcome of an attempt past its deadline; ``at_proxy``: while it dialled the
+        egress proxy, whose failure it then is."""
+        if at_proxy and self._proxy is not None:
+            error = str(ProxyFailure(self._proxy, self._timeout_error))
+            return Outcome(None, error, _ms_since(started), None, timed_out=True, blame=BLAME)
+        return Outcome(None, self._timeout_error, _ms_since(started), None, timed_out=True)
 
     async def _exchange(
-        self, session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str]
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        exchange: _Exchange,
     ) -> http1.Answer:
-        exchange = _Exchange()
         token = _EXCHANGE.set(exchange)
         try:
             try:
-                return await _post(session, url, body, headers, self._cap)
+                return await _post(session, url, body, headers, self._cap, exchange.via)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 handler = exchange.handler
                 stale = exchange.reused and handler is not None and handler.taken == 0
@@ -316,15 +446,20 @@ class AiohttpSender:
                 self.stale_retries += 1
                 if self._metrics is not None:
                     self._metrics.inc(STALE_RETRIES_METRIC)
-                return await _post(session, url, body, headers, self._cap)
+                return await _post(session, url, body, headers, self._cap, exchange.via)
         finally:
             _EXCHANGE.reset(token)
 
 
-async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], cap: int
+async def _post(  # noqa: PLR0917 - a private helper of _exchange
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    cap: int,
+    via: Mapping[str, Any],
 ) -> http1.Answer:
-    response = await session.post(url, data=body, headers=headers, allow_redirects=False)
+    response = await session.post(url, data=body, headers=headers, allow_redirects=False, **via)
     complete = False
     try:
         if response.status == 101:  # noqa: PLR2004 - aiohttp would hand over the connection
@@ -342,11 +477,17 @@ async def _post(
         else:
             response.close()  # capped, failed or cut: never drained, never reused
     answer = http1.Answer(response.status, body=kept, complete=True, capped=not complete)
-    for name in ("retry-after", "location"):
+    for name in ("retry-after", "location", "proxy-authenticate"):
         value = response.headers.get(name)
         if value is not None:
             answer.headers[name.encode()] = value.encode("latin-1", errors="replace")
     return answer
+
+
+def _failed(exc: BaseException, target: http1.Target, started: float) -> Outcome:
+    """The outcome of an exchange that failed: the native client's text, and whose it is."""
+    blame = exc.blame if isinstance(exc, http1.Stated) else None
+    return Outcome(None, _describe(exc, target), _ms_since(started), None, blame=blame)
 
 
 def _closed_early(exc: BaseException) -> bool:

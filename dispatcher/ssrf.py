@@ -8,6 +8,11 @@ The decision is made on the address actually dialled, at every attempt:
 - IP literals are dialled without a lookup, so the sender checks them with
   :meth:`AddressPolicy.literal_refusal` before anything is sent.
 
+With an egress proxy (``delivery.proxy_url``, :mod:`dispatcher.proxy`) the proxy resolves and
+dials target names, so only IP-literal targets are checked here (still before anything is
+sent); the addresses behind names are the proxy's to police. The proxy's own address is the
+operator's choice and is not checked (``GuardedResolver``'s ``trusted_hosts``).
+
 Python 3.11's ``ipaddress`` misjudges wrapped forms (``::127.0.0.1`` and ``192.0.0.8`` count as
 global), so IPv4-mapped and IPv4-compatible IPv6 addresses are unwrapped here and the
 translation prefixes are denied by name.
@@ -162,15 +167,25 @@ class GuardedResolver(AbstractResolver):
     Build it inside a running event loop (the default resolver binds to it).
     """
 
-    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        inner: AbstractResolver | None = None,
+        *,
+        trusted_hosts: Iterable[str] = (),
+    ) -> None:
+        """``trusted_hosts`` resolve unchecked: the egress proxy's name, set by the operator."""
         self._policy = policy
         self._inner: AbstractResolver = inner if inner is not None else DefaultResolver()
+        self._trusted = frozenset(trusted_hosts)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         """The allowed answers for ``host``; TargetRefused when there were answers but none is."""
         answers = await self._inner.resolve(host, port, family)
+        if host in self._trusted:
+            return answers
         allowed: list[ResolveResult] = []
         refused: TargetRefused | None = None
         for answer in answers:

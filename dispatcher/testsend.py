@@ -4,8 +4,9 @@
 here, takes the webhook's one-per-second slot (``queue/resend.py``), then ``attempt`` POSTs
 the body once through a sender (the daemon's own for the API, a short-lived native
 ``Sender`` for a ``Client`` without one), signed and with the headers a delivery carries
-(``delivery.Worker._deliver``), under the sender's deadline (``delivery.timeout_s``) and its
-address policy (``security.*``). The answer is ``verdict``'s.
+(``delivery.Worker._deliver``), under the sender's deadline (``delivery.timeout_s``), its
+address policy (``security.*``) and egress proxy (``delivery.proxy_url``). The answer is
+``verdict``'s.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ async def attempt(
     sender: HttpSender | None,
     policy: AddressPolicy,
     timeout_s: float,
+    proxy_url: str | None = None,
 ) -> shapes.TestSend:
     """POST ``body`` to ``hook`` once, signed, through ``sender`` (None: a native ``Sender``
-    made for this one attempt with ``policy`` and ``timeout_s``), and judge the outcome."""
+    made for this one attempt with ``policy``, ``timeout_s`` and ``proxy_url``), and judge
+    the outcome."""
     message_id = MESSAGE_ID_PREFIX + secrets.token_hex(12)
     timestamp_s = now_ms // 1000
     headers = {
@@ -84,7 +87,13 @@ async def attempt(
     if sender is not None:
         outcome = await sender.attempt(hook.url, body, headers, keep_body=SNIPPET_BYTES)
     else:
-        own = Sender(timeout_s=timeout_s, concurrency=1, policy=policy, user_agent=USER_AGENT)
+        own = Sender(
+            timeout_s=timeout_s,
+            concurrency=1,
+            policy=policy,
+            user_agent=USER_AGENT,
+            proxy_url=proxy_url,
+        )
         async with own:
             outcome = await own.attempt(hook.url, body, headers, keep_body=SNIPPET_BYTES)
     return verdict(outcome, message_id)

@@ -121,6 +121,11 @@ class Endpoint:
             self.started[job_id] = now
             self.earliest = min(self.earliest, now)
 
+    def release(self, job_id: str) -> None:
+        """The attempt ended without a word about the endpoint (the egress proxy failed):
+        its place frees, the limit and latency stay as they were."""
+        self.started.pop(job_id, None)
+
     def end(self, job_id: str, duration_s: float, *, answered: bool, ok: bool) -> None:
         """Adapt the limit to how the attempt went (``answered``: a complete HTTP answer)."""
         busy = len(self.started)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-    from tests.helpers import MakeSender
+    from tests.helpers import AnySender, MakeSender
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +94,7 @@ class WorkerHarness:
         self.redis_url = redis_url
         self.prefix = prefix
         self.metrics = Metrics()
-        self.workers: list[tuple[Worker, asyncio.Task[None], Store, Sender]] = []
+        self.workers: list[tuple[Worker, asyncio.Task[None], Store, AnySender]] = []
 
     async def start(
         self,
@@ -111,8 +111,11 @@ class WorkerHarness:
         disable_after_s: float = 432_000.0,
         shards: int | None = None,
         payload_retention_s: float | None = None,
+        proxy_url: str | None = None,
+        sender_class: MakeSender = Sender,
     ) -> Worker:
-        """Start a worker with small timeouts, so failures and retries fit in a test's deadline."""
+        """Start a worker with small timeouts, so failures and retries fit in a test's deadline
+        (``sender_class``: the HTTP client, ``proxy_url``: its egress proxy)."""
         cfg = DeliveryConfig(
             timeout_s=timeout_s,
             stall_timeout_s=stall_timeout_s,
@@ -127,11 +130,12 @@ class WorkerHarness:
         store = Store.open(self.redis_url, prefix=self.prefix)
         if shards is not None:  # as `dispatcher run` records redis.shards
             await store.adopt_layout(shards)
-        sender = Sender(
+        sender = sender_class(
             timeout_s=cfg.timeout_s,
             concurrency=cfg.concurrency,
             policy=AddressPolicy(allow_private=allow_private, allowed_cidrs=()),
             user_agent="dispatcher/test",
+            proxy_url=proxy_url,
         )
         await sender.start()
         jobs = (

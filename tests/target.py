@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Self, TypeAlias
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Coroutine, Mapping
     from types import TracebackType
 
@@ -112,10 +113,14 @@ _CHUNK = 64 * 1024
 
 
 class Target:
-    """An HTTP server on ``host`` (127.0.0.1) at an ephemeral port; an async context manager."""
+    """An HTTP server on ``host`` (127.0.0.1) at an ephemeral port; an async context manager.
+    With ``ssl_context`` (tests/pki.py's ``server_context``) it serves https."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
+        self._ssl = ssl_context
         self.received: list[Received] = []
         self.connections = 0  # TCP connections accepted, whether or not a request followed
         self.active: dict[str, int] = {}  # path -> requests being answered now
@@ -131,9 +136,9 @@ class Target:
         self._closing = asyncio.Event()  # set on exit: delayed replies stop waiting
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self._ssl)
         port = self._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://{self.host}:{port}"
+        self.base_url = f"{'https' if self._ssl else 'http'}://{self.host}:{port}"
         return self
 
     async def __aexit__(

@@ -163,6 +163,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DELIVERY_DISABLE_AFTER_S": "60",
         "DISPATCHER_DELIVERY_BREAKER_OPEN_S": "2.5",
         "DISPATCHER_DELIVERY_HTTP_CLIENT": "aiohttp",
+        "DISPATCHER_DELIVERY_PROXY_URL": "http://egress:pw@proxy.internal:3128",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
         "DISPATCHER_DLQ_RETENTION_S": "5",
@@ -198,6 +199,8 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
     assert cfg.delivery.queues == ("slow", "default")
     assert cfg.redis.embedded_maxmemory == 512 * 1024**2
     assert cfg.delivery.http_client == "aiohttp"
+    assert cfg.delivery.proxy_url == "http://egress:pw@proxy.internal:3128"
+    assert value_at(flat, "delivery", "proxy_url") == "http://egress:***@proxy.internal:3128"
     assert cfg.tasks.modules == ("myapp.tasks", "other")
     assert cfg.dlq.auto_purge is True
     assert load(None, {"DISPATCHER_ADMIN_TOKEN": BEARER}).admin.token == BEARER
