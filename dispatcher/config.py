@@ -351,7 +351,8 @@ def _security(r: _Reader) -> SecurityConfig:
 
 def _encryption_keys(r: _Reader) -> tuple[tuple[bytes, ...], Path | None]:
     """``encryption_keys`` from the list (or env), or from ``encryption_keys_file``; not both."""
-    keys = r.value("security", "encryption_keys", (), values.encryption_keys)
+    none: tuple[bytes, ...] = ()
+    keys = r.value("security", "encryption_keys", none, values.encryption_keys)
     from_file = r.value("security", "encryption_keys_file", None, values.encryption_keys_file)
     if from_file is None:
         return keys, None

@@ -3,9 +3,9 @@
 A parser takes a `Raw` (the value as written, where it came from, and whether it came from the
 environment, where everything is a string) and returns the typed value or raises
 `BadValueError` with one reason per problem line; `config.load` adds the key's name and the
-origin to each. Nothing here knows the sections or reads the environment; the one parser with
-a side effect is `token_file` (and `encryption_keys_file`), which reads the file it names. Also here: `queue_names` (used
-by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`.
+origin to each. Nothing here knows the sections or reads the environment; the parsers with
+a side effect are `token_file` and `encryption_keys_file`, which read the file they name. Also
+here: `queue_names` (used by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`.
 """
 
 from __future__ import annotations

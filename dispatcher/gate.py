@@ -1,9 +1,9 @@
 """The gate: what becomes of each claimed job before any attempt is made.
 
 For each claim, in order: its record and webhook are loaded; a job whose webhook is gone or
-disabled is dead-lettered; a paused webhook's job is held (pauses.py); a webhook's open
-breaker parks it (a half-open one lets one probe through); a webhook whose sealed secrets no
-configured key opens (crypto.py) makes it wait, unattempted, for an operator to add the key; the cluster-wide limits
+disabled is dead-lettered; a paused webhook's job is held (pauses.py); a webhook whose sealed
+secrets no configured key opens (crypto.py) makes it wait, unattempted, for the key; a webhook's
+open breaker parks it (a half-open one lets one probe through); the cluster-wide limits
 (``rate_limit``, ``max_in_flight``) admit it or make it wait; and this process's adaptive
 share of the endpoint (traffic.py) sends it now or makes it wait for room. The one decision
 per job is carried out by the worker's ``Actions`` (delivery.py): send, park, hold, wait, wait

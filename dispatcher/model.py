@@ -375,7 +375,7 @@ class Webhook:
     def secrets(self, now_ms: int) -> list[str]:
         """The secrets that sign a delivery now: the current one and those in their grace."""
         if self.sealed is not None:
-            raise EncryptionKeyMissing()
+            raise EncryptionKeyMissing
         return [self.secret] + [s for s, until in self.old_secrets if until > now_ms]
 
     def routing(self) -> bytes:
@@ -488,7 +488,7 @@ def _keep_sealed(record: dict[str, Any], sealed: str) -> str:
     before = dict(record)
     _blank(record)
     if record != before:
-        raise EncryptionKeyMissing()
+        raise EncryptionKeyMissing
     return sealed
 
 

@@ -167,6 +167,12 @@ async def rotate_secret(store: Store, webhook_id: str, new_secret: str, grace_s:
     return await _change_webhook(store, webhook_id, rotate)
 
 
+async def reseal(store: Store, webhook_id: str) -> None:
+    """Write the webhook again as it is, its secrets sealed with the store's first key
+    (``dispatcher rekey``); ``updated_at`` stays, and a record no key opens is left alone."""
+    await _change_webhook(store, webhook_id, lambda hook, _now_ms: hook.sealed is None)
+
+
 async def delete_webhook(store: Store, webhook_id: str) -> None:
     """Delete the webhook, its routing entry, rate-limit state, leases and run of failures
     (``NotFound`` when
