@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -14,6 +14,9 @@ from dispatcher.config import load, redacted
 from dispatcher.crypto import Keyring, Undecryptable, key_id
 from dispatcher.errors import ConfigError, EncryptionKeyMissing, InvalidField
 from dispatcher.model import MASK, Webhook
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEY_A, KEY_B = os.urandom(32), os.urandom(32)
 HEADER_VALUE = "Bearer hdr-S3cr3t"
