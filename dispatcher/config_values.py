@@ -341,18 +341,24 @@ def module_names(raw: Raw) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(item) for item in items))
 
 
-def token_file(raw: Raw) -> tuple[Path, str]:
-    """The path and its stripped content: the file is read at load."""
+def _file_text(raw: Raw) -> tuple[Path, str]:
+    """The path a value names and the file's text, read now."""
     text = optional_string(raw)
     if text is None:
         raise BadValueError("must not be empty")
     path = Path(text).expanduser()
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        return path, path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BadValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise BadValueError(f"{path} is not UTF-8 text") from None
+
+
+def token_file(raw: Raw) -> tuple[Path, str]:
+    """The path and its stripped content: the file is read at load."""
+    path, text = _file_text(raw)
+    token = text.strip()
     if not token:
         raise BadValueError(f"{path} is empty")
     return path, token
@@ -392,16 +398,8 @@ def encryption_keys(raw: Raw) -> tuple[bytes, ...]:
 
 def encryption_keys_file(raw: Raw) -> tuple[Path, tuple[bytes, ...]]:
     """The path and its keys: one base64 key a line, ``#`` comments; read at load."""
-    text = optional_string(raw)
-    if text is None:
-        raise BadValueError("must not be empty")
-    path = Path(text).expanduser()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise BadValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise BadValueError(f"{path} is not UTF-8 text") from None
+    path, text = _file_text(raw)
+    lines = text.splitlines()
     items: list[object] = [
         line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
     ]

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from dispatcher import Client, EncryptionKeyMissing, InvalidField
+from dispatcher import Client, EncryptionKeyMissing, InvalidField, shapes
 from dispatcher.crypto import Keyring, key_id
 from dispatcher.model import MASK, Webhook
 from dispatcher.queue.keys import Keys
@@ -160,21 +160,15 @@ async def test_rotation_old_records_deliver_then_rekey_makes_them_current(
     """Keys [new, old] start on records sealed with old and deliver them signed; `dispatcher
     rekey` then seals every record with new (plain-text ones too), reporting counts, and a
     daemon with only the new key starts and delivers."""
-    key_old, old = _key()
+    _, old = _key()
     key_new, new = _key()
     async with Target() as target:
         async with Client.from_url(redis_url, prefix, encryption_keys=[old]) as client:
             sealed = await client.create_webhook("acme", target.url("/a"), headers={"X": "1"})
         async with Client.from_url(redis_url, prefix) as client:  # before any canary: plain
             plain = await client.create_webhook("acme", target.url("/b"))
-        first = Daemon(_env(redis_url, prefix, new, old), logs_dir / "both.log").start()
-        try:
-            await _started(first)
-            async with Client.from_url(redis_url, prefix) as client:
-                await client.publish("acme", "e", {"n": 1})
-            await eventually(lambda: len(target.received) == 2, timeout_s=20)
-        finally:
-            await stop_daemons(first)
+        await _publish_through(Daemon(_env(redis_url, prefix, new, old), logs_dir / "both.log"))
+        await eventually(lambda: len(target.received) == 2, timeout_s=20)
         for received in target.received:
             secret = sealed["secret"] if received.path == "/a" else plain["secret"]
             Verifier(secret).verify(received.body, dict(received.headers))
@@ -200,18 +194,35 @@ async def test_rotation_old_records_deliver_then_rekey_makes_them_current(
         ring = Keyring((key_new,))
         for raw in (await redis.hgetall(Keys(prefix).webhooks)).values():
             assert Webhook.decode(cast("bytes", raw), ring).sealed is None
-        assert key_old  # the old key is no longer needed:
-        last = Daemon(_env(redis_url, prefix, new), logs_dir / "new.log").start()
-        try:
-            await _started(last)
-            async with Client.from_url(redis_url, prefix) as client:
-                await client.publish("acme", "e", {"n": 2})
-            await eventually(lambda: len(target.received) == 4, timeout_s=20)
-        finally:
-            await stop_daemons(last)
+        # the old key is no longer needed
+        await _publish_through(Daemon(_env(redis_url, prefix, new), logs_dir / "new.log"))
+        await eventually(lambda: len(target.received) == 4, timeout_s=20)
         ok = next(r for r in target.received[2:] if r.path == "/a")
         Verifier(sealed["secret"]).verify(ok.body, dict(ok.headers))
         assert ok.headers["X"] == "1"
+
+
+async def _publish_through(daemon: Daemon) -> None:
+    """Start ``daemon``, publish one event of tenant acme, and stop it once the event's
+    deliveries are done (SIGTERM drains them)."""
+    env = daemon.env
+    daemon.start()
+    try:
+        await _started(daemon)
+        redis_url, prefix = env["DISPATCHER_REDIS_URL"], env["DISPATCHER_REDIS_PREFIX"]
+        async with Client.from_url(redis_url, prefix) as client:
+            answer = await client.publish("acme", "e", {"n": 1})
+            await eventually(lambda: _all_delivered(client, answer), timeout_s=20)
+    finally:
+        await stop_daemons(daemon)
+
+
+async def _all_delivered(client: Client, answer: shapes.PublishAnswer) -> bool:
+    for job in answer["jobs"]:
+        found = await client.get_job(job["id"])
+        if found is None or found["state"] != "delivered":
+            return False
+    return True
 
 
 async def _rekey(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
@@ -334,3 +345,31 @@ async def test_a_client_without_the_key_cannot_write_secrets(
             await keyless.update_webhook(hook["id"], description="x")
         with pytest.raises(EncryptionKeyMissing):
             await keyless.test_webhook(hook["id"])
+
+
+async def test_rekey_never_undoes_a_concurrent_change(redis_url: str, prefix: str) -> None:
+    """PATCHes made while `rekey` runs all survive, and every record ends sealed with the
+    first key (rekey writes through the webhook compare-and-set)."""
+    from dispatcher.queue import rekey, webhooks  # noqa: PLC0415
+    from dispatcher.queue.store import Store  # noqa: PLC0415
+
+    key, _ = _key()
+    plain = Store.open(redis_url, prefix=prefix)
+    keyed = Store.open(redis_url, prefix=prefix, keyring=Keyring((key,)))
+    try:
+        fields = {"tenant_id": "acme", "url": "http://127.0.0.1:9/h", "headers": {"X": "v"}}
+        ids = [(await webhooks.create_webhook(plain, fields)).id for _ in range(40)]
+        changes = [
+            webhooks.update_webhook(keyed, hook_id, {"description": f"d{n}"})
+            for n, hook_id in enumerate(ids)
+        ]
+        report, *_ = await asyncio.gather(rekey.run(keyed), *changes)
+        assert report.unreadable == 0
+        for n, hook_id in enumerate(ids):
+            raw = cast("bytes", await keyed.redis.hget(keyed.keys.webhooks, hook_id))
+            assert Keyring((key,)).is_current(orjson.loads(raw)["sealed"])
+            hook = Webhook.decode(raw, keyed.keyring)
+            assert (hook.description, hook.headers) == (f"d{n}", {"X": "v"})
+    finally:
+        await plain.close()
+        await keyed.close()
