@@ -1,4 +1,5 @@
-"""``dispatcher run`` and ``dispatcher check-config``; exit 0, or 2 for a bad configuration."""
+"""``dispatcher run``, ``check-config`` and ``rekey``; exit 0, or 2 for a bad configuration
+(``rekey``: 1 when some webhook's secrets no configured key opens)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from urllib.parse import quote
 
 import orjson
 import uvloop
@@ -13,8 +15,12 @@ import uvloop
 from dispatcher import __version__, daemon
 from dispatcher.config import CONFIG_ENV, Config, load, redacted
 from dispatcher.config_values import queue_names
-from dispatcher.errors import ConfigError
+from dispatcher.crypto import Keyring
+from dispatcher.embedded import SOCKET_NAME
+from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.logs import configure_logging
+from dispatcher.queue import encryption, rekey
+from dispatcher.queue.store import Store
 from dispatcher.tasks import TASK_QUEUES, load_modules
 
 
@@ -27,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "run the daemon: senders, promoter, reclaimer and admin API"),
         ("check-config", "validate the configuration and print it as JSON, secrets redacted"),
+        ("rekey", "encrypt every webhook's secrets with the first security.encryption_keys key"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(
@@ -40,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                 "--queues",
                 metavar="Q1,Q2",
                 help="the queues this process serves (overrides delivery.queues)",
+            )
+        if name == "rekey":
+            sub.add_argument(
+                "--dry-run", action="store_true", help="count what would change, write nothing"
             )
     return parser
 
@@ -76,5 +87,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.buffer.write(orjson.dumps(redacted(cfg), option=orjson.OPT_INDENT_2) + b"\n")
         return 0
+    if args.command == "rekey":
+        configure_logging(cfg.log.level, cfg.log.format)
+        return uvloop.run(_rekey(cfg, dry_run=args.dry_run))
     configure_logging(cfg.log.level, cfg.log.format)
     return uvloop.run(daemon.run(cfg, reload=lambda: _effective(args)))
+
+
+async def _rekey(cfg: Config, *, dry_run: bool) -> int:
+    """Re-seal every webhook under the first key; the report is one JSON line on stdout."""
+    keyring = Keyring.of(cfg.security.encryption_keys)
+    if keyring is None:
+        return _config_error("security.encryption_keys: dispatcher rekey needs at least one key")
+    url = cfg.redis.url
+    socket = cfg.state_dir / SOCKET_NAME
+    if url is None and socket.exists():  # the running daemon's embedded Redis
+        url = f"unix://{quote(str(socket))}"
+    if url is None:
+        return _config_error(
+            f"redis.url: not set, and no running daemon's socket at {socket}; "
+            "start the daemon or set redis.url"
+        )
+    store = Store.open(url, prefix=cfg.redis.prefix, keyring=keyring)
+    try:
+        problem = encryption.problem(await encryption.read_kid(store), keyring)
+        if problem is not None:
+            return _config_error(problem)
+        report = await rekey.run(store, dry_run=dry_run)
+    except DispatcherError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        return 1
+    finally:
+        await store.close()
+    sys.stdout.buffer.write(orjson.dumps(report.to_wire()) + b"\n")
+    return 1 if report.unreadable else 0
+
+
+def _config_error(problem: str) -> int:
+    sys.stderr.write(f"config error: {problem}\n")
+    return 2

@@ -13,6 +13,8 @@ import orjson
 
 from dispatcher import testsend
 from dispatcher.config import DeliveryConfig, SecurityConfig
+from dispatcher.config_values import BadValueError, key_list
+from dispatcher.crypto import Keyring
 from dispatcher.errors import (
     DispatcherError,
     InvalidField,
@@ -44,7 +46,7 @@ from dispatcher.tasks import check_name as check_task_name
 from dispatcher.tasks import check_queue as check_task_queue
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
     from datetime import datetime
     from types import TracebackType
 
@@ -131,15 +133,22 @@ class Client:
         security: SecurityConfig | None = None,
         proxy_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        encryption_keys: Sequence[str] = (),
     ) -> Client:
         """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
         daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``;
         ``dedup_window_s`` the default window of ``publish`` (0: off); ``security`` the
         address policy, ``proxy_url`` the egress proxy and ``timeout_s`` the deadline of
-        ``test_webhook``."""
+        ``test_webhook``; ``encryption_keys`` the daemon's ``security.encryption_keys`` (base64),
+        without which a client of an encrypted deployment can read webhooks but not write or test
+        them (``EncryptionKeyMissing``)."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
+        try:
+            keyring = Keyring.of(key_list(list(encryption_keys)))
+        except BadValueError as bad:
+            raise InvalidField("encryption_keys", "; ".join(bad.reasons)) from None
         return cls(
-            Store.open(redis_url, prefix=prefix),
+            Store.open(redis_url, prefix=prefix, keyring=keyring),
             max_payload_bytes=max_payload_bytes,
             dlq_retention_s=dlq_retention_s,
             payload_retention_s=payload_retention_s,

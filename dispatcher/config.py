@@ -74,6 +74,9 @@ class DeliveryConfig:
 class SecurityConfig:
     allow_private_targets: bool = False
     allowed_cidrs: tuple[IPNetwork, ...] = ()
+    #: AES-256 keys sealing webhook secrets in Redis (crypto.py): the first seals, all open.
+    encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    encryption_keys_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,12 +340,30 @@ def _check_delivery(r: _Reader, cfg: DeliveryConfig) -> None:
 
 def _security(r: _Reader) -> SecurityConfig:
     d = SecurityConfig()
+    keys, keys_file = _encryption_keys(r)
     return SecurityConfig(
         allow_private_targets=r.value(
             "security", "allow_private_targets", d.allow_private_targets, values.boolean
         ),
         allowed_cidrs=r.value("security", "allowed_cidrs", d.allowed_cidrs, values.cidrs),
+        encryption_keys=keys,
+        encryption_keys_file=keys_file,
     )
+
+
+def _encryption_keys(r: _Reader) -> tuple[tuple[bytes, ...], Path | None]:
+    """``encryption_keys`` from the list (or env), or from ``encryption_keys_file``; not both."""
+    none: tuple[bytes, ...] = ()
+    keys = r.value("security", "encryption_keys", none, values.encryption_keys)
+    from_file = r.value("security", "encryption_keys_file", None, values.encryption_keys_file)
+    if from_file is None:
+        return keys, None
+    if keys:
+        r.problem(
+            "security.encryption_keys",
+            "security.encryption_keys and security.encryption_keys_file are both set; keep one",
+        )
+    return from_file[1], from_file[0]
 
 
 def _alerts(r: _Reader) -> AlertsConfig:
@@ -457,6 +478,7 @@ def redacted(cfg: Config) -> dict[str, object]:
     """The effective config as a JSON-able dict, every key present, secrets replaced by ***."""
     sections = {name: _plain_fields(getattr(cfg, name)) for name in SECTIONS}
     sections["admin"]["token"] = "***" if cfg.admin.token is not None else None
+    sections["security"]["encryption_keys"] = ["***" for _ in cfg.security.encryption_keys]
     sections["redis"]["url"] = (
         values.redact_url(cfg.redis.url) if cfg.redis.url is not None else None
     )

@@ -3,14 +3,15 @@
 A parser takes a `Raw` (the value as written, where it came from, and whether it came from the
 environment, where everything is a string) and returns the typed value or raises
 `BadValueError` with one reason per problem line; `config.load` adds the key's name and the
-origin to each. Nothing here knows the sections or reads the environment; the one parser with
-a side effect is `token_file`, which reads the file it names. Also here: `queue_names` (used
-by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`; `proxy_url` checks with
-`dispatcher.proxy.Proxy.parse`.
+origin to each. Nothing here knows the sections or reads the environment; the parsers with
+a side effect are `token_file` and `encryption_keys_file`, which read the file they name. Also
+here: `queue_names` (used by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`;
+`proxy_url` checks with `dispatcher.proxy.Proxy.parse`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import difflib
 import ipaddress
@@ -354,21 +355,71 @@ def module_names(raw: Raw) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(item) for item in items))
 
 
-def token_file(raw: Raw) -> tuple[Path, str]:
-    """The path and its stripped content: the file is read at load."""
+def _file_text(raw: Raw) -> tuple[Path, str]:
+    """The path a value names and the file's text, read now."""
     text = optional_string(raw)
     if text is None:
         raise BadValueError("must not be empty")
     path = Path(text).expanduser()
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        return path, path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BadValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise BadValueError(f"{path} is not UTF-8 text") from None
+
+
+def token_file(raw: Raw) -> tuple[Path, str]:
+    """The path and its stripped content: the file is read at load."""
+    path, text = _file_text(raw)
+    token = text.strip()
     if not token:
         raise BadValueError(f"{path} is empty")
     return path, token
+
+
+_KEY_HINT: Final = "openssl rand -base64 32 makes one"
+
+
+def key_list(items: list[object]) -> tuple[bytes, ...]:
+    """Base64 32-byte keys, named by position only: a key is never echoed."""
+    keys: list[bytes] = []
+    reasons: list[str] = []
+    for n, item in enumerate(items, 1):
+        where = f"key {n} of {len(items)}"
+        try:
+            key = base64.b64decode(item, validate=True) if isinstance(item, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) != 32:  # noqa: PLR2004 - AES-256
+            reasons.append(f"{where} is not base64 of 32 bytes ({_KEY_HINT})")
+        elif key in keys:
+            reasons.append(f"{where} repeats key {keys.index(key) + 1}")
+        else:
+            keys.append(key)
+    if reasons:
+        raise BadValueError(*reasons)
+    return tuple(keys)
+
+
+def encryption_keys(raw: Raw) -> tuple[bytes, ...]:
+    """AES-256 keys from a list (TOML) or a comma-separated string (environment)."""
+    items = _list_items(
+        raw.value, from_env=raw.from_env, expected=f"a list of base64 keys ({_KEY_HINT})"
+    )
+    return key_list(items)
+
+
+def encryption_keys_file(raw: Raw) -> tuple[Path, tuple[bytes, ...]]:
+    """The path and its keys: one base64 key a line, ``#`` comments; read at load."""
+    path, text = _file_text(raw)
+    lines = text.splitlines()
+    items: list[object] = [
+        line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not items:
+        raise BadValueError(f"{path} holds no key ({_KEY_HINT})")
+    return path, key_list(items)
 
 
 def did_you_mean(word: str, candidates: list[str]) -> str:

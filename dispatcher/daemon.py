@@ -22,12 +22,14 @@ from dispatcher.alerts import Alerts
 from dispatcher.client import Client
 from dispatcher.config import changed_keys, with_keys
 from dispatcher.config_values import redact_url
+from dispatcher.crypto import Keyring
 from dispatcher.delivery import USER_AGENT, Worker
 from dispatcher.embedded import EmbeddedRedis
 from dispatcher.errors import ConfigError
 from dispatcher.logs import set_level
 from dispatcher.metrics import Metrics
 from dispatcher.notify import Notifier
+from dispatcher.queue import encryption
 from dispatcher.queue.backlog import measure
 from dispatcher.queue.server import ServerFacts, server_facts
 from dispatcher.queue.store import Store
@@ -112,12 +114,16 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             stack.push_async_callback(embedded.stop)
             url = await embedded.start()
         store = Store.open(
-            url, prefix=cfg.redis.prefix, max_connections=max(16, cfg.delivery.concurrency // 4)
+            url,
+            prefix=cfg.redis.prefix,
+            max_connections=max(16, cfg.delivery.concurrency // 4),
+            keyring=Keyring.of(cfg.security.encryption_keys),
         )
         stack.push_async_callback(store.close)
         code = await _check_server(store, stop, embedded, shards=cfg.redis.shards)
         if code is not None:
             return code
+        await _check_encryption(store)
         metrics = Metrics()
         policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
         sender = _sender(cfg.delivery, policy, metrics)
@@ -165,7 +171,12 @@ async def _start_admin(
     from dispatcher.admin.app import Deps, create_app, serve  # noqa: PLC0415 - aiohttp.web
 
     # Its own small pool, so admin calls never wait behind the worker's blocking reads.
-    admin_store = Store.open(url, prefix=cfg.redis.prefix, max_connections=16)
+    admin_store = Store.open(
+        url,
+        prefix=cfg.redis.prefix,
+        max_connections=16,
+        keyring=Keyring.of(cfg.security.encryption_keys),
+    )
     stack.push_async_callback(admin_store.close)
     client = Client(
         admin_store,
@@ -438,6 +449,22 @@ async def _check_server(
         )
         return None
     return EXIT_OK
+
+
+async def _check_encryption(store: Store) -> None:
+    """A wrong or missing ``security.encryption_keys`` stops the start (ConfigError: exit 2,
+    one line naming the key id); without keys, a warning says what Redis holds in plain text."""
+    problem = await encryption.startup(store)
+    if problem is not None:
+        raise ConfigError([problem])
+    if store.keyring is None:
+        log.warning(
+            "encryption.off",
+            stored_in_plain_text=list(encryption.PLAIN_WITHOUT_KEY),
+            hint="set security.encryption_keys (openssl rand -base64 32) to encrypt them",
+        )
+    else:
+        log.info("encryption.on", key_id=store.keyring.current_kid, keys=len(store.keyring.kids))
 
 
 def _judge(facts: ServerFacts) -> list[str]:

@@ -223,6 +223,18 @@ class RedisOutOfMemory(DispatcherError):
     default_message = "Redis is out of memory; nothing was accepted, try again later"
 
 
+class EncryptionKeyMissing(DispatcherError):
+    """The webhook's secrets are sealed with a key this process does not hold
+    (``security.encryption_keys``): nothing was written or sent."""
+
+    code = "encryption_key_missing"
+    http_status = 500
+    default_message = (
+        "webhook secrets are encrypted with a key this process does not have; "
+        "configure security.encryption_keys"
+    )
+
+
 class ConfigError(DispatcherError):
     """The configuration is invalid: one line per problem, each naming its key.
 

@@ -1,8 +1,9 @@
 """The gate: what becomes of each claimed job before any attempt is made.
 
 For each claim, in order: its record and webhook are loaded; a job whose webhook is gone or
-disabled is dead-lettered; a paused webhook's job is held (pauses.py); a webhook's open
-breaker parks it (a half-open one lets one probe through); the cluster-wide limits
+disabled is dead-lettered; a paused webhook's job is held (pauses.py); a webhook whose sealed
+secrets no configured key opens (crypto.py) makes it wait, unattempted, for the key; a webhook's
+open breaker parks it (a half-open one lets one probe through); the cluster-wide limits
 (``rate_limit``, ``max_in_flight``) admit it or make it wait; and this process's adaptive
 share of the endpoint (traffic.py) sends it now or makes it wait for room. The one decision
 per job is carried out by the worker's ``Actions`` (delivery.py): send, park, hold, wait, wait
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import orjson
 import structlog
 
+from dispatcher.crypto import kid_of
 from dispatcher.model import Job, Webhook
 from dispatcher.queue import admission, breakers, streams
 from dispatcher.queue.admission import Admission
@@ -29,11 +31,16 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from dispatcher.config import DeliveryConfig
+    from dispatcher.crypto import Keyring
     from dispatcher.health import HealthWatch
     from dispatcher.queue.store import Store
     from dispatcher.traffic import Pool
 
 log = structlog.get_logger()
+
+#: How long a job of a webhook whose secrets no configured key opens waits before it is tried
+#: again (nothing is sent meanwhile), and how often each such webhook is logged.
+UNDECRYPTABLE_WAIT_MS = 60_000
 
 
 @dataclass(slots=True)  # not frozen: made once or twice per job, and never changed
@@ -79,6 +86,7 @@ class Gate:
         self.cfg = cfg  # read at each use: a reload changes it
         self.busy = busy  # jobs claimed and not yet attempted to the end
         self.consumer = consumer
+        self._undecryptable_logged: dict[str, float] = {}  # webhook id -> monotonic time
 
     async def start(self, shard: Store, claims: list[Claim]) -> None:
         """Load the claimed jobs, their webhooks and breakers; then each job is sent (handed
@@ -87,7 +95,8 @@ class Gate:
         is gone or disabled)."""
         loaded = await streams.load(shard, claims)
         broken: defaultdict[str, list[MalformedEntry]] = defaultdict(list)  # by stream
-        webhooks = {wid: _decode_webhook(raw) for wid, raw in loaded.webhooks.items()}
+        keyring = shard.keyring
+        webhooks = {wid: _decode_webhook(raw, keyring) for wid, raw in loaded.webhooks.items()}
         states = {wid: Breaker.decode(raw) for wid, raw in loaded.breakers.items()}
         self.health.loaded(
             loaded.webhooks, (wid for wid, b in states.items() if b is not None), loaded.failing
@@ -107,6 +116,9 @@ class Gate:
                 # behind them, so the backlog goes out in accepted order (pauses.py)
                 self.act.hold(Work(claim, job, hook))
                 continue
+            if hook.sealed is not None:  # its secrets are sealed with a key not configured
+                self._undecryptable(Work(claim, job, hook), shard)
+                continue
             breaker = states.get(hook.id)
             if breaker is not None and not await self._may_pass(shard, breaker, hook.id, job.id):
                 self.act.park(Work(claim, job, hook), breaker)
@@ -121,6 +133,25 @@ class Gate:
             self.act.send(work)
         for work in self._within_endpoint_limits(others):
             self.act.send(work)
+
+    def _undecryptable(self, work: Work, shard: Store) -> None:
+        """Wait without an attempt (not fail: an operator's missing key must not trip
+        breakers or dead-letter jobs); logged once a minute per webhook."""
+        hook_id = work.webhook.id
+        now = time.monotonic()
+        if now - self._undecryptable_logged.get(hook_id, float("-inf")) >= 60:  # noqa: PLR2004
+            if len(self._undecryptable_logged) > 10_000:  # noqa: PLR2004 - bounded
+                self._undecryptable_logged.clear()
+            self._undecryptable_logged[hook_id] = now
+            log.error(
+                "webhook.undecryptable",
+                webhook_id=hook_id,
+                key_id=kid_of(work.webhook.sealed or ""),
+                configured=list(shard.keyring.kids) if shard.keyring else [],
+                fix="configure the key in security.encryption_keys",
+            )
+        due_ms = shard.clock.now_ms() + UNDECRYPTABLE_WAIT_MS
+        self.act.wait(work, due_ms, "undecryptable", work.job.reserved_ms)
 
     async def _may_pass(self, shard: Store, breaker: Breaker, webhook_id: str, job_id: str) -> bool:
         if breaker.holds(job_id):
@@ -207,11 +238,11 @@ class Gate:
         return placed, [w for w in works if not admission.limited(w.webhook)]
 
 
-def _decode_webhook(raw: bytes | None) -> Webhook | None:
+def _decode_webhook(raw: bytes | None, keyring: Keyring | None) -> Webhook | None:
     if raw is None:
         return None
     try:
-        return Webhook.decode(raw)
+        return Webhook.decode(raw, keyring)
     except (ValueError, TypeError):
         log.exception("webhook.malformed")
         return None

@@ -78,7 +78,7 @@ _HELP = {
     "dispatcher_dlq_growth": "Jobs dead-lettered within alerts.dlq_window_s, at the last check.",
     "dispatcher_deferred_total": (
         "Jobs put back to wait without an attempt, by reason (rate_limit, max_in_flight, "
-        "endpoint_capacity, breaker, paused)."
+        "endpoint_capacity, breaker, paused, undecryptable)."
     ),
     "dispatcher_breaker_transitions_total": "Circuit breaker moves, by the state entered.",
     "dispatcher_webhooks_auto_disabled_total": (

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
 import orjson
 
 from dispatcher import filters
-from dispatcher.errors import InvalidField
+from dispatcher.crypto import Undecryptable
+from dispatcher.errors import EncryptionKeyMissing, InvalidField
 from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
 from dispatcher.signing import (
     SCHEMES,
@@ -36,6 +37,9 @@ from dispatcher.signing import (
     valid_secret,
     valid_signing_key,
 )
+
+if TYPE_CHECKING:
+    from dispatcher.crypto import Keyring
 
 _QUEUE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _RESERVED_HEADERS = frozenset(
@@ -281,6 +285,18 @@ CREATABLE = frozenset(
 )
 PATCHABLE = CREATABLE | {"enabled"}
 
+#: How a write-only value is answered; sent back in a PATCH it keeps the stored value.
+MASK: Final = "***"
+#: Fields sealed whole at rest (crypto.py), blank in the clear record.
+SEALED_FIELDS: Final = {"secret": "", "old_secrets": []}
+#: Object fields whose values are sealed at rest and answered as MASK: the keys listed, or
+#: every key (None). A new sensitive value (a client key, an OAuth client secret) is one row.
+SEALED_VALUES: Final[dict[str, tuple[str, ...] | None]] = {
+    "headers": None,
+    "tls": ("client_key_pem",),
+    "auth": ("client_secret",),
+}
+
 
 @dataclass(slots=True)
 class Webhook:
@@ -288,14 +304,14 @@ class Webhook:
     tenant_id: str
     url: str
     event_types: list[str]
-    secret: str
+    secret: str = field(repr=False)  # never in a traceback or a log line (nor below)
     enabled: bool = True
     disabled_reason: str | None = None
-    old_secrets: list[list[Any]] = field(default_factory=list)  # [[secret, expires_at_ms]]
+    old_secrets: list[list[Any]] = field(default_factory=list, repr=False)  # [[secret, until_ms]]
     rate_limit: dict[str, float] | None = None
     max_in_flight: int | None = None
     queue: str = "default"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
     description: str = ""
     #: A payload filter (filters.py documents the language and its bounds): an event it does
     #: not match gets no job for this webhook. None: every event of its types.
@@ -311,6 +327,10 @@ class Webhook:
     #: once none was at the last release call, 0 at the next. Meanwhile its other jobs never
     #: attempted are held too, so the backlog goes out in accepted order (pauses.py).
     draining: int = 0
+    #: The sealed blob of its secrets when this process could not open it (no key, or not
+    #: the one it was sealed with): its secrets and header values are unknown here, so it
+    #: neither signs nor writes them (``EncryptionKeyMissing``). None once opened, or plain.
+    sealed: str | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -340,6 +360,7 @@ class Webhook:
 
     def apply(self, changes: dict[str, Any]) -> None:
         """Validate and set fields (create or PATCH); raises InvalidField, changing nothing."""
+        changes = self._kept(changes)
         unknown = set(changes) - PATCHABLE
         if unknown:
             raise InvalidField(min(unknown), "is not a webhook field")
@@ -351,8 +372,29 @@ class Webhook:
         if checked.get("enabled") is True:
             self.disabled_reason = None
 
+    def _kept(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """``changes`` with each write-only value sent back as MASK replaced by the stored one,
+        so an answer edited and sent back as a PATCH keeps them."""
+        kept = changes
+        for name, keys in SEALED_VALUES.items():
+            sent = changes.get(name)
+            if not isinstance(sent, dict) or MASK not in sent.values():
+                continue
+            stored = getattr(self, name, None) or {}
+            value = dict(sent)
+            for key, item in sent.items():
+                if item != MASK or (keys is not None and key not in keys):
+                    continue
+                if key not in stored:
+                    raise InvalidField(name, f"{key!r} has no stored value to keep")
+                value[key] = stored[key]
+            kept = {**kept, name: value}
+        return kept
+
     def secrets(self, now_ms: int) -> list[str]:
         """The secrets that sign a delivery now: the current one and those in their grace."""
+        if self.sealed is not None:
+            raise EncryptionKeyMissing
         return [self.secret] + [s for s, until in self.old_secrets if until > now_ms]
 
     def routing(self) -> bytes:
@@ -364,8 +406,15 @@ class Webhook:
             route["o"] = 1  # publish.lua puts its jobs in lanes (only then: none costs nothing)
         return orjson.dumps(route)
 
-    def encode(self) -> bytes:
+    def encode(self, keyring: Keyring | None = None) -> bytes:
+        """The record as stored; with a keyring its secrets and write-only values are sealed
+        (``_seal``), the clear record keeping their names (Lua reads none of them)."""
         record = _slots(self)
+        sealed = record.pop("sealed")
+        if sealed is not None:  # never opened here: kept as it is, or EncryptionKeyMissing
+            record["sealed"] = _keep_sealed(record, sealed)
+        elif keyring is not None:
+            record["sealed"] = _seal(record, keyring, self.id)
         # fields left out at their defaults, so a release before them still reads the record
         if not self.paused:
             del record["paused"]
@@ -382,16 +431,23 @@ class Webhook:
         return orjson.dumps(record)
 
     @classmethod
-    def decode(cls, raw: bytes) -> Webhook:
+    def decode(cls, raw: bytes, keyring: Keyring | None = None) -> Webhook:
         """The stored webhook; fields this release does not know (written by a newer one during
         a rolling upgrade) are left out rather than making the record unreadable, which would
-        dead-letter the webhook's jobs as if it were deleted."""
+        dead-letter the webhook's jobs as if it were deleted.
+
+        Sealed secrets are opened with ``keyring`` (through its cache: the hot path decodes
+        every claimed job's webhook); when no key opens them, ``sealed`` keeps the blob and
+        the webhook cannot sign (the gate makes its jobs wait)."""
         stored = orjson.loads(raw)
         try:
-            return cls(**stored)
+            hook = cls(**stored)
         except TypeError:
             known = _webhook_fields()
-            return cls(**{k: v for k, v in stored.items() if k in known})
+            hook = cls(**{k: v for k, v in stored.items() if k in known})
+        if hook.sealed is not None and keyring is not None:
+            _open(hook, keyring)
+        return hook
 
     def to_wire(self, *, with_secret: bool = False) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -404,7 +460,7 @@ class Webhook:
             "rate_limit": self.rate_limit,
             "max_in_flight": self.max_in_flight,
             "queue": self.queue,
-            "headers": self.headers,
+            "headers": dict.fromkeys(self.headers, MASK),
             "description": self.description,
             "paused": self.paused,
             "filter": self.filter,
@@ -421,6 +477,55 @@ class Webhook:
 
 def _slots(obj: Webhook) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _aad(webhook_id: str) -> bytes:
+    """What a webhook's sealed blob is bound to: pasted onto another webhook, it does not open."""
+    return b"dispatcher.webhook." + webhook_id.encode()
+
+
+def _blank(record: dict[str, Any]) -> dict[str, Any]:
+    """Take the sensitive values out of ``record`` (blanked or MASKed in place); returns them."""
+    secret: dict[str, Any] = {}
+    for name, blank in SEALED_FIELDS.items():
+        secret[name] = record[name]
+        record[name] = blank
+    for name, keys in SEALED_VALUES.items():
+        value = record.get(name)
+        if not value:
+            continue
+        taken = {k: v for k, v in value.items() if keys is None or k in keys}
+        if taken:
+            secret[name] = taken
+            record[name] = {**value, **dict.fromkeys(taken, MASK)}
+    return secret
+
+
+def _seal(record: dict[str, Any], keyring: Keyring, webhook_id: str) -> str:
+    return keyring.seal(orjson.dumps(_blank(record)), _aad(webhook_id))
+
+
+def _keep_sealed(record: dict[str, Any], sealed: str) -> str:
+    """A webhook written back by a process that could not open its blob: the blob stays, as
+    long as no sensitive value changed (it cannot seal a new one)."""
+    before = dict(record)
+    _blank(record)
+    if record != before:
+        raise EncryptionKeyMissing
+    return sealed
+
+
+def _open(hook: Webhook, keyring: Keyring) -> None:
+    try:
+        secret = orjson.loads(keyring.open_cached(cast("str", hook.sealed), _aad(hook.id)))
+    except Undecryptable:
+        return  # stays sealed: the gate makes its jobs wait, writes refuse
+    for name, value in secret.items():
+        if name in SEALED_FIELDS:
+            setattr(hook, name, value)
+        elif hasattr(hook, name):
+            setattr(hook, name, {**(getattr(hook, name) or {}), **value})
+    hook.sealed = None
 
 
 def _text(name: str, value: Any, *, limit: int = MAX_ID_TEXT, empty: bool = False) -> str:

@@ -20,7 +20,13 @@ from typing import Any, Literal, NotRequired, TypedDict
 BreakerState = Literal["closed", "open", "half_open"]
 JobStateName = Literal["queued", "active", "scheduled", "delivered", "dead"]
 WaitingFor = Literal[
-    "rate_limit", "max_in_flight", "endpoint_capacity", "breaker", "paused", "ordering"
+    "rate_limit",
+    "max_in_flight",
+    "endpoint_capacity",
+    "breaker",
+    "paused",
+    "ordering",
+    "undecryptable",
 ]
 Ordering = Literal["none", "fifo"]
 SignatureScheme = Literal["v1", "v1a"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import re
@@ -144,6 +145,8 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
     """Each key's DISPATCHER_<SECTION>_<KEY> variable sets it to a non-default value."""
     token_file = tmp_path / "token"
     token_file.write_text(f"{FROM_FILE}\n", encoding="utf-8")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(base64.b64encode(b"k" * 32).decode(), encoding="utf-8")
     environ = {
         "DISPATCHER_STATE_DIR": "/srv/d",
         "DISPATCHER_REDIS_URL": "unix:///run/redis.sock",
@@ -166,6 +169,7 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_DELIVERY_PROXY_URL": "http://egress:pw@proxy.internal:3128",
         "DISPATCHER_SECURITY_ALLOW_PRIVATE_TARGETS": "TRUE",
         "DISPATCHER_SECURITY_ALLOWED_CIDRS": "10.0.0.0/8, 192.168.1.0/24,",
+        "DISPATCHER_SECURITY_ENCRYPTION_KEYS_FILE": str(keys_file),
         "DISPATCHER_DLQ_RETENTION_S": "5",
         "DISPATCHER_DLQ_AUTO_PURGE": "true",
         "DISPATCHER_JOBS_RETENTION_S": "6",
@@ -180,13 +184,17 @@ def test_every_key_has_a_working_environment_variable(tmp_path: Path) -> None:
         "DISPATCHER_LOG_LEVEL": "WARNING",
         "DISPATCHER_LOG_FORMAT": "console",
     }
-    assert set(environ) | {"DISPATCHER_ADMIN_TOKEN"} == {env_name(s, k) for s, k in all_keys()}
+    inline = {"DISPATCHER_ADMIN_TOKEN", "DISPATCHER_SECURITY_ENCRYPTION_KEYS"}  # or the file
+    assert set(environ) | inline == {env_name(s, k) for s, k in all_keys()}
     cfg = load(None, environ)
     flat_default = redacted(Config())
     flat = redacted(cfg)
     for section, key in all_keys():
         if (section, key) == ("admin", "token"):
             continue  # set through token_file here; a token and a token file exclude each other
+        if (section, key) == ("security", "encryption_keys"):
+            assert cfg.security.encryption_keys == (b"k" * 32,)  # through the file
+            continue
         got, want = value_at(flat, section, key), value_at(flat_default, section, key)
         assert got != want, f"{section}.{key} not overridden"
     assert cfg.admin.token == FROM_FILE
@@ -603,7 +611,12 @@ def test_redacted_hides_token_and_redis_password(tmp_path: Path) -> None:
         "shards": 1,
         "embedded_maxmemory": 1024**3,
     }
-    assert out["security"] == {"allow_private_targets": False, "allowed_cidrs": ["10.20.0.0/16"]}
+    assert out["security"] == {
+        "allow_private_targets": False,
+        "allowed_cidrs": ["10.20.0.0/16"],
+        "encryption_keys": [],
+        "encryption_keys_file": None,
+    }
     assert out["state_dir"] == "var"
     assert set(out) == {"state_dir", *SECTIONS}
     for section, cls in SECTIONS.items():

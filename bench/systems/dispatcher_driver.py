@@ -26,6 +26,13 @@ from dispatcher import Client
 
 PREFIX = "bench"
 BATCH = 256
+#: BENCH_ENCRYPTION_KEYS (base64, comma-separated): webhook secrets sealed at rest, in the
+#: Client's writes and the workers' reads (security.encryption_keys).
+KEYS = [k for k in os.environ.get("BENCH_ENCRYPTION_KEYS", "").split(",") if k]
+
+
+def _client(redis: str) -> Client:
+    return Client.from_url(redis, prefix=PREFIX, **({"encryption_keys": KEYS} if KEYS else {}))
 
 
 async def _hooks(client: Client, urls: list[str]) -> list[str]:
@@ -38,7 +45,7 @@ async def _hooks(client: Client, urls: list[str]) -> list[str]:
 
 
 async def enqueue(redis: str, urls: list[str], n: int, size: tuple[int, int]) -> None:
-    async with Client.from_url(redis, prefix=PREFIX) as client:
+    async with _client(redis) as client:
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
         for start in range(0, n, BATCH):
@@ -49,7 +56,7 @@ async def enqueue(redis: str, urls: list[str], n: int, size: tuple[int, int]) ->
 async def produce(
     redis: str, urls: list[str], rate: float, seconds: float, size: tuple[int, int]
 ) -> None:
-    async with Client.from_url(redis, prefix=PREFIX) as client:
+    async with _client(redis) as client:
         tenants = await _hooks(client, urls)
         started = time.perf_counter()
 
@@ -85,6 +92,8 @@ def work(redis: str, concurrency: int, http_client: str, retry: str = "fixed") -
         "DISPATCHER_LOG_LEVEL": "warning",
         "DISPATCHER_DELIVERY_HTTP_CLIENT": http_client,
     })
+    if KEYS:
+        env["DISPATCHER_SECURITY_ENCRYPTION_KEYS"] = ",".join(KEYS)
     if retry == "fixed":  # a fixed 0.1 s, as the peers retry; else the default 5 s doubling
         env["DISPATCHER_DELIVERY_BACKOFF_BASE_S"] = env["DISPATCHER_DELIVERY_BACKOFF_CAP_S"] = str(
             RETRY_DELAY_S)

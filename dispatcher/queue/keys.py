@@ -90,6 +90,9 @@ ids the server chooses, and come last; ``M`` is a number.
                           trimmed by each flush
 ``P:{0}:layout``          hash  ``shards``: how many shards new webhooks are spread over;
                           ``served``: how many may hold work (the most there ever were)
+``P:{0}:encryption``      string, the canary of ``security.encryption_keys`` (``encryption.py``):
+                          JSON ``{"kid", "check"}``, a known text sealed with the key that seals
+                          webhook secrets, so a process with a wrong or no key refuses to start
 ``P:{0}:paused``          set   paused queue names
 ``P:{0}:queues``          set   the queue names this shard's webhooks name or named (written with
                           each webhook's record; never shrinks), so pausing a queue that
@@ -286,6 +289,10 @@ class Keys:
     @property
     def layout(self) -> str:
         return f"{self._base}:layout"
+
+    @property
+    def encryption(self) -> str:
+        return f"{self._base}:encryption"
 
     @property
     def paused(self) -> str:

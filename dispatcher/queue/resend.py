@@ -40,6 +40,7 @@ _WAITS = {
     "endpoint_capacity": "room at its endpoint",
     "breaker": "its webhook's circuit breaker to close",
     "paused": "its webhook to be resumed",
+    "undecryptable": "the key its webhook's secrets are encrypted with (security.encryption_keys)",
     "deliver_at": "its deliver_at time (it was never attempted)",
 }
 

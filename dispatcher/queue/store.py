@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from dispatcher.crypto import Keyring
+
 #: How long a process trusts the shard layout it read before reading it again.
 LAYOUT_MAX_AGE_S = 5.0
 
@@ -52,16 +54,33 @@ class Store:
     cluster: Cluster | None = None  # the same client as ``redis``, when it is a Redis Cluster
     layout: Layout = field(default_factory=Layout)  # shared by every shard's store
     _shards: dict[int, Store] = field(default_factory=dict)  # shared too
+    #: Seals and opens webhook secrets (security.encryption_keys); None: they are plain text.
+    keyring: Keyring | None = None
 
     @classmethod
-    def open(cls, url: str, *, prefix: str = "dispatcher", max_connections: int = 64) -> Store:
+    def open(
+        cls,
+        url: str,
+        *,
+        prefix: str = "dispatcher",
+        max_connections: int = 64,
+        keyring: Keyring | None = None,
+    ) -> Store:
         keys = Keys(prefix)
         client = open_redis(url, max_connections=max_connections, home_key=keys.jobs)
         cluster = client if isinstance(client, Cluster) else None
         # A RedisCluster offers the command methods of Redis that the queue verbs call; what
         # differs (INFO per node, TIME, CONFIG GET) is asked through ``cluster``.
         redis = cast("Redis", client)
-        return cls(redis, keys, Scripts.register(redis), RedisClock(), mode_of(client), cluster)
+        return cls(
+            redis,
+            keys,
+            Scripts.register(redis),
+            RedisClock(),
+            mode_of(client),
+            cluster,
+            keyring=keyring,
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -84,6 +103,7 @@ class Store:
                 self.cluster,
                 self.layout,
                 self._shards,
+                self.keyring,
             )
             self._shards[shard] = found
         return found

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.ids import is_webhook_id
 from dispatcher.model import Webhook, rfc3339
-from dispatcher.queue import breakers, pauses
+from dispatcher.queue import breakers, encryption, pauses
 from dispatcher.queue.records import redis_errors
 from dispatcher.signing import generate_key
 
@@ -28,10 +28,11 @@ MAX_CHANGE_ATTEMPTS = 32
 async def save_webhook(store: Store, hook: Webhook) -> None:
     """Write a new webhook (its id is new, so nothing can race this); changes of an existing
     one go through ``_change_webhook``."""
+    await encryption.guard(store)
     store = store.of_webhook(hook.id)
     pipe = store.redis.pipeline(transaction=True)
     # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
-    pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode()})
+    pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode(store.keyring)})
     pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
     pipe.sadd(store.keys.queues, hook.queue)  # the queues webhooks name (control.ensure_known)
     pipe.incr(store.keys.queues_indexed)  # the webhooks ``queues`` covers, kept in step
@@ -48,7 +49,7 @@ async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
 
 
 async def get_webhook(store: Store, webhook_id: str) -> Webhook:
-    return Webhook.decode(await _read_webhook(store, webhook_id))
+    return Webhook.decode(await _read_webhook(store, webhook_id), store.keyring)
 
 
 async def _read_webhook(store: Store, webhook_id: str) -> bytes:
@@ -77,7 +78,7 @@ async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
                 raws = await cast(
                     "Awaitable[list[bytes | None]]", shard.redis.hmget(shard.keys.webhooks, ids)
                 )
-                hooks += [Webhook.decode(raw) for raw in raws if raw]
+                hooks += [Webhook.decode(raw, store.keyring) for raw in raws if raw]
     return sorted(hooks, key=lambda hook: hook.id)
 
 
@@ -93,11 +94,12 @@ async def _change_webhook(
     rules) stays in Python, where ``Webhook`` has it; the script only compares and writes.
     """
     store = store.of_webhook(webhook_id)
+    await encryption.guard(store)
     with redis_errors():
         clock = await store.refresh_clock()
     for _ in range(MAX_CHANGE_ATTEMPTS):
         raw = await _read_webhook(store, webhook_id)
-        hook = Webhook.decode(raw)
+        hook = Webhook.decode(raw, store.keyring)
         old_tenant = hook.tenant_id
         if not change(hook, clock.now_ms()):
             return hook
@@ -110,7 +112,7 @@ async def _change_webhook(
                     keys.tenant(hook.tenant_id),
                     keys.queues,
                 ],
-                args=[webhook_id, raw, hook.encode(), hook.routing(), hook.queue],
+                args=[webhook_id, raw, hook.encode(store.keyring), hook.routing(), hook.queue],
             )
         if written:
             return hook
@@ -176,6 +178,12 @@ async def rotate_secret(
         return True
 
     return await _change_webhook(store, webhook_id, rotate)
+
+
+async def reseal(store: Store, webhook_id: str) -> None:
+    """Write the webhook again as it is, its secrets sealed with the store's first key
+    (``dispatcher rekey``); ``updated_at`` stays, and a record no key opens is left alone."""
+    await _change_webhook(store, webhook_id, lambda hook, _now_ms: hook.sealed is None)
 
 
 async def delete_webhook(store: Store, webhook_id: str) -> None:
