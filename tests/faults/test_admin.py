@@ -59,10 +59,12 @@ def _junk(rng: random.Random) -> bytes:
 async def _slow_client(port: int, hold_s: float) -> None:
     """Open a connection, send half a request line, and sit on it."""
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
-    await writer.drain()
-    await asyncio.sleep(hold_s)
-    writer.close()
+    try:
+        writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+        await writer.drain()
+        await asyncio.sleep(hold_s)
+    finally:
+        writer.close()  # also when the server cut it first: no writer left to the collector
 
 
 async def test_admin_api_under_abuse_changes_nothing_and_delivery_goes_on(
