@@ -255,7 +255,14 @@ async def test_tls_with_the_target_is_the_endpoints(
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.0.0.1/hook", "https://169.254.169.254/latest", "http://[::1]:8080/", "TARGET"],
+    [
+        "http://10.0.0.1/hook",
+        "https://169.254.169.254/latest",
+        "http://[::1]:8080/",
+        "http://0x7f000001:8080/",  # 127.0.0.1 to any inet_aton: a literal, not a name
+        "https://0xa9.0xfe.0xa9.0xfe/latest",  # 169.254.169.254
+        "TARGET",
+    ],
 )
 async def test_private_literals_are_refused_before_the_proxy(
     make_sender: MakeSender, proxy: ConnectProxy, target: Target, url: str
