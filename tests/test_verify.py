@@ -93,6 +93,29 @@ def test_header_names_are_case_insensitive_and_extra_headers_ignored() -> None:
     verify(BODY, headers, V1A_PUBLIC, now_s=TIMESTAMP_S)
 
 
+def test_a_header_stuffed_with_v1a_entries_costs_a_bounded_number_of_checks() -> None:
+    """Only the first MAX_V1A_ENTRIES distinct v1a entries are checked (each an Ed25519
+    verification): a genuine signature behind thousands of forged ones is not looked at, so
+    a forged header cannot make the receiver spend seconds of CPU, while a v1 entry after
+    them still is."""
+    other = generate_signing_key()
+    forged = [sign(MSG_ID, TIMESTAMP_S, BODY, [other])]  # another key's: verified, refused
+    junk = [
+        "v1a," + base64.b64encode(bytes([n % 256, n // 256]) + bytes(62)).decode()
+        for n in range(dispatcher.verifier.MAX_V1A_ENTRIES + 5)
+    ]
+    header = " ".join([*forged * 1000, *junk, V1A_SIGNATURE])
+    _refused("signature", BODY, _headers(header), V1A_PUBLIC, now_s=TIMESTAMP_S)
+    # a few forged entries in front of the genuine one (a rotation's old keys) still verify
+    verify(
+        BODY,
+        _headers(" ".join([*forged * 1000, *junk[:5], V1A_SIGNATURE])),
+        V1A_PUBLIC,
+        now_s=TIMESTAMP_S,
+    )
+    verify(BODY, _headers(" ".join([*junk, V1_SIGNATURE])), V1_SECRET, now_s=TIMESTAMP_S)
+
+
 def test_dispatcher_signatures_verify_with_cryptography_directly() -> None:
     """``signing.sign``'s v1a signature is a plain Ed25519 signature of ``id.timestamp.body``
     that ``cryptography``'s Ed25519PublicKey accepts with the key in ``public_key``."""
