@@ -54,11 +54,13 @@ def verify(
     request's headers (names in any case). ``key`` is the webhook's ``whsec_`` secret (checks
     the ``v1`` signatures) or its ``whpk_`` public key (checks ``v1a``), or several keys: any
     one matching signature passes. ``webhook-timestamp`` must be within ``tolerance_s`` seconds
-    of ``now_s`` (default: the time now). A malformed key raises ``ValueError``, as does a
-    ``whsk_`` signing key, which stays with the sender.
+    of ``now_s`` (default: the time now; NaN or infinite is a ``ValueError``). A malformed
+    key raises ``ValueError``, as does a ``whsk_`` signing key, which stays with the sender.
     """
     if not math.isfinite(tolerance_s) or tolerance_s < 0:
         raise ValueError("tolerance_s must be a finite number of seconds, 0 or more")
+    if now_s is not None and not math.isfinite(now_s):  # NaN would pass both age checks
+        raise ValueError("now_s must be a finite time in seconds since 1970")
     secrets, publics = _keys(key)
     found = _headers(headers)
     msg_id, stamp, header = (found.get(name, "") for name in _HEADERS)

@@ -199,6 +199,14 @@ def test_the_timestamp_must_be_within_the_tolerance() -> None:
     _refused("too_old", BODY, headers, V1A_PUBLIC)
 
 
+@pytest.mark.parametrize("now_s", [float("nan"), float("inf"), float("-inf")])
+def test_a_now_that_is_not_a_time_is_the_callers_error(now_s: float) -> None:
+    """``now_s`` NaN would pass both age comparisons (any timestamp, a replay from 1970
+    too): like a bad tolerance it is a ValueError, never a pass."""
+    with pytest.raises(ValueError, match="now_s"):
+        verify(BODY, _headers(V1A_SIGNATURE, timestamp="1"), V1A_PUBLIC, now_s=now_s)
+
+
 @pytest.mark.parametrize(
     ("headers", "check", "message"),
     [
