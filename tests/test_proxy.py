@@ -387,6 +387,9 @@ async def test_a_test_send_goes_through_the_clients_proxy(
         ("http://proxy:3128/path", "a proxy URL has no path"),
         ("http://proxy:99999", "invalid port"),
         ("proxy:3128", "must be http://[user:pass@]host:port"),
+        ("http://proxy:0", "invalid port"),
+        ("http://u:hunter2/x@proxy:3128", "percent-encode / ? # in the password"),
+        ("http://egress%3Aa:hunter2@proxy:3128", "holds a ':' (only the password may)"),
     ],
 )
 def test_a_bad_proxy_url_is_a_config_error_naming_the_key(value: str, expected: str) -> None:
