@@ -264,6 +264,27 @@ def test_any_request_raises_only_invalid_signature(headers: dict[Any, Any], body
         assert _failed_check(body, headers, key) in (None, *InvalidSignature.CHECKS)
 
 
+# Ed25519 points of small order (the identity, and one of order 8) as whpk_ keys: with one,
+# R = identity and S = 0 "verifies" any message, so a receiver holding one would accept
+# anything.
+_SMALL_ORDER = [
+    bytes([1]) + bytes(31),
+    (2707385501144840649318225287225658788936804267575313519463743609750303402022).to_bytes(
+        32, "little"
+    ),
+]
+
+
+@pytest.mark.parametrize("raw", _SMALL_ORDER)
+def test_a_public_key_of_small_order_is_refused(raw: bytes) -> None:
+    """A whpk_ key that is a point of small order is a ValueError, never a key that a forged
+    signature (the identity and 0) passes for every body."""
+    key = "whpk_" + base64.b64encode(raw).decode()
+    forged = "v1a," + base64.b64encode(bytes([1]) + bytes(63)).decode()
+    with pytest.raises(ValueError, match="small order"):
+        verify(b"anything", _headers(forged), key, now_s=TIMESTAMP_S)
+
+
 def _failed_check(body: Any, headers: Any, key: str) -> str | None:
     try:
         verify(body, headers, key, now_s=TIMESTAMP_S)
