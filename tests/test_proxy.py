@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dispatcher import Client, config
+from dispatcher import Client, InvalidField, config
 from dispatcher.errors import ConfigError
 from dispatcher.proxy import BLAME, FAILURES_METRIC
 from dispatcher.ssrf import AddressPolicy
@@ -277,6 +277,18 @@ async def test_private_literals_are_refused_before_the_proxy(
     assert outcome.blame is None
     assert proxy.accepted == 0
     assert target.connections == 0
+
+
+async def test_a_webhook_cannot_send_its_own_proxy_credentials(client: Client) -> None:
+    """``Proxy-Authorization`` is not a webhook header: through the egress proxy an http
+    target's request would carry it to the proxy beside (or instead of) dispatcher's own."""
+    with pytest.raises(InvalidField, match="Proxy-Authorization"):
+        await client.create_webhook(
+            "acme", "http://example.com/h", headers={"Proxy-Authorization": "Basic eDp5"}
+        )
+    hook = await client.create_webhook("acme", "http://example.com/h")
+    with pytest.raises(InvalidField, match="proxy-authorization"):
+        await client.update_webhook(hook["id"], headers={"proxy-authorization": "Basic eDp5"})
 
 
 async def _publish_and_wait_dead(client: Client, webhook_id: str, count: int) -> list[str]:
