@@ -53,6 +53,7 @@ _RESERVED_HEADERS = frozenset(
         "webhook-signature",
         "accept-encoding",
         "transfer-encoding",
+        "proxy-authorization",  # the egress proxy's (delivery.proxy_url): never a tenant's
     }
 )
 MAX_ID_TEXT = 256

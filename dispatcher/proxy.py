@@ -91,15 +91,21 @@ class Proxy:
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"invalid port in {shown}") from None
+            hint = " (percent-encode / ? # in the password)" if "@" in url else ""
+            raise ValueError(f"invalid port in {shown}{hint}") from None
         host = parts.hostname
         if not host:
             raise ValueError(f"no host in {shown}")
         if port is None:
             raise ValueError(f"no port in {shown}: give host:port, e.g. http://proxy:3128")
+        if port == 0:
+            raise ValueError(f"invalid port in {shown}")
         if parts.path not in {"", "/"} or parts.query or parts.fragment:
             raise ValueError(f"a proxy URL has no path, query or fragment, got {shown}")
-        return cls(host, port, unquote(parts.username or ""), unquote(parts.password or ""))
+        username = unquote(parts.username or "")
+        if ":" in username:  # Basic credentials are user:password, split at the first colon
+            raise ValueError(f"the user name in {shown} holds a ':' (only the password may)")
+        return cls(host, port, username, unquote(parts.password or ""))
 
     @property
     def label(self) -> str:

@@ -58,6 +58,12 @@ _MAX_KEY_BYTES = 64
 _GENERATED_KEY_BYTES = 32
 _SEED_BYTES = 32  # an Ed25519 seed, and a public key
 _ED25519_SIGNATURE_BYTES = 64
+_P = 2**255 - 19
+_Y_MASK = 2**255 - 1  # the y coordinate of an encoded point (the top bit is x's sign)
+_Y_ORDER_8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+#: The y of every point of small order (1, 2, 4, 8), and their encodings past p (libsodium
+#: refuses the same): a public key there makes R = identity, S = 0 a valid signature of anything.
+_WEAK_Y: Final = frozenset({0, 1, _P - 1, _Y_ORDER_8, _P - _Y_ORDER_8, _P, _P + 1})
 
 
 def generate_secret() -> str:
@@ -137,6 +143,8 @@ def public_key(key: str) -> Ed25519PublicKey:
     raw = _decoded(key, PUBLIC_KEY_PREFIX, "a public key")
     if len(raw) != _SEED_BYTES:
         raise ValueError(f"a whpk_ public key holds 32 bytes, not {len(raw)}")
+    if int.from_bytes(raw, "little") & _Y_MASK in _WEAK_Y:
+        raise ValueError("a whpk_ public key of small order (it would accept forged signatures)")
     return Ed25519PublicKey.from_public_bytes(raw)
 
 

@@ -21,6 +21,7 @@ translation prefixes are denied by name.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
@@ -55,6 +56,11 @@ _DENIED: Final[tuple[tuple[IPNetwork, str], ...]] = tuple(
 )
 _V4_COMPATIBLE_MAX: Final = 2**32
 _NOT_AN_ADDRESS: Final = "not a canonical IP address"
+# What inet_aton (and so getaddrinfo, and an egress proxy) reads as an IPv4 address: one to
+# four numbers, decimal, octal or 0x-hex ("0x7f000001", "0x7f.1")
+_INET_ATON: Final = re.compile(
+    r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +104,10 @@ class AddressPolicy:
     def literal_refusal(self, host: str) -> str | None:
         """For a URL host that looks like an IP literal (which the sender dials without a
         lookup): None when allowed or when ``host`` is a name, else the reason it is refused."""
-        if ":" not in host and not host.replace(".", "").isdigit():
-            return None  # a name: the GuardedResolver decides
+        if ":" not in host and not (
+            host.replace(".", "").isdigit() or (host[:1].isdigit() and _INET_ATON.fullmatch(host))
+        ):
+            return None  # a name: the GuardedResolver (or the egress proxy) decides
         try:
             return self._literals[host]
         except KeyError:

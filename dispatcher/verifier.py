@@ -33,6 +33,10 @@ __all__ = ["DEFAULT_TOLERANCE_S", "verify"]
 DEFAULT_TOLERANCE_S: Final = 300.0
 _HEADERS: Final = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_TIMESTAMP_DIGITS: Final = 15
+#: The most distinct ``v1a`` entries checked (each costs an Ed25519 verification per key,
+#: ~1000 times an HMAC): a delivery carries one per key in use, a forged header may carry
+#: thousands.
+MAX_V1A_ENTRIES: Final = 16
 
 
 def verify(
@@ -50,11 +54,13 @@ def verify(
     request's headers (names in any case). ``key`` is the webhook's ``whsec_`` secret (checks
     the ``v1`` signatures) or its ``whpk_`` public key (checks ``v1a``), or several keys: any
     one matching signature passes. ``webhook-timestamp`` must be within ``tolerance_s`` seconds
-    of ``now_s`` (default: the time now). A malformed key raises ``ValueError``, as does a
-    ``whsk_`` signing key, which stays with the sender.
+    of ``now_s`` (default: the time now; NaN or infinite is a ``ValueError``). A malformed
+    key raises ``ValueError``, as does a ``whsk_`` signing key, which stays with the sender.
     """
     if not math.isfinite(tolerance_s) or tolerance_s < 0:
         raise ValueError("tolerance_s must be a finite number of seconds, 0 or more")
+    if now_s is not None and not math.isfinite(now_s):  # NaN would pass both age checks
+        raise ValueError("now_s must be a finite time in seconds since 1970")
     secrets, publics = _keys(key)
     found = _headers(headers)
     msg_id, stamp, header = (found.get(name, "") for name in _HEADERS)
@@ -129,13 +135,19 @@ def _matches(
     header: str, signed: bytes, secrets: list[bytes], publics: list[Ed25519PublicKey]
 ) -> bool:
     """Whether an entry of the signature header (``version,base64``) matches a key; entries
-    of other versions, and malformed ones, are skipped."""
+    of other versions, malformed ones, and ``v1a`` ones past the first ``MAX_V1A_ENTRIES``
+    distinct ones are skipped."""
     digests = [hmac.digest(secret, signed, "sha256") for secret in secrets]
     checked = {"v1": bool(digests), "v1a": bool(publics)}
+    seen: set[str] = set()  # v1a entries tried
     for entry in header.split():
         version, _, text = entry.partition(",")
         if not checked.get(version):
             continue
+        if version == "v1a":
+            if entry in seen or len(seen) >= MAX_V1A_ENTRIES:
+                continue
+            seen.add(entry)
         try:
             signature = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):  # ValueError: text that is not ASCII

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dispatcher import Client, config
+from dispatcher import Client, InvalidField, config
 from dispatcher.errors import ConfigError
 from dispatcher.proxy import BLAME, FAILURES_METRIC
 from dispatcher.ssrf import AddressPolicy
@@ -255,7 +255,14 @@ async def test_tls_with_the_target_is_the_endpoints(
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.0.0.1/hook", "https://169.254.169.254/latest", "http://[::1]:8080/", "TARGET"],
+    [
+        "http://10.0.0.1/hook",
+        "https://169.254.169.254/latest",
+        "http://[::1]:8080/",
+        "http://0x7f000001:8080/",  # 127.0.0.1 to any inet_aton: a literal, not a name
+        "https://0xa9.0xfe.0xa9.0xfe/latest",  # 169.254.169.254
+        "TARGET",
+    ],
 )
 async def test_private_literals_are_refused_before_the_proxy(
     make_sender: MakeSender, proxy: ConnectProxy, target: Target, url: str
@@ -270,6 +277,18 @@ async def test_private_literals_are_refused_before_the_proxy(
     assert outcome.blame is None
     assert proxy.accepted == 0
     assert target.connections == 0
+
+
+async def test_a_webhook_cannot_send_its_own_proxy_credentials(client: Client) -> None:
+    """``Proxy-Authorization`` is not a webhook header: through the egress proxy an http
+    target's request would carry it to the proxy beside (or instead of) dispatcher's own."""
+    with pytest.raises(InvalidField, match="Proxy-Authorization"):
+        await client.create_webhook(
+            "acme", "http://example.com/h", headers={"Proxy-Authorization": "Basic eDp5"}
+        )
+    hook = await client.create_webhook("acme", "http://example.com/h")
+    with pytest.raises(InvalidField, match="proxy-authorization"):
+        await client.update_webhook(hook["id"], headers={"proxy-authorization": "Basic eDp5"})
 
 
 async def _publish_and_wait_dead(client: Client, webhook_id: str, count: int) -> list[str]:
@@ -380,6 +399,9 @@ async def test_a_test_send_goes_through_the_clients_proxy(
         ("http://proxy:3128/path", "a proxy URL has no path"),
         ("http://proxy:99999", "invalid port"),
         ("proxy:3128", "must be http://[user:pass@]host:port"),
+        ("http://proxy:0", "invalid port"),
+        ("http://u:hunter2/x@proxy:3128", "percent-encode / ? # in the password"),
+        ("http://egress%3Aa:hunter2@proxy:3128", "holds a ':' (only the password may)"),
     ],
 )
 def test_a_bad_proxy_url_is_a_config_error_naming_the_key(value: str, expected: str) -> None:

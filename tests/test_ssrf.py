@@ -116,6 +116,10 @@ def test_from_config_rejects_a_malformed_cidr() -> None:
         ("127.1", "not a canonical IP address"),
         ("2130706433", "not a canonical IP address"),
         ("017700000001", "not a canonical IP address"),
+        ("0x7f000001", "not a canonical IP address"),  # hex: inet_aton reads it as 127.0.0.1
+        ("0x7f.0.0.1", "not a canonical IP address"),
+        ("1.0x0.0.1", "not a canonical IP address"),
+        ("0xcafe.example", None),  # a name: not every label is a number
         ("fe80::1%25eth0", "link-local"),
     ],
 )

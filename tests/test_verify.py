@@ -93,6 +93,29 @@ def test_header_names_are_case_insensitive_and_extra_headers_ignored() -> None:
     verify(BODY, headers, V1A_PUBLIC, now_s=TIMESTAMP_S)
 
 
+def test_a_header_stuffed_with_v1a_entries_costs_a_bounded_number_of_checks() -> None:
+    """Only the first MAX_V1A_ENTRIES distinct v1a entries are checked (each an Ed25519
+    verification): a genuine signature behind thousands of forged ones is not looked at, so
+    a forged header cannot make the receiver spend seconds of CPU, while a v1 entry after
+    them still is."""
+    other = generate_signing_key()
+    forged = [sign(MSG_ID, TIMESTAMP_S, BODY, [other])]  # another key's: verified, refused
+    junk = [
+        "v1a," + base64.b64encode(bytes([n % 256, n // 256]) + bytes(62)).decode()
+        for n in range(dispatcher.verifier.MAX_V1A_ENTRIES + 5)
+    ]
+    header = " ".join([*forged * 1000, *junk, V1A_SIGNATURE])
+    _refused("signature", BODY, _headers(header), V1A_PUBLIC, now_s=TIMESTAMP_S)
+    # a few forged entries in front of the genuine one (a rotation's old keys) still verify
+    verify(
+        BODY,
+        _headers(" ".join([*forged * 1000, *junk[:5], V1A_SIGNATURE])),
+        V1A_PUBLIC,
+        now_s=TIMESTAMP_S,
+    )
+    verify(BODY, _headers(" ".join([*junk, V1_SIGNATURE])), V1_SECRET, now_s=TIMESTAMP_S)
+
+
 def test_dispatcher_signatures_verify_with_cryptography_directly() -> None:
     """``signing.sign``'s v1a signature is a plain Ed25519 signature of ``id.timestamp.body``
     that ``cryptography``'s Ed25519PublicKey accepts with the key in ``public_key``."""
@@ -176,6 +199,14 @@ def test_the_timestamp_must_be_within_the_tolerance() -> None:
     _refused("too_old", BODY, headers, V1A_PUBLIC)
 
 
+@pytest.mark.parametrize("now_s", [float("nan"), float("inf"), float("-inf")])
+def test_a_now_that_is_not_a_time_is_the_callers_error(now_s: float) -> None:
+    """``now_s`` NaN would pass both age comparisons (any timestamp, a replay from 1970
+    too): like a bad tolerance it is a ValueError, never a pass."""
+    with pytest.raises(ValueError, match="now_s"):
+        verify(BODY, _headers(V1A_SIGNATURE, timestamp="1"), V1A_PUBLIC, now_s=now_s)
+
+
 @pytest.mark.parametrize(
     ("headers", "check", "message"),
     [
@@ -231,6 +262,27 @@ def test_any_request_raises_only_invalid_signature(headers: dict[Any, Any], body
     one of its documented checks; nothing else escapes it."""
     for key in (V1A_PUBLIC, V1_SECRET):
         assert _failed_check(body, headers, key) in (None, *InvalidSignature.CHECKS)
+
+
+# Ed25519 points of small order (the identity, and one of order 8) as whpk_ keys: with one,
+# R = identity and S = 0 "verifies" any message, so a receiver holding one would accept
+# anything.
+_SMALL_ORDER = [
+    bytes([1]) + bytes(31),
+    (2707385501144840649318225287225658788936804267575313519463743609750303402022).to_bytes(
+        32, "little"
+    ),
+]
+
+
+@pytest.mark.parametrize("raw", _SMALL_ORDER)
+def test_a_public_key_of_small_order_is_refused(raw: bytes) -> None:
+    """A whpk_ key that is a point of small order is a ValueError, never a key that a forged
+    signature (the identity and 0) passes for every body."""
+    key = "whpk_" + base64.b64encode(raw).decode()
+    forged = "v1a," + base64.b64encode(bytes([1]) + bytes(63)).decode()
+    with pytest.raises(ValueError, match="small order"):
+        verify(b"anything", _headers(forged), key, now_s=TIMESTAMP_S)
 
 
 def _failed_check(body: Any, headers: Any, key: str) -> str | None:
