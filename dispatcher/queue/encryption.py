@@ -50,11 +50,12 @@ async def read_kid(store: Store) -> tuple[str, str] | None:
     return str(canary["kid"]), str(canary["check"])
 
 
-async def mark(store: Store, keyring: Keyring, *, replace: bool = False) -> None:
+async def mark(store: Store, keyring: Keyring, *, replace: bool = False) -> bool:
     """Record the keyring's first key as the one sealing secrets (only if none is recorded,
-    unless ``replace``: rekey, once every record is sealed with it)."""
+    unless ``replace``: rekey, once every record is sealed with it); False when another
+    process recorded one first."""
     value = orjson.dumps({"kid": keyring.current_kid, "check": keyring.seal(CANARY, CANARY_AAD)})
-    await store.redis.set(store.home.keys.encryption, value, nx=not replace)
+    return bool(await store.redis.set(store.home.keys.encryption, value, nx=not replace))
 
 
 def problem(canary: tuple[str, str] | None, keyring: Keyring | None) -> str | None:
@@ -84,7 +85,8 @@ async def startup(store: Store) -> str | None:
         canary = await read_kid(store)
         found = problem(canary, store.keyring)
         if found is None and canary is None and store.keyring is not None:
-            await mark(store, store.keyring)
+            if not await mark(store, store.keyring):  # another daemon, starting at once, won
+                found = problem(await read_kid(store), store.keyring)
     return found
 
 
