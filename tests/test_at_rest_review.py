@@ -18,6 +18,8 @@ from dispatcher.queue.store import Store
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from tests.helpers import ClusterServers
+
 
 async def test_two_daemons_starting_at_once_with_different_keys_one_refuses(
     redis_url: str, prefix: str
@@ -62,3 +64,39 @@ async def test_a_header_removed_without_the_records_key_stays_removed(
     raw = cast("bytes", await redis.hget(Keys(prefix).webhooks, hook["id"]))
     ring = Keyring((base64.b64decode(sealing),))
     assert Webhook.decode(raw, ring).headers == {"Y": "w"}
+
+
+async def _rekey_three_shards(url: str, prefix: str) -> None:
+    from dispatcher.queue import rekey, webhooks  # noqa: PLC0415
+
+    key = os.urandom(32)
+    plain = Store.open(url, prefix=prefix)
+    keyed = Store.open(url, prefix=prefix, keyring=Keyring((key,)))
+    try:
+        await plain.adopt_layout(3)
+        fields = {"tenant_id": "acme", "url": "http://127.0.0.1:9/h", "headers": {"X": "v"}}
+        made = [await webhooks.create_webhook(plain, fields) for _ in range(12)]
+        assert len({plain.of_webhook(h.id).shard for h in made}) == 3
+        first, again = await rekey.run(keyed), await rekey.run(keyed)
+        assert (first.encrypted_from_plaintext, again.already_current) == (12, 12)
+        assert await encryption.read_kid(keyed) is not None
+        for hook in made:
+            shard = keyed.of_webhook(hook.id)
+            raw = cast("bytes", await shard.redis.hget(shard.keys.webhooks, hook.id))
+            assert b'"v"' not in raw
+            assert hook.secret.encode() not in raw
+            opened = Webhook.decode(raw, keyed.keyring)
+            assert (opened.secret, opened.headers) == (hook.secret, {"X": "v"})
+    finally:
+        await plain.close()
+        await keyed.close()
+
+
+async def test_rekey_seals_every_shard(redis_url: str, prefix: str) -> None:
+    """`rekey` on three shards seals every webhook of each (a second run finds all current)."""
+    await _rekey_three_shards(redis_url, prefix)
+
+
+async def test_rekey_seals_every_shard_of_a_cluster(cluster: ClusterServers, prefix: str) -> None:
+    """The same on a Redis Cluster."""
+    await _rekey_three_shards(cluster.url, prefix)

@@ -84,9 +84,10 @@ async def startup(store: Store) -> str | None:
     with redis_errors():
         canary = await read_kid(store)
         found = problem(canary, store.keyring)
-        if found is None and canary is None and store.keyring is not None:
-            if not await mark(store, store.keyring):  # another daemon, starting at once, won
-                found = problem(await read_kid(store), store.keyring)
+        keyring = store.keyring
+        # a daemon starting at once may record its key first: then that key is checked
+        if found is None and canary is None and keyring and not await mark(store, keyring):
+            found = problem(await read_kid(store), keyring)
     return found
 
 
