@@ -8,14 +8,21 @@ import base64
 import os
 from typing import TYPE_CHECKING, cast
 
-from dispatcher import Client
+import pytest
+
+from dispatcher import Client, InvalidField, verify
 from dispatcher.crypto import Keyring, key_id
 from dispatcher.model import MASK, Webhook
 from dispatcher.queue import encryption
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
+from tests.helpers import Daemon, eventually, stop_daemons
+from tests.target import Target
+from tests.test_at_rest import _env, _needles, _redis_holds, _started
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis.asyncio as aioredis
 
     from tests.helpers import ClusterServers
@@ -100,3 +107,90 @@ async def test_rekey_seals_every_shard(redis_url: str, prefix: str) -> None:
 async def test_rekey_seals_every_shard_of_a_cluster(cluster: ClusterServers, prefix: str) -> None:
     """The same on a Redis Cluster."""
     await _rekey_three_shards(cluster.url, prefix)
+
+
+async def test_a_webhook_switched_to_v1a_while_sealed_delivers_both_signatures(
+    redis_url: str, prefix: str, redis: aioredis.Redis, logs_dir: Path
+) -> None:
+    """With a key, a v1 webhook rotated to v1a (grace kept) is delivered by a real daemon with
+    a v1 signature its old secret verifies and a v1a one its public key verifies, while Redis
+    holds neither the whsec_ secret nor the whsk_ signing key, as text or as key bytes."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    async with (
+        Target() as target,
+        Client.from_url(redis_url, prefix, encryption_keys=[key]) as client,
+    ):
+        hook = await client.create_webhook("acme", target.url("/h"))
+        rotated = await client.rotate_secret(hook["id"], grace_s=3600, signature_scheme="v1a")
+        public = cast("str", rotated["public_key"])
+        daemon = Daemon(_env(redis_url, prefix, key), logs_dir / "v1a.log").start()
+        try:
+            await _started(daemon)
+            await client.publish("acme", "order.paid", {"n": 1})
+            await eventually(lambda: target.received, timeout_s=20, what="delivery")
+        finally:
+            await stop_daemons(daemon)
+    [got] = target.received
+    verify(got.body, dict(got.headers), hook["secret"])
+    verify(got.body, dict(got.headers), public)
+    signing = rotated["secret"]
+    seed = base64.b64decode(signing.removeprefix("whsk_"))[:32]
+    needles = [*_needles(hook["secret"]), signing.encode(), seed, base64.b64encode(seed)]
+    assert await _redis_holds(redis, prefix, needles) == set()
+
+
+async def test_rekey_beside_rotations_and_deletes(redis_url: str, prefix: str) -> None:
+    """Rotations and deletes made while `rekey` runs all hold: each rotated webhook signs with
+    the secret its rotation answered (the old one in its grace), each deleted one stays gone."""
+    from dispatcher.queue import rekey, webhooks  # noqa: PLC0415
+    from dispatcher.signing import generate_secret  # noqa: PLC0415
+
+    key = os.urandom(32)
+    plain = Store.open(redis_url, prefix=prefix)
+    keyed = Store.open(redis_url, prefix=prefix, keyring=Keyring((key,)))
+    try:
+        fields = {"tenant_id": "acme", "url": "http://127.0.0.1:9/h"}
+        made = [await webhooks.create_webhook(plain, fields) for _ in range(30)]
+        new = {h.id: generate_secret() for h in made[::2]}
+        gone = [h.id for h in made[1::2]]
+        done = await asyncio.gather(
+            rekey.run(keyed),
+            *(webhooks.rotate_secret(keyed, i, s, 3600) for i, s in new.items()),
+            *(webhooks.delete_webhook(keyed, i) for i in gone),
+        )
+        assert cast("rekey.Report", done[0]).unreadable == 0
+        for hook in made:
+            raw = await keyed.redis.hget(keyed.keys.webhooks, hook.id)
+            if hook.id in gone:
+                assert raw is None
+                continue
+            opened = Webhook.decode(cast("bytes", raw), keyed.keyring)
+            assert opened.secrets(0) == [new[hook.id], hook.secret]
+        assert (await rekey.run(keyed)).already_current == len(new)
+    finally:
+        await plain.close()
+        await keyed.close()
+
+
+async def test_mask_round_trip_edges(redis_url: str, prefix: str, redis: aioredis.Redis) -> None:
+    """A MASK ("***") keeps a stored value only under its exact name: another case of the
+    name, or a header removed and then sent back as "***", is a 422 naming the header, never
+    its value, and a header re-added with a value stores that value."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    async with Client.from_url(redis_url, prefix, encryption_keys=[key]) as client:
+        hook = await client.create_webhook(
+            "acme", "http://127.0.0.1:9/h", headers={"X-Token": "tok-S3cret"}
+        )
+        for sent in ({"x-token": MASK}, {"X-Token": MASK, "X-Other": MASK}):
+            with pytest.raises(InvalidField) as bad:
+                await client.update_webhook(hook["id"], headers=sent)
+            assert "tok-S3cret" not in str(bad.value)
+        assert (await client.update_webhook(hook["id"], headers={}))["headers"] == {}
+        with pytest.raises(InvalidField, match="'X-Token' has no stored value to keep"):
+            await client.update_webhook(hook["id"], headers={"X-Token": MASK})
+        await client.update_webhook(hook["id"], headers={"X-Token": "tok-2"})
+        await client.update_webhook(hook["id"], headers={"X-Token": MASK}, description="d")
+    raw = cast("bytes", await redis.hget(Keys(prefix).webhooks, hook["id"]))
+    assert b"tok-" not in raw
+    ring = Keyring((base64.b64decode(key),))
+    assert Webhook.decode(raw, ring).headers == {"X-Token": "tok-2"}
