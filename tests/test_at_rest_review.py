@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, cast
 
 import pytest
@@ -194,3 +196,32 @@ async def test_mask_round_trip_edges(redis_url: str, prefix: str, redis: aioredi
     assert b"tok-" not in raw
     ring = Keyring((base64.b64decode(key),))
     assert Webhook.decode(raw, ring).headers == {"X-Token": "tok-2"}
+
+
+#: A process logging, in the console format, an exception raised in a frame whose locals hold
+#: a secret and a header value (made at run time, so the source lines shown do not hold them).
+CONSOLE_CRASH = """
+import structlog
+from dispatcher.logs import configure_logging
+configure_logging("info", "console")
+def deliver(headers):
+    secret = "eulavTERCESPOT_cehw"[::-1]
+    raise RuntimeError("boom")
+try:
+    deliver({"Authorization": "t3rc3S-rdh reraeB"[::-1]})
+except RuntimeError:
+    structlog.get_logger().exception("delivery.crashed", job_id="j1")
+"""
+
+
+def test_console_tracebacks_show_no_local_values() -> None:
+    """The console log format prints an exception's traceback without the frames' local
+    variables, which hold signing secrets and header values."""
+    done = subprocess.run(
+        [sys.executable, "-c", CONSOLE_CRASH], capture_output=True, timeout=60, check=True
+    )
+    err = done.stderr.decode()
+    assert "delivery.crashed" in err
+    assert "RuntimeError" in err
+    assert "TOPSECRET" not in err
+    assert "hdr-S3cr3t" not in err
