@@ -18,7 +18,7 @@ from dispatcher.model import MASK, Webhook
 from dispatcher.queue import encryption
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
-from tests.helpers import Daemon, eventually, stop_daemons
+from tests.helpers import Daemon, eventually, log_events, stop_daemons
 from tests.target import Target
 from tests.test_at_rest import _env, _needles, _redis_holds, _started
 
@@ -65,6 +65,7 @@ async def test_a_header_removed_without_the_records_key_stays_removed(
         hook = await client.create_webhook(
             "acme", "http://127.0.0.1:9/h", headers={"X-Gone": "old-token", "Y": "w"}
         )
+    await redis.delete(Keys(prefix).encryption)  # as if sealed by a process with another key
     async with Client.from_url(redis_url, prefix, encryption_keys=[other]) as keyless:
         patched = await keyless.update_webhook(hook["id"], headers={"Y": MASK})
         assert patched["headers"] == {"Y": MASK}
@@ -225,3 +226,19 @@ def test_console_tracebacks_show_no_local_values() -> None:
     assert "RuntimeError" in err
     assert "TOPSECRET" not in err
     assert "hdr-S3cr3t" not in err
+
+
+async def test_a_keyed_client_writing_first_stops_a_keyless_daemon(
+    redis_url: str, prefix: str, logs_dir: Path
+) -> None:
+    """A Client with a key that creates the first webhook, before any daemon ran, marks the
+    deployment encrypted: a daemon started without that key then exits 2 naming it (instead
+    of running with webhooks whose jobs it can never sign)."""
+    key = os.urandom(32)
+    text = base64.b64encode(key).decode()
+    async with Client.from_url(redis_url, prefix, encryption_keys=[text]) as client:
+        await client.create_webhook("acme", "http://127.0.0.1:9/h", headers={"X": "v"})
+    daemon = Daemon(_env(redis_url, prefix), logs_dir / "keyless.log").start()
+    assert await asyncio.to_thread(daemon.wait) == 2  # a config error
+    [line] = log_events(daemon, "daemon.start_failed")
+    assert key_id(key) in line["problem"]
