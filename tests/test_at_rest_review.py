@@ -242,3 +242,19 @@ async def test_a_keyed_client_writing_first_stops_a_keyless_daemon(
     assert await asyncio.to_thread(daemon.wait) == 2  # a config error
     [line] = log_events(daemon, "daemon.start_failed")
     assert key_id(key) in line["problem"]
+
+
+def test_the_cache_of_opened_values_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's cache of opened values stays within its byte bound, however large the
+    header values (each PATCH of a webhook with 128 KiB of them makes a new blob)."""
+    from dispatcher import crypto  # noqa: PLC0415
+
+    limit = 1_000_000
+    monkeypatch.setattr(crypto, "CACHE_BYTES", limit, raising=False)
+    ring = Keyring((os.urandom(32),))
+    big = os.urandom(64 * 1024)
+    for n in range(40):
+        plain = big + n.to_bytes(4, "big")
+        assert ring.open_cached(ring.seal(plain, b"aad"), b"aad") == plain
+    held = ring._cache  # what it holds is the point
+    assert sum(len(t) + len(a) + len(v) for (t, a), v in held.items()) <= limit
