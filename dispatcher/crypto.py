@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 PREFIX: Final = "enc1"
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
-#: Opened values kept per keyring (a worker sees each webhook's current blob many times).
+#: Opened values kept per keyring (a worker sees each webhook's current blob many times), and
+#: the bytes they may hold (a webhook's headers reach 128 KiB: a count alone would not bound it).
 CACHE_LIMIT: Final = 65_536
+CACHE_BYTES: Final = 64 * 1024 * 1024
 
 
 class Undecryptable(Exception):  # noqa: N818 - a state, like NotFound
@@ -56,7 +58,7 @@ def kid_of(token: str) -> str:
 class Keyring:
     """The configured keys: ``seal`` with the first, ``open`` with whichever the value names."""
 
-    __slots__ = ("_cache", "_ciphers", "current_kid", "kids")
+    __slots__ = ("_cache", "_cache_bytes", "_ciphers", "current_kid", "kids")
 
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         if not keys:
@@ -67,6 +69,7 @@ class Keyring:
         self.kids: tuple[str, ...] = tuple(key_id(k) for k in keys)
         self.current_kid = self.kids[0]
         self._cache: dict[tuple[str, bytes], bytes] = {}
+        self._cache_bytes = 0
 
     @classmethod
     def of(cls, keys: tuple[bytes, ...]) -> Keyring | None:
@@ -102,9 +105,12 @@ class Keyring:
         found = self._cache.get((token, aad))
         if found is None:
             found = self.open(token, aad)
-            if len(self._cache) >= CACHE_LIMIT:
+            size = len(token) + len(aad) + len(found)
+            if len(self._cache) >= CACHE_LIMIT or self._cache_bytes + size > CACHE_BYTES:
                 self._cache.clear()  # rare: one re-open per webhook after
+                self._cache_bytes = 0
             self._cache[(token, aad)] = found
+            self._cache_bytes += size
         return found
 
     def is_current(self, token: str) -> bool:

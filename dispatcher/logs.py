@@ -96,7 +96,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 def _console_output() -> _Output:
-    return [structlog.dev.ConsoleRenderer()], structlog.PrintLoggerFactory(file=sys.stderr)
+    # Tracebacks without the frames' local variables (structlog's rich default shows them):
+    # a delivery's frame holds its signing secrets and header values.
+    tracebacks: Any = structlog.dev.plain_traceback
+    if isinstance(structlog.dev.default_exception_formatter, structlog.dev.RichTracebackFormatter):
+        tracebacks = structlog.dev.RichTracebackFormatter(show_locals=False)
+    render = structlog.dev.ConsoleRenderer(exception_formatter=tracebacks)
+    return [render], structlog.PrintLoggerFactory(file=sys.stderr)
 
 
 def _json_output() -> _Output:

@@ -524,8 +524,9 @@ def _open(hook: Webhook, keyring: Keyring) -> None:
     for name, value in secret.items():
         if name in SEALED_FIELDS:
             setattr(hook, name, value)
-        elif hasattr(hook, name):
-            setattr(hook, name, {**(getattr(hook, name) or {}), **value})
+        elif hasattr(hook, name):  # the clear record names the keys (one removed stays so)
+            clear = getattr(hook, name) or {}
+            setattr(hook, name, {k: value.get(k, v) if v == MASK else v for k, v in clear.items()})
     hook.sealed = None
 
 

@@ -163,10 +163,10 @@ async def test_rotation_old_records_deliver_then_rekey_makes_them_current(
     _, old = _key()
     key_new, new = _key()
     async with Target() as target:
-        async with Client.from_url(redis_url, prefix, encryption_keys=[old]) as client:
-            sealed = await client.create_webhook("acme", target.url("/a"), headers={"X": "1"})
         async with Client.from_url(redis_url, prefix) as client:  # before any canary: plain
             plain = await client.create_webhook("acme", target.url("/b"))
+        async with Client.from_url(redis_url, prefix, encryption_keys=[old]) as client:
+            sealed = await client.create_webhook("acme", target.url("/a"), headers={"X": "1"})
         await _publish_through(Daemon(_env(redis_url, prefix, new, old), logs_dir / "both.log"))
         await eventually(lambda: len(target.received) == 2, timeout_s=20)
         for received in target.received:

@@ -4,8 +4,9 @@ deployment's webhook secrets (``keys.encryption`` on shard 0).
 A daemon checks it at start (``startup``): with no key, or keys none of which is the canary's,
 it refuses to start (one line naming the key id) instead of sending deliveries it cannot sign.
 Writers check it before writing a webhook (``guard``), so a process without the key never
-writes plain-text secrets into an encrypted deployment. ``dispatcher rekey`` re-marks it with
-the first key once every record is sealed with it.
+writes plain-text secrets into an encrypted deployment; a writer with keys marks it when there
+is none, so no daemon without their key starts on its sealed records. ``dispatcher rekey``
+re-marks it with the first key once every record is sealed with it.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ async def read_kid(store: Store) -> tuple[str, str] | None:
     return str(canary["kid"]), str(canary["check"])
 
 
-async def mark(store: Store, keyring: Keyring, *, replace: bool = False) -> None:
+async def mark(store: Store, keyring: Keyring, *, replace: bool = False) -> bool:
     """Record the keyring's first key as the one sealing secrets (only if none is recorded,
-    unless ``replace``: rekey, once every record is sealed with it)."""
+    unless ``replace``: rekey, once every record is sealed with it); False when another
+    process recorded one first."""
     value = orjson.dumps({"kid": keyring.current_kid, "check": keyring.seal(CANARY, CANARY_AAD)})
-    await store.redis.set(store.home.keys.encryption, value, nx=not replace)
+    return bool(await store.redis.set(store.home.keys.encryption, value, nx=not replace))
 
 
 def problem(canary: tuple[str, str] | None, keyring: Keyring | None) -> str | None:
@@ -78,13 +80,16 @@ def problem(canary: tuple[str, str] | None, keyring: Keyring | None) -> str | No
 
 
 async def startup(store: Store) -> str | None:
-    """The daemon's check: the problem that must stop it, or None (a keyed daemon on a
-    deployment without a canary records its first key)."""
+    """The daemon's check: the problem that must stop it, or None (a keyed process on a
+    deployment without a canary records its first key: a daemon at start, a writer before
+    its first sealed write)."""
     with redis_errors():
         canary = await read_kid(store)
         found = problem(canary, store.keyring)
-        if found is None and canary is None and store.keyring is not None:
-            await mark(store, store.keyring)
+        keyring = store.keyring
+        # a daemon starting at once may record its key first: then that key is checked
+        if found is None and canary is None and keyring and not await mark(store, keyring):
+            found = problem(await read_kid(store), keyring)
     return found
 
 
@@ -94,8 +99,7 @@ async def guard(store: Store) -> None:
     client = store.redis
     if time.monotonic() - _guarded.get(client, float("-inf")) < GUARD_MAX_AGE_S:
         return
-    with redis_errors():
-        found = problem(await read_kid(store), store.keyring)
+    found = await startup(store)  # a sealed write marks the deployment as encrypted
     if found is not None:
         raise EncryptionKeyMissing(found)
     _guarded[client] = time.monotonic()
