@@ -152,7 +152,34 @@ async def test_a_deleted_webhooks_lane_drains_to_the_dlq(
     assert target.count() == 0
 
 
-async def _settled(client: Client, ids: list[str]) -> dict[str, str] | None:
+async def publish_lanes(
+    client: Client,
+    numbers: range,
+    lanes: int,
+    published: dict[str | None, list[int]],
+    ids: list[str],
+    seq_of: dict[str, tuple[str, int]],
+) -> None:
+    """Publish events ``numbers`` in one ``publish_many``, event n on lane ``k{n % lanes}`` of
+    tenant acme, noting each lane's seqs, the job ids in order and each job's (lane, seq)."""
+    batch = [
+        {
+            "tenant_id": "acme",
+            "event_type": "a.b",
+            "payload": {"seq": n, "key": f"k{n % lanes}"},
+            "ordering_key": f"k{n % lanes}",
+        }
+        for n in numbers
+    ]
+    for n, answer in zip(numbers, await client.publish_many(batch), strict=True):
+        assert not isinstance(answer, Exception)
+        job_id = answer["jobs"][0]["id"]
+        published[f"k{n % lanes}"].append(n)
+        ids.append(job_id)
+        seq_of[job_id] = (f"k{n % lanes}", n)
+
+
+async def settled(client: Client, ids: list[str]) -> dict[str, str] | None:
     """Each job's state once every one is delivered or dead, else None."""
     states: dict[str, str] = {}
     for start in range(0, len(ids), 200):
@@ -193,21 +220,7 @@ async def test_lanes_stay_ordered_across_processes_with_failures_and_a_sigkill(
         try:
             for start in range(0, events, 100):
                 numbers = range(start, min(start + 100, events))
-                batch = [
-                    {
-                        "tenant_id": "acme",
-                        "event_type": "a.b",
-                        "payload": {"seq": n, "key": f"k{n % lanes}"},
-                        "ordering_key": f"k{n % lanes}",
-                    }
-                    for n in numbers
-                ]
-                for n, answer in zip(numbers, await client.publish_many(batch), strict=True):
-                    assert not isinstance(answer, Exception)
-                    job_id = answer["jobs"][0]["id"]
-                    published[f"k{n % lanes}"].append(n)
-                    ids.append(job_id)
-                    seq_of[job_id] = (f"k{n % lanes}", n)
+                await publish_lanes(client, numbers, lanes, published, ids, seq_of)
                 if victim is not None and start >= events // 2:
                     await eventually(
                         lambda: sum(map(len, target.arrivals.values())) > events // 3,
@@ -215,7 +228,7 @@ async def test_lanes_stay_ordered_across_processes_with_failures_and_a_sigkill(
                     )
                     victim.kill()  # mid-run: it holds lane heads in flight
                     victim = None
-            states = await eventually(lambda: _settled(client, ids), timeout_s=120, interval_s=0.5)
+            states = await eventually(lambda: settled(client, ids), timeout_s=120, interval_s=0.5)
         finally:
             await stop_daemons(victim, steady)
     dead = {seq_of[job_id] for job_id, state in states.items() if state == "dead"}

@@ -4,7 +4,6 @@ makes before attempting a job it claimed long ago."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import pytest
 from dispatcher.queue import streams
 from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
 from tests.lane_target import LaneTarget
+from tests.test_fifo import publish_lanes, settled
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,19 +85,6 @@ async def test_a_frozen_heads_late_outcome_is_fenced_and_the_lane_moves_on(
     assert seqs.count(0) == 2  # the refused outcome scheduled no retry
 
 
-async def _settled(client: Client, ids: list[str]) -> dict[str, str] | None:
-    """Each job's state once every one is delivered or dead, else None."""
-    states: dict[str, str] = {}
-    for start in range(0, len(ids), 200):
-        chunk = ids[start : start + 200]
-        jobs = await asyncio.gather(*map(client.get_job, chunk))
-        for job_id, job in zip(chunk, jobs, strict=True):
-            if job is None or job["state"] not in {"delivered", "dead"}:
-                return None
-            states[job_id] = job["state"]
-    return states
-
-
 @pytest.mark.soak
 async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
     client: Client, redis_url: str, prefix: str, logs_dir: Path
@@ -127,21 +114,7 @@ async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
         seq_of: dict[str, tuple[str, int]] = {}
         for start in range(0, events, 100):
             numbers = range(start, min(start + 100, events))
-            batch = [
-                {
-                    "tenant_id": "acme",
-                    "event_type": "a.b",
-                    "payload": {"seq": n, "key": f"k{n % lanes}"},
-                    "ordering_key": f"k{n % lanes}",
-                }
-                for n in numbers
-            ]
-            for n, answer in zip(numbers, await client.publish_many(batch), strict=True):
-                assert not isinstance(answer, Exception)
-                job_id = answer["jobs"][0]["id"]
-                published[f"k{n % lanes}"].append(n)
-                ids.append(job_id)
-                seq_of[job_id] = (f"k{n % lanes}", n)
+            await publish_lanes(client, numbers, lanes, published, ids, seq_of)
         steady = Daemon(env, logs_dir / "steady.log").start()
         frozen = Daemon(env, logs_dir / "frozen.log").start()
         try:
@@ -150,12 +123,12 @@ async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
             )
             frozen.signal(signal.SIGSTOP)  # mid-run: it holds lane heads in flight
             await eventually(
-                lambda: log_events(steady, "job.reclaimed") or _settled(client, ids),
+                lambda: log_events(steady, "job.reclaimed") or settled(client, ids),
                 timeout_s=30,
                 what="a takeover",
             )
             frozen.signal(signal.SIGCONT)
-            states = await eventually(lambda: _settled(client, ids), timeout_s=120, interval_s=0.5)
+            states = await eventually(lambda: settled(client, ids), timeout_s=120, interval_s=0.5)
         finally:
             await stop_daemons(frozen, steady)
     dead = {seq_of[job_id] for job_id, state in states.items() if state == "dead"}
