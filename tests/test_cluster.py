@@ -440,10 +440,11 @@ async def test_paused_webhooks_of_each_shard_drain_in_order_when_resumed(
     async def held() -> bool:
         return (await pauses.held(cclient.store)).jobs == 20 * len(hooks)
 
-    await eventually(held, what="every job held")
+    # One slot over 3 shards claims a few jobs a second (a blocking read per shard in turn).
+    await eventually(held, timeout_s=60, what="every job held")
     for hook in hooks:
         await cclient.update_webhook(hook["id"], paused=False)
-    await target.wait_for(20 * len(hooks), timeout_s=20)
+    await target.wait_for(20 * len(hooks), timeout_s=60)
     for i in range(len(hooks)):
         got = [orjson.loads(r.body)["n"] for r in target.received if r.path == f"/h{i}"]
         assert got == list(range(20))

@@ -401,7 +401,7 @@ SSRF_HOSTS = [
     ("127.1", "refused: not a canonical IP address"),  # inet_aton short form
     ("2130706433", "refused: not a canonical IP address"),  # decimal
     ("017700000001", "refused: not a canonical IP address"),  # octal
-    ("0x7f000001", "refused: loopback"),  # a name to the URL parser; the resolver reads hex
+    ("0x7f000001", "refused: not a canonical IP address"),  # hex, a name to the URL parser
     ("10.0.0.1", "refused: private"),
     ("172.16.0.1", "refused: private"),
     ("192.168.1.1", "refused: private"),
