@@ -152,6 +152,21 @@ async def test_a_deleted_webhooks_lane_drains_to_the_dlq(
     assert target.count() == 0
 
 
+def stress_env(redis_url: str, prefix: str) -> dict[str, str]:
+    """The daemons of the FIFO stress runs: 16 slots, 1 s attempts, a 2 s stall timeout and
+    fast retries, 4 attempts."""
+    return daemon_env(
+        redis_url,
+        prefix,
+        delivery_concurrency="16",
+        delivery_timeout_s="1",
+        delivery_stall_timeout_s="2",
+        delivery_backoff_base_s="0.01",
+        delivery_backoff_cap_s="0.05",
+        delivery_max_attempts="4",
+    )
+
+
 async def publish_lanes(
     client: Client,
     numbers: range,
@@ -200,16 +215,7 @@ async def test_lanes_stay_ordered_across_processes_with_failures_and_a_sigkill(
     (dead jobs aside). FIFO_EVENTS=20000 runs a longer variant."""
     events = int(os.environ.get("FIFO_EVENTS", "1000"))
     lanes = 16
-    env = daemon_env(
-        redis_url,
-        prefix,
-        delivery_concurrency="16",
-        delivery_timeout_s="1",
-        delivery_stall_timeout_s="2",
-        delivery_backoff_base_s="0.01",
-        delivery_backoff_cap_s="0.05",
-        delivery_max_attempts="4",
-    )
+    env = stress_env(redis_url, prefix)
     async with LaneTarget(fail_rate=0.2) as target:
         await client.create_webhook("acme", target.url, ordering="fifo")
         steady = Daemon(env, logs_dir / "steady.log").start()

@@ -13,7 +13,7 @@ import pytest
 from dispatcher.queue import streams
 from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
 from tests.lane_target import LaneTarget
-from tests.test_fifo import publish_lanes, settled
+from tests.test_fifo import publish_lanes, settled, stress_env
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -97,16 +97,7 @@ async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
     resumes (rarely; a window this run meets now and then)."""
     events = int(os.environ.get("FIFO_EVENTS", "1000"))
     lanes = 16
-    env = daemon_env(
-        redis_url,
-        prefix,
-        delivery_concurrency="16",
-        delivery_timeout_s="1",
-        delivery_stall_timeout_s="2",
-        delivery_backoff_base_s="0.01",
-        delivery_backoff_cap_s="0.05",
-        delivery_max_attempts="4",
-    )
+    env = stress_env(redis_url, prefix)
     async with LaneTarget(fail_rate=0.2) as target:
         await client.create_webhook("acme", target.url, ordering="fifo")
         published: dict[str | None, list[int]] = {f"k{i}": [] for i in range(lanes)}
