@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import orjson
+import pytest
 
 from dispatcher.queue import pauses, streams
 from tests.test_pauses import _held
 
 if TYPE_CHECKING:
-    import pytest
-
     from dispatcher import Client
     from dispatcher.queue.store import Store
 
@@ -78,3 +77,35 @@ async def test_a_webhook_resumed_without_its_release_is_found_by_the_safety_net(
         released += await pauses.tick(store)
     assert released == [(resumed, 1)]
     assert (await pauses.held(store)).by_webhook == dict.fromkeys(hooks[:-1], 1)
+
+
+@pytest.mark.parametrize("change", ["delete", "resume"])
+async def test_a_held_stream_of_a_queue_the_queues_set_misses_is_released_at_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A webhook whose held stream is on a queue the shard's queues set does not list (written
+    by an older release), among 150 paused holders: deleted, or moved to another queue and
+    resumed, its held job is back within two ticks, and a resume keeps it draining till then."""
+    monkeypatch.setattr(pauses, "SCAN_BATCH", 10)
+    store, _ = await _paused_holding_one_job(client, 150)
+    w = (await client.create_webhook("acme2", "https://h.example.com/w", queue="old"))["id"]
+    assert client.store.of_webhook(w) is store
+    await client.update_webhook(w, paused=True)
+    await client.publish("acme2", "e", {"n": 1})
+    await streams.ensure_group(store, "old")
+    claims, _ = await streams.claim_new(store, ("old",), "w1", budget=5)
+    assert await streams.settle(store, "w1", [_held(c) for c in claims]) == []
+    await store.redis.srem(store.keys.queues, "old")  # as an older release left it
+    if change == "delete":
+        await client.delete_webhook(w)
+    else:
+        await client.update_webhook(w, queue="new")
+        await client.update_webhook(w, paused=False)
+        raw = await store.redis.hget(store.keys.webhooks, w)
+        assert raw is not None
+        assert b'"draining"' in raw
+    ticks = 0
+    while w in (await pauses.held(store)).by_webhook and ticks < 40:
+        await pauses.drain(store)
+        ticks += 1
+    assert ticks <= 2, f"released after {ticks} ticks"

@@ -22,8 +22,8 @@
 -- not paused and missed that set (a crash between the change and its SADD; resumed by a
 -- release before this one) joins it within (holders / ARGV[4]) calls.
 -- A webhook's own held zset and streams are found without walking the holders sets: its zset
--- is its own name in KEYS[1]; its held streams are 'W|S' for S a priority stream of a queue
--- of KEYS[8] (or of its record's queue), which KEYS[5] is asked about one by one.
+-- is its own name in KEYS[1]; its held streams are the members 'W|...' of KEYS[5] (SSCAN
+-- MATCH: found whatever its queue, also one KEYS[8] does not list or its record no longer names).
 -- A webhook still paused (and enabled) keeps its held jobs. One resumed says "draining" in its
 -- record (1) until its held jobs are all back and each stream's group claimed past the last
 -- put back there (its gate holds its other new jobs meanwhile, so they go out after the
@@ -68,24 +68,19 @@ end
 local function is_paused(h)
   return h ~= nil and h.paused == true and h.enabled == true
 end
-local queues = nil  -- the shard's queue names, read once per call when needed
 -- The webhook's holders members: its held zset and its held streams, found as said above.
 local function members_of(webhook_id, h)
   local mine = {}
   if redis.call('SISMEMBER', KEYS[1], webhook_id) == 1 then mine[1] = webhook_id end
-  if not queues then queues = redis.call('SMEMBERS', KEYS[8]) end
-  local names, seen = {}, {}
-  if h and type(h.queue) == 'string' then names[1] = h.queue end
-  for _, q in ipairs(queues) do names[#names + 1] = q end
-  for _, q in ipairs(names) do
-    if not seen[q] then
-      seen[q] = true
-      for _, s in ipairs({q .. ':high', q, q .. ':low'}) do
-        local name = webhook_id .. '|' .. s
-        if redis.call('SISMEMBER', KEYS[5], name) == 1 then mine[#mine + 1] = name end
-      end
-    end
-  end
+  -- every held stream 'W|S' of this webhook, whatever its queue: the one its record names now,
+  -- an earlier one, or one the shard's queues set does not list (a deleted webhook has no record)
+  local pattern = string.gsub(webhook_id, '[%*%?%[%]\\]', '\\%0') .. '|*'
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', KEYS[5], cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = page[1]
+    for _, name in ipairs(page[2]) do mine[#mine + 1] = name end
+  until cursor == '0'
   return mine
 end
 local webhook_ids = {}
@@ -119,7 +114,6 @@ else
         local q = string.match(stream, '^([^:]+)')
         if q and redis.call('SISMEMBER', KEYS[8], q) == 0 then
           redis.call('SADD', KEYS[8], q)
-          queues = nil
         end
       end
     end
