@@ -54,6 +54,11 @@ class Channel:
 PLAIN: Final = Channel()
 
 
+class ChannelError(Exception):
+    """A webhook's stored settings no longer make a channel (a certificate OpenSSL now
+    refuses): its attempts fail with this text, as a connection error would."""
+
+
 class Channels:
     """One :class:`Channel` per webhook, built on first use and when its settings change."""
 
@@ -81,7 +86,10 @@ class Channels:
         context = None
         pool_key = ""
         if hook.tls is not None:
-            context = _tls_context(hook.tls)
+            try:
+                context = _tls_context(hook.tls)
+            except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+                raise ChannelError(f"the webhook's tls settings do not load: {exc}") from exc
             self.built += 1
             pool_key = _digest(hook.tls)
         oauth = _oauth_spec(hook.id, hook.auth) if hook.auth is not None else None

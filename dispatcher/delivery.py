@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher import __version__, loops
-from dispatcher.channel import Channels
+from dispatcher.channel import ChannelError, Channels
 from dispatcher.gate import Actions, Gate, Work
 from dispatcher.health import HealthWatch
 from dispatcher.liveness import Liveness
@@ -28,6 +28,7 @@ from dispatcher.outcomes import Outcomes
 from dispatcher.queue import admission, streams
 from dispatcher.queue.keys import PRIORITIES, streams_of
 from dispatcher.reclaim import Reclaimer
+from dispatcher.sender import Outcome
 from dispatcher.settler import Settler
 from dispatcher.signing import sign
 from dispatcher.traffic import Pool
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from dispatcher.metrics import Metrics
     from dispatcher.queue.store import Store
     from dispatcher.queue.streams import Claim, MalformedEntry, Settlement
-    from dispatcher.sender import HttpSender, Outcome
+    from dispatcher.sender import HttpSender
 
 log = structlog.get_logger()
 
@@ -482,7 +483,11 @@ class Worker:
             "webhook-timestamp": str(timestamp_s),
             "webhook-signature": sign(job.id, timestamp_s, job.payload, hook.secrets(started_ms)),
         }
-        channel = self.channels.of(hook)
+        try:
+            channel = self.channels.of(hook)
+        except ChannelError as exc:
+            self._record(work, Outcome(None, str(exc), 0.0, None), started_ms)
+            return
         outcome = await self.sender.attempt(hook.url, job.payload, headers, channel=channel)
         self._record(work, outcome, started_ms)
 

@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from dispatcher.channel import Channels
+from dispatcher.channel import ChannelError, Channels
 from dispatcher.delivery import USER_AGENT
 from dispatcher.errors import InvalidField, PayloadTooLarge
 from dispatcher.model import check_event_type, rfc3339
-from dispatcher.sender import Sender
+from dispatcher.sender import Outcome, Sender
 from dispatcher.signing import sign
 
 if TYPE_CHECKING:
     from dispatcher import shapes
     from dispatcher.model import Webhook
-    from dispatcher.sender import HttpSender, Outcome
+    from dispatcher.sender import HttpSender
     from dispatcher.ssrf import AddressPolicy
 
 #: The event type of a test send without one.
@@ -87,7 +87,10 @@ async def attempt(
         "webhook-timestamp": str(timestamp_s),
         "webhook-signature": sign(message_id, timestamp_s, body, hook.secrets(now_ms)),
     }
-    channel = (channels or Channels()).of(hook)
+    try:
+        channel = (channels or Channels()).of(hook)
+    except ChannelError as exc:
+        return verdict(Outcome(None, str(exc), 0.0, None), message_id)
     if sender is not None:
         outcome = await sender.attempt(
             hook.url, body, headers, keep_body=SNIPPET_BYTES, channel=channel
