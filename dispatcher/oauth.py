@@ -36,7 +36,7 @@ import base64
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote_plus, urlencode
 
 import orjson
@@ -48,7 +48,7 @@ from dispatcher.http1 import SNIPPET_CHARS
 from dispatcher.sender import Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping
     from types import TracebackType
 
     from dispatcher.channel import Channel, OAuthSpec
@@ -240,7 +240,7 @@ class AuthorizingSender:
         await self.tokens.close()
         await self.inner.close()
 
-    async def attempt(
+    def attempt(
         self,
         url: str,
         body: bytes,
@@ -248,14 +248,25 @@ class AuthorizingSender:
         *,
         keep_body: int = 0,
         channel: Channel = PLAIN,
-    ) -> Outcome:
+    ) -> Coroutine[Any, Any, Outcome]:
         """As ``inner.attempt``; with ``channel.oauth``, authorized by a bearer token (a 401
-        refreshes it once), under one deadline. Never raises except ``CancelledError``."""
+        refreshes it once), under one deadline. Never raises except ``CancelledError``. (Not
+        async itself: without OAuth2 it is ``inner``'s own coroutine, no frame added.)"""
         spec = channel.oauth
         if spec is None:
-            return await self.inner.attempt(
-                url, body, headers, keep_body=keep_body, channel=channel
-            )
+            return self.inner.attempt(url, body, headers, keep_body=keep_body, channel=channel)
+        return self._attempt(spec, url, body, headers, keep_body=keep_body, channel=channel)
+
+    async def _attempt(
+        self,
+        spec: OAuthSpec,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        keep_body: int,
+        channel: Channel,
+    ) -> Outcome:
         started = time.monotonic()
         stage = _Stage()
         try:
