@@ -777,7 +777,7 @@ def _check_auth(value: Any) -> dict[str, str] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidField("auth", "must be an object or null")
-    unknown = sorted(set(value) - set(limits) - {"type"})
+    unknown = sorted(str(key)[:64] for key in value if key not in limits and key != "type")
     if unknown:
         known = ", ".join(["type", *limits])
         raise InvalidField(f"auth.{unknown[0]}", f"is not a field of auth ({known})")
