@@ -346,7 +346,7 @@ class AuthorizingSender:
             text = f"OAuth2 token request to {redact_url(spec.token_url)} failed: {error}"
             log.warning(
                 "oauth.token_failed",
-                webhook_id=spec.key.rpartition(":")[0],
+                webhook_id=spec.key.partition(":")[0],
                 status=outcome.status,
                 error=text,
             )

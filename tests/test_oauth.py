@@ -4,6 +4,7 @@ after a 401, token failures that name the token server, never a secret in an ans
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from dispatcher.oauth import (
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import eventually
+from tests.proxy import ConnectProxy
 from tests.token_server import CLIENT_ID, CLIENT_SECRET, BearerTarget, Fail, Hang, TokenServer
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ async def bearer(tokens: TokenServer) -> AsyncIterator[BearerTarget]:
 def oauth(tokens: TokenServer, *, secret: str = CLIENT_SECRET) -> Channel:
     """The channel of a webhook whose auth names ``tokens`` (and this client's id)."""
     spec = OAuthSpec(
-        key=f"wh_1:{secret}",
+        key=f"wh_1:{hashlib.sha256(secret.encode()).hexdigest()[:16]}",  # as channel.py's
         token_url=tokens.url,
         client_id=CLIENT_ID,
         client_secret=secret,
@@ -80,10 +82,15 @@ async def authorizing(
     policy: AddressPolicy = LOCAL,
     timeout_s: float = 2.0,
     metrics: Metrics | None = None,
+    proxy_url: str | None = None,
 ) -> AsyncIterator[AuthorizingSender]:
     """The daemon's sender: ``make_sender`` wrapped for OAuth2, tokens kept on ``clock``."""
     inner = make_sender(
-        timeout_s=timeout_s, concurrency=32, policy=policy, user_agent="dispatcher/test"
+        timeout_s=timeout_s,
+        concurrency=32,
+        policy=policy,
+        user_agent="dispatcher/test",
+        proxy_url=proxy_url,
     )
     cache = TokenCache() if clock is None else TokenCache(now=clock)
     async with AuthorizingSender(inner, cache, timeout_s=timeout_s, metrics=metrics) as sender:
@@ -91,14 +98,18 @@ async def authorizing(
 
 
 async def deliver(
-    sender: AuthorizingSender, target: BearerTarget, channel: Channel, n: int = 1
+    sender: AuthorizingSender,
+    target: BearerTarget,
+    channel: Channel,
+    n: int = 1,
+    **more: str,
 ) -> list[Outcome]:
-    """``n`` deliveries to ``target``, at most 16 at once."""
+    """``n`` deliveries to ``target``, at most 16 at once, with ``more`` headers."""
     room = asyncio.Semaphore(16)
 
     async def one(i: int) -> Outcome:
         async with room:
-            headers = {"webhook-id": f"msg_{i}", "webhook-signature": f"v1,sig{i}"}
+            headers = {"webhook-id": f"msg_{i}", "webhook-signature": f"v1,sig{i}", **more}
             return await sender.attempt(target.url(), b'{"n": 1}', headers, channel=channel)
 
     return await asyncio.gather(*(one(i) for i in range(n)))
@@ -256,6 +267,49 @@ async def test_a_hanging_token_server_ends_the_attempt_at_its_deadline(
     assert joined.error.startswith(f"OAuth2 token request to {tokens.url} failed: timed out")
     assert tokens.requests == 1
     assert bearer.received == []
+
+
+async def test_the_token_request_goes_through_the_egress_proxy(
+    make_sender: MakeSender, tokens: TokenServer, bearer: BearerTarget
+) -> None:
+    """With delivery.proxy_url, the token request leaves through the proxy as the delivery does,
+    and the token replaces a custom Authorization header."""
+    async with ConnectProxy() as proxy, authorizing(make_sender, proxy_url=proxy.url) as sender:
+        [outcome] = await deliver(sender, bearer, oauth(tokens), Authorization="Basic b2xk")
+    assert outcome.error is None
+    assert proxy.forwards == 2
+    assert [line.split()[1] for line in proxy.request_lines] == [tokens.url, bearer.url()]
+    assert bearer.received[0].headers.getall("authorization") == ["Bearer tok-1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"<html>ok</html>", "is not a JSON object"),
+        ({"token_type": "Bearer"}, "has no access_token"),
+        ({"access_token": "tok 1\r\nX-Evil: 1"}, "access_token is not visible ASCII text"),
+        ({"access_token": "tok-1", "token_type": "mac"}, "token_type is not Bearer"),
+        ({"access_token": "tok-1", "expires_in": "soon"}, "expires_in is not a number"),
+    ],
+    ids=["html", "no-token", "header-breaking", "mac", "expires-garbled"],
+)
+async def test_a_2xx_without_a_usable_token_is_a_token_failure(
+    tokens: TokenServer, bearer: BearerTarget, body: dict[str, object] | bytes, said: str
+) -> None:
+    """A 2xx token answer without a usable bearer token fails the attempt, saying what is
+    wrong without quoting the token."""
+    tokens.script(Fail(200, body))
+    metrics = Metrics()
+    async with authorizing(Sender, metrics=metrics) as sender:
+        [outcome] = await deliver(sender, bearer, oauth(tokens))
+    prefix = f"OAuth2 token request to {tokens.url} failed: HTTP 200 answer"
+    assert outcome.error is not None
+    assert outcome.error.startswith(prefix)
+    assert said in outcome.error
+    assert "tok-1" not in outcome.error
+    assert "tok 1" not in outcome.error
+    assert bearer.received == []
+    assert metrics.get(TOKEN_REQUESTS_METRIC, result="malformed") == 1
 
 
 async def test_an_echoed_client_secret_is_masked_in_the_error(
