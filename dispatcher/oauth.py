@@ -109,7 +109,8 @@ class _Kept:
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    failure: TokenFailure
+    error: str
+    blame: str | None
     until: float  # on the cache's clock
 
 
@@ -138,7 +139,7 @@ class TokenCache:
                 if self._now() < kept.refresh_at:
                     return kept.value
             elif self._now() < kept.until:
-                raise TokenFailure(kept.failure.error, blame=kept.failure.blame)
+                raise TokenFailure(kept.error, blame=kept.blame)
         task = self._fetching.get(spec.key)
         if task is None:
             task = asyncio.create_task(self._fetch(spec, fetch), name=f"oauth-token {spec.key}")
@@ -172,7 +173,8 @@ class TokenCache:
         try:
             token = await fetch(spec)
         except TokenFailure as failure:
-            self._keep(spec.key, _Failed(failure, self._now() + FAILURE_MEMORY_S))
+            until = self._now() + FAILURE_MEMORY_S
+            self._keep(spec.key, _Failed(failure.error, failure.blame, until))
             return failure
         finally:
             del self._fetching[spec.key]
