@@ -29,6 +29,7 @@ from dispatcher.errors import ConfigError
 from dispatcher.logs import set_level
 from dispatcher.metrics import Metrics
 from dispatcher.notify import Notifier
+from dispatcher.oauth import AuthorizingSender
 from dispatcher.queue import encryption
 from dispatcher.queue.backlog import measure
 from dispatcher.queue.server import ServerFacts, server_facts
@@ -126,7 +127,12 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         await _check_encryption(store)
         metrics = Metrics()
         policy = AddressPolicy(cfg.security.allow_private_targets, cfg.security.allowed_cidrs)
-        sender = _sender(cfg.delivery, policy, metrics)
+        # OAuth2 bearer tokens for webhooks with auth (oauth.py), fetched through the sender
+        sender = AuthorizingSender(
+            _sender(cfg.delivery, policy, metrics),
+            timeout_s=cfg.delivery.timeout_s,
+            metrics=metrics,
+        )
         await sender.start()
         stack.push_async_callback(sender.close)
         worker = Worker(store, sender, cfg.delivery, cfg.jobs, metrics, queues=cfg.delivery.queues)

@@ -97,6 +97,10 @@ _HELP = {
         "Delivery attempts failed by the egress proxy itself (delivery.proxy_url unreachable, "
         "its CONNECT answer cut or malformed, 407): not counted against the endpoint's breaker."
     ),
+    "dispatcher_oauth_token_requests_total": (
+        "OAuth2 token requests for webhooks with auth, by result: ok (a token), rejected (an "
+        "error answer), failed (no answer), malformed (a 2xx without a usable token)."
+    ),
     "dispatcher_endpoint_in_flight": (
         "Attempts in flight per webhook in this process, for webhooks with attempts in flight "
         f"or a cut limit only, at most {ENDPOINT_SERIES_MAX} (busiest first)."

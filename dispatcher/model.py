@@ -768,10 +768,35 @@ def _check_tls(value: Any) -> dict[str, str] | None:
 
 
 def _check_auth(value: Any) -> dict[str, str] | None:
-    """A webhook's ``auth`` settings (see ``Webhook.auth``), or None for none."""
+    """A webhook's ``auth`` settings (see ``Webhook.auth``), or None for none. Its texts never
+    quote the values (client_secret is one)."""
+    kind = "oauth2_client_credentials"  # the one type known
+    # the fields besides type, with their longest lengths (scope alone is optional)
+    limits = {"token_url": 2048, "client_id": 256, "client_secret": 4096, "scope": 1024}
     if value is None:
         return None
-    raise InvalidField("auth", "is not supported yet")
+    if not isinstance(value, dict):
+        raise InvalidField("auth", "must be an object or null")
+    unknown = sorted(str(key)[:64] for key in value if key not in limits and key != "type")
+    if unknown:
+        known = ", ".join(["type", *limits])
+        raise InvalidField(f"auth.{unknown[0]}", f"is not a field of auth ({known})")
+    if value.get("type") != kind:
+        raise InvalidField("auth.type", f"must be {kind!r}")
+    checked = {"type": kind}
+    for name, limit in limits.items():
+        field_name = f"auth.{name}"
+        given = value.get(name)
+        if given is None:
+            if name == "scope":
+                continue
+            raise InvalidField(field_name, "is required")
+        checked[name] = _text(field_name, given, limit=limit)
+    try:
+        check_url(checked["token_url"])
+    except InvalidField as exc:
+        raise InvalidField("auth.token_url", exc.reason) from None
+    return checked
 
 
 _CHECKS: dict[str, Any] = {

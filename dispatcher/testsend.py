@@ -20,6 +20,7 @@ from dispatcher.channel import ChannelError, Channels
 from dispatcher.delivery import USER_AGENT
 from dispatcher.errors import InvalidField, PayloadTooLarge
 from dispatcher.model import check_event_type, rfc3339
+from dispatcher.oauth import AuthorizingSender
 from dispatcher.sender import Outcome, Sender
 from dispatcher.signing import sign
 
@@ -96,12 +97,15 @@ async def attempt(
             hook.url, body, headers, keep_body=SNIPPET_BYTES, channel=channel
         )
     else:
-        own = Sender(
+        own = AuthorizingSender(  # a webhook's OAuth2 token too, fetched for this attempt
+            Sender(
+                timeout_s=timeout_s,
+                concurrency=1,
+                policy=policy,
+                user_agent=USER_AGENT,
+                proxy_url=proxy_url,
+            ),
             timeout_s=timeout_s,
-            concurrency=1,
-            policy=policy,
-            user_agent=USER_AGENT,
-            proxy_url=proxy_url,
         )
         async with own:
             outcome = await own.attempt(

@@ -14,6 +14,7 @@ from dispatcher import Client, config
 from dispatcher.config import DeliveryConfig, JobsConfig
 from dispatcher.delivery import Worker
 from dispatcher.metrics import Metrics
+from dispatcher.oauth import AuthorizingSender
 from dispatcher.queue import streams
 from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-    from tests.helpers import AnySender, MakeSender
+    from dispatcher.oauth import TokenCache
+    from dispatcher.sender import HttpSender
+    from tests.helpers import MakeSender
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +97,7 @@ class WorkerHarness:
         self.redis_url = redis_url
         self.prefix = prefix
         self.metrics = Metrics()
-        self.workers: list[tuple[Worker, asyncio.Task[None], Store, AnySender]] = []
+        self.workers: list[tuple[Worker, asyncio.Task[None], Store, HttpSender]] = []
 
     async def start(
         self,
@@ -113,9 +116,11 @@ class WorkerHarness:
         payload_retention_s: float | None = None,
         proxy_url: str | None = None,
         sender_class: MakeSender = Sender,
+        tokens: TokenCache | None = None,
     ) -> Worker:
         """Start a worker with small timeouts, so failures and retries fit in a test's deadline
-        (``sender_class``: the HTTP client, ``proxy_url``: its egress proxy)."""
+        (``sender_class``: the HTTP client, ``proxy_url``: its egress proxy; ``tokens``: its
+        sender wrapped for OAuth2 as the daemon's, with that token cache)."""
         cfg = DeliveryConfig(
             timeout_s=timeout_s,
             stall_timeout_s=stall_timeout_s,
@@ -130,13 +135,17 @@ class WorkerHarness:
         store = Store.open(self.redis_url, prefix=self.prefix)
         if shards is not None:  # as `dispatcher run` records redis.shards
             await store.adopt_layout(shards)
-        sender = sender_class(
+        sender: HttpSender = sender_class(
             timeout_s=cfg.timeout_s,
             concurrency=cfg.concurrency,
             policy=AddressPolicy(allow_private=allow_private, allowed_cidrs=()),
             user_agent="dispatcher/test",
             proxy_url=proxy_url,
         )
+        if tokens is not None:
+            sender = AuthorizingSender(
+                sender, tokens, timeout_s=cfg.timeout_s, metrics=self.metrics
+            )
         await sender.start()
         jobs = (
             JobsConfig()
