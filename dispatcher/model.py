@@ -332,6 +332,10 @@ class Webhook:
     #: the one it was sealed with): its secrets and header values are unknown here, so it
     #: neither signs nor writes them (``EncryptionKeyMissing``). None once opened, or plain.
     sealed: str | None = field(default=None, repr=False)
+    #: The ``whpk_`` public key of a v1a webhook's signing key, stored in the clear beside
+    #: the sealed key (``encode`` derives it), so a process that cannot open the key still
+    #: answers it; None for v1, and in records written before it was stored.
+    public_key: str | None = None
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -425,6 +429,9 @@ class Webhook:
             del record["ordering"]
         if record["signature_scheme"] == "v1":
             del record["signature_scheme"]
+        record["public_key"] = _public_key(self)  # receivers need it; it is not secret
+        if record["public_key"] is None:
+            del record["public_key"]
         # last when set: pause_release.lua drops it by cutting the record's end
         del record["draining"]
         if self.draining:
@@ -649,10 +656,13 @@ def _signing_key(hook: Webhook, checked: dict[str, Any]) -> dict[str, str]:
 
 
 def _public_key(hook: Webhook) -> str | None:
-    """The ``whpk_`` public key receivers verify ``v1a`` signatures with (None for ``v1``)."""
-    if hook.signature_scheme != "v1a" or not hook.secret.startswith(SIGNING_KEY_PREFIX):
+    """The ``whpk_`` public key receivers verify ``v1a`` signatures with (None for ``v1``):
+    of its signing key, or where this process cannot open that, the one stored beside it."""
+    if hook.signature_scheme != "v1a":
         return None
-    return public_key_of(hook.secret)
+    if hook.secret.startswith(SIGNING_KEY_PREFIX):
+        return public_key_of(hook.secret)
+    return hook.public_key if hook.sealed is not None else None
 
 
 def _check_rate_limit(value: Any) -> dict[str, float] | None:
@@ -708,7 +718,23 @@ def _check_headers(value: Any) -> dict[str, str]:
             raise InvalidField(
                 "headers", f"{name!r} must be one line of at most {MAX_HEADER_VALUE} characters"
             )
+        if "\0" in header:
+            raise InvalidField("headers", f"{name!r} has a NUL character in its value")
+        if not header.isascii() and not _latin1(header):
+            raise InvalidField(
+                "headers",
+                f"{name!r} has a character outside ISO-8859-1 (latin-1) in its value, which an "
+                "HTTP header cannot carry: encode it (percent-encoding or base64, say)",
+            )
     return dict(value)
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_enabled(value: Any) -> bool:

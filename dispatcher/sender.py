@@ -299,7 +299,12 @@ class Sender:
             given.add(lower)
             lines.append(f"{name}: {value}\r\n")
         defaults = [line for name, line in self._defaults.items() if name not in given]
-        head = "".join(lines).encode("latin-1")
+        try:
+            head = "".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            for name, value in headers.items():
+                check_header(name, value)  # raises, naming the header (never its value)
+            raise
         return b"".join((*defaults, head, b"Content-Length: %d\r\n\r\n" % length))
 
     async def _exchange(self, target: http1.Target, request: tuple[bytes, bytes]) -> http1.Answer:
@@ -420,6 +425,12 @@ def check_header(name: str, value: str) -> None:
         raise ValueError(f"header name {name!r} is not a token")
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError(f"header {name} has a line break in its value")
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            why = f"header {name} has a character outside latin-1 in its value"
+            raise ValueError(f"{why}: an HTTP header cannot carry it") from None
 
 
 @functools.lru_cache(maxsize=4096)
