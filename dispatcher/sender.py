@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from dispatcher import http1
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
-from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, connect_refusal, open_tunnel
+from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, http_answer, open_tunnel
 from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
@@ -470,14 +470,15 @@ def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> 
 def proxy_challenge(
     outcome: Outcome, answer: http1.Answer, proxy: Proxy, target: http1.Target
 ) -> None:
-    """Through the egress proxy, an http target's 407 asking for credentials
-    (``Proxy-Authenticate``) is the proxy's answer, not the endpoint's: blamed on it."""
-    if (
-        outcome.status == _PROXY_AUTH
-        and not target.secure
-        and b"proxy-authenticate" in answer.headers
-    ):
-        outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
+    """Through the egress proxy, an http target's answer: a 407 asking for credentials
+    (``Proxy-Authenticate``) is blamed on the proxy unless the proxy is seen taking ours
+    (:func:`dispatcher.proxy.http_answer`)."""
+    if target.secure:
+        return
+    challenge = outcome.status == _PROXY_AUTH and b"proxy-authenticate" in answer.headers
+    failure = http_answer(proxy, answer.status, challenge=challenge, host=target.host)
+    if failure is not None:
+        outcome.error = str(failure)
         outcome.blame = BLAME
 
 
