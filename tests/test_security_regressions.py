@@ -4,6 +4,7 @@ HTTP header cannot carry."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from typing import TYPE_CHECKING, cast
@@ -12,9 +13,9 @@ import orjson
 import pytest
 
 from dispatcher import Client, InvalidField
-from dispatcher.crypto import Keyring
+from dispatcher.crypto import Keyring, key_id
 from dispatcher.model import Webhook
-from dispatcher.queue import rekey
+from dispatcher.queue import encryption, rekey
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.store import Store
 from dispatcher.signing import generate_key, public_key_of
@@ -137,3 +138,44 @@ async def test_a_stored_header_outside_latin1_fails_its_attempts_clearly(
     await client.update_webhook(hook["id"], headers={"X-Price": "5 EUR"})
     await client.publish("acme", "order.created", {})
     await target.wait_for(2)
+
+
+# --- dispatcher rekey under a hostile operator -----------------------------------------------
+
+
+async def test_two_rekeys_with_different_keys_leave_no_canary_over_mixed_records(
+    redis_url: str, prefix: str, redis: aioredis.Redis
+) -> None:
+    """Two `rekey` runs at once with different first keys (an operator's slip) each seal some
+    records: a run that reports nothing unreadable and re-marks the canary with its key has
+    every record sealed with that key (else daemons given only that key would start and find
+    records they cannot open); the other names the records it cannot open."""
+    old, first, second = (os.urandom(32) for _ in range(3))
+    sealing = Store.open(redis_url, prefix=prefix, keyring=Keyring((old,)))
+    runs = [
+        Store.open(redis_url, prefix=prefix, keyring=Keyring((key, old)))
+        for key in (first, second)
+    ]
+    try:
+        await encryption.mark(sealing, Keyring((old,)))
+        fields = {"tenant_id": "acme", "url": "http://127.0.0.1:9/h", "headers": {"X": "v"}}
+        pipe = redis.pipeline(transaction=False)
+        for _ in range(400):
+            hook = Webhook.create(fields, now_ms=0)
+            pipe.hset(Keys(prefix).webhooks, hook.id, hook.encode(sealing.keyring))
+        await pipe.execute()
+        reports = await asyncio.gather(*(rekey.run(store) for store in runs))
+        canary = await encryption.read_kid(sealing)
+    finally:
+        for store in (sealing, *runs):
+            await store.close()
+    assert canary is not None
+    records = (await redis.hgetall(Keys(prefix).webhooks)).values()
+    kids = {orjson.loads(raw)["sealed"].split(".")[1] for raw in records}
+    for report in reports:
+        if report.unreadable == 0:
+            assert canary[0] == report.key_id
+            assert kids == {report.key_id}
+        else:
+            assert report.unreadable_ids
+    assert canary[0] == key_id(old) or kids == {canary[0]}
