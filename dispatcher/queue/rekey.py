@@ -94,7 +94,8 @@ async def run(store: Store, *, dry_run: bool = False) -> Report:
                 _unreadable(report, hook_id)
                 continue
             with suppress(NotFound):  # deleted meanwhile
-                await webhooks.reseal(shard, hook_id)
+                if not await webhooks.reseal(shard, hook_id):
+                    _unreadable(report, hook_id)
         if report.unreadable:
             return report
     return report
@@ -136,9 +137,12 @@ async def _one(store: Store, hook_id: str, raw: bytes, report: Report) -> None:
         return
     if not report.dry_run:
         try:
-            await webhooks.reseal(store, hook_id)
+            written = await webhooks.reseal(store, hook_id)
         except NotFound:  # deleted meanwhile
             report.webhooks -= 1
+            return
+        if not written:  # sealed meanwhile with a key this run lacks (another rekey)
+            _unreadable(report, hook_id)
             return
     if kind == "plaintext":
         report.encrypted_from_plaintext += 1
