@@ -85,6 +85,8 @@ ENDPOINT_STATUSES: Final = frozenset({403, 502, 503, 504})
 BROAD_REFUSALS: Final = 3
 _POLICY: Final = 403  # a CONNECT refused by the proxy's policy (or 407 without a challenge)
 _PROXY_AUTH: Final = 407
+_DNS_CACHE_TTL_S: Final = 10.0
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
 
 
 class Record:
@@ -111,8 +113,6 @@ class Record:
         if len(refused) < BROAD_REFUSALS:
             refused.add(host)
         return len(refused) >= BROAD_REFUSALS
-_DNS_CACHE_TTL_S: Final = 10.0
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
 
 
 @dataclass(frozen=True, slots=True)
