@@ -340,6 +340,10 @@ class Webhook:
     #: the one it was sealed with): its secrets and header values are unknown here, so it
     #: neither signs nor writes them (``EncryptionKeyMissing``). None once opened, or plain.
     sealed: str | None = field(default=None, repr=False)
+    #: The ``whpk_`` public key of a v1a webhook's signing key, stored in the clear beside
+    #: the sealed key (``encode`` derives it), so a process that cannot open the key still
+    #: answers it; None for v1, and in records written before it was stored.
+    public_key: str | None = None
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -424,17 +428,10 @@ class Webhook:
             record["sealed"] = _keep_sealed(record, sealed)
         elif keyring is not None:
             record["sealed"] = _seal(record, keyring, self.id)
+        record["public_key"] = _public_key(self)  # receivers need it; it is not secret
         # fields left out at their defaults, so a release before them still reads the record
-        if not self.paused:
-            del record["paused"]
-        if record["filter"] is None:
-            del record["filter"]
-        if record["ordering"] == "none":
-            del record["ordering"]
-        if record["signature_scheme"] == "v1":
-            del record["signature_scheme"]
-        for name in ("tls", "auth"):
-            if record[name] is None:
+        for name, default in _LEFT_OUT.items():
+            if record[name] == default:
                 del record[name]
         # last when set: pause_release.lua drops it by cutting the record's end
         del record["draining"]
@@ -487,6 +484,18 @@ class Webhook:
         if with_secret:
             wire["secret"] = self.secret
         return wire
+
+
+#: Record fields left out at these values (their defaults): a release before them reads it.
+_LEFT_OUT: Final[dict[str, Any]] = {
+    "paused": False,
+    "filter": None,
+    "ordering": "none",
+    "signature_scheme": "v1",
+    "tls": None,
+    "auth": None,
+    "public_key": None,
+}
 
 
 def _masked(value: dict[str, str] | None, name: str) -> dict[str, str] | None:
@@ -670,10 +679,13 @@ def _signing_key(hook: Webhook, checked: dict[str, Any]) -> dict[str, str]:
 
 
 def _public_key(hook: Webhook) -> str | None:
-    """The ``whpk_`` public key receivers verify ``v1a`` signatures with (None for ``v1``)."""
-    if hook.signature_scheme != "v1a" or not hook.secret.startswith(SIGNING_KEY_PREFIX):
+    """The ``whpk_`` public key receivers verify ``v1a`` signatures with (None for ``v1``):
+    of its signing key, or where this process cannot open that, the one stored beside it."""
+    if hook.signature_scheme != "v1a":
         return None
-    return public_key_of(hook.secret)
+    if hook.secret.startswith(SIGNING_KEY_PREFIX):
+        return public_key_of(hook.secret)
+    return hook.public_key if hook.sealed is not None else None
 
 
 def _check_rate_limit(value: Any) -> dict[str, float] | None:
@@ -729,7 +741,23 @@ def _check_headers(value: Any) -> dict[str, str]:
             raise InvalidField(
                 "headers", f"{name!r} must be one line of at most {MAX_HEADER_VALUE} characters"
             )
+        if "\0" in header:
+            raise InvalidField("headers", f"{name!r} has a NUL character in its value")
+        if not header.isascii() and not _latin1(header):
+            raise InvalidField(
+                "headers",
+                f"{name!r} has a character outside ISO-8859-1 (latin-1) in its value, which an "
+                "HTTP header cannot carry: encode it (percent-encoding or base64, say)",
+            )
     return dict(value)
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_enabled(value: Any) -> bool:

@@ -18,8 +18,27 @@ the address policy would; smokescreen says so with a 407 without ``Proxy-Authent
 the same way) or 502/503/504 (it could not reach the target). So is everything after a tunnel
 opens (TLS with the target, the answer), a deadline that runs out while the proxy dials the
 target (a proxy gives up later than our deadline on a target that drops packets), and for an
-http target the proxy's answer to the POST, which is the answer (except a 407 asking for
-credentials).
+http target the proxy's answer to the POST, which is the answer.
+
+A refusal may also be the proxy refusing everything (squid's ``http_access deny all``,
+smokescreen's "Client role cannot be determined"): neither proxy marks that apart from a refusal
+of one destination (squid answers 403 ``X-Squid-Error: ERR_ACCESS_DENIED`` to both, smokescreen
+407 ``X-Smokescreen-Error: Egress proxying is denied to host ...`` to both). So each sender keeps
+a :class:`Record` of what the proxy did lately, and two answers are judged by it:
+
+- a policy refusal of the CONNECT (403, or 407 without ``Proxy-Authenticate``) is the
+  endpoint's, one destination refused however often, until the proxy has refused
+  :data:`BROAD_REFUSALS` distinct destinations with nothing let through between them: from
+  then on (until it lets a delivery through) it is the proxy's, so a proxy refusing everything
+  opens no breaker;
+- an http target's answer 407 with ``Proxy-Authenticate`` (the proxy, or an endpoint posing as
+  one: it answers through the proxy) is the proxy's until the proxy has let a delivery through
+  (so it takes our credentials), then the endpoint's, until the 407s come from
+  :data:`BROAD_REFUSALS` distinct destinations again; so an endpoint cannot escape its breaker
+  by answering 407.
+
+A delivery is let through when the proxy opens a tunnel (CONNECT 2xx) or an http target's
+answer through it is a 2xx (each such request passes the proxy's policy and credentials).
 
 This module makes no HTTP exchange of its own beyond the CONNECT, for the native sender
 (:mod:`dispatcher.sender`); :mod:`dispatcher.sender_aiohttp` lets aiohttp send it and maps its
@@ -52,6 +71,7 @@ __all__ = [
     "ProxyFailure",
     "TunnelRefused",
     "connect_refusal",
+    "http_answer",
     "open_tunnel",
     "reason",
 ]
@@ -60,8 +80,39 @@ BLAME: Final = "proxy"  # Outcome.blame of a failure of the proxy itself
 FAILURES_METRIC: Final = "dispatcher_proxy_failures_total"
 #: CONNECT answers that are about the target, not the proxy: the endpoint's failure.
 ENDPOINT_STATUSES: Final = frozenset({403, 502, 503, 504})
+#: Distinct destinations refused with nothing let through between them, after which a
+#: refusal is taken as the proxy refusing everything (:class:`Record`).
+BROAD_REFUSALS: Final = 3
+_POLICY: Final = 403  # a CONNECT refused by the proxy's policy (or 407 without a challenge)
+_PROXY_AUTH: Final = 407
 _DNS_CACHE_TTL_S: Final = 10.0
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
+
+
+class Record:
+    """What the proxy did lately, as one sender saw it: whether it has let a delivery through
+    since the sender started, and the destinations it refused since it last did (at most
+    :data:`BROAD_REFUSALS`). O(1) per answer; attempts without a proxy never touch it."""
+
+    __slots__ = ("passed", "refused")
+
+    def __init__(self) -> None:
+        self.passed = False
+        self.refused: set[str] = set()
+
+    def let_through(self) -> None:
+        """The proxy opened a tunnel, or carried an http delivery answered 2xx."""
+        self.passed = True
+        if self.refused:
+            self.refused.clear()
+
+    def refusing_all(self, host: str) -> bool:
+        """Note a refusal for ``host``; whether the proxy now looks like refusing everything
+        (:data:`BROAD_REFUSALS` distinct destinations since it last let one through)."""
+        refused = self.refused
+        if len(refused) < BROAD_REFUSALS:
+            refused.add(host)
+        return len(refused) >= BROAD_REFUSALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +123,8 @@ class Proxy:
     port: int
     username: str = ""
     password: str = field(default="", repr=False)
+    #: what this proxy did lately, as the sender that parsed it saw (blame of refusals)
+    seen: Record = field(default_factory=Record, repr=False, compare=False)
 
     @classmethod
     def parse(cls, url: str) -> Proxy:
@@ -160,16 +213,49 @@ class TunnelRefused(Stated):
         self.status = status
 
 
-def connect_refusal(proxy: Proxy, status: int, phrase: str, *, challenge: bool) -> Exception:
-    """The exception for a CONNECT answered ``status`` (not 2xx); ``challenge``: the answer
-    has a ``Proxy-Authenticate`` header (a 407 without one is a refusal of the target)."""
-    if status in ENDPOINT_STATUSES or (status == 407 and not challenge):  # noqa: PLR2004
+def connect_refusal(
+    proxy: Proxy, status: int, phrase: str, *, challenge: bool, host: str
+) -> Exception:
+    """The exception for a CONNECT to ``host`` answered ``status`` (not 2xx); ``challenge``:
+    the answer has a ``Proxy-Authenticate`` header (a 407 without one is a refusal of the
+    target). A policy refusal is the proxy's once it refuses everything (:class:`Record`)."""
+    if status == _POLICY or (status == _PROXY_AUTH and not challenge):
+        if proxy.seen.refusing_all(host):
+            return ProxyFailure(proxy, _refuses_all(status))
         return TunnelRefused(proxy, status)
-    if status == 407:  # noqa: PLR2004
-        given = "refused the proxy credentials" if proxy.authorization else "wants credentials"
-        return ProxyFailure(proxy, f"{given} (HTTP 407; delivery.proxy_url user:pass@)")
+    if status in ENDPOINT_STATUSES:
+        return TunnelRefused(proxy, status)
+    if status == _PROXY_AUTH:
+        return credentials_refused(proxy)
     shown = " ".join(phrase.split())[:SNIPPET_CHARS]
     return ProxyFailure(proxy, f"refused the tunnel: HTTP {status}{' ' if shown else ''}{shown}")
+
+
+def credentials_refused(proxy: Proxy) -> ProxyFailure:
+    """The proxy asked for credentials (a 407 with ``Proxy-Authenticate``)."""
+    given = "refused the proxy credentials" if proxy.authorization else "wants credentials"
+    return ProxyFailure(proxy, f"{given} (HTTP 407; delivery.proxy_url user:pass@)")
+
+
+def _refuses_all(status: int) -> str:
+    return (
+        f"refused the target (HTTP {status}) as it did {BROAD_REFUSALS} destinations in a row, "
+        "none let through since: taken as refusing everything (its policy or configuration)"
+    )
+
+
+def http_answer(proxy: Proxy, status: int, *, challenge: bool, host: str) -> ProxyFailure | None:
+    """An http target's answer ``status`` through the proxy (its request passed the proxy's
+    policy and credentials when 2xx); the proxy's failure for a 407 asking for credentials
+    (``challenge``) while the proxy is not seen taking ours (:class:`Record`), else None."""
+    seen = proxy.seen
+    if 200 <= status < 300:  # noqa: PLR2004
+        seen.let_through()
+    elif status == _PROXY_AUTH and challenge:
+        broad = seen.refusing_all(host)
+        if broad or not seen.passed:
+            return credentials_refused(proxy)
+    return None
 
 
 def reason(exc: BaseException) -> str:
@@ -297,15 +383,17 @@ async def open_tunnel(
             + b"\r\n"
         )
         head, rest = await tunnel.head
-        _judge(proxy, head, stray=bool(rest) or len(tunnel.buffer) > len(head) + 4)
+        stray = bool(rest) or len(tunnel.buffer) > len(head) + 4
+        _judge(proxy, head, stray=stray, host=target.host)
     except BaseException:
         transport.close()
         raise
     return transport
 
 
-def _judge(proxy: Proxy, head: bytes, *, stray: bool) -> None:
-    """Raise unless ``head`` is a 2xx answer to the CONNECT with nothing after it."""
+def _judge(proxy: Proxy, head: bytes, *, stray: bool, host: str) -> None:
+    """Raise unless ``head`` is a 2xx answer to the CONNECT to ``host`` with nothing after
+    it; a 2xx is a delivery the proxy let through."""
     status_line = head.split(b"\r\n", 1)[0]
     matched = _STATUS_LINE.fullmatch(status_line)
     if matched is None:
@@ -315,6 +403,7 @@ def _judge(proxy: Proxy, head: bytes, *, stray: bool) -> None:
     if not 200 <= status < 300:  # noqa: PLR2004
         phrase = (matched.group(2) or b"").decode("latin-1")
         challenge = b"\nproxy-authenticate:" in head.lower()
-        raise connect_refusal(proxy, status, phrase, challenge=challenge)
+        raise connect_refusal(proxy, status, phrase, challenge=challenge, host=host)
     if stray:
         raise ProxyFailure(proxy, "sent data after its CONNECT answer")
+    proxy.seen.let_through()

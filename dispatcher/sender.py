@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self
 from dispatcher import http1
 from dispatcher.channel import PLAIN, Channel
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
-from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, connect_refusal, open_tunnel
+from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, http_answer, open_tunnel
 from dispatcher.retry import parse_retry_after
 from dispatcher.ssrf import GuardedResolver, TargetRefused
 
@@ -314,7 +314,12 @@ class Sender:
             given.add(lower)
             lines.append(f"{name}: {value}\r\n")
         defaults = [line for name, line in self._defaults.items() if name not in given]
-        head = "".join(lines).encode("latin-1")
+        try:
+            head = "".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            for name, value in headers.items():
+                check_header(name, value)  # raises, naming the header (never its value)
+            raise
         return b"".join((*defaults, head, b"Content-Length: %d\r\n\r\n" % length))
 
     async def _exchange(
@@ -450,6 +455,12 @@ def check_header(name: str, value: str) -> None:
         raise ValueError(f"header name {name!r} is not a token")
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError(f"header {name} has a line break in its value")
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            why = f"header {name} has a character outside latin-1 in its value"
+            raise ValueError(f"{why}: an HTTP header cannot carry it") from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -489,14 +500,15 @@ def answer_outcome(answer: http1.Answer, started: float, keep_body: int = 0) -> 
 def proxy_challenge(
     outcome: Outcome, answer: http1.Answer, proxy: Proxy, target: http1.Target
 ) -> None:
-    """Through the egress proxy, an http target's 407 asking for credentials
-    (``Proxy-Authenticate``) is the proxy's answer, not the endpoint's: blamed on it."""
-    if (
-        outcome.status == _PROXY_AUTH
-        and not target.secure
-        and b"proxy-authenticate" in answer.headers
-    ):
-        outcome.error = str(connect_refusal(proxy, _PROXY_AUTH, "", challenge=True))
+    """Through the egress proxy, an http target's answer: a 407 asking for credentials
+    (``Proxy-Authenticate``) is blamed on the proxy unless the proxy is seen taking ours
+    (:func:`dispatcher.proxy.http_answer`)."""
+    if target.secure:
+        return
+    challenge = outcome.status == _PROXY_AUTH and b"proxy-authenticate" in answer.headers
+    failure = http_answer(proxy, answer.status, challenge=challenge, host=target.host)
+    if failure is not None:
+        outcome.error = str(failure)
         outcome.blame = BLAME
 
 

@@ -219,7 +219,10 @@ class _Connector(aiohttp.TCPConnector):
             return await super()._create_proxy_connection(req, traces, timeout)
         except aiohttp.ClientHttpProxyError as exc:
             challenge = exc.headers is not None and "Proxy-Authenticate" in exc.headers
-            raise connect_refusal(proxy, exc.status, exc.message, challenge=challenge) from exc
+            host = req.url.raw_host or ""
+            raise connect_refusal(
+                proxy, exc.status, exc.message, challenge=challenge, host=host
+            ) from exc
         except (OSError, aiohttp.ClientError, http1.Oversized, http1.MalformedAnswer) as exc:
             if exchange.tunnelled:  # TLS with the target, through the tunnel: the endpoint's
                 raise
@@ -260,6 +263,8 @@ class _Connector(aiohttp.TCPConnector):
         exchange = _EXCHANGE.get()
         if exchange is not None:
             exchange.tunnelled = True
+            if self._egress is not None:
+                self._egress.seen.let_through()  # the proxy answered the CONNECT 2xx
         return await super()._start_tls_connection(
             underlying_transport, req, timeout, client_error
         )

@@ -180,10 +180,12 @@ async def rotate_secret(
     return await _change_webhook(store, webhook_id, rotate)
 
 
-async def reseal(store: Store, webhook_id: str) -> None:
+async def reseal(store: Store, webhook_id: str) -> bool:
     """Write the webhook again as it is, its secrets sealed with the store's first key
-    (``dispatcher rekey``); ``updated_at`` stays, and a record no key opens is left alone."""
-    await _change_webhook(store, webhook_id, lambda hook, _now_ms: hook.sealed is None)
+    (``dispatcher rekey``); ``updated_at`` stays, and a record no key opens is left alone
+    (False: it was not written, sealed meanwhile with a key the store lacks)."""
+    hook = await _change_webhook(store, webhook_id, lambda hook, _now_ms: hook.sealed is None)
+    return hook.sealed is None
 
 
 async def delete_webhook(store: Store, webhook_id: str) -> None:
