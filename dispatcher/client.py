@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import orjson
 
 from dispatcher import testsend
+from dispatcher.channel import Channels
 from dispatcher.config import DeliveryConfig, SecurityConfig
 from dispatcher.config_values import BadValueError, key_list
 from dispatcher.crypto import Keyring
@@ -106,6 +107,7 @@ class Client:
         if proxy_url is not None:
             Proxy.parse(proxy_url)  # a ValueError now, not at the first test send
         self._proxy_url = proxy_url
+        self._channels = Channels()  # the webhooks' TLS contexts, kept across test sends
         self._timeout_s = timeout_s
         self.dedup_window_s = _check_dedup_window(dedup_window_s)
         self.max_payload_bytes = max_payload_bytes
@@ -288,6 +290,7 @@ class Client:
             policy=self._policy,
             timeout_s=self._timeout_s,
             proxy_url=self._proxy_url,
+            channels=self._channels,
         )
 
     # --- events ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher import __version__, loops
+from dispatcher.channel import Channels
 from dispatcher.gate import Actions, Gate, Work
 from dispatcher.health import HealthWatch
 from dispatcher.liveness import Liveness
@@ -90,6 +91,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.sender = sender
+        self.channels = Channels()  # each webhook's own TLS context and OAuth2 settings
         self.cfg = delivery
         self.jobs_cfg = jobs
         self.metrics = metrics
@@ -480,7 +482,8 @@ class Worker:
             "webhook-timestamp": str(timestamp_s),
             "webhook-signature": sign(job.id, timestamp_s, job.payload, hook.secrets(started_ms)),
         }
-        outcome = await self.sender.attempt(hook.url, job.payload, headers)
+        channel = self.channels.of(hook)
+        outcome = await self.sender.attempt(hook.url, job.payload, headers, channel=channel)
         self._record(work, outcome, started_ms)
 
     async def _lease_holds(self, work: Work) -> bool:

@@ -282,6 +282,8 @@ CREATABLE = frozenset(
         "filter",
         "ordering",
         "signature_scheme",
+        "tls",
+        "auth",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -324,6 +326,12 @@ class Webhook:
     #: "v1" (HMAC, a whsec_ secret) or "v1a" (Ed25519, a whsk_ signing key): always the
     #: scheme of ``secret``; kept beside it so that it reads without the secret.
     signature_scheme: str = "v1"
+    #: Its own TLS settings {ca_pem, client_cert_pem, client_key_pem} (channel.py makes the
+    #: context): a private CA it alone trusts, a client certificate for mTLS. None: the defaults.
+    tls: dict[str, str] | None = field(default=None, repr=False)
+    #: How it authorises each delivery: {type: "oauth2_client_credentials", token_url,
+    #: client_id, client_secret, scope?} (oauth.py fetches and caches the token). None: nothing.
+    auth: dict[str, str] | None = field(default=None, repr=False)
     #: Resumed, its held jobs going back (internal, not in answers): 1 while any is held, 2
     #: once none was at the last release call, 0 at the next. Meanwhile its other jobs never
     #: attempted are held too, so the backlog goes out in accepted order (pauses.py).
@@ -425,6 +433,9 @@ class Webhook:
             del record["ordering"]
         if record["signature_scheme"] == "v1":
             del record["signature_scheme"]
+        for name in ("tls", "auth"):
+            if record[name] is None:
+                del record[name]
         # last when set: pause_release.lua drops it by cutting the record's end
         del record["draining"]
         if self.draining:
@@ -468,12 +479,22 @@ class Webhook:
             "ordering": self.ordering,
             "signature_scheme": self.signature_scheme,
             "public_key": _public_key(self),
+            "tls": _masked(self.tls, "tls"),
+            "auth": _masked(self.auth, "auth"),
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
         if with_secret:
             wire["secret"] = self.secret
         return wire
+
+
+def _masked(value: dict[str, str] | None, name: str) -> dict[str, str] | None:
+    """``value`` as answered: its write-only entries (SEALED_VALUES[name]) shown as MASK."""
+    if value is None:
+        return None
+    keys = SEALED_VALUES[name]
+    return {k: MASK if keys is None or k in keys else v for k, v in value.items()}
 
 
 def _slots(obj: Webhook) -> dict[str, Any]:
@@ -739,6 +760,20 @@ def check_ordering_key(value: Any) -> str | None:
     return text
 
 
+def _check_tls(value: Any) -> dict[str, str] | None:
+    """A webhook's ``tls`` settings (see ``Webhook.tls``), or None to use the defaults."""
+    if value is None:
+        return None
+    raise InvalidField("tls", "is not supported yet")
+
+
+def _check_auth(value: Any) -> dict[str, str] | None:
+    """A webhook's ``auth`` settings (see ``Webhook.auth``), or None for none."""
+    if value is None:
+        return None
+    raise InvalidField("auth", "is not supported yet")
+
+
 _CHECKS: dict[str, Any] = {
     "tenant_id": check_tenant_id,
     "url": check_url,
@@ -754,6 +789,8 @@ _CHECKS: dict[str, Any] = {
     "filter": filters.check,
     "ordering": _check_ordering,
     "signature_scheme": _check_signature_scheme,
+    "tls": _check_tls,
+    "auth": _check_auth,
 }
 
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from dispatcher import http1
+from dispatcher.channel import PLAIN, Channel
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT  # bounds attempt() documents
 from dispatcher.proxy import BLAME, Dialler, Proxy, ProxyFailure, connect_refusal, open_tunnel
 from dispatcher.retry import parse_retry_after
@@ -126,7 +127,13 @@ class HttpSender(Protocol):
     async def close(self) -> None: ...
 
     async def attempt(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        keep_body: int = 0,
+        channel: Channel = PLAIN,
     ) -> Outcome: ...
 
 
@@ -160,7 +167,8 @@ class Sender:
             "accept-encoding": b"Accept-Encoding: identity\r\n",
         }
         self._names: dict[str, str] = {}
-        self._idle: defaultdict[tuple[bool, str, int], list[http1.Connection]] = defaultdict(list)
+        # idle connections by origin (and pool_key, for a webhook with its own TLS settings)
+        self._idle: defaultdict[tuple[object, ...], list[http1.Connection]] = defaultdict(list)
         self._busy: set[http1.Connection] = set()
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._resolver: GuardedResolver | None = None
@@ -208,10 +216,17 @@ class Sender:
             await resolver.close()
 
     async def attempt(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        keep_body: int = 0,
+        channel: Channel = PLAIN,
     ) -> Outcome:
         """POST ``body`` to ``url`` once; never raises except ``CancelledError``. The
-        outcome's ``body`` keeps the answer's first ``keep_body`` bytes."""
+        outcome's ``body`` keeps the answer's first ``keep_body`` bytes; ``channel`` is the
+        webhook's own TLS context and pool (channel.py)."""
         started = time.monotonic()
         if not self._started:
             raise RuntimeError("the sender is not started")
@@ -241,7 +256,7 @@ class Sender:
         timer = loop.call_at(loop.time() + self._timeout_s, _expire, task, fired)
         try:
             try:
-                answer = await self._exchange(target, request)
+                answer = await self._exchange(target, request, channel)
             finally:
                 timer.cancel()
                 timed_out = bool(fired) and task.uncancel() <= cancelling
@@ -302,8 +317,13 @@ class Sender:
         head = "".join(lines).encode("latin-1")
         return b"".join((*defaults, head, b"Content-Length: %d\r\n\r\n" % length))
 
-    async def _exchange(self, target: http1.Target, request: tuple[bytes, bytes]) -> http1.Answer:
-        conn, reused = await self._acquire(target)
+    async def _exchange(
+        self, target: http1.Target, request: tuple[bytes, bytes], channel: Channel
+    ) -> http1.Answer:
+        # a webhook with its own TLS settings has its own idle connections: one made with its
+        # client certificate never carries another webhook's delivery
+        pool = target.origin if not channel.pool_key else (*target.origin, channel.pool_key)
+        conn, reused = await self._acquire(target, pool, channel.tls)
         try:
             try:
                 answer = await conn.send(request)
@@ -319,7 +339,7 @@ class Sender:
                 self.stale_retries += 1
                 if self._metrics is not None:
                     self._metrics.inc(STALE_RETRIES_METRIC)
-                conn, reused = await self._acquire(target, fresh=True)
+                conn, reused = await self._acquire(target, pool, channel.tls, fresh=True)
                 answer = await conn.send(request)
         except BaseException:
             conn.close()
@@ -328,15 +348,20 @@ class Sender:
         self._busy.discard(conn)
         if conn.reusable and not answer.capped:
             conn.idle_since = time.monotonic()
-            self._idle[target.origin].append(conn)
+            self._idle[pool].append(conn)
         else:
             conn.close()
         return answer
 
     async def _acquire(
-        self, target: http1.Target, *, fresh: bool = False
+        self,
+        target: http1.Target,
+        pool: tuple[object, ...],
+        tls: ssl.SSLContext | None,
+        *,
+        fresh: bool = False,
     ) -> tuple[http1.Connection, bool]:
-        idle = self._idle.get(target.origin)
+        idle = self._idle.get(pool)
         now = time.monotonic()
         while idle and not fresh:
             conn = idle.pop()
@@ -350,14 +375,16 @@ class Sender:
                 self._busy.add(conn)
                 return conn, True
             conn.close()
-        conn = await self._connect(target)
+        conn = await self._connect(target, tls or self._tls)
         self._busy.add(conn)
         return conn, False
 
-    async def _connect(self, target: http1.Target) -> http1.Connection:
+    async def _connect(
+        self, target: http1.Target, tls: ssl.SSLContext | None
+    ) -> http1.Connection:
         loop = asyncio.get_running_loop()
         if self._proxy is not None:
-            return await self._connect_via(self._proxy, target, loop)
+            return await self._connect_via(self._proxy, target, loop, tls)
         addresses = [target.host] if _is_literal(target.host) else await self._resolve(target)
         last: OSError | None = None
         for address in addresses:
@@ -366,7 +393,7 @@ class Sender:
                     lambda: http1.Connection(self._cap),
                     address,
                     target.port,
-                    ssl=self._tls if target.secure else None,
+                    ssl=tls if target.secure else None,
                     server_hostname=target.host if target.secure else None,
                 )
             except OSError as exc:
@@ -376,7 +403,11 @@ class Sender:
         raise last if last is not None else OSError(f"no address for {target.host}")
 
     async def _connect_via(
-        self, dialler: Dialler, target: http1.Target, loop: asyncio.AbstractEventLoop
+        self,
+        dialler: Dialler,
+        target: http1.Target,
+        loop: asyncio.AbstractEventLoop,
+        tls: ssl.SSLContext | None,
     ) -> http1.Connection:
         """A connection to ``target`` through the egress proxy: to the proxy itself for an
         http target, through a CONNECT tunnel with TLS to the target for an https one."""
@@ -384,7 +415,6 @@ class Sender:
         if not target.secure:
             await dialler.connect(loop, lambda: conn)
             return conn
-        tls = self._tls
         if tls is None:
             raise RuntimeError("the sender is not started")
         raw = await open_tunnel(loop, dialler, target)

@@ -51,6 +51,7 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from dispatcher import http1
+from dispatcher.channel import PLAIN, Channel
 from dispatcher.http1 import HEAD_LIMIT_BYTES, INTERIM_LIMIT
 from dispatcher.proxy import BLAME, Proxy, ProxyFailure, connect_refusal, reason
 from dispatcher.sender import (
@@ -357,10 +358,17 @@ class AiohttpSender:
             await session.close()
 
     async def attempt(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, keep_body: int = 0
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        keep_body: int = 0,
+        channel: Channel = PLAIN,
     ) -> Outcome:
         """POST ``body`` to ``url`` once; never raises except ``CancelledError``. The
-        outcome's ``body`` keeps the answer's first ``keep_body`` bytes."""
+        outcome's ``body`` keeps the answer's first ``keep_body`` bytes; ``channel`` is the
+        webhook's own TLS context (channel.py: aiohttp pools connections by context too)."""
         started = time.monotonic()
         session = self._session
         if session is None:
@@ -382,7 +390,7 @@ class AiohttpSender:
         if "@" in url:  # as the native client: credentials in the URL are never sent
             url = str(URL(url).with_user(None))
         exchange = _Exchange()
-        headers = self._route(target, headers, exchange)
+        headers = self._route(target, headers, exchange, channel)
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await self._exchange(session, url, body, headers, exchange)
@@ -403,18 +411,23 @@ class AiohttpSender:
         return outcome
 
     def _route(
-        self, target: http1.Target, headers: Mapping[str, str], exchange: _Exchange
+        self,
+        target: http1.Target,
+        headers: Mapping[str, str],
+        exchange: _Exchange,
+        channel: Channel,
     ) -> Mapping[str, str]:
         """Through the egress proxy: its arguments for ``session.post`` in ``exchange``, and
         the headers (with the proxy's credentials for an http target, forwarded without them).
-        Without a proxy: the headers as they are."""
-        if self._proxy is None:
-            return headers
-        if target.secure:
-            exchange.via = self._via_https
-            return headers
-        exchange.via = self._via_http
-        return {**headers, **self._proxy_auth} if self._proxy_auth else headers
+        Without a proxy: the headers as they are. A webhook's own SSL context joins the
+        arguments (aiohttp keeps connections made with it apart)."""
+        if self._proxy is not None:
+            exchange.via = self._via_https if target.secure else self._via_http
+            if not target.secure and self._proxy_auth:
+                headers = {**headers, **self._proxy_auth}
+        if channel.tls is not None:
+            exchange.via = {**exchange.via, "ssl": channel.tls}
+        return headers
 
     def _timed_out(self, started: float, *, at_proxy: bool) -> Outcome:
         """The outcome of an attempt past its deadline; ``at_proxy``: while it dialled the

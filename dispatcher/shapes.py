@@ -95,6 +95,25 @@ class Breaker(TypedDict):
     last_error: NotRequired[str | None]
 
 
+class TlsSettings(TypedDict, total=False):
+    """A webhook's own TLS settings (PEM text); ``client_key_pem`` is answered as ``***``."""
+
+    ca_pem: str
+    client_cert_pem: str
+    client_key_pem: str
+
+
+class OAuth2Settings(TypedDict):
+    """OAuth2 client credentials a webhook's deliveries are authorised with; ``client_secret``
+    is answered as ``***``."""
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: NotRequired[str]
+
+
 class Webhook(TypedDict):
     id: str
     tenant_id: str
@@ -107,6 +126,8 @@ class Webhook(TypedDict):
     ordering: NotRequired[Ordering]
     signature_scheme: NotRequired[SignatureScheme]
     public_key: NotRequired[str | None]  # v1a: the whpk_ key receivers verify with
+    tls: NotRequired[TlsSettings | None]
+    auth: NotRequired[OAuth2Settings | None]
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
@@ -143,6 +164,8 @@ class WebhookSettings(TypedDict, total=False):
     description: str
     paused: bool
     filter: dict[str, Any] | None
+    tls: TlsSettings | None
+    auth: OAuth2Settings | None
 
 
 class WebhookCreate(WebhookSettings):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 
+from dispatcher.channel import Channels
 from dispatcher.delivery import USER_AGENT
 from dispatcher.errors import InvalidField, PayloadTooLarge
 from dispatcher.model import check_event_type, rfc3339
@@ -70,10 +71,12 @@ async def attempt(
     policy: AddressPolicy,
     timeout_s: float,
     proxy_url: str | None = None,
+    channels: Channels | None = None,
 ) -> shapes.TestSend:
     """POST ``body`` to ``hook`` once, signed, through ``sender`` (None: a native ``Sender``
-    made for this one attempt with ``policy``, ``timeout_s`` and ``proxy_url``), and judge
-    the outcome."""
+    made for this one attempt with ``policy``, ``timeout_s`` and ``proxy_url``) with the
+    webhook's channel from ``channels`` (None: built for this attempt), and judge the
+    outcome."""
     message_id = MESSAGE_ID_PREFIX + secrets.token_hex(12)
     timestamp_s = now_ms // 1000
     headers = {
@@ -84,8 +87,11 @@ async def attempt(
         "webhook-timestamp": str(timestamp_s),
         "webhook-signature": sign(message_id, timestamp_s, body, hook.secrets(now_ms)),
     }
+    channel = (channels or Channels()).of(hook)
     if sender is not None:
-        outcome = await sender.attempt(hook.url, body, headers, keep_body=SNIPPET_BYTES)
+        outcome = await sender.attempt(
+            hook.url, body, headers, keep_body=SNIPPET_BYTES, channel=channel
+        )
     else:
         own = Sender(
             timeout_s=timeout_s,
@@ -95,7 +101,9 @@ async def attempt(
             proxy_url=proxy_url,
         )
         async with own:
-            outcome = await own.attempt(hook.url, body, headers, keep_body=SNIPPET_BYTES)
+            outcome = await own.attempt(
+                hook.url, body, headers, keep_body=SNIPPET_BYTES, channel=channel
+            )
     return verdict(outcome, message_id)
 
 

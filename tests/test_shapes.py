@@ -28,6 +28,8 @@ PLACES: list[tuple[type, str | tuple[str, str, str]]] = [
     (shapes.Webhook, "Webhook"),
     (shapes.WebhookWithSecret, "WebhookWithSecret"),
     (shapes.Breaker, "Breaker"),
+    (shapes.TlsSettings, "TlsSettings"),
+    (shapes.OAuth2Settings, "OAuth2Settings"),
     (shapes.PublishAnswer, "PublishAnswer"),
     (shapes.Attempt, "Attempt"),
     (shapes.Job, "Job"),
