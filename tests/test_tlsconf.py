@@ -4,6 +4,7 @@ handshakes (no sockets)."""
 
 from __future__ import annotations
 
+import errno
 import ssl
 import stat
 from pathlib import Path
@@ -177,22 +178,30 @@ def test_a_self_signed_endpoint_is_trusted_by_its_own_certificate() -> None:
         handshake(context, server_context(self_signed()))
 
 
-@pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "temp-file"])
+@pytest.mark.parametrize("way", ["memfd", "temp-file", "memfd-refused"])
 def test_the_client_identity_is_presented(
-    memfd: bool,
+    way: str,
     servers: Authority,
     client: Leaf,
     mtls_server: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The client certificate loads through an anonymous memory file, or a private temporary
-    file where there is none, and the server sees it."""
-    if memfd and not tlsconf.MEMFD:
+    file where there is none or the kernel refuses one, and the server sees it."""
+    if way != "temp-file" and not tlsconf.MEMFD:
         pytest.skip("no memfd_create here")
+    if way == "memfd-refused":  # as under a seccomp filter that denies the call
+        monkeypatch.setattr("os.memfd_create", _refused)
     tls = {"ca_pem": servers.cert_pem, "client_cert_pem": client.cert_pem,
            "client_key_pem": client.key_pem}  # fmt: skip
-    assert handshake(tlsconf.context(tls, memfd=memfd), mtls_server) == "dispatcher-client"
+    context = tlsconf.context(tls, memfd=way != "temp-file")
+    assert handshake(context, mtls_server) == "dispatcher-client"
     with pytest.raises(ssl.SSLError):
         handshake(tlsconf.context({"ca_pem": servers.cert_pem}), mtls_server)
+
+
+def _refused(name: str, flags: int = 0) -> int:
+    raise OSError(errno.ENOSYS, "Function not implemented")
 
 
 def test_the_key_never_rests_in_a_readable_file(
