@@ -91,6 +91,8 @@ def context(tls: Mapping[str, str], *, memfd: bool = MEMFD) -> ssl.SSLContext:
         tls_context = ssl.create_default_context(cadata=ca_pem) if ca_pem else _default()
     except (ssl.SSLError, ValueError) as exc:
         raise InvalidField("tls.ca_pem", f"was refused by OpenSSL ({_reason(exc)})") from None
+    if ca_pem:  # each certificate given is an anchor, an intermediate CA too (as in 3.13)
+        tls_context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
     tls_context.check_hostname = True  # the default's already; said here because it matters
     cert_pem, key_pem = tls.get("client_cert_pem"), tls.get("client_key_pem")

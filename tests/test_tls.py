@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dispatcher import InvalidField
+from dispatcher import Client, InvalidField
 from dispatcher.channel import Channels
+from dispatcher.config import SecurityConfig
 from dispatcher.model import MASK, Webhook
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
@@ -27,7 +28,6 @@ from tests.tls_kit import PeerTarget, encrypted
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from dispatcher import Client
     from tests.conftest import WorkerHarness
     from tests.helpers import MakeSender
 
@@ -36,6 +36,7 @@ CN = "dispatcher-client"
 #: client's handshake is done, so the client learns it at its first read, as the server's
 #: alert ("tlsv13 alert certificate required", "tlsv1 alert unknown ca") or, from a server
 #: that does not flush it (asyncio's, as here), as the connection closed or reset.
+LOCAL = SecurityConfig(allow_private_targets=True)  # a Client's own test sends reach loopback
 REFUSED = r"TLS with .* failed|alert|connection reset by the target|closed the connection"
 
 
@@ -238,6 +239,24 @@ async def test_an_mtls_delivery_goes_through_the_egress_proxy(
         await client.publish("acme-proxy", "order.paid", {"n": 1})
         await mtls_target.wait_for(1)
         assert proxy.connects == 1
+    assert mtls_target.peers == [CN]
+
+
+async def test_a_test_send_uses_the_webhooks_tls(
+    redis_url: str, prefix: str, mtls_target: PeerTarget, servers: Authority, identity: Leaf
+) -> None:
+    """A Client's test send presents the webhook's client certificate and trusts its CA; the
+    same webhook without the certificate is refused."""
+    async with Client.from_url(redis_url, prefix=prefix, security=LOCAL) as client:
+        hook = await client.create_webhook(
+            "acme-test", mtls_target.url(), tls=_tls(servers, identity)
+        )
+        verdict = await client.test_webhook(hook["id"])
+        assert (verdict["delivered"], verdict["error"]) == (True, None)
+        hook = await client.create_webhook("acme-test", mtls_target.url(), tls=_tls(servers))
+        verdict = await client.test_webhook(hook["id"])
+        assert verdict["delivered"] is False
+        assert re.search(REFUSED, str(verdict["error"])), verdict["error"]
     assert mtls_target.peers == [CN]
 
 

@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dispatcher import tlsconf
 from dispatcher.errors import InvalidField
 from tests.pki import Authority, Leaf, server_context
-from tests.tls_kit import encrypted, expired, handshake, key_pem, rsa_leaf, self_signed
+from tests.tls_kit import (
+    encrypted,
+    expired,
+    handshake,
+    intermediate,
+    key_pem,
+    rsa_leaf,
+    self_signed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +174,18 @@ def test_ca_pem_is_the_only_trust(servers: Authority, clients: Authority) -> Non
         handshake(context, server_context(clients.issue("localhost")))
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         handshake(context, server_context(servers.issue("elsewhere", dns=("elsewhere",))))
+
+
+def test_an_intermediate_ca_alone_is_enough(servers: Authority) -> None:
+    """ca_pem may be the CA that issued the endpoint's certificate though another signed it:
+    the endpoint is reached without the root (and its sibling CA's endpoints are not)."""
+    issuing = intermediate(servers)
+    context = tlsconf.context({"ca_pem": issuing.cert_pem})
+    assert handshake(context, server_context(issuing.issue("localhost"))) is None
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(context, server_context(servers.issue("localhost")))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(context, server_context(intermediate(servers, "sibling").issue("localhost")))
 
 
 def test_a_self_signed_endpoint_is_trusted_by_its_own_certificate() -> None:
