@@ -26,7 +26,7 @@ import shutil
 import ssl
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -191,7 +191,15 @@ def _check_identity(cert_pem: str, key_pem: str) -> None:
         raise InvalidField("tls.client_key_pem", "does not match tls.client_cert_pem")
 
 
-def _private_key(pem: str) -> Any:
+_ClientKey: TypeAlias = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+
+
+def _private_key(pem: str) -> _ClientKey:
     field = "tls.client_key_pem"
     if "-----BEGIN" not in pem or "PRIVATE KEY-----" not in pem:
         raise InvalidField(field, "is not PEM: expected a -----BEGIN PRIVATE KEY----- block")
@@ -199,7 +207,8 @@ def _private_key(pem: str) -> Any:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except TypeError:  # cryptography: a password is needed
         raise InvalidField(
-            field, "is encrypted; give it unencrypted (it is sealed at rest with a key set)"
+            field,
+            "is encrypted: give it unencrypted (security.encryption_keys encrypts it at rest)",
         ) from None
     except UnsupportedAlgorithm:
         raise InvalidField(field, _UNSUPPORTED) from None
