@@ -106,5 +106,6 @@ def _oauth_spec(webhook_id: str, auth: dict[str, str]) -> OAuthSpec:
 
 
 def _tls_context(tls: dict[str, str]) -> ssl.SSLContext:
-    """The SSL context of a webhook's (checked) ``tls`` settings."""
-    return tlsconf.context(tls)
+    """The SSL context of a webhook's (checked) ``tls`` settings (shared with the webhooks
+    whose settings are the same)."""
+    return tlsconf.shared_context(tls)

@@ -251,3 +251,17 @@ def test_no_password_prompt_for_an_encrypted_key(client: Leaf) -> None:
     with pytest.raises(InvalidField) as raised:
         tlsconf.context(tls)
     assert raised.value.field == "tls.client_cert_pem"
+
+
+def test_webhooks_with_the_same_settings_share_one_context(
+    servers: Authority, client: Leaf, clients: Authority
+) -> None:
+    """The same settings (in any key order) give the same context, so many webhooks that
+    present one client certificate hold one copy of it and of the trust store."""
+    tls = {"ca_pem": servers.cert_pem, "client_cert_pem": client.cert_pem,
+           "client_key_pem": client.key_pem}  # fmt: skip
+    first = tlsconf.shared_context(tls)
+    assert tlsconf.shared_context(dict(reversed(tls.items()))) is first
+    other = clients.issue("another", server=False)
+    tls |= {"client_cert_pem": other.cert_pem, "client_key_pem": other.key_pem}
+    assert tlsconf.shared_context(tls) is not first
