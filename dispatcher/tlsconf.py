@@ -82,17 +82,23 @@ def check(value: Any) -> dict[str, str] | None:
         raise InvalidField(f"tls.{missing}", f"is required with tls.{given}")
     if "client_cert_pem" in tls:
         _check_identity(tls["client_cert_pem"], tls["client_key_pem"])
-    context(tls)  # OpenSSL's own verdict, mapped to the field it read
+    context(tls, system_roots=False)  # OpenSSL's own verdict, mapped to the field it read
     return tls
 
 
-def context(tls: Mapping[str, str], *, memfd: bool = MEMFD) -> ssl.SSLContext:
+def context(
+    tls: Mapping[str, str], *, memfd: bool = MEMFD, system_roots: bool = True
+) -> ssl.SSLContext:
     """A client context for a webhook's ``tls``: its CA alone (else the system's trust
-    store), its client certificate, TLS 1.2 or later, host names checked. InvalidField when
-    OpenSSL refuses a value (``check`` runs this once, so stored settings always build)."""
+    store; ``system_roots=False``: none, for a check that need not pay to load it), its
+    client certificate, TLS 1.2 or later, host names checked. InvalidField when OpenSSL
+    refuses a value (``check`` runs this once, so stored settings always build)."""
     ca_pem = tls.get("ca_pem")
     try:
-        tls_context = ssl.create_default_context(cadata=ca_pem) if ca_pem else _default()
+        if ca_pem:
+            tls_context = ssl.create_default_context(cadata=ca_pem)
+        else:
+            tls_context = _default() if system_roots else _untrusting()
     except (ssl.SSLError, ValueError) as exc:
         raise InvalidField("tls.ca_pem", f"was refused by OpenSSL ({_reason(exc)})") from None
     if ca_pem:  # each certificate given is an anchor, an intermediate CA too (as in 3.13)
@@ -130,6 +136,11 @@ def shared_context(tls: Mapping[str, str]) -> ssl.SSLContext:
 
 def _default() -> ssl.SSLContext:
     return ssl.create_default_context()
+
+
+def _untrusting() -> ssl.SSLContext:
+    """The default context's settings without its trust store (tens of ms to load)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _no_password() -> bytes:
