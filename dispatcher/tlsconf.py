@@ -7,7 +7,8 @@ client certificate and key are presented to targets that ask for one (mTLS).
 
 ``check`` refuses, with a 422 naming the field, whatever would make every delivery fail: a
 value that is not PEM, a certificate without its key, an encrypted or unsupported key, a key
-that does not match its certificate, an expired certificate. Its reasons never quote the input
+that does not match its certificate, an expired certificate, a client certificate not meant
+for clients. Its reasons never quote the input
 (a key pasted into the wrong field must not come back in an error or a log). It ends by building
 the context once, so what OpenSSL would refuse later is refused now.
 
@@ -34,6 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from dispatcher.errors import InvalidField
 
@@ -72,7 +74,7 @@ def check(value: Any) -> dict[str, str] | None:
         raise InvalidField("tls", "must hold at least one field (null removes it); " + _FIELDS_ARE)
     tls = {name: _pem_text(name, value[name]) for name in FIELDS if name in value}
     if "ca_pem" in tls:
-        _certificates("ca_pem", tls["ca_pem"])
+        _check_authorities(tls["ca_pem"])
     if ("client_cert_pem" in tls) != ("client_key_pem" in tls):
         given, missing = (
             ("client_cert_pem", "client_key_pem")
@@ -212,12 +214,22 @@ def _certificates(name: str, pem: str) -> list[x509.Certificate]:
     return certificates
 
 
+def _check_authorities(pem: str) -> None:
+    """The CA certificates: at least one still valid (an expired one verifies nothing)."""
+    expires = max(c.not_valid_after_utc for c in _certificates("ca_pem", pem))
+    if expires <= dt.datetime.now(dt.UTC):
+        raise InvalidField("tls.ca_pem", f"expired on {expires:%Y-%m-%d %H:%M} UTC")
+
+
 def _check_identity(cert_pem: str, key_pem: str) -> None:
     """The client certificate (leaf first, then its intermediates) and its key."""
+    field = "tls.client_cert_pem"
     leaf = _certificates("client_cert_pem", cert_pem)[0]
     expires = leaf.not_valid_after_utc
     if expires <= dt.datetime.now(dt.UTC):
-        raise InvalidField("tls.client_cert_pem", f"expired on {expires:%Y-%m-%d %H:%M} UTC")
+        raise InvalidField(field, f"expired on {expires:%Y-%m-%d %H:%M} UTC")
+    if not _for_clients(leaf):  # servers check this purpose and refuse the handshake
+        raise InvalidField(field, "is not for client authentication (no clientAuth usage)")
     key = _private_key(key_pem)
     if key.public_key().public_bytes(*_PUBLIC) != leaf.public_key().public_bytes(*_PUBLIC):
         raise InvalidField("tls.client_key_pem", "does not match tls.client_cert_pem")
@@ -229,6 +241,18 @@ _ClientKey: TypeAlias = (
     | ed25519.Ed25519PrivateKey
     | ed448.Ed448PrivateKey
 )
+
+
+def _for_clients(leaf: x509.Certificate) -> bool:
+    """Whether ``leaf`` may authenticate a TLS client: no extended key usage, or one that
+    lists clientAuth (or any usage)."""
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return bool(
+        {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(usage)
+    )
 
 
 def _private_key(pem: str) -> _ClientKey:

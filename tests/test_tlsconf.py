@@ -68,6 +68,7 @@ def refusals(
     """name -> (tls, field named, reason)."""
     other = clients.issue("other", server=False)
     stale = expired(clients)
+    web = servers.issue("localhost")  # serverAuth only
     small = rsa_leaf(clients, 1024)
     k1 = key_pem(ec.generate_private_key(ec.SECP256K1()))
     cert, key = client.cert_pem, client.key_pem
@@ -124,6 +125,12 @@ def refusals(
             "tls.client_cert_pem",
             "expired on ",
         ),
+        "ca expired": ({"ca_pem": stale.cert_pem}, "tls.ca_pem", "expired on "),
+        "server certificate": (
+            {"client_cert_pem": web.cert_pem, "client_key_pem": web.key_pem},
+            "tls.client_cert_pem",
+            "is not for client authentication",
+        ),
     }
 
 
@@ -131,6 +138,7 @@ REFUSALS = [
     "not an object", "empty", "unknown field", "not a string", "too long", "ca not PEM",
     "ca is a key", "cert with its key", "cert not PEM", "cert without key", "key without cert",
     "key is a cert", "key encrypted", "key mismatch", "rsa 1024", "secp256k1", "expired",
+    "ca expired", "server certificate",
 ]  # fmt: skip
 
 
