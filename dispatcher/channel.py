@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 
+from dispatcher import tlsconf
+
 if TYPE_CHECKING:
     import ssl
 
@@ -112,5 +114,6 @@ def _oauth_spec(webhook_id: str, auth: dict[str, str]) -> OAuthSpec:
 
 
 def _tls_context(tls: dict[str, str]) -> ssl.SSLContext:
-    """The SSL context of a webhook's (checked) ``tls`` settings."""
-    raise NotImplementedError("per-webhook TLS settings")
+    """The SSL context of a webhook's (checked) ``tls`` settings (shared with the webhooks
+    whose settings are the same)."""
+    return tlsconf.shared_context(tls)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from dispatcher import filters
+from dispatcher import filters, tlsconf
 from dispatcher.crypto import Undecryptable
 from dispatcher.errors import EncryptionKeyMissing, InvalidField
 from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
@@ -790,9 +790,7 @@ def check_ordering_key(value: Any) -> str | None:
 
 def _check_tls(value: Any) -> dict[str, str] | None:
     """A webhook's ``tls`` settings (see ``Webhook.tls``), or None to use the defaults."""
-    if value is None:
-        return None
-    raise InvalidField("tls", "is not supported yet")
+    return tlsconf.check(value)
 
 
 def _check_auth(value: Any) -> dict[str, str] | None:

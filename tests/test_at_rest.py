@@ -20,6 +20,7 @@ from dispatcher.crypto import Keyring, key_id
 from dispatcher.model import MASK, Webhook
 from dispatcher.queue.keys import Keys
 from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
+from tests.pki import Authority
 from tests.target import Reply, Target
 
 if TYPE_CHECKING:
@@ -92,11 +93,12 @@ async def test_redis_holds_no_secret_or_header_value_with_a_key(
     redis_url: str, prefix: str, redis: aioredis.Redis, logs_dir: Path, keyed: bool
 ) -> None:
     """With a key, no key of the prefix holds a signing secret (current or in its grace), a
-    header value, or their base64, while deliveries still verify with both secrets and carry
-    the header; without one (the control) Redis holds them all. A failing delivery's log
-    lines hold no secret either way."""
+    header value, a TLS client key (a line of its PEM, its DER), or their base64, while
+    deliveries still verify with both secrets and carry the header; without one (the control)
+    Redis holds them all. A failing delivery's log lines hold no secret either way."""
     _, key = _key()
     keys = (key,) if keyed else ()
+    leaf = Authority.new("client CA").issue("dispatcher-client", server=False)
     daemon = Daemon(_env(redis_url, prefix, *keys), logs_dir / "dump.log").start()
     async with Target() as target, Client.from_url(
         redis_url, prefix, encryption_keys=keys
@@ -112,6 +114,8 @@ async def test_redis_holds_no_secret_or_header_value_with_a_key(
             failing = await client.create_webhook(
                 "acme", target.url("/fail"), headers={"X-Fail": HEADER_VALUE + "-fail"}
             )
+            client_tls = {"client_cert_pem": leaf.cert_pem, "client_key_pem": leaf.key_pem}
+            await client.create_webhook("acme-mtls", "https://mtls.example/h", tls=client_tls)
             await client.publish("acme", "order.paid", {"n": 1})
             await eventually(lambda: len(target.received) == 2, timeout_s=20, what="deliveries")
             await eventually(lambda: log_events(daemon, "delivery.failed"), what="failure log")
@@ -123,12 +127,16 @@ async def test_redis_holds_no_secret_or_header_value_with_a_key(
         Verifier(secret).verify(ok.body, dict(ok.headers))
     secrets = [old, rotated["secret"], failing["secret"]]
     values = [HEADER_VALUE.encode(), base64.b64encode(HEADER_VALUE.encode())]
-    needles = [n for s in secrets for n in _needles(s)] + values
+    key_lines = [line.encode() for line in leaf.key_pem.splitlines()[1:-1]]
+    key_der = base64.b64decode(b"".join(key_lines))
+    key_needles = [*key_lines, b"".join(key_lines), key_der]
+    needles = [n for s in secrets for n in _needles(s)] + values + key_needles
     found = await _redis_holds(redis, prefix, needles)
     if keyed:
         assert found == set()
     else:  # the control: the same search finds them in plain text
         assert {old.encode(), rotated["secret"].encode(), HEADER_VALUE.encode()} <= found
+        assert set(key_lines) <= found
     log = daemon.log.encode()
     assert [n for n in needles if n in log] == []
 
