@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import orjson
 
 from dispatcher import tlsconf
+from dispatcher.errors import InvalidField
 
 if TYPE_CHECKING:
     import ssl
@@ -90,7 +91,7 @@ class Channels:
         if hook.tls is not None:
             try:
                 context = _tls_context(hook.tls)
-            except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+            except (InvalidField, ValueError, OSError) as exc:  # ssl.SSLError is an OSError
                 raise ChannelError(f"the webhook's tls settings do not load: {exc}") from exc
             self.built += 1
             pool_key = _digest(hook.tls)

@@ -16,6 +16,7 @@ from dispatcher import Client, InvalidField
 from dispatcher.channel import Channels
 from dispatcher.config import SecurityConfig
 from dispatcher.model import MASK, Webhook
+from dispatcher.queue import webhooks
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.admin_api import start_api
@@ -337,3 +338,22 @@ async def test_answers_show_the_certificates_and_mask_the_key(
     finally:
         await api.close()
     assert (await client.update_webhook(hook["id"], tls=None))["tls"] is None
+
+
+async def test_stored_tls_settings_that_no_longer_load_fail_the_attempt_clearly(
+    client: Client, workers: WorkerHarness, private_target: Target, servers: Authority
+) -> None:
+    """A stored ``tls`` OpenSSL now refuses (written by an older release, or a newer OpenSSL
+    stricter than the check was) fails each attempt with a text naming the tls settings,
+    as a connection error would: the job is settled (here dead), never crash-looping
+    through reclaim without an attempt, and nothing reaches the target."""
+    await workers.start(max_attempts=1)
+    tenant = "acme-stale-tls"
+    created = await client.create_webhook(tenant, private_target.url("/stale"), tls=_tls(servers))
+    hook = await webhooks.get_webhook(client.store, created["id"])
+    hook.tls = {"ca_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}
+    await webhooks.save_webhook(client.store, hook)  # past the check, as an old record would be
+    job = (await _deliver_once(client, tenant))[hook.id]
+    assert job["state"] == "dead"
+    assert "tls settings do not load" in str(job["last_error"])
+    assert private_target.received == []
