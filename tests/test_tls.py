@@ -24,7 +24,7 @@ from tests.helpers import eventually
 from tests.pki import Authority, Leaf, server_context
 from tests.proxy import ConnectProxy
 from tests.target import Target
-from tests.tls_kit import PeerTarget, encrypted
+from tests.tls_kit import PeerTarget, encrypted, refusing_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -223,6 +223,30 @@ async def test_client_identities_never_share_a_connection(
         assert seen == {("/a", CN), ("/b", None)}
         assert target.connections == 2  # one per identity, each reused
         assert channels.built == 2
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_refused_client_certificate_reads_the_same_with_either_client(
+    make_sender: MakeSender, servers: Authority, clients: Authority, version: ssl.TLSVersion
+) -> None:
+    """An endpoint that refuses the handshake for want of a client certificate (in TLS 1.2
+    during it, in 1.3 at the first read) fails the attempt as "TLS with <host> failed: "
+    and OpenSSL's alert, with either HTTP client."""
+    context = server_context(servers.issue("localhost"), client_ca=clients)
+    context.maximum_version = version
+    hook = Webhook.create({"tenant_id": "t", "url": "https://x/", "tls": _tls(servers)}, now_ms=0)
+    policy = AddressPolicy(allow_private=True, allowed_cidrs=())
+    with refusing_server(context) as port:
+        async with make_sender(
+            timeout_s=2.0, concurrency=1, policy=policy, user_agent="dispatcher/test"
+        ) as sender:
+            outcome = await sender.attempt(
+                f"https://127.0.0.1:{port}/", b"{}", {}, channel=Channels().of(hook)
+            )
+    assert outcome.error is not None
+    assert re.fullmatch(r"TLS with 127\.0\.0\.1 failed: \[SSL: \w+\] [^<>]+", outcome.error), (
+        outcome.error
+    )
 
 
 async def test_an_mtls_delivery_goes_through_the_egress_proxy(
