@@ -264,15 +264,18 @@ def _check_authorities(pem: str) -> None:
 def _check_identity(cert_pem: str, key_pem: str) -> None:
     """The client certificate (leaf first, then its intermediates) and its key."""
     field = "tls.client_cert_pem"
-    leaf = _certificates("client_cert_pem", cert_pem)[0]
+    leaf, *chain = _certificates("client_cert_pem", cert_pem)
+    public = _private_key(key_pem).public_key().public_bytes(*_PUBLIC)
+    if leaf.public_key().public_bytes(*_PUBLIC) != public:
+        if any(c.public_key().public_bytes(*_PUBLIC) == public for c in chain):
+            why = "must begin with the certificate of tls.client_key_pem, then its intermediates"
+            raise InvalidField(field, why)  # a chain pasted root or intermediate first
+        raise InvalidField("tls.client_key_pem", "does not match tls.client_cert_pem")
     expires = leaf.not_valid_after_utc
     if expires <= dt.datetime.now(dt.UTC):
         raise InvalidField(field, f"expired on {expires:%Y-%m-%d %H:%M} UTC")
     if not _for_clients(leaf):  # servers check this purpose and refuse the handshake
         raise InvalidField(field, "is not for client authentication (no clientAuth usage)")
-    key = _private_key(key_pem)
-    if key.public_key().public_bytes(*_PUBLIC) != leaf.public_key().public_bytes(*_PUBLIC):
-        raise InvalidField("tls.client_key_pem", "does not match tls.client_cert_pem")
 
 
 _ClientKey: TypeAlias = (

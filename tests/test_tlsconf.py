@@ -78,6 +78,8 @@ def refusals(
     small = rsa_leaf(clients, 1024)
     k1 = key_pem(ec.generate_private_key(ec.SECP256K1()))
     cert, key = client.cert_pem, client.key_pem
+    issuing = intermediate(clients)
+    chained = issuing.issue("dispatcher-client", server=False)
     return {
         "not an object": ("PEM", "tls", "must be an object"),
         "empty": ({}, "tls", "at least one field"),
@@ -116,6 +118,14 @@ def refusals(
             "tls.client_key_pem",
             "does not match tls.client_cert_pem",
         ),
+        "chain in the wrong order": (
+            {
+                "client_cert_pem": issuing.cert_pem + chained.cert_pem,
+                "client_key_pem": chained.key_pem,
+            },
+            "tls.client_cert_pem",
+            "must begin with the certificate of tls.client_key_pem",
+        ),
         "rsa 1024": (
             {"client_cert_pem": small.cert_pem, "client_key_pem": small.key_pem},
             "tls.client_key_pem",
@@ -143,8 +153,8 @@ def refusals(
 REFUSALS = [
     "not an object", "empty", "unknown field", "not a string", "too long", "ca not PEM",
     "ca is a key", "cert with its key", "cert not PEM", "cert without key", "key without cert",
-    "key is a cert", "key encrypted", "key mismatch", "rsa 1024", "secp256k1", "expired",
-    "ca expired", "server certificate",
+    "key is a cert", "key encrypted", "key mismatch", "chain in the wrong order", "rsa 1024",
+    "secp256k1", "expired", "ca expired", "server certificate",
 ]  # fmt: skip
 
 
@@ -325,9 +335,7 @@ def test_a_client_identity_reads_the_system_trust_store_from_its_directory(
     assert context.cert_store_stats()["x509_ca"] == 0  # nothing loaded before a handshake
     assert handshake(context, mtls_server) == "dispatcher-client"
     tlsconf._system_directory.cache_clear()
-    Path(str(ssl.get_default_verify_paths().cafile)).write_text(
-        servers.cert_pem + clients.cert_pem
-    )
+    Path(str(ssl.get_default_verify_paths().cafile)).write_text(servers.cert_pem + clients.cert_pem)
     context = tlsconf.context(identity)
     assert context.cert_store_stats()["x509_ca"] == 2  # the bundle's two
     assert handshake(context, mtls_server) == "dispatcher-client"
