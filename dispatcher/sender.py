@@ -170,6 +170,7 @@ class Sender:
         # idle connections by origin (and pool_key, for a webhook with its own TLS settings)
         self._idle: defaultdict[tuple[object, ...], list[http1.Connection]] = defaultdict(list)
         self._busy: set[http1.Connection] = set()
+        self._sweep_at = 0.0  # when idle connections are next looked over (_sweep)
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._resolver: GuardedResolver | None = None
         self._tls: ssl.SSLContext | None = None
@@ -352,11 +353,28 @@ class Sender:
             raise
         self._busy.discard(conn)
         if conn.reusable and not answer.capped:
-            conn.idle_since = time.monotonic()
+            conn.idle_since = now = time.monotonic()
+            if now >= self._sweep_at:
+                self._sweep(now)
             self._idle[pool].append(conn)
         else:
             conn.close()
         return answer
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections idle past ``_IDLE_S`` in every pool and forget the empty
+        pools, at most once per ``_IDLE_S``: a pool no attempt asks for again (an origin no
+        longer sent to, a webhook's former TLS settings) would otherwise hold them open."""
+        self._sweep_at = now + _IDLE_S
+        for pool, conns in list(self._idle.items()):
+            kept = [c for c in conns if now - c.idle_since < _IDLE_S]
+            for conn in conns:
+                if now - conn.idle_since >= _IDLE_S:
+                    conn.close()
+            if kept:
+                self._idle[pool] = kept
+            else:
+                del self._idle[pool]
 
     async def _acquire(
         self,

@@ -518,8 +518,8 @@ def _describe(exc: BaseException, target: http1.Target) -> str:  # noqa: PLR0911
     """The native client's sentence for each way an aiohttp exchange fails."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return http1.describe(exc.certificate_error, target)
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return f"TLS with {target.host} failed: {exc}"
+    if isinstance(exc, aiohttp.ClientSSLError):  # its text names the SSLContext object
+        return http1.describe(exc.os_error, target)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return http1.describe(exc.os_error, target)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -535,6 +535,8 @@ def _describe(exc: BaseException, target: http1.Target) -> str:  # noqa: PLR0911
         ):
             return f"malformed response: {_parse_error(cause)}"
         return http1.describe(http1.CutShort(), target)
+    if isinstance(exc, aiohttp.ClientOSError) and isinstance(exc.__cause__, ssl.SSLError):
+        return http1.describe(exc.__cause__, target)  # TLS 1.3: a refusal at the first read
     if isinstance(exc, aiohttp.ClientOSError) and exc.errno is not None:
         return http1.describe(OSError(exc.errno, exc.strerror), target)
     return http1.describe(exc, target)

@@ -24,9 +24,10 @@ from tests.helpers import eventually
 from tests.pki import Authority, Leaf, server_context
 from tests.proxy import ConnectProxy
 from tests.target import Target
-from tests.tls_kit import PeerTarget, encrypted
+from tests.tls_kit import PeerTarget, encrypted, refusing_server
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator
 
     from tests.conftest import WorkerHarness
@@ -223,6 +224,71 @@ async def test_client_identities_never_share_a_connection(
         assert seen == {("/a", CN), ("/b", None)}
         assert target.connections == 2  # one per identity, each reused
         assert channels.built == 2
+
+
+class _LiveTarget(PeerTarget):
+    """A PeerTarget that counts its connections still open."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(ssl_context=ssl_context)
+        self.open = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self.open -= 1
+
+
+async def test_connections_of_former_tls_settings_are_closed_once_idle(
+    monkeypatch: pytest.MonkeyPatch, servers: Authority, clients: Authority, identity: Leaf
+) -> None:
+    """After a webhook's tls changes, the native client's idle connections made with the old
+    settings (a pool no attempt asks for again) are closed once idle past their time, not
+    held open for good."""
+    monkeypatch.setattr("dispatcher.sender._IDLE_S", 0.0)  # every idle connection is past it
+    context = server_context(servers.issue("localhost"), client_ca=clients)
+    async with _LiveTarget(ssl_context=context) as target:
+        hook = Webhook.create(
+            {"tenant_id": "t", "url": target.url(), "tls": _tls(servers, identity)}, now_ms=0
+        )
+        channels = Channels()
+        policy = AddressPolicy(allow_private=True, allowed_cidrs=())
+        async with Sender(
+            timeout_s=2.0, concurrency=1, policy=policy, user_agent="dispatcher/test"
+        ) as sender:
+            for renewed in (None, clients.issue("dispatcher-client-2", server=False)):
+                if renewed is not None:
+                    hook.apply({"tls": _tls(servers, renewed)})
+                outcome = await sender.attempt(hook.url, b"{}", {}, channel=channels.of(hook))
+                assert outcome.status == 200, outcome.error
+            await eventually(lambda: target.open == 1, what="the old connection closed")
+    assert target.peers == [CN, "dispatcher-client-2"]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_refused_client_certificate_reads_the_same_with_either_client(
+    make_sender: MakeSender, servers: Authority, clients: Authority, version: ssl.TLSVersion
+) -> None:
+    """An endpoint that refuses the handshake for want of a client certificate (in TLS 1.2
+    during it, in 1.3 at the first read) fails the attempt as "TLS with <host> failed: "
+    and OpenSSL's alert, with either HTTP client."""
+    context = server_context(servers.issue("localhost"), client_ca=clients)
+    context.maximum_version = version
+    hook = Webhook.create({"tenant_id": "t", "url": "https://x/", "tls": _tls(servers)}, now_ms=0)
+    policy = AddressPolicy(allow_private=True, allowed_cidrs=())
+    with refusing_server(context) as port:
+        async with make_sender(
+            timeout_s=2.0, concurrency=1, policy=policy, user_agent="dispatcher/test"
+        ) as sender:
+            outcome = await sender.attempt(
+                f"https://127.0.0.1:{port}/", b"{}", {}, channel=Channels().of(hook)
+            )
+    assert outcome.error is not None
+    assert re.fullmatch(r"TLS with 127\.0\.0\.1 failed: \[SSL: \w+\] [^<>]+", outcome.error), (
+        outcome.error
+    )
 
 
 async def test_an_mtls_delivery_goes_through_the_egress_proxy(

@@ -8,10 +8,13 @@ in-memory handshake, and a Target that records which client certificate each req
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import ipaddress
+import socket
 import ssl
+import threading
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -24,6 +27,7 @@ from tests.target import Received, Target
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Iterator
 
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -34,6 +38,7 @@ __all__ = [
     "handshake",
     "intermediate",
     "key_pem",
+    "refusing_server",
     "rsa_leaf",
     "self_signed",
 ]
@@ -192,3 +197,42 @@ class PeerTarget(Target):
         # Each connection's handler is its own task, so the variable is this connection's.
         _PEER.set(_common_name(writer.get_extra_info("peercert")))
         await super()._serve(reader, writer)
+
+
+@contextlib.contextmanager
+def refusing_server(context: ssl.SSLContext) -> Iterator[int]:
+    """A blocking TLS server on 127.0.0.1 that runs each connection's handshake and closes
+    it, so the alert of a refused handshake reaches the client (asyncio's server drops it),
+    as from a real endpoint; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(5)
+            with (
+                raw,
+                context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False) as tls,
+            ):
+                with contextlib.suppress(ssl.SSLError):  # the refusal, its alert sent
+                    tls.do_handshake()
+                    tls.recv(1)
+                # the client's request read and dropped, not reset, so the alert reaches it
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(tls, socket.SHUT_WR)
+                    while socket.socket.recv(tls, 65536):
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
