@@ -6,7 +6,9 @@ send. :class:`AuthorizingSender` wraps the process's sender: an attempt whose ch
 ``oauth`` (channel.py) goes straight to the wrapped sender; one with it asks the
 :class:`TokenCache` for a token, sends, and on a 401 refreshes the token once and sends again
 (the same webhook-id, timestamp and signature), all under ONE deadline (``delivery.timeout_s``),
-so an attempt still ends within it and the stall timeout keeps its meaning.
+so an attempt still ends within it and the stall timeout keeps its meaning. (A first send with a
+kept token is the wrapped sender's attempt alone, under its own deadline of the same length:
+its timeout then says whose failure it is, the egress proxy's when dialling it took too long.)
 
 The token request goes through the wrapped sender too, so the token URL passes the same
 address policy (``security.*``), egress proxy and answer bounds as a delivery: ``POST
@@ -128,6 +130,13 @@ class TokenCache:
         self._limit = limit
         self._kept: dict[str, _Kept | _Failed] = {}
         self._fetching: dict[str, asyncio.Task[Token | TokenFailure]] = {}
+
+    def fresh(self, spec: OAuthSpec) -> str | None:
+        """The kept token of ``spec`` while fresh, else None (no fetch: ``get`` does that)."""
+        kept = self._kept.get(spec.key)
+        if isinstance(kept, _Kept) and self._now() < kept.refresh_at:
+            return kept.value
+        return None
 
     async def get(self, spec: OAuthSpec, fetch: Callable[[OAuthSpec], Awaitable[Token]]) -> str:
         """A token for ``spec``: the kept one while fresh, else the one ``fetch`` gets (one
@@ -270,57 +279,43 @@ class AuthorizingSender:
         channel: Channel,
     ) -> Outcome:
         started = time.monotonic()
-        stage = _Stage()
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        # The webhook's own Authorization header, if any, gives way to the token.
+        plain = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+
+        def send(token: str) -> Coroutine[Any, Any, Outcome]:
+            authorized = {**plain, "authorization": f"Bearer {token}"}
+            return self.inner.attempt(url, body, authorized, keep_body=keep_body, channel=channel)
+
+        waiting = True  # for a token (else sending)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                outcome = await self._authorized(
-                    spec, url, body, headers, keep_body=keep_body, channel=channel, stage=stage
-                )
+            token = self.tokens.fresh(spec)
+            if token is not None:
+                # Sent at once: the send's own deadline (timeout_s) is the attempt's, and its
+                # timeout says whose failure it is (the egress proxy's, dialled too long).
+                waiting = False
+                outcome = await send(token)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    token = await self.tokens.get(spec, self._fetch)
+                    waiting = False
+                    outcome = await send(token)
+            if outcome.status == _UNAUTHORIZED:
+                self.tokens.invalidate(spec, token)
+                waiting = True
+                async with asyncio.timeout_at(deadline):  # what is left of the one deadline
+                    token = await self.tokens.get(spec, self._fetch)
+                    waiting = False
+                    outcome = await send(token)
         except TimeoutError:
             error = self._timeout_error
-            if stage.waiting:
+            if waiting:
                 error += f" waiting for an OAuth2 token from {redact_url(spec.token_url)}"
             return Outcome(None, error, _ms_since(started), None, timed_out=True)
         except TokenFailure as failure:
             return Outcome(None, failure.error, _ms_since(started), None, blame=failure.blame)
         outcome.duration_ms = _ms_since(started)  # the whole attempt, token included
         return outcome
-
-    async def _authorized(
-        self,
-        spec: OAuthSpec,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        keep_body: int,
-        channel: Channel,
-        stage: _Stage,
-    ) -> Outcome:
-        # The webhook's own Authorization header, if any, gives way to the token.
-        plain = {name: value for name, value in headers.items() if name.lower() != "authorization"}
-        token = await self.tokens.get(spec, self._fetch)
-        stage.waiting = False
-        outcome = await self.inner.attempt(
-            url,
-            body,
-            {**plain, "authorization": f"Bearer {token}"},
-            keep_body=keep_body,
-            channel=channel,
-        )
-        if outcome.status != _UNAUTHORIZED:
-            return outcome
-        self.tokens.invalidate(spec, token)
-        stage.waiting = True
-        token = await self.tokens.get(spec, self._fetch)
-        stage.waiting = False
-        return await self.inner.attempt(
-            url,
-            body,
-            {**plain, "authorization": f"Bearer {token}"},
-            keep_body=keep_body,
-            channel=channel,
-        )
 
     async def _fetch(self, spec: OAuthSpec) -> Token:
         """One token request (RFC 6749 §4.4.2) through ``inner``; TokenFailure naming the token
@@ -359,11 +354,6 @@ class AuthorizingSender:
     def _count(self, result: str) -> None:
         if self._metrics is not None:
             self._metrics.inc(TOKEN_REQUESTS_METRIC, result=result)
-
-
-@dataclass(slots=True)
-class _Stage:
-    waiting: bool = True  # for a token (else sending)
 
 
 def _token_of(outcome: Outcome) -> Token:

@@ -24,10 +24,11 @@ from dispatcher.oauth import (
     Token,
     TokenCache,
 )
+from dispatcher.proxy import BLAME
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import eventually
-from tests.proxy import ConnectProxy
+from tests.proxy import ConnectProxy, unaccepting_port
 from tests.token_server import CLIENT_ID, CLIENT_SECRET, BearerTarget, Fail, Hang, TokenServer
 
 if TYPE_CHECKING:
@@ -83,8 +84,10 @@ async def authorizing(
     timeout_s: float = 2.0,
     metrics: Metrics | None = None,
     proxy_url: str | None = None,
+    cache: TokenCache | None = None,
 ) -> AsyncIterator[AuthorizingSender]:
-    """The daemon's sender: ``make_sender`` wrapped for OAuth2, tokens kept on ``clock``."""
+    """The daemon's sender: ``make_sender`` wrapped for OAuth2, tokens kept on ``clock`` (or
+    in ``cache``)."""
     inner = make_sender(
         timeout_s=timeout_s,
         concurrency=32,
@@ -92,7 +95,8 @@ async def authorizing(
         user_agent="dispatcher/test",
         proxy_url=proxy_url,
     )
-    cache = TokenCache() if clock is None else TokenCache(now=clock)
+    if cache is None:
+        cache = TokenCache() if clock is None else TokenCache(now=clock)
     async with AuthorizingSender(inner, cache, timeout_s=timeout_s, metrics=metrics) as sender:
         yield sender
 
@@ -280,6 +284,29 @@ async def test_the_token_request_goes_through_the_egress_proxy(
     assert proxy.forwards == 2
     assert [line.split()[1] for line in proxy.request_lines] == [tokens.url, bearer.url()]
     assert bearer.received[0].headers.getall("authorization") == ["Bearer tok-1"]
+
+
+async def test_a_deadline_dialling_the_proxy_with_a_kept_token_is_the_proxys(
+    make_sender: MakeSender, tokens: TokenServer, bearer: BearerTarget
+) -> None:
+    """With a token kept, an attempt whose deadline runs out while the egress proxy does not
+    accept is the proxy's failure (its text, blame "proxy"), as without OAuth2, so the
+    endpoint's breaker stays closed."""
+    async with authorizing(make_sender) as direct:
+        await deliver(direct, bearer, oauth(tokens))  # the token is kept
+    with unaccepting_port() as port:
+        proxy_url = f"http://127.0.0.1:{port}"
+        async with authorizing(
+            make_sender, timeout_s=0.3, proxy_url=proxy_url, cache=direct.tokens
+        ) as sender:
+            [outcome] = await deliver(sender, bearer, oauth(tokens))
+    assert outcome.timed_out
+    assert (outcome.blame, outcome.error) == (
+        BLAME,
+        f"egress proxy 127.0.0.1:{port}: timed out after 0.3 s",
+    )
+    assert tokens.requests == 1
+    assert len(bearer.received) == 1
 
 
 @pytest.mark.parametrize(
