@@ -9,6 +9,7 @@ import ipaddress
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -25,6 +26,7 @@ from dispatcher.oauth import (
     TokenCache,
 )
 from dispatcher.proxy import BLAME
+from dispatcher.queue.keys import Keys
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import eventually
@@ -33,6 +35,8 @@ from tests.token_server import CLIENT_ID, CLIENT_SECRET, BearerTarget, Fail, Han
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    import redis.asyncio as aioredis
 
     from dispatcher.sender import Outcome
     from tests.conftest import WorkerHarness
@@ -464,6 +468,32 @@ async def test_a_worker_delivers_with_the_webhooks_token(
     text = repr(logs)
     assert CLIENT_SECRET not in text
     assert "tok-" not in text
+
+
+async def test_an_auth_this_release_does_not_know_fails_its_attempts(
+    workers: WorkerHarness,
+    client: Client,
+    redis: aioredis.Redis,
+    prefix: str,
+    tokens: TokenServer,
+    bearer: BearerTarget,
+) -> None:
+    """A stored auth of a type this release does not know (a newer release wrote it during an
+    upgrade) fails each attempt with a text saying so, until the job is dead: no crash into a
+    reclaim loop, and never taken for client credentials."""
+    await workers.start(tokens=TokenCache(), max_attempts=1)
+    hook = await client.create_webhook("acme", bearer.url(), auth=auth_of(tokens))
+    record = orjson.loads(await redis.hget(Keys(prefix).webhooks, hook["id"]) or b"{}")
+    record["auth"]["type"] = "oauth2_jwt_bearer"
+    await redis.hset(Keys(prefix).webhooks, hook["id"], orjson.dumps(record))
+    published = await client.publish("acme", "order.created", {"n": 1})
+    job_id = published["jobs"][0]["id"]
+    await eventually(lambda: in_state(client, job_id, "dead"), what="the job dead")
+    job = await client.get_job(job_id)
+    assert job is not None
+    error = "the webhook's auth type 'oauth2_jwt_bearer' is not known here"
+    assert [a["error"] for a in job["attempts"]] == [error]
+    assert (tokens.requests, bearer.received) == (0, [])
 
 
 async def in_state(client: Client, job_id: str, state: str) -> bool:
