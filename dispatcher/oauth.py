@@ -50,7 +50,7 @@ from dispatcher.http1 import SNIPPET_CHARS
 from dispatcher.sender import Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
     from types import TracebackType
 
     from dispatcher.channel import Channel, OAuthSpec
@@ -323,23 +323,27 @@ class AuthorizingSender:
         form = {"grant_type": "client_credentials"}
         if spec.scope:
             form["scope"] = spec.scope
-        pair = f"{quote_plus(spec.client_id, safe='')}:{quote_plus(spec.client_secret, safe='')}"
+        secret = quote_plus(spec.client_secret, safe="")
+        pair = f"{quote_plus(spec.client_id, safe='')}:{secret}"
+        credentials = base64.b64encode(pair.encode()).decode("ascii")
         headers = {
             "content-type": "application/x-www-form-urlencoded",
             "accept": "application/json",
-            "authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
+            "authorization": f"Basic {credentials}",
         }
         outcome = await self.inner.attempt(
             spec.token_url, urlencode(form).encode(), headers, keep_body=ANSWER_BYTES
         )
+        # what no error text may show, should the server echo it: longest first
+        hidden = sorted({spec.client_secret, secret, credentials} - {""}, key=len, reverse=True)
         try:
-            token = _token_of(outcome)
+            token = _token_of(outcome, hidden)
         except TokenFailure as failure:
             result = "failed" if outcome.status is None else "rejected"
             if outcome.delivered:
                 result = "malformed"
             self._count(result)
-            error = _redacted(failure.error, spec)
+            error = _hide(failure.error, hidden)
             text = f"OAuth2 token request to {redact_url(spec.token_url)} failed: {error}"
             log.warning(
                 "oauth.token_failed",
@@ -356,18 +360,23 @@ class AuthorizingSender:
             self._metrics.inc(TOKEN_REQUESTS_METRIC, result=result)
 
 
-def _token_of(outcome: Outcome) -> Token:
-    """The token of a token answer; TokenFailure saying what is wrong, quoting no token."""
+def _token_of(outcome: Outcome, hidden: Sequence[str] = ()) -> Token:
+    """The token of a token answer; TokenFailure saying what is wrong, quoting no token, and
+    none of ``hidden`` (taken out of the server's words before they are cut short)."""
     if outcome.status is None:
         raise TokenFailure(outcome.error or "no answer")
     answer = _json_object(outcome.body)
     if not outcome.delivered:
         code = None if answer is None else answer.get("error")
         if answer is not None and isinstance(code, str):
-            said = _clean(code)
+            said = _clean(code, hidden)
             detail = answer.get("error_description")
             if isinstance(detail, str) and detail.strip():
-                said += f" ({_clean(detail)})"
+                said += f" ({_clean(detail, hidden)})"
+            raise TokenFailure(f"HTTP {outcome.status}: {said}")
+        if any(text.encode() in outcome.body for text in hidden):
+            # the sender's snippet of the body may have cut an echoed secret short
+            said = _clean(outcome.body.decode(errors="replace"), hidden)
             raise TokenFailure(f"HTTP {outcome.status}: {said}")
         raise TokenFailure(outcome.error or f"HTTP {outcome.status}")
     where = f"HTTP {outcome.status} answer"
@@ -409,16 +418,16 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def _clean(text: str) -> str:
-    """Server-given text fit for an error line: one line, at most SNIPPET_CHARS."""
-    return " ".join(text.split())[:SNIPPET_CHARS]
+def _clean(text: str, hidden: Sequence[str] = ()) -> str:
+    """Server-given text fit for an error line: without ``hidden``, one line, at most
+    SNIPPET_CHARS."""
+    return " ".join(_hide(text, hidden).split())[:SNIPPET_CHARS]
 
 
-def _redacted(text: str, spec: OAuthSpec) -> str:
-    """``text`` without the client secret, should the server have echoed it."""
-    for secret in {spec.client_secret, quote_plus(spec.client_secret, safe="")}:
-        if secret:
-            text = text.replace(secret, "***")
+def _hide(text: str, hidden: Sequence[str]) -> str:
+    """``text`` with each of ``hidden`` (the client secret, should a server echo it) as ***."""
+    for secret in hidden:
+        text = text.replace(secret, "***")
     return text
 
 

@@ -4,10 +4,12 @@ after a 401, token failures that name the token server, never a secret in an ans
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
 
 import orjson
 import pytest
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     from tests.helpers import MakeSender
 
 LOCAL = AddressPolicy(allow_private=True)
+#: The Basic credentials of CLIENT_ID and CLIENT_SECRET (RFC 6749 §2.3.1), as sent.
+BASIC_CREDENTIALS = base64.b64encode(
+    f"{quote_plus(CLIENT_ID, safe='')}:{quote_plus(CLIENT_SECRET, safe='')}".encode()
+)
 
 
 class Clock:
@@ -356,6 +362,32 @@ async def test_an_echoed_client_secret_is_masked_in_the_error(
     assert outcome.error.endswith("invalid_client (client secret *** is wrong)")
     assert [entry["event"] for entry in logs] == ["oauth.token_failed"]
     assert CLIENT_SECRET not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Fail(
+            401, {"error": "invalid_client", "error_description": "x" * 190 + " " + CLIENT_SECRET}
+        ),
+        Fail(400, b"<pre>you sent Authorization: Basic " + BASIC_CREDENTIALS + b"</pre>"),
+    ],
+    ids=["secret-at-the-cut", "echoed-basic-credentials"],
+)
+async def test_no_part_of_an_echoed_secret_reaches_the_error(
+    tokens: TokenServer, bearer: BearerTarget, answer: Fail
+) -> None:
+    """A token server echoing the client secret where the error text is cut short, or the Basic
+    credentials made of it, leaves no part of either in the error or the log."""
+    tokens.script(answer)
+    with capture_logs() as logs:
+        async with authorizing(Sender) as sender:
+            [outcome] = await deliver(sender, bearer, oauth(tokens))
+    assert outcome.error is not None
+    assert "***" in outcome.error
+    for text in (outcome.error, repr(logs)):
+        assert CLIENT_SECRET[:4] not in text
+        assert BASIC_CREDENTIALS.decode()[:16] not in text
 
 
 async def test_a_late_401_for_a_replaced_token_keeps_the_new_one() -> None:
