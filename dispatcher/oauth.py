@@ -150,7 +150,7 @@ class TokenCache:
             elif self._now() < kept.until:
                 raise TokenFailure(kept.error, blame=kept.blame)
         task = self._fetching.get(spec.key)
-        if task is None:
+        if task is None or task.done():  # done: cancelled by close before it ran (no finally)
             task = asyncio.create_task(self._fetch(spec, fetch), name=f"oauth-token {spec.key}")
             self._fetching[spec.key] = task
         # shield: a caller's deadline cancels its own wait, never the fetch the others share

@@ -409,6 +409,27 @@ async def test_a_late_401_for_a_replaced_token_keeps_the_new_one() -> None:
     assert issued == ["tok-1", "tok-2"]
 
 
+async def test_a_fetch_cancelled_before_it_ran_is_not_left_under_way() -> None:
+    """A token fetch cancelled by ``close`` before it ever ran is not kept as the webhook's
+    fetch under way: the next ``get`` fetches anew instead of raising CancelledError (which
+    would end the delivery lane that asked)."""
+    issued: list[str] = []
+
+    async def fetch(spec: OAuthSpec) -> Token:
+        issued.append(f"tok-{len(issued) + 1}")
+        return Token(issued[-1], 3600)
+
+    cache = TokenCache()
+    spec = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
+    waiting = asyncio.create_task(cache.get(spec, fetch))
+    await asyncio.sleep(0)  # it starts the fetch, which has not run yet
+    await cache.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await cache.get(spec, fetch) == "tok-1"
+    assert issued == ["tok-1"]
+
+
 def auth_of(tokens: TokenServer, **changes: Any) -> dict[str, Any]:
     return {
         "type": "oauth2_client_credentials",
