@@ -390,44 +390,45 @@ async def test_no_part_of_an_echoed_secret_reaches_the_error(
         assert BASIC_CREDENTIALS.decode()[:16] not in text
 
 
+class Issuer:
+    """A TokenCache fetch without a server: issues tok-1, tok-2, ... for an hour each."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    async def __call__(self, _spec: OAuthSpec) -> Token:
+        self.issued.append(f"tok-{len(self.issued) + 1}")
+        return Token(self.issued[-1], 3600)
+
+
+#: A webhook's credentials for the TokenCache alone (no request is made with them).
+SPEC = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
+
+
 async def test_a_late_401_for_a_replaced_token_keeps_the_new_one() -> None:
     """A 401 for a token already replaced (the answer came in after another attempt refreshed
     it) does not throw the new token away."""
-    issued: list[str] = []
-
-    async def fetch(spec: OAuthSpec) -> Token:
-        issued.append(f"tok-{len(issued) + 1}")
-        return Token(issued[-1], 3600)
-
-    cache = TokenCache()
-    spec = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
-    assert await cache.get(spec, fetch) == "tok-1"
-    cache.invalidate(spec, "tok-1")
-    assert await cache.get(spec, fetch) == "tok-2"
-    cache.invalidate(spec, "tok-1")  # late
-    assert await cache.get(spec, fetch) == "tok-2"
-    assert issued == ["tok-1", "tok-2"]
+    fetch, cache = Issuer(), TokenCache()
+    assert await cache.get(SPEC, fetch) == "tok-1"
+    cache.invalidate(SPEC, "tok-1")
+    assert await cache.get(SPEC, fetch) == "tok-2"
+    cache.invalidate(SPEC, "tok-1")  # late
+    assert await cache.get(SPEC, fetch) == "tok-2"
+    assert fetch.issued == ["tok-1", "tok-2"]
 
 
 async def test_a_fetch_cancelled_before_it_ran_is_not_left_under_way() -> None:
     """A token fetch cancelled by ``close`` before it ever ran is not kept as the webhook's
     fetch under way: the next ``get`` fetches anew instead of raising CancelledError (which
     would end the delivery lane that asked)."""
-    issued: list[str] = []
-
-    async def fetch(spec: OAuthSpec) -> Token:
-        issued.append(f"tok-{len(issued) + 1}")
-        return Token(issued[-1], 3600)
-
-    cache = TokenCache()
-    spec = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
-    waiting = asyncio.create_task(cache.get(spec, fetch))
+    fetch, cache = Issuer(), TokenCache()
+    waiting = asyncio.create_task(cache.get(SPEC, fetch))
     await asyncio.sleep(0)  # it starts the fetch, which has not run yet
     await cache.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert await cache.get(spec, fetch) == "tok-1"
-    assert issued == ["tok-1"]
+    assert await cache.get(SPEC, fetch) == "tok-1"
+    assert fetch.issued == ["tok-1"]
 
 
 def auth_of(tokens: TokenServer, **changes: Any) -> dict[str, Any]:
