@@ -83,6 +83,9 @@ REFRESH_AHEAD_S: Final = 60.0
 TOKENS_KEPT: Final = 10_000
 #: The token answer's bytes kept for parsing (the sender's own bound applies first).
 ANSWER_BYTES: Final = 65536
+#: An attempt past its deadline waiting for a token waits this much longer at most for the
+#: token request's own end (its deadline comes moments after the attempt's that started it).
+VERDICT_WAIT_S: Final = 0.02
 _UNAUTHORIZED: Final = 401
 
 
@@ -158,6 +161,17 @@ class TokenCache:
         if isinstance(got, TokenFailure):
             raise TokenFailure(got.error, blame=got.blame)
         return got.value
+
+    async def failure(self, spec: OAuthSpec, within_s: float) -> TokenFailure | None:
+        """How the fetch for ``spec`` failed, if it did (or does within ``within_s``); None
+        when it is still under way then, or got a token."""
+        task = self._fetching.get(spec.key)
+        if task is not None:
+            await asyncio.wait({task}, timeout=within_s)  # never cancels it
+        kept = self._kept.get(spec.key)
+        if isinstance(kept, _Failed) and self._now() < kept.until:
+            return TokenFailure(kept.error, blame=kept.blame)
+        return None
 
     def invalidate(self, spec: OAuthSpec, token: str) -> None:
         """Forget ``token`` (a target refused it), unless another has replaced it already: many
@@ -308,10 +322,17 @@ class AuthorizingSender:
                     waiting = False
                     outcome = await send(token)
         except TimeoutError:
-            error = self._timeout_error
+            error, blame = self._timeout_error, None
             if waiting:
-                error += f" waiting for an OAuth2 token from {redact_url(spec.token_url)}"
-            return Outcome(None, error, _ms_since(started), None, timed_out=True)
+                # The token request ends on its own deadline too, moments later when this
+                # attempt started it: if the egress proxy failed it, the failure is the
+                # proxy's (its text and blame), not the endpoint's.
+                failure = await self.tokens.failure(spec, VERDICT_WAIT_S)
+                if failure is not None and failure.blame is not None:
+                    error, blame = failure.error, failure.blame
+                else:
+                    error += f" waiting for an OAuth2 token from {redact_url(spec.token_url)}"
+            return Outcome(None, error, _ms_since(started), None, timed_out=True, blame=blame)
         except TokenFailure as failure:
             return Outcome(None, failure.error, _ms_since(started), None, blame=failure.blame)
         outcome.duration_ms = _ms_since(started)  # the whole attempt, token included

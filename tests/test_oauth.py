@@ -319,6 +319,24 @@ async def test_a_deadline_dialling_the_proxy_with_a_kept_token_is_the_proxys(
     assert len(bearer.received) == 1
 
 
+async def test_a_token_request_dialling_the_proxy_too_long_is_the_proxys(
+    make_sender: MakeSender, tokens: TokenServer, bearer: BearerTarget
+) -> None:
+    """An attempt whose deadline runs out while its token request dials an egress proxy that
+    does not accept is the proxy's failure (blame "proxy"), as is the next one, so the
+    endpoint's breaker stays closed."""
+    with unaccepting_port() as port:
+        proxy_url = f"http://127.0.0.1:{port}"
+        async with authorizing(make_sender, timeout_s=0.3, proxy_url=proxy_url) as sender:
+            [first] = await deliver(sender, bearer, oauth(tokens))
+            [second] = await deliver(sender, bearer, oauth(tokens))
+    error = f"OAuth2 token request to {tokens.url} failed: egress proxy 127.0.0.1:{port}: "
+    assert (first.blame, first.error) == (BLAME, f"{error}timed out after 0.3 s")
+    assert first.timed_out
+    assert (second.blame, second.error) == (first.blame, first.error)
+    assert (tokens.requests, bearer.received) == (0, [])
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
