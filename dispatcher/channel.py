@@ -104,7 +104,14 @@ def _digest(value: object) -> str:
 
 
 def _oauth_spec(webhook_id: str, auth: dict[str, str]) -> OAuthSpec:
-    """The OAuth2 client credentials of a webhook's (checked) ``auth``."""
+    """The OAuth2 client credentials of a webhook's (checked) ``auth``; ChannelError for one
+    this release cannot use (another type, written by a newer release during an upgrade)."""
+    kind = auth.get("type")
+    if kind != "oauth2_client_credentials":
+        raise ChannelError(f"the webhook's auth type {str(kind)[:64]!r} is not known here")
+    missing = [n for n in ("token_url", "client_id", "client_secret") if n not in auth]
+    if missing:
+        raise ChannelError(f"the webhook's auth has no {missing[0]}")
     return OAuthSpec(
         key=f"{webhook_id}:{_digest(auth)}",
         token_url=auth["token_url"],

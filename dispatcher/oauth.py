@@ -6,7 +6,9 @@ send. :class:`AuthorizingSender` wraps the process's sender: an attempt whose ch
 ``oauth`` (channel.py) goes straight to the wrapped sender; one with it asks the
 :class:`TokenCache` for a token, sends, and on a 401 refreshes the token once and sends again
 (the same webhook-id, timestamp and signature), all under ONE deadline (``delivery.timeout_s``),
-so an attempt still ends within it and the stall timeout keeps its meaning.
+so an attempt still ends within it and the stall timeout keeps its meaning. (A first send with a
+kept token is the wrapped sender's attempt alone, under its own deadline of the same length:
+its timeout then says whose failure it is, the egress proxy's when dialling it took too long.)
 
 The token request goes through the wrapped sender too, so the token URL passes the same
 address policy (``security.*``), egress proxy and answer bounds as a delivery: ``POST
@@ -48,7 +50,7 @@ from dispatcher.http1 import SNIPPET_CHARS
 from dispatcher.sender import Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
     from types import TracebackType
 
     from dispatcher.channel import Channel, OAuthSpec
@@ -81,6 +83,9 @@ REFRESH_AHEAD_S: Final = 60.0
 TOKENS_KEPT: Final = 10_000
 #: The token answer's bytes kept for parsing (the sender's own bound applies first).
 ANSWER_BYTES: Final = 65536
+#: An attempt past its deadline waiting for a token waits this much longer at most for the
+#: token request's own end (its deadline comes moments after the attempt's that started it).
+VERDICT_WAIT_S: Final = 0.02
 _UNAUTHORIZED: Final = 401
 
 
@@ -129,6 +134,13 @@ class TokenCache:
         self._kept: dict[str, _Kept | _Failed] = {}
         self._fetching: dict[str, asyncio.Task[Token | TokenFailure]] = {}
 
+    def fresh(self, spec: OAuthSpec) -> str | None:
+        """The kept token of ``spec`` while fresh, else None (no fetch: ``get`` does that)."""
+        kept = self._kept.get(spec.key)
+        if isinstance(kept, _Kept) and self._now() < kept.refresh_at:
+            return kept.value
+        return None
+
     async def get(self, spec: OAuthSpec, fetch: Callable[[OAuthSpec], Awaitable[Token]]) -> str:
         """A token for ``spec``: the kept one while fresh, else the one ``fetch`` gets (one
         fetch at a time per webhook, shared by every caller). TokenFailure when the fetch
@@ -141,7 +153,7 @@ class TokenCache:
             elif self._now() < kept.until:
                 raise TokenFailure(kept.error, blame=kept.blame)
         task = self._fetching.get(spec.key)
-        if task is None:
+        if task is None or task.done():  # done: cancelled by close before it ran (no finally)
             task = asyncio.create_task(self._fetch(spec, fetch), name=f"oauth-token {spec.key}")
             self._fetching[spec.key] = task
         # shield: a caller's deadline cancels its own wait, never the fetch the others share
@@ -149,6 +161,17 @@ class TokenCache:
         if isinstance(got, TokenFailure):
             raise TokenFailure(got.error, blame=got.blame)
         return got.value
+
+    async def failure(self, spec: OAuthSpec, within_s: float) -> TokenFailure | None:
+        """How the fetch for ``spec`` failed, if it did (or does within ``within_s``); None
+        when it is still under way then, or got a token."""
+        task = self._fetching.get(spec.key)
+        if task is not None:
+            await asyncio.wait({task}, timeout=within_s)  # never cancels it
+        kept = self._kept.get(spec.key)
+        if isinstance(kept, _Failed) and self._now() < kept.until:
+            return TokenFailure(kept.error, blame=kept.blame)
+        return None
 
     def invalidate(self, spec: OAuthSpec, token: str) -> None:
         """Forget ``token`` (a target refused it), unless another has replaced it already: many
@@ -270,57 +293,50 @@ class AuthorizingSender:
         channel: Channel,
     ) -> Outcome:
         started = time.monotonic()
-        stage = _Stage()
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        # The webhook's own Authorization header, if any, gives way to the token.
+        plain = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+
+        def send(token: str) -> Coroutine[Any, Any, Outcome]:
+            authorized = {**plain, "authorization": f"Bearer {token}"}
+            return self.inner.attempt(url, body, authorized, keep_body=keep_body, channel=channel)
+
+        waiting = True  # for a token (else sending)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                outcome = await self._authorized(
-                    spec, url, body, headers, keep_body=keep_body, channel=channel, stage=stage
-                )
+            token = self.tokens.fresh(spec)
+            if token is not None:
+                # Sent at once: the send's own deadline (timeout_s) is the attempt's, and its
+                # timeout says whose failure it is (the egress proxy's, dialled too long).
+                waiting = False
+                outcome = await send(token)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    token = await self.tokens.get(spec, self._fetch)
+                    waiting = False
+                    outcome = await send(token)
+            if outcome.status == _UNAUTHORIZED:
+                self.tokens.invalidate(spec, token)
+                waiting = True
+                async with asyncio.timeout_at(deadline):  # what is left of the one deadline
+                    token = await self.tokens.get(spec, self._fetch)
+                    waiting = False
+                    outcome = await send(token)
         except TimeoutError:
-            error = self._timeout_error
-            if stage.waiting:
-                error += f" waiting for an OAuth2 token from {redact_url(spec.token_url)}"
-            return Outcome(None, error, _ms_since(started), None, timed_out=True)
+            error, blame = self._timeout_error, None
+            if waiting:
+                # The token request ends on its own deadline too, moments later when this
+                # attempt started it: if the egress proxy failed it, the failure is the
+                # proxy's (its text and blame), not the endpoint's.
+                failure = await self.tokens.failure(spec, VERDICT_WAIT_S)
+                if failure is not None and failure.blame is not None:
+                    error, blame = failure.error, failure.blame
+                else:
+                    error += f" waiting for an OAuth2 token from {redact_url(spec.token_url)}"
+            return Outcome(None, error, _ms_since(started), None, timed_out=True, blame=blame)
         except TokenFailure as failure:
             return Outcome(None, failure.error, _ms_since(started), None, blame=failure.blame)
         outcome.duration_ms = _ms_since(started)  # the whole attempt, token included
         return outcome
-
-    async def _authorized(
-        self,
-        spec: OAuthSpec,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        keep_body: int,
-        channel: Channel,
-        stage: _Stage,
-    ) -> Outcome:
-        # The webhook's own Authorization header, if any, gives way to the token.
-        plain = {name: value for name, value in headers.items() if name.lower() != "authorization"}
-        token = await self.tokens.get(spec, self._fetch)
-        stage.waiting = False
-        outcome = await self.inner.attempt(
-            url,
-            body,
-            {**plain, "authorization": f"Bearer {token}"},
-            keep_body=keep_body,
-            channel=channel,
-        )
-        if outcome.status != _UNAUTHORIZED:
-            return outcome
-        self.tokens.invalidate(spec, token)
-        stage.waiting = True
-        token = await self.tokens.get(spec, self._fetch)
-        stage.waiting = False
-        return await self.inner.attempt(
-            url,
-            body,
-            {**plain, "authorization": f"Bearer {token}"},
-            keep_body=keep_body,
-            channel=channel,
-        )
 
     async def _fetch(self, spec: OAuthSpec) -> Token:
         """One token request (RFC 6749 §4.4.2) through ``inner``; TokenFailure naming the token
@@ -328,23 +344,27 @@ class AuthorizingSender:
         form = {"grant_type": "client_credentials"}
         if spec.scope:
             form["scope"] = spec.scope
-        pair = f"{quote_plus(spec.client_id, safe='')}:{quote_plus(spec.client_secret, safe='')}"
+        secret = quote_plus(spec.client_secret, safe="")
+        pair = f"{quote_plus(spec.client_id, safe='')}:{secret}"
+        credentials = base64.b64encode(pair.encode()).decode("ascii")
         headers = {
             "content-type": "application/x-www-form-urlencoded",
             "accept": "application/json",
-            "authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii"),
+            "authorization": f"Basic {credentials}",
         }
         outcome = await self.inner.attempt(
             spec.token_url, urlencode(form).encode(), headers, keep_body=ANSWER_BYTES
         )
+        # what no error text may show, should the server echo it: longest first
+        hidden = sorted({spec.client_secret, secret, credentials} - {""}, key=len, reverse=True)
         try:
-            token = _token_of(outcome)
+            token = _token_of(outcome, hidden)
         except TokenFailure as failure:
             result = "failed" if outcome.status is None else "rejected"
             if outcome.delivered:
                 result = "malformed"
             self._count(result)
-            error = _redacted(failure.error, spec)
+            error = _hide(failure.error, hidden)
             text = f"OAuth2 token request to {redact_url(spec.token_url)} failed: {error}"
             log.warning(
                 "oauth.token_failed",
@@ -361,23 +381,23 @@ class AuthorizingSender:
             self._metrics.inc(TOKEN_REQUESTS_METRIC, result=result)
 
 
-@dataclass(slots=True)
-class _Stage:
-    waiting: bool = True  # for a token (else sending)
-
-
-def _token_of(outcome: Outcome) -> Token:
-    """The token of a token answer; TokenFailure saying what is wrong, quoting no token."""
+def _token_of(outcome: Outcome, hidden: Sequence[str] = ()) -> Token:
+    """The token of a token answer; TokenFailure saying what is wrong, quoting no token, and
+    none of ``hidden`` (taken out of the server's words before they are cut short)."""
     if outcome.status is None:
         raise TokenFailure(outcome.error or "no answer")
     answer = _json_object(outcome.body)
     if not outcome.delivered:
         code = None if answer is None else answer.get("error")
         if answer is not None and isinstance(code, str):
-            said = _clean(code)
+            said = _clean(code, hidden)
             detail = answer.get("error_description")
             if isinstance(detail, str) and detail.strip():
-                said += f" ({_clean(detail)})"
+                said += f" ({_clean(detail, hidden)})"
+            raise TokenFailure(f"HTTP {outcome.status}: {said}")
+        if any(text.encode() in outcome.body for text in hidden):
+            # the sender's snippet of the body may have cut an echoed secret short
+            said = _clean(outcome.body.decode(errors="replace"), hidden)
             raise TokenFailure(f"HTTP {outcome.status}: {said}")
         raise TokenFailure(outcome.error or f"HTTP {outcome.status}")
     where = f"HTTP {outcome.status} answer"
@@ -419,16 +439,16 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def _clean(text: str) -> str:
-    """Server-given text fit for an error line: one line, at most SNIPPET_CHARS."""
-    return " ".join(text.split())[:SNIPPET_CHARS]
+def _clean(text: str, hidden: Sequence[str] = ()) -> str:
+    """Server-given text fit for an error line: without ``hidden``, one line, at most
+    SNIPPET_CHARS."""
+    return " ".join(_hide(text, hidden).split())[:SNIPPET_CHARS]
 
 
-def _redacted(text: str, spec: OAuthSpec) -> str:
-    """``text`` without the client secret, should the server have echoed it."""
-    for secret in {spec.client_secret, quote_plus(spec.client_secret, safe="")}:
-        if secret:
-            text = text.replace(secret, "***")
+def _hide(text: str, hidden: Sequence[str]) -> str:
+    """``text`` with each of ``hidden`` (the client secret, should a server echo it) as ***."""
+    for secret in hidden:
+        text = text.replace(secret, "***")
     return text
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import TracebackType
 
-__all__ = ["ConnectProxy"]
+__all__ = ["ConnectProxy", "unaccepting_port"]
 
 _HEAD_LIMIT = 65536
 
@@ -200,6 +202,28 @@ class ConnectProxy:
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + answer_body)
         await writer.drain()
         return upstream
+
+
+@contextlib.contextmanager
+def unaccepting_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose accept queue is full: a connection to it gets no answer to its
+    handshake (a proxy too busy to accept), until the block ends."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # fill the accept queue: further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]] | None:

@@ -10,18 +10,21 @@ import os
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote_plus
 
 import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from dispatcher import Client, EncryptionKeyMissing, InvalidField, shapes
+from dispatcher.config import SecurityConfig
 from dispatcher.crypto import Keyring, key_id
 from dispatcher.model import MASK, Webhook
 from dispatcher.queue.keys import Keys
 from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
 from tests.pki import Authority
 from tests.target import Reply, Target
+from tests.token_server import CLIENT_ID, CLIENT_SECRET, BearerTarget, TokenServer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -326,6 +329,42 @@ async def test_answers_mask_header_values_and_a_patch_round_trip_keeps_them(
             await stop_daemons(daemon)
     assert target.received[0].headers["Authorization"] == HEADER_VALUE
     assert target.received[0].headers["X-Env"] == "prod"
+
+
+async def test_redis_holds_no_oauth_client_secret_with_a_key(
+    redis_url: str, prefix: str, redis: aioredis.Redis
+) -> None:
+    """With a key, no key of the prefix holds a webhook's OAuth2 client secret (nor its base64,
+    nor the Basic credentials made of it) while its client id is there in the clear, and a
+    keyed test send still fetches a token with the real secret."""
+    _, key = _key()
+    async with (
+        TokenServer() as tokens,
+        BearerTarget(tokens) as target,
+        Client.from_url(
+            redis_url,
+            prefix,
+            encryption_keys=[key],
+            security=SecurityConfig(allow_private_targets=True),
+        ) as client,
+    ):
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": tokens.url,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        }
+        hook = await client.create_webhook("acme", target.url(), auth=auth)
+        await client.update_webhook(hook["id"], auth={**auth, "client_secret": MASK})
+        verdict = await client.test_webhook(hook["id"])
+    assert verdict["delivered"] is True
+    assert (tokens.requests, tokens.refusals) == (1, [])
+    encoded = quote_plus(CLIENT_SECRET, safe="")
+    pair = f"{quote_plus(CLIENT_ID, safe='')}:{encoded}".encode()  # RFC 6749 §2.3.1
+    secret = CLIENT_SECRET.encode()
+    needles = [secret, base64.b64encode(secret), encoded.encode(), base64.b64encode(pair)]
+    control = CLIENT_ID.encode()  # kept in the clear: the search does read the auth
+    assert await _redis_holds(redis, prefix, [*needles, control]) == {control}
 
 
 async def test_a_client_without_the_key_cannot_write_secrets(

@@ -4,11 +4,14 @@ after a 401, token failures that name the token server, never a secret in an ans
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
 
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -24,20 +27,28 @@ from dispatcher.oauth import (
     Token,
     TokenCache,
 )
+from dispatcher.proxy import BLAME
+from dispatcher.queue.keys import Keys
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import eventually
-from tests.proxy import ConnectProxy
+from tests.proxy import ConnectProxy, unaccepting_port
 from tests.token_server import CLIENT_ID, CLIENT_SECRET, BearerTarget, Fail, Hang, TokenServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    import redis.asyncio as aioredis
 
     from dispatcher.sender import Outcome
     from tests.conftest import WorkerHarness
     from tests.helpers import MakeSender
 
 LOCAL = AddressPolicy(allow_private=True)
+#: The Basic credentials of CLIENT_ID and CLIENT_SECRET (RFC 6749 §2.3.1), as sent.
+BASIC_CREDENTIALS = base64.b64encode(
+    f"{quote_plus(CLIENT_ID, safe='')}:{quote_plus(CLIENT_SECRET, safe='')}".encode()
+)
 
 
 class Clock:
@@ -83,8 +94,10 @@ async def authorizing(
     timeout_s: float = 2.0,
     metrics: Metrics | None = None,
     proxy_url: str | None = None,
+    cache: TokenCache | None = None,
 ) -> AsyncIterator[AuthorizingSender]:
-    """The daemon's sender: ``make_sender`` wrapped for OAuth2, tokens kept on ``clock``."""
+    """The daemon's sender: ``make_sender`` wrapped for OAuth2, tokens kept on ``clock`` (or
+    in ``cache``)."""
     inner = make_sender(
         timeout_s=timeout_s,
         concurrency=32,
@@ -92,7 +105,8 @@ async def authorizing(
         user_agent="dispatcher/test",
         proxy_url=proxy_url,
     )
-    cache = TokenCache() if clock is None else TokenCache(now=clock)
+    if cache is None:
+        cache = TokenCache() if clock is None else TokenCache(now=clock)
     async with AuthorizingSender(inner, cache, timeout_s=timeout_s, metrics=metrics) as sender:
         yield sender
 
@@ -282,6 +296,47 @@ async def test_the_token_request_goes_through_the_egress_proxy(
     assert bearer.received[0].headers.getall("authorization") == ["Bearer tok-1"]
 
 
+async def test_a_deadline_dialling_the_proxy_with_a_kept_token_is_the_proxys(
+    make_sender: MakeSender, tokens: TokenServer, bearer: BearerTarget
+) -> None:
+    """With a token kept, an attempt whose deadline runs out while the egress proxy does not
+    accept is the proxy's failure (its text, blame "proxy"), as without OAuth2, so the
+    endpoint's breaker stays closed."""
+    async with authorizing(make_sender) as direct:
+        await deliver(direct, bearer, oauth(tokens))  # the token is kept
+    with unaccepting_port() as port:
+        proxy_url = f"http://127.0.0.1:{port}"
+        async with authorizing(
+            make_sender, timeout_s=0.3, proxy_url=proxy_url, cache=direct.tokens
+        ) as sender:
+            [outcome] = await deliver(sender, bearer, oauth(tokens))
+    assert outcome.timed_out
+    assert (outcome.blame, outcome.error) == (
+        BLAME,
+        f"egress proxy 127.0.0.1:{port}: timed out after 0.3 s",
+    )
+    assert tokens.requests == 1
+    assert len(bearer.received) == 1
+
+
+async def test_a_token_request_dialling_the_proxy_too_long_is_the_proxys(
+    make_sender: MakeSender, tokens: TokenServer, bearer: BearerTarget
+) -> None:
+    """An attempt whose deadline runs out while its token request dials an egress proxy that
+    does not accept is the proxy's failure (blame "proxy"), as is the next one, so the
+    endpoint's breaker stays closed."""
+    with unaccepting_port() as port:
+        proxy_url = f"http://127.0.0.1:{port}"
+        async with authorizing(make_sender, timeout_s=0.3, proxy_url=proxy_url) as sender:
+            [first] = await deliver(sender, bearer, oauth(tokens))
+            [second] = await deliver(sender, bearer, oauth(tokens))
+    error = f"OAuth2 token request to {tokens.url} failed: egress proxy 127.0.0.1:{port}: "
+    assert (first.blame, first.error) == (BLAME, f"{error}timed out after 0.3 s")
+    assert first.timed_out
+    assert (second.blame, second.error) == (first.blame, first.error)
+    assert (tokens.requests, bearer.received) == (0, [])
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
@@ -327,23 +382,71 @@ async def test_an_echoed_client_secret_is_masked_in_the_error(
     assert CLIENT_SECRET not in repr(logs)
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Fail(
+            401, {"error": "invalid_client", "error_description": "x" * 190 + " " + CLIENT_SECRET}
+        ),
+        Fail(400, b"<pre>you sent Authorization: Basic " + BASIC_CREDENTIALS + b"</pre>"),
+    ],
+    ids=["secret-at-the-cut", "echoed-basic-credentials"],
+)
+async def test_no_part_of_an_echoed_secret_reaches_the_error(
+    tokens: TokenServer, bearer: BearerTarget, answer: Fail
+) -> None:
+    """A token server echoing the client secret where the error text is cut short, or the Basic
+    credentials made of it, leaves no part of either in the error or the log."""
+    tokens.script(answer)
+    with capture_logs() as logs:
+        async with authorizing(Sender) as sender:
+            [outcome] = await deliver(sender, bearer, oauth(tokens))
+    assert outcome.error is not None
+    assert "***" in outcome.error
+    for text in (outcome.error, repr(logs)):
+        assert CLIENT_SECRET[:4] not in text
+        assert BASIC_CREDENTIALS.decode()[:16] not in text
+
+
+class Issuer:
+    """A TokenCache fetch without a server: issues tok-1, tok-2, ... for an hour each."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    async def __call__(self, _spec: OAuthSpec) -> Token:
+        self.issued.append(f"tok-{len(self.issued) + 1}")
+        return Token(self.issued[-1], 3600)
+
+
+#: A webhook's credentials for the TokenCache alone (no request is made with them).
+SPEC = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
+
+
 async def test_a_late_401_for_a_replaced_token_keeps_the_new_one() -> None:
     """A 401 for a token already replaced (the answer came in after another attempt refreshed
     it) does not throw the new token away."""
-    issued: list[str] = []
+    fetch, cache = Issuer(), TokenCache()
+    assert await cache.get(SPEC, fetch) == "tok-1"
+    cache.invalidate(SPEC, "tok-1")
+    assert await cache.get(SPEC, fetch) == "tok-2"
+    cache.invalidate(SPEC, "tok-1")  # late
+    assert await cache.get(SPEC, fetch) == "tok-2"
+    assert fetch.issued == ["tok-1", "tok-2"]
 
-    async def fetch(spec: OAuthSpec) -> Token:
-        issued.append(f"tok-{len(issued) + 1}")
-        return Token(issued[-1], 3600)
 
-    cache = TokenCache()
-    spec = OAuthSpec("wh_1:k", "https://tokens.example.com/", "id", "secret")
-    assert await cache.get(spec, fetch) == "tok-1"
-    cache.invalidate(spec, "tok-1")
-    assert await cache.get(spec, fetch) == "tok-2"
-    cache.invalidate(spec, "tok-1")  # late
-    assert await cache.get(spec, fetch) == "tok-2"
-    assert issued == ["tok-1", "tok-2"]
+async def test_a_fetch_cancelled_before_it_ran_is_not_left_under_way() -> None:
+    """A token fetch cancelled by ``close`` before it ever ran is not kept as the webhook's
+    fetch under way: the next ``get`` fetches anew instead of raising CancelledError (which
+    would end the delivery lane that asked)."""
+    fetch, cache = Issuer(), TokenCache()
+    waiting = asyncio.create_task(cache.get(SPEC, fetch))
+    await asyncio.sleep(0)  # it starts the fetch, which has not run yet
+    await cache.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await cache.get(SPEC, fetch) == "tok-1"
+    assert fetch.issued == ["tok-1"]
 
 
 def auth_of(tokens: TokenServer, **changes: Any) -> dict[str, Any]:
@@ -437,6 +540,32 @@ async def test_a_worker_delivers_with_the_webhooks_token(
     text = repr(logs)
     assert CLIENT_SECRET not in text
     assert "tok-" not in text
+
+
+async def test_an_auth_this_release_does_not_know_fails_its_attempts(
+    workers: WorkerHarness,
+    client: Client,
+    redis: aioredis.Redis,
+    prefix: str,
+    tokens: TokenServer,
+    bearer: BearerTarget,
+) -> None:
+    """A stored auth of a type this release does not know (a newer release wrote it during an
+    upgrade) fails each attempt with a text saying so, until the job is dead: no crash into a
+    reclaim loop, and never taken for client credentials."""
+    await workers.start(tokens=TokenCache(), max_attempts=1)
+    hook = await client.create_webhook("acme", bearer.url(), auth=auth_of(tokens))
+    record = orjson.loads(await redis.hget(Keys(prefix).webhooks, hook["id"]) or b"{}")
+    record["auth"]["type"] = "oauth2_jwt_bearer"
+    await redis.hset(Keys(prefix).webhooks, hook["id"], orjson.dumps(record))
+    published = await client.publish("acme", "order.created", {"n": 1})
+    job_id = published["jobs"][0]["id"]
+    await eventually(lambda: in_state(client, job_id, "dead"), what="the job dead")
+    job = await client.get_job(job_id)
+    assert job is not None
+    error = "the webhook's auth type 'oauth2_jwt_bearer' is not known here"
+    assert [a["error"] for a in job["attempts"]] == [error]
+    assert (tokens.requests, bearer.received) == (0, [])
 
 
 async def in_state(client: Client, job_id: str, state: str) -> bool:

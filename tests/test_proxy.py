@@ -4,9 +4,7 @@ proxy itself is the proxy's (its text, ``blame``), leaving the endpoint's breake
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -20,7 +18,7 @@ from dispatcher.proxy import BLAME, FAILURES_METRIC
 from dispatcher.ssrf import AddressPolicy
 from tests.helpers import Daemon, daemon_env, eventually, free_port, log_events, stop_daemons
 from tests.pki import Authority, server_context
-from tests.proxy import ConnectProxy
+from tests.proxy import ConnectProxy, unaccepting_port
 from tests.target import Target
 
 if TYPE_CHECKING:
@@ -199,25 +197,9 @@ async def test_a_deadline_dialling_the_proxy_is_the_proxys(
 ) -> None:
     """The deadline running out while the TCP connection to the proxy is not yet made (its
     accept queue is full, so the handshake gets no answer) is the proxy's failure."""
-    with socket.socket() as full:
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        port = full.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(4):  # fill the accept queue: further SYNs are dropped
-                filler = socket.socket()
-                filler.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    filler.connect(("127.0.0.1", port))
-                fillers.append(filler)
-            async with _sender(
-                make_sender, f"http://127.0.0.1:{port}", ca, timeout_s=0.3
-            ) as sender:
-                outcome = await _post(sender, _by_name(https_target))
-        finally:
-            for filler in fillers:
-                filler.close()
+    with unaccepting_port() as port:
+        async with _sender(make_sender, f"http://127.0.0.1:{port}", ca, timeout_s=0.3) as sender:
+            outcome = await _post(sender, _by_name(https_target))
     assert outcome.timed_out
     assert outcome.blame == BLAME
     assert outcome.error == f"egress proxy 127.0.0.1:{port}: timed out after 0.3 s"
