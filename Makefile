@@ -8,17 +8,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults test-model soak stress-fifo lint bench bench-quick bench-shards bench-deps redis-server systemd-analyze clean
+.PHONY: run test test-fast test-faults test-model soak stress-fifo lint bench bench-quick bench-shards bench-deps redis-server chromium systemd-analyze screenshots clean
 
 # The daemon for trying it out: an admin token in var/admin.token (unless DISPATCHER_ADMIN_TOKEN
 # is set) and targets on this machine allowed; see scripts/run-dev.
 run: $(STAMP) redis-server
 	BIN=$(BIN) CONFIG=$(CONFIG) $(BIN)/python scripts/run-dev
 
-test: $(STAMP) redis-server systemd-analyze lint
+test: $(STAMP) redis-server chromium systemd-analyze lint
 	$(BIN)/pytest
 
-test-fast: $(STAMP) redis-server systemd-analyze
+test-fast: $(STAMP) redis-server chromium systemd-analyze
 	$(BIN)/pytest -m "not slow"
 
 # The fault suite at full length (make test runs it short): prints the accounting table and
@@ -39,6 +39,11 @@ soak: $(STAMP) redis-server
 # (FIFO_EVENTS events); not part of CI: see tests/test_fifo_sigstop.py for its known window.
 stress-fifo: $(STAMP) redis-server
 	FAULTS_SOAK=1 $(BIN)/pytest tests/test_fifo_sigstop.py -m soak
+
+# The README's panel screenshots, docs/panel/*.png, from a seeded demo (a daemon on its own
+# redis-server and a local target); not part of make test.
+screenshots: $(STAMP) redis-server chromium
+	$(BIN)/python scripts/screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests
@@ -81,6 +86,22 @@ redis-server:
 	  else \
 	    echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server)"; \
 	    echo "or point the tests at a running Redis with REDIS_URL=redis://host:6379/0"; \
+	    exit 1; \
+	  fi; }
+
+# Chromium and its driver (one Debian source package, so their versions match) run the panel's
+# browser tests (tests/ui) and make its screenshots; installed only when we may (root), without
+# the recommended packages (those would pull in and upgrade systemd and perl).
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver from the Debian packages"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }) \
+	      || { echo "apt-get could not install chromium chromium-driver"; exit 1; }; \
+	  else \
+	    echo "chromium or chromedriver is missing: install them (Debian: sudo apt-get install --no-install-recommends chromium chromium-driver)"; \
 	    exit 1; \
 	  fi; }
 

@@ -462,11 +462,15 @@ async def seed_dead_jobs(
     payload: bytes = b'{"n":1}',
     *,
     entry_ids: list[str] | None = None,
+    hook: shapes.Webhook | shapes.WebhookWithSecret | None = None,
 ) -> list[str]:
     """``n`` dead jobs of one live webhook, written as settle.lua writes them (record with
     ``d``, then the DLQ entry), much faster than failing them one by one; ``entry_ids``
-    chooses their DLQ entry ids (so their dead-letter times)."""
-    hook = await client.create_webhook("acme", "https://hooks.example.com/x")
+    chooses their DLQ entry ids (so their dead-letter times). The webhook is ``hook`` (say one
+    on a local target, so a replay stays on this machine), else a new one of tenant ``acme``
+    on https://hooks.example.com/x."""
+    if hook is None:
+        hook = await client.create_webhook("acme", "https://hooks.example.com/x")
     keys = Keys(prefix)
     _event_id, job_prefix = new_event_ids()
     now_ms = client.store.clock.now_ms()
@@ -482,7 +486,7 @@ async def seed_dead_jobs(
             job = Job(
                 id=job_id,
                 webhook_id=hook["id"],
-                tenant_id="acme",
+                tenant_id=hook["tenant_id"],
                 event_type="e",
                 stream="default",
                 event_id="",
