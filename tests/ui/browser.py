@@ -96,9 +96,12 @@ class Page:
 
     # --- waiting --------------------------------------------------------------------------
 
-    def wait(self, check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    def wait(
+        self, check: Callable[[], Any], what: str | Callable[[], str], timeout_s: float = WAIT_S
+    ) -> Any:
         """Poll ``check`` until it returns something truthy (that value); elements that were
-        replaced by a re-render while being read count as not yet."""
+        replaced by a re-render while being read count as not yet. ``what`` names the wait
+        in a failure's message (a callable: a message made then, say with the last values)."""
 
         def once(_driver: Any) -> Any:
             try:
@@ -109,7 +112,8 @@ class Page:
         try:
             return WebDriverWait(self.driver, timeout_s, poll_frequency=0.05).until(once)
         except TimeoutException:
-            raise AssertionError(f"{what} not seen within {timeout_s} s; {self.where()}") from None
+            said = what if isinstance(what, str) else what()
+            raise AssertionError(f"{said} not seen within {timeout_s} s; {self.where()}") from None
 
     def wait_for(self, css: str, *, what: str = "") -> WebElement:
         """The displayed element of ``css``, once there is one."""

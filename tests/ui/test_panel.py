@@ -113,14 +113,17 @@ def test_the_tiles_and_charts_show_what_v1_status_and_v1_stats_answer(
     seeded minute's counts, and the workers table lists the daemon's worker."""
     page.login()
 
+    last: dict[str, Any] = {}
+
     def tiles_match() -> dict[str, Any] | None:
         status = panel.api("GET", "/v1/status")
-        expected = {name: status[name] for name in TILES}
-        expected["failed_recent"] = status["failed_recent"]["count"]
-        shown = {name: shown_value(page, f'[data-tile="{name}"]') for name in TILES}
-        return status if all(same(shown[n], expected[n]) for n in TILES) else None
+        last["api"] = {name: status[name] for name in TILES}
+        last["api"]["failed_recent"] = status["failed_recent"]["count"]
+        last["shown"] = {name: shown_value(page, f'[data-tile="{name}"]') for name in TILES}
+        matched = all(same(last["shown"][n], last["api"][n]) for n in TILES)
+        return status if matched else None
 
-    status = page.wait(tiles_match, "tiles equal to /v1/status")
+    status = page.wait(tiles_match, lambda: f"tiles equal to /v1/status (last: {last})")
     seeded = panel.seeded.seeded_minute_ms
     for chart in CHARTS:
         bars = page.wait(partial(hour_of_bars, page, chart), f"60 bars in the {chart} chart")
