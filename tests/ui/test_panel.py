@@ -14,6 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.ui.demo import HOSTILE, RETENTION_S, SEEDED_COUNTS
@@ -206,7 +207,7 @@ def test_a_dead_job_is_inspected_and_replayed_then_old_entries_purged_after_conf
     page.wait(lambda: not page.finds("dialog#purge-dialog[open]"), "the dialog closed")
     assert panel.api("GET", "/v1/status")["dlq_size"] == size
 
-    _purge_dialog(page, panel)
+    assert _purge_dialog(page, panel)["would_purge"] == 3, "Cancel deleted nothing"
     page.find("button#purge-confirm").click()
     page.wait(lambda: said(page, "3 purged", "purged 3"), "the toast: 3 purged")
     assert panel.api("GET", "/v1/status")["dlq_size"] == size - 3
@@ -248,7 +249,7 @@ def test_a_job_shows_its_attempt_timeline_and_next_retry(page: Page, panel: Pane
         assert attempt["status"] == 500
         assert same(item.get_attribute("data-status"), 500)
         assert same(item.get_attribute("data-duration-ms"), attempt["duration_ms"])
-        assert "boom" in item.find_element("css selector", ".error").text
+        assert "boom" in item.find_element(By.CSS_SELECTOR, ".error").text
 
     scheduled = panel.seeded.scheduled_job
     page.go(f"#/jobs/{scheduled}", "job")
