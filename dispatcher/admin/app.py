@@ -21,6 +21,7 @@ from dispatcher.admin import (
     events,
     jobs,
     operations,
+    panel,
     probes,
     queues,
     status,
@@ -167,12 +168,16 @@ def create_app(deps: Deps) -> web.Application:
     app[LIVENESS] = deps.liveness or Liveness()
     app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
     operations.install(app)  # drives large DLQ replays and purges in the background
+    panel.install(app)  # the operator panel's files, read once
     app.add_routes(
         [
             web.get("/healthz", probes.healthz, allow_head=False),
             web.get("/readyz", probes.readyz, allow_head=False),
             web.get("/metrics", probes.metrics, allow_head=False),
             web.get("/openapi.json", probes.openapi, allow_head=False),
+            web.get("/ui", panel.redirect, allow_head=False),
+            web.get("/ui/", panel.asset, allow_head=False),
+            web.get("/ui/{name}", panel.asset, allow_head=False),
             web.post("/v1/webhooks", webhooks.create),
             web.get("/v1/webhooks", webhooks.list_, allow_head=False),
             web.get("/v1/webhooks/{id}", webhooks.get, allow_head=False),
