@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
@@ -62,7 +63,7 @@ class Asset:
             gzipped=gzip.compress(body, 9, mtime=0),
             etag=f'"{digest}"',
             gzip_etag=f'"{digest}-gz"',
-            content_type=CONTENT_TYPES[name[name.rindex(".") :]],
+            content_type=CONTENT_TYPES[posixpath.splitext(name)[1]],
         )
 
 
@@ -75,7 +76,7 @@ def load() -> dict[str, Asset]:
     return {
         item.name: Asset.of(item.name, item.read_bytes())
         for item in folder.iterdir()
-        if item.is_file() and "." in item.name and item.name[item.name.rindex(".") :] in CONTENT_TYPES
+        if item.is_file() and posixpath.splitext(item.name)[1] in CONTENT_TYPES
     }
 
 

@@ -135,7 +135,8 @@ async function loadStats(parts) {
     stats = await call("GET", "stats?window=1h");
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) throw err;
-    clear(parts.charts).append(el("p", { class: "muted" }, "Charts not available from this daemon (" + err.message + ")."));
+    const why = err.status === 404 ? "this daemon has no GET /v1/stats" : err.message;
+    clear(parts.charts).append(el("p", { class: "muted" }, `Charts not available (${why}).`));
     return;
   }
   const series = stats.series ?? [];
