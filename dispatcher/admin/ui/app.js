@@ -96,11 +96,9 @@ async function logIn(event) {
   try {
     await check(token);
   } catch (err) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    const refused = err instanceof ApiError && err.status === 401;
-    $("login-error").textContent = refused ? REFUSED : "the daemon did not answer: " + err.message;
-    input.select();
-    return;
+    // /v1 checks the token before the handler runs: a 503 redis_unavailable has passed it, and
+    // an outage is when the panel is wanted most (the dashboard says what is wrong).
+    if (!(err instanceof ApiError && err.code === "redis_unavailable")) return refuse(err);
   } finally {
     button.disabled = false;
   }
@@ -110,6 +108,14 @@ async function logIn(event) {
   $("bar").hidden = false;
   root.hidden = false;
   show();
+}
+
+function refuse(err) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  const status = err instanceof ApiError ? err.status : 0;
+  if (status === 401) $("login-error").textContent = REFUSED;
+  else $("login-error").textContent = status ? `the daemon answered ${status}: ${err.message}` : err.message;
+  $("token").select();
 }
 
 function start() {

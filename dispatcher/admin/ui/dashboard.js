@@ -64,9 +64,12 @@ export async function render(root) {
     workers: table("workers", ["worker", "host", "pid", "queues", "in flight", "started", "last seen"]),
     breakers: table("breakers", ["webhook", "state", "failing since", "retry at", "last error"]),
     breakerCounts: el("p", { class: "muted" }),
+    problem: el("p", { class: "error", role: "alert", hidden: true }),
+    updated: el("p", { class: "muted updated" }),
   };
   root.append(
     el("h1", { class: "sr-only" }, "Dashboard"),
+    parts.problem,
     parts.tiles,
     section("charts", "Last hour, per minute", parts.charts),
     el(
@@ -77,10 +80,13 @@ export async function render(root) {
     ),
     section("workers", "Workers", parts.workers),
     section("breakers", "Breakers open or half-open", parts.breakerCounts, parts.breakers),
+    parts.updated,
   );
-  const mine = { timers: [], busy: new Set(), stopped: false };
+  const mine = { timers: [], busy: new Set(), stopped: false, parts };
   poll = mine;
-  await Promise.all([loadStatus(parts), loadStats(parts)]);
+  // A first status that fails (Redis down: 503) is shown, and polling goes on: the page
+  // recovers by itself when the daemon does. A 401 goes back to the login (app.js).
+  await Promise.all([loadStatus(parts).catch((err) => showProblem(parts, err)), loadStats(parts)]);
   if (mine.stopped) return;
   every(mine, STATUS_EVERY_MS, "status", () => loadStatus(parts));
   every(mine, STATS_EVERY_MS, "stats", () => loadStats(parts));
@@ -105,6 +111,7 @@ function every(mine, ms, name, load) {
         await load();
       } catch (err) {
         if (err instanceof ApiError && err.status === 401) return;
+        if (name === "status") showProblem(mine.parts, err);
       } finally {
         mine.busy.delete(name);
       }
@@ -114,8 +121,20 @@ function every(mine, ms, name, load) {
   mine.timers.push(setTimeout(tick, ms));
 }
 
+function showProblem(parts, err) {
+  if (err instanceof ApiError && err.status === 401) throw err;
+  const at = parts.updated.dataset.at;
+  const why = err.message.replace(/\.+$/, "");
+  parts.problem.textContent = `The status could not be read (${why}); trying again every ${STATUS_EVERY_MS / 1000} s.${at ? ` The values shown are from ${at}.` : ""}`;
+  parts.problem.hidden = false;
+}
+
 async function loadStatus(parts) {
   const status = await call("GET", "status");
+  parts.problem.hidden = true;
+  const at = new Date().toISOString().slice(11, 19) + " UTC";
+  parts.updated.dataset.at = at;
+  parts.updated.textContent = `Updated ${at}; every ${STATUS_EVERY_MS / 1000} s while this tab is shown.`;
   const tiles = parts.tiles;
   for (const name of ["queued", "active", "scheduled", "dlq_size"]) {
     setTile(tiles, name, status[name], Number(status[name]).toLocaleString("en"));
