@@ -10,11 +10,14 @@ answer, rather than in a middleware the /v1 hot path would pay for.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from types import MappingProxyType
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -67,17 +70,21 @@ class Asset:
         )
 
 
-PANEL: Final = web.AppKey("panel", dict[str, Asset])
+PANEL: Final = web.AppKey("panel", Mapping[str, Asset])
 
 
-def load() -> dict[str, Asset]:
-    """Every file of ``dispatcher/admin/ui`` (a flat folder) whose type the table knows."""
+@functools.cache
+def load() -> Mapping[str, Asset]:
+    """Every file of ``dispatcher/admin/ui`` (a flat folder) whose type the table knows, read
+    and gzipped once per process (package data does not change under a running process)."""
     folder = resources.files("dispatcher.admin") / "ui"
-    return {
-        item.name: Asset.of(item.name, item.read_bytes())
-        for item in folder.iterdir()
-        if item.is_file() and posixpath.splitext(item.name)[1] in CONTENT_TYPES
-    }
+    return MappingProxyType(
+        {
+            item.name: Asset.of(item.name, item.read_bytes())
+            for item in folder.iterdir()
+            if item.is_file() and posixpath.splitext(item.name)[1] in CONTENT_TYPES
+        }
+    )
 
 
 def install(app: web.Application) -> None:

@@ -75,5 +75,5 @@ export function toast(text) {
   box.textContent = text;
   box.classList.add("show");
   clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => box.classList.remove("show"), 6000);
+  toastTimer = setTimeout(() => box.classList.remove("show"), 8000);
 }
