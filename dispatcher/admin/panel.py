@@ -1,7 +1,7 @@
 """The operator panel's files at ``/ui/``: read once from package data, served from memory.
 
 The panel is a static page and a client of ``/v1`` like any other: it sends the bearer token
-itself, so these routes need none. Each file is read once when the app is made, gzipped once
+itself, so these routes need none. Each file is read once per process, gzipped once
 (``mtime=0``, so the bytes and their ETag are the same every start) and answered from a dict:
 a name not in the dict is a 404, whatever dots or slashes it holds, and the files work from a
 wheel or a zip as well as from a checkout. The security headers are set here, on every /ui
