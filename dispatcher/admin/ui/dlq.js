@@ -195,18 +195,19 @@ export async function render(root, params) {
     return scr.busy(load);
   }));
 
-  async function load() {
+  const load = scr.latest(async (fresh) => {
     let page;
     try {
       page = await call("GET", "dlq" + qs({ limit: PAGE, cursor, ...filter }));
     } catch (err) {
+      if (!fresh()) return;
       clear(tbody);
       note.textContent = problem(err);
       next.disabled = true;
       prev.disabled = stack.length === 0;
       return;
     }
-    if (!scr.alive) return;
+    if (!fresh()) return;
     memory = { key: keyOf(filter), stack, cursor };
     here();
     selected.clear();
@@ -223,7 +224,7 @@ export async function render(root, params) {
     next.dataset.cursor = page.next_cursor || "";
     pageLabel.textContent = `Page ${stack.length + 1}`;
     updateSelection();
-  }
+  });
 
   function row(item) {
     const id = item.id;
@@ -241,9 +242,7 @@ export async function render(root, params) {
       { "data-job": id ?? "", "data-dlq-id": item.dlq_id ?? null },
       h("td", { class: "check" }, box),
       h("td", {}, opener),
-      item.webhook_id
-        ? h("td", { class: "mono", "data-field": "webhook_id", "data-value": item.webhook_id }, h("a", { href: "#/webhooks/" + enc(item.webhook_id) }, item.webhook_id))
-        : shown("td", "webhook_id", null),
+      shown("td", "webhook_id", item.webhook_id ?? null, undefined, { class: "mono" }),
       shown("td", "tenant_id", item.tenant_id ?? null),
       shown("td", "event_type", item.event_type ?? null),
       shown("td", "reason", item.reason ?? null),
@@ -269,7 +268,7 @@ export async function render(root, params) {
       try {
         job = await call("GET", `dlq/${enc(id)}`);
       } catch (err) {
-        fillInspector(id, null, problem(err));
+        if (scr.alive && inspected === id) fillInspector(id, null, problem(err));
         return;
       }
       if (scr.alive && inspected === id) fillInspector(id, job, null);
@@ -482,7 +481,7 @@ export async function render(root, params) {
   }
 
   await scr.busy(load);
-  const job = params.get("job");
+  const job = params.get("job") || params.get("id"); // #/dlq?job=<id> or #/dlq/<id>
   if (job) await openInspector(job);
 }
 

@@ -92,12 +92,24 @@ export class Screen {
   }
 
   async busy(fn) {
+    this.pending = (this.pending || 0) + 1;
     if (this.alive) this.root.dataset.ready = "false";
     try {
       return await fn();
     } finally {
-      if (this.alive) this.root.dataset.ready = "true";
+      this.pending -= 1;
+      if (this.alive && this.pending === 0) this.root.dataset.ready = "true";
     }
+  }
+
+  /** A loader whose answer is shown only if no later call of it started meanwhile:
+   * `fresh()` tells the running call whether it is still the latest. */
+  latest(load) {
+    let count = 0;
+    return () => {
+      const mine = ++count;
+      return load(() => mine === count && this.alive);
+    };
   }
 
   /** Record where the view is in the address bar without a re-render (no hashchange). */
@@ -110,7 +122,9 @@ export class Screen {
     return (ev) => {
       Promise.resolve()
         .then(() => fn(ev))
-        .catch((err) => toast(problem(err)));
+        .catch((err) => {
+          if (!(err instanceof ApiError && err.status === 401)) toast(problem(err)); // 401: the login shows
+        });
     };
   }
 }
@@ -215,19 +229,20 @@ async function renderList(root, params, scr) {
 
   root.append(h("h1", {}, "Webhooks"), form, note, results, pager);
 
-  async function load() {
+  const load = scr.latest(async (fresh) => {
     // With a tenant: all of its webhooks in one answer (no limit/cursor, as before paging).
     const path = tenant ? "webhooks" + qs({ tenant_id: tenant }) : "webhooks" + qs({ limit: PAGE, cursor });
     let page;
     try {
       page = await call("GET", path);
     } catch (err) {
+      if (!fresh()) return;
       clear(results);
       note.textContent = problem(err);
       pager.hidden = true;
       return;
     }
-    if (!scr.alive) return;
+    if (!fresh()) return;
     const items = page.items || [];
     const nextCursor = tenant ? null : page.next_cursor || null;
     memory = { key: tenant, stack, cursor };
@@ -241,7 +256,7 @@ async function renderList(root, params, scr) {
     prev.disabled = stack.length === 0;
     next.disabled = !nextCursor;
     next.dataset.cursor = nextCursor || "";
-  }
+  });
 
   function table(items) {
     const byTenant = new Map();
@@ -303,20 +318,26 @@ async function renderDetail(root, id, scr) {
   }
   if (!scr.alive) return;
 
-  const facts = h("dl", { class: "facts", id: "webhook" });
+  const state = h("dl", { class: "facts", id: "webhook-state" });
+  const settings = h("dl", { class: "facts", id: "webhook-settings" });
   const actions = h("div", { class: "toolbar" });
   const fillHook = (w) => {
     hook = w;
-    clear(facts);
     const breaker = w.breaker || null;
-    const pairs = [
+    const fill = (dl, pairs) => {
+      clear(dl);
+      for (const [term, value] of pairs) dl.append(h("dt", {}, term), h("dd", {}, value));
+    };
+    fill(state, [
+      ["State", h("span", { class: "states" }, ...hookStates(w))],
       ["Tenant", shown("span", "tenant_id", w.tenant_id, undefined, { class: "mono" })],
       ["URL", shown("span", "url", w.url, undefined, { class: "mono wrap" })],
-      ["State", h("span", { class: "states" }, ...hookStates(w))],
       ["Disabled because", shown("span", "disabled_reason", w.disabled_reason ?? null)],
       ["Failing since", shown("span", "failing_since", w.failing_since ?? null, w.failing_since ? fmtWhen(w.failing_since) : "—")],
       ["Breaker retries at", shown("span", "breaker_retry_at", breaker ? breaker.retry_at ?? null : null, breaker && breaker.retry_at ? fmtWhen(breaker.retry_at) : "—")],
       ["Breaker's last error", shown("span", "breaker_last_error", breaker ? breaker.last_error ?? null : null, undefined, { class: "wrap" })],
+    ]);
+    fill(settings, [
       ["Event types", shown("span", "event_types", w.event_types, (w.event_types || []).join(", "))],
       ["Queue", shown("span", "queue", w.queue)],
       ["Ordering", shown("span", "ordering", w.ordering ?? null)],
@@ -326,8 +347,7 @@ async function renderDetail(root, id, scr) {
       ["Description", shown("span", "description", w.description ?? null)],
       ["Created", shown("span", "created_at", w.created_at, fmtTime(w.created_at))],
       ["Updated", shown("span", "updated_at", w.updated_at, fmtTime(w.updated_at))],
-    ];
-    for (const [term, value] of pairs) facts.append(h("dt", {}, term), h("dd", {}, value));
+    ]);
     clear(actions);
     const paused = !!w.paused;
     actions.append(
@@ -488,7 +508,8 @@ async function renderDetail(root, id, scr) {
   }
 
   fillHook(hook);
-  root.append(actions, testResult, facts, stats, jobs);
+  const more = h("section", { "aria-labelledby": "settings-title" }, h("h2", { id: "settings-title" }, "Settings"), settings);
+  root.append(actions, testResult, state, stats, jobs, more);
   await Promise.all([fillStats(), fillJobs()]);
 }
 
