@@ -6,7 +6,7 @@
 
 import { call } from "./api.js";
 import { clear, fmtTime, toast } from "./dom.js";
-import { h, raw, shown, problem, qs, enc, fmtSpan, pill, Screen } from "./webhooks.js";
+import { h, raw, shown, problem, qs, enc, fmtSpan, pill, screens, Pager, readPage } from "./webhooks.js";
 
 const PAGE = 50;
 const PAYLOAD_CAP = 64 * 1024; // characters of pretty-printed payload shown before "Show all"
@@ -15,22 +15,23 @@ const FILTERS = ["webhook_id", "tenant_id", "reason", "since", "until"];
 // Why a job is dead (outcomes.py, taskrunner.py, the Lua scripts): suggestions, not a limit.
 const REASONS = ["max_attempts", "gone", "webhook_deleted", "webhook_disabled", "poison", "entry_missing", "malformed"];
 
-let screen = null;
-let memory = { key: null, stack: [], cursor: null }; // Previous's stack survives a re-render
+const life = screens();
+const memory = {}; // the list's Previous stack (Pager)
 
-export function stop() {
-  if (screen) screen.end();
-  screen = null;
-}
+export const stop = life.stop;
 
 export async function render(root, params) {
-  stop();
-  const scr = (screen = new Screen(root, "dlq"));
+  const scr = life.start(root, "dlq");
   const filter = {};
   for (const name of FILTERS) filter[name] = (params.get(name) || "").trim();
   const keyOf = (f) => JSON.stringify(FILTERS.map((n) => f[n]));
-  let cursor = params.get("cursor") || null;
-  let stack = memory.key === keyOf(filter) && memory.cursor === cursor ? memory.stack : cursor ? [null] : [];
+  const pager = new Pager(scr, memory, {
+    key: keyOf(filter),
+    cursor: params.get("cursor") || null,
+    ids: ["dlq-prev", "dlq-next"],
+    label: "Pages of the DLQ",
+    load: () => load(),
+  });
   let inspected = null; // the job id in the inspector
   const selected = new Set();
 
@@ -54,8 +55,7 @@ export async function render(root, params) {
   );
   const applyFilter = () => {
     for (const name of FILTERS) filter[name] = inputs[name].value.trim();
-    cursor = null;
-    stack = [];
+    pager.reset(keyOf(filter));
     closeInspector(false);
     return scr.busy(load);
   };
@@ -91,10 +91,6 @@ export async function render(root, params) {
     ),
     tbody,
   );
-  const prev = h("button", { type: "button", id: "dlq-prev" }, "← Previous");
-  const next = h("button", { type: "button", id: "dlq-next" }, "Next →");
-  const pageLabel = h("span", { class: "muted" });
-  const pager = h("nav", { class: "pager", "aria-label": "Pages of the DLQ" }, prev, pageLabel, next);
 
   // --- the inspector ---
   const inspectTitle = h("h2", { id: "inspect-title", tabindex: "-1" }, "Dead job");
@@ -157,14 +153,14 @@ export async function render(root, params) {
     operation,
     note,
     table,
-    pager,
+    pager.nav,
     inspect,
     purgeDialog,
     replayDialog,
   );
 
   // --- behaviour ---
-  const here = () => scr.at("/dlq", { ...filter, cursor, job: inspected });
+  const here = () => scr.at("/dlq", { ...filter, cursor: pager.cursor, job: inspected });
   const updateSelection = () => {
     const n = selected.size;
     replaySelected.disabled = n === 0;
@@ -184,31 +180,19 @@ export async function render(root, params) {
     updateSelection();
   });
 
-  prev.addEventListener("click", scr.act(() => {
-    cursor = stack.pop() ?? null;
-    return scr.busy(load);
-  }));
-  next.addEventListener("click", scr.act(() => {
-    if (!next.dataset.cursor) return undefined;
-    stack.push(cursor);
-    cursor = next.dataset.cursor;
-    return scr.busy(load);
-  }));
-
   const load = scr.latest(async (fresh) => {
     let page;
     try {
-      page = await call("GET", "dlq" + qs({ limit: PAGE, cursor, ...filter }));
+      page = await readPage("dlq", filter, pager.cursor, PAGE);
     } catch (err) {
       if (!fresh()) return;
       clear(tbody);
       note.textContent = problem(err);
-      next.disabled = true;
-      prev.disabled = stack.length === 0;
+      pager.shown(null);
       return;
     }
     if (!fresh()) return;
-    memory = { key: keyOf(filter), stack, cursor };
+    pager.shown(page.next_cursor);
     here();
     selected.clear();
     clear(tbody);
@@ -216,13 +200,9 @@ export async function render(root, params) {
     for (const item of items) tbody.append(row(item));
     const filtered = FILTERS.some((n) => filter[n]);
     if (items.length) note.textContent = `${items.length} dead job${items.length === 1 ? "" : "s"}, oldest first${filtered ? ", matching the filter" : ""}.`;
-    else if (page.next_cursor) note.textContent = "No match among the entries read for this page: Next reads on.";
-    else if (stack.length) note.textContent = "No more dead jobs.";
+    else if (page.next_cursor) note.textContent = "No match among the entries read so far: Next reads on.";
+    else if (pager.page > 1) note.textContent = "No more dead jobs.";
     else note.textContent = filtered ? "No dead job matches this filter." : "The DLQ is empty.";
-    prev.disabled = stack.length === 0;
-    next.disabled = !page.next_cursor;
-    next.dataset.cursor = page.next_cursor || "";
-    pageLabel.textContent = `Page ${stack.length + 1}`;
     updateSelection();
   });
 

@@ -5,7 +5,7 @@
 
 import { call } from "./api.js";
 import { clear, fmtTime, fmtMs, toast } from "./dom.js";
-import { h, raw, shown, problem, enc, fmtWhen, pill, stateTone, Screen } from "./webhooks.js";
+import { h, raw, shown, problem, enc, fmtWhen, pill, stateTone, screens } from "./webhooks.js";
 
 const POLL_MS = 3000;
 const SETTLED = new Set(["delivered", "dead"]);
@@ -21,16 +21,12 @@ const WAITING = {
   undecryptable: "a key this daemon is not configured with (its webhook's secrets cannot be read)",
 };
 
-let screen = null;
+const life = screens();
 
-export function stop() {
-  if (screen) screen.end();
-  screen = null;
-}
+export const stop = life.stop;
 
 export async function render(root, params) {
-  stop();
-  const scr = (screen = new Screen(root, "job"));
+  const scr = life.start(root, "job");
   const input = h("input", { id: "job-id", name: "id", type: "search", value: params.get("id") || "", autocomplete: "off", spellcheck: "false", placeholder: "job id", required: true });
   const out = h("div", { id: "job" });
   const form = h(

@@ -131,6 +131,89 @@ export class Screen {
 
 export const enc = encodeURIComponent;
 
+/** A view module's one live Screen: `start` ends the one before (a re-render), `stop` ends it
+ * (app.js, leaving the view). */
+export function screens() {
+  let current = null;
+  const stop = () => {
+    if (current) current.end();
+    current = null;
+  };
+  return {
+    stop,
+    start(root, view) {
+      stop();
+      current = new Screen(root, view);
+      return current;
+    },
+  };
+}
+
+const MAX_READS = 10; // calls for one page of a list whose answers come short
+
+/** One page of up to `limit` items of a cursor-paged list from `cursor`. The API may answer
+ * fewer items with a next_cursor (a filtered DLQ read skips what does not match, and each call
+ * reads a bounded number of entries), so this reads on, at most MAX_READS calls, until the
+ * page is full or the list ends. Never more than one page of items. */
+export async function readPage(path, params, cursor, limit) {
+  let items = [];
+  let at = cursor;
+  for (let reads = 1; ; reads++) {
+    const page = await call("GET", path + qs({ ...params, limit: limit - items.length, cursor: at }));
+    items = items.concat(page.items || []);
+    const next = page.next_cursor || null;
+    if (items.length >= limit || !next || reads >= MAX_READS) return { items, next_cursor: next };
+    at = next;
+  }
+}
+
+/** Previous/Next over a cursor-paged list: the cursors of the pages before are a stack, kept
+ * in the view module's `memory` so that a re-render of the same list (Refresh) keeps it. */
+export class Pager {
+  constructor(scr, memory, { key, cursor, ids, label, load }) {
+    this.memory = memory;
+    this.key = key;
+    this.cursor = cursor;
+    this.stack = memory.key === key && memory.cursor === cursor ? memory.stack : cursor ? [null] : [];
+    this.after = null; // the next page's cursor
+    this.prev = h("button", { type: "button", id: ids[0] }, "← Previous");
+    this.next = h("button", { type: "button", id: ids[1] }, "Next →");
+    this.label = h("span", { class: "muted" });
+    this.nav = h("nav", { class: "pager", "aria-label": label }, this.prev, this.label, this.next);
+    this.prev.addEventListener("click", scr.act(() => {
+      this.cursor = this.stack.pop() ?? null;
+      return scr.busy(load);
+    }));
+    this.next.addEventListener("click", scr.act(() => {
+      if (!this.after) return undefined;
+      this.stack.push(this.cursor);
+      this.cursor = this.after;
+      return scr.busy(load);
+    }));
+  }
+
+  /** Back to the first page of the list `key` (a new filter). */
+  reset(key) {
+    this.key = key;
+    this.cursor = null;
+    this.stack = [];
+  }
+
+  get page() {
+    return this.stack.length + 1;
+  }
+
+  /** A page is shown; `after` is its next_cursor (null at the end, or on a failure). */
+  shown(after) {
+    this.after = after || null;
+    Object.assign(this.memory, { key: this.key, stack: this.stack, cursor: this.cursor });
+    this.prev.disabled = this.stack.length === 0;
+    this.next.disabled = !this.after;
+    this.label.textContent = `Page ${this.page}`;
+  }
+}
+
+
 /** "7 d", "1 h 30 min", "45 s": a span of seconds. */
 export function fmtSpan(seconds) {
   if (seconds === null || seconds === undefined) return "—";
@@ -162,20 +245,16 @@ export function pill(field, v, text, tone) {
 
 // --- the views --------------------------------------------------------------------------------
 
-let screen = null;
-let memory = { key: null, stack: [], cursor: null }; // Previous's stack survives a re-render
+const life = screens();
+const memory = {}; // the list's Previous stack (Pager)
 
-export function stop() {
-  if (screen) screen.end();
-  screen = null;
-}
+export const stop = life.stop;
 
 export async function render(root, params) {
-  stop();
   const id = params.get("id");
-  screen = new Screen(root, id ? "webhook" : "webhooks");
-  if (id) await renderDetail(root, id, screen);
-  else await renderList(root, params, screen);
+  const scr = life.start(root, id ? "webhook" : "webhooks");
+  if (id) await renderDetail(root, id, scr);
+  else await renderList(root, params, scr);
 }
 
 function hookStates(hook) {
@@ -189,8 +268,13 @@ function hookStates(hook) {
 
 async function renderList(root, params, scr) {
   let tenant = (params.get("tenant_id") || "").trim();
-  let cursor = tenant ? null : params.get("cursor") || null;
-  let stack = memory.key === tenant && memory.cursor === cursor ? memory.stack : cursor ? [null] : [];
+  const pager = new Pager(scr, memory, {
+    key: tenant,
+    cursor: tenant ? null : params.get("cursor") || null,
+    ids: ["webhooks-prev", "webhooks-next"],
+    label: "Pages of webhooks",
+    load: () => load(),
+  });
 
   const input = h("input", {
     id: "tenant", type: "search", name: "tenant_id", value: tenant,
@@ -198,15 +282,11 @@ async function renderList(root, params, scr) {
   });
   const note = h("p", { class: "muted", role: "status" });
   const results = h("div", { class: "results" });
-  const prev = h("button", { type: "button", id: "webhooks-prev" }, "← Previous");
-  const next = h("button", { type: "button", id: "webhooks-next" }, "Next →");
-  const pager = h("nav", { class: "pager", "aria-label": "Pages of webhooks" }, prev, next);
 
   const show = (t) => {
     tenant = t;
     input.value = t;
-    cursor = null;
-    stack = [];
+    pager.reset(t);
     return scr.busy(load);
   };
   const form = h(
@@ -217,45 +297,33 @@ async function renderList(root, params, scr) {
     h("button", { type: "submit" }, "Show"),
     h("button", { type: "button", onclick: scr.act(() => show("")) }, "Every tenant"),
   );
-  prev.addEventListener("click", scr.act(() => {
-    cursor = stack.pop() ?? null;
-    return scr.busy(load);
-  }));
-  next.addEventListener("click", scr.act(() => {
-    stack.push(cursor);
-    cursor = next.dataset.cursor;
-    return scr.busy(load);
-  }));
-
-  root.append(h("h1", {}, "Webhooks"), form, note, results, pager);
+  root.append(h("h1", {}, "Webhooks"), form, note, results, pager.nav);
 
   const load = scr.latest(async (fresh) => {
-    // With a tenant: all of its webhooks in one answer (no limit/cursor, as before paging).
-    const path = tenant ? "webhooks" + qs({ tenant_id: tenant }) : "webhooks" + qs({ limit: PAGE, cursor });
+    const cursor = pager.cursor;
     let page;
     try {
-      page = await call("GET", path);
+      page = tenant
+        ? await call("GET", "webhooks" + qs({ tenant_id: tenant })) // all of its webhooks, unpaged
+        : await readPage("webhooks", {}, cursor, PAGE);
     } catch (err) {
       if (!fresh()) return;
       clear(results);
       note.textContent = problem(err);
-      pager.hidden = true;
+      pager.shown(null);
       return;
     }
     if (!fresh()) return;
     const items = page.items || [];
     const nextCursor = tenant ? null : page.next_cursor || null;
-    memory = { key: tenant, stack, cursor };
+    pager.shown(nextCursor);
     scr.at("/webhooks", { tenant_id: tenant, cursor });
     clear(results);
     results.append(table(items));
     note.textContent = items.length
-      ? `${items.length} webhook${items.length === 1 ? "" : "s"}${tenant ? ` of tenant ${tenant}` : stack.length || nextCursor ? `, page ${stack.length + 1}` : ""}`
+      ? `${items.length} webhook${items.length === 1 ? "" : "s"}${tenant ? ` of tenant ${tenant}` : pager.page > 1 || nextCursor ? `, page ${pager.page}` : ""}`
       : tenant ? `Tenant ${tenant} has no webhook.` : cursor ? "No more webhooks." : "No webhook yet.";
-    pager.hidden = !!tenant;
-    prev.disabled = stack.length === 0;
-    next.disabled = !nextCursor;
-    next.dataset.cursor = nextCursor || "";
+    pager.nav.hidden = !!tenant;
   });
 
   function table(items) {
