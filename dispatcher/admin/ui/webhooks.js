@@ -309,7 +309,9 @@ async function renderList(root, params, scr) {
     } catch (err) {
       if (!fresh()) return;
       clear(results);
-      note.textContent = problem(err);
+      note.textContent = !tenant && err instanceof ApiError && err.status === 422
+        ? `This daemon lists webhooks by tenant only: enter a tenant. (${problem(err)})`
+        : problem(err);
       pager.shown(null);
       return;
     }
@@ -364,7 +366,7 @@ async function renderList(root, params, scr) {
       shown("td", "url", hook.url, undefined, { class: "clip" }),
       shown("td", "event_types", hook.event_types, (hook.event_types || []).join(", ")),
       shown("td", "queue", hook.queue),
-      h("td", { class: "states" }, ...hookStates(hook)),
+      h("td", {}, h("span", { class: "states" }, ...hookStates(hook))),
       shown("td", "failing_since", hook.failing_since ?? null, hook.failing_since ? fmtTime(hook.failing_since) : "—"),
     );
   }
@@ -430,6 +432,8 @@ async function renderDetail(root, id, scr) {
     const w = await scr.busy(() => call("PATCH", `webhooks/${enc(id)}`, changes));
     if (!scr.alive) return;
     fillHook(w);
+    const again = actions.querySelector("button[data-action]"); // the button pressed was replaced
+    if (again) again.focus();
     toast(`Webhook ${done}`);
   };
 
