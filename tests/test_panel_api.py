@@ -243,7 +243,8 @@ async def test_recent_jobs_read_only_the_shards_newest_finished_jobs(
     api: Api, client: Client, redis: aioredis.Redis, prefix: str
 ) -> None:
     """The read is bounded: a webhook whose jobs finished before the shard's newest 2,000
-    shows none, and the answer says 2,000 records were read."""
+    shows none, and the answer says 2,000 records were read; a busy one's newest are found
+    in the first slice read."""
     quiet = await client.create_webhook("acme", "https://x.io/q")
     busy = await client.create_webhook("acme", "https://x.io/b")
     keys = Keys(prefix)
@@ -258,7 +259,9 @@ async def test_recent_jobs_read_only_the_shards_newest_finished_jobs(
     await pipe.execute()
     answer = (await api.call("GET", f"/v1/webhooks/{quiet['id']}/jobs")).body
     assert answer == {"items": [], "scanned": recent.SCANNED_DONE}
-    assert len((await api.call("GET", f"/v1/webhooks/{busy['id']}/jobs")).body["items"]) == 20
+    busy_jobs = (await api.call("GET", f"/v1/webhooks/{busy['id']}/jobs")).body
+    assert len(busy_jobs["items"]) == 20
+    assert busy_jobs["scanned"] == recent.SLICE  # its 20 newest were in the first slice
 
 
 # --- GET /v1/dlq and POST /v1/dlq/replay by reason and time ---------------------------------
