@@ -170,6 +170,7 @@ async def test_every_tenants_webhooks_are_listed_once_page_by_page(
         ({"limit": "0"}, "limit"),
         ({"limit": "101"}, "limit"),
         ({"cursor": "abc"}, "cursor"),
+        ({"cursor": f"0:{2**64}:0"}, "cursor"),
         ({"tenant_id": "acme", "cursor": "0:0:0"}, "cursor"),
     ],
 )

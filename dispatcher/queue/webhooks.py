@@ -94,7 +94,10 @@ def is_page_cursor(value: object) -> bool:
     if not isinstance(value, str):
         return False
     parts = value.split(":")
-    return len(parts) == 3 and all(p.isdigit() and len(p) <= 20 for p in parts)  # noqa: PLR2004
+    return len(parts) == 3 and all(  # noqa: PLR2004 - shard, HSCAN cursor, skip
+        p.isdigit() and len(p) <= 20 and int(p) < 2**64  # noqa: PLR2004 - Redis's 64-bit cursor
+        for p in parts
+    )
 
 
 async def page_webhooks(
