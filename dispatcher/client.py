@@ -37,7 +37,16 @@ from dispatcher.model import (
     time_ms,
 )
 from dispatcher.proxy import Proxy
-from dispatcher.queue import control, dlq, dlq_ops, publishing, records, resend, webhooks
+from dispatcher.queue import (
+    control,
+    dlq,
+    dlq_ops,
+    publishing,
+    recent,
+    records,
+    resend,
+    webhooks,
+)
 from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
 from dispatcher.queue import tasks as queue_tasks
@@ -203,11 +212,41 @@ class Client:
         hook = await webhooks.get_webhook(self.store, webhook_id)
         return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
 
-    async def list_webhooks(self, tenant_id: str) -> shapes.WebhookList:
-        """The tenant's webhooks by id, as ``GET /v1/webhooks`` lists them: ``{"items"}``."""
-        hooks = await webhooks.list_webhooks(self.store, tenant_id)
+    async def list_webhooks(
+        self, tenant_id: str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> shapes.WebhookList:
+        """Webhooks as ``GET /v1/webhooks`` lists them.
+
+        With ``tenant_id``: all of the tenant's, by id, in one page (``next_cursor`` None;
+        ``limit`` is checked but not applied). Without: a page of every tenant's webhooks in no
+        set order, ``{"items", "next_cursor"}`` (None at the end), ``limit`` 1 to 100 a page and
+        ``cursor`` the ``next_cursor`` of the page before; a webhook created or deleted while
+        paging may be missed or come twice (HSCAN's guarantee).
+        """
+        if not _is_whole(limit) or not 1 <= limit <= webhooks.MAX_PAGE:
+            raise InvalidField("limit", f"must be a whole number from 1 to {webhooks.MAX_PAGE}")
+        if tenant_id is not None:
+            if cursor is not None:
+                raise InvalidField("cursor", "cannot be combined with tenant_id (one page)")
+            hooks = await webhooks.list_webhooks(self.store, tenant_id)
+            views = await webhooks.webhook_views(self.store, hooks)
+            return {"items": cast("list[shapes.Webhook]", views), "next_cursor": None}
+        if cursor is not None and not webhooks.is_page_cursor(cursor):
+            raise InvalidField("cursor", "must be a next_cursor of an earlier page")
+        hooks, next_cursor = await webhooks.page_webhooks(self.store, limit=limit, cursor=cursor)
         views = await webhooks.webhook_views(self.store, hooks)
-        return {"items": cast("list[shapes.Webhook]", views)}
+        return {"items": cast("list[shapes.Webhook]", views), "next_cursor": next_cursor}
+
+    async def webhook_jobs(self, webhook_id: str, limit: int = 20) -> shapes.WebhookJobs:
+        """The webhook's recent delivered and dead jobs, newest first: ``{"items",
+        "scanned"}``, found by a bounded read of its shard (``queue/recent.py``: the newest
+        2,000 delivered jobs and 500 DLQ entries there, ``scanned`` the records read), so a
+        quiet webhook on a busy shard may show none. ``NotFound`` for an unknown webhook."""
+        if not _is_whole(limit) or not 1 <= limit <= recent.MAX_LIMIT:
+            raise InvalidField("limit", f"must be a whole number from 1 to {recent.MAX_LIMIT}")
+        await webhooks.get_webhook(self.store, webhook_id)
+        answer = await recent.recent_jobs(self.store, webhook_id, limit=limit)
+        return cast("shapes.WebhookJobs", answer)
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> shapes.Webhook:
         """Change webhook fields; ``enabled=True`` also closes its breaker (a fresh start).
@@ -581,9 +620,12 @@ class Client:
         webhook_id: str | None = None,
         tenant_id: str | None = None,
         since: datetime | str | None = None,
+        reason: str | None = None,
+        until: datetime | str | None = None,
     ) -> shapes.Replayed:
-        """Replay every dead job of the filters, dead-lettered at or after ``since``, page by
-        page to the end; jobs that cannot go back (see ``replay``) stay in the DLQ.
+        """Replay every dead job of the filters (``reason``: the DLQ entry's, as ``list_dlq``
+        shows it), dead-lettered at or after ``since`` and before ``until``, page by page to
+        the end; jobs that cannot go back (see ``replay``) stay in the DLQ.
 
         Returns ``{"replayed", "skipped", "skipped_reasons"}`` as the API does (which does one
         page inline and the rest in a background operation with the same counts)."""
@@ -592,6 +634,8 @@ class Client:
             webhook_id=webhook_id,
             tenant_id=tenant_id,
             since_ms=_time_ms("since", since),
+            reason=_check_reason(reason),
+            until_ms=_time_ms("until", until),
         )
         return cast("shapes.Replayed", dlq_ops.replay_answer(progress))
 
@@ -602,14 +646,27 @@ class Client:
         cursor: str | None = None,
         webhook_id: str | None = None,
         tenant_id: str | None = None,
+        reason: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
     ) -> shapes.DlqPage:
-        """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end)."""
+        """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end).
+
+        ``reason`` keeps the jobs dead for it (``max_attempts``, ``gone``, ...); ``since`` and
+        ``until`` keep those dead-lettered at or after, and before, those times."""
         if not _is_whole(limit) or limit < 1:
             raise InvalidField("limit", "must be a whole number of at least 1")
         if cursor is not None and not dlq.is_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
         page = await dlq.list_dead(
-            self.store, limit=limit, cursor=cursor, webhook_id=webhook_id, tenant_id=tenant_id
+            self.store,
+            limit=limit,
+            cursor=cursor,
+            webhook_id=webhook_id,
+            tenant_id=tenant_id,
+            reason=_check_reason(reason),
+            since_ms=_time_ms("since", since),
+            until_ms=_time_ms("until", until),
         )
         return cast("shapes.DlqPage", page)
 
@@ -664,6 +721,18 @@ class Client:
         daemon serving the API, in its memory, so only the API shows them."""
         return cast("shapes.StatusCounts", await queue_status.status(self.store))
 
+    async def stats(self, window: str = "1h") -> shapes.Stats:
+        """The daemon's outcomes per minute over ``window`` (only ``1h``: the counters are
+        kept an hour), oldest first and zero-filled: ``{"window", "series": [{"t",
+        "delivered", "failed", "dead", "avg_processing_ms"}]}``, as ``GET /v1/stats``."""
+        minutes = queue_status.SERIES_WINDOWS.get(window)
+        if minutes is None:
+            raise InvalidField("window", f"must be one of {', '.join(queue_status.SERIES_WINDOWS)}")
+        with records.redis_errors():
+            await self.store.refresh_clock()
+        series = await queue_status.minute_series(self.store, minutes=minutes)
+        return cast("shapes.Stats", {"window": window, "series": series})
+
     async def gauges(self) -> queue_status.Gauges:
         """The queue counts per known queue and the DLQ's size, as ``/metrics`` shows them."""
         return await queue_status.gauges(self.store)
@@ -700,6 +769,15 @@ def _seconds(name: str, value: object, most: float) -> float:
 
 def _deliver_at_ms(deliver_at: object) -> int | None:
     return _time_ms("deliver_at", deliver_at)
+
+
+def _check_reason(value: object) -> str | None:
+    """A DLQ reason filter: a short string (any: an unknown reason matches nothing)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_TEXT:
+        raise InvalidField("reason", f"must be a string of 1 to {MAX_ID_TEXT} characters")
+    return value
 
 
 def _time_ms(name: str, value: object) -> int | None:

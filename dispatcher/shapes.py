@@ -147,7 +147,31 @@ class WebhookWithSecret(Webhook):
 
 
 class WebhookList(TypedDict):
+    """``GET /v1/webhooks``: a tenant's webhooks (one page: ``next_cursor`` None), or a page of
+    every tenant's with ``next_cursor`` (None at the end)."""
+
     items: list[Webhook]
+    next_cursor: str | None
+
+
+class RecentJob(TypedDict):
+    """One job of ``GET /v1/webhooks/{id}/jobs``."""
+
+    id: str
+    state: JobStateName
+    event_type: str
+    attempt: int
+    created_at: str | None
+    finished_at: str | None
+    last_status: int | None
+    last_error: str | None
+
+
+class WebhookJobs(TypedDict):
+    """``GET /v1/webhooks/{id}/jobs`` and ``Client.webhook_jobs``."""
+
+    items: list[RecentJob]
+    scanned: int
 
 
 class WebhookSettings(TypedDict, total=False):
@@ -303,6 +327,8 @@ class ReplayMatching(TypedDict):
     webhook_id: NotRequired[str | None]
     tenant_id: NotRequired[str | None]
     since: NotRequired[str | None]
+    until: NotRequired[str | None]
+    reason: NotRequired[str | None]
 
 
 class Replayed(TypedDict):
@@ -375,6 +401,23 @@ class StatsPoint(TypedDict):
     delivered: int
     failed: int
     p95_ms: float | None
+
+
+class MinuteStats(TypedDict):
+    """One minute of ``GET /v1/stats``."""
+
+    t: str
+    delivered: int
+    failed: int
+    dead: int
+    avg_processing_ms: float | None
+
+
+class Stats(TypedDict):
+    """``GET /v1/stats`` and ``Client.stats``: the daemon's outcomes per minute."""
+
+    window: Literal["1h"]
+    series: list[MinuteStats]
 
 
 class WebhookStats(TypedDict):

@@ -85,7 +85,7 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_token(
     """Each /v1 route answers 401 without a token or with a wrong one, and changes nothing."""
     app, api = served
     routes = _v1_routes(app)
-    assert len(routes) == 22  # the stats route, tasks, the test send and the job retry
+    assert len(routes) == 24  # + the panel's /v1/stats and /v1/webhooks/{id}/jobs (issue 21)
     before = await _snapshot(redis, prefix)
     for method, path in routes:
         for token in (None, "wrong", TOKEN + "x", ""):
@@ -148,7 +148,8 @@ async def test_webhook_lifecycle(
     assert [h["id"] for h in listed.body["items"]] == [hook["id"]]
     assert "secret" not in listed.body["items"][0]
     assert (await api.call("GET", "/v1/webhooks", params={"tenant_id": "other"})).body == {
-        "items": []
+        "items": [],
+        "next_cursor": None,  # a tenant's list is one page (issue 21 added the cursor)
     }
     got = await api.call("GET", f"/v1/webhooks/{hook['id']}")
     assert got.status == 200
@@ -368,7 +369,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("DELETE", "/v1/dlq?older_than_s=soon", None, 422, "older_than_s"),
     ("DELETE", "/v1/dlq?older_than_s=-5&confirm=true", None, 422, "older_than_s"),
     ("DELETE", "/v1/dlq?confirm=yes", None, 422, "confirm"),
-    ("GET", "/v1/webhooks", None, 422, "tenant_id"),
+    ("GET", "/v1/webhooks?limit=101", None, 422, "limit"),
+    ("GET", "/v1/webhooks?tenant_id=acme&cursor=0:0:0", None, 422, "cursor"),
     ("POST", "/v1/queues/Not%20A%20Queue/pause", None, 422, "queue"),
 ]
 

@@ -183,13 +183,14 @@ def _pasted_auth(out: str, cwd: Path) -> str:
 
 def test_make_run_makes_one_token_and_tells_a_second_shell_how_to_send_it(tmp_path: Path) -> None:
     """With no token set, make run writes one (0600) into the state dir, keeps it across runs,
-    and its banner line, pasted into another shell, sends exactly that token."""
+    and its banner line, pasted into another shell, sends exactly that token; it names the panel."""
     out, verdict = _run_dev(tmp_path, "")
     token_file = tmp_path / "var" / "admin.token"
     token = token_file.read_text().strip()
     assert verdict == f"LOADED var {token}", out
     assert token_file.stat().st_mode & 0o777 == 0o600
     assert _pasted_auth(out, tmp_path) == f"Authorization: Bearer {token}"
+    assert "  panel:      http://127.0.0.1:8080/ui/ " in out  # the operator panel's address
     _again, verdict = _run_dev(tmp_path, "")
     assert verdict == f"LOADED var {token}"
 

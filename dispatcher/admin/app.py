@@ -21,6 +21,7 @@ from dispatcher.admin import (
     events,
     jobs,
     operations,
+    panel,
     probes,
     queues,
     status,
@@ -167,12 +168,16 @@ def create_app(deps: Deps) -> web.Application:
     app[LIVENESS] = deps.liveness or Liveness()
     app[OPENAPI] = resources.files("dispatcher.admin").joinpath("openapi.json").read_bytes()
     operations.install(app)  # drives large DLQ replays and purges in the background
+    panel.install(app)  # the operator panel's files, read once
     app.add_routes(
         [
             web.get("/healthz", probes.healthz, allow_head=False),
             web.get("/readyz", probes.readyz, allow_head=False),
             web.get("/metrics", probes.metrics, allow_head=False),
             web.get("/openapi.json", probes.openapi, allow_head=False),
+            web.get("/ui", panel.redirect, allow_head=False),
+            web.get("/ui/", panel.asset, allow_head=False),
+            web.get("/ui/{name}", panel.asset, allow_head=False),
             web.post("/v1/webhooks", webhooks.create),
             web.get("/v1/webhooks", webhooks.list_, allow_head=False),
             web.get("/v1/webhooks/{id}", webhooks.get, allow_head=False),
@@ -180,12 +185,14 @@ def create_app(deps: Deps) -> web.Application:
             web.delete("/v1/webhooks/{id}", webhooks.delete),
             web.post("/v1/webhooks/{id}/rotate-secret", webhooks.rotate_secret),
             web.get("/v1/webhooks/{id}/stats", webhooks.stats, allow_head=False),
+            web.get("/v1/webhooks/{id}/jobs", webhooks.jobs, allow_head=False),
             web.post("/v1/webhooks/{id}/test", webhooks.test),
             web.post("/v1/webhooks/{id}/deliveries", events.deliver),
             web.post("/v1/events", events.publish),
             web.get("/v1/jobs/{id}", jobs.get, allow_head=False),
             web.post("/v1/jobs/{id}/retry", jobs.retry),
             web.get("/v1/status", status.get, allow_head=False),
+            web.get("/v1/stats", status.stats, allow_head=False),
             web.get("/v1/dlq", dlq.list_, allow_head=False),
             web.delete("/v1/dlq", dlq.purge),
             web.post("/v1/dlq/replay", dlq.replay),

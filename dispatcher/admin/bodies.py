@@ -93,6 +93,8 @@ class Replay:
     webhook_id: str | None = None
     tenant_id: str | None = None
     since_ms: int | None = None  # dead-lettered at or after
+    reason: str | None = None  # the DLQ entry's reason
+    until_ms: int | None = None  # dead-lettered before
 
 
 def _time_ms(name: str, text: str | None) -> int | None:
@@ -101,7 +103,7 @@ def _time_ms(name: str, text: str | None) -> int | None:
 
 
 def replay(body: Mapping[str, Any]) -> Replay:
-    checked = fields(body, {"ids", "all", "webhook_id", "tenant_id", "since"})
+    checked = fields(body, {"ids", "all", "webhook_id", "tenant_id", "since", "reason", "until"})
     if "ids" in checked:
         extra = set(checked) - {"ids"}
         if extra:
@@ -109,7 +111,7 @@ def replay(body: Mapping[str, Any]) -> Replay:
         return Replay(ids=replay_ids(checked["ids"]))  # the Client's check (Client.replay)
     if checked.get("all") is not True:
         raise InvalidField("all", 'is required: {"ids": [...]} or {"all": true, ...}')
-    for name in ("webhook_id", "tenant_id", "since"):
+    for name in ("webhook_id", "tenant_id", "since", "reason", "until"):
         if checked.get(name) is not None and not isinstance(checked[name], str):
             raise InvalidField(name, "must be a string")
     return Replay(
@@ -117,6 +119,8 @@ def replay(body: Mapping[str, Any]) -> Replay:
         checked.get("webhook_id"),
         checked.get("tenant_id"),
         _time_ms("since", checked.get("since")),
+        checked.get("reason"),
+        _time_ms("until", checked.get("until")),
     )
 
 

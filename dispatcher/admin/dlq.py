@@ -20,12 +20,17 @@ if TYPE_CHECKING:
 
 
 async def list_(request: web.Request) -> web.Response:
-    params = bodies.query(request, {"limit", "cursor", "webhook_id", "tenant_id"})
+    params = bodies.query(
+        request, {"limit", "cursor", "webhook_id", "tenant_id", "reason", "since", "until"}
+    )
     page = await request.app[CLIENT].list_dlq(
         limit=bodies.whole(params, "limit", 50),
         cursor=params.get("cursor"),
         webhook_id=params.get("webhook_id"),
         tenant_id=params.get("tenant_id"),
+        reason=params.get("reason"),
+        since=params.get("since"),
+        until=params.get("until"),
     )
     return json_response(page)
 
@@ -47,6 +52,8 @@ async def replay(request: web.Request) -> web.Response:
         webhook_id=wanted.webhook_id,
         tenant_id=wanted.tenant_id,
         since_ms=wanted.since_ms,
+        reason=wanted.reason,
+        until_ms=wanted.until_ms,
     )
     first = await dlq_ops.replay_step(client.store, plan, dlq_ops.Position())
     answer = dlq_ops.replay_answer(first)  # Client.replay_matching's answer, for this page

@@ -26,10 +26,15 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    params = bodies.query(request, {"tenant_id"})
-    if "tenant_id" not in params:
-        raise InvalidField("tenant_id", "is required")
-    return json_response(await request.app[CLIENT].list_webhooks(params["tenant_id"]))
+    """A tenant's webhooks (one page), or a page of every tenant's: at most ``limit`` (100)
+    and 16 HSCANs (``queue/webhooks.py::page_webhooks``)."""
+    params = bodies.query(request, {"tenant_id", "limit", "cursor"})
+    answer = await request.app[CLIENT].list_webhooks(
+        params.get("tenant_id"),
+        limit=bodies.whole(params, "limit", 100),
+        cursor=params.get("cursor"),
+    )
+    return json_response(answer)
 
 
 async def get(request: web.Request) -> web.Response:
@@ -57,6 +62,15 @@ async def stats(request: web.Request) -> web.Response:
     params = bodies.query(request, {"window"})
     answer = await request.app[CLIENT].webhook_stats(
         request.match_info["id"], params.get("window", "1h")
+    )
+    return json_response(answer)
+
+
+async def jobs(request: web.Request) -> web.Response:
+    """Its recent jobs from a bounded read of its shard (``queue/recent.py``)."""
+    params = bodies.query(request, {"limit"})
+    answer = await request.app[CLIENT].webhook_jobs(
+        request.match_info["id"], bodies.whole(params, "limit", 20)
     )
     return json_response(answer)
 

@@ -65,11 +65,13 @@ async def count_entries(store: Store, start: str, end: str) -> int:
         start = f"({last.decode()}"
 
 
-async def last_entry(store: Store) -> str | None:
-    """The id of the DLQ's last entry (None: it is empty)."""
+async def last_entry(store: Store, before_ms: int | None = None) -> str | None:
+    """The id of the DLQ's last entry, or of its last one added before ``before_ms`` (None:
+    there is none)."""
+    end = end_bound(before_ms)
     with redis_errors():
         last = await cast(
-            "Awaitable[_Entries]", store.redis.xrevrange(store.keys.dlq, "+", "-", count=1)
+            "Awaitable[_Entries]", store.redis.xrevrange(store.keys.dlq, end, "-", count=1)
         )
     return last[0][0].decode() if last else None
 
@@ -82,6 +84,19 @@ MAX_PAGE = 100
 MAX_SCANNED = 1000
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _SHARD_DIGITS = len(str(MAX_SHARDS))
+
+
+def start_bound(since_ms: int | None) -> str:
+    """The XRANGE start of the entries added at or after ``since_ms`` ("-": all)."""
+    return "-" if since_ms is None else f"{min(max(since_ms, 0), MAX_ID_PART)}-0"
+
+
+def end_bound(before_ms: int | None) -> str:
+    """The XRANGE end (inclusive) of the entries added before ``before_ms`` ("+": all). DLQ
+    entry ids are their ms times (a time before 1970 reads as ms 1: no entry is that old)."""
+    if before_ms is None:
+        return "+"
+    return str(min(max(before_ms, 1), MAX_ID_PART) - 1)
 
 
 def is_entry_id(value: object) -> bool:
@@ -100,7 +115,11 @@ class _Dead:
     job: Job | None
     raw: str | None
 
-    def matches(self, webhook_id: str | None, tenant_id: str | None) -> bool:
+    def matches(
+        self, webhook_id: str | None, tenant_id: str | None, reason: str | None = None
+    ) -> bool:
+        if reason is not None and self.reason != reason:
+            return False
         if webhook_id is None and tenant_id is None:
             return True
         if self.job is None or self.job.is_task:  # a task has no webhook nor tenant (null)
@@ -187,19 +206,21 @@ def _sid(key: tuple[int, int]) -> str:
 
 
 async def _read_round(
-    shards: list[Store], position: _Position | None, want: int
+    shards: list[Store], position: _Position | None, want: int, bounds: tuple[str, str] = ("-", "+")
 ) -> tuple[list[tuple[tuple[int, int], int, _Dead]], _Position | None]:
-    """Up to ``want`` entries of every shard after ``position``, merged, and the horizon: the
-    lowest last entry of a full page (None when every shard was read to its end)."""
+    """Up to ``want`` entries of every shard after ``position`` (within ``bounds``, XRANGE's
+    start and end), merged, and the horizon: the lowest last entry of a full page (None when
+    every shard was read to its end)."""
     merged: list[tuple[tuple[int, int], int, _Dead]] = []
     horizon: _Position | None = None
+    first, end = bounds
     for shard in shards:
         number = shard.keys.shard
-        if position is None:
-            start = "-"
+        if position is None or (first != "-" and position[0] < sid_key(first)):
+            start = first
         else:
             start = f"({_sid(position[0])}" if number <= position[1] else _sid(position[0])
-        page = await _read_page(shard, start, "+", want)
+        page = await _read_page(shard, start, end, want)
         merged += [(sid_key(dead.entry_id), number, dead) for dead in page]
         if len(page) == want:
             last = (sid_key(page[-1].entry_id), number)
@@ -215,8 +236,14 @@ async def list_dead(
     cursor: str | None = None,
     webhook_id: str | None = None,
     tenant_id: str | None = None,
+    reason: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> dict[str, Any]:
     """A page of the DLQ, oldest first: ``{"items", "next_cursor"}``.
+
+    ``reason`` keeps the entries dead for it; ``since_ms`` and ``until_ms`` bound the time
+    they were dead-lettered (at or after, before) as stream ids, so they cost no scan.
 
     The cursor is the last entry examined (exclusive), so entries replayed or purged
     meanwhile never shift a page. A filtered listing reads at most ``MAX_SCANNED`` entries
@@ -226,7 +253,8 @@ async def list_dead(
     which a shard may hold entries not read yet.
     """
     limit = max(1, min(limit, MAX_PAGE))
-    filtered = webhook_id is not None or tenant_id is not None
+    filtered = webhook_id is not None or tenant_id is not None or reason is not None
+    bounds = (start_bound(since_ms), end_bound(until_ms))
     with redis_errors():
         shards = await store.all_shards()
     position = _position(cursor)
@@ -241,13 +269,13 @@ async def list_dead(
     scanned = 0
     while True:
         want = MAX_PAGE if filtered else limit - len(items)
-        merged, horizon = await _read_round(shards, position, want)
+        merged, horizon = await _read_round(shards, position, want, bounds)
         for key, number, dead in merged:
             if horizon is not None and (key, number) > horizon:
                 break
             scanned += 1
             position = (key, number)
-            if dead.matches(webhook_id, tenant_id):
+            if dead.matches(webhook_id, tenant_id, reason):
                 items.append(dead.to_wire())
                 if len(items) == limit:
                     return {"items": items, "next_cursor": next_cursor()}

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from dispatcher.errors import ConfirmationRequired, InvalidField, NotReplayable
 from dispatcher.ids import is_job_id
 from dispatcher.queue.dlq import (
-    MAX_ID_PART,
     MAX_REPLAY_IDS,
     PAGE,
     SCRIPT_PAGE,
@@ -24,6 +23,7 @@ from dispatcher.queue.dlq import (
     dlq_size,
     last_entry,
     sid_key,
+    start_bound,
 )
 from dispatcher.queue.keys import shard_of, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
@@ -170,13 +170,15 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class ReplayPlan:
     """A replay of every dead job matching the filters. ``ends``: each shard's last DLQ entry
-    when it began (None: empty), so jobs that die again meanwhile are not replayed twice."""
+    when it began, or its last one before ``until`` (None: none), so jobs that die again
+    meanwhile are not replayed twice."""
 
     shards: list[int]
     ends: list[str | None]
     start: str  # XRANGE start: "-" or "<since ms>-0"
     webhook_id: str | None = None
     tenant_id: str | None = None
+    reason: str | None = None  # the DLQ entry's reason (an operation stored before: None)
 
 
 async def plan_replay(
@@ -185,15 +187,25 @@ async def plan_replay(
     webhook_id: str | None = None,
     tenant_id: str | None = None,
     since_ms: int | None = None,
+    reason: str | None = None,
+    until_ms: int | None = None,
 ) -> ReplayPlan:
+    """What ``replay_step`` replays: the dead jobs of the filters dead-lettered at or after
+    ``since_ms`` and before ``until_ms``, for ``reason`` (each None: any)."""
     if webhook_id is not None:  # its dead jobs are all in its shard
         shards = [store.of_webhook(webhook_id)]
     else:
         with redis_errors():
             shards = await store.all_shards()
-    ends = [await last_entry(shard) for shard in shards]
-    start = f"{min(max(since_ms, 0), MAX_ID_PART)}-0" if since_ms is not None else "-"
-    return ReplayPlan([s.keys.shard for s in shards], ends, start, webhook_id, tenant_id)
+    ends = [await last_entry(shard, until_ms) for shard in shards]
+    return ReplayPlan(
+        [s.keys.shard for s in shards],
+        ends,
+        start_bound(since_ms),
+        webhook_id,
+        tenant_id,
+        reason,
+    )
 
 
 async def replay_step(
@@ -220,6 +232,7 @@ async def replay_step(
                 asked,
                 plan.webhook_id or "",
                 plan.tenant_id or "",
+                plan.reason or "",
             ],
         )
         progress.read += answer.read
@@ -240,10 +253,20 @@ async def replay_matching(
     webhook_id: str | None = None,
     tenant_id: str | None = None,
     since_ms: int | None = None,
+    reason: str | None = None,
+    until_ms: int | None = None,
 ) -> Progress:
-    """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``,
-    page by page; jobs that cannot go back are skipped and counted by reason."""
-    plan = await plan_replay(store, webhook_id=webhook_id, tenant_id=tenant_id, since_ms=since_ms)
+    """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``
+    and before ``until_ms``, page by page; jobs that cannot go back are skipped and counted
+    by reason."""
+    plan = await plan_replay(
+        store,
+        webhook_id=webhook_id,
+        tenant_id=tenant_id,
+        since_ms=since_ms,
+        reason=reason,
+        until_ms=until_ms,
+    )
     total = Progress()
     while total.position is not None:
         total.add(await replay_step(store, plan, total.position))

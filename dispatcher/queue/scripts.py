@@ -71,6 +71,7 @@ class Scripts:
     task_enqueue: AsyncScript
     task_tick: AsyncScript
     retry_job: AsyncScript
+    recent_jobs: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -115,6 +115,39 @@ async def recent_stats(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict
     return totals
 
 
+#: The one window of ``minute_series`` (``GET /v1/stats``): the stats hashes live an hour.
+SERIES_WINDOWS = {"1h": control.STATS_TTL_S // 60}
+
+
+async def minute_series(store: Store, *, minutes: int = 60) -> list[dict[str, Any]]:
+    """The workers' counters per minute, oldest first, the current minute last, zero-filled:
+    ``{"t", "delivered", "failed", "dead", "avg_processing_ms"}`` each (the average over that
+    minute's attempts, None without any). One pipeline of ``minutes`` HGETALLs of small hashes."""
+    now_minute = control.minute_of(store.clock.now_ms())
+    first = now_minute - minutes + 1
+    pipe = store.redis.pipeline(transaction=False)
+    for minute in range(first, now_minute + 1):
+        pipe.hgetall(store.keys.stats(minute))
+    with redis_errors():
+        replies = cast("list[dict[bytes, bytes]]", await pipe.execute())
+    series = []
+    for minute, reply in zip(range(first, now_minute + 1), replies, strict=True):
+        counts = {name.decode(): int(value) for name, value in reply.items()}
+        attempts = counts.get("delivered", 0) + counts.get("failed", 0)
+        series.append(
+            {
+                "t": rfc3339(minute * 60_000),
+                "delivered": counts.get("delivered", 0),
+                "failed": counts.get("failed", 0),
+                "dead": counts.get("dead", 0),
+                "avg_processing_ms": (
+                    round(counts.get("ms_sum", 0) / attempts, 1) if attempts else None
+                ),
+            }
+        )
+    return series
+
+
 async def redis_facts(store: Store) -> dict[str, Any]:
     """INFO of the server that holds dispatcher's keys, and how it is reached (``mode``).
 

@@ -82,6 +82,60 @@ async def list_webhooks(store: Store, tenant_id: str) -> list[Webhook]:
     return sorted(hooks, key=lambda hook: hook.id)
 
 
+#: The largest page of ``page_webhooks`` (``GET /v1/webhooks`` without a tenant).
+MAX_PAGE = 100
+#: HSCAN calls one ``page_webhooks`` makes at most (bounded work: a page may come back short
+#: with a cursor when a hash's scan hits empty buckets, or shards are empty).
+MAX_SCAN_CALLS = 16
+
+
+def is_page_cursor(value: object) -> bool:
+    """A ``next_cursor`` of ``page_webhooks``: ``<shard>:<HSCAN cursor>:<skip>``."""
+    if not isinstance(value, str):
+        return False
+    parts = value.split(":")
+    return len(parts) == 3 and all(  # noqa: PLR2004 - shard, HSCAN cursor, skip
+        p.isdigit() and len(p) <= 20 and int(p) < 2**64  # noqa: PLR2004 - Redis's 64-bit cursor
+        for p in parts
+    )
+
+
+async def page_webhooks(
+    store: Store, *, limit: int, cursor: str | None = None
+) -> tuple[list[Webhook], str | None]:
+    """A page of every tenant's webhooks, shard by shard in HSCAN order (no set order), and
+    the cursor of the next page (None at the end): ``<shard>:<HSCAN cursor>:<skip>``, where
+    ``skip`` counts the webhooks of that scan step already answered.
+
+    At most ``MAX_SCAN_CALLS`` HSCANs of ``COUNT limit`` each; only the webhooks answered are
+    decoded. As with HSCAN, a webhook present from the first page to the last is listed at
+    least once; one created or deleted meanwhile may be missed, and one may come twice.
+    """
+    number, scan, skip = (int(p) for p in (cursor or "0:0:0").split(":"))
+    with redis_errors():
+        served = (await store.read_layout()).served
+    raws: list[bytes] = []
+    calls = 0
+    while number < served and len(raws) < limit and calls < MAX_SCAN_CALLS:
+        shard = store.shard(number)
+        with redis_errors():
+            after, batch = await cast(
+                "Awaitable[tuple[int, dict[bytes, bytes]]]",
+                shard.redis.hscan(shard.keys.webhooks, scan, count=limit),
+            )
+        calls += 1
+        values = list(batch.values())[skip:]
+        room = limit - len(raws)
+        if len(values) > room:  # the rest of this step on the next page
+            raws += values[:room]
+            skip += room
+            break
+        raws += values
+        number, scan, skip = (number + 1, 0, 0) if int(after) == 0 else (number, int(after), 0)
+    hooks = [Webhook.decode(raw, store.keyring) for raw in raws]
+    return hooks, (f"{number}:{scan}:{skip}" if number < served else None)
+
+
 async def _change_webhook(
     store: Store, webhook_id: str, change: Callable[[Webhook, int], bool]
 ) -> Webhook:

@@ -6,8 +6,8 @@
 --   'ids' or 'check': ARGV[3..] job ids; all or nothing: when one of them cannot go back,
 --     none does. 'check' only answers, writing nothing.
 --   'range': ARGV[3] start, ARGV[4] end (XRANGE syntax), ARGV[5] most DLQ entries to read,
---     ARGV[6] webhook id, ARGV[7] tenant id ('' matches any): replay the matching dead jobs
---     of that DLQ page and skip those that cannot go back.
+--     ARGV[6] webhook id, ARGV[7] tenant id, ARGV[8] the DLQ entry's reason ('' matches any):
+--     replay the matching dead jobs of that DLQ page and skip those that cannot go back.
 -- returns: {status, {replayed job id, ...}, {job id, reason, ...} refused or skipped,
 --           last entry read ('' none), entries read, {job id, why, ...} passed over ('ids')}
 --   status 1: done. 0: refused, nothing written ('ids', 'check'). -1: a job's stream is not
@@ -71,20 +71,23 @@ end
 local last, read = '', 0
 if mode == 'range' then
   local page = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-  local want_hook, want_tenant = ARGV[6], ARGV[7]
-  local filtered = want_hook ~= '' or want_tenant ~= ''
+  local want_hook, want_tenant, want_reason = ARGV[6], ARGV[7], ARGV[8] or ''
+  local filtered = want_hook ~= '' or want_tenant ~= '' or want_reason ~= ''
   read = #page
   for _, entry in ipairs(page) do
     last = entry[1]
     local f = {}
     for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-    if not f.j then
+    if want_reason ~= '' and f.r ~= want_reason then
+      -- dead for another reason: not asked for, passed over
+    elseif not f.j then
       if not filtered then refused[#refused + 1] = ''; refused[#refused + 1] = 'malformed' end
     else
       local verdict, meta, rest = judge(f.j)
       local matches = meta ~= nil and (want_hook == '' or meta.w == want_hook)
                       and (want_tenant == '' or meta.t == want_tenant)
-                      and (not filtered or meta.w ~= 'task')  -- a task has no webhook, tenant
+                      -- a task has no webhook nor tenant: a filter by either never matches one
+                      and ((want_hook == '' and want_tenant == '') or meta.w ~= 'task')
       if verdict == 'not_found' or verdict == 'not_dead' then
         if not filtered and verdict == 'not_found' then
           refused[#refused + 1] = f.j; refused[#refused + 1] = 'record_missing'
