@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
     from tests.helpers import AnySender, MakeSender
 
+#: The fault suite's table, printed at the end (by an xdist controller too).
+pytest_plugins = ["tests.faults.summary"]
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
