@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from dispatcher.sender import HttpSender
     from tests.helpers import MakeSender
 
+#: The fault suite's table, printed at the end (by an xdist controller too).
+pytest_plugins = ["tests.faults.summary"]
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -303,6 +303,8 @@ def _failed_check(body: Any, headers: Any, key: str) -> str | None:
         ("pk_live_123", "whsec_ secret"),
         ([], "needs a key"),
     ],
+    # Named, not by value: a generated key would name the case differently in each xdist worker.
+    ids=["signing key", "whpk short", "whpk not base64", "whsec short", "no prefix", "no key"],
 )
 def test_a_wrong_key_is_the_callers_error(key: Any, message: str) -> None:
     """A key that is none (a whsk_ signing key included: it stays with the sender) raises

@@ -13,11 +13,15 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.ui.demo import HOSTILE, RETENTION_S, SEEDED_COUNTS
+
+#: One worker runs the panel tests (under make test's xdist): one daemon and one browser.
+pytestmark = pytest.mark.xdist_group("panel")
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webelement import WebElement
