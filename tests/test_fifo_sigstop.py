@@ -13,7 +13,7 @@ import pytest
 from dispatcher.queue import streams
 from tests.helpers import Daemon, daemon_env, eventually, log_events, stop_daemons
 from tests.lane_target import LaneTarget
-from tests.test_fifo import publish_lanes, settled, stress_env
+from tests.test_fifo import expected_order, publish_lanes, settled, stress_env
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -125,7 +125,7 @@ async def test_lanes_stay_ordered_when_a_process_is_frozen_mid_run(
     dead = {seq_of[job_id] for job_id, state in states.items() if state == "dead"}
     for key, seqs in published.items():
         assert target.peak[key] == 1, f"lane {key}: {target.peak[key]} requests at once"
-        expected = [seq for seq in seqs if (key, seq) not in dead]
+        expected = expected_order(target, key, seqs, dead)
         assert target.delivered_order(key) == expected, (
             f"lane {key} out of order",
             target.arrivals[key],
