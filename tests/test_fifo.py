@@ -153,7 +153,7 @@ async def test_a_deleted_webhooks_lane_drains_to_the_dlq(
 
 
 def expected_order(
-    target: LaneTarget, key: str | None, seqs: list[int], dead: set[tuple[str | None, int]]
+    target: LaneTarget, key: str | None, seqs: list[int], dead: set[tuple[str, int]]
 ) -> list[int]:
     """A lane's seqs as their first 2xx must arrive: publish order, dead jobs left out unless
     the target answered them 2xx (a worker killed or frozen after its 2xx, before settling it;
