@@ -362,3 +362,23 @@ async def test_replay_all_takes_reason_and_until(
         ({"ids": ids[3:], "reason": "poison"}, "reason"),
     ):
         _invalid(await api.call("POST", "/v1/dlq/replay", json=body), field)
+
+
+async def test_recent_jobs_with_large_records_skip_none_of_the_newest(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """When delivered records keep large payloads, a read cut short by its byte budget goes
+    on from the next record, so the webhook's newest jobs are listed, none skipped."""
+    hook = await client.create_webhook("acme", "https://x.io/big")
+    keys = Keys(prefix)
+    now_ms = client.store.clock.now_ms()
+    _event_id, job_prefix = new_event_ids()
+    big = b"x" * (recent.CALL_BYTES // 10)  # about 11 records fill one call's budget
+    pipe = redis.pipeline(transaction=False)
+    for i in range(30):
+        job = _job(f"{job_prefix}{i}", hook["id"], JobState.DELIVERED, now_ms + i, payload=big)
+        pipe.hset(keys.jobs, job.id, codec.encode(job))
+        pipe.zadd(keys.done, {job.id: now_ms + i})
+    await pipe.execute()
+    answer = (await api.call("GET", f"/v1/webhooks/{hook['id']}/jobs")).body
+    assert [j["id"] for j in answer["items"]] == [f"{job_prefix}{i}" for i in range(29, 9, -1)]
