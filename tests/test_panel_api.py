@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from dispatcher.errors import InvalidField
 from dispatcher.ids import new_event_ids
 from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import codec, control, recent
@@ -382,3 +383,16 @@ async def test_recent_jobs_with_large_records_skip_none_of_the_newest(
     await pipe.execute()
     answer = (await api.call("GET", f"/v1/webhooks/{hook['id']}/jobs")).body
     assert [j["id"] for j in answer["items"]] == [f"{job_prefix}{i}" for i in range(29, 9, -1)]
+
+
+async def test_replay_all_refuses_an_empty_filter_rather_than_replay_everything(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An empty ``reason``, ``webhook_id`` or ``tenant_id`` (a script's unset variable) is a
+    422 naming it, as the listing refuses it, not a filter that matches every dead job."""
+    _hook_id, ids = await _dead(client, redis, prefix, SEEDED)
+    for name in ("reason", "webhook_id", "tenant_id"):
+        _invalid(await api.call("POST", "/v1/dlq/replay", json={"all": True, name: ""}), name)
+        with pytest.raises(InvalidField):
+            await client.replay_matching(**{name: ""})
+    assert [await _state(client, job_id) for job_id in ids] == ["dead"] * 4
