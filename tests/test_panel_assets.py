@@ -205,3 +205,18 @@ def test_every_file_is_served_and_the_whole_panel_stays_under_150_kb_gzipped() -
     assets = panel.load()
     assert sorted(assets) == FILES
     assert sum(len(asset.gzipped) for asset in assets.values()) < 150_000
+
+
+def test_the_pagers_next_button_takes_its_cursor_once() -> None:
+    """A double click on Next moves one page, not two pushes of the same cursor (which showed
+    page 2 labelled "Page 3", and made Previous reload the page shown): the handler empties
+    the next cursor it takes, so a second click before the page arrives does nothing."""
+    source = (UI / "webhooks.js").read_text()
+    handler = re.search(
+        r"this\.next\.addEventListener\(\"click\", scr\.act\(\(\) => \{(.*?)\}\)\);",
+        source,
+        re.DOTALL,
+    )
+    assert handler is not None, "the Pager's Next handler moved: update this test"
+    body = handler.group(1)
+    assert re.search(r"this\.cursor = this\.after;\s*this\.after = null;", body), body
