@@ -220,3 +220,15 @@ def test_the_pagers_next_button_takes_its_cursor_once() -> None:
     assert handler is not None, "the Pager's Next handler moved: update this test"
     body = handler.group(1)
     assert re.search(r"this\.cursor = this\.after;\s*this\.after = null;", body), body
+
+
+def test_a_malformed_escape_in_the_address_does_not_stop_the_router() -> None:
+    """A link such as ``#/jobs/%E0%A4%A`` must still route: the router decodes the id with a
+    fallback, since a bare decodeURIComponent throws there, after the view shown was
+    stopped and before the new one starts, leaving a page that no longer updates."""
+    source = (UI / "app.js").read_text()
+    calls = [m.start() for m in re.finditer(r"decodeURIComponent\(", source)]
+    assert calls
+    for at in calls:
+        before = source[max(0, at - 80) : at]
+        assert re.search(r"try\s*\{[^}]*$", before), source[at - 80 : at + 40]
