@@ -232,3 +232,11 @@ def test_a_malformed_escape_in_the_address_does_not_stop_the_router() -> None:
     for at in calls:
         before = source[max(0, at - 80) : at]
         assert re.search(r"try\s*\{[^}]*$", before), source[at - 80 : at + 40]
+
+
+def test_a_read_that_never_answers_ends_so_polling_goes_on() -> None:
+    """The dashboard waits for each call before the next; a GET that hangs (a stuck proxy, a
+    half-open connection) must end with an error, or the tiles silently stop refreshing for
+    good: api.js gives every GET a timeout (fetch has none of its own)."""
+    source = (UI / "api.js").read_text()
+    assert re.search(r"AbortSignal\.timeout\(", source), "api.js sets no timeout on its calls"
