@@ -240,3 +240,12 @@ def test_a_read_that_never_answers_ends_so_polling_goes_on() -> None:
     good: api.js gives every GET a timeout (fetch has none of its own)."""
     source = (UI / "api.js").read_text()
     assert re.search(r"AbortSignal\.timeout\(", source), "api.js sets no timeout on its calls"
+
+
+def test_following_an_operation_survives_a_failed_read() -> None:
+    """A replay or purge running in the background is followed until it ends: one failed read
+    of it (a Redis blip, a timeout) is retried, where it used to end the polling and leave
+    the page saying "running" for good."""
+    source = (UI / "dlq.js").read_text()
+    assert "follow(await call(" not in source
+    assert re.search(r"async function reread\(op\)", source)
