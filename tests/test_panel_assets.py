@@ -249,3 +249,12 @@ def test_following_an_operation_survives_a_failed_read() -> None:
     source = (UI / "dlq.js").read_text()
     assert "follow(await call(" not in source
     assert re.search(r"async function reread\(op\)", source)
+
+
+def test_a_route_with_a_trailing_slash_and_no_id_is_the_list() -> None:
+    """``#/webhooks/`` (a hand-typed or trimmed link) is the webhooks list: the router takes
+    an id only when one follows the slash. It routed to the detail view with an empty id,
+    whose list then never drew (data-view "webhook" is not the list's "webhooks")."""
+    source = (UI / "app.js").read_text()
+    assert re.search(r"if \(slash >= 0 && slash < path\.length - 1\)", source)
+    assert re.search(r'path\.replace\(/\\/\$/, ""\)', source)

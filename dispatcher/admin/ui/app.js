@@ -37,8 +37,8 @@ function parse(hash) {
   const [path, search = ""] = hash.replace(/^#\/?/, "").split("?", 2);
   const params = new URLSearchParams(search);
   const slash = path.indexOf("/");
-  let key = path;
-  if (slash >= 0) {
+  let key = path.replace(/\/$/, ""); // "webhooks/" with no id is the list
+  if (slash >= 0 && slash < path.length - 1) {
     key = path.slice(0, slash + 1);
     params.set("id", decode(path.slice(slash + 1)));
   }
