@@ -114,8 +114,8 @@ async def page_webhooks(
     ``last id`` is the last webhook answered of that scan step, whose webhooks are answered in
     id order (so a webhook deleted meanwhile shifts none of the others out of the page).
 
-    At most ``MAX_SCAN_CALLS`` HSCANs of ``COUNT limit`` each; only the webhooks answered are
-    decoded. As with HSCAN, a webhook present from the first page to the last is listed at
+    At most ``MAX_SCAN_CALLS`` HSCANs of ``COUNT MAX_PAGE`` each; only the webhooks answered
+    are decoded. As with HSCAN, a webhook present from the first page to the last is listed at
     least once; one created or deleted meanwhile may be missed, and one may come twice.
     """
     shard_part, scan_part, last = (cursor or "0:0:").split(":")
@@ -130,7 +130,9 @@ async def page_webhooks(
         with redis_errors():
             after, batch = await cast(
                 "Awaitable[tuple[int, dict[bytes, bytes]]]",
-                shard.redis.hscan(shard.keys.webhooks, scan, count=limit),
+                # COUNT is the same for every page size, so a step is the same for a cursor
+                # taken with one limit and followed with another
+                shard.redis.hscan(shard.keys.webhooks, scan, count=MAX_PAGE),
             )
         calls += 1
         since = last.encode()
