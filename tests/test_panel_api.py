@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from dispatcher.errors import InvalidField
 from dispatcher.ids import new_event_ids
 from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import codec, control, recent
@@ -162,6 +163,49 @@ async def test_every_tenants_webhooks_are_listed_once_page_by_page(
     assert [h["id"] for h in tenant["items"]] == sorted(
         h["id"] for h in small if h["tenant_id"] == "t1"
     )
+
+
+async def test_a_webhook_deleted_while_paging_hides_no_other(api: Api, client: Client) -> None:
+    """HSCAN's promise holds for the pages: a webhook present from the first page to the last
+    is listed, even when one listed before it is deleted between two pages (a page that went
+    on by position within a scan step skipped the webhook after the deleted one)."""
+    hooks = [await client.create_webhook("acme", "https://x.io/h") for _ in range(40)]
+    listed: list[str] = []
+    gone: set[str] = set()
+    cursor = None
+    while True:
+        params = {"limit": "1"} | ({"cursor": cursor} if cursor else {})
+        page = (await api.call("GET", "/v1/webhooks", params=params)).body
+        listed += [h["id"] for h in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        if page["items"] and cursor.rsplit(":", 1)[1] not in {"", "0"}:  # the step goes on
+            gone.add(page["items"][0]["id"])
+            await client.delete_webhook(page["items"][0]["id"])
+    assert gone  # 40 webhooks in a 64-bucket table share a bucket somewhere
+    assert {h["id"] for h in hooks} - gone <= set(listed)
+
+
+async def test_pages_of_another_size_go_on_where_the_last_stopped(api: Api, client: Client) -> None:
+    """A cursor taken with one ``limit`` and followed with another misses no webhook (the
+    panel asks for what its page still lacks): each HSCAN step is the same whatever the
+    page size, so a page goes on where the one before stopped."""
+    hooks = [await client.create_webhook("acme", "https://x.io/h") for _ in range(40)]
+    listed: list[str] = []
+    cursor = None
+    size = "1"
+    while True:
+        params = {"limit": size} | ({"cursor": cursor} if cursor else {})
+        page = (await api.call("GET", "/v1/webhooks", params=params)).body
+        listed += [h["id"] for h in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        if cursor.rsplit(":", 1)[1] not in {"", "0"}:  # in the middle of a step: go on larger
+            size = "100"
+    assert size == "100"  # 40 webhooks in a 64-bucket table share a bucket somewhere
+    assert {h["id"] for h in hooks} <= set(listed)
 
 
 @pytest.mark.parametrize(
@@ -362,3 +406,36 @@ async def test_replay_all_takes_reason_and_until(
         ({"ids": ids[3:], "reason": "poison"}, "reason"),
     ):
         _invalid(await api.call("POST", "/v1/dlq/replay", json=body), field)
+
+
+async def test_recent_jobs_with_large_records_skip_none_of_the_newest(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """When delivered records keep large payloads, a read cut short by its byte budget goes
+    on from the next record, so the webhook's newest jobs are listed, none skipped."""
+    hook = await client.create_webhook("acme", "https://x.io/big")
+    keys = Keys(prefix)
+    now_ms = client.store.clock.now_ms()
+    _event_id, job_prefix = new_event_ids()
+    big = b"x" * (recent.CALL_BYTES // 10)  # about 11 records fill one call's budget
+    pipe = redis.pipeline(transaction=False)
+    for i in range(30):
+        job = _job(f"{job_prefix}{i}", hook["id"], JobState.DELIVERED, now_ms + i, payload=big)
+        pipe.hset(keys.jobs, job.id, codec.encode(job))
+        pipe.zadd(keys.done, {job.id: now_ms + i})
+    await pipe.execute()
+    answer = (await api.call("GET", f"/v1/webhooks/{hook['id']}/jobs")).body
+    assert [j["id"] for j in answer["items"]] == [f"{job_prefix}{i}" for i in range(29, 9, -1)]
+
+
+async def test_replay_all_refuses_an_empty_filter_rather_than_replay_everything(
+    api: Api, client: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An empty ``reason``, ``webhook_id`` or ``tenant_id`` (a script's unset variable) is a
+    422 naming it, as the listing refuses it, not a filter that matches every dead job."""
+    _hook_id, ids = await _dead(client, redis, prefix, SEEDED)
+    for name in ("reason", "webhook_id", "tenant_id"):
+        _invalid(await api.call("POST", "/v1/dlq/replay", json={"all": True, name: ""}), name)
+        with pytest.raises(InvalidField):
+            await client.replay_matching(**{name: ""})
+    assert [await _state(client, job_id) for job_id in ids] == ["dead"] * 4

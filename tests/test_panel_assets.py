@@ -205,3 +205,56 @@ def test_every_file_is_served_and_the_whole_panel_stays_under_150_kb_gzipped() -
     assets = panel.load()
     assert sorted(assets) == FILES
     assert sum(len(asset.gzipped) for asset in assets.values()) < 150_000
+
+
+def test_the_pagers_next_button_takes_its_cursor_once() -> None:
+    """A double click on Next moves one page, not two pushes of the same cursor (which showed
+    page 2 labelled "Page 3", and made Previous reload the page shown): the handler empties
+    the next cursor it takes, so a second click before the page arrives does nothing."""
+    source = (UI / "webhooks.js").read_text()
+    handler = re.search(
+        r"this\.next\.addEventListener\(\"click\", scr\.act\(\(\) => \{(.*?)\}\)\);",
+        source,
+        re.DOTALL,
+    )
+    assert handler is not None, "the Pager's Next handler moved: update this test"
+    body = handler.group(1)
+    assert re.search(r"this\.cursor = this\.after;\s*this\.after = null;", body), body
+
+
+def test_a_malformed_escape_in_the_address_does_not_stop_the_router() -> None:
+    """A link such as ``#/jobs/%E0%A4%A`` must still route: the router decodes the id with a
+    fallback, since a bare decodeURIComponent throws there, after the view shown was
+    stopped and before the new one starts, leaving a page that no longer updates."""
+    source = (UI / "app.js").read_text()
+    calls = [m.start() for m in re.finditer(r"decodeURIComponent\(", source)]
+    assert calls
+    for at in calls:
+        before = source[max(0, at - 80) : at]
+        assert re.search(r"try\s*\{[^}]*$", before), source[at - 80 : at + 40]
+
+
+def test_a_read_that_never_answers_ends_so_polling_goes_on() -> None:
+    """The dashboard waits for each call before the next; a GET that hangs (a stuck proxy, a
+    half-open connection) must end with an error, or the tiles silently stop refreshing for
+    good: api.js gives every GET a timeout (fetch has none of its own)."""
+    source = (UI / "api.js").read_text()
+    assert re.search(r"AbortSignal\.timeout\(", source), "api.js sets no timeout on its calls"
+
+
+def test_following_an_operation_survives_a_failed_read() -> None:
+    """A replay or purge running in the background is followed until it ends: one failed read
+    of it (a Redis blip, a timeout) is retried, where it used to end the polling and leave
+    the page saying "running" for good."""
+    source = (UI / "dlq.js").read_text()
+    assert "follow(await call(" not in source
+    assert re.search(r"async function reread\(op\)", source)
+
+
+def test_a_route_with_a_trailing_slash_and_no_id_is_the_list() -> None:
+    """``#/webhooks/`` (a hand-typed or trimmed link) is the webhooks list: the router takes
+    an id only when one follows the slash. It routed to the detail view with an empty id,
+    whose list then never drew (data-view "webhook" is not the list's "webhooks")."""
+    source = (UI / "app.js").read_text()
+    assert re.search(r"if \(slash >= 0 && slash < path\.length - 1\)", source)
+    assert re.search(r'path\.replace\(/\\/\$/, ""\)', source)

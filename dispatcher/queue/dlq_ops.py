@@ -191,7 +191,11 @@ async def plan_replay(
     until_ms: int | None = None,
 ) -> ReplayPlan:
     """What ``replay_step`` replays: the dead jobs of the filters dead-lettered at or after
-    ``since_ms`` and before ``until_ms``, for ``reason`` (each None: any)."""
+    ``since_ms`` and before ``until_ms``, for ``reason`` (each None: any). An empty text
+    filter is refused: the script reads '' as "any", so it would replay every dead job."""
+    for name, value in (("webhook_id", webhook_id), ("tenant_id", tenant_id), ("reason", reason)):
+        if value == "":
+            raise InvalidField(name, "must not be empty (leave it out to match any)")
     if webhook_id is not None:  # its dead jobs are all in its shard
         shards = [store.of_webhook(webhook_id)]
     else:

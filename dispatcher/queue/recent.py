@@ -4,10 +4,11 @@ There is no index of jobs by webhook, and keeping one would add writes to every 
 ``recent_jobs.lua`` reads the webhook's shard instead: its newest ``SCANNED_DEAD`` DLQ entries,
 then its newest delivered jobs (the ``done`` zset) ``SLICE`` at a time until ``limit`` of this
 webhook's are found or ``SCANNED_DONE`` were read; each call stops once it read
-``CALL_BYTES`` of records (a dead job's holds its payload), so it holds Redis a few ms, and a
-whole read is at most 5 calls. A quiet webhook on a busy shard may show none: the answer says
-how many records were read (``scanned``). Queued and retrying jobs are not found this way
-(their ids are in streams and zsets of every queue, not by recency).
+``CALL_BYTES`` of records (a dead job's holds its payload; a delivered one's too while
+payloads are kept), so it holds Redis a few ms, and the next call goes on from the record
+after its last; a whole read is at most 5 calls. A quiet webhook on a busy shard may show
+none: the answer says how many records were read (``scanned``). Queued and retrying jobs
+are not found this way (their ids are in streams and zsets of every queue, not by recency).
 """
 
 from __future__ import annotations
@@ -43,15 +44,10 @@ async def recent_jobs(store: Store, webhook_id: str, *, limit: int = 20) -> dict
     keys = shard.keys
     found: dict[str, Job] = {}
     scanned = 0
-    # The dead first (one call), then delivered jobs newest first until ``limit`` of this
-    # webhook's: older delivered ones could not be among the newest ``limit``.
-    slices = [(1, 0, SCANNED_DEAD)] + [  # ranks 1 to 0: no delivered job, the DLQ only
-        (start, start + SLICE - 1, 0) for start in range(0, SCANNED_DONE, SLICE)
-    ]
-    delivered = 0  # this webhook's jobs found in done
-    for first, last, dead in slices:
-        if delivered >= limit:
-            break
+
+    async def read(first: int, last: int, dead: int) -> tuple[int, int]:
+        """One script call; the records and bytes it read."""
+        nonlocal scanned
         with redis_errors():
             flat = await shard.scripts.recent_jobs(
                 keys=[keys.done, keys.jobs, keys.dlq],
@@ -64,7 +60,23 @@ async def recent_jobs(store: Store, webhook_id: str, *, limit: int = 20) -> dict
                 job = codec.decode_meta(job_id, flat[i + 1])
                 if job.webhook_id == webhook_id and job_id not in found:
                     found[job_id] = job
-                    delivered += not dead
+        return int(flat[0]), int(flat[1])
+
+    # The dead first (one call; ranks 1 to 0: no delivered job), then delivered jobs newest
+    # first until ``limit`` of this webhook's: older delivered ones could not be among the
+    # newest ``limit``. A call cut short by its byte budget is followed from the record after
+    # its last, so no newer job is skipped; at most SCANNED_DONE / SLICE calls of delivered.
+    await read(1, 0, SCANNED_DEAD)
+    dead_found = len(found)
+    start = 0
+    for _ in range(SCANNED_DONE // SLICE):
+        if len(found) - dead_found >= limit or start >= SCANNED_DONE:
+            break
+        asked = min(SLICE, SCANNED_DONE - start)
+        records, size = await read(start, start + asked - 1, 0)
+        start += records
+        if records < asked and size < CALL_BYTES:  # the zset ended
+            break
     jobs = sorted(
         found.values(),
         key=lambda job: (job.finished_at_ms or job.created_at_ms, job.id),

@@ -90,13 +90,19 @@ MAX_SCAN_CALLS = 16
 
 
 def is_page_cursor(value: object) -> bool:
-    """A ``next_cursor`` of ``page_webhooks``: ``<shard>:<HSCAN cursor>:<skip>``."""
+    """A ``next_cursor`` of ``page_webhooks``: ``<shard>:<HSCAN cursor>:<last id>``."""
     if not isinstance(value, str):
         return False
     parts = value.split(":")
-    return len(parts) == 3 and all(  # noqa: PLR2004 - shard, HSCAN cursor, skip
-        p.isdigit() and len(p) <= 20 and int(p) < 2**64  # noqa: PLR2004 - Redis's 64-bit cursor
-        for p in parts
+    return (
+        len(parts) == 3  # noqa: PLR2004 - shard, HSCAN cursor, the last webhook id answered
+        and all(
+            p.isdigit() and len(p) <= 20 and int(p) < 2**64  # noqa: PLR2004 - Redis's 64 bits
+            for p in parts[:2]
+        )
+        # "" (a step's start), a webhook id, or digits (a cursor of the version before: the
+        # step is read again from its start, as HSCAN may repeat a webhook)
+        and (parts[2] == "" or parts[2].isdigit() or is_webhook_id(parts[2]))
     )
 
 
@@ -104,14 +110,17 @@ async def page_webhooks(
     store: Store, *, limit: int, cursor: str | None = None
 ) -> tuple[list[Webhook], str | None]:
     """A page of every tenant's webhooks, shard by shard in HSCAN order (no set order), and
-    the cursor of the next page (None at the end): ``<shard>:<HSCAN cursor>:<skip>``, where
-    ``skip`` counts the webhooks of that scan step already answered.
+    the cursor of the next page (None at the end): ``<shard>:<HSCAN cursor>:<last id>``, where
+    ``last id`` is the last webhook answered of that scan step, whose webhooks are answered in
+    id order (so a webhook deleted meanwhile shifts none of the others out of the page).
 
-    At most ``MAX_SCAN_CALLS`` HSCANs of ``COUNT limit`` each; only the webhooks answered are
-    decoded. As with HSCAN, a webhook present from the first page to the last is listed at
+    At most ``MAX_SCAN_CALLS`` HSCANs of ``COUNT MAX_PAGE`` each; only the webhooks answered
+    are decoded. As with HSCAN, a webhook present from the first page to the last is listed at
     least once; one created or deleted meanwhile may be missed, and one may come twice.
     """
-    number, scan, skip = (int(p) for p in (cursor or "0:0:0").split(":"))
+    shard_part, scan_part, last = (cursor or "0:0:").split(":")
+    number, scan = int(shard_part), int(scan_part)
+    last = "" if last.isdigit() else last
     with redis_errors():
         served = (await store.read_layout()).served
     raws: list[bytes] = []
@@ -121,19 +130,22 @@ async def page_webhooks(
         with redis_errors():
             after, batch = await cast(
                 "Awaitable[tuple[int, dict[bytes, bytes]]]",
-                shard.redis.hscan(shard.keys.webhooks, scan, count=limit),
+                # COUNT is the same for every page size, so a step is the same for a cursor
+                # taken with one limit and followed with another
+                shard.redis.hscan(shard.keys.webhooks, scan, count=MAX_PAGE),
             )
         calls += 1
-        values = list(batch.values())[skip:]
+        since = last.encode()
+        step = sorted((key, value) for key, value in batch.items() if key > since)
         room = limit - len(raws)
-        if len(values) > room:  # the rest of this step on the next page
-            raws += values[:room]
-            skip += room
+        if len(step) > room:  # the rest of this step on the next page
+            raws += [value for _key, value in step[:room]]
+            last = step[room - 1][0].decode()
             break
-        raws += values
-        number, scan, skip = (number + 1, 0, 0) if int(after) == 0 else (number, int(after), 0)
+        raws += [value for _key, value in step]
+        number, scan, last = (number + 1, 0, "") if int(after) == 0 else (number, int(after), "")
     hooks = [Webhook.decode(raw, store.keyring) for raw in raws]
-    return hooks, (f"{number}:{scan}:{skip}" if number < served else None)
+    return hooks, (f"{number}:{scan}:{last}" if number < served else None)
 
 
 async def _change_webhook(

@@ -2,6 +2,9 @@
 // no cookie is sent (credentials: "omit"), nothing is cached, and a redirect is an error.
 
 export const TOKEN_KEY = "dispatcher.token";
+// A read that has not answered by then is an error: fetch never gives up by itself, and the
+// views wait for one read before the next, so a hung one would stop their polling for good.
+const READ_TIMEOUT_MS = 30000;
 
 /** A non-2xx answer: `status`, the answer's `error.code` as `code`, and the parsed `body`. */
 export class ApiError extends Error {
@@ -50,17 +53,19 @@ export function check(token) {
 async function send(method, path, body, token) {
   const headers = { Accept: "application/json", Authorization: "Bearer " + token };
   const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
+  if (method === "GET") init.signal = AbortSignal.timeout(READ_TIMEOUT_MS);
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   let response;
+  let text;
   try {
     response = await fetch(new URL("../v1/" + path, document.baseURI), init);
+    text = await response.text();
   } catch (err) {
     throw new ApiError(0, "network", "the daemon did not answer (" + err.message + ")", null);
   }
-  const text = await response.text();
   let parsed = null;
   if (text) {
     try {

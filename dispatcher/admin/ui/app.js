@@ -22,15 +22,25 @@ const root = $("view");
 let current = null; // the view module shown, for its stop()
 let generation = 0; // a newer route wins over a render still running
 
+/** A %-escaped id of the address; as typed when an escape is malformed (a bare
+ * decodeURIComponent throws, leaving the view stopped and never replaced). */
+function decode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 /** The route of location.hash: [data-view, module path, URLSearchParams]. */
 function parse(hash) {
   const [path, search = ""] = hash.replace(/^#\/?/, "").split("?", 2);
   const params = new URLSearchParams(search);
   const slash = path.indexOf("/");
-  let key = path;
-  if (slash >= 0) {
+  let key = path.replace(/\/$/, ""); // "webhooks/" with no id is the list
+  if (slash >= 0 && slash < path.length - 1) {
     key = path.slice(0, slash + 1);
-    params.set("id", decodeURIComponent(path.slice(slash + 1)));
+    params.set("id", decode(path.slice(slash + 1)));
   }
   const [view, module] = ROUTES[key] ?? ROUTES[""];
   return [view, module, params];

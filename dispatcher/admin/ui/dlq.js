@@ -426,6 +426,17 @@ export async function render(root, params) {
     await scr.busy(load);
   }));
 
+  // The operation read again; after a failed read (a Redis blip, a timeout) it is shown as
+  // it was and read again a second later. Only a 401 (the login) or a 404 (gone) stop it.
+  async function reread(op) {
+    try {
+      return await call("GET", `operations/${enc(op.id)}`);
+    } catch (err) {
+      if (err && (err.status === 401 || err.status === 404)) throw err;
+      return op;
+    }
+  }
+
   // A background operation (202): its progress, polled until it ends.
   function follow(op) {
     operation.hidden = false;
@@ -453,7 +464,7 @@ export async function render(root, params) {
       op.error ? shown("p", "error", op.error, undefined, { class: "problem" }) : "",
     );
     if (op.state === "running") {
-      scr.later(POLL_MS, scr.act(async () => follow(await call("GET", `operations/${enc(op.id)}`))));
+      scr.later(POLL_MS, scr.act(async () => follow(await reread(op))));
     } else {
       toast(`${op.kind === "purge" ? "Purge" : "Replay"} ${op.state}: ${count ?? 0} ${op.kind === "purge" ? "purged" : "replayed"}.`);
       scr.act(() => scr.busy(load))();

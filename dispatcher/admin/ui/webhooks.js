@@ -188,6 +188,7 @@ export class Pager {
       if (!this.after) return undefined;
       this.stack.push(this.cursor);
       this.cursor = this.after;
+      this.after = null; // taken: a second click before this page arrives does nothing
       return scr.busy(load);
     }));
   }
