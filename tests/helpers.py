@@ -122,12 +122,15 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        # Ours answering, not another process's server on the port (another xdist worker's
+        # took it between free_port and this start): that one would answer PING too.
+        mine = f"process_id:{self.process.pid}\r\n".encode()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(b"INFO server\r\n")
+                    if mine in s.recv(65536):
                         return
             except OSError:
                 pass

@@ -140,3 +140,15 @@ async def test_sigterm_while_redis_is_down_exits_and_loses_nothing(
     finally:
         await stop_daemons(first, second)
         server.stop()
+
+
+def test_a_redis_server_whose_port_is_taken_does_not_start(tmp_path: Path, redis_url: str) -> None:
+    """A test's redis-server that cannot bind its port (another xdist worker's server took it)
+    fails to start, rather than the test going on against the other worker's server."""
+    taken = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    server = RedisServer(tmp_path / "taken", port=taken)
+    try:
+        with pytest.raises(RuntimeError, match=f"redis-server on {taken}"):
+            server.start()
+    finally:
+        server.stop()
