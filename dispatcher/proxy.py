@@ -33,9 +33,10 @@ a :class:`Record` of what the proxy did lately, and two answers are judged by it
   opens no breaker;
 - an http target's answer 407 with ``Proxy-Authenticate`` (the proxy, or an endpoint posing as
   one: it answers through the proxy) is the proxy's until the proxy has let a delivery through
-  (so it takes our credentials), then the endpoint's, until the 407s come from
-  :data:`BROAD_REFUSALS` distinct destinations again; so an endpoint cannot escape its breaker
-  by answering 407.
+  (so it takes our credentials), then the endpoint's, until the proxy itself asks for
+  credentials on a CONNECT (an answer no endpoint can give). Not by how many destinations
+  answer it: host names cost an endpoint's owner nothing, so endpoints cannot escape their
+  breakers by answering 407 under several names.
 
 A delivery is let through when the proxy opens a tunnel (CONNECT 2xx) or an http target's
 answer through it is a 2xx (each such request passes the proxy's policy and credentials).
@@ -91,18 +92,21 @@ _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
 
 class Record:
     """What the proxy did lately, as one sender saw it: whether it has let a delivery through
-    since the sender started, and the destinations it refused since it last did (at most
-    :data:`BROAD_REFUSALS`). O(1) per answer; attempts without a proxy never touch it."""
+    since the sender started, the destinations it refused since it last did (at most
+    :data:`BROAD_REFUSALS`), and whether it asked for credentials on a CONNECT since.
+    O(1) per answer; attempts without a proxy never touch it."""
 
-    __slots__ = ("passed", "refused")
+    __slots__ = ("challenged", "passed", "refused")
 
     def __init__(self) -> None:
         self.passed = False
+        self.challenged = False
         self.refused: set[str] = set()
 
     def let_through(self) -> None:
         """The proxy opened a tunnel, or carried an http delivery answered 2xx."""
         self.passed = True
+        self.challenged = False
         if self.refused:
             self.refused.clear()
 
@@ -226,6 +230,7 @@ def connect_refusal(
     if status in ENDPOINT_STATUSES:
         return TunnelRefused(proxy, status)
     if status == _PROXY_AUTH:
+        proxy.seen.challenged = True
         return credentials_refused(proxy)
     shown = " ".join(phrase.split())[:SNIPPET_CHARS]
     return ProxyFailure(proxy, f"refused the tunnel: HTTP {status}{' ' if shown else ''}{shown}")
@@ -244,17 +249,15 @@ def _refuses_all(status: int) -> str:
     )
 
 
-def http_answer(proxy: Proxy, status: int, *, challenge: bool, host: str) -> ProxyFailure | None:
+def http_answer(proxy: Proxy, status: int, *, challenge: bool) -> ProxyFailure | None:
     """An http target's answer ``status`` through the proxy (its request passed the proxy's
     policy and credentials when 2xx); the proxy's failure for a 407 asking for credentials
     (``challenge``) while the proxy is not seen taking ours (:class:`Record`), else None."""
     seen = proxy.seen
     if 200 <= status < 300:  # noqa: PLR2004
         seen.let_through()
-    elif status == _PROXY_AUTH and challenge:
-        broad = seen.refusing_all(host)
-        if broad or not seen.passed:
-            return credentials_refused(proxy)
+    elif status == _PROXY_AUTH and challenge and (seen.challenged or not seen.passed):
+        return credentials_refused(proxy)
     return None
 
 

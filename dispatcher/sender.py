@@ -524,7 +524,7 @@ def proxy_challenge(
     if target.secure:
         return
     challenge = outcome.status == _PROXY_AUTH and b"proxy-authenticate" in answer.headers
-    failure = http_answer(proxy, answer.status, challenge=challenge, host=target.host)
+    failure = http_answer(proxy, answer.status, challenge=challenge)
     if failure is not None:
         outcome.error = str(failure)
         outcome.blame = BLAME

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dispatcher.proxy import BLAME, BROAD_REFUSALS
+from dispatcher.proxy import (
+    BLAME,
+    BROAD_REFUSALS,
+    Proxy,
+    ProxyFailure,
+    TunnelRefused,
+    connect_refusal,
+    http_answer,
+)
 from tests.proxy import ConnectProxy
 from tests.target import Reply, Target
 from tests.test_proxy import BODY, HEADERS, _by_name, _sender, ca, https_target
@@ -83,3 +91,21 @@ async def test_an_http_endpoint_answering_407_is_the_endpoints_once_the_proxy_wo
             assert (outcome.status, outcome.blame) == (407, None)
             assert outcome.error == "HTTP 407: ok"
     assert proxy.forwards == 5
+
+
+def test_http_endpoints_answering_407_under_many_names_stay_the_endpoints() -> None:
+    """Once the proxy carried a delivery, http endpoints answering 407 with Proxy-Authenticate
+    under any number of host names (free to whoever owns a domain) fail as themselves, and
+    feed no CONNECT refusal's blame; they are the proxy's again only after the proxy itself
+    asked for credentials on a CONNECT (an answer no endpoint can give)."""
+    proxy = Proxy.parse("http://127.0.0.1:3128")
+    assert http_answer(proxy, 200, challenge=False) is None
+    for _ in range(2 * BROAD_REFUSALS):  # whatever names they answer under
+        assert http_answer(proxy, 407, challenge=True) is None
+    refusal = connect_refusal(proxy, 403, "Forbidden", challenge=False, host="denied.example")
+    assert isinstance(refusal, TunnelRefused)  # one destination refused: the endpoint's
+    asked = connect_refusal(proxy, 407, "", challenge=True, host="any.example")
+    assert isinstance(asked, ProxyFailure)
+    assert http_answer(proxy, 407, challenge=True) is not None
+    assert http_answer(proxy, 200, challenge=False) is None
+    assert http_answer(proxy, 407, challenge=True) is None
