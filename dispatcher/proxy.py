@@ -38,8 +38,11 @@ a :class:`Record` of what the proxy did lately, and two answers are judged by it
   answer it: host names cost an endpoint's owner nothing, so endpoints cannot escape their
   breakers by answering 407 under several names.
 
-A delivery is let through when the proxy opens a tunnel (CONNECT 2xx) or an http target's
-answer through it is a 2xx (each such request passes the proxy's policy and credentials).
+A delivery is let through when the proxy opens a tunnel (CONNECT 2xx), an https target
+answers through a tunnel (one kept open from before too: other webhooks' traffic on kept
+connections opens no new tunnel, and must not leave the proxy blamed for refusals meanwhile),
+or an http target's answer through it is a 2xx (each such request passes the proxy's policy
+and credentials).
 
 This module makes no HTTP exchange of its own beyond the CONNECT, for the native sender
 (:mod:`dispatcher.sender`); :mod:`dispatcher.sender_aiohttp` lets aiohttp send it and maps its

@@ -520,8 +520,10 @@ def proxy_challenge(
 ) -> None:
     """Through the egress proxy, an http target's answer: a 407 asking for credentials
     (``Proxy-Authenticate``) is blamed on the proxy unless the proxy is seen taking ours
-    (:func:`dispatcher.proxy.http_answer`)."""
+    (:func:`dispatcher.proxy.http_answer`). An https target's answer came through a tunnel,
+    new or kept: a delivery the proxy let through."""
     if target.secure:
+        proxy.seen.let_through()
         return
     challenge = outcome.status == _PROXY_AUTH and b"proxy-authenticate" in answer.headers
     failure = http_answer(proxy, answer.status, challenge=challenge)

@@ -109,3 +109,25 @@ def test_http_endpoints_answering_407_under_many_names_stay_the_endpoints() -> N
     assert http_answer(proxy, 407, challenge=True) is not None
     assert http_answer(proxy, 200, challenge=False) is None
     assert http_answer(proxy, 407, challenge=True) is None
+
+
+async def test_a_delivery_over_a_kept_tunnel_counts_as_let_through(
+    make_sender: MakeSender, ca: Authority, https_target: Target
+) -> None:
+    """A delivery answered through a tunnel kept open from before is one the proxy let
+    through: three endpoints the proxy's policy refuses (three names whose owner points them
+    wherever the proxy will not go) are the proxy's only until then, not for as long as the
+    other webhooks' traffic rides on kept connections and no new tunnel opens."""
+    async with (
+        ConnectProxy() as proxy,
+        _sender(make_sender, proxy.url, ca) as sender,
+    ):
+        assert (await sender.attempt(_by_name(https_target), BODY, HEADERS)).error is None
+        proxy.connect_status = 403
+        for host in ("a.denied.example", "b.denied.example", "c.denied.example"):
+            outcome = await _to(sender, host)
+        assert outcome.blame == BLAME  # three destinations in a row: the proxy's, so far
+        assert (await sender.attempt(_by_name(https_target), BODY, HEADERS)).error is None
+        assert proxy.connects == 1  # the kept tunnel carried it
+        for host in ("a.denied.example", "b.denied.example"):
+            assert (await _to(sender, host)).blame is None
