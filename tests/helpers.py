@@ -123,15 +123,16 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         # Ours answering, not another process's server on the port (another xdist worker's
-        # took it between free_port and this start): that one would answer PING too.
+        # took it between free_port and this start): that one would answer PING too. And
+        # ready: INFO answers while the data set loads (an AOF replayed), PING only after.
         mine = f"process_id:{self.process.pid}\r\n".encode()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"INFO server\r\n")
-                    if mine in s.recv(65536):
-                        return
+                if mine in _ask(self.port, b"INFO server\r\n") and _ask(
+                    self.port, b"PING\r\n"
+                ).startswith(b"+PONG"):
+                    return
             except OSError:
                 pass
             time.sleep(0.02)
@@ -143,6 +144,13 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(timeout=10)
+
+
+def _ask(port: int, command: bytes) -> bytes:
+    """One inline command's first answer bytes from the redis-server on ``port``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+        s.sendall(command)
+        return s.recv(65536)
 
 
 @dataclass
