@@ -20,6 +20,7 @@ from dispatcher.queue.store import Store
 from dispatcher.sender import Sender
 from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
+from tests.admin_api import start_api
 from tests.helpers import ClusterServers, RedisServer
 from tests.target import Target
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from dispatcher.oauth import TokenCache
     from dispatcher.sender import HttpSender
+    from tests.admin_api import Api
     from tests.helpers import MakeSender
 
 #: The fault suite's table, printed at the end (by an xdist controller too).
@@ -76,6 +78,14 @@ async def store(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIter
 async def client(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Client]:
     async with Client.from_url(redis_url, prefix=prefix) as c:
         yield c
+
+
+@pytest.fixture
+async def api(client: Client) -> AsyncIterator[Api]:
+    """The admin API served from this test's Client (a test file may shadow it with its own)."""
+    _app, served = await start_api(client)
+    yield served
+    await served.close()
 
 
 HTTP_CLIENTS: dict[str, MakeSender] = {"native": Sender, "aiohttp": AiohttpSender}

@@ -21,7 +21,7 @@ from dispatcher.errors import RedisOutOfMemory
 from dispatcher.ids import new_event_ids
 from dispatcher.queue import publishing
 from dispatcher.queue.keys import Keys, shard_of, stream_of
-from tests.admin_api import TOKEN, start_api
+from tests.admin_api import TOKEN
 from tests.helpers import (
     Daemon,
     RedisServer,
@@ -32,7 +32,6 @@ from tests.helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import redis.asyncio as aioredis
@@ -86,13 +85,6 @@ async def _keys(redis: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
         size = await redis.xlen(key) if kind == b"stream" else await redis.memory_usage(key)
         found[key] = (kind, size)
     return found
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    _app, api = await start_api(client)
-    yield api
-    await api.close()
 
 
 @pytest.mark.parametrize("shards", [1, 3])

@@ -14,27 +14,18 @@ from dispatcher.ids import new_event_ids
 from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import codec, control, recent
 from dispatcher.queue.keys import Keys
-from tests.admin_api import Api, start_api
 from tests.helpers import eventually
 from tests.target import Reply
 from tests.test_client_parity import both
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
     from dispatcher import Client
+    from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Target
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    """The admin API served from this test's Client."""
-    _app, served = await start_api(client)
-    yield served
-    await served.close()
 
 
 def _job(job_id: str, webhook_id: str, state: JobState, ms: int, **fields: Any) -> Job:

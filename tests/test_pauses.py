@@ -15,11 +15,9 @@ from dispatcher.metrics import Metrics
 from dispatcher.queue import backlog, breakers, codec, pauses, streams
 from dispatcher.queue.keys import Keys
 from dispatcher.queue.streams import SettleKind, Settlement
-from tests.admin_api import start_api
 from tests.helpers import Daemon, daemon_env, eventually, stop_daemons
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import redis.asyncio as aioredis
@@ -29,13 +27,6 @@ if TYPE_CHECKING:
     from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Target
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    _app, served = await start_api(client)
-    yield served
-    await served.close()
 
 
 async def _publish(client: Client, tenant: str, n: int, start: int = 0) -> list[str]:

@@ -17,7 +17,6 @@ from dispatcher.errors import ConfigError
 from dispatcher.ids import shard_of
 from dispatcher.model import JobState
 from dispatcher.queue import codec, delays, streams
-from tests.admin_api import Api, start_api
 from tests.helpers import (
     Daemon,
     daemon_env,
@@ -29,22 +28,15 @@ from tests.helpers import (
 from tests.target import Reply
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import redis.asyncio as aioredis
 
     from dispatcher import Client, shapes
     from dispatcher.queue.store import Store
+    from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Target
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    _app, api = await start_api(client)
-    yield api
-    await api.close()
 
 
 async def _publish(client: Client, url: str) -> str:

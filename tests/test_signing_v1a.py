@@ -23,14 +23,13 @@ from dispatcher.signing import (
     sign,
     valid_signing_key,
 )
-from tests.admin_api import Api, start_api
 from tests.test_verify import BODY, MSG_ID, TIMESTAMP_S, V1A_PUBLIC, V1A_SIGNATURE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
+    from tests.admin_api import Api
     from tests.conftest import WorkerHarness
     from tests.target import Received, Target
 
@@ -44,13 +43,6 @@ V1A_SIGNING_KEY = (
 
 def _whsk(raw: bytes) -> str:
     return "whsk_" + base64.b64encode(raw).decode()
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    _app, api = await start_api(client)
-    yield api
-    await api.close()
 
 
 # --- keys and signatures ----------------------------------------------------------------------

@@ -22,7 +22,6 @@ from tests.helpers import eventually, free_port
 from tests.target import Reply
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     import redis.asyncio as aioredis
 
@@ -108,13 +107,6 @@ def _script(target: Target) -> None:
         for i in range(JOBS + FAILURES)
     ]
     target.script("/hook", *replies)
-
-
-@pytest.fixture
-async def api(client: Client) -> AsyncIterator[Api]:
-    _app, served = await start_api(client)
-    yield served
-    await served.close()
 
 
 async def _settled(api: Api, webhook_id: str, window: str, attempts: int) -> dict[str, Any]:
