@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any, cast
 
 from dispatcher import Client
@@ -28,7 +26,7 @@ from dispatcher.delivery import Worker
 from dispatcher.metrics import Metrics
 from dispatcher.sender import Sender
 from dispatcher.ssrf import AddressPolicy
-from tests.helpers import RedisServer
+from tests.helpers import redis_at
 
 
 async def _used(client: Client) -> int:
@@ -115,15 +113,8 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=200)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    if args.redis_url:
-        asyncio.run(measure(args.redis_url, args.jobs, args.payload_bytes))
-        return
-    server = RedisServer(Path(tempfile.mkdtemp()))
-    server.start()
-    try:
-        asyncio.run(measure(server.url, args.jobs, args.payload_bytes))
-    finally:
-        server.stop()
+    with redis_at(args.redis_url) as url:
+        asyncio.run(measure(url, args.jobs, args.payload_bytes))
 
 
 if __name__ == "__main__":

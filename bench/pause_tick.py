@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dispatcher import Client
 from dispatcher.queue import codec, pauses, streams
 from dispatcher.queue.streams import SettleKind, Settlement
-from tests.helpers import RedisServer
+from tests.helpers import redis_at
 
 if TYPE_CHECKING:
     from dispatcher.queue.store import Store
@@ -90,15 +88,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    if args.redis_url:
-        asyncio.run(measure(args.redis_url, args.webhooks, args.calls))
-        return
-    server = RedisServer(Path(tempfile.mkdtemp()))
-    server.start()
-    try:
-        asyncio.run(measure(server.url, args.webhooks, args.calls))
-    finally:
-        server.stop()
+    with redis_at(args.redis_url) as url:
+        asyncio.run(measure(url, args.webhooks, args.calls))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import uuid
 from dispatcher import Client
 from dispatcher.queue import stats
 from dispatcher.tally import Tally
-from tests.helpers import RedisServer
+from tests.helpers import redis_at
 
 WEEK_MINUTES = 7 * 24 * 60
 #: --spread: the logs of the longest duration (30 s) and lag (7 days), in ms
@@ -101,20 +101,8 @@ def main() -> None:
         "--spread", action="store_true", help="durations and lags over every bucket (worst case)"
     )
     args = parser.parse_args()
-    server = None
-    url = args.redis_url
-    if url is None:
-        import tempfile  # noqa: PLC0415 - only when starting a server
-        from pathlib import Path  # noqa: PLC0415
-
-        server = RedisServer(Path(tempfile.mkdtemp()))
-        server.start()
-        url = server.url
-    try:
+    with redis_at(args.redis_url) as url:
         result = asyncio.run(measure(url, args.per_second, spread=args.spread))
-    finally:
-        if server is not None:
-            server.stop()
     for name, value in result.items():
         print(f"{name:>20}: {value:,}")
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import orjson
@@ -23,8 +26,7 @@ from dispatcher.queue.keys import Keys, shard_of
 from dispatcher.queue.streams import SettleKind, Settlement
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable, Iterator
 
     import redis.asyncio as aioredis
 
@@ -144,6 +146,21 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_at(url: str | None) -> Iterator[str]:
+    """``url``, or for the block's length a redis-server of its own in a temporary directory
+    (the benchmarks' ``--redis-url`` or not)."""
+    if url is not None:
+        yield url
+        return
+    server = RedisServer(Path(tempfile.mkdtemp()))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def _ask(port: int, command: bytes) -> bytes:
