@@ -44,19 +44,24 @@ class Authority:
     cert: x509.Certificate
 
     @classmethod
-    def new(cls, common_name: str) -> Authority:
+    def new(cls, common_name: str, *, issuer: Authority | None = None) -> Authority:
+        """A self-signed root CA, or with ``issuer`` an intermediate CA that ``issuer`` signed
+        (issuing leaves, no further CAs)."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(name)
-            .issuer_name(name)
+            .issuer_name(name if issuer is None else issuer.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _DAY)
             .not_valid_after(now + _DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0),
+                critical=True,
+            )
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -72,8 +77,12 @@ class Authority:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
         )
+        if issuer is not None:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
+            )
+        cert = builder.sign(key if issuer is None else issuer.key, hashes.SHA256())
         return cls(name, key, cert)
 
     @property

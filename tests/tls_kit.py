@@ -115,25 +115,7 @@ def rsa_leaf(ca: Authority, bits: int) -> Leaf:
 
 def intermediate(root: Authority, common_name: str = "issuing CA") -> Authority:
     """A CA that ``root`` signed, issuing leaves of its own."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(root.name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), False
-        )
-        .sign(root.key, hashes.SHA256())
-    )
-    return Authority(name, key, cert)
+    return Authority.new(common_name, issuer=root)
 
 
 def handshake(
