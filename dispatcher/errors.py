@@ -215,6 +215,19 @@ class RedisUnavailable(DispatcherError):
     default_message = "Redis is unavailable; nothing was accepted, try again later"
 
 
+class RegionUnavailable(DispatcherError):
+    """Another region's Redis, which holds what was asked, did not answer, or this process
+    knows no URL for it (``[regions]``); nothing was changed there."""
+
+    code = "region_unavailable"
+    http_status = 503
+    default_message = "a region's Redis is unavailable; nothing was changed there, try again"
+
+    def __init__(self, region: str, why: str = "did not answer") -> None:
+        super().__init__(f"region {region!r} is unavailable: {why}; nothing was changed there")
+        self.region = region
+
+
 class RedisOutOfMemory(DispatcherError):
     """Redis refused the write for lack of memory (OOM); nothing was accepted."""
 

@@ -7,6 +7,13 @@ Ids. An event is ``evt_<core>``, its jobs ``job_<core>.<n>`` (``job_<core>.<k>.<
 > 0), a webhook ``wh_<core>`` (``wh_<core>.<k>`` in shard k > 0). A core is 20 characters of
 lower-case Crockford base32: 10 of millisecond time, 10 of randomness, so ids sort by time.
 
+Regions (docs/regions.md). In a deployment with ``[regions]``, a job id ends in ``~<region>``,
+the region whose Redis holds the job and whose daemons deliver it: ``job_<core>.<n>~eu``. An id
+without the suffix belongs to the region of whoever reads it, so every id minted before regions
+(or without them) stays valid. ``~`` is unreserved in URLs and is not ``@``, which starts a
+locator. A region name is ``[a-z][a-z0-9_]{0,15}``: safe in ids, keys, URLs and env names.
+Webhook and event ids carry no region (the registry is in every region; ``Webhook.region``).
+
 Names. A queue ``Q`` is three streams, one per priority: ``Q:high``, ``Q`` (normal) and ``Q:low``
 (queue names never hold ``:``, ``model.check_queue``). A stream entry id (``sid``) starts with
 the Redis server time (ms) at which it was added.
@@ -33,9 +40,13 @@ MAX_SHARDS = 1024
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _MASK_50 = (1 << 50) - 1
 # ``.<k>`` names the shard when it is not 0
-_JOB_ID = re.compile(r"job_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?\.\d{1,6}")
+REGION_PATTERN = r"[a-z][a-z0-9_]{0,15}"
+_REGION = re.compile(REGION_PATTERN)
+_JOB_ID = re.compile(rf"job_[0-9a-z]{{20}}(?:\.[1-9]\d{{0,3}})?\.\d{{1,6}}(?:~{REGION_PATTERN})?")
 _WEBHOOK_ID = re.compile(r"wh_[0-9a-z]{20}(?:\.[1-9]\d{0,3})?")
-_SHARD_IN_ID = re.compile(r"wh_[0-9a-z]{20}\.(\d+)|job_[0-9a-z]{20}\.(\d+)\.\d+")
+_SHARD_IN_ID = re.compile(
+    rf"wh_[0-9a-z]{{20}}\.(\d+)|job_[0-9a-z]{{20}}\.(\d+)\.\d+(?:~{REGION_PATTERN})?"
+)
 
 
 # --- ids -------------------------------------------------------------------------------------
@@ -118,6 +129,23 @@ def is_webhook_id(value: object) -> bool:
     return isinstance(value, str) and _WEBHOOK_ID.fullmatch(value) is not None
 
 
+def is_region_name(value: object) -> bool:
+    return isinstance(value, str) and _REGION.fullmatch(value) is not None
+
+
+def region_of(job_id: str) -> str | None:
+    """The region named in a job id (``job_<core>.<n>~eu`` -> ``eu``); None: no suffix, the
+    reader's own region."""
+    _, tilde, region = job_id.rpartition("~")
+    return region if tilde else None
+
+
+def with_region(job_id: str, region: str | None) -> str:
+    """``job_id`` naming ``region`` (None: no suffix), whatever it named before."""
+    local = job_id.partition("~")[0]
+    return f"{local}~{region}" if region else local
+
+
 def sid_ms(sid: str) -> int:
     """The Redis server time (ms) at which a stream entry was added."""
     return int(sid.partition("-")[0])
@@ -132,7 +160,8 @@ def shard_for(core: str, shards: int) -> int:
 
 
 def shard_of(entity_id: str) -> int:
-    """The shard of a (valid) webhook or job id: ``wh_<core>.<k>``, ``job_<core>.<k>.<n>``."""
+    """The shard of a (valid) webhook or job id: ``wh_<core>.<k>``, ``job_<core>.<k>.<n>``
+    (a region suffix, ``~eu``, changes nothing: shard k of every region has the same tag)."""
     found = _SHARD_IN_ID.fullmatch(entity_id)
     return int(found.group(1) or found.group(2)) if found else 0
 

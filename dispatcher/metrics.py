@@ -101,6 +101,44 @@ _HELP = {
         "OAuth2 token requests for webhooks with auth, by result: ok (a token), rejected (an "
         "error answer), failed (no answer), malformed (a 2xx without a usable token)."
     ),
+    "dispatcher_registry_applied_total": (
+        "Webhook writes (creates, updates, deletes) made in another region and applied here, "
+        "by source region."
+    ),
+    "dispatcher_registry_superseded_total": (
+        "Webhook writes of another region not applied here because a newer version was here "
+        "already (last writer wins), by source region."
+    ),
+    "dispatcher_registry_resyncs_total": (
+        "Full reads of another region's webhooks (no cursor yet, or one older than its "
+        "registry stream), by source region."
+    ),
+    "dispatcher_relay_sent_total": (
+        "Jobs relayed from this region's outboxes and written in their region, by destination."
+    ),
+    "dispatcher_relay_resent_total": (
+        "Outbox entries sent again (a relay died before its ack, or an apply got no answer), "
+        "by destination: the counted at-least-once window."
+    ),
+    "dispatcher_relay_skipped_total": (
+        "Relayed jobs the destination already had (a resend found its job): not enqueued "
+        "twice, by destination."
+    ),
+    "dispatcher_relay_reapplied_total": (
+        "Resent outbox entries the destination had no record of and enqueued (its record was "
+        "gone or the first send never arrived), by destination: bounds relay duplicates."
+    ),
+    "dispatcher_relay_fenced_total": (
+        "Relay batches refused by the destination because a newer relay holder had applied "
+        "there, by destination."
+    ),
+    "dispatcher_outbox_jobs": (
+        "Jobs in this region's outboxes waiting to be relayed, by destination region, at the "
+        "last check (also counted in dispatcher_queued_jobs)."
+    ),
+    "dispatcher_outbox_oldest_age_seconds": (
+        "Age of the oldest job waiting in an outbox, by destination region, at the last check."
+    ),
     "dispatcher_endpoint_in_flight": (
         "Attempts in flight per webhook in this process, for webhooks with attempts in flight "
         f"or a cut limit only, at most {ENDPOINT_SERIES_MAX} (busiest first)."

@@ -26,7 +26,7 @@ import orjson
 from dispatcher import filters, tlsconf
 from dispatcher.crypto import Undecryptable
 from dispatcher.errors import EncryptionKeyMissing, InvalidField
-from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, new_webhook_id, queue_of
+from dispatcher.ids import TASK_QUEUES, TASK_WEBHOOK, is_region_name, new_webhook_id, queue_of
 from dispatcher.signing import (
     SCHEMES,
     SIGNING_KEY_PREFIX,
@@ -284,6 +284,7 @@ CREATABLE = frozenset(
         "signature_scheme",
         "tls",
         "auth",
+        "region",
     }
 )
 PATCHABLE = CREATABLE | {"enabled"}
@@ -344,6 +345,10 @@ class Webhook:
     #: the sealed key (``encode`` derives it), so a process that cannot open the key still
     #: answers it; None for v1, and in records written before it was stored.
     public_key: str | None = None
+    #: The region whose Redis holds its jobs and whose daemons deliver them (docs/regions.md),
+    #: one of ``[regions]``; None without regions, and in a record written before them, where
+    #: it means the region of the Redis that holds the record.
+    region: str | None = None
 
     @classmethod
     def create(cls, fields: dict[str, Any], *, now_ms: int, shards: int = 1) -> Webhook:
@@ -417,6 +422,8 @@ class Webhook:
             route["f"] = compiled
         if self.ordering == "fifo":
             route["o"] = 1  # publish.lua puts its jobs in lanes (only then: none costs nothing)
+        if self.region is not None:
+            route["r"] = self.region  # publish.lua: another region's jobs go to its outbox
         return orjson.dumps(route)
 
     def encode(self, keyring: Keyring | None = None) -> bytes:
@@ -478,6 +485,7 @@ class Webhook:
             "public_key": _public_key(self),
             "tls": _masked(self.tls, "tls"),
             "auth": _masked(self.auth, "auth"),
+            "region": self.region,
             "created_at": rfc3339(self.created_at_ms),
             "updated_at": rfc3339(self.updated_at_ms),
         }
@@ -495,6 +503,7 @@ _LEFT_OUT: Final[dict[str, Any]] = {
     "tls": None,
     "auth": None,
     "public_key": None,
+    "region": None,
 }
 
 
@@ -760,6 +769,26 @@ def _latin1(text: str) -> bool:
     return True
 
 
+def _check_region(value: Any) -> str | None:
+    """A region name's form (``ids.REGION_PATTERN``); whether the deployment has it is
+    ``check_region_known``'s question. None: the default (the home region)."""
+    if value is None or is_region_name(value):
+        return cast("str | None", value)
+    raise InvalidField("region", "must be a region name: a-z, 0-9 and _, 1 to 16 characters")
+
+
+def check_region_known(value: str | None, regions: tuple[str, ...]) -> None:
+    """``value`` (a checked ``region``) names one of the deployment's ``regions`` (none: no
+    region may be named)."""
+    if value is None:
+        return
+    if not regions:
+        raise InvalidField("region", "this deployment has no [regions]")
+    if value not in regions:
+        known = ", ".join(regions)
+        raise InvalidField("region", f"is not one of this deployment's regions ({known})")
+
+
 def _check_enabled(value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidField("enabled", "must be true or false")
@@ -837,6 +866,7 @@ _CHECKS: dict[str, Any] = {
     "description": lambda v: _text("description", v, limit=1024, empty=True),
     "enabled": _check_enabled,
     "paused": _check_paused,
+    "region": _check_region,
     "filter": filters.check,
     "ordering": _check_ordering,
     "signature_scheme": _check_signature_scheme,

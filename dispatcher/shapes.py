@@ -128,6 +128,7 @@ class Webhook(TypedDict):
     public_key: NotRequired[str | None]  # v1a: the whpk_ key receivers verify with
     tls: NotRequired[TlsSettings | None]
     auth: NotRequired[OAuth2Settings | None]
+    region: NotRequired[str | None]  # the region that delivers its jobs; null without regions
     queue: str
     headers: NotRequired[dict[str, str]]
     description: NotRequired[str]
@@ -190,6 +191,7 @@ class WebhookSettings(TypedDict, total=False):
     filter: dict[str, Any] | None
     tls: TlsSettings | None
     auth: OAuth2Settings | None
+    region: str | None  # one of [regions]; null: the home region of the API or Client
 
 
 class WebhookCreate(WebhookSettings):
@@ -530,6 +532,27 @@ class Breakers(TypedDict):
     parked: NotRequired[int]
 
 
+class OutboxCounts(TypedDict):
+    """One outbox: jobs published in a region for another, not yet relayed there."""
+
+    depth: int
+    lag_ms: int | None  # how long its oldest entry has waited; None when it is empty
+
+
+class RegionCounts(TypedDict):
+    """One region in ``GET /v1/status`` (with ``[regions]``): its own counts, read from its
+    Redis, or ``reachable: false`` and ``error`` when it did not answer within a second."""
+
+    reachable: bool
+    queued: NotRequired[int]
+    active: NotRequired[int]
+    scheduled: NotRequired[int]
+    dlq_size: NotRequired[int]
+    paused: NotRequired[list[str]]
+    outbox: NotRequired[dict[str, OutboxCounts]]  # by destination region
+    error: NotRequired[str]
+
+
 class StatusCounts(TypedDict):
     """``Client.status()``: the dashboard of ``GET /v1/status`` without its ``alerts`` (the
     daemon serving the API judges those)."""
@@ -550,6 +573,8 @@ class StatusCounts(TypedDict):
     redis: dict[str, Any]
     workers: list[Worker]
     breakers: NotRequired[Breakers]
+    region: NotRequired[str]  # with [regions]: the region that answers (the counts above)
+    regions: NotRequired[dict[str, RegionCounts]]  # every region, this one included
 
 
 class Status(StatusCounts):

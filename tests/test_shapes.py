@@ -26,6 +26,8 @@ PLACES: list[tuple[type, str | tuple[str, str, str]]] = [
     (shapes.UnknownQueue, "UnknownQueue"),
     (shapes.NotReplayable, "NotReplayable"),
     (shapes.Webhook, "Webhook"),
+    (shapes.OutboxCounts, "OutboxCounts"),
+    (shapes.RegionCounts, "RegionCounts"),
     (shapes.WebhookWithSecret, "WebhookWithSecret"),
     (shapes.Breaker, "Breaker"),
     (shapes.TlsSettings, "TlsSettings"),

@@ -150,6 +150,44 @@ ids the server chooses, and come last; ``M`` is a number.
 ``P:{0}:op:O``            hash  a background DLQ operation's state (replay or purge; shard 0)
 ``P:{0}:ops``             zset  operation id -> last sign of life (ms) of the running operations
 
+Regions (docs/regions.md; only with ``[regions]``: a deployment without them writes none of
+these). ``R`` and ``S`` are region names (``ids.REGION_PATTERN``); every family below is per
+shard, in the shard of the webhooks or jobs it concerns:
+
+``P:{0}:versions``        hash  webhook id -> ``"<v> <origin>"``, or ``"<v> <origin> -"`` for a
+                          deleted one (a tombstone): the version of each webhook record of this
+                          shard, ``v`` = max(previous v + 1, Redis TIME ms) at each write, and
+                          the region the write was made in. ``(v, origin)`` orders writes: the
+                          larger wins everywhere (last writer wins)
+``P:{0}:registry``        stream of this region's own webhook writes, read by every other
+                          region's replicator: ``{w: webhook id, v: version, o: origin, rec:
+                          record JSON}``, or ``{w, v, o, del: 1}`` for a delete. Written in the
+                          same MULTI or script as the write; trimmed by age (MINID, 7 days)
+``P:{0}:registry:from:S`` string, the id of region S's last registry entry applied here (the
+                          replicator's cursor); none: resync from S's whole ``webhooks`` hash
+``P:{0}:registry:lock:S`` string, the token of the one process here replicating from S
+                          (SET NX PX, renewed)
+``P:{0}:outbox:R``        stream of jobs published here for region R's webhooks, written by
+                          publish.lua in the same call as this region's own jobs (all or
+                          none), read by the consumer group ``relay``; an entry is acked and
+                          XDELed once R's Redis has the job. Entry ``{j: job id (~R), w:
+                          webhook id, t: tenant, e: event type, q: the stream of its queue and
+                          priority (``Q``, ``Q:high``), c: created ms, n: due ms (0: now),
+                          p: payload}``, and ``o: '-'`` or ``o: '=' .. ordering key`` when the
+                          route is FIFO (no ``o``: not FIFO)
+``P:{0}:outbox:R:relay``  string, the token of the one process relaying this outbox (SET NX
+                          PX, renewed): ``<incarnation>:<epoch>``
+``P:{0}:outbox:R:epoch``  string, a counter INCRed by each new relay holder (the fence's epoch)
+``P:{0}:relay:S``         string (in region R's Redis), the highest relay token of region S
+                          applied here: an apply carrying a lower epoch of the same
+                          incarnation is refused (a paused old holder can never apply after
+                          its successor)
+``P:{0}:layout``          (the hash above) also holds, with regions, ``region``: the region
+                          this Redis is (a daemon of another region refuses to start on it),
+                          ``regions``: the deployment's region names, space-separated, and
+                          ``incarnation``: a random token written once (a wiped Redis gets a
+                          new one)
+
 ``breaker_tick.lua`` builds the ``parked`` and ``delayed`` names itself from ``Keys.base``, since
 which it needs depends on the data, and so do ``settle.lua`` and ``waiting_tick.lua`` for the
 ``ready``, ``waiting`` and ``lease`` names (and settle.lua for ``releasing``, as a draining
@@ -179,6 +217,7 @@ __all__ = [
     "GROUP",
     "MAX_SHARDS",
     "PRIORITIES",
+    "RELAY_GROUP",
     "Keys",
     "priority_of",
     "queue_of",
@@ -190,6 +229,8 @@ __all__ = [
 ]
 
 GROUP = "dispatch"
+#: The consumer group of every outbox stream (``outbox``): the region's relays.
+RELAY_GROUP = "relay"
 _GOLDEN = 0.6180339887498949
 
 
@@ -399,6 +440,34 @@ class Keys:
     @property
     def operations(self) -> str:
         return f"{self._base}:ops"
+
+    # --- regions (docs/regions.md) ----------------------------------------------------------
+
+    @property
+    def versions(self) -> str:
+        return f"{self._base}:versions"
+
+    @property
+    def registry(self) -> str:
+        return f"{self._base}:registry"
+
+    def registry_from(self, source: str) -> str:
+        return f"{self._base}:registry:from:{source}"
+
+    def registry_lock(self, source: str) -> str:
+        return f"{self._base}:registry:lock:{source}"
+
+    def outbox(self, region: str) -> str:
+        return f"{self._base}:outbox:{region}"
+
+    def outbox_lease(self, region: str) -> str:
+        return f"{self._base}:outbox:{region}:relay"
+
+    def outbox_epoch(self, region: str) -> str:
+        return f"{self._base}:outbox:{region}:epoch"
+
+    def relay_fence(self, source: str) -> str:
+        return f"{self._base}:relay:{source}"
 
     @property
     def pattern(self) -> str:

@@ -14,6 +14,7 @@ clock call ``refresh_clock()`` themselves.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -30,6 +31,18 @@ if TYPE_CHECKING:
 
     from dispatcher.crypto import Keyring
 
+
+class RegionMismatchError(Exception):
+    """The Redis is recorded as another region's (``layout.region``)."""
+
+    def __init__(self, stored: str, wanted: str) -> None:
+        super().__init__(
+            f"this Redis is region {stored!r}'s (its layout says so), not {wanted!r}: "
+            "check region and [regions]"
+        )
+        self.stored, self.wanted = stored, wanted
+
+
 #: How long a process trusts the shard layout it read before reading it again.
 LAYOUT_MAX_AGE_S = 5.0
 
@@ -41,6 +54,12 @@ class Layout:
 
     shards: int = 1
     served: int = 1
+    #: With ``[regions]`` (docs/regions.md): the region this Redis is, the deployment's region
+    #: names (its own included, sorted), and a random token written once per Redis, so a wiped
+    #: one is told apart from before (the relay's fence). None and () without regions.
+    region: str | None = None
+    regions: tuple[str, ...] = ()
+    incarnation: str | None = None
     read_at: float = float("-inf")  # monotonic
 
 
@@ -134,10 +153,15 @@ class Store:
             return layout
         raw = await cast(
             "Awaitable[list[bytes | None]]",
-            self.redis.hmget(self.home.keys.layout, ["shards", "served"]),
+            self.redis.hmget(
+                self.home.keys.layout, ["shards", "served", "region", "regions", "incarnation"]
+            ),
         )
         layout.shards = max(1, int(raw[0] or 1))
         layout.served = max(layout.shards, int(raw[1] or 1))
+        layout.region = raw[2].decode() if raw[2] else None
+        layout.regions = tuple(raw[3].decode().split()) if raw[3] else ()
+        layout.incarnation = raw[4].decode() if raw[4] else None
         layout.read_at = time.monotonic()
         return layout
 
@@ -161,3 +185,22 @@ class Store:
         layout.shards, layout.served = shards, int(served)
         layout.read_at = time.monotonic()
         return layout, int(before)
+
+    async def adopt_region(self, region: str, regions: tuple[str, ...]) -> Layout:
+        """Record that this Redis is ``region`` of a deployment with ``regions`` (the daemon
+        does at start, with ``[regions]``): ``region`` and ``incarnation`` are written once,
+        ``regions`` each time. Raises ``RegionMismatchError`` when the Redis is another region's
+        (two regions' settings naming one Redis), changing nothing."""
+        layout_key = self.home.keys.layout
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(layout_key, "region", region)
+        pipe.hget(layout_key, "region")
+        _, stored = await pipe.execute()
+        if stored is not None and stored.decode() != region:
+            raise RegionMismatchError(stored.decode(), region)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(layout_key, mapping={"regions": " ".join(sorted(regions))})
+        pipe.hsetnx(layout_key, "incarnation", os.urandom(8).hex())
+        await pipe.execute()
+        self.layout.read_at = float("-inf")
+        return await self.read_layout()
