@@ -3,7 +3,10 @@
 ``load(path, environ)`` returns a frozen `Config` or raises `ConfigError` listing every problem,
 one line each, naming the key and where the bad value came from. The sections and keys are the
 dataclass fields below: adding a field adds its TOML key and its environment variable
-(``DISPATCHER_<SECTION>_<KEY>``; top-level keys ``DISPATCHER_<KEY>``).
+(``DISPATCHER_<SECTION>_<KEY>``; top-level keys ``DISPATCHER_<KEY>``). One table is free-form:
+``[regions]`` maps region names to Redis URLs (``DISPATCHER_REGIONS_<NAME>``, the name
+lower-cased, adds an entry or overrides the file's), with the top-level ``region`` naming this
+process's own (docs/regions.md).
 Each value's parser and its messages live in `dispatcher.config_values`.
 """
 
@@ -124,6 +127,9 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     state_dir: Path = Path("var")
+    region: str | None = None  # this process's region, one of ``regions``; None without them
+    #: Every region's Redis URL (a ``redis.url`` form), this one's included; {} without regions.
+    regions: dict[str, str] = field(default_factory=dict)
     redis: RedisConfig = field(default_factory=RedisConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -148,7 +154,8 @@ SECTIONS: Final[Mapping[str, type]] = {
     "alerts": AlertsConfig,
     "log": LogConfig,
 }
-TOP_LEVEL_KEYS: Final = ("state_dir",)
+TOP_LEVEL_KEYS: Final = ("state_dir", "region")
+REGIONS: Final = "regions"  # the free table: region name -> Redis URL
 
 
 def env_name(section: str | None, key: str) -> str:
@@ -197,13 +204,31 @@ class _Reader:
         raw = self._raw(section, key, empty_env_is_value=empty_env_is_value)
         if raw is None:
             return default
+        return self.parsed(f"{section}.{key}" if section else key, raw, default, parse)
+
+    def parsed(self, name: str, raw: values.Raw, default: T, parse: values.Parser[T]) -> T:
         try:
             return parse(raw)
         except values.BadValueError as bad:
-            name = f"{section}.{key}" if section else key
             for reason in bad.reasons:
                 self.problem(name, f"{reason} ({raw.origin})")
             return default
+
+    def table(self, name: str) -> dict[str, values.Raw]:
+        """A free table's entries: the file's, then ``DISPATCHER_<NAME>_<KEY>`` (the key
+        lower-cased), which add to them and override them; an empty variable is unset."""
+        found: dict[str, values.Raw] = {}
+        table = self._file.get(name)
+        if isinstance(table, Mapping):
+            origin = f"from {self._file_label}"
+            found.update({str(k): values.Raw(v, origin, from_env=False) for k, v in table.items()})
+        env_prefix = env_name(None, f"{name}_")
+        for var, value in sorted(self._environ.items()):
+            if var.startswith(env_prefix) and value:
+                found[var.removeprefix(env_prefix).lower()] = values.Raw(
+                    value, f"from {var}", from_env=True
+                )
+        return found
 
     def _raw(self, section: str | None, key: str, *, empty_env_is_value: bool) -> values.Raw | None:
         name = env_name(section, key)
@@ -235,9 +260,13 @@ def _check_file_keys(data: Mapping[str, object], problems: list[str]) -> None:
     for name, value in data.items():
         if name in TOP_LEVEL_KEYS:
             continue
+        if name == REGIONS:
+            if not isinstance(value, dict):
+                problems.append(f"{name}: expected a table [{name}], got {values.show(value)}")
+            continue
         cls = SECTIONS.get(name)
         if cls is None:
-            hint = values.did_you_mean(name, [*SECTIONS, *TOP_LEVEL_KEYS])
+            hint = values.did_you_mean(name, [*SECTIONS, *TOP_LEVEL_KEYS, REGIONS])
             problems.append(f"{name}: unknown key or section in the config file{hint}")
         elif not isinstance(value, dict):
             problems.append(f"{name}: expected a table [{name}], got {values.show(value)}")
@@ -252,10 +281,15 @@ def _check_file_keys(data: Mapping[str, object], problems: list[str]) -> None:
 
 def _check_env_names(environ: Mapping[str, str], problems: list[str]) -> None:
     known = _known_env_names()
+    regions = env_name(None, f"{REGIONS}_")  # DISPATCHER_REGIONS_<NAME>: any name (checked)
     problems.extend(
-        f"{name}: unknown environment variable{values.did_you_mean(name, sorted(known))}"
+        f"{name}: unknown environment variable"
+        f"{values.did_you_mean(name, sorted(known), shared=ENV_PREFIX)}"
         for name in sorted(environ)
-        if name.startswith(ENV_PREFIX) and name not in known and name != CONFIG_ENV
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and name != CONFIG_ENV
+        and not name.startswith(regions)
     )
 
 
@@ -272,6 +306,55 @@ def _redis(r: _Reader) -> RedisConfig:
             "redis", "embedded_maxmemory", d.embedded_maxmemory, values.memory_size
         ),
     )
+
+
+def _regions(r: _Reader) -> dict[str, str]:
+    """``[regions]``: each name and URL checked on its own (`_check_regions` relates them)."""
+    found: dict[str, str] = {}
+    for name, raw in r.table(REGIONS).items():
+        key = f"{REGIONS}.{name}"
+        if r.parsed(key, values.Raw(name, raw.origin, raw.from_env), None, values.region):
+            found[name] = r.parsed(key, raw, "", values.region_url)
+    return {name: url for name, url in sorted(found.items()) if url}
+
+
+def _check_regions(
+    r: _Reader, region: str | None, regions: dict[str, str], redis: RedisConfig
+) -> RedisConfig:
+    """Rules across ``region``, ``[regions]`` and ``redis.url``, checked only when each key
+    involved is valid on its own; with regions, ``redis.url`` defaults to this region's URL."""
+    if "region" in r.failed or any(key.startswith(f"{REGIONS}.") for key in r.failed):
+        return redis
+    seen: dict[str, str] = {}
+    for name, url in regions.items():
+        if url in seen:
+            r.problem(
+                f"{REGIONS}.{name}",
+                f"the same URL as {REGIONS}.{seen[url]}: each region has a Redis of its own",
+            )
+        seen.setdefault(url, name)
+    names = ", ".join(regions)
+    if regions and region is None:
+        r.problem("region", f"[regions] is set ({names}): region must name this process's own")
+    elif region is not None and not regions:
+        r.problem(
+            "region",
+            f"{values.show(region)} needs [regions]: every region's Redis URL, its own included",
+        )
+    elif region is not None and region not in regions:
+        r.problem("region", f"{values.show(region)} is not in [regions] ({names})")
+    elif region is not None:
+        url = regions[region]
+        if redis.url is None:
+            return dataclasses.replace(redis, url=url)
+        if redis.url != url and "redis.url" not in r.failed:
+            r.problem(
+                "redis.url",
+                f"{values.show(values.redact_url(redis.url))} is not regions.{region} "
+                f"({values.show(values.redact_url(url))}): with [regions], leave redis.url "
+                f"unset (it is then regions.{region}) or set both alike",
+            )
+    return redis
 
 
 def _admin(r: _Reader) -> AdminConfig:
@@ -395,9 +478,14 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Con
     data = _read_file(path, problems)
     _check_file_keys(data, problems)
     r = _Reader(data, os.fspath(path) if path is not None else "", environ)
+    redis = _redis(r)
+    region = r.value(None, "region", None, values.region)
+    regions = _regions(r)
     cfg = Config(
         state_dir=r.value(None, "state_dir", Config().state_dir, values.state_dir),
-        redis=_redis(r),
+        region=region,
+        regions=regions,
+        redis=_check_regions(r, region, regions, redis),
         admin=_admin(r),
         delivery=_delivery(r),
         security=_security(r),
@@ -449,7 +537,7 @@ def _plain_fields(section: DataclassInstance) -> dict[str, object]:
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """The dotted names of the keys whose values differ (``state_dir``, ``log.level``, ...)."""
-    names = [key for key in TOP_LEVEL_KEYS if getattr(old, key) != getattr(new, key)]
+    names = [key for key in (*TOP_LEVEL_KEYS, REGIONS) if getattr(old, key) != getattr(new, key)]
     for section in SECTIONS:
         before, after = getattr(old, section), getattr(new, section)
         names.extend(
@@ -484,4 +572,7 @@ def redacted(cfg: Config) -> dict[str, object]:
     )
     if cfg.delivery.proxy_url is not None:
         sections["delivery"]["proxy_url"] = values.redact_url(cfg.delivery.proxy_url)
-    return {"state_dir": str(cfg.state_dir), **sections}
+    if not cfg.regions:  # without regions, as before them
+        return {"state_dir": str(cfg.state_dir), **sections}
+    shown = {name: values.redact_url(url) for name, url in cfg.regions.items()}
+    return {"state_dir": str(cfg.state_dir), "region": cfg.region, REGIONS: shown, **sections}

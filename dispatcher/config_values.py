@@ -6,7 +6,8 @@ environment, where everything is a string) and returns the typed value or raises
 origin to each. Nothing here knows the sections or reads the environment; the parsers with
 a side effect are `token_file` and `encryption_keys_file`, which read the file they name. Also
 here: `queue_names` (used by the CLI's ``--queues`` too), `redact_url` and `did_you_mean`;
-`proxy_url` checks with `dispatcher.proxy.Proxy.parse`.
+`proxy_url` checks with `dispatcher.proxy.Proxy.parse`; `region` and `region_url` are the
+parsers of the top-level ``region`` and of each ``[regions]`` entry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from dispatcher.ids import is_region_name
 from dispatcher.proxy import Proxy
 from dispatcher.queue import urls
 
@@ -241,6 +243,24 @@ def redis_url(raw: Raw) -> str | None:
     return url
 
 
+def region(raw: Raw) -> str | None:
+    """A region name (``ids.REGION_PATTERN``): safe in job ids, key names and env names."""
+    value = optional_string(raw)
+    if value is not None and not is_region_name(value):
+        raise BadValueError(
+            f"a region name is a-z, then up to 15 of a-z, 0-9 or '_', got {show(value)}"
+        )
+    return value
+
+
+def region_url(raw: Raw) -> str:
+    """A ``[regions]`` entry: any form ``redis.url`` accepts, and never empty."""
+    url = redis_url(raw)
+    if url is None:
+        raise BadValueError("must not be empty: each region needs its Redis URL")
+    return url
+
+
 def proxy_url(raw: Raw) -> str | None:
     """``delivery.proxy_url``: ``http://[user:pass@]host:port`` (the password never shown)."""
     url = optional_string(raw)
@@ -422,6 +442,9 @@ def encryption_keys_file(raw: Raw) -> tuple[Path, tuple[bytes, ...]]:
     return path, key_list(items)
 
 
-def did_you_mean(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
+def did_you_mean(word: str, candidates: list[str], *, shared: str = "") -> str:
+    """A hint naming the closest candidate, compared without the prefix ``shared`` they all
+    start with (which would make any short word look close)."""
+    tails = {name.removeprefix(shared): name for name in candidates}
+    close = difflib.get_close_matches(word.removeprefix(shared), list(tails), n=1, cutoff=0.75)
+    return f" (did you mean {tails[close[0]]}?)" if close else ""
