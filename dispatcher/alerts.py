@@ -43,17 +43,24 @@ class Alerts:
         self._raised: dict[AlertName, _Raised] = {}
         self._dlq_samples: deque[tuple[int, int]] = deque()  # (Redis time ms, entries added)
         self.values: dict[str, float] = {}
+        #: with regions, per destination: jobs in the outboxes and the oldest one's age (s)
+        self.outboxes: dict[str, tuple[int, float]] = {}
 
     def observe(self, backlog: Backlog) -> None:
         """Judge one measurement: raise and clear alerts, and log each change."""
         self.values = {
-            # a paused webhook's backlog too, and the jobs behind FIFO lanes' heads
-            "queued_max": backlog.queued + backlog.held + backlog.ordering,
+            # a paused webhook's backlog too, the jobs behind FIFO lanes' heads, and those
+            # waiting in the outboxes to be relayed to another region (with regions)
+            "queued_max": backlog.queued + backlog.held + backlog.ordering + backlog.outbox,
             "oldest_ready_age_s": round(backlog.oldest_ready_age_s, 1),
             "dlq_growth": self._dlq_growth(backlog.now_ms, backlog.dlq_added),
             "paused_jobs": backlog.held,  # not an alert of its own: a gauge
             "ordering_jobs": backlog.ordering,  # gauges too
             "ordering_oldest_head_age_s": round(backlog.oldest_head_age_s, 1),
+        }
+        self.outboxes = {
+            region: (outbox.depth, _age_s(backlog.now_ms, outbox.oldest_ms))
+            for region, outbox in backlog.outboxes.items()
         }
         for name in NAMES:
             self._judge(name, self.values[name], getattr(self.cfg, name), backlog)
@@ -86,6 +93,9 @@ class Alerts:
                 "dispatcher_ordering_oldest_head_age_seconds",
                 self.values["ordering_oldest_head_age_s"],
             )
+        for region, (depth, age_s) in self.outboxes.items():
+            metrics.set("dispatcher_outbox_jobs", depth, region=region)
+            metrics.set("dispatcher_outbox_oldest_age_seconds", age_s, region=region)
 
     def _judge(self, name: AlertName, value: float, threshold: float, backlog: Backlog) -> None:
         raised = self._raised.get(name)
@@ -121,3 +131,7 @@ class Alerts:
         while len(samples) > 1 and samples[1][0] <= window_start_ms:
             samples.popleft()
         return added - samples[0][1]
+
+
+def _age_s(now_ms: int, since_ms: int | None) -> float:
+    return 0.0 if since_ms is None else round(max(now_ms - since_ms, 0) / 1000, 1)

@@ -7,17 +7,21 @@
 - **oldest ready job**: a stream entry id starts with the Redis time (ms) it was added at, and the
   group hands entries out in id order, so the first entry after the group's
   ``last-delivered-id`` is the oldest one nobody has claimed: one ``XRANGE ... COUNT 1``.
+- **outboxes** (with ``[regions]`` only): the jobs published here for another region and not
+  relayed yet count as queued, and the oldest one's age as a ready job's (status.outboxes):
+  a region cut off raises the same alerts as a stuck queue.
 - **DLQ growth**: ``XINFO STREAM``'s ``entries-added`` counts every entry ever added to the
   DLQ, replayed or purged ones included; the policy (``dispatcher.alerts``) turns samples of it
   into "added within the window".
 
 Two round trips per check, whatever the number of jobs (three on a Redis Cluster, which asks
-TIME apart), two per shard for the held jobs and one per shard for the FIFO lanes.
+TIME apart), two per shard for the held jobs and one per shard for the FIFO lanes, and one
+for the outboxes with regions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
@@ -26,7 +30,7 @@ from dispatcher.ids import sid_ms
 from dispatcher.queue import ordering, pauses
 from dispatcher.queue.keys import GROUP, streams_of
 from dispatcher.queue.records import redis_errors
-from dispatcher.queue.status import known_queues
+from dispatcher.queue.status import Outbox, known_queues, outboxes
 
 if TYPE_CHECKING:
     from dispatcher.queue.store import Store
@@ -37,11 +41,19 @@ class Backlog:
     now_ms: int  # the Redis server's time when measured
     queued: int  # ready and unclaimed, every queue and priority
     oldest_ready_ms: int | None  # when the oldest ready, unclaimed job became ready
-    oldest_queue: str | None  # the stream it waits in (``Q``, ``Q:high`` or ``Q:low``)
+    #: the stream it waits in (``Q``, ``Q:high`` or ``Q:low``; ``outbox:R`` for region R's jobs)
+    oldest_queue: str | None
     dlq_added: int  # entries ever added to the DLQ stream (0 while it does not exist)
     held: int = 0  # jobs held for paused webhooks (pauses.py), every shard
     ordering: int = 0  # jobs waiting behind a FIFO lane's head (ordering.py), every shard
     oldest_head_ms: int | None = None  # since when the oldest FIFO lane head holds its lane
+    #: with regions: the outboxes by destination region (their jobs are not in ``queued``)
+    outboxes: dict[str, Outbox] = field(default_factory=dict)
+
+    @property
+    def outbox(self) -> int:
+        """Jobs waiting in this Redis's outboxes to be relayed to their region."""
+        return sum(outbox.depth for outbox in self.outboxes.values())
 
     @property
     def oldest_ready_age_s(self) -> float:
@@ -91,6 +103,10 @@ async def measure(store: Store) -> Backlog:
     oldest_ms, oldest_queue = await _oldest(store, starts)
     held = await pauses.held(store)
     behind = await ordering.waiting(store)
+    relaying = await outboxes(store)
+    for region, outbox in relaying.items():
+        if outbox.oldest_ms is not None and (oldest_ms is None or outbox.oldest_ms < oldest_ms):
+            oldest_ms, oldest_queue = outbox.oldest_ms, f"outbox:{region}"
     return Backlog(
         now_ms,
         queued,
@@ -100,6 +116,7 @@ async def measure(store: Store) -> Backlog:
         held.jobs,
         behind.jobs,
         behind.oldest_head_ms,
+        relaying,
     )
 
 

@@ -5,27 +5,41 @@ commands whatever the number of jobs: the ready stream holds only unfinished ent
 plus claimed), the consumer group's PEL counts the claimed ones, the delayed zset the
 scheduled ones, and workers add their outcomes to per-minute ``stats:<minute>`` hashes (as
 publishes do the duplicates they answer).
+
+With ``[regions]`` (docs/regions.md): each outbox's depth is its ``XLEN`` (relayed entries are
+deleted) and its lag the age of its first entry; ``region_counts`` reads every region's counts,
+each under a second, so a region that is cut off shows as unreachable instead of stalling the
+answer. Without regions nothing of this is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
-from dispatcher.ids import TASK_QUEUES
+from dispatcher.errors import DispatcherError
+from dispatcher.ids import TASK_QUEUES, sid_ms
 from dispatcher.model import rfc3339
 from dispatcher.queue import breakers, control, dlq, ordering, pauses, waiting
 from dispatcher.queue.keys import GROUP, PRIORITIES, streams_of
 from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
+from dispatcher.queue.regions import reaching
 
 if TYPE_CHECKING:
     from dispatcher.queue.connection import Cluster
+    from dispatcher.queue.ordering import Ordering
+    from dispatcher.queue.pauses import Held
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Store
+    from dispatcher.shapes import OutboxCounts, RegionCounts
 
 RECENT_WINDOW_S = 300
+#: How long ``region_counts`` waits for each region before showing it unreachable.
+REGION_TIMEOUT_S = 1.0
 _REDIS_FACTS = (
     "redis_version",
     "role",
@@ -222,36 +236,68 @@ async def breaker_summary(store: Store) -> dict[str, Any]:
         return await breakers.summary(store)
 
 
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """What the status and each region's counts show, read concurrently."""
+
+    counts: list[QueueCounts]
+    paused: list[str]
+    dlq_size: int
+    tripped: dict[str, Any]  # breakers.summary
+    waiting: int  # held back by a webhook's limits
+    held: Held  # held for paused webhooks
+    behind: Ordering  # behind a FIFO lane's head
+
+    @property
+    def scheduled(self) -> int:
+        """Not ready yet: delayed, parked behind a breaker, waiting for room, held, behind."""
+        delayed = sum(c.scheduled for c in self.counts)
+        parked = int(self.tripped["parked"])
+        return delayed + parked + self.waiting + self.held.jobs + self.behind.jobs
+
+
+async def _summary(store: Store) -> _Summary:
+    """The known queues and the task queues (every daemon serves them), and what is not ready."""
+    queues = sorted({*await known_queues(store), *TASK_QUEUES})
+    (counts, paused, dlq_size), (tripped, waiting_total, held, behind) = await asyncio.gather(
+        asyncio.gather(
+            queue_counts(store, queues), control.paused_queues(store), dlq.dlq_size(store)
+        ),
+        asyncio.gather(
+            breaker_summary(store),
+            _waiting_total(store),
+            pauses.held(store),
+            ordering.waiting(store),
+        ),
+    )
+    return _Summary(counts, sorted(paused), dlq_size, tripped, waiting_total, held, behind)
+
+
+async def _waiting_total(store: Store) -> int:
+    with redis_errors():
+        return await waiting.total(store)
+
+
 async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, Any]:
     """The answer of ``GET /v1/status`` and ``Client.status()``: the known queues and the task
     queues (every daemon serves them)."""
-    queues = sorted({*await known_queues(store), *TASK_QUEUES})
-    paused = sorted(await control.paused_queues(store))
-    counts = await queue_counts(store, queues)
+    summary = await _summary(store)
+    counts, paused = summary.counts, summary.paused
     stats = await recent_stats(store, window_s=window_s)
     attempts = stats["delivered"] + stats["failed"]
-    tripped = await breaker_summary(store)
-    with redis_errors():
-        waiting_total = await waiting.total(store)  # held back by a webhook's limits
-    held = await pauses.held(store)  # held for paused webhooks
-    behind = await ordering.waiting(store)  # behind a FIFO lane's head
     return {
         "queued": sum(c.queued for c in counts),
         "active": sum(c.active for c in counts),
-        "scheduled": sum(c.scheduled for c in counts)
-        + tripped["parked"]
-        + waiting_total
-        + held.jobs
-        + behind.jobs,
-        "dlq_size": await dlq.dlq_size(store),
+        "scheduled": summary.scheduled,
+        "dlq_size": summary.dlq_size,
         "failed_recent": {"window_s": window_s, "count": stats["failed"]},
         "delivered_recent": {"window_s": window_s, "count": stats["delivered"]},
         "dead_recent": {"window_s": window_s, "count": stats["dead"]},
         "deduplicated_recent": {"window_s": window_s, "count": stats["deduplicated"]},
         "avg_processing_ms": round(stats["ms_sum"] / attempts, 1) if attempts else None,
         "paused": paused,
-        "paused_jobs": held.jobs,
-        "ordering_jobs": behind.jobs,
+        "paused_jobs": summary.held.jobs,
+        "ordering_jobs": summary.behind.jobs,
         "queues": [
             {
                 "name": c.queue,
@@ -264,5 +310,86 @@ async def status(store: Store, *, window_s: int = RECENT_WINDOW_S) -> dict[str, 
         ],
         "redis": await redis_facts(store),
         "workers": await live_workers(store),
-        "breakers": tripped,
+        "breakers": summary.tripped,
+    }
+
+
+# --- regions (docs/regions.md) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """One outbox of this Redis: the jobs published here for another region, not relayed yet."""
+
+    depth: int
+    oldest_ms: int | None  # when its oldest entry was written (Redis time); None: empty
+
+
+async def outboxes(store: Store) -> dict[str, Outbox]:
+    """Every outbox of this Redis, by destination region (every shard summed), in one round
+    trip; without regions ``{}`` and no Redis call (the layout is cached)."""
+    with redis_errors():
+        layout = await store.read_layout()
+        others = [region for region in layout.regions if region != layout.region]
+        if not others:
+            return {}
+        shards = await store.all_shards()
+        pipe = store.redis.pipeline(transaction=False)
+        for region in others:
+            for shard in shards:
+                pipe.xlen(shard.keys.outbox(region))
+                pipe.xrange(shard.keys.outbox(region), count=1)
+        replies = await pipe.execute()
+    found = {}
+    per_region = 2 * len(shards)
+    for i, region in enumerate(others):
+        mine = replies[per_region * i : per_region * (i + 1)]
+        firsts = [sid_ms(first[0][0].decode()) for first in mine[1::2] if first]
+        found[region] = Outbox(sum(int(n) for n in mine[::2]), min(firsts, default=None))
+    return found
+
+
+async def outbox_counts(store: Store) -> dict[str, OutboxCounts]:
+    """``{destination: {depth, lag_ms}}`` for ``GET /v1/status``: ``lag_ms`` is how long the
+    oldest entry has waited (None when empty), by this Redis's clock."""
+    found = await outboxes(store)
+    if not found:
+        return {}
+    with redis_errors():
+        now_ms = (await store.refresh_clock()).now_ms()
+    return {
+        region: {
+            "depth": outbox.depth,
+            "lag_ms": None if outbox.oldest_ms is None else max(now_ms - outbox.oldest_ms, 0),
+        }
+        for region, outbox in found.items()
+    }
+
+
+async def region_counts(regions: Regions) -> dict[str, RegionCounts]:
+    """Every region's counts, home first, read concurrently from each region's Redis; one that
+    does not answer within ``REGION_TIMEOUT_S`` shows ``reachable: false`` and why."""
+    names = regions.names
+    found = await asyncio.gather(*(_region_counts(regions, name) for name in names))
+    return dict(zip(names, found, strict=True))
+
+
+async def _region_counts(regions: Regions, region: str) -> RegionCounts:
+    try:
+        async with asyncio.timeout(REGION_TIMEOUT_S):
+            with reaching(None if regions.is_home(region) else region):
+                store = regions.store(region)
+                summary, outbox = await asyncio.gather(_summary(store), outbox_counts(store))
+    except TimeoutError:
+        return {"reachable": False, "error": f"no answer within {REGION_TIMEOUT_S:g} s"}
+    except (DispatcherError, rex.RedisError, OSError) as exc:
+        return {"reachable": False, "error": str(exc) or type(exc).__name__}
+    return {
+        "reachable": True,
+        "queued": sum(c.queued for c in summary.counts),
+        "active": sum(c.active for c in summary.counts),
+        "scheduled": summary.scheduled,
+        "dlq_size": summary.dlq_size,
+        "paused": summary.paused,
+        "outbox": outbox,
     }
