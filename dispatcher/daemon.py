@@ -2,7 +2,8 @@
 
 Signals only set events: SIGTERM/SIGINT ``stop``, SIGHUP a reload of the configuration.
 Resources are opened in an ``AsyncExitStack`` and closed in reverse order after the worker has
-drained. Beside the worker run the systemd watchdog, the backlog alerts and the reloader.
+drained. Beside the worker run the systemd watchdog, the backlog alerts and the reloader, and
+with ``[regions]`` the registry replicator and the outbox relay (docs/regions.md).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from dispatcher.notify import Notifier
 from dispatcher.oauth import AuthorizingSender
 from dispatcher.queue import encryption
 from dispatcher.queue.backlog import measure
+from dispatcher.queue.regions import Regions
 from dispatcher.queue.server import ServerFacts, server_facts
-from dispatcher.queue.store import Store
+from dispatcher.queue.store import RegionMismatchError, Store
+from dispatcher.relay import Relay
+from dispatcher.replicator import Replicator
 from dispatcher.sender import Sender
 from dispatcher.sender_aiohttp import AiohttpSender
 from dispatcher.ssrf import AddressPolicy
@@ -122,6 +126,8 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         )
         stack.push_async_callback(store.close)
         code = await _check_server(store, stop, embedded, shards=cfg.redis.shards)
+        if code is None and cfg.region is not None:
+            code = await _adopt_region(store, stop, cfg.region, tuple(cfg.regions))
         if code is not None:
             return code
         await _check_encryption(store)
@@ -148,6 +154,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             http_client=cfg.delivery.http_client,
             proxy=redact_url(cfg.delivery.proxy_url) if cfg.delivery.proxy_url else None,
             embedded_redis=embedded is not None,
+            **({"region": cfg.region, "regions": list(cfg.regions)} if cfg.region else {}),
         )
         reloader = _Reloader(cfg, reload.load, worker, alerts)
         runner = _task_runner(cfg, store, registry, metrics, stop, worker)
@@ -155,6 +162,12 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             lambda _: _alert_loop(alerts, store, metrics, stop),
             lambda notifier: _reload_loop(reloader, reload.requested, stop, notifier),
         ]
+        if cfg.region is not None:  # docs/regions.md: other regions' webhook writes; outboxes
+            regions = Regions(store, cfg.region, cfg.regions)  # opens the others' on first use
+            stack.push_async_callback(regions.close)
+            replicator = Replicator(regions, metrics, consumer=worker.consumer)
+            relay = Relay(regions, metrics, consumer=worker.consumer)
+            side_tasks += [lambda _: replicator.run(stop), lambda _: relay.run(stop)]
         return await _run_worker(
             worker, stop, embedded, stop_admin, side_tasks, finishing=[runner.run]
         )
@@ -194,6 +207,9 @@ async def _start_admin(
         sender=sender,  # test sends: the worker's sender, its security.* policy and deadline
         security=cfg.security,
         timeout_s=cfg.delivery.timeout_s,
+        # LEAD (issue 22, merge with E3b): add `region=cfg.region, regions=cfg.regions,` here
+        # once Client takes them (the contract's Client row); until then the admin API shows
+        # and reaches only this region.
     )
     if cfg.admin.token is None:
         log.warning(
@@ -453,6 +469,38 @@ async def _check_server(
             served_shards=layout.served,
             **({"nodes": [f.node for f in facts]} if store.cluster is not None else {}),
         )
+        return None
+    return EXIT_OK
+
+
+async def _adopt_region(
+    store: Store, stop: asyncio.Event, region: str, names: tuple[str, ...]
+) -> int | None:
+    """Record this Redis as ``region``'s (``layout.region``, docs/regions.md), riding out an
+    outage like the server check. Another region's Redis (two regions' settings naming one
+    Redis) is refused: exit 2, before the daemon serves anything. Returns None to go on."""
+
+    async def adopt() -> Layout | RegionMismatchError:
+        try:
+            return await store.adopt_region(region, names)
+        except RegionMismatchError as exc:
+            return exc
+
+    outage = loops.Outage("startup", Metrics())
+    while not stop.is_set():
+        found = await loops.attempt(adopt, outage, stop)
+        if found is loops.FAILED:
+            continue
+        if isinstance(found, RegionMismatchError):
+            log.error(
+                "daemon.region_mismatch",
+                region=region,
+                redis_region=found.stored,
+                problem=f"region: {found}",
+                hint=f"regions.{region} (or redis.url) must name region {region}'s own Redis",
+            )
+            return EXIT_CONFIG
+        log.info("region.adopted", region=found.region, regions=list(found.regions))
         return None
     return EXIT_OK
 
