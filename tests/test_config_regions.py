@@ -12,7 +12,7 @@ import pytest
 from dispatcher import cli
 from dispatcher.config import SECTIONS, Config, changed_keys, load, redacted, with_keys
 from dispatcher.daemon import LIVE_KEYS
-from dispatcher.errors import ConfigError
+from tests.test_config import problems_of, write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,18 +21,6 @@ A, B = "redis://:pa55-a@a.example:6379/0", "rediss://user:pa55-b@b.example:6380/
 C = "redis+sentinel://:pa55-c@s1.example:26379,s2.example:26379/mymaster"
 EU = "redis+cluster://:pa55-eu@n1.example:7000,n2.example:7001"
 PASSWORDS = ("pa55-a", "pa55-b", "pa55-c", "pa55-eu")
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "dispatcher.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def problems_of(path: Path | None, environ: dict[str, str]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(path, environ)
-    return info.value.problems
 
 
 def test_regions_from_the_file_and_the_environment(tmp_path: Path) -> None:
