@@ -383,7 +383,8 @@ async def _region_counts(regions: Regions, region: str) -> RegionCounts:
     except TimeoutError:
         return {"reachable": False, "error": f"no answer within {REGION_TIMEOUT_S:g} s"}
     except (DispatcherError, rex.RedisError, OSError) as exc:
-        return {"reachable": False, "error": str(exc) or type(exc).__name__}
+        why = exc.__cause__ or exc  # what the Redis said, not only that the region failed
+        return {"reachable": False, "error": str(why) or type(why).__name__}
     return {
         "reachable": True,
         "queued": sum(c.queued for c in summary.counts),
