@@ -168,6 +168,13 @@ async def test_the_dlq_listing_walks_every_region_home_first(world: World) -> No
     )
     only_b = await world.a.list_dlq(webhook_id=world.hooks["b"]["id"])
     assert ([item["id"] for item in only_b["items"]], only_b["next_cursor"]) == (in_b, None)
+    _app, api = await start_api(world.a)
+    try:
+        second = await api.call("GET", "/v1/dlq", params={"limit": "2", "cursor": "b|"})
+        assert second.body == await world.a.list_dlq(limit=2, cursor="b|")
+        assert [item["id"] for item in second.body["items"]] == in_b[:2]
+    finally:
+        await api.close()
 
 
 async def test_deployment_wide_operations_reach_every_region(world: World) -> None:
@@ -232,8 +239,8 @@ async def test_a_region_that_does_not_answer_is_a_503_naming_it(
     world: World, servers: dict[str, RedisServer]
 ) -> None:
     """With b's Redis stopped, the admin API in a answers 503 ``region_unavailable`` naming b
-    for b's job and for a queue pause (which reaches every region), and names a region it has
-    no URL for; a's own jobs still answer."""
+    for b's job, b's webhook's stats and a queue pause (which reaches every region), and names
+    a region it has no URL for; a's own jobs still answer."""
     (in_a,), (in_b,) = await world.dead("a", 1), await world.dead("b", 1)
     _app, api = await start_api(world.a)
     servers["b"].stop()
@@ -241,6 +248,7 @@ async def test_a_region_that_does_not_answer_is_a_503_naming_it(
         for method, path in (
             ("GET", f"/v1/jobs/{in_b}"),
             ("GET", f"/v1/dlq/{in_b}"),
+            ("GET", f"/v1/webhooks/{world.hooks['b']['id']}/stats"),
             ("POST", "/v1/queues/default/pause"),
             ("GET", f"/v1/jobs/{with_region(in_b, 'zz')}"),
         ):
