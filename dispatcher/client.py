@@ -3,6 +3,11 @@
 ``Client`` and the admin API share the queue layer, so both give the same answers and the
 same errors (``DispatcherError`` subclasses whose ``code`` matches the API's). The answers are
 the API's shapes, declared in ``dispatcher.shapes`` (plain dicts, typed for mypy).
+
+With regions (docs/regions.md), a Client reaches every region: a job id's look-ups and changes
+go to the region it names, a webhook's views to its region, and what spans the deployment
+(queue pause and resume, DLQ listing, purge, replay of everything matching) to every region in
+turn, home first; a region that does not answer raises ``RegionUnavailable`` naming it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from dispatcher.errors import (
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
+    UnknownQueue,
 )
-from dispatcher.ids import TASK_QUEUES, new_event_ids
+from dispatcher.ids import TASK_QUEUES, is_job_id, new_event_ids, region_of
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -50,6 +56,7 @@ from dispatcher.queue import (
 from dispatcher.queue import stats as hook_stats
 from dispatcher.queue import status as queue_status
 from dispatcher.queue import tasks as queue_tasks
+from dispatcher.queue.regions import Regions, reaching
 from dispatcher.queue.store import Store
 from dispatcher.ssrf import AddressPolicy
 from dispatcher.tasks import check_name as check_task_name
@@ -93,6 +100,9 @@ class Client:
     ``security.*`` policy and ``delivery.timeout_s``); without one it makes a native sender
     for each test with ``security`` (default: the daemon's defaults, public addresses only),
     ``proxy_url`` (``delivery.proxy_url``: the egress proxy, None for none) and ``timeout_s``.
+
+    ``region`` and ``regions`` are the daemon's ``region`` and ``[regions]`` (name -> Redis
+    URL): ``store`` is that region's Redis, and the others are opened when first needed.
     """
 
     def __init__(
@@ -108,8 +118,12 @@ class Client:
         security: SecurityConfig | None = None,
         proxy_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        region: str | None = None,
+        regions: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        #: Every region's Redis, this one's (``store``) first; one region without ``regions``.
+        self.regions = Regions(store, region, regions)
         self._sender = sender
         security = security or SecurityConfig()
         self._policy = AddressPolicy(security.allow_private_targets, security.allowed_cidrs)
@@ -145,6 +159,8 @@ class Client:
         proxy_url: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         encryption_keys: Sequence[str] = (),
+        region: str | None = None,
+        regions: Mapping[str, str] | None = None,
     ) -> Client:
         """A client of the Redis at ``redis_url``; ``queues`` is the ``delivery.queues`` of the
         daemon it serves (``pause``/``resume`` know them), as for ``Client(...)``;
@@ -152,7 +168,8 @@ class Client:
         address policy, ``proxy_url`` the egress proxy and ``timeout_s`` the deadline of
         ``test_webhook``; ``encryption_keys`` the daemon's ``security.encryption_keys`` (base64),
         without which a client of an encrypted deployment can read webhooks but not write or test
-        them (``EncryptionKeyMissing``)."""
+        them (``EncryptionKeyMissing``); ``region`` and ``regions`` the daemon's ``region`` and
+        ``[regions]``, with ``redis_url`` the URL of ``region``."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
         try:
             keyring = Keyring.of(key_list(list(encryption_keys)))
@@ -168,6 +185,8 @@ class Client:
             security=security,
             proxy_url=proxy_url,
             timeout_s=timeout_s,
+            region=region,
+            regions=regions,
         )
 
     async def __aenter__(self) -> Self:
@@ -182,7 +201,32 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        await self.regions.close()
         await self.store.close()
+
+    async def dlq_scope(self, webhook_id: str | None = None) -> tuple[str, ...] | None:
+        """The regions a queue or DLQ operation acts on, home first: every region, or with
+        ``webhook_id`` that webhook's (read from this region's copy of the registry; every
+        region when the webhook is not there, deleted say). None without regions."""
+        with records.redis_errors():
+            await self.store.read_layout()
+        home = self.regions.name
+        if home is None:
+            return None
+        if webhook_id is not None:
+            try:
+                hook = await webhooks.get_webhook(self.store, webhook_id)
+            except NotFound:
+                return self.regions.names
+            return (hook.region or home,)
+        return self.regions.names
+
+    async def _everywhere(self) -> list[tuple[Store, str | None]]:
+        """Each region's store, home first, with the name for ``reaching`` (None: home)."""
+        scope = await self.dlq_scope()
+        if scope is None:
+            return [(self.store, None)]
+        return [await records.region_store(self.regions, name) for name in scope]
 
     async def ping(self) -> None:
         """Raise ``RedisUnavailable`` unless Redis answers PING."""
@@ -244,8 +288,10 @@ class Client:
         quiet webhook on a busy shard may show none. ``NotFound`` for an unknown webhook."""
         if not _is_whole(limit) or not 1 <= limit <= recent.MAX_LIMIT:
             raise InvalidField("limit", f"must be a whole number from 1 to {recent.MAX_LIMIT}")
-        await webhooks.get_webhook(self.store, webhook_id)
-        answer = await recent.recent_jobs(self.store, webhook_id, limit=limit)
+        hook = await webhooks.get_webhook(self.store, webhook_id)
+        store, remote = await records.region_store(self.regions, hook.region)
+        with reaching(remote):
+            answer = await recent.recent_jobs(store, webhook_id, limit=limit)
         return cast("shapes.WebhookJobs", answer)
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> shapes.Webhook:
@@ -287,10 +333,12 @@ class Client:
         """
         if window not in hook_stats.WINDOWS:
             raise InvalidField("window", f"must be one of {', '.join(hook_stats.WINDOWS)}")
-        await webhooks.get_webhook(self.store, webhook_id)
-        with records.redis_errors():  # Redis lost here is an outage too (503), not a fault
-            clock = await self.store.refresh_clock()
-        answer = await hook_stats.webhook_stats(self.store, webhook_id, window, clock.now_ms())
+        hook = await webhooks.get_webhook(self.store, webhook_id)
+        store, remote = await records.region_store(self.regions, hook.region)
+        with reaching(remote):
+            with records.redis_errors():  # Redis lost here is an outage too (503), not a fault
+                clock = await store.refresh_clock()
+            answer = await hook_stats.webhook_stats(store, webhook_id, window, clock.now_ms())
         return cast("shapes.WebhookStats", answer)
 
     async def test_webhook(
@@ -519,11 +567,21 @@ class Client:
     # --- jobs -----------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> shapes.Job | None:
-        """The job as ``GET /v1/jobs/{id}`` shows it, or None for an unknown or malformed id."""
-        job = await records.get_job(self.store, job_id)
-        if job is None:
-            return None
-        return cast("shapes.Job", await records.job_view(self.store, job))
+        """The job as ``GET /v1/jobs/{id}`` shows it, or None for an unknown or malformed id.
+        With regions, from the region the id names (a job relayed there but not applied yet is
+        not found, for as long as the relay lags)."""
+        store, remote = await self._of_job(job_id)
+        with reaching(remote):
+            job = await records.get_job(store, job_id)
+            if job is None:
+                return None
+            view = await records.job_view(store, job)
+        return cast("shapes.Job", view)
+
+    async def _of_job(self, job_id: str) -> tuple[Store, str | None]:
+        """The store of the region a job id names, with the name for ``reaching``."""
+        region = region_of(job_id) if is_job_id(job_id) else None
+        return await records.region_store(self.regions, region)
 
     async def retry_job(self, job_id: str) -> shapes.Job:
         """Send an existing job again as a new series of attempts, with the same id (its
@@ -540,7 +598,9 @@ class Client:
         capacity, breaker: it is sent when that frees). ``NotReplayable`` for a dead job that
         cannot go back (payload lost, webhook deleted or disabled).
         """
-        await resend.retry_job(self.store, job_id, payload_retention_s=self.payload_retention_s)
+        store, remote = await self._of_job(job_id)
+        with reaching(remote):
+            await resend.retry_job(store, job_id, payload_retention_s=self.payload_retention_s)
         job = await self.get_job(job_id)
         if job is None:  # swept at once: only a record past its retention is
             raise NotFound(f"no job {job_id!r}")
@@ -610,9 +670,11 @@ class Client:
         deleted or is disabled) raises ``NotReplayable`` naming each such job and why, and
         none is replayed. Unknown ids and jobs that are not dead are passed over and named.
         ``job_ids`` is a list of 1 to 1000 (``dlq.MAX_REPLAY_IDS``) strings, else
-        ``InvalidField`` (``invalid_field``), as the API's ``{"ids": [...]}``.
+        ``InvalidField`` (``invalid_field``), as the API's ``{"ids": [...]}``. With regions,
+        each job is replayed in the region its id names, every region checked first.
         """
-        return cast("shapes.Replayed", await dlq_ops.replay(self.store, job_ids))
+        answer = await dlq_ops.replay(self.store, job_ids, regions=self.regions)
+        return cast("shapes.Replayed", answer)
 
     async def replay_matching(
         self,
@@ -636,6 +698,8 @@ class Client:
             since_ms=_time_ms("since", since),
             reason=_check_reason(reason),
             until_ms=_time_ms("until", until),
+            regions=self.regions,
+            scope=await self.dlq_scope(webhook_id),
         )
         return cast("shapes.Replayed", dlq_ops.replay_answer(progress))
 
@@ -653,26 +717,38 @@ class Client:
         """A page of dead jobs, oldest first: ``{"items", "next_cursor"}`` (None at the end).
 
         ``reason`` keeps the jobs dead for it (``max_attempts``, ``gone``, ...); ``since`` and
-        ``until`` keep those dead-lettered at or after, and before, those times."""
+        ``until`` keep those dead-lettered at or after, and before, those times.
+
+        With regions, the DLQ of every region in turn, home first (with ``webhook_id``, of its
+        region), and ``next_cursor`` names the region it goes on in (``<region>|...``)."""
         if not _is_whole(limit) or limit < 1:
             raise InvalidField("limit", "must be a whole number of at least 1")
         if cursor is not None and not dlq.is_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
-        page = await dlq.list_dead(
-            self.store,
-            limit=limit,
-            cursor=cursor,
-            webhook_id=webhook_id,
-            tenant_id=tenant_id,
-            reason=_check_reason(reason),
-            since_ms=_time_ms("since", since),
-            until_ms=_time_ms("until", until),
-        )
+        filters: dict[str, Any] = {
+            "webhook_id": webhook_id,
+            "tenant_id": tenant_id,
+            "reason": _check_reason(reason),
+            "since_ms": _time_ms("since", since),
+            "until_ms": _time_ms("until", until),
+        }
+        scope = await self.dlq_scope(webhook_id)
+        if scope is None:
+            if cursor is not None and "|" in cursor:
+                raise InvalidField("cursor", "must be a next_cursor of an earlier page")
+            page = await dlq.list_dead(self.store, limit=limit, cursor=cursor, **filters)
+        else:
+            page = await dlq.list_regions(
+                self.regions, scope, limit=limit, cursor=cursor, **filters
+            )
         return cast("shapes.DlqPage", page)
 
     async def inspect_dlq(self, job_id: str) -> shapes.DeadJob:
-        """The dead job with its payload; ``NotFound`` unless it is in the DLQ."""
-        return cast("shapes.DeadJob", await dlq.inspect(self.store, job_id))
+        """The dead job with its payload; ``NotFound`` unless it is in the DLQ (with regions:
+        the DLQ of the region its id names)."""
+        store, remote = await self._of_job(job_id)
+        with reaching(remote):
+            return cast("shapes.DeadJob", await dlq.inspect(store, job_id))
 
     async def purge_dlq(self, older_than_s: float = 0, *, confirm: bool = False) -> shapes.Purged:
         """Delete the entries older than both ``older_than_s`` and ``dlq_retention_s`` (with
@@ -681,18 +757,24 @@ class Client:
 
         Without ``confirm`` nothing is deleted: ``ConfirmationRequired`` says how many would
         go (``would_purge``) and how many the retention keeps, as the API's 409 does.
+        With regions, the DLQs of every region, counted and purged together.
         """
         facts = await self.purge_facts(older_than_s)
         if not confirm:
             raise facts.refusal()
-        return cast("shapes.Purged", facts.answer(await dlq_ops.purge(self.store, facts.plan)))
+        purged = await dlq_ops.purge(self.store, facts.plan, regions=self.regions)
+        return cast("shapes.Purged", facts.answer(purged))
 
     async def purge_facts(self, older_than_s: float = 0) -> dlq_ops.PurgeFacts:
         """What ``purge_dlq(older_than_s)`` deletes and what the retention keeps, counted by
         entry id (no record read)."""
         older_than_s = _seconds("older_than_s", older_than_s, MAX_AGE_S)
         return await dlq_ops.purge_facts(
-            self.store, older_than_s=older_than_s, retention_s=self.dlq_retention_s
+            self.store,
+            older_than_s=older_than_s,
+            retention_s=self.dlq_retention_s,
+            regions=self.regions,
+            scope=await self.dlq_scope(),
         )
 
     # --- queues and status ----------------------------------------------------------------
@@ -702,24 +784,53 @@ class Client:
 
         Returns ``{"queue", "paused": True}``. ``UnknownQueue`` when no worker serves it, no
         webhook names it, it holds no job and it is neither configured nor paused (a typo).
+        With regions, in every region (known in any of them).
         """
         queue = check_queue(queue)
-        await control.ensure_known(self.store, queue, self.configured_queues)
-        await control.pause(self.store, queue)
+        for store, remote in await self._known_everywhere(queue):
+            with reaching(remote):
+                await control.pause(store, queue)
         return {"queue": queue, "paused": True}
 
     async def resume(self, queue: str) -> shapes.QueuePaused:
         """Send from ``queue`` again: ``{"queue", "paused": False}``; ``UnknownQueue`` as
         ``pause`` (a paused queue is always known)."""
         queue = check_queue(queue)
-        await control.ensure_known(self.store, queue, self.configured_queues)
-        await control.resume(self.store, queue)
+        for store, remote in await self._known_everywhere(queue):
+            with reaching(remote):
+                await control.resume(store, queue)
         return {"queue": queue, "paused": False}
+
+    async def _known_everywhere(self, queue: str) -> list[tuple[Store, str | None]]:
+        """Every region's store (as ``_everywhere``) once ``queue`` is known in one of them,
+        this region first; else this region's ``UnknownQueue``."""
+        try:
+            await control.ensure_known(self.store, queue, self.configured_queues)
+        except UnknownQueue as unknown:
+            places = await self._everywhere()
+            for store, remote in places[1:]:
+                with reaching(remote):
+                    try:
+                        await control.ensure_known(store, queue)
+                    except UnknownQueue:
+                        continue
+                return places
+            raise unknown from None
+        return await self._everywhere()
 
     async def status(self) -> shapes.StatusCounts:
         """The dashboard of ``GET /v1/status``, but for ``alerts``: those are judged by the
-        daemon serving the API, in its memory, so only the API shows them."""
-        return cast("shapes.StatusCounts", await queue_status.status(self.store))
+        daemon serving the API, in its memory, so only the API shows them. With regions, also
+        ``region`` (this one, whose counts these are) and ``regions``: every region's counts,
+        outbox depth and relay lag, or ``reachable: false`` for one that did not answer."""
+        answer = cast("shapes.StatusCounts", await queue_status.status(self.store))
+        with records.redis_errors():
+            await self.store.read_layout()
+        home = self.regions.name
+        if home is not None:
+            answer["region"] = home
+            answer["regions"] = await queue_status.region_counts(self.regions)
+        return answer
 
     async def stats(self, window: str = "1h") -> shapes.Stats:
         """The daemon's outcomes per minute over ``window`` (only ``1h``: the counters are

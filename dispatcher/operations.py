@@ -7,6 +7,10 @@ life for ``operations.STALE_MS`` (its process died or lost Redis): it goes on fr
 recorded position, and since a replayed job is no longer dead and a purged entry is gone, a
 page done again changes nothing twice. With no admin process running, an operation waits in
 Redis, ``running``, until one starts.
+
+With regions, an operation's plan lists the shards of every region it covers (``dlq_ops``), and
+its state stays in the home region of the process that started it; a region that does not
+answer fails the page (``RegionUnavailable``), which is tried again like any Redis error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dispatcher.queue.dlq_ops import Position, Progress, PurgePlan, ReplayPlan
 
 if TYPE_CHECKING:
     from dispatcher.queue.operations import Operation
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Store
 
 log = structlog.get_logger()
@@ -39,19 +44,30 @@ def plan_of(op: Operation) -> ReplayPlan | PurgePlan:
 
 
 async def step(
-    store: Store, plan: ReplayPlan | PurgePlan, position: Position, budget: int = dlq.PAGE
+    store: Store,
+    plan: ReplayPlan | PurgePlan,
+    position: Position,
+    budget: int = dlq.PAGE,
+    *,
+    regions: Regions | None = None,
 ) -> Progress:
     """One bounded page of a replay or purge."""
     if isinstance(plan, ReplayPlan):
-        return await dlq_ops.replay_step(store, plan, position, budget)
-    return await dlq_ops.purge_step(store, plan, position, budget)
+        return await dlq_ops.replay_step(store, plan, position, budget, regions=regions)
+    return await dlq_ops.purge_step(store, plan, position, budget, regions=regions)
 
 
-async def left(store: Store, plan: ReplayPlan | PurgePlan, position: Position) -> int:
+async def left(
+    store: Store,
+    plan: ReplayPlan | PurgePlan,
+    position: Position,
+    *,
+    regions: Regions | None = None,
+) -> int:
     """DLQ entries still to read (counted by id, no record read)."""
     if isinstance(plan, ReplayPlan):
-        return await dlq_ops.replay_left(store, plan, position)
-    return await dlq_ops.purge_left(store, plan, position)
+        return await dlq_ops.replay_left(store, plan, position, regions=regions)
+    return await dlq_ops.purge_left(store, plan, position, regions=regions)
 
 
 async def begin(
@@ -59,10 +75,13 @@ async def begin(
 ) -> Operation:
     """Record an operation that goes on where ``first`` (the inline page) stopped."""
     assert first.position is not None  # noqa: S101 - callers start one only when more remains
+    stored = asdict(plan)
+    if stored["regions"] is None:  # stored as before regions, so an older release reads it
+        del stored["regions"]
     return await operations.start(
         store,
         kind,
-        asdict(plan),
+        stored,
         asdict(first.position),
         done=first.read,
         changed=first.changed,
@@ -73,8 +92,11 @@ async def begin(
 class Runner:
     """Drives the operations this process started and those it takes over, one at a time."""
 
-    def __init__(self, store: Store, *, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, store: Store, *, poll_s: float = POLL_S, regions: Regions | None = None
+    ) -> None:
         self.store = store
+        self.regions = regions
         self.poll_s = poll_s
         self._queue: asyncio.Queue[str] = asyncio.Queue()
 
@@ -132,10 +154,10 @@ class Runner:
         position = Position(**op.position) if op.position else None
         done = op.done
         if position is not None and op.total is None:
-            op.total = done + await left(self.store, plan, position)
+            op.total = done + await left(self.store, plan, position, regions=self.regions)
             await operations.set_total(self.store, op_id, op.total)
         while position is not None:
-            page = await step(self.store, plan, position)
+            page = await step(self.store, plan, position, regions=self.regions)
             position, done = page.position, done + page.read
             await operations.record(
                 self.store,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import orjson
 
-from dispatcher.ids import new_event_ids
+from dispatcher.ids import new_event_ids, with_region
 from dispatcher.model import Job, JobState
 from dispatcher.queue import codec, streams
 from dispatcher.queue.keys import Keys, shard_of
@@ -491,18 +491,19 @@ async def seed_dead_jobs(
     *,
     entry_ids: list[str] | None = None,
     hook: shapes.Webhook | shapes.WebhookWithSecret | None = None,
+    region: str | None = None,
 ) -> list[str]:
     """``n`` dead jobs of one live webhook, written as settle.lua writes them (record with
     ``d``, then the DLQ entry), much faster than failing them one by one; ``entry_ids``
     chooses their DLQ entry ids (so their dead-letter times). The webhook is ``hook`` (say one
     on a local target, so a replay stays on this machine), else a new one of tenant ``acme``
-    on https://hooks.example.com/x."""
+    on https://hooks.example.com/x. ``region``: the ids name it (``~<region>``)."""
     if hook is None:
         hook = await client.create_webhook("acme", "https://hooks.example.com/x")
     keys = Keys(prefix)
     _event_id, job_prefix = new_event_ids()
     now_ms = client.store.clock.now_ms()
-    ids = [f"{job_prefix}{i}" for i in range(n)]
+    ids = [with_region(f"{job_prefix}{i}", region) for i in range(n)]
     for start in range(0, n, 500):
         pipe = redis.pipeline(transaction=False)
         for i in range(start, min(start + 500, n)):

@@ -4,6 +4,7 @@ Every handler does bounded work: a listing reads at most ``dlq.MAX_SCANNED`` ent
 payload; a replay of everything matching, or a confirmed purge, does one page of at most
 ``dlq.PAGE`` DLQ entries inline and answers 200 when that was all, else 202 with a background
 operation that does the rest (``GET /v1/operations/{id}``); counting reads entry ids only.
+With regions, each acts where ``Client`` does (``Client.dlq_scope``).
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ async def replay(request: web.Request) -> web.Response:
         since_ms=wanted.since_ms,
         reason=wanted.reason,
         until_ms=wanted.until_ms,
+        regions=client.regions,
+        scope=await client.dlq_scope(wanted.webhook_id),
     )
-    first = await dlq_ops.replay_step(client.store, plan, dlq_ops.Position())
+    first = await dlq_ops.replay_step(
+        client.store, plan, dlq_ops.Position(), regions=client.regions
+    )
     answer = dlq_ops.replay_answer(first)  # Client.replay_matching's answer, for this page
     if first.position is None:
         return json_response(answer)
@@ -72,7 +77,9 @@ async def purge(request: web.Request) -> web.Response:
     facts = await client.purge_facts(older_than_s)
     if not confirm:
         raise facts.refusal()
-    first = await dlq_ops.purge_step(client.store, facts.plan, dlq_ops.Position())
+    first = await dlq_ops.purge_step(
+        client.store, facts.plan, dlq_ops.Position(), regions=client.regions
+    )
     answer = facts.answer(first.changed)  # Client.purge_dlq's answer, for this page
     if first.position is None:
         return json_response(answer)

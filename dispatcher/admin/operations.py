@@ -24,7 +24,8 @@ RUNNER: Final = web.AppKey("operations_runner", Runner)
 
 def install(app: web.Application) -> None:
     """Run this app's operation driver while the app is served."""
-    app[RUNNER] = Runner(app[CLIENT].store)
+    client = app[CLIENT]
+    app[RUNNER] = Runner(client.store, regions=client.regions)
     app.cleanup_ctx.append(_drive)
 
 

@@ -13,16 +13,18 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import NotFound
-from dispatcher.ids import sid_ms
+from dispatcher.errors import InvalidField, NotFound
+from dispatcher.ids import is_region_name, sid_ms
 from dispatcher.model import Job, JobState, rfc3339
 from dispatcher.queue import codec, records
 from dispatcher.queue.keys import MAX_SHARDS
-from dispatcher.queue.records import redis_errors
+from dispatcher.queue.records import redis_errors, region_store
+from dispatcher.queue.regions import reaching
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
 
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Store
 
 
@@ -179,9 +181,13 @@ _Position = tuple[tuple[int, int], int]  # (entry id, shard)
 
 
 def is_cursor(value: object) -> bool:
-    """A ``next_cursor``: a DLQ entry id, with ``.<shard>`` when there are several shards."""
+    """A ``next_cursor``: a DLQ entry id, with ``.<shard>`` when there are several shards;
+    with regions, ``<region>|`` before it (``<region>|`` alone: that region from its start)."""
     if not isinstance(value, str):
         return False
+    region, bar, inner = value.rpartition("|")
+    if bar:
+        return is_region_name(region) and (inner == "" or is_cursor(inner))
     entry_id, dot, shard = value.partition(".")
     return is_entry_id(entry_id) and (not dot or (shard.isdigit() and len(shard) <= _SHARD_DIGITS))
 
@@ -283,6 +289,40 @@ async def list_dead(
             return {"items": items, "next_cursor": None}
         if scanned >= MAX_SCANNED:
             return {"items": items, "next_cursor": next_cursor()}
+
+
+async def list_regions(
+    regions: Regions,
+    scope: Sequence[str],
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    **filters: Any,
+) -> dict[str, Any]:
+    """A page of the DLQs of the regions of ``scope`` (home first), region after region, as
+    ``list_dead`` lists each (``filters`` are its own): ``next_cursor`` is
+    ``<region>|<its cursor>``. A cursor without a region (given before regions) goes on in
+    the first region of ``scope``. Each region reads at most ``MAX_SCANNED`` entries, and a
+    region that stops short of its end answers with what it found."""
+    limit = max(1, min(limit, MAX_PAGE))
+    region, bar, inner = (cursor or "").rpartition("|")
+    if not bar:
+        region = scope[0]
+    if region not in scope:
+        raise InvalidField("cursor", "must be a next_cursor of an earlier page")
+    items: list[dict[str, Any]] = []
+    after: str | None = inner or None
+    for name in scope[scope.index(region) :]:
+        if len(items) == limit:
+            return {"items": items, "next_cursor": f"{name}|"}
+        where, remote = await region_store(regions, name)
+        with reaching(remote):
+            page = await list_dead(where, limit=limit - len(items), cursor=after, **filters)
+        items += page["items"]
+        if page["next_cursor"] is not None:
+            return {"items": items, "next_cursor": f"{name}|{page['next_cursor']}"}
+        after = None
+    return {"items": items, "next_cursor": None}
 
 
 async def inspect(store: Store, job_id: str) -> dict[str, Any]:

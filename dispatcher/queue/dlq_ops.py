@@ -5,6 +5,11 @@ Replay and purge go one page of at most ``dlq.SCRIPT_PAGE`` entries per script.
 ``Position`` and say where to go on, so the admin API can do a page inline and leave the rest
 to a background operation (``queue/operations.py``); ``replay_matching`` and ``purge`` go to
 the end (the Python client's calls).
+
+Regions (docs/regions.md): each verb takes ``regions`` and a plan its ``scope``, the regions it
+acts on (home first), each region's shards walked in turn as one list, so a ``Position`` is the
+same pair of numbers with or without regions. A replay by ids goes to each id's region
+(``ids.region_of``). Without regions (``scope`` None) nothing changes: the store's own shards.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import ConfirmationRequired, InvalidField, NotReplayable
-from dispatcher.ids import is_job_id
+from dispatcher.ids import is_job_id, region_of
 from dispatcher.queue.dlq import (
     MAX_REPLAY_IDS,
     PAGE,
@@ -26,9 +31,12 @@ from dispatcher.queue.dlq import (
     start_bound,
 )
 from dispatcher.queue.keys import shard_of, streams_of
-from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors
+from dispatcher.queue.records import DEFAULT_QUEUE, redis_errors, region_store
+from dispatcher.queue.regions import Regions, reaching
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from dispatcher.queue.store import Store
 
 # --- replay --------------------------------------------------------------------------------
@@ -100,7 +108,9 @@ def replay_ids(ids: object) -> list[str]:
     return list(ids)
 
 
-async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
+async def replay(
+    store: Store, job_ids: list[str], *, regions: Regions | None = None
+) -> dict[str, Any]:
     """Put dead jobs back in their ready queues: ``{"replayed": n, "not_found": [ids],
     "not_dead": [ids]}`` (the ids passed over, in the order given).
 
@@ -109,28 +119,39 @@ async def replay(store: Store, job_ids: list[str]) -> dict[str, Any]:
     nothing is replayed. Unknown ids and jobs that are not dead are passed over, so a replay
     can be repeated safely. Each part (a shard's ids, ``SCRIPT_PAGE`` at a time) is one script
     that checks before it writes; with several parts every part is checked first.
+
+    With ``regions``, each id goes to the region it names, and the parts of every region are
+    checked before any is written; a region that does not answer raises ``RegionUnavailable``
+    (before any write when it fails during the check: a repeat is safe either way).
     """
-    by_shard: defaultdict[int, list[str]] = defaultdict(list)
+    by_part: defaultdict[tuple[str | None, int], list[str]] = defaultdict(list)
     why: dict[str, str] = {}
     wanted = list(dict.fromkeys(replay_ids(job_ids)))
+    located: dict[str | None, tuple[Store, str | None]] = {None: (store, None)}
     for job_id in wanted:
-        if is_job_id(job_id):
-            by_shard[shard_of(job_id)].append(job_id)
-        else:
+        if not is_job_id(job_id):
             why[job_id] = "not_found"
+            continue
+        region = None if regions is None else region_of(job_id)
+        if region not in located:
+            located[region] = await region_store(regions or Regions.single(store), region)
+        by_part[(located[region][1], shard_of(job_id))].append(job_id)
+    stores = {remote: where for where, remote in located.values()}
     parts = [
-        (store.shard(shard), ids[i : i + SCRIPT_PAGE])
-        for shard, ids in by_shard.items()
+        (stores[remote].shard(shard), remote, ids[i : i + SCRIPT_PAGE])
+        for (remote, shard), ids in by_part.items()
         for i in range(0, len(ids), SCRIPT_PAGE)
     ]
     if len(parts) > 1:
         refused: list[tuple[str, str]] = []
-        for part, ids in parts:
-            refused += (await _run_replay(part, "check", [*ids])).refused
+        for part, remote, ids in parts:
+            with reaching(remote):
+                refused += (await _run_replay(part, "check", [*ids])).refused
         _refuse(refused)
     replayed = 0
-    for part, ids in parts:
-        answer = await _run_replay(part, "ids", [*ids])
+    for part, remote, ids in parts:
+        with reaching(remote):
+            answer = await _run_replay(part, "ids", [*ids])
         _refuse(answer.refused)  # with several parts: only if a job changed since the check
         replayed += len(answer.replayed)
         why.update(answer.passed)
@@ -179,6 +200,52 @@ class ReplayPlan:
     webhook_id: str | None = None
     tenant_id: str | None = None
     reason: str | None = None  # the DLQ entry's reason (an operation stored before: None)
+    #: With regions: the region of each of ``shards`` (None: the store's own, as before).
+    regions: list[str | None] | None = None
+
+
+async def _places(
+    store: Store, regions: Regions | None, scope: Sequence[str] | None
+) -> list[tuple[Store, str | None, str | None]]:
+    """Each region of ``scope`` (None: the store's own Redis): (its store, its name, the name
+    for ``reaching``)."""
+    if scope is None:
+        return [(store, None, None)]
+    places: list[tuple[Store, str | None, str | None]] = []
+    for name in scope:
+        where, remote = await region_store(regions or Regions.single(store), name)
+        places.append((where, name, remote))
+    return places
+
+
+async def _shards_in(
+    store: Store,
+    regions: Regions | None,
+    scope: Sequence[str] | None,
+    webhook_id: str | None = None,
+) -> list[tuple[Store, str | None, str | None]]:
+    """Every shard a plan covers, region after region of ``scope`` (None: the store's own):
+    (its store, its region as the plan records it, the name for ``reaching``). With
+    ``webhook_id``, only its shard, where all its dead jobs are."""
+    found: list[tuple[Store, str | None, str | None]] = []
+    for where, name, remote in await _places(store, regions, scope):
+        if webhook_id is not None:
+            found.append((where.of_webhook(webhook_id), name, remote))
+            continue
+        with reaching(remote), redis_errors():
+            found += [(shard, name, remote) for shard in await where.all_shards()]
+    return found
+
+
+async def _shard_at(
+    store: Store, regions: Regions | None, plan: ReplayPlan | PurgePlan, index: int
+) -> tuple[Store, str | None]:
+    """The store of a plan's ``index``-th shard and the name for ``reaching`` around it."""
+    region = plan.regions[index] if plan.regions else None
+    if region is None:
+        return store.shard(plan.shards[index]), None
+    where, remote = await region_store(regions or Regions.single(store), region)
+    return where.shard(plan.shards[index]), remote
 
 
 async def plan_replay(
@@ -189,31 +256,39 @@ async def plan_replay(
     since_ms: int | None = None,
     reason: str | None = None,
     until_ms: int | None = None,
+    regions: Regions | None = None,
+    scope: Sequence[str] | None = None,
 ) -> ReplayPlan:
     """What ``replay_step`` replays: the dead jobs of the filters dead-lettered at or after
-    ``since_ms`` and before ``until_ms``, for ``reason`` (each None: any). An empty text
-    filter is refused: the script reads '' as "any", so it would replay every dead job."""
+    ``since_ms`` and before ``until_ms``, for ``reason`` (each None: any), in the regions of
+    ``scope`` (None: the store's own Redis). An empty text filter is refused: the script reads
+    '' as "any", so it would replay every dead job."""
     for name, value in (("webhook_id", webhook_id), ("tenant_id", tenant_id), ("reason", reason)):
         if value == "":
             raise InvalidField(name, "must not be empty (leave it out to match any)")
-    if webhook_id is not None:  # its dead jobs are all in its shard
-        shards = [store.of_webhook(webhook_id)]
-    else:
-        with redis_errors():
-            shards = await store.all_shards()
-    ends = [await last_entry(shard, until_ms) for shard in shards]
+    located = await _shards_in(store, regions, scope, webhook_id)
+    ends = []
+    for shard, _name, remote in located:
+        with reaching(remote):
+            ends.append(await last_entry(shard, until_ms))
     return ReplayPlan(
-        [s.keys.shard for s in shards],
+        [shard.keys.shard for shard, _name, _remote in located],
         ends,
         start_bound(since_ms),
         webhook_id,
         tenant_id,
         reason,
+        None if scope is None else [name for _shard, name, _remote in located],
     )
 
 
 async def replay_step(
-    store: Store, plan: ReplayPlan, position: Position, budget: int = PAGE
+    store: Store,
+    plan: ReplayPlan,
+    position: Position,
+    budget: int = PAGE,
+    *,
+    regions: Regions | None = None,
 ) -> Progress:
     """Replay from ``position`` until ``budget`` DLQ entries were read or the plan is done.
 
@@ -227,18 +302,20 @@ async def replay_step(
             shard, after = shard + 1, None
             continue
         asked = min(budget, SCRIPT_PAGE)
-        answer = await _run_replay(
-            store.shard(plan.shards[shard]),
-            "range",
-            [
-                f"({after}" if after else plan.start,
-                end,
-                asked,
-                plan.webhook_id or "",
-                plan.tenant_id or "",
-                plan.reason or "",
-            ],
-        )
+        target, remote = await _shard_at(store, regions, plan, shard)
+        with reaching(remote):
+            answer = await _run_replay(
+                target,
+                "range",
+                [
+                    f"({after}" if after else plan.start,
+                    end,
+                    asked,
+                    plan.webhook_id or "",
+                    plan.tenant_id or "",
+                    plan.reason or "",
+                ],
+            )
         progress.read += answer.read
         progress.changed += len(answer.replayed)
         progress.skipped.update(reason for _job_id, reason in answer.refused)
@@ -259,10 +336,12 @@ async def replay_matching(
     since_ms: int | None = None,
     reason: str | None = None,
     until_ms: int | None = None,
+    regions: Regions | None = None,
+    scope: Sequence[str] | None = None,
 ) -> Progress:
     """Replay every dead job matching the filters, dead-lettered at or after ``since_ms``
-    and before ``until_ms``, page by page; jobs that cannot go back are skipped and counted
-    by reason."""
+    and before ``until_ms``, in the regions of ``scope``, page by page; jobs that cannot go
+    back are skipped and counted by reason."""
     plan = await plan_replay(
         store,
         webhook_id=webhook_id,
@@ -270,14 +349,18 @@ async def replay_matching(
         since_ms=since_ms,
         reason=reason,
         until_ms=until_ms,
+        regions=regions,
+        scope=scope,
     )
     total = Progress()
     while total.position is not None:
-        total.add(await replay_step(store, plan, total.position))
+        total.add(await replay_step(store, plan, total.position, regions=regions))
     return total
 
 
-async def replay_left(store: Store, plan: ReplayPlan, position: Position) -> int:
+async def replay_left(
+    store: Store, plan: ReplayPlan, position: Position, *, regions: Regions | None = None
+) -> int:
     """DLQ entries a replay has still to read from ``position`` (entry ids only)."""
     left = 0
     for index in range(position.shard, len(plan.shards)):
@@ -286,7 +369,9 @@ async def replay_left(store: Store, plan: ReplayPlan, position: Position) -> int
             continue
         after = position.after if index == position.shard else None
         start = f"({after}" if after else plan.start
-        left += await count_entries(store.shard(plan.shards[index]), start, end)
+        target, remote = await _shard_at(store, regions, plan, index)
+        with reaching(remote):
+            left += await count_entries(target, start, end)
     return left
 
 
@@ -299,48 +384,70 @@ class PurgePlan:
 
     shards: list[int]
     cutoff_ms: int
+    #: With regions: the region of each of ``shards`` (None: the store's own, as before).
+    regions: list[str | None] | None = None
 
     @property
     def end(self) -> str:
         return str(self.cutoff_ms - 1)  # XRANGE reads "ms" as "ms-<max>": every entry of that ms
 
 
-async def plan_purge(store: Store, *, older_than_s: float, retention_s: float) -> PurgePlan:
-    with redis_errors():
-        shards = await store.all_shards()
+async def plan_purge(
+    store: Store,
+    *,
+    older_than_s: float,
+    retention_s: float,
+    regions: Regions | None = None,
+    scope: Sequence[str] | None = None,
+) -> PurgePlan:
+    """A purge of every shard of the regions of ``scope`` (None: the store's own Redis); the
+    cutoff is read on the home region's clock."""
+    located = await _shards_in(store, regions, scope)
     cutoff_ms = store.clock.now_ms() - int(max(older_than_s, retention_s) * 1000)
-    return PurgePlan([s.keys.shard for s in shards], cutoff_ms)
+    return PurgePlan(
+        [shard.keys.shard for shard, _name, _remote in located],
+        cutoff_ms,
+        None if scope is None else [name for _shard, name, _remote in located],
+    )
 
 
-async def purge_left(store: Store, plan: PurgePlan, position: Position) -> int:
+async def purge_left(
+    store: Store, plan: PurgePlan, position: Position, *, regions: Regions | None = None
+) -> int:
     """Entries a purge has still to delete (by entry id, no record read): the whole DLQ of
     a shard whose last entry is older than the cutoff (XLEN), else counted by id."""
     if plan.cutoff_ms <= 0:
         return 0
     left = 0
-    for number in plan.shards[position.shard :]:
-        shard = store.shard(number)
-        last = await last_entry(shard)
-        if last is None:
-            continue
-        if sid_key(last) < (plan.cutoff_ms, 0):
-            with redis_errors():
-                left += int(await shard.redis.xlen(shard.keys.dlq))
-        else:
-            left += await count_entries(shard, "-", plan.end)
+    for index in range(position.shard, len(plan.shards)):
+        shard, remote = await _shard_at(store, regions, plan, index)
+        with reaching(remote):
+            last = await last_entry(shard)
+            if last is None:
+                continue
+            if sid_key(last) < (plan.cutoff_ms, 0):
+                with redis_errors():
+                    left += int(await shard.redis.xlen(shard.keys.dlq))
+            else:
+                left += await count_entries(shard, "-", plan.end)
     return left
 
 
 async def purge_step(
-    store: Store, plan: PurgePlan, position: Position, budget: int = PAGE
+    store: Store,
+    plan: PurgePlan,
+    position: Position,
+    budget: int = PAGE,
+    *,
+    regions: Regions | None = None,
 ) -> Progress:
     """Delete from ``position`` until ``budget`` entries went or the plan is done."""
     progress = Progress()
     shard = position.shard
     while budget > 0 and shard < len(plan.shards) and plan.cutoff_ms > 0:
-        target = store.shard(plan.shards[shard])
+        target, remote = await _shard_at(store, regions, plan, shard)
         asked = min(budget, SCRIPT_PAGE)
-        with redis_errors():
+        with reaching(remote), redis_errors():
             purged, _last = await target.scripts.purge(
                 keys=[target.keys.dlq, target.keys.jobs], args=[plan.end, asked]
             )
@@ -354,14 +461,14 @@ async def purge_step(
     return progress
 
 
-async def purge(store: Store, plan: PurgePlan) -> int:
+async def purge(store: Store, plan: PurgePlan, *, regions: Regions | None = None) -> int:
     """Delete the entries of the plan with their records, in every shard, page by page.
 
     It removes exactly the entries ``purge_facts`` counted, less any replayed meanwhile.
     """
     total = Progress()
     while total.position is not None:
-        total.add(await purge_step(store, plan, total.position))
+        total.add(await purge_step(store, plan, total.position, regions=regions))
     return total.changed
 
 
@@ -398,20 +505,34 @@ class PurgeFacts:
         }
 
 
-async def purge_facts(store: Store, *, older_than_s: float, retention_s: float) -> PurgeFacts:
+async def purge_facts(
+    store: Store,
+    *,
+    older_than_s: float,
+    retention_s: float,
+    regions: Regions | None = None,
+    scope: Sequence[str] | None = None,
+) -> PurgeFacts:
     """Count what a purge of entries older than both ages deletes, and the entries younger
     than the retention, by entry id (no record read): the entries before the retention's
     cutoff are counted (``purge_left``; once when ``older_than_s`` is not above the
-    retention), the younger ones are the rest of ``XLEN``."""
-    plan = await plan_purge(store, older_than_s=older_than_s, retention_s=retention_s)
-    would_purge = await purge_left(store, plan, Position())
+    retention), the younger ones are the rest of ``XLEN``. In the regions of ``scope``
+    (None: the store's own Redis), summed."""
+    plan = await plan_purge(
+        store, older_than_s=older_than_s, retention_s=retention_s, regions=regions, scope=scope
+    )
+    would_purge = await purge_left(store, plan, Position(), regions=regions)
     floor_ms = plan.cutoff_ms + int(max(older_than_s, retention_s) * 1000)
     floor_ms -= int(retention_s * 1000)  # the retention's own cutoff, from the same now
     if floor_ms == plan.cutoff_ms:
         before_floor = would_purge
     else:
-        before_floor = await purge_left(store, PurgePlan(plan.shards, floor_ms), Position())
-    size = await dlq_size(store)
+        floor = PurgePlan(plan.shards, floor_ms, plan.regions)
+        before_floor = await purge_left(store, floor, Position(), regions=regions)
+    size = 0
+    for where, _name, remote in await _places(store, regions, scope):
+        with reaching(remote):
+            size += await dlq_size(where)
     return PurgeFacts(
         plan,
         older_than_s,

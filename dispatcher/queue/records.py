@@ -1,5 +1,6 @@
-"""Redis failures as the errors the API promises, the default queue's name, and job look-ups
-(a job from its record or stream entry, and the job as users see it).
+"""Redis failures as the errors the API promises, the default queue's name, the region that
+holds what is asked (``region_store``), and job look-ups (a job from its record or stream entry,
+and the job as users see it).
 
 Webhook records are in ``webhooks.py`` and the publish fan-out in ``publishing.py``.
 """
@@ -20,6 +21,7 @@ from dispatcher.queue.keys import GROUP
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterator
 
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Store
 
 DEFAULT_QUEUE = "default"
@@ -49,6 +51,26 @@ def redis_errors() -> Iterator[None]:
         if translated is None:
             raise
         raise translated from exc
+
+
+async def region_store(regions: Regions, region: str | None) -> tuple[Store, str | None]:
+    """The store of ``region``'s Redis and the name to give ``regions.reaching`` around calls to
+    it (None: the home region, whose failures are this region's own ``RedisUnavailable``).
+
+    None, or the home region: the home store, with no Redis call. Another name reads the home
+    layout first (cached, ``Store.read_layout``) to learn the home region when it was not
+    configured; without regions (no ``layout.region``) a name is read as the home store, where
+    nothing carries a region, so a look-up answers "not found" as before regions. A region with
+    no URL here raises ``RegionUnavailable``.
+    """
+    if regions.is_home(region):
+        return regions.home, None
+    assert region is not None  # noqa: S101 - is_home(None) above
+    with redis_errors():
+        await regions.home.read_layout()
+    if not regions.enabled or regions.is_home(region):
+        return regions.home, None
+    return regions.store(region), region
 
 
 # --- jobs ------------------------------------------------------------------------------------

@@ -1,0 +1,264 @@
+"""Views and operations span regions (issue 22): a job id's look-ups and changes run in the
+region it names, a webhook's views in its region, and deployment-wide operations in every
+region, from either region's Client or admin API; a region that does not answer is a 503 naming
+it. Two real redis-servers (regions a and b), started once for the module."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher import Client, NotReplayable
+from dispatcher.ids import with_region
+from dispatcher.operations import Runner, begin
+from dispatcher.queue import control, dlq_ops, operations
+from dispatcher.queue.keys import Keys
+from tests.admin_api import start_api
+from tests.helpers import RedisServer, eventually, seed_dead_jobs
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from dispatcher import shapes
+
+pytestmark = pytest.mark.xdist_group("regions")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RedisServer]]:
+    found = {name: RedisServer(tmp_path_factory.mktemp(f"region_{name}")) for name in "ab"}
+    for server in found.values():
+        server.start()
+    yield found
+    for server in found.values():
+        server.stop()
+
+
+@dataclass
+class World:
+    """A Client in each region (the same prefix), each region's Redis, and a webhook of
+    each region registered in both (as the registry replicator leaves it)."""
+
+    a: Client
+    b: Client
+    redis: dict[str, aioredis.Redis]
+    prefix: str
+    hooks: dict[str, shapes.WebhookWithSecret]
+
+    async def dead(self, region: str, n: int, ago_ms: int | None = None) -> list[str]:
+        """``n`` dead jobs of ``region``'s webhook, in its Redis, their ids naming it (dead
+        ``ago_ms`` ago; None: now)."""
+        client = self.a if region == "a" else self.b
+        entry_ids = None
+        if ago_ms is not None:
+            then = client.store.clock.now_ms() - ago_ms
+            entry_ids = [f"{then}-{i}" for i in range(n)]
+        return await seed_dead_jobs(
+            client,
+            self.redis[region],
+            self.prefix,
+            n,
+            hook=self.hooks[region],
+            region=region,
+            entry_ids=entry_ids,
+        )
+
+    async def dlq_len(self, region: str) -> int:
+        return int(await self.redis[region].xlen(Keys(self.prefix).dlq))
+
+
+@pytest.fixture
+async def world(servers: dict[str, RedisServer], prefix: str) -> AsyncIterator[World]:
+    urls = {name: server.url for name, server in servers.items()}
+    conns = {name: aioredis.Redis.from_url(url) for name, url in urls.items()}
+    async with (
+        Client.from_url(urls["a"], prefix, region="a", regions=urls) as a,
+        Client.from_url(urls["b"], prefix, region="b", regions=urls) as b,
+    ):
+        for name, client in (("a", a), ("b", b)):
+            await client.store.adopt_region(name, tuple(urls))
+        hooks = {}
+        webhooks = Keys(prefix).webhooks
+        for name in urls:
+            hook = await a.create_webhook("acme", "https://hooks.example.com/x", region=name)
+            raw = await conns["a"].hget(webhooks, hook["id"])
+            await conns["b"].hset(webhooks, hook["id"], raw)  # the registry's copy in b
+            hooks[name] = hook
+        yield World(a, b, conns, prefix, hooks)
+    for conn in conns.values():
+        await conn.aclose()
+
+
+async def test_a_job_is_looked_up_in_the_region_its_id_names(world: World) -> None:
+    """A job held in b is shown, inspected and listed among its webhook's jobs from a."""
+    (job_id,) = await world.dead("b", 1)
+    job = await world.a.get_job(job_id)
+    assert job is not None
+    assert (job["id"], job["state"]) == (job_id, "dead")
+    assert await world.a.get_job(with_region(job_id, "a")) is None  # not a's: a holds nothing
+    inspected = await world.a.inspect_dlq(job_id)
+    assert (inspected["id"], orjson.dumps(inspected["payload"])) == (job_id, b'{"n":1}')
+    recent = await world.a.webhook_jobs(world.hooks["b"]["id"])
+    assert [item["id"] for item in recent["items"]] == [job_id]
+
+
+async def test_retry_and_replay_by_ids_run_in_each_jobs_region(world: World) -> None:
+    """From a, a retry of b's dead job and a replay of a mix of a's and b's jobs requeue each
+    in its own region; ids not found are named."""
+    in_a, in_b = await world.dead("a", 2), await world.dead("b", 2)
+    retried = await world.a.retry_job(in_b[0])
+    assert (retried["id"], retried["state"]) == (in_b[0], "queued")
+    unknown = with_region(in_b[0].replace(".0~", ".7~"), "b")
+    answer = await world.a.replay([*in_a, in_b[1], unknown])
+    assert answer == {"replayed": 3, "not_found": [unknown], "not_dead": []}
+    for client, ids in ((world.a, in_a), (world.b, in_b)):
+        for job_id in ids:
+            job = await client.get_job(job_id)
+            assert job is not None
+            assert job["state"] == "queued"
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
+
+
+async def test_a_replay_across_regions_is_all_or_nothing(world: World) -> None:
+    """A dead job of b that cannot go back (its webhook is disabled there) refuses the whole
+    replay, so a's job in it stays dead too."""
+    (in_a,), (in_b,) = await world.dead("a", 1), await world.dead("b", 1)
+    await world.b.update_webhook(world.hooks["b"]["id"], enabled=False)
+    with pytest.raises(NotReplayable) as refused:
+        await world.a.replay([in_a, in_b])
+    assert [r["id"] for r in refused.value.refused] == [in_b]
+    job = await world.a.get_job(in_a)
+    assert job is not None
+    assert job["state"] == "dead"
+
+
+async def test_the_dlq_listing_walks_every_region_home_first(world: World) -> None:
+    """Pages of 2 list a's dead jobs then b's from a (b's then a's from b), their cursors
+    naming the region; a webhook's listing reads its region only; a cursor without a region
+    goes on in the home region."""
+    in_a, in_b = await world.dead("a", 3), await world.dead("b", 3)
+    for client, expected, regions in (
+        (world.a, in_a + in_b, ["a", "b", "b"]),
+        (world.b, in_b + in_a, ["b", "a", "a"]),
+    ):
+        seen: list[str | None] = []
+        cursors: list[str] = []
+        cursor = None
+        while True:
+            page = await client.list_dlq(limit=2, cursor=cursor)
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            cursors.append(cursor)
+        assert seen == expected
+        assert [c.partition("|")[0] for c in cursors] == regions
+    first = await world.a.list_dlq(limit=1)
+    assert first["next_cursor"] is not None
+    region, _, inner = first["next_cursor"].partition("|")
+    assert region == "a"
+    assert await world.a.list_dlq(limit=2, cursor=inner) == await world.a.list_dlq(
+        limit=2, cursor=first["next_cursor"]
+    )
+    only_b = await world.a.list_dlq(webhook_id=world.hooks["b"]["id"])
+    assert ([item["id"] for item in only_b["items"]], only_b["next_cursor"]) == (in_b, None)
+    _app, api = await start_api(world.a)
+    try:
+        second = await api.call("GET", "/v1/dlq", params={"limit": "2", "cursor": "b|"})
+        assert second.body == await world.a.list_dlq(limit=2, cursor="b|")
+        assert [item["id"] for item in second.body["items"]] == in_b[:2]
+    finally:
+        await api.close()
+
+
+async def test_deployment_wide_operations_reach_every_region(world: World) -> None:
+    """From a: a purge, replay of everything matching and a queue pause act on b too, and a
+    replay matching b's webhook acts on b only."""
+    await world.dead("a", 1, ago_ms=10_000)
+    await world.dead("b", 2, ago_ms=10_000)
+    world.a.dlq_retention_s = 5
+    facts = await world.a.purge_facts()
+    assert (facts.would_purge, facts.within_retention) == (3, 0)
+    assert (await world.a.purge_dlq(confirm=True))["purged"] == 3
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
+
+    await world.dead("a", 2)
+    await world.dead("b", 2)
+    only_b = await world.a.replay_matching(webhook_id=world.hooks["b"]["id"])
+    assert only_b["replayed"] == 2
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (2, 0)
+    await world.dead("b", 2)
+    assert (await world.a.replay_matching())["replayed"] == 4
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
+
+    await world.a.pause("default")
+    assert "default" in await control.paused_queues(world.b.store)
+    await world.a.resume("default")
+    assert "default" not in await control.paused_queues(world.b.store)
+
+
+async def test_a_background_replay_walks_the_regions_as_shards(world: World) -> None:
+    """An operation left after an inline page of one job goes on into b, and a runner that
+    takes it up replays the rest there."""
+    await world.dead("a", 2)
+    await world.dead("b", 2)
+    client = world.a
+    plan = await dlq_ops.plan_replay(
+        client.store, regions=client.regions, scope=await client.dlq_scope()
+    )
+    assert plan.regions == ["a", "b"]
+    first = await dlq_ops.replay_step(
+        client.store, plan, dlq_ops.Position(), budget=1, regions=client.regions
+    )
+    op = await begin(client.store, "replay", plan, first)
+    runner = Runner(client.store, regions=client.regions)
+    task = asyncio.create_task(runner.run())
+    runner.hand(op.id)
+
+    async def finished() -> operations.Operation | None:
+        found = await operations.get(client.store, op.id)
+        return found if found and found.state == operations.SUCCEEDED else None
+
+    try:
+        done = await eventually(finished, what="the operation to finish")
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    assert (done.changed, done.total) == (4, 4)
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
+
+
+async def test_a_region_that_does_not_answer_is_a_503_naming_it(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """With b's Redis stopped, the admin API in a answers 503 ``region_unavailable`` naming b
+    for b's job, b's webhook's stats and a queue pause (which reaches every region), and names
+    a region it has no URL for; a's own jobs still answer."""
+    (in_a,), (in_b,) = await world.dead("a", 1), await world.dead("b", 1)
+    _app, api = await start_api(world.a)
+    servers["b"].stop()
+    try:
+        for method, path in (
+            ("GET", f"/v1/jobs/{in_b}"),
+            ("GET", f"/v1/dlq/{in_b}"),
+            ("GET", f"/v1/webhooks/{world.hooks['b']['id']}/stats"),
+            ("POST", "/v1/queues/default/pause"),
+            ("GET", f"/v1/jobs/{with_region(in_b, 'zz')}"),
+        ):
+            answer = await api.call(method, path)
+            region = "zz" if "~zz" in path else "b"
+            assert answer.status == 503, (path, answer.body)
+            assert answer.body["error"]["code"] == "region_unavailable"
+            assert f"region {region!r}" in answer.body["error"]["message"]
+        mine = await api.call("GET", f"/v1/jobs/{in_a}")
+        assert (mine.status, mine.body["state"]) == (200, "dead")
+    finally:
+        await api.close()
+        servers["b"].start()
