@@ -81,7 +81,8 @@ class Relay:
     def __init__(self, regions: Regions, metrics: Metrics, *, consumer: str) -> None:
         self.regions, self.metrics, self.consumer = regions, metrics, consumer
         self._unreachable: dict[str, _Unreachable] = {}
-        self._waiting: set[str] = set()  # webhooks logged as waiting for their record
+        #: The webhooks logged as waiting for their record in a destination (once each).
+        self.waiting: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: one relay per (local shard, other region), each competing for
@@ -153,7 +154,6 @@ class _Holder:
         self.floor = 0  # the highest epoch a fence reported: the next token's must be above
         self.renewed = 0.0
         self.source = relay.regions.name or ""
-        self.labels = {"region": region}
 
     async def acquire(self) -> bool:
         layout = await self.relay.regions.home.read_layout()
@@ -173,7 +173,7 @@ class _Holder:
         try:
             async with asyncio.timeout(1):
                 await outbox.release(self.here, self.region, token)
-        except Exception:  # noqa: BLE001 - best effort: the lease expires anyway
+        except Exception:  # best effort: the lease expires anyway
             return
 
     async def _renew(self, sids: Sequence[str] = ()) -> bool:
@@ -203,17 +203,34 @@ class _Holder:
             if cursor == "0-0":
                 break
         while not self.stop.is_set():
-            entries = await outbox.read_new(self.here, self.region, self.relay.consumer, BLOCK_MS)
+            entries = await self._read_new()
             if entries:
                 if not await self._send(entries, resent=False):
                     return
             elif time.monotonic() - self.renewed > RENEW_S and not await self._renew():
                 return
 
+    async def _read_new(self) -> list[Entry]:
+        """New entries, waiting up to ``BLOCK_MS`` for one, or none once ``stop`` is set (the
+        read is cut short: what it read stays pending, for the next holder to send)."""
+        read = asyncio.create_task(
+            outbox.read_new(self.here, self.region, self.relay.consumer, BLOCK_MS)
+        )
+        stopping = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (read, stopping):
+                task.cancel()
+            await asyncio.gather(read, stopping, return_exceptions=True)
+        if read.cancelled() or (self.stop.is_set() and read.exception() is not None):
+            return []
+        return read.result()
+
     async def _send(self, entries: list[Entry], *, resent: bool) -> bool:
         """Apply ``entries`` in the destination and ack what it has; False once the lease is
         lost or the destination fenced this holder off."""
-        relay, metrics, labels = self.relay, self.relay.metrics, self.labels
+        relay, metrics, region = self.relay, self.relay.metrics, self.region
         while entries:
             assert self.token is not None  # noqa: S101 - only called while holding
             with reaching(self.region):
@@ -221,7 +238,7 @@ class _Holder:
                 result = await outbox.apply(dest, self.source, self.token, entries)
             if result.fenced:
                 assert result.fence is not None  # noqa: S101 - fenced says so
-                metrics.inc("dispatcher_relay_fenced_total", **labels)
+                metrics.inc("dispatcher_relay_fenced_total", region=region)
                 log.warning(
                     "relay.fenced", region=self.region, token=self.token, fence=result.fence
                 )
@@ -229,21 +246,21 @@ class _Holder:
                 await self.release()
                 return False
             done, entries = entries[: result.done], entries[result.done :]
-            metrics.inc("dispatcher_relay_sent_total", result.applied, **labels)
-            metrics.inc("dispatcher_relay_skipped_total", result.skipped, **labels)
+            metrics.inc("dispatcher_relay_sent_total", result.applied, region=region)
+            metrics.inc("dispatcher_relay_skipped_total", result.skipped, region=region)
             if resent:
-                metrics.inc("dispatcher_relay_resent_total", len(done), **labels)
-                metrics.inc("dispatcher_relay_reapplied_total", result.applied, **labels)
+                metrics.inc("dispatcher_relay_resent_total", len(done), region=region)
+                metrics.inc("dispatcher_relay_reapplied_total", result.applied, region=region)
             if result.malformed:
                 log.warning("relay.malformed", region=self.region, entries=result.malformed)
             for entry in done:
-                relay._waiting.discard(entry.webhook_id)
+                relay.waiting.discard(entry.webhook_id)
             if not await self._renew([entry.sid for entry in done]):
                 return False
             if result.waiting:
                 webhook_id = entries[0].webhook_id
-                if webhook_id not in relay._waiting:
-                    relay._waiting.add(webhook_id)
+                if webhook_id not in relay.waiting:
+                    relay.waiting.add(webhook_id)
                     log.info("relay.waiting_for_webhook", region=self.region, webhook_id=webhook_id)
                 await sleep_until_stop(self.stop, random.uniform(*WAITING_S))
                 if self.stop.is_set():

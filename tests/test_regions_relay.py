@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
@@ -24,10 +24,10 @@ from dispatcher.queue.regions import Regions
 from dispatcher.queue.store import Store
 from dispatcher.relay import Relay
 from tests.conftest import WorkerHarness
-from tests.helpers import RedisServer, eventually
+from tests.helpers import RedisServer, eventually, stream_entries
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Iterator
     from pathlib import Path
 
     from tests.target import Target
@@ -88,7 +88,7 @@ class Pair:
     async def put(self, fields: dict[bytes, bytes]) -> str:
         """An outbox entry in region a for region b (publish.lua's part, written directly)."""
         sid = await self.a.redis.xadd(self.a.keys.outbox("b"), fields)  # type: ignore[arg-type]
-        return sid.decode()
+        return cast("bytes", sid).decode()
 
     async def outbox_len(self) -> int:
         return int(await self.a.redis.xlen(self.a.keys.outbox("b")))
@@ -99,8 +99,8 @@ class Pair:
 
     async def ready(self, stream: str = "default") -> list[str]:
         """The job ids in b's ready stream, in order."""
-        entries = await self.b.store.redis.xrange(self.b.store.keys.ready(stream))
-        return [fields[b"j"].decode() for _, fields in entries]
+        found = await stream_entries(self.b.store.redis, self.b.store.keys.ready(stream))
+        return [fields[b"j"].decode() for _, fields in found]
 
     async def run_relay(self, consumer: str = "relay-1") -> Running:
         stop = asyncio.Event()
@@ -193,3 +193,185 @@ async def test_a_relayed_job_is_the_job_a_local_publish_makes(pair: Pair) -> Non
         mine = next(j["id"] for j in answer["jobs"] if j["webhook_id"] == webhook_id)
         assert await view(pair, job) == await view(pair, mine)
     assert pair.metrics.get("dispatcher_relay_sent_total", region="b") == 3
+    keys = pair.b.store.keys  # the FIFO job heads its lane, as a local one does
+    assert (
+        await pair.b.store.redis.hget(keys.lane_heads, relayed[2]) == keys.lane(fifo, "k2").encode()
+    )
+
+
+async def test_a_batch_applied_twice_makes_each_job_once(pair: Pair) -> None:
+    """Applying the same batch again (a resend) writes nothing and counts every job skipped."""
+    plain = await pair.hook()
+    batch = entries(*(entry(job_id(n), plain) for n in (1, 2, 3)))
+    first = await outbox.apply(pair.b.store, "a", "x:1", batch)
+    again = await outbox.apply(pair.b.store, "a", "x:1", batch)
+    assert (first.done, first.applied, first.skipped) == (3, 3, 0)
+    assert (again.done, again.applied, again.skipped) == (3, 0, 3)
+    assert await pair.ready() == [e.fields[b"j"].decode() for e in batch]
+
+
+async def test_a_relay_killed_before_its_ack_makes_no_duplicate(pair: Pair) -> None:
+    """Entries applied in b but never acked (the relay died) are sent again by the next relay,
+    found in b, acked, and counted resent and skipped, not written twice."""
+    plain = await pair.hook()
+    jobs = [job_id(n) for n in (1, 2, 3)]
+    for job in jobs:
+        await pair.put(entry(job, plain))
+    await outbox.ensure_group(pair.a, "b")
+    read = await outbox.read_new(pair.a, "b", "dead-relay", 0)
+    layout = await pair.a.read_layout()
+    assert (await outbox.apply(pair.b.store, "a", f"{layout.incarnation}:0", read)).applied == 3
+    running = await pair.run_relay()  # the dead one's entries are still pending in its name
+    await eventually(pair.drained, what="the outbox relayed")
+    await running.end()
+    assert await pair.ready() == jobs
+    counted = {
+        name: pair.metrics.get(f"dispatcher_relay_{name}_total", region="b")
+        for name in ("sent", "resent", "skipped", "reapplied")
+    }
+    assert counted == {"sent": 0, "resent": 3, "skipped": 3, "reapplied": 0}
+    assert await pair.a.redis.xpending(pair.a.keys.outbox("b"), RELAY_GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+
+
+async def test_a_lower_fence_token_is_refused(pair: Pair) -> None:
+    """Once a holder's token applied in b, an older holder of the same incarnation (a paused
+    one) is refused whole; a new incarnation (region a's Redis wiped) is not."""
+    plain = await pair.hook()
+    assert (await outbox.apply(pair.b.store, "a", "inc:5", entries())).done == 0
+    refused = await outbox.apply(pair.b.store, "a", "inc:3", entries(entry(job_id(), plain)))
+    assert (refused.fenced, refused.fence) == (True, "inc:5")
+    assert await pair.ready() == []
+    anew = await outbox.apply(pair.b.store, "a", "other:1", entries(entry(job_id(), plain)))
+    assert (anew.fenced, anew.applied) == (False, 1)
+
+
+async def test_a_fenced_relay_takes_a_newer_token_and_goes_on(pair: Pair) -> None:
+    """A relay whose token b refuses counts it, takes a token above the fence and relays."""
+    plain = await pair.hook()
+    layout = await pair.a.read_layout()
+    await pair.b.store.redis.set(pair.b.store.keys.relay_fence("a"), f"{layout.incarnation}:7")
+    job = job_id()
+    await pair.put(entry(job, plain))
+    running = await pair.run_relay()
+    await eventually(pair.drained, what="the outbox relayed")
+    await running.end()
+    assert await pair.ready() == [job]
+    assert pair.metrics.get("dispatcher_relay_fenced_total", region="b") == 1
+    fence = await pair.b.store.redis.get(pair.b.store.keys.relay_fence("a"))
+    assert fence == f"{layout.incarnation}:8".encode()
+
+
+async def test_a_job_waits_for_its_webhooks_record(pair: Pair) -> None:
+    """A job whose webhook b has no record of yet waits, with the entries after it, and is
+    written once the record arrives (not dead-lettered); a deleted webhook's job is written
+    for b's gate to dead-letter."""
+    waiting, plain = await pair.hook(), await pair.hook()
+    webhooks = pair.b.store.keys.webhooks
+    record = await pair.b.store.redis.hget(webhooks, waiting)
+    await pair.b.store.redis.hdel(webhooks, waiting)  # not replicated to b yet
+    gone = new_webhook_id()
+    await pair.b.store.redis.hset(pair.b.store.keys.versions, gone, "1 a -")
+    jobs = [job_id(1), job_id(1), job_id(1)]
+    for job, webhook_id in zip(jobs, (gone, waiting, plain), strict=True):
+        await pair.put(entry(job, webhook_id))
+    with capture_logs() as logs:
+        running = await pair.run_relay()
+        await eventually(
+            lambda: any(e["event"] == "relay.waiting_for_webhook" for e in logs),
+            what="the relay waiting",
+        )
+        assert await pair.ready() == jobs[:1]
+        await pair.b.store.redis.hset(webhooks, waiting, record)  # the replicator's part
+        await eventually(pair.drained, what="the outbox relayed")
+        await running.end()
+    assert await pair.ready() == jobs
+    assert await pair.b.store.redis.xlen(pair.b.store.keys.dlq) == 0
+    waits = [e for e in logs if e["event"] == "relay.waiting_for_webhook"]
+    assert [e["webhook_id"] for e in waits] == [waiting]
+
+
+async def test_a_malformed_entry_is_dead_lettered_in_b(pair: Pair) -> None:
+    """An entry that cannot be a job goes to b's DLQ as malformed, whole, and the entries
+    after it are written."""
+    plain = await pair.hook()
+    bad, good = entry(job_id(), plain, stream="No Such Queue"), entry(job_id(), plain)
+    result = await outbox.apply(pair.b.store, "a", "x:1", entries(bad, good))
+    assert (result.done, result.applied, result.malformed) == (2, 1, 1)
+    assert await pair.ready() == [good[b"j"].decode()]
+    assert not await pair.b.store.redis.hexists(pair.b.store.keys.jobs, bad[b"j"].decode())
+    [(_, dead)] = await stream_entries(pair.b.store.redis, pair.b.store.keys.dlq)
+    assert dead[b"r"] == b"malformed"
+    assert orjson.loads(dead[b"raw"])["j"] == bad[b"j"].decode()
+
+
+async def test_fifo_order_and_nothing_lost_across_b_down(pair: Pair) -> None:
+    """While b's Redis is down the outbox grows and a's relay waits (logged once); once b is
+    back, every entry arrives and a FIFO webhook's lane holds them in publish order."""
+    fifo = await pair.hook(ordering="fifo")
+    jobs = [job_id(n) for n in range(1, 51)]
+    for job in jobs[:25]:
+        await pair.put(entry(job, fifo, ordering="-"))
+    lane = pair.b.store.keys.lane(fifo)
+
+    async def lane_length(n: int) -> bool:
+        return int(await pair.b.store.redis.llen(lane)) == n
+
+    with capture_logs() as logs:
+        running = await pair.run_relay()
+        await eventually(lambda: lane_length(25), what="25 jobs relayed")
+        pair.servers.b.stop()
+        try:
+            for job in jobs[25:]:
+                await pair.put(entry(job, fifo, ordering="-"))
+            unreachable = running.relay._unreachable["b"]
+            await eventually(lambda: unreachable.failures >= 2, what="the relay failing")
+            assert await pair.outbox_len() == 25
+        finally:
+            pair.servers.b.start()
+        await eventually(pair.drained, what="the outbox relayed")
+        await running.end()
+    lane_ids = await cast("Awaitable[list[bytes]]", pair.b.store.redis.lrange(lane, 0, -1))
+    assert [j.decode() for j in lane_ids] == jobs
+    assert await pair.ready() == jobs[:1]  # only the head is queued
+    keys = pair.b.store.keys
+    assert await pair.b.store.redis.hget(keys.lanes_waiting, fifo) == b"49"
+    assert [e["event"] for e in logs if e["event"].startswith("relay.")].count(
+        "relay.unavailable"
+    ) == 1
+
+
+async def test_b_delivers_relayed_jobs(pair: Pair, target: Target) -> None:
+    """b's worker delivers the relayed jobs, each once."""
+    plain = await pair.hook(target.url())
+    jobs = [job_id(n) for n in (1, 2)]
+    for job in jobs:
+        await pair.put(entry(job, plain))
+    workers = WorkerHarness(pair.servers.b.url, pair.prefix)
+    await workers.start()
+    try:
+        running = await pair.run_relay()
+        got = await target.wait_for(2)
+        await running.end()
+    finally:
+        await workers.stop()
+    assert sorted(r.headers["webhook-id"] for r in got) == sorted(jobs)
+
+
+async def test_without_regions_the_relay_does_nothing(servers: Servers) -> None:
+    """Without regions the relay reads and writes nothing, and ends when told to."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    store = Store.open(servers.a.url, prefix=prefix)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Relay(Regions.single(store), Metrics(), consumer="c").run(stop))
+        await asyncio.sleep(0)  # let it start
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert [k async for k in store.redis.scan_iter(f"{prefix}:*")] == []
+    finally:
+        await store.close()

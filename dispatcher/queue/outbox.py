@@ -14,7 +14,7 @@ once, and written in the destination at most once while its job's record is kept
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 
@@ -31,6 +31,8 @@ LEASE_MS = 10_000
 BATCH = 256
 #: The order of an outbox entry's fields in relay_apply.lua's arguments (``o`` may be absent).
 _FIELDS = (b"j", b"w", b"t", b"e", b"q", b"c", b"n", b"p", b"o")
+#: relay_apply.lua's answers other than done: a newer holder's fence, a webhook not there yet.
+_FENCED, _WAITING = -1, -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,9 @@ def _text(value: bytes | str) -> str:
 async def ensure_group(store: Store, region: str) -> None:
     """The outbox's stream and the group ``relay`` reading it from its start."""
     try:
-        await store.redis.xgroup_create(store.keys.outbox(region), RELAY_GROUP, id="0", mkstream=True)
+        await store.redis.xgroup_create(
+            store.keys.outbox(region), RELAY_GROUP, id="0", mkstream=True
+        )
     except rex.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -94,7 +98,7 @@ async def acquire(store: Store, region: str, incarnation: str, floor: int = 0) -
 async def ack(
     store: Store, region: str, token: str, sids: Sequence[str] = (), *, ttl_ms: int = LEASE_MS
 ) -> bool:
-    """Ack and delete the entries ``sids`` and renew the lease (``ttl_ms``; 1 lets it go);
+    """Ack and delete the entries ``sids`` and renew the lease (``ttl_ms``; 0 lets it go);
     whether the lease is still ``token``'s."""
     keys = store.keys
     held = await store.scripts.outbox_ack(
@@ -106,7 +110,7 @@ async def ack(
 
 async def release(store: Store, region: str, token: str) -> None:
     """Let the lease go, if it is still ``token``'s, so a successor need not wait it out."""
-    await ack(store, region, token, ttl_ms=1)
+    await ack(store, region, token, ttl_ms=0)
 
 
 def _entries(raw: list[tuple[bytes | str, dict[bytes, bytes] | None]]) -> list[Entry]:
@@ -119,16 +123,16 @@ async def pending(
     """A page of the entries read but not acked (by any relay of the group, now ``consumer``'s),
     in id order from ``cursor``: the next cursor ("0-0" at the end), the entries, and the ids
     of entries pending but deleted."""
-    reply = await store.redis.xautoclaim(
+    reply: list[Any] = await store.redis.xautoclaim(
         store.keys.outbox(region), RELAY_GROUP, consumer, 0, cursor, count=BATCH
     )
-    deleted = [_text(sid) for sid in reply[2]] if len(reply) > 2 else []
-    return _text(reply[0]), _entries(reply[1]), deleted
+    cursor, raw, *deleted = reply  # Redis 7 adds the ids of entries deleted meanwhile
+    return _text(cursor), _entries(raw), [_text(sid) for sid in (deleted[0] if deleted else [])]
 
 
 async def read_new(store: Store, region: str, consumer: str, block_ms: int) -> list[Entry]:
     """Up to ``BATCH`` entries never read, waiting up to ``block_ms`` for one."""
-    reply = await store.redis.xreadgroup(
+    reply: list[Any] = await store.redis.xreadgroup(  # type: ignore[assignment]
         RELAY_GROUP, consumer, {store.keys.outbox(region): ">"}, count=BATCH, block=block_ms
     )
     return _entries(reply[0][1]) if reply else []
@@ -149,12 +153,17 @@ async def apply(dest: Store, source: str, token: str, entries: Sequence[Entry]) 
         ),
     )
     status = int(reply[0])
-    if status == -1:
+    if status == _FENCED:
         return Applied(0, fence=_text(cast("bytes", reply[1])))
-    counts = [int(n) for n in reply[-3:]]
-    if status == -2:
-        return Applied(int(reply[1]) - 1, *counts, waiting=True)
-    return Applied(len(entries), *counts)
+    applied, skipped, malformed = (int(n) for n in reply[-3:])
+    waiting = status == _WAITING
+    return Applied(
+        int(reply[1]) - 1 if waiting else len(entries),
+        applied=applied,
+        skipped=skipped,
+        malformed=malformed,
+        waiting=waiting,
+    )
 
 
 def fence_epoch(fence: str) -> int:
