@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from dispatcher import Client
-from dispatcher.ids import new_event_ids, new_webhook_id
+from dispatcher.ids import new_event_ids, new_webhook_id, shard_job_prefix, shard_of
 from dispatcher.metrics import Metrics
 from dispatcher.queue import outbox
 from dispatcher.queue.keys import RELAY_GROUP
@@ -375,3 +375,26 @@ async def test_without_regions_the_relay_does_nothing(servers: Servers) -> None:
         assert [k async for k in store.redis.scan_iter(f"{prefix}:*")] == []
     finally:
         await store.close()
+
+
+async def test_each_shards_outbox_goes_to_the_same_shard_in_b(pair: Pair) -> None:
+    """With two shards, a webhook of shard 1 gets its relayed job in b's shard 1, where its id
+    finds it."""
+    await pair.a.adopt_layout(2)
+    await pair.b.store.adopt_layout(2)
+    hook = await pair.hook()
+    while shard_of(hook) != 1:  # ids spread over the shards by hash
+        hook = await pair.hook()
+    event_prefix = new_event_ids()[1]
+    job = f"{shard_job_prefix(event_prefix, 1)}1~b"
+    here = pair.a.shard(1)
+    await here.redis.xadd(here.keys.outbox("b"), entry(job, hook))  # type: ignore[arg-type]
+    running = await pair.run_relay()
+
+    async def relayed() -> bool:
+        return await get_job(pair.b.store, job) is not None
+
+    await eventually(relayed, what="the job in b's shard 1")
+    await running.end()
+    assert await here.redis.xlen(here.keys.outbox("b")) == 0
+    assert await pair.b.store.redis.hexists(pair.b.store.shard(1).keys.jobs, job)
