@@ -120,10 +120,10 @@ class Relay:
     async def _relay(self, shard: int, region: str, stop: asyncio.Event) -> None:
         """Until ``stop``: hold the lease of shard ``shard``'s outbox to ``region`` when free,
         and relay it while held."""
-        here = self.regions.home.shard(shard)
         outage = Outage("relay", self.metrics)
         unreachable = self._unreachable.setdefault(region, _Unreachable(region))
-        holder = _Holder(self, here, region, stop)
+        holder = _Holder(self, self.regions.home.shard(shard), region, stop)
+        holder.outage, holder.unreachable = outage, unreachable
         try:
             while not stop.is_set():
                 try:
@@ -132,8 +132,6 @@ class Relay:
                         await sleep_until_stop(stop, LEASE_POLL_S)
                         continue
                     await holder.hold()
-                    outage.ok()
-                    unreachable.ok()
                 except asyncio.CancelledError:
                     raise
                 except RegionUnavailable as exc:
@@ -154,6 +152,8 @@ class _Holder:
         self.floor = 0  # the highest epoch a fence reported: the next token's must be above
         self.renewed = 0.0
         self.source = relay.regions.name or ""
+        self.outage = Outage("relay", relay.metrics)  # this region's Redis failing
+        self.unreachable = _Unreachable(region)  # the destination's
 
     async def acquire(self) -> bool:
         layout = await self.relay.regions.home.read_layout()
@@ -161,7 +161,6 @@ class _Holder:
         self.token = await outbox.acquire(self.here, self.region, incarnation, self.floor)
         if self.token is None:
             return False
-        await outbox.ensure_group(self.here, self.region)
         self.renewed = time.monotonic()
         log.info("relay.holding", region=self.region, shard=self.here.keys.shard, token=self.token)
         return True
@@ -181,6 +180,7 @@ class _Holder:
         assert self.token is not None  # noqa: S101 - only called while holding
         if await outbox.ack(self.here, self.region, self.token, sids):
             self.renewed = time.monotonic()
+            self.outage.ok()
             return True
         log.info("relay.lease_lost", region=self.region, shard=self.here.keys.shard)
         self.token = None
@@ -191,6 +191,7 @@ class _Holder:
         time: after a failure too), then the new ones, until ``stop`` or the lease is lost."""
         if not await self._renew():
             return
+        await outbox.ensure_group(self.here, self.region)
         cursor = "0-0"
         while not self.stop.is_set():
             cursor, entries, deleted = await outbox.pending(
@@ -236,6 +237,7 @@ class _Holder:
             with reaching(self.region):
                 dest = relay.regions.store(self.region).shard(self.here.keys.shard)
                 result = await outbox.apply(dest, self.source, self.token, entries)
+            self.unreachable.ok()
             if result.fenced:
                 assert result.fence is not None  # noqa: S101 - fenced says so
                 metrics.inc("dispatcher_relay_fenced_total", region=region)
