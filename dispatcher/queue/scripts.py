@@ -72,6 +72,8 @@ class Scripts:
     task_tick: AsyncScript
     retry_job: AsyncScript
     recent_jobs: AsyncScript
+    relay_apply: AsyncScript
+    outbox_ack: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -1,0 +1,172 @@
+"""The outbox verbs of the relay (``dispatcher/relay.py``): its lease, its reads, the apply in
+the destination region and the ack.
+
+publish.lua puts each job of another region's webhook into this region's outbox for that
+region (``Keys.outbox``, the webhook's shard), in the same call as this region's own jobs. One
+process per (shard, destination) holds the outbox's lease (``Keys.outbox_lease``), with a token
+``<incarnation>:<epoch>`` whose epoch a counter gives (``Keys.outbox_epoch``); it reads the
+entries through the consumer group ``relay`` (the pending ones first), applies them in the
+destination's same shard (``relay_apply.lua``: idempotent by job id, fenced by the token) and
+only then acks and deletes them here (``outbox_ack.lua``). An entry is therefore sent at least
+once, and written in the destination at most once while its job's record is kept there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import redis.exceptions as rex
+
+from dispatcher.queue.keys import RELAY_GROUP
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Sequence
+
+    from dispatcher.queue.store import Store
+
+#: How long a relay holder's lease lives unless renewed (each batch and every few seconds).
+LEASE_MS = 10_000
+#: Entries per read, so per apply in the destination.
+BATCH = 256
+#: The order of an outbox entry's fields in relay_apply.lua's arguments (``o`` may be absent).
+_FIELDS = (b"j", b"w", b"t", b"e", b"q", b"c", b"n", b"p", b"o")
+#: relay_apply.lua's answers other than done: a newer holder's fence, a webhook not there yet.
+_FENCED, _WAITING = -1, -2
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One outbox entry: its id here and its fields (keys.py ``outbox``)."""
+
+    sid: str
+    fields: dict[bytes, bytes]
+
+    @property
+    def webhook_id(self) -> str:
+        return self.fields.get(b"w", b"").decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the destination did with a batch: ``done`` entries handled from its start (all of
+    them, or those before one whose webhook it does not know yet: ``waiting``), of which
+    ``applied`` were written, ``skipped`` were there already and ``malformed`` dead-lettered;
+    or nothing, ``fence`` naming the newer holder's token that refused it."""
+
+    done: int
+    applied: int = 0
+    skipped: int = 0
+    malformed: int = 0
+    waiting: bool = False
+    fence: str | None = None
+
+    @property
+    def fenced(self) -> bool:
+        return self.fence is not None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def ensure_group(store: Store, region: str) -> None:
+    """The outbox's stream and the group ``relay`` reading it from its start."""
+    try:
+        await store.redis.xgroup_create(
+            store.keys.outbox(region), RELAY_GROUP, id="0", mkstream=True
+        )
+    except rex.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def acquire(store: Store, region: str, incarnation: str, floor: int = 0) -> str | None:
+    """Take the outbox's lease when nobody holds it: its token (``<incarnation>:<epoch>``, the
+    epoch above ``floor``, the highest a fence reported), else None."""
+    keys = store.keys
+    if await store.redis.exists(keys.outbox_lease(region)):
+        return None
+    epoch = int(await store.redis.incr(keys.outbox_epoch(region)))
+    if epoch <= floor:
+        epoch = int(await store.redis.incrby(keys.outbox_epoch(region), floor + 1 - epoch))
+    token = f"{incarnation}:{epoch}"
+    taken = await store.redis.set(keys.outbox_lease(region), token, nx=True, px=LEASE_MS)
+    return token if taken else None
+
+
+async def ack(
+    store: Store, region: str, token: str, sids: Sequence[str] = (), *, ttl_ms: int = LEASE_MS
+) -> bool:
+    """Ack and delete the entries ``sids`` and renew the lease (``ttl_ms``; 0 lets it go);
+    whether the lease is still ``token``'s."""
+    keys = store.keys
+    held = await store.scripts.outbox_ack(
+        keys=[keys.outbox(region), keys.outbox_lease(region)],
+        args=[RELAY_GROUP, token, ttl_ms, *sids],
+    )
+    return bool(held)
+
+
+async def release(store: Store, region: str, token: str) -> None:
+    """Let the lease go, if it is still ``token``'s, so a successor need not wait it out."""
+    await ack(store, region, token, ttl_ms=0)
+
+
+def _entries(raw: list[tuple[bytes | str, dict[bytes, bytes] | None]]) -> list[Entry]:
+    return [Entry(_text(sid), fields) for sid, fields in raw if fields is not None]
+
+
+async def pending(
+    store: Store, region: str, consumer: str, cursor: str = "0-0"
+) -> tuple[str, list[Entry], list[str]]:
+    """A page of the entries read but not acked (by any relay of the group, now ``consumer``'s),
+    in id order from ``cursor``: the next cursor ("0-0" at the end), the entries, and the ids
+    of entries pending but deleted."""
+    reply: list[Any] = await store.redis.xautoclaim(
+        store.keys.outbox(region), RELAY_GROUP, consumer, 0, cursor, count=BATCH
+    )
+    cursor, raw, *deleted = reply  # Redis 7 adds the ids of entries deleted meanwhile
+    return _text(cursor), _entries(raw), [_text(sid) for sid in (deleted[0] if deleted else [])]
+
+
+async def read_new(store: Store, region: str, consumer: str, block_ms: int) -> list[Entry]:
+    """Up to ``BATCH`` entries never read, waiting up to ``block_ms`` for one."""
+    reply: list[Any] = await store.redis.xreadgroup(  # type: ignore[assignment]
+        RELAY_GROUP, consumer, {store.keys.outbox(region): ">"}, count=BATCH, block=block_ms
+    )
+    return _entries(reply[0][1]) if reply else []
+
+
+async def apply(dest: Store, source: str, token: str, entries: Sequence[Entry]) -> Applied:
+    """Write ``entries`` (in order) as jobs in ``dest``, the same shard of their region
+    (``relay_apply.lua``); ``source`` is this region, whose fence the token must pass."""
+    keys = dest.keys
+    args: list[bytes | str] = [token]
+    for entry in entries:
+        args += [entry.fields.get(name, b"") for name in _FIELDS]
+    reply = await cast(
+        "Awaitable[list[int | bytes]]",
+        dest.scripts.relay_apply(
+            keys=[keys.jobs, keys.webhooks, keys.versions, keys.relay_fence(source), keys.dlq],
+            args=args,
+        ),
+    )
+    status = int(reply[0])
+    if status == _FENCED:
+        return Applied(0, fence=_text(cast("bytes", reply[1])))
+    applied, skipped, malformed = (int(n) for n in reply[-3:])
+    waiting = status == _WAITING
+    return Applied(
+        int(reply[1]) - 1 if waiting else len(entries),
+        applied=applied,
+        skipped=skipped,
+        malformed=malformed,
+        waiting=waiting,
+    )
+
+
+def fence_epoch(fence: str) -> int:
+    """The epoch of a relay token (``<incarnation>:<epoch>``); 0 when it has none."""
+    epoch = fence.rpartition(":")[2]
+    return int(epoch) if epoch.isdigit() else 0
