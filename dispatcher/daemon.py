@@ -207,9 +207,9 @@ async def _start_admin(
         sender=sender,  # test sends: the worker's sender, its security.* policy and deadline
         security=cfg.security,
         timeout_s=cfg.delivery.timeout_s,
-        # LEAD (issue 22, merge with E3b): add `region=cfg.region, regions=cfg.regions,` here
-        # once Client takes them (the contract's Client row); until then the admin API shows
-        # and reaches only this region.
+        # with [regions]: views and operations reach every region (docs/regions.md)
+        region=cfg.region,
+        regions=cfg.regions,
     )
     if cfg.admin.token is None:
         log.warning(
