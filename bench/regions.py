@@ -772,20 +772,17 @@ def parse_args() -> argparse.Namespace:
 async def main_async(
     variants: list[Variant], rounds: int, settings: Settings, world: World
 ) -> list[Run]:
+    runs = []
     async with aiohttp.ClientSession() as session:
-        return [
-            await run_variant(
-                variant=variant, round_no=round_no, settings=settings, world=world, session=session
-            )
-            for round_no in range(rounds)
-            for variant in _rotated(variants, round_no)
-        ]
-
-
-def _rotated(variants: list[Variant], by: int) -> list[Variant]:
-    """Round ``by`` starts with another variant, so none always runs first (or last)."""
-    shift = by % len(variants)
-    return variants[shift:] + variants[:shift]
+        for round_no in range(rounds):
+            shift = round_no % len(variants)  # each round starts with another variant
+            for variant in variants[shift:] + variants[:shift]:
+                run = await run_variant(
+                    variant=variant, round_no=round_no, settings=settings, world=world,
+                    session=session,
+                )  # fmt: skip
+                runs.append(run)
+    return runs
 
 
 def main() -> None:
