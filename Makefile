@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/dispatcher.toml
 
-.PHONY: run test test-fast test-faults test-model soak stress-fifo lint bench bench-quick bench-shards bench-deps redis-server chromium systemd-analyze screenshots clean
+.PHONY: run test test-fast test-faults test-model soak stress-fifo lint bench bench-quick bench-shards bench-regions bench-deps redis-server chromium systemd-analyze screenshots clean
 
 # The daemon for trying it out: an admin token in var/admin.token (unless DISPATCHER_ADMIN_TOKEN
 # is set) and targets on this machine allowed; see scripts/run-dev.
@@ -68,6 +68,11 @@ bench-quick: bench-deps
 # Queue sharding: 1 shard on one Redis node against 3 shards on a 3-primary cluster (dispatcher only).
 bench-shards: $(STAMP) redis-server
 	$(BIN)/python -m bench.shards
+
+# Regions: one central deployment against a Redis and daemon per region, with 40 ms each way
+# injected between regions by TCP proxies (tests/delay_proxy.py); about 5 minutes.
+bench-regions: $(STAMP) redis-server
+	$(BIN)/python -m bench.regions
 
 bench-deps: $(STAMP) redis-server
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
