@@ -72,6 +72,9 @@ class Scripts:
     task_tick: AsyncScript
     retry_job: AsyncScript
     recent_jobs: AsyncScript
+    registry_apply: AsyncScript
+    raise_served: AsyncScript
+    registry_lease: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
