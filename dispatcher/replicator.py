@@ -112,7 +112,9 @@ class Replicator:
             entries = await registry.read(there, cursor, block_ms=block)
             if entries:
                 writes = [write for _id, write in entries]
-                self._count(source, await registry.apply(here, source, writes, cursor=entries[-1][0]))
+                self._count(
+                    source, await registry.apply(here, source, writes, cursor=entries[-1][0])
+                )
             busy = busy or bool(entries) or block is not None
         return held and busy
 

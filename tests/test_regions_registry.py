@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from dispatcher import Client
+from dispatcher.errors import InvalidField
 from dispatcher.metrics import Metrics
 from dispatcher.model import Webhook
-from dispatcher.queue import pauses, registry, streams, webhooks
+from dispatcher.queue import codec, pauses, registry, streams, webhooks
 from dispatcher.queue.regions import Regions
-from dispatcher.replicator import Replicator
-from dispatcher.queue import codec
 from dispatcher.queue.streams import SettleKind, Settlement
+from dispatcher.replicator import Replicator
 from tests.helpers import RedisServer, eventually
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Redi
     yield found
     for server in found.values():
         server.stop()
+
+
+async def _hget(store: Store, key: str, field: str) -> bytes | None:
+    return cast("bytes | None", await store.redis.hget(key, field))
 
 
 class Mesh:
@@ -90,8 +94,8 @@ class Mesh:
         """Region ``name``'s record of the webhook (less its local draining mark) and version."""
         store = self.store(name).of_webhook(webhook_id)
         keys = store.keys
-        record = await store.redis.hget(keys.webhooks, webhook_id)
-        version = await store.redis.hget(keys.versions, webhook_id)
+        record = await _hget(store, keys.webhooks, webhook_id)
+        version = await _hget(store, keys.versions, webhook_id)
         return (_DRAINING.sub(b"}", record) if record else None), version
 
     async def agreed(self, webhook_id: str) -> tuple[bytes | None, bytes | None] | None:
@@ -100,7 +104,10 @@ class Mesh:
         return copies[0] if copies[0][1] is not None and copies.count(copies[0]) == 3 else None
 
     async def same_everywhere(self, webhook_id: str) -> tuple[bytes | None, bytes | None]:
-        return await eventually(lambda: self.agreed(webhook_id), what="the same copy in a, b, c")
+        found: tuple[bytes | None, bytes | None] = await eventually(
+            lambda: self.agreed(webhook_id), what="the same copy in a, b, c"
+        )
+        return found
 
 
 @pytest.fixture
@@ -147,6 +154,8 @@ async def test_a_webhook_created_in_one_region_reaches_the_others_with_its_versi
     assert b'"r":"a"' in route
     assert (await mesh.clients["b"].get_webhook(webhook_id))["region"] == "a"
     assert mesh.metrics["b"].counters["dispatcher_registry_applied_total", (("region", "a"),)] >= 1
+    with pytest.raises(InvalidField, match="region"):
+        await _create(mesh, "a", region="z")
 
 
 async def test_concurrent_changes_in_two_regions_converge_on_the_larger_version(
@@ -179,9 +188,7 @@ async def test_a_delete_beats_an_older_update_which_never_brings_the_webhook_bac
     await mesh.clients["c"].update_webhook(webhook_id, description="late")
     updated, c_version = await mesh.copy("c", webhook_id)
     a = mesh.store("a")
-    await eventually(
-        lambda: _later(a, _version(c_version)[0]), what="A's clock past C's version"
-    )
+    await eventually(lambda: _later(a, _version(c_version)[0]), what="A's clock past C's version")
     await mesh.clients["a"].delete_webhook(webhook_id)
     mesh.start()
     record, version = await mesh.same_everywhere(webhook_id)
@@ -214,7 +221,6 @@ async def test_a_record_from_before_regions_is_copied_as_its_regions(mesh: Mesh)
     copied = await eventually(lambda: b.redis.hget(b.keys.webhooks, hook.id), what="B's copy")
     assert Webhook.decode(copied).region == "a"
     assert await b.redis.hget(b.keys.versions, hook.id) == b"0 a"
-    assert await a.redis.hget(a.keys.versions, hook.id) is None
     await mesh.clients["a"].update_webhook(hook.id, description="now")
     record, _ = await mesh.same_everywhere(hook.id)
     assert record is not None
@@ -254,12 +260,12 @@ async def test_a_regions_own_draining_mark_survives_a_write_from_another_region(
     record, _ = await mesh.same_everywhere(webhook_id)
     assert record is not None
     assert Webhook.decode(record).description == "edited in a"
-    kept = await b.redis.hget(b.keys.webhooks, webhook_id)
+    kept = await _hget(b, b.keys.webhooks, webhook_id)
     assert kept is not None
     assert kept.endswith(b',"draining":2}')
     for name in ("a", "c"):
         store = mesh.store(name).of_webhook(webhook_id)
-        other = await store.redis.hget(store.keys.webhooks, webhook_id)
+        other = await _hget(store, store.keys.webhooks, webhook_id)
         assert other is not None
         assert not _DRAINING.search(other)
 
@@ -280,12 +286,10 @@ async def test_a_resume_made_in_another_region_puts_back_held_jobs_only_in_the_w
     assert await streams.settle(b, "w1", [_held(claim)]) == []
     assert (await pauses.held(b)).by_webhook == {webhook_id: 1}
     await mesh.clients["a"].update_webhook(webhook_id, paused=False)
-    await eventually(
-        lambda: b.redis.sismember(b.keys.releasing, webhook_id), what="B resuming"
-    )
+    await eventually(lambda: b.redis.sismember(b.keys.releasing, webhook_id), what="B resuming")
     a = mesh.store("a").of_webhook(webhook_id)
     assert not await a.redis.sismember(a.keys.releasing, webhook_id)
-    assert not _DRAINING.search(await a.redis.hget(a.keys.webhooks, webhook_id) or b"")
+    assert not _DRAINING.search(await _hget(a, a.keys.webhooks, webhook_id) or b"")
     await pauses.tick(b)
     assert (await pauses.held(b)).by_webhook == {}
 
@@ -318,7 +322,11 @@ async def test_without_regions_no_version_or_registry_key_is_written(
     store: Store, redis: Any, prefix: str
 ) -> None:
     """A deployment without regions writes no version or registry key when webhooks are
-    created, changed and deleted, and answers them without a region."""
+    created, changed and deleted, answers them without a region, and refuses one."""
+    with pytest.raises(InvalidField, match="region"):
+        await webhooks.create_webhook(
+            store, {"tenant_id": "acme", "url": "https://hooks.example.com/x", "region": "a"}
+        )
     hook = await webhooks.create_webhook(
         store, {"tenant_id": "acme", "url": "https://hooks.example.com/x"}
     )

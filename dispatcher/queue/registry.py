@@ -71,9 +71,7 @@ async def read(source: Store, cursor: str, *, block_ms: int | None) -> list[tupl
     ``cursor``: (entry id, write); ``block_ms``: wait that long for one when there is none."""
     found = await cast(
         "Awaitable[list[Any] | None]",
-        source.redis.xread(
-            {source.keys.registry: cursor}, count=READ_COUNT, block=block_ms
-        ),
+        source.redis.xread({source.keys.registry: cursor}, count=READ_COUNT, block=block_ms),
     )
     if not found:
         return []
@@ -93,9 +91,7 @@ async def missed(source: Store, cursor: str) -> bool:
     cursor itself was trimmed (a region idle past the stream's age): a resync is then
     harmless, only slower."""
     try:
-        info = await cast(
-            "Awaitable[dict[str, Any]]", source.redis.xinfo_stream(source.keys.registry)
-        )
+        info = await source.redis.xinfo_stream(source.keys.registry)
     except rex.ResponseError as exc:
         if "no such key" in str(exc).lower():
             return False  # nothing written there since regions (or ever): nothing missed
@@ -115,9 +111,7 @@ def _text(value: bytes | str) -> str:
 async def last_id(source: Store) -> str:
     """The id of the last entry ever added to ``source``'s registry stream (``0-0``: none)."""
     try:
-        info = await cast(
-            "Awaitable[dict[str, Any]]", source.redis.xinfo_stream(source.keys.registry)
-        )
+        info = await source.redis.xinfo_stream(source.keys.registry)
     except rex.ResponseError as exc:
         if "no such key" in str(exc).lower():
             return "0-0"
@@ -140,8 +134,8 @@ async def scan(source: Store, cursor: int) -> tuple[int, list[Write]]:
             source.redis.hscan(keys.versions, cursor, count=SCAN_COUNT),
         )
         ids = list(batch)
-        versions = [batch[i].decode() for i in ids]
-        next_cursor = int(after) if int(after) else -1
+        versions: list[str | None] = [batch[i].decode() for i in ids]
+        next_cursor = int(after) or -1
     else:  # then the records: those written before regions have no version
         after, records = await cast(
             "Awaitable[tuple[int, dict[bytes, bytes]]]",
@@ -188,16 +182,16 @@ def _as_written_here(
     kept = _DRAINING.search(read) if read is not None else None
     if kept is not None:
         tail = kept.group()
-    elif read is not None and hook.region == home and Webhook.decode(read).paused and not hook.paused:
+    elif (
+        read is not None and hook.region == home and Webhook.decode(read).paused and not hook.paused
+    ):
         tail = b',"draining":1}'
     else:
         tail = b"}"
     return body[:-1] + tail, hook
 
 
-async def apply(
-    local: Store, source: str, writes: list[Write], *, cursor: str | None
-) -> Applied:
+async def apply(local: Store, source: str, writes: list[Write], *, cursor: str | None) -> Applied:
     """Apply ``writes`` of region ``source`` (all of one shard) to this Redis, each only when
     it beats the version here, then set the cursor on ``source``'s stream to ``cursor`` (None:
     leave it); run what each applied write sets in motion when the webhook is this region's.
@@ -208,8 +202,11 @@ async def apply(
         last.pop(write.webhook_id, None)
         last[write.webhook_id] = write
     pending = [
-        Write(w.webhook_id, f"{w.version} {source}" if w.version == UNVERSIONED else w.version,
-              w.record)
+        Write(
+            w.webhook_id,
+            f"{w.version} {source}" if w.version == UNVERSIONED else w.version,
+            w.record,
+        )
         for w in last.values()
     ]
     if pending:
@@ -225,8 +222,13 @@ async def apply(
             if ids
             else []
         )
-        script_keys = [keys.webhooks, keys.versions, keys.queues, keys.queues_indexed,
-                       keys.registry_from(source)]
+        script_keys = [
+            keys.webhooks,
+            keys.versions,
+            keys.queues,
+            keys.queues_indexed,
+            keys.registry_from(source),
+        ]
         args: list[Any] = [cursor or ""]
         states: list[tuple[Webhook | None, Webhook | None]] = []
         for write, raw in zip(pending, read, strict=True):
@@ -238,8 +240,15 @@ async def apply(
                 record, new = _as_written_here(write.record, raw, source, layout.region)
                 routing, queue, new_tenant = new.routing(), new.queue, keys.tenant(new.tenant_id)
             script_keys += [old_tenant, new_tenant]
-            args += [write.webhook_id, write.version, "1" if raw is not None else "0",
-                     raw or b"", record, routing, queue]
+            args += [
+                write.webhook_id,
+                write.version,
+                "1" if raw is not None else "0",
+                raw or b"",
+                record,
+                routing,
+                queue,
+            ]
             states.append((old, new))
         done, flags = await shard.scripts.registry_apply(keys=script_keys, args=args)
         for (old, new), flag in zip(states, flags, strict=False):
@@ -250,7 +259,7 @@ async def apply(
                 applied.superseded += 1
         if int(done) == len(pending):
             break
-        pending = pending[int(done):]
+        pending = pending[int(done) :]
     else:
         raise Conflict(f"the registry of region {source} kept changing here while applied")
     for old, new in changed:

@@ -3,7 +3,8 @@
 -- this Redis's copy of the registry, then move the cursor on that region's registry stream.
 -- A write is applied only when its version beats the one here (tombstones included): the
 -- larger (v, origin) wins, v compared as a number, then origin as a string, so every region
--- ends with the same record whatever order writes arrive in (last writer wins). The caller
+-- ends with the same record whatever order writes arrive in (last writer wins). Version 0
+-- (a record written before regions, read by a resync) is applied only where none is. The caller
 -- computed each record as written here (the region filled in, this Redis's own draining mark
 -- kept) from the record it read, which must still be there (compare-and-set).
 -- KEYS[1] webhooks hash   KEYS[2] versions hash   KEYS[3] the set of queue names webhooks name
@@ -35,7 +36,10 @@ for i = 1, count do
   local id, version, had, read = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1', ARGV[at + 3]
   local record, routing, queue = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local old_tenant, new_tenant = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  if not beats(version, redis.call('HGET', KEYS[2], id)) then
+  -- version 0: a record from before regions (a resync), which only fills a gap
+  local unversioned = string.sub(version, 1, 2) == '0 '
+  if not beats(version, redis.call('HGET', KEYS[2], id))
+    or (unversioned and redis.call('HEXISTS', KEYS[1], id) == 1) then
     flags[i] = 0
   else
     local raw = redis.call('HGET', KEYS[1], id)
