@@ -9,10 +9,14 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 import pytest
+import structlog
+import structlog.testing
 
 from dispatcher import Client
 from dispatcher.errors import InvalidField
+from dispatcher.ids import shard_of
 from dispatcher.metrics import Metrics
 from dispatcher.model import Webhook
 from dispatcher.queue import codec, pauses, registry, streams, webhooks
@@ -70,11 +74,12 @@ class Mesh:
     async def open(self) -> None:
         for name in NAMES:
             await self.store(name).adopt_region(name, NAMES)
-            self.regions[name] = Regions(self.store(name), name, self.urls)
 
     def start(self) -> None:
+        """Replicators with connections of their own to the other regions (read afresh)."""
         self._stop = asyncio.Event()
         for name in NAMES:
+            self.regions[name] = Regions(self.store(name), name, self.urls)
             replicator = Replicator(self.regions[name], self.metrics[name], consumer=name)
             replicator.block_ms = 200
             self._tasks.append(asyncio.create_task(replicator.run(self._stop)))
@@ -83,11 +88,13 @@ class Mesh:
         self._stop.set()
         tasks, self._tasks = self._tasks, []
         await asyncio.gather(*tasks)
+        regions, self.regions = self.regions, {}
+        for found in regions.values():
+            await found.close()
 
     async def close(self) -> None:
         await self.stop()
         for name in NAMES:
-            await self.regions[name].close()
             await self.clients[name].close()
 
     async def copy(self, name: str, webhook_id: str) -> tuple[bytes | None, bytes | None]:
@@ -244,6 +251,41 @@ async def test_a_region_whose_entries_were_trimmed_before_it_read_them_resyncs(
         await mesh.same_everywhere(webhook_id)
     assert (await mesh.copy("b", deleted))[0] is None
     assert mesh.metrics["b"].counters["dispatcher_registry_resyncs_total", (("region", "a"),)] >= 2
+
+
+async def test_a_webhook_of_a_shard_this_region_does_not_serve_yet_is_copied_there(
+    mesh: Mesh,
+) -> None:
+    """A webhook made in a shard of A that B has never served reaches B in that shard, and B
+    serves the shard from then on."""
+    await mesh.stop()
+    a = mesh.store("a")
+    await a.adopt_layout(2)
+    made = [await _create(mesh, "a") for _ in range(24)]
+    second = [webhook_id for webhook_id in made if shard_of(webhook_id) == 1]
+    assert second
+    mesh.start()
+    await mesh.same_everywhere(second[-1])
+    b = mesh.store("b")
+    assert (await b.read_layout(max_age_s=0)).served == 2  # A's two shards
+    assert (await b.read_layout()).shards == 1
+
+
+async def test_a_region_whose_secrets_our_keys_cannot_open_is_not_copied(mesh: Mesh) -> None:
+    """Records travel sealed: B does not apply C's webhooks while C's encryption canary names a
+    key B lacks, and says so."""
+    await mesh.stop()
+    webhook_id = await _create(mesh, "c")
+    c = mesh.store("c")
+    await c.redis.set(c.keys.encryption, orjson.dumps({"kid": "k9", "check": "x"}))
+    with structlog.testing.capture_logs() as logs:
+        mesh.start()
+        await eventually(
+            lambda: any(e["event"] == "registry.key_mismatch" and e["region"] == "c" for e in logs),
+            what="the refusal",
+        )
+    b = mesh.store("b").of_webhook(webhook_id)
+    assert await _hget(b, b.keys.webhooks, webhook_id) is None
 
 
 async def test_a_regions_own_draining_mark_survives_a_write_from_another_region(
