@@ -336,6 +336,24 @@ async def test_a_resume_made_in_another_region_puts_back_held_jobs_only_in_the_w
     assert (await pauses.held(b)).by_webhook == {}
 
 
+async def test_a_delete_made_in_another_region_clears_the_webhooks_state_in_its_own(
+    mesh: Mesh,
+) -> None:
+    """Deleting in A a B webhook clears in B what B's own delete would (its rate-limit state
+    and run of failures) and hands its held jobs to B's tick; A keeps none of it."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    await b.redis.hset(b.keys.rates, webhook_id, "1 1")
+    await mesh.clients["a"].delete_webhook(webhook_id)
+    await eventually(lambda: b.redis.sismember(b.keys.releasing, webhook_id), what="B's cleanup")
+    assert await _hget(b, b.keys.failing, webhook_id) is None
+    assert await _hget(b, b.keys.rates, webhook_id) is None
+    a = mesh.store("a").of_webhook(webhook_id)
+    assert not await a.redis.sismember(a.keys.releasing, webhook_id)
+
+
 async def test_a_region_that_was_down_catches_up_when_it_returns(mesh: Mesh) -> None:
     """Webhooks created, changed and deleted in A while C's Redis is stopped reach C once it
     is back, and A and B go on replicating meanwhile."""
