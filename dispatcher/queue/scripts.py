@@ -74,6 +74,9 @@ class Scripts:
     recent_jobs: AsyncScript
     relay_apply: AsyncScript
     outbox_ack: AsyncScript
+    registry_apply: AsyncScript
+    raise_served: AsyncScript
+    registry_lease: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:

@@ -1,14 +1,21 @@
 """Webhook records: create, read, list, change (compare-and-set), rotate, disable, delete, and
-the webhooks as users see them (with their breakers)."""
+the webhooks as users see them (with their breakers).
+
+With regions (docs/regions.md) every region holds every webhook: each write here also gets a
+version (``versions``) and goes on this region's ``registry`` stream in the same step, for the
+other regions' replicators (``queue/registry.py``). What a write sets in motion (a breaker
+reset, held jobs put back) happens only in the webhook's own region: ``after_change``.
+"""
 
 from __future__ import annotations
 
+import copy
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
 from dispatcher.errors import Conflict, NotFound
 from dispatcher.ids import is_webhook_id
-from dispatcher.model import Webhook, rfc3339
+from dispatcher.model import Webhook, check_region_known, rfc3339
 from dispatcher.queue import breakers, encryption, pauses
 from dispatcher.queue.records import redis_errors
 from dispatcher.signing import generate_key
@@ -16,7 +23,7 @@ from dispatcher.signing import generate_key
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from dispatcher.queue.store import Store
+    from dispatcher.queue.store import Layout, Store
 
 #: How many times a webhook change reads again after another change got in first.
 MAX_CHANGE_ATTEMPTS = 32
@@ -25,27 +32,53 @@ MAX_CHANGE_ATTEMPTS = 32
 # connections have decode_responses off, so each read below casts to the bytes it gets.
 
 
+def is_home(hook: Webhook, layout: Layout) -> bool:
+    """The webhook is this Redis's region's (a record without ``region`` is: it was written
+    before regions, in the Redis of its region)."""
+    return hook.region is None or hook.region == layout.region
+
+
 async def save_webhook(store: Store, hook: Webhook) -> None:
     """Write a new webhook (its id is new, so nothing can race this); changes of an existing
-    one go through ``_change_webhook``."""
+    one go through ``_change_webhook``. With regions, its first version (Redis time: no
+    version before it) and its registry entry go in the same MULTI."""
     await encryption.guard(store)
+    with redis_errors():
+        region = (await store.read_layout()).region
+        now_ms = (await store.refresh_clock()).now_ms() if region else 0
     store = store.of_webhook(hook.id)
+    record = hook.encode(store.keyring)
     pipe = store.redis.pipeline(transaction=True)
     # mapping=: the same HSET key field value, but redis-py 5.x types a plain value as str.
-    pipe.hset(store.keys.webhooks, mapping={hook.id: hook.encode(store.keyring)})
+    pipe.hset(store.keys.webhooks, mapping={hook.id: record})
     pipe.hset(store.keys.tenant(hook.tenant_id), mapping={hook.id: hook.routing()})
     pipe.sadd(store.keys.queues, hook.queue)  # the queues webhooks name (control.ensure_known)
     pipe.incr(store.keys.queues_indexed)  # the webhooks ``queues`` covers, kept in step
+    if region:
+        pipe.hset(store.keys.versions, mapping={hook.id: f"{now_ms} {region}"})
+        entry = {"w": hook.id, "v": now_ms, "o": region, "rec": record}
+        pipe.xadd(store.keys.registry, cast("dict[Any, Any]", entry))
     with redis_errors():
         await pipe.execute()
 
 
 async def create_webhook(store: Store, fields: dict[str, Any]) -> Webhook:
+    """A new webhook; with regions, of ``region`` (default: this Redis's), one of the
+    deployment's (422 otherwise; without regions, any region is)."""
     with redis_errors():
         layout = await store.read_layout()
     hook = Webhook.create(fields, now_ms=store.clock.now_ms(), shards=layout.shards)
+    _place(hook, layout)
     await save_webhook(store, hook)
     return hook
+
+
+def _place(hook: Webhook, layout: Layout) -> None:
+    """``hook.region`` checked against the deployment's regions; none: this Redis's region."""
+    if hook.region is None:
+        hook.region = layout.region
+    if hook.region is not None:
+        check_region_known(hook.region, layout.regions)
 
 
 async def get_webhook(store: Store, webhook_id: str) -> Webhook:
@@ -163,12 +196,17 @@ async def _change_webhook(
     await encryption.guard(store)
     with redis_errors():
         clock = await store.refresh_clock()
+        region = (await store.read_layout()).region
+    # with regions: the version and the registry entry, in the same script
+    versioned = [store.keys.versions, store.keys.registry] if region else []
     for _ in range(MAX_CHANGE_ATTEMPTS):
         raw = await _read_webhook(store, webhook_id)
         hook = Webhook.decode(raw, store.keyring)
         old_tenant = hook.tenant_id
         if not change(hook, clock.now_ms()):
             return hook
+        if region and hook.region is None:  # a record from before regions: this region's
+            hook.region = region
         keys = store.keys
         with redis_errors():
             written = await store.scripts.change_webhook(
@@ -177,8 +215,12 @@ async def _change_webhook(
                     keys.tenant(old_tenant),
                     keys.tenant(hook.tenant_id),
                     keys.queues,
+                    *versioned,
                 ],
-                args=[webhook_id, raw, hook.encode(store.keyring), hook.routing(), hook.queue],
+                args=[
+                    *(webhook_id, raw, hook.encode(store.keyring), hook.routing(), hook.queue),
+                    *([region] if region else []),
+                ],
             )
         if written:
             return hook
@@ -186,15 +228,51 @@ async def _change_webhook(
 
 
 async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any]) -> Webhook:
+    with redis_errors():
+        layout = await store.read_layout()
+    if "region" in changes:  # one of the deployment's; null: this Redis's region
+        if changes["region"] is None:
+            changes = {**changes, "region": layout.region}
+        if changes["region"] is not None:
+            check_region_known(changes["region"], layout.regions)
+    before: list[Webhook] = []
+
     def update(hook: Webhook, now_ms: int) -> bool:
+        before[:] = [copy.copy(hook)]
         was_paused = hook.paused
         hook.apply(changes)
         hook.updated_at_ms = now_ms
-        if was_paused and not hook.paused:
+        if was_paused and not hook.paused and is_home(hook, layout):
             hook.draining = 1  # until its held jobs are back in their queues (pauses.py)
         return True
 
     hook = await _change_webhook(store, webhook_id, update)
+    await after_change(store, before[0], hook, changes=changes)
+    return hook
+
+
+async def after_change(
+    store: Store, old: Webhook | None, new: Webhook | None, *, changes: dict[str, Any] | None
+) -> None:
+    """What a webhook's change (``old`` to ``new``; None: created, deleted) sets in motion, in
+    its own region only (``new``'s, or ``old``'s for a delete; another region holds none of its
+    jobs): called after a PATCH made here (``changes``: the PATCH) and by the replicator after
+    applying another region's write (``changes`` None: judged from ``old`` and ``new``)."""
+    hook = new or old
+    if old is None or hook is None or not is_home(hook, store.layout):
+        return
+    webhook_id = hook.id
+    if new is None:  # deleted: its held jobs go, to be dead-lettered by its gate
+        if changes is None:  # written elsewhere: what delete_webhook.lua clears here
+            await _forget(store.of_webhook(webhook_id), webhook_id)
+        await pauses.to_release(store, webhook_id)
+        return
+    if changes is None:
+        changes = {}
+        if new.enabled != old.enabled:
+            changes["enabled"] = new.enabled
+        if old.paused and not new.paused:
+            changes["paused"] = False
     if changes.get("enabled") is True:
         # An operator (re-)enabling a webhook asks for a fresh start: forget its breaker, so
         # its parked jobs go back to their queues and the next job goes straight out.
@@ -203,7 +281,18 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
     if changes.get("paused") is False or changes.get("enabled") is False:
         # disabled: its held jobs go back to their queues now (resumed: at the tick, in order)
         await pauses.resume(store, webhook_id, put_back=changes.get("enabled") is False)
-    return hook
+
+
+async def _forget(store: Store, webhook_id: str) -> None:
+    """A deleted webhook's rate-limit state, leases and run of failures (as delete_webhook.lua
+    clears them, for a delete made in another region)."""
+    keys = store.keys
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.hdel(keys.rates, webhook_id)
+    pipe.delete(keys.lease(webhook_id))
+    pipe.hdel(keys.failing, webhook_id)
+    with redis_errors():
+        await pipe.execute()
 
 
 async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
@@ -261,19 +350,26 @@ async def delete_webhook(store: Store, webhook_id: str) -> None:
     tenant cannot leave a routing entry behind."""
     store = store.of_webhook(webhook_id)
     keys = store.keys
+    with redis_errors():
+        region = (await store.read_layout()).region
+    # with regions: the tombstone version and the registry entry, in the same script
+    versioned = [keys.versions, keys.registry] if region else []
     for _ in range(MAX_CHANGE_ATTEMPTS):
         raw = await _read_webhook(store, webhook_id)
-        tenant = keys.tenant(Webhook.decode(raw).tenant_id)
+        hook = Webhook.decode(raw)
+        tenant = keys.tenant(hook.tenant_id)
         with redis_errors():
             deleted = await store.scripts.delete_webhook(
                 keys=[
                     *(keys.webhooks, tenant, keys.rates, keys.lease(webhook_id), keys.failing),
                     keys.queues_indexed,
+                    *versioned,
                 ],
-                args=[webhook_id, raw],
+                args=[webhook_id, raw, *([region] if region else [])],
             )
         if deleted:
-            await pauses.to_release(store, webhook_id)  # its held jobs, if any (pauses.py)
+            # its held jobs, if any (pauses.py)
+            await after_change(store, hook, None, changes={})
             return
     raise Conflict(f"webhook {webhook_id} kept changing while it was deleted; try again")
 
@@ -292,12 +388,14 @@ async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, An
     with redis_errors():
         found = await breakers.states(store, ids)
         failing = await breakers.failing_since(store, ids)
+        home = (await store.read_layout()).region
     views = []
     for hook in hooks:
         breaker = found.get(hook.id)
         views.append(
             {
                 **hook.to_wire(),
+                "region": hook.region or home,  # a record from before regions: this one's
                 "breaker": breaker.to_wire() if breaker else None,
                 "failing_since": rfc3339(failing.get(hook.id)),
             }

@@ -1,0 +1,397 @@
+"""Every region holds every webhook: creates, updates and deletes made in one region reach
+the others with a version per webhook, the last writer winning, and a region that was cut
+off catches up (issue 22; dispatcher/replicator.py, queue/registry.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+import pytest
+import structlog
+import structlog.testing
+
+from dispatcher import Client
+from dispatcher.errors import InvalidField
+from dispatcher.ids import shard_of
+from dispatcher.metrics import Metrics
+from dispatcher.model import Webhook
+from dispatcher.queue import codec, pauses, registry, streams, webhooks
+from dispatcher.queue.regions import Regions
+from dispatcher.queue.streams import SettleKind, Settlement
+from dispatcher.replicator import Replicator
+from tests.helpers import RedisServer, eventually
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from dispatcher.queue.store import Store
+    from dispatcher.queue.streams import Claim
+
+pytestmark = pytest.mark.xdist_group("regions")
+
+NAMES = ("a", "b", "c")
+_DRAINING = re.compile(rb',"draining":[12]}$')
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RedisServer]]:
+    """One Redis per region (with AOF, so a stopped one comes back with its data)."""
+    found = {
+        name: RedisServer(tmp_path_factory.mktemp(f"region-{name}"), appendonly=True)
+        for name in NAMES
+    }
+    for server in found.values():
+        server.start()
+    yield found
+    for server in found.values():
+        server.stop()
+
+
+async def _hget(store: Store, key: str, field: str) -> bytes | None:
+    return cast("bytes | None", await store.redis.hget(key, field))
+
+
+class Mesh:
+    """Three regions on one prefix of this test: a Client per region, and a replicator per
+    region run as a task while ``replicating``."""
+
+    def __init__(self, servers: dict[str, RedisServer], prefix: str) -> None:
+        self.servers = servers
+        self.urls = {name: server.url for name, server in servers.items()}
+        self.clients = {name: Client.from_url(self.urls[name], prefix) for name in NAMES}
+        self.metrics = {name: Metrics() for name in NAMES}
+        self.regions: dict[str, Regions] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def store(self, name: str) -> Store:
+        return self.clients[name].store
+
+    async def open(self) -> None:
+        for name in NAMES:
+            await self.store(name).adopt_region(name, NAMES)
+
+    def start(self) -> None:
+        """Replicators with connections of their own to the other regions (read afresh)."""
+        self._stop = asyncio.Event()
+        for name in NAMES:
+            self.regions[name] = Regions(self.store(name), name, self.urls)
+            replicator = Replicator(self.regions[name], self.metrics[name], consumer=name)
+            replicator.block_ms = 200
+            self._tasks.append(asyncio.create_task(replicator.run(self._stop)))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*tasks)
+        regions, self.regions = self.regions, {}
+        for found in regions.values():
+            await found.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        for name in NAMES:
+            await self.clients[name].close()
+
+    async def copy(self, name: str, webhook_id: str) -> tuple[bytes | None, bytes | None]:
+        """Region ``name``'s record of the webhook (less its local draining mark) and version."""
+        store = self.store(name).of_webhook(webhook_id)
+        keys = store.keys
+        record = await _hget(store, keys.webhooks, webhook_id)
+        version = await _hget(store, keys.versions, webhook_id)
+        return (_DRAINING.sub(b"}", record) if record else None), version
+
+    async def agreed(self, webhook_id: str) -> tuple[bytes | None, bytes | None] | None:
+        """The webhook's record and version when every region holds the same, else None."""
+        copies = [await self.copy(name, webhook_id) for name in NAMES]
+        return copies[0] if copies[0][1] is not None and copies.count(copies[0]) == 3 else None
+
+    async def same_everywhere(self, webhook_id: str) -> tuple[bytes | None, bytes | None]:
+        found: tuple[bytes | None, bytes | None] = await eventually(
+            lambda: self.agreed(webhook_id), what="the same copy in a, b, c"
+        )
+        return found
+
+
+@pytest.fixture
+async def mesh(servers: dict[str, RedisServer]) -> AsyncIterator[Mesh]:
+    found = Mesh(servers, f"t{uuid.uuid4().hex[:12]}")
+    await found.open()
+    found.start()
+    yield found
+    await found.close()
+
+
+async def _create(mesh: Mesh, name: str, **fields: Any) -> str:
+    hook = await mesh.clients[name].create_webhook("acme", "https://hooks.example.com/x", **fields)
+    return str(hook["id"])
+
+
+def _held(claim: Claim) -> Settlement:
+    """The outcome a worker writes for a claimed job of a paused webhook (outcomes.hold)."""
+    assert claim.inline is not None
+    claim.inline.hold()
+    record = codec.encode(claim.inline)
+    return Settlement(claim, SettleKind.HELD, record, 1, "", b"", parked_for=claim.webhook_id)
+
+
+def _version(raw: bytes | None) -> tuple[int, str]:
+    assert raw is not None
+    v, origin = raw.decode().split()[:2]
+    return int(v), origin
+
+
+async def test_a_webhook_created_in_one_region_reaches_the_others_with_its_version(
+    mesh: Mesh,
+) -> None:
+    """A webhook created in A is in B and C with A's record, version and routing entry, and
+    is A's webhook."""
+    webhook_id = await _create(mesh, "a")
+    record, version = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    assert Webhook.decode(record).region == "a"
+    assert _version(version)[1] == "a"
+    b = mesh.store("b").of_webhook(webhook_id)
+    route = await b.redis.hget(b.keys.tenant("acme"), webhook_id)
+    assert route is not None
+    assert b'"r":"a"' in route
+    assert (await mesh.clients["b"].get_webhook(webhook_id))["region"] == "a"
+    assert mesh.metrics["b"].counters["dispatcher_registry_applied_total", (("region", "a"),)] >= 1
+    with pytest.raises(InvalidField, match="region"):
+        await _create(mesh, "a", region="z")
+
+
+async def test_concurrent_changes_in_two_regions_converge_on_the_larger_version(
+    mesh: Mesh,
+) -> None:
+    """Two PATCHes of one webhook made in A and C while they cannot see each other end as the
+    one with the larger (version, region) in all three regions."""
+    webhook_id = await _create(mesh, "a")
+    await mesh.same_everywhere(webhook_id)
+    await mesh.stop()
+    await mesh.clients["a"].update_webhook(webhook_id, description="from a")
+    await mesh.clients["c"].update_webhook(webhook_id, description="from c")
+    versions = {name: _version((await mesh.copy(name, webhook_id))[1]) for name in ("a", "c")}
+    winner = max(versions, key=lambda name: versions[name])
+    mesh.start()
+    record, version = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    assert Webhook.decode(record).description == f"from {winner}"
+    assert _version(version) == versions[winner]
+
+
+async def test_a_delete_beats_an_older_update_which_never_brings_the_webhook_back(
+    mesh: Mesh,
+) -> None:
+    """An update made in C before a delete made in A, arriving in any order, leaves the
+    webhook deleted everywhere with A's tombstone; the update applied late changes nothing."""
+    webhook_id = await _create(mesh, "a")
+    await mesh.same_everywhere(webhook_id)
+    await mesh.stop()
+    await mesh.clients["c"].update_webhook(webhook_id, description="late")
+    updated, c_version = await mesh.copy("c", webhook_id)
+    a = mesh.store("a")
+    await eventually(lambda: _later(a, _version(c_version)[0]), what="A's clock past C's version")
+    await mesh.clients["a"].delete_webhook(webhook_id)
+    mesh.start()
+    record, version = await mesh.same_everywhere(webhook_id)
+    assert record is None
+    assert version is not None
+    assert version.decode().endswith(" a -")
+    assert updated is not None
+    late = registry.Write(webhook_id, c_version.decode() if c_version else "", updated)
+    applied = await registry.apply(mesh.store("b").of_webhook(webhook_id), "c", [late], cursor=None)
+    assert (applied.written, applied.superseded) == (0, 1)
+    assert await mesh.copy("b", webhook_id) == (None, version)
+
+
+async def _later(store: Store, ms: int) -> bool:
+    seconds, micros = await store.redis.time()
+    return seconds * 1000 + micros // 1000 > ms
+
+
+async def test_a_record_from_before_regions_is_copied_as_its_regions(mesh: Mesh) -> None:
+    """A webhook written in A's Redis before regions (no region, no version) reaches B as A's
+    webhook, and a later write of it in A wins over that copy."""
+    a = mesh.store("a")
+    hook = Webhook.create(
+        {"tenant_id": "acme", "url": "https://hooks.example.com/old"}, now_ms=1, shards=1
+    )
+    await a.redis.hset(a.keys.webhooks, hook.id, hook.encode())
+    await a.redis.hset(a.keys.tenant("acme"), hook.id, hook.routing())
+    b = mesh.store("b")
+    await b.redis.delete(b.keys.registry_from("a"))  # as when regions are switched on: resync
+    copied = await eventually(lambda: b.redis.hget(b.keys.webhooks, hook.id), what="B's copy")
+    assert Webhook.decode(copied).region == "a"
+    assert await b.redis.hget(b.keys.versions, hook.id) == b"0 a"
+    await mesh.clients["a"].update_webhook(hook.id, description="now")
+    record, _ = await mesh.same_everywhere(hook.id)
+    assert record is not None
+    assert Webhook.decode(record).description == "now"
+
+
+async def test_a_region_whose_entries_were_trimmed_before_it_read_them_resyncs(
+    mesh: Mesh,
+) -> None:
+    """B catches up on A's webhooks written while B did not read, though A's stream no longer
+    holds them, deletes included."""
+    deleted = await _create(mesh, "a")
+    await mesh.same_everywhere(deleted)
+    await mesh.stop()
+    created = [await _create(mesh, "a") for _ in range(3)]
+    await mesh.clients["a"].delete_webhook(deleted)
+    a = mesh.store("a")
+    await a.redis.xtrim(a.keys.registry, maxlen=0)
+    mesh.start()
+    for webhook_id in [*created, deleted]:
+        await mesh.same_everywhere(webhook_id)
+    assert (await mesh.copy("b", deleted))[0] is None
+    assert mesh.metrics["b"].counters["dispatcher_registry_resyncs_total", (("region", "a"),)] >= 2
+
+
+async def test_a_webhook_of_a_shard_this_region_does_not_serve_yet_is_copied_there(
+    mesh: Mesh,
+) -> None:
+    """A webhook made in a shard of A that B has never served reaches B in that shard, and B
+    serves the shard from then on."""
+    await mesh.stop()
+    a = mesh.store("a")
+    await a.adopt_layout(2)
+    made = [await _create(mesh, "a") for _ in range(24)]
+    second = [webhook_id for webhook_id in made if shard_of(webhook_id) == 1]
+    assert second
+    mesh.start()
+    await mesh.same_everywhere(second[-1])
+    b = mesh.store("b")
+    assert (await b.read_layout(max_age_s=0)).served == 2  # A's two shards
+    assert (await b.read_layout()).shards == 1
+
+
+async def test_a_region_whose_secrets_our_keys_cannot_open_is_not_copied(mesh: Mesh) -> None:
+    """Records travel sealed: B does not apply C's webhooks while C's encryption canary names a
+    key B lacks, and says so."""
+    await mesh.stop()
+    webhook_id = await _create(mesh, "c")
+    c = mesh.store("c")
+    await c.redis.set(c.keys.encryption, orjson.dumps({"kid": "k9", "check": "x"}))
+    with structlog.testing.capture_logs() as logs:
+        mesh.start()
+        await eventually(
+            lambda: any(e["event"] == "registry.key_mismatch" and e["region"] == "c" for e in logs),
+            what="the refusal",
+        )
+    b = mesh.store("b").of_webhook(webhook_id)
+    assert await _hget(b, b.keys.webhooks, webhook_id) is None
+
+
+async def test_a_regions_own_draining_mark_survives_a_write_from_another_region(
+    mesh: Mesh,
+) -> None:
+    """The draining mark B's pause release keeps at the end of its record of a B webhook is
+    still there after a PATCH made in A is applied in B, and never reaches A or C."""
+    webhook_id = await _create(mesh, "b")
+    record, _ = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.webhooks, webhook_id, record[:-1] + b',"draining":2}')
+    await mesh.clients["a"].update_webhook(webhook_id, description="edited in a")
+    record, _ = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    assert Webhook.decode(record).description == "edited in a"
+    kept = await _hget(b, b.keys.webhooks, webhook_id)
+    assert kept is not None
+    assert kept.endswith(b',"draining":2}')
+    for name in ("a", "c"):
+        store = mesh.store(name).of_webhook(webhook_id)
+        other = await _hget(store, store.keys.webhooks, webhook_id)
+        assert other is not None
+        assert not _DRAINING.search(other)
+
+
+async def test_a_resume_made_in_another_region_puts_back_held_jobs_only_in_the_webhooks(
+    mesh: Mesh,
+) -> None:
+    """Unpausing in A a paused B webhook with a job held in B starts the resume in B (its held
+    job goes back to its queue at B's tick), and A keeps no resume state of its own."""
+    client_b = mesh.clients["b"]
+    webhook_id = await _create(mesh, "b", paused=True)
+    await mesh.same_everywhere(webhook_id)
+    await client_b.publish("acme", "order.created", {"n": 0})
+    b = mesh.store("b").of_webhook(webhook_id)
+    await streams.ensure_group(b, "default")
+    claims, _ = await streams.claim_new(b, ("default",), "w1", budget=10)
+    [claim] = claims
+    assert await streams.settle(b, "w1", [_held(claim)]) == []
+    assert (await pauses.held(b)).by_webhook == {webhook_id: 1}
+    await mesh.clients["a"].update_webhook(webhook_id, paused=False)
+    await eventually(lambda: b.redis.sismember(b.keys.releasing, webhook_id), what="B resuming")
+    a = mesh.store("a").of_webhook(webhook_id)
+    assert not await a.redis.sismember(a.keys.releasing, webhook_id)
+    assert not _DRAINING.search(await _hget(a, a.keys.webhooks, webhook_id) or b"")
+    await pauses.tick(b)
+    assert (await pauses.held(b)).by_webhook == {}
+
+
+async def test_a_delete_made_in_another_region_clears_the_webhooks_state_in_its_own(
+    mesh: Mesh,
+) -> None:
+    """Deleting in A a B webhook clears in B what B's own delete would (its rate-limit state
+    and run of failures) and hands its held jobs to B's tick; A keeps none of it."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    await b.redis.hset(b.keys.rates, webhook_id, "1 1")
+    await mesh.clients["a"].delete_webhook(webhook_id)
+    await eventually(lambda: b.redis.sismember(b.keys.releasing, webhook_id), what="B's cleanup")
+    assert await _hget(b, b.keys.failing, webhook_id) is None
+    assert await _hget(b, b.keys.rates, webhook_id) is None
+    a = mesh.store("a").of_webhook(webhook_id)
+    assert not await a.redis.sismember(a.keys.releasing, webhook_id)
+
+
+async def test_a_region_that_was_down_catches_up_when_it_returns(mesh: Mesh) -> None:
+    """Webhooks created, changed and deleted in A while C's Redis is stopped reach C once it
+    is back, and A and B go on replicating meanwhile."""
+    gone = await _create(mesh, "a")
+    await mesh.same_everywhere(gone)
+    server = mesh.servers["c"]
+    server.stop()
+    try:
+        created = await _create(mesh, "b")
+        a = mesh.store("a").of_webhook(created)
+        await eventually(
+            lambda: a.redis.hget(a.keys.webhooks, created), what="A copying B meanwhile"
+        )
+        await mesh.clients["a"].update_webhook(created, description="while c was down")
+        await mesh.clients["a"].delete_webhook(gone)
+    finally:
+        server.start()
+    for webhook_id in (created, gone):
+        await mesh.same_everywhere(webhook_id)
+    record, _ = await mesh.copy("c", created)
+    assert record is not None
+    assert Webhook.decode(record).description == "while c was down"
+
+
+async def test_without_regions_no_version_or_registry_key_is_written(
+    store: Store, redis: Any, prefix: str
+) -> None:
+    """A deployment without regions writes no version or registry key when webhooks are
+    created, changed and deleted, answers them without a region, and refuses one."""
+    with pytest.raises(InvalidField, match="region"):
+        await webhooks.create_webhook(
+            store, {"tenant_id": "acme", "url": "https://hooks.example.com/x", "region": "a"}
+        )
+    hook = await webhooks.create_webhook(
+        store, {"tenant_id": "acme", "url": "https://hooks.example.com/x"}
+    )
+    await webhooks.update_webhook(store, hook.id, {"description": "x", "region": None})
+    await webhooks.delete_webhook(store, hook.id)
+    keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
+    assert not [key for key in keys if b"versions" in key or b"registry" in key]
+    assert hook.region is None
