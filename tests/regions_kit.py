@@ -2,10 +2,12 @@
 b's with an append-only file, so it can be stopped and restarted whole), each behind a
 `DelayProxy`, the distance between regions.
 
-A region reaches its own Redis directly and the others' through their proxies, as a daemon in
-one data center reaches another's: ``env_for("a")`` is a ``dispatcher run`` of region a,
-``client_in("a")`` a Client there. A proxy's byte counters show whether anything crossed to
-its region; ``partition``/``heal`` cut and restore every link to it.
+A region reaches its own Redis directly and the others' through proxies, as a daemon in one
+data center reaches another's: ``env_for("a")`` is a ``dispatcher run`` of region a,
+``client_in("a")`` a Client there. Each link (who goes, to which region) has a proxy of its own,
+so its byte counters show what that one party sent across: ``carried("b", via="a-client")`` is
+what a Client of region a exchanged with b's Redis, its daemons' replication traffic aside.
+``partition``/``heal`` cut and restore every link to a region.
 
 The proxies run on an event loop of their own, in a thread, so one kit serves every test of a
 module (module-scoped, synchronous) whatever loop each test runs in.
@@ -25,7 +27,7 @@ from tests.delay_proxy import DelayProxy
 from tests.helpers import RedisServer, daemon_env, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
 NAMES = ("a", "b", "c")
@@ -45,7 +47,8 @@ class Regions3:
         self.servers = {
             name: RedisServer(directory / f"redis-{name}", appendonly=name == "b") for name in NAMES
         }
-        self.proxies: dict[str, DelayProxy] = {}
+        self.links: dict[tuple[str, str], DelayProxy] = {}  # (who, to region) -> its proxy
+        self._cut: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -63,13 +66,11 @@ class Regions3:
             target=self._loop.run_forever, name="regions-proxies", daemon=True
         )
         self._thread.start()
-        for name, server in self.servers.items():
-            self.proxies[name] = self._run(DelayProxy(server.port, self.delay_s).start())
         return self
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
-            for proxy in self.proxies.values():
+            for proxy in self.links.values():
                 self._run(proxy.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
@@ -88,13 +89,25 @@ class Regions3:
         """``region``'s Redis, directly (as its own daemons and producers reach it)."""
         return self.servers[region].url
 
-    def remote_url(self, region: str) -> str:
-        """``region``'s Redis through its proxy (as the other regions reach it)."""
-        return self.proxies[region].url
+    def link(self, region: str, via: str) -> DelayProxy:
+        """The proxy through which ``via`` (a region's daemons, or any other name) reaches
+        ``region``'s Redis; made on first use."""
+        proxy = self.links.get((via, region))
+        if proxy is None:
+            proxy = self._run(DelayProxy(self.servers[region].port, self.delay_s).start())
+            if region in self._cut:
+                self._run(_call(proxy.partition))
+            self.links[via, region] = proxy
+        return proxy
 
-    def urls_from(self, home: str) -> dict[str, str]:
-        """``[regions]`` as seen from ``home``: its own Redis direct, the others proxied."""
-        return {n: self.url(n) if n == home else self.remote_url(n) for n in NAMES}
+    def remote_url(self, region: str, via: str) -> str:
+        """``region``'s Redis as ``via`` reaches it from afar."""
+        return self.link(region, via).url
+
+    def urls_from(self, home: str, via: str | None = None) -> dict[str, str]:
+        """``[regions]`` as seen from ``home``: its own Redis direct, the others through the
+        links of ``via`` (``home`` by default: its daemons')."""
+        return {n: self.url(n) if n == home else self.remote_url(n, via or home) for n in NAMES}
 
     def env_for(self, region: str, *, metrics: bool = False, **settings: str) -> dict[str, str]:
         """A ``dispatcher run`` environment of ``region`` (``DISPATCHER_REGION`` and one
@@ -108,27 +121,38 @@ class Regions3:
             env["DISPATCHER_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
         return env
 
-    def client_in(self, region: str) -> Client:
-        """A Client of ``region``: its own Redis direct, the others' through the proxies."""
-        return Client.from_url(
-            self.url(region), prefix=self.prefix, region=region, regions=self.urls_from(region)
-        )
+    def client_in(self, region: str, via: str | None = None) -> Client:
+        """A Client of ``region``: its own Redis direct, the others' through the links of
+        ``via`` (``<region>-client`` by default, links of its own, apart from the daemons')."""
+        urls = self.urls_from(region, via or f"{region}-client")
+        return Client.from_url(self.url(region), prefix=self.prefix, region=region, regions=urls)
 
     # --- the links -------------------------------------------------------------------------------
 
-    def carried(self, region: str) -> int:
-        """Bytes carried so far, both ways, between ``region``'s Redis and the other regions."""
-        proxy = self.proxies[region]
-        return proxy.bytes_up + proxy.bytes_down
+    def carried(self, region: str, via: str | None = None) -> int:
+        """Bytes carried so far, both ways, to and from ``region``'s Redis: over ``via``'s link,
+        or over every link to it."""
+        return sum(
+            p.carried for (who, to), p in self.links.items() if to == region and via in {None, who}
+        )
 
     def partition(self, region: str) -> None:
-        """Cut every link to ``region``'s Redis from the other regions, until `heal`."""
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.proxies[region].partition)
+        """Cut every link to ``region``'s Redis (those made later too), until `heal`."""
+        self._cut.add(region)
+        for (_who, to), proxy in self.links.items():
+            if to == region:
+                self._run(_call(proxy.partition))
 
     def heal(self, region: str) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.proxies[region].heal)
+        self._cut.discard(region)
+        for (_who, to), proxy in self.links.items():
+            if to == region:
+                self._run(_call(proxy.heal))
+
+
+async def _call(action: Callable[[], None]) -> None:
+    """``action`` run on the proxies' loop (their state belongs to that thread)."""
+    action()
 
 
 def admin_port(env: dict[str, str]) -> int:
