@@ -27,7 +27,7 @@ from tests.delay_proxy import DelayProxy
 from tests.helpers import RedisServer, daemon_env, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
 NAMES = ("a", "b", "c")
@@ -109,11 +109,14 @@ class Regions3:
         links of ``via`` (``home`` by default: its daemons')."""
         return {n: self.url(n) if n == home else self.remote_url(n, via or home) for n in NAMES}
 
-    def env_for(self, region: str, *, metrics: bool = False, **settings: str) -> dict[str, str]:
-        """A ``dispatcher run`` environment of ``region`` (``DISPATCHER_REGION`` and one
-        ``DISPATCHER_REGIONS_<NAME>`` per region; private targets allowed); with ``metrics``
-        it serves the admin API, /metrics included, on a free port (``admin_port(env)``)."""
-        env = daemon_env(self.url(region), self.prefix, **settings)
+    def env_for(
+        self, region: str, settings: Mapping[str, str] | None = None, *, metrics: bool = False
+    ) -> dict[str, str]:
+        """A ``dispatcher run`` environment of ``region`` with ``settings`` (``DISPATCHER_<KEY>``;
+        ``DISPATCHER_REGION`` and one ``DISPATCHER_REGIONS_<NAME>`` per region; private targets
+        allowed); with ``metrics`` it serves the admin API, /metrics included, on a free port
+        (``admin_port(env)``)."""
+        env = daemon_env(self.url(region), self.prefix, **(settings or {}))
         env["DISPATCHER_REGION"] = region
         for name, url in self.urls_from(region).items():
             env[f"DISPATCHER_REGIONS_{name.upper()}"] = url
