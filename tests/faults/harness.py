@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from dispatcher.queue.store import Store
     from tests.target import Behaviour, Received
 
 #: make test runs every scenario small; make test-faults (FAULTS_FULL=1) runs them longer.
@@ -464,12 +465,17 @@ class Scenario:
         found: dict[str, str] = {}
         if not wanted:
             return found
-        entries = await stream_entries(self.client.store.redis, self.client.store.keys.dlq)
-        for _sid, fields in entries:
-            job_id = fields.get(b"j", b"").decode()
-            if job_id in wanted:
-                found[job_id] = fields.get(b"r", b"").decode()
+        for store in self.dlq_stores():
+            for _sid, fields in await stream_entries(store.redis, store.keys.dlq):
+                job_id = fields.get(b"j", b"").decode()
+                if job_id in wanted:
+                    found[job_id] = fields.get(b"r", b"").decode()
         return found
+
+    def dlq_stores(self) -> list[Store]:
+        """Where dead jobs are: this Redis's DLQ (a scenario with several Redis, one per
+        region, names each)."""
+        return [self.client.store]
 
     def _latency(self, arrivals: dict[str, list[float]]) -> dict[str, tuple[float, float] | None]:
         samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
