@@ -59,8 +59,13 @@ class Regions3:
         self.stop()
 
     def start(self) -> Self:
-        for server in self.servers.values():
-            server.start()
+        """Start the three servers and the proxies' loop (stopping what started if one fails)."""
+        try:
+            for server in self.servers.values():
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="regions-proxies", daemon=True

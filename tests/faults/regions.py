@@ -65,23 +65,28 @@ class RegionScenario(Scenario):
 
     async def __aenter__(self) -> Self:
         self.kit.start()
-        await self.target.__aenter__()
-        self.client = self.kit.client_in("a")
-        self.views = {r: self.kit.client_in(r, via=f"{r}-views") for r in NAMES}
-        for region, view in self.views.items():  # as each region's daemon does at start
-            await view.store.adopt_region(region, NAMES)
-        for i, path in enumerate(self.healthy):
-            await self.endpoint(path, region=NAMES[i % len(NAMES)])
-        for region in NAMES:
-            self.start_daemon(region)
-        await self.ready()
+        try:
+            await self.target.__aenter__()
+            self.client = self.kit.client_in("a")
+            self.views = {r: self.kit.client_in(r, via=f"{r}-views") for r in NAMES}
+            for region, view in self.views.items():  # as each region's daemon does at start
+                await view.store.adopt_region(region, NAMES)
+            for i, path in enumerate(self.healthy):
+                await self.endpoint(path, region=NAMES[i % len(NAMES)])
+            for region in NAMES:
+                self.start_daemon(region)
+            await self.ready()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stops whatever `__aenter__` got to start."""
         await stop_daemons(*self.daemons)
-        await self.client.close()
-        for view in self.views.values():
-            await view.close()
+        for client in [getattr(self, "client", None), *self.views.values()]:
+            if client is not None:
+                await client.close()
         await self.target.__aexit__(None, None, None)
         self.kit.stop()
 
