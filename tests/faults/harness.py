@@ -388,7 +388,7 @@ class Scenario:
         states: dict[str, str] = {}
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
-            jobs = await asyncio.gather(*(self.client.get_job(j) for j in chunk))
+            jobs = await asyncio.gather(*(self.client_of(j).get_job(j) for j in chunk))
             for job_id, job in zip(chunk, jobs, strict=True):
                 states[job_id] = job["state"] if job else "missing"
         return states
@@ -471,6 +471,11 @@ class Scenario:
                 if job_id in wanted:
                     found[job_id] = fields.get(b"r", b"").decode()
         return found
+
+    def client_of(self, job_id: str) -> Client:  # noqa: ARG002 - one Redis holds every job
+        """The Client that reads this job where it is (a scenario with a Redis per region
+        answers the job's region's)."""
+        return self.client
 
     def dlq_stores(self) -> list[Store]:
         """Where dead jobs are: this Redis's DLQ (a scenario with several Redis, one per

@@ -120,17 +120,8 @@ class RegionScenario(Scenario):
 
     # --- the accounting, per region --------------------------------------------------------------
 
-    async def _states(self, job_ids: list[str]) -> dict[str, str]:
-        """Each job read in its own region's Redis, directly."""
-        states: dict[str, str] = {}
-        for start in range(0, len(job_ids), 500):
-            chunk = job_ids[start : start + 500]
-            jobs = await asyncio.gather(*(self._view_of(j).get_job(j) for j in chunk))
-            for job_id, job in zip(chunk, jobs, strict=True):
-                states[job_id] = job["state"] if job else "missing"
-        return states
-
-    def _view_of(self, job_id: str) -> Client:
+    def client_of(self, job_id: str) -> Client:
+        """Each job is read in its own region's Redis, directly."""
         return self.views[region_of(job_id) or "a"]
 
     def dlq_stores(self) -> list[Store]:
