@@ -66,8 +66,9 @@ async def test_region_b_redis_stopped_10s(tmp_path: Path) -> None:
                 await asyncio.to_thread(server_b.start)
                 outbox.since_ms = int(time.time() * 1000)
                 back = time.monotonic()
-            converged_s = await run.registry_converged()
+            converging = asyncio.create_task(run.registry_converged())
             await run.steady(2)
+            converged_s = await converging
         row = await run.settle()
         await run.outboxes_empty()
         reapplied = sum((await run.counter("dispatcher_relay_reapplied_total")).values())
