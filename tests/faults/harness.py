@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from dispatcher.queue.store import Store
     from tests.target import Behaviour, Received
 
 #: make test runs every scenario small; make test-faults (FAULTS_FULL=1) runs them longer.
@@ -387,7 +388,7 @@ class Scenario:
         states: dict[str, str] = {}
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
-            jobs = await asyncio.gather(*(self.client.get_job(j) for j in chunk))
+            jobs = await asyncio.gather(*(self.client_of(j).get_job(j) for j in chunk))
             for job_id, job in zip(chunk, jobs, strict=True):
                 states[job_id] = job["state"] if job else "missing"
         return states
@@ -464,12 +465,22 @@ class Scenario:
         found: dict[str, str] = {}
         if not wanted:
             return found
-        entries = await stream_entries(self.client.store.redis, self.client.store.keys.dlq)
-        for _sid, fields in entries:
-            job_id = fields.get(b"j", b"").decode()
-            if job_id in wanted:
-                found[job_id] = fields.get(b"r", b"").decode()
+        for store in self.dlq_stores():
+            for _sid, fields in await stream_entries(store.redis, store.keys.dlq):
+                job_id = fields.get(b"j", b"").decode()
+                if job_id in wanted:
+                    found[job_id] = fields.get(b"r", b"").decode()
         return found
+
+    def client_of(self, job_id: str) -> Client:  # noqa: ARG002 - one Redis holds every job
+        """The Client that reads this job where it is (a scenario with a Redis per region
+        answers the job's region's)."""
+        return self.client
+
+    def dlq_stores(self) -> list[Store]:
+        """Where dead jobs are: this Redis's DLQ (a scenario with several Redis, one per
+        region, names each)."""
+        return [self.client.store]
 
     def _latency(self, arrivals: dict[str, list[float]]) -> dict[str, tuple[float, float] | None]:
         samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
