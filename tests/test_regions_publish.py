@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis.exceptions as rex
 
+from dispatcher.ids import event_id_of, shard_of
 from dispatcher.queue import tasks as queue_tasks
 from dispatcher.queue.keys import Keys
 from tests.helpers import stream_entries
@@ -225,3 +226,33 @@ async def test_without_regions_nothing_new_is_written(
         assert await _keys(redis, prefix, family) == [], family
     layout = cast("dict[bytes, bytes]", await redis.hgetall(Keys(prefix).layout))
     assert not {b"region", b"regions", b"incarnation"} & set(layout)
+
+
+async def test_sharded_parts_outbox_in_their_shard_and_a_retry_completes_them(
+    regional: Client, redis: aioredis.Redis, prefix: str
+) -> None:
+    """With two shards each part writes its outbox entries in its own shard; when one part's
+    outbox write fails, a retry with the same idempotency key completes it with the event's
+    ids, and a further repeat adds nothing."""
+    await regional.store.adopt_layout(2)
+    hooks: list[str] = []
+    while min(sum(shard_of(h) == k for h in hooks) for k in (0, 1)) < 2:
+        hooks.append((await regional.create_webhook(TENANT, "https://example.com/h"))["id"])
+    in_b = {max(h for h in hooks if shard_of(h) == k) for k in (0, 1)}
+    for webhook_id in in_b:
+        await regional.update_webhook(webhook_id, region="b")
+    await redis.set(Keys(prefix, 1).outbox("b"), "in the way")
+    with pytest.raises(rex.ResponseError, match="WRONGTYPE"):
+        await regional.publish(TENANT, EVENT, PAYLOAD, idempotency_key="k")
+    await redis.delete(Keys(prefix, 1).outbox("b"))
+
+    answer = await regional.publish(TENANT, EVENT, PAYLOAD, idempotency_key="k")
+    ids = {job["webhook_id"]: job["id"] for job in answer["jobs"]}
+    assert {w: ids[w][-2:] for w in hooks} == {w: "~b" if w in in_b else "~a" for w in hooks}
+    assert all(event_id_of(job_id) == answer["event_id"] for job_id in ids.values())
+    assert await regional.publish(TENANT, EVENT, PAYLOAD, idempotency_key="k") == answer
+    for k in (0, 1):
+        entries = await _entries(redis, Keys(prefix, k).outbox("b"))
+        assert [(e["w"], e["j"]) for e in entries] == [
+            (w, ids[w]) for w in in_b if shard_of(w) == k
+        ]
