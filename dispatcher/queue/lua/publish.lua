@@ -232,16 +232,11 @@ for n, match in ipairs(matched) do
   if match[4] then
     -- Another region's webhook: an entry of its outbox, nothing here.
     local outbox = base .. 'outbox:' .. match[4]
-    local sid
-    if match[3] then
-      sid = redis.pcall('XADD', outbox, '*', 'j', job_id, 'w', webhook_id, 't', tenant,
-                        'e', event_type, 'q', q.stream, 'c', created,
-                        'n', scheduled and due_word or '0', 'o', okey, 'p', payload)
-    else
-      sid = redis.pcall('XADD', outbox, '*', 'j', job_id, 'w', webhook_id, 't', tenant,
-                        'e', event_type, 'q', q.stream, 'c', created,
-                        'n', scheduled and due_word or '0', 'p', payload)
-    end
+    local entry = {'j', job_id, 'w', webhook_id, 't', tenant, 'e', event_type, 'q', q.stream,
+                   'c', created, 'n', scheduled and due_word or '0'}
+    if match[3] then entry[#entry + 1] = 'o'; entry[#entry + 1] = okey end  -- a FIFO route
+    entry[#entry + 1] = 'p'; entry[#entry + 1] = payload
+    local sid = redis.pcall('XADD', outbox, '*', unpack(entry))
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
     outboxed[#outboxed + 1] = outbox
     outboxed[#outboxed + 1] = sid
