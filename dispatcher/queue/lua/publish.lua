@@ -206,10 +206,12 @@ end
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
 local pushed = {}  -- the lanes this call pushed a job onto, in order
-local outboxed = {}  -- outbox stream, entry id, ...: the entries this call added
+local outboxed  -- outbox stream, entry id, ...: the entries this call added (nil: none)
 local function undo(reply, hashed, zsets)
   for i = #pushed, 1, -1 do redis.call('RPOP', pushed[i]) end
-  for i = 1, #outboxed, 2 do redis.call('XDEL', outboxed[i], outboxed[i + 1]) end
+  if outboxed then
+    for i = 1, #outboxed, 2 do redis.call('XDEL', outboxed[i], outboxed[i + 1]) end
+  end
   for _, q in pairs(queues) do
     in_chunks('XDEL', q.ready, q.added)
   end
@@ -238,6 +240,7 @@ for n, match in ipairs(matched) do
     entry[#entry + 1] = 'p'; entry[#entry + 1] = payload
     local sid = redis.pcall('XADD', outbox, '*', unpack(entry))
     if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
+    outboxed = outboxed or {}
     outboxed[#outboxed + 1] = outbox
     outboxed[#outboxed + 1] = sid
   elseif match[3] then
