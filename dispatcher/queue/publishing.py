@@ -101,7 +101,10 @@ def _publish_call(
     store: Store, pub: Publication, names: list[str]
 ) -> tuple[list[str], list[bytes | str | int]]:
     """publish.lua's keys and arguments for ``pub``'s part in ``store``'s shard, with the keys
-    of the queues ``names`` (at least one: the script builds any other queue's keys from it)."""
+    of the queues ``names`` (at least one: the script builds any other queue's keys from it).
+    The last word is the region of the layout last read (``read_layout``, which every publish
+    calls first), '-' without regions: with one, job ids end in ``~<region>`` and another
+    region's webhooks get outbox entries (publish.lua)."""
     keys = store.keys
     names = names or [DEFAULT_QUEUE]
     streams = [stream_of(name, pub.priority) for name in names]
@@ -123,6 +126,7 @@ def _publish_call(
             "1" if pub.decided else "-",
             str(window),
             "-" if pub.ordering_key is None else f"={pub.ordering_key}",
+            store.layout.region or "-",
         )
     )
     args: list[bytes | str | int] = [event, " ".join(names), " ".join(streams), pub.payload]
@@ -168,9 +172,10 @@ async def publish(
     other queue a matching webhook uses (in the same shard), so no part is ever redone for one.
     """
     known = queues if queues is not None else {DEFAULT_QUEUE}
-    if store.clock.stale:  # now_ms decides whether deliver_at is due: Redis's clock
-        with redis_errors():
-            await store.refresh_clock()
+    # The region (a word of each part) and Redis's clock (now_ms decides whether deliver_at is
+    # due): both cached, read again only when old.
+    with redis_errors():
+        await store.read_layout()
     shards = await _shards_of(store, pub)
     done: list[tuple[int, str]] = []
     if len(shards) > 1 and pub.ordered:
@@ -256,9 +261,8 @@ async def _publish_batch(
     store: Store, pubs: list[Publication], known: set[str]
 ) -> list[tuple[bool, dict[str, Any]] | Exception]:
     """``publish`` of each event, pipelined: (new, answer) or the error each one met."""
-    if store.clock.stale:
-        with redis_errors():
-            await store.refresh_clock()
+    with redis_errors():
+        await store.read_layout()  # the region and the clock, as ``publish``
     parts, later = await _rounds(store, pubs)
     await _pipelined(store, parts, known)
     decided = []

@@ -4,7 +4,8 @@ and each task's last run.
 Every task key and task job lives in shard 0 (keys.py). A task job is stored as a delivery
 is (codec.py), with ``TASK_WEBHOOK`` as its webhook id, an empty tenant, the task's name as
 its event type and its JSON arguments as its payload, so claim, settle, reclaim, promote, the
-orphan sweep and the DLQ treat it as any job (task_enqueue.lua).
+orphan sweep and the DLQ treat it as any job (task_enqueue.lua). With regions its id ends in
+``~<region>`` of this Redis, as every job minted here (ids.py).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ async def enqueue(
     """Enqueue one run of ``name``: ``(job id, queue)``, or None when no daemon registered it."""
     home = store.home
     _event_id, prefix = new_event_ids()
-    job_id = f"{prefix}1"
     with redis_errors():
+        job_id = f"{prefix}1{await _region_suffix(home)}"
         now_ms = (await home.refresh_clock()).now_ms() if due_ms else 0
         done, chosen = await home.scripts.task_enqueue(
             keys=[home.keys.tasks, home.keys.jobs, *_queue_keys(home), home.keys.tasks_last],
@@ -96,10 +97,17 @@ async def tick(store: Store) -> tuple[list[tuple[str, str]], list[str]]:
             keys.tasks_last,
             *(keys.ready(q) for q in TASK_QUEUES),
         ],
-        args=[prefix, TICK_LIMIT, REGISTRATION_TTL_MS],
+        args=[prefix, TICK_LIMIT, REGISTRATION_TTL_MS, await _region_suffix(home)],
     )
     runs = [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
     return runs, [name.decode() for name in skipped]
+
+
+async def _region_suffix(store: Store) -> str:
+    """What ends a job id minted in ``store``'s Redis: ``~<region>``, or '' without regions
+    (the layout is cached: a read every few seconds at most)."""
+    region = (await store.read_layout()).region
+    return f"~{region}" if region else ""
 
 
 async def record_run(store: Store, name: str, at_ms: int, status: str) -> None:

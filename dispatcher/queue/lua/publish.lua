@@ -19,8 +19,9 @@
 --   first) and is replaced; the fingerprint was checked on shard 0. The same holds for the
 --   dedup key, but for a newer event's (this part ran late), which stays, and this event's
 --   jobs are written only if its first record is not here yet. Then the dedup window in
---   seconds (0: off; never with an idempotency key). Last, the ordering key: '=' then the key,
---   or '-' for none (a FIFO webhook's keyless lane).
+--   seconds (0: off; never with an idempotency key). Then the ordering key: '=' then the key,
+--   or '-' for none (a FIFO webhook's keyless lane). Last, this Redis's region ('-' without
+--   [regions]): then every job id ends in '~' and the region that will hold it (below).
 -- ARGV[2] the queue names whose keys follow KEYS[4], space-separated
 -- ARGV[3] their streams for this priority (``Q``, ``Q:high`` or ``Q:low``), space-separated
 -- ARGV[4] payload (JSON bytes, stored as they are)
@@ -53,13 +54,21 @@
 -- A webhook with ordering fifo (its route has "o") gets a full record whose 'ol' names its lane
 -- (_lane.lua): only the lane's head goes into the stream (an entry {j, w}) or the delayed zset;
 -- the lanes' bookkeeping (lane_joined) is written once every other write has succeeded.
+-- Regions (docs/regions.md): a route naming another region ('r', not this Redis's) gets no
+-- queue, record or lane here. Its job is one entry of this shard's outbox stream for that
+-- region (keys.py: outbox:R, built from the key base as the q: names are), {j, w, t, e, q, c,
+-- n, p} and, for a FIFO route, o (the ordering key word as above), written and undone with
+-- the local jobs, so the local jobs and the outbox entries land together or not at all. The
+-- relay (queue/outbox.py) moves it into that region's Redis. Its job id ends in '~R', a
+-- local job's in '~' and this region; answers, idempotency and dedup keys hold both.
 -- include: _record.lua
 -- include: _filter.lua
 -- include: _lane.lua
 local prefix, event_id, tenant, event_type, now_ms, due_ms, ttl, only, request, decided, window,
-      okey = string.match(ARGV[1],
-                          '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%S+)$')
+      okey, home = string.match(ARGV[1],
+      '^(%S+) (%S+) (%S+) (%S+) (%d+) (%-?%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%S+) (%S+)$')
 if not prefix then return redis.error_reply('ERR publish.lua: malformed ARGV[1]') end
+if home == '-' then home = nil end
 local payload = ARGV[4]
 local use_idem = tonumber(ttl) > 0
 if use_idem then
@@ -125,17 +134,29 @@ for i = 1, #routes, 2 do
     if not queue_named(route.q) then
       return redis.error_reply('ERR publish.lua: no queue in ARGV[2]')
     end
-    matched[#matched + 1] = {webhook_id, route.q, route.o}
+    matched[#matched + 1] = {webhook_id, route.q, route.o, home and route.r}
   end
 end
 table.sort(matched, function(x, y) return x[1] < y[1] end)
 
+local created, due_word = now_ms, due_ms  -- as given, for outbox entries
 now_ms, due_ms = tonumber(now_ms), tonumber(due_ms)
 local scheduled = due_ms > now_ms
-local answer = {event_id}
-for n, match in ipairs(matched) do
-  answer[#answer + 1] = prefix .. n
-  answer[#answer + 1] = match[1]
+local answer = {event_id}  -- then job id, webhook id: the n-th job's id is answer[2 * n]
+local first_local  -- with regions, the first job written here (nil: every one is outboxed)
+if home then
+  for n, match in ipairs(matched) do
+    local job_id = prefix .. n .. '~' .. (match[4] or home)
+    if match[4] == home then match[4] = nil end  -- match[4]: another region, or nil
+    if not (first_local or match[4]) then first_local = job_id end
+    answer[#answer + 1] = job_id
+    answer[#answer + 1] = match[1]
+  end
+else
+  for n, match in ipairs(matched) do
+    answer[#answer + 1] = prefix .. n
+    answer[#answer + 1] = match[1]
+  end
 end
 local joined = table.concat(answer, ' ')
 local records = {}
@@ -158,7 +179,10 @@ if window ~= '0' then
     -- a newer one's when this part runs late (shard 0 decided before its key expired). This
     -- event's jobs here are written once: not if its first record is here already. The key
     -- names the newest event (ids sort by time), whose duplicates then find it.
-    if #matched > 0 and redis.call('HEXISTS', KEYS[2], prefix .. '1') == 1 then
+    -- (With regions, the first job written here: when every job went to an outbox, nothing
+    -- here tells, and they are written again with the same ids, which the relay skips.)
+    if not home then first_local = prefix .. '1' end
+    if #matched > 0 and first_local and redis.call('HEXISTS', KEYS[2], first_local) == 1 then
       return {2, joined}
     end
     if event_id > named then
@@ -182,8 +206,12 @@ end
 
 -- Undo what this call wrote, so a failed write leaves no half of the fan-out behind.
 local pushed = {}  -- the lanes this call pushed a job onto, in order
+local outboxed  -- outbox stream, entry id, ...: the entries this call added (nil: none)
 local function undo(reply, hashed, zsets)
   for i = #pushed, 1, -1 do redis.call('RPOP', pushed[i]) end
+  if outboxed then
+    for i = 1, #outboxed, 2 do redis.call('XDEL', outboxed[i], outboxed[i + 1]) end
+  end
   for _, q in pairs(queues) do
     in_chunks('XDEL', q.ready, q.added)
   end
@@ -202,10 +230,21 @@ local function undo(reply, hashed, zsets)
 end
 
 for n, match in ipairs(matched) do
-  local webhook_id, q = match[1], queues[match[2]]
-  local job_id = prefix .. n
-  records[#records + 1] = job_id
-  if match[3] then
+  local webhook_id, q, job_id = match[1], queues[match[2]], answer[2 * n]
+  if match[4] then
+    -- Another region's webhook: an entry of its outbox, nothing here.
+    local outbox = base .. 'outbox:' .. match[4]
+    local entry = {'j', job_id, 'w', webhook_id, 't', tenant, 'e', event_type, 'q', q.stream,
+                   'c', created, 'n', scheduled and due_word or '0'}
+    if match[3] then entry[#entry + 1] = 'o'; entry[#entry + 1] = okey end  -- a FIFO route
+    entry[#entry + 1] = 'p'; entry[#entry + 1] = payload
+    local sid = redis.pcall('XADD', outbox, '*', unpack(entry))
+    if type(sid) == 'table' and sid.err then return undo(sid, false, {}) end
+    outboxed = outboxed or {}
+    outboxed[#outboxed + 1] = outbox
+    outboxed[#outboxed + 1] = sid
+  elseif match[3] then
+    records[#records + 1] = job_id
     local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'queued',
                   a = 0, k = 0, c = now_ms, ol = base .. 'lane:' .. webhook_id}
     if okey ~= '-' then meta.ol = meta.ol .. ':' .. (#okey - 1) .. ':' .. okey:sub(2) end
@@ -226,11 +265,13 @@ for n, match in ipairs(matched) do
     end
     records[#records + 1] = make_record(meta, payload)
   elseif scheduled then
+    records[#records + 1] = job_id
     local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'scheduled',
                   a = 0, k = 0, c = now_ms, n = due_ms}
     records[#records + 1] = make_record(meta, payload)
     q.due[#q.due + 1] = due_ms; q.due[#q.due + 1] = job_id
   else
+    records[#records + 1] = job_id
     -- The job travels inline in its entry; the record is only a locator until an outcome.
     local sid = redis.pcall('XADD', q.ready, '*', 'j', job_id, 'w', webhook_id, 't', tenant,
                             'e', event_type, 'p', payload)

@@ -5,7 +5,8 @@
 --   (name -> job id of its last run: a periodic one, or one enqueued by hand)
 -- KEYS[5] ready stream of 'maintenance'   KEYS[6] ready stream of 'analytics'
 -- ARGV[1] job id prefix (the n-th run enqueued here is prefix .. n)   ARGV[2] most runs
--- ARGV[3] registration TTL (ms)
+-- ARGV[3] registration TTL (ms)   ARGV[4] what ends each job id: '~' and the region of this
+--   Redis, or '' without regions (absent: '')
 -- returns: {name, job id, ...} enqueued, then {name, ...} skipped (the last run unfinished)
 -- The next run is one period after the one due, or one period from now when that has passed
 -- too (a deployment that was down runs a missed task once, not once per missed period).
@@ -37,7 +38,7 @@ for i = 1, #due, 2 do
       skipped[#skipped + 1] = name
     else
       n = n + 1
-      local job_id = ARGV[1] .. n
+      local job_id = ARGV[1] .. n .. (ARGV[4] or '')
       local queue = spec.q == 'analytics' and 'analytics' or 'maintenance'
       local ready = queue == 'analytics' and KEYS[6] or KEYS[5]
       local sid = redis.call('XADD', ready, '*', 'j', job_id, 'w', 'task', 't', '', 'e', name,
