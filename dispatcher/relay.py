@@ -94,6 +94,8 @@ class Relay:
         self._unreachable: dict[str, _Unreachable] = {}
         #: The webhooks logged as waiting for their record in a destination (once each).
         self.waiting: set[str] = set()
+        #: Each outbox's holder in this process, by (shard, destination).
+        self.holders: dict[tuple[int, str], _Holder] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: one relay per (local shard, other region), each competing for
@@ -133,7 +135,9 @@ class Relay:
         and relay it while held."""
         outage = Outage("relay", self.metrics)
         unreachable = self._unreachable.setdefault(region, _Unreachable(region))
-        holder = _Holder(self, self.regions.home.shard(shard), region, stop)
+        holder = self.holders[shard, region] = _Holder(
+            self, self.regions.home.shard(shard), region, stop
+        )
         holder.outage, holder.unreachable = outage, unreachable
         try:
             while not stop.is_set():
@@ -170,12 +174,14 @@ class _Holder:
         self.generation = 0  # of the batches pipelined on the line
         self.in_flight = 0  # batches sent on the line, not answered yet
         self.in_flight_peak = 0
+        self.refused = 0  # batches the destination refused, sent behind one that stopped short
         #: Pending entries known not applied (refused, or behind a stop): not counted resent.
         self.unsent: set[str] = set()
 
     async def acquire(self) -> bool:
         layout = await self.relay.regions.home.read_layout()
         incarnation = layout.incarnation or "-"
+        self.unsent.clear()  # what another holder sent since is not known here
         self.token = await outbox.acquire(self.here, self.region, incarnation, self.floor)
         if self.token is None:
             return False
@@ -272,13 +278,11 @@ class _Holder:
                     result = await line.receive(len(entries))
                 self.in_flight -= 1
                 room.release()
-                if halt.is_set() and result.refused:  # behind the stop: sent again later
-                    self.unsent.update(entry.sid for entry in entries)
-                    continue
-                if result.done != len(entries) or result.waiting:
+                self.refused += result.refused
+                if result.done < len(entries):  # stopped short, refused or fenced: no more
                     halt.set()
                     self.unsent.update(entry.sid for entry in entries[result.done :])
-                if result.refused:
+                if result.refused or not keep:  # pending: sent again (or by the next holder)
                     continue
                 if not await self._handled(entries, result, resent=False):
                     keep = False
