@@ -175,6 +175,7 @@ class _Holder:
         self.in_flight = 0  # batches sent on the line, not answered yet
         self.in_flight_peak = 0
         self.refused = 0  # batches the destination refused, sent behind one that stopped short
+        self.last_sent = ""  # the id of the last entry sent on the line
         #: Pending entries known not applied (refused, or behind a stop): not counted resent.
         self.unsent: set[str] = set()
 
@@ -321,7 +322,7 @@ class _Holder:
                     return  # read, not sent: pending, for the pending pass
                 with reaching(self.region):
                     await line.send(self.token, ("+" if first else "=") + generation, entries)
-                first = False
+                first, self.last_sent = False, entries[-1].sid
                 self.in_flight += 1
                 self.in_flight_peak = max(self.in_flight_peak, self.in_flight)
                 sent.put_nowait(entries)
