@@ -300,6 +300,8 @@ class _Holder:
             if not reader.done():
                 reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+            if self.in_flight:  # answers left unread (an error here, a cancel): never reused
+                await line.close()
             self.in_flight = self.in_flight_bytes = 0
         return keep and self.token is not None
 
