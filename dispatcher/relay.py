@@ -12,12 +12,12 @@ jobs reach its lanes in publish order, as one holder applies one stream in id or
 Across a long link one batch at a time would cost each job the batch ahead of it plus a round
 trip, so the new entries go on a connection of the holder's own (``outbox.ApplyLine``, a
 standalone destination), up to ``DEPTH`` batches (and about ``DEPTH_BYTES``) in flight: a
-reader sends each batch as it is
-read, and the holder acks each answer, in order, as it comes. The destination applies a batch
-only while every one sent before it on the line applied whole; after one that stopped short
-(a webhook missing, an error) it refuses the rest, and the holder goes back to the pending
-entries, sent one batch at a time from the first not acked, then pipelines again. A line that
-fails leaves what it carried pending, sent again in order (the destination skips what it has).
+reader sends each batch as it is read, and the holder acks each answer, in order, as it comes.
+The destination applies a batch only while every one sent before it on the line applied whole;
+after one that stopped short (a webhook missing, an error) it refuses the rest, and the holder
+goes back to the pending entries, sent one batch at a time from the first not acked, then
+pipelines again. A line that fails leaves what it carried pending, sent again in order (the
+destination skips what it has). A Cluster or Sentinel destination gets a batch at a time.
 
 A destination that is down: the holder backs off and retries the same entries (logged once
 per outage, ``relay.unavailable``); meanwhile the outbox grows, and this region's publishes
