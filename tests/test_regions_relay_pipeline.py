@@ -32,14 +32,7 @@ DELAY_S = 0.03
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """Region a's and region b's Redis, for the whole module."""
-    found = Servers(tmp_path_factory.mktemp("pipeline"))
-    found.a.start()
-    found.b.start()
-    try:
-        yield found
-    finally:
-        found.a.stop()
-        found.b.stop()
+    yield from Servers.running(tmp_path_factory.mktemp("pipeline"))
 
 
 class Far(Pair):
