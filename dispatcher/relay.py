@@ -68,6 +68,10 @@ UNREACHABLE_CAP_S = 2.0
 DEPTH = 32
 #: No further batch is sent while those in flight hold this many bytes of entries.
 DEPTH_BYTES = 8 << 20
+#: While answers keep coming, the entries they cover are acked here together this often (an
+#: ack per answer would cost a call per job at moderate rates; an entry acked later is at
+#: worst sent again after a crash, and skipped).
+ACK_EVERY_S = 0.05
 
 
 class _Unreachable:
@@ -278,6 +282,8 @@ class _Holder:
         halt = asyncio.Event()  # no more batches: one stopped short, or the lease is gone
         reader = asyncio.create_task(self._pipe_send(line, generation, sent, room, halt))
         keep = True
+        acks: list[str] = []  # entries b has, to ack here together (at most ACK_EVERY_S apart)
+        acked = time.monotonic()
         try:
             while (entries := await sent.get()) is not None:
                 with reaching(self.region):
@@ -291,9 +297,17 @@ class _Holder:
                     self.unsent.update(entry.sid for entry in entries[result.done :])
                 if result.refused or not keep:  # pending: sent again (or by the next holder)
                     continue
-                if not await self._handled(entries, result, resent=False):
+                if not await self._handled(entries, result, resent=False, acks=acks):
                     keep = False
                     halt.set()
+                    continue
+                now = time.monotonic()
+                if sent.empty() or len(acks) >= outbox.BATCH or now - acked >= ACK_EVERY_S:
+                    keep, acks, acked = await self._renew(acks), [], now
+                    if not keep:
+                        halt.set()
+            if acks and self.token is not None:
+                keep = await self._renew(acks) and keep
             reader.result()  # its error (this region's Redis, the line) is the holder's
         finally:
             halt.set()
@@ -380,9 +394,11 @@ class _Holder:
                     return True
         return True
 
-    async def _handled(self, entries: list[Entry], result: Applied, *, resent: bool) -> bool:
-        """Count what the destination did with ``entries`` and ack those it has; False once
-        the lease is lost or the destination fenced this holder off."""
+    async def _handled(
+        self, entries: list[Entry], result: Applied, *, resent: bool, acks: list[str] | None = None
+    ) -> bool:
+        """Count what the destination did with ``entries`` and ack those it has (or add them
+        to ``acks``); False once the lease is lost or the destination fenced this holder off."""
         metrics, region = self.relay.metrics, self.region
         self.unreachable.ok()
         if result.fenced:
@@ -407,6 +423,9 @@ class _Holder:
             log.warning("relay.malformed", region=self.region, entries=result.malformed)
         for entry in done:
             self.relay.waiting.discard(entry.webhook_id)
+        if acks is not None:
+            acks += [entry.sid for entry in done]
+            return True
         return await self._renew([entry.sid for entry in done])
 
 
