@@ -12,7 +12,8 @@ jobs reach its lanes in publish order, as one holder applies one stream in id or
 Across a long link one batch at a time would cost each job the batch ahead of it plus a round
 trip, so the new entries go on a connection of the holder's own (``outbox.ApplyLine``, a
 standalone destination), up to ``DEPTH`` batches (and about ``DEPTH_BYTES``) in flight: a
-reader sends each batch as it is read, and the holder acks each answer, in order, as it comes.
+reader sends each batch as it is read, and the holder reads the answers in order and acks
+what they cover, several at a time (at least every ``ACK_EVERY_S`` while they keep coming).
 The destination applies a batch only while every one sent before it on the line applied whole;
 after one that stopped short (a webhook missing, an error) it refuses the rest, and the holder
 goes back to the pending entries, sent one batch at a time from the first not acked, then
