@@ -53,10 +53,10 @@ class Far(Pair):
 
     async def pause_b(self) -> None:
         """b takes no write (its scripts wait) until ``resume_b``: the relay's batches queue up."""
-        await self.b.store.redis.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+        await self.b.store.redis.client_pause(20_000, all=False)  # writes only
 
     async def resume_b(self) -> None:
-        await self.b.store.redis.execute_command("CLIENT", "UNPAUSE")
+        await self.b.store.redis.client_unpause()
 
     async def started(self) -> tuple[Running, _Holder]:
         """The relay running with its line to b open (one entry relayed), and its holder."""
