@@ -9,6 +9,17 @@ the destination answered. So nothing is lost (at least once), a job the destinat
 written again (idempotent by job id: ``dispatcher_relay_skipped_total``), and a FIFO webhook's
 jobs reach its lanes in publish order, as one holder applies one stream in id order.
 
+Across a long link one batch at a time would cost each job the batch ahead of it plus a round
+trip, so the new entries go on a connection of the holder's own (``outbox.ApplyLine``, a
+standalone destination), up to ``DEPTH`` batches (and about ``DEPTH_BYTES``) in flight: a
+reader sends each batch as it is read, and the holder reads the answers in order and acks
+what they cover, several at a time (at least every ``ACK_EVERY_S`` while they keep coming).
+The destination applies a batch only while every one sent before it on the line applied whole;
+after one that stopped short (a webhook missing, an error) it refuses the rest, and the holder
+goes back to the pending entries, sent one batch at a time from the first not acked, then
+pipelines again. A line that fails leaves what it carried pending, sent again in order (the
+destination skips what it has). A Cluster or Sentinel destination gets a batch at a time.
+
 A destination that is down: the holder backs off and retries the same entries (logged once
 per outage, ``relay.unavailable``); meanwhile the outbox grows, and this region's publishes
 are untouched. A job whose webhook the destination has no record of yet (the registry
@@ -35,7 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from dispatcher.metrics import Metrics
-    from dispatcher.queue.outbox import Entry
+    from dispatcher.queue.outbox import Applied, Entry
     from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Store
 
@@ -53,6 +64,15 @@ BLOCK_MS = 1000
 WAITING_S = (0.2, 0.5)
 #: The longest back-off while a destination is unreachable.
 UNREACHABLE_CAP_S = 2.0
+#: The most batches a holder has in flight on its line to the destination: each new entry can
+#: go at once, in a batch of its own, while others travel (a round trip at 200 jobs/s is ~16).
+DEPTH = 32
+#: No further batch is sent while those in flight hold this many bytes of entries.
+DEPTH_BYTES = 8 << 20
+#: While answers keep coming, the entries they cover are acked here together this often (an
+#: ack per answer would cost a call per job at moderate rates; an entry acked later is at
+#: worst sent again after a crash, and skipped).
+ACK_EVERY_S = 0.05
 
 
 class _Unreachable:
@@ -83,6 +103,8 @@ class Relay:
         self._unreachable: dict[str, _Unreachable] = {}
         #: The webhooks logged as waiting for their record in a destination (once each).
         self.waiting: set[str] = set()
+        #: Each outbox's holder in this process, by (shard, destination).
+        self.holders: dict[tuple[int, str], _Holder] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: one relay per (local shard, other region), each competing for
@@ -122,7 +144,9 @@ class Relay:
         and relay it while held."""
         outage = Outage("relay", self.metrics)
         unreachable = self._unreachable.setdefault(region, _Unreachable(region))
-        holder = _Holder(self, self.regions.home.shard(shard), region, stop)
+        holder = self.holders[shard, region] = _Holder(
+            self, self.regions.home.shard(shard), region, stop
+        )
         holder.outage, holder.unreachable = outage, unreachable
         try:
             while not stop.is_set():
@@ -141,6 +165,7 @@ class Relay:
         finally:
             if holder.token is not None:
                 await holder.release()
+            await holder.close()
 
 
 class _Holder:
@@ -154,10 +179,20 @@ class _Holder:
         self.source = relay.regions.name or ""
         self.outage = Outage("relay", relay.metrics)  # this region's Redis failing
         self.unreachable = _Unreachable(region)  # the destination's
+        self.line: outbox.ApplyLine | None = None  # the destination's, once looked at
+        self.generation = 0  # of the batches pipelined on the line
+        self.in_flight = 0  # batches sent on the line, not answered yet
+        self.in_flight_bytes = 0  # the size of their entries
+        self.in_flight_peak = 0
+        self.refused = 0  # batches the destination refused, sent behind one that stopped short
+        self.last_sent = ""  # the id of the last entry sent on the line
+        #: Pending entries known not applied (refused, or behind a stop): not counted resent.
+        self.unsent: set[str] = set()
 
     async def acquire(self) -> bool:
         layout = await self.relay.regions.home.read_layout()
         incarnation = layout.incarnation or "-"
+        self.unsent.clear()  # what another holder sent since is not known here
         self.token = await outbox.acquire(self.here, self.region, incarnation, self.floor)
         if self.token is None:
             return False
@@ -192,73 +227,164 @@ class _Holder:
         if not await self._renew():
             return
         await outbox.ensure_group(self.here, self.region)
-        cursor = "0-0"
         while not self.stop.is_set():
-            cursor, entries, deleted = await outbox.pending(
-                self.here, self.region, self.relay.consumer, cursor
-            )
-            if deleted and not await self._renew(deleted):
+            if not await self._resend_pending():
                 return
-            if entries and not await self._send(entries, resent=True):
-                return
-            if cursor == "0-0":
+            line = self._line()
+            if line is None:
                 break
-        while not self.stop.is_set():
-            entries = await self._read_new()
+            if not await self._pipeline(line):
+                return
+        while not self.stop.is_set():  # a destination no line reaches: a batch at a time
+            entries = await self._read_new(self.stop)
             if entries:
                 if not await self._send(entries, resent=False):
                     return
             elif time.monotonic() - self.renewed > RENEW_S and not await self._renew():
                 return
 
-    async def _read_new(self) -> list[Entry]:
-        """New entries, waiting up to ``BLOCK_MS`` for one, or none once ``stop`` is set (the
-        read is cut short: what it read stays pending, for the next holder to send)."""
+    async def _resend_pending(self) -> bool:
+        """Send the pending entries, a batch at a time, from the first; False once the lease
+        is lost."""
+        cursor = "0-0"
+        while not self.stop.is_set():
+            cursor, entries, deleted = await outbox.pending(
+                self.here, self.region, self.relay.consumer, cursor
+            )
+            if deleted and not await self._renew(deleted):
+                return False
+            if entries and not await self._send(entries, resent=True):
+                return False
+            if cursor == "0-0":
+                break
+        return True
+
+    def _line(self) -> outbox.ApplyLine | None:
+        """This holder's line to the destination's shard; None when it can have none."""
+        if self.line is None:
+            with reaching(self.region):
+                dest = self.relay.regions.store(self.region).shard(self.here.keys.shard)
+            self.line = outbox.ApplyLine.of(dest, self.source)
+        return self.line
+
+    async def close(self) -> None:
+        if self.line is not None:
+            await self.line.close()
+
+    async def _pipeline(self, line: outbox.ApplyLine) -> bool:
+        """Relay the new entries with up to ``DEPTH`` batches in flight on ``line``, until
+        ``stop``, or an answer that was not a whole batch applied: True to send the pending
+        entries again (from the first not acked), False once the lease is lost or fenced."""
+        self.generation += 1
+        assert self.token is not None  # noqa: S101 - only called while holding
+        generation = f"{self.token}/{self.generation}"
+        sent: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
+        room = asyncio.Event()  # set when an answer made room
+        halt = asyncio.Event()  # no more batches: one stopped short, or the lease is gone
+        reader = asyncio.create_task(self._pipe_send(line, generation, sent, room, halt))
+        keep = True
+        acks: list[str] = []  # entries b has, to ack here together (at most ACK_EVERY_S apart)
+        acked = time.monotonic()
+        try:
+            while (entries := await sent.get()) is not None:
+                with reaching(self.region):
+                    result = await line.receive(len(entries))
+                self.in_flight -= 1
+                self.in_flight_bytes -= _size(entries)
+                room.set()
+                self.refused += result.refused
+                if result.done < len(entries):  # stopped short, refused or fenced: no more
+                    halt.set()
+                    self.unsent.update(entry.sid for entry in entries[result.done :])
+                if result.refused or not keep:  # pending: sent again (or by the next holder)
+                    continue
+                if not await self._handled(entries, result, resent=False, acks=acks):
+                    keep = False
+                    halt.set()
+                    continue
+                now = time.monotonic()
+                if sent.empty() or len(acks) >= outbox.BATCH or now - acked >= ACK_EVERY_S:
+                    keep, acks, acked = await self._renew(acks), [], now
+                    if not keep:
+                        halt.set()
+            if acks and self.token is not None:
+                keep = await self._renew(acks) and keep
+            reader.result()  # its error (this region's Redis, the line) is the holder's
+        finally:
+            halt.set()
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            if self.in_flight:  # answers left unread (an error here, a cancel): never reused
+                await line.close()
+            self.in_flight = self.in_flight_bytes = 0
+        return keep and self.token is not None
+
+    async def _pipe_send(
+        self,
+        line: outbox.ApplyLine,
+        generation: str,
+        sent: asyncio.Queue[list[Entry] | None],
+        room: asyncio.Event,
+        halt: asyncio.Event,
+    ) -> None:
+        """Read new entries and send each batch on ``line`` while there is room, until
+        ``halt`` or ``stop``; each batch sent is queued on ``sent`` for its answer, then None."""
+        first = True
+        try:
+            while not (halt.is_set() or self.stop.is_set()):
+                while self.in_flight >= DEPTH or self.in_flight_bytes >= DEPTH_BYTES:
+                    room.clear()
+                    await room.wait()
+                entries = [] if halt.is_set() else await self._read_new(self.stop, halt)
+                if not entries:
+                    idle = time.monotonic() - self.renewed > RENEW_S
+                    if idle and not self.in_flight and not await self._renew():
+                        return
+                    continue
+                if halt.is_set() or self.token is None:
+                    return  # read, not sent: pending, for the pending pass
+                with reaching(self.region):
+                    await line.send(self.token, ("+" if first else "=") + generation, entries)
+                first, self.last_sent = False, entries[-1].sid
+                self.in_flight += 1
+                self.in_flight_bytes += _size(entries)
+                self.in_flight_peak = max(self.in_flight_peak, self.in_flight)
+                sent.put_nowait(entries)
+        finally:
+            sent.put_nowait(None)
+
+    async def _read_new(self, *until: asyncio.Event) -> list[Entry]:
+        """New entries, waiting up to ``BLOCK_MS`` for one, or none once one of ``until`` is
+        set (the read is cut short: what it read stays pending, for the pending pass or the
+        next holder to send)."""
         read = asyncio.create_task(
             outbox.read_new(self.here, self.region, self.relay.consumer, BLOCK_MS)
         )
-        stopping = asyncio.create_task(self.stop.wait())
+        waits = [asyncio.create_task(event.wait()) for event in until]
         try:
-            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((read, *waits), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (read, stopping):
+            for task in (read, *waits):
                 task.cancel()
-            await asyncio.gather(read, stopping, return_exceptions=True)
-        if read.cancelled() or (self.stop.is_set() and read.exception() is not None):
+            await asyncio.gather(read, *waits, return_exceptions=True)
+        cut = any(event.is_set() for event in until)
+        if read.cancelled() or (cut and read.exception() is not None):
             return []
         return read.result()
 
     async def _send(self, entries: list[Entry], *, resent: bool) -> bool:
         """Apply ``entries`` in the destination and ack what it has; False once the lease is
         lost or the destination fenced this holder off."""
-        relay, metrics, region = self.relay, self.relay.metrics, self.region
+        relay = self.relay
         while entries:
             assert self.token is not None  # noqa: S101 - only called while holding
             with reaching(self.region):
                 dest = relay.regions.store(self.region).shard(self.here.keys.shard)
                 result = await outbox.apply(dest, self.source, self.token, entries)
-            self.unreachable.ok()
-            if result.fenced:
-                assert result.fence is not None  # noqa: S101 - fenced says so
-                metrics.inc("dispatcher_relay_fenced_total", region=region)
-                log.warning(
-                    "relay.fenced", region=self.region, token=self.token, fence=result.fence
-                )
-                self.floor = max(self.floor, outbox.fence_epoch(result.fence))
-                await self.release()
+            if not await self._handled(entries, result, resent=resent):
                 return False
-            done, entries = entries[: result.done], entries[result.done :]
-            metrics.inc("dispatcher_relay_sent_total", result.applied, region=region)
-            metrics.inc("dispatcher_relay_skipped_total", result.skipped, region=region)
-            if resent:
-                metrics.inc("dispatcher_relay_resent_total", len(done), region=region)
-                metrics.inc("dispatcher_relay_reapplied_total", result.applied, region=region)
-            if result.malformed:
-                log.warning("relay.malformed", region=self.region, entries=result.malformed)
-            for entry in done:
-                relay.waiting.discard(entry.webhook_id)
-            if not await self._renew([entry.sid for entry in done]):
-                return False
+            entries = entries[result.done :]
             if result.waiting:
                 webhook_id = entries[0].webhook_id
                 if webhook_id not in relay.waiting:
@@ -268,3 +394,42 @@ class _Holder:
                 if self.stop.is_set():
                     return True
         return True
+
+    async def _handled(
+        self, entries: list[Entry], result: Applied, *, resent: bool, acks: list[str] | None = None
+    ) -> bool:
+        """Count what the destination did with ``entries`` and ack those it has (or add them
+        to ``acks``); False once the lease is lost or the destination fenced this holder off."""
+        metrics, region = self.relay.metrics, self.region
+        self.unreachable.ok()
+        if result.fenced:
+            assert result.fence is not None  # noqa: S101 - fenced says so
+            metrics.inc("dispatcher_relay_fenced_total", region=region)
+            log.warning("relay.fenced", region=self.region, token=self.token, fence=result.fence)
+            self.floor = max(self.floor, outbox.fence_epoch(result.fence))
+            await self.release()
+            return False
+        done = entries[: result.done]
+        metrics.inc("dispatcher_relay_sent_total", result.applied, region=region)
+        metrics.inc("dispatcher_relay_skipped_total", result.skipped, region=region)
+        if resent:
+            again = sum(entry.sid not in self.unsent for entry in done)
+            metrics.inc("dispatcher_relay_resent_total", again, region=region)
+            # B's answer does not say which it applied: at most this many were resends
+            reapplied = min(result.applied, again)
+            metrics.inc("dispatcher_relay_reapplied_total", reapplied, region=region)
+        if self.unsent:
+            self.unsent.difference_update(entry.sid for entry in done)
+        if result.malformed:
+            log.warning("relay.malformed", region=self.region, entries=result.malformed)
+        for entry in done:
+            self.relay.waiting.discard(entry.webhook_id)
+        if acks is not None:
+            acks += [entry.sid for entry in done]
+            return True
+        return await self._renew([entry.sid for entry in done])
+
+
+def _size(entries: list[Entry]) -> int:
+    """About the bytes ``entries`` take on the line (their fields' values)."""
+    return sum(len(value) for entry in entries for value in entry.fields.values())

@@ -42,18 +42,23 @@ class Servers:
         self.a = RedisServer(root / "a")
         self.b = RedisServer(root / "b", appendonly=True)  # restarted by a test: keeps its data
 
+    @classmethod
+    def running(cls, root: Path) -> Iterator[Servers]:
+        """Both started, until the generator ends (a module fixture's body)."""
+        found = cls(root)
+        found.a.start()
+        found.b.start()
+        try:
+            yield found
+        finally:
+            found.a.stop()
+            found.b.stop()
+
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """Region a's and region b's Redis, for the whole module."""
-    found = Servers(tmp_path_factory.mktemp("relay"))
-    found.a.start()
-    found.b.start()
-    try:
-        yield found
-    finally:
-        found.a.stop()
-        found.b.stop()
+    yield from Servers.running(tmp_path_factory.mktemp("relay"))
 
 
 class Pair:

@@ -182,6 +182,11 @@ shard, in the shard of the webhooks or jobs it concerns:
                           applied here: an apply carrying a lower epoch of the same
                           incarnation is refused (a paused old holder can never apply after
                           its successor)
+``P:{0}:relay:S:line``    string (in region R's Redis), the generation of region S's relay
+                          batches pipelined on one connection: set by a generation's first
+                          batch, deleted by an apply that stops short (a webhook missing, an
+                          error) or sent alone; a later batch of a generation not set here is
+                          refused (so batches after one that stopped never apply out of order)
 ``P:{0}:layout``          (the hash above) also holds, with regions, ``region``: the region
                           this Redis is (a daemon of another region refuses to start on it),
                           ``regions``: the deployment's region names, space-separated, and
@@ -468,6 +473,9 @@ class Keys:
 
     def relay_fence(self, source: str) -> str:
         return f"{self._base}:relay:{source}"
+
+    def relay_line(self, source: str) -> str:
+        return f"{self._base}:relay:{source}:line"
 
     @property
     def pattern(self) -> str:

@@ -9,6 +9,11 @@ entries through the consumer group ``relay`` (the pending ones first), applies t
 destination's same shard (``relay_apply.lua``: idempotent by job id, fenced by the token) and
 only then acks and deletes them here (``outbox_ack.lua``). An entry is therefore sent at least
 once, and written in the destination at most once while its job's record is kept there.
+
+``ApplyLine`` sends applies back to back on one connection of its own (``send``), their
+answers read in order (``receive``), so several batches travel at once: each carries its
+generation (keys.py ``relay_line``), and the destination refuses a batch sent behind one that
+stopped short, so the entries of an outbox are still applied in their order.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 
+from dispatcher.queue.connection import STANDALONE
 from dispatcher.queue.keys import RELAY_GROUP
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
+
+    from redis.asyncio.connection import AbstractConnection
 
     from dispatcher.queue.store import Store
 
@@ -31,8 +39,11 @@ LEASE_MS = 10_000
 BATCH = 256
 #: The order of an outbox entry's fields in relay_apply.lua's arguments (``o`` may be absent).
 _FIELDS = (b"j", b"w", b"t", b"e", b"q", b"c", b"n", b"p", b"o")
-#: relay_apply.lua's answers other than done: a newer holder's fence, a webhook not there yet.
-_FENCED, _WAITING = -1, -2
+#: relay_apply.lua's answers other than done: a newer holder's fence, a webhook not there yet,
+#: a batch sent behind one that stopped short.
+_FENCED, _WAITING, _REFUSED = -1, -2, -3
+#: How a batch was sent (relay_apply.lua's ARGV[2]): alone, no other in flight.
+ALONE = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +63,8 @@ class Applied:
     """What the destination did with a batch: ``done`` entries handled from its start (all of
     them, or those before one whose webhook it does not know yet: ``waiting``), of which
     ``applied`` were written, ``skipped`` were there already and ``malformed`` dead-lettered;
-    or nothing, ``fence`` naming the newer holder's token that refused it."""
+    or nothing, ``fence`` naming the newer holder's token that refused it, or nothing, ``refused``
+    as sent behind a batch that stopped short (``ApplyLine``)."""
 
     done: int
     applied: int = 0
@@ -60,6 +72,7 @@ class Applied:
     malformed: int = 0
     waiting: bool = False
     fence: str | None = None
+    refused: bool = False
 
     @property
     def fenced(self) -> bool:
@@ -138,32 +151,113 @@ async def read_new(store: Store, region: str, consumer: str, block_ms: int) -> l
     return _entries(reply[0][1]) if reply else []
 
 
-async def apply(dest: Store, source: str, token: str, entries: Sequence[Entry]) -> Applied:
-    """Write ``entries`` (in order) as jobs in ``dest``, the same shard of their region
-    (``relay_apply.lua``); ``source`` is this region, whose fence the token must pass."""
+def _apply_call(
+    dest: Store, source: str, token: str, sent: str, entries: Sequence[Entry]
+) -> tuple[list[str], list[bytes | str]]:
+    """relay_apply.lua's keys and arguments for ``entries``."""
     keys = dest.keys
-    args: list[bytes | str] = [token]
+    args: list[bytes | str] = [token, sent]
     for entry in entries:
         args += [entry.fields.get(name, b"") for name in _FIELDS]
-    reply = await cast(
-        "Awaitable[list[int | bytes]]",
-        dest.scripts.relay_apply(
-            keys=[keys.jobs, keys.webhooks, keys.versions, keys.relay_fence(source), keys.dlq],
-            args=args,
-        ),
-    )
+    names = [keys.jobs, keys.webhooks, keys.versions, keys.relay_fence(source), keys.dlq]
+    return [*names, keys.relay_line(source)], args
+
+
+def _applied(reply: list[Any], entries: int) -> Applied:
     status = int(reply[0])
     if status == _FENCED:
         return Applied(0, fence=_text(cast("bytes", reply[1])))
+    if status == _REFUSED:
+        return Applied(0, refused=True)
     applied, skipped, malformed = (int(n) for n in reply[-3:])
     waiting = status == _WAITING
     return Applied(
-        int(reply[1]) - 1 if waiting else len(entries),
+        int(reply[1]) - 1 if waiting else entries,
         applied=applied,
         skipped=skipped,
         malformed=malformed,
         waiting=waiting,
     )
+
+
+async def apply(
+    dest: Store, source: str, token: str, entries: Sequence[Entry], *, sent: str = ALONE
+) -> Applied:
+    """Write ``entries`` (in order) as jobs in ``dest``, the same shard of their region
+    (``relay_apply.lua``); ``source`` is this region, whose fence the token must pass;
+    ``sent`` how the batch was sent (``ALONE``: no other batch of this relay in flight)."""
+    keys, args = _apply_call(dest, source, token, sent, entries)
+    reply = await cast(
+        "Awaitable[list[int | bytes]]", dest.scripts.relay_apply(keys=keys, args=args)
+    )
+    return _applied(reply, len(entries))
+
+
+class ApplyLine:
+    """A connection of its own to a destination shard (standalone Redis only: ``of``), on which
+    applies are sent back to back and answered in the order sent.
+
+    The first batch of a generation (a string no other generation of the source uses) is sent
+    ``+<generation>``, the others ``=<generation>``: the destination applies a later batch only
+    while the generation it holds is this one, i.e. every batch before it on this connection
+    was applied whole. A batch that stopped short (a webhook missing: ``waiting``, or an error)
+    deletes it, so the batches behind it answer ``refused`` and their entries stay pending
+    here, to be sent again in order. A connection that fails loses nothing either: what was
+    sent stays pending, and the destination skips what it has."""
+
+    def __init__(self, dest: Store, source: str) -> None:
+        pool = dest.redis.connection_pool
+        self.dest, self.source = dest, source
+        self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        self._script = dest.scripts.relay_apply
+        self._open = False
+
+    @classmethod
+    def of(cls, dest: Store, source: str) -> ApplyLine | None:
+        """A line to ``dest``, or None when it is no standalone Redis (a Cluster's slots, or a
+        Sentinel's failovers, move under a lone connection: those relays apply one batch at a
+        time through the pool)."""
+        return cls(dest, source) if dest.mode == STANDALONE else None
+
+    async def _ready(self) -> None:
+        """Connected, with relay_apply.lua loaded (again after a reconnect: a restarted Redis)."""
+        if self._open:
+            return
+        await self._conn.connect()  # type: ignore[no-untyped-call]
+        await self._conn.send_command("SCRIPT", "LOAD", self._script.script)
+        sha = _text(cast("bytes", await self._conn.read_response()))
+        if sha != self._script.sha:  # the text is fixed: its sha can be no other
+            raise rex.ResponseError(f"relay_apply.lua loaded as {sha}, not {self._script.sha}")
+        self._open = True
+
+    async def send(self, token: str, sent: str, entries: Sequence[Entry]) -> None:
+        """Send one apply (``sent``: ``+`` or ``=`` and the generation); its answer is read by
+        the ``receive`` matching it, in the order sent."""
+        try:
+            await self._ready()
+            keys, args = _apply_call(self.dest, self.source, token, sent, entries)
+            sha = self._script.sha
+            command = self._conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
+            await self._conn.send_packed_command(command, check_health=False)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def receive(self, entries: int) -> Applied:
+        """The answer to the oldest apply sent and not yet received (of ``entries`` entries);
+        an error reply (NOSCRIPT, a script's error) is raised, after the line is closed."""
+        try:
+            reply = await self._conn.read_response()
+        except BaseException:
+            await self.close()
+            raise
+        return _applied(cast("list[Any]", reply), entries)
+
+    async def close(self) -> None:
+        """Close the connection (a later ``send`` opens another); answers not read are lost,
+        their entries pending here."""
+        self._open = False
+        await self._conn.disconnect(nowait=True)
 
 
 def fence_epoch(fence: str) -> int:

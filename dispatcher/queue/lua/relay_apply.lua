@@ -3,28 +3,37 @@
 -- this region's shard as jobs, each exactly as publish.lua writes a local one, at most once
 -- per job id (the relay is at-least-once; this makes it idempotent).
 -- KEYS[1] jobs hash   KEYS[2] webhooks hash   KEYS[3] versions hash   KEYS[4] the relay fence
--- of the source region (keys.py ``relay_fence``)   KEYS[5] dlq stream
--- ARGV[1] the relay's token '<incarnation>:<epoch>'; then 9 words per entry, in outbox order:
+-- of the source region (keys.py ``relay_fence``)   KEYS[5] dlq stream   KEYS[6] the source's
+-- pipelined generation (keys.py ``relay_line``)
+-- ARGV[1] the relay's token '<incarnation>:<epoch>'; ARGV[2] how the batch was sent: '-' alone
+--   (no other batch of the relay in flight), '+' .. generation the first batch of a generation
+--   pipelined on one connection, '=' .. generation a later one; then 9 words per entry, in
+--   outbox order:
 --   job id, webhook id, tenant, event type, stream (Q, Q:high, Q:low), created ms (the
 --   publisher's clock: checked, not used), due ms (0: now), payload, ordering ('' not FIFO,
 --   '-' the keyless lane, '=' .. key)
 -- The fence comes first: a token of the incarnation the fence holds with a lower epoch is
 -- refused whole ({-1, fence}: a newer holder applied here, so this one is a paused old
--- holder); any other token is recorded. Then per entry, in order:
+-- holder); any other token is recorded. Then the generation: a batch sent alone deletes it,
+-- a first batch sets it, a later batch whose generation is not the one set is refused whole
+-- ({-3}): a batch before it stopped short (below), or a newer generation started, so applying
+-- it could put its entries before ones still to come. Then per entry, in order:
 -- * a job this shard has (its id in the jobs hash, whatever its state) is skipped;
 -- * an entry that cannot be a job (a field missing or garbled) is dead-lettered here as
 --   malformed ({raw, r}, as claim.lua does with an unreadable entry), never half-written;
 -- * a webhook this shard has no record of: with a tombstone in the versions hash (deleted) the
 --   job is written all the same (the gate dead-letters it webhook_deleted, as a local publish
 --   racing a delete); without one, its record has not been replicated here yet: nothing from
---   this entry on is applied ({-2, index, ...}), the relay retries the rest shortly;
+--   this entry on is applied ({-2, index, ...}; the generation is deleted, refusing the
+--   batches sent behind this one), the relay retries the rest shortly;
 -- * else the job is written with this Redis's clock (created now): due later, a full record
 --   and the delayed zset; now, an inline ready-stream entry and a locator; FIFO (ordering),
 --   a full record pushed on its lane, only the lane's head in a stream or zset, the lanes'
 --   bookkeeping by lane_joined. A write that fails (a key of the wrong type) undoes that
---   entry's writes and the error is returned (the entries before it stay applied).
+--   entry's writes and the error is returned (the entries before it stay applied; the
+--   generation is deleted).
 -- returns: {1, applied, skipped, malformed}, {-2, index of the entry stopped at (1-based),
---          applied, skipped, malformed}, or {-1, fence token}
+--          applied, skipped, malformed}, {-1, fence token}, or {-3} (a later batch refused)
 -- include: _record.lua
 -- include: _lane.lua
 local token = ARGV[1]
@@ -37,6 +46,14 @@ if fence ~= token then
     return {-1, fence}
   end
   redis.call('SET', KEYS[4], token)
+end
+local sent = ARGV[2]
+if sent == '-' then
+  redis.call('DEL', KEYS[6])
+elseif string.sub(sent, 1, 1) == '+' then
+  redis.call('SET', KEYS[6], string.sub(sent, 2))
+elseif redis.call('GET', KEYS[6]) ~= string.sub(sent, 2) then
+  return {-3}
 end
 
 local jobs, base = KEYS[1], KEYS[1]:sub(1, -5)
@@ -104,7 +121,7 @@ local function write(j, w, tenant, e, q, n, p, o)
 end
 
 local index = 0
-for i = 2, #ARGV - 8, 9 do
+for i = 3, #ARGV - 8, 9 do
   index = index + 1
   local j, w, tenant, e, q, c, n, p, o = unpack(ARGV, i, i + 8)
   if not valid(j, w, tenant, e, q, c, n, o) then
@@ -118,11 +135,12 @@ for i = 2, #ARGV - 8, 9 do
     if redis.call('HEXISTS', KEYS[2], w) == 0 then
       local version = redis.call('HGET', KEYS[3], w)
       if not (version and string.sub(version, -2) == ' -') then
+        redis.call('DEL', KEYS[6])
         return {-2, index, applied, skipped, malformed}
       end
     end
     local err = write(j, w, tenant, e, q, tonumber(n), p, o)
-    if err then return err end
+    if err then redis.call('DEL', KEYS[6]); return err end
     applied = applied + 1
   end
 end
