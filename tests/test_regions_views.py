@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from dispatcher import Client, NotReplayable
 from dispatcher.ids import with_region
 from dispatcher.operations import Runner, begin
-from dispatcher.queue import control, dlq_ops, operations
+from dispatcher.queue import breakers, control, dlq_ops, operations
 from dispatcher.queue.keys import Keys
 from tests.admin_api import start_api
 from tests.helpers import RedisServer, eventually, seed_dead_jobs
@@ -261,4 +261,32 @@ async def test_a_region_that_does_not_answer_is_a_503_naming_it(
         assert (mine.status, mine.body["state"]) == (200, "dead")
     finally:
         await api.close()
+        servers["b"].start()
+
+
+async def test_a_webhook_shows_the_breaker_of_its_own_region(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """b's webhook, whose breaker is open in b (where it is delivered), shows it open from a,
+    alone and in a listing; with b's Redis stopped it is still shown, without the breaker."""
+    hook = world.hooks["b"]["id"]
+    for _ in range(10):
+        failed = {hook: breakers.Health(failed=1, last_error="HTTP 500")}
+        await breakers.report(world.b.store, failed, open_s=30)
+    seen_in_b = await world.b.get_webhook(hook)
+    assert seen_in_b["breaker"] is not None
+    assert seen_in_b["breaker"]["state"] == "open"
+    shown = await world.a.get_webhook(hook)
+    assert (shown["breaker"], shown["failing_since"]) == (
+        seen_in_b["breaker"],
+        seen_in_b["failing_since"],
+    )
+    listed = {h["id"]: h for h in (await world.a.list_webhooks("acme"))["items"]}
+    assert listed[hook]["breaker"] == seen_in_b["breaker"]
+    assert listed[world.hooks["a"]["id"]]["breaker"] is None
+    servers["b"].stop()
+    try:
+        shown = await world.a.get_webhook(hook)
+        assert (shown["id"], shown["region"], shown["breaker"]) == (hook, "b", None)
+    finally:
         servers["b"].start()
