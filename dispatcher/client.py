@@ -13,6 +13,7 @@ turn, home first; a region that does not answer raises ``RegionUnavailable`` nam
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import orjson
@@ -31,7 +32,14 @@ from dispatcher.errors import (
     TooManyRequests,
     UnknownQueue,
 )
-from dispatcher.ids import TASK_QUEUES, is_job_id, new_event_ids, region_of
+from dispatcher.ids import (
+    REGION_PATTERN,
+    TASK_QUEUES,
+    is_job_id,
+    is_region_name,
+    new_event_ids,
+    region_of,
+)
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -65,7 +73,7 @@ from dispatcher.tasks import check_name as check_task_name
 from dispatcher.tasks import check_queue as check_task_queue
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
     from types import TracebackType
 
@@ -126,7 +134,7 @@ class Client:
     ) -> None:
         self.store = store
         #: Every region's Redis, this one's (``store``) first; one region without ``regions``.
-        self.regions = Regions(store, region, regions)
+        self.regions = Regions(store, *_check_regions(region, regions))
         self._sender = sender
         security = security or SecurityConfig()
         self._policy = AddressPolicy(security.allow_private_targets, security.allowed_cidrs)
@@ -174,6 +182,7 @@ class Client:
         them (``EncryptionKeyMissing``); ``region`` and ``regions`` the daemon's ``region`` and
         ``[regions]``, with ``redis_url`` the URL of ``region``."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
+        _check_regions(region, regions)
         try:
             keyring = Keyring.of(key_list(list(encryption_keys)))
         except BadValueError as bad:
@@ -213,6 +222,7 @@ class Client:
         region when the webhook is not there, deleted say). None without regions."""
         with records.redis_errors():
             await self.store.read_layout()
+        self.regions.check()
         home = self.regions.name
         if home is None:
             return None
@@ -864,6 +874,7 @@ class Client:
         answer = cast("shapes.StatusCounts", await queue_status.status(self.store))
         with records.redis_errors():
             await self.store.read_layout()
+        self.regions.check()
         home = self.regions.name
         if home is not None:
             answer["region"] = home
@@ -895,6 +906,27 @@ def _check_idempotency_key(value: object) -> str | None:
         raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
     check_unicode("idempotency_key", value)
     return value
+
+
+def _check_regions(region: object, regions: object) -> tuple[str | None, dict[str, str]]:
+    """``region`` and ``regions`` as config.py checks ``region`` and ``[regions]``: names of the
+    form ``ids.REGION_PATTERN``, ``region`` one of ``regions`` when both are given. ``region``
+    without ``regions`` is allowed (the others are then unreachable), and ``regions`` without
+    ``region`` takes the name the Redis records. Objects: callers are not always type-checked."""
+    if region is not None and not is_region_name(region):
+        raise InvalidField("region", f"must be a region name ({REGION_PATTERN}), not {region!r}")
+    if regions is None:
+        return cast("str | None", region), {}
+    if not isinstance(regions, Mapping):
+        raise InvalidField("regions", "must be a mapping of region names to Redis URLs")
+    for name, url in regions.items():
+        if not is_region_name(name):
+            raise InvalidField("regions", f"{name!r} is not a region name ({REGION_PATTERN})")
+        if not isinstance(url, str) or not url:
+            raise InvalidField("regions", f"the URL of {name!r} must be a non-empty string")
+    if regions and region is not None and region not in regions:
+        raise InvalidField("region", f"{region!r} is not in regions ({', '.join(regions)})")
+    return cast("str | None", region), dict(regions)
 
 
 def _check_dedup_window(value: object) -> int:

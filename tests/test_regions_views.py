@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher import Client, NotReplayable
+from dispatcher import Client, InvalidField, NotReplayable
 from dispatcher.ids import with_region
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import breakers, control, dlq_ops, operations
@@ -290,3 +290,36 @@ async def test_a_webhook_shows_the_breaker_of_its_own_region(
         assert (shown["id"], shown["region"], shown["breaker"]) == (hook, "b", None)
     finally:
         servers["b"].start()
+
+
+async def test_a_client_given_another_regions_redis_refuses_to_act(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """A Client told it is region b but opened on a's Redis (the daemon exits 2 for this) raises
+    ``InvalidField`` naming ``region`` on look-ups and operations, changing nothing; malformed
+    ``region`` or ``regions`` are refused when it is made."""
+    urls = {name: server.url for name, server in servers.items()}
+    (in_b,) = await world.dead("b", 1)
+    async with Client.from_url(urls["a"], world.prefix, region="b", regions=urls) as wrong:
+        for call in (
+            lambda: wrong.get_job(in_b),
+            lambda: wrong.pause("default"),
+            wrong.list_dlq,
+            lambda: wrong.replay([in_b]),
+            wrong.status,
+        ):
+            with pytest.raises(InvalidField) as refused:
+                await call()
+            assert refused.value.field == "region"
+            assert "region 'a'" in refused.value.message
+    assert "default" not in await control.paused_queues(world.a.store)
+    assert await world.dlq_len("b") == 1
+    for region, regions, field in (
+        ("B", urls, "region"),
+        ("c", urls, "region"),
+        ("a", {"a": urls["a"], "Not a name": urls["b"]}, "regions"),
+        ("a", {"a": None}, "regions"),
+    ):
+        with pytest.raises(InvalidField) as refused:
+            Client.from_url(urls["a"], world.prefix, region=region, regions=regions)  # type: ignore[arg-type]
+        assert refused.value.field == field
