@@ -21,7 +21,7 @@ import orjson
 from dispatcher import testsend
 from dispatcher.channel import Channels
 from dispatcher.config import DeliveryConfig, SecurityConfig
-from dispatcher.config_values import BadValueError, key_list
+from dispatcher.config_values import BadValueError, Raw, key_list, region_url
 from dispatcher.crypto import Keyring
 from dispatcher.errors import (
     DispatcherError,
@@ -922,8 +922,10 @@ def _check_regions(region: object, regions: object) -> tuple[str | None, dict[st
     for name, url in regions.items():
         if not is_region_name(name):
             raise InvalidField("regions", f"{name!r} is not a region name ({REGION_PATTERN})")
-        if not isinstance(url, str) or not url:
-            raise InvalidField("regions", f"the URL of {name!r} must be a non-empty string")
+        try:
+            region_url(Raw(url, "the Client's regions", from_env=False))
+        except BadValueError as bad:
+            raise InvalidField("regions", f"{name}: {'; '.join(bad.reasons)}") from None
     if regions and region is not None and region not in regions:
         raise InvalidField("region", f"{region!r} is not in regions ({', '.join(regions)})")
     return cast("str | None", region), dict(regions)

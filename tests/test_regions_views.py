@@ -319,6 +319,7 @@ async def test_a_client_given_another_regions_redis_refuses_to_act(
         ("c", urls, "region"),
         ("a", {"a": urls["a"], "Not a name": urls["b"]}, "regions"),
         ("a", {"a": None}, "regions"),
+        ("a", {"a": "http://redis.example.com"}, "regions"),
     ):
         with pytest.raises(InvalidField) as refused:
             Client.from_url(urls["a"], world.prefix, region=region, regions=regions)  # type: ignore[arg-type]
