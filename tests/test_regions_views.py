@@ -6,21 +6,25 @@ it. Two real redis-servers (regions a and b), started once for the module."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher import Client, InvalidField, NotReplayable
+from dispatcher import Client, InvalidField, NotReplayable, daemon
+from dispatcher.alerts import Alerts
+from dispatcher.config import AdminConfig, Config, RedisConfig
 from dispatcher.ids import with_region
+from dispatcher.metrics import Metrics
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import breakers, control, dlq_ops, operations
 from dispatcher.queue.keys import Keys
-from tests.admin_api import start_api
-from tests.helpers import RedisServer, eventually, seed_dead_jobs
+from tests.admin_api import TOKEN, start_api
+from tests.helpers import RedisServer, eventually, free_port, seed_dead_jobs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -324,3 +328,31 @@ async def test_a_client_given_another_regions_redis_refuses_to_act(
         with pytest.raises(InvalidField) as refused:
             Client.from_url(urls["a"], world.prefix, region=region, regions=regions)  # type: ignore[arg-type]
         assert refused.value.field == field
+
+
+async def test_the_daemons_admin_api_closes_its_pools_of_other_regions(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """The admin API of a daemon of region a, having looked a job up in b, leaves no
+    connection to b's Redis open once the daemon has stopped it."""
+    urls = {name: server.url for name, server in servers.items()}
+    (in_b,) = await world.dead("b", 1)
+    cfg = Config(
+        redis=RedisConfig(url=urls["a"], prefix=world.prefix),
+        admin=AdminConfig(listen=f"127.0.0.1:{free_port()}", token=TOKEN),
+        region="a",
+        regions=urls,
+    )
+    before = len(await world.redis["b"].client_list())
+    async with AsyncExitStack() as stack:
+        await daemon._start_admin(cfg, urls["a"], Metrics(), Alerts(cfg.alerts), stack)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://{cfg.admin.listen}/v1/jobs/{in_b}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert (answer.status, (await answer.json())["state"]) == (200, "dead")
+        assert len(await world.redis["b"].client_list()) > before
+    assert len(await world.redis["b"].client_list()) == before
