@@ -23,6 +23,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.operations import Runner, begin
 from dispatcher.queue import breakers, control, dlq_ops, operations
 from dispatcher.queue.keys import Keys
+from dispatcher.queue.regions import Regions
 from tests.admin_api import TOKEN, start_api
 from tests.helpers import RedisServer, eventually, free_port, seed_dead_jobs
 
@@ -356,3 +357,61 @@ async def test_the_daemons_admin_api_closes_its_pools_of_other_regions(
             assert (answer.status, (await answer.json())["state"]) == (200, "dead")
         assert len(await world.redis["b"].client_list()) > before
     assert len(await world.redis["b"].client_list()) == before
+
+
+async def test_an_operation_waiting_for_a_region_lets_the_others_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a background purge waits for b's Redis to answer, a replay of a's webhook handed
+    to the same runner after it still finishes; the purge finishes once b is back."""
+    monkeypatch.setattr("dispatcher.operations.RETRY_S", 0.05)
+    client = world.a
+    await world.dead("b", 3, ago_ms=10_000)
+    facts = await dlq_ops.purge_facts(
+        client.store,
+        older_than_s=5,
+        retention_s=5,
+        regions=client.regions,
+        scope=await client.dlq_scope(),
+    )
+    first = await dlq_ops.purge_step(
+        client.store, facts.plan, dlq_ops.Position(), budget=1, regions=client.regions
+    )
+    purge = await begin(client.store, "purge", facts.plan, first)
+    await world.dead("a", 2)
+    hook_a = world.hooks["a"]["id"]
+    plan = await dlq_ops.plan_replay(
+        client.store,
+        webhook_id=hook_a,
+        regions=client.regions,
+        scope=await client.dlq_scope(hook_a),
+    )
+    first = await dlq_ops.replay_step(
+        client.store, plan, dlq_ops.Position(), budget=1, regions=client.regions
+    )
+    replay = await begin(client.store, "replay", plan, first)
+    # b's Redis not answering: the runner's regions name a port nobody listens on for it
+    cut_off = Regions(
+        client.store, "a", {**client.regions.urls, "b": f"redis://127.0.0.1:{free_port()}"}
+    )
+    runner = Runner(client.store, regions=cut_off)
+    task = asyncio.create_task(runner.run())
+
+    async def finished(op_id: str) -> operations.Operation | None:
+        found = await operations.get(client.store, op_id)
+        return found if found and found.state == operations.SUCCEEDED else None
+
+    try:
+        runner.hand(purge.id)
+        runner.hand(replay.id)
+        done = await eventually(lambda: finished(replay.id), what="a's replay to finish")
+        assert done.changed == 2
+        runner.regions = client.regions  # b answers again
+        done = await eventually(lambda: finished(purge.id), what="the purge to finish")
+        assert done.changed == 3
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await cut_off.close()
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
