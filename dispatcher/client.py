@@ -12,6 +12,8 @@ turn, home first; a region that does not answer raises ``RegionUnavailable`` nam
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import orjson
@@ -19,17 +21,25 @@ import orjson
 from dispatcher import testsend
 from dispatcher.channel import Channels
 from dispatcher.config import DeliveryConfig, SecurityConfig
-from dispatcher.config_values import BadValueError, key_list
+from dispatcher.config_values import BadValueError, Raw, key_list, region_url
 from dispatcher.crypto import Keyring
 from dispatcher.errors import (
     DispatcherError,
     InvalidField,
     NotFound,
     PayloadTooLarge,
+    RegionUnavailable,
     TooManyRequests,
     UnknownQueue,
 )
-from dispatcher.ids import TASK_QUEUES, is_job_id, new_event_ids, region_of
+from dispatcher.ids import (
+    REGION_PATTERN,
+    TASK_QUEUES,
+    is_job_id,
+    is_region_name,
+    new_event_ids,
+    region_of,
+)
 from dispatcher.model import (
     MAX_ID_TEXT,
     Priority,
@@ -63,11 +73,12 @@ from dispatcher.tasks import check_name as check_task_name
 from dispatcher.tasks import check_queue as check_task_queue
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
     from types import TracebackType
 
     from dispatcher import shapes
+    from dispatcher.model import Webhook
     from dispatcher.sender import HttpSender
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
@@ -123,7 +134,7 @@ class Client:
     ) -> None:
         self.store = store
         #: Every region's Redis, this one's (``store``) first; one region without ``regions``.
-        self.regions = Regions(store, region, regions)
+        self.regions = Regions(store, *_check_regions(region, regions))
         self._sender = sender
         security = security or SecurityConfig()
         self._policy = AddressPolicy(security.allow_private_targets, security.allowed_cidrs)
@@ -171,6 +182,7 @@ class Client:
         them (``EncryptionKeyMissing``); ``region`` and ``regions`` the daemon's ``region`` and
         ``[regions]``, with ``redis_url`` the URL of ``region``."""
         window = _check_dedup_window(dedup_window_s)  # before a connection pool is made
+        _check_regions(region, regions)
         try:
             keyring = Keyring.of(key_list(list(encryption_keys)))
         except BadValueError as bad:
@@ -210,6 +222,7 @@ class Client:
         region when the webhook is not there, deleted say). None without regions."""
         with records.redis_errors():
             await self.store.read_layout()
+        self.regions.check()
         home = self.regions.name
         if home is None:
             return None
@@ -254,7 +267,7 @@ class Client:
 
     async def get_webhook(self, webhook_id: str) -> shapes.Webhook:
         hook = await webhooks.get_webhook(self.store, webhook_id)
-        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
+        return cast("shapes.Webhook", (await self._views([hook]))[0])
 
     async def list_webhooks(
         self, tenant_id: str | None = None, *, limit: int = 100, cursor: str | None = None
@@ -273,13 +286,48 @@ class Client:
             if cursor is not None:
                 raise InvalidField("cursor", "cannot be combined with tenant_id (one page)")
             hooks = await webhooks.list_webhooks(self.store, tenant_id)
-            views = await webhooks.webhook_views(self.store, hooks)
+            views = await self._views(hooks)
             return {"items": cast("list[shapes.Webhook]", views), "next_cursor": None}
         if cursor is not None and not webhooks.is_page_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
         hooks, next_cursor = await webhooks.page_webhooks(self.store, limit=limit, cursor=cursor)
-        views = await webhooks.webhook_views(self.store, hooks)
+        views = await self._views(hooks)
         return {"items": cast("list[shapes.Webhook]", views), "next_cursor": next_cursor}
+
+    async def _views(self, hooks: list[Webhook]) -> list[dict[str, Any]]:
+        """The webhooks as users see them (``webhooks.webhook_views``), in order, each with its
+        breaker and ``failing_since`` as its own region's Redis has them: they live where the
+        webhook is delivered. A region that does not answer within
+        ``queue_status.REGION_TIMEOUT_S`` (or has no URL here) shows its webhooks as this
+        region's copy has them, without a breaker: the registry is read everywhere."""
+        with records.redis_errors():
+            await self.store.read_layout()
+        groups: dict[str | None, list[int]] = {}
+        for i, hook in enumerate(hooks):
+            region = None if self.regions.is_home(hook.region) else hook.region
+            groups.setdefault(region, []).append(i)
+        if not self.regions.enabled or set(groups) <= {None}:
+            return await webhooks.webhook_views(self.store, hooks)
+        found = await asyncio.gather(
+            *(self._region_views(region, [hooks[i] for i in at]) for region, at in groups.items())
+        )
+        views: list[dict[str, Any]] = [{} for _ in hooks]
+        for at, shown in zip(groups.values(), found, strict=True):
+            for i, view in zip(at, shown, strict=True):
+                views[i] = view
+        return views
+
+    async def _region_views(self, region: str | None, hooks: list[Webhook]) -> list[dict[str, Any]]:
+        """``webhook_views`` of ``region``'s webhooks, read in that region (see ``_views``)."""
+        if region is not None:
+            try:
+                async with asyncio.timeout(queue_status.REGION_TIMEOUT_S):
+                    store, remote = await records.region_store(self.regions, region)
+                    with reaching(remote):
+                        return await webhooks.webhook_views(store, hooks)
+            except (TimeoutError, RegionUnavailable):
+                pass
+        return await webhooks.webhook_views(self.store, hooks)
 
     async def webhook_jobs(self, webhook_id: str, limit: int = 20) -> shapes.WebhookJobs:
         """The webhook's recent delivered and dead jobs, newest first: ``{"items",
@@ -299,7 +347,7 @@ class Client:
         ``paused=True`` holds its jobs without attempts (new events keep queueing for it);
         ``paused=False`` puts them back in their queues in the order they were accepted."""
         hook = await webhooks.update_webhook(self.store, webhook_id, changes)
-        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
+        return cast("shapes.Webhook", (await self._views([hook]))[0])
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await webhooks.delete_webhook(self.store, webhook_id)
@@ -826,6 +874,7 @@ class Client:
         answer = cast("shapes.StatusCounts", await queue_status.status(self.store))
         with records.redis_errors():
             await self.store.read_layout()
+        self.regions.check()
         home = self.regions.name
         if home is not None:
             answer["region"] = home
@@ -857,6 +906,29 @@ def _check_idempotency_key(value: object) -> str | None:
         raise InvalidField("idempotency_key", f"must be a string of 1 to {MAX_ID_TEXT} characters")
     check_unicode("idempotency_key", value)
     return value
+
+
+def _check_regions(region: object, regions: object) -> tuple[str | None, dict[str, str]]:
+    """``region`` and ``regions`` as config.py checks ``region`` and ``[regions]``: names of the
+    form ``ids.REGION_PATTERN``, ``region`` one of ``regions`` when both are given. ``region``
+    without ``regions`` is allowed (the others are then unreachable), and ``regions`` without
+    ``region`` takes the name the Redis records. Objects: callers are not always type-checked."""
+    if region is not None and not is_region_name(region):
+        raise InvalidField("region", f"must be a region name ({REGION_PATTERN}), not {region!r}")
+    if regions is None:
+        return cast("str | None", region), {}
+    if not isinstance(regions, Mapping):
+        raise InvalidField("regions", "must be a mapping of region names to Redis URLs")
+    for name, url in regions.items():
+        if not is_region_name(name):
+            raise InvalidField("regions", f"{name!r} is not a region name ({REGION_PATTERN})")
+        try:
+            region_url(Raw(url, "the Client's regions", from_env=False))
+        except BadValueError as bad:
+            raise InvalidField("regions", f"{name}: {'; '.join(bad.reasons)}") from None
+    if regions and region is not None and region not in regions:
+        raise InvalidField("region", f"{region!r} is not in regions ({', '.join(regions)})")
+    return cast("str | None", region), dict(regions)
 
 
 def _check_dedup_window(value: object) -> int:

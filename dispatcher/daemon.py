@@ -211,6 +211,7 @@ async def _start_admin(
         region=cfg.region,
         regions=cfg.regions,
     )
+    stack.push_async_callback(client.regions.close)  # its pools of the other regions' Redis
     if cfg.admin.token is None:
         log.warning(
             "admin.no_token",

@@ -127,13 +127,18 @@ class Runner:
                 failing = False
 
     async def _drive(self, op_id: str) -> None:
-        """Drive one operation to its end; on a Redis error, leave it to the next try."""
+        """Drive one operation to its end; on a Redis error, leave it to the next try. While
+        it fails (a region that does not answer, say), operations handed after it take their
+        turns: it goes behind them, so one region's outage stalls only what needs it."""
         while True:
             try:
                 await self._run_to_end(op_id)
             except DispatcherError as exc:
                 log.warning("operation.step_failed", operation_id=op_id, error=str(exc))
                 await asyncio.sleep(RETRY_S)
+                if not self._queue.empty():
+                    self._queue.put_nowait(op_id)
+                    return
                 continue
             except asyncio.CancelledError:
                 raise

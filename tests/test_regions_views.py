@@ -6,21 +6,26 @@ it. Two real redis-servers (regions a and b), started once for the module."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher import Client, NotReplayable
+from dispatcher import Client, InvalidField, NotReplayable, daemon
+from dispatcher.alerts import Alerts
+from dispatcher.config import AdminConfig, Config, RedisConfig
 from dispatcher.ids import with_region
+from dispatcher.metrics import Metrics
 from dispatcher.operations import Runner, begin
-from dispatcher.queue import control, dlq_ops, operations
+from dispatcher.queue import breakers, control, dlq_ops, operations
 from dispatcher.queue.keys import Keys
-from tests.admin_api import start_api
-from tests.helpers import RedisServer, eventually, seed_dead_jobs
+from dispatcher.queue.regions import Regions
+from tests.admin_api import TOKEN, start_api
+from tests.helpers import RedisServer, eventually, free_port, seed_dead_jobs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -262,3 +267,151 @@ async def test_a_region_that_does_not_answer_is_a_503_naming_it(
     finally:
         await api.close()
         servers["b"].start()
+
+
+async def test_a_webhook_shows_the_breaker_of_its_own_region(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """b's webhook, whose breaker is open in b (where it is delivered), shows it open from a,
+    alone and in a listing; with b's Redis stopped it is still shown, without the breaker."""
+    hook = world.hooks["b"]["id"]
+    for _ in range(10):
+        failed = {hook: breakers.Health(failed=1, last_error="HTTP 500")}
+        await breakers.report(world.b.store, failed, open_s=30)
+    seen_in_b = await world.b.get_webhook(hook)
+    assert seen_in_b["breaker"] is not None
+    assert seen_in_b["breaker"]["state"] == "open"
+    shown = await world.a.get_webhook(hook)
+    assert (shown["breaker"], shown["failing_since"]) == (
+        seen_in_b["breaker"],
+        seen_in_b["failing_since"],
+    )
+    listed = {h["id"]: h for h in (await world.a.list_webhooks("acme"))["items"]}
+    assert listed[hook]["breaker"] == seen_in_b["breaker"]
+    assert listed[world.hooks["a"]["id"]]["breaker"] is None
+    servers["b"].stop()
+    try:
+        shown = await world.a.get_webhook(hook)
+        assert (shown["id"], shown["region"], shown["breaker"]) == (hook, "b", None)
+    finally:
+        servers["b"].start()
+
+
+async def test_a_client_given_another_regions_redis_refuses_to_act(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """A Client told it is region b but opened on a's Redis (the daemon exits 2 for this) raises
+    ``InvalidField`` naming ``region`` on look-ups and operations, changing nothing; malformed
+    ``region`` or ``regions`` are refused when it is made."""
+    urls = {name: server.url for name, server in servers.items()}
+    (in_b,) = await world.dead("b", 1)
+    async with Client.from_url(urls["a"], world.prefix, region="b", regions=urls) as wrong:
+        for call in (
+            lambda: wrong.get_job(in_b),
+            lambda: wrong.pause("default"),
+            wrong.list_dlq,
+            lambda: wrong.replay([in_b]),
+            wrong.status,
+        ):
+            with pytest.raises(InvalidField) as refused:
+                await call()
+            assert refused.value.field == "region"
+            assert "region 'a'" in refused.value.message
+    assert "default" not in await control.paused_queues(world.a.store)
+    assert await world.dlq_len("b") == 1
+    for region, regions, field in (
+        ("B", urls, "region"),
+        ("c", urls, "region"),
+        ("a", {"a": urls["a"], "Not a name": urls["b"]}, "regions"),
+        ("a", {"a": None}, "regions"),
+        ("a", {"a": "http://redis.example.com"}, "regions"),
+    ):
+        with pytest.raises(InvalidField) as refused:
+            Client.from_url(urls["a"], world.prefix, region=region, regions=regions)  # type: ignore[arg-type]
+        assert refused.value.field == field
+
+
+async def test_the_daemons_admin_api_closes_its_pools_of_other_regions(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """The admin API of a daemon of region a, having looked a job up in b, leaves no
+    connection to b's Redis open once the daemon has stopped it."""
+    urls = {name: server.url for name, server in servers.items()}
+    (in_b,) = await world.dead("b", 1)
+    cfg = Config(
+        redis=RedisConfig(url=urls["a"], prefix=world.prefix),
+        admin=AdminConfig(listen=f"127.0.0.1:{free_port()}", token=TOKEN),
+        region="a",
+        regions=urls,
+    )
+    before = len(await world.redis["b"].client_list())
+    async with AsyncExitStack() as stack:
+        await daemon._start_admin(cfg, urls["a"], Metrics(), Alerts(cfg.alerts), stack)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://{cfg.admin.listen}/v1/jobs/{in_b}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert (answer.status, (await answer.json())["state"]) == (200, "dead")
+        assert len(await world.redis["b"].client_list()) > before
+    assert len(await world.redis["b"].client_list()) == before
+
+
+async def test_an_operation_waiting_for_a_region_lets_the_others_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a background purge waits for b's Redis to answer, a replay of a's webhook handed
+    to the same runner after it still finishes; the purge finishes once b is back."""
+    monkeypatch.setattr("dispatcher.operations.RETRY_S", 0.05)
+    client = world.a
+    await world.dead("b", 3, ago_ms=10_000)
+    facts = await dlq_ops.purge_facts(
+        client.store,
+        older_than_s=5,
+        retention_s=5,
+        regions=client.regions,
+        scope=await client.dlq_scope(),
+    )
+    first = await dlq_ops.purge_step(
+        client.store, facts.plan, dlq_ops.Position(), budget=1, regions=client.regions
+    )
+    purge = await begin(client.store, "purge", facts.plan, first)
+    await world.dead("a", 2)
+    hook_a = world.hooks["a"]["id"]
+    plan = await dlq_ops.plan_replay(
+        client.store,
+        webhook_id=hook_a,
+        regions=client.regions,
+        scope=await client.dlq_scope(hook_a),
+    )
+    first = await dlq_ops.replay_step(
+        client.store, plan, dlq_ops.Position(), budget=1, regions=client.regions
+    )
+    replay = await begin(client.store, "replay", plan, first)
+    # b's Redis not answering: the runner's regions name a port nobody listens on for it
+    cut_off = Regions(
+        client.store, "a", {**client.regions.urls, "b": f"redis://127.0.0.1:{free_port()}"}
+    )
+    runner = Runner(client.store, regions=cut_off)
+    task = asyncio.create_task(runner.run())
+
+    async def finished(op_id: str) -> operations.Operation | None:
+        found = await operations.get(client.store, op_id)
+        return found if found and found.state == operations.SUCCEEDED else None
+
+    try:
+        runner.hand(purge.id)
+        runner.hand(replay.id)
+        done = await eventually(lambda: finished(replay.id), what="a's replay to finish")
+        assert done.changed == 2
+        runner.regions = client.regions  # b answers again
+        done = await eventually(lambda: finished(purge.id), what="the purge to finish")
+        assert done.changed == 3
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await cut_off.close()
+    assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)

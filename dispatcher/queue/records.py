@@ -61,8 +61,13 @@ async def region_store(regions: Regions, region: str | None) -> tuple[Store, str
     layout first (cached, ``Store.read_layout``) to learn the home region when it was not
     configured; without regions (no ``layout.region``) a name is read as the home store, where
     nothing carries a region, so a look-up answers "not found" as before regions. A region with
-    no URL here raises ``RegionUnavailable``.
+    no URL here raises ``RegionUnavailable``; a home region given to this process that is not the
+    home Redis's, ``InvalidField`` (``Regions.check``).
     """
+    if regions.configured is not None:  # a region given to this process: is it this Redis's?
+        with redis_errors():
+            await regions.home.read_layout()
+        regions.check()
     if regions.is_home(region):
         return regions.home, None
     assert region is not None  # noqa: S101 - is_home(None) above

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import redis.exceptions as rex
 
-from dispatcher.errors import RedisUnavailable, RegionUnavailable
+from dispatcher.errors import InvalidField, RedisUnavailable, RegionUnavailable
 from dispatcher.ids import region_of
 from dispatcher.queue.connection import is_unavailable
 from dispatcher.queue.store import Store
@@ -58,6 +58,24 @@ class Regions:
         """The home region: as configured, else as the home Redis's layout records it (read by
         ``read_layout``), else None (no regions)."""
         return self._name or self.home.layout.region
+
+    @property
+    def configured(self) -> str | None:
+        """The home region as given to this process (None: learnt from the layout, if any)."""
+        return self._name
+
+    def check(self) -> None:
+        """``InvalidField`` (``region``) when the given home region is not the one the home Redis
+        records (its layout as last read): two regions' settings naming one Redis, which the
+        daemon refuses at start (``RegionMismatchError``); a Client would read and change the
+        wrong region's jobs."""
+        stored = self.home.layout.region
+        if self._name is not None and stored is not None and stored != self._name:
+            raise InvalidField(
+                "region",
+                f"is {self._name!r}, but the Redis at redis_url is region {stored!r}'s (its "
+                "layout says so): check region and regions",
+            )
 
     @property
     def enabled(self) -> bool:
