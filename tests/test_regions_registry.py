@@ -19,7 +19,7 @@ from dispatcher.errors import InvalidField
 from dispatcher.ids import shard_of
 from dispatcher.metrics import Metrics
 from dispatcher.model import Webhook
-from dispatcher.queue import codec, pauses, registry, streams, webhooks
+from dispatcher.queue import breakers, codec, pauses, registry, streams, webhooks
 from dispatcher.queue.regions import Regions
 from dispatcher.queue.streams import SettleKind, Settlement
 from dispatcher.replicator import Replicator
@@ -395,3 +395,24 @@ async def test_without_regions_no_version_or_registry_key_is_written(
     keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
     assert not [key for key in keys if b"versions" in key or b"registry" in key]
     assert hook.region is None
+
+
+async def test_enabling_in_another_region_closes_the_breaker_in_the_webhooks_own(
+    mesh: Mesh,
+) -> None:
+    """``PATCH {"enabled": true}`` made in A on an enabled B webhook whose breaker is open in B
+    gives it the fresh start B's own API would: its breaker closed and its run of failures
+    forgotten, in B."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    await mesh.clients["a"].update_webhook(webhook_id, enabled=True)
+
+    async def fresh() -> bool:
+        found = await breakers.states(b, [webhook_id])
+        closed = webhook_id in found and found[webhook_id].state == breakers.CLOSED
+        return closed and await _hget(b, b.keys.failing, webhook_id) is None
+
+    await eventually(fresh, what="B's breaker closed")

@@ -12,7 +12,7 @@ webhook's own region (``webhooks.after_change``). ``dispatcher/replicator.py`` i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -49,6 +49,8 @@ class Write:
     webhook_id: str
     version: str
     record: bytes | None
+    #: An operator enabled it (``fresh = 1`` on the entry): its own region closes its breaker.
+    fresh_start: bool = False
 
 
 @dataclass(slots=True)
@@ -63,7 +65,9 @@ def _version_of(fields: dict[bytes, bytes]) -> str:
 
 
 def _write_of(fields: dict[bytes, bytes]) -> Write:
-    return Write(fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"))
+    return Write(
+        fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"), b"fresh" in fields
+    )
 
 
 async def read(source: Store, cursor: str, *, block_ms: int | None) -> list[tuple[str, Write]]:
@@ -199,14 +203,12 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
     layout = await local.read_layout()
     last: dict[str, Write] = {}  # a webhook written twice in the batch: its last write
     for write in writes:
-        last.pop(write.webhook_id, None)
+        before = last.pop(write.webhook_id, None)
+        if before is not None and before.fresh_start:  # enabled, then changed again
+            write = replace(write, fresh_start=True)
         last[write.webhook_id] = write
     pending = [
-        Write(
-            w.webhook_id,
-            f"{w.version} {source}" if w.version == UNVERSIONED else w.version,
-            w.record,
-        )
+        replace(w, version=f"{w.version} {source}") if w.version == UNVERSIONED else w
         for w in last.values()
     ]
     if pending:
@@ -214,7 +216,7 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
     shard = local.of_webhook(pending[0].webhook_id) if pending else local
     keys = shard.keys
     applied = Applied()
-    changed: list[tuple[Webhook | None, Webhook | None]] = []
+    changed: list[tuple[Webhook | None, Webhook | None, bool]] = []
     for _ in range(MAX_APPLY_ATTEMPTS):
         ids = [w.webhook_id for w in pending]
         read: list[bytes | None] = (
@@ -230,7 +232,7 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
             keys.registry_from(source),
         ]
         args: list[Any] = [cursor or ""]
-        states: list[tuple[Webhook | None, Webhook | None]] = []
+        states: list[tuple[Webhook | None, Webhook | None, bool]] = []
         for write, raw in zip(pending, read, strict=True):
             old = Webhook.decode(raw) if raw is not None else None
             old_tenant = keys.tenant(old.tenant_id) if old is not None else keys.webhooks
@@ -249,12 +251,12 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
                 routing,
                 queue,
             ]
-            states.append((old, new))
+            states.append((old, new, write.fresh_start))
         done, flags = await shard.scripts.registry_apply(keys=script_keys, args=args)
-        for (old, new), flag in zip(states, flags, strict=False):
+        for state, flag in zip(states, flags, strict=False):
             if int(flag):
                 applied.written += 1
-                changed.append((old, new))
+                changed.append(state)
             else:
                 applied.superseded += 1
         if int(done) == len(pending):
@@ -262,8 +264,8 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
         pending = pending[int(done) :]
     else:
         raise Conflict(f"the registry of region {source} kept changing here while applied")
-    for old, new in changed:
-        await webhooks.after_change(local, old, new, changes=None)
+    for old, new, fresh_start in changed:
+        await webhooks.after_change(local, old, new, changes=None, fresh_start=fresh_start)
     return applied
 
 

@@ -182,10 +182,16 @@ async def page_webhooks(
 
 
 async def _change_webhook(
-    store: Store, webhook_id: str, change: Callable[[Webhook, int], bool]
+    store: Store,
+    webhook_id: str,
+    change: Callable[[Webhook, int], bool],
+    *,
+    fresh_start: bool = False,
 ) -> Webhook:
     """Read the webhook, let ``change(hook, now_ms)`` modify it (False: nothing to write) and
     write it back with ``change_webhook.lua``, only if nobody changed it since the read.
+    ``fresh_start``: an operator enabled it, which its own region acts on (``after_change``;
+    with regions the registry entry says so, for a webhook of another region).
 
     Otherwise read and change it again, so concurrent changes (a 410's auto-disable racing a
     rotation, say) all survive. Each failed try means another change got in, so this ends;
@@ -219,7 +225,7 @@ async def _change_webhook(
                 ],
                 args=[
                     *(webhook_id, raw, hook.encode(store.keyring), hook.routing(), hook.queue),
-                    *([region] if region else []),
+                    *([region, "1" if fresh_start else ""] if region else []),
                 ],
             )
         if written:
@@ -246,18 +252,26 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
             hook.draining = 1  # until its held jobs are back in their queues (pauses.py)
         return True
 
-    hook = await _change_webhook(store, webhook_id, update)
+    fresh_start = changes.get("enabled") is True
+    hook = await _change_webhook(store, webhook_id, update, fresh_start=fresh_start)
     await after_change(store, before[0], hook, changes=changes)
     return hook
 
 
 async def after_change(
-    store: Store, old: Webhook | None, new: Webhook | None, *, changes: dict[str, Any] | None
+    store: Store,
+    old: Webhook | None,
+    new: Webhook | None,
+    *,
+    changes: dict[str, Any] | None,
+    fresh_start: bool = False,
 ) -> None:
     """What a webhook's change (``old`` to ``new``; None: created, deleted) sets in motion, in
     its own region only (``new``'s, or ``old``'s for a delete; another region holds none of its
     jobs): called after a PATCH made here (``changes``: the PATCH) and by the replicator after
-    applying another region's write (``changes`` None: judged from ``old`` and ``new``)."""
+    applying another region's write (``changes`` None: judged from ``old`` and ``new``, and
+    ``fresh_start`` when that write enabled it: a PATCH ``enabled: true`` closes the breaker
+    even of a webhook that was enabled already)."""
     hook = new or old
     if old is None or hook is None or not is_home(hook, store.layout):
         return
@@ -269,7 +283,7 @@ async def after_change(
         return
     if changes is None:
         changes = {}
-        if new.enabled != old.enabled:
+        if new.enabled != old.enabled or (fresh_start and new.enabled):
             changes["enabled"] = new.enabled
         if old.paused and not new.paused:
             changes["paused"] = False
