@@ -175,6 +175,7 @@ class HealthWatch:
                 f" (delivery.disable_after_s = {self.cfg().disable_after_s:g})"
                 + (f"; last error: {last_error}" if last_error else "")
             )
-            log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
-            self.metrics.inc("dispatcher_webhooks_auto_disabled_total")
-            await disable_webhook(self.store, webhook_id, reason)
+            # only_own: a webhook moved to another region is that region's to judge
+            if await disable_webhook(self.store, webhook_id, reason, only_own=True):
+                log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
+                self.metrics.inc("dispatcher_webhooks_auto_disabled_total")

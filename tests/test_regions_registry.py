@@ -5,6 +5,7 @@ off catches up (issue 22; dispatcher/replicator.py, queue/registry.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +16,9 @@ import structlog
 import structlog.testing
 
 from dispatcher import Client
+from dispatcher.config import DeliveryConfig
 from dispatcher.errors import InvalidField
+from dispatcher.health import HealthWatch
 from dispatcher.ids import shard_of
 from dispatcher.metrics import Metrics
 from dispatcher.model import Webhook
@@ -416,3 +419,22 @@ async def test_enabling_in_another_region_closes_the_breaker_in_the_webhooks_own
         return closed and await _hget(b, b.keys.failing, webhook_id) is None
 
     await eventually(fresh, what="B's breaker closed")
+
+
+async def test_a_region_does_not_auto_disable_a_webhook_moved_out_of_it(mesh: Mesh) -> None:
+    """A webhook failing in A for longer than ``delivery.disable_after_s`` and moved to B is not
+    disabled by A's breaker tick (A's failures say nothing of B's deliveries); one that stayed
+    in A is."""
+    moved, stayed = await _create(mesh, "a"), await _create(mesh, "a")
+    a = mesh.store("a")
+    for webhook_id in (moved, stayed):
+        shard = a.of_webhook(webhook_id)
+        await shard.redis.hset(shard.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+        await shard.redis.hset(shard.keys.failing, webhook_id, 1)
+    await mesh.clients["a"].update_webhook(moved, region="b")
+    await mesh.same_everywhere(moved)
+    cfg = dataclasses.replace(DeliveryConfig(), disable_after_s=1)
+    watch = HealthWatch(a, [a], Metrics(), asyncio.Event(), lambda: cfg)
+    await watch._tend_shard(a)
+    assert not (await mesh.clients["a"].get_webhook(stayed))["enabled"]
+    assert (await mesh.clients["a"].get_webhook(moved))["enabled"]

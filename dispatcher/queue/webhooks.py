@@ -309,22 +309,31 @@ async def _forget(store: Store, webhook_id: str) -> None:
         await pipe.execute()
 
 
-async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
+async def disable_webhook(
+    store: Store, webhook_id: str, reason: str, *, only_own: bool = False
+) -> bool:
     """Disable the webhook (a 410, or no success for too long); a disabled one keeps the
-    reason it was disabled for, and a deleted one stays deleted."""
+    reason it was disabled for, and a deleted one stays deleted. ``only_own``: not when it is
+    another region's (moved out of this one: failures seen from here say nothing of its own
+    region's deliveries). True when this call disabled it."""
+    with redis_errors():
+        layout = await store.read_layout()
+    disabled = False
 
     def disable(hook: Webhook, now_ms: int) -> bool:
-        if not hook.enabled:
-            return False
-        hook.enabled = False
-        hook.disabled_reason = reason
-        hook.updated_at_ms = now_ms
-        return True
+        nonlocal disabled
+        disabled = hook.enabled and (not only_own or is_home(hook, layout))
+        if disabled:
+            hook.enabled = False
+            hook.disabled_reason = reason
+            hook.updated_at_ms = now_ms
+        return disabled
 
     with suppress(NotFound):
         hook = await _change_webhook(store, webhook_id, disable)
-        if hook.paused:  # its held jobs are dead-lettered (pauses.py)
+        if hook.paused and not hook.enabled:  # its held jobs are dead-lettered (pauses.py)
             await pauses.to_release(store, webhook_id)
+    return disabled
 
 
 async def rotate_secret(
