@@ -65,9 +65,7 @@ def _version_of(fields: dict[bytes, bytes]) -> str:
 
 
 def _write_of(fields: dict[bytes, bytes]) -> Write:
-    return Write(
-        fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"), b"fresh" in fields
-    )
+    return Write(fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"), b"fresh" in fields)
 
 
 async def read(source: Store, cursor: str, *, block_ms: int | None) -> list[tuple[str, Write]]:
@@ -195,22 +193,27 @@ def _as_written_here(
     return body[:-1] + tail, hook
 
 
+def _last_writes(writes: list[Write], source: str) -> list[Write]:
+    """The last write of each webhook in ``writes``, in their order, fresh when an earlier
+    one was (enabled, then changed again), a version from before regions given ``source``."""
+    last: dict[str, Write] = {}
+    for write in writes:
+        before = last.pop(write.webhook_id, None)
+        fresh = write.fresh_start or (before is not None and before.fresh_start)
+        last[write.webhook_id] = replace(write, fresh_start=fresh)
+    return [
+        replace(w, version=f"{w.version} {source}") if w.version == UNVERSIONED else w
+        for w in last.values()
+    ]
+
+
 async def apply(local: Store, source: str, writes: list[Write], *, cursor: str | None) -> Applied:
     """Apply ``writes`` of region ``source`` (all of one shard) to this Redis, each only when
     it beats the version here, then set the cursor on ``source``'s stream to ``cursor`` (None:
     leave it); run what each applied write sets in motion when the webhook is this region's.
     ``Conflict`` when this Redis's records keep changing meanwhile (the caller tries again)."""
     layout = await local.read_layout()
-    last: dict[str, Write] = {}  # a webhook written twice in the batch: its last write
-    for write in writes:
-        before = last.pop(write.webhook_id, None)
-        if before is not None and before.fresh_start:  # enabled, then changed again
-            write = replace(write, fresh_start=True)
-        last[write.webhook_id] = write
-    pending = [
-        replace(w, version=f"{w.version} {source}") if w.version == UNVERSIONED else w
-        for w in last.values()
-    ]
+    pending = _last_writes(writes, source)
     if pending:
         await raise_served(local, shard_of(pending[0].webhook_id) + 1)
     shard = local.of_webhook(pending[0].webhook_id) if pending else local
