@@ -254,7 +254,8 @@ class Client:
 
     async def get_webhook(self, webhook_id: str) -> shapes.Webhook:
         hook = await webhooks.get_webhook(self.store, webhook_id)
-        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
+        views = await webhooks.webhook_views(self.store, [hook], self.regions)
+        return cast("shapes.Webhook", views[0])
 
     async def list_webhooks(
         self, tenant_id: str | None = None, *, limit: int = 100, cursor: str | None = None
@@ -273,12 +274,12 @@ class Client:
             if cursor is not None:
                 raise InvalidField("cursor", "cannot be combined with tenant_id (one page)")
             hooks = await webhooks.list_webhooks(self.store, tenant_id)
-            views = await webhooks.webhook_views(self.store, hooks)
+            views = await webhooks.webhook_views(self.store, hooks, self.regions)
             return {"items": cast("list[shapes.Webhook]", views), "next_cursor": None}
         if cursor is not None and not webhooks.is_page_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
         hooks, next_cursor = await webhooks.page_webhooks(self.store, limit=limit, cursor=cursor)
-        views = await webhooks.webhook_views(self.store, hooks)
+        views = await webhooks.webhook_views(self.store, hooks, self.regions)
         return {"items": cast("list[shapes.Webhook]", views), "next_cursor": next_cursor}
 
     async def webhook_jobs(self, webhook_id: str, limit: int = 20) -> shapes.WebhookJobs:
@@ -299,7 +300,8 @@ class Client:
         ``paused=True`` holds its jobs without attempts (new events keep queueing for it);
         ``paused=False`` puts them back in their queues in the order they were accepted."""
         hook = await webhooks.update_webhook(self.store, webhook_id, changes)
-        return cast("shapes.Webhook", (await webhooks.webhook_views(self.store, [hook]))[0])
+        views = await webhooks.webhook_views(self.store, [hook], self.regions)
+        return cast("shapes.Webhook", views[0])
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await webhooks.delete_webhook(self.store, webhook_id)

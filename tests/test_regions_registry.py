@@ -438,3 +438,24 @@ async def test_a_region_does_not_auto_disable_a_webhook_moved_out_of_it(mesh: Me
     await watch._tend_shard(a)
     assert not (await mesh.clients["a"].get_webhook(stayed))["enabled"]
     assert (await mesh.clients["a"].get_webhook(moved))["enabled"]
+
+
+async def test_a_webhook_answered_by_another_region_shows_its_breaker_from_its_own(
+    mesh: Mesh,
+) -> None:
+    """A's API answers a B webhook with the breaker and run of failures B's daemons keep for
+    it, as B's API does."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    prefix = mesh.store("a").keys.prefix
+    async with Client.from_url(mesh.urls["a"], prefix, region="a", regions=mesh.urls) as client:
+        seen = await client.get_webhook(webhook_id)
+        [listed] = (await client.list_webhooks("acme"))["items"]
+    own = await mesh.clients["b"].get_webhook(webhook_id)
+    assert own["breaker"] is not None
+    for view in (seen, listed):
+        assert view["breaker"] == own["breaker"]
+        assert view["failing_since"] == own["failing_since"]

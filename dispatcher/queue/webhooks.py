@@ -9,24 +9,29 @@ reset, held jobs put back) happens only in the webhook's own region: ``after_cha
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import Conflict, NotFound
+from dispatcher.errors import Conflict, NotFound, RegionUnavailable
 from dispatcher.ids import is_webhook_id
 from dispatcher.model import Webhook, check_region_known, rfc3339
 from dispatcher.queue import breakers, encryption, pauses
 from dispatcher.queue.records import redis_errors
+from dispatcher.queue.regions import reaching
 from dispatcher.signing import generate_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Layout, Store
 
 #: How many times a webhook change reads again after another change got in first.
 MAX_CHANGE_ATTEMPTS = 32
+#: How long a view waits for another region's breakers of its webhooks (then shows none).
+REMOTE_VIEW_TIMEOUT_S = 1.0
 
 # redis-py types its replies loosely (bytes or str, and in 5.x "awaitable or not"). Our
 # connections have decode_responses off, so each read below casts to the bytes it gets.
@@ -404,14 +409,32 @@ async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:
     return hook
 
 
-async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, Any]]:
+async def webhook_views(
+    store: Store, hooks: list[Webhook], regions: Regions | None = None
+) -> list[dict[str, Any]]:
     """Webhooks as users see them, each with its breaker (null while it never tripped) and
-    since when it fails without a success (null when it does not)."""
+    since when it fails without a success (null when it does not). With ``regions``, those
+    of another region's webhook are read from that region's Redis, whose daemons deliver it
+    (null when that region does not answer)."""
     ids = [h.id for h in hooks]
     with redis_errors():
         found = await breakers.states(store, ids)
         failing = await breakers.failing_since(store, ids)
         home = (await store.read_layout()).region
+    if regions is not None and home is not None:
+        elsewhere: dict[str, list[str]] = {}
+        for hook in hooks:
+            if hook.region is not None and hook.region != home:
+                elsewhere.setdefault(hook.region, []).append(hook.id)
+        for region, there in elsewhere.items():
+            for webhook_id in there:  # what this region may hold of it is not its state
+                found.pop(webhook_id, None)
+                failing.pop(webhook_id, None)
+            with suppress(RegionUnavailable, TimeoutError), reaching(region):
+                remote = regions.store(region)
+                async with asyncio.timeout(REMOTE_VIEW_TIMEOUT_S):
+                    found |= await breakers.states(remote, there)
+                    failing |= await breakers.failing_since(remote, there)
     views = []
     for hook in hooks:
         breaker = found.get(hook.id)
