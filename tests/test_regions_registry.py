@@ -459,3 +459,23 @@ async def test_a_webhook_answered_by_another_region_shows_its_breaker_from_its_o
     for view in (seen, listed):
         assert view["breaker"] == own["breaker"]
         assert view["failing_since"] == own["failing_since"]
+
+
+async def test_a_region_reading_on_after_its_last_entry_was_trimmed_does_not_resync(
+    mesh: Mesh,
+) -> None:
+    """B, which applied every entry of A's stream, reads A's next write from the stream after
+    A's trim of every entry past its age (a quiet week), with no resync of A's records."""
+    first = await _create(mesh, "a")
+    await mesh.same_everywhere(first)
+    await mesh.stop()
+    a = mesh.store("a").of_webhook(first)
+    _, version = await mesh.copy("a", first)
+    await eventually(lambda: _later(a, _version(version)[0]), what="A's clock past the entry")
+    await registry.trim(a, 0)
+    key = "dispatcher_registry_resyncs_total", (("region", "a"),)
+    resyncs = mesh.metrics["b"].counters[key]
+    later = await _create(mesh, "a")
+    mesh.start()
+    await mesh.same_everywhere(later)
+    assert mesh.metrics["b"].counters[key] == resyncs

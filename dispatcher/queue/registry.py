@@ -302,6 +302,13 @@ async def drop_lease(local: Store, source: str, token: str) -> None:
 
 
 async def trim(local: Store, max_age_ms: int) -> None:
-    """Drop this shard's own registry entries older than ``max_age_ms`` (Redis clock)."""
+    """Drop this shard's own registry entries older than ``max_age_ms`` (Redis clock), but
+    never the last one: a region that read up to it reads on after a quiet week (``missed``
+    sees its cursor still there) instead of resyncing every record."""
     now_ms = (await local.refresh_clock()).now_ms()
-    await local.redis.xtrim(local.keys.registry, minid=f"{max(0, now_ms - max_age_ms)}-0")
+    last = await last_id(local)
+    if last == "0-0":
+        return  # no stream
+    oldest = f"{max(0, now_ms - max_age_ms)}-0"
+    minid = oldest if _older(oldest, last) else last
+    await local.redis.xtrim(local.keys.registry, minid=minid, approximate=False)
