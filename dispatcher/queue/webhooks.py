@@ -314,13 +314,20 @@ async def _forget(store: Store, webhook_id: str) -> None:
         await pipe.execute()
 
 
-async def disable_webhook(
-    store: Store, webhook_id: str, reason: str, *, only_own: bool = False
-) -> bool:
+async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
     """Disable the webhook (a 410, or no success for too long); a disabled one keeps the
-    reason it was disabled for, and a deleted one stays deleted. ``only_own``: not when it is
-    another region's (moved out of this one: failures seen from here say nothing of its own
-    region's deliveries). True when this call disabled it."""
+    reason it was disabled for, and a deleted one stays deleted."""
+    await _disable(store, webhook_id, reason, only_own=False)
+
+
+async def disable_failing(store: Store, webhook_id: str, reason: str) -> bool:
+    """Disable the webhook for failing too long, unless it is another region's (moved out of
+    this one: the failures seen from here say nothing of its own region's deliveries); True
+    when this call disabled it."""
+    return await _disable(store, webhook_id, reason, only_own=True)
+
+
+async def _disable(store: Store, webhook_id: str, reason: str, *, only_own: bool) -> bool:
     with redis_errors():
         layout = await store.read_layout()
     disabled = False
