@@ -57,9 +57,10 @@ class Replicator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set."""
-        if not self.regions.enabled or not self.regions.others:
+        if not self.regions.enabled:
             await stop.wait()
             return
+        # its own writes go on its registry streams even with no other region yet: trimmed
         tasks = [asyncio.create_task(self._follow(s, stop)) for s in self.regions.others]
         tasks.append(asyncio.create_task(self._trim(stop)))
         try:

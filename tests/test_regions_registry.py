@@ -479,3 +479,27 @@ async def test_a_region_reading_on_after_its_last_entry_was_trimmed_does_not_res
     mesh.start()
     await mesh.same_everywhere(later)
     assert mesh.metrics["b"].counters[key] == resyncs
+
+
+async def test_a_region_with_no_other_region_yet_still_trims_its_registry(store: Store) -> None:
+    """A deployment whose ``[regions]`` names only its own region still drops its registry
+    entries past their age (each holds a whole record), though there is nobody to copy to."""
+    await store.adopt_region("solo", ("solo",))
+    await store.redis.xadd(store.keys.registry, {"w": "x"}, id="1-0")  # a week old and more
+    await webhooks.create_webhook(store, {"tenant_id": "acme", "url": "https://x.example.com/"})
+    regions = Regions(store, "solo", {"solo": "redis://unused"})
+    stop = asyncio.Event()
+    task = asyncio.create_task(Replicator(regions, Metrics(), consumer="solo").run(stop))
+    try:
+        await eventually(
+            lambda: _first_entry_gone(store), what="the old entry trimmed", timeout_s=5
+        )
+    finally:
+        stop.set()
+        await task
+        await regions.close()
+
+
+async def _first_entry_gone(store: Store) -> bool:
+    first = await store.redis.xrange(store.keys.registry, count=1)
+    return bool(first) and first[0][0] != b"1-0"
