@@ -501,5 +501,5 @@ async def test_a_region_with_no_other_region_yet_still_trims_its_registry(store:
 
 
 async def _first_entry_gone(store: Store) -> bool:
-    first = await store.redis.xrange(store.keys.registry, count=1)
+    first = cast("list[tuple[bytes, Any]]", await store.redis.xrange(store.keys.registry, count=1))
     return bool(first) and first[0][0] != b"1-0"
