@@ -503,3 +503,33 @@ async def test_a_region_with_no_other_region_yet_still_trims_its_registry(store:
 async def _first_entry_gone(store: Store) -> bool:
     first = cast("list[tuple[bytes, Any]]", await store.redis.xrange(store.keys.registry, count=1))
     return bool(first) and first[0][0] != b"1-0"
+
+
+async def test_a_region_that_lost_its_last_writes_gets_them_back_from_the_others(
+    mesh: Mesh,
+) -> None:
+    """A's Redis failing over to a replica that missed A's last webhook write, which B and C
+    had applied, gets that write back from them, and A's next write reaches them."""
+    webhook_id = await _create(mesh, "a")
+    await mesh.same_everywhere(webhook_id)
+    a = mesh.store("a").of_webhook(webhook_id)
+    keys = a.keys
+    before = await _hget(a, keys.webhooks, webhook_id), await _hget(a, keys.versions, webhook_id)
+    kept = cast("list[tuple[bytes, dict[bytes, bytes]]]", await a.redis.xrange(keys.registry))
+    await mesh.clients["a"].update_webhook(webhook_id, description="lost in a")
+    record, version = await mesh.same_everywhere(webhook_id)
+    await mesh.stop()
+    # the failover: A's record, version and registry stream as before that write
+    assert before[0] is not None
+    assert before[1] is not None
+    await a.redis.hset(keys.webhooks, webhook_id, before[0])
+    await a.redis.hset(keys.versions, webhook_id, before[1])
+    await a.redis.delete(keys.registry)
+    for entry_id, fields in kept:
+        await a.redis.xadd(keys.registry, cast("dict[Any, Any]", fields), id=entry_id)
+    mesh.start()
+    assert await mesh.same_everywhere(webhook_id) == (record, version)
+    await mesh.clients["a"].update_webhook(webhook_id, description="after the failover")
+    record, _ = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    assert Webhook.decode(record).description == "after the failover"

@@ -121,6 +121,29 @@ async def last_id(source: Store) -> str:
     return _text(info["last-generated-id"])
 
 
+async def lost_here(here: Store, there: Store, home: str) -> str | None:
+    """``there``'s cursor on ``here``'s own registry stream (a shard of this region) when it
+    is past that stream's last entry: this Redis lost writes ``there`` had applied (a failover
+    to a replica that missed them), which only a resync from ``there`` brings back; else None.
+    """
+    theirs = await cursor_of(there, home)
+    if theirs is None:
+        return None
+    return theirs if _older(await last_id(here), theirs) else None
+
+
+async def go_on_after(here: Store, entry_id: str) -> None:
+    """``here``'s own registry stream goes on after ``entry_id`` (another region's cursor on
+    it), so its next entries come after every entry that region read (XSETID; a stream lost
+    whole is made anew, empty)."""
+    keys = here.keys
+    if await last_id(here) == "0-0":  # XADD and its trim in one command: no entry is seen
+        await here.redis.xadd(keys.registry, {"w": ""}, maxlen=0, approximate=False)
+    if _older(await last_id(here), entry_id):
+        redis: Any = here.redis  # redis-py has no XSETID method
+        await redis.execute_command("XSETID", keys.registry, entry_id)
+
+
 async def scan(source: Store, cursor: int) -> tuple[int, list[Write]]:
     """One step of a resync: the webhooks ``source`` (a shard of another region) holds, with
     the deleted ones it remembers (tombstones), from HSCAN ``cursor`` of its ``versions`` then
