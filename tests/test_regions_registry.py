@@ -438,6 +438,8 @@ async def test_a_region_does_not_auto_disable_a_webhook_moved_out_of_it(mesh: Me
     await watch._tend_shard(a)
     assert not (await mesh.clients["a"].get_webhook(stayed))["enabled"]
     assert (await mesh.clients["a"].get_webhook(moved))["enabled"]
+    # and A forgot its breaker and run of failures: its tick no longer lists it
+    assert not (await breakers.tick(a, probe_timeout_s=30, disable_after_s=1)).to_disable
 
 
 async def test_a_webhook_answered_by_another_region_shows_its_breaker_from_its_own(

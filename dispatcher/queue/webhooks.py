@@ -345,6 +345,10 @@ async def _disable(store: Store, webhook_id: str, reason: str, *, only_own: bool
         hook = await _change_webhook(store, webhook_id, disable)
         if hook.paused and not hook.enabled:  # its held jobs are dead-lettered (pauses.py)
             await pauses.to_release(store, webhook_id)
+        if only_own and not is_home(hook, layout):
+            # what this region kept of it: its tick would list it again each second
+            with redis_errors():
+                await breakers.reset(store.of_webhook(webhook_id), webhook_id)
     return disabled
 
 
