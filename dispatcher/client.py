@@ -12,7 +12,6 @@ turn, home first; a region that does not answer raises ``RegionUnavailable`` nam
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -28,7 +27,6 @@ from dispatcher.errors import (
     InvalidField,
     NotFound,
     PayloadTooLarge,
-    RegionUnavailable,
     TooManyRequests,
     UnknownQueue,
 )
@@ -78,7 +76,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from dispatcher import shapes
-    from dispatcher.model import Webhook
     from dispatcher.sender import HttpSender
 
 DEFAULT_MAX_PAYLOAD_BYTES = 262_144
@@ -267,7 +264,8 @@ class Client:
 
     async def get_webhook(self, webhook_id: str) -> shapes.Webhook:
         hook = await webhooks.get_webhook(self.store, webhook_id)
-        return cast("shapes.Webhook", (await self._views([hook]))[0])
+        views = await webhooks.webhook_views(self.store, [hook], self.regions)
+        return cast("shapes.Webhook", views[0])
 
     async def list_webhooks(
         self, tenant_id: str | None = None, *, limit: int = 100, cursor: str | None = None
@@ -286,48 +284,13 @@ class Client:
             if cursor is not None:
                 raise InvalidField("cursor", "cannot be combined with tenant_id (one page)")
             hooks = await webhooks.list_webhooks(self.store, tenant_id)
-            views = await self._views(hooks)
+            views = await webhooks.webhook_views(self.store, hooks, self.regions)
             return {"items": cast("list[shapes.Webhook]", views), "next_cursor": None}
         if cursor is not None and not webhooks.is_page_cursor(cursor):
             raise InvalidField("cursor", "must be a next_cursor of an earlier page")
         hooks, next_cursor = await webhooks.page_webhooks(self.store, limit=limit, cursor=cursor)
-        views = await self._views(hooks)
+        views = await webhooks.webhook_views(self.store, hooks, self.regions)
         return {"items": cast("list[shapes.Webhook]", views), "next_cursor": next_cursor}
-
-    async def _views(self, hooks: list[Webhook]) -> list[dict[str, Any]]:
-        """The webhooks as users see them (``webhooks.webhook_views``), in order, each with its
-        breaker and ``failing_since`` as its own region's Redis has them: they live where the
-        webhook is delivered. A region that does not answer within
-        ``queue_status.REGION_TIMEOUT_S`` (or has no URL here) shows its webhooks as this
-        region's copy has them, without a breaker: the registry is read everywhere."""
-        with records.redis_errors():
-            await self.store.read_layout()
-        groups: dict[str | None, list[int]] = {}
-        for i, hook in enumerate(hooks):
-            region = None if self.regions.is_home(hook.region) else hook.region
-            groups.setdefault(region, []).append(i)
-        if not self.regions.enabled or set(groups) <= {None}:
-            return await webhooks.webhook_views(self.store, hooks)
-        found = await asyncio.gather(
-            *(self._region_views(region, [hooks[i] for i in at]) for region, at in groups.items())
-        )
-        views: list[dict[str, Any]] = [{} for _ in hooks]
-        for at, shown in zip(groups.values(), found, strict=True):
-            for i, view in zip(at, shown, strict=True):
-                views[i] = view
-        return views
-
-    async def _region_views(self, region: str | None, hooks: list[Webhook]) -> list[dict[str, Any]]:
-        """``webhook_views`` of ``region``'s webhooks, read in that region (see ``_views``)."""
-        if region is not None:
-            try:
-                async with asyncio.timeout(queue_status.REGION_TIMEOUT_S):
-                    store, remote = await records.region_store(self.regions, region)
-                    with reaching(remote):
-                        return await webhooks.webhook_views(store, hooks)
-            except (TimeoutError, RegionUnavailable):
-                pass
-        return await webhooks.webhook_views(self.store, hooks)
 
     async def webhook_jobs(self, webhook_id: str, limit: int = 20) -> shapes.WebhookJobs:
         """The webhook's recent delivered and dead jobs, newest first: ``{"items",
@@ -347,7 +310,8 @@ class Client:
         ``paused=True`` holds its jobs without attempts (new events keep queueing for it);
         ``paused=False`` puts them back in their queues in the order they were accepted."""
         hook = await webhooks.update_webhook(self.store, webhook_id, changes)
-        return cast("shapes.Webhook", (await self._views([hook]))[0])
+        views = await webhooks.webhook_views(self.store, [hook], self.regions)
+        return cast("shapes.Webhook", views[0])
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await webhooks.delete_webhook(self.store, webhook_id)

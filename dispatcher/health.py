@@ -22,7 +22,7 @@ from dispatcher.model import rfc3339
 from dispatcher.queue import breakers, pauses, waiting
 from dispatcher.queue.breakers import Health
 from dispatcher.queue.keys import shard_of
-from dispatcher.queue.webhooks import disable_webhook
+from dispatcher.queue.webhooks import disable_failing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -175,6 +175,6 @@ class HealthWatch:
                 f" (delivery.disable_after_s = {self.cfg().disable_after_s:g})"
                 + (f"; last error: {last_error}" if last_error else "")
             )
-            log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
-            self.metrics.inc("dispatcher_webhooks_auto_disabled_total")
-            await disable_webhook(self.store, webhook_id, reason)
+            if await disable_failing(self.store, webhook_id, reason):  # this region's only
+                log.warning("webhook.disabled", webhook_id=webhook_id, reason=reason)
+                self.metrics.inc("dispatcher_webhooks_auto_disabled_total")

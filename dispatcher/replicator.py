@@ -42,6 +42,8 @@ MAX_AGE_MS = 7 * 24 * 3600 * 1000
 TRIM_EVERY_S = 600.0
 #: How often the other region's encryption canary is checked against our keys.
 KEYS_CHECK_EVERY_S = 60.0
+#: How often each shard's own stream is checked against another region's cursor on it.
+LOST_CHECK_EVERY_S = 60.0
 #: The pause after a round with nothing to do that could not wait on a stream.
 IDLE_S = 1.0
 
@@ -54,12 +56,14 @@ class Replicator:
         self.block_ms = BLOCK_MS
         self._keys_checked: dict[str, float] = {}
         self._refused: set[str] = set()
+        self._lost_checked: dict[tuple[str, int], float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set."""
-        if not self.regions.enabled or not self.regions.others:
+        if not self.regions.enabled:
             await stop.wait()
             return
+        # its own writes go on its registry streams even with no other region yet: trimmed
         tasks = [asyncio.create_task(self._follow(s, stop)) for s in self.regions.others]
         tasks.append(asyncio.create_task(self._trim(stop)))
         try:
@@ -107,6 +111,9 @@ class Replicator:
                 await self._resync(source, here, there)
                 busy = True
                 continue
+            if await self._lost_here(source, here, there):
+                busy = True
+                continue
             # wait on the last shard only, once the others had nothing
             block = self.block_ms if k == served - 1 and not busy else None
             entries = await registry.read(there, cursor, block_ms=block)
@@ -117,6 +124,23 @@ class Replicator:
                 )
             busy = busy or bool(entries) or block is not None
         return held and busy
+
+    async def _lost_here(self, source: str, here: Store, there: Store) -> bool:
+        """Checked once a minute: ``source`` applied writes of this shard that this Redis no
+        longer has (a failover lost them); then resync from ``source``, which has them, and
+        move this shard's stream past ``source``'s cursor, so its next writes reach it."""
+        key = source, here.keys.shard
+        if time.monotonic() - self._lost_checked.get(key, float("-inf")) < LOST_CHECK_EVERY_S:
+            return False
+        home = self.regions.name
+        assert home is not None  # noqa: S101 - run() follows others only with regions
+        lost = await registry.lost_here(here, there, home)
+        if lost is not None:
+            log.warning("registry.writes_lost_here", region=source, shard=key[1], cursor=lost)
+            await self._resync(source, here, there)
+            await registry.go_on_after(here, lost)
+        self._lost_checked[key] = time.monotonic()
+        return lost is not None
 
     async def _resync(self, source: str, here: Store, there: Store) -> None:
         log.info("registry.resync", region=source, shard=here.keys.shard)

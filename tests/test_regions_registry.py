@@ -5,6 +5,7 @@ off catches up (issue 22; dispatcher/replicator.py, queue/registry.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -15,11 +16,13 @@ import structlog
 import structlog.testing
 
 from dispatcher import Client
+from dispatcher.config import DeliveryConfig
 from dispatcher.errors import InvalidField
+from dispatcher.health import HealthWatch
 from dispatcher.ids import shard_of
 from dispatcher.metrics import Metrics
 from dispatcher.model import Webhook
-from dispatcher.queue import codec, pauses, registry, streams, webhooks
+from dispatcher.queue import breakers, codec, pauses, registry, streams, webhooks
 from dispatcher.queue.regions import Regions
 from dispatcher.queue.streams import SettleKind, Settlement
 from dispatcher.replicator import Replicator
@@ -395,3 +398,140 @@ async def test_without_regions_no_version_or_registry_key_is_written(
     keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
     assert not [key for key in keys if b"versions" in key or b"registry" in key]
     assert hook.region is None
+
+
+async def test_enabling_in_another_region_closes_the_breaker_in_the_webhooks_own(
+    mesh: Mesh,
+) -> None:
+    """``PATCH {"enabled": true}`` made in A on an enabled B webhook whose breaker is open in B
+    gives it the fresh start B's own API would: its breaker closed and its run of failures
+    forgotten, in B."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    await mesh.clients["a"].update_webhook(webhook_id, enabled=True)
+
+    async def fresh() -> bool:
+        found = await breakers.states(b, [webhook_id])
+        closed = webhook_id in found and found[webhook_id].state == breakers.CLOSED
+        return closed and await _hget(b, b.keys.failing, webhook_id) is None
+
+    await eventually(fresh, what="B's breaker closed")
+
+
+async def test_a_region_does_not_auto_disable_a_webhook_moved_out_of_it(mesh: Mesh) -> None:
+    """A webhook failing in A for longer than ``delivery.disable_after_s`` and moved to B is not
+    disabled by A's breaker tick (A's failures say nothing of B's deliveries); one that stayed
+    in A is."""
+    moved, stayed = await _create(mesh, "a"), await _create(mesh, "a")
+    a = mesh.store("a")
+    for webhook_id in (moved, stayed):
+        shard = a.of_webhook(webhook_id)
+        await shard.redis.hset(shard.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+        await shard.redis.hset(shard.keys.failing, webhook_id, 1)
+    await mesh.clients["a"].update_webhook(moved, region="b")
+    await mesh.same_everywhere(moved)
+    cfg = dataclasses.replace(DeliveryConfig(), disable_after_s=1)
+    watch = HealthWatch(a, [a], Metrics(), asyncio.Event(), lambda: cfg)
+    await watch._tend_shard(a)
+    assert not (await mesh.clients["a"].get_webhook(stayed))["enabled"]
+    assert (await mesh.clients["a"].get_webhook(moved))["enabled"]
+    # and A forgot its breaker and run of failures: its tick no longer lists it
+    assert not (await breakers.tick(a, probe_timeout_s=30, disable_after_s=1)).to_disable
+
+
+async def test_a_webhook_answered_by_another_region_shows_its_breaker_from_its_own(
+    mesh: Mesh,
+) -> None:
+    """A's API answers a B webhook with the breaker and run of failures B's daemons keep for
+    it, as B's API does."""
+    webhook_id = await _create(mesh, "b")
+    await mesh.same_everywhere(webhook_id)
+    b = mesh.store("b").of_webhook(webhook_id)
+    await b.redis.hset(b.keys.breakers, webhook_id, b'{"s":"open","b":0,"o":1,"f":1}')
+    await b.redis.hset(b.keys.failing, webhook_id, 1)
+    prefix = mesh.store("a").keys.prefix
+    async with Client.from_url(mesh.urls["a"], prefix, region="a", regions=mesh.urls) as client:
+        seen = await client.get_webhook(webhook_id)
+        [listed] = (await client.list_webhooks("acme"))["items"]
+    own = await mesh.clients["b"].get_webhook(webhook_id)
+    assert own["breaker"] is not None
+    for view in (seen, listed):
+        assert view["breaker"] == own["breaker"]
+        assert view["failing_since"] == own["failing_since"]
+
+
+async def test_a_region_reading_on_after_its_last_entry_was_trimmed_does_not_resync(
+    mesh: Mesh,
+) -> None:
+    """B, which applied every entry of A's stream, reads A's next write from the stream after
+    A's trim of every entry past its age (a quiet week), with no resync of A's records."""
+    first = await _create(mesh, "a")
+    await mesh.same_everywhere(first)
+    await mesh.stop()
+    a = mesh.store("a").of_webhook(first)
+    _, version = await mesh.copy("a", first)
+    await eventually(lambda: _later(a, _version(version)[0]), what="A's clock past the entry")
+    await registry.trim(a, 0)
+    key = "dispatcher_registry_resyncs_total", (("region", "a"),)
+    resyncs = mesh.metrics["b"].counters[key]
+    later = await _create(mesh, "a")
+    mesh.start()
+    await mesh.same_everywhere(later)
+    assert mesh.metrics["b"].counters[key] == resyncs
+
+
+async def test_a_region_with_no_other_region_yet_still_trims_its_registry(store: Store) -> None:
+    """A deployment whose ``[regions]`` names only its own region still drops its registry
+    entries past their age (each holds a whole record), though there is nobody to copy to."""
+    await store.adopt_region("solo", ("solo",))
+    await store.redis.xadd(store.keys.registry, {"w": "x"}, id="1-0")  # a week old and more
+    await webhooks.create_webhook(store, {"tenant_id": "acme", "url": "https://x.example.com/"})
+    regions = Regions(store, "solo", {"solo": "redis://unused"})
+    stop = asyncio.Event()
+    task = asyncio.create_task(Replicator(regions, Metrics(), consumer="solo").run(stop))
+    try:
+        await eventually(
+            lambda: _first_entry_gone(store), what="the old entry trimmed", timeout_s=5
+        )
+    finally:
+        stop.set()
+        await task
+        await regions.close()
+
+
+async def _first_entry_gone(store: Store) -> bool:
+    first = cast("list[tuple[bytes, Any]]", await store.redis.xrange(store.keys.registry, count=1))
+    return bool(first) and first[0][0] != b"1-0"
+
+
+async def test_a_region_that_lost_its_last_writes_gets_them_back_from_the_others(
+    mesh: Mesh,
+) -> None:
+    """A's Redis failing over to a replica that missed A's last webhook write, which B and C
+    had applied, gets that write back from them, and A's next write reaches them."""
+    webhook_id = await _create(mesh, "a")
+    await mesh.same_everywhere(webhook_id)
+    a = mesh.store("a").of_webhook(webhook_id)
+    keys = a.keys
+    before = await _hget(a, keys.webhooks, webhook_id), await _hget(a, keys.versions, webhook_id)
+    kept = cast("list[tuple[bytes, dict[bytes, bytes]]]", await a.redis.xrange(keys.registry))
+    await mesh.clients["a"].update_webhook(webhook_id, description="lost in a")
+    record, version = await mesh.same_everywhere(webhook_id)
+    await mesh.stop()
+    # the failover: A's record, version and registry stream as before that write
+    assert before[0] is not None
+    assert before[1] is not None
+    await a.redis.hset(keys.webhooks, webhook_id, before[0])
+    await a.redis.hset(keys.versions, webhook_id, before[1])
+    await a.redis.delete(keys.registry)
+    for entry_id, fields in kept:
+        await a.redis.xadd(keys.registry, cast("dict[Any, Any]", fields), id=entry_id)
+    mesh.start()
+    assert await mesh.same_everywhere(webhook_id) == (record, version)
+    await mesh.clients["a"].update_webhook(webhook_id, description="after the failover")
+    record, _ = await mesh.same_everywhere(webhook_id)
+    assert record is not None
+    assert Webhook.decode(record).description == "after the failover"

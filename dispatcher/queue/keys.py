@@ -161,8 +161,10 @@ shard, in the shard of the webhooks or jobs it concerns:
                           larger wins everywhere (last writer wins)
 ``P:{0}:registry``        stream of this region's own webhook writes, read by every other
                           region's replicator: ``{w: webhook id, v: version, o: origin, rec:
-                          record JSON}``, or ``{w, v, o, del: 1}`` for a delete. Written in the
-                          same MULTI or script as the write; trimmed by age (MINID, 7 days)
+                          record JSON}`` (and ``fresh: 1`` when the write enabled the
+                          webhook: its own region closes its breaker), or ``{w, v, o, del:
+                          1}`` for a delete. Written in the same MULTI or script as the write;
+                          trimmed by age (MINID, 7 days), its last entry always kept
 ``P:{0}:registry:from:S`` string, the id of region S's last registry entry applied here (the
                           replicator's cursor); none: resync from S's whole ``webhooks`` hash
 ``P:{0}:registry:lock:S`` string, the token of the one process here replicating from S

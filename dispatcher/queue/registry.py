@@ -12,7 +12,7 @@ webhook's own region (``webhooks.after_change``). ``dispatcher/replicator.py`` i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -49,6 +49,8 @@ class Write:
     webhook_id: str
     version: str
     record: bytes | None
+    #: An operator enabled it (``fresh = 1`` on the entry): its own region closes its breaker.
+    fresh_start: bool = False
 
 
 @dataclass(slots=True)
@@ -63,7 +65,7 @@ def _version_of(fields: dict[bytes, bytes]) -> str:
 
 
 def _write_of(fields: dict[bytes, bytes]) -> Write:
-    return Write(fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"))
+    return Write(fields[b"w"].decode(), _version_of(fields), fields.get(b"rec"), b"fresh" in fields)
 
 
 async def read(source: Store, cursor: str, *, block_ms: int | None) -> list[tuple[str, Write]]:
@@ -117,6 +119,29 @@ async def last_id(source: Store) -> str:
             return "0-0"
         raise
     return _text(info["last-generated-id"])
+
+
+async def lost_here(here: Store, there: Store, home: str) -> str | None:
+    """``there``'s cursor on ``here``'s own registry stream (a shard of this region) when it
+    is past that stream's last entry: this Redis lost writes ``there`` had applied (a failover
+    to a replica that missed them), which only a resync from ``there`` brings back; else None.
+    """
+    theirs = await cursor_of(there, home)
+    if theirs is None:
+        return None
+    return theirs if _older(await last_id(here), theirs) else None
+
+
+async def go_on_after(here: Store, entry_id: str) -> None:
+    """``here``'s own registry stream goes on after ``entry_id`` (another region's cursor on
+    it), so its next entries come after every entry that region read (XSETID; a stream lost
+    whole is made anew, empty)."""
+    keys = here.keys
+    if await last_id(here) == "0-0":  # XADD and its trim in one command: no entry is seen
+        await here.redis.xadd(keys.registry, {"w": ""}, maxlen=0, approximate=False)
+    if _older(await last_id(here), entry_id):
+        redis: Any = here.redis  # redis-py has no XSETID method
+        await redis.execute_command("XSETID", keys.registry, entry_id)
 
 
 async def scan(source: Store, cursor: int) -> tuple[int, list[Write]]:
@@ -191,30 +216,33 @@ def _as_written_here(
     return body[:-1] + tail, hook
 
 
+def _last_writes(writes: list[Write], source: str) -> list[Write]:
+    """The last write of each webhook in ``writes``, in their order, fresh when an earlier
+    one was (enabled, then changed again), a version from before regions given ``source``."""
+    last: dict[str, Write] = {}
+    for write in writes:
+        before = last.pop(write.webhook_id, None)
+        fresh = write.fresh_start or (before is not None and before.fresh_start)
+        last[write.webhook_id] = replace(write, fresh_start=fresh)
+    return [
+        replace(w, version=f"{w.version} {source}") if w.version == UNVERSIONED else w
+        for w in last.values()
+    ]
+
+
 async def apply(local: Store, source: str, writes: list[Write], *, cursor: str | None) -> Applied:
     """Apply ``writes`` of region ``source`` (all of one shard) to this Redis, each only when
     it beats the version here, then set the cursor on ``source``'s stream to ``cursor`` (None:
     leave it); run what each applied write sets in motion when the webhook is this region's.
     ``Conflict`` when this Redis's records keep changing meanwhile (the caller tries again)."""
     layout = await local.read_layout()
-    last: dict[str, Write] = {}  # a webhook written twice in the batch: its last write
-    for write in writes:
-        last.pop(write.webhook_id, None)
-        last[write.webhook_id] = write
-    pending = [
-        Write(
-            w.webhook_id,
-            f"{w.version} {source}" if w.version == UNVERSIONED else w.version,
-            w.record,
-        )
-        for w in last.values()
-    ]
+    pending = _last_writes(writes, source)
     if pending:
         await raise_served(local, shard_of(pending[0].webhook_id) + 1)
     shard = local.of_webhook(pending[0].webhook_id) if pending else local
     keys = shard.keys
     applied = Applied()
-    changed: list[tuple[Webhook | None, Webhook | None]] = []
+    changed: list[tuple[Webhook | None, Webhook | None, bool]] = []
     for _ in range(MAX_APPLY_ATTEMPTS):
         ids = [w.webhook_id for w in pending]
         read: list[bytes | None] = (
@@ -230,7 +258,7 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
             keys.registry_from(source),
         ]
         args: list[Any] = [cursor or ""]
-        states: list[tuple[Webhook | None, Webhook | None]] = []
+        states: list[tuple[Webhook | None, Webhook | None, bool]] = []
         for write, raw in zip(pending, read, strict=True):
             old = Webhook.decode(raw) if raw is not None else None
             old_tenant = keys.tenant(old.tenant_id) if old is not None else keys.webhooks
@@ -249,12 +277,12 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
                 routing,
                 queue,
             ]
-            states.append((old, new))
+            states.append((old, new, write.fresh_start))
         done, flags = await shard.scripts.registry_apply(keys=script_keys, args=args)
-        for (old, new), flag in zip(states, flags, strict=False):
+        for state, flag in zip(states, flags, strict=False):
             if int(flag):
                 applied.written += 1
-                changed.append((old, new))
+                changed.append(state)
             else:
                 applied.superseded += 1
         if int(done) == len(pending):
@@ -262,8 +290,8 @@ async def apply(local: Store, source: str, writes: list[Write], *, cursor: str |
         pending = pending[int(done) :]
     else:
         raise Conflict(f"the registry of region {source} kept changing here while applied")
-    for old, new in changed:
-        await webhooks.after_change(local, old, new, changes=None)
+    for old, new, fresh_start in changed:
+        await webhooks.after_change(local, old, new, changes=None, fresh_start=fresh_start)
     return applied
 
 
@@ -297,6 +325,13 @@ async def drop_lease(local: Store, source: str, token: str) -> None:
 
 
 async def trim(local: Store, max_age_ms: int) -> None:
-    """Drop this shard's own registry entries older than ``max_age_ms`` (Redis clock)."""
+    """Drop this shard's own registry entries older than ``max_age_ms`` (Redis clock), but
+    never the last one: a region that read up to it reads on after a quiet week (``missed``
+    sees its cursor still there) instead of resyncing every record."""
     now_ms = (await local.refresh_clock()).now_ms()
-    await local.redis.xtrim(local.keys.registry, minid=f"{max(0, now_ms - max_age_ms)}-0")
+    last = await last_id(local)
+    if last == "0-0":
+        return  # no stream
+    oldest = f"{max(0, now_ms - max_age_ms)}-0"
+    minid = oldest if _older(oldest, last) else last
+    await local.redis.xtrim(local.keys.registry, minid=minid, approximate=False)

@@ -9,24 +9,29 @@ reset, held jobs put back) happens only in the webhook's own region: ``after_cha
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
-from dispatcher.errors import Conflict, NotFound
+from dispatcher.errors import Conflict, NotFound, RegionUnavailable
 from dispatcher.ids import is_webhook_id
 from dispatcher.model import Webhook, check_region_known, rfc3339
 from dispatcher.queue import breakers, encryption, pauses
 from dispatcher.queue.records import redis_errors
+from dispatcher.queue.regions import reaching
 from dispatcher.signing import generate_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from dispatcher.queue.regions import Regions
     from dispatcher.queue.store import Layout, Store
 
 #: How many times a webhook change reads again after another change got in first.
 MAX_CHANGE_ATTEMPTS = 32
+#: How long a view waits for another region's breakers of its webhooks (then shows none).
+REMOTE_VIEW_TIMEOUT_S = 1.0
 
 # redis-py types its replies loosely (bytes or str, and in 5.x "awaitable or not"). Our
 # connections have decode_responses off, so each read below casts to the bytes it gets.
@@ -182,10 +187,16 @@ async def page_webhooks(
 
 
 async def _change_webhook(
-    store: Store, webhook_id: str, change: Callable[[Webhook, int], bool]
+    store: Store,
+    webhook_id: str,
+    change: Callable[[Webhook, int], bool],
+    *,
+    fresh_start: bool = False,
 ) -> Webhook:
     """Read the webhook, let ``change(hook, now_ms)`` modify it (False: nothing to write) and
     write it back with ``change_webhook.lua``, only if nobody changed it since the read.
+    ``fresh_start``: an operator enabled it, which its own region acts on (``after_change``;
+    with regions the registry entry says so, for a webhook of another region).
 
     Otherwise read and change it again, so concurrent changes (a 410's auto-disable racing a
     rotation, say) all survive. Each failed try means another change got in, so this ends;
@@ -219,7 +230,7 @@ async def _change_webhook(
                 ],
                 args=[
                     *(webhook_id, raw, hook.encode(store.keyring), hook.routing(), hook.queue),
-                    *([region] if region else []),
+                    *([region, "1" if fresh_start else ""] if region else []),
                 ],
             )
         if written:
@@ -246,18 +257,26 @@ async def update_webhook(store: Store, webhook_id: str, changes: dict[str, Any])
             hook.draining = 1  # until its held jobs are back in their queues (pauses.py)
         return True
 
-    hook = await _change_webhook(store, webhook_id, update)
+    fresh_start = changes.get("enabled") is True
+    hook = await _change_webhook(store, webhook_id, update, fresh_start=fresh_start)
     await after_change(store, before[0], hook, changes=changes)
     return hook
 
 
 async def after_change(
-    store: Store, old: Webhook | None, new: Webhook | None, *, changes: dict[str, Any] | None
+    store: Store,
+    old: Webhook | None,
+    new: Webhook | None,
+    *,
+    changes: dict[str, Any] | None,
+    fresh_start: bool = False,
 ) -> None:
     """What a webhook's change (``old`` to ``new``; None: created, deleted) sets in motion, in
     its own region only (``new``'s, or ``old``'s for a delete; another region holds none of its
     jobs): called after a PATCH made here (``changes``: the PATCH) and by the replicator after
-    applying another region's write (``changes`` None: judged from ``old`` and ``new``)."""
+    applying another region's write (``changes`` None: judged from ``old`` and ``new``, and
+    ``fresh_start`` when that write enabled it: a PATCH ``enabled: true`` closes the breaker
+    even of a webhook that was enabled already)."""
     hook = new or old
     if old is None or hook is None or not is_home(hook, store.layout):
         return
@@ -269,7 +288,7 @@ async def after_change(
         return
     if changes is None:
         changes = {}
-        if new.enabled != old.enabled:
+        if new.enabled != old.enabled or (fresh_start and new.enabled):
             changes["enabled"] = new.enabled
         if old.paused and not new.paused:
             changes["paused"] = False
@@ -298,19 +317,39 @@ async def _forget(store: Store, webhook_id: str) -> None:
 async def disable_webhook(store: Store, webhook_id: str, reason: str) -> None:
     """Disable the webhook (a 410, or no success for too long); a disabled one keeps the
     reason it was disabled for, and a deleted one stays deleted."""
+    await _disable(store, webhook_id, reason, only_own=False)
+
+
+async def disable_failing(store: Store, webhook_id: str, reason: str) -> bool:
+    """Disable the webhook for failing too long, unless it is another region's (moved out of
+    this one: the failures seen from here say nothing of its own region's deliveries); True
+    when this call disabled it."""
+    return await _disable(store, webhook_id, reason, only_own=True)
+
+
+async def _disable(store: Store, webhook_id: str, reason: str, *, only_own: bool) -> bool:
+    with redis_errors():
+        layout = await store.read_layout()
+    disabled = False
 
     def disable(hook: Webhook, now_ms: int) -> bool:
-        if not hook.enabled:
-            return False
-        hook.enabled = False
-        hook.disabled_reason = reason
-        hook.updated_at_ms = now_ms
-        return True
+        nonlocal disabled
+        disabled = hook.enabled and (not only_own or is_home(hook, layout))
+        if disabled:
+            hook.enabled = False
+            hook.disabled_reason = reason
+            hook.updated_at_ms = now_ms
+        return disabled
 
     with suppress(NotFound):
         hook = await _change_webhook(store, webhook_id, disable)
-        if hook.paused:  # its held jobs are dead-lettered (pauses.py)
+        if hook.paused and not hook.enabled:  # its held jobs are dead-lettered (pauses.py)
             await pauses.to_release(store, webhook_id)
+        if only_own and not is_home(hook, layout):
+            # what this region kept of it: its tick would list it again each second
+            with redis_errors():
+                await breakers.reset(store.of_webhook(webhook_id), webhook_id)
+    return disabled
 
 
 async def rotate_secret(
@@ -381,14 +420,32 @@ async def ensure_deliverable(store: Store, webhook_id: str) -> Webhook:
     return hook
 
 
-async def webhook_views(store: Store, hooks: list[Webhook]) -> list[dict[str, Any]]:
+async def webhook_views(
+    store: Store, hooks: list[Webhook], regions: Regions | None = None
+) -> list[dict[str, Any]]:
     """Webhooks as users see them, each with its breaker (null while it never tripped) and
-    since when it fails without a success (null when it does not)."""
+    since when it fails without a success (null when it does not). With ``regions``, those
+    of another region's webhook are read from that region's Redis, whose daemons deliver it
+    (null when that region does not answer)."""
     ids = [h.id for h in hooks]
     with redis_errors():
         found = await breakers.states(store, ids)
         failing = await breakers.failing_since(store, ids)
         home = (await store.read_layout()).region
+    if regions is not None and home is not None:
+        elsewhere: dict[str, list[str]] = {}
+        for hook in hooks:
+            if hook.region is not None and hook.region != home:
+                elsewhere.setdefault(hook.region, []).append(hook.id)
+        for region, there in elsewhere.items():
+            for webhook_id in there:  # what this region may hold of it is not its state
+                found.pop(webhook_id, None)
+                failing.pop(webhook_id, None)
+            with suppress(RegionUnavailable, TimeoutError), reaching(region):
+                remote = regions.store(region)
+                async with asyncio.timeout(REMOTE_VIEW_TIMEOUT_S):
+                    found |= await breakers.states(remote, there)
+                    failing |= await breakers.failing_since(remote, there)
     views = []
     for hook in hooks:
         breaker = found.get(hook.id)

@@ -11,6 +11,8 @@
 -- With regions (docs/regions.md), also: KEYS[5] versions hash   KEYS[6] registry stream
 -- ARGV[6] this region's name: the write gets version max(previous + 1, TIME ms) from this
 -- region, and goes on the registry stream for the other regions ({w, v, o, rec})
+-- ARGV[7] '1' when an operator enabled the webhook (a fresh start: its own region closes its
+-- breaker, webhooks.after_change), noted on the entry as fresh = 1; '' otherwise
 -- returns: 1 when written, 0 when the record differs from ARGV[2] or is gone (nothing written)
 -- include: _version.lua
 local id = ARGV[1]
@@ -22,6 +24,10 @@ redis.call('SADD', KEYS[4], ARGV[5])
 if KEYS[5] then
   local v = next_version(KEYS[5], id)
   redis.call('HSET', KEYS[5], id, v .. ' ' .. ARGV[6])
-  redis.call('XADD', KEYS[6], '*', 'w', id, 'v', v, 'o', ARGV[6], 'rec', ARGV[3])
+  if ARGV[7] == '1' then
+    redis.call('XADD', KEYS[6], '*', 'w', id, 'v', v, 'o', ARGV[6], 'rec', ARGV[3], 'fresh', '1')
+  else
+    redis.call('XADD', KEYS[6], '*', 'w', id, 'v', v, 'o', ARGV[6], 'rec', ARGV[3])
+  end
 end
 return 1
