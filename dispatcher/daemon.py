@@ -128,6 +128,8 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         code = await _check_server(store, stop, embedded, shards=cfg.redis.shards)
         if code is None and cfg.region is not None:
             code = await _adopt_region(store, stop, cfg.region, tuple(cfg.regions))
+        elif code is None:
+            code = await _refuse_regional_redis(store, stop)
         if code is not None:
             return code
         await _check_encryption(store)
@@ -503,6 +505,34 @@ async def _adopt_region(
             return EXIT_CONFIG
         log.info("region.adopted", region=found.region, regions=list(found.regions))
         return None
+    return EXIT_OK
+
+
+async def _refuse_regional_redis(store: Store, stop: asyncio.Event) -> int | None:
+    """A daemon without ``[regions]`` refuses a Redis recorded as a region's: its publishes
+    still fill outboxes for the other regions, which only a daemon with ``[regions]`` relays,
+    and its webhook writes reach no other region. Exit 2; None to go on."""
+
+    async def read() -> Layout:
+        store.layout.read_at = float("-inf")  # the region is not cached by adopt_layout
+        return await store.read_layout()
+
+    outage = loops.Outage("startup", Metrics())
+    while not stop.is_set():
+        found = await loops.attempt(read, outage, stop)
+        if found is loops.FAILED:
+            continue
+        if found.region is None:
+            return None
+        log.error(
+            "daemon.region_missing",
+            redis_region=found.region,
+            problem=f"region: this Redis is region {found.region!r}'s of a deployment with "
+            f"regions ({', '.join(found.regions)}), and this process has no [regions]",
+            hint="set region and [regions] as the other regions' processes have them "
+            "(docs/regions.md)",
+        )
+        return EXIT_CONFIG
     return EXIT_OK
 
 

@@ -179,6 +179,21 @@ async def test_without_regions_nothing_of_them_is_measured(
         await store.close()
 
 
+def test_a_daemon_without_regions_refuses_a_regions_redis(
+    stores: dict[str, Store], urls: dict[str, str], prefix: str, tmp_path: Path
+) -> None:
+    """A daemon with no [regions] on a Redis recorded as region a's exits 2, saying so: its
+    publishes would fill outboxes that nothing relays."""
+    daemon = Daemon(daemon_env(urls["a"], prefix), tmp_path / "missing.log").start()
+    try:
+        assert daemon.wait() == EXIT_CONFIG
+    finally:
+        daemon.stop()
+    [line] = log_events(daemon, "daemon.region_missing")
+    assert line["redis_region"] == "a"
+    assert "has no [regions]" in line["problem"]
+
+
 def test_the_daemon_refuses_another_regions_redis(
     stores: dict[str, Store], urls: dict[str, str], prefix: str, tmp_path: Path
 ) -> None:
