@@ -211,15 +211,20 @@ class _Holder:
             return
 
     async def _renew(self, sids: Sequence[str] = ()) -> bool:
-        """Ack ``sids`` and renew the lease; False (and no token) once it is someone else's."""
-        assert self.token is not None  # noqa: S101 - only called while holding
-        if await outbox.ack(self.here, self.region, self.token, sids):
+        """Ack ``sids`` and renew the lease; False (and no token) once it is someone else's
+        (``sids`` are acked all the same: the destination has them)."""
+        if await outbox.ack(self.here, self.region, self.token or "", sids):
             self.renewed = time.monotonic()
             self.outage.ok()
             return True
-        log.info("relay.lease_lost", region=self.region, shard=self.here.keys.shard)
-        self.token = None
+        self._lost()
         return False
+
+    def _lost(self) -> None:
+        """The lease is someone else's now (or nobody's)."""
+        if self.token is not None:
+            log.info("relay.lease_lost", region=self.region, shard=self.here.keys.shard)
+        self.token = None
 
     async def hold(self) -> None:
         """Relay while the lease is held: the pending entries first (from the start, every
@@ -235,8 +240,15 @@ class _Holder:
                 break
             if not await self._pipeline(line):
                 return
-        while not self.stop.is_set():  # a destination no line reaches: a batch at a time
+        await self._one_at_a_time()
+
+    async def _one_at_a_time(self) -> None:
+        """Relay the new entries a batch at a time (a destination no line reaches), until
+        ``stop`` or the lease is lost."""
+        while not self.stop.is_set():
             entries = await self._read_new(self.stop)
+            if self.token is None:
+                return
             if entries:
                 if not await self._send(entries, resent=False):
                     return
@@ -337,6 +349,8 @@ class _Holder:
                     room.clear()
                     await room.wait()
                 entries = [] if halt.is_set() else await self._read_new(self.stop, halt)
+                if self.token is None:
+                    return
                 if not entries:
                     idle = time.monotonic() - self.renewed > RENEW_S
                     if idle and not self.in_flight and not await self._renew():
@@ -357,9 +371,11 @@ class _Holder:
     async def _read_new(self, *until: asyncio.Event) -> list[Entry]:
         """New entries, waiting up to ``BLOCK_MS`` for one, or none once one of ``until`` is
         set (the read is cut short: what it read stays pending, for the pending pass or the
-        next holder to send)."""
+        next holder to send), or once the lease is lost (no token then: nothing was read)."""
+        if self.token is None:  # let go meanwhile (fenced)
+            return []
         read = asyncio.create_task(
-            outbox.read_new(self.here, self.region, self.relay.consumer, BLOCK_MS)
+            outbox.read_new(self.here, self.region, self.relay.consumer, self.token, BLOCK_MS)
         )
         waits = [asyncio.create_task(event.wait()) for event in until]
         try:
@@ -371,7 +387,11 @@ class _Holder:
         cut = any(event.is_set() for event in until)
         if read.cancelled() or (cut and read.exception() is not None):
             return []
-        return read.result()
+        entries = read.result()
+        if entries is None:
+            self._lost()
+            return []
+        return entries
 
     async def _send(self, entries: list[Entry], *, resent: bool) -> bool:
         """Apply ``entries`` in the destination and ack what it has; False once the lease is
