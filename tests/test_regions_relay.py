@@ -447,3 +447,30 @@ async def test_a_frozen_holder_takes_no_entry_from_its_successor(pair: Pair) -> 
     lane_ids = await cast("Awaitable[list[bytes]]", pair.b.store.redis.lrange(lane, 0, -1))
     assert [j.decode() for j in lane_ids] == jobs
     assert stale.token is None
+
+
+async def test_a_write_failing_mid_batch_leaves_no_part_and_stops_the_line(pair: Pair) -> None:
+    """A job whose write fails in b mid-batch (a key of the wrong type) leaves no part of it
+    written, and the batches sent behind it on the line are refused, so none passes it."""
+    plain, fifo = await pair.hook(), await pair.hook(ordering="fifo")
+    keys = pair.b.store.keys
+    await pair.b.store.redis.set(keys.lane_heads, "not a hash")
+    jobs = [job_id(n) for n in range(1, 5)]
+    line = outbox.ApplyLine.of(pair.b.store, "a")
+    assert line is not None
+    try:
+        await line.send(
+            "i:1", "+g1", entries(entry(jobs[0], plain), entry(jobs[1], fifo, ordering="-"))
+        )
+        await line.send("i:1", "=g1", entries(entry(jobs[2], plain)))
+        await line.send("i:1", "+g2", entries(entry(jobs[3], plain)))  # a new generation
+
+        async def done() -> bool:
+            return jobs[3] in await pair.ready()
+
+        await eventually(done, what="the three batches processed")
+    finally:
+        await line.close()
+    assert await pair.ready() == [jobs[0], jobs[3]]
+    assert not await pair.b.store.redis.hexists(keys.jobs, jobs[1])
+    assert await pair.b.store.redis.llen(keys.lane(fifo)) == 0
