@@ -116,6 +116,7 @@ class Relay:
         relays: dict[tuple[int, str], asyncio.Task[None]] = {}
         try:
             while not stop.is_set():
+                _end_if_cancelled()
                 routes = await attempt(self._routes, outage, stop)
                 if routes is FAILED:
                     continue
@@ -150,6 +151,7 @@ class Relay:
         holder.outage, holder.unreachable = outage, unreachable
         try:
             while not stop.is_set():
+                _end_if_cancelled()
                 try:
                     if holder.token is None and not await holder.acquire():
                         outage.ok()
@@ -233,6 +235,7 @@ class _Holder:
             return
         await outbox.ensure_group(self.here, self.region)
         while not self.stop.is_set():
+            _end_if_cancelled()
             if not await self._resend_pending():
                 return
             line = self._line()
@@ -246,6 +249,7 @@ class _Holder:
         """Relay the new entries a batch at a time (a destination no line reaches), until
         ``stop`` or the lease is lost."""
         while not self.stop.is_set():
+            _end_if_cancelled()
             entries = await self._read_new(self.stop)
             if self.token is None:
                 return
@@ -260,6 +264,7 @@ class _Holder:
         is lost."""
         cursor = "0-0"
         while not self.stop.is_set():
+            _end_if_cancelled()
             cursor, entries, deleted = await outbox.pending(
                 self.here, self.region, self.relay.consumer, cursor
             )
@@ -293,12 +298,16 @@ class _Holder:
         sent: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
         room = asyncio.Event()  # set when an answer made room
         halt = asyncio.Event()  # no more batches: one stopped short, or the lease is gone
-        reader = asyncio.create_task(self._pipe_send(line, generation, sent, room, halt))
+        owner = asyncio.current_task()
+        reader = asyncio.create_task(
+            self._pipe_send(line, generation, sent, room, halt, owner=owner)
+        )
         keep = True
         acks: list[str] = []  # entries b has, to ack here together (at most ACK_EVERY_S apart)
         acked = time.monotonic()
         try:
             while (entries := await sent.get()) is not None:
+                _end_if_cancelled()
                 with reaching(self.region):
                     result = await line.receive(len(entries))
                 self.in_flight -= 1
@@ -339,12 +348,16 @@ class _Holder:
         sent: asyncio.Queue[list[Entry] | None],
         room: asyncio.Event,
         halt: asyncio.Event,
+        *,
+        owner: asyncio.Task[None] | None,
     ) -> None:
         """Read new entries and send each batch on ``line`` while there is room, until
-        ``halt`` or ``stop``; each batch sent is queued on ``sent`` for its answer, then None."""
+        ``halt`` or ``stop`` (or ``owner``, the holder's task, is cancelled: it may be waiting
+        on ``sent``); each batch sent is queued on ``sent`` for its answer, then None."""
         first = True
         try:
             while not (halt.is_set() or self.stop.is_set()):
+                _end_if_cancelled(owner)
                 while self.in_flight >= DEPTH or self.in_flight_bytes >= DEPTH_BYTES:
                     room.clear()
                     await room.wait()
@@ -398,6 +411,7 @@ class _Holder:
         lost or the destination fenced this holder off."""
         relay = self.relay
         while entries:
+            _end_if_cancelled()
             assert self.token is not None  # noqa: S101 - only called while holding
             with reaching(self.region):
                 dest = relay.regions.store(self.region).shard(self.here.keys.shard)
@@ -448,6 +462,16 @@ class _Holder:
             acks += [entry.sid for entry in done]
             return True
         return await self._renew([entry.sid for entry in done])
+
+
+def _end_if_cancelled(task: asyncio.Task[None] | None = None) -> None:
+    """Raise CancelledError when ``task`` (this one by default) was asked to end. A
+    cancellation that arrives inside a Redis call can be lost there (seen with redis-py 8 on
+    Python 3.11: the call returns, or fails as a lost connection), and a loop that goes on
+    after it never ends: the daemon's stop, or a test's, would wait for it forever."""
+    task = task or asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _size(entries: list[Entry]) -> int:

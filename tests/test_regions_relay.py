@@ -4,6 +4,7 @@ B's own publish writes them, at least once and never twice, in order, across B's
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from datetime import UTC, datetime
@@ -474,3 +475,18 @@ async def test_a_write_failing_mid_batch_leaves_no_part_and_stops_the_line(pair:
     assert await pair.ready() == [jobs[0], jobs[3]]
     assert not await pair.b.store.redis.hexists(keys.jobs, jobs[1])
     assert await pair.b.store.redis.llen(keys.lane(fifo)) == 0
+
+
+async def test_a_cancelled_relay_ends_wherever_it_is(pair: Pair) -> None:
+    """A relay cancelled at any moment (a daemon's side task at exit) ends, lease let go, even
+    when the cancellation arrives inside a Redis call that loses it."""
+    plain = await pair.hook()
+    rng = random.Random(7)
+    for n in range(40):
+        await pair.put(entry(job_id(n + 1), plain))
+        running = await pair.run_relay(f"relay-{n}")
+        await asyncio.sleep(rng.uniform(0, 0.02))  # a moment anywhere in its work
+        running.task.cancel()
+        done, _ = await asyncio.wait({running.task}, timeout=5)
+        assert done, f"relay-{n} still running after its cancellation"
+    assert await pair.a.redis.get(pair.a.keys.outbox_lease("b")) is None
