@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 from structlog.testing import capture_logs
 
 from dispatcher import Client
@@ -487,6 +488,31 @@ async def test_a_cancelled_relay_ends_wherever_it_is(pair: Pair) -> None:
         running = await pair.run_relay(f"relay-{n}")
         await asyncio.sleep(rng.uniform(0, 0.02))  # a moment anywhere in its work
         running.task.cancel()
-        done, _ = await asyncio.wait({running.task}, timeout=5)
+        done, _ = await asyncio.wait({running.task}, timeout=10)
         assert done, f"relay-{n} still running after its cancellation"
     assert await pair.a.redis.get(pair.a.keys.outbox_lease("b")) is None
+
+
+async def test_a_batch_b_turns_away_stops_the_batches_behind_it(pair: Pair) -> None:
+    """A batch b turns away unrun (out of memory; busy, loading) stops the batches sent behind
+    it on the line even when b, recovered, would take them: none passes it."""
+    plain = await pair.hook()
+    jobs = [job_id(n) for n in (1, 2, 3)]
+    b = pair.b.store.redis
+    line = outbox.ApplyLine.of(pair.b.store, "a")
+    assert line is not None
+    try:
+        await line.send("i:1", "+g1", entries(entry(jobs[0], plain)))
+        assert (await line.receive(1)).applied == 1
+        await b.config_set("maxmemory", 1)
+        try:
+            await line.send("i:1", "=g1", entries(entry(jobs[1], plain)))
+            with pytest.raises(rex.ResponseError, match="maxmemory"):  # read, the line kept
+                await line._conn.read_response()
+        finally:
+            await b.config_set("maxmemory", 0)
+        await line.send("i:1", "=g1", entries(entry(jobs[2], plain)))
+        assert (await line.receive(1)).refused
+    finally:
+        await line.close()
+    assert await pair.ready() == [jobs[0]]

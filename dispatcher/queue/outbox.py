@@ -228,6 +228,7 @@ class ApplyLine:
         self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         self._script = dest.scripts.relay_apply
         self._open = False
+        self._sequence = 0  # of the batches sent in the current generation
 
     @classmethod
     def of(cls, dest: Store, source: str) -> ApplyLine | None:
@@ -249,10 +250,14 @@ class ApplyLine:
 
     async def send(self, token: str, sent: str, entries: Sequence[Entry]) -> None:
         """Send one apply (``sent``: ``+`` or ``=`` and the generation); its answer is read by
-        the ``receive`` matching it, in the order sent."""
+        the ``receive`` matching it, in the order sent. Each batch of a generation is numbered
+        (``#<n>``): the destination applies batch n only after batch n - 1 applied whole, so
+        one it turned away unrun (out of memory, busy, loading) stops those behind it too."""
+        self._sequence = 1 if sent.startswith("+") else self._sequence + 1
         try:
             await self._ready()
-            keys, args = _apply_call(self.dest, self.source, token, sent, entries)
+            numbered = f"{sent}#{self._sequence}"
+            keys, args = _apply_call(self.dest, self.source, token, numbered, entries)
             sha = self._script.sha
             command = self._conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
             await self._conn.send_packed_command(command, check_health=False)

@@ -7,7 +7,8 @@
 -- pipelined generation (keys.py ``relay_line``)
 -- ARGV[1] the relay's token '<incarnation>:<epoch>'; ARGV[2] how the batch was sent: '-' alone
 --   (no other batch of the relay in flight), '+' .. generation the first batch of a generation
---   pipelined on one connection, '=' .. generation a later one; then 9 words per entry, in
+--   pipelined on one connection, '=' .. generation a later one (the generation ending in
+--   '#<n>', the batch's number in it: '=' requires batch n - 1 applied); then 9 words per entry, in
 --   outbox order:
 --   job id, webhook id, tenant, event type, stream (Q, Q:high, Q:low), created ms (the
 --   publisher's clock: checked, not used), due ms (0: now), payload, ordering ('' not FIFO,
@@ -52,8 +53,12 @@ end
 local sent, generation = ARGV[2], nil
 if sent ~= '-' then
   generation = string.sub(sent, 2)
-  if string.sub(sent, 1, 1) == '=' and redis.call('GET', KEYS[6]) ~= generation then
-    return {-3}
+  if string.sub(sent, 1, 1) == '=' then
+    -- '<generation>#<n>': batch n - 1 must be the last applied (one turned away unrun, out of
+    -- memory or busy, changed nothing here); without '#<n>', the generation itself
+    local name, n = string.match(generation, '^(.*)#(%d+)$')
+    local before = name and (name .. '#' .. (tonumber(n) - 1)) or generation
+    if redis.call('GET', KEYS[6]) ~= before then return {-3} end
   end
 end
 -- Unset while the entries are written, set again only once all are: a write error raised
