@@ -12,15 +12,13 @@ import asyncio
 import os
 import random
 import time
-import uuid
 from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from tests.delay_proxy import DelayProxy
 from tests.helpers import eventually, stream_entries
 from tests.test_regions_relay import Servers, entry, job_id
-from tests.test_regions_relay_pipeline import Far
+from tests.test_regions_relay_pipeline import Far, far_apart
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -42,15 +40,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 @pytest.fixture
 async def far(servers: Servers) -> AsyncIterator[Far]:
-    proxy = await DelayProxy(servers.b.port, 0.005).start()
-    found = Far(servers, f"t{uuid.uuid4().hex[:12]}", proxy)
-    await found.start()
-    try:
+    async for found in far_apart(servers, 0.005):
         yield found
-    finally:
-        await found.resume_b()
-        await found.close()
-        await proxy.close()
 
 
 def _seeds() -> list[int]:
