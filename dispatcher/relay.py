@@ -116,6 +116,7 @@ class Relay:
         relays: dict[tuple[int, str], asyncio.Task[None]] = {}
         try:
             while not stop.is_set():
+                _end_if_cancelled()
                 routes = await attempt(self._routes, outage, stop)
                 if routes is FAILED:
                     continue
@@ -150,6 +151,7 @@ class Relay:
         holder.outage, holder.unreachable = outage, unreachable
         try:
             while not stop.is_set():
+                _end_if_cancelled()
                 try:
                     if holder.token is None and not await holder.acquire():
                         outage.ok()
@@ -211,15 +213,20 @@ class _Holder:
             return
 
     async def _renew(self, sids: Sequence[str] = ()) -> bool:
-        """Ack ``sids`` and renew the lease; False (and no token) once it is someone else's."""
-        assert self.token is not None  # noqa: S101 - only called while holding
-        if await outbox.ack(self.here, self.region, self.token, sids):
+        """Ack ``sids`` and renew the lease; False (and no token) once it is someone else's
+        (``sids`` are acked all the same: the destination has them)."""
+        if await outbox.ack(self.here, self.region, self.token or "", sids):
             self.renewed = time.monotonic()
             self.outage.ok()
             return True
-        log.info("relay.lease_lost", region=self.region, shard=self.here.keys.shard)
-        self.token = None
+        self._lost()
         return False
+
+    def _lost(self) -> None:
+        """The lease is someone else's now (or nobody's)."""
+        if self.token is not None:
+            log.info("relay.lease_lost", region=self.region, shard=self.here.keys.shard)
+        self.token = None
 
     async def hold(self) -> None:
         """Relay while the lease is held: the pending entries first (from the start, every
@@ -228,6 +235,7 @@ class _Holder:
             return
         await outbox.ensure_group(self.here, self.region)
         while not self.stop.is_set():
+            _end_if_cancelled()
             if not await self._resend_pending():
                 return
             line = self._line()
@@ -235,8 +243,16 @@ class _Holder:
                 break
             if not await self._pipeline(line):
                 return
-        while not self.stop.is_set():  # a destination no line reaches: a batch at a time
+        await self._one_at_a_time()
+
+    async def _one_at_a_time(self) -> None:
+        """Relay the new entries a batch at a time (a destination no line reaches), until
+        ``stop`` or the lease is lost."""
+        while not self.stop.is_set():
+            _end_if_cancelled()
             entries = await self._read_new(self.stop)
+            if self.token is None:
+                return
             if entries:
                 if not await self._send(entries, resent=False):
                     return
@@ -248,6 +264,7 @@ class _Holder:
         is lost."""
         cursor = "0-0"
         while not self.stop.is_set():
+            _end_if_cancelled()
             cursor, entries, deleted = await outbox.pending(
                 self.here, self.region, self.relay.consumer, cursor
             )
@@ -281,12 +298,16 @@ class _Holder:
         sent: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
         room = asyncio.Event()  # set when an answer made room
         halt = asyncio.Event()  # no more batches: one stopped short, or the lease is gone
-        reader = asyncio.create_task(self._pipe_send(line, generation, sent, room, halt))
+        owner = asyncio.current_task()
+        reader = asyncio.create_task(
+            self._pipe_send(line, generation, sent, room, halt, owner=owner)
+        )
         keep = True
         acks: list[str] = []  # entries b has, to ack here together (at most ACK_EVERY_S apart)
         acked = time.monotonic()
         try:
             while (entries := await sent.get()) is not None:
+                _end_if_cancelled()
                 with reaching(self.region):
                     result = await line.receive(len(entries))
                 self.in_flight -= 1
@@ -327,16 +348,22 @@ class _Holder:
         sent: asyncio.Queue[list[Entry] | None],
         room: asyncio.Event,
         halt: asyncio.Event,
+        *,
+        owner: asyncio.Task[None] | None,
     ) -> None:
         """Read new entries and send each batch on ``line`` while there is room, until
-        ``halt`` or ``stop``; each batch sent is queued on ``sent`` for its answer, then None."""
+        ``halt`` or ``stop`` (or ``owner``, the holder's task, is cancelled: it may be waiting
+        on ``sent``); each batch sent is queued on ``sent`` for its answer, then None."""
         first = True
         try:
             while not (halt.is_set() or self.stop.is_set()):
+                _end_if_cancelled(owner)
                 while self.in_flight >= DEPTH or self.in_flight_bytes >= DEPTH_BYTES:
                     room.clear()
                     await room.wait()
                 entries = [] if halt.is_set() else await self._read_new(self.stop, halt)
+                if self.token is None:
+                    return
                 if not entries:
                     idle = time.monotonic() - self.renewed > RENEW_S
                     if idle and not self.in_flight and not await self._renew():
@@ -357,9 +384,11 @@ class _Holder:
     async def _read_new(self, *until: asyncio.Event) -> list[Entry]:
         """New entries, waiting up to ``BLOCK_MS`` for one, or none once one of ``until`` is
         set (the read is cut short: what it read stays pending, for the pending pass or the
-        next holder to send)."""
+        next holder to send), or once the lease is lost (no token then: nothing was read)."""
+        if self.token is None:  # let go meanwhile (fenced)
+            return []
         read = asyncio.create_task(
-            outbox.read_new(self.here, self.region, self.relay.consumer, BLOCK_MS)
+            outbox.read_new(self.here, self.region, self.relay.consumer, self.token, BLOCK_MS)
         )
         waits = [asyncio.create_task(event.wait()) for event in until]
         try:
@@ -371,13 +400,18 @@ class _Holder:
         cut = any(event.is_set() for event in until)
         if read.cancelled() or (cut and read.exception() is not None):
             return []
-        return read.result()
+        entries = read.result()
+        if entries is None:
+            self._lost()
+            return []
+        return entries
 
     async def _send(self, entries: list[Entry], *, resent: bool) -> bool:
         """Apply ``entries`` in the destination and ack what it has; False once the lease is
         lost or the destination fenced this holder off."""
         relay = self.relay
         while entries:
+            _end_if_cancelled()
             assert self.token is not None  # noqa: S101 - only called while holding
             with reaching(self.region):
                 dest = relay.regions.store(self.region).shard(self.here.keys.shard)
@@ -428,6 +462,16 @@ class _Holder:
             acks += [entry.sid for entry in done]
             return True
         return await self._renew([entry.sid for entry in done])
+
+
+def _end_if_cancelled(task: asyncio.Task[None] | None = None) -> None:
+    """Raise CancelledError when ``task`` (this one by default) was asked to end. A
+    cancellation that arrives inside a Redis call can be lost there (seen with redis-py 8 on
+    Python 3.11: the call returns, or fails as a lost connection), and a loop that goes on
+    after it never ends: the daemon's stop, or a test's, would wait for it forever."""
+    task = task or asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _size(entries: list[Entry]) -> int:

@@ -4,6 +4,7 @@ B's own publish writes them, at least once and never twice, in order, across B's
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 from structlog.testing import capture_logs
 
 from dispatcher import Client
@@ -22,7 +24,7 @@ from dispatcher.queue.keys import RELAY_GROUP
 from dispatcher.queue.records import get_job
 from dispatcher.queue.regions import Regions
 from dispatcher.queue.store import Store
-from dispatcher.relay import Relay
+from dispatcher.relay import Relay, _Holder
 from tests.conftest import WorkerHarness
 from tests.helpers import RedisServer, eventually, stream_entries
 
@@ -223,9 +225,13 @@ async def test_a_relay_killed_before_its_ack_makes_no_duplicate(pair: Pair) -> N
     for job in jobs:
         await pair.put(entry(job, plain))
     await outbox.ensure_group(pair.a, "b")
-    read = await outbox.read_new(pair.a, "b", "dead-relay", 0)
     layout = await pair.a.read_layout()
-    assert (await outbox.apply(pair.b.store, "a", f"{layout.incarnation}:0", read)).applied == 3
+    token = await outbox.acquire(pair.a, "b", layout.incarnation or "-")
+    assert token is not None
+    read = await outbox.read_new(pair.a, "b", "dead-relay", token, 0)
+    assert read is not None
+    assert (await outbox.apply(pair.b.store, "a", token, read)).applied == 3
+    await pair.a.redis.delete(pair.a.keys.outbox_lease("b"))  # its lease ran out
     running = await pair.run_relay()  # the dead one's entries are still pending in its name
     await eventually(pair.drained, what="the outbox relayed")
     await running.end()
@@ -403,3 +409,110 @@ async def test_each_shards_outbox_goes_to_the_same_shard_in_b(pair: Pair) -> Non
     await running.end()
     assert await here.redis.xlen(here.keys.outbox("b")) == 0
     assert await pair.b.store.redis.hexists(pair.b.store.shard(1).keys.jobs, job)
+
+
+async def test_a_frozen_holder_takes_no_entry_from_its_successor(pair: Pair) -> None:
+    """A holder frozen past its lease (SIGSTOP) that wakes while its successor relays takes no
+    new entry from the outbox: the successor relays every entry, a FIFO lane's in order."""
+    fifo = await pair.hook(ordering="fifo")
+    jobs = [job_id(n) for n in (1, 2, 3)]
+    stop = asyncio.Event()
+    stale = _Holder(Relay(pair.regions, pair.metrics, consumer="frozen"), pair.a, "b", stop)
+    try:
+        assert await stale.acquire()
+        await outbox.ensure_group(pair.a, "b")
+        await pair.put(entry(jobs[0], fifo, ordering="-"))
+        assert len(await stale._read_new(stop)) == 1  # read, then frozen before its apply
+        await pair.a.redis.delete(pair.a.keys.outbox_lease("b"))  # ... past its lease
+        await pair.b.store.redis.client_pause(20_000, all=False)  # b holds the successor's apply
+        try:
+            running = await pair.run_relay()
+
+            async def claimed() -> bool:
+                found = await pair.a.redis.xpending(pair.a.keys.outbox("b"), RELAY_GROUP)
+                return [c["name"] for c in found["consumers"]] == [b"relay-1"]
+
+            await eventually(claimed, what="the successor sending the pending entry")
+            await pair.put(entry(jobs[1], fifo, ordering="-"))
+            woke = await stale._read_new(stop)  # the frozen holder wakes and reads on
+        finally:
+            await pair.b.store.redis.client_unpause()
+        await eventually(pair.ready, what="the pending entry relayed")
+        if woke:  # its apply comes after the successor's: fenced, but the entry is its own
+            assert not await stale._send(woke, resent=False)
+        await pair.put(entry(jobs[2], fifo, ordering="-"))
+        await eventually(pair.drained, timeout_s=5, what="the outbox relayed")
+        await running.end()
+    finally:
+        await stale.close()
+    lane = pair.b.store.keys.lane(fifo)
+    lane_ids = await cast("Awaitable[list[bytes]]", pair.b.store.redis.lrange(lane, 0, -1))
+    assert [j.decode() for j in lane_ids] == jobs
+    assert stale.token is None
+
+
+async def test_a_write_failing_mid_batch_leaves_no_part_and_stops_the_line(pair: Pair) -> None:
+    """A job whose write fails in b mid-batch (a key of the wrong type) leaves no part of it
+    written, and the batches sent behind it on the line are refused, so none passes it."""
+    plain, fifo = await pair.hook(), await pair.hook(ordering="fifo")
+    keys = pair.b.store.keys
+    await pair.b.store.redis.set(keys.lane_heads, "not a hash")
+    jobs = [job_id(n) for n in range(1, 5)]
+    line = outbox.ApplyLine.of(pair.b.store, "a")
+    assert line is not None
+    try:
+        await line.send(
+            "i:1", "+g1", entries(entry(jobs[0], plain), entry(jobs[1], fifo, ordering="-"))
+        )
+        await line.send("i:1", "=g1", entries(entry(jobs[2], plain)))
+        await line.send("i:1", "+g2", entries(entry(jobs[3], plain)))  # a new generation
+
+        async def done() -> bool:
+            return jobs[3] in await pair.ready()
+
+        await eventually(done, what="the three batches processed")
+    finally:
+        await line.close()
+    assert await pair.ready() == [jobs[0], jobs[3]]
+    assert not await pair.b.store.redis.hexists(keys.jobs, jobs[1])
+    assert await pair.b.store.redis.llen(keys.lane(fifo)) == 0
+
+
+async def test_a_cancelled_relay_ends_wherever_it_is(pair: Pair) -> None:
+    """A relay cancelled at any moment (a daemon's side task at exit) ends, lease let go, even
+    when the cancellation arrives inside a Redis call that loses it."""
+    plain = await pair.hook()
+    rng = random.Random(7)
+    for n in range(40):
+        await pair.put(entry(job_id(n + 1), plain))
+        running = await pair.run_relay(f"relay-{n}")
+        await asyncio.sleep(rng.uniform(0, 0.02))  # a moment anywhere in its work
+        running.task.cancel()
+        done, _ = await asyncio.wait({running.task}, timeout=10)
+        assert done, f"relay-{n} still running after its cancellation"
+    assert await pair.a.redis.get(pair.a.keys.outbox_lease("b")) is None
+
+
+async def test_a_batch_b_turns_away_stops_the_batches_behind_it(pair: Pair) -> None:
+    """A batch b turns away unrun (out of memory; busy, loading) stops the batches sent behind
+    it on the line even when b, recovered, would take them: none passes it."""
+    plain = await pair.hook()
+    jobs = [job_id(n) for n in (1, 2, 3)]
+    b = pair.b.store.redis
+    line = outbox.ApplyLine.of(pair.b.store, "a")
+    assert line is not None
+    try:
+        await line.send("i:1", "+g1", entries(entry(jobs[0], plain)))
+        assert (await line.receive(1)).applied == 1
+        await b.config_set("maxmemory", 1)
+        try:
+            await line.send("i:1", "=g1", entries(entry(jobs[1], plain)))
+            with pytest.raises(rex.ResponseError, match="maxmemory"):  # read, the line kept
+                await line._conn.read_response()
+        finally:
+            await b.config_set("maxmemory", 0)
+        await line.send("i:1", "=g1", entries(entry(jobs[2], plain)))
+        assert (await line.receive(1)).refused
+    finally:
+        await line.close()
+    assert await pair.ready() == [jobs[0]]

@@ -70,9 +70,9 @@ class Far(Pair):
         return self.metrics.get(f"dispatcher_relay_{name}_total", region="b")
 
 
-@pytest.fixture
-async def far(servers: Servers) -> AsyncIterator[Far]:
-    proxy = await DelayProxy(servers.b.port, DELAY_S).start()
+async def far_apart(servers: Servers, delay_s: float) -> AsyncIterator[Far]:
+    """Regions a and b ``delay_s`` apart each way, until the generator ends (a fixture's body)."""
+    proxy = await DelayProxy(servers.b.port, delay_s).start()
     found = Far(servers, f"t{uuid.uuid4().hex[:12]}", proxy)
     await found.start()
     try:
@@ -81,6 +81,12 @@ async def far(servers: Servers) -> AsyncIterator[Far]:
         await found.resume_b()
         await found.close()
         await proxy.close()
+
+
+@pytest.fixture
+async def far(servers: Servers) -> AsyncIterator[Far]:
+    async for found in far_apart(servers, DELAY_S):
+        yield found
 
 
 async def sent(holder: _Holder, sid: str, batches: int) -> None:

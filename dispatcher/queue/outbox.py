@@ -143,12 +143,29 @@ async def pending(
     return _text(cursor), _entries(raw), [_text(sid) for sid in (deleted[0] if deleted else [])]
 
 
-async def read_new(store: Store, region: str, consumer: str, block_ms: int) -> list[Entry]:
-    """Up to ``BATCH`` entries never read, waiting up to ``block_ms`` for one."""
-    reply: list[Any] = await store.redis.xreadgroup(  # type: ignore[assignment]
-        RELAY_GROUP, consumer, {store.keys.outbox(region): ">"}, count=BATCH, block=block_ms
-    )
-    return _entries(reply[0][1]) if reply else []
+async def read_new(
+    store: Store, region: str, consumer: str, token: str, block_ms: int
+) -> list[Entry] | None:
+    """Up to ``BATCH`` entries never read, waiting up to ``block_ms`` for one (0: not at all),
+    read only while the lease is ``token``'s (``outbox_read.lua``): None once it is not."""
+    keys = store.keys
+    names, args = [keys.outbox(region), keys.outbox_lease(region)], [RELAY_GROUP, consumer, token]
+    waited = False
+    while True:
+        reply: list[Any] = await store.scripts.outbox_read(keys=names, args=[*args, BATCH])
+        if not int(reply[0]):
+            return None
+        if reply[1] or waited or not block_ms:
+            return [Entry(_text(sid), _fields(flat)) for sid, flat in reply[1]]
+        # every entry read: wait for one after the last (not XREADGROUP BLOCK, which would
+        # take it whoever holds the lease by then)
+        if not await store.redis.xread({keys.outbox(region): reply[2]}, count=1, block=block_ms):
+            return []
+        waited = True
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _apply_call(
@@ -211,6 +228,7 @@ class ApplyLine:
         self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         self._script = dest.scripts.relay_apply
         self._open = False
+        self._sequence = 0  # of the batches sent in the current generation
 
     @classmethod
     def of(cls, dest: Store, source: str) -> ApplyLine | None:
@@ -232,10 +250,14 @@ class ApplyLine:
 
     async def send(self, token: str, sent: str, entries: Sequence[Entry]) -> None:
         """Send one apply (``sent``: ``+`` or ``=`` and the generation); its answer is read by
-        the ``receive`` matching it, in the order sent."""
+        the ``receive`` matching it, in the order sent. Each batch of a generation is numbered
+        (``#<n>``): the destination applies batch n only after batch n - 1 applied whole, so
+        one it turned away unrun (out of memory, busy, loading) stops those behind it too."""
+        self._sequence = 1 if sent.startswith("+") else self._sequence + 1
         try:
             await self._ready()
-            keys, args = _apply_call(self.dest, self.source, token, sent, entries)
+            numbered = f"{sent}#{self._sequence}"
+            keys, args = _apply_call(self.dest, self.source, token, numbered, entries)
             sha = self._script.sha
             command = self._conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
             await self._conn.send_packed_command(command, check_health=False)

@@ -74,6 +74,7 @@ class Scripts:
     recent_jobs: AsyncScript
     relay_apply: AsyncScript
     outbox_ack: AsyncScript
+    outbox_read: AsyncScript
     registry_apply: AsyncScript
     raise_served: AsyncScript
     registry_lease: AsyncScript

@@ -7,7 +7,8 @@
 -- pipelined generation (keys.py ``relay_line``)
 -- ARGV[1] the relay's token '<incarnation>:<epoch>'; ARGV[2] how the batch was sent: '-' alone
 --   (no other batch of the relay in flight), '+' .. generation the first batch of a generation
---   pipelined on one connection, '=' .. generation a later one; then 9 words per entry, in
+--   pipelined on one connection, '=' .. generation a later one (the generation ending in
+--   '#<n>', the batch's number in it: '=' requires batch n - 1 applied); then 9 words per entry, in
 --   outbox order:
 --   job id, webhook id, tenant, event type, stream (Q, Q:high, Q:low), created ms (the
 --   publisher's clock: checked, not used), due ms (0: now), payload, ordering ('' not FIFO,
@@ -15,7 +16,9 @@
 -- The fence comes first: a token of the incarnation the fence holds with a lower epoch is
 -- refused whole ({-1, fence}: a newer holder applied here, so this one is a paused old
 -- holder); any other token is recorded. Then the generation: a batch sent alone deletes it,
--- a first batch sets it, a later batch whose generation is not the one set is refused whole
+-- a first batch sets it once applied whole (and so does a later batch: a batch is applied
+-- with it unset, so an error raised mid-way leaves it unset), a later batch whose generation
+-- is not the one set is refused whole
 -- ({-3}): a batch before it stopped short (below), or a newer generation started, so applying
 -- it could put its entries before ones still to come. Then per entry, in order:
 -- * a job this shard has (its id in the jobs hash, whatever its state) is skipped;
@@ -47,14 +50,20 @@ if fence ~= token then
   end
   redis.call('SET', KEYS[4], token)
 end
-local sent = ARGV[2]
-if sent == '-' then
-  redis.call('DEL', KEYS[6])
-elseif string.sub(sent, 1, 1) == '+' then
-  redis.call('SET', KEYS[6], string.sub(sent, 2))
-elseif redis.call('GET', KEYS[6]) ~= string.sub(sent, 2) then
-  return {-3}
+local sent, generation = ARGV[2], nil
+if sent ~= '-' then
+  generation = string.sub(sent, 2)
+  if string.sub(sent, 1, 1) == '=' then
+    -- '<generation>#<n>': batch n - 1 must be the last applied (one turned away unrun, out of
+    -- memory or busy, changed nothing here); without '#<n>', the generation itself
+    local name, n = string.match(generation, '^(.*)#(%d+)$')
+    local before = name and (name .. '#' .. (tonumber(n) - 1)) or generation
+    if redis.call('GET', KEYS[6]) ~= before then return {-3} end
+  end
 end
+-- Unset while the entries are written, set again only once all are: a write error raised
+-- mid-way (not returned) leaves it unset too, so no later batch passes this one.
+redis.call('DEL', KEYS[6])
 
 local jobs, base = KEYS[1], KEYS[1]:sub(1, -5)
 local t = redis.call('TIME')
@@ -102,7 +111,14 @@ local function write(j, w, tenant, e, q, n, p, o)
       if undo then redis.pcall(unpack(undo)) end
       return reply
     end
-    lane_joined(base, lane, j, len, math.max(now_ms, n))
+    local joined, err = pcall(lane_joined, base, lane, j, len, math.max(now_ms, n))
+    if not joined then
+      if len == 1 then redis.pcall('HDEL', base .. 'lanes:heads', j) end
+      redis.call('HDEL', jobs, j)
+      redis.call('RPOP', lane)
+      if undo then redis.pcall(unpack(undo)) end
+      return type(err) == 'table' and err or redis.error_reply(tostring(err))
+    end
   elseif scheduled then
     local meta = {w = w, t = tenant, e = e, q = q, s = 'scheduled', a = 0, k = 0, c = now_ms,
                   n = n}
@@ -135,13 +151,13 @@ for i = 3, #ARGV - 8, 9 do
     if redis.call('HEXISTS', KEYS[2], w) == 0 then
       local version = redis.call('HGET', KEYS[3], w)
       if not (version and string.sub(version, -2) == ' -') then
-        redis.call('DEL', KEYS[6])
         return {-2, index, applied, skipped, malformed}
       end
     end
     local err = write(j, w, tenant, e, q, tonumber(n), p, o)
-    if err then redis.call('DEL', KEYS[6]); return err end
+    if err then return err end
     applied = applied + 1
   end
 end
+if generation then redis.call('SET', KEYS[6], generation) end
 return {1, applied, skipped, malformed}
