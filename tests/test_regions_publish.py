@@ -11,7 +11,9 @@ import pytest
 import redis.exceptions as rex
 
 from dispatcher.ids import event_id_of, shard_of
+from dispatcher.queue import status as queue_status
 from dispatcher.queue import tasks as queue_tasks
+from dispatcher.queue.backlog import measure
 from dispatcher.queue.keys import Keys
 from tests.helpers import stream_entries
 
@@ -256,3 +258,19 @@ async def test_sharded_parts_outbox_in_their_shard_and_a_retry_completes_them(
         assert [(e["w"], e["j"]) for e in entries] == [
             (w, ids[w]) for w in in_b if shard_of(w) == k
         ]
+
+
+async def test_an_outbox_for_a_region_dropped_from_the_table_is_still_measured(
+    regional: Client,
+) -> None:
+    """Jobs published for a region removed from [regions] (which nothing relays) show in the
+    status and count in the backlog alerts, rather than piling up unseen."""
+    [in_c] = await _hooks(regional, ["c"])
+    await regional.store.adopt_region("a", ("a", "b"))  # c dropped from the table
+    await regional.publish(TENANT, EVENT, PAYLOAD)
+    counts = await queue_status.outbox_counts(regional.store)
+    assert counts["c"]["depth"] == 1
+    assert counts["b"] == {"depth": 0, "lag_ms": None}
+    backlog = await measure(regional.store)
+    assert backlog.outbox == 1
+    assert in_c.startswith("wh_")

@@ -177,6 +177,9 @@ shard, in the shard of the webhooks or jobs it concerns:
                           priority (``Q``, ``Q:high``), c: created ms, n: due ms (0: now),
                           p: payload}``, and ``o: '-'`` or ``o: '=' .. ordering key`` when the
                           route is FIFO (no ``o``: not FIFO)
+``P:{0}:outboxes``        set   the regions this shard's publishes wrote an outbox entry for:
+                          status and the backlog alerts measure each one's outbox, so one
+                          for a region no longer in ``[regions]`` (which nothing relays) shows
 ``P:{0}:outbox:R:relay``  string, the token of the one process relaying this outbox (SET NX
                           PX, renewed): ``<incarnation>:<epoch>``
 ``P:{0}:outbox:R:epoch``  string, a counter INCRed by each new relay holder (the fence's epoch)
@@ -466,6 +469,10 @@ class Keys:
 
     def outbox(self, region: str) -> str:
         return f"{self._base}:outbox:{region}"
+
+    @property
+    def outboxes(self) -> str:
+        return f"{self._base}:outboxes"
 
     def outbox_lease(self, region: str) -> str:
         return f"{self._base}:outbox:{region}:relay"

@@ -326,14 +326,22 @@ class Outbox:
 
 
 async def outboxes(store: Store) -> dict[str, Outbox]:
-    """Every outbox of this Redis, by destination region (every shard summed), in one round
-    trip; without regions ``{}`` and no Redis call (the layout is cached)."""
+    """Every outbox of this Redis, by destination region (every shard summed): those of
+    ``layout.regions`` and of any region a publish here wrote for (``keys.outboxes``: one
+    removed from ``[regions]`` still shows, though nothing relays it), in two round trips;
+    without regions ``{}`` and no Redis call (the layout is cached)."""
     with redis_errors():
         layout = await store.read_layout()
-        others = [region for region in layout.regions if region != layout.region]
-        if not others:
+        if layout.region is None:
             return {}
         shards = await store.all_shards()
+        pipe = store.redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.smembers(shard.keys.outboxes)
+        named = {m.decode() for members in await pipe.execute() for m in members}
+        others = sorted((set(layout.regions) | named) - {layout.region})
+        if not others:
+            return {}
         pipe = store.redis.pipeline(transaction=False)
         for region in others:
             for shard in shards:

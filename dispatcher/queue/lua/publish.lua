@@ -243,6 +243,7 @@ for n, match in ipairs(matched) do
     outboxed = outboxed or {}
     outboxed[#outboxed + 1] = outbox
     outboxed[#outboxed + 1] = sid
+    outboxed[match[4]] = true  -- the regions written for, named in 'outboxes' at the end
   elseif match[3] then
     records[#records + 1] = job_id
     local meta = {w = webhook_id, t = tenant, e = event_type, q = q.stream, s = 'queued',
@@ -296,6 +297,16 @@ end
 for _, lane in ipairs(pushed) do
   local job_id, len = unpack(pushed[lane])
   lane_joined(KEYS[2]:sub(1, -5), lane, job_id, len, math.max(now_ms, due_ms))
+end
+if outboxed then
+  -- The destinations this shard has outboxes for, so status and the backlog alerts measure
+  -- one even for a region no longer in [regions] (nothing relays it: it must show). Only a
+  -- measure: a failure here (a key of the wrong type) fails no publish.
+  local dests = {}
+  for key in pairs(outboxed) do
+    if type(key) == 'string' then dests[#dests + 1] = key end
+  end
+  redis.pcall('SADD', base .. 'outboxes', unpack(dests))
 end
 if use_idem then
   -- one deadline for both (two EX could fall either side of a millisecond): the fingerprint
