@@ -64,15 +64,12 @@ async def region_store(regions: Regions, region: str | None) -> tuple[Store, str
     no URL here raises ``RegionUnavailable``; a home region given to this process that is not the
     home Redis's, ``InvalidField`` (``Regions.check``).
     """
-    if regions.configured is not None:  # a region given to this process: is it this Redis's?
+    # The layout (cached) says whether a region given to this process is this Redis's, and
+    # which region is home when none was given.
+    if regions.configured is not None or not regions.is_home(region):
         with redis_errors():
             await regions.home.read_layout()
         regions.check()
-    if regions.is_home(region):
-        return regions.home, None
-    assert region is not None  # noqa: S101 - is_home(None) above
-    with redis_errors():
-        await regions.home.read_layout()
     if not regions.enabled or regions.is_home(region):
         return regions.home, None
     return regions.store(region), region
