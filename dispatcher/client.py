@@ -842,7 +842,16 @@ class Client:
         home = self.regions.name
         if home is not None:
             answer["region"] = home
-            answer["regions"] = await queue_status.region_counts(self.regions)
+            own: shapes.RegionCounts = {  # the counts above: read once
+                "reachable": True,
+                "queued": answer["queued"],
+                "active": answer["active"],
+                "scheduled": answer["scheduled"],
+                "dlq_size": answer["dlq_size"],
+                "paused": answer["paused"],
+                "outbox": await queue_status.outbox_counts(self.store),
+            }
+            answer["regions"] = await queue_status.region_counts(self.regions, home=own)
         return answer
 
     async def stats(self, window: str = "1h") -> shapes.Stats:

@@ -374,11 +374,20 @@ async def outbox_counts(store: Store) -> dict[str, OutboxCounts]:
     }
 
 
-async def region_counts(regions: Regions) -> dict[str, RegionCounts]:
+async def region_counts(
+    regions: Regions, *, home: RegionCounts | None = None
+) -> dict[str, RegionCounts]:
     """Every region's counts, home first, read concurrently from each region's Redis; one that
-    does not answer within ``REGION_TIMEOUT_S`` shows ``reachable: false`` and why."""
+    does not answer within ``REGION_TIMEOUT_S`` shows ``reachable: false`` and why. ``home``:
+    the home region's, already read by the caller (``status``), not read again."""
+
+    async def counts(name: str) -> RegionCounts:
+        if home is not None and regions.is_home(name):
+            return home
+        return await _region_counts(regions, name)
+
     names = regions.names
-    found = await asyncio.gather(*(_region_counts(regions, name) for name in names))
+    found = await asyncio.gather(*(counts(name) for name in names))
     return dict(zip(names, found, strict=True))
 
 
