@@ -415,3 +415,37 @@ async def test_an_operation_waiting_for_a_region_lets_the_others_run(
             await task
         await cut_off.close()
     assert (await world.dlq_len("a"), await world.dlq_len("b")) == (0, 0)
+
+
+async def test_the_status_shows_every_region_with_its_outboxes(
+    world: World, servers: dict[str, RedisServer]
+) -> None:
+    """``GET /v1/status`` in a shows a and b: each region's own counts (a's equal to the top
+    level's), a's outbox for b with its depth and lag, and b as unreachable once its Redis
+    is stopped, while a's counts still answer."""
+    await world.dead("b", 2)
+    await world.a.publish("acme", "order.created", {"n": 1})  # a's job here, b's to the outbox
+    _app, api = await start_api(world.a)
+    try:
+        answer = await api.call("GET", "/v1/status")
+        assert answer.status == 200
+        status = answer.body
+        assert status["region"] == "a"
+        assert list(status["regions"]) == ["a", "b"]
+        mine, theirs = status["regions"]["a"], status["regions"]["b"]
+        assert mine["reachable"]
+        assert theirs["reachable"]
+        for count in ("queued", "active", "scheduled", "dlq_size", "paused"):
+            assert mine[count] == status[count], count
+        assert mine["queued"] == 1
+        assert mine["outbox"]["b"]["depth"] == 1
+        assert mine["outbox"]["b"]["lag_ms"] is not None
+        assert theirs["dlq_size"] == 2
+        servers["b"].stop()
+        cut = (await api.call("GET", "/v1/status")).body
+        assert cut["regions"]["b"]["reachable"] is False
+        assert cut["regions"]["b"]["error"]
+        assert cut["regions"]["a"]["outbox"]["b"]["depth"] == 1
+    finally:
+        await api.close()
+        servers["b"].start()
