@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 
 from dispatcher import Client
 from dispatcher.queue.keys import Keys
-from tests.helpers import Daemon, RedisServer, daemon_env, eventually, log_events
+from tests.helpers import (
+    Daemon,
+    RedisServer,
+    daemon_env,
+    eventually,
+    log_events,
+    short_waits,
+)
 from tests.target import Target
 
 if TYPE_CHECKING:
@@ -74,3 +82,39 @@ async def _signed_in(daemon: Daemon, conn: aioredis.Redis) -> bool:
     assert daemon.process is not None
     assert daemon.process.poll() is None, f"the daemon exited: {daemon.log[-2000:]}"
     return bool(await conn.exists(Keys(PREFIX).workers))
+
+
+async def test_a_regions_redis_restarted_empty_is_recorded_as_its_region_again(
+    tmp_path: Path,
+) -> None:
+    """Region a's Redis restarted empty under a running daemon is recorded as region a's
+    again, with a new incarnation: until it is, a publish there runs as in a deployment
+    without regions (ids without ``~a``, another region's jobs queued and delivered here)."""
+    a, b = RedisServer(tmp_path / "a"), RedisServer(tmp_path / "b")
+    a.start()
+    b.start()
+    env = daemon_env(a.url, PREFIX) | short_waits({"daemon.REGION_CHECK_S": 0.3})
+    env |= {"DISPATCHER_REGION": "a", "DISPATCHER_REGIONS_A": a.url, "DISPATCHER_REGIONS_B": b.url}
+    daemon = Daemon(env, tmp_path / "a.log").start()
+    conn = aioredis.Redis.from_url(a.url, retry_on_error=[rex.ConnectionError])
+    try:
+        await eventually(lambda: _signed_in(daemon, conn), timeout_s=30, what="signed in")
+        before = await conn.hget(Keys(PREFIX).layout, "incarnation")
+        a.stop()
+        a.start()  # the same port, no append-only file: empty
+        await eventually(
+            lambda: _recorded(conn, "a"), timeout_s=15, what="a's Redis recorded as region a"
+        )
+        assert await conn.hget(Keys(PREFIX).layout, "incarnation") not in {None, before}
+    finally:
+        daemon.stop()
+        await conn.aclose()
+        a.stop()
+        b.stop()
+
+
+async def _recorded(conn: aioredis.Redis, region: str) -> bool:
+    try:
+        return await conn.hget(Keys(PREFIX).layout, "region") == region.encode()
+    except rex.ConnectionError:
+        return False
