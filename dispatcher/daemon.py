@@ -170,6 +170,8 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
             replicator = Replicator(regions, metrics, consumer=worker.consumer)
             relay = Relay(regions, metrics, consumer=worker.consumer)
             side_tasks += [lambda _: replicator.run(stop), lambda _: relay.run(stop)]
+            names = tuple(cfg.regions)
+            side_tasks += [lambda _: _keep_region(store, stop, cfg.region or "", names)]
         return await _run_worker(
             worker, stop, embedded, stop_admin, side_tasks, finishing=[runner.run]
         )
@@ -506,6 +508,33 @@ async def _adopt_region(
         log.info("region.adopted", region=found.region, regions=list(found.regions))
         return None
     return EXIT_OK
+
+
+#: How often a daemon with regions checks that its Redis still records its region.
+REGION_CHECK_S: Final = 5.0
+
+
+async def _keep_region(
+    store: Store, stop: asyncio.Event, region: str, names: tuple[str, ...]
+) -> None:
+    """Until ``stop``: record the region again in a Redis that lost it (restarted empty under
+    this daemon), with a new incarnation, as at start (``_adopt_region``): without it a publish
+    there would run as in a deployment without regions, queueing other regions' jobs here."""
+
+    async def check() -> None:
+        store.layout.read_at = float("-inf")
+        if (await store.read_layout()).region is not None:
+            return
+        try:
+            layout = await store.adopt_region(region, names)
+        except RegionMismatchError as exc:  # another region's daemon recorded it first
+            mismatch = exc
+        else:
+            log.warning("region.readopted", region=region, incarnation=layout.incarnation)
+            return
+        log.error("daemon.region_mismatch", region=region, redis_region=mismatch.stored)
+
+    await loops.run_every(check, loops.Outage("region", Metrics()), stop, REGION_CHECK_S)
 
 
 async def _refuse_regional_redis(store: Store, stop: asyncio.Event) -> int | None:

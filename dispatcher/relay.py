@@ -233,6 +233,7 @@ class _Holder:
         time: after a failure too), then the new ones, until ``stop`` or the lease is lost."""
         if not await self._renew():
             return
+        await self.relay.regions.checked(self.region)
         await outbox.ensure_group(self.here, self.region)
         while not self.stop.is_set():
             _end_if_cancelled()

@@ -93,7 +93,7 @@ class Replicator:
     async def _round(self, source: str) -> bool:
         """One pass over ``source``'s shards; False when it could not wait for work (another
         process holds the leases, or the keys differ)."""
-        there_home = self.regions.store(source)
+        there_home = await self.regions.checked(source)
         if not await self._keys_match(source, there_home):
             return False
         served = (await there_home.read_layout()).served

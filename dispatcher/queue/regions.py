@@ -117,6 +117,20 @@ class Regions:
             self._stores[region] = found
         return found
 
+    async def checked(self, region: str) -> Store:
+        """``region``'s store once its Redis's layout (read again when stale) records no other
+        region: ``RegionUnavailable`` when it is another region's, as when a ``[regions]`` URL
+        reaches this region's own Redis (or a third one's) under another address, where the
+        relay would queue ``region``'s jobs for the wrong daemons."""
+        with reaching(region):
+            store = self.store(region)
+            recorded = (await store.read_layout()).region
+        if recorded is not None and recorded != region:
+            raise RegionUnavailable(
+                region, f"the Redis at its [regions] URL is region {recorded!r}'s (its layout)"
+            )
+        return store
+
     def of_job(self, job_id: str) -> Store:
         """The store of the shard, in the region, that holds the job with this id."""
         return self.store(region_of(job_id)).of_job(job_id)
