@@ -128,7 +128,7 @@ async def _serve(cfg: Config, stop: asyncio.Event, reload: _Reload) -> int:
         code = await _check_server(store, stop, embedded, shards=cfg.redis.shards)
         if code is None and cfg.region is not None:
             code = await _adopt_region(store, stop, cfg.region, tuple(cfg.regions))
-        elif code is None:
+        elif code is None and embedded is None:  # an embedded Redis is never a region's
             code = await _refuse_regional_redis(store, stop)
         if code is not None:
             return code
